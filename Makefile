@@ -1,0 +1,28 @@
+# Two entry points a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned to the CPU build for the demo and test environment; GPU users install their own.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test lint bench venv
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+venv: $(BIN)/activate
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+
+demo: venv
+	$(BIN)/tidemill run examples/digits_ddp/job.yaml
+
+test: venv
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/mypy src
+	$(BIN)/pytest -q
+
+bench: venv
+	$(BIN)/python benchmarks/api_throughput.py
+	$(BIN)/python benchmarks/scheduler_throughput.py

@@ -1,0 +1,1 @@
+"""Public data model: job specs, cluster specs, statuses, and the file loader."""

@@ -1,0 +1,71 @@
+"""Input errors that point at the field a person has to change.
+
+Tree::
+
+    SpecError            a job, queue or cluster file (or REST body) is invalid
+      └─ carries FieldError(path, message) items, one per problem
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem: ``path`` is dotted (``spec.roles.worker.replicas``)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class SpecError(ValueError):
+    """Invalid input, with every problem found (not just the first)."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+    @classmethod
+    def single(cls, path: str, message: str) -> SpecError:
+        return cls([FieldError(path, message)])
+
+    def to_json(self) -> list[dict[str, str]]:
+        return [{"path": e.path, "message": e.message} for e in self.errors]
+
+
+def from_validation_error(
+    exc: ValidationError, known_fields: set[str], prefix: str = ""
+) -> SpecError:
+    """Turn pydantic's errors into ``path: message`` lines people can act on."""
+    errors: list[FieldError] = []
+    for item in exc.errors():
+        loc = [str(p) for p in item["loc"] if not _is_internal(p)]
+        path = ".".join([prefix, *loc] if prefix else loc)
+        errors.append(FieldError(path, _message(item, loc, known_fields)))
+    return SpecError(errors)
+
+
+def _is_internal(part: Any) -> bool:
+    # pydantic adds union-branch tags such as "function-after[...]" to locations.
+    return isinstance(part, str) and ("[" in part or part.startswith("function-"))
+
+
+def _message(item: Any, loc: list[str], known_fields: set[str]) -> str:
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        name = loc[-1] if loc else ""
+        close = difflib.get_close_matches(name, sorted(known_fields), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return f"unknown field{hint}"
+    if kind == "missing":
+        return "required field is missing"
+    message = str(item["msg"])
+    return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")

@@ -1,0 +1,90 @@
+"""Read a job file (YAML or JSON; tidemill, Kubeflow or Volcano form) into a TrainingJob.
+
+Every problem found is reported at once, each as ``path: message``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from tidemill.api.cluster import ClusterSpec
+from tidemill.api.errors import FieldError, SpecError, from_validation_error
+from tidemill.api.job import TrainingJob, spec_field_names
+
+
+def parse_document(text: str, source: str = "<input>") -> dict[str, Any]:
+    """Parse YAML (JSON is a subset) into a mapping, with line numbers on syntax errors."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError.single(source, f"{where}not valid YAML: {problem}") from None
+    if not isinstance(document, dict):
+        kind = "empty" if document is None else type(document).__name__
+        raise SpecError.single(source, f"expected a mapping with apiVersion/kind, got {kind}")
+    return document
+
+
+def job_from_document(document: dict[str, Any]) -> TrainingJob:
+    """Validate a parsed document; Kubeflow and Volcano kinds are converted first."""
+    from tidemill.api.compat import convert_foreign
+
+    native = convert_foreign(document)
+    try:
+        return TrainingJob.model_validate(native)
+    except ValidationError as exc:
+        raise from_validation_error(exc, spec_field_names()) from None
+
+
+def load_job_text(text: str, source: str = "<input>") -> TrainingJob:
+    return job_from_document(parse_document(text, source))
+
+
+def load_job_file(path: str | Path) -> TrainingJob:
+    """Load a job file; relative ``workingDir`` values resolve against the file's folder."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise SpecError.single(str(path), f"cannot read the file: {exc.strerror}") from None
+    job = load_job_text(text, str(path))
+    return with_working_dirs(job, file.resolve().parent)
+
+
+def with_working_dirs(job: TrainingJob, base: Path) -> TrainingJob:
+    """Pin every role's working directory to an absolute path (the job file's folder)."""
+    roles = {
+        name: role.model_copy(update={"working_dir": str(base / (role.working_dir or "."))})
+        for name, role in job.spec.roles.items()
+    }
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"roles": roles})})
+
+
+def load_cluster_file(path: str | Path) -> ClusterSpec:
+    file = Path(path)
+    try:
+        document = parse_document(file.read_text(), str(path))
+    except OSError as exc:
+        raise SpecError.single(str(path), f"cannot read the file: {exc.strerror}") from None
+    try:
+        return ClusterSpec.model_validate(document)
+    except ValidationError as exc:
+        known = set(ClusterSpec.model_fields) | {"gpus", "gpuModel", "labels", "count"}
+        raise from_validation_error(exc, known) from None
+
+
+__all__ = [
+    "FieldError",
+    "SpecError",
+    "job_from_document",
+    "load_cluster_file",
+    "load_job_file",
+    "load_job_text",
+    "parse_document",
+]

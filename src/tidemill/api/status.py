@@ -1,0 +1,118 @@
+"""Job and replica phases, conditions and the views the REST API returns."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class JobPhase(StrEnum):
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobPhase.SUCCEEDED, JobPhase.FAILED)
+
+    @property
+    def holds_resources(self) -> bool:
+        return self in (JobPhase.SCHEDULED, JobPhase.RUNNING, JobPhase.RESTARTING)
+
+
+class ConditionType(StrEnum):
+    PENDING = "Pending"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    PREEMPTED = "Preempted"
+
+
+class ReplicaPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    BACKOFF = "BackOff"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (ReplicaPhase.SUCCEEDED, ReplicaPhase.FAILED, ReplicaPhase.STOPPED)
+
+
+class Condition(BaseModel):
+    type: ConditionType
+    status: bool = True
+    reason: str
+    message: str = ""
+    last_transition_time: float = Field(description="unix seconds")
+
+
+class ReplicaView(BaseModel):
+    role: str
+    index: int
+    phase: ReplicaPhase
+    node: str | None = None
+    gpus: list[str] = Field(default_factory=list, description="device ids, e.g. ['0', '1']")
+    pid: int | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    message: str = ""
+
+
+class PendingReason(BaseModel):
+    code: str = Field(description="stable code, e.g. GangDoesNotFit, QueueAtMax")
+    message: str = Field(description="what blocks the job, with numbers")
+
+
+class JobView(BaseModel):
+    """What ``GET /api/v1/jobs/{name}`` returns."""
+
+    name: str
+    namespace: str
+    uid: str
+    queue: str
+    priority: int
+    mode: str
+    phase: JobPhase
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    message: str = ""
+    pending_reason: PendingReason | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    replicas: list[ReplicaView] = Field(default_factory=list)
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobSummary(BaseModel):
+    """One row of ``GET /api/v1/jobs``."""
+
+    name: str
+    namespace: str
+    queue: str
+    priority: int
+    phase: JobPhase
+    replicas: dict[str, str] = Field(description="role -> 'running/desired'")
+    created_at: float
+    message: str = ""
+
+
+class EventView(BaseModel):
+    id: int
+    time: float
+    job: str | None = Field(description="namespace/name, or None for cluster events")
+    type: str = Field(description="Normal or Warning")
+    reason: str
+    message: str
+    replica: str | None = Field(default=None, description="role-index, when about a replica")

@@ -1,0 +1,78 @@
+"""The Engine protocol: the only way the controller touches processes or pods.
+
+Nothing above ``engines/`` knows which engine runs. ``dry_run`` returns exactly what
+``launch`` would start, built by a pure function, so it can be shown and tested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one replica."""
+
+    job: str
+    """``namespace/name``"""
+    role: str
+    index: int
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    working_dir: str
+    node: str
+    gpu_ids: tuple[int, ...] = ()
+    attempt: int = 0
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What ``dry_run`` shows: the exact argv, env and folder, or a manifest."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    working_dir: str
+    manifest: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaHandle:
+    """Enough to find a replica again, also after a control-plane restart.
+
+    Persisted in the store as JSON; ``data`` is engine-specific.
+    """
+
+    engine: str
+    data: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the engine saw. ``running`` False with ``exit_code`` None: lost/unknown."""
+
+    running: bool
+    exit_code: int | None = None
+    pid: int | None = None
+    message: str = ""
+
+
+class Engine(Protocol):
+    """Start, watch, stop replicas and read their logs."""
+
+    name: str
+
+    def dry_run(self, spec: LaunchSpec) -> LaunchPlan: ...
+
+    def launch(self, spec: LaunchSpec) -> ReplicaHandle: ...
+
+    def observe(self, handle: ReplicaHandle) -> Observation: ...
+
+    def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
+        """Stop the replica's whole process tree; returns when it is gone."""
+        ...
+
+    def log_path(self, handle: ReplicaHandle) -> str | None:
+        """A file holding the replica's stdout and stderr, if the engine keeps one."""
+        ...

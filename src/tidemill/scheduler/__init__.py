@@ -1,0 +1,1 @@
+"""Pure scheduling policy: a snapshot in, decisions out."""
