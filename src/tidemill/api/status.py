@@ -116,3 +116,36 @@ class EventView(BaseModel):
     reason: str
     message: str
     replica: str | None = Field(default=None, description="role-index, when about a replica")
+
+
+class ResourceView(BaseModel):
+    """Amounts in people's units: cores, bytes, GPUs (fractions allowed)."""
+
+    cpu: float = 0.0
+    memory: int = 0
+    gpu: float = 0.0
+
+
+class QueueView(BaseModel):
+    """One row of ``GET /api/v1/queues``."""
+
+    name: str
+    weight: float
+    guaranteed: ResourceView
+    max: dict[str, float | int | None] = Field(description="None means unlimited")
+    allocated: ResourceView
+    dominant_share: float = Field(description="DRF share of the cluster, divided by weight")
+    pending: int
+    running: int
+
+
+class NodeView(BaseModel):
+    """One row of ``GET /api/v1/nodes``."""
+
+    name: str
+    capacity: ResourceView
+    allocated: ResourceView
+    gpu_model: str | None = None
+    gpu_used: list[float] = Field(default_factory=list, description="share used per device")
+    labels: dict[str, str] = Field(default_factory=dict)
+    schedulable: bool = True
