@@ -4,6 +4,8 @@ Tree::
 
     SpecError            a job, queue or cluster file (or REST body) is invalid
       └─ carries FieldError(path, message) items, one per problem
+    NotFoundError        the job (or other object) named does not exist
+    ConflictError        the request clashes with what exists (name taken, ambiguous name)
 """
 
 from __future__ import annotations
@@ -69,3 +71,11 @@ def _message(item: Any, loc: list[str], known_fields: set[str]) -> str:
         return "required field is missing"
     message = str(item["msg"])
     return message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+class NotFoundError(LookupError):
+    """The object named does not exist; the message says where we looked."""
+
+
+class ConflictError(Exception):
+    """The request clashes with the current state; the message says how to resolve it."""

@@ -1,0 +1,1 @@
+"""Job lifecycle: reconcile desired vs observed replicas, apply policies."""

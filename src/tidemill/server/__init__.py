@@ -1,0 +1,1 @@
+"""The FastAPI app, metrics and the in-process server runner."""

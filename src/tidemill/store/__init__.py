@@ -1,0 +1,1 @@
+"""Durable state: SQLite (WAL) by default, Postgres by URL."""

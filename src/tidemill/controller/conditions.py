@@ -1,0 +1,71 @@
+"""Phase changes: one place that moves a job between phases, stamps conditions and
+writes the matching event, so the three never disagree."""
+
+from __future__ import annotations
+
+from tidemill.api.status import ConditionType, JobPhase
+from tidemill.store.store import Tx
+from tidemill.store.tables import JobRow
+
+_PHASE_CONDITIONS = {
+    JobPhase.PENDING: ConditionType.PENDING,
+    JobPhase.SCHEDULED: ConditionType.SCHEDULED,
+    JobPhase.RUNNING: ConditionType.RUNNING,
+    JobPhase.RESTARTING: ConditionType.RESTARTING,
+    JobPhase.SUCCEEDED: ConditionType.SUCCEEDED,
+    JobPhase.FAILED: ConditionType.FAILED,
+}
+
+
+def set_condition(
+    job: JobRow, kind: ConditionType, status: bool, reason: str, message: str, now: float
+) -> None:
+    """Upsert one condition; its time moves only when its status flips."""
+    conditions = [dict(c) for c in job.conditions]
+    for condition in conditions:
+        if condition["type"] == kind.value:
+            if condition["status"] != status:
+                condition["last_transition_time"] = now
+            condition.update(status=status, reason=reason, message=message)
+            break
+    else:
+        conditions.append(
+            {
+                "type": kind.value,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "last_transition_time": now,
+            }
+        )
+    job.conditions = conditions
+
+
+def transition(
+    tx: Tx,
+    job: JobRow,
+    phase: JobPhase,
+    reason: str,
+    message: str,
+    now: float,
+    *,
+    warning: bool = False,
+) -> None:
+    """Move ``job`` to ``phase`` (no-op if already there) and record why."""
+    if job.phase == phase.value:
+        return
+    for other, kind in _PHASE_CONDITIONS.items():
+        if other is not phase:
+            current = next((c for c in job.conditions if c["type"] == kind.value), None)
+            if current is not None and current["status"]:
+                set_condition(job, kind, False, reason, message, now)
+    set_condition(job, _PHASE_CONDITIONS[phase], True, reason, message, now)
+    if phase is JobPhase.RUNNING:
+        set_condition(job, ConditionType.PREEMPTED, False, reason, message, now)
+    job.phase = phase.value
+    job.message = message
+    if phase.is_terminal:
+        job.finished_at = now
+    if phase is JobPhase.RUNNING and job.started_at is None:
+        job.started_at = now
+    tx.add_event(job.key, reason, message, warning=warning, at=now)

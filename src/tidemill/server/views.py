@@ -1,0 +1,187 @@
+"""Store rows rendered as the REST API's views."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tidemill.api.cluster import NodeSpec, QueueSpec
+from tidemill.api.status import (
+    Condition,
+    EventView,
+    JobPhase,
+    JobSummary,
+    JobView,
+    NodeView,
+    PendingReason,
+    QueueView,
+    ReplicaPhase,
+    ReplicaView,
+    ResourceView,
+)
+from tidemill.scheduler.types import ResourceVector
+from tidemill.store.tables import EventRow, JobRow, NodeRow, QueueRow
+
+
+def replica_counts(job: JobRow) -> dict[str, str]:
+    """role -> 'running/desired' as people read it in `tidemill jobs`."""
+    desired = {
+        name: int(role.get("replicas", 1)) for name, role in job.spec["spec"]["roles"].items()
+    }
+    running: dict[str, int] = dict.fromkeys(desired, 0)
+    for r in job.replicas:
+        if r.phase == ReplicaPhase.RUNNING.value:
+            running[r.role] = running.get(r.role, 0) + 1
+    return {role: f"{running.get(role, 0)}/{count}" for role, count in sorted(desired.items())}
+
+
+def job_summary(job: JobRow) -> JobSummary:
+    return JobSummary(
+        name=job.name,
+        namespace=job.namespace,
+        queue=job.queue,
+        priority=job.priority,
+        phase=JobPhase(job.phase),
+        replicas=replica_counts(job),
+        created_at=job.created_at,
+        message=job.message,
+    )
+
+
+def job_view(job: JobRow) -> JobView:
+    pending = (
+        PendingReason(code=job.pending_code, message=job.pending_message or "")
+        if job.pending_code and job.phase == JobPhase.PENDING.value
+        else None
+    )
+    return JobView(
+        name=job.name,
+        namespace=job.namespace,
+        uid=job.uid,
+        queue=job.queue,
+        priority=job.priority,
+        mode=str(job.spec["spec"].get("mode", "allreduce")),
+        phase=JobPhase(job.phase),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        message=job.message,
+        pending_reason=pending,
+        conditions=[Condition.model_validate(c) for c in job.conditions],
+        replicas=[
+            ReplicaView(
+                role=r.role,
+                index=r.index,
+                phase=ReplicaPhase(r.phase),
+                node=r.node,
+                gpus=[str(g) for g in r.gpu_ids],
+                pid=r.pid,
+                restarts=r.restarts,
+                exit_code=r.exit_code,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+                message=r.message,
+            )
+            for r in job.replicas
+        ],
+        spec=job.spec,
+    )
+
+
+def event_view(row: EventRow) -> EventView:
+    return EventView(
+        id=row.id,
+        time=row.time,
+        job=row.job,
+        type=row.type,
+        reason=row.reason,
+        message=row.message,
+        replica=row.replica,
+    )
+
+
+def _resources(vector: ResourceVector) -> ResourceView:
+    return ResourceView(
+        cpu=vector.cpu_millis / 1000, memory=vector.memory_bytes, gpu=round(vector.gpu, 4)
+    )
+
+
+def node_views(nodes: Iterable[NodeRow], holding: Iterable[JobRow]) -> list[NodeView]:
+    used: dict[str, ResourceVector] = {}
+    gpu_used: dict[str, dict[int, float]] = {}
+    for job in holding:
+        for r in job.replicas:
+            share = r.gpu_share * len(r.gpu_ids)
+            used[r.node] = used.get(r.node, ResourceVector()) + ResourceVector(
+                r.cpu_millis, r.memory_bytes, share
+            )
+            for gpu in r.gpu_ids:
+                per_device = gpu_used.setdefault(r.node, {})
+                per_device[gpu] = per_device.get(gpu, 0.0) + r.gpu_share
+    views = []
+    for row in nodes:
+        spec = NodeSpec.model_validate(row.spec)
+        devices = gpu_used.get(spec.name, {})
+        views.append(
+            NodeView(
+                name=spec.name,
+                capacity=ResourceView(cpu=spec.cpu, memory=spec.memory, gpu=spec.gpus),
+                allocated=_resources(used.get(spec.name, ResourceVector())),
+                gpu_model=spec.gpu_model,
+                gpu_used=[round(devices.get(i, 0.0), 4) for i in range(spec.gpus)],
+                labels=dict(spec.labels),
+                schedulable=row.schedulable,
+            )
+        )
+    return views
+
+
+def queue_views(
+    queues: Iterable[QueueRow], jobs: Iterable[JobRow], capacity: ResourceVector
+) -> list[QueueView]:
+    allocated: dict[str, ResourceVector] = {}
+    pending: dict[str, int] = {}
+    running: dict[str, int] = {}
+    for job in jobs:
+        phase = JobPhase(job.phase)
+        if phase is JobPhase.PENDING:
+            pending[job.queue] = pending.get(job.queue, 0) + 1
+        elif phase.holds_resources:
+            running[job.queue] = running.get(job.queue, 0) + 1
+            for r in job.replicas:
+                allocated[job.queue] = allocated.get(job.queue, ResourceVector()) + ResourceVector(
+                    r.cpu_millis, r.memory_bytes, r.gpu_share * len(r.gpu_ids)
+                )
+    views = []
+    for row in queues:
+        spec = QueueSpec.model_validate(row.spec)
+        held = allocated.get(spec.name, ResourceVector())
+        views.append(
+            QueueView(
+                name=spec.name,
+                weight=spec.weight,
+                guaranteed=ResourceView(
+                    cpu=spec.guaranteed.cpu or 0.0,
+                    memory=spec.guaranteed.memory or 0,
+                    gpu=spec.guaranteed.gpu or 0.0,
+                ),
+                max={"cpu": spec.max.cpu, "memory": spec.max.memory, "gpu": spec.max.gpu},
+                allocated=_resources(held),
+                dominant_share=round(dominant_share(held, capacity) / spec.weight, 6),
+                pending=pending.get(spec.name, 0),
+                running=running.get(spec.name, 0),
+            )
+        )
+    return views
+
+
+def dominant_share(held: ResourceVector, capacity: ResourceVector) -> float:
+    shares = [
+        used / total
+        for used, total in (
+            (held.cpu_millis, capacity.cpu_millis),
+            (held.memory_bytes, capacity.memory_bytes),
+            (held.gpu, capacity.gpu),
+        )
+        if total > 0
+    ]
+    return max(shares, default=0.0)

@@ -1,0 +1,115 @@
+"""The durable schema: jobs, replicas, events, queues, nodes.
+
+A row holds what a restarted server needs to carry on: a job's validated spec and
+phase, each replica's placement and engine handle, and the event history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("namespace", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    """Also the FIFO sequence: ids only grow."""
+    uid: Mapped[str] = mapped_column(String(36), unique=True)
+    namespace: Mapped[str] = mapped_column(String(63))
+    name: Mapped[str] = mapped_column(String(63))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    queue: Mapped[str] = mapped_column(String(63), index=True)
+    priority: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(16), index=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+    pending_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pending_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    conditions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[float] = mapped_column(Float)
+    scheduled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    master_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    restart_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When a whole-gang restart is due (AllReduce jobs restart as one group)."""
+    gang_restarts: Mapped[int] = mapped_column(Integer, default=0)
+
+    replicas: Mapped[list[ReplicaRow]] = relationship(
+        back_populates="job",
+        cascade="all, delete-orphan",
+        order_by="(ReplicaRow.role, ReplicaRow.index)",
+    )
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class ReplicaRow(Base):
+    __tablename__ = "replicas"
+    __table_args__ = (UniqueConstraint("job_id", "role", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    index: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String(16))
+    node: Mapped[str] = mapped_column(String(63))
+    cpu_millis: Mapped[int] = mapped_column(Integer)
+    memory_bytes: Mapped[int] = mapped_column(Integer)
+    gpu_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    gpu_share: Mapped[float] = mapped_column(Float, default=0.0)
+    port: Mapped[int] = mapped_column(Integer, default=0)
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    log_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    next_start_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    message: Mapped[str] = mapped_column(Text, default="")
+
+    job: Mapped[JobRow] = relationship(back_populates="replicas")
+
+    @property
+    def replica_name(self) -> str:
+        return f"{self.role}-{self.index}"
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_job_id", "job", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(Float)
+    job: Mapped[str | None] = mapped_column(String(127), nullable=True)
+    type: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    replica: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class QueueRow(Base):
+    __tablename__ = "queues"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    declared: Mapped[bool] = mapped_column(default=False)
+    """True when it comes from the cluster file; False when made for a tenant on first use."""
+
+
+class NodeRow(Base):
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    schedulable: Mapped[bool] = mapped_column(default=True)

@@ -1,0 +1,57 @@
+"""Small job documents for end-to-end tests: real Python one-liners as replicas."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def script_job(
+    name: str,
+    script: str,
+    *,
+    workers: int = 1,
+    gpu: float = 0,
+    cpu: float = 0.1,
+    priority: int = 0,
+    queue: str | None = None,
+    namespace: str = "default",
+    restart_policy: str = "OnFailure",
+    max_restarts: int = 3,
+    mode: str = "allreduce",
+    ps_script: str | None = None,
+    backoff_s: float = 0.2,
+) -> dict[str, Any]:
+    """A job whose workers run ``script`` with this test's interpreter."""
+    worker: dict[str, Any] = {
+        "replicas": workers,
+        "resources": {"cpu": cpu, "memory": "64Mi", "gpu": gpu},
+        "command": [sys.executable, "-c", script],
+        "restartPolicy": restart_policy,
+        "maxRestarts": max_restarts,
+    }
+    roles: dict[str, Any] = {"worker": worker}
+    if ps_script is not None:
+        roles["ps"] = {
+            "replicas": 1,
+            "resources": {"cpu": cpu, "memory": "64Mi"},
+            "command": [sys.executable, "-c", ps_script],
+        }
+    spec: dict[str, Any] = {
+        "mode": mode,
+        "priority": priority,
+        "roles": roles,
+        "restartBackoffSeconds": backoff_s,
+    }
+    if queue is not None:
+        spec["queue"] = queue
+    return {
+        "apiVersion": "tidemill/v1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+SLEEP_FOREVER = "import time\nwhile True: time.sleep(0.5)"
+"""A replica that runs until stopped."""
