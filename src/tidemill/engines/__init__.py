@@ -1,0 +1,24 @@
+"""Engines start, watch and stop replicas; nothing above this package knows which one runs.
+
+``local`` runs processes on this machine, each under a supervisor that records its
+exit code; :func:`replica_env` builds the variables every replica starts with.
+"""
+
+from __future__ import annotations
+
+from tidemill.engines.base import Engine, LaunchPlan, LaunchSpec, Observation, ReplicaHandle
+from tidemill.engines.local import LocalEngine
+from tidemill.engines.replica_env import ReplicaContext, rank_of, replica_env, world_size
+
+__all__ = [
+    "Engine",
+    "LaunchPlan",
+    "LaunchSpec",
+    "LocalEngine",
+    "Observation",
+    "ReplicaContext",
+    "ReplicaHandle",
+    "rank_of",
+    "replica_env",
+    "world_size",
+]

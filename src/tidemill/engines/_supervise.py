@@ -1,0 +1,102 @@
+"""Run one replica command as a child and record how it ended.
+
+The local engine starts this file by path (``python -I _supervise.py ...``) so that it
+imports only the standard library and starts in milliseconds. It exists because a
+restarted control plane is no longer the parent of the replicas it launched and so
+cannot ``wait()`` for them: the exit code must outlive both processes, in a file.
+
+Usage: ``_supervise.py PID_FILE EXIT_FILE WORKING_DIR -- ARGV...``
+
+The exit file holds the exit code on its first line (a signal is written as
+``128 + signum``, as a shell does: ``kill -9`` reads 137) and, optionally, a reason
+on the second. It is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from types import FrameType
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+EXIT_NOT_FOUND = 127
+EXIT_NOT_EXECUTABLE = 126
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+class Supervisor:
+    """Starts the child, forwards signals to it, waits, and writes its exit code."""
+
+    def __init__(self, pid_file: str, exit_file: str, working_dir: str, argv: list[str]):
+        self.pid_file = pid_file
+        self.exit_file = exit_file
+        self.working_dir = working_dir
+        self.argv = argv
+        self.child: subprocess.Popen[bytes] | None = None
+        self.pending_signal: int | None = None
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.child is None:
+            self.pending_signal = signum
+        else:
+            self.child.send_signal(signum)
+
+    def finish(self, code: int, reason: str = "") -> int:
+        write_atomic(self.exit_file, f"{code}\n{reason}\n" if reason else f"{code}\n")
+        return code
+
+    def cannot_start(self, code: int, why: str) -> int:
+        reason = f"cannot start {self.argv[0]!r}: {why}"
+        print(f"tidemill: {reason}", file=sys.stderr, flush=True)
+        return self.finish(code, reason)
+
+    def run(self) -> int:
+        for signum in FORWARDED:
+            signal.signal(signum, self.on_signal)
+        if not os.path.isdir(self.working_dir):
+            return self.cannot_start(
+                EXIT_NOT_FOUND, f"working directory {self.working_dir!r} does not exist"
+            )
+        if self.pending_signal is not None:
+            return self.killed_by(self.pending_signal)
+        try:
+            self.child = subprocess.Popen(self.argv, cwd=self.working_dir)
+        except PermissionError as exc:
+            return self.cannot_start(EXIT_NOT_EXECUTABLE, exc.strerror or str(exc))
+        except OSError as exc:
+            return self.cannot_start(EXIT_NOT_FOUND, exc.strerror or str(exc))
+        write_atomic(self.pid_file, f"{self.child.pid}\n")
+        if self.pending_signal is not None:
+            self.child.send_signal(self.pending_signal)
+        returncode = self.child.wait()
+        if returncode < 0:
+            return self.killed_by(-returncode)
+        return self.finish(returncode)
+
+    def killed_by(self, signum: int) -> int:
+        return self.finish(128 + signum, f"killed by {signal.Signals(signum).name}")
+
+
+def main(args: list[str]) -> int:
+    if len(args) < 5 or args[3] != "--":
+        print(
+            f"usage: {sys.argv[0]} PID_FILE EXIT_FILE WORKING_DIR -- ARGV... (got {args!r})",
+            file=sys.stderr,
+        )
+        return 2
+    pid_file, exit_file, working_dir, _, *argv = args
+    return Supervisor(pid_file, exit_file, working_dir, argv).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,335 @@
+"""The local engine: every replica is a process tree on this machine.
+
+Each replica runs under a small supervisor (``_supervise.py``) in a session of its
+own. The supervisor writes the child's exit code to a file, so ``observe`` works from
+the persisted handle alone, also in a control plane restarted while replicas ran or
+finished. Every process of a launch carries ``TIDEMILL_REPLICA_UID`` in its
+environment; ``stop`` uses it to find processes that left the process tree (``setsid``,
+double fork) as well as the tree itself.
+
+Files under ``state_dir``:
+
+- ``logs/<namespace>/<name>/<role>-<index>.log``: stdout and stderr, appended across
+  restarts, one header line per attempt;
+- ``replicas/<namespace>/<name>/<role>-<index>.<attempt>.<uid>.{pid,exit}``: the
+  child's pid and its exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+from tidemill.engines._supervise import write_atomic
+from tidemill.engines.base import LaunchPlan, LaunchSpec, Observation, ReplicaHandle
+
+SUPERVISOR = str(Path(__file__).with_name("_supervise.py"))
+UID_VAR = "TIDEMILL_REPLICA_UID"
+PYTHON_NAMES = ("python", "python3")
+"""``argv[0]`` values that mean "the interpreter tidemill runs in"."""
+CREATE_TIME_SLACK_S = 1.0
+"""psutil derives start times from the boot time, which /proc gives in whole seconds."""
+POLL_S = 0.02
+KILL_TIMEOUT_S = 10.0
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+"""Supervisors this process started, whichever engine instance did: polled to reap them."""
+_children_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LocalReplica:
+    """What a local handle holds (``ReplicaHandle.data``), as plain JSON values."""
+
+    supervisor_pid: int
+    supervisor_create_time: float
+    pgid: int
+    uid: str
+    pid_file: str
+    exit_file: str
+    log_file: str
+
+    @classmethod
+    def from_handle(cls, handle: ReplicaHandle) -> LocalReplica:
+        if handle.engine != LocalEngine.name:
+            raise ValueError(
+                f"handle belongs to engine {handle.engine!r}, not {LocalEngine.name!r}: "
+                "observe or stop it with the engine that launched it"
+            )
+        data = handle.data
+        try:
+            return cls(
+                supervisor_pid=int(str(data["supervisor_pid"])),
+                supervisor_create_time=float(str(data["supervisor_create_time"])),
+                pgid=int(str(data["pgid"])),
+                uid=str(data["uid"]),
+                pid_file=str(data["pid_file"]),
+                exit_file=str(data["exit_file"]),
+                log_file=str(data["log_file"]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"not a local replica handle ({exc!r}): {data!r}") from None
+
+    def to_handle(self) -> ReplicaHandle:
+        return ReplicaHandle(engine=LocalEngine.name, data=asdict(self))
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    code: int
+    reason: str
+
+
+class LocalEngine:
+    """Runs replicas as local processes; state (logs, exit codes) lives in ``state_dir``."""
+
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+
+    def dry_run(self, spec: LaunchSpec) -> LaunchPlan:
+        """The argv, environment and folder of the replica process ``launch`` would start.
+
+        The environment is this server's, then ``CUDA_VISIBLE_DEVICES`` from
+        ``spec.gpu_ids`` (empty: no GPU), then ``spec.env``. ``launch`` adds only
+        ``TIDEMILL_REPLICA_UID``, unique per launch.
+        """
+        argv = list(spec.argv)
+        if not argv:
+            raise ValueError(f"{spec.job} {spec.role}-{spec.index}: empty command")
+        if argv[0] in PYTHON_NAMES:
+            argv[0] = sys.executable
+        env = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in spec.gpu_ids),
+            **spec.env,
+        }
+        return LaunchPlan(argv=tuple(argv), env=env, working_dir=spec.working_dir)
+
+    def launch(self, spec: LaunchSpec) -> ReplicaHandle:
+        plan = self.dry_run(spec)
+        namespace, name = _split_job(spec.job)
+        uid = uuid.uuid4().hex
+        log_file = self.state_dir / "logs" / namespace / name / f"{spec.role}-{spec.index}.log"
+        run_dir = self.state_dir / "replicas" / namespace / name
+        stem = run_dir / f"{spec.role}-{spec.index}.{spec.attempt}.{uid}"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        pid_file, exit_file = f"{stem}.pid", f"{stem}.exit"
+        command = [sys.executable, "-I", SUPERVISOR, pid_file, exit_file, plan.working_dir]
+        with open(log_file, "ab") as log:
+            log.write(_header(spec, plan).encode())
+            log.flush()
+            popen = subprocess.Popen(
+                [*command, "--", *plan.argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**plan.env, UID_VAR: uid},
+                start_new_session=True,
+            )
+        with _children_lock:
+            _children[popen.pid] = popen
+        replica = LocalReplica(
+            supervisor_pid=popen.pid,
+            supervisor_create_time=psutil.Process(popen.pid).create_time(),
+            pgid=popen.pid,
+            uid=uid,
+            pid_file=pid_file,
+            exit_file=exit_file,
+            log_file=str(log_file),
+        )
+        return replica.to_handle()
+
+    def observe(self, handle: ReplicaHandle) -> Observation:
+        replica = LocalReplica.from_handle(handle)
+        _reap(replica.supervisor_pid)
+        ended = _read_exit(replica.exit_file)
+        if ended is None and _supervisor(replica) is not None:
+            return Observation(running=True, pid=_child_pid(replica) or replica.supervisor_pid)
+        ended = ended or _read_exit(replica.exit_file)
+        if ended is not None:
+            message = ended.reason or f"exited with code {ended.code}"
+            return Observation(False, ended.code, _child_pid(replica), message)
+        orphan = _orphaned_child(replica)
+        if orphan is not None:
+            return Observation(
+                running=True,
+                pid=orphan.pid,
+                message="the replica's supervisor is gone; its exit code will not be known",
+            )
+        return Observation(
+            running=False,
+            message=(
+                f"replica process vanished: supervisor pid {replica.supervisor_pid} ended "
+                f"without writing an exit code to {replica.exit_file}"
+            ),
+        )
+
+    def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
+        """SIGTERM every process of the replica, SIGKILL what is left after ``grace_s``.
+
+        The supervisor forwards SIGTERM to its child, so the child is not signalled
+        twice; everything else (grandchildren, escaped daemons) is signalled directly.
+        """
+        replica = LocalReplica.from_handle(handle)
+        supervisor = _supervisor(replica)
+        procs = _replica_processes(replica, supervisor)
+        forwarded = set()
+        if supervisor is not None:
+            forwarded = {p.pid for p in _safe_children(supervisor, recursive=False)}
+        _signal_all([p for p in procs if p.pid not in forwarded], signal.SIGTERM)
+        _wait_gone(replica, procs, time.monotonic() + grace_s)
+        killed_supervisor = False
+        deadline = time.monotonic() + KILL_TIMEOUT_S
+        while True:
+            fresh = _replica_processes(replica, _supervisor(replica))
+            left = list({p.pid: p for p in [*procs, *fresh] if _alive(p)}.values())
+            if not left:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"could not stop replica {replica.log_file}: pids "
+                    f"{sorted(p.pid for p in left)} survived SIGKILL for {KILL_TIMEOUT_S:g}s"
+                )
+            killed_supervisor |= any(p.pid == replica.supervisor_pid for p in left)
+            _signal_all(left, signal.SIGKILL)
+            _wait_gone(replica, left, time.monotonic() + 1.0)
+        if killed_supervisor and _read_exit(replica.exit_file) is None:
+            write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill stop\n")
+
+    def log_path(self, handle: ReplicaHandle) -> str | None:
+        return LocalReplica.from_handle(handle).log_file
+
+
+def _split_job(job: str) -> tuple[str, str]:
+    parts = job.split("/")
+    if len(parts) != 2 or any(p in ("", ".", "..") or os.sep in p for p in parts):
+        raise ValueError(f"job must be 'namespace/name', got {job!r}")
+    return parts[0], parts[1]
+
+
+def _header(spec: LaunchSpec, plan: LaunchPlan) -> str:
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return (
+        f"===== tidemill: {spec.job} {spec.role}-{spec.index} attempt {spec.attempt} "
+        f"started {now} in {plan.working_dir}: {' '.join(plan.argv)} =====\n"
+    )
+
+
+def _reap(pid: int) -> None:
+    with _children_lock:
+        popen = _children.get(pid)
+        if popen is not None and popen.poll() is not None:
+            del _children[pid]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _supervisor(replica: LocalReplica) -> psutil.Process | None:
+    """The supervisor if it still runs (and its pid was not reused since launch)."""
+    try:
+        proc = psutil.Process(replica.supervisor_pid)
+        same = abs(proc.create_time() - replica.supervisor_create_time) < CREATE_TIME_SLACK_S
+    except psutil.Error:
+        return None
+    return proc if same and _alive(proc) else None
+
+
+def _child_pid(replica: LocalReplica) -> int | None:
+    try:
+        return int(Path(replica.pid_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _carries_uid(proc: psutil.Process, uid: str) -> bool:
+    try:
+        return proc.environ().get(UID_VAR) == uid
+    except psutil.Error:
+        return False
+
+
+def _orphaned_child(replica: LocalReplica) -> psutil.Process | None:
+    """The replica's command, still running after its supervisor died."""
+    pid = _child_pid(replica)
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+    except psutil.Error:
+        return None
+    return proc if _alive(proc) and _carries_uid(proc, replica.uid) else None
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _safe_children(proc: psutil.Process, recursive: bool) -> list[psutil.Process]:
+    try:
+        return proc.children(recursive=recursive)
+    except psutil.Error:
+        return []
+
+
+def _replica_processes(
+    replica: LocalReplica, supervisor: psutil.Process | None
+) -> list[psutil.Process]:
+    """Every live process of the replica: the supervisor's tree, its process group while
+    it runs (the group id cannot be reused before then), and all carrying its uid."""
+    found: dict[int, psutil.Process] = {}
+    roots = [supervisor] if supervisor is not None else []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        in_group = supervisor is not None and _pgid(proc.pid) == replica.pgid
+        if in_group or _carries_uid(proc, replica.uid):
+            roots.append(proc)
+    for root in roots:
+        for proc in [root, *_safe_children(root, recursive=True)]:
+            found.setdefault(proc.pid, proc)
+    return [p for p in found.values() if _alive(p)]
+
+
+def _signal_all(procs: list[psutil.Process], signum: signal.Signals) -> None:
+    for proc in procs:
+        try:
+            proc.send_signal(signum)
+        except psutil.Error:
+            continue
+
+
+def _wait_gone(replica: LocalReplica, procs: list[psutil.Process], deadline: float) -> None:
+    while True:
+        _reap(replica.supervisor_pid)
+        if not any(_alive(p) for p in procs) or time.monotonic() >= deadline:
+            return
+        time.sleep(POLL_S)
+
+
+def _read_exit(path: str) -> ExitRecord | None:
+    try:
+        first, _, rest = Path(path).read_text(encoding="utf-8").partition("\n")
+        return ExitRecord(int(first), rest.strip())
+    except (OSError, ValueError):
+        return None
