@@ -157,7 +157,7 @@ class LocalEngine:
         _reap(replica.supervisor_pid)
         ended = _read_exit(replica.exit_file)
         if ended is None and _supervisor(replica) is not None:
-            return Observation(running=True, pid=_child_pid(replica) or replica.supervisor_pid)
+            return Observation(running=True, pid=_child_pid(replica))
         ended = ended or _read_exit(replica.exit_file)
         if ended is not None:
             message = ended.reason or f"exited with code {ended.code}"
