@@ -37,8 +37,16 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "tidemill", "server", "--state-dir", str(self.state_dir),
-                "--port", str(self.port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "tidemill",
+            "server",
+            "--state-dir",
+            str(self.state_dir),
+            "--port",
+            str(self.port),
+        ]
         if self.cluster_file is not None:
             argv += ["--cluster", str(self.cluster_file)]
         log = open(self.state_dir / "server.log", "ab")  # noqa: SIM115 - closed with the process
@@ -126,14 +134,3 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., tuple[ServerProcess, 
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float = 60, what: str = "") -> object:
-    """Poll until ``predicate`` returns something truthy; fail with ``what`` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")

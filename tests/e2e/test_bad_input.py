@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.conftest import wait_for
-from tests.e2e.jobs import SLEEP_FOREVER, script_job
+from tests.e2e.harness import SLEEP_FOREVER, script_job, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -75,10 +74,14 @@ def test_submitting_invalid_jobs_is_refused_with_the_field(busy_server, tmp_path
     server, _ = busy_server
     cases = {
         "unknown-queue": (dict(queue="nope"), "spec.queue: queue 'nope' does not exist"),
-        "too-big": (dict(gpu=16), "spec.roles.worker.resources.gpu: asks 16 gpu per replica; "
-                    "the largest node has 8"),
-        "over-max": (dict(gpu=8, workers=2, queue="ads"),
-                     "spec.queue: the job needs 16 gpu in all; queue 'ads' may hold at most 8"),
+        "too-big": (
+            dict(gpu=16),
+            "spec.roles.worker.resources.gpu: asks 16 gpu per replica; the largest node has 8",
+        ),
+        "over-max": (
+            dict(gpu=8, workers=2, queue="ads"),
+            "spec.queue: the job needs 16 gpu in all; queue 'ads' may hold at most 8",
+        ),
     }
     for name, (options, expected) in cases.items():
         path = write(tmp_path, f"{name}.yaml", script_job(name, "pass", **options))
@@ -92,9 +95,15 @@ def test_name_clash_and_missing_jobs_are_clear_errors(busy_server, tmp_path: Pat
     path = write(tmp_path, "clash.yaml", script_job("bystander", "pass", queue="ads"))
 
     clash = tidemill("submit", str(path), server=server.url)
-    missing = [tidemill(*cmd, server=server.url) for cmd in (
-        ("get", "ghost"), ("delete", "ghost"), ("logs", "ghost"), ("describe", "ghost"),
-    )]
+    missing = [
+        tidemill(*cmd, server=server.url)
+        for cmd in (
+            ("get", "ghost"),
+            ("delete", "ghost"),
+            ("logs", "ghost"),
+            ("describe", "ghost"),
+        )
+    ]
 
     assert clash.returncode != 0
     assert "job default/bystander already exists" in clash.stdout + clash.stderr

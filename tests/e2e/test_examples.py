@@ -23,7 +23,9 @@ def accuracy(output: str) -> float:
 def test_tidemill_run_trains_digits_with_ddp_to_90_percent() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tidemill", "run", str(DIGITS)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -36,13 +38,17 @@ def test_submit_and_follow_logs_on_a_server(start_server) -> None:  # type: igno
     server, client = start_server()
     submitted = subprocess.run(
         [sys.executable, "-m", "tidemill", "submit", str(DIGITS), "--server", server.url],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert submitted.returncode == 0, submitted.stderr
 
     followed = subprocess.run(
         [sys.executable, "-m", "tidemill", "logs", "digits-ddp", "-f", "--server", server.url],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert followed.returncode == 0, followed.stderr
@@ -63,10 +69,18 @@ def test_run_exits_1_on_failure_and_2_on_invalid_input(tmp_path: Path) -> None:
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text("apiVersion: tidemill/v1\nkind: TrainingJob\nmetadata: {name: x}\n")
 
-    failed = subprocess.run([sys.executable, "-m", "tidemill", "run", str(failing)],
-                            capture_output=True, text=True, timeout=120)
-    refused = subprocess.run([sys.executable, "-m", "tidemill", "run", str(invalid)],
-                             capture_output=True, text=True, timeout=120)
+    failed = subprocess.run(
+        [sys.executable, "-m", "tidemill", "run", str(failing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    refused = subprocess.run(
+        [sys.executable, "-m", "tidemill", "run", str(invalid)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "Failed" in failed.stdout + failed.stderr

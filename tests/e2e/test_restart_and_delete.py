@@ -8,8 +8,7 @@ import signal
 import psutil
 import pytest
 
-from tests.e2e.conftest import wait_for
-from tests.e2e.jobs import SLEEP_FOREVER, script_job
+from tests.e2e.harness import SLEEP_FOREVER, script_job, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,7 @@ import json
 import psutil
 import pytest
 
-from tests.e2e.conftest import wait_for
-from tests.e2e.jobs import SLEEP_FOREVER, script_job
+from tests.e2e.harness import SLEEP_FOREVER, script_job, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +62,7 @@ def test_gpu_ids_chosen_by_the_scheduler_reach_the_replica(start_server):  # typ
     client.submit(script_job("half", PRINT_GPUS, gpu=0.5, workers=2, queue="search"))
 
     def logs_ready(name: str) -> list[str] | None:
-        lines = [line for line in client.logs(name) if "visible" in line]
+        lines = [line for line in client.logs(name) if "] visible " in line]
         return lines if len(lines) == len(client.get(name).replicas) else None
 
     two = wait_for(lambda: logs_ready("two-gpus"), what="two-gpus logs")
@@ -83,8 +82,9 @@ def test_gpu_ids_chosen_by_the_scheduler_reach_the_replica(start_server):  # typ
 def test_high_priority_job_preempts_a_low_priority_one_which_requeues(start_server):  # type: ignore[no-untyped-def]
     _, client = start_server(CLUSTER)
     client.submit(script_job("low", SLEEP_FOREVER, gpu=4, workers=1, queue="ads"))
-    wait_for(lambda: phase(client, "low") == "Running", what="low running")
-    low_pid = client.get("low").replicas[0].pid
+    low_pid = wait_for(
+        lambda: [r.pid for r in client.get("low").replicas if r.pid], what="low running"
+    )[0]
     high = script_job("high", "import time; time.sleep(1.5)", gpu=2, workers=2, queue="search")
     high["spec"]["priorityClassName"] = "high"
 
@@ -94,7 +94,7 @@ def test_high_priority_job_preempts_a_low_priority_one_which_requeues(start_serv
     low = client.get("low")
     assert low.phase == "Pending"
     preempted = next(c for c in low.conditions if c.type == "Preempted")
-    assert preempted.status and "search/high" in preempted.message
+    assert preempted.status and "default/high" in preempted.message
     assert not psutil.pid_exists(low_pid) or psutil.Process(low_pid).status() == "zombie"
     assert client.get("high").priority == 1000
     # Once the high-priority job is done, the victim runs again.

@@ -6,8 +6,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import wait_for
-from tests.e2e.jobs import SLEEP_FOREVER, script_job
+from tests.e2e.harness import SLEEP_FOREVER, script_job, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -27,9 +26,11 @@ def test_server_sigkill_and_restart_keeps_jobs_and_readopts_replicas(start_serve
     client.submit(script_job("survivor", WORKER, workers=2, mode="ps", ps_script=SLEEP_FOREVER))
     client.submit(script_job("queued-later", SLEEP_FOREVER, cpu=2, workers=1))
     view = wait_for(
-        lambda: (v := client.get("survivor")).phase == "Running"
-        and all(r.pid for r in v.replicas)
-        and v,
+        lambda: (
+            (v := client.get("survivor")).phase == "Running"
+            and all(r.pid for r in v.replicas)
+            and v
+        ),
         what="survivor running",
     )
     pids = {f"{r.role}-{r.index}": r.pid for r in view.replicas}

@@ -62,7 +62,7 @@ class Launcher:
             local_rank=local_rank(job, replica),
             gpu_ids=tuple(replica.gpu_ids),
             gpu_share=replica.gpu_share if replica.gpu_share > 0 else 1.0,
-            attempt=replica.restarts,
+            attempt=replica.starts,
         )
         return LaunchSpec(
             job=job.key,
@@ -73,7 +73,7 @@ class Launcher:
             working_dir=role.working_dir or str(Path.cwd()),
             node=replica.node,
             gpu_ids=tuple(replica.gpu_ids),
-            attempt=replica.restarts,
+            attempt=replica.starts,
             image=role.image,
         )
 
@@ -84,6 +84,7 @@ class Launcher:
         replica.handle = {"engine": handle.engine, "data": dict(handle.data)}
         replica.log_path = self.engine.log_path(handle)
         replica.pid = seen.pid
+        replica.starts += 1
         replica.phase = ReplicaPhase.RUNNING.value
         replica.started_at = now
         replica.finished_at = None

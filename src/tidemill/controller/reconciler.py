@@ -423,8 +423,8 @@ class Controller:
             tx.add_event(
                 job.key,
                 "ReplicaStarted",
-                f"{replica.replica_name} started again (restart {replica.restarts}) on "
-                f"{replica.node}, pid {replica.pid}",
+                f"{replica.replica_name} started again on {replica.node} "
+                f"(attempt {replica.starts}, {replica.restarts} restart(s) charged)",
                 replica=replica.replica_name,
                 at=now,
             )
@@ -496,6 +496,9 @@ class Controller:
                     memory_bytes=placement.memory_bytes,
                     gpu_ids=list(placement.gpu_ids),
                     gpu_share=placement.gpu_share,
+                    port=0,
+                    restarts=0,
+                    starts=0,
                 )
             )
         job.scheduled_at = now

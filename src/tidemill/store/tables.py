@@ -69,6 +69,9 @@ class ReplicaRow(Base):
     gpu_share: Mapped[float] = mapped_column(Float, default=0.0)
     port: Mapped[int] = mapped_column(Integer, default=0)
     restarts: Mapped[int] = mapped_column(Integer, default=0)
+    """Restarts charged to this replica's maxRestarts."""
+    starts: Mapped[int] = mapped_column(Integer, default=0)
+    """Every launch, including gang restarts caused by a peer (``TIDEMILL_ATTEMPT``)."""
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     handle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

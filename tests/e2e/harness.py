@@ -1,9 +1,14 @@
-"""Small job documents for end-to-end tests: real Python one-liners as replicas."""
+"""Helpers for end-to-end tests: small job documents (real Python one-liners as
+replicas) and polling with a deadline."""
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 
 def script_job(
@@ -55,3 +60,14 @@ def script_job(
 
 SLEEP_FOREVER = "import time\nwhile True: time.sleep(0.5)"
 """A replica that runs until stopped."""
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float = 60, what: str = "") -> object:
+    """Poll until ``predicate`` returns something truthy; fail with ``what`` otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")

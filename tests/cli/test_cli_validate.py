@@ -1,0 +1,82 @@
+"""`tidemill validate` needs no server: ok lines on stdout, `path: message` lines and exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tidemill.cli.main import app
+
+runner = CliRunner()
+
+
+def test_a_valid_file_is_reported_with_its_name_and_roles(job_file: Path) -> None:
+    result = runner.invoke(app, ["validate", str(job_file)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{job_file}: ok (TrainingJob ads/demo, roles worker x2)\n"
+
+
+def test_elastic_roles_show_their_bounds(tmp_path: Path) -> None:
+    path = tmp_path / "ps.yaml"
+    path.write_text(
+        "metadata: {name: ctr}\n"
+        "spec:\n"
+        "  mode: ps\n"
+        "  roles:\n"
+        "    ps: {replicas: 2, command: [python, ps.py]}\n"
+        "    worker: {replicas: 4, minReplicas: 2, maxReplicas: 8, command: [python, w.py]}\n"
+    )
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "roles ps x2, worker x4 (elastic 2-8)" in result.stdout
+
+
+def test_every_problem_is_printed_as_path_colon_message_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "apiVersion: tidemill/v1\n"
+        "kind: TrainingJob\n"
+        "metadata: {name: Bad_Name}\n"
+        "spec:\n"
+        "  roles:\n"
+        "    worker: {replicas: -1, command: [python], restartPolicy: Sometimes}\n"
+    )
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"error: {path} is not a valid job (3 problems)"
+    paths = sorted(line.split(": ", 1)[0] for line in lines[1:])
+    assert paths == [
+        "metadata.name",
+        "spec.roles.worker.replicas",
+        "spec.roles.worker.restartPolicy",
+    ]
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_good_and_bad_files_are_all_checked(job_file: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(job_file.read_text().replace("replicas: 2", "replica: 2"))
+    result = runner.invoke(app, ["validate", str(bad), str(job_file)])
+    assert result.exit_code == 2
+    assert f"{job_file}: ok" in result.stdout
+    assert "spec.roles.worker.replica: unknown field; did you mean 'replicas'?" in result.stderr
+
+
+def test_a_missing_file_and_broken_yaml_are_invalid_input(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("metadata:\n  name: x\n spec: [\n")
+    result = runner.invoke(app, ["validate", str(tmp_path / "absent.yaml"), str(broken)])
+    assert result.exit_code == 2
+    assert "absent.yaml: cannot read the file: No such file or directory" in result.stderr
+    assert f"{broken}: line 3, column 2: not valid YAML" in result.stderr
+
+
+def test_run_refuses_an_invalid_file_before_starting_anything(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("metadata: {name: ok}\nspec: {roles: {worker: {replicas: 1}}}\n")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert "spec.roles.worker.command: required field is missing" in result.stderr
