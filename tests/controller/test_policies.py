@@ -23,11 +23,11 @@ RESTART, FAIL, NONE = RestartAction.RESTART, RestartAction.FAIL_JOB, RestartActi
     [
         pytest.param(P.ON_FAILURE, 1, 0, RESTART, id="OnFailure restarts a failed replica"),
         pytest.param(P.ON_FAILURE, 0, 0, NONE, id="OnFailure leaves a succeeded replica alone"),
-        pytest.param(P.ON_FAILURE, 1, 3, FAIL, id="OnFailure fails the job once maxRestarts is spent"),
+        pytest.param(P.ON_FAILURE, 1, 3, FAIL, id="OnFailure fails once restarts are spent"),
         pytest.param(P.NEVER, 1, 0, FAIL, id="Never fails the job on the first failure"),
         pytest.param(P.NEVER, 0, 0, NONE, id="Never leaves a succeeded replica alone"),
         pytest.param(P.ALWAYS, 0, 0, RESTART, id="Always restarts even a clean exit"),
-        pytest.param(P.EXIT_CODE, 137, 0, RESTART, id="ExitCode retries a replica killed by a signal"),
+        pytest.param(P.EXIT_CODE, 137, 0, RESTART, id="ExitCode retries a killed replica"),
         pytest.param(P.EXIT_CODE, None, 0, RESTART, id="ExitCode retries a lost replica"),
         pytest.param(P.EXIT_CODE, 1, 0, FAIL, id="ExitCode treats codes below 128 as permanent"),
         pytest.param(P.ON_FAILURE, None, 0, RESTART, id="a lost replica counts as failed"),

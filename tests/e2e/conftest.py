@@ -3,6 +3,7 @@ on a free port, with its own state folder; every process it started is gone afte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -130,7 +131,5 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., tuple[ServerProcess, 
         server.stop()
         leftovers = _processes_under(server.state_dir)
         for proc in leftovers:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
-            except psutil.NoSuchProcess:
-                pass

@@ -71,3 +71,10 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 60, what: str =
             return value
         time.sleep(0.1)
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def running_pids(client: Any, name: str) -> list[int] | None:
+    """The pids of every replica once all of them run (None until then)."""
+    view = client.get(name)
+    pids = [r.pid for r in view.replicas if r.phase == "Running" and r.pid]
+    return pids if pids and len(pids) == len(view.replicas) else None

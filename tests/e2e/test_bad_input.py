@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.harness import SLEEP_FOREVER, script_job, wait_for
+from tests.e2e.harness import SLEEP_FOREVER, running_pids, script_job, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -39,8 +39,7 @@ def busy_server(start_server):  # type: ignore[no-untyped-def]
     """A server with one running job that every bad request must leave alone."""
     server, client = start_server(CLUSTER)
     client.submit(script_job("bystander", SLEEP_FOREVER, queue="ads"))
-    wait_for(lambda: client.get("bystander").phase == "Running", what="bystander running")
-    pid = client.get("bystander").replicas[0].pid
+    [pid] = wait_for(lambda: running_pids(client, "bystander"), what="bystander running")
     yield server, client
     after = client.get("bystander")
     assert after.phase == "Running" and after.replicas[0].pid == pid

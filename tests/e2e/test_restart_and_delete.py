@@ -8,7 +8,7 @@ import signal
 import psutil
 import pytest
 
-from tests.e2e.harness import SLEEP_FOREVER, script_job, wait_for
+from tests.e2e.harness import SLEEP_FOREVER, running_pids, script_job, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -19,12 +19,6 @@ KILL_ME_ONCE = (
     "print('attempt', attempt, 'rank', os.environ['RANK'], flush=True)\n"
     "time.sleep(120 if attempt == 0 else 0.2)\n"
 )
-
-
-def running_pids(client, name):  # type: ignore[no-untyped-def]
-    view = client.get(name)
-    pids = [r.pid for r in view.replicas if r.phase == "Running" and r.pid]
-    return pids if len(pids) == len(view.replicas) and pids else None
 
 
 def test_killed_worker_is_restarted_and_the_job_succeeds(start_server):  # type: ignore[no-untyped-def]
