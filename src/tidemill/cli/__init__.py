@@ -1,0 +1,1 @@
+"""The ``tidemill`` command line (Typer + Rich) over :mod:`tidemill.client`."""

@@ -1,0 +1,326 @@
+"""Turn API views into what people read (Rich tables) and scripts parse (JSON, YAML).
+
+Pure functions of their inputs (``now`` is passed in), so the output is testable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from tidemill.api.status import (
+    EventView,
+    JobPhase,
+    JobSummary,
+    JobView,
+    NodeView,
+    QueueView,
+    ReplicaPhase,
+    ResourceView,
+)
+from tidemill.cli.common import Output
+
+PHASE_STYLES = {
+    JobPhase.PENDING: "yellow",
+    JobPhase.SCHEDULED: "cyan",
+    JobPhase.RUNNING: "blue",
+    JobPhase.RESTARTING: "magenta",
+    JobPhase.SUCCEEDED: "green",
+    JobPhase.FAILED: "red",
+}
+_UNITS = (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
+
+
+def dump(models: BaseModel | Sequence[BaseModel], output: Output) -> str:
+    """JSON or YAML of one view or a list of views, in the REST API's own shape."""
+    if isinstance(models, BaseModel):
+        data: Any = models.model_dump(mode="json")
+    else:
+        data = [model.model_dump(mode="json") for model in models]
+    if output is Output.YAML:
+        return yaml.safe_dump(data, sort_keys=False).rstrip("\n")
+    return json.dumps(data, indent=2)
+
+
+def age(since: float | None, now: float) -> str:
+    """Compact elapsed time like kubectl's AGE column: 42s, 7m, 3h, 2d."""
+    if since is None:
+        return "-"
+    seconds = max(0, int(now - since))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def duration(seconds: float) -> str:
+    """Exact enough for a summary: 4.2s, 3m07s, 2h05m."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def clock(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def memory(amount: float) -> str:
+    for unit, size in _UNITS:
+        if amount >= size:
+            value = amount / size
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+    return f"{amount:.0f}"
+
+
+def number(value: float) -> str:
+    return f"{value:g}"
+
+
+def resources(view: ResourceView) -> str:
+    parts = [f"cpu {number(view.cpu)}", f"mem {memory(view.memory)}"]
+    if view.gpu:
+        parts.append(f"gpu {number(view.gpu)}")
+    return ", ".join(parts)
+
+
+def limits(limit: dict[str, float | int | None]) -> str:
+    if not limit or all(value is None for value in limit.values()):
+        return "unlimited"
+    shown = []
+    for key, value in limit.items():
+        if value is None:
+            continue
+        shown.append(f"{key} {memory(value) if key == 'memory' else number(value)}")
+    return ", ".join(shown)
+
+
+def phase_text(phase: JobPhase) -> Text:
+    return Text(phase.value, style=PHASE_STYLES.get(phase, ""))
+
+
+def replica_counts(view: JobView) -> dict[str, str]:
+    """role -> 'running/desired'; desired from the job document, else the replicas known."""
+    body = view.spec.get("spec", view.spec)
+    roles = body.get("roles") if isinstance(body, dict) else None
+    desired: Counter[str] = Counter()
+    if isinstance(roles, dict):
+        for role, body in roles.items():
+            desired[role] = int(body.get("replicas", 1)) if isinstance(body, dict) else 1
+    else:
+        desired.update(replica.role for replica in view.replicas)
+    running = Counter(r.role for r in view.replicas if r.phase is ReplicaPhase.RUNNING)
+    return {role: f"{running[role]}/{count}" for role, count in desired.items()}
+
+
+def counts_text(counts: dict[str, str]) -> str:
+    return ", ".join(f"{role} {count}" for role, count in counts.items()) or "-"
+
+
+def jobs_table(jobs: Sequence[JobSummary], now: float) -> Table:
+    table = _table("NAMESPACE", "NAME", "QUEUE", "PRIORITY", "PHASE", "REPLICAS", "AGE", "MESSAGE")
+    for job in jobs:
+        table.add_row(
+            job.namespace,
+            job.name,
+            job.queue,
+            str(job.priority),
+            phase_text(job.phase),
+            counts_text(job.replicas),
+            age(job.created_at, now),
+            Text(job.message),
+        )
+    return table
+
+
+def job_table(view: JobView, now: float) -> Table:
+    table = _table("NAMESPACE", "NAME", "QUEUE", "PRIORITY", "PHASE", "REPLICAS", "AGE", "MESSAGE")
+    table.add_row(
+        view.namespace,
+        view.name,
+        view.queue,
+        str(view.priority),
+        phase_text(view.phase),
+        counts_text(replica_counts(view)),
+        age(view.created_at, now),
+        Text(_why(view)),
+    )
+    return table
+
+
+def describe(view: JobView, events: Sequence[EventView], now: float) -> RenderableType:
+    """Everything needed to tell why a job is where it is, top to bottom."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    end = view.finished_at if view.finished_at is not None else now
+    rows: list[tuple[str, str | Text]] = [
+        ("Name", f"{view.namespace}/{view.name}"),
+        ("UID", view.uid),
+        ("Queue", view.queue),
+        ("Priority", str(view.priority)),
+        ("Mode", view.mode),
+        ("Phase", phase_text(view.phase)),
+        ("Replicas", counts_text(replica_counts(view))),
+        ("Created", f"{clock(view.created_at)} ({age(view.created_at, now)} ago)"),
+        ("Started", clock(view.started_at)),
+        ("Finished", clock(view.finished_at)),
+    ]
+    if view.started_at is not None:
+        rows.append(("Duration", duration(end - view.started_at)))
+    if view.message:
+        rows.append(("Message", Text(view.message)))
+    if view.pending_reason is not None:
+        reason = view.pending_reason
+        rows.append(("Pending", Text(f"{reason.code}: {reason.message}", style="yellow")))
+    for label, value in rows:
+        head.add_row(label, value)
+    parts: list[RenderableType] = [head]
+    if view.conditions:
+        parts += [Text("\nConditions", style="bold"), _conditions(view)]
+    if view.replicas:
+        parts += [Text("\nReplicas", style="bold"), _replicas(view, now)]
+    parts.append(Text("\nEvents", style="bold"))
+    parts.append(events_table(events[-20:]) if events else Text("  none"))
+    return Group(*parts)
+
+
+def queues_table(queues: Sequence[QueueView]) -> Table:
+    table = _table(
+        "NAME", "WEIGHT", "GUARANTEED", "MAX", "ALLOCATED", "SHARE", "PENDING", "RUNNING"
+    )
+    for queue in queues:
+        table.add_row(
+            queue.name,
+            number(queue.weight),
+            resources(queue.guaranteed),
+            limits(queue.max),
+            resources(queue.allocated),
+            f"{queue.dominant_share:.2f}",
+            str(queue.pending),
+            str(queue.running),
+        )
+    return table
+
+
+def nodes_table(nodes: Sequence[NodeView]) -> Table:
+    table = _table("NAME", "CPU", "MEMORY", "GPU", "GPU MODEL", "GPU USE", "SCHEDULABLE", "LABELS")
+    for node in nodes:
+        table.add_row(
+            node.name,
+            f"{number(node.allocated.cpu)}/{number(node.capacity.cpu)}",
+            f"{memory(node.allocated.memory)}/{memory(node.capacity.memory)}",
+            f"{number(node.allocated.gpu)}/{number(node.capacity.gpu)}",
+            node.gpu_model or "-",
+            " ".join(f"{share:.0%}" for share in node.gpu_used) or "-",
+            "yes" if node.schedulable else Text("no", style="yellow"),
+            ",".join(f"{k}={v}" for k, v in sorted(node.labels.items())) or "-",
+        )
+    return table
+
+
+def events_table(events: Sequence[EventView], with_job: bool = False) -> Table:
+    headers = ["TIME", "JOB"] if with_job else ["TIME"]
+    table = _table(*headers, "TYPE", "REASON", "REPLICA", "MESSAGE")
+    for event in events:
+        first = [time.strftime("%H:%M:%S", time.localtime(event.time))]
+        if with_job:
+            first.append(event.job or "-")
+        style = "yellow" if event.type == "Warning" else ""
+        table.add_row(
+            *first,
+            Text(event.type, style=style),
+            event.reason,
+            event.replica or "-",
+            Text(event.message),
+        )
+    return table
+
+
+def event_line(event: EventView, with_job: bool = True) -> str:
+    """One event as plain text, for streams: ``12:00:01 ads/ctr Started [worker-0]: msg``."""
+    parts = [time.strftime("%H:%M:%S", time.localtime(event.time))]
+    if with_job and event.job:
+        parts.append(event.job)
+    parts.append(event.reason if event.type != "Warning" else f"{event.reason} (Warning)")
+    if event.replica:
+        parts.append(f"[{event.replica}]")
+    return " ".join(parts) + f": {event.message}"
+
+
+def final_summary(view: JobView) -> list[str]:
+    """How a job ended, and which replicas failed how (grouped, so 64 workers fit a line)."""
+    start = view.started_at if view.started_at is not None else view.created_at
+    took = f" in {duration(view.finished_at - start)}" if view.finished_at is not None else ""
+    lines = [f"job {view.namespace}/{view.name} {view.phase.value}{took}"]
+    if view.message:
+        lines.append(f"  {view.message}")
+    failures: dict[tuple[int | None, str], list[str]] = {}
+    for replica in sorted(view.replicas, key=lambda r: (r.role, r.index)):
+        if replica.phase is ReplicaPhase.FAILED:
+            failure = (replica.exit_code, replica.message)
+            failures.setdefault(failure, []).append(f"{replica.role}-{replica.index}")
+    for (exit_code, message), names in failures.items():
+        how = "failed" if exit_code is None else f"exited with code {exit_code}"
+        detail = f": {message}" if message and not message.endswith(how) else ""
+        lines.append(f"  {', '.join(names)} {how}{detail}")
+    return lines
+
+
+def _conditions(view: JobView) -> Table:
+    table = _table("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")
+    for condition in view.conditions:
+        table.add_row(
+            condition.type.value,
+            str(condition.status),
+            condition.reason,
+            clock(condition.last_transition_time),
+            Text(condition.message),
+        )
+    return table
+
+
+def _replicas(view: JobView, now: float) -> Table:
+    table = _table("REPLICA", "PHASE", "NODE", "GPUS", "PID", "RESTARTS", "EXIT", "AGE", "MESSAGE")
+    for replica in sorted(view.replicas, key=lambda r: (r.role, r.index)):
+        exit_code = "-" if replica.exit_code is None else str(replica.exit_code)
+        style = "red" if replica.phase is ReplicaPhase.FAILED else ""
+        table.add_row(
+            f"{replica.role}-{replica.index}",
+            Text(replica.phase.value, style=style),
+            replica.node or "-",
+            ",".join(replica.gpus) or "-",
+            "-" if replica.pid is None else str(replica.pid),
+            str(replica.restarts),
+            exit_code,
+            age(replica.started_at, now),
+            Text(replica.message),
+        )
+    return table
+
+
+def _why(view: JobView) -> str:
+    if view.pending_reason is not None and view.phase is JobPhase.PENDING:
+        return f"{view.pending_reason.code}: {view.pending_reason.message}"
+    return view.message
+
+
+def _table(*headers: str) -> Table:
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table

@@ -1,0 +1,359 @@
+"""Python SDK over tidemill's REST API (``/api/v1``); the CLI is built on it.
+
+Every failure is a :class:`TidemillError`, so one ``except`` covers the SDK::
+
+    TidemillError              anything this client raises
+      ├─ ServerUnavailable     no server answers at the URL (refused, unknown host)
+      ├─ TimedOut              the server did not answer in time, or wait() ran out
+      └─ ApiError              the server answered 4xx/5xx: .status .code .message .errors
+           ├─ InvalidSpec      422: the job is invalid; .errors holds one FieldError per problem
+           ├─ NotFound         404: no such job (or queue, node)
+           └─ Conflict         409: the name is taken, or a bare name matches several namespaces
+
+Example::
+
+    with Client("http://127.0.0.1:8500") as client:
+        view = client.submit(Path("job.yaml"))
+        final = client.wait(view.name, namespace=view.namespace)
+        print(final.phase)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from tidemill.api.errors import FieldError, SpecError
+from tidemill.api.job import TrainingJob
+from tidemill.api.loader import load_job_file
+from tidemill.api.status import EventView, JobSummary, JobView, NodeView, QueueView
+
+DEFAULT_SERVER = "http://127.0.0.1:8500"
+SERVER_ENV = "TIDEMILL_SERVER"
+API_PREFIX = "/api/v1"
+
+
+class TidemillError(Exception):
+    """Base of every error the client raises."""
+
+
+class ServerUnavailable(TidemillError):
+    """Nothing answers at the server URL."""
+
+    def __init__(self, url: str, detail: str = "") -> None:
+        self.url = url
+        why = f" ({detail})" if detail else ""
+        super().__init__(
+            f"cannot reach the tidemill server at {url}{why}; start one with "
+            f"`tidemill server` or set --server / {SERVER_ENV}"
+        )
+
+
+class TimedOut(TidemillError):
+    """A request or a wait took longer than allowed."""
+
+
+class ApiError(TidemillError):
+    """The server refused a request; ``errors`` lists field problems, if any."""
+
+    def __init__(
+        self, status: int, code: str, message: str, errors: list[FieldError] | None = None
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors or []
+        lines = [message, *(str(e) for e in self.errors)]
+        super().__init__("\n".join(lines))
+
+
+class InvalidSpec(ApiError):
+    """422: the job (or request body) is invalid. Also raised for files checked locally."""
+
+
+class NotFound(ApiError):
+    """404."""
+
+
+class Conflict(ApiError):
+    """409: a job of that name exists, or a bare name is ambiguous across namespaces."""
+
+
+_ERRORS_BY_STATUS: dict[int, type[ApiError]] = {422: InvalidSpec, 404: NotFound, 409: Conflict}
+
+
+class Client:
+    """A connection to one tidemill server.
+
+    ``server`` defaults to ``$TIDEMILL_SERVER``, then ``http://127.0.0.1:8500``. A job
+    name may be written ``namespace/name`` wherever a name and a namespace are taken.
+    """
+
+    def __init__(self, server: str | None = None, timeout_s: float = 30) -> None:
+        self.server = normalise_url(server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER)
+        self.timeout_s = timeout_s
+        self._http = httpx.Client(base_url=self.server, timeout=timeout_s)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def submit(
+        self, job: str | os.PathLike[str] | dict[str, Any] | TrainingJob, dry_run: bool = False
+    ) -> JobView:
+        """Submit a job: a ``TrainingJob``, a parsed document, a file path or file text.
+
+        A path (a ``Path``, or a one-line string not starting with ``{``) is loaded and
+        validated here first, so Kubeflow files are converted and ``workingDir`` resolves
+        against the file's folder. Text is sent as YAML for the server to validate.
+        """
+        params = {"dryRun": "true"} if dry_run else {}
+        if isinstance(job, str) and ("\n" in job or job.lstrip().startswith("{")):
+            headers = {"Content-Type": "application/yaml"}
+            response = self._request("POST", "/jobs", params=params, content=job, headers=headers)
+            return JobView.model_validate(response.json())
+        if isinstance(job, str | os.PathLike):
+            job = _load_locally(Path(job))
+        document = job.to_document() if isinstance(job, TrainingJob) else job
+        response = self._request(
+            "POST", "/jobs", params=params, content=json.dumps(document),
+            headers={"Content-Type": "application/json"},
+        )
+        return JobView.model_validate(response.json())
+
+    def jobs(self, namespace: str | None = None, phase: str | None = None) -> list[JobSummary]:
+        params = _present(namespace=namespace, phase=phase)
+        items = self._request("GET", "/jobs", params=params).json()["items"]
+        return [JobSummary.model_validate(item) for item in items]
+
+    def get(self, name: str, namespace: str | None = None) -> JobView:
+        name, params = _job_ref(name, namespace)
+        return JobView.model_validate(self._request("GET", f"/jobs/{name}", params=params).json())
+
+    def delete(self, name: str, namespace: str | None = None) -> str:
+        """Delete a job; returns ``namespace/name`` once its processes are gone."""
+        name, params = _job_ref(name, namespace)
+        return str(self._request("DELETE", f"/jobs/{name}", params=params).json()["deleted"])
+
+    def scale(self, name: str, role: str, replicas: int, namespace: str | None = None) -> JobView:
+        name, params = _job_ref(name, namespace)
+        body = {"role": role, "replicas": replicas}
+        response = self._request("POST", f"/jobs/{name}/scale", params=params, json=body)
+        return JobView.model_validate(response.json())
+
+    def logs(
+        self,
+        name: str,
+        role: str | None = None,
+        index: int | None = None,
+        follow: bool = False,
+        tail_lines: int | None = None,
+        namespace: str | None = None,
+    ) -> Iterator[str]:
+        """Log lines without line endings; all replicas' lines carry ``[role-index] ``.
+
+        The request is sent now, so a missing job raises here rather than on first
+        ``next()``. With ``follow`` the iterator ends when the job finishes; close it
+        (or break out of the loop) to stop early.
+        """
+        name, params = _job_ref(name, namespace)
+        params.update(_present(role=role, index=index, tailLines=tail_lines))
+        params["follow"] = "true" if follow else "false"
+        timeout = httpx.Timeout(self.timeout_s, read=None if follow else self.timeout_s)
+        request = self._http.build_request(
+            "GET", f"{API_PREFIX}/jobs/{name}/logs", params=params, timeout=timeout
+        )
+        return self._lines(self._send(request, stream=True))
+
+    def events(self, job: str | None = None, since: int | None = None) -> list[EventView]:
+        """Events, oldest first; ``job`` is ``namespace/name``; ``since`` an event id."""
+        items = self._request("GET", "/events", params=_present(job=job, since=since)).json()
+        return [EventView.model_validate(item) for item in items["items"]]
+
+    def job_events(self, name: str, namespace: str | None = None) -> list[EventView]:
+        name, params = _job_ref(name, namespace)
+        items = self._request("GET", f"/jobs/{name}/events", params=params).json()["items"]
+        return [EventView.model_validate(item) for item in items]
+
+    def queues(self) -> list[QueueView]:
+        items = self._request("GET", "/queues").json()["items"]
+        return [QueueView.model_validate(item) for item in items]
+
+    def nodes(self) -> list[NodeView]:
+        items = self._request("GET", "/nodes").json()["items"]
+        return [NodeView.model_validate(item) for item in items]
+
+    def health(self) -> bool:
+        """True when a server answers ``/healthz`` with ok; never raises."""
+        try:
+            response = self._http.get("/healthz")
+            return response.status_code == 200 and response.json().get("status") == "ok"
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    def wait(
+        self,
+        name: str,
+        namespace: str | None = None,
+        timeout_s: float | None = None,
+        poll_s: float = 0.5,
+    ) -> JobView:
+        """Poll until the job has Succeeded or Failed, and return its final view."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            view = self.get(name, namespace)
+            if view.phase.is_terminal:
+                return view
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimedOut(
+                    f"job {view.namespace}/{view.name} is still {view.phase} after "
+                    f"{timeout_s:g}s; wait longer or check `tidemill describe {view.name}`"
+                )
+            time.sleep(poll_s)
+            # Later polls use the resolved namespace, so a new twin cannot make it ambiguous.
+            name, namespace = view.name, view.namespace
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        request = self._http.build_request(method, f"{API_PREFIX}{path}", **kwargs)
+        return self._send(request, stream=False)
+
+    def _send(self, request: httpx.Request, stream: bool) -> httpx.Response:
+        try:
+            response = self._http.send(request, stream=stream)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise ServerUnavailable(self.server, _reason(exc)) from None
+        except httpx.TimeoutException:
+            raise TimedOut(
+                f"the tidemill server at {self.server} did not answer {request.method} "
+                f"{request.url.path} within {self.timeout_s:g}s"
+            ) from None
+        except httpx.TransportError as exc:
+            raise TidemillError(
+                f"{request.method} {request.url.path} to {self.server} failed: {_reason(exc)}"
+            ) from None
+        if response.is_error:
+            if stream:
+                response.read()
+                response.close()
+            raise api_error(response)
+        return response
+
+    def _lines(self, response: httpx.Response) -> Iterator[str]:
+        try:
+            yield from response.iter_lines()
+        except httpx.TransportError as exc:
+            raise TidemillError(
+                f"the log stream from {self.server} broke: {_reason(exc)}"
+            ) from None
+        finally:
+            response.close()
+
+
+def api_error(response: httpx.Response) -> ApiError:
+    """Build the typed error for a 4xx/5xx, tolerating bodies that are not tidemill's JSON."""
+    code = response.reason_phrase or f"HTTP{response.status_code}"
+    message = ""
+    errors: list[FieldError] = []
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("error") if isinstance(body, Mapping) else None
+    if isinstance(detail, Mapping):
+        code = str(detail.get("code") or code)
+        message = str(detail.get("message") or "")
+        errors = [
+            FieldError(str(item.get("path", "")), str(item.get("message", "")))
+            for item in detail.get("errors") or []
+            if isinstance(item, Mapping)
+        ]
+    elif isinstance(body, Mapping) and isinstance(body.get("detail"), list):
+        # FastAPI's own refusals of query parameters: {"detail": [{"loc": [...], "msg": ...}]}
+        message = "the request is invalid"
+        errors = [
+            FieldError(".".join(str(p) for p in item.get("loc", [])), str(item.get("msg", "")))
+            for item in body["detail"]
+            if isinstance(item, Mapping)
+        ]
+    if not message:
+        text = response.text.strip()
+        message = f"the server answered {response.status_code} {code}" + (
+            f": {text[:300]}" if text else ""
+        )
+    kind = _ERRORS_BY_STATUS.get(response.status_code, ApiError)
+    return kind(response.status_code, code, message, errors)
+
+
+def normalise_url(server: str) -> str:
+    """``host:port`` or a full URL, without a trailing slash."""
+    server = server.strip().rstrip("/")
+    return server if "://" in server else f"http://{server}"
+
+
+def split_job_ref(name: str, namespace: str | None) -> tuple[str, str | None]:
+    """``ns/name`` → (name, ns); a namespace given separately wins only if they agree."""
+    if "/" not in name:
+        return name, namespace
+    given_ns, _, bare = name.partition("/")
+    if namespace is not None and namespace != given_ns:
+        raise TidemillError(
+            f"job {name!r} names namespace {given_ns!r} but namespace {namespace!r} was "
+            "also given; use one of them"
+        )
+    return bare, given_ns
+
+
+def _job_ref(name: str, namespace: str | None) -> tuple[str, dict[str, Any]]:
+    bare, ns = split_job_ref(name, namespace)
+    return bare, _present(namespace=ns)
+
+
+def _present(**params: Any) -> dict[str, Any]:
+    return {key: value for key, value in params.items() if value is not None}
+
+
+def _load_locally(path: Path) -> TrainingJob:
+    try:
+        return load_job_file(path)
+    except SpecError as exc:
+        errors = list(exc.errors)
+        raise InvalidSpec(422, "Invalid", f"{path} is not a valid job", errors) from None
+
+
+def _reason(exc: httpx.HTTPError) -> str:
+    return re.sub(r"^\[Errno -?\d+\] ", "", str(exc)) or type(exc).__name__
+
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "SERVER_ENV",
+    "ApiError",
+    "Client",
+    "Conflict",
+    "InvalidSpec",
+    "NotFound",
+    "ServerUnavailable",
+    "TidemillError",
+    "TimedOut",
+    "api_error",
+    "normalise_url",
+    "split_job_ref",
+]
