@@ -18,42 +18,30 @@ from dataclasses import dataclass, field
 
 from tidemill.api.cluster import ClusterSpec, QueueSpec, this_machine
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
-from tidemill.api.job import Mode, RestartPolicy, TrainingJob
-from tidemill.api.status import ConditionType, JobPhase, JobView, ReplicaPhase
+from tidemill.api.job import TrainingJob
+from tidemill.api.status import ConditionType, JobPhase, JobView
 from tidemill.controller.admission import admit
-from tidemill.controller.conditions import set_condition, transition
+from tidemill.controller.conditions import set_condition
+from tidemill.controller.job_sync import JobSync
 from tidemill.controller.launcher import Launcher
-from tidemill.controller.policies import (
-    ReplicaState,
-    RestartAction,
-    counts_for_success,
-    decide_restart,
-    job_succeeded,
-)
-from tidemill.controller.snapshot import job_request, node_info, queue_info, running_job
-from tidemill.engines.base import Engine, ReplicaHandle
-from tidemill.scheduler.core import schedule
-from tidemill.scheduler.types import Bind, ClusterState, Decisions, SchedulerConfig
+from tidemill.controller.scheduling import ACTIVE_PHASES, CycleStats, SchedulingStep
+from tidemill.engines.base import Engine
+from tidemill.scheduler.types import SchedulerConfig
 from tidemill.store.store import Store, Tx
-from tidemill.store.tables import JobRow, ReplicaRow
+from tidemill.store.tables import JobRow
 
 log = logging.getLogger(__name__)
-ACTIVE_PHASES = [JobPhase.SCHEDULED.value, JobPhase.RUNNING.value, JobPhase.RESTARTING.value]
+__all__ = ["ACTIVE_PHASES", "Controller", "ControllerConfig", "CycleStats"]
 
 
 @dataclass(frozen=True)
 class ControllerConfig:
     tick_s: float = 0.2
+    """How often running jobs are observed."""
+    resync_s: float = 2.0
+    """The scheduler runs on every change, and at least this often."""
     stop_grace_s: float = 5.0
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-
-
-@dataclass
-class CycleStats:
-    """What the last cycle did; read by /metrics."""
-
-    schedule_seconds: float = 0.0
-    queue_latencies_s: list[float] = field(default_factory=list)
 
 
 class Controller:
@@ -76,7 +64,11 @@ class Controller:
         self.config = config or ControllerConfig()
         self.clock = clock
         self.on_cycle = on_cycle
-        self.launcher = Launcher(engine)
+        self.jobs = JobSync(engine, Launcher(engine), self.spec_of, self.config.stop_grace_s)
+        self.scheduling = SchedulingStep(store, self.jobs, self.spec_of, self.config.scheduler)
+        self._schedule_due = threading.Event()
+        self._schedule_due.set()
+        self._next_resync = 0.0
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -108,6 +100,8 @@ class Controller:
             self._thread.join(timeout=30)
 
     def wake(self) -> None:
+        """Something changed: schedule on the next pass, and run it now."""
+        self._schedule_due.set()
         self._wake.set()
 
     def _run(self) -> None:
@@ -123,7 +117,7 @@ class Controller:
 
     def submit(self, job: TrainingJob) -> str:
         """Queue a job; raises SpecError (won't fit here) or ConflictError (name taken)."""
-        with self._lock, self.store.transaction() as tx:
+        with self.store.transaction() as tx:
             existing = tx.job(job.metadata.namespace, job.metadata.name)
             if existing is not None:
                 raise ConflictError(
@@ -149,6 +143,7 @@ class Controller:
                     message="waiting to be scheduled",
                     conditions=[],
                     created_at=now,
+                    desired={name: role.replicas for name, role in job.spec.roles.items()},
                 )
             )
             set_condition(row, ConditionType.PENDING, True, "Submitted", "queued", now)
@@ -158,7 +153,7 @@ class Controller:
                 f"queued in {admission.queue} at priority {admission.priority}",
                 at=now,
             )
-        self._wake.set()
+        self.wake()
         return job.key
 
     def dry_run(self, job: TrainingJob) -> JobView:
@@ -220,9 +215,10 @@ class Controller:
             document = row.spec
             document["spec"]["roles"][role]["replicas"] = replicas
             row.spec = {**document}
+            row.desired = {**row.desired, role: replicas}
             self._specs.pop(row.uid, None)
             tx.add_event(row.key, "Resized", f"{role} set to {replicas} replica(s) while pending")
-        self._wake.set()
+        self.wake()
 
     def resolve(self, name: str, namespace: str | None) -> tuple[str, str]:
         """Find a job by name; without a namespace the name must be unique."""
@@ -248,7 +244,7 @@ class Controller:
                 row = tx.job(namespace, name)
                 if row is None:
                     raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
-                handles = [self._handle(r) for r in row.replicas if r.handle]
+                handles = [self.jobs.handle(r) for r in row.replicas if r.handle]
             for handle in handles:
                 self.engine.stop(handle, self.config.stop_grace_s)
             with self.store.transaction() as tx:
@@ -257,21 +253,27 @@ class Controller:
                     self._specs.pop(row.uid, None)
                     tx.delete_job(row)
                 tx.add_event(f"{namespace}/{name}", "Deleted", "job deleted; processes stopped")
-        self._wake.set()
+        self.wake()
         return f"{namespace}/{name}"
 
     # ----------------------------------------------------------------- the cycle
 
     def reconcile_once(self) -> CycleStats:
+        """One pass: move running jobs on; schedule when something changed (or to resync)."""
         stats = CycleStats()
         with self._lock:
             with self.store.transaction() as tx:
                 now = self.clock()
                 for job in tx.jobs(phases=ACTIVE_PHASES):
-                    self._sync_job(tx, job, now)
+                    if self.jobs.sync(tx, job, now):
+                        self._schedule_due.set()
                 self._expire_finished(tx, now)
-            with self.store.transaction() as tx:
-                self._schedule(tx, self.clock(), stats)
+            now = self.clock()
+            if self._schedule_due.is_set() or now >= self._next_resync:
+                self._schedule_due.clear()
+                self._next_resync = now + self.config.resync_s
+                if self.scheduling.run(now, stats):
+                    self._schedule_due.set()
         if self.on_cycle is not None:
             self.on_cycle(stats)
         return stats
@@ -283,242 +285,11 @@ class Controller:
             self._specs[row.uid] = spec
         return spec
 
-    def _handle(self, replica: ReplicaRow) -> ReplicaHandle:
-        data = replica.handle or {}
-        return ReplicaHandle(engine=str(data.get("engine", "")), data=dict(data.get("data", {})))
-
-    def _stop_replicas(self, job: JobRow, phase: ReplicaPhase, now: float) -> None:
-        for replica in job.replicas:
-            if replica.phase in (ReplicaPhase.RUNNING.value, ReplicaPhase.PENDING.value):
-                if replica.handle:
-                    self.engine.stop(self._handle(replica), self.config.stop_grace_s)
-                replica.phase = phase.value
-                replica.finished_at = now
-            elif replica.phase == ReplicaPhase.BACKOFF.value:
-                replica.phase = phase.value
-                replica.next_start_at = None
-
-    def _finish(
-        self, tx: Tx, job: JobRow, phase: JobPhase, reason: str, message: str, now: float
-    ) -> None:
-        self._stop_replicas(job, ReplicaPhase.STOPPED, now)
-        transition(tx, job, phase, reason, message, now, warning=phase is JobPhase.FAILED)
-
-    def _sync_job(self, tx: Tx, job: JobRow, now: float) -> None:
-        spec = self.spec_of(job)
-        self._observe(tx, job, now)
-        deadline = spec.spec.active_deadline_seconds
-        if deadline is not None and job.started_at is not None and now - job.started_at > deadline:
-            self._finish(
-                tx,
-                job,
-                JobPhase.FAILED,
-                "DeadlineExceeded",
-                f"ran longer than activeDeadlineSeconds={deadline}",
-                now,
-            )
-            return
-        states = [ReplicaState(r.role, r.index, ReplicaPhase(r.phase)) for r in job.replicas]
-        if job_succeeded(spec.spec.success_policy, states):
-            self._finish(tx, job, JobPhase.SUCCEEDED, "JobSucceeded", _success_message(job), now)
-            return
-        if not self._apply_restart_policy(tx, job, spec, now):
-            return
-        self._start_due(tx, job, spec, now)
-        waiting = [r for r in job.replicas if r.phase == ReplicaPhase.BACKOFF.value]
-        if not waiting and job.phase != JobPhase.RUNNING.value:
-            live = sum(r.phase == ReplicaPhase.RUNNING.value for r in job.replicas)
-            transition(tx, job, JobPhase.RUNNING, "Running", f"{live} replica(s) running", now)
-
-    def _observe(self, tx: Tx, job: JobRow, now: float) -> None:
-        for replica in job.replicas:
-            if replica.phase != ReplicaPhase.RUNNING.value or not replica.handle:
-                continue
-            seen = self.engine.observe(self._handle(replica))
-            if seen.running:
-                if seen.pid is not None:
-                    replica.pid = seen.pid
-                continue
-            replica.exit_code = seen.exit_code
-            replica.finished_at = now
-            replica.message = seen.message
-            name = replica.replica_name
-            if seen.exit_code == 0:
-                replica.phase = ReplicaPhase.SUCCEEDED.value
-                tx.add_event(job.key, "ReplicaSucceeded", f"{name} exited 0", replica=name, at=now)
-            else:
-                replica.phase = ReplicaPhase.FAILED.value
-                shown = "was lost" if seen.exit_code is None else f"exited {seen.exit_code}"
-                detail = f": {seen.message}" if seen.message else ""
-                tx.add_event(
-                    job.key,
-                    "ReplicaFailed",
-                    f"{name} {shown}{detail}",
-                    warning=True,
-                    replica=name,
-                    at=now,
-                )
-
-    def _apply_restart_policy(self, tx: Tx, job: JobRow, spec: TrainingJob, now: float) -> bool:
-        """Returns False when the job has ended (failed) in this step."""
-        exited = [
-            r
-            for r in job.replicas
-            if r.phase == ReplicaPhase.FAILED.value
-            or (
-                r.phase == ReplicaPhase.SUCCEEDED.value
-                and spec.spec.roles[r.role].restart_policy is RestartPolicy.ALWAYS
-                and not counts_for_success(r.role)
-            )
-        ]
-        # A replica killed by a signal is the likely cause when peers fail with it.
-        exited.sort(key=lambda r: (r.exit_code is not None and r.exit_code < 128, r.role, r.index))
-        for replica in exited:
-            role = spec.spec.roles[replica.role]
-            decision = decide_restart(
-                replica.replica_name,
-                role.restart_policy,
-                replica.exit_code,
-                replica.restarts,
-                role.max_restarts,
-                spec.spec.restart_backoff_seconds,
-            )
-            if decision.action is RestartAction.FAIL_JOB:
-                self._finish(tx, job, JobPhase.FAILED, "ReplicaFailed", decision.message, now)
-                return False
-            if decision.action is RestartAction.NONE:
-                continue
-            replica.restarts += 1
-            restart_at = now + decision.delay_s
-            if spec.spec.mode is Mode.ALLREDUCE:
-                # A static process group cannot take a fresh member: restart the gang.
-                self._stop_replicas(job, ReplicaPhase.STOPPED, now)
-                for member in job.replicas:
-                    member.phase = ReplicaPhase.BACKOFF.value
-                    member.next_start_at = restart_at
-                job.gang_restarts += 1
-                job.master_port = None
-                message = f"{decision.message} (the whole AllReduce group restarts)"
-            else:
-                replica.phase = ReplicaPhase.BACKOFF.value
-                replica.next_start_at = restart_at
-                message = decision.message
-            transition(tx, job, JobPhase.RESTARTING, "Restarting", message, now, warning=True)
-            if spec.spec.mode is Mode.ALLREDUCE:
-                break
-        return True
-
-    def _start_due(self, tx: Tx, job: JobRow, spec: TrainingJob, now: float) -> None:
-        due = [
-            r
-            for r in job.replicas
-            if r.phase == ReplicaPhase.BACKOFF.value
-            and r.next_start_at is not None
-            and r.next_start_at <= now
-        ]
-        if not due:
-            return
-        for replica in due:
-            self.launcher.launch(job, spec, replica, now)
-            tx.add_event(
-                job.key,
-                "ReplicaStarted",
-                f"{replica.replica_name} started again on {replica.node} "
-                f"(attempt {replica.starts}, {replica.restarts} restart(s) charged)",
-                replica=replica.replica_name,
-                at=now,
-            )
-
     def _expire_finished(self, tx: Tx, now: float) -> None:
-        done = [JobPhase.SUCCEEDED.value, JobPhase.FAILED.value]
-        for job in tx.jobs(phases=done):
+        for job in tx.expired_jobs(now):
             ttl = self.spec_of(job).spec.ttl_seconds_after_finished
-            if ttl is not None and job.finished_at is not None and now >= job.finished_at + ttl:
-                self._specs.pop(job.uid, None)
-                tx.delete_job(job)
-                tx.add_event(
-                    job.key,
-                    "Deleted",
-                    f"removed {ttl}s after it finished (ttlSecondsAfterFinished)",
-                )
-
-    # ----------------------------------------------------------------- scheduling
-
-    def _schedule(self, tx: Tx, now: float, stats: CycleStats) -> None:
-        pending_rows = tx.jobs(phases=[JobPhase.PENDING.value])
-        if not pending_rows:
-            return
-        holding = tx.jobs(phases=ACTIVE_PHASES)
-        state = ClusterState(
-            nodes=tuple(node_info(n) for n in tx.nodes()),
-            queues={q.name: queue_info(q) for q in tx.queues()},
-            running=tuple(running_job(j) for j in holding),
-        )
-        requests = [job_request(j, self.spec_of(j)) for j in pending_rows]
-        started = time.perf_counter()
-        decisions: Decisions = schedule(state, requests, self.config.scheduler)
-        stats.schedule_seconds = time.perf_counter() - started
-        by_key = {j.key: j for j in [*pending_rows, *holding]}
-        for preemption in decisions.preemptions:
-            victim = by_key[preemption.victim]
-            self._stop_replicas(victim, ReplicaPhase.STOPPED, now)
-            for replica in list(victim.replicas):
-                tx.delete_replica(victim, replica)
-            victim.master_port = None
-            transition(
-                tx, victim, JobPhase.PENDING, "Preempted", preemption.message, now, warning=True
+            self._specs.pop(job.uid, None)
+            tx.delete_job(job)
+            tx.add_event(
+                job.key, "Deleted", f"removed {ttl}s after it finished (ttlSecondsAfterFinished)"
             )
-            set_condition(
-                victim, ConditionType.PREEMPTED, True, "Preempted", preemption.message, now
-            )
-        for bind in decisions.binds:
-            job = by_key[bind.job]
-            if job.scheduled_at is None:
-                stats.queue_latencies_s.append(now - job.created_at)
-            self._bind(tx, job, bind, now)
-        for key, reason in decisions.pending.items():
-            job = by_key[key]
-            if job.pending_code != reason.code:
-                tx.add_event(key, reason.code, reason.message, at=now)
-            job.pending_code, job.pending_message = reason.code, reason.message
-            job.message = reason.message
-
-    def _bind(self, tx: Tx, job: JobRow, bind: Bind, now: float) -> None:
-        spec = self.spec_of(job)
-        for placement in bind.placements:
-            job.replicas.append(
-                ReplicaRow(
-                    role=placement.role,
-                    index=placement.index,
-                    phase=ReplicaPhase.PENDING.value,
-                    node=placement.node,
-                    cpu_millis=placement.cpu_millis,
-                    memory_bytes=placement.memory_bytes,
-                    gpu_ids=list(placement.gpu_ids),
-                    gpu_share=placement.gpu_share,
-                    port=0,
-                    restarts=0,
-                    starts=0,
-                )
-            )
-        job.scheduled_at = now
-        job.pending_code = job.pending_message = None
-        nodes = sorted({p.node for p in bind.placements})
-        transition(
-            tx,
-            job,
-            JobPhase.SCHEDULED,
-            "Scheduled",
-            f"placed {len(bind.placements)} replica(s) on {', '.join(nodes)}",
-            now,
-        )
-        for replica in job.replicas:
-            self.launcher.launch(job, spec, replica, now)
-        transition(
-            tx, job, JobPhase.RUNNING, "Running", f"{len(job.replicas)} replica(s) started", now
-        )
-
-
-def _success_message(job: JobRow) -> str:
-    done = [r.replica_name for r in job.replicas if r.phase == ReplicaPhase.SUCCEEDED.value]
-    return f"succeeded: {', '.join(done)} completed"

@@ -109,8 +109,8 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
     @app.get("/api/v1/jobs", response_model=Items)
     def list_jobs(namespace: str | None = None, phase: JobPhase | None = None) -> Items:
         with store.read() as tx:
-            rows = tx.jobs(phases=None if phase is None else [phase.value], namespace=namespace)
-            summaries: list[JobSummary] = [job_summary(r) for r in rows]
+            rows = tx.job_summaries(None if phase is None else phase.value, namespace)
+            summaries: list[JobSummary] = [job_summary(row, running) for row, running in rows]
         return Items(items=summaries)
 
     @app.get("/api/v1/jobs/{name}", response_model=JobView)

@@ -22,26 +22,19 @@ from tidemill.scheduler.types import ResourceVector
 from tidemill.store.tables import EventRow, JobRow, NodeRow, QueueRow
 
 
-def replica_counts(job: JobRow) -> dict[str, str]:
+def replica_counts(desired: dict[str, int], running: dict[str, int]) -> dict[str, str]:
     """role -> 'running/desired' as people read it in `tidemill jobs`."""
-    desired = {
-        name: int(role.get("replicas", 1)) for name, role in job.spec["spec"]["roles"].items()
-    }
-    running: dict[str, int] = dict.fromkeys(desired, 0)
-    for r in job.replicas:
-        if r.phase == ReplicaPhase.RUNNING.value:
-            running[r.role] = running.get(r.role, 0) + 1
     return {role: f"{running.get(role, 0)}/{count}" for role, count in sorted(desired.items())}
 
 
-def job_summary(job: JobRow) -> JobSummary:
+def job_summary(job: JobRow, running: dict[str, int]) -> JobSummary:
     return JobSummary(
         name=job.name,
         namespace=job.namespace,
         queue=job.queue,
         priority=job.priority,
         phase=JobPhase(job.phase),
-        replicas=replica_counts(job),
+        replicas=replica_counts(job.desired, running),
         created_at=job.created_at,
         message=job.message,
     )

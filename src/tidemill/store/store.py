@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.orm import Session, load_only, selectinload, sessionmaker
 
 from tidemill.store.tables import Base, EventRow, JobRow, NodeRow, QueueRow, ReplicaRow
 
@@ -68,6 +68,53 @@ class Tx:
         if namespace is not None:
             stmt = stmt.where(JobRow.namespace == namespace)
         return list(self.session.scalars(stmt))
+
+    def jobs_by_id(self, ids: Sequence[int]) -> list[JobRow]:
+        if not ids:
+            return []
+        stmt = select(JobRow).where(JobRow.id.in_(list(ids))).options(selectinload(JobRow.replicas))
+        return list(self.session.scalars(stmt))
+
+    def expired_jobs(self, now: float) -> list[JobRow]:
+        """Finished jobs whose ttlSecondsAfterFinished has run out."""
+        stmt = select(JobRow).where(JobRow.expires_at.is_not(None), JobRow.expires_at <= now)
+        return list(self.session.scalars(stmt))
+
+    def job_summaries(
+        self, phase: str | None = None, namespace: str | None = None
+    ) -> list[tuple[JobRow, dict[str, int]]]:
+        """Jobs for listing, with running replicas per role counted in SQL (no replica rows)."""
+        stmt = (
+            select(JobRow)
+            .order_by(JobRow.id)
+            .options(
+                load_only(
+                    JobRow.id,
+                    JobRow.namespace,
+                    JobRow.name,
+                    JobRow.queue,
+                    JobRow.priority,
+                    JobRow.phase,
+                    JobRow.created_at,
+                    JobRow.message,
+                    JobRow.desired,
+                )
+            )
+        )
+        if phase is not None:
+            stmt = stmt.where(JobRow.phase == phase)
+        if namespace is not None:
+            stmt = stmt.where(JobRow.namespace == namespace)
+        rows = list(self.session.scalars(stmt))
+        counts = (
+            select(ReplicaRow.job_id, ReplicaRow.role, func.count())
+            .where(ReplicaRow.phase == "Running")
+            .group_by(ReplicaRow.job_id, ReplicaRow.role)
+        )
+        running: dict[int, dict[str, int]] = {}
+        for job_id, role, count in self.session.execute(counts):
+            running.setdefault(job_id, {})[role] = count
+        return [(row, running.get(row.id, {})) for row in rows]
 
     def add_job(self, row: JobRow) -> JobRow:
         self.session.add(row)

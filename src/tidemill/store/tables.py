@@ -37,6 +37,10 @@ class JobRow(Base):
     scheduled_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
+    """finished_at + ttlSecondsAfterFinished, when the job is to be removed."""
+    desired: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    """role -> replicas wanted now (the spec's, or the last scale request)."""
     master_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     restart_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     """When a whole-gang restart is due (AllReduce jobs restart as one group)."""

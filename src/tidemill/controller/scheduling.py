@@ -1,0 +1,133 @@
+"""One scheduling step: snapshot the store, ask the pure scheduler, apply its decisions.
+
+The snapshot is read without holding the store's write lock, so submissions are not
+held up while the scheduler thinks; decisions are then applied in one short
+transaction. Only changed pending reasons are written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tidemill.api.job import TrainingJob
+from tidemill.api.status import ConditionType, JobPhase, ReplicaPhase
+from tidemill.controller.conditions import set_condition, transition
+from tidemill.controller.job_sync import JobSync
+from tidemill.controller.snapshot import job_request, node_info, queue_info, running_job
+from tidemill.scheduler.core import schedule
+from tidemill.scheduler.types import Bind, ClusterState, SchedulerConfig
+from tidemill.store.store import Store, Tx
+from tidemill.store.tables import JobRow, ReplicaRow
+
+ACTIVE_PHASES = [JobPhase.SCHEDULED.value, JobPhase.RUNNING.value, JobPhase.RESTARTING.value]
+
+
+@dataclass
+class CycleStats:
+    """What the last cycle did; read by /metrics."""
+
+    schedule_seconds: float = 0.0
+    queue_latencies_s: list[float] = field(default_factory=list)
+
+
+class SchedulingStep:
+    def __init__(
+        self,
+        store: Store,
+        jobs: JobSync,
+        spec_of: Callable[[JobRow], TrainingJob],
+        config: SchedulerConfig,
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.spec_of = spec_of
+        self.config = config
+
+    def run(self, now: float, stats: CycleStats) -> bool:
+        """Returns True when something was bound or preempted."""
+        with self.store.read() as tx:
+            pending_rows = tx.jobs(phases=[JobPhase.PENDING.value])
+            if not pending_rows:
+                return False
+            holding = tx.jobs(phases=ACTIVE_PHASES)
+            state = ClusterState(
+                nodes=tuple(node_info(n) for n in tx.nodes()),
+                queues={q.name: queue_info(q) for q in tx.queues()},
+                running=tuple(running_job(j) for j in holding),
+            )
+            requests = [job_request(j, self.spec_of(j)) for j in pending_rows]
+            shown = {j.key: (j.pending_code, j.pending_message) for j in pending_rows}
+            ids = {j.key: j.id for j in [*pending_rows, *holding]}
+        started = time.perf_counter()
+        decisions = schedule(state, requests, self.config)
+        stats.schedule_seconds = time.perf_counter() - started
+        changed = {
+            key: reason
+            for key, reason in decisions.pending.items()
+            if shown.get(key) != (reason.code, reason.message)
+        }
+        if not (decisions.binds or decisions.preemptions or changed):
+            return False
+        touched = {p.victim for p in decisions.preemptions} | {b.job for b in decisions.binds}
+        with self.store.transaction() as tx:
+            rows = {r.key: r for r in tx.jobs_by_id([ids[k] for k in touched | set(changed)])}
+            for preemption in decisions.preemptions:
+                self._preempt(tx, rows[preemption.victim], preemption.message, now)
+            for bind in decisions.binds:
+                job = rows[bind.job]
+                if job.scheduled_at is None:
+                    stats.queue_latencies_s.append(now - job.created_at)
+                self._bind(tx, job, bind, now)
+            for key, reason in changed.items():
+                job = rows[key]
+                if job.pending_code != reason.code:
+                    tx.add_event(key, reason.code, reason.message, at=now)
+                job.pending_code, job.pending_message = reason.code, reason.message
+                job.message = reason.message
+        return bool(decisions.binds or decisions.preemptions)
+
+    def _preempt(self, tx: Tx, victim: JobRow, message: str, now: float) -> None:
+        """Stop the victim and put it back in its queue, keeping its place (FIFO id)."""
+        self.jobs.stop_replicas(victim, ReplicaPhase.STOPPED, now)
+        for replica in list(victim.replicas):
+            tx.delete_replica(victim, replica)
+        victim.master_port = None
+        transition(tx, victim, JobPhase.PENDING, "Preempted", message, now, warning=True)
+        set_condition(victim, ConditionType.PREEMPTED, True, "Preempted", message, now)
+
+    def _bind(self, tx: Tx, job: JobRow, bind: Bind, now: float) -> None:
+        spec = self.spec_of(job)
+        for placement in bind.placements:
+            job.replicas.append(
+                ReplicaRow(
+                    role=placement.role,
+                    index=placement.index,
+                    phase=ReplicaPhase.PENDING.value,
+                    node=placement.node,
+                    cpu_millis=placement.cpu_millis,
+                    memory_bytes=placement.memory_bytes,
+                    gpu_ids=list(placement.gpu_ids),
+                    gpu_share=placement.gpu_share,
+                    port=0,
+                    restarts=0,
+                    starts=0,
+                )
+            )
+        job.scheduled_at = now
+        job.pending_code = job.pending_message = None
+        nodes = sorted({p.node for p in bind.placements})
+        transition(
+            tx,
+            job,
+            JobPhase.SCHEDULED,
+            "Scheduled",
+            f"placed {len(bind.placements)} replica(s) on {', '.join(nodes)}",
+            now,
+        )
+        for replica in job.replicas:
+            self.jobs.launcher.launch(job, spec, replica, now)
+        transition(
+            tx, job, JobPhase.RUNNING, "Running", f"{len(job.replicas)} replica(s) started", now
+        )
