@@ -60,7 +60,8 @@ def transition(
             if current is not None and current["status"]:
                 set_condition(job, kind, False, reason, message, now)
     set_condition(job, _PHASE_CONDITIONS[phase], True, reason, message, now)
-    if phase is JobPhase.RUNNING:
+    preempted = any(c["type"] == ConditionType.PREEMPTED.value for c in job.conditions)
+    if phase is JobPhase.RUNNING and preempted:
         set_condition(job, ConditionType.PREEMPTED, False, reason, message, now)
     job.phase = phase.value
     job.message = message

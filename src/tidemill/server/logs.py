@@ -26,12 +26,14 @@ def tail_start(path: str, lines: int | None) -> int:
     if lines is None or not os.path.exists(path):
         return 0
     with open(path, "rb") as handle:
-        kept: deque[int] = deque(maxlen=lines + 1)
+        starts: deque[int] = deque(maxlen=lines)
         offset = 0
         for line in handle:
-            kept.append(offset)
+            starts.append(offset)
             offset += len(line)
-    return kept[0] if len(kept) > lines else 0
+    if lines == 0:
+        return offset
+    return starts[0] if starts else 0
 
 
 def read_new(source: LogSource) -> list[str]:
@@ -66,9 +68,12 @@ def stream_logs(
                 yield line
         if not follow:
             break
-        if not emitted and not still_running():
-            break
         if not emitted:
+            if not still_running():
+                # The job ended: whatever it wrote last is read in one final pass.
+                for source in sources:
+                    yield from read_new(source)
+                break
             time.sleep(POLL_S)
     for source in sources:
         if source.partial:
