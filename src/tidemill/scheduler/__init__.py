@@ -1,1 +1,43 @@
-"""Pure scheduling policy: a snapshot in, decisions out."""
+"""Pure scheduling policy: a snapshot in, decisions out.
+
+``schedule(state, pending, config)`` is the whole interface; the modules behind it each
+answer one question: ``ordering`` (who goes next), ``quota`` (may the queue take more),
+``placement`` (where does a gang fit), ``preemption`` (whom to stop), ``reasons`` (why a
+job waits), ``capacity`` (what is free, with undo).
+"""
+
+from tidemill.scheduler.core import schedule
+from tidemill.scheduler.reasons import Code
+from tidemill.scheduler.types import (
+    Bind,
+    ClusterState,
+    Decisions,
+    JobRequest,
+    NodeInfo,
+    Placement,
+    PodRequest,
+    Preemption,
+    QueueInfo,
+    Reason,
+    ResourceVector,
+    RunningJob,
+    SchedulerConfig,
+)
+
+__all__ = [
+    "Bind",
+    "ClusterState",
+    "Code",
+    "Decisions",
+    "JobRequest",
+    "NodeInfo",
+    "Placement",
+    "PodRequest",
+    "Preemption",
+    "QueueInfo",
+    "Reason",
+    "ResourceVector",
+    "RunningJob",
+    "SchedulerConfig",
+    "schedule",
+]

@@ -120,7 +120,8 @@ class RunningJob:
     def total(self) -> ResourceVector:
         total = ResourceVector()
         for p in self.placements:
-            total = total + ResourceVector(p.cpu_millis, p.memory_bytes, p.gpu_share * len(p.gpu_ids))
+            gpu = p.gpu_share * len(p.gpu_ids)
+            total = total + ResourceVector(p.cpu_millis, p.memory_bytes, gpu)
         return total
 
 

@@ -1,0 +1,274 @@
+"""Where a gang fits: every pod placed on the snapshot, or none.
+
+Pods go biggest first. For each, numpy masks keep the nodes with enough free cpu,
+memory and GPU, and a best-fit score picks the one left with the least: fewest whole
+GPUs left over (so big blocks stay whole), then the least cpu and memory left. Nodes a
+gang already uses score better as they fill, which packs a gang onto few nodes. Ties go
+to the earlier node, so the result depends only on the input.
+
+Shared pods (``0 < gpu < 1``) take one device whose used share stays at most 1.0,
+preferring the fullest device that still fits, so whole devices stay free.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tidemill.scheduler import reasons
+from tidemill.scheduler.capacity import EPS, Bools, Capacity, Floats, Indices, Ints
+from tidemill.scheduler.reasons import Shortfall
+from tidemill.scheduler.types import Placement, PodRequest, Reason
+
+
+@dataclass(frozen=True)
+class Misfit:
+    """A gang that did not fit: ``placed`` pods went first, then one found no node."""
+
+    placed: int
+    shortfall: Shortfall
+
+
+def size_key(pod: PodRequest) -> tuple[float, int, int]:
+    """Sorts biggest first: the hardest pods get the widest choice of nodes."""
+    return (-pod.gpu, -pod.cpu_millis, -pod.memory_bytes)
+
+
+def request_problem(pod: PodRequest) -> str | None:
+    """What is malformed in ``pod``'s request, if anything; the API layer should have caught it."""
+    if pod.cpu_millis < 0 or pod.memory_bytes < 0 or pod.gpu < 0:
+        return (
+            f"asks cpu_millis={pod.cpu_millis}, memory_bytes={pod.memory_bytes}, "
+            f"gpu={pod.gpu:g}; every amount must be zero or more"
+        )
+    if pod.gpu >= 1 and pod.gpu != int(pod.gpu):
+        return (
+            f"asks {pod.gpu:g} gpu; a pod takes whole GPUs (1, 2, ...) "
+            "or one shared fraction below 1"
+        )
+    return None
+
+
+def fits_empty_node(capacity: Capacity, pod: PodRequest) -> bool:
+    """Whether some eligible node could hold ``pod`` if nothing else ran there."""
+    nodes = capacity.eligible(pod.gpu_model)
+    enough = (
+        (capacity.total_cpu[nodes] >= pod.cpu_millis)
+        & (capacity.total_memory[nodes] >= pod.memory_bytes)
+        & (capacity.total_gpus[nodes] >= np.ceil(pod.gpu))
+    )
+    return bool(enough.any())
+
+
+def never_fits(capacity: Capacity, pod: PodRequest) -> Reason:
+    """Why ``pod`` fits no eligible node even when empty (``fits_empty_node`` said no)."""
+    nodes = capacity.eligible(pod.gpu_model)
+    if nodes.size == 0:
+        if pod.gpu_model is not None and capacity.schedulable.any():
+            return reasons.no_matching_gpu_model(pod, _models_offered(capacity))
+        return reasons.no_node_large_enough(pod, (), 0)
+    cpu = capacity.total_cpu[nodes]
+    memory = capacity.total_memory[nodes]
+    gpus = capacity.total_gpus[nodes]
+    needed_gpus = int(np.ceil(pod.gpu))
+    largest: list[tuple[str, float, str]] = []
+    for resource, totals, asked in (
+        ("cpu", cpu, pod.cpu_millis),
+        ("memory", memory, pod.memory_bytes),
+        ("gpu", gpus, needed_gpus),
+    ):
+        best = int(np.argmax(totals))
+        if totals[best] < asked:
+            largest.append((resource, float(totals[best]), capacity.names[nodes[best]]))
+    return reasons.no_node_large_enough(pod, largest, int(capacity.schedulable.sum()))
+
+
+def place_gang(capacity: Capacity, pods: Sequence[PodRequest]) -> tuple[Placement, ...] | Misfit:
+    """Place every pod and hold them on ``capacity``, or hold nothing and say why.
+
+    Placements come back in the order of ``pods``.
+    """
+    start = capacity.mark()
+    placed = _place_all(capacity, pods)
+    if isinstance(placed, tuple):
+        return placed
+    shortfall = _shortfall(capacity, placed.pod)
+    capacity.undo(start)
+    return Misfit(placed.placed, shortfall)
+
+
+def try_gang(capacity: Capacity, pods: Sequence[PodRequest]) -> tuple[Placement, ...] | None:
+    """Like ``place_gang`` without the explanation: the cheap check preemption repeats."""
+    start = capacity.mark()
+    placed = _place_all(capacity, pods)
+    if isinstance(placed, tuple):
+        return placed
+    capacity.undo(start)
+    return None
+
+
+def fits(pod: PodRequest, free_cpu: Ints, free_memory: Ints, gpu_used: Floats) -> Bools:
+    """Per node (row), whether ``pod`` fits in the given free cpu, memory and device shares."""
+    ok: Bools = (free_cpu >= pod.cpu_millis) & (free_memory >= pod.memory_bytes)
+    if pod.gpu >= 1:
+        ok &= (gpu_used <= EPS).sum(axis=1) >= int(pod.gpu)
+    elif pod.gpu > 0:
+        ok &= (gpu_used <= 1.0 - pod.gpu + EPS).any(axis=1)
+    return ok
+
+
+@dataclass(frozen=True)
+class _Stuck:
+    placed: int
+    pod: PodRequest
+
+
+def _place_all(capacity: Capacity, pods: Sequence[PodRequest]) -> tuple[Placement, ...] | _Stuck:
+    """Hold pods biggest first; stop at the first that fits nowhere, leaving the
+    earlier ones held so the caller can explain against that state before undoing."""
+    placed: dict[int, Placement] = {}
+    for position, pod in sorted(enumerate(pods), key=lambda item: (*size_key(item[1]), item[0])):
+        placement = place_pod(capacity, pod)
+        if placement is None:
+            return _Stuck(len(placed), pod)
+        capacity.hold([placement])
+        placed[position] = placement
+    return tuple(placed[i] for i in range(len(pods)))
+
+
+def place_pod(capacity: Capacity, pod: PodRequest) -> Placement | None:
+    """The best-fit spot for one pod as things are now; nothing is held."""
+    chosen = _choose(capacity, pod)
+    if chosen is None:
+        return None
+    row, devices = chosen
+    share = 0.0 if not devices else (1.0 if pod.gpu >= 1 else pod.gpu)
+    return Placement(
+        role=pod.role,
+        index=pod.index,
+        node=capacity.names[row],
+        cpu_millis=pod.cpu_millis,
+        memory_bytes=pod.memory_bytes,
+        gpu_ids=devices,
+        gpu_share=share,
+    )
+
+
+def _choose(capacity: Capacity, pod: PodRequest) -> tuple[int, tuple[int, ...]] | None:
+    """The best-fit node for ``pod`` and the devices to take there.
+
+    Masks run over all nodes; the scoring gathers only the nodes still in the running.
+    """
+    ok = capacity.eligible_mask(pod.gpu_model) & (capacity.free_cpu >= pod.cpu_millis)
+    ok &= capacity.free_memory >= pod.memory_bytes
+    if 0 < pod.gpu < 1:
+        ok &= capacity.least_used <= 1.0 - pod.gpu + EPS
+        rows = np.flatnonzero(ok)
+        if rows.size == 0:
+            return None
+        fullest = _fullest_fitting(capacity.gpu_used[rows], pod.gpu)
+        rows = rows[1.0 - pod.gpu - fullest <= (1.0 - pod.gpu - fullest).min() + EPS]
+        secondary: Floats = capacity.whole_free[rows] * 4.0 + _left(capacity, pod, rows)
+    else:
+        whole = int(pod.gpu)
+        if whole:
+            ok &= capacity.whole_free >= whole
+        spare = np.where(ok, capacity.whole_free, np.iinfo(np.int64).max)
+        fewest = spare.min(initial=np.iinfo(np.int64).max)
+        if fewest == np.iinfo(np.int64).max:
+            return None
+        rows = np.flatnonzero(spare == fewest)
+        secondary = _left(capacity, pod, rows)
+    row = int(rows[int(np.argmin(secondary))])
+    return row, _devices(capacity.gpu_used[row], pod.gpu)
+
+
+def _left(capacity: Capacity, pod: PodRequest, rows: Indices) -> Floats:
+    """Fraction of cpu plus fraction of memory each node would have left: best fit is least."""
+    cpu = (capacity.free_cpu[rows] - pod.cpu_millis) * capacity.cpu_scale[rows]
+    memory = (capacity.free_memory[rows] - pod.memory_bytes) * capacity.memory_scale[rows]
+    left: Floats = cpu + memory
+    return left
+
+
+def _fullest_fitting(used: Floats, share: float) -> Floats:
+    """Per row, the highest used share among devices that still take ``share``; -1 if none."""
+    fits: Bools = used <= 1.0 - share + EPS
+    fullest: Floats = np.where(fits, used, -1.0).max(axis=1, initial=-1.0)
+    return fullest
+
+
+def _devices(used: Floats, gpu: float) -> tuple[int, ...]:
+    if gpu >= 1:
+        return tuple(int(d) for d in np.flatnonzero(used <= EPS)[: int(gpu)])
+    if gpu > 0:
+        fitting = np.where(used <= 1.0 - gpu + EPS, used, -1.0)
+        return (int(np.argmax(fitting)),)
+    return ()
+
+
+def _shortfall(capacity: Capacity, pod: PodRequest) -> Shortfall:
+    """Name the resource that kept ``pod`` off every node, with the best on offer.
+
+    First look for a resource that is short even on nodes with enough of the other two;
+    if every pair already fails, report the first resource no node alone can give.
+    """
+    nodes = capacity.eligible(pod.gpu_model)
+    free = {
+        "cpu": capacity.free_cpu[nodes].astype(np.float64),
+        "memory": capacity.free_memory[nodes].astype(np.float64),
+        "gpu": _gpu_free(capacity, nodes, pod.gpu),
+    }
+    asked = {"cpu": float(pod.cpu_millis), "memory": float(pod.memory_bytes), "gpu": pod.gpu}
+    enough = {r: free[r] >= asked[r] - EPS for r in free}
+    order = ("gpu", "cpu", "memory")
+    for resource in order:
+        others = [r for r in order if r != resource]
+        base = enough[others[0]] & enough[others[1]]
+        if base.any() and not (base & enough[resource]).any():
+            among = tuple(sorted(others)) if not base.all() else ()
+            return _best(capacity, pod, nodes, free[resource], base, resource, among)
+    everywhere = np.ones(nodes.size, dtype=np.bool_)
+    short = next((r for r in order if not enough[r].any()), order[0])
+    return _best(capacity, pod, nodes, free[short], everywhere, short, ())
+
+
+def _gpu_free(capacity: Capacity, nodes: Indices, gpu: float) -> Floats:
+    """Whole free devices per node, or for shared pods the largest free share of one device."""
+    if 0 < gpu < 1:
+        spare: Floats = np.clip(1.0 - capacity.gpu_used[nodes], 0.0, 1.0)
+        most: Floats = spare.max(axis=1, initial=0.0)
+        return most
+    return capacity.whole_free[nodes].astype(np.float64)
+
+
+def _best(
+    capacity: Capacity,
+    pod: PodRequest,
+    nodes: Indices,
+    free: Floats,
+    among: Bools,
+    resource: str,
+    enough_of: tuple[str, ...],
+) -> Shortfall:
+    candidates = np.flatnonzero(among)
+    pick = int(candidates[int(np.argmax(free[candidates]))])
+    return Shortfall(
+        pod=pod,
+        resource=resource,
+        best=float(free[pick]),
+        node=capacity.names[int(nodes[pick])],
+        among=enough_of,
+    )
+
+
+def _models_offered(capacity: Capacity) -> dict[str, int]:
+    counts = Counter(
+        model
+        for model, on in zip(capacity.models, capacity.schedulable, strict=True)
+        if on and model is not None
+    )
+    return dict(counts)

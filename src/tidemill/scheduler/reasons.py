@@ -1,0 +1,201 @@
+"""Why a job stays pending: stable codes and messages with numbers.
+
+Codes are part of the public contract (``tidemill describe`` shows them, alerts match on
+them); messages are for people and may be reworded. Every message is built from sorted
+per-resource pieces, so the same situation always reads the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from tidemill.api.quantity import format_cpu, format_memory
+from tidemill.scheduler.types import JobRequest, PodRequest, Reason, ResourceVector, RunningJob
+
+RESOURCES = ("cpu", "gpu", "memory")
+"""Resource names in the order messages list them."""
+
+
+class Code(StrEnum):
+    INSUFFICIENT_CPU = "InsufficientCPU"
+    INSUFFICIENT_MEMORY = "InsufficientMemory"
+    INSUFFICIENT_GPU = "InsufficientGPU"
+    GANG_DOES_NOT_FIT = "GangDoesNotFit"
+    NO_NODE_LARGE_ENOUGH = "NoNodeLargeEnough"
+    NO_MATCHING_GPU_MODEL = "NoMatchingGPUModel"
+    QUEUE_AT_MAX = "QueueAtMax"
+    UNKNOWN_QUEUE = "UnknownQueue"
+    BLOCKED_BY_QUEUE_HEAD = "BlockedByQueueHead"
+    INVALID_REQUEST = "InvalidRequest"
+
+
+_SHORT_OF = {
+    "cpu": Code.INSUFFICIENT_CPU,
+    "memory": Code.INSUFFICIENT_MEMORY,
+    "gpu": Code.INSUFFICIENT_GPU,
+}
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """What stopped one pod: the resource it lacked and the most any node had free.
+
+    ``best`` is whole free devices for whole-GPU pods and the largest free share of one
+    device for shared pods. ``among`` names the resources the compared nodes did have
+    enough of, when that narrowed the comparison.
+    """
+
+    pod: PodRequest
+    resource: str
+    best: float
+    node: str
+    among: tuple[str, ...] = ()
+
+
+def amount(resource: str, value: float) -> str:
+    """Render ``value`` of ``resource`` as people write it ("4 cpu", "32Gi memory")."""
+    if resource == "cpu":
+        return f"{format_cpu(round(value))} cpu"
+    if resource == "memory":
+        return f"{format_memory(round(value))} memory"
+    return f"{value:g} gpu"
+
+
+def pieces(vector: ResourceVector) -> str:
+    """The non-zero parts of ``vector``, sorted by resource ("4 cpu, 2 gpu")."""
+    values = _by_resource(vector)
+    parts = [amount(r, values[r]) for r in RESOURCES if values[r] > 0]
+    return ", ".join(parts) if parts else "nothing"
+
+
+def pod_name(pod: PodRequest) -> str:
+    return f"{pod.role}-{pod.index}"
+
+
+def unknown_queue(job: JobRequest, known: Iterable[str]) -> Reason:
+    names = ", ".join(sorted(known)) or "none"
+    return Reason(
+        Code.UNKNOWN_QUEUE.value,
+        f"queue {job.queue!r} does not exist; known queues: {names}. "
+        "Set spec.queue to one of them or add the queue to the cluster file",
+    )
+
+
+def queue_at_max(queue: str, over: Sequence[tuple[str, float, float]]) -> Reason:
+    """``over`` holds (resource, what the queue would hold, its max) per exceeded resource."""
+    ordered = sorted(over, key=lambda item: RESOURCES.index(item[0]))
+    would = ", ".join(amount(r, after) for r, after, _ in ordered)
+    limit = ", ".join(amount(r, most) for r, _, most in ordered)
+    return Reason(Code.QUEUE_AT_MAX.value, f"queue {queue} would hold {would}; its max is {limit}")
+
+
+def blocked_by_head(queue: str, head: str, head_reason: Reason) -> Reason:
+    return Reason(
+        Code.BLOCKED_BY_QUEUE_HEAD.value,
+        f"queue {queue} admits jobs strictly in order and its head {head} is pending "
+        f"({head_reason.code})",
+    )
+
+
+def invalid_request(pod: PodRequest, problem: str) -> Reason:
+    return Reason(Code.INVALID_REQUEST.value, f"pod {pod_name(pod)} {problem}")
+
+
+def no_matching_gpu_model(pod: PodRequest, offered: Mapping[str, int]) -> Reason:
+    if offered:
+        listed = ", ".join(
+            f"{model} ({count} node{'s' if count != 1 else ''})"
+            for model, count in sorted(offered.items())
+        )
+        offer = f"schedulable nodes offer {listed}"
+    else:
+        offer = "no schedulable node declares a gpu model"
+    return Reason(
+        Code.NO_MATCHING_GPU_MODEL.value,
+        f"pod {pod_name(pod)} asks gpu model {pod.gpu_model}; {offer}",
+    )
+
+
+def no_node_large_enough(
+    pod: PodRequest, largest: Sequence[tuple[str, float, str]], schedulable: int
+) -> Reason:
+    """``largest`` holds (resource, biggest node capacity, that node) per resource too big.
+
+    Empty ``largest`` means every resource fits some node, just never all on one.
+    """
+    name = pod_name(pod)
+    if schedulable == 0:
+        message = f"pod {name} asks {pieces(pod.vector)}; no node is schedulable"
+    elif largest:
+        ordered = sorted(largest, key=lambda item: RESOURCES.index(item[0]))
+        message = "; ".join(
+            f"pod {name} asks {amount(r, _value(pod.vector, r))}; "
+            f"the largest node has {amount(r, most)} ({node})"
+            for r, most, node in ordered
+        )
+    else:
+        message = (
+            f"pod {name} asks {pieces(pod.vector)}; "
+            "no single schedulable node has all of that at once"
+        )
+    return Reason(Code.NO_NODE_LARGE_ENOUGH.value, message)
+
+
+def does_not_fit(job: JobRequest, placed: int, shortfall: Shortfall) -> Reason:
+    """A gang that fits no current free space: which pod, which resource, by how much."""
+    pod = shortfall.pod
+    wanted = _asked(pod, shortfall.resource)
+    where = _largest_free(shortfall)
+    if placed == 0:
+        same = sum(1 for p in job.pods if p.role == pod.role and p.vector == pod.vector)
+        plural = "s" if same != 1 else ""
+        return Reason(
+            _SHORT_OF[shortfall.resource].value,
+            f"needs {same} {pod.role} pod{plural} x {wanted}; largest free block is {where}",
+        )
+    return Reason(
+        Code.GANG_DOES_NOT_FIT.value,
+        f"{placed} of {len(job.pods)} pods fit; pod {pod_name(pod)} needs {wanted}, "
+        f"largest free block left is {where}",
+    )
+
+
+def with_preemption_note(reason: Reason) -> Reason:
+    """Tell the reader preemption was tried, so they do not wait for it."""
+    return Reason(
+        reason.code,
+        f"{reason.message}; preempting lower-priority jobs would not make room",
+    )
+
+
+def preemption_message(victim: RunningJob, preemptor: JobRequest) -> str:
+    nodes = ", ".join(sorted({p.node for p in victim.placements})) or "no node"
+    return (
+        f"preempted for {preemptor.key} (priority {preemptor.priority} > {victim.priority}); "
+        f"frees {pieces(victim.total)} on {nodes}"
+    )
+
+
+def _asked(pod: PodRequest, resource: str) -> str:
+    text = amount(resource, _value(pod.vector, resource))
+    return f"{text} (shared)" if resource == "gpu" and 0 < pod.gpu < 1 else text
+
+
+def _largest_free(shortfall: Shortfall) -> str:
+    among = f" among nodes with enough {' and '.join(shortfall.among)}" if shortfall.among else ""
+    if shortfall.best <= 0:
+        return f"none: no node has any {shortfall.resource} free{among}"
+    block = amount(shortfall.resource, shortfall.best)
+    if shortfall.resource == "gpu" and 0 < shortfall.pod.gpu < 1:
+        block = f"{block} on one device"
+    return f"{block} on {shortfall.node}{among}"
+
+
+def _value(vector: ResourceVector, resource: str) -> float:
+    return _by_resource(vector)[resource]
+
+
+def _by_resource(vector: ResourceVector) -> dict[str, float]:
+    return {"cpu": vector.cpu_millis, "memory": vector.memory_bytes, "gpu": vector.gpu}

@@ -1,0 +1,276 @@
+"""Small builders so a scheduler test reads like the situation it sets up.
+
+    decide(nodes=[node("n1").gpus(8)], jobs=[job("a").pods(2).gpus(4)])
+
+Builders are immutable: every call returns a new one, so a shared base is safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from tidemill.scheduler import (
+    ClusterState,
+    Decisions,
+    JobRequest,
+    NodeInfo,
+    Placement,
+    PodRequest,
+    QueueInfo,
+    ResourceVector,
+    RunningJob,
+    SchedulerConfig,
+    schedule,
+)
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
+    name: str
+    cpu_cores: float = 64
+    memory_gib: float = 512
+    gpu_count: int = 0
+    gpu_model: str | None = None
+    schedulable: bool = True
+
+    def gpus(self, count: int) -> node:
+        return replace(self, gpu_count=count)
+
+    def cpu(self, cores: float) -> node:
+        return replace(self, cpu_cores=cores)
+
+    def memory(self, gib: float) -> node:
+        return replace(self, memory_gib=gib)
+
+    def model(self, name: str) -> node:
+        return replace(self, gpu_model=name)
+
+    def cordoned(self) -> node:
+        return replace(self, schedulable=False)
+
+    def build(self) -> NodeInfo:
+        return NodeInfo(
+            name=self.name,
+            cpu_millis=round(self.cpu_cores * 1000),
+            memory_bytes=round(self.memory_gib * GIB),
+            gpus=self.gpu_count,
+            gpu_model=self.gpu_model,
+            schedulable=self.schedulable,
+        )
+
+
+@dataclass(frozen=True)
+class _Role:
+    name: str
+    count: int
+    gpu: float
+    cpu_cores: float
+    memory_gib: float
+    gpu_model: str | None
+
+
+@dataclass(frozen=True)
+class job:
+    key: str
+    queue_name: str = "default"
+    priority_value: int = 0
+    sequence: int | None = None
+    main: _Role = _Role("worker", 1, 0.0, 1, 1, None)
+    extra: tuple[_Role, ...] = ()
+
+    def pods(self, count: int) -> job:
+        return replace(self, main=replace(self.main, count=count))
+
+    def gpus(self, per_pod: float) -> job:
+        return replace(self, main=replace(self.main, gpu=per_pod))
+
+    def cpu(self, cores: float) -> job:
+        return replace(self, main=replace(self.main, cpu_cores=cores))
+
+    def memory(self, gib: float) -> job:
+        return replace(self, main=replace(self.main, memory_gib=gib))
+
+    def model(self, name: str) -> job:
+        return replace(self, main=replace(self.main, gpu_model=name))
+
+    def role(self, name: str) -> job:
+        return replace(self, main=replace(self.main, name=name))
+
+    def plus(
+        self, role: str, count: int, gpu: float = 0.0, cpu: float = 1, memory: float = 1
+    ) -> job:
+        """Another role in the same gang (e.g. parameter servers beside workers)."""
+        return replace(self, extra=(*self.extra, _Role(role, count, gpu, cpu, memory, None)))
+
+    def queue(self, name: str) -> job:
+        return replace(self, queue_name=name)
+
+    def priority(self, value: int) -> job:
+        return replace(self, priority_value=value)
+
+    def seq(self, value: int) -> job:
+        return replace(self, sequence=value)
+
+    def build(self, default_sequence: int = 0) -> JobRequest:
+        pods = tuple(
+            PodRequest(
+                role=r.name,
+                index=i,
+                cpu_millis=round(r.cpu_cores * 1000),
+                memory_bytes=round(r.memory_gib * GIB),
+                gpu=r.gpu,
+                gpu_model=r.gpu_model,
+            )
+            for r in (self.main, *self.extra)
+            for i in range(r.count)
+        )
+        sequence = default_sequence if self.sequence is None else self.sequence
+        return JobRequest(self.key, self.queue_name, self.priority_value, sequence, pods)
+
+
+@dataclass(frozen=True)
+class running:
+    key: str
+    queue_name: str = "default"
+    priority_value: int = 0
+    sequence: int = 0
+    placements: tuple[Placement, ...] = ()
+    preemptible: bool = True
+
+    def on(
+        self,
+        node_name: str,
+        gpu_ids: Sequence[int] = (),
+        share: float = 1.0,
+        cpu: float = 1,
+        memory: float = 1,
+    ) -> running:
+        """One more pod of this job, on ``node_name`` using devices ``gpu_ids``."""
+        placement = Placement(
+            role="worker",
+            index=len(self.placements),
+            node=node_name,
+            cpu_millis=round(cpu * 1000),
+            memory_bytes=round(memory * GIB),
+            gpu_ids=tuple(gpu_ids),
+            gpu_share=share if gpu_ids else 0.0,
+        )
+        return replace(self, placements=(*self.placements, placement))
+
+    def queue(self, name: str) -> running:
+        return replace(self, queue_name=name)
+
+    def priority(self, value: int) -> running:
+        return replace(self, priority_value=value)
+
+    def seq(self, value: int) -> running:
+        return replace(self, sequence=value)
+
+    def not_preemptible(self) -> running:
+        return replace(self, preemptible=False)
+
+    def build(self) -> RunningJob:
+        return RunningJob(
+            self.key,
+            self.queue_name,
+            self.priority_value,
+            self.sequence,
+            self.placements,
+            self.preemptible,
+        )
+
+
+@dataclass(frozen=True)
+class queue:
+    name: str
+    weight_value: float = 1.0
+    max_gpu_value: float | None = None
+    max_cpu_cores: float | None = None
+    max_memory_gib: float | None = None
+    guaranteed_gpu: float = 0.0
+
+    def weight(self, value: float) -> queue:
+        return replace(self, weight_value=value)
+
+    def max_gpu(self, value: float) -> queue:
+        return replace(self, max_gpu_value=value)
+
+    def max_cpu(self, cores: float) -> queue:
+        return replace(self, max_cpu_cores=cores)
+
+    def max_memory(self, gib: float) -> queue:
+        return replace(self, max_memory_gib=gib)
+
+    def guarantee_gpu(self, value: float) -> queue:
+        return replace(self, guaranteed_gpu=value)
+
+    def build(self) -> QueueInfo:
+        return QueueInfo(
+            name=self.name,
+            weight=self.weight_value,
+            guaranteed=ResourceVector(gpu=self.guaranteed_gpu),
+            max_cpu_millis=None if self.max_cpu_cores is None else round(self.max_cpu_cores * 1000),
+            max_memory_bytes=None
+            if self.max_memory_gib is None
+            else round(self.max_memory_gib * GIB),
+            max_gpu=self.max_gpu_value,
+        )
+
+
+def state_of(
+    nodes: Iterable[node], running_jobs: Iterable[running] = (), queues: Iterable[queue] = ()
+) -> ClusterState:
+    """A snapshot; with no queues given there is one queue, ``default``."""
+    infos = [q.build() for q in queues] or [QueueInfo("default")]
+    return ClusterState(
+        nodes=tuple(n.build() for n in nodes),
+        queues={q.name: q for q in infos},
+        running=tuple(r.build() for r in running_jobs),
+    )
+
+
+def backlog(jobs: Iterable[job]) -> list[JobRequest]:
+    """Jobs in submission order: a job without ``seq`` gets its position."""
+    return [j.build(default_sequence=i) for i, j in enumerate(jobs)]
+
+
+def decide(
+    nodes: Iterable[node],
+    jobs: Iterable[job],
+    running_jobs: Iterable[running] = (),
+    queues: Iterable[queue] = (),
+    preemption: bool = True,
+    strict_fifo: bool = False,
+) -> Decisions:
+    return schedule(
+        state_of(nodes, running_jobs, queues),
+        backlog(jobs),
+        SchedulerConfig(preemption=preemption, strict_fifo=strict_fifo),
+    )
+
+
+def bound(decisions: Decisions) -> list[str]:
+    """Keys of bound jobs, in the order the scheduler bound them."""
+    return [b.job for b in decisions.binds]
+
+
+def placements(decisions: Decisions, key: str) -> tuple[Placement, ...]:
+    (bind,) = [b for b in decisions.binds if b.job == key]
+    return bind.placements
+
+
+def device_shares(
+    decisions: Decisions, running_jobs: Iterable[running] = ()
+) -> dict[tuple[str, int], float]:
+    """Summed share per (node, device) over running jobs that were not preempted and binds."""
+    victims = {p.victim for p in decisions.preemptions}
+    used: dict[tuple[str, int], float] = {}
+    every = [p for r in running_jobs if r.key not in victims for p in r.placements]
+    every += [p for b in decisions.binds for p in b.placements]
+    for p in every:
+        for device in p.gpu_ids:
+            used[(p.node, device)] = used.get((p.node, device), 0.0) + p.gpu_share
+    return used
