@@ -12,8 +12,15 @@ from tidemill.store.tables import JobRow, ReplicaRow
 
 def new_job(name: str) -> JobRow:
     return JobRow(
-        uid=f"uid-{name}", namespace="ads", name=name, spec={"spec": {"roles": {}}},
-        queue="ads", priority=0, phase="Pending", conditions=[], created_at=1.0,
+        uid=f"uid-{name}",
+        namespace="ads",
+        name=name,
+        spec={"spec": {"roles": {}}},
+        queue="ads",
+        priority=0,
+        phase="Pending",
+        conditions=[],
+        created_at=1.0,
     )
 
 
@@ -22,9 +29,17 @@ def test_jobs_replicas_and_events_survive_reopening(tmp_path: Path) -> None:
     with store.transaction() as tx:
         job = tx.add_job(new_job("ctr"))
         job.replicas.append(
-            ReplicaRow(role="worker", index=0, phase="Running", node="n1", cpu_millis=500,
-                       memory_bytes=2**30, gpu_ids=[3], gpu_share=0.5,
-                       handle={"engine": "local", "data": {"pid": 42}})
+            ReplicaRow(
+                role="worker",
+                index=0,
+                phase="Running",
+                node="n1",
+                cpu_millis=500,
+                memory_bytes=2**30,
+                gpu_ids=[3],
+                gpu_share=0.5,
+                handle={"engine": "local", "data": {"pid": 42}},
+            )
         )
         tx.add_event("ads/ctr", "Submitted", "queued")
     store.close()

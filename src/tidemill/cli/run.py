@@ -46,11 +46,20 @@ def server(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8500,
     cluster: ClusterOption = None,
+    store_url: Annotated[
+        str | None,
+        typer.Option(
+            "--store-url",
+            envvar="TIDEMILL_STORE_URL",
+            help="SQLAlchemy URL of the store, e.g. postgresql+psycopg://user@host/db "
+            "(default: SQLite in --state-dir).",
+        ),
+    ] = None,
 ) -> None:
     """Run the control plane until Ctrl-C or SIGTERM."""
     from tidemill.server.runner import ServerRunner
 
-    runner = ServerRunner(state_dir, cluster, host=host, port=port)
+    runner = ServerRunner(state_dir, cluster, host=host, port=port, store_url=store_url)
     _say(f"tidemill server on {runner.url} (state in {state_dir}); Ctrl-C stops it")
     try:
         runner.serve_forever()
