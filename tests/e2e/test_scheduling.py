@@ -118,3 +118,5 @@ def test_metrics_show_jobs_queues_and_allocation(start_server):  # type: ignore[
     assert 'tidemill_queue_running_jobs{queue="ads"} 1.0' in text
     assert "tidemill_scheduling_latency_seconds_count 1.0" in text
     assert json.loads(httpx.get(f"{server.url}/openapi.json").text)["paths"]["/api/v1/jobs"]
+    dashboard = httpx.get(f"{server.url}/")
+    assert dashboard.status_code == 200 and "<title>tidemill</title>" in dashboard.text

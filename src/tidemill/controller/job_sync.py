@@ -105,7 +105,8 @@ class JobSync:
             else:
                 replica.phase = ReplicaPhase.FAILED.value
                 shown = "was lost" if seen.exit_code is None else f"exited {seen.exit_code}"
-                detail = f": {seen.message}" if seen.message else ""
+                generic = seen.message in ("", f"exited with code {seen.exit_code}")
+                detail = "" if generic else f": {seen.message}"
                 tx.add_event(
                     job.key,
                     "ReplicaFailed",
@@ -154,7 +155,9 @@ class JobSync:
                     member.next_start_at = restart_at
                 job.gang_restarts += 1
                 job.master_port = None
-                message = f"{decision.message} (the whole AllReduce group restarts)"
+                message = decision.message
+                if len(job.replicas) > 1:
+                    message += " (the whole AllReduce group restarts)"
             else:
                 replica.phase = ReplicaPhase.BACKOFF.value
                 replica.next_start_at = restart_at

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +31,8 @@ from tidemill.server.views import (
     node_views,
     queue_views,
 )
+
+STATIC = Path(__file__).parent / "static"
 
 
 class Items(BaseModel):
@@ -66,6 +75,11 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, "BadRequest", str(exc.detail), [])
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        """Live status for people: jobs, queues, nodes, events; refreshes every second."""
+        return FileResponse(STATIC / "index.html")
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
