@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import doctest
 import random
 import time
 
 import pytest
 
 import tidemill.scheduler
+import tidemill.scheduler.core
 from tidemill.scheduler import ClusterState, JobRequest, SchedulerConfig, schedule
 
 from .builders import backlog, bound, decide, device_shares, job, node, queue, running, state_of
@@ -143,3 +145,9 @@ def test_the_public_names_are_pinned() -> None:
         "schedule",
     ]
     assert tidemill.scheduler.schedule is tidemill.scheduler.core.schedule
+
+
+def test_the_example_in_the_schedule_docstring_runs() -> None:
+    result = doctest.testmod(tidemill.scheduler.core)
+    assert result.attempted > 0
+    assert result.failed == 0

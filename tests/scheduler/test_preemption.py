@@ -76,6 +76,42 @@ def test_lowest_priority_is_stopped_before_a_higher_one_even_if_larger() -> None
     assert victims(decisions) == ["low"]
 
 
+NODE_CHOICE_CASES = [
+    pytest.param(
+        [
+            running("whole-n1").on("n1", gpu_ids=range(8)),
+            running("pair-a").seq(1).on("n2", gpu_ids=[0, 1]),
+            running("pair-b").seq(2).on("n2", gpu_ids=[2, 3]),
+        ],
+        6,
+        ["pair-b"],
+        id="the node where the least must be stopped is chosen",
+    ),
+    pytest.param(
+        [
+            running("low-four").priority(0).on("n1", gpu_ids=range(4)),
+            running("mid-two").priority(5).on("n2", gpu_ids=[0, 1]),
+        ],
+        8,
+        ["low-four"],
+        id="a node with lower-priority victims wins over one needing less stopped",
+    ),
+]
+
+
+@pytest.mark.parametrize(("held", "gpus", "expected"), NODE_CHOICE_CASES)
+def test_preemption_chooses_the_cheapest_node(
+    held: list[running], gpus: int, expected: list[str]
+) -> None:
+    decisions = decide(
+        nodes=[node("n1").gpus(8), node("n2").gpus(8)],
+        jobs=[job("urgent").gpus(gpus).priority(10)],
+        running_jobs=held,
+    )
+    assert victims(decisions) == expected
+    assert bound(decisions) == ["urgent"]
+
+
 NO_PREEMPTION_CASES = [
     pytest.param(
         [running("peer").priority(10).on("n1", gpu_ids=range(8))],

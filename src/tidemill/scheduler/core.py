@@ -55,6 +55,14 @@ def schedule(
     """Decide which pending jobs start where, whom to preempt, and why the rest wait.
 
     Pure: reads only its arguments and changes none of them.
+
+    >>> from tidemill.scheduler import ClusterState, JobRequest, NodeInfo, PodRequest, QueueInfo
+    >>> node = NodeInfo("n1", cpu_millis=8_000, memory_bytes=2**36, gpus=8)
+    >>> state = ClusterState(nodes=(node,), queues={"ads": QueueInfo("ads")})
+    >>> pod = PodRequest("worker", 0, cpu_millis=1_000, memory_bytes=2**30, gpu=2)
+    >>> job = JobRequest("ads/ctr", "ads", priority=0, sequence=1, pods=(pod,))
+    >>> schedule(state, [job]).binds[0].placements[0].gpu_ids
+    (0, 1)
     """
     capacity = Capacity.of(state)
     cluster = capacity.total()

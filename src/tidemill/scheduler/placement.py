@@ -23,6 +23,9 @@ from tidemill.scheduler.capacity import EPS, Bools, Capacity, Floats, Indices, I
 from tidemill.scheduler.reasons import Shortfall
 from tidemill.scheduler.types import Placement, PodRequest, Reason
 
+_NEVER = int(np.iinfo(np.int64).max)
+"""Stands in for "no such node" when taking a minimum over a mask."""
+
 
 @dataclass(frozen=True)
 class Misfit:
@@ -176,9 +179,9 @@ def _choose(capacity: Capacity, pod: PodRequest) -> tuple[int, tuple[int, ...]] 
         whole = int(pod.gpu)
         if whole:
             ok &= capacity.whole_free >= whole
-        spare = np.where(ok, capacity.whole_free, np.iinfo(np.int64).max)
-        fewest = spare.min(initial=np.iinfo(np.int64).max)
-        if fewest == np.iinfo(np.int64).max:
+        spare = np.where(ok, capacity.whole_free, _NEVER)
+        fewest = spare.min(initial=_NEVER)
+        if fewest == _NEVER:
             return None
         rows = np.flatnonzero(spare == fewest)
         secondary = _left(capacity, pod, rows)

@@ -22,7 +22,7 @@ from itertools import islice
 
 import numpy as np
 
-from tidemill.scheduler.capacity import EPS, Capacity, Floats, Ints
+from tidemill.scheduler.capacity import EPS, Capacity, Floats, Indices, Ints
 from tidemill.scheduler.ordering import dominant_share
 from tidemill.scheduler.placement import fits, place_pod, size_key, try_gang
 from tidemill.scheduler.types import Placement, PodRequest, ResourceVector, RunningJob
@@ -128,7 +128,8 @@ class VictimPool:
         if self._built:
             return
         self._built = True
-        self._size = {job.key: dominant_share(job.total, self._cluster) for job in self._running}
+        totals = {job.key: job.total for job in self._running}
+        self._size = {key: dominant_share(total, self._cluster) for key, total in totals.items()}
         self._jobs = sorted(
             (job for job in self._running if job.preemptible),
             key=lambda j: (j.priority, self._size[j.key], -j.sequence, j.key),
@@ -140,11 +141,14 @@ class VictimPool:
             for row in sorted({row for row, _ in self._rows_of(job)}):
                 on_row[row].append(job)
         self._on_row = dict(on_row)
-        totals = np.array(
-            [[j.total.cpu_millis, j.total.memory_bytes, j.total.gpu] for j in self._jobs],
+        ranked = np.array(
+            [
+                [totals[j.key].cpu_millis, totals[j.key].memory_bytes, totals[j.key].gpu]
+                for j in self._jobs
+            ],
             dtype=np.float64,
         ).reshape(-1, 3)
-        self._cumulative = np.vstack([np.zeros((1, 3)), np.cumsum(totals, axis=0)])
+        self._cumulative = np.vstack([np.zeros((1, 3)), np.cumsum(ranked, axis=0)])
 
     def _room_of(self, jobs: Iterable[RunningJob]) -> _Room:
         rows: list[int] = []
@@ -227,14 +231,13 @@ def _make_room(
     chosen: set[str],
 ) -> list[RunningJob]:
     """The cheapest victims that free one node enough for ``pod``; empty if none can."""
-    nodes = capacity.eligible(pod.gpu_model)
-    could = fits(
+    could = capacity.eligible_mask(pod.gpu_model) & fits(
         pod,
-        capacity.free_cpu[nodes] + room.cpu[nodes],
-        capacity.free_memory[nodes] + room.memory[nodes],
-        capacity.gpu_used[nodes] - room.gpu_used[nodes],
+        capacity.free_cpu + room.cpu,
+        capacity.free_memory + room.memory,
+        capacity.gpu_used - room.gpu_used,
     )
-    rows = nodes[could]
+    rows = np.flatnonzero(could)
     nearest = rows[np.argsort(_lacking(capacity, pod, rows), kind="stable")[:NODES_EXAMINED]]
     best: list[RunningJob] = []
     best_cost: tuple[int, float, int] | None = None
@@ -248,7 +251,7 @@ def _make_room(
     return best
 
 
-def _lacking(capacity: Capacity, pod: PodRequest, rows: Ints) -> Floats:
+def _lacking(capacity: Capacity, pod: PodRequest, rows: Indices) -> Floats:
     """How much of each node must be freed for ``pod``, as a sum of node fractions."""
     cpu = np.maximum(pod.cpu_millis - capacity.free_cpu[rows], 0) / np.maximum(
         capacity.total_cpu[rows], 1
