@@ -12,25 +12,15 @@ import psutil
 from pydantic import Field, field_validator, model_validator
 
 from tidemill.api.job import SpecModel, validate_dns_label
-from tidemill.api.quantity import parse_cpu_millis, parse_memory_bytes
+from tidemill.api.quantity import CpuCores, MemoryBytes
 
 
 class ResourceAmounts(SpecModel):
     """A quota: any resource left out is unlimited (for ``max``) or zero (``guaranteed``)."""
 
-    cpu: float | None = None
-    memory: int | None = None
+    cpu: CpuCores | None = None
+    memory: MemoryBytes | None = None
     gpu: float | None = None
-
-    @field_validator("cpu", mode="before")
-    @classmethod
-    def _cpu(cls, value: object) -> float | None:
-        return None if value is None else parse_cpu_millis(value) / 1000
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _memory(cls, value: object) -> int | None:
-        return None if value is None else parse_memory_bytes(value)
 
 
 class QueueSpec(SpecModel):
@@ -51,22 +41,12 @@ class NodeSpec(SpecModel):
     """A machine (real or virtual). ``count`` > 1 expands to name-0, name-1, ..."""
 
     name: str
-    cpu: float
-    memory: int
+    cpu: CpuCores
+    memory: MemoryBytes
     gpus: int = Field(default=0, ge=0)
     gpu_model: str | None = None
     labels: dict[str, str] = Field(default_factory=dict, description="e.g. {rack: r1}")
     count: int = Field(default=1, ge=1)
-
-    @field_validator("cpu", mode="before")
-    @classmethod
-    def _cpu(cls, value: object) -> float:
-        return parse_cpu_millis(value) / 1000
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _memory(cls, value: object) -> int:
-        return parse_memory_bytes(value)
 
     @field_validator("name")
     @classmethod

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from tidemill.api.quantity import parse_cpu_millis, parse_memory_bytes
+from tidemill.api.quantity import CpuCores, MemoryBytes
 
 API_VERSION = "tidemill/v1"
 KIND = "TrainingJob"
@@ -69,20 +69,10 @@ def validate_dns_label(value: str, what: str) -> str:
 class Resources(SpecModel):
     """What one replica needs. ``gpu`` may be fractional (0.5) to share a device."""
 
-    cpu: float = Field(default=1.0, description="CPU cores; '500m' means 0.5")
-    memory: int = Field(default=2**30, description="bytes; '2Gi' and '512Mi' accepted")
+    cpu: CpuCores = Field(default=1.0, description="CPU cores; '500m' means 0.5")
+    memory: MemoryBytes = Field(default=2**30, description="bytes; '2Gi' and '512Mi' accepted")
     gpu: float = Field(default=0.0, description="whole devices, or a fraction below 1")
     gpu_model: str | None = Field(default=None, description="e.g. 'A100'; any model if unset")
-
-    @field_validator("cpu", mode="before")
-    @classmethod
-    def _cpu(cls, value: object) -> float:
-        return parse_cpu_millis(value) / 1000
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _memory(cls, value: object) -> int:
-        return parse_memory_bytes(value)
 
     @field_validator("gpu", mode="before")
     @classmethod
@@ -153,8 +143,7 @@ class RoleSpec(SpecModel):
         high = self.max_replicas if self.max_replicas is not None else self.replicas
         if not low <= self.replicas <= high:
             raise ValueError(
-                f"replicas={self.replicas} must lie within minReplicas={low} and "
-                f"maxReplicas={high}"
+                f"replicas={self.replicas} must lie within minReplicas={low} and maxReplicas={high}"
             )
         return self
 

@@ -7,6 +7,9 @@ everything inside tidemill uses millicores and bytes.
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
 _DECIMAL = {"k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
@@ -73,3 +76,13 @@ def format_cpu(millis: int) -> str:
     if millis > 1000:
         return f"{millis / 1000:g}"
     return f"{millis}m"
+
+
+def _cores(value: object) -> float:
+    return parse_cpu_millis(value) / 1000
+
+
+CpuCores = Annotated[float, BeforeValidator(_cores)]
+"""A model field in cores that accepts ``2``, ``0.5`` or ``"500m"``."""
+MemoryBytes = Annotated[int, BeforeValidator(parse_memory_bytes)]
+"""A model field in bytes that accepts ``"2Gi"``, ``"512Mi"`` or a number."""

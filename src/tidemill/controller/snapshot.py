@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.job import TrainingJob
 from tidemill.scheduler.types import (
@@ -15,7 +13,7 @@ from tidemill.scheduler.types import (
     ResourceVector,
     RunningJob,
 )
-from tidemill.store.tables import JobRow, NodeRow, QueueRow
+from tidemill.store.tables import JobRow, NodeRow, QueueRow, ReplicaRow
 
 
 def node_info(row: NodeRow) -> NodeInfo:
@@ -88,11 +86,8 @@ def running_job(row: JobRow) -> RunningJob:
     )
 
 
-def allocated(rows: Iterable[JobRow]) -> dict[str, ResourceVector]:
-    """Resources held per node by jobs that hold resources."""
-    per_node: dict[str, ResourceVector] = {}
-    for job in rows:
-        for r in job.replicas:
-            used = ResourceVector(r.cpu_millis, r.memory_bytes, r.gpu_share * len(r.gpu_ids))
-            per_node[r.node] = per_node.get(r.node, ResourceVector()) + used
-    return per_node
+def replica_usage(replica: ReplicaRow) -> ResourceVector:
+    """What one placed replica holds (shared GPUs count their share)."""
+    return ResourceVector(
+        replica.cpu_millis, replica.memory_bytes, replica.gpu_share * len(replica.gpu_ids)
+    )

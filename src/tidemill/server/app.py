@@ -60,6 +60,13 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
         description="Elastic training platform: queues, gang scheduling, PS and AllReduce jobs.",
     )
 
+    def view_of(namespace: str, name: str) -> JobView:
+        with store.read() as tx:
+            row = tx.job(namespace, name)
+            if row is None:
+                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+            return job_view(row)
+
     @app.exception_handler(SpecError)
     async def _invalid(_: Request, exc: SpecError) -> JSONResponse:
         return _error(422, "Invalid", "the job is invalid", exc.to_json())
@@ -113,12 +120,7 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
             view = await run_in_threadpool(controller.dry_run, job)
             return JSONResponse(status_code=200, content=view.model_dump(mode="json"))
         key = await run_in_threadpool(controller.submit, job)
-        namespace, name = key.split("/", 1)
-        with store.read() as tx:
-            row = tx.job(namespace, name)
-            if row is None:
-                raise NotFoundError(f"job {key} was removed while being created")
-            return job_view(row)
+        return view_of(*key.split("/", 1))
 
     @app.get("/api/v1/jobs", response_model=Items)
     def list_jobs(namespace: str | None = None, phase: JobPhase | None = None) -> Items:
@@ -129,12 +131,7 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
 
     @app.get("/api/v1/jobs/{name}", response_model=JobView)
     def get_job(name: str, namespace: str | None = None) -> JobView:
-        ns, name = controller.resolve(name, namespace)
-        with store.read() as tx:
-            row = tx.job(ns, name)
-            if row is None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{ns}'")
-            return job_view(row)
+        return view_of(*controller.resolve(name, namespace))
 
     @app.delete("/api/v1/jobs/{name}")
     def delete_job(name: str, namespace: str | None = None) -> dict[str, str]:
@@ -212,11 +209,7 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
     def scale(name: str, request: ScaleRequest, namespace: str | None = None) -> JobView:
         ns, name = controller.resolve(name, namespace)
         controller.scale(ns, name, request.role, request.replicas)
-        with store.read() as tx:
-            row = tx.job(ns, name)
-            if row is None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{ns}'")
-            return job_view(row)
+        return view_of(ns, name)
 
     @app.get("/api/v1/queues", response_model=Items)
     def queues() -> Items:

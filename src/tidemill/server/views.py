@@ -18,6 +18,8 @@ from tidemill.api.status import (
     ReplicaView,
     ResourceView,
 )
+from tidemill.controller.snapshot import replica_usage
+from tidemill.scheduler.ordering import dominant_share
 from tidemill.scheduler.types import ResourceVector
 from tidemill.store.tables import EventRow, JobRow, NodeRow, QueueRow
 
@@ -103,10 +105,7 @@ def node_views(nodes: Iterable[NodeRow], holding: Iterable[JobRow]) -> list[Node
     gpu_used: dict[str, dict[int, float]] = {}
     for job in holding:
         for r in job.replicas:
-            share = r.gpu_share * len(r.gpu_ids)
-            used[r.node] = used.get(r.node, ResourceVector()) + ResourceVector(
-                r.cpu_millis, r.memory_bytes, share
-            )
+            used[r.node] = used.get(r.node, ResourceVector()) + replica_usage(r)
             for gpu in r.gpu_ids:
                 per_device = gpu_used.setdefault(r.node, {})
                 per_device[gpu] = per_device.get(gpu, 0.0) + r.gpu_share
@@ -141,9 +140,7 @@ def queue_views(
         elif phase.holds_resources:
             running[job.queue] = running.get(job.queue, 0) + 1
             for r in job.replicas:
-                allocated[job.queue] = allocated.get(job.queue, ResourceVector()) + ResourceVector(
-                    r.cpu_millis, r.memory_bytes, r.gpu_share * len(r.gpu_ids)
-                )
+                allocated[job.queue] = allocated.get(job.queue, ResourceVector()) + replica_usage(r)
     views = []
     for row in queues:
         spec = QueueSpec.model_validate(row.spec)
@@ -165,16 +162,3 @@ def queue_views(
             )
         )
     return views
-
-
-def dominant_share(held: ResourceVector, capacity: ResourceVector) -> float:
-    shares = [
-        used / total
-        for used, total in (
-            (held.cpu_millis, capacity.cpu_millis),
-            (held.memory_bytes, capacity.memory_bytes),
-            (held.gpu, capacity.gpu),
-        )
-        if total > 0
-    ]
-    return max(shares, default=0.0)
