@@ -326,3 +326,25 @@ def test_without_gpus_a_replica_sees_no_device(replicas: Replicas) -> None:
 def test_a_handle_from_another_engine_is_refused(replicas: Replicas) -> None:
     with pytest.raises(ValueError, match="belongs to engine 'kubernetes'"):
         replicas.engine.observe(ReplicaHandle("kubernetes", {"pod": "x"}))
+
+
+
+def test_terminate_asks_the_command_to_finish_and_returns_at_once(replicas: Replicas) -> None:
+    handle = replicas.python(
+        """
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *_: (print("leaving", flush=True), sys.exit(0)))
+        open("ready", "w").close()
+        time.sleep(60)
+        """
+    )
+    wait_for((replicas.work_dir / "ready").exists, "the handler to be installed")
+
+    started = time.monotonic()
+    replicas.engine.terminate(handle)
+    returned_after = time.monotonic() - started
+    seen = wait_exit(replicas.engine, handle)
+
+    assert returned_after < 0.5
+    assert seen.exit_code == 0
+    assert "leaving" in Path(str(replicas.engine.log_path(handle))).read_text()

@@ -69,6 +69,14 @@ class Engine(Protocol):
 
     def observe(self, handle: ReplicaHandle) -> Observation: ...
 
+    def terminate(self, handle: ReplicaHandle) -> None:
+        """Ask the replica to finish (SIGTERM to its command) and return at once.
+
+        Elastic workers treat this as "leave at the next step boundary"; the caller
+        observes the exit and calls ``stop`` if it takes too long.
+        """
+        ...
+
     def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
         """Stop the replica's whole process tree; returns when it is gone."""
         ...

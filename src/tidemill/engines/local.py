@@ -177,6 +177,12 @@ class LocalEngine:
             ),
         )
 
+    def terminate(self, handle: ReplicaHandle) -> None:
+        """SIGTERM to the supervisor, which forwards it to the command; returns at once."""
+        supervisor = _supervisor(LocalReplica.from_handle(handle))
+        if supervisor is not None:
+            _signal_all([supervisor], signal.SIGTERM)
+
     def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
         """SIGTERM every process of the replica, SIGKILL what is left after ``grace_s``.
 
