@@ -2,6 +2,11 @@
 
     decide(nodes=[node("n1").gpus(8)], jobs=[job("a").pods(2).gpus(4)])
 
+Elastic jobs: ``job("a").pods(6).min_pods(2)`` asks workers 0-1 as the gang and 2-5 as
+optional; ``job("a").pods(3).first_index(2).grows()`` asks running ``a`` for workers
+2-4; ``running("a").on(...)...keep(2)`` lets a preemptor take back every worker from
+index 2 up, highest first.
+
 Builders are immutable: every call returns a new one, so a shared base is safe.
 """
 
@@ -70,6 +75,9 @@ class _Role:
     cpu_cores: float
     memory_gib: float
     gpu_model: str | None
+    required: int | None = None
+    """Pods of this role in the gang; the rest are optional (None: all required)."""
+    first: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,22 @@ class job:
     sequence: int | None = None
     main: _Role = _Role("worker", 1, 0.0, 1, 1, None)
     extra: tuple[_Role, ...] = ()
+    growth: bool = False
 
     def pods(self, count: int) -> job:
         return replace(self, main=replace(self.main, count=count))
+
+    def min_pods(self, count: int) -> job:
+        """Elastic: the first ``count`` pods are the gang, the rest optional."""
+        return replace(self, main=replace(self.main, required=count))
+
+    def first_index(self, index: int) -> job:
+        """Number the main role's pods from ``index`` (growth adds the next indexes)."""
+        return replace(self, main=replace(self.main, first=index))
+
+    def grows(self) -> job:
+        """A growth request for the running job of the same key."""
+        return replace(self, growth=True)
 
     def gpus(self, per_pod: float) -> job:
         return replace(self, main=replace(self.main, gpu=per_pod))
@@ -118,17 +139,20 @@ class job:
         pods = tuple(
             PodRequest(
                 role=r.name,
-                index=i,
+                index=r.first + i,
                 cpu_millis=round(r.cpu_cores * 1000),
                 memory_bytes=round(r.memory_gib * GIB),
                 gpu=r.gpu,
                 gpu_model=r.gpu_model,
+                optional=self.growth or (r.required is not None and i >= r.required),
             )
             for r in (self.main, *self.extra)
             for i in range(r.count)
         )
         sequence = default_sequence if self.sequence is None else self.sequence
-        return JobRequest(self.key, self.queue_name, self.priority_value, sequence, pods)
+        return JobRequest(
+            self.key, self.queue_name, self.priority_value, sequence, pods, grow=self.growth
+        )
 
 
 @dataclass(frozen=True)
@@ -139,6 +163,7 @@ class running:
     sequence: int = 0
     placements: tuple[Placement, ...] = ()
     preemptible: bool = True
+    shrinkable: tuple[tuple[str, int], ...] = ()
 
     def on(
         self,
@@ -172,6 +197,15 @@ class running:
     def not_preemptible(self) -> running:
         return replace(self, preemptible=False)
 
+    def keep(self, minimum: int) -> running:
+        """Elastic: workers from index ``minimum`` up may be taken back, highest first."""
+        indexes = sorted((p.index for p in self.placements if p.index >= minimum), reverse=True)
+        return self.shrink_order(*indexes)
+
+    def shrink_order(self, *indexes: int) -> running:
+        """Elastic: these workers may be taken back, in this order."""
+        return replace(self, shrinkable=tuple(("worker", i) for i in indexes))
+
     def build(self) -> RunningJob:
         return RunningJob(
             self.key,
@@ -180,6 +214,7 @@ class running:
             self.sequence,
             self.placements,
             self.preemptible,
+            self.shrinkable,
         )
 
 
@@ -252,6 +287,16 @@ def decide(
     )
 
 
+def grown(decisions: Decisions) -> dict[str, list[str]]:
+    """Per grown job, the pods added (``worker-2``), in the order given."""
+    return {g.job: [f"{p.role}-{p.index}" for p in g.placements] for g in decisions.grows}
+
+
+def shrunk(decisions: Decisions) -> dict[str, list[str]]:
+    """Per shrunk job, the pods removed (``worker-5``), in the order they go."""
+    return {s.job: [f"{role}-{index}" for role, index in s.pods] for s in decisions.shrinks}
+
+
 def bound(decisions: Decisions) -> list[str]:
     """Keys of bound jobs, in the order the scheduler bound them."""
     return [b.job for b in decisions.binds]
@@ -262,14 +307,27 @@ def placements(decisions: Decisions, key: str) -> tuple[Placement, ...]:
     return bind.placements
 
 
+def pod_names(decisions: Decisions, key: str) -> list[str]:
+    """The pods bound for ``key`` (``worker-0``), in the bind's order."""
+    return [f"{p.role}-{p.index}" for p in placements(decisions, key)]
+
+
 def device_shares(
     decisions: Decisions, running_jobs: Iterable[running] = ()
 ) -> dict[tuple[str, int], float]:
-    """Summed share per (node, device) over running jobs that were not preempted and binds."""
+    """Summed share per (node, device) after the decisions: running pods not preempted or
+    shrunk away, plus binds and grows."""
     victims = {p.victim for p in decisions.preemptions}
+    removed = {(s.job, pod) for s in decisions.shrinks for pod in s.pods}
     used: dict[tuple[str, int], float] = {}
-    every = [p for r in running_jobs if r.key not in victims for p in r.placements]
-    every += [p for b in decisions.binds for p in b.placements]
+    every = [
+        p
+        for r in running_jobs
+        if r.key not in victims
+        for p in r.placements
+        if (r.key, (p.role, p.index)) not in removed
+    ]
+    every += [p for b in [*decisions.binds, *decisions.grows] for p in b.placements]
     for p in every:
         for device in p.gpu_ids:
             used[(p.node, device)] = used.get((p.node, device), 0.0) + p.gpu_share

@@ -55,12 +55,30 @@ def test_undo_puts_back_exactly_what_was_there() -> None:
     assert arrays(capacity) == before
 
 
+def test_a_bulk_release_frees_every_node_at_once_and_undoes_with_the_rest() -> None:
+    capacity = snapshot()
+    before = arrays(capacity)
+    mark = capacity.mark()
+    capacity.hold([Placement("w", 0, "n2", 1000, GIB, (0,), 1.0)])
+    gpu_used = np.zeros_like(capacity.gpu_used)
+    gpu_used[0, :2] = 1.0
+    capacity.release_all(
+        np.array([4_000, 1_000], dtype=np.int64), np.array([8 * GIB, GIB], dtype=np.int64), gpu_used
+    )
+    assert capacity.free_cpu.tolist() == [15_000, 64_000]
+    assert capacity.whole_free.tolist() == [3, 1]
+    capacity.release([Placement("w", 0, "n2", 1000, GIB, (0,), 1.0)])
+    assert capacity.whole_free.tolist() == [3, 2]
+    capacity.undo(mark)
+    assert arrays(capacity) == before
+
+
 def test_a_preemption_leaves_its_victims_leftovers_unavailable() -> None:
     capacity = snapshot()
     state = state_of([node("n1")], [running("whole").on("n1", gpu_ids=[0, 1], cpu=4, memory=8)])
     victim = state.running[0]
     preemptor = Placement("w", 0, "n1", 1000, GIB, (0,), 1.0)
-    capacity.preempt([victim], [preemptor])
+    capacity.preempt(victim.placements, [preemptor])
     assert capacity.gpu_used[0].tolist() == [1.0, 1.0, 0.3, 0.0]
     assert capacity.whole_free[0] == 1
     assert capacity.free_cpu[0] == 16_000 - 5_000

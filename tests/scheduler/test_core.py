@@ -142,6 +142,7 @@ def test_the_public_names_are_pinned() -> None:
         "ResourceVector",
         "RunningJob",
         "SchedulerConfig",
+        "Shrink",
         "schedule",
     ]
     assert tidemill.scheduler.schedule is tidemill.scheduler.core.schedule

@@ -2,8 +2,9 @@
 
 ``schedule(state, pending, config)`` is the whole interface; the modules behind it each
 answer one question: ``ordering`` (who goes next), ``quota`` (may the queue take more),
-``placement`` (where does a gang fit), ``preemption`` (whom to stop), ``reasons`` (why a
-job waits), ``capacity`` (what is free, with undo).
+``placement`` (where does a gang fit), ``preemption`` (whom to shrink or stop),
+``victims`` (who may give room back), ``reasons`` (why a job waits), ``capacity`` (what
+is free, with undo).
 """
 
 from tidemill.scheduler.core import schedule
@@ -22,6 +23,7 @@ from tidemill.scheduler.types import (
     ResourceVector,
     RunningJob,
     SchedulerConfig,
+    Shrink,
 )
 
 __all__ = [
@@ -39,5 +41,6 @@ __all__ = [
     "ResourceVector",
     "RunningJob",
     "SchedulerConfig",
+    "Shrink",
     "schedule",
 ]

@@ -37,6 +37,17 @@ class _Saved:
     gpu_used: Floats
 
 
+@dataclass(frozen=True)
+class _SavedAll:
+    """Every node's free resources before a bulk change, to put back on undo."""
+
+    cpu_millis: Ints
+    memory_bytes: Ints
+    gpu_used: Floats
+    whole_free: Ints
+    least_used: Floats
+
+
 class Capacity:
     """What is free on every node right now, in this cycle's view."""
 
@@ -57,7 +68,7 @@ class Capacity:
         self.least_used: Floats = np.where(self.total_gpus > 0, 0.0, np.inf)
         self.cpu_scale: Floats = 1.0 / np.maximum(self.total_cpu, 1)
         self.memory_scale: Floats = 1.0 / np.maximum(self.total_memory, 1)
-        self._journal: list[_Saved] = []
+        self._journal: list[_Saved | _SavedAll] = []
         self._eligible: dict[str | None, tuple[Bools, Indices]] = {}
 
     @classmethod
@@ -106,7 +117,12 @@ class Capacity:
         """Put every node changed since ``mark`` back as it was."""
         while len(self._journal) > mark:
             saved = self._journal.pop()
-            self._write(saved.node, saved.cpu_millis, saved.memory_bytes, saved.gpu_used)
+            if isinstance(saved, _SavedAll):
+                self.free_cpu, self.free_memory = saved.cpu_millis, saved.memory_bytes
+                self.gpu_used, self.whole_free = saved.gpu_used, saved.whole_free
+                self.least_used = saved.least_used
+            else:
+                self._write(saved.node, saved.cpu_millis, saved.memory_bytes, saved.gpu_used)
 
     def hold(self, placements: Iterable[Placement]) -> None:
         """Take what ``placements`` use (binding a pod, or a victim that stays)."""
@@ -116,15 +132,31 @@ class Capacity:
         """Give back what ``placements`` use (a victim being stopped)."""
         self._apply(placements, sign=-1)
 
-    def preempt(self, victims: Sequence[RunningJob], placements: Sequence[Placement]) -> None:
-        """Commit a preemption so what victims free serves only their preemptor.
+    def release_all(self, cpu_millis: Ints, memory_bytes: Ints, gpu_used: Floats) -> None:
+        """Give back per-node amounts on every node at once (one undo entry, no loop)."""
+        self._journal.append(
+            _SavedAll(
+                self.free_cpu, self.free_memory, self.gpu_used, self.whole_free, self.least_used
+            )
+        )
+        self.free_cpu = self.free_cpu + cpu_millis
+        self.free_memory = self.free_memory + memory_bytes
+        self.gpu_used = self.gpu_used - gpu_used
+        rows = np.flatnonzero((gpu_used != 0).any(axis=1))
+        self.whole_free = self.whole_free.copy()
+        self.least_used = self.least_used.copy()
+        self.whole_free[rows] = (self.gpu_used[rows] <= EPS).sum(axis=1)
+        self.least_used[rows] = self.gpu_used[rows].min(axis=1, initial=np.inf)
 
-        Each touched node keeps the lesser free amount (and the larger used share per
+    def preempt(self, freed: Sequence[Placement], placements: Sequence[Placement]) -> None:
+        """Commit a preemption so what its victims free serves only their preemptor.
+
+        ``freed`` is every placement stopped (whole victims and shrunk pods). Each
+        touched node keeps the lesser free amount (and the larger used share per
         device) of "victims still running" and "victims gone, preemptor placed": later
         jobs in the cycle see neither the victims' leftovers nor the preemptor's room.
         """
         start = self.mark()
-        freed = [p for victim in victims for p in victim.placements]
         self.release(freed)
         self.hold(placements)
         rows = self.node_indices([*freed, *placements])
@@ -176,6 +208,9 @@ class Capacity:
         np.subtract.at(self.free_memory, at, np.array(memory, dtype=np.int64))
         slots = (np.array(device_rows, dtype=np.intp), np.array(devices, dtype=np.intp))
         np.add.at(self.gpu_used, slots, np.array(shares, dtype=np.float64))
+        self._refresh_devices()
+
+    def _refresh_devices(self) -> None:
         self.whole_free = (self.gpu_used <= EPS).sum(axis=1).astype(np.int64)
         self.least_used = self.gpu_used.min(axis=1, initial=np.inf)
 

@@ -3,11 +3,17 @@
 For each job that DRF hands out, in this order:
 
 1. refuse requests no node could ever hold (waiting will not help);
-2. check the queue's max;
+2. check the queue's max against the required gang;
 3. place the gang on free space;
-4. failing that, if allowed, plan a preemption of lower-priority running jobs;
-5. record the bind (and any preemptions), or a reason; under strict FIFO a refused
-   head also holds back the rest of its queue.
+4. failing that, if allowed, plan to shrink (or, if that is not enough, stop)
+   lower-priority running jobs;
+5. record the bind (and any shrinks and preemptions), or a reason; under strict FIFO a
+   refused head also holds back the rest of its queue.
+
+Optional pods go last, never preempting, in DRF order across queues then priority:
+first those of the jobs just bound (added to their binds), then growth requests of
+running jobs. So no optional pod takes room a pending gang could use this cycle, and
+growth never takes room a pending job could use.
 
 Free space only shrinks during a cycle (a preemption frees room for its preemptor
 alone), which is why a gang shape that could not preempt once is not tried again at
@@ -16,7 +22,7 @@ the same or a lower priority.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from tidemill.scheduler import preemption, reasons
 from tidemill.scheduler.capacity import Capacity
@@ -26,6 +32,7 @@ from tidemill.scheduler.placement import (
     fits_empty_node,
     never_fits,
     place_gang,
+    place_pod,
     request_problem,
 )
 from tidemill.scheduler.quota import over_max
@@ -40,7 +47,10 @@ from tidemill.scheduler.types import (
     Reason,
     ResourceVector,
     SchedulerConfig,
+    Shrink,
+    usage,
 )
+from tidemill.scheduler.victims import VictimPool
 
 _Shape = tuple[tuple[int, int, float, str], ...]
 
@@ -68,8 +78,13 @@ def schedule(
     cluster = capacity.total()
     decisions = Decisions()
     known: list[JobRequest] = []
+    growing: list[JobRequest] = []
+    running_keys = {job.key for job in state.running}
     for request in pending:
-        if request.queue in state.queues:
+        if request.grow:
+            if request.queue in state.queues and request.key in running_keys:
+                growing.append(request)
+        elif request.queue in state.queues:
             known.append(request)
         else:
             decisions.pending[request.key] = reasons.unknown_queue(request, state.queues)
@@ -77,9 +92,7 @@ def schedule(
     for running in state.running:
         held[running.queue] = held.get(running.queue, ResourceVector()) + running.total
     order = QueueOrder(state.queues, known, held, cluster)
-    cycle = _Cycle(
-        state, config, capacity, order, preemption.VictimPool(state.running, capacity, cluster)
-    )
+    cycle = _Cycle(state, config, capacity, order, VictimPool(state.running, capacity, cluster))
     while (job := order.next()) is not None:
         reason = cycle.admit(job, decisions)
         if reason is None:
@@ -88,6 +101,8 @@ def schedule(
         if config.strict_fifo:
             for waiting in order.drop(job.queue):
                 decisions.pending[waiting.key] = reasons.blocked_by_head(job.queue, job.key, reason)
+    cycle.fill(decisions)
+    cycle.grow(growing, decisions)
     return decisions
 
 
@@ -100,7 +115,7 @@ class _Cycle:
         config: SchedulerConfig,
         capacity: Capacity,
         order: QueueOrder,
-        pool: preemption.VictimPool,
+        pool: VictimPool,
     ) -> None:
         self._state = state
         self._config = config
@@ -109,50 +124,118 @@ class _Cycle:
         self._pool = pool
         self._cannot_preempt: dict[_Shape, int] = {}
         self._fits_empty: dict[tuple[int, int, float, str | None], bool] = {}
+        self._resized: set[str] = set()
+        self._elastic: dict[str, tuple[JobRequest, int]] = {}
+        """Jobs bound this cycle that have optional pods, and where their bind is."""
 
     def admit(self, job: JobRequest, decisions: Decisions) -> Reason | None:
         """Bind ``job`` (recording it in ``decisions``) or return why it waits."""
-        refused = self._refusal(job)
+        gang = job.gang
+        refused = self._refusal(job, gang)
         if refused is not None:
             return refused
-        placed = place_gang(self._capacity, job.pods)
+        placed = place_gang(self._capacity, gang)
         if not isinstance(placed, Misfit):
             self._bind(job, placed, decisions)
             return None
         reason = reasons.does_not_fit(job, placed.placed, placed.shortfall)
         if not self._config.preemption or not self._pool.any_below(job.priority):
             return reason
-        plan = self._plan(job)
+        plan = self._plan(job, gang)
         if plan is None:
             return reasons.with_preemption_note(reason)
-        self._capacity.preempt(plan.victims, plan.placements)
-        self._pool.take(plan.victims)
-        for victim in plan.victims:
-            message = reasons.preemption_message(victim, job)
-            decisions.preemptions.append(Preemption(victim.key, job.key, message))
-            if victim.queue in self._state.queues:
-                self._order.charge(victim.queue, ResourceVector() - victim.total)
+        self._commit(job, plan, decisions)
         self._bind(job, plan.placements, decisions)
         return None
 
-    def _refusal(self, job: JobRequest) -> Reason | None:
+    def fill(self, decisions: Decisions) -> None:
+        """Add the optional pods of jobs bound this cycle to their binds, as room allows."""
+        for job, added in self._optional(job for job, _ in self._elastic.values()):
+            at = self._elastic[job.key][1]
+            decisions.binds[at] = Bind(job.key, decisions.binds[at].placements + added)
+
+    def grow(self, requests: Sequence[JobRequest], decisions: Decisions) -> None:
+        """Add pods to running jobs in idle room; jobs shrunk or stopped this cycle wait."""
+        wanted = (job for job in requests if job.key not in self._resized)
+        for job, added in self._optional(wanted):
+            decisions.grows.append(Bind(job.key, added))
+
+    def _optional(
+        self, jobs: Iterable[JobRequest]
+    ) -> Iterator[tuple[JobRequest, tuple[Placement, ...]]]:
+        """Each job's optional pods that fit idle room, in DRF order then priority."""
+        queues = self._state.queues
+        held = {name: self._order.held(name) for name in queues}
+        order = QueueOrder(queues, jobs, held, self._capacity.total())
+        while (job := order.next()) is not None:
+            added = self._extras(job, order.held(job.queue))
+            if added:
+                order.charge(job.queue, usage(added))
+                self._order.charge(job.queue, usage(added))
+                yield job, added
+
+    def _commit(self, job: JobRequest, plan: preemption.Plan, decisions: Decisions) -> None:
+        """Shrink and stop what ``plan`` names, so its room serves ``job`` alone."""
+        pool = self._pool
+        freed = [p for victim in plan.victims for p in victim.placements]
+        for cut in plan.cuts:
+            before = pool.current(cut.job.key)
+            removed = pool.shrink(cut.job.key, cut.count)
+            freed += removed
+            self._resized.add(before.key)
+            message = reasons.shrink_message(before, removed, job)
+            pairs = tuple((p.role, p.index) for p in removed)
+            decisions.shrinks.append(Shrink(before.key, pairs, job.key, message))
+            self._give_back(before.queue, usage(removed))
+        self._capacity.preempt(freed, plan.placements)
+        pool.take(plan.victims)
+        for victim in plan.victims:
+            self._resized.add(victim.key)
+            message = reasons.preemption_message(victim, job)
+            decisions.preemptions.append(Preemption(victim.key, job.key, message))
+            self._give_back(victim.queue, victim.total)
+
+    def _give_back(self, queue: str, amount: ResourceVector) -> None:
+        if queue in self._state.queues:
+            self._order.charge(queue, ResourceVector() - amount)
+
+    def _refusal(self, job: JobRequest, gang: tuple[PodRequest, ...]) -> Reason | None:
         """Reasons that hold whatever is free: a bad request, no node big enough, queue max."""
-        if not job.pods:
-            return Reason(
-                reasons.Code.INVALID_REQUEST.value,
-                "job has no pods; give at least one role at least one replica",
-            )
+        if not gang:
+            return reasons.no_required_pods(job)
         for pod in job.pods:
             problem = request_problem(pod)
             if problem is not None:
                 return reasons.invalid_request(pod, problem)
-        for pod in job.pods:
+        for pod in gang:
             if not self._fits_empty_node(pod):
                 return never_fits(self._capacity, pod)
-        over = over_max(self._state.queues[job.queue], self._order.held(job.queue), job.total)
+        over = over_max(self._state.queues[job.queue], self._order.held(job.queue), job.gang_total)
         if over:
             return reasons.queue_at_max(job.queue, over)
         return None
+
+    def _extras(self, job: JobRequest, held: ResourceVector) -> tuple[Placement, ...]:
+        """Place ``job``'s optional pods in idle room, in order, within its queue's max.
+
+        A role stops at its first pod that does not fit, so its indexes stay contiguous.
+        """
+        queue = self._state.queues[job.queue]
+        placed: list[Placement] = []
+        stopped: set[str] = set()
+        for pod in job.extras:
+            if pod.role in stopped:
+                continue
+            placement = None
+            if request_problem(pod) is None and not over_max(queue, held, pod.vector):
+                placement = place_pod(self._capacity, pod)
+            if placement is None:
+                stopped.add(pod.role)
+                continue
+            self._capacity.hold([placement])
+            placed.append(placement)
+            held = held + pod.vector
+        return tuple(placed)
 
     def _fits_empty_node(self, pod: PodRequest) -> bool:
         key = (pod.cpu_millis, pod.memory_bytes, pod.gpu, pod.gpu_model)
@@ -164,16 +247,19 @@ class _Cycle:
     def _bind(
         self, job: JobRequest, placements: tuple[Placement, ...], decisions: Decisions
     ) -> None:
+        """Record the gang's ``placements``; optional pods are added by ``fill``."""
+        if len(placements) < len(job.pods):
+            self._elastic[job.key] = (job, len(decisions.binds))
         decisions.binds.append(Bind(job.key, placements))
-        self._order.charge(job.queue, job.total)
+        self._order.charge(job.queue, usage(placements))
 
-    def _plan(self, job: JobRequest) -> preemption.Plan | None:
+    def _plan(self, job: JobRequest, gang: tuple[PodRequest, ...]) -> preemption.Plan | None:
         shape: _Shape = tuple(
-            sorted((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "") for p in job.pods)
+            sorted((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "") for p in gang)
         )
         if job.priority <= self._cannot_preempt.get(shape, -(2**63)):
             return None
-        plan = preemption.plan(self._capacity, job.pods, job.priority, self._pool)
+        plan = preemption.plan(self._capacity, gang, job.priority, self._pool)
         if plan is None:
             self._cannot_preempt[shape] = job.priority
         return plan

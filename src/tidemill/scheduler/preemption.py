@@ -1,225 +1,208 @@
-"""Whom to stop so a higher-priority gang fits, freeing as little as possible.
+"""Whom to shrink or stop so a higher-priority gang fits, freeing as little as possible.
 
-Candidates are running, preemptible jobs of strictly lower priority, ranked cheapest
-to stop first: lowest priority, then smallest (dominant share), then newest (it has
-lost the least work). The gang's pods go biggest first; a pod that fits in free space
-is held there. For one that does not, numpy finds the nodes where stopping every
-candidate would make room, and the few needing the least freed are examined exactly:
-on each, its candidates are added in rank order until the pod fits, and the node whose
-set has the lowest top priority and frees the least wins. Once the whole gang fits,
-each victim, largest first, is spared if the gang still fits without it.
+Only running, preemptible jobs of strictly lower priority are touched (``victims``
+ranks them). Shrinking comes first: an elastic job gives back surplus pods, a prefix
+of its ``shrinkable`` list, and keeps running. Only if shrinking every candidate to
+its minimum is not enough are jobs stopped whole, and then shrinks and stops combine.
+
+Both searches place the gang's pods biggest first; a pod that fits in free space is
+held there. For one that does not, numpy finds the nodes where the candidates could
+make room, and the few needing the least freed are examined exactly: the node whose
+choice touches the lowest top priority and removes the fewest pods (shrinking) or
+frees the least (stopping) wins. Once the whole gang fits, victims are spared
+largest first while it still fits without them (a spared job is shrunk to its minimum
+instead), then shrunk pods are given back, last removed first, while it still fits.
 
 Everything is tried on the snapshot and undone; the caller commits the plan.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
 
 import numpy as np
 
-from tidemill.scheduler.capacity import EPS, Capacity, Floats, Indices, Ints
-from tidemill.scheduler.ordering import dominant_share
+from tidemill.scheduler.capacity import EPS, Capacity, Floats, Indices
 from tidemill.scheduler.placement import fits, place_pod, size_key, try_gang
 from tidemill.scheduler.types import Placement, PodRequest, ResourceVector, RunningJob
+from tidemill.scheduler.victims import Room, VictimPool
 
 NODES_EXAMINED = 16
 """Nodes per pod whose victims are worked out exactly; the rest are ranked by numpy only."""
 
 
 @dataclass(frozen=True)
+class Cut:
+    """Shrink ``job`` by its first ``count`` surplus pods."""
+
+    job: RunningJob
+    count: int
+
+
+@dataclass(frozen=True)
 class Plan:
-    """Stop ``victims``, then bind the preemptor with ``placements``."""
+    """Shrink by ``cuts`` and stop ``victims``, then bind the preemptor with ``placements``."""
 
     victims: tuple[RunningJob, ...]
     placements: tuple[Placement, ...]
-
-
-@dataclass
-class _Room:
-    """Per node, what stopping every remaining candidate below some priority gives back."""
-
-    cpu: Ints
-    memory: Ints
-    gpu_used: Floats
-
-    def copy(self) -> _Room:
-        return _Room(self.cpu.copy(), self.memory.copy(), self.gpu_used.copy())
-
-
-class VictimPool:
-    """Preemptible running jobs in rank order; each is a victim at most once a cycle.
-
-    Indexes are built on first use, so a cycle where everything fits pays nothing.
-    """
-
-    def __init__(
-        self, running: Sequence[RunningJob], capacity: Capacity, cluster: ResourceVector
-    ) -> None:
-        self._running = running
-        self._capacity = capacity
-        self._cluster = cluster
-        self._built = False
-        self._size: dict[str, float] = {}
-        self._jobs: list[RunningJob] = []
-        self._priorities: list[int] = []
-        self._position: dict[str, int] = {}
-        self._on_row: dict[int, list[RunningJob]] = {}
-        self._cumulative = np.zeros((1, 3))
-        self._taken: set[str] = set()
-        self._rooms: dict[int, _Room] = {}
-
-    def any_below(self, priority: int) -> bool:
-        """Whether any candidate is left for a preemptor of ``priority``."""
-        self._build()
-        end = bisect_left(self._priorities, priority)
-        return any(job.key not in self._taken for job in islice(self._jobs, end))
-
-    def could_free(self, priority: int) -> ResourceVector:
-        """An upper bound on what stopping every candidate below ``priority`` frees."""
-        self._build()
-        cpu, memory, gpu = self._cumulative[bisect_left(self._priorities, priority)]
-        return ResourceVector(int(cpu), int(memory), float(gpu))
-
-    def size(self, job: RunningJob) -> float:
-        return self._size[job.key]
-
-    def rank(self, job: RunningJob) -> int:
-        return self._position[job.key]
-
-    def on_row(self, row: int, priority: int, spared: set[str]) -> list[RunningJob]:
-        """Candidates with a pod on node ``row``, in rank order, minus ``spared`` keys."""
-        return [
-            job
-            for job in self._on_row.get(row, ())
-            if job.priority < priority and job.key not in self._taken and job.key not in spared
-        ]
-
-    def room(self, priority: int) -> _Room:
-        """A private copy of what every candidate below ``priority`` holds, per node."""
-        self._build()
-        end = bisect_left(self._priorities, priority)
-        if end not in self._rooms:
-            self._rooms[end] = self._room_of(
-                j for j in islice(self._jobs, end) if j.key not in self._taken
-            )
-        return self._rooms[end].copy()
-
-    def take(self, victims: Sequence[RunningJob]) -> None:
-        """Mark ``victims`` stopped: no later preemptor may pick them again."""
-        self._taken.update(victim.key for victim in victims)
-        for end, room in self._rooms.items():
-            self.forget(room, (v for v in victims if self._position[v.key] < end))
-
-    def forget(self, room: _Room, victims: Iterable[RunningJob]) -> None:
-        """Remove what ``victims`` hold from ``room``."""
-        for victim in victims:
-            for row, placement in self._rows_of(victim):
-                room.cpu[row] -= placement.cpu_millis
-                room.memory[row] -= placement.memory_bytes
-                for device in self._devices(row, placement):
-                    room.gpu_used[row, device] -= placement.gpu_share
-
-    def _build(self) -> None:
-        if self._built:
-            return
-        self._built = True
-        totals = {job.key: job.total for job in self._running}
-        self._size = {key: dominant_share(total, self._cluster) for key, total in totals.items()}
-        self._jobs = sorted(
-            (job for job in self._running if job.preemptible),
-            key=lambda j: (j.priority, self._size[j.key], -j.sequence, j.key),
-        )
-        self._priorities = [job.priority for job in self._jobs]
-        self._position = {job.key: i for i, job in enumerate(self._jobs)}
-        on_row: dict[int, list[RunningJob]] = defaultdict(list)
-        for job in self._jobs:
-            for row in sorted({row for row, _ in self._rows_of(job)}):
-                on_row[row].append(job)
-        self._on_row = dict(on_row)
-        ranked = np.array(
-            [
-                [totals[j.key].cpu_millis, totals[j.key].memory_bytes, totals[j.key].gpu]
-                for j in self._jobs
-            ],
-            dtype=np.float64,
-        ).reshape(-1, 3)
-        self._cumulative = np.vstack([np.zeros((1, 3)), np.cumsum(ranked, axis=0)])
-
-    def _room_of(self, jobs: Iterable[RunningJob]) -> _Room:
-        rows: list[int] = []
-        cpu: list[int] = []
-        memory: list[int] = []
-        device_rows: list[int] = []
-        devices: list[int] = []
-        shares: list[float] = []
-        for job in jobs:
-            for row, placement in self._rows_of(job):
-                rows.append(row)
-                cpu.append(placement.cpu_millis)
-                memory.append(placement.memory_bytes)
-                for device in self._devices(row, placement):
-                    device_rows.append(row)
-                    devices.append(device)
-                    shares.append(placement.gpu_share)
-        capacity = self._capacity
-        room = _Room(
-            np.zeros_like(capacity.free_cpu),
-            np.zeros_like(capacity.free_memory),
-            np.zeros_like(capacity.gpu_used),
-        )
-        at = np.array(rows, dtype=np.intp)
-        np.add.at(room.cpu, at, np.array(cpu, dtype=np.int64))
-        np.add.at(room.memory, at, np.array(memory, dtype=np.int64))
-        slots = (np.array(device_rows, dtype=np.intp), np.array(devices, dtype=np.intp))
-        np.add.at(room.gpu_used, slots, np.array(shares, dtype=np.float64))
-        return room
-
-    def _rows_of(self, job: RunningJob) -> list[tuple[int, Placement]]:
-        index = self._capacity.index
-        return [(index[p.node], p) for p in job.placements if p.node in index]
-
-    def _devices(self, row: int, placement: Placement) -> list[int]:
-        count = int(self._capacity.total_gpus[row])
-        return [d for d in placement.gpu_ids if 0 <= d < count]
+    cuts: tuple[Cut, ...] = ()
 
 
 def plan(
     capacity: Capacity, pods: Sequence[PodRequest], priority: int, pool: VictimPool
 ) -> Plan | None:
-    """A small set of victims whose stopping lets ``pods`` fit, or None.
+    """The cheapest shrinks and stops that let ``pods`` fit, or None.
 
     ``capacity`` is left exactly as it was.
     """
-    if not _covers(capacity.free_total() + pool.could_free(priority), _sum(pods)):
+    need = _sum(pods)
+    free = capacity.free_total()
+    if not _covers(free + pool.could_free(priority), need):
         return None
-    room = pool.room(priority)
+    if pool.any_surplus_below(priority) and _covers(free + pool.could_shrink(priority), need):
+        shrunk = _shrink_only(capacity, pods, priority, pool)
+        if shrunk is not None:
+            return shrunk
+    return _stop_whole(capacity, pods, priority, pool)
+
+
+def _shrink_only(
+    capacity: Capacity, pods: Sequence[PodRequest], priority: int, pool: VictimPool
+) -> Plan | None:
+    """A plan that only shrinks, or None if the greedy search finds none."""
+    room = pool.surplus_room(priority)
     start = capacity.mark()
-    chosen: dict[str, RunningJob] = {}
+    cut: dict[str, int] = {}
     placed: dict[int, Placement] = {}
-    for position, pod in sorted(enumerate(pods), key=lambda item: (*size_key(item[1]), item[0])):
+    for position, pod in _biggest_first(pods):
         placement = place_pod(capacity, pod)
         if placement is None:
-            victims = _make_room(capacity, pod, priority, pool, room, set(chosen))
-            for victim in victims:
-                capacity.release(victim.placements)
-                chosen[victim.key] = victim
-            pool.forget(room, victims)
+            for job, count in _cuts_for(capacity, pod, priority, pool, room, cut):
+                newly = pool.surplus(job)[cut.get(job.key, 0) : count]
+                capacity.release(p for _, p in newly)
+                pool.forget(room, newly)
+                cut[job.key] = count
             placement = place_pod(capacity, pod)
         if placement is None:
             capacity.undo(start)
             return None
         capacity.hold([placement])
         placed[position] = placement
-    placements = tuple(placed[i] for i in range(len(pods)))
+    found = tuple(placed[i] for i in range(len(pods)))
     capacity.undo(start)
-    result = _spare(capacity, pods, sorted(chosen.values(), key=pool.rank), pool, placements)
+    return _settle(capacity, pods, priority, pool, [], cut, found)
+
+
+def _cuts_for(
+    capacity: Capacity,
+    pod: PodRequest,
+    priority: int,
+    pool: VictimPool,
+    room: Room,
+    cut: dict[str, int],
+) -> list[tuple[RunningJob, int]]:
+    """The cheapest shrinks that free one node enough for ``pod``: (job, pods cut in all)."""
+    could = capacity.eligible_mask(pod.gpu_model) & fits(
+        pod,
+        capacity.free_cpu + room.cpu,
+        capacity.free_memory + room.memory,
+        capacity.gpu_used - room.gpu_used,
+    )
+    rows = np.flatnonzero(could)
+    nearest = rows[np.argsort(_lacking(capacity, pod, rows), kind="stable")[:NODES_EXAMINED]]
+    best: list[tuple[RunningJob, int]] = []
+    best_cost: tuple[int, int] | None = None
+    for row in nearest:
+        found = _cuts_on(
+            capacity, int(row), pod, pool.surplus_on_row(int(row), priority), pool, cut
+        )
+        if not found:
+            continue
+        cost = (
+            max(job.priority for job, _ in found),
+            sum(count - cut.get(job.key, 0) for job, count in found),
+        )
+        if best_cost is None or cost < best_cost:
+            best, best_cost = found, cost
+    return best
+
+
+def _cuts_on(
+    capacity: Capacity,
+    row: int,
+    pod: PodRequest,
+    candidates: Sequence[RunningJob],
+    pool: VictimPool,
+    cut: dict[str, int],
+) -> list[tuple[RunningJob, int]]:
+    """Shrinks until ``pod`` fits on node ``row``: each step takes the candidate whose
+    next pod there is cheapest to reach (lowest priority, fewest pods cut on the way,
+    rank). Empty if shrinking every candidate there is not enough."""
+    count = int(capacity.total_gpus[row])
+    cpu = np.array([capacity.free_cpu[row]], dtype=np.int64)
+    memory = np.array([capacity.free_memory[row]], dtype=np.int64)
+    used = capacity.gpu_used[row : row + 1].copy()
+    reach = {job.key: cut.get(job.key, 0) for job in candidates}
+    while not fits(pod, cpu, memory, used)[0]:
+        step: tuple[tuple[int, int, int], RunningJob, int] | None = None
+        for job in candidates:
+            surplus = pool.surplus(job)
+            first = reach[job.key]
+            here = next((i for i in range(first, len(surplus)) if surplus[i][0] == row), None)
+            if here is None:
+                continue
+            cost = (job.priority, here + 1 - first, pool.rank(job))
+            if step is None or cost < step[0]:
+                step = (cost, job, here)
+        if step is None:
+            return []
+        _, job, here = step
+        for at, p in pool.surplus(job)[reach[job.key] : here + 1]:
+            if at != row:
+                continue
+            cpu += p.cpu_millis
+            memory += p.memory_bytes
+            for device in p.gpu_ids:
+                if 0 <= device < count:
+                    used[0, device] -= p.gpu_share
+        reach[job.key] = here + 1
+    return [(job, reach[job.key]) for job in candidates if reach[job.key] > cut.get(job.key, 0)]
+
+
+def _stop_whole(
+    capacity: Capacity, pods: Sequence[PodRequest], priority: int, pool: VictimPool
+) -> Plan | None:
+    """With every candidate shrunk to its minimum, the victims to stop as well, or None."""
+    start = capacity.mark()
+    _shrink_all(capacity, priority, pool)
+    room = pool.room(priority)
+    chosen: dict[str, RunningJob] = {}
+    placed: dict[int, Placement] = {}
+    for position, pod in _biggest_first(pods):
+        placement = place_pod(capacity, pod)
+        if placement is None:
+            victims = _make_room(capacity, pod, priority, pool, room, set(chosen))
+            for victim in victims:
+                capacity.release(p for _, p in pool.core(victim))
+                pool.forget(room, pool.core(victim))
+                chosen[victim.key] = victim
+            placement = place_pod(capacity, pod)
+        if placement is None:
+            capacity.undo(start)
+            return None
+        capacity.hold([placement])
+        placed[position] = placement
+    found = tuple(placed[i] for i in range(len(pods)))
     capacity.undo(start)
-    return result
+    victims = sorted(chosen.values(), key=pool.rank)
+    return _settle(capacity, pods, priority, pool, victims, None, found)
+
+
+def _shrink_all(capacity: Capacity, priority: int, pool: VictimPool) -> None:
+    if pool.any_surplus_below(priority):
+        room = pool.surplus_room(priority)
+        capacity.release_all(room.cpu, room.memory, room.gpu_used)
 
 
 def _make_room(
@@ -227,7 +210,7 @@ def _make_room(
     pod: PodRequest,
     priority: int,
     pool: VictimPool,
-    room: _Room,
+    room: Room,
     chosen: set[str],
 ) -> list[RunningJob]:
     """The cheapest victims that free one node enough for ``pod``; empty if none can."""
@@ -242,7 +225,8 @@ def _make_room(
     best: list[RunningJob] = []
     best_cost: tuple[int, float, int] | None = None
     for row in nearest:
-        victims = _victims_on(capacity, int(row), pod, pool.on_row(int(row), priority, chosen))
+        candidates = pool.on_row(int(row), priority, chosen)
+        victims = _victims_on(capacity, int(row), pod, candidates, pool)
         if not victims:
             continue
         cost = (max(v.priority for v in victims), sum(pool.size(v) for v in victims), len(victims))
@@ -270,18 +254,21 @@ def _lacking(capacity: Capacity, pod: PodRequest, rows: Indices) -> Floats:
 
 
 def _victims_on(
-    capacity: Capacity, row: int, pod: PodRequest, candidates: Sequence[RunningJob]
+    capacity: Capacity,
+    row: int,
+    pod: PodRequest,
+    candidates: Sequence[RunningJob],
+    pool: VictimPool,
 ) -> list[RunningJob]:
     """Candidates on node ``row`` in rank order until ``pod`` fits there; empty if never."""
-    name = capacity.names[row]
     count = int(capacity.total_gpus[row])
     cpu = np.array([capacity.free_cpu[row]], dtype=np.int64)
     memory = np.array([capacity.free_memory[row]], dtype=np.int64)
     used = capacity.gpu_used[row : row + 1].copy()
     victims: list[RunningJob] = []
     for victim in candidates:
-        for p in victim.placements:
-            if p.node != name:
+        for at, p in pool.core(victim):
+            if at != row:
                 continue
             cpu += p.cpu_millis
             memory += p.memory_bytes
@@ -294,34 +281,99 @@ def _victims_on(
     return []
 
 
-def _spare(
+def _settle(
     capacity: Capacity,
     pods: Sequence[PodRequest],
-    victims: list[RunningJob],
+    priority: int,
     pool: VictimPool,
+    victims: list[RunningJob],
+    cut: dict[str, int] | None,
     found: tuple[Placement, ...],
 ) -> Plan:
-    """Put back each victim, largest first, that the gang fits without.
+    """Trim a plan that works down to what the gang needs.
 
-    Starts from ``found``, placements known to fit with every victim stopped, in case
-    the plain greedy placement orders things differently and misses.
+    ``found`` fits once ``victims`` are stopped and ``cut`` pods per job are shrunk
+    (None: every candidate shrunk to its minimum). Victims the gang fits without,
+    largest first, are spared (kept at their minimum); then each job needs to lose
+    only its surplus up to the last pod on a node the gang uses, and gives back those
+    pods too, last first, while the gang still fits. Starts from ``found`` in case the
+    plain greedy placement orders things differently and misses.
     """
+    start = capacity.mark()
+    if cut is None:
+        _shrink_all(capacity, priority, pool)
+    else:
+        for key, count in cut.items():
+            capacity.release(p for _, p in pool.surplus(pool.current(key))[:count])
     for victim in victims:
+        capacity.release(p for _, p in pool.core(victim))
+    placements = found
+    stopped = victims
+    trial = _trial(capacity, pods) if victims else None
+    if trial is not None:
+        placements = trial
+        spared: set[str] = set()
+        for victim in sorted(victims, key=lambda j: (-pool.size(j), pool.rank(j))):
+            mark = capacity.mark()
+            capacity.hold(p for _, p in pool.core(victim))
+            trial = _trial(capacity, pods)
+            if trial is None:
+                capacity.undo(mark)
+            else:
+                spared.add(victim.key)
+                placements = trial
+        stopped = [v for v in victims if v.key not in spared]
+    rows = set(capacity.node_indices(placements))
+    counts = _needed_cuts(pool, priority, rows, cut, {v.key for v in stopped})
+    capacity.undo(start)
+    for victim in stopped:
         capacity.release(victim.placements)
-    placements = _trial(capacity, pods)
-    if placements is None:
-        return Plan(tuple(victims), found)
-    spared: set[str] = set()
-    for victim in sorted(victims, key=lambda j: (-pool.size(j), pool.rank(j))):
-        mark = capacity.mark()
-        capacity.hold(victim.placements)
-        trial = _trial(capacity, pods)
-        if trial is None:
-            capacity.undo(mark)
-        else:
-            spared.add(victim.key)
-            placements = trial
-    return Plan(tuple(v for v in victims if v.key not in spared), placements)
+    for job, count in counts.values():
+        capacity.release(p for _, p in pool.surplus(job)[:count])
+    cuts: list[Cut] = []
+    for job, count in sorted(counts.values(), key=lambda item: -pool.rank(item[0])):
+        while count > 0:
+            row, placement = pool.surplus(job)[count - 1]
+            mark = capacity.mark()
+            capacity.hold([placement])
+            if row in rows:
+                trial = _trial(capacity, pods)
+                if trial is None:
+                    capacity.undo(mark)
+                    break
+                placements = trial
+                rows = set(capacity.node_indices(placements))
+            count -= 1
+        if count:
+            cuts.append(Cut(job, count))
+    capacity.undo(start)
+    return Plan(tuple(stopped), placements, tuple(sorted(cuts, key=lambda c: pool.rank(c.job))))
+
+
+def _needed_cuts(
+    pool: VictimPool,
+    priority: int,
+    rows: set[int],
+    cut: dict[str, int] | None,
+    stopped: set[str],
+) -> dict[str, tuple[RunningJob, int]]:
+    """Per job not stopped, how much of its surplus must go so the nodes in ``rows``
+    look as they did: up to its last cut pod there (a shrink removes a prefix)."""
+    needed: dict[str, tuple[RunningJob, int]] = {}
+    for row in sorted(rows):
+        for job in pool.surplus_on_row(row, priority):
+            if job.key in stopped or job.key in needed:
+                continue
+            surplus = pool.surplus(job)
+            limit = len(surplus) if cut is None else cut.get(job.key, 0)
+            count = max((i + 1 for i in range(limit) if surplus[i][0] in rows), default=0)
+            if count:
+                needed[job.key] = (job, count)
+    return needed
+
+
+def _biggest_first(pods: Sequence[PodRequest]) -> list[tuple[int, PodRequest]]:
+    return sorted(enumerate(pods), key=lambda item: (*size_key(item[1]), item[0]))
 
 
 def _trial(capacity: Capacity, pods: Sequence[PodRequest]) -> tuple[Placement, ...] | None:

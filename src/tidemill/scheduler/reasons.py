@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from tidemill.api.quantity import format_cpu, format_memory
-from tidemill.scheduler.types import JobRequest, PodRequest, Reason, ResourceVector, RunningJob
+from tidemill.scheduler.types import (
+    JobRequest,
+    Placement,
+    PodRequest,
+    Reason,
+    ResourceVector,
+    RunningJob,
+)
 
 RESOURCES = ("cpu", "gpu", "memory")
 """Resource names in the order messages list them."""
@@ -99,6 +106,17 @@ def blocked_by_head(queue: str, head: str, head_reason: Reason) -> Reason:
     )
 
 
+def no_required_pods(job: JobRequest) -> Reason:
+    if not job.pods:
+        message = "job has no pods; give at least one role at least one replica"
+    else:
+        message = (
+            f"job has {len(job.pods)} optional pods and no required ones; "
+            "an elastic role needs minReplicas of at least 1"
+        )
+    return Reason(Code.INVALID_REQUEST.value, message)
+
+
 def invalid_request(pod: PodRequest, problem: str) -> Reason:
     return Reason(Code.INVALID_REQUEST.value, f"pod {pod_name(pod)} {problem}")
 
@@ -146,10 +164,11 @@ def no_node_large_enough(
 def does_not_fit(job: JobRequest, placed: int, shortfall: Shortfall) -> Reason:
     """A gang that fits no current free space: which pod, which resource, by how much."""
     pod = shortfall.pod
+    gang = job.gang
     wanted = _asked(pod, shortfall.resource)
     where = _largest_free(shortfall)
     if placed == 0:
-        same = sum(1 for p in job.pods if p.role == pod.role and p.vector == pod.vector)
+        same = sum(1 for p in gang if p.role == pod.role and p.vector == pod.vector)
         plural = "s" if same != 1 else ""
         return Reason(
             _SHORT_OF[shortfall.resource].value,
@@ -157,7 +176,7 @@ def does_not_fit(job: JobRequest, placed: int, shortfall: Shortfall) -> Reason:
         )
     return Reason(
         Code.GANG_DOES_NOT_FIT.value,
-        f"{placed} of {len(job.pods)} pods fit; pod {pod_name(pod)} needs {wanted}, "
+        f"{placed} of {len(gang)} pods fit; pod {pod_name(pod)} needs {wanted}, "
         f"largest free block left is {where}",
     )
 
@@ -175,6 +194,19 @@ def preemption_message(victim: RunningJob, preemptor: JobRequest) -> str:
     return (
         f"preempted for {preemptor.key} (priority {preemptor.priority} > {victim.priority}); "
         f"frees {pieces(victim.total)} on {nodes}"
+    )
+
+
+def shrink_message(job: RunningJob, removed: Sequence[Placement], preemptor: JobRequest) -> str:
+    """What a shrink takes, per role, and for whom: the event the shrunk job shows."""
+    parts = []
+    for role in sorted({p.role for p in removed}):
+        names = [f"{p.role}-{p.index}" for p in removed if p.role == role]
+        size = sum(1 for p in job.placements if p.role == role)
+        parts.append(f"{role} {size}→{size - len(names)} (removes {', '.join(names)})")
+    return (
+        f"shrunk {', '.join(parts)} to make room for {preemptor.key} "
+        f"(priority {preemptor.priority} > {job.priority})"
     )
 
 

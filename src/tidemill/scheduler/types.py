@@ -3,10 +3,16 @@
 ``schedule(ClusterState, pending, SchedulerConfig) -> Decisions`` is a pure function of
 these values. The controller builds a ``ClusterState`` from the store each cycle and
 applies the ``Decisions`` it gets back.
+
+Elastic jobs use three optional fields, all off by default: ``PodRequest.optional``
+(replicas above a role's minimum, placed only in idle room), ``JobRequest.grow`` (add
+optional replicas to a running job) and ``RunningJob.shrinkable`` (replicas that may be
+taken back for a higher-priority job instead of stopping the whole job).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -68,6 +74,9 @@ class PodRequest:
     memory_bytes: int
     gpu: float = 0.0
     gpu_model: str | None = None
+    optional: bool = False
+    """An elastic extra (an index at or above the role's minReplicas): placed after the
+    gang, only in idle room, never by preempting; its job starts without it."""
 
     @property
     def vector(self) -> ResourceVector:
@@ -76,20 +85,47 @@ class PodRequest:
 
 @dataclass(frozen=True)
 class JobRequest:
-    """A pending job: every pod in ``pods`` is placed, or none is (gang)."""
+    """A pending job: every required pod is placed, or none is (gang).
+
+    Optional pods are then placed in the order given, as many as fit in idle room; a
+    role's optional pods stop at its first one that does not fit, so its indexes stay
+    contiguous.
+    """
 
     key: str
     queue: str
     priority: int
     sequence: int
     pods: tuple[PodRequest, ...]
+    grow: bool = False
+    """Add pods to the running job ``key`` (every pod is then treated as optional).
+
+    Growth is tried after every regular pending job of the cycle, never preempts, and
+    gives no pending reason when nothing fits."""
+
+    @property
+    def gang(self) -> tuple[PodRequest, ...]:
+        """The required pods: all placed together or none."""
+        if self.grow:
+            return ()
+        return tuple(pod for pod in self.pods if not pod.optional)
+
+    @property
+    def extras(self) -> tuple[PodRequest, ...]:
+        """The optional pods, in the order they are tried."""
+        if self.grow:
+            return self.pods
+        return tuple(pod for pod in self.pods if pod.optional)
 
     @property
     def total(self) -> ResourceVector:
-        total = ResourceVector()
-        for pod in self.pods:
-            total = total + pod.vector
-        return total
+        """What every pod, required or optional, asks for together."""
+        return _sum(self.pods)
+
+    @property
+    def gang_total(self) -> ResourceVector:
+        """What the required pods ask for together: what queue max and preemption weigh."""
+        return _sum(self.gang)
 
 
 @dataclass(frozen=True)
@@ -115,14 +151,14 @@ class RunningJob:
     sequence: int
     placements: tuple[Placement, ...]
     preemptible: bool = True
+    shrinkable: tuple[tuple[str, int], ...] = ()
+    """(role, index) of placements a higher-priority job may take back without stopping
+    this one (elastic replicas above minReplicas), in the order they should go: a
+    shrink removes a prefix of this tuple. Pairs naming no placement are ignored."""
 
     @property
     def total(self) -> ResourceVector:
-        total = ResourceVector()
-        for p in self.placements:
-            gpu = p.gpu_share * len(p.gpu_ids)
-            total = total + ResourceVector(p.cpu_millis, p.memory_bytes, gpu)
-        return total
+        return usage(self.placements)
 
 
 @dataclass(frozen=True)
@@ -150,6 +186,19 @@ class Bind:
 
 
 @dataclass(frozen=True)
+class Shrink:
+    """Remove ``pods`` (role, index) of running ``job`` so ``preemptor`` fits; the job runs on.
+
+    ``pods`` is a prefix of the job's ``shrinkable``, in that order.
+    """
+
+    job: str
+    pods: tuple[tuple[str, int], ...]
+    preemptor: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Preemption:
     victim: str
     preemptor: str
@@ -166,8 +215,33 @@ class Reason:
 
 @dataclass
 class Decisions:
-    """Apply preemptions first (stop the victims), then binds."""
+    """Apply shrinks and preemptions first (stop the pods they free), then binds, then grows.
+
+    A job may be shrunk for one preemptor and stopped whole for a later one in the same
+    cycle; it is never grown in a cycle that shrinks or stops it.
+    """
 
     binds: list[Bind] = field(default_factory=list)
     preemptions: list[Preemption] = field(default_factory=list)
     pending: dict[str, Reason] = field(default_factory=dict)
+    shrinks: list[Shrink] = field(default_factory=list)
+    grows: list[Bind] = field(default_factory=list)
+    """Pods added to running jobs (``JobRequest.grow``), one entry per job that got any."""
+
+
+def usage(placements: Iterable[Placement]) -> ResourceVector:
+    """What ``placements`` hold together (a shared GPU counts its share)."""
+    cpu_millis = memory_bytes = 0
+    gpu = 0.0
+    for p in placements:
+        cpu_millis += p.cpu_millis
+        memory_bytes += p.memory_bytes
+        gpu += p.gpu_share * len(p.gpu_ids)
+    return ResourceVector(cpu_millis, memory_bytes, gpu)
+
+
+def _sum(pods: Iterable[PodRequest]) -> ResourceVector:
+    total = ResourceVector()
+    for pod in pods:
+        total = total + pod.vector
+    return total
