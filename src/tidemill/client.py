@@ -134,7 +134,10 @@ class Client:
             job = _load_locally(Path(job))
         document = job.to_document() if isinstance(job, TrainingJob) else job
         response = self._request(
-            "POST", "/jobs", params=params, content=json.dumps(document),
+            "POST",
+            "/jobs",
+            params=params,
+            content=json.dumps(document),
             headers={"Content-Type": "application/json"},
         )
         return JobView.model_validate(response.json())

@@ -192,8 +192,9 @@ def nodes(output: OutputOption = Output.TABLE, server: ServerOption = DEFAULT_SE
 
 @reports_errors
 def events(
-    job: Annotated[str | None, typer.Argument(help="Job name or namespace/name; all if omitted.")]
-    = None,
+    job: Annotated[
+        str | None, typer.Argument(help="Job name or namespace/name; all if omitted.")
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events.")
     ] = False,

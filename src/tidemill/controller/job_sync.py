@@ -8,6 +8,7 @@ from collections.abc import Callable
 from tidemill.api.job import Mode, RestartPolicy, TrainingJob
 from tidemill.api.status import JobPhase, ReplicaPhase
 from tidemill.controller.conditions import transition
+from tidemill.controller.elastic import MASTER_ROLE, is_elastic, members, surplus
 from tidemill.controller.launcher import Launcher
 from tidemill.controller.policies import (
     ReplicaState,
@@ -20,6 +21,8 @@ from tidemill.engines.base import Engine, ReplicaHandle
 from tidemill.store.store import Tx
 from tidemill.store.tables import JobRow, ReplicaRow
 
+MAX_MASTER_RESTARTS = 10
+
 
 class JobSync:
     def __init__(
@@ -28,11 +31,14 @@ class JobSync:
         launcher: Launcher,
         spec_of: Callable[[JobRow], TrainingJob],
         stop_grace_s: float,
+        drain_grace_s: float,
     ) -> None:
         self.engine = engine
         self.launcher = launcher
         self.spec_of = spec_of
         self.stop_grace_s = stop_grace_s
+        self.drain_grace_s = drain_grace_s
+        """How long a replica asked to leave (scale-in) has before it is killed."""
 
     def handle(self, replica: ReplicaRow) -> ReplicaHandle:
         data = replica.handle or {}
@@ -73,11 +79,15 @@ class JobSync:
                 now,
             )
             return True
+        self._drain(tx, job, now)
+        self._scale_in(tx, job, spec, now)
         states = [ReplicaState(r.role, r.index, ReplicaPhase(r.phase)) for r in job.replicas]
         if job_succeeded(spec.spec.success_policy, states):
             self.finish(tx, job, JobPhase.SUCCEEDED, "JobSucceeded", _success_message(job), now)
             return True
         if not self._apply_restart_policy(tx, job, spec, now):
+            return True
+        if not self._restart_master(tx, job, now):
             return True
         self._start_due(tx, job, spec, now)
         waiting = [r for r in job.replicas if r.phase == ReplicaPhase.BACKOFF.value]
@@ -121,7 +131,8 @@ class JobSync:
         exited = [
             r
             for r in job.replicas
-            if r.phase == ReplicaPhase.FAILED.value
+            if (r.role != MASTER_ROLE
+            and r.phase == ReplicaPhase.FAILED.value)
             or (
                 r.phase == ReplicaPhase.SUCCEEDED.value
                 and spec.spec.roles[r.role].restart_policy is RestartPolicy.ALWAYS
@@ -147,7 +158,8 @@ class JobSync:
                 continue
             replica.restarts += 1
             restart_at = now + decision.delay_s
-            if spec.spec.mode is Mode.ALLREDUCE:
+            gang_restart = spec.spec.mode is Mode.ALLREDUCE and not is_elastic(spec)
+            if gang_restart:
                 # A static process group cannot take a fresh member: restart the gang.
                 self.stop_replicas(job, ReplicaPhase.STOPPED, now)
                 for member in job.replicas:
@@ -162,10 +174,86 @@ class JobSync:
                 replica.phase = ReplicaPhase.BACKOFF.value
                 replica.next_start_at = restart_at
                 message = decision.message
+                if is_elastic(spec):
+                    message += " (the others train on; it rejoins when it is back)"
             transition(tx, job, JobPhase.RESTARTING, "Restarting", message, now, warning=True)
-            if spec.spec.mode is Mode.ALLREDUCE:
+            if gang_restart:
                 break
         return True
+
+    def _restart_master(self, tx: Tx, job: JobRow, now: float) -> bool:
+        """The job master must live as long as the job: relaunch it on the same port.
+
+        Returns False when it has failed too often and the job was failed.
+        """
+        for master in job.replicas:
+            if master.role != MASTER_ROLE or not ReplicaPhase(master.phase).is_terminal:
+                continue
+            if master.restarts >= MAX_MASTER_RESTARTS:
+                message = (
+                    f"the job master exited {master.restarts + 1} times (last exit code "
+                    f"{master.exit_code}); see `tidemill logs {job.name} --role master`"
+                )
+                self.finish(tx, job, JobPhase.FAILED, "MasterFailed", message, now)
+                return False
+            master.restarts += 1
+            master.phase = ReplicaPhase.BACKOFF.value
+            master.next_start_at = now
+            tx.add_event(
+                job.key,
+                "MasterRestarting",
+                f"job master exited ({master.exit_code}); relaunching it on the same port, "
+                "workers reconnect and keep training",
+                warning=True,
+                at=now,
+            )
+        return True
+
+    def _drain(self, tx: Tx, job: JobRow, now: float) -> None:
+        """Forget replicas that left after a scale-in; kill those that overstay."""
+        for replica in job.replicas[:]:
+            if replica.drain_deadline is None:
+                continue
+            overdue = now >= replica.drain_deadline
+            if not ReplicaPhase(replica.phase).is_terminal and not overdue:
+                continue
+            if not ReplicaPhase(replica.phase).is_terminal and replica.handle:
+                self.engine.stop(self.handle(replica), grace_s=0)
+            tx.delete_replica(job, replica)
+            remaining = len(members(job.replicas, replica.role))
+            how = "did not leave in time and was killed" if overdue else "left"
+            tx.add_event(
+                job.key,
+                "ScaledIn",
+                f"{replica.replica_name} {how}; {replica.role} now {remaining}",
+                warning=overdue,
+                replica=replica.replica_name,
+                at=now,
+            )
+
+    def _scale_in(self, tx: Tx, job: JobRow, spec: TrainingJob, now: float) -> None:
+        """Ask replicas above the desired size to leave at their next step boundary."""
+        for name, role in spec.spec.roles.items():
+            if not role.is_elastic:
+                continue
+            desired = job.desired.get(name, role.max_bound)
+            leaving = surplus(job.replicas, name, desired)
+            if not leaving:
+                continue
+            size = len(members(job.replicas, name))
+            for replica in leaving:
+                replica.drain_deadline = now + self.drain_grace_s
+                if replica.phase == ReplicaPhase.RUNNING.value and replica.handle:
+                    self.engine.terminate(self.handle(replica))
+                elif not ReplicaPhase(replica.phase).is_terminal:
+                    replica.phase = ReplicaPhase.STOPPED.value
+            tx.add_event(
+                job.key,
+                "ScalingIn",
+                f"{name} {size}→{desired}: asking "
+                f"{', '.join(r.replica_name for r in leaving)} to leave at the next step",
+                at=now,
+            )
 
     def _start_due(self, tx: Tx, job: JobRow, spec: TrainingJob, now: float) -> None:
         due = [

@@ -7,10 +7,12 @@ one per replica for ``TF_CONFIG``. The local engine runs everything on this host
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ReplicaPhase
+from tidemill.controller.elastic import MASTER_ROLE, is_elastic
 from tidemill.engines.base import Engine, LaunchSpec
 from tidemill.engines.replica_env import ReplicaContext, replica_env
 from tidemill.store.tables import JobRow, ReplicaRow
@@ -35,19 +37,44 @@ def local_rank(job: JobRow, replica: ReplicaRow) -> int:
     return next(i for i, r in enumerate(same_node) if r is replica)
 
 
+def role_sizes(job: JobRow) -> dict[str, int]:
+    """Replica count per role as indexes go (gaps count), the master left out."""
+    sizes: dict[str, int] = {}
+    for r in job.replicas:
+        if r.role != MASTER_ROLE:
+            sizes[r.role] = max(sizes.get(r.role, 0), r.index + 1)
+    return sizes
+
+
+def collective_bounds(spec: TrainingJob) -> tuple[int, int]:
+    """Smallest and largest world size of the chief+worker collective."""
+    roles = [r for name, r in spec.spec.roles.items() if name in ("chief", "worker")]
+    return sum(r.min_bound for r in roles), sum(r.max_bound for r in roles)
+
+
+def elastic_env(spec: TrainingJob) -> dict[str, str]:
+    """Tells the runtime to take its ranks from the job master, not from RANK."""
+    return {"TIDEMILL_ELASTIC": "1"} if is_elastic(spec) else {}
+
+
 class Launcher:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, server_url: str | None = None) -> None:
         self.engine = engine
+        self.server_url = server_url
 
     def launch_spec(self, job: JobRow, spec: TrainingJob, replica: ReplicaRow) -> LaunchSpec:
         """The exact request for the engine (pure apart from port choice)."""
+        if is_elastic(spec) and job.job_master_port is None:
+            job.job_master_port = free_port()
+        if replica.role == MASTER_ROLE:
+            return self._master_spec(job, spec, replica)
         if job.master_port is None:
             job.master_port = free_port()
         for member in job.replicas:
             if not member.port:
                 member.port = free_port()
         role = spec.spec.roles[replica.role]
-        roles = {name: r.replicas for name, r in spec.spec.roles.items()}
+        roles = role_sizes(job)
         context = ReplicaContext(
             job=job.key,
             mode=spec.spec.mode,
@@ -59,6 +86,9 @@ class Launcher:
             addresses={(r.role, r.index): f"{LOCAL_HOST}:{r.port}" for r in job.replicas}
             if spec.spec.mode.value == "ps"
             else {},
+            tidemill_master_addr=None
+            if job.job_master_port is None
+            else f"{LOCAL_HOST}:{job.job_master_port}",
             local_rank=local_rank(job, replica),
             gpu_ids=tuple(replica.gpu_ids),
             gpu_share=replica.gpu_share if replica.gpu_share > 0 else 1.0,
@@ -69,12 +99,38 @@ class Launcher:
             role=replica.role,
             index=replica.index,
             argv=tuple(role.argv),
-            env={**role.env, **replica_env(context)},
+            env={**role.env, **replica_env(context), **elastic_env(spec)},
             working_dir=role.working_dir or str(Path.cwd()),
             node=replica.node,
             gpu_ids=tuple(replica.gpu_ids),
             attempt=replica.starts,
             image=role.image,
+        )
+
+    def _master_spec(self, job: JobRow, spec: TrainingJob, replica: ReplicaRow) -> LaunchSpec:
+        """tidemill's own per-job master: membership, epochs, committed progress."""
+        low, high = collective_bounds(spec)
+        env = {
+            "TIDEMILL_JOB": job.key,
+            "TIDEMILL_ROLE": MASTER_ROLE,
+            "TIDEMILL_INDEX": "0",
+            "TIDEMILL_MASTER_PORT": str(job.job_master_port),
+            "TIDEMILL_ELASTIC_MIN": str(low),
+            "TIDEMILL_ELASTIC_MAX": str(high),
+            "PYTHONUNBUFFERED": "1",
+        }
+        if self.server_url is not None:
+            env["TIDEMILL_SERVER"] = self.server_url
+        first_role = next(iter(spec.spec.roles.values()))
+        return LaunchSpec(
+            job=job.key,
+            role=MASTER_ROLE,
+            index=0,
+            argv=(sys.executable, "-m", "tidemill.master"),
+            env=env,
+            working_dir=first_role.working_dir or str(Path.cwd()),
+            node=replica.node,
+            attempt=replica.starts,
         )
 
     def launch(self, job: JobRow, spec: TrainingJob, replica: ReplicaRow, now: float) -> None:

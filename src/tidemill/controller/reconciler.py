@@ -22,6 +22,7 @@ from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType, JobPhase, JobView
 from tidemill.controller.admission import admit
 from tidemill.controller.conditions import set_condition
+from tidemill.controller.elastic import initial_desired
 from tidemill.controller.job_sync import JobSync
 from tidemill.controller.launcher import Launcher
 from tidemill.controller.scheduling import ACTIVE_PHASES, CycleStats, SchedulingStep
@@ -41,6 +42,10 @@ class ControllerConfig:
     resync_s: float = 2.0
     """The scheduler runs on every change, and at least this often."""
     stop_grace_s: float = 5.0
+    drain_grace_s: float = 30.0
+    """How long an elastic replica asked to leave may take before it is killed."""
+    server_url: str | None = None
+    """This control plane's URL, given to job masters so they can persist their state."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -64,7 +69,13 @@ class Controller:
         self.config = config or ControllerConfig()
         self.clock = clock
         self.on_cycle = on_cycle
-        self.jobs = JobSync(engine, Launcher(engine), self.spec_of, self.config.stop_grace_s)
+        self.jobs = JobSync(
+            engine,
+            Launcher(engine, self.config.server_url),
+            self.spec_of,
+            self.config.stop_grace_s,
+            self.config.drain_grace_s,
+        )
         self.scheduling = SchedulingStep(store, self.jobs, self.spec_of, self.config.scheduler)
         self._schedule_due = threading.Event()
         self._schedule_due.set()
@@ -143,7 +154,7 @@ class Controller:
                     message="waiting to be scheduled",
                     conditions=[],
                     created_at=now,
-                    desired={name: role.replicas for name, role in job.spec.roles.items()},
+                    desired=initial_desired(job),
                 )
             )
             set_condition(row, ConditionType.PENDING, True, "Submitted", "queued", now)
@@ -175,10 +186,10 @@ class Controller:
         )
 
     def scale(self, namespace: str, name: str, role: str, replicas: int) -> None:
-        """Resize a role within its elastic bounds.
+        """Set the desired size of an elastic role; the controller resizes in place.
 
-        A pending job is resized before it is placed; a job that holds resources
-        needs in-place elastic resize, which the per-job master provides.
+        Growing waits for capacity (the scheduler places the new replicas); shrinking
+        asks the highest-indexed replicas to leave at their next step boundary.
         """
         with self._lock, self.store.transaction() as tx:
             row = tx.job(namespace, name)
@@ -207,17 +218,14 @@ class Controller:
                 )
             if JobPhase(row.phase).is_terminal:
                 raise ConflictError(f"job {row.key} has finished ({row.phase}); nothing to scale")
-            if row.phase != JobPhase.PENDING.value:
-                raise ConflictError(
-                    f"job {row.key} is {row.phase}: resizing a running job in place needs "
-                    "the elastic job master, which this server does not run yet"
-                )
-            document = row.spec
-            document["spec"]["roles"][role]["replicas"] = replicas
-            row.spec = {**document}
+            before = row.desired.get(role, role_spec.max_bound)
             row.desired = {**row.desired, role: replicas}
-            self._specs.pop(row.uid, None)
-            tx.add_event(row.key, "Resized", f"{role} set to {replicas} replica(s) while pending")
+            tx.add_event(
+                row.key,
+                "ScaleRequested",
+                f"{role} {before}→{replicas} requested"
+                + ("" if row.phase == JobPhase.PENDING.value else "; resizing in place"),
+            )
         self.wake()
 
     def resolve(self, name: str, namespace: str | None) -> tuple[str, str]:

@@ -14,10 +14,17 @@ from dataclasses import dataclass, field
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType, JobPhase, ReplicaPhase
 from tidemill.controller.conditions import set_condition, transition
+from tidemill.controller.elastic import MASTER_ROLE, is_elastic, members
 from tidemill.controller.job_sync import JobSync
-from tidemill.controller.snapshot import job_request, node_info, queue_info, running_job
+from tidemill.controller.snapshot import (
+    grow_request,
+    job_request,
+    node_info,
+    queue_info,
+    running_job,
+)
 from tidemill.scheduler.core import schedule
-from tidemill.scheduler.types import Bind, ClusterState, SchedulerConfig
+from tidemill.scheduler.types import Bind, ClusterState, Placement, SchedulerConfig
 from tidemill.store.store import Store, Tx
 from tidemill.store.tables import JobRow, ReplicaRow
 
@@ -49,15 +56,21 @@ class SchedulingStep:
         """Returns True when something was bound or preempted."""
         with self.store.read() as tx:
             pending_rows = tx.jobs(phases=[JobPhase.PENDING.value])
-            if not pending_rows:
-                return False
             holding = tx.jobs(phases=ACTIVE_PHASES)
+            if not pending_rows and not any(self._may_grow(j) for j in holding):
+                return False
             state = ClusterState(
                 nodes=tuple(node_info(n) for n in tx.nodes()),
                 queues={q.name: queue_info(q) for q in tx.queues()},
-                running=tuple(running_job(j) for j in holding),
+                running=tuple(running_job(j, self.spec_of(j)) for j in holding),
             )
             requests = [job_request(j, self.spec_of(j)) for j in pending_rows]
+            requests += [
+                growth
+                for j in holding
+                if j.phase == JobPhase.RUNNING.value
+                and (growth := grow_request(j, self.spec_of(j))) is not None
+            ]
             shown = {j.key: (j.pending_code, j.pending_message) for j in pending_rows}
             ids = {j.key: j.id for j in [*pending_rows, *holding]}
         started = time.perf_counter()
@@ -68,11 +81,19 @@ class SchedulingStep:
             for key, reason in decisions.pending.items()
             if shown.get(key) != (reason.code, reason.message)
         }
-        if not (decisions.binds or decisions.preemptions or changed):
+        resized = decisions.grows or decisions.shrinks
+        if not (decisions.binds or decisions.preemptions or changed or resized):
             return False
-        touched = {p.victim for p in decisions.preemptions} | {b.job for b in decisions.binds}
+        touched = (
+            {p.victim for p in decisions.preemptions}
+            | {b.job for b in decisions.binds}
+            | {g.job for g in decisions.grows}
+            | {s.job for s in decisions.shrinks}
+        )
         with self.store.transaction() as tx:
             rows = {r.key: r for r in tx.jobs_by_id([ids[k] for k in touched | set(changed)])}
+            for shrink in decisions.shrinks:
+                self._shrink(tx, rows[shrink.job], shrink.pods, shrink.message, now)
             for preemption in decisions.preemptions:
                 self._preempt(tx, rows[preemption.victim], preemption.message, now)
             for bind in decisions.binds:
@@ -80,13 +101,64 @@ class SchedulingStep:
                 if job.scheduled_at is None:
                     stats.queue_latencies_s.append(now - job.created_at)
                 self._bind(tx, job, bind, now)
+            for grow in decisions.grows:
+                self._grow(tx, rows[grow.job], grow, now)
             for key, reason in changed.items():
                 job = rows[key]
                 if job.pending_code != reason.code:
                     tx.add_event(key, reason.code, reason.message, at=now)
                 job.pending_code, job.pending_message = reason.code, reason.message
                 job.message = reason.message
-        return bool(decisions.binds or decisions.preemptions)
+        return bool(decisions.binds or decisions.preemptions or resized)
+
+    def _may_grow(self, job: JobRow) -> bool:
+        return job.phase == JobPhase.RUNNING.value and is_elastic(self.spec_of(job))
+
+    def _shrink(
+        self, tx: Tx, job: JobRow, pods: tuple[tuple[str, int], ...], message: str, now: float
+    ) -> None:
+        """Remove elastic replicas for a higher-priority job; the rest train on in place."""
+        leaving = [r for r in job.replicas if (r.role, r.index) in set(pods)]
+        for replica in leaving:
+            if replica.handle:
+                self.jobs.engine.stop(self.jobs.handle(replica), self.jobs.drain_grace_s)
+            tx.delete_replica(job, replica)
+        tx.add_event(job.key, "Shrunk", message, warning=True, at=now)
+
+    def _grow(self, tx: Tx, job: JobRow, grow: Bind, now: float) -> None:
+        """Add elastic replicas in idle capacity; they join at the next step boundary."""
+        spec = self.spec_of(job)
+        added = [self._new_replica(p) for p in grow.placements]
+        job.replicas.extend(added)
+        for replica in added:
+            self.jobs.launcher.launch(job, spec, replica, now)
+        names = ", ".join(r.replica_name for r in added)
+        sizes = ", ".join(
+            f"{role} {len(members(job.replicas, role)) - n}→{len(members(job.replicas, role))}"
+            for role, n in _count_by_role(added).items()
+        )
+        tx.add_event(job.key, "ScaledOut", f"{sizes}: added {names} (idle capacity)", at=now)
+
+    @staticmethod
+    def _new_replica(placement: Placement) -> ReplicaRow:
+        return ReplicaRow(
+            role=placement.role,
+            index=placement.index,
+            phase=ReplicaPhase.PENDING.value,
+            node=placement.node,
+            cpu_millis=placement.cpu_millis,
+            memory_bytes=placement.memory_bytes,
+            gpu_ids=list(placement.gpu_ids),
+            gpu_share=placement.gpu_share,
+            port=0,
+            restarts=0,
+            starts=0,
+        )
+
+    def _master_replica(self, job: JobRow, bind: Bind) -> ReplicaRow:
+        """The job master takes no scheduled resources; it lives beside the first replica."""
+        node = bind.placements[0].node
+        return self._new_replica(Placement(MASTER_ROLE, 0, node, cpu_millis=0, memory_bytes=0))
 
     def _preempt(self, tx: Tx, victim: JobRow, message: str, now: float) -> None:
         """Stop the victim and put it back in its queue, keeping its place (FIFO id)."""
@@ -99,22 +171,9 @@ class SchedulingStep:
 
     def _bind(self, tx: Tx, job: JobRow, bind: Bind, now: float) -> None:
         spec = self.spec_of(job)
-        for placement in bind.placements:
-            job.replicas.append(
-                ReplicaRow(
-                    role=placement.role,
-                    index=placement.index,
-                    phase=ReplicaPhase.PENDING.value,
-                    node=placement.node,
-                    cpu_millis=placement.cpu_millis,
-                    memory_bytes=placement.memory_bytes,
-                    gpu_ids=list(placement.gpu_ids),
-                    gpu_share=placement.gpu_share,
-                    port=0,
-                    restarts=0,
-                    starts=0,
-                )
-            )
+        job.replicas.extend(self._new_replica(p) for p in bind.placements)
+        if is_elastic(spec):
+            job.replicas.append(self._master_replica(job, bind))
         job.scheduled_at = now
         job.pending_code = job.pending_message = None
         nodes = sorted({p.node for p in bind.placements})
@@ -126,8 +185,16 @@ class SchedulingStep:
             f"placed {len(bind.placements)} replica(s) on {', '.join(nodes)}",
             now,
         )
-        for replica in job.replicas:
+        # The master first: elastic workers register with it as they start.
+        for replica in sorted(job.replicas, key=lambda r: r.role != MASTER_ROLE):
             self.jobs.launcher.launch(job, spec, replica, now)
         transition(
             tx, job, JobPhase.RUNNING, "Running", f"{len(job.replicas)} replica(s) started", now
         )
+
+
+def _count_by_role(replicas: list[ReplicaRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in replicas:
+        counts[r.role] = counts.get(r.role, 0) + 1
+    return counts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.job import TrainingJob
+from tidemill.controller.elastic import missing_indexes, surplus
 from tidemill.scheduler.types import (
     JobRequest,
     NodeInfo,
@@ -45,26 +46,53 @@ def queue_info(row: QueueRow) -> QueueInfo:
     )
 
 
+def _pod(name: str, job: TrainingJob, index: int, optional: bool) -> PodRequest:
+    resources = job.spec.roles[name].resources
+    return PodRequest(
+        role=name,
+        index=index,
+        cpu_millis=resources.cpu_millis,
+        memory_bytes=resources.memory,
+        gpu=resources.gpu,
+        gpu_model=resources.gpu_model,
+        optional=optional,
+    )
+
+
 def job_request(row: JobRow, job: TrainingJob) -> JobRequest:
-    """The gang to place: every replica of every role at its current size."""
-    pods = [
-        PodRequest(
-            role=name,
-            index=i,
-            cpu_millis=role.resources.cpu_millis,
-            memory_bytes=role.resources.memory,
-            gpu=role.resources.gpu,
-            gpu_model=role.resources.gpu_model,
-        )
-        for name, role in sorted(job.spec.roles.items())
-        for i in range(role.replicas)
-    ]
+    """The gang to place: fixed roles in full, elastic roles at their minimum, plus
+    optional replicas up to the desired size."""
+    pods = []
+    for name, role in sorted(job.spec.roles.items()):
+        desired = row.desired.get(name, role.replicas)
+        required = role.min_bound if role.is_elastic else desired
+        pods += [_pod(name, job, i, optional=i >= required) for i in range(max(desired, required))]
     return JobRequest(
         key=row.key, queue=row.queue, priority=row.priority, sequence=row.id, pods=tuple(pods)
     )
 
 
-def running_job(row: JobRow) -> RunningJob:
+def grow_request(row: JobRow, job: TrainingJob) -> JobRequest | None:
+    """Optional replicas a running elastic job lacks to reach its desired size."""
+    pods = [
+        _pod(name, job, index, optional=True)
+        for name, role in sorted(job.spec.roles.items())
+        if role.is_elastic
+        for index in missing_indexes(row.replicas, name, row.desired.get(name, role.max_bound))
+    ]
+    if not pods:
+        return None
+    return JobRequest(
+        key=row.key,
+        queue=row.queue,
+        priority=row.priority,
+        sequence=row.id,
+        pods=tuple(pods),
+        grow=True,
+    )
+
+
+def running_job(row: JobRow, job: TrainingJob) -> RunningJob:
     placements = tuple(
         Placement(
             role=r.role,
@@ -77,12 +105,19 @@ def running_job(row: JobRow) -> RunningJob:
         )
         for r in row.replicas
     )
+    shrinkable = tuple(
+        (r.role, r.index)
+        for name, role in sorted(job.spec.roles.items())
+        if role.is_elastic
+        for r in surplus(row.replicas, name, role.min_bound)
+    )
     return RunningJob(
         key=row.key,
         queue=row.queue,
         priority=row.priority,
         sequence=row.id,
         placements=placements,
+        shrinkable=shrinkable,
     )
 
 

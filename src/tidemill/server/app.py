@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import (
@@ -37,6 +37,19 @@ STATIC = Path(__file__).parent / "static"
 
 class Items(BaseModel):
     items: list[Any]
+
+
+class MasterState(BaseModel):
+    state: dict[str, Any] | None = Field(
+        description="the job master's state: epoch, committed step, data positions"
+    )
+
+
+class EventRequest(BaseModel):
+    type: Literal["Normal", "Warning"] = "Normal"
+    reason: str = Field(min_length=1, max_length=64)
+    message: str
+    replica: str | None = None
 
 
 class ScaleRequest(BaseModel):
@@ -210,6 +223,38 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
         ns, name = controller.resolve(name, namespace)
         controller.scale(ns, name, request.role, request.replicas)
         return view_of(ns, name)
+
+    @app.get("/api/v1/jobs/{name}/master-state", response_model=MasterState)
+    def get_master_state(name: str, namespace: str | None = None) -> MasterState:
+        """What the job's elastic master persisted (it reads this back after a restart)."""
+        ns, name = controller.resolve(name, namespace)
+        with store.read() as tx:
+            row = tx.job(ns, name)
+            return MasterState(state=None if row is None else row.master_state)
+
+    @app.put("/api/v1/jobs/{name}/master-state", response_model=MasterState)
+    def put_master_state(name: str, body: MasterState, namespace: str | None = None) -> MasterState:
+        ns, name = controller.resolve(name, namespace)
+        with store.transaction() as tx:
+            row = tx.job(ns, name)
+            if row is None:
+                raise NotFoundError(f"job '{name}' not found in namespace '{ns}'")
+            row.master_state = body.state
+        return body
+
+    @app.post("/api/v1/jobs/{name}/events", status_code=201)
+    def post_event(name: str, body: EventRequest, namespace: str | None = None) -> dict[str, str]:
+        """Events from the job's own processes (the elastic master), shown in describe."""
+        ns, name = controller.resolve(name, namespace)
+        with store.transaction() as tx:
+            tx.add_event(
+                f"{ns}/{name}",
+                body.reason,
+                body.message,
+                warning=body.type == "Warning",
+                replica=body.replica,
+            )
+        return {"recorded": body.reason}
 
     @app.get("/api/v1/queues", response_model=Items)
     def queues() -> Items:

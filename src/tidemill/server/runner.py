@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -45,21 +46,22 @@ class ServerRunner:
         self.port = port or free_port(host)
         self.store = Store(store_url or sqlite_url(self.state_dir))
         registry, metrics = make_registry(self.store)
+        config = controller_config or ControllerConfig()
         self.controller = Controller(
             self.store,
             LocalEngine(self.state_dir),
             cluster,
-            controller_config,
+            replace(config, server_url=config.server_url or self.url),
             on_cycle=metrics.record,
         )
-        config = uvicorn.Config(
+        uvicorn_config = uvicorn.Config(
             create_app(self.controller, registry),
             host=host,
             port=self.port,
             log_level="warning",
             access_log=False,
         )
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(uvicorn_config)
         self._thread: threading.Thread | None = None
 
     @property

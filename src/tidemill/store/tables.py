@@ -45,6 +45,10 @@ class JobRow(Base):
     restart_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     """When a whole-gang restart is due (AllReduce jobs restart as one group)."""
     gang_restarts: Mapped[int] = mapped_column(Integer, default=0)
+    job_master_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """Port of tidemill's per-job master (elastic jobs); kept across its restarts."""
+    master_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """What the elastic job master persists: epoch, committed step, data positions."""
 
     replicas: Mapped[list[ReplicaRow]] = relationship(
         back_populates="job",
@@ -83,6 +87,8 @@ class ReplicaRow(Base):
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     next_start_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    drain_deadline: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Set when the replica was asked to leave (scale-in); killed if still there then."""
     message: Mapped[str] = mapped_column(Text, default="")
 
     job: Mapped[JobRow] = relationship(back_populates="replicas")

@@ -1,0 +1,48 @@
+"""Sizes of elastic roles: what to ask the scheduler for, and whom to remove first.
+
+An elastic role (minReplicas < maxReplicas) starts with its minimum as a gang, takes
+optional replicas up to its desired size when they fit, and gives back its highest
+indexes first. Desired starts at maxReplicas (grow into idle capacity) and is pinned
+by ``tidemill scale``. Pure functions over specs and replica rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tidemill.api.job import TrainingJob
+from tidemill.store.tables import ReplicaRow
+
+MASTER_ROLE = "master"
+"""tidemill's per-job master: launched for elastic jobs, never declared by users."""
+
+
+def is_elastic(job: TrainingJob) -> bool:
+    return any(role.is_elastic for role in job.spec.roles.values())
+
+
+def initial_desired(job: TrainingJob) -> dict[str, int]:
+    """Elastic roles aim for their maximum; fixed roles for their replica count."""
+    return {
+        name: role.max_bound if role.is_elastic else role.replicas
+        for name, role in job.spec.roles.items()
+    }
+
+
+def members(replicas: Sequence[ReplicaRow], role: str) -> list[ReplicaRow]:
+    """Replicas of ``role`` that count towards its size (not leaving, not the master)."""
+    return [r for r in replicas if r.role == role and r.drain_deadline is None]
+
+
+def missing_indexes(replicas: Sequence[ReplicaRow], role: str, desired: int) -> list[int]:
+    """The lowest free indexes that would bring ``role`` up to ``desired``."""
+    taken = {r.index for r in replicas if r.role == role}
+    have = len(members(replicas, role))
+    free = (i for i in range(desired + len(taken)) if i not in taken)
+    return [next(free) for _ in range(max(0, desired - have))]
+
+
+def surplus(replicas: Sequence[ReplicaRow], role: str, keep: int) -> list[ReplicaRow]:
+    """Replicas beyond the first ``keep``, highest index first: the ones to remove."""
+    ordered = sorted(members(replicas, role), key=lambda r: r.index, reverse=True)
+    return ordered[: max(0, len(ordered) - keep)]
