@@ -5,6 +5,7 @@ Every problem found is reported at once, each as ``path: message``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,26 @@ from tidemill.api.cluster import ClusterSpec
 from tidemill.api.errors import FieldError, SpecError, from_validation_error
 from tidemill.api.job import TrainingJob, spec_field_names
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader when PyYAML was built with it: several times faster."""
+
+
+def _fast_json(text: str) -> Any | None:
+    """JSON bodies (what the CLI and SDK send) skip the YAML parser entirely."""
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None  # let the YAML parser report it, with a line number
+
 
 def parse_document(text: str, source: str = "<input>") -> dict[str, Any]:
     """Parse YAML (JSON is a subset) into a mapping, with line numbers on syntax errors."""
     try:
-        document = yaml.safe_load(text)
+        document = _fast_json(text)
+        if document is None:
+            document = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -131,8 +131,7 @@ class JobSync:
         exited = [
             r
             for r in job.replicas
-            if (r.role != MASTER_ROLE
-            and r.phase == ReplicaPhase.FAILED.value)
+            if (r.role != MASTER_ROLE and r.phase == ReplicaPhase.FAILED.value)
             or (
                 r.phase == ReplicaPhase.SUCCEEDED.value
                 and spec.spec.roles[r.role].restart_policy is RestartPolicy.ALWAYS

@@ -24,7 +24,7 @@ from tidemill.controller.snapshot import (
     running_job,
 )
 from tidemill.scheduler.core import schedule
-from tidemill.scheduler.types import Bind, ClusterState, Placement, SchedulerConfig
+from tidemill.scheduler.types import Bind, ClusterState, JobRequest, Placement, SchedulerConfig
 from tidemill.store.store import Store, Tx
 from tidemill.store.tables import JobRow, ReplicaRow
 
@@ -51,11 +51,12 @@ class SchedulingStep:
         self.jobs = jobs
         self.spec_of = spec_of
         self.config = config
+        self._requests: dict[int, tuple[tuple[int, tuple[tuple[str, int], ...]], JobRequest]] = {}
 
     def run(self, now: float, stats: CycleStats) -> bool:
         """Returns True when something was bound or preempted."""
         with self.store.read() as tx:
-            pending_rows = tx.jobs(phases=[JobPhase.PENDING.value])
+            pending_rows = tx.queued_jobs()
             holding = tx.jobs(phases=ACTIVE_PHASES)
             if not pending_rows and not any(self._may_grow(j) for j in holding):
                 return False
@@ -64,7 +65,8 @@ class SchedulingStep:
                 queues={q.name: queue_info(q) for q in tx.queues()},
                 running=tuple(running_job(j, self.spec_of(j)) for j in holding),
             )
-            requests = [job_request(j, self.spec_of(j)) for j in pending_rows]
+            requests = [self._request(j) for j in pending_rows]
+            self._forget_requests({j.id for j in pending_rows})
             requests += [
                 growth
                 for j in holding
@@ -110,6 +112,20 @@ class SchedulingStep:
                 job.pending_code, job.pending_message = reason.code, reason.message
                 job.message = reason.message
         return bool(decisions.binds or decisions.preemptions or resized)
+
+    def _request(self, row: JobRow) -> JobRequest:
+        """The scheduler's view of a pending job, rebuilt only when its size or priority
+        changes: a long backlog is mostly the same jobs pass after pass."""
+        key = (row.priority, tuple(sorted(row.desired.items())))
+        cached = self._requests.get(row.id)
+        if cached is None or cached[0] != key:
+            cached = (key, job_request(row, self.spec_of(row)))
+            self._requests[row.id] = cached
+        return cached[1]
+
+    def _forget_requests(self, pending_ids: set[int]) -> None:
+        for job_id in [i for i in self._requests if i not in pending_ids]:
+            del self._requests[job_id]
 
     def _may_grow(self, job: JobRow) -> bool:
         return job.phase == JobPhase.RUNNING.value and is_elastic(self.spec_of(job))

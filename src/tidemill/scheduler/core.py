@@ -57,6 +57,11 @@ _Shape = tuple[tuple[int, int, float, str], ...]
 DEFAULT_CONFIG = SchedulerConfig()
 
 
+def _shape(gang: tuple[PodRequest, ...]) -> _Shape:
+    """What placement depends on: the pods' sizes, not their names."""
+    return tuple(sorted((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "") for p in gang))
+
+
 def schedule(
     state: ClusterState,
     pending: Sequence[JobRequest],
@@ -123,6 +128,8 @@ class _Cycle:
         self._order = order
         self._pool = pool
         self._cannot_preempt: dict[_Shape, int] = {}
+        self._misfits: dict[_Shape, Misfit] = {}
+        """Gang shapes that did not fit on free room this cycle, with why."""
         self._fits_empty: dict[tuple[int, int, float, str | None], bool] = {}
         self._resized: set[str] = set()
         self._elastic: dict[str, tuple[JobRequest, int]] = {}
@@ -134,14 +141,18 @@ class _Cycle:
         refused = self._refusal(job, gang)
         if refused is not None:
             return refused
-        placed = place_gang(self._capacity, gang)
+        shape = _shape(gang)
+        placed = self._misfits.get(shape) or place_gang(self._capacity, gang)
         if not isinstance(placed, Misfit):
             self._bind(job, placed, decisions)
             return None
+        # Free room only shrinks within a cycle, so this shape will not fit later either:
+        # a backlog of look-alike jobs costs one placement attempt, not one each.
+        self._misfits[shape] = placed
         reason = reasons.does_not_fit(job, placed.placed, placed.shortfall)
         if not self._config.preemption or not self._pool.any_below(job.priority):
             return reason
-        plan = self._plan(job, gang)
+        plan = self._plan(job, shape)
         if plan is None:
             return reasons.with_preemption_note(reason)
         self._commit(job, plan, decisions)
@@ -253,13 +264,10 @@ class _Cycle:
         decisions.binds.append(Bind(job.key, placements))
         self._order.charge(job.queue, usage(placements))
 
-    def _plan(self, job: JobRequest, gang: tuple[PodRequest, ...]) -> preemption.Plan | None:
-        shape: _Shape = tuple(
-            sorted((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "") for p in gang)
-        )
+    def _plan(self, job: JobRequest, shape: _Shape) -> preemption.Plan | None:
         if job.priority <= self._cannot_preempt.get(shape, -(2**63)):
             return None
-        plan = preemption.plan(self._capacity, gang, job.priority, self._pool)
+        plan = preemption.plan(self._capacity, job.gang, job.priority, self._pool)
         if plan is None:
             self._cannot_preempt[shape] = job.priority
         return plan

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select
-from sqlalchemy.orm import Session, load_only, selectinload, sessionmaker
+from sqlalchemy.orm import Session, defer, load_only, selectinload, sessionmaker
 
 from tidemill.store.tables import Base, EventRow, JobRow, NodeRow, QueueRow, ReplicaRow
 
@@ -67,6 +67,17 @@ class Tx:
             stmt = stmt.where(JobRow.phase.in_(list(phases)))
         if namespace is not None:
             stmt = stmt.where(JobRow.namespace == namespace)
+        return list(self.session.scalars(stmt))
+
+    def queued_jobs(self) -> list[JobRow]:
+        """Pending jobs for the scheduler: specs and conditions are loaded only if read
+        (the controller caches parsed specs), so a long backlog stays cheap to scan."""
+        stmt = (
+            select(JobRow)
+            .where(JobRow.phase == "Pending")
+            .order_by(JobRow.id)
+            .options(defer(JobRow.spec), defer(JobRow.conditions), defer(JobRow.master_state))
+        )
         return list(self.session.scalars(stmt))
 
     def jobs_by_id(self, ids: Sequence[int]) -> list[JobRow]:
