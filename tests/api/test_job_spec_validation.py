@@ -8,7 +8,7 @@ import pytest
 
 from tidemill.api.errors import SpecError
 from tidemill.api.job import Mode, RestartPolicy
-from tidemill.api.loader import load_job_file, load_job_text
+from tidemill.api.loader import job_from_document, load_job_file, load_job_text
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_FILES = sorted((ROOT / "examples").rglob("*.yaml"))
@@ -181,3 +181,16 @@ def test_bad_job_files_are_refused_with_the_field_and_the_fix(
     text: str, expected: list[str]
 ) -> None:
     assert errors_of(text) == expected
+
+
+def test_a_field_at_the_wrong_level_says_where_it_belongs() -> None:
+    document = {
+        "metadata": {"name": "x"},
+        "spec": {"roles": {"worker": {"command": ["true"], "restartBackoffSeconds": 2}}},
+    }
+    with pytest.raises(SpecError) as caught:
+        job_from_document(document)
+    assert [str(e) for e in caught.value.errors] == [
+        "spec.roles.worker.restartBackoffSeconds: unknown field here; "
+        "'restartBackoffSeconds' belongs in spec"
+    ]

@@ -11,6 +11,7 @@ Tree::
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,8 +45,9 @@ class SpecError(ValueError):
 
 
 def from_validation_error(
-    exc: ValidationError, known_fields: set[str], prefix: str = ""
+    exc: ValidationError, known_fields: Mapping[str, str] | set[str], prefix: str = ""
 ) -> SpecError:
+    """``known_fields`` maps each valid field name to where it belongs (or is a set)."""
     """Turn pydantic's errors into ``path: message`` lines people can act on."""
     errors: list[FieldError] = []
     for item in exc.errors():
@@ -60,10 +62,12 @@ def _is_internal(part: Any) -> bool:
     return isinstance(part, str) and ("[" in part or part.startswith("function-"))
 
 
-def _message(item: Any, loc: list[str], known_fields: set[str]) -> str:
+def _message(item: Any, loc: list[str], known_fields: Mapping[str, str] | set[str]) -> str:
     kind = item["type"]
     if kind == "extra_forbidden":
         name = loc[-1] if loc else ""
+        if isinstance(known_fields, Mapping) and name in known_fields:
+            return f"unknown field here; '{name}' belongs in {known_fields[name]}"
         close = difflib.get_close_matches(name, sorted(known_fields), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         return f"unknown field{hint}"

@@ -259,10 +259,17 @@ class TrainingJob(SpecModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def spec_field_names() -> set[str]:
-    """Every alias a job file may use, for 'did you mean' hints."""
-    names: set[str] = set()
-    for model in (Resources, RoleSpec, Metadata, TrainingJobSpec, TrainingJob):
-        for name, field in model.model_fields.items():
-            names.add(field.alias or name)
-    return names
+def spec_field_names() -> dict[str, str]:
+    """Every field a job file may use and where it belongs, for 'did you mean' hints."""
+    places = (
+        (Resources, "spec.roles.<role>.resources"),
+        (RoleSpec, "spec.roles.<role>"),
+        (Metadata, "metadata"),
+        (TrainingJobSpec, "spec"),
+        (TrainingJob, "the top level"),
+    )
+    return {
+        field.alias or name: place
+        for model, place in places
+        for name, field in model.model_fields.items()
+    }
