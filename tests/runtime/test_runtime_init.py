@@ -39,9 +39,13 @@ print(json.dumps({"still_joined": dist.is_initialized()}))
 
 def test_the_public_runtime_surface_is_pinned() -> None:
     assert tidemill.runtime.__all__ == [
+        "ElasticContext",
+        "ElasticState",
+        "Left",
         "RendezvousError",
         "RuntimeConfigError",
         "RuntimeContext",
+        "elastic",
         "init",
     ]
     assert tidemill.init is tidemill.runtime.init

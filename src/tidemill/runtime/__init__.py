@@ -1,4 +1,4 @@
-"""What training code imports: ``tidemill.init()`` and the context it returns.
+"""What training code imports: ``tidemill.init()`` and the elastic training loop.
 
 Example::
 
@@ -6,11 +6,39 @@ Example::
     >>> with rt.init() as ctx:
     ...     ctx.is_chief
     True
+
+The elastic names (:func:`elastic`, :class:`ElasticState`, :class:`ElasticContext`,
+:class:`Left`) are imported on first use, so ``import tidemill.runtime`` stays cheap
+for scripts that only call ``init()``.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from tidemill.runtime._context import RuntimeContext, init
 from tidemill.runtime._errors import RendezvousError, RuntimeConfigError
 
-__all__ = ["RendezvousError", "RuntimeConfigError", "RuntimeContext", "init"]
+if TYPE_CHECKING:
+    from tidemill.runtime.elastic_loop import ElasticContext, ElasticState, Left, elastic
+
+__all__ = [
+    "ElasticContext",
+    "ElasticState",
+    "Left",
+    "RendezvousError",
+    "RuntimeConfigError",
+    "RuntimeContext",
+    "elastic",
+    "init",
+]
+
+_ELASTIC = ("ElasticContext", "ElasticState", "Left", "elastic")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ELASTIC:
+        from tidemill.runtime import elastic_loop
+
+        return getattr(elastic_loop, name)
+    raise AttributeError(f"module 'tidemill.runtime' has no attribute {name!r}")

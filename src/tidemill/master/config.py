@@ -1,0 +1,96 @@
+"""The master's settings, read from the environment the controller launches it with.
+
+Set by the controller: ``TIDEMILL_JOB`` (``namespace/name``), ``TIDEMILL_MASTER_PORT``
+(the same port after every restart, so workers reconnect to it), ``TIDEMILL_SERVER``
+(the control plane; absent in tests), ``TIDEMILL_ELASTIC_MIN``/``_MAX`` (bounds of the
+worker collective) and, for tests, ``TIDEMILL_MASTER_STATE_FILE`` (persist to a file
+instead of the control plane). Deadlines have defaults and may be tuned per job:
+``TIDEMILL_ELASTIC_TIMEOUT_S``, ``TIDEMILL_ELASTIC_SETTLE_S``,
+``TIDEMILL_ELASTIC_REGISTER_TIMEOUT_S``, ``TIDEMILL_ELASTIC_RECONNECT_TIMEOUT_S``,
+``TIDEMILL_ELASTIC_HEARTBEAT_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tidemill.master.membership import Rules
+
+
+class MasterConfigError(ValueError):
+    """The master's environment is incomplete or inconsistent; the message names each variable."""
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    job: str
+    port: int
+    rules: Rules
+    host: str = "127.0.0.1"
+    server: str | None = None
+    state_file: str | None = None
+    heartbeat_timeout_s: float = 15.0
+    tick_s: float = 0.1
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> MasterConfig:
+        """Every problem at once, each naming its variable and the value seen.
+
+        >>> config = MasterConfig.from_env({"TIDEMILL_JOB": "ads/ctr",
+        ...     "TIDEMILL_MASTER_PORT": "29400", "TIDEMILL_ELASTIC_MIN": "2",
+        ...     "TIDEMILL_ELASTIC_MAX": "8"})
+        >>> config.port, config.rules.min_workers, config.rules.max_workers
+        (29400, 2, 8)
+        """
+        problems: list[str] = []
+
+        def number(name: str, default: float, minimum: float) -> float:
+            raw = env.get(name, "")
+            if raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not a number")
+                return default
+            if value < minimum:
+                problems.append(f"{name}={raw} must be at least {minimum:g}")
+                return default
+            return value
+
+        job = env.get("TIDEMILL_JOB", "")
+        if job.count("/") != 1 or job.startswith("/") or job.endswith("/"):
+            problems.append(f"TIDEMILL_JOB={job!r} must be namespace/name (e.g. ads/ctr)")
+        raw_port = env.get("TIDEMILL_MASTER_PORT", "")
+        port = int(raw_port) if raw_port.isdigit() else 0
+        if not 0 < port < 65536:
+            problems.append(
+                f"TIDEMILL_MASTER_PORT={raw_port!r} must be a TCP port (1..65535); the "
+                "controller picks one per job and reuses it after a restart"
+            )
+        low = int(number("TIDEMILL_ELASTIC_MIN", 1, 1))
+        high = int(number("TIDEMILL_ELASTIC_MAX", max(low, 1), 1))
+        if high < low:
+            problems.append(
+                f"TIDEMILL_ELASTIC_MAX={high} must be at least TIDEMILL_ELASTIC_MIN={low}"
+            )
+        rules = Rules(
+            min_workers=low,
+            max_workers=max(low, high),
+            settle_s=number("TIDEMILL_ELASTIC_SETTLE_S", 1.0, 0),
+            timeout_s=number("TIDEMILL_ELASTIC_TIMEOUT_S", 60.0, 0.1),
+            register_timeout_s=number("TIDEMILL_ELASTIC_REGISTER_TIMEOUT_S", 30.0, 0.1),
+            reconnect_timeout_s=number("TIDEMILL_ELASTIC_RECONNECT_TIMEOUT_S", 15.0, 0.1),
+        )
+        heartbeat = number("TIDEMILL_ELASTIC_HEARTBEAT_TIMEOUT_S", 15.0, 0.5)
+        if problems:
+            raise MasterConfigError("cannot start the job master:\n  " + "\n  ".join(problems))
+        return cls(
+            job=job,
+            port=port,
+            rules=rules,
+            server=env.get("TIDEMILL_SERVER") or None,
+            state_file=env.get("TIDEMILL_MASTER_STATE_FILE") or None,
+            heartbeat_timeout_s=heartbeat,
+        )

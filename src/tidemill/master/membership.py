@@ -1,0 +1,597 @@
+"""Membership epochs: who trains, at which rank, and when the group changes.
+
+Pure: every input is a method call carrying ``now``, every output a list of effects
+(send a message, post an event, evict a connection, save the state) that the server
+carries out in order. No sockets, no clock, so each rule is tested on its own.
+
+Life of a group::
+
+    FORMING ──enough ready workers──► RUNNING ──join / leave / loss──► CHANGING
+       ▲                                 ▲                                 │
+       └──fewer than min after a round───┼──────every member accounted─────┘
+    RESUMING (restarted master) ─all members reconnected─┘   (a mismatch: CHANGING)
+
+- A *clean* change (a worker joins or leaves) sends ``change`` to the members; they
+  agree on the step boundary among themselves and each sends ``sync``.
+- A *failure* (a member's connection closed, a collective broke, a deadline passed)
+  sends ``abort``: members drop the process group at once and roll back to their
+  last commit before syncing.
+- A round ends when every member of the epoch is accounted for (synced, left, lost,
+  evicted). The next epoch keeps the survivors in their old order (rank 0 stays rank
+  0 when it survives), then adds joiners up to ``max_workers``; its state comes from
+  the survivor holding the highest step.
+- Nothing waits forever on one replica: a member that misses a deadline is evicted
+  with an event naming it, and the round goes on without it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from tidemill.master.protocol import Message
+
+STATE_VERSION = 1
+HISTORY_LIMIT = 100
+
+
+class Phase(StrEnum):
+    FORMING = "forming"
+    """No group trains: waiting for at least ``min_workers`` ready workers."""
+    RUNNING = "running"
+    CHANGING = "changing"
+    """Members are stopping at a step boundary (or after a failure) to re-form."""
+    RESUMING = "resuming"
+    """A restarted master waits for the last epoch's members to reconnect."""
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Bounds and deadlines of the rendezvous."""
+
+    min_workers: int
+    max_workers: int
+    settle_s: float = 1.0
+    """Wait this long after the last registration before forming, to take joiners
+    that start together in one change rather than one change each."""
+    timeout_s: float = 60.0
+    """For members to reach a step boundary, and to form a process group."""
+    register_timeout_s: float = 30.0
+    """After this long below ``min_workers``, name the replicas that never registered."""
+    reconnect_timeout_s: float = 15.0
+    """For the members of the last epoch to reconnect to a restarted master."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_workers <= self.max_workers:
+            raise ValueError(
+                f"elastic bounds must satisfy 1 <= min <= max, got min={self.min_workers} "
+                f"max={self.max_workers}"
+            )
+
+
+@dataclass(frozen=True)
+class Send:
+    replica: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class Notify:
+    """An event for ``tidemill describe``."""
+
+    type: str
+    """``Normal`` or ``Warning``"""
+    reason: str
+    message: str
+    replica: str | None = None
+
+
+@dataclass(frozen=True)
+class Evict:
+    """Tell the replica why, then close its connection."""
+
+    replica: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Save:
+    """Persist :meth:`Membership.snapshot`; ``urgent`` saves complete before later sends."""
+
+    urgent: bool
+
+
+Effect = Send | Notify | Evict | Save
+
+
+@dataclass
+class Replica:
+    """A registered, connected worker."""
+
+    name: str
+    pid: int
+    status: str
+    """``member`` (trains in the current epoch), ``ready`` (waits for the next one) or
+    ``stale`` (claims an epoch that is over; told to abort, then it syncs)."""
+    step: int | None = None
+    """Step of the state it holds while ready; None for a fresh worker."""
+    data: Any = None
+    formed: bool = False
+    done: bool = False
+    since: float = 0.0
+
+
+@dataclass
+class Membership:
+    rules: Rules
+    store_host: str
+    store_port: int
+    now: float
+    epoch: int = 0
+    members: list[str] = field(default_factory=list)
+    committed: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    phase: Phase = Phase.FORMING
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
+    """Members of a restored epoch that have not reconnected yet."""
+    departed: dict[str, str] = field(default_factory=dict)
+    """Members gone since the epoch began, with why (for the next epoch's event)."""
+    round_failed: bool = False
+    warned: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.phase_since = self.now
+        self.last_registration = self.now
+
+    @classmethod
+    def restore(
+        cls, rules: Rules, store_host: str, store_port: int, now: float, saved: Mapping[str, Any]
+    ) -> Membership:
+        """Resume from :meth:`snapshot`: wait for the saved members to reconnect."""
+        if saved.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"saved master state has version {saved.get('version')!r}; this master "
+                f"reads version {STATE_VERSION}"
+            )
+        state = cls(
+            rules,
+            store_host,
+            store_port,
+            now,
+            epoch=int(saved["epoch"]),
+            members=[str(name) for name in saved["members"]],
+            committed=saved.get("committed"),
+            history=list(saved.get("history", [])),
+        )
+        if saved.get("finished"):
+            state.phase = Phase.FINISHED
+        elif state.members:
+            state.phase = Phase.RESUMING
+            state.missing = set(state.members)
+        return state
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "epoch": self.epoch,
+            "members": list(self.members),
+            "world_size": len(self.members),
+            "phase": self.phase.value,
+            "committed": self.committed,
+            "history": self.history[-HISTORY_LIMIT:],
+            "finished": self.phase is Phase.FINISHED,
+        }
+
+    # --- inputs -------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        pid: int,
+        status: str,
+        epoch: int | None,
+        step: int | None,
+        now: float,
+        data: Any = None,
+    ) -> list[Effect]:
+        """A new connection names itself; the server has already refused duplicates."""
+        if self.phase is Phase.FINISHED:
+            return [Send(name, {"op": "finished", "step": self._committed_step()})]
+        replica = Replica(name, pid, "ready", since=now)
+        self.replicas[name] = replica
+        self.last_registration = now
+        effects: list[Effect] = [Send(name, {"op": "registered", "replica": name})]
+        resumes = (
+            self.phase is Phase.RESUMING
+            and status == "member"
+            and epoch == self.epoch
+            and name in self.missing
+        )
+        if resumes:
+            self.missing.discard(name)
+            replica.status, replica.formed = "member", True
+            if not self.missing:
+                effects += self._resumed(now)
+            return effects + self._advance(now)
+        if name in self.missing:
+            # It synced, or restarted, while the master was down: the saved epoch is over.
+            self.missing.discard(name)
+            if status == "new":
+                self.departed[name] = "restarted"
+            effects += self._start_round(failed=True, now=now)
+        if status == "member":
+            replica.status = "stale"
+            self.epoch = max(self.epoch, epoch or 0)
+            effects.append(Send(name, {"op": "abort", "epoch": epoch}))
+            if self.phase is Phase.RESUMING:
+                effects += self._start_round(failed=True, now=now)
+        elif status == "ready":
+            replica.step, replica.data = step, data
+            self.epoch = max(self.epoch, epoch or 0)
+        return effects + self._advance(now)
+
+    def sync(
+        self, name: str, epoch: int, step: int, failed: bool, now: float, data: Any = None
+    ) -> list[Effect]:
+        """A member stopped training in ``epoch`` and holds state at ``step``."""
+        replica = self.replicas.get(name)
+        if replica is None:
+            return []
+        was_member = replica.status == "member" and epoch == self.epoch
+        replica.status, replica.step, replica.data = "ready", step, data
+        replica.formed = False
+        effects: list[Effect] = []
+        if was_member:
+            effects += self._start_round(failed=failed, now=now)
+        return effects + self._advance(now)
+
+    def formed(self, name: str, epoch: int) -> list[Effect]:
+        replica = self.replicas.get(name)
+        if replica is not None and replica.status == "member" and epoch == self.epoch:
+            replica.formed = True
+        return []
+
+    def commit(self, name: str, epoch: int, step: int, data: Any, extras: Any) -> list[Effect]:
+        """Rank 0 committed; newer commits win (a rolled-back group re-commits lower steps
+        only in a later epoch)."""
+        replica = self.replicas.get(name)
+        if replica is None or epoch != self.epoch or replica.status != "member":
+            return []
+        self.committed = {"epoch": epoch, "step": step, "data": data, "extras": extras}
+        return [Save(urgent=False)]
+
+    def leave(self, name: str, now: float) -> list[Effect]:
+        """A worker leaves for good (scale-in); the others re-form without it."""
+        replica = self.replicas.pop(name, None)
+        if replica is None:
+            return []
+        effects: list[Effect] = []
+        if name in self.members and replica.status in ("member", "ready"):
+            self.departed[name] = "left"
+            if replica.status == "member":
+                effects += self._start_round(failed=False, now=now)
+        return effects + self._advance(now)
+
+    def done(self, name: str, step: int, now: float) -> list[Effect]:
+        """A member's training function returned; when all have, the job's training is over."""
+        replica = self.replicas.get(name)
+        if replica is None or replica.status != "member":
+            return []
+        replica.done = True
+        members = [self.replicas[m] for m in self.members if m in self.replicas]
+        if self.phase not in (Phase.RUNNING, Phase.CHANGING) or not all(m.done for m in members):
+            return []
+        self.phase = Phase.FINISHED
+        self.committed = {**(self.committed or {}), "step": step}
+        waiting = [r.name for r in self.replicas.values() if r.status != "member"]
+        return [
+            Save(urgent=True),
+            Notify(
+                "Normal",
+                "TrainingFinished",
+                f"training finished at step {step} in epoch {self.epoch} "
+                f"({describe_replicas(self.members)})",
+            ),
+            *(Send(name, {"op": "finished", "step": step}) for name in waiting),
+        ]
+
+    def lost(self, name: str, why: str, now: float) -> list[Effect]:
+        """The connection closed without ``leave`` or ``done``: the process is gone."""
+        replica = self.replicas.pop(name, None)
+        if replica is None or replica.done:
+            return []
+        effects: list[Effect] = []
+        if name in self.members and replica.status in ("member", "ready"):
+            self.departed.setdefault(name, "lost")
+            effects.append(
+                Notify(
+                    "Warning",
+                    "WorkerLost",
+                    f"{name} (pid {replica.pid}) lost in epoch {self.epoch}: {why}; the "
+                    "others roll back to their last commit and continue without it",
+                    name,
+                )
+            )
+            if replica.status == "member":
+                effects += self._start_round(failed=True, now=now)
+        return effects + self._advance(now)
+
+    def tick(self, now: float) -> list[Effect]:
+        """Deadlines: evict who does not answer, name who never came."""
+        effects: list[Effect] = []
+        late = now - self.phase_since > self.rules.timeout_s
+        if self.phase is Phase.RUNNING and late:
+            slow = [m for m in self._with_status("member") if not m.formed]
+            what = f"form the process group of epoch {self.epoch}"
+            effects += self._evict(slow, what, now)
+        elif self.phase is Phase.CHANGING and late:
+            what = f"reach a step boundary to leave epoch {self.epoch}"
+            effects += self._evict(self._with_status("member"), what, now)
+        if self.missing and now - self.phase_since > self.rules.reconnect_timeout_s:
+            for name in sorted(self.missing):
+                self.departed[name] = "did not reconnect"
+                effects.append(
+                    Notify(
+                        "Warning",
+                        "RegistrationTimeout",
+                        f"{name} did not reconnect to the restarted master within "
+                        f"{self.rules.reconnect_timeout_s:g} s; continuing without it",
+                        name,
+                    )
+                )
+            self.missing.clear()
+            effects += self._start_round(failed=True, now=now)
+        stale = [r for r in self._with_status("stale") if now - r.since > self.rules.timeout_s]
+        effects += self._evict(stale, "drop the process group of a finished epoch", now)
+        if self.phase is Phase.FORMING:
+            effects += self._name_the_missing(now)
+        return effects + self._advance(now)
+
+    # --- transitions --------------------------------------------------------------
+
+    def _advance(self, now: float) -> list[Effect]:
+        ready = self._with_status("ready")
+        if self.phase is Phase.CHANGING:
+            if not self._with_status("member") and not self.missing:
+                return self._declare(now)
+        elif self.phase is Phase.FORMING:
+            settled = now - self.last_registration >= self.rules.settle_s
+            holds_state = any(r.step is not None for r in ready)
+            enough = len(ready) >= self.rules.min_workers
+            if len(ready) >= self.rules.max_workers or (enough and (settled or holds_state)):
+                return self._declare(now)
+        elif self.phase is Phase.RUNNING:
+            room = len(self.members) < self.rules.max_workers
+            settled = now - self.last_registration >= self.rules.settle_s
+            if ready and room and settled:
+                return self._start_round(failed=False, now=now)
+            if ready and not room:
+                return self._at_capacity(ready)
+        return []
+
+    def _start_round(self, failed: bool, now: float) -> list[Effect]:
+        if self.phase is Phase.CHANGING and (self.round_failed or not failed):
+            return []
+        if self.phase in (Phase.FORMING, Phase.FINISHED):
+            return []
+        if self.phase is not Phase.CHANGING:
+            self.phase, self.phase_since = Phase.CHANGING, now
+        self.round_failed = failed
+        op = "abort" if failed else "change"
+        return [
+            Send(member.name, {"op": op, "epoch": self.epoch})
+            for member in self._with_status("member")
+        ]
+
+    def _declare(self, now: float) -> list[Effect]:
+        ready = self._with_status("ready")
+        rank = {name: i for i, name in enumerate(self.members)}
+        ready.sort(
+            key=lambda r: (
+                rank.get(r.name, len(rank)),
+                r.step is None,
+                -(r.step or 0),
+                _name_key(r.name),
+            )
+        )
+        chosen = ready[: self.rules.max_workers]
+        if len(chosen) < self.rules.min_workers:
+            return self._wait_for_more(len(chosen), now)
+        holders = [r for r in chosen if r.step is not None]
+        source = max(holders, key=lambda r: r.step or 0) if holders else chosen[0]
+        step = source.step or 0
+        previous = set(self.members)
+        joined = [r.name for r in chosen if r.name not in previous]
+        left = dict(self.departed)
+        self.epoch += 1
+        self.members = [r.name for r in chosen]
+        self.phase, self.phase_since = Phase.RUNNING, now
+        self.departed, self.round_failed, self.warned = {}, False, set()
+        extras = (self.committed or {}).get("extras") if self._committed_step() == step else None
+        self.committed = {"epoch": self.epoch, "step": step, "data": source.data, "extras": extras}
+        self.history.append(
+            {"epoch": self.epoch, "world_size": len(chosen), "step": step, "time": now}
+        )
+        effects: list[Effect] = [
+            Save(urgent=True),
+            Notify("Normal", "EpochStarted", self._epoch_message(joined, left, step)),
+        ]
+        source_rank = self.members.index(source.name)
+        for rank_of, replica in enumerate(chosen):
+            replica.status, replica.formed, replica.step, replica.data = "member", False, None, None
+            effects.append(
+                Send(
+                    replica.name,
+                    {
+                        "op": "epoch",
+                        "epoch": self.epoch,
+                        "rank": rank_of,
+                        "world_size": len(chosen),
+                        "members": self.members,
+                        "store_host": self.store_host,
+                        "store_port": self.store_port,
+                        "prefix": f"epoch/{self.epoch}",
+                        "source_rank": source_rank,
+                        "step": step,
+                        "timeout_s": self.rules.timeout_s,
+                    },
+                )
+            )
+        return effects
+
+    def _resumed(self, now: float) -> list[Effect]:
+        self.phase, self.phase_since = Phase.RUNNING, now
+        return [
+            Notify(
+                "Normal",
+                "MasterResumed",
+                f"resumed epoch {self.epoch}: {describe_replicas(self.members)} reconnected "
+                f"and train on; last committed step {self._committed_step()}",
+            )
+        ]
+
+    def _wait_for_more(self, have: int, now: float) -> list[Effect]:
+        if self.phase is not Phase.FORMING:
+            self.phase, self.phase_since = Phase.FORMING, now
+        if "below-min" in self.warned:
+            return []
+        self.warned.add("below-min")
+        return [
+            Notify(
+                "Warning",
+                "WaitingForWorkers",
+                f"{have} worker(s) ready, the group needs at least {self.rules.min_workers} "
+                "(minReplicas); training resumes when more register",
+            )
+        ]
+
+    def _at_capacity(self, ready: list[Replica]) -> list[Effect]:
+        effects: list[Effect] = []
+        for replica in ready:
+            key = f"full:{replica.name}"
+            if key not in self.warned:
+                self.warned.add(key)
+                effects.append(
+                    Notify(
+                        "Normal",
+                        "AtMaxReplicas",
+                        f"{replica.name} waits: the group already has "
+                        f"{self.rules.max_workers} workers (maxReplicas)",
+                        replica.name,
+                    )
+                )
+        return effects
+
+    def _name_the_missing(self, now: float) -> list[Effect]:
+        if now - self.phase_since < self.rules.register_timeout_s:
+            return []
+        expected = self.members or [f"worker-{i}" for i in range(self.rules.min_workers)]
+        effects: list[Effect] = []
+        for name in expected:
+            if name in self.replicas or f"never:{name}" in self.warned:
+                continue
+            self.warned.add(f"never:{name}")
+            effects.append(
+                Notify(
+                    "Warning",
+                    "RegistrationTimeout",
+                    f"{name} has not registered with the job master within "
+                    f"{self.rules.register_timeout_s:g} s; {len(self._with_status('ready'))} "
+                    f"of at least {self.rules.min_workers} workers are ready. Check its log "
+                    f"(tidemill logs JOB --role {_role(name)} --index {_index(name)})",
+                    name,
+                )
+            )
+        return effects
+
+    def _evict(self, replicas: list[Replica], what: str, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        for replica in replicas:
+            message = (
+                f"{replica.name} (pid {replica.pid}) did not {what} within "
+                f"{self.rules.timeout_s:g} s; removed it from the group"
+            )
+            del self.replicas[replica.name]
+            if replica.name in self.members:
+                self.departed[replica.name] = "evicted"
+            effects += [
+                Notify("Warning", "RendezvousTimeout", message, replica.name),
+                Evict(replica.name, message),
+            ]
+        if effects:
+            effects += self._start_round(failed=True, now=now)
+        return effects
+
+    def _epoch_message(self, joined: list[str], left: dict[str, str], step: int) -> str:
+        count = len(self.members)
+        text = (
+            f"epoch {self.epoch}: {count} worker{'s' if count != 1 else ''} "
+            f"({describe_replicas(self.members)})"
+        )
+        if joined and len(joined) < count:
+            text += f", joined {describe_replicas(joined)}"
+        if left:
+            text += "; left " + ", ".join(f"{name} ({why})" for name, why in sorted(left.items()))
+        return f"{text}; from step {step}"
+
+    def _with_status(self, status: str) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.status == status]
+
+    def _committed_step(self) -> int:
+        return int((self.committed or {}).get("step", 0))
+
+
+_NAME = re.compile(r"^(?P<role>.+)-(?P<index>\d+)$")
+
+
+def describe_replicas(names: Iterable[str]) -> str:
+    """Replica names with runs of consecutive indexes folded.
+
+    >>> describe_replicas(["worker-0", "worker-1", "worker-2", "worker-5", "chief-0"])
+    'worker-0..worker-2, worker-5, chief-0'
+    """
+    parts: list[str] = []
+    run: list[tuple[str, int]] = []
+
+    def flush() -> None:
+        if len(run) >= 3:
+            parts.append(f"{run[0][0]}-{run[0][1]}..{run[-1][0]}-{run[-1][1]}")
+        else:
+            parts.extend(f"{role}-{index}" for role, index in run)
+        run.clear()
+
+    for name in names:
+        match = _NAME.match(name)
+        if match is None:
+            flush()
+            parts.append(name)
+            continue
+        role, index = match["role"], int(match["index"])
+        if run and (run[-1][0] != role or run[-1][1] + 1 != index):
+            flush()
+        run.append((role, index))
+    flush()
+    return ", ".join(parts)
+
+
+def _name_key(name: str) -> tuple[bool, str, int]:
+    """chief first, then by role, then by index (worker-2 before worker-10)."""
+    match = _NAME.match(name)
+    if match is None:
+        return (True, name, 0)
+    return (match["role"] != "chief", match["role"], int(match["index"]))
+
+
+def _role(name: str) -> str:
+    match = _NAME.match(name)
+    return match["role"] if match else name
+
+
+def _index(name: str) -> str:
+    match = _NAME.match(name)
+    return match["index"] if match else "0"

@@ -1,0 +1,324 @@
+"""The master process: asyncio TCP server, the c10d store, timers, persistence.
+
+All decisions are :class:`~tidemill.master.membership.Membership`'s; this module
+only moves bytes and carries out effects. Every input is handled under one lock,
+mutation and effects together, so effects reach the workers in the order decided
+(an ``epoch`` is always saved before it is announced, and announced before any
+``abort`` of it).
+
+The master hosts a ``torch.distributed.TCPStore`` on a second port it picks; each
+epoch's process group uses the key prefix ``epoch/N`` in it, so a late message from
+an old epoch can never mix with a new one. A restarted master hosts a new store (its
+port is in the next ``epoch`` message); groups formed on the old one keep training,
+as gloo only needs the store while connecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidemill.master.config import MasterConfig
+from tidemill.master.membership import (
+    Effect,
+    Evict,
+    Membership,
+    Notify,
+    Save,
+    Send,
+)
+from tidemill.master.persistence import StateBackend, log
+from tidemill.master.protocol import MAX_LINE_BYTES, Message, ProtocolError, decode, encode
+
+REPLICA_NAME = re.compile(r"^[a-z][a-z0-9]*-\d+$")
+STATUSES = ("new", "member", "ready")
+
+
+@dataclass(eq=False)
+class Connection:
+    writer: asyncio.StreamWriter
+    peer: str
+    opened_at: float
+    last_seen: float
+    name: str | None = None
+    pid: int | None = None
+    closed_by_master: bool = False
+    ended: bool = False
+    """Sent ``leave`` or ``done``: its close is not a loss."""
+
+    def send(self, message: Message) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode(message))
+
+    def close(self) -> None:
+        self.closed_by_master = True
+        self.writer.close()
+
+
+@dataclass
+class MasterServer:
+    config: MasterConfig
+    backend: StateBackend
+    membership: Membership | None = None
+    connections: set[Connection] = field(default_factory=set)
+    by_name: dict[str, Connection] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._store: Any = None
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        """Host the store, load the saved state, then accept workers."""
+        # torch.distributed.TCPStore, imported from where its type stubs live.
+        from torch._C._distributed_c10d import TCPStore
+
+        self._store = TCPStore(
+            self.config.host, 0, is_master=True, wait_for_workers=False, use_libuv=True
+        )
+        store_port = int(self._store.port)
+        saved = await self.backend.load()
+        now = time.time()
+        rules = self.config.rules
+        if saved is None:
+            self.membership = Membership(rules, self.config.host, store_port, now)
+        else:
+            self.membership = Membership.restore(rules, self.config.host, store_port, now, saved)
+        self._server = await asyncio.start_server(
+            self._serve, self.config.host, self.config.port, limit=MAX_LINE_BYTES
+        )
+        log(
+            f"job {self.config.job}: listening on {self.config.host}:{self.config.port}, "
+            f"c10d store on port {store_port}, workers {rules.min_workers}.."
+            f"{rules.max_workers}, "
+            + (
+                f"resuming epoch {self.membership.epoch} ({self.membership.phase.value})"
+                if saved
+                else "no saved state"
+            )
+        )
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT or :meth:`stop`; then save once more."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self._stop.set)
+        saver = asyncio.create_task(self._saver())
+        ticker = asyncio.create_task(self._ticker())
+        await self._stop.wait()
+        ticker.cancel()
+        saver.cancel()
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self.connections):
+            connection.close()
+        if self.membership is not None:
+            await self.backend.save(self.membership.snapshot())
+        await self.backend.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- connections --------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        now = time.time()
+        connection = Connection(writer, f"{peer[0]}:{peer[1]}" if peer else "?", now, now)
+        self.connections.add(connection)
+        why = "connection closed"
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                connection.last_seen = time.time()
+                message = decode(line)
+                try:
+                    await self._handle(connection, message)
+                except (KeyError, TypeError, ValueError) as exc:
+                    if isinstance(exc, ProtocolError):
+                        raise
+                    raise ProtocolError(f"malformed {message['op']!r} message: {exc!r}") from exc
+        except ProtocolError as exc:
+            why = f"protocol error: {exc}"
+            await self._refuse(connection, why)
+        except (ConnectionError, asyncio.LimitOverrunError) as exc:
+            why = f"connection error: {exc}"
+        finally:
+            self.connections.discard(connection)
+            writer.close()
+            await self._closed(connection, why)
+
+    async def _closed(self, connection: Connection, why: str) -> None:
+        name = connection.name
+        if name is None or self.by_name.get(name) is not connection:
+            return
+        del self.by_name[name]
+        if connection.closed_by_master or connection.ended:
+            return
+        await self._act(lambda m, now: m.lost(name, why, now))
+
+    async def _handle(self, connection: Connection, message: Message) -> None:
+        op = message["op"]
+        if op == "register":
+            await self._register(connection, message)
+            return
+        name = connection.name
+        if name is None:
+            raise ProtocolError(f"the first message must be 'register', got {op!r}")
+        if op == "heartbeat":
+            return
+        if op == "sync":
+            epoch, step = int(message["epoch"]), int(message["step"])
+            failed, data = bool(message.get("failed")), message.get("data")
+            await self._act(lambda m, now: m.sync(name, epoch, step, failed, now, data))
+        elif op == "formed":
+            epoch = int(message["epoch"])
+            await self._act(lambda m, now: m.formed(name, epoch))
+        elif op == "commit":
+            epoch, step = int(message["epoch"]), int(message["step"])
+            data, extras = message.get("data"), message.get("extras")
+            await self._act(lambda m, now: m.commit(name, epoch, step, data, extras))
+        elif op == "leave":
+            connection.ended = True
+            await self._act(lambda m, now: m.leave(name, now))
+        elif op == "done":
+            connection.ended = True
+            step = int(message.get("step", 0))
+            await self._act(lambda m, now: m.done(name, step, now))
+        else:
+            raise ProtocolError(f"unknown op {op!r} from {name}")
+
+    async def _register(self, connection: Connection, message: Message) -> None:
+        name, pid, status = message.get("replica"), message.get("pid"), message.get("status")
+        if not isinstance(name, str) or not REPLICA_NAME.match(name):
+            raise ProtocolError(f"register needs 'replica' like worker-3, got {name!r}")
+        if not isinstance(pid, int) or status not in STATUSES:
+            raise ProtocolError(
+                f"register needs an integer 'pid' and 'status' in {STATUSES}, got "
+                f"pid={pid!r} status={status!r}"
+            )
+        if connection.name is not None:
+            await self._event(
+                "Warning",
+                "DuplicateRegistration",
+                f"{connection.name} (pid {connection.pid}) registered again on the same "
+                f"connection (as {name}); kept the first registration",
+                connection.name,
+            )
+            return
+        holder = self.by_name.get(name)
+        if holder is not None:
+            text = (
+                f"{name} registered twice: pid {pid} from {connection.peer} while pid "
+                f"{holder.pid} is still connected as {name}; refused the second. Two "
+                "processes share one replica identity (TIDEMILL_ROLE/TIDEMILL_INDEX)"
+            )
+            await self._event("Warning", "DuplicateRegistration", text, name)
+            await self._refuse(connection, text)
+            return
+        connection.name, connection.pid = name, pid
+        self.by_name[name] = connection
+        log(f"{name} (pid {pid}) registered from {connection.peer} as {status}")
+        epoch, step = message.get("epoch"), message.get("step")
+        data = message.get("data")
+        await self._act(
+            lambda m, now: m.register(
+                name,
+                pid,
+                str(status),
+                None if epoch is None else int(epoch),
+                None if step is None else int(step),
+                now,
+                data,
+            )
+        )
+
+    async def _refuse(self, connection: Connection, text: str) -> None:
+        connection.send({"op": "refused", "message": text})
+        with contextlib.suppress(ConnectionError):
+            await connection.writer.drain()
+        connection.close()
+
+    # --- effects ------------------------------------------------------------------
+
+    async def _act(self, decide: Any) -> None:
+        """Decide and carry out under one lock, so effects keep their order."""
+        async with self._lock:
+            if self.membership is None:
+                return
+            effects: list[Effect] = decide(self.membership, time.time())
+            await self._apply(effects)
+
+    async def _apply(self, effects: list[Effect]) -> None:
+        if self.membership is None:
+            return
+        for effect in effects:
+            if isinstance(effect, Send):
+                connection = self.by_name.get(effect.replica)
+                if connection is not None:
+                    connection.send(effect.message)
+            elif isinstance(effect, Notify):
+                await self._event(effect.type, effect.reason, effect.message, effect.replica)
+            elif isinstance(effect, Evict):
+                connection = self.by_name.pop(effect.replica, None)
+                if connection is not None:
+                    connection.send({"op": "evicted", "message": effect.message})
+                    connection.close()
+            elif isinstance(effect, Save):
+                if effect.urgent:
+                    self._dirty.clear()
+                    await self.backend.save(self.membership.snapshot())
+                else:
+                    self._dirty.set()
+
+    async def _event(self, type: str, reason: str, message: str, replica: str | None) -> None:
+        log(f"{type} {reason}: {message}")
+        await self.backend.event(type, reason, message, replica)
+
+    async def _saver(self) -> None:
+        """Commits arrive every few steps: save the latest, one write at a time."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            if self.membership is not None:
+                await self.backend.save(self.membership.snapshot())
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_s)
+            now = time.time()
+            for connection in list(self.connections):
+                await self._check_connection(connection, now)
+            await self._act(lambda m, now: m.tick(now))
+
+    async def _check_connection(self, connection: Connection, now: float) -> None:
+        silent_s = now - connection.last_seen
+        if connection.name is None and now - connection.opened_at > (
+            self.config.rules.register_timeout_s
+        ):
+            text = (
+                f"a connection from {connection.peer} sent no registration within "
+                f"{self.config.rules.register_timeout_s:g} s; closed it (a replica's first "
+                "message must be 'register')"
+            )
+            await self._event("Warning", "RegistrationTimeout", text, None)
+            self.connections.discard(connection)
+            connection.close()
+        elif connection.name is not None and silent_s > self.config.heartbeat_timeout_s:
+            name = connection.name
+            why = f"no heartbeat for {silent_s:.0f} s"
+            self.connections.discard(connection)
+            connection.close()
+            if self.by_name.get(name) is connection:
+                del self.by_name[name]
+                await self._act(lambda m, now: m.lost(name, why, now))

@@ -1,0 +1,217 @@
+"""A worker's line to its job master: one TCP connection, a listener thread, reconnects.
+
+The listener thread reads the master's messages while the training thread computes:
+``change``/``abort`` only raise flags (and ``abort`` breaks the current process group
+through ``on_abort``), everything else goes to an inbox the training thread reads at
+step boundaries. Heartbeats go out from the same thread, so no step ever waits on the
+master. When the master dies (kill -9, restart on the same port) the thread reconnects
+and registers again saying where this worker stands (``member`` of epoch N, ``ready``
+at step S, or ``new``), so a restarted master can resume without stopping anyone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tidemill.master.protocol import Message, ProtocolError, decode, encode, split_address
+
+HEARTBEAT_S = 2.0
+RECONNECT_S = 0.2
+INBOX_OPS = frozenset({"epoch", "evicted", "refused", "finished", "registered"})
+
+
+class MasterClient:
+    """Talks to the master at ``address`` as ``replica``; see the module docstring.
+
+    ``on_abort(epoch)`` runs on the listener thread when the master aborts an epoch.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        replica: str,
+        pid: int,
+        on_abort: Callable[[int], None],
+        heartbeat_s: float = HEARTBEAT_S,
+    ) -> None:
+        self.address = address
+        self.host, self.port = split_address(address)
+        self.replica = replica
+        self.pid = pid
+        self.on_abort = on_abort
+        self.heartbeat_s = heartbeat_s
+        self.inbox: queue.Queue[Message] = queue.Queue()
+        self.status = "new"
+        """What a re-registration claims: ``new``, ``member`` or ``ready``."""
+        self.epoch: int | None = None
+        self.step: int | None = None
+        self.data: Any = None
+        self._notice = 0
+        """Highest epoch the master asked to change or abort."""
+        self._aborted = 0
+        self._pending_commit: Message | None = None
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._down_since: float | None = None
+        self._thread = threading.Thread(target=self._listen, name="tidemill-master", daemon=True)
+
+    def start(self) -> None:
+        self._down_since = time.monotonic()
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
+
+    # --- what the training thread asks ----------------------------------------------
+
+    def change_requested(self, epoch: int) -> bool:
+        return self._notice >= epoch
+
+    def aborted(self, epoch: int) -> bool:
+        return self._aborted >= epoch
+
+    def unreachable_s(self) -> float:
+        """How long the master has been out of reach (0 while connected)."""
+        down = self._down_since
+        return 0.0 if down is None else time.monotonic() - down
+
+    def next_message(self, timeout_s: float) -> Message | None:
+        try:
+            return self.inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    # --- what the training thread tells ---------------------------------------------
+
+    def member_of(self, epoch: int) -> None:
+        self.status, self.epoch, self.step, self.data = "member", epoch, None, None
+
+    def formed(self, epoch: int) -> None:
+        self._send({"op": "formed", "epoch": epoch})
+
+    def sync(self, epoch: int, step: int | None, failed: bool, data: Any) -> None:
+        self.status, self.epoch, self.step, self.data = "ready", epoch, step, data
+        self._send({"op": "sync", "epoch": epoch, "step": step, "failed": failed, "data": data})
+
+    def commit(self, epoch: int, step: int, data: Any, extras: Any) -> None:
+        """Never blocks on the master: while it is away the latest commit waits for it."""
+        message = {"op": "commit", "epoch": epoch, "step": step, "data": data, "extras": extras}
+        if not self._send(message):
+            self._pending_commit = message
+
+    def leave(self, grace_s: float = 5.0) -> None:
+        """Say goodbye, waiting briefly for a master that is restarting."""
+        self._final({"op": "leave"}, grace_s)
+
+    def done(self, step: int, grace_s: float = 5.0) -> None:
+        self._final({"op": "done", "step": step}, grace_s)
+
+    def _final(self, message: Message, grace_s: float) -> None:
+        deadline = time.monotonic() + grace_s
+        while not self._send(message) and time.monotonic() < deadline:
+            time.sleep(RECONNECT_S)
+
+    def _send(self, message: Message) -> bool:
+        with self._send_lock:
+            sock = self._sock
+            if sock is None:
+                return False
+            try:
+                sock.sendall(encode(message))
+            except OSError:
+                return False
+            return True
+
+    # --- the listener thread ------------------------------------------------------------
+
+    def _listen(self) -> None:
+        while not self._closed.is_set():
+            sock = self._connect()
+            if sock is None:
+                self._closed.wait(RECONNECT_S)
+                continue
+            try:
+                self._read(sock)
+            except (OSError, ProtocolError):
+                pass
+            finally:
+                with self._send_lock:
+                    self._sock = None
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _connect(self) -> socket.socket | None:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.heartbeat_s)
+        except OSError:
+            return None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.heartbeat_s / 2)
+        register = {
+            "op": "register",
+            "replica": self.replica,
+            "pid": self.pid,
+            "status": self.status,
+            "epoch": self.epoch,
+            "step": self.step,
+            "data": self.data,
+        }
+        try:
+            sock.sendall(encode(register))
+        except OSError:
+            sock.close()
+            return None
+        with self._send_lock:
+            self._sock = sock
+        self._down_since = None
+        commit, self._pending_commit = self._pending_commit, None
+        if commit is not None and self.status == "member" and commit["epoch"] == self.epoch:
+            self._send(commit)
+        return sock
+
+    def _read(self, sock: socket.socket) -> None:
+        buffer = b""
+        beat = time.monotonic()
+        while not self._closed.is_set():
+            if time.monotonic() - beat >= self.heartbeat_s:
+                beat = time.monotonic()
+                self._send({"op": "heartbeat"})
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                self._dispatch(decode(line))
+
+    def _dispatch(self, message: Message) -> None:
+        op = message["op"]
+        if op in ("change", "abort"):
+            epoch = int(message["epoch"])
+            self._notice = max(self._notice, epoch)
+            if op == "abort":
+                self._aborted = max(self._aborted, epoch)
+                self.on_abort(epoch)
+        elif op in INBOX_OPS:
+            self.inbox.put(message)
+            if op in ("refused", "evicted", "finished"):
+                self._closed.set()
+        else:
+            raise ProtocolError(f"unexpected message from the job master: {message}")

@@ -1,0 +1,154 @@
+"""The state elastic training keeps consistent: model, optimizer, step, extras, data positions.
+
+``commit()`` takes an in-memory copy (one clone of the model and optimizer state in
+host or device memory; cheap next to a step for the models this is meant for, so
+commit every few steps). A survivor of a failed collective rolls back to that copy;
+when the group changes, the member holding the newest state broadcasts it to every
+member, newcomers included, so all ranks continue from the same bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+EXTRAS_REPORT_LIMIT = 64 * 1024
+"""Extras up to this size (as JSON) travel to the job master with each commit."""
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    step: int
+    world_size: int
+    extras: dict[str, Any]
+    data: dict[str, Any]
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+
+
+class ElasticState:
+    """What survives a resize or a lost peer: pass it to :func:`tidemill.runtime.elastic`.
+
+    ``step`` counts optimizer steps and is yours to advance. ``data`` holds your data
+    positions (plain JSON values: offsets, file names); it is committed with the model,
+    so after a rollback or a resize you resume reading exactly where the committed
+    model stopped, and rank 0 reports it to the job master. ``extras`` holds anything
+    else to keep in step (picklable; reported to the master when small and JSON).
+    ``world_size`` is the group size the state last trained at.
+
+    Example::
+
+        >>> import torch
+        >>> from tidemill.runtime import ElasticState
+        >>> model = torch.nn.Linear(2, 1)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> state = ElasticState(model, optimizer, extras={"epoch": 0}, data={"offset": 0})
+        >>> state.step, state.data["offset"] = 5, 640
+        >>> state.commit()
+        >>> state.step, state.extras["epoch"] = 7, 1
+        >>> state.restore()
+        >>> state.step, state.extras, state.data, state.committed_step
+        (5, {'epoch': 0}, {'offset': 640}, 5)
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        step: int = 0,
+        extras: dict[str, Any] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.step = step
+        self.extras: dict[str, Any] = dict(extras or {})
+        self.data: dict[str, Any] = dict(data or {})
+        self.world_size = 1
+        self.holds_group_state = False
+        """False until this process trained in a group or received a group's state: a
+        fresh process never becomes the source others copy from."""
+        self.on_commit: Callable[[ElasticState], None] | None = None
+        """Set by the elastic loop on rank 0: reports each commit to the job master."""
+        self._saved = self._snapshot()
+
+    @property
+    def committed_step(self) -> int:
+        return self._saved.step
+
+    @property
+    def committed_data(self) -> dict[str, Any]:
+        return copy.deepcopy(self._saved.data)
+
+    def commit(self) -> None:
+        """Make the current state the one to return to; call it between steps, on every rank."""
+        self._saved = self._snapshot()
+        if self.on_commit is not None:
+            self.on_commit(self)
+
+    def restore(self) -> None:
+        """Go back to the last commit (in place: the optimizer keeps its parameters)."""
+        saved = self._saved
+        self.step, self.world_size = saved.step, saved.world_size
+        self.extras, self.data = copy.deepcopy(saved.extras), copy.deepcopy(saved.data)
+        with torch.no_grad():
+            self.model.load_state_dict(saved.model)
+        if self.optimizer is not None and saved.optimizer is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(saved.optimizer))
+
+    def report(self) -> dict[str, Any]:
+        """The committed step, data positions and (small, JSON) extras, for the master."""
+        saved = self._saved
+        extras: Any = None
+        try:
+            text = json.dumps(saved.extras)
+            extras = saved.extras if len(text) <= EXTRAS_REPORT_LIMIT else None
+        except (TypeError, ValueError):
+            extras = None
+        return {"step": saved.step, "data": saved.data, "extras": extras}
+
+    def broadcast(self, source_rank: int, rank: int, device: torch.device) -> None:
+        """Copy the source's state to every rank of the current group, then commit it."""
+        tensors = list(self.model.state_dict().values())
+        works = [dist.broadcast(tensor, source_rank, async_op=True) for tensor in tensors]
+        meta: list[Any] = [self._meta() if rank == source_rank else None]
+        dist.broadcast_object_list(meta, src=source_rank, device=device)
+        for work in works:
+            if work is not None:
+                work.wait()
+        if rank != source_rank:
+            received = meta[0]
+            self.step, self.world_size = int(received["step"]), int(received["world_size"])
+            self.extras, self.data = received["extras"], received["data"]
+            if self.optimizer is not None and received["optimizer"] is not None:
+                self.optimizer.load_state_dict(received["optimizer"])
+        self.holds_group_state = True
+        self._saved = self._snapshot()
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "world_size": self.world_size,
+            "extras": self.extras,
+            "data": self.data,
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+        }
+
+    def _snapshot(self) -> _Snapshot:
+        return _Snapshot(
+            step=self.step,
+            world_size=self.world_size,
+            extras=copy.deepcopy(self.extras),
+            data=copy.deepcopy(self.data),
+            model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            optimizer=None
+            if self.optimizer is None
+            else copy.deepcopy(self.optimizer.state_dict()),
+        )
