@@ -1,7 +1,9 @@
 """Engines start, watch and stop replicas; nothing above this package knows which one runs.
 
 ``local`` runs processes on this machine, each under a supervisor that records its
-exit code; :func:`replica_env` builds the variables every replica starts with.
+exit code, Python ones forked from a warm fork server where they can be
+(:mod:`~tidemill.engines.warm_start`); :func:`replica_env` builds the variables every
+replica starts with.
 """
 
 from __future__ import annotations

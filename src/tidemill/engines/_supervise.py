@@ -10,6 +10,9 @@ Usage: ``_supervise.py PID_FILE EXIT_FILE WORKING_DIR -- ARGV...``
 The exit file holds the exit code on its first line (a signal is written as
 ``128 + signum``, as a shell does: ``kill -9`` reads 137) and, optionally, a reason
 on the second. It is written atomically (temporary file, then rename).
+
+The warm-start fork server (``_fork_server.py``) supervises forked commands with the
+same :class:`Supervisor`, so both paths write the same files the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import signal
 import subprocess
 import sys
 from types import FrameType
+from typing import Protocol
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_NOT_FOUND = 127
@@ -34,6 +38,19 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+class Child(Protocol):
+    """The supervised command: a ``subprocess.Popen`` or a forked process."""
+
+    @property
+    def pid(self) -> int: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def wait(self) -> int:
+        """Block until it ends; its exit code, or ``-signum`` if a signal ended it."""
+        ...
+
+
 class Supervisor:
     """Starts the child, forwards signals to it, waits, and writes its exit code."""
 
@@ -42,7 +59,7 @@ class Supervisor:
         self.exit_file = exit_file
         self.working_dir = working_dir
         self.argv = argv
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: Child | None = None
         self.pending_signal: int | None = None
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -60,7 +77,13 @@ class Supervisor:
         print(f"tidemill: {reason}", file=sys.stderr, flush=True)
         return self.finish(code, reason)
 
-    def run(self) -> int:
+    def cannot_start_with(self, exc: OSError) -> int:
+        code = EXIT_NOT_EXECUTABLE if isinstance(exc, PermissionError) else EXIT_NOT_FOUND
+        return self.cannot_start(code, exc.strerror or str(exc))
+
+    def prepare(self) -> int | None:
+        """Install the signal forwarding; the exit code already written if the command
+        must not start (no working directory, or a signal came first)."""
         for signum in FORWARDED:
             signal.signal(signum, self.on_signal)
         if not os.path.isdir(self.working_dir):
@@ -69,16 +92,25 @@ class Supervisor:
             )
         if self.pending_signal is not None:
             return self.killed_by(self.pending_signal)
+        return None
+
+    def run(self) -> int:
+        refused = self.prepare()
+        if refused is not None:
+            return refused
         try:
-            self.child = subprocess.Popen(self.argv, cwd=self.working_dir)
-        except PermissionError as exc:
-            return self.cannot_start(EXIT_NOT_EXECUTABLE, exc.strerror or str(exc))
+            child = subprocess.Popen(self.argv, cwd=self.working_dir)
         except OSError as exc:
-            return self.cannot_start(EXIT_NOT_FOUND, exc.strerror or str(exc))
-        write_atomic(self.pid_file, f"{self.child.pid}\n")
+            return self.cannot_start_with(exc)
+        return self.supervise(child)
+
+    def supervise(self, child: Child) -> int:
+        """Record the started child's pid, wait for it, and record how it ended."""
+        self.child = child
+        write_atomic(self.pid_file, f"{child.pid}\n")
         if self.pending_signal is not None:
-            self.child.send_signal(self.pending_signal)
-        returncode = self.child.wait()
+            child.send_signal(self.pending_signal)
+        returncode = child.wait()
         if returncode < 0:
             return self.killed_by(-returncode)
         return self.finish(returncode)

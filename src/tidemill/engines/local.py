@@ -7,12 +7,18 @@ finished. Every process of a launch carries ``TIDEMILL_REPLICA_UID`` in its
 environment; ``stop`` uses it to find processes that left the process tree (``setsid``,
 double fork) as well as the tree itself.
 
+Python replicas (``python SCRIPT`` or ``python -m MODULE``) are forked from a warm
+fork server instead, when they can be (see :mod:`tidemill.engines.warm_start`): same
+supervision, same files, same handle, plus ``warm_start: true``; the log header says
+which way each attempt started, and why a Python one started cold.
+
 Files under ``state_dir``:
 
 - ``logs/<namespace>/<name>/<role>-<index>.log``: stdout and stderr, appended across
   restarts, one header line per attempt;
 - ``replicas/<namespace>/<name>/<role>-<index>.<attempt>.<uid>.{pid,exit}``: the
-  child's pid and its exit code.
+  child's pid and its exit code;
+- ``warm/``: the fork server's socket and log.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,9 +39,17 @@ import psutil
 
 from tidemill.engines._supervise import write_atomic
 from tidemill.engines.base import LaunchPlan, LaunchSpec, Observation, ReplicaHandle
+from tidemill.engines.warm_start import (
+    DEFAULT_PRELOAD,
+    UID_VAR,
+    ForkRequest,
+    ForkServer,
+    WarmStartUnavailable,
+    python_entry,
+    warm_start_enabled,
+)
 
 SUPERVISOR = str(Path(__file__).with_name("_supervise.py"))
-UID_VAR = "TIDEMILL_REPLICA_UID"
 PYTHON_NAMES = ("python", "python3")
 """``argv[0]`` values that mean "the interpreter tidemill runs in"."""
 CREATE_TIME_SLACK_S = 1.0
@@ -58,6 +73,8 @@ class LocalReplica:
     pid_file: str
     exit_file: str
     log_file: str
+    warm_start: bool = False
+    """forked from the warm fork server rather than started by a new interpreter"""
 
     @classmethod
     def from_handle(cls, handle: ReplicaHandle) -> LocalReplica:
@@ -76,6 +93,7 @@ class LocalReplica:
                 pid_file=str(data["pid_file"]),
                 exit_file=str(data["exit_file"]),
                 log_file=str(data["log_file"]),
+                warm_start=data.get("warm_start") is True,
             )
         except (KeyError, ValueError) as exc:
             raise ValueError(f"not a local replica handle ({exc!r}): {data!r}") from None
@@ -91,12 +109,24 @@ class ExitRecord:
 
 
 class LocalEngine:
-    """Runs replicas as local processes; state (logs, exit codes) lives in ``state_dir``."""
+    """Runs replicas as local processes; state (logs, exit codes) lives in ``state_dir``.
+
+    ``warm_start`` (off also when ``TIDEMILL_WARM_START=0``) forks Python replicas from
+    a server that imported ``preload`` once; ``close`` stops that server.
+    """
 
     name = "local"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        warm_start: bool = True,
+        preload: Sequence[str] = DEFAULT_PRELOAD,
+    ) -> None:
         self.state_dir = Path(state_dir)
+        self.fork_server: ForkServer | None = None
+        if warm_start_enabled(warm_start):
+            self.fork_server = ForkServer(self.state_dir / "warm", preload)
 
     def dry_run(self, spec: LaunchSpec) -> LaunchPlan:
         """The argv, environment and folder of the replica process ``launch`` would start.
@@ -127,30 +157,40 @@ class LocalEngine:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         pid_file, exit_file = f"{stem}.pid", f"{stem}.exit"
-        command = [sys.executable, "-I", SUPERVISOR, pid_file, exit_file, plan.working_dir]
-        with open(log_file, "ab") as log:
-            log.write(_header(spec, plan).encode())
-            log.flush()
-            popen = subprocess.Popen(
-                [*command, "--", *plan.argv],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**plan.env, UID_VAR: uid},
-                start_new_session=True,
+        env = {**plan.env, UID_VAR: uid}
+        entry = python_entry(plan.argv)
+        supervisor: tuple[int, float] | None = None
+        note = ""
+        if self.fork_server is not None and entry is not None:
+            request = ForkRequest(
+                plan.argv, entry, plan.working_dir, env, uid, pid_file, exit_file, str(log_file)
             )
-        with _children_lock:
-            _children[popen.pid] = popen
+            try:
+                supervisor = _fork(self.fork_server, request, _header(spec, plan, "warm start"))
+            except WarmStartUnavailable as exc:
+                note = f"cold start: {exc}"
+        warm = supervisor is not None
+        if supervisor is None:
+            supervise = [sys.executable, "-I", SUPERVISOR, pid_file, exit_file, plan.working_dir]
+            header = _header(spec, plan, note)
+            supervisor = _start([*supervise, "--", *plan.argv], env, log_file, header)
+        pid, created = supervisor
         replica = LocalReplica(
-            supervisor_pid=popen.pid,
-            supervisor_create_time=psutil.Process(popen.pid).create_time(),
-            pgid=popen.pid,
+            supervisor_pid=pid,
+            supervisor_create_time=created,
+            pgid=pid,
             uid=uid,
             pid_file=pid_file,
             exit_file=exit_file,
             log_file=str(log_file),
+            warm_start=warm,
         )
         return replica.to_handle()
+
+    def close(self) -> None:
+        """Stop the warm-start fork server, if one runs; replicas keep running."""
+        if self.fork_server is not None:
+            self.fork_server.close()
 
     def observe(self, handle: ReplicaHandle) -> Observation:
         replica = LocalReplica.from_handle(handle)
@@ -226,11 +266,43 @@ def _split_job(job: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def _header(spec: LaunchSpec, plan: LaunchPlan) -> str:
+def _start(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> tuple[int, float]:
+    """Start a supervisor in a new interpreter; its pid and start time."""
+    with open(log_file, "ab") as log:
+        log.write(header.encode())
+        log.flush()
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    with _children_lock:
+        _children[popen.pid] = popen
+    return popen.pid, psutil.Process(popen.pid).create_time()
+
+
+def _fork(server: ForkServer, request: ForkRequest, header: str) -> tuple[int, float]:
+    """Have the fork server fork a supervisor; its pid and start time."""
+    with server.fork(request) as forked:
+        try:
+            created = psutil.Process(forked.pid).create_time()
+        except psutil.Error as exc:
+            raise WarmStartUnavailable(f"the forked supervisor vanished: {exc}") from None
+        with open(request.log_file, "ab") as log:
+            log.write(header.encode())
+        forked.release()
+    return forked.pid, created
+
+
+def _header(spec: LaunchSpec, plan: LaunchPlan, note: str = "") -> str:
     now = datetime.now(UTC).isoformat(timespec="seconds")
+    shown = f" [{note}]" if note else ""
     return (
         f"===== tidemill: {spec.job} {spec.role}-{spec.index} attempt {spec.attempt} "
-        f"started {now} in {plan.working_dir}: {' '.join(plan.argv)} =====\n"
+        f"started {now} in {plan.working_dir}: {' '.join(plan.argv)}{shown} =====\n"
     )
 
 
