@@ -45,11 +45,12 @@ class ServerRunner:
         self.host = host
         self.port = port or free_port(host)
         self.store = Store(store_url or sqlite_url(self.state_dir))
+        self.engine = LocalEngine(self.state_dir)
         registry, metrics = make_registry(self.store)
         config = controller_config or ControllerConfig()
         self.controller = Controller(
             self.store,
-            LocalEngine(self.state_dir),
+            self.engine,
             cluster,
             replace(config, server_url=config.server_url or self.url),
             on_cycle=metrics.record,
@@ -94,6 +95,7 @@ class ServerRunner:
         if self._thread is not None:
             self._thread.join(timeout=15)
         self.controller.stop()
+        self.engine.close()
         self.store.close()
 
     def serve_forever(self) -> None:
