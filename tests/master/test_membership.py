@@ -7,17 +7,9 @@ from typing import Any
 
 import pytest
 
-import tidemill.master.membership
-from tidemill.master.membership import (
-    Effect,
-    Evict,
-    Membership,
-    Notify,
-    Phase,
-    Rules,
-    Save,
-    Send,
-)
+import tidemill.master.naming
+from tidemill.master.effects import Effect, Evict, Notify, Save, Send
+from tidemill.master.membership import Membership, Phase, Rules
 
 
 def group(low: int = 1, high: int = 4, **rules: float) -> Membership:
@@ -295,5 +287,5 @@ def test_bounds_are_checked() -> None:
 
 
 def test_the_docstring_examples_run() -> None:
-    result = doctest.testmod(tidemill.master.membership)
+    result = doctest.testmod(tidemill.master.naming)
     assert result.attempted > 0 and result.failed == 0

@@ -182,7 +182,8 @@ def test_a_joiner_receives_the_newest_state_and_a_crashed_worker_costs_only_a_ro
     assert {i: third[i]["rank"] for i in (0, 2)} == {0: 0, 2: 1}
     assert {r["lr"] for r in third.values()} == {0.1}
     assert third[0]["digest"] == third[2]["digest"]
-    assert third[0]["step"] % 5 == 0, "the survivors resumed from a commit"
+    resumed = third[0]["step"]
+    assert resumed == second[0]["step"] or resumed % 5 == 0, "the survivors resumed from a commit"
     assert "rolled back to step" in probes.stderr(0)
 
     (probes.folder / "stop").touch()

@@ -26,13 +26,13 @@ Life of a group::
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from tidemill.master.protocol import Message
+from tidemill.master.effects import Effect, Evict, Notify, Save, Send
+from tidemill.master.naming import describe_replicas, index_of, name_key, role_of
 
 STATE_VERSION = 1
 HISTORY_LIMIT = 100
@@ -71,41 +71,6 @@ class Rules:
                 f"elastic bounds must satisfy 1 <= min <= max, got min={self.min_workers} "
                 f"max={self.max_workers}"
             )
-
-
-@dataclass(frozen=True)
-class Send:
-    replica: str
-    message: Message
-
-
-@dataclass(frozen=True)
-class Notify:
-    """An event for ``tidemill describe``."""
-
-    type: str
-    """``Normal`` or ``Warning``"""
-    reason: str
-    message: str
-    replica: str | None = None
-
-
-@dataclass(frozen=True)
-class Evict:
-    """Tell the replica why, then close its connection."""
-
-    replica: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Save:
-    """Persist :meth:`Membership.snapshot`; ``urgent`` saves complete before later sends."""
-
-    urgent: bool
-
-
-Effect = Send | Notify | Evict | Save
 
 
 @dataclass
@@ -396,7 +361,7 @@ class Membership:
                 rank.get(r.name, len(rank)),
                 r.step is None,
                 -(r.step or 0),
-                _name_key(r.name),
+                name_key(r.name),
             )
         )
         chosen = ready[: self.rules.max_workers]
@@ -503,7 +468,7 @@ class Membership:
                     f"{name} has not registered with the job master within "
                     f"{self.rules.register_timeout_s:g} s; {len(self._with_status('ready'))} "
                     f"of at least {self.rules.min_workers} workers are ready. Check its log "
-                    f"(tidemill logs JOB --role {_role(name)} --index {_index(name)})",
+                    f"(tidemill logs JOB --role {role_of(name)} --index {index_of(name)})",
                     name,
                 )
             )
@@ -544,54 +509,3 @@ class Membership:
 
     def _committed_step(self) -> int:
         return int((self.committed or {}).get("step", 0))
-
-
-_NAME = re.compile(r"^(?P<role>.+)-(?P<index>\d+)$")
-
-
-def describe_replicas(names: Iterable[str]) -> str:
-    """Replica names with runs of consecutive indexes folded.
-
-    >>> describe_replicas(["worker-0", "worker-1", "worker-2", "worker-5", "chief-0"])
-    'worker-0..worker-2, worker-5, chief-0'
-    """
-    parts: list[str] = []
-    run: list[tuple[str, int]] = []
-
-    def flush() -> None:
-        if len(run) >= 3:
-            parts.append(f"{run[0][0]}-{run[0][1]}..{run[-1][0]}-{run[-1][1]}")
-        else:
-            parts.extend(f"{role}-{index}" for role, index in run)
-        run.clear()
-
-    for name in names:
-        match = _NAME.match(name)
-        if match is None:
-            flush()
-            parts.append(name)
-            continue
-        role, index = match["role"], int(match["index"])
-        if run and (run[-1][0] != role or run[-1][1] + 1 != index):
-            flush()
-        run.append((role, index))
-    flush()
-    return ", ".join(parts)
-
-
-def _name_key(name: str) -> tuple[bool, str, int]:
-    """chief first, then by role, then by index (worker-2 before worker-10)."""
-    match = _NAME.match(name)
-    if match is None:
-        return (True, name, 0)
-    return (match["role"] != "chief", match["role"], int(match["index"]))
-
-
-def _role(name: str) -> str:
-    match = _NAME.match(name)
-    return match["role"] if match else name
-
-
-def _index(name: str) -> str:
-    match = _NAME.match(name)
-    return match["index"] if match else "0"

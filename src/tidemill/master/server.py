@@ -24,14 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidemill.master.config import MasterConfig
-from tidemill.master.membership import (
-    Effect,
-    Evict,
-    Membership,
-    Notify,
-    Save,
-    Send,
-)
+from tidemill.master.effects import Effect, Evict, Notify, Save, Send
+from tidemill.master.membership import Membership
 from tidemill.master.persistence import StateBackend, log
 from tidemill.master.protocol import MAX_LINE_BYTES, Message, ProtocolError, decode, encode
 

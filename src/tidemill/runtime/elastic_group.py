@@ -19,6 +19,7 @@ aborted with ``ProcessGroup.abort()``, which is what NCCL provides for this.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import socket
 import threading
@@ -33,6 +34,8 @@ import torch
 import torch.distributed as dist
 
 ARRIVAL_POLL_S = 0.005
+_ABANDONED: list[Any] = []
+"""Broken groups, their last vote and its tensor: never freed (see :meth:`Group.close`)."""
 
 
 @dataclass(frozen=True)
@@ -169,14 +172,32 @@ class Group:
             self._sockets = []
 
     def close(self, broken: bool) -> None:
-        """Leave the group; a broken one is severed first so no operation is left pending."""
+        """Leave the group. A broken one is severed first, then abandoned, never destroyed.
+
+        Destroying a gloo group joins its worker threads, and a gloo operation whose
+        peer gave up can stay blocked until the group timeout even with its sockets
+        shut down (seen on torch 2.13: a ring all-reduce waiting in ``waitSend``).
+        The join would hang this process, with the GIL held by the destructor, so
+        heartbeats stop too. A broken group is therefore kept alive for good: its
+        threads finish on their own, in the background, and the process exits
+        without waiting for them. It costs one idle gloo context per failure.
+        """
+        pending, self._pending = self._pending, None
         if broken:
             self.sever()
-        elif self._pending is not None:
-            self._pending.wait()
-        self._pending = None
+            world = dist.group.WORLD if dist.is_initialized() else None
+            _keep_forever((world, pending, self._flag))
+        elif pending is not None:
+            with contextlib.suppress(RuntimeError):
+                pending.wait()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _keep_forever(objects: Any) -> None:
+    """Never free ``objects``, not even while the interpreter shuts down (see Group.close)."""
+    _ABANDONED.append(objects)
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(objects))
 
 
 def _tcp_sockets() -> set[tuple[int, Any, Any]]:
