@@ -3,7 +3,8 @@
 A real job master and real worker processes (``examples/elastic/train.py``, gloo on the
 CPU), environments set by hand as the controller sets them. One run goes through
 every membership change the issue names: kill -9 of a worker, two joiners, a SIGTERM
-scale-in, kill -9 and relaunch of the master. The example's counting model then proves
+scale-in, kill -9 and relaunch of the master, then one more scale-in, so that a group
+forms on the relaunched master's store. The example's counting model then proves
 that no sample was lost or trained twice, and the pids in its epoch history prove that
 survivors kept their processes.
 """
@@ -203,10 +204,17 @@ def test_workers_come_and_go_and_the_master_restarts_yet_every_sample_is_trained
     timings["kill -9 master -> resumed (relaunch included)"] = time.time() - master_killed_at
     resumed_at = time.time()
     job.first_step(4, after=resumed_at, timeout_s=20)
+
+    after_restart = time.time()
+    job.workers[3].process.send_signal(signal.SIGTERM)
+    timings["SIGTERM worker-3 -> first step at 3 workers (store of the new master)"] = (
+        job.first_step(3, after=after_restart, timeout_s=30)["t"] - after_restart
+    )
+    assert job.workers[3].process.wait(timeout=30) == 0, job.workers[3].stderr.read_text()
     assert job.steps_left() > 0, f"training ended before all changes were made; raise {STEPS=}"
 
     job.fast_file.touch()
-    for index in (0, 3, 4, 5):
+    for index in (0, 4, 5):
         process = job.workers[index].process
         assert process.wait(timeout=120) == 0, job.workers[index].stderr.read_text()[-3000:]
     with capsys.disabled():
@@ -221,7 +229,7 @@ def test_workers_come_and_go_and_the_master_restarts_yet_every_sample_is_trained
     assert result["ids_beyond_commit_nonzero"] == 0
 
     worlds = [epoch["world_size"] for epoch in result["epochs"]]
-    assert _in_order([4, 3, 5, 4], worlds), worlds
+    assert _in_order([4, 3, 5, 4, 3], worlds), worlds
     pids = {w.name: w.process.pid for w in job.workers.values()}
     for epoch in result["epochs"]:
         assert {name: pid for name, pid in epoch["pids"]} == {
@@ -235,6 +243,7 @@ def test_workers_come_and_go_and_the_master_restarts_yet_every_sample_is_trained
     messages = [e["message"] for e in events if e["reason"] == "EpochStarted"]
     assert any("left worker-2 (lost)" in m for m in messages), messages
     assert any("left worker-1 (left)" in m for m in messages), messages
+    assert any("left worker-3 (left)" in m for m in messages), messages
     assert any("joined worker-4" in m for m in messages), messages
     lost = [e for e in events if e["reason"] == "WorkerLost"]
     assert [e["replica"] for e in lost] == ["worker-2"]
