@@ -1,13 +1,16 @@
 """Elastic resize and recovery: tidemill in place vs torchrun's restart, one run, one script.
 
 Both sides train benchmarks/elastic_train.py (a small MLP, fixed global batch split
-across the ranks, ~20-50 ms a step, one thread per rank, gloo) on this machine, one
-side after the other, and the same events happen to each, ``--rounds`` times:
+across the ranks, ~20-50 ms a step, one thread per rank, gloo) on this machine. Each
+round starts a fresh side at 2 workers and puts it through the same events; the sides
+alternate round by round, so both meet the same background load:
 
 - ``scale_out_2_to_4``: request -> first step completed at world size 4;
 - ``kill_worker``: kill -9 of one worker at world size 4 -> first step completed by a
   group formed after the kill (any size: tidemill's survivors go on at 3, torchrun
   restarts all 4);
+- ``kill_back_to_4``: the same kill -> first step at world size 4 again (tidemill: a
+  replacement joined; torchrun: the same as ``kill_worker``);
 - ``scale_in_4_to_2``: request -> first step completed at world size 2.
 
 tidemill: a real ``tidemill server``, an elastic job (minReplicas 2, maxReplicas 4),
@@ -63,10 +66,10 @@ from elastic_sides import (
 RESULTS = Path(__file__).parent / "results" / "elastic.json"
 SCENARIOS = ("scale_out_2_to_4", "scale_in_4_to_2", "kill_worker", "kill_back_to_4")
 GOAL_RATIO = 10.0
-STEADY_STEPS = 10
+STEADY_STEPS = 6
 """Steps every rank must complete at the expected size before the next event."""
 EVENT_TIMEOUT_S = 90.0
-QUIET_S = 1.0
+QUIET_S = 0.3
 """Between events, after the group is steady: nothing happens (step times are taken)."""
 GROUP_LOOKBACK_S = 20.0
 ORDER_MARGIN_S = 5.0
@@ -233,26 +236,30 @@ def outcome(events: Events, t0: float, first: Line, declared: float | None) -> O
     )
 
 
-class Bench:
-    """Drives one side through the rounds and records every outcome."""
+class Record:
+    """Every outcome and steady step time of one side, over all rounds."""
 
-    def __init__(self, side: Side, events: Events, rounds: int) -> None:
-        self.side = side
-        self.events = events
-        self.rounds = rounds
+    def __init__(self) -> None:
         self.outcomes: dict[str, list[Outcome]] = defaultdict(list)
         self.step_ms: dict[int, list[float]] = defaultdict(list)
 
-    def run(self) -> None:
+
+class Round:
+    """One round on a fresh side: start at 2, scale out, kill -9, scale in."""
+
+    def __init__(self, side: Side, events: Events, record: Record) -> None:
+        self.side = side
+        self.events = events
+        self.record = record
+
+    def run(self, victim: int) -> None:
         self.side.start(2)
         self.settle(2, since=0.0)
-        for round_ in range(self.rounds):
-            self.measure("scale_out_2_to_4", self.side.scale(4), world=4)
-            killed = self.side.kill_worker(1 + round_ % 3)
-            self.measure("kill_worker", killed, world=None)
-            self.measure("kill_back_to_4", killed, world=4)
-            self.measure("scale_in_4_to_2", self.side.scale(2), world=2)
-            print(f"  {self.side.name} round {round_ + 1}/{self.rounds} done", flush=True)
+        self.measure("scale_out_2_to_4", self.side.scale(4), world=4)
+        killed = self.side.kill_worker(victim)
+        self.measure("kill_worker", killed, world=None)
+        self.measure("kill_back_to_4", killed, world=4)
+        self.measure("scale_in_4_to_2", self.side.scale(2), world=2)
 
     def measure(self, scenario: str, t0: float, world: int | None) -> None:
         """Wait for the first step of a group formed after ``t0`` (at ``world``) and
@@ -266,7 +273,7 @@ class Bench:
         declared = None
         if isinstance(self.side, Tidemill):
             declared = self.side.epoch_declared(first.gen)
-        self.outcomes[scenario].append(outcome(self.events, t0, first, declared))
+        self.record.outcomes[scenario].append(outcome(self.events, t0, first, declared))
         if world is not None:
             self.settle(world, since=first.t)
 
@@ -284,32 +291,41 @@ class Bench:
         self.events.refresh()
         ms = self.events.step_ms(world, quiet)
         if ms is not None:
-            self.step_ms[world].append(ms)
+            self.record.step_ms[world].append(ms)
 
 
-def run_side(
-    kind: type[Tidemill] | type[Torchrun], folder: Path, args: argparse.Namespace
-) -> Bench:
-    log_dir = folder / kind.name / "log"
+def run_round(
+    kind: type[Tidemill] | type[Torchrun],
+    folder: Path,
+    args: argparse.Namespace,
+    round_: int,
+    record: Record,
+) -> None:
+    """One round of ``kind`` in a folder of its own; every process it started is gone after."""
+    side_dir = folder / f"{kind.name}-{round_}"
+    log_dir = side_dir / "log"
     log_dir.mkdir(parents=True)
     train_args = ["--batch", str(args.batch), "--commit-every", str(args.commit_every)]
-    side = kind(folder / kind.name, log_dir, train_args)
-    bench = Bench(side, Events(log_dir), args.rounds)
-    print(f"{kind.name}: {args.rounds} rounds of scale-out, kill -9, scale-in", flush=True)
+    side = kind(side_dir, log_dir, train_args)
+    started = time.monotonic()
     try:
-        bench.run()
+        Round(side, Events(log_dir), record).run(victim=1 + round_ % 3)
     finally:
         side.close()
-        sweep(str(folder / kind.name))
-    return bench
+        sweep(str(side_dir))
+    print(
+        f"  {kind.name} round {round_ + 1}/{args.rounds} done in "
+        f"{time.monotonic() - started:.0f} s",
+        flush=True,
+    )
 
 
-def summarise(benches: dict[str, Bench], args: argparse.Namespace) -> dict[str, Any]:
+def summarise(records: dict[str, Record], args: argparse.Namespace) -> dict[str, Any]:
     scenarios: dict[str, Any] = {}
     for scenario in SCENARIOS:
         entry: dict[str, Any] = {}
-        for name, bench in benches.items():
-            runs = bench.outcomes.get(scenario, [])
+        for name, record in records.items():
+            runs = record.outcomes.get(scenario, [])
             if not runs:
                 continue
             entry[name] = {
@@ -330,7 +346,7 @@ def summarise(benches: dict[str, Bench], args: argparse.Namespace) -> dict[str, 
         "goal": f"tidemill at least {GOAL_RATIO:g}x faster than torchrun in every scenario",
         "step_ms_median": {
             name: {str(w): round(statistics.median(v), 1) for w, v in b.step_ms.items()}
-            for name, b in benches.items()
+            for name, b in records.items()
         },
         "settings": {
             "rounds": args.rounds,
@@ -422,12 +438,18 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="tidemill-elastic-bench-"))
     started = time.monotonic()
     load_at_start = round(os.getloadavg()[0], 2)
-    benches: dict[str, Bench] = {}
+    kinds = [kind for kind in (Tidemill, Torchrun) if args.only in (None, kind.name)]
+    records = {kind.name: Record() for kind in kinds}
+    print(
+        f"{args.rounds} rounds of scale-out 2->4, kill -9 of a worker, scale-in 4->2; "
+        f"{' and '.join(records)} alternating, on a fresh side each round",
+        flush=True,
+    )
     failed = True
     try:
-        for kind in (Tidemill, Torchrun):
-            if args.only in (None, kind.name):
-                benches[kind.name] = run_side(kind, folder, args)
+        for round_ in range(args.rounds):
+            for kind in kinds:
+                run_round(kind, folder, args, round_, records[kind.name])
         failed = False
     finally:
         sweep(str(folder))
@@ -435,7 +457,7 @@ def main() -> None:
             print(f"run folder kept (logs of every process): {folder}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
-    summary = summarise(benches, args)
+    summary = summarise(records, args)
     summary["wall_s"] = round(time.monotonic() - started, 1)
     summary["machine"]["load_average_1m_at_start"] = load_at_start
     print_table(summary)
