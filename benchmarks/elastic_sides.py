@@ -47,11 +47,16 @@ unchanged rank 0 never writes for the new round (seen here: all 4 agents hang in
 
 
 def sweep(marker: str) -> None:
-    """Kill every process whose command line contains ``marker``, and their descendants."""
+    """Kill every process whose command line contains ``marker`` or that holds a file
+    under it open (a replica forked by tidemill's warm-start server shows the server's
+    command line, but writes its log there), and their descendants."""
     found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if proc.pid != os.getpid() and marker in " ".join(proc.info["cmdline"] or []):
+            if proc.pid == os.getpid():
+                continue
+            named = marker in " ".join(proc.info["cmdline"] or [])
+            if named or any(f.path.startswith(marker) for f in proc.open_files()):
                 found[proc.pid] = proc
                 found.update((child.pid, child) for child in proc.children(recursive=True))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
