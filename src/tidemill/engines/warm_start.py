@@ -53,7 +53,14 @@ UID_VAR = "TIDEMILL_REPLICA_UID"
 """Carried by every process of a launch, unique per launch: how ``stop`` finds them."""
 WARM_START_VAR = "TIDEMILL_WARM_START"
 """Set to ``0`` (or ``false``/``no``/``off``) to start every replica cold."""
-DEFAULT_PRELOAD = ("torch", "numpy", "tidemill.runtime", "tidemill.master.protocol")
+DEFAULT_PRELOAD = (
+    "torch",
+    "torch._dynamo",  # the first torch.optim optimizer imports it: ~2 s cold
+    "numpy",
+    "tidemill.runtime",
+    "tidemill.runtime.elastic_loop",
+    "tidemill.master.protocol",
+)
 """Imported by the fork server before it forks anything; missing ones are skipped."""
 SERVER_SCRIPT = str(Path(__file__).with_name("_fork_server.py"))
 UID_PLACEHOLDER = "0" * 32

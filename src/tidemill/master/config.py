@@ -78,7 +78,7 @@ class MasterConfig:
         rules = Rules(
             min_workers=low,
             max_workers=max(low, high),
-            settle_s=number("TIDEMILL_ELASTIC_SETTLE_S", 1.0, 0),
+            settle_s=number("TIDEMILL_ELASTIC_SETTLE_S", 0.3, 0),
             timeout_s=number("TIDEMILL_ELASTIC_TIMEOUT_S", 60.0, 0.1),
             register_timeout_s=number("TIDEMILL_ELASTIC_REGISTER_TIMEOUT_S", 30.0, 0.1),
             reconnect_timeout_s=number("TIDEMILL_ELASTIC_RECONNECT_TIMEOUT_S", 15.0, 0.1),

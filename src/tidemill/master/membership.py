@@ -55,7 +55,7 @@ class Rules:
 
     min_workers: int
     max_workers: int
-    settle_s: float = 1.0
+    settle_s: float = 0.3
     """Wait this long after the last registration before forming, to take joiners
     that start together in one change rather than one change each."""
     timeout_s: float = 60.0
