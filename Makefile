@@ -26,3 +26,6 @@ test: venv
 bench: venv
 	$(BIN)/python benchmarks/api_throughput.py
 	$(BIN)/python benchmarks/scheduler_throughput.py
+	$(BIN)/python benchmarks/replica_start.py
+	$(BIN)/python benchmarks/elastic.py
+	$(BIN)/python benchmarks/data_throughput.py

@@ -187,3 +187,23 @@ def test_a_restarted_master_reforms_without_a_member_that_did_not_reconnect(
     timeout = job.wait_for_event("RegistrationTimeout")
     assert timeout["replica"] == "worker-0"
     assert "did not reconnect to the restarted master" in timeout["message"]
+
+
+def test_a_member_without_state_may_report_no_step_when_its_first_epoch_breaks(
+    master: Start, replicas: Connect
+) -> None:
+    job = master(MIN=1, MAX=3)
+    workers = [replicas(job.address).register(f"worker-{i}") for i in range(3)]
+    for worker in workers:
+        worker.expect("epoch")
+
+    workers[1].close()
+    for worker in (workers[0], workers[2]):
+        worker.expect("abort")
+    workers[0].send(op="sync", epoch=1, step=10, failed=True)
+    # A newcomer whose first epoch broke before the state reached it holds no step.
+    workers[2].send(op="sync", epoch=1, step=None, failed=True)
+
+    reformed = workers[2].expect("epoch")
+    assert reformed["members"] == ["worker-0", "worker-2"]
+    assert "from step 10" in job.events()[-1]["message"]

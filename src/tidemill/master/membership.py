@@ -201,9 +201,16 @@ class Membership:
         return effects + self._advance(now)
 
     def sync(
-        self, name: str, epoch: int, step: int, failed: bool, now: float, data: Any = None
+        self,
+        name: str,
+        epoch: int,
+        step: int | None,
+        failed: bool,
+        now: float,
+        data: Any = None,
     ) -> list[Effect]:
-        """A member stopped training in ``epoch`` and holds state at ``step``."""
+        """A member stopped training in ``epoch`` and holds state at ``step`` (None: it
+        holds none, e.g. a newcomer whose first epoch broke)."""
         replica = self.replicas.get(name)
         if replica is None:
             return []

@@ -172,7 +172,10 @@ class MasterServer:
         if op == "heartbeat":
             return
         if op == "sync":
-            epoch, step = int(message["epoch"]), int(message["step"])
+            # step None: a member that holds no group state (a newcomer whose first
+            # epoch broke before its state arrived).
+            epoch, held = int(message["epoch"]), message.get("step")
+            step = None if held is None else int(held)
             failed, data = bool(message.get("failed")), message.get("data")
             await self._act(lambda m, now: m.sync(name, epoch, step, failed, now, data))
         elif op == "formed":
