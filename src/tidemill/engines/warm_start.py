@@ -344,6 +344,9 @@ class ForkServer:
             **startup_env(replica_env),
             UID_VAR: UID_PLACEHOLDER,
         }
+        # Preloading torch._dynamo makes inductor create its cache folder at import time;
+        # keep it with the engine's state instead of in the system's temporary folder.
+        self._env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.folder / "torchinductor"))
         if self._lifeline is not None:
             self._lifeline()
         server_end, our_end = os.pipe()
