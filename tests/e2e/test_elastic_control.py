@@ -167,7 +167,7 @@ def test_bad_scale_requests_are_refused_and_change_nothing(start_server, args, e
     assert workers(client, "flex") == before
 
 
-def test_scaling_a_fixed_role_or_a_finished_job_is_refused(start_server):  # type: ignore[no-untyped-def]
+def test_scaling_a_role_without_elastic_bounds_is_refused(start_server):  # type: ignore[no-untyped-def]
     server, client = start_server(CLUSTER)
     client.submit(script_job("fixed", "print('done')", workers=1, cpu=1, queue="ads"))
     assert client.wait("fixed", timeout_s=60).phase == "Succeeded"
