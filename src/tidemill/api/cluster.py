@@ -11,7 +11,7 @@ import os
 import psutil
 from pydantic import Field, field_validator, model_validator
 
-from tidemill.api.job import SpecModel, validate_dns_label
+from tidemill.api._model import SpecModel, validate_dns_label
 from tidemill.api.quantity import CpuCores, MemoryBytes
 
 

@@ -11,25 +11,17 @@ import re
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, field_validator, model_validator
 
+from tidemill.api._model import SpecModel, validate_dns_label
+from tidemill.api.data import DataSpec
 from tidemill.api.quantity import CpuCores, MemoryBytes
 
 API_VERSION = "tidemill/v1"
 KIND = "TrainingJob"
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 USER_ROLES = ("chief", "worker", "ps", "evaluator")
 """Roles a job file may declare. ``master`` is reserved for tidemill's per-job master."""
-
-
-class SpecModel(BaseModel):
-    """Base for job-file models: camelCase aliases, unknown fields refused."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
 
 
 class Mode(StrEnum):
@@ -55,15 +47,6 @@ class SuccessPolicy(StrEnum):
     DEFAULT = "Default"
     ALL_WORKERS = "AllWorkers"
     ANY_WORKER = "AnyWorker"
-
-
-def validate_dns_label(value: str, what: str) -> str:
-    if len(value) > 63 or not _DNS_LABEL.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid {what}: use at most 63 lowercase letters, digits "
-            "and '-', starting and ending with a letter or digit (e.g. 'ctr-daily')"
-        )
-    return value
 
 
 class Resources(SpecModel):
@@ -193,6 +176,9 @@ class TrainingJobSpec(SpecModel):
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
     restart_backoff_seconds: float = Field(
         default=1.0, gt=0, description="first restart delay; doubles per restart, max 5 min"
+    )
+    data: DataSpec | None = Field(
+        default=None, description="stages of Parquet, Iceberg and Kafka sources"
     )
 
     @field_validator("roles")

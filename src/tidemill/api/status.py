@@ -75,6 +75,52 @@ class PendingReason(BaseModel):
     message: str = Field(description="what blocks the job, with numbers")
 
 
+class SourceInsightView(BaseModel):
+    """How much one source of a stage delivered, how fast, how far behind, and to whom.
+
+    Records and bytes count what readers handed out (a rolled-back step is read again,
+    so they can exceed the records trained). Shards are row-group ranges for tables and
+    files, partition leases for streams; ``lag_*`` is None for sources without leases.
+    """
+
+    name: str
+    kind: str = Field(description="parquet, iceberg or kafka")
+    priority: int = 0
+    weight: float = 1.0
+    records: int = 0
+    bytes: int = 0
+    records_per_s: float = 0.0
+    lag_records: int | None = None
+    lag_s: float | None = None
+    shards_done: int = 0
+    shards_in_flight: int = 0
+    shards_pending: int = 0
+    workers: dict[str, int] = Field(
+        default_factory=dict, description="replica -> records it read"
+    )
+
+
+class StageInsightView(BaseModel):
+    """One stage of ``spec.data``: where it stands and its sources."""
+
+    name: str
+    index: int
+    state: str = Field(description="pending, running or done")
+    epochs: int = Field(description="passes over the batch sources")
+    pass_index: int = Field(default=0, description="the pass under way (0-based)")
+    started_at: float | None = None
+    finished_at: float | None = None
+    sources: list[SourceInsightView] = Field(default_factory=list)
+
+
+class DataInsightView(BaseModel):
+    """Data insight of a job, kept by its job master and saved with its state."""
+
+    stage: str | None = Field(default=None, description="the stage under way")
+    updated_at: float | None = None
+    stages: list[StageInsightView] = Field(default_factory=list)
+
+
 class JobView(BaseModel):
     """What ``GET /api/v1/jobs/{name}`` returns."""
 
@@ -92,6 +138,9 @@ class JobView(BaseModel):
     pending_reason: PendingReason | None = None
     conditions: list[Condition] = Field(default_factory=list)
     replicas: list[ReplicaView] = Field(default_factory=list)
+    data: DataInsightView | None = Field(
+        default=None, description="data insight, for jobs with spec.data"
+    )
     spec: dict[str, Any] = Field(default_factory=dict)
 
 

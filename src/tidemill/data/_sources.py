@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from tidemill.api.job import SpecModel
+from tidemill.api._model import SpecModel
 
 
 class SourceKind(StrEnum):
