@@ -6,6 +6,7 @@ Pure functions of their inputs (``now`` is passed in), so the output is testable
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tidemill.api.status import (
+    DataInsightView,
     EventView,
     JobPhase,
     JobSummary,
@@ -26,6 +28,8 @@ from tidemill.api.status import (
     QueueView,
     ReplicaPhase,
     ResourceView,
+    SourceInsightView,
+    StageInsightView,
 )
 from tidemill.cli.common import Output
 
@@ -82,7 +86,7 @@ def clock(timestamp: float | None) -> str:
 def memory(amount: float) -> str:
     for unit, size in _UNITS:
         if amount >= size:
-            value = amount / size
+            value = round(amount / size, 1)
             return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
     return f"{amount:.0f}"
 
@@ -194,9 +198,64 @@ def describe(view: JobView, events: Sequence[EventView], now: float) -> Renderab
         parts += [Text("\nConditions", style="bold"), _conditions(view)]
     if view.replicas:
         parts += [Text("\nReplicas", style="bold"), _replicas(view, now)]
+    if view.data is not None:
+        parts += [Text("\nData", style="bold"), *data_insight(view.data, now)]
     parts.append(Text("\nEvents", style="bold"))
     parts.append(events_table(events[-20:]) if events else Text("  none"))
     return Group(*parts)
+
+
+def data_insight(insight: DataInsightView, now: float) -> list[RenderableType]:
+    """The stage under way, then each stage's sources: what they delivered, how fast, how
+    far behind the stream, their shards and which worker read how much."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("Stage", insight.stage or "-")
+    updated = insight.updated_at
+    if updated is not None:
+        head.add_row("Updated", f"{clock(updated)} ({age(updated, now)} ago)")
+    parts: list[RenderableType] = [head]
+    for stage in insight.stages:
+        line = _stage_line(stage, len(insight.stages), updated if updated is not None else now)
+        parts.append(Text(f"\n{line}", style="bold"))
+        parts.append(_sources(stage.sources) if stage.sources else Text("  no sources yet"))
+    return parts
+
+
+def byte_size(amount: float) -> str:
+    """640000 -> 625KiB."""
+    return f"{memory(amount)}B"
+
+
+def rate(per_second: float) -> str:
+    """51234.5 -> 51,234; 12.25 -> 12.2: whole numbers once the decimals stop mattering."""
+    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:,.1f}"
+
+
+def lag(source: SourceInsightView) -> str:
+    """'37 records, 0.4s' for a stream; '-' for a source without leases."""
+    if source.lag_records is None and source.lag_s is None:
+        return "-"
+    records = "-" if source.lag_records is None else f"{source.lag_records:,} records"
+    seconds = "-" if source.lag_s is None else f"{source.lag_s:.1f}s"
+    return f"{records}, {seconds}"
+
+
+def shards(source: SourceInsightView) -> str:
+    """'8 done', '3 done, 2 in flight, 5 pending': the counts that are not zero."""
+    counts = (
+        (source.shards_done, "done"),
+        (source.shards_in_flight, "in flight"),
+        (source.shards_pending, "pending"),
+    )
+    return ", ".join(f"{count:,} {state}" for count, state in counts if count) or "-"
+
+
+def worker_split(workers: dict[str, int]) -> str:
+    """'worker-0 10,240 · worker-1 9,760', worker-2 before worker-10."""
+    names = sorted(workers, key=_natural)
+    return " · ".join(f"{name} {workers[name]:,}" for name in names) or "-"
 
 
 def queues_table(queues: Sequence[QueueView]) -> Table:
@@ -311,6 +370,39 @@ def _replicas(view: JobView, now: float) -> Table:
             Text(replica.message),
         )
     return table
+
+
+def _stage_line(stage: StageInsightView, stages: int, as_of: float) -> str:
+    """'backfill (stage 1 of 2): done, pass 1 of 1, took 8m20s'; a stage under way has run
+    ``for`` the time until ``as_of`` (when the master last saved its insight)."""
+    line = f"{stage.name} (stage {stage.index + 1} of {stages}): {stage.state}"
+    line += f", pass {stage.pass_index + 1} of {stage.epochs}"
+    if stage.started_at is not None and stage.finished_at is not None:
+        line += f", took {duration(stage.finished_at - stage.started_at)}"
+    elif stage.started_at is not None:
+        line += f", for {duration(max(0.0, as_of - stage.started_at))}"
+    return line
+
+
+def _sources(sources: Sequence[SourceInsightView]) -> Table:
+    table = _table("SOURCE", "KIND", "RECORDS", "RECORDS/S", "BYTES", "LAG", "SHARDS", "WORKERS")
+    for source in sources:
+        table.add_row(
+            source.name,
+            source.kind,
+            f"{source.records:,}",
+            rate(source.records_per_s),
+            byte_size(source.bytes),
+            lag(source),
+            shards(source),
+            worker_split(source.workers),
+        )
+    return table
+
+
+def _natural(name: str) -> list[str | int]:
+    """Sort key reading digit runs as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _why(view: JobView) -> str:

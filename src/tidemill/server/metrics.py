@@ -9,14 +9,18 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tidemill.api.status import JobPhase
+from tidemill.api.status import DataInsightView, JobPhase
 from tidemill.controller.reconciler import ACTIVE_PHASES, CycleStats
-from tidemill.server.views import node_views
+from tidemill.server.views import data_insight, node_views
 from tidemill.store.store import Store
+
+DATA_LABELS = ["namespace", "job_name", "stage", "source"]
+"""``job_name``, not ``job``: Prometheus gives ``job`` to the scrape target."""
 
 
 class StoreCollector(Collector):
-    """Jobs by phase, queue lengths, allocated vs capacity per resource."""
+    """Jobs by phase, queue lengths, allocated vs capacity per resource, and the data
+    insight of running jobs."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -26,6 +30,12 @@ class StoreCollector(Collector):
             jobs = tx.jobs()
             nodes = node_views(tx.nodes(), [j for j in jobs if j.phase in ACTIVE_PHASES])
             queue_names = [q.name for q in tx.queues()]
+            insights = [
+                (job.namespace, job.name, insight)
+                for job in jobs
+                if job.phase in ACTIVE_PHASES
+                and (insight := data_insight(job.master_state)) is not None
+            ]
         by_phase = GaugeMetricFamily("tidemill_jobs", "Jobs by phase", labels=["phase"])
         counts = {phase.value: 0 for phase in JobPhase}
         for job in jobs:
@@ -62,6 +72,53 @@ class StoreCollector(Collector):
             allocated.add_metric([resource], sum(getattr(n.allocated, resource) for n in nodes))
         yield capacity
         yield allocated
+        if insights:
+            yield from data_metrics(insights)
+
+
+def data_metrics(
+    insights: list[tuple[str, str, DataInsightView]],
+) -> Iterator[GaugeMetricFamily]:
+    """Per source of each stage of (namespace, job name, insight): what it delivered, how
+    fast, how far behind, its shards by state and its records by worker."""
+    records = GaugeMetricFamily("tidemill_data_records", "Records read", labels=DATA_LABELS)
+    size = GaugeMetricFamily("tidemill_data_bytes", "Bytes read", labels=DATA_LABELS)
+    rate = GaugeMetricFamily(
+        "tidemill_data_records_per_second", "Recent read rate", labels=DATA_LABELS
+    )
+    lag_records = GaugeMetricFamily(
+        "tidemill_data_lag_records", "Records behind the head of the stream", labels=DATA_LABELS
+    )
+    lag_s = GaugeMetricFamily(
+        "tidemill_data_lag_seconds", "Seconds behind the head of the stream", labels=DATA_LABELS
+    )
+    shards = GaugeMetricFamily(
+        "tidemill_data_shards",
+        "Shards (row-group ranges or partition leases) by state",
+        labels=[*DATA_LABELS, "state"],
+    )
+    by_worker = GaugeMetricFamily(
+        "tidemill_data_worker_records",
+        "Records read by each worker",
+        labels=[*DATA_LABELS, "worker"],
+    )
+    for namespace, name, insight in insights:
+        for stage in insight.stages:
+            for source in stage.sources:
+                key = [namespace, name, stage.name, source.name]
+                records.add_metric(key, source.records)
+                size.add_metric(key, source.bytes)
+                rate.add_metric(key, source.records_per_s)
+                if source.lag_records is not None:
+                    lag_records.add_metric(key, source.lag_records)
+                if source.lag_s is not None:
+                    lag_s.add_metric(key, source.lag_s)
+                shards.add_metric([*key, "done"], source.shards_done)
+                shards.add_metric([*key, "in_flight"], source.shards_in_flight)
+                shards.add_metric([*key, "pending"], source.shards_pending)
+                for worker, count in sorted(source.workers.items()):
+                    by_worker.add_metric([*key, worker], count)
+    yield from (records, size, rate, lag_records, lag_s, shards, by_worker)
 
 
 class ControllerMetrics:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
 
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.status import (
     Condition,
+    DataInsightView,
     EventView,
     JobPhase,
     JobSummary,
@@ -40,6 +44,21 @@ def job_summary(job: JobRow, running: dict[str, int]) -> JobSummary:
         created_at=job.created_at,
         message=job.message,
     )
+
+
+def data_insight(master_state: dict[str, Any] | None) -> DataInsightView | None:
+    """The data insight the job master saved under ``data_insight``, or None.
+
+    A malformed one (a master of another version, a bad write) reads as None: the rest
+    of the job stays visible, and the master's next save replaces it.
+    """
+    raw = master_state.get("data_insight") if isinstance(master_state, dict) else None
+    if raw is None:
+        return None
+    try:
+        return DataInsightView.model_validate(raw)
+    except ValidationError:
+        return None
 
 
 def job_view(job: JobRow) -> JobView:
@@ -78,6 +97,7 @@ def job_view(job: JobRow) -> JobView:
             )
             for r in job.replicas
         ],
+        data=data_insight(job.master_state),
         spec=job.spec,
     )
 
