@@ -1,5 +1,15 @@
 """Training data: Parquet files, Iceberg tables and Kafka streams as shards of Arrow batches.
 
+Training code iterates :func:`loader`: batches from the job's ``spec.data`` plan,
+committed with the model inside the elastic loop, so no record is lost or trained
+twice across failures and resizes::
+
+    >>> import tidemill.data
+    >>> for batch in tidemill.data.loader(batch_size=256, columns=["user", "item", "label"]):
+    ...     ...
+
+Below it, the pieces the job master and the loader are built from:
+
 The job master plans shards (:func:`plan_shards` for tables and files,
 :func:`partition_leases` for streams) and hands them to workers as JSON
 (:meth:`Shard.to_json`); a worker reads one with :func:`read_shard` and reports the
@@ -47,6 +57,7 @@ if TYPE_CHECKING:
     from tidemill.data._insight import DataInsight, SourceSnapshot, SourceStats
     from tidemill.data._kafka import commit_offsets
     from tidemill.data._kafka_reader import KafkaShardReader
+    from tidemill.data._loader import Loader, loader
     from tidemill.data._reader import DEFAULT_BATCH_ROWS, ShardReader, read_shard
     from tidemill.data._shuffle import ShuffleBuffer, shuffle_shards, shuffled
 
@@ -63,6 +74,7 @@ __all__ = [
     "KafkaShardReader",
     "KafkaSource",
     "KafkaStart",
+    "Loader",
     "ParquetSource",
     "PartitionLease",
     "SchemaChanged",
@@ -78,6 +90,7 @@ __all__ = [
     "UnsupportedData",
     "ValueFormat",
     "commit_offsets",
+    "loader",
     "partition_leases",
     "plan_shards",
     "read_shard",
@@ -91,6 +104,8 @@ _LAZY = {
     "SourceStats": "_insight",
     "commit_offsets": "_kafka",
     "KafkaShardReader": "_kafka_reader",
+    "Loader": "_loader",
+    "loader": "_loader",
     "DEFAULT_BATCH_ROWS": "_reader",
     "ShardReader": "_reader",
     "read_shard": "_reader",

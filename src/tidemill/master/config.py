@@ -3,8 +3,9 @@
 Set by the controller: ``TIDEMILL_JOB`` (``namespace/name``), ``TIDEMILL_MASTER_PORT``
 (the same port after every restart, so workers reconnect to it), ``TIDEMILL_SERVER``
 (the control plane; absent in tests), ``TIDEMILL_ELASTIC_MIN``/``_MAX`` (bounds of the
-worker collective) and, for tests, ``TIDEMILL_MASTER_STATE_FILE`` (persist to a file
-instead of the control plane). Deadlines have defaults and may be tuned per job:
+worker collective), ``TIDEMILL_DATA`` (the job's ``spec.data``, as JSON) and, for
+tests, ``TIDEMILL_MASTER_STATE_FILE`` (persist to a file instead of the control plane).
+Deadlines have defaults and may be tuned per job:
 ``TIDEMILL_ELASTIC_TIMEOUT_S``, ``TIDEMILL_ELASTIC_SETTLE_S``,
 ``TIDEMILL_ELASTIC_REGISTER_TIMEOUT_S``, ``TIDEMILL_ELASTIC_RECONNECT_TIMEOUT_S``,
 ``TIDEMILL_ELASTIC_HEARTBEAT_TIMEOUT_S``.
@@ -15,6 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
+from tidemill.api.data import DataSpec
 from tidemill.master.membership import Rules
 
 
@@ -32,6 +36,8 @@ class MasterConfig:
     state_file: str | None = None
     heartbeat_timeout_s: float = 15.0
     tick_s: float = 0.1
+    data: DataSpec | None = None
+    """The job's ``spec.data`` (``TIDEMILL_DATA``): the master dispatches its shards."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MasterConfig:
@@ -84,6 +90,12 @@ class MasterConfig:
             reconnect_timeout_s=number("TIDEMILL_ELASTIC_RECONNECT_TIMEOUT_S", 15.0, 0.1),
         )
         heartbeat = number("TIDEMILL_ELASTIC_HEARTBEAT_TIMEOUT_S", 15.0, 0.5)
+        data = None
+        if env.get("TIDEMILL_DATA"):
+            try:
+                data = DataSpec.model_validate_json(env["TIDEMILL_DATA"])
+            except ValidationError as exc:
+                problems.append(f"TIDEMILL_DATA is not a valid spec.data: {exc}")
         if problems:
             raise MasterConfigError("cannot start the job master:\n  " + "\n  ".join(problems))
         return cls(
@@ -93,4 +105,5 @@ class MasterConfig:
             server=env.get("TIDEMILL_SERVER") or None,
             state_file=env.get("TIDEMILL_MASTER_STATE_FILE") or None,
             heartbeat_timeout_s=heartbeat,
+            data=data,
         )

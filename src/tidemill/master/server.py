@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidemill.master.config import MasterConfig
+from tidemill.master.data_service import DataService
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
 from tidemill.master.membership import Membership
 from tidemill.master.persistence import StateBackend, log
@@ -68,6 +69,7 @@ class MasterServer:
         self._stop = asyncio.Event()
         self._store: Any = None
         self._server: asyncio.Server | None = None
+        self.data: DataService | None = None
 
     async def start(self) -> None:
         """Host the store, load the saved state, then accept workers."""
@@ -85,6 +87,8 @@ class MasterServer:
             self.membership = Membership(rules, self.config.host, store_port, now)
         else:
             self.membership = Membership.restore(rules, self.config.host, store_port, now, saved)
+        if self.config.data is not None:
+            self.data = DataService(self.config.data, (saved or {}).get("data"), self._event)
         self._server = await asyncio.start_server(
             self._serve, self.config.host, self.config.port, limit=MAX_LINE_BYTES
         )
@@ -115,7 +119,7 @@ class MasterServer:
         for connection in list(self.connections):
             connection.close()
         if self.membership is not None:
-            await self.backend.save(self.membership.snapshot())
+            await self.backend.save(self._state())
         await self.backend.close()
 
     def stop(self) -> None:
@@ -185,6 +189,14 @@ class MasterServer:
             epoch, step = int(message["epoch"]), int(message["step"])
             data, extras = message.get("data"), message.get("extras")
             await self._act(lambda m, now: m.commit(name, epoch, step, data, extras))
+            if self.data is not None:
+                self.data.committed(data)
+        elif op == "lease":
+            connection.send(await self._lease(name, message))
+        elif op == "insight":
+            if self.data is not None:
+                self.data.insight(name, message)
+                self._dirty.set()
         elif op == "leave":
             connection.ended = True
             await self._act(lambda m, now: m.leave(name, now))
@@ -194,6 +206,29 @@ class MasterServer:
             await self._act(lambda m, now: m.done(name, step, now))
         else:
             raise ProtocolError(f"unknown op {op!r} from {name}")
+
+    async def _lease(self, name: str, message: Message) -> Message:
+        if self.data is None:
+            text = "this job has no spec.data; add a data section to the job file"
+            return {"op": "leased", "id": message["id"], "error": text}
+        return await self.data.lease(name, message, self._decide)
+
+    async def _decide(self, choose: Any) -> Message:
+        """A data choice under the state lock, saved before anyone hears of it."""
+        async with self._lock:
+            answer: Message = choose()
+            self._dirty.clear()
+            await self.backend.save(self._state())
+            return answer
+
+    def _state(self) -> dict[str, Any]:
+        """What is saved: membership, and the data dispatch and insight when there is data."""
+        membership = self.membership
+        state = {} if membership is None else membership.snapshot()
+        if self.data is not None:
+            state["data"] = self.data.snapshot()
+            state["data_insight"] = self.data.insight_view()
+        return state
 
     async def _register(self, connection: Connection, message: Message) -> None:
         name, pid, status = message.get("replica"), message.get("pid"), message.get("status")
@@ -274,7 +309,7 @@ class MasterServer:
             elif isinstance(effect, Save):
                 if effect.urgent:
                     self._dirty.clear()
-                    await self.backend.save(self.membership.snapshot())
+                    await self.backend.save(self._state())
                 else:
                     self._dirty.set()
 
@@ -288,7 +323,7 @@ class MasterServer:
             await self._dirty.wait()
             self._dirty.clear()
             if self.membership is not None:
-                await self.backend.save(self.membership.snapshot())
+                await self.backend.save(self._state())
 
     async def _ticker(self) -> None:
         while True:

@@ -24,6 +24,9 @@ from tidemill.master.protocol import Message, ProtocolError, decode, encode, spl
 HEARTBEAT_S = 2.0
 RECONNECT_S = 0.2
 INBOX_OPS = frozenset({"epoch", "evicted", "refused", "finished", "registered"})
+REPLY_OPS = frozenset({"leased"})
+REQUEST_RESEND_S = 5.0
+"""A request unanswered this long is sent again (same id: the master answers it once)."""
 
 
 class MasterClient:
@@ -56,6 +59,8 @@ class MasterClient:
         """Highest epoch the master asked to change or abort."""
         self._aborted = 0
         self._pending_commit: Message | None = None
+        self._replies: queue.Queue[Message] = queue.Queue()
+        self._request_id = 0
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._closed = threading.Event()
@@ -110,6 +115,27 @@ class MasterClient:
         message = {"op": "commit", "epoch": epoch, "step": step, "data": data, "extras": extras}
         if not self._send(message):
             self._pending_commit = message
+
+    def request(self, message: Message, give_up: Callable[[], bool]) -> Message | None:
+        """Send ``message`` and wait for its reply (resending while the master is away);
+        None once ``give_up()`` is true. Only the training thread asks."""
+        self._request_id += 1
+        message = {**message, "id": self._request_id}
+        sent_at: float | None = None
+        while not give_up():
+            if sent_at is None or time.monotonic() - sent_at > REQUEST_RESEND_S:
+                sent_at = time.monotonic() if self._send(message) else None
+            try:
+                reply = self._replies.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if reply.get("id") == self._request_id:
+                return reply
+        return None
+
+    def notify(self, message: Message) -> bool:
+        """Fire and forget (insight reports): dropped while the master is away."""
+        return self._send(message)
 
     def leave(self, grace_s: float = 5.0) -> None:
         """Say goodbye, waiting briefly for a master that is restarting."""
@@ -209,6 +235,8 @@ class MasterClient:
             if op == "abort":
                 self._aborted = max(self._aborted, epoch)
                 self.on_abort(epoch)
+        elif op in REPLY_OPS:
+            self._replies.put(message)
         elif op in INBOX_OPS:
             self.inbox.put(message)
             if op in ("refused", "evicted", "finished"):

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from tidemill.runtime._active import ActiveEpoch, activate
 from tidemill.runtime._errors import RendezvousError
 from tidemill.runtime.elastic_client import MasterClient
 from tidemill.runtime.elastic_context import ElasticContext, Left, StepBoundary
@@ -93,6 +94,8 @@ class Driver:
             if main:
                 signal.signal(signal.SIGTERM, previous)
             self.state.on_commit = None
+            self.state.before_commit = None
+            activate(None)
             if self.group is not None:
                 self.group.close(broken=True)
                 self.group = None
@@ -165,12 +168,7 @@ class Driver:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         model = DistributedDataParallel(state.model, device_ids=device_ids, init_sync=False)
         self.client.formed(plan.epoch)
-        log(
-            f"{self.replica} is rank {plan.rank} of {plan.world_size} in epoch {plan.epoch} "
-            f"(pid {os.getpid()}, state from rank {plan.source_rank} at step {state.step}, "
-            f"formed in {time.monotonic() - started:.2f} s)"
-        )
-        return ElasticContext(
+        ctx = ElasticContext(
             rank=plan.rank,
             world_size=plan.world_size,
             epoch=plan.epoch,
@@ -181,6 +179,13 @@ class Driver:
             state=state,
             boundary=lambda: self._boundary(group, plan),
         )
+        activate(ActiveEpoch(ctx, self.client))
+        log(
+            f"{self.replica} is rank {plan.rank} of {plan.world_size} in epoch {plan.epoch} "
+            f"(pid {os.getpid()}, state from rank {plan.source_rank} at step {state.step}, "
+            f"formed in {time.monotonic() - started:.2f} s)"
+        )
+        return ctx
 
     def _boundary(self, group: Group, plan: EpochPlan) -> None:
         wanted = self.leaving or self.client.change_requested(plan.epoch)
@@ -226,6 +231,8 @@ class Driver:
 
     def _close_group(self, broken: bool) -> None:
         self.state.on_commit = None
+        self.state.before_commit = None
+        activate(None)
         group, self.group = self.group, None
         if group is not None:
             group.close(broken=broken)

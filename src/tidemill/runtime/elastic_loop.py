@@ -36,6 +36,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import torch
 
+from tidemill.runtime._active import ActiveEpoch, activate
 from tidemill.runtime._errors import RuntimeConfigError
 from tidemill.runtime.elastic_context import ElasticContext, Left
 from tidemill.runtime.elastic_driver import Driver, ResizeHook
@@ -96,7 +97,13 @@ def elastic(
                     "TIDEMILL_ELASTIC=1 but TIDEMILL_MASTER_ADDR is not set: an elastic "
                     "worker needs its job master's host:port (tidemill sets both)"
                 )
-            return train(_alone(state), *args, **kwargs)
+            ctx = _alone(state)
+            activate(ActiveEpoch(ctx, None))
+            try:
+                return train(ctx, *args, **kwargs)
+            finally:
+                state.before_commit = None
+                activate(None)
 
         return run
 

@@ -77,6 +77,8 @@ class ElasticState:
         fresh process never becomes the source others copy from."""
         self.on_commit: Callable[[ElasticState], None] | None = None
         """Set by the elastic loop on rank 0: reports each commit to the job master."""
+        self.before_commit: Callable[[ElasticState], None] | None = None
+        """Set by the data loader: writes its progress into ``data`` before the copy."""
         self._saved = self._snapshot()
 
     @property
@@ -89,6 +91,8 @@ class ElasticState:
 
     def commit(self) -> None:
         """Make the current state the one to return to; call it between steps, on every rank."""
+        if self.before_commit is not None:
+            self.before_commit(self)
         self._saved = self._snapshot()
         if self.on_commit is not None:
             self.on_commit(self)

@@ -1,0 +1,152 @@
+"""The master's data side: plans stages, answers lease requests, keeps insight, and
+commits Kafka consumer-group offsets once the model holding them has committed.
+
+Planning talks to catalogs, files and brokers, so it runs on a thread; a source that
+cannot be planned becomes a ``DataSourceFailed`` event naming it, and the worker that
+asked gets the error (it fails, and its restart policy decides what happens next).
+Every lease is saved before it is answered, so a restarted master never hands out a
+shard a second time within an epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tidemill.api.data import DataSpec
+from tidemill.data._errors import DataError
+from tidemill.data._plan import StagePlan, plan_stage
+from tidemill.data._progress import PROGRESS_KEY, DataProgress
+from tidemill.data._shards import Shard
+from tidemill.master.data_insight import InsightBook
+from tidemill.master.dispatch import Dispatcher, StageChange
+from tidemill.master.persistence import log
+from tidemill.master.protocol import Message
+
+EventSink = Callable[[str, str, str, str | None], Awaitable[None]]
+Decide = Callable[[Callable[[], Message]], Awaitable[Message]]
+"""Runs a choice under the server's lock and saves the state before returning."""
+
+
+class DataService:
+    def __init__(self, spec: DataSpec, saved: dict[str, Any] | None, event: EventSink) -> None:
+        self.dispatcher = Dispatcher.restore(spec, saved) if saved else Dispatcher(spec)
+        self.book = InsightBook()
+        self._event = event
+        self._plan_lock = asyncio.Lock()
+        self._answers: dict[str, tuple[int, Message]] = {}
+        self._offsets: asyncio.Task[None] | None = None
+        self._next_offsets: dict[Shard, int] | None = None
+
+    async def lease(self, replica: str, message: Message, decide: Decide) -> Message:
+        """The answer to a ``lease`` request (the same answer again for a resent one)."""
+        request_id = int(message["id"])
+        last = self._answers.get(replica)
+        if last is not None and last[0] == request_id:
+            return last[1]
+        stage, view = int(message["stage"]), message.get("view")
+        needed = {stage} | ({int(view.get("stage", 0))} if view else set())
+        try:
+            for index in sorted(needed):
+                await self._plan(index)
+        except DataError as exc:
+            await self._event("Warning", "DataSourceFailed", str(exc), replica)
+            return {"op": "leased", "id": request_id, "error": str(exc), "source": exc.source}
+
+        changes: list[StageChange] = []
+
+        def choose() -> Message:
+            grant, found = self.dispatcher.lease(
+                replica,
+                int(message["epoch"]),
+                stage,
+                int(message["pass"]),
+                message.get("source"),
+                view,
+                time.time(),
+            )
+            changes.extend(found)
+            return {"op": "leased", "id": request_id, **grant.to_json()}
+
+        answer = await decide(choose)
+        stages = len(self.dispatcher.spec.stages)
+        for change in changes:
+            verb = "started" if change.started else "finished"
+            text = f"data stage {change.stage!r} ({change.index + 1} of {stages}) {verb}"
+            reason = "StageStarted" if change.started else "StageFinished"
+            await self._event("Normal", reason, text, None)
+        self._answers[replica] = (request_id, answer)
+        return answer
+
+    async def _plan(self, index: int) -> None:
+        async with self._plan_lock:
+            if not self.dispatcher.needs_plan(index):
+                return
+            spec = self.dispatcher.spec
+            plan = await asyncio.to_thread(plan_stage, spec, index)
+            self.dispatcher.add_plan(plan)
+            await self._event("Normal", "StagePlanned", _describe(plan), None)
+
+    def insight(self, replica: str, message: Message) -> None:
+        self.book.report(replica, int(message["stage"]), dict(message["sources"]), time.time())
+
+    def committed(self, data: Any) -> None:
+        """Rank 0 committed: count its view as done, and move Kafka groups up to it."""
+        view = data.get(PROGRESS_KEY) if isinstance(data, dict) else None
+        if not view:
+            return
+        self.dispatcher.commit(view)
+        offsets = _group_offsets(self.dispatcher, DataProgress.from_json(view))
+        if offsets:
+            self._next_offsets = offsets
+            if self._offsets is None or self._offsets.done():
+                self._offsets = asyncio.create_task(self._commit_offsets())
+
+    async def _commit_offsets(self) -> None:
+        from tidemill.data._kafka import commit_offsets
+
+        while self._next_offsets is not None:
+            offsets, self._next_offsets = self._next_offsets, None
+            try:
+                await asyncio.to_thread(commit_offsets, offsets)
+            except DataError as exc:
+                log(f"could not commit consumer-group offsets: {exc}")
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.dispatcher.snapshot()
+
+    def insight_view(self) -> dict[str, Any]:
+        return self.book.view(self.dispatcher, time.time()).model_dump(mode="json")
+
+
+def _describe(plan: StagePlan) -> str:
+    parts = [
+        f"{source.name} ({source.kind.value}): {len(source.shards)} "
+        + ("partition leases" if source.is_stream else "shards")
+        for source in plan.sources
+    ]
+    return f"data stage {plan.name!r} planned: " + "; ".join(parts)
+
+
+def _group_offsets(dispatcher: Dispatcher, view: DataProgress) -> dict[Shard, int]:
+    """Per lease of a source with a groupId: the first offset not yet trained."""
+    plan = dispatcher.plans.get(view.stage)
+    if plan is None:
+        return {}
+    offsets: dict[Shard, int] = {}
+    for source in plan.sources:
+        if not source.is_stream:
+            continue
+        done = view.done.get(source.name, set())
+        for index, shard in enumerate(source.shards):
+            lease = shard.lease
+            if lease is None or not lease.group_id:
+                continue
+            cursor = view.cursor(source.name, shard.id)
+            if cursor is not None:
+                offsets[shard] = cursor.start if cursor.in_window else cursor.next_position
+            elif index in done and lease.end_offset is not None:
+                offsets[shard] = lease.end_offset
+    return offsets
