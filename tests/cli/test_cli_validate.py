@@ -32,6 +32,24 @@ def test_elastic_roles_show_their_bounds(tmp_path: Path) -> None:
     assert "roles ps x2, worker x4 (elastic 2-8)" in result.stdout
 
 
+def test_a_file_with_a_data_plan_is_ok(tmp_path: Path) -> None:
+    path = tmp_path / "data.yaml"
+    path.write_text(
+        "metadata: {name: ctr}\n"
+        "spec:\n"
+        "  roles:\n"
+        "    worker: {replicas: 2, command: [python, w.py]}\n"
+        "  data:\n"
+        "    shuffle: {seed: 7}\n"
+        "    stages:\n"
+        "      - {name: backfill, sources: [{parquet: {path: clicks/}}], epochs: 2}\n"
+        "      - {name: online, sources: [{kafka: {bootstrap: 'b:9092', topic: clicks}}]}\n"
+    )
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{path}: ok (TrainingJob default/ctr, roles worker x2)\n"
+
+
 def test_every_problem_is_printed_as_path_colon_message_and_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(

@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from tidemill.api._model import SpecModel, validate_dns_label
-from tidemill.api.data import DataSpec
+from tidemill.api.data import DataSpec, ShuffleSpec, StageSource, StageSpec
 from tidemill.api.quantity import CpuCores, MemoryBytes
+from tidemill.data._sources import IcebergSource, KafkaSource, ParquetSource
 
 API_VERSION = "tidemill/v1"
 KIND = "TrainingJob"
@@ -246,16 +247,27 @@ class TrainingJob(SpecModel):
 
 
 def spec_field_names() -> dict[str, str]:
-    """Every field a job file may use and where it belongs, for 'did you mean' hints."""
+    """Every field a job file may use and where it belongs, for 'did you mean' hints.
+
+    A name used at several levels (``name``, ``priority``, ``columns``) names them all.
+    """
+    source = "spec.data.stages.<i>.sources.<j>"
     places = (
         (Resources, "spec.roles.<role>.resources"),
         (RoleSpec, "spec.roles.<role>"),
         (Metadata, "metadata"),
         (TrainingJobSpec, "spec"),
         (TrainingJob, "the top level"),
+        (DataSpec, "spec.data"),
+        (ShuffleSpec, "spec.data.shuffle"),
+        (StageSpec, "spec.data.stages.<i>"),
+        (StageSource, source),
+        (ParquetSource, f"{source}.parquet"),
+        (IcebergSource, f"{source}.iceberg"),
+        (KafkaSource, f"{source}.kafka"),
     )
-    return {
-        field.alias or name: place
-        for model, place in places
-        for name, field in model.model_fields.items()
-    }
+    where: dict[str, list[str]] = {}
+    for model, place in places:
+        for name, field in model.model_fields.items():
+            where.setdefault(field.alias or name, []).append(place)
+    return {name: " or ".join(found) for name, found in where.items()}

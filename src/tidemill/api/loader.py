@@ -6,6 +6,7 @@ Every problem found is reported at once, each as ``path: message``.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,14 @@ import yaml
 from pydantic import ValidationError
 
 from tidemill.api.cluster import ClusterSpec
+from tidemill.api.data import DataSpec, StageSource
 from tidemill.api.errors import FieldError, SpecError, from_validation_error
 from tidemill.api.job import TrainingJob, spec_field_names
 
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's loader when PyYAML was built with it: several times faster."""
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SQLITE_FILE = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/|:memory:)(.+)$")
 
 
 def _fast_json(text: str) -> Any | None:
@@ -63,14 +67,19 @@ def load_job_text(text: str, source: str = "<input>") -> TrainingJob:
 
 
 def load_job_file(path: str | Path) -> TrainingJob:
-    """Load a job file; relative ``workingDir`` values resolve against the file's folder."""
+    """Load a job file; relative ``workingDir`` values and data locations resolve against
+    the file's folder."""
     file = Path(path)
     try:
         text = file.read_text()
     except OSError as exc:
         raise SpecError.single(str(path), f"cannot read the file: {exc.strerror}") from None
-    job = load_job_text(text, str(path))
-    return with_working_dirs(job, file.resolve().parent)
+    base = file.resolve().parent
+    job = with_working_dirs(load_job_text(text, str(path)), base)
+    if job.spec.data is None:
+        return job
+    data = with_data_paths(job.spec.data, base)
+    return job.model_copy(update={"spec": job.spec.model_copy(update={"data": data})})
 
 
 def with_working_dirs(job: TrainingJob, base: Path) -> TrainingJob:
@@ -80,6 +89,45 @@ def with_working_dirs(job: TrainingJob, base: Path) -> TrainingJob:
         for name, role in job.spec.roles.items()
     }
     return job.model_copy(update={"spec": job.spec.model_copy(update={"roles": roles})})
+
+
+def with_data_paths(data: DataSpec, base: Path) -> DataSpec:
+    """Pin relative data locations to ``base`` (the job file's folder), as ``workingDir``
+    is: the master and the replicas run in other folders, where a relative path would
+    name another file or none.
+
+    Resolved: a local ``parquet.path`` (URLs such as ``s3://`` or ``file://`` are kept),
+    and in an iceberg ``catalog`` mapping a SQLite ``uri`` (``sqlite:///cat.db`` becomes
+    ``sqlite:////abs/cat.db``) and a ``warehouse`` written as a bare path or a relative
+    ``file://`` URL (both become ``file:///abs/...``).
+    """
+
+    def absolute(path: str) -> str:
+        return str(base / Path(path).expanduser())
+
+    def resolved(source: StageSource) -> StageSource:
+        if source.parquet is not None and not _URL.match(source.parquet.path):
+            parquet = source.parquet.model_copy(update={"path": absolute(source.parquet.path)})
+            return source.model_copy(update={"parquet": parquet})
+        if source.iceberg is None or not isinstance(source.iceberg.catalog, dict):
+            return source
+        catalog = dict(source.iceberg.catalog)
+        sqlite = _SQLITE_FILE.match(catalog.get("uri", ""))
+        if sqlite:
+            catalog["uri"] = sqlite[1] + absolute(sqlite[2])
+        warehouse = catalog.get("warehouse")
+        if warehouse is not None:
+            local = warehouse.removeprefix("file://")
+            if not _URL.match(local) and not local.startswith("/"):
+                catalog["warehouse"] = "file://" + absolute(local)
+        iceberg = source.iceberg.model_copy(update={"catalog": catalog})
+        return source.model_copy(update={"iceberg": iceberg})
+
+    stages = [
+        stage.model_copy(update={"sources": [resolved(source) for source in stage.sources]})
+        for stage in data.stages
+    ]
+    return data.model_copy(update={"stages": stages})
 
 
 def load_cluster_file(path: str | Path) -> ClusterSpec:
@@ -103,4 +151,5 @@ __all__ = [
     "load_job_file",
     "load_job_text",
     "parse_document",
+    "with_data_paths",
 ]

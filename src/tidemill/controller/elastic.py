@@ -14,11 +14,17 @@ from tidemill.api.job import TrainingJob
 from tidemill.store.tables import ReplicaRow
 
 MASTER_ROLE = "master"
-"""tidemill's per-job master: launched for elastic jobs, never declared by users."""
+"""tidemill's per-job master: launched by :func:`needs_master`, never declared by users."""
 
 
 def is_elastic(job: TrainingJob) -> bool:
     return any(role.is_elastic for role in job.spec.roles.values())
+
+
+def needs_master(job: TrainingJob) -> bool:
+    """Elastic jobs need the master for membership; jobs with ``spec.data`` for its shard
+    leases and committed data progress, also when their sizes are fixed."""
+    return is_elastic(job) or job.spec.data is not None
 
 
 def initial_desired(job: TrainingJob) -> dict[str, int]:

@@ -3,7 +3,7 @@ policy and the restart policy, and start replicas whose backoff is over."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tidemill.api.job import Mode, RestartPolicy, TrainingJob
 from tidemill.api.status import JobPhase, ReplicaPhase
@@ -45,7 +45,10 @@ class JobSync:
         return ReplicaHandle(engine=str(data.get("engine", "")), data=dict(data.get("data", {})))
 
     def stop_replicas(self, job: JobRow, phase: ReplicaPhase, now: float) -> None:
-        for replica in job.replicas:
+        self._stop(job.replicas, phase, now)
+
+    def _stop(self, replicas: Sequence[ReplicaRow], phase: ReplicaPhase, now: float) -> None:
+        for replica in replicas:
             if replica.phase in (ReplicaPhase.RUNNING.value, ReplicaPhase.PENDING.value):
                 if replica.handle:
                     self.engine.stop(self.handle(replica), self.stop_grace_s)
@@ -128,14 +131,18 @@ class JobSync:
 
     def _apply_restart_policy(self, tx: Tx, job: JobRow, spec: TrainingJob, now: float) -> bool:
         """Returns False when the job has ended (failed) in this step."""
+        # The job master is not a role of the spec: _restart_master relaunches it.
         exited = [
             r
             for r in job.replicas
-            if (r.role != MASTER_ROLE and r.phase == ReplicaPhase.FAILED.value)
-            or (
-                r.phase == ReplicaPhase.SUCCEEDED.value
-                and spec.spec.roles[r.role].restart_policy is RestartPolicy.ALWAYS
-                and not counts_for_success(r.role)
+            if r.role != MASTER_ROLE
+            and (
+                r.phase == ReplicaPhase.FAILED.value
+                or (
+                    r.phase == ReplicaPhase.SUCCEEDED.value
+                    and spec.spec.roles[r.role].restart_policy is RestartPolicy.ALWAYS
+                    and not counts_for_success(r.role)
+                )
             )
         ]
         # A replica killed by a signal is the likely cause when peers fail with it.
@@ -160,14 +167,16 @@ class JobSync:
             gang_restart = spec.spec.mode is Mode.ALLREDUCE and not is_elastic(spec)
             if gang_restart:
                 # A static process group cannot take a fresh member: restart the gang.
-                self.stop_replicas(job, ReplicaPhase.STOPPED, now)
-                for member in job.replicas:
+                # The job master stays up: it holds the data leases and committed progress.
+                gang = [r for r in job.replicas if r.role != MASTER_ROLE]
+                self._stop(gang, ReplicaPhase.STOPPED, now)
+                for member in gang:
                     member.phase = ReplicaPhase.BACKOFF.value
                     member.next_start_at = restart_at
                 job.gang_restarts += 1
                 job.master_port = None
                 message = decision.message
-                if len(job.replicas) > 1:
+                if len(gang) > 1:
                     message += " (the whole AllReduce group restarts)"
             else:
                 replica.phase = ReplicaPhase.BACKOFF.value

@@ -2,6 +2,10 @@
 
 Ports are chosen here: one ``MASTER_PORT`` per job start (the rank-0 rendezvous) and
 one per replica for ``TF_CONFIG``. The local engine runs everything on this host.
+
+A job with ``spec.data`` hands its plan to the master and the chief and workers as
+``TIDEMILL_DATA``: compact JSON in job-file form, read back with
+``DataSpec.model_validate_json``.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ from pathlib import Path
 
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ReplicaPhase
-from tidemill.controller.elastic import MASTER_ROLE, is_elastic
+from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
 from tidemill.engines.base import Engine, LaunchSpec
 from tidemill.engines.replica_env import ReplicaContext, replica_env
 from tidemill.store.tables import JobRow, ReplicaRow
 
 LOCAL_HOST = "127.0.0.1"
+DATA_VAR = "TIDEMILL_DATA"
+DATA_ROLES = (MASTER_ROLE, "chief", "worker")
+"""Roles that get ``TIDEMILL_DATA``: the master leases shards, the collective reads them."""
 
 
 def free_port(host: str = LOCAL_HOST) -> int:
@@ -57,6 +64,14 @@ def elastic_env(spec: TrainingJob) -> dict[str, str]:
     return {"TIDEMILL_ELASTIC": "1"} if is_elastic(spec) else {}
 
 
+def data_env(spec: TrainingJob, role: str) -> dict[str, str]:
+    """``spec.data`` as ``TIDEMILL_DATA`` for the roles in :data:`DATA_ROLES`."""
+    data = spec.spec.data
+    if data is None or role not in DATA_ROLES:
+        return {}
+    return {DATA_VAR: data.model_dump_json(by_alias=True, exclude_none=True)}
+
+
 class Launcher:
     def __init__(self, engine: Engine, server_url: str | None = None) -> None:
         self.engine = engine
@@ -64,7 +79,7 @@ class Launcher:
 
     def launch_spec(self, job: JobRow, spec: TrainingJob, replica: ReplicaRow) -> LaunchSpec:
         """The exact request for the engine (pure apart from port choice)."""
-        if is_elastic(spec) and job.job_master_port is None:
+        if needs_master(spec) and job.job_master_port is None:
             job.job_master_port = free_port()
         if replica.role == MASTER_ROLE:
             return self._master_spec(job, spec, replica)
@@ -99,7 +114,12 @@ class Launcher:
             role=replica.role,
             index=replica.index,
             argv=tuple(role.argv),
-            env={**role.env, **replica_env(context), **elastic_env(spec)},
+            env={
+                **role.env,
+                **replica_env(context),
+                **elastic_env(spec),
+                **data_env(spec, replica.role),
+            },
             working_dir=role.working_dir or str(Path.cwd()),
             node=replica.node,
             gpu_ids=tuple(replica.gpu_ids),
@@ -118,6 +138,7 @@ class Launcher:
             "TIDEMILL_ELASTIC_MIN": str(low),
             "TIDEMILL_ELASTIC_MAX": str(high),
             "PYTHONUNBUFFERED": "1",
+            **data_env(spec, MASTER_ROLE),
         }
         if self.server_url is not None:
             env["TIDEMILL_SERVER"] = self.server_url

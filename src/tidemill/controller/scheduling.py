@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType, JobPhase, ReplicaPhase
 from tidemill.controller.conditions import set_condition, transition
-from tidemill.controller.elastic import MASTER_ROLE, is_elastic, members
+from tidemill.controller.elastic import MASTER_ROLE, is_elastic, members, needs_master
 from tidemill.controller.job_sync import JobSync
 from tidemill.controller.snapshot import (
     grow_request,
@@ -188,7 +188,7 @@ class SchedulingStep:
     def _bind(self, tx: Tx, job: JobRow, bind: Bind, now: float) -> None:
         spec = self.spec_of(job)
         job.replicas.extend(self._new_replica(p) for p in bind.placements)
-        if is_elastic(spec):
+        if needs_master(spec):
             job.replicas.append(self._master_replica(job, bind))
         job.scheduled_at = now
         job.pending_code = job.pending_message = None
@@ -201,7 +201,7 @@ class SchedulingStep:
             f"placed {len(bind.placements)} replica(s) on {', '.join(nodes)}",
             now,
         )
-        # The master first: elastic workers register with it as they start.
+        # The master first: workers register with it (and lease data) as they start.
         for replica in sorted(job.replicas, key=lambda r: r.role != MASTER_ROLE):
             self.jobs.launcher.launch(job, spec, replica, now)
         transition(
