@@ -39,6 +39,7 @@ class DataService:
         self._answers: dict[str, tuple[int, Message]] = {}
         self._offsets: asyncio.Task[None] | None = None
         self._next_offsets: dict[Shard, int] | None = None
+        self._last_offsets: dict[Shard, int] = {}
 
     async def lease(self, replica: str, message: Message, decide: Decide) -> Message:
         """The answer to a ``lease`` request (the same answer again for a resent one)."""
@@ -99,8 +100,8 @@ class DataService:
             return
         self.dispatcher.commit(view)
         offsets = _group_offsets(self.dispatcher, DataProgress.from_json(view))
-        if offsets:
-            self._next_offsets = offsets
+        if offsets and offsets != self._last_offsets:
+            self._next_offsets = self._last_offsets = offsets
             if self._offsets is None or self._offsets.done():
                 self._offsets = asyncio.create_task(self._commit_offsets())
 
@@ -131,22 +132,21 @@ def _describe(plan: StagePlan) -> str:
 
 
 def _group_offsets(dispatcher: Dispatcher, view: DataProgress) -> dict[Shard, int]:
-    """Per lease of a source with a groupId: the first offset not yet trained."""
-    plan = dispatcher.plans.get(view.stage)
-    if plan is None:
-        return {}
+    """Per lease of a source with a groupId: the first offset not yet trained (a lease
+    of a stage already finished: its end)."""
     offsets: dict[Shard, int] = {}
-    for source in plan.sources:
-        if not source.is_stream:
-            continue
-        done = view.done.get(source.name, set())
-        for index, shard in enumerate(source.shards):
-            lease = shard.lease
-            if lease is None or not lease.group_id:
-                continue
-            cursor = view.cursor(source.name, shard.id)
-            if cursor is not None:
-                offsets[shard] = cursor.start if cursor.in_window else cursor.next_position
-            elif index in done and lease.end_offset is not None:
-                offsets[shard] = lease.end_offset
+    for index, plan in sorted(dispatcher.plans.items()):
+        if index > view.stage:
+            break
+        for source in plan.sources:
+            done = view.done.get(source.name, set()) if index == view.stage else None
+            for number, shard in enumerate(source.shards):
+                lease = shard.lease
+                if lease is None or not lease.group_id:
+                    continue
+                cursor = view.cursor(source.name, shard.id) if done is not None else None
+                if cursor is not None:
+                    offsets[shard] = cursor.start if cursor.in_window else cursor.next_position
+                elif (done is None or number in done) and lease.end_offset is not None:
+                    offsets[shard] = lease.end_offset
     return offsets

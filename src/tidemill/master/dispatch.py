@@ -206,12 +206,14 @@ class Dispatcher:
         progress = self.progress
         if not source.is_stream and progress.batch_ended:
             return []
-        done = progress.done.get(source.name, set())
-        pending = [i for i in range(len(source.shards)) if i not in done]
+        order = list(range(len(source.shards)))
         shuffle = self.spec.shuffle
         if shuffle.shards and not source.is_stream:
             key = f"{shuffle.seed}:{plan.index}:{progress.pass_index}:{source.name}"
-            random.Random(key).shuffle(pending)
+            random.Random(key).shuffle(order)  # all of them: the order must not depend on
+            # how far the pass got, so a resumed pass goes on in the same order
+        done = progress.done.get(source.name, set())
+        pending = [i for i in order if i not in done]
         open_ = progress.cursors.get(source.name, {})
         started = [i for i in pending if source.shards[i].id in open_]
         return started + [i for i in pending if source.shards[i].id not in open_]
