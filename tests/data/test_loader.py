@@ -143,11 +143,11 @@ def test_weights_split_each_batch_between_sources_of_equal_priority(tmp_path: Pa
 
 def test_bad_input_names_what_to_fix(tmp_path: Path) -> None:
     folder = write_ids(tmp_path / "d", files=1)
-    with pytest.raises(ValueError, match="no data plan: give the job file a spec.data"):
+    with pytest.raises(ValueError, match=r"no data plan: give the job file a spec\.data"):
         loader(10)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         loader(0, spec=plan(folder))
-    with pytest.raises(TypeError, match="column 'name' is string.*output='arrow'"):
+    with pytest.raises(TypeError, match=r"column 'name' is string.*output='arrow'"):
         next(iter(loader(10, ["id", "name"], spec=plan(folder))))
     with pytest.raises(SourceNotFound, match="nowhere"):
         next(iter(loader(10, spec=plan(tmp_path / "nowhere"))))
