@@ -22,9 +22,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from tidemill.api._model import SpecModel, validate_dns_label
+from tidemill.data._planning import DEFAULT_ROWS_PER_SHARD
 from tidemill.data._sources import KafkaEnd, SourceSpec
-
-DEFAULT_ROWS_PER_SHARD = 100_000
 
 
 class StageSource(SourceSpec):
