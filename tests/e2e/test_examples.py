@@ -1,4 +1,4 @@
-"""The README's main job, as a user runs it: embedded, and against a server."""
+"""The README's examples, as a user runs them: embedded, and against a server."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
+import yaml
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.e2e.harness import wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits_ddp" / "job.yaml"
+CLICKS = ROOT / "examples" / "clicks_stream"
 
 
 def accuracy(output: str) -> float:
@@ -86,3 +92,61 @@ def test_run_exits_1_on_failure_and_2_on_invalid_input(tmp_path: Path) -> None:
     assert "Failed" in failed.stdout + failed.stderr
     assert refused.returncode == 2
     assert "spec: required field is missing" in refused.stdout + refused.stderr
+
+
+def test_clicks_stream_trains_on_the_iceberg_backfill_then_the_kafka_stream(tmp_path: Path) -> None:
+    data = tmp_path / "clicks-data"
+    log = tmp_path / "prepare.log"
+    argv = [sys.executable, str(CLICKS / "prepare.py"), "--dir", str(data), "--linger-s", "120"]
+    sizes = ["--table-rows", "8000", "--stream-per-partition", "1000", "--rate", "1000"]
+    with log.open("wb") as out:
+        prepare = subprocess.Popen([*argv, *sizes], stdout=out, stderr=subprocess.STDOUT)
+    broker: list[psutil.Process] = []
+    try:
+        wait_for(lambda: (data / "job.yaml").exists() or prepare.poll() is not None, 30, "job.yaml")
+        assert prepare.poll() is None, log.read_text()
+        broker = psutil.Process(prepare.pid).children(recursive=True)
+
+        result = subprocess.run(
+            [sys.executable, "-m", "tidemill", "run", str(data / "job.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        output = result.stdout + result.stderr
+
+        assert result.returncode == 0, output[-3000:]
+        assert "data stage 'backfill' (1 of 2) finished" in output, output[-3000:]
+        assert "data stage 'online' (2 of 2) finished" in output, output[-3000:]
+        found = re.findall(r"held-out accuracy: ([0-9.]+)", output)
+        assert found and float(found[-1]) > 0.75, output[-3000:]
+        assert committed_offsets(data / "job.yaml") == [1000, 1000]
+    finally:
+        exit_code = stop(prepare)
+        _, left = psutil.wait_procs(broker, timeout=10)
+        for process in left:
+            process.kill()
+    assert exit_code == 0, log.read_text()
+    assert broker and not left, f"prepare.py started {broker} and left {left} running"
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, as a user's Ctrl-C would; SIGKILL if it is still there after 30 s."""
+    process.terminate()
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+def committed_offsets(job_file: Path) -> list[int]:
+    """The trainer's consumer-group offsets on the example's broker, as Kafka tools see them."""
+    stages = yaml.safe_load(job_file.read_text())["spec"]["data"]["stages"]
+    kafka = stages[-1]["sources"][0]["kafka"]
+    consumer = Consumer({"bootstrap.servers": kafka["bootstrap"], "group.id": kafka["groupId"]})
+    try:
+        wanted = [TopicPartition(kafka["topic"], p) for p in (0, 1)]
+        return [tp.offset for tp in consumer.committed(wanted, timeout=10)]
+    finally:
+        consumer.close()
