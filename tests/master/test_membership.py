@@ -281,6 +281,20 @@ def test_when_every_member_is_done_training_is_finished_and_late_joiners_are_tol
     ]
 
 
+def test_a_member_lost_after_another_finished_does_not_reopen_the_finished_training() -> None:
+    """Members end together; one killed between its last step and its ``done`` had
+    nothing left to train, so the survivors are not held at a boundary they never reach."""
+    state = running(["worker-0", "worker-1", "worker-2"])
+    state.done("worker-0", 61, now=10.0)
+    state.done("worker-2", 61, now=10.0)
+    effects = state.lost("worker-1", "connection closed", now=10.5)
+    assert state.phase is Phase.FINISHED
+    assert [e.reason for e in effects if isinstance(e, Notify)] == ["TrainingFinished"]
+    assert state.register("worker-1", 30, "new", None, None, now=11.0) == [
+        Send("worker-1", {"op": "finished", "step": 61})
+    ]
+
+
 def test_bounds_are_checked() -> None:
     with pytest.raises(ValueError, match="1 <= min <= max, got min=3 max=2"):
         Rules(3, 2)

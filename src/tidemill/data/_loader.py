@@ -82,6 +82,12 @@ class Loader(Iterator[Any]):
         self._reported_at = 0.0
         self._told_done = False
 
+    @property
+    def stage(self) -> str | None:
+        """The name of the stage being read (None once every stage is done)."""
+        index = self._base.stage
+        return self.spec.stages[index].name if index < len(self.spec.stages) else None
+
     # --- the iterator -----------------------------------------------------------------
 
     def __iter__(self) -> Loader:
@@ -103,7 +109,7 @@ class Loader(Iterator[Any]):
                 ]
             )
             self._transition(batch_out == session.world_size, stream_out == session.world_size)
-            self._report(session)
+            self._report()
             self._idle = rows == 0
             if rows:
                 self.step_rows = rows
@@ -179,6 +185,7 @@ class Loader(Iterator[Any]):
                 if not source.is_stream:
                     source.pool_empty = self._base.batch_ended
         if self._base.batch_ended and stream_out:
+            self._report(force=True)
             self._base = self._base.next_stage()
             self._part = RankPart()
             self._enter_stage()
@@ -186,6 +193,7 @@ class Loader(Iterator[Any]):
     def _finish(self, session: Session) -> None:
         if not self._told_done:
             self._told_done = True
+            self._report(force=True)
             session.lease(self._base.stage, 0, None, self._first_view())
 
     # --- filling a batch ----------------------------------------------------------------
@@ -290,13 +298,15 @@ class Loader(Iterator[Any]):
 
         return to_tensors(table)
 
-    def _report(self, session: Session) -> None:
+    def _report(self, force: bool = False) -> None:
+        """Send this worker's read counters of the stage (at most every few seconds,
+        and always at the end of a stage so the last ones are not lost)."""
         now = time.monotonic()
-        if now - self._reported_at < REPORT_EVERY_S:
+        if self._session is None or (not force and now - self._reported_at < REPORT_EVERY_S):
             return
         self._reported_at = now
         snapshot = self.insight.snapshot()
-        session.report(self._base.stage, {name: asdict(s) for name, s in snapshot.items()})
+        self._session.report(self._base.stage, {name: asdict(s) for name, s in snapshot.items()})
 
 
 def _shares(rows: int, fractions: Sequence[float]) -> list[int]:

@@ -73,17 +73,15 @@ class InsightBook:
             done, flight, pending = dispatcher.counts(index, name)
             if plan is None:
                 pending = 0
-            sources.append(
-                self._source(
-                    index, name, source.kind.value, source.priority, source.weight, now
-                ).model_copy(
-                    update={
-                        "shards_done": done,
-                        "shards_in_flight": flight,
-                        "shards_pending": pending,
-                    }
-                )
-            )
+            seen = self._source(index, name, source.kind.value, source.priority, source.weight, now)
+            update: dict[str, object] = {
+                "shards_done": done,
+                "shards_in_flight": flight,
+                "shards_pending": pending,
+            }
+            if state == "done":  # nothing is read any more: no rate, no lag
+                update.update(records_per_s=0.0, lag_records=None, lag_s=None)
+            sources.append(seen.model_copy(update=update))
         return StageInsightView(
             name=spec.name,
             index=index,

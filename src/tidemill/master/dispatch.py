@@ -171,7 +171,12 @@ class Dispatcher:
     def _enter_stage(self, stage: int, now: float) -> list[StageChange]:
         changes: list[StageChange] = []
         old = self.progress.stage
-        if old < len(self.spec.stages) and stage > old:
+        # A rollback can cross a stage boundary again: each stage starts and ends once.
+        if (
+            old < len(self.spec.stages)
+            and stage > old
+            and self.times.get(old, [0, None])[1] is None
+        ):
             self.times.setdefault(old, [None, None])[1] = now
             changes.append(StageChange(self.spec.stages[old].name, old, started=False))
             for skipped in range(old + 1, min(stage, len(self.spec.stages))):

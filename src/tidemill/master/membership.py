@@ -254,7 +254,10 @@ class Membership:
         replica = self.replicas.get(name)
         if replica is None or replica.status != "member":
             return []
-        replica.done = True
+        replica.done, replica.step = True, step
+        return self._finish_if_done(step)
+
+    def _finish_if_done(self, step: int) -> list[Effect]:
         members = [self.replicas[m] for m in self.members if m in self.replicas]
         if self.phase not in (Phase.RUNNING, Phase.CHANGING) or not all(m.done for m in members):
             return []
@@ -277,6 +280,15 @@ class Membership:
         replica = self.replicas.pop(name, None)
         if replica is None or replica.done:
             return []
+        finished = [
+            self.replicas[m].step or 0
+            for m in self.members
+            if m in self.replicas and self.replicas[m].done
+        ]
+        if name in self.members and replica.status == "member" and finished:
+            # The members end training together, at one agreed step: a member lost after
+            # another has returned from it had nothing left to train either.
+            return self._finish_if_done(max(finished))
         effects: list[Effect] = []
         if name in self.members and replica.status in ("member", "ready"):
             self.departed.setdefault(name, "lost")
