@@ -59,7 +59,7 @@ def make_table(folder: Path) -> dict[str, str]:
 
 
 class SlowProducer(threading.Thread):
-    """Writes ids TABLE_ROWS.. round-robin over the partitions, about 200 a second."""
+    """Writes ids TABLE_ROWS.. round-robin over the partitions, about 100 a second."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True)
@@ -79,7 +79,7 @@ class SlowProducer(threading.Thread):
                 self.written += 1
                 if offset % 6 == 5:
                     producer.poll(0)
-                    time.sleep(0.03)
+                    time.sleep(0.06)
             if producer.flush(15):
                 raise RuntimeError("records were not delivered")
         except BaseException as exc:  # reported by the test
@@ -154,10 +154,11 @@ def test_backfill_then_stream_with_a_kill_and_a_join_trains_every_record_once(
     catalog = make_table(tmp_path)
     _, client = start_server(CLUSTER)
     result = tmp_path / "ledger.json"
-    producer = SlowProducer(broker.bootstrap, topic)
-    producer.start()
     client.submit(job(catalog, broker.bootstrap, topic, result))
     client.scale("clicks", "worker", 2)  # elastic roles grow to their max unless pinned
+    wait_for(lambda: stage_records(client, "backfill") > 0, 120, "the backfill to read")
+    producer = SlowProducer(broker.bootstrap, topic)
+    producer.start()
 
     wait_for(lambda: stage_records(client, "online") > 200, 120, "the stream stage to read")
     victim = next(
@@ -181,6 +182,7 @@ def test_backfill_then_stream_with_a_kill_and_a_join_trains_every_record_once(
     assert 3 in worlds, worlds
 
     reasons = [event.reason for event in client.job_events("clicks")]
+    assert "WorkerLost" in reasons, reasons
     assert reasons.count("StageStarted") == 2 and reasons.count("StageFinished") == 2, reasons
     insight = client.get("clicks").data
     assert insight is not None
