@@ -51,8 +51,7 @@ class StageSpec(SpecModel):
         twice = sorted({name for name in names if names.count(name) > 1})
         if twice:
             raise ValueError(
-                f"sources {twice} appear twice in stage {self.name!r}; give each a distinct "
-                "'name'"
+                f"sources {twice} appear twice in stage {self.name!r}; give each a distinct 'name'"
             )
         return self
 

@@ -95,9 +95,7 @@ class SourceInsightView(BaseModel):
     shards_done: int = 0
     shards_in_flight: int = 0
     shards_pending: int = 0
-    workers: dict[str, int] = Field(
-        default_factory=dict, description="replica -> records it read"
-    )
+    workers: dict[str, int] = Field(default_factory=dict, description="replica -> records it read")
 
 
 class StageInsightView(BaseModel):

@@ -17,12 +17,19 @@ from __future__ import annotations
 
 
 class DataError(Exception):
-    """A data source cannot be read; ``source`` and ``shard`` say where."""
+    """A data source cannot be read; ``source`` and ``shard`` say where.
+
+    ``reason`` is the job event's reason when it stops a worker (and ``reported`` is
+    set once the job master has posted that event).
+    """
+
+    reason = "DataSourceFailed"
 
     def __init__(self, source: str, message: str, *, shard: str | None = None) -> None:
         self.source = source
         self.shard = shard
         self.detail = message
+        self.reported = False
         where = f"source {source!r}" + (f", shard {shard!r}" if shard else "")
         super().__init__(f"{where}: {message}")
 
@@ -30,18 +37,28 @@ class DataError(Exception):
 class SourceNotFound(DataError):
     """The table, topic or files do not exist (or the glob matched nothing)."""
 
+    reason = "DataSourceNotFound"
+
 
 class SourceUnreachable(DataError):
     """The broker or catalog did not answer; retrying later may succeed."""
+
+    reason = "DataSourceUnreachable"
 
 
 class CorruptData(DataError):
     """Stored bytes cannot be decoded: a damaged Parquet file or a malformed record."""
 
+    reason = "CorruptData"
+
 
 class SchemaChanged(DataError):
     """A stream's record no longer matches the schema of the records before it."""
 
+    reason = "SchemaChanged"
+
 
 class UnsupportedData(DataError):
     """Valid data that this version of the reader cannot read correctly."""
+
+    reason = "UnsupportedData"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 
 from tidemill.api.data import DataSpec
+from tidemill.data._errors import DataError
 from tidemill.data._insight import DataInsight
 from tidemill.data._progress import PROGRESS_KEY, DataProgress, RankPart
 from tidemill.data._session import AloneSession, GroupSession, Session
@@ -100,7 +101,11 @@ class Loader(Iterator[Any]):
             if self._base.stage >= len(self.spec.stages):
                 self._finish(session)
                 raise StopIteration
-            local = self._fill()
+            try:
+                local = self._fill()
+            except DataError as error:
+                session.report_error(error)
+                raise
             rows, batch_out, stream_out = session.vote(
                 [
                     local.num_rows,

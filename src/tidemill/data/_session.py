@@ -16,7 +16,14 @@ import numpy as np
 import pyarrow as pa
 
 from tidemill.api.data import DataSpec
-from tidemill.data._errors import DataError
+from tidemill.data._errors import (
+    CorruptData,
+    DataError,
+    SchemaChanged,
+    SourceNotFound,
+    SourceUnreachable,
+    UnsupportedData,
+)
 from tidemill.data._plan import plan_stage
 from tidemill.data._progress import RankPart
 from tidemill.master.dispatch import Dispatcher, Grant
@@ -24,6 +31,12 @@ from tidemill.master.dispatch import Dispatcher, Grant
 if TYPE_CHECKING:
     from tidemill.runtime._active import ActiveEpoch
     from tidemill.runtime.elastic_state import ElasticState
+
+
+_ERRORS: dict[str, type[DataError]] = {
+    kind.reason: kind
+    for kind in (SourceNotFound, SourceUnreachable, CorruptData, SchemaChanged, UnsupportedData)
+}
 
 
 class Session(Protocol):
@@ -45,6 +58,8 @@ class Session(Protocol):
     def exchange(self, table: pa.Table, key: list[int]) -> pa.Table: ...
 
     def report(self, stage: int, sources: dict[str, Any]) -> None: ...
+
+    def report_error(self, error: DataError) -> None: ...
 
 
 class AloneSession:
@@ -79,6 +94,9 @@ class AloneSession:
         return table
 
     def report(self, stage: int, sources: dict[str, Any]) -> None:
+        return None
+
+    def report_error(self, error: DataError) -> None:
         return None
 
 
@@ -117,7 +135,11 @@ class GroupSession:
         if reply is None:
             raise GroupAborted(f"epoch {self.epoch} was aborted while asking for a shard")
         if reply.get("error"):
-            raise DataError(str(reply.get("source") or source), str(reply["error"]))
+            error = _ERRORS.get(str(reply.get("reason")), DataError)(
+                str(reply.get("source") or source), str(reply["error"])
+            )
+            error.reported = True  # the master posted the event when planning failed
+            raise error
         return Grant.from_json(reply)
 
     def vote(self, counts: list[int]) -> list[int]:
@@ -153,3 +175,10 @@ class GroupSession:
 
     def report(self, stage: int, sources: dict[str, Any]) -> None:
         self.client.notify({"op": "insight", "stage": stage, "sources": sources})
+
+    def report_error(self, error: DataError) -> None:
+        """Tell the master (it posts the job event) before this worker fails."""
+        if not error.reported:
+            error.reported = True
+            message = {"op": "data_error", "reason": error.reason, "message": str(error)}
+            self.client.notify(message)

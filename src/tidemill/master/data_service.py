@@ -2,8 +2,9 @@
 commits Kafka consumer-group offsets once the model holding them has committed.
 
 Planning talks to catalogs, files and brokers, so it runs on a thread; a source that
-cannot be planned becomes a ``DataSourceFailed`` event naming it, and the worker that
-asked gets the error (it fails, and its restart policy decides what happens next).
+cannot be planned becomes a Warning event naming it (reason ``DataSourceNotFound``,
+``DataSourceUnreachable``, ...), and the worker that asked gets the error (it fails,
+and its restart policy decides what happens next).
 Every lease is saved before it is answered, so a restarted master never hands out a
 shard a second time within an epoch.
 """
@@ -53,8 +54,14 @@ class DataService:
             for index in sorted(needed):
                 await self._plan(index)
         except DataError as exc:
-            await self._event("Warning", "DataSourceFailed", str(exc), replica)
-            return {"op": "leased", "id": request_id, "error": str(exc), "source": exc.source}
+            await self._event("Warning", exc.reason, str(exc), replica)
+            return {
+                "op": "leased",
+                "id": request_id,
+                "error": exc.detail,
+                "reason": exc.reason,
+                "source": exc.source,
+            }
 
         changes: list[StageChange] = []
 

@@ -16,6 +16,11 @@ Worker → master (``op``):
 - ``formed {epoch}``: the process group of ``epoch`` is up and the state is in sync.
 - ``commit {epoch, step, data, extras}``: rank 0 committed; the master persists it.
 - ``leave {}``: this member leaves for good (SIGTERM); ``done {step}``: training ended.
+- ``lease {id, epoch, stage, pass, source, view}``: the next shard of ``source`` (the
+  first request of an epoch carries the committed data ``view``); answered by
+  ``leased {id, shard, cursor, index, total, stale}`` or ``leased {id, error, reason}``.
+- ``insight {stage, sources}``: this worker's read counters; ``data_error {reason,
+  message}``: a data source stopped this worker (the master posts it as an event).
 - ``heartbeat {}``.
 
 Master → worker:

@@ -193,6 +193,9 @@ class MasterServer:
                 self.data.committed(data)
         elif op == "lease":
             connection.send(await self._lease(name, message))
+        elif op == "data_error":
+            reason, text = str(message["reason"]), str(message["message"])
+            await self._event("Warning", reason, f"{name} stopped: {text}", name)
         elif op == "insight":
             if self.data is not None:
                 self.data.insight(name, message)
