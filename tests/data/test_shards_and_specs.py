@@ -130,11 +130,11 @@ def test_the_public_names_are_exactly_these_and_resolve() -> None:
         [
             "DEFAULT_BATCH_ROWS", "DEFAULT_ROWS_PER_SHARD", "CorruptData", "DataError",
             "DataInsight", "FileRange", "IcebergFile", "IcebergSource", "KafkaEnd",
-            "KafkaShardReader", "KafkaSource", "KafkaStart", "ParquetSource", "PartitionLease",
-            "SchemaChanged", "Shard", "ShardReader", "ShuffleBuffer", "SourceKind",
+            "KafkaShardReader", "KafkaSource", "KafkaStart", "Loader", "ParquetSource",
+            "PartitionLease", "SchemaChanged", "Shard", "ShardReader", "SourceKind",
             "SourceNotFound", "SourceSnapshot", "SourceSpec", "SourceStats",
             "SourceUnreachable", "UnsupportedData", "ValueFormat", "commit_offsets",
-            "partition_leases", "plan_shards", "read_shard", "shuffle_shards", "shuffled",
+            "loader", "partition_leases", "plan_shards", "read_shard",
         ]
     )  # fmt: skip
     assert all(getattr(tidemill.data, name) is not None for name in tidemill.data.__all__)

@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     from tidemill.data._kafka_reader import KafkaShardReader
     from tidemill.data._loader import Loader, loader
     from tidemill.data._reader import DEFAULT_BATCH_ROWS, ShardReader, read_shard
-    from tidemill.data._shuffle import ShuffleBuffer, shuffle_shards, shuffled
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",
@@ -80,7 +79,6 @@ __all__ = [
     "SchemaChanged",
     "Shard",
     "ShardReader",
-    "ShuffleBuffer",
     "SourceKind",
     "SourceNotFound",
     "SourceSnapshot",
@@ -94,8 +92,6 @@ __all__ = [
     "partition_leases",
     "plan_shards",
     "read_shard",
-    "shuffle_shards",
-    "shuffled",
 ]
 
 _LAZY = {
@@ -109,9 +105,6 @@ _LAZY = {
     "DEFAULT_BATCH_ROWS": "_reader",
     "ShardReader": "_reader",
     "read_shard": "_reader",
-    "ShuffleBuffer": "_shuffle",
-    "shuffle_shards": "_shuffle",
-    "shuffled": "_shuffle",
 }
 
 
