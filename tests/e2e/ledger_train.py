@@ -34,6 +34,9 @@ optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
 state = ElasticState(model, optimizer, extras={"epochs": []})
 batches = tidemill.data.loader(int(os.environ.get("LEDGER_BATCH", "64")), ["id"])
 step_s = float(os.environ.get("LEDGER_STEP_S", "0.01"))
+trace = os.environ.get("LEDGER_TRACE")
+"""A folder: each replica appends the ids of every batch it trained (a debugging aid that
+also shows which records a cross-worker exchange brought)."""
 
 
 @elastic(state)
@@ -45,6 +48,10 @@ def train(ctx: ElasticContext) -> int:
         loss.backward()
         optimizer.step()
         state.step += 1
+        if trace:
+            replica = f"{os.environ.get('TIDEMILL_ROLE')}-{os.environ.get('TIDEMILL_INDEX')}"
+            with open(Path(trace) / f"{replica}.jsonl", "a") as out:
+                out.write(json.dumps({"step": state.step, "ids": batch["id"].tolist()}) + "\n")
         if state.step % 4 == 0:
             state.commit()
         time.sleep(step_s)

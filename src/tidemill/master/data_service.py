@@ -37,17 +37,18 @@ class DataService:
         self.book = InsightBook()
         self._event = event
         self._plan_lock = asyncio.Lock()
-        self._answers: dict[str, tuple[int, Message]] = {}
         self._offsets: asyncio.Task[None] | None = None
         self._next_offsets: dict[Shard, int] | None = None
         self._last_offsets: dict[Shard, int] = {}
 
-    async def lease(self, replica: str, message: Message, decide: Decide) -> Message:
-        """The answer to a ``lease`` request (the same answer again for a resent one)."""
+    async def lease(self, replica: str, pid: int, message: Message, decide: Decide) -> Message:
+        """The answer to a ``lease`` request of process ``pid``; a request sent again
+        (its answer was lost with a master that restarted) gets the same answer."""
         request_id = int(message["id"])
-        last = self._answers.get(replica)
+        asker = f"{replica}/{pid}"
+        last = self.dispatcher.answers.get(asker)
         if last is not None and last[0] == request_id:
-            return last[1]
+            return {"op": "leased", "id": request_id, **last[1]}
         stage, view = int(message["stage"]), message.get("view")
         needed = {stage} | ({int(view.get("stage", 0))} if view else set())
         try:
@@ -76,6 +77,7 @@ class DataService:
                 time.time(),
             )
             changes.extend(found)
+            self.dispatcher.answers[asker] = (request_id, grant.to_json())
             return {"op": "leased", "id": request_id, **grant.to_json()}
 
         answer = await decide(choose)
@@ -85,7 +87,6 @@ class DataService:
             text = f"data stage {change.stage!r} ({change.index + 1} of {stages}) {verb}"
             reason = "StageStarted" if change.started else "StageFinished"
             await self._event("Normal", reason, text, None)
-        self._answers[replica] = (request_id, answer)
         return answer
 
     async def _plan(self, index: int) -> None:

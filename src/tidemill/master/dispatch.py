@@ -83,6 +83,9 @@ class Dispatcher:
     committed: DataProgress = field(default_factory=DataProgress)
     times: dict[int, list[float | None]] = field(default_factory=dict)
     """Stage index -> [started_at, finished_at]."""
+    answers: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    """``replica/pid`` -> its last request id and the grant it got, saved with the
+    state: a request resent to a restarted master gets the same shard, not a second."""
 
     @property
     def finished(self) -> bool:
@@ -146,7 +149,7 @@ class Dispatcher:
     def _reset(self, epoch: int, view: DataProgress, now: float) -> list[StageChange]:
         changes = self._enter_stage(view.stage, now)
         self.epoch, self.progress, self.committed = epoch, view, view
-        self.leased = {}
+        self.leased, self.answers = {}, {}
         self._fill_queues(streams=True)
         return changes
 
@@ -255,6 +258,7 @@ class Dispatcher:
             "resume": {k: v.to_json() for k, v in self.resume.items()},
             "leased": self.leased,
             "times": {str(i): t for i, t in self.times.items()},
+            "answers": {k: [i, grant] for k, (i, grant) in self.answers.items()},
         }
 
     @classmethod
@@ -269,4 +273,5 @@ class Dispatcher:
             resume={k: Cursor.from_json(v) for k, v in saved["resume"].items()},
             leased=dict(saved["leased"]),
             times={int(i): list(t) for i, t in saved["times"].items()},
+            answers={k: (int(i), dict(grant)) for k, (i, grant) in saved["answers"].items()},
         )

@@ -192,7 +192,7 @@ class MasterServer:
             if self.data is not None:
                 self.data.committed(data)
         elif op == "lease":
-            connection.send(await self._lease(name, message))
+            connection.send(await self._lease(name, connection.pid or 0, message))
         elif op == "data_error":
             reason, text = str(message["reason"]), str(message["message"])
             await self._event("Warning", reason, f"{name} stopped: {text}", name)
@@ -210,11 +210,11 @@ class MasterServer:
         else:
             raise ProtocolError(f"unknown op {op!r} from {name}")
 
-    async def _lease(self, name: str, message: Message) -> Message:
+    async def _lease(self, name: str, pid: int, message: Message) -> Message:
         if self.data is None:
             text = "this job has no spec.data; add a data section to the job file"
             return {"op": "leased", "id": message["id"], "error": text}
-        return await self.data.lease(name, message, self._decide)
+        return await self.data.lease(name, pid, message, self._decide)
 
     async def _decide(self, choose: Any) -> Message:
         """A data choice under the state lock, saved before anyone hears of it."""
