@@ -102,9 +102,11 @@ class IcebergSource(SpecModel):
         try:
             parse(value)
         except Exception as exc:  # pyparsing raises several types; all mean "cannot parse"
+            column = getattr(exc, "col", None)  # pyparsing's own text lists its whole grammar
+            where = f" at character {column}" if isinstance(column, int) else ""
             raise ValueError(
-                f'cannot parse row filter {value!r} ({exc}); write e.g. "day >= 20261101 '
-                "and country = 'NL'\""
+                f"cannot parse row filter {value!r}{where}; write comparisons joined by and/or, "
+                "e.g. \"day >= 20261101 and country = 'NL'\""
             ) from None
         return value
 
