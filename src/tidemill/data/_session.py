@@ -146,7 +146,8 @@ class GroupSession:
         """Every rank's counts summed (one small all-reduce)."""
         import torch.distributed as dist
 
-        tensor = self._torch.tensor(counts, dtype=self._torch.int64)
+        # On the model's device: nccl reduces only CUDA tensors.
+        tensor = self._torch.tensor(counts, dtype=self._torch.int64, device=self.ctx.device)
         dist.all_reduce(tensor)
         return [int(v) for v in tensor.tolist()]
 
