@@ -29,3 +29,4 @@ bench: venv
 	$(BIN)/python benchmarks/replica_start.py
 	$(BIN)/python benchmarks/elastic.py
 	$(BIN)/python benchmarks/data_throughput.py
+	$(BIN)/python benchmarks/loader_throughput.py

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,22 +20,23 @@ def to_tensors(table: pa.Table) -> dict[str, torch.Tensor]:
         >>> to_tensors(pa.table({"x": [1.0, 2.0]}))["x"]
         tensor([1., 2.], dtype=torch.float64)
     """
-    return {name: _column(name, table.column(name)) for name in table.column_names}
+    with warnings.catch_warnings():  # once per table: entering it costs more than a column
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return {name: _column(name, table.column(name)) for name in table.column_names}
 
 
 def _column(name: str, column: pa.ChunkedArray) -> torch.Tensor:
     kind = column.type
+    if _numeric(kind) or pa.types.is_boolean(kind):  # the common case, tested first
+        return torch.from_numpy(np.ascontiguousarray(column.to_numpy()))
+    if pa.types.is_null(kind):
+        return torch.from_numpy(np.full(len(column), np.nan, dtype=np.float32))
     if pa.types.is_fixed_size_list(kind) and _numeric(kind.value_type):
         flat = pa.concat_arrays(
             [chunk.flatten() for chunk in column.chunks] or [pa.array([], kind.value_type)]
         )
         rows = np.ascontiguousarray(flat.to_numpy(zero_copy_only=False))
-        return _shared(rows).reshape(len(column), kind.list_size)
-    if _numeric(kind) or pa.types.is_boolean(kind) or pa.types.is_null(kind):
-        values: Any = column.to_numpy()
-        if pa.types.is_null(kind):
-            values = np.full(len(column), np.nan, dtype=np.float32)
-        return _shared(np.ascontiguousarray(values))
+        return torch.from_numpy(rows).reshape(len(column), kind.list_size)
     raise TypeError(
         f"column {name!r} is {kind}, which has no tensor form; leave it out of columns=, "
         "or ask for output='arrow' and convert it yourself"
@@ -45,9 +45,3 @@ def _column(name: str, column: pa.ChunkedArray) -> torch.Tensor:
 
 def _numeric(kind: pa.DataType) -> bool:
     return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind))
-
-
-def _shared(values: np.ndarray[Any, Any]) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(values)

@@ -20,7 +20,7 @@ import pyarrow as pa
 from tidemill.data._insight import SourceStats
 from tidemill.data._kafka_reader import KafkaShardReader
 from tidemill.data._progress import Cursor
-from tidemill.data._reader import ShardReader, read_shard
+from tidemill.data._reader import DEFAULT_BATCH_ROWS, ShardReader, read_shard
 from tidemill.data._shards import Shard
 
 
@@ -135,11 +135,16 @@ class ShardWindows:
 
     def _open_reader(self) -> ShardReader:
         if self._reader is None:
+            # Files decode in large batches that windows slice (decoding costs per call);
+            # a stream's batch is one poll, which is the window.
+            batch_rows = (
+                self._window_rows if self.is_stream else max(self._window_rows, DEFAULT_BATCH_ROWS)
+            )
             self._reader = read_shard(
                 self.shard,
                 self._columns,
                 self._end,
-                batch_rows=self._window_rows,
+                batch_rows=batch_rows,
                 stats=self._stats,
             )
         return self._reader
@@ -169,9 +174,15 @@ class ShardWindows:
             have += batch.num_rows
         if have == 0:
             return None
-        records = _concat(self._carry)
-        self._carry = [records.slice(rows)] if records.num_rows > rows else []
-        return records.slice(0, min(rows, records.num_rows))
+        taken: list[pa.RecordBatch] = []
+        while self._carry and rows > 0:
+            batch = self._carry.pop(0)
+            if batch.num_rows > rows:
+                self._carry.insert(0, batch.slice(rows))
+                batch = batch.slice(0, rows)
+            taken.append(batch)
+            rows -= batch.num_rows
+        return _concat(taken)
 
 
 def _concat(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
