@@ -115,7 +115,7 @@ def test_a_stream_and_a_table_in_one_stage_deliver_every_record_once(
         ]
     }
     batches = list(loader(100, ["id"], spec=spec, output="arrow"))
-    assert all(isinstance(b, pa.Table) for b in batches)
+    assert all(isinstance(b, pa.RecordBatch) for b in batches)
     ids = [i for b in batches for i in b.column("id").to_pylist()]
     assert sorted(ids) == list(range(300)) + list(range(10_000, 10_900))
 

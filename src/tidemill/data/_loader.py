@@ -25,7 +25,7 @@ from tidemill.data._errors import DataError
 from tidemill.data._insight import DataInsight
 from tidemill.data._progress import PROGRESS_KEY, DataProgress, RankPart
 from tidemill.data._session import AloneSession, GroupSession, Session
-from tidemill.data._window import ShardWindows
+from tidemill.data._window import UNSHUFFLED_WINDOW_ROWS, ShardWindows
 
 if TYPE_CHECKING:
     from tidemill.runtime.elastic_state import ElasticState
@@ -203,7 +203,7 @@ class Loader(Iterator[Any]):
 
     # --- filling a batch ----------------------------------------------------------------
 
-    def _fill(self) -> pa.Table:
+    def _fill(self) -> pa.RecordBatch:
         remaining = self.batch_size
         parts: list[pa.RecordBatch] = []
         for priority in sorted({s.priority for s in self._sources}, reverse=True):
@@ -220,7 +220,7 @@ class Loader(Iterator[Any]):
                 got = self._take(source, remaining)
                 parts += got
                 remaining -= sum(batch.num_rows for batch in got)
-        return _table(parts, self.columns)
+        return _one_batch(parts, self.columns)
 
     def _take(self, source: _Source, rows: int) -> list[pa.RecordBatch]:
         out: list[pa.RecordBatch] = []
@@ -241,6 +241,8 @@ class Loader(Iterator[Any]):
             if not source.held and not self._acquire(source):
                 break
             held = source.held[0]
+            if len(source.held) == 1:
+                self._acquire(source)  # the next shard decodes while this one is handed out
             batch = held.take(rows)
             if batch is not None:
                 out.append(batch)
@@ -274,13 +276,21 @@ class Loader(Iterator[Any]):
                 grant.shard,
                 grant.index,
                 grant.cursor,
-                window_rows=max(shuffle.buffer_rows, self.batch_size),
+                window_rows=self._window_rows(source),
                 seed=shuffle.seed if shuffle.buffer_rows else None,
                 columns=self.columns,
                 stats=self.insight.source(source.name),
             )
         )
         return True
+
+    def _window_rows(self, source: _Source) -> int:
+        """Files: the shuffle buffer, or large windows that are only sliced. Streams:
+        the most one poll returns."""
+        buffer_rows = self.spec.shuffle.buffer_rows
+        if source.is_stream:
+            return max(buffer_rows, self.batch_size)
+        return buffer_rows or UNSHUFFLED_WINDOW_ROWS
 
     def _release(self, source: _Source, held: ShardWindows) -> None:
         held.close()
@@ -296,12 +306,12 @@ class Loader(Iterator[Any]):
 
     # --- output -------------------------------------------------------------------------
 
-    def _convert(self, table: pa.Table) -> Any:
+    def _convert(self, batch: pa.RecordBatch) -> Any:
         if self.output == "arrow":
-            return table
+            return batch
         from tidemill.data._tensors import to_tensors
 
-        return to_tensors(table)
+        return to_tensors(batch)
 
     def _report(self, force: bool = False) -> None:
         """Send this worker's read counters of the stage (at most every few seconds,
@@ -324,13 +334,20 @@ def _shares(rows: int, fractions: Sequence[float]) -> list[int]:
     return whole
 
 
-def _table(parts: list[pa.RecordBatch], columns: Sequence[str] | None) -> pa.Table:
+def _one_batch(parts: list[pa.RecordBatch], columns: Sequence[str] | None) -> pa.RecordBatch:
+    """The step's records as one batch (no copy when they came from one window)."""
+    if len(parts) == 1:
+        return parts[0]
     if not parts:
-        return pa.table({name: pa.array([], pa.null()) for name in columns or []})
-    tables = [pa.Table.from_batches([batch]) for batch in parts]
-    if len(tables) == 1:
-        return tables[0]
-    return pa.concat_tables(tables, promote_options="permissive")
+        names = list(columns or [])
+        return pa.RecordBatch.from_arrays([pa.array([], pa.null()) for _ in names], names=names)
+    schemas = {batch.schema for batch in parts}
+    if len(schemas) == 1:
+        table = pa.Table.from_batches(parts)
+    else:  # sources of one stage may type a column differently (int32 vs int64)
+        tables = [pa.Table.from_batches([batch]) for batch in parts]
+        table = pa.concat_tables(tables, promote_options="permissive")
+    return table.combine_chunks().to_batches()[0]
 
 
 def loader(
@@ -344,7 +361,7 @@ def loader(
     """Batches of ``batch_size`` records per worker from the job's ``spec.data``.
 
     Yields a dict of column name to ``torch.Tensor`` (``output="arrow"``: a
-    ``pyarrow.Table``). Inside an ``@elastic`` training function every batch is a step
+    ``pyarrow.RecordBatch``). Inside an ``@elastic`` training function every batch is a step
     boundary, and ``state.commit()`` commits the reading position with the model, so
     after a lost worker or a resize no record is skipped or trained twice. A step's
     batch can be short (the end of a stage, a quiet stream) or empty on some ranks

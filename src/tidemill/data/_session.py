@@ -55,7 +55,7 @@ class Session(Protocol):
 
     def gather(self, part: RankPart) -> list[RankPart]: ...
 
-    def exchange(self, table: pa.Table, key: list[int]) -> pa.Table: ...
+    def exchange(self, batch: pa.RecordBatch, key: list[int]) -> pa.RecordBatch: ...
 
     def report(self, stage: int, sources: dict[str, Any]) -> None: ...
 
@@ -90,8 +90,8 @@ class AloneSession:
     def gather(self, part: RankPart) -> list[RankPart]:
         return [part]
 
-    def exchange(self, table: pa.Table, key: list[int]) -> pa.Table:
-        return table
+    def exchange(self, batch: pa.RecordBatch, key: list[int]) -> pa.RecordBatch:
+        return batch
 
     def report(self, stage: int, sources: dict[str, Any]) -> None:
         return None
@@ -158,13 +158,13 @@ class GroupSession:
         dist.all_gather_object(parts, part.to_json())
         return [RankPart.from_json(p) for p in parts]
 
-    def exchange(self, table: pa.Table, key: list[int]) -> pa.Table:
+    def exchange(self, batch: pa.RecordBatch, key: list[int]) -> pa.RecordBatch:
         """All ranks' records, shuffled by ``key`` and dealt out evenly (global shuffle)."""
         import torch.distributed as dist
 
         sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
         blobs: list[Any] = [None] * self.world_size
         dist.all_gather_object(blobs, sink.getvalue())
         tables = [pa.ipc.open_stream(blob).read_all() for blob in blobs]
@@ -172,7 +172,8 @@ class GroupSession:
         order = np.random.default_rng(key).permutation(everything.num_rows)
         low = everything.num_rows * self.rank // self.world_size
         high = everything.num_rows * (self.rank + 1) // self.world_size
-        return everything.take(pa.array(order[low:high]))
+        mine = everything.take(pa.array(order[low:high])).combine_chunks().to_batches()
+        return mine[0] if mine else pa.RecordBatch.from_pylist([], schema=everything.schema)
 
     def report(self, stage: int, sources: dict[str, Any]) -> None:
         self.client.notify({"op": "insight", "stage": stage, "sources": sources})
