@@ -269,19 +269,26 @@ def main() -> None:
             f"{row['baseline_records_per_cpu_s']:>11,} {row['cpu_ratio']:>6.2f}"
         )
     print(f"load average during the run: {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    write_report(RESULTS, "data_throughput", load_before, {"repeats": args.repeats}, rows)
+
+
+def write_report(
+    path: Path, name: str, load_before: float, settings: dict[str, Any], rows: list[Any]
+) -> None:
+    """The figures as JSON, with what they were measured on."""
     report = {
-        "benchmark": "data_throughput",
+        "benchmark": name,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "pyarrow": pa.__version__,
-        "repeats": args.repeats,
+        **settings,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "results": rows,
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ loader / raw read and writes ``benchmarks/results/loader_throughput.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -45,6 +43,7 @@ from data_throughput import (
     timed,
     write_iceberg,
     write_parquet,
+    write_report,
 )
 
 import tidemill.data
@@ -222,22 +221,13 @@ def main() -> None:
             f"  {row['baseline'] or ''}"
         )
     print(f"load average during the run: {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "loader_throughput",
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "pyarrow": pa.__version__,
+    settings = {
         "torch": torch.__version__,
         "batch": args.batch,
         "shuffle_buffer_rows": SHUFFLE_ROWS,
         "repeats": args.repeats,
-        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "results": rows,
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write_report(RESULTS, "loader_throughput", load_before, settings, rows)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def worker_env(address: str, index: int, **extra: str) -> dict[str, str]:
+    """A worker's environment as the controller sets it, without this shell's tidemill
+    variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEMILL_")}
+    return {
+        **env,
+        "TIDEMILL_JOB": "tests/elastic",
+        "TIDEMILL_ROLE": "worker",
+        "TIDEMILL_INDEX": str(index),
+        "TIDEMILL_ELASTIC": "1",
+        "TIDEMILL_MASTER_ADDR": address,
+        **extra,
+    }
+
+
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -5,7 +5,6 @@ killed and relaunched mid-stage; the ledger model still counts every record once
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.master.processes import MasterProcess, wait_until
+from tests.master.processes import MasterProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.e2e
 SCRIPT = Path(__file__).resolve().parents[1] / "e2e" / "ledger_train.py"
@@ -54,13 +53,9 @@ def test_exchange_and_a_master_restart_keep_every_record_exactly_once(tmp_path: 
     workers: list[subprocess.Popen[bytes]] = []
     try:
         for index in range(2):
-            env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEMILL_")}
-            env.update(
-                TIDEMILL_JOB="tests/elastic",
-                TIDEMILL_ROLE="worker",
-                TIDEMILL_INDEX=str(index),
-                TIDEMILL_ELASTIC="1",
-                TIDEMILL_MASTER_ADDR=master.address,
+            env = worker_env(
+                master.address,
+                index,
                 TIDEMILL_DATA=plan,
                 LEDGER_SIZE=str(2 * ROWS),
                 LEDGER_RESULT=str(result),

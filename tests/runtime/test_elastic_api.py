@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import doctest
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 import tidemill.runtime
-from tests.master.processes import MasterProcess, Replica, wait_until
+from tests.master.processes import MasterProcess, Replica, wait_until, worker_env
 from tidemill.runtime import (
     ElasticContext,
     ElasticState,
@@ -49,18 +48,6 @@ def no_master(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in ELASTIC_VARS:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
-
-
-def worker_env(address: str, index: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEMILL_")}
-    return {
-        **env,
-        "TIDEMILL_JOB": "tests/elastic",
-        "TIDEMILL_ROLE": "worker",
-        "TIDEMILL_INDEX": str(index),
-        "TIDEMILL_ELASTIC": "1",
-        "TIDEMILL_MASTER_ADDR": address,
-    }
 
 
 def test_the_elastic_names_are_public_and_resolve_lazily() -> None:

@@ -12,7 +12,6 @@ survivors kept their processes.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.master.processes import MasterProcess, wait_until
+from tests.master.processes import MasterProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "elastic" / "train.py"
@@ -63,14 +62,9 @@ class ElasticJob:
         return self.folder / "result.json"
 
     def start_worker(self, index: int) -> Worker:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEMILL_")}
+        env = worker_env(self.master.address, index)
         env.update(
             {
-                "TIDEMILL_JOB": "tests/elastic",
-                "TIDEMILL_ROLE": "worker",
-                "TIDEMILL_INDEX": str(index),
-                "TIDEMILL_ELASTIC": "1",
-                "TIDEMILL_MASTER_ADDR": self.master.address,
                 # What the controller also sets at launch; the elastic runtime ignores them.
                 "RANK": str(index),
                 "WORLD_SIZE": "4",

@@ -7,7 +7,6 @@ from the broadcast of the newest state (parameters, momentum buffers, learning r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.master.processes import MasterProcess, wait_until
+from tests.master.processes import MasterProcess, wait_until, worker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -86,15 +85,7 @@ class Probes:
         (folder / "probe.py").write_text(PROBE)
 
     def start(self, index: int, crash: bool = False) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEMILL_")}
-        env.update(
-            TIDEMILL_JOB="tests/elastic",
-            TIDEMILL_ROLE="worker",
-            TIDEMILL_INDEX=str(index),
-            TIDEMILL_ELASTIC="1",
-            TIDEMILL_MASTER_ADDR=self.master.address,
-            CRASH="1" if crash else "0",
-        )
+        env = worker_env(self.master.address, index, CRASH="1" if crash else "0")
         argv = [sys.executable, "probe.py", "crash", "stop"]
         with (self.folder / f"worker-{index}.err").open("w") as err:
             process = subprocess.Popen(
