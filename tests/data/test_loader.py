@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,18 @@ def test_weights_split_each_batch_between_sources_of_equal_priority(tmp_path: Pa
     first = next(iter(loader(100, ["id"], spec=spec, output="arrow")))
     from_b = sum(1 for i in first.column("id").to_pylist() if i >= 10_000)
     assert from_b == 75
+
+
+def test_a_worker_of_a_group_outside_the_elastic_loop_is_told_to_move_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_ids(tmp_path / "d", files=1)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("TIDEMILL_DATA", json.dumps(plan(folder)))
+    with pytest.raises(RuntimeError, match=r"outside an @elastic training function in a job of 4"):
+        next(loader(10))
+    # A plan of its own (an evaluation on rank 0) is read alone.
+    assert len(ids_of(loader(100, ["id"], spec=plan(folder)))) == 500
 
 
 def test_bad_input_names_what_to_fix(tmp_path: Path) -> None:

@@ -63,8 +63,11 @@ class Loader(Iterator[Any]):
         columns: Sequence[str] | None,
         output: Output,
         poll_s: float,
+        from_job: bool = False,
     ) -> None:
         self.spec = spec
+        self.from_job = from_job
+        """The job's plan (not one passed in): only a group may share it out."""
         self.batch_size = batch_size
         self.columns = list(columns) if columns is not None else None
         self.output = output
@@ -142,6 +145,13 @@ class Loader(Iterator[Any]):
             return self._session
         self.close()
         state = None if active is None else active.ctx.state
+        if active is None and self.from_job and int(os.environ.get("WORLD_SIZE") or 1) > 1:
+            raise RuntimeError(
+                f"tidemill.data.loader is read outside an @elastic training function in a "
+                f"job of {os.environ['WORLD_SIZE']} workers: each would read every record. "
+                "Iterate it inside the function decorated with tidemill.runtime.elastic, "
+                "which shares the shards among the workers and commits the reading position"
+            )
         if active is None or active.client is None:
             session: Session = AloneSession(self.spec, epoch, state)
         else:
@@ -367,7 +377,8 @@ def loader(
     batch can be short (the end of a stage, a quiet stream) or empty on some ranks
     while others still read: ``loader.step_rows`` holds the step's records across all
     ranks, so weigh a summed loss by it. The plan comes from ``spec`` or, under
-    tidemill, from the job file (``TIDEMILL_DATA``).
+    tidemill, from the job file (``TIDEMILL_DATA``); a plan passed in may be read by one
+    process alone, outside the elastic loop (an evaluation on rank 0, say).
 
     Example::
 
@@ -380,7 +391,7 @@ def loader(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if output not in ("torch", "arrow"):
         raise ValueError(f"output must be 'torch' or 'arrow', got {output!r}")
-    return Loader(_resolve_spec(spec), batch_size, columns, output, poll_s)
+    return Loader(_resolve_spec(spec), batch_size, columns, output, poll_s, spec is None)
 
 
 def _resolve_spec(spec: DataSpec | Mapping[str, Any] | None) -> DataSpec:
