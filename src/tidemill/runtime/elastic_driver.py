@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tidemill.runtime._active import ActiveEpoch, activate
 from tidemill.runtime._errors import RendezvousError
+from tidemill.runtime._watchdog import watchdog
 from tidemill.runtime.elastic_client import MasterClient
 from tidemill.runtime.elastic_context import ElasticContext, Left, StepBoundary
 from tidemill.runtime.elastic_group import EpochPlan, Group, GroupAborted, StoreClients
@@ -106,15 +107,18 @@ class Driver:
             plan = self._await_epoch()
             ctx: ElasticContext | None = None
             try:
-                ctx = self._enter(plan)
+                with watchdog():
+                    ctx = self._enter(plan)
                 result = train(ctx, *args, **kwargs)
             except StepBoundary:
-                self._leave_cleanly(plan)
+                with watchdog():
+                    self._leave_cleanly(plan)
                 continue
             except Exception as exc:
                 if not self._recoverable(exc, plan):
                     raise
-                self._leave_broken(plan, exc)
+                with watchdog():
+                    self._leave_broken(plan, exc)
                 continue
             finally:
                 if ctx is not None:
