@@ -79,8 +79,10 @@ class InsightBook:
                 "shards_in_flight": flight,
                 "shards_pending": pending,
             }
-            if state == "done":  # nothing is read any more: no rate, no lag
-                update.update(records_per_s=0.0, lag_records=None, lag_s=None)
+            if state == "done":  # nothing is read any more: the stage's mean rate, no lag
+                took = (finished or now) - (started or now)
+                mean = seen.records / took if took > 0 else 0.0
+                update.update(records_per_s=round(mean, 1), lag_records=None, lag_s=None)
             sources.append(seen.model_copy(update=update))
         return StageInsightView(
             name=spec.name,

@@ -234,11 +234,9 @@ class Dispatcher:
         if plan is None:
             return 0, 0, 0
         shards = plan.source(source).shards
-        if stage < self.committed.stage or (
-            stage == self.committed.stage
-            and self.committed.batch_ended
-            and not plan.source(source).is_stream
-        ):
+        passed = max(self.committed.stage, self.progress.stage)  # the group agreed it ended
+        batch_ended = stage == self.committed.stage and self.committed.batch_ended
+        if stage < passed or (batch_ended and not plan.source(source).is_stream):
             return len(shards), 0, 0
         if stage > self.progress.stage:
             return 0, 0, len(shards)

@@ -132,7 +132,8 @@ class RestBackend:
             )
             response.raise_for_status()
         except httpx.HTTPError as exc:
-            log(f"could not save state to {self.client.base_url}{self.state_url}: {exc}")
+            why = str(exc) or type(exc).__name__
+            log(f"could not save state to {self.client.base_url}{self.state_url}: {why}")
 
     async def event(self, type: str, reason: str, message: str, replica: str | None) -> None:
         body = {"type": type, "reason": reason, "message": message, "replica": replica}

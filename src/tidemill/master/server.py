@@ -26,7 +26,7 @@ from typing import Any
 from tidemill.master.config import MasterConfig
 from tidemill.master.data_service import DataService
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
-from tidemill.master.membership import Membership
+from tidemill.master.membership import Membership, Phase
 from tidemill.master.persistence import StateBackend, log
 from tidemill.master.protocol import MAX_LINE_BYTES, Message, ProtocolError, decode, encode
 
@@ -118,7 +118,12 @@ class MasterServer:
             self._server.close()
         for connection in list(self.connections):
             connection.close()
-        if self.membership is not None:
+        # Once training finished, the state was saved then; the control plane may be
+        # shutting down too (tidemill run), so only unsaved changes are worth a try.
+        membership = self.membership
+        if membership is not None and (
+            self._dirty.is_set() or membership.phase is not Phase.FINISHED
+        ):
             await self.backend.save(self._state())
         await self.backend.close()
 
