@@ -47,7 +47,10 @@ def test_a_file_with_a_data_plan_is_ok(tmp_path: Path) -> None:
     )
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"{path}: ok (TrainingJob default/ctr, roles worker x2)\n"
+    assert result.stdout == (
+        f"{path}: ok (TrainingJob default/ctr, roles worker x2, "
+        "data backfill (parquet) -> online (kafka))\n"
+    )
 
 
 def test_every_problem_is_printed_as_path_colon_message_and_exits_2(tmp_path: Path) -> None:

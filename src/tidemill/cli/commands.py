@@ -234,9 +234,21 @@ def validate(
             for error in exc.errors:
                 typer.echo(str(error), err=True)
             continue
-        echo(f"{file}: ok (TrainingJob {job.key}, roles {_roles(job)})")
+        echo(f"{file}: ok (TrainingJob {job.key}, roles {_roles(job)}{_stages(job)})")
     if invalid:
         raise typer.Exit(EXIT_INVALID)
+
+
+def _stages(job: TrainingJob) -> str:
+    """``, data backfill (iceberg) -> online (kafka)``: the plan at a glance."""
+    data = job.spec.data
+    if data is None:
+        return ""
+    stages = [
+        f"{stage.name} ({', '.join(source.kind.value for source in stage.sources)})"
+        for stage in data.stages
+    ]
+    return ", data " + " -> ".join(stages)
 
 
 def _follow_events(
