@@ -100,9 +100,12 @@ class JobSync:
         return False
 
     def _observe(self, tx: Tx, job: JobRow, now: float) -> None:
+        given_up = (job.master_state or {}).get("unresponsive") or {}
         for replica in job.replicas:
             if replica.phase != ReplicaPhase.RUNNING.value or not replica.handle:
                 continue
+            if replica.pid is not None and given_up.get(replica.replica_name) == replica.pid:
+                self._stop_unresponsive(tx, job, replica, now)
             seen = self.engine.observe(self.handle(replica))
             if seen.running:
                 if seen.pid is not None:
@@ -128,6 +131,20 @@ class JobSync:
                     replica=name,
                     at=now,
                 )
+
+    def _stop_unresponsive(self, tx: Tx, job: JobRow, replica: ReplicaRow, now: float) -> None:
+        """The job master gave up on this process (no heartbeat: it may hold the GIL in
+        native code, or its machine is gone); kill it so its restart policy applies."""
+        name = replica.replica_name
+        tx.add_event(
+            job.key,
+            "ReplicaUnresponsive",
+            f"{name} (pid {replica.pid}) stopped answering the job master; killed it",
+            warning=True,
+            replica=name,
+            at=now,
+        )
+        self.engine.stop(self.handle(replica), grace_s=0)
 
     def _apply_restart_policy(self, tx: Tx, job: JobRow, spec: TrainingJob, now: float) -> bool:
         """Returns False when the job has ended (failed) in this step."""

@@ -70,6 +70,9 @@ class MasterServer:
         self._store: Any = None
         self._server: asyncio.Server | None = None
         self.data: DataService | None = None
+        self.unresponsive: dict[str, int] = {}
+        """Replica -> pid of a process the master gave up on (no heartbeat, missed a
+        deadline) while it may still be alive: saved, so the controller can stop it."""
 
     async def start(self) -> None:
         """Host the store, load the saved state, then accept workers."""
@@ -89,6 +92,7 @@ class MasterServer:
             self.membership = Membership.restore(rules, self.config.host, store_port, now, saved)
         if self.config.data is not None:
             self.data = DataService(self.config.data, (saved or {}).get("data"), self._event)
+        self.unresponsive = dict((saved or {}).get("unresponsive") or {})
         self._server = await asyncio.start_server(
             self._serve, self.config.host, self.config.port, limit=MAX_LINE_BYTES
         )
@@ -236,6 +240,7 @@ class MasterServer:
         if self.data is not None:
             state["data"] = self.data.snapshot()
             state["data_insight"] = self.data.insight_view()
+        state["unresponsive"] = dict(self.unresponsive)
         return state
 
     async def _register(self, connection: Connection, message: Message) -> None:
@@ -267,6 +272,8 @@ class MasterServer:
             await self._refuse(connection, text)
             return
         connection.name, connection.pid = name, pid
+        if self.unresponsive.pop(name, None) is not None:  # back, or a new process
+            self._dirty.set()
         self.by_name[name] = connection
         log(f"{name} (pid {pid}) registered from {connection.peer} as {status}")
         epoch, step = message.get("epoch"), message.get("step")
@@ -314,6 +321,7 @@ class MasterServer:
                 if connection is not None:
                     connection.send({"op": "evicted", "message": effect.message})
                     connection.close()
+                    self._unresponsive(connection)
             elif isinstance(effect, Save):
                 if effect.urgent:
                     self._dirty.clear()
@@ -361,4 +369,10 @@ class MasterServer:
             connection.close()
             if self.by_name.get(name) is connection:
                 del self.by_name[name]
+                self._unresponsive(connection)
                 await self._act(lambda m, now: m.lost(name, why, now))
+
+    def _unresponsive(self, connection: Connection) -> None:
+        if connection.name is not None and connection.pid is not None:
+            self.unresponsive[connection.name] = connection.pid
+            self._dirty.set()
