@@ -214,22 +214,23 @@ class Loader(Iterator[Any]):
     # --- filling a batch ----------------------------------------------------------------
 
     def _fill(self) -> pa.RecordBatch:
-        remaining = self.batch_size
         parts: list[pa.RecordBatch] = []
+
+        def take(source: _Source, rows: int) -> int:
+            got = self._take(source, rows)
+            parts.extend(got)
+            return sum(batch.num_rows for batch in got)
+
+        remaining = self.batch_size
         for priority in sorted({s.priority for s in self._sources}, reverse=True):
             group = [s for s in self._sources if s.priority == priority]
             total_weight = sum(s.weight for s in group)
             quotas = _shares(remaining, [s.weight / total_weight for s in group])
-            for source, quota in zip(group, quotas, strict=True):
-                got = self._take(source, quota)
-                parts += got
-                remaining -= sum(batch.num_rows for batch in got)
-            for source in group:
+            remaining -= sum(take(s, quota) for s, quota in zip(group, quotas, strict=True))
+            for source in group:  # what a source could not fill, the others may
                 if remaining <= 0:
                     break
-                got = self._take(source, remaining)
-                parts += got
-                remaining -= sum(batch.num_rows for batch in got)
+                remaining -= take(source, remaining)
         return _one_batch(parts, self.columns)
 
     def _take(self, source: _Source, rows: int) -> list[pa.RecordBatch]:

@@ -169,11 +169,17 @@ class DataProgress:
 
     def next_pass(self, batch_sources: Sequence[str], epochs: int) -> DataProgress:
         """Batch sources start over (or end, after ``epochs`` passes); streams go on."""
+        if self.pass_index + 1 >= epochs:
+            ended = self.with_pass(self.pass_index, batch_sources)
+            ended.batch_ended = True
+            return ended
+        return self.with_pass(self.pass_index + 1, batch_sources)
+
+    def with_pass(self, pass_index: int, batch_sources: Sequence[str]) -> DataProgress:
+        """Pass ``pass_index`` of the batch sources, from nothing read; streams as they are."""
         done = {k: set(v) for k, v in self.done.items() if k not in batch_sources}
         cursors = {k: dict(v) for k, v in self.cursors.items() if k not in batch_sources}
-        if self.pass_index + 1 >= epochs:
-            return DataProgress(self.stage, self.pass_index, True, done, cursors)
-        return DataProgress(self.stage, self.pass_index + 1, False, done, cursors)
+        return DataProgress(self.stage, pass_index, False, done, cursors)
 
     def next_stage(self) -> DataProgress:
         return DataProgress(self.stage + 1)

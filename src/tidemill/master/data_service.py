@@ -77,8 +77,9 @@ class DataService:
                 time.time(),
             )
             changes.extend(found)
-            self.dispatcher.answers[asker] = (request_id, grant.to_json())
-            return {"op": "leased", "id": request_id, **grant.to_json()}
+            granted = grant.to_json()
+            self.dispatcher.answers[asker] = (request_id, granted)
+            return {"op": "leased", "id": request_id, **granted}
 
         answer = await decide(choose)
         stages = len(self.dispatcher.spec.stages)
@@ -107,7 +108,7 @@ class DataService:
         if not view:
             return
         self.dispatcher.commit(view)
-        offsets = _group_offsets(self.dispatcher, DataProgress.from_json(view))
+        offsets = _group_offsets(self.dispatcher, self.dispatcher.committed)
         if offsets and offsets != self._last_offsets:
             self._next_offsets = self._last_offsets = offsets
             if self._offsets is None or self._offsets.done():

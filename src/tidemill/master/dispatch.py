@@ -77,7 +77,6 @@ class Dispatcher:
     progress: DataProgress = field(default_factory=DataProgress)
     queues: dict[str, list[int]] = field(default_factory=dict)
     """Source -> plan indexes not handed out in this epoch, in reading order."""
-    resume: dict[str, Cursor] = field(default_factory=dict)
     leased: dict[str, str] = field(default_factory=dict)
     """Shard id -> replica reading it in this epoch."""
     committed: DataProgress = field(default_factory=DataProgress)
@@ -129,15 +128,15 @@ class Dispatcher:
         queue = self.queues.get(source)
         if queue is None:
             raise ValueError(f"stage {stage} has no source {source!r}")
-        total = len(self.plans[self.progress.stage].source(source).shards)
+        shards = self.plans[self.progress.stage].source(source).shards
         if not queue:
-            return Grant(None, total=total), changes
-        plan = self.plans[self.progress.stage].source(source)
+            return Grant(None, total=len(shards)), changes
         index = queue.pop(0)
-        shard = plan.shards[index]
+        shard = shards[index]
         self.leased[shard.id] = replica
-        cursor = self.resume.pop(shard.id, Cursor.at(shard.start_position))
-        return Grant(shard, cursor, index=index, total=total), changes
+        # Each shard is handed out once per epoch, so the epoch's view says where it stands.
+        cursor = self.progress.cursor(source, shard.id) or Cursor.at(shard.start_position)
+        return Grant(shard, cursor, index=index, total=len(shards)), changes
 
     def commit(self, view: dict[str, Any] | None) -> None:
         """Rank 0 committed this view: what insight counts as done."""
@@ -155,14 +154,8 @@ class Dispatcher:
 
     def _advance(self, stage: int, pass_index: int, now: float) -> list[StageChange]:
         if stage == self.progress.stage:
-            streams = self._streams()
-            self.progress = DataProgress(
-                stage,
-                pass_index,
-                False,
-                {k: v for k, v in self.progress.done.items() if k in streams},
-                {k: v for k, v in self.progress.cursors.items() if k in streams},
-            )
+            batch = self.plans[stage].batch_sources
+            self.progress = self.progress.with_pass(pass_index, batch)
             self._fill_queues(streams=False)
             return []
         changes = self._enter_stage(stage, now)
@@ -189,10 +182,6 @@ class Dispatcher:
             changes.append(StageChange(self.spec.stages[stage].name, stage, started=True))
         return changes
 
-    def _streams(self) -> set[str]:
-        plan = self.plans.get(self.progress.stage)
-        return set() if plan is None else {s.name for s in plan.sources if s.is_stream}
-
     def _fill_queues(self, streams: bool) -> None:
         if self.finished:
             self.queues = {}
@@ -202,12 +191,6 @@ class Dispatcher:
             if source.is_stream and not streams:
                 continue
             self.queues[source.name] = self._order(plan, source)
-            for shard in source.shards:
-                cursor = self.progress.cursor(source.name, shard.id)
-                if cursor is not None:
-                    self.resume[shard.id] = cursor
-                else:
-                    self.resume.pop(shard.id, None)
 
     def _order(self, plan: StagePlan, source: SourcePlan) -> list[int]:
         """Pending indexes: started shards first (finish what is open), the rest shuffled."""
@@ -253,7 +236,6 @@ class Dispatcher:
             "progress": self.progress.to_json(),
             "committed": self.committed.to_json(),
             "queues": self.queues,
-            "resume": {k: v.to_json() for k, v in self.resume.items()},
             "leased": self.leased,
             "times": {str(i): t for i, t in self.times.items()},
             "answers": {k: [i, grant] for k, (i, grant) in self.answers.items()},
@@ -268,7 +250,6 @@ class Dispatcher:
             progress=DataProgress.from_json(saved["progress"]),
             committed=DataProgress.from_json(saved["committed"]),
             queues={k: [int(i) for i in v] for k, v in saved["queues"].items()},
-            resume={k: Cursor.from_json(v) for k, v in saved["resume"].items()},
             leased=dict(saved["leased"]),
             times={int(i): list(t) for i, t in saved["times"].items()},
             answers={k: (int(i), dict(grant)) for k, (i, grant) in saved["answers"].items()},
