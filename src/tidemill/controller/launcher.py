@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tidemill.api.job import TrainingJob
@@ -23,6 +24,8 @@ from tidemill.store.tables import JobRow, ReplicaRow
 
 LOCAL_HOST = "127.0.0.1"
 DATA_VAR = "TIDEMILL_DATA"
+TOKEN_VAR = "TIDEMILL_TOKEN"
+"""The job's own credential: lets its master and replicas write that job's state."""
 DATA_ROLES = (MASTER_ROLE, "chief", "worker")
 """Roles that get ``TIDEMILL_DATA``: the master leases shards, the collective reads them."""
 
@@ -73,9 +76,18 @@ def data_env(spec: TrainingJob, role: str) -> dict[str, str]:
 
 
 class Launcher:
-    def __init__(self, engine: Engine, server_url: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        server_url: str | None = None,
+        job_token: Callable[[str], str] | None = None,
+    ) -> None:
         self.engine = engine
         self.server_url = server_url
+        self.job_token = job_token
+
+    def credential_env(self, job: JobRow) -> dict[str, str]:
+        return {} if self.job_token is None else {TOKEN_VAR: self.job_token(job.uid)}
 
     def launch_spec(self, job: JobRow, spec: TrainingJob, replica: ReplicaRow) -> LaunchSpec:
         """The exact request for the engine (pure apart from port choice)."""
@@ -119,6 +131,7 @@ class Launcher:
                 **replica_env(context),
                 **elastic_env(spec),
                 **data_env(spec, replica.role),
+                **self.credential_env(job),
             },
             working_dir=role.working_dir or str(Path.cwd()),
             node=replica.node,
@@ -139,6 +152,7 @@ class Launcher:
             "TIDEMILL_ELASTIC_MAX": str(high),
             "PYTHONUNBUFFERED": "1",
             **data_env(spec, MASTER_ROLE),
+            **self.credential_env(job),
         }
         if self.server_url is not None:
             env["TIDEMILL_SERVER"] = self.server_url

@@ -50,6 +50,9 @@ class ControllerConfig:
     """How long an elastic replica asked to leave may take before it is killed."""
     server_url: str | None = None
     """This control plane's URL, given to job masters so they can persist their state."""
+    job_token: Callable[[str], str] | None = None
+    """Job uid -> that job's own credential, given to its master and replicas as
+    ``TIDEMILL_TOKEN`` (None: the server runs without auth)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -75,7 +78,7 @@ class Controller:
         self.on_cycle = on_cycle
         self.jobs = JobSync(
             engine,
-            Launcher(engine, self.config.server_url),
+            Launcher(engine, self.config.server_url, self.config.job_token),
             self.spec_of,
             self.config.stop_grace_s,
             self.config.drain_grace_s,

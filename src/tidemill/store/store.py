@@ -19,6 +19,14 @@ from sqlalchemy.orm import Session, defer, load_only, selectinload, sessionmaker
 from tidemill.store.tables import Base, EventRow, JobRow, NodeRow, QueueRow, ReplicaRow
 
 
+class StoreUnavailable(Exception):
+    """The store cannot write (disk full, database gone); the message says why.
+
+    Raised by :meth:`Store.transaction`; the API answers 503 with it, the controller
+    skips the cycle (no job is failed for it) and retries.
+    """
+
+
 def sqlite_url(state_dir: Path) -> str:
     state_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{state_dir / 'tidemill.db'}"
@@ -225,4 +233,13 @@ class Store:
         self.engine.dispose()
 
 
-__all__ = ["EventRow", "JobRow", "NodeRow", "QueueRow", "ReplicaRow", "Store", "Tx"]
+__all__ = [
+    "EventRow",
+    "JobRow",
+    "NodeRow",
+    "QueueRow",
+    "ReplicaRow",
+    "Store",
+    "StoreUnavailable",
+    "Tx",
+]
