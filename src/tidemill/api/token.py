@@ -74,7 +74,7 @@ class TokenRequest(BaseModel):
                 "the namespace, or make an editor token for it"
             )
         if value is None and role in (Role.VIEWER, Role.EDITOR):
-            raise ValueError(f"a {role.value} token needs a namespace (e.g. 'ads', or '*' for all)")
+            raise ValueError(f"{role.value} tokens need a namespace (e.g. 'ads', or '*' for all)")
         if value is None or value == ALL_NAMESPACES:
             return value
         return validate_dns_label(value, "namespace (or '*' for all namespaces)")

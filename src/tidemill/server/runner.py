@@ -85,8 +85,9 @@ class ServerRunner:
             on_cycle=metrics.record,
         )
         guard = Guard(self.store, credentials, self.controller.resolve, enabled=auth)
+        self.app = create_app(self.controller, registry, guard)
         uvicorn_config = uvicorn.Config(
-            create_app(self.controller, registry, guard),
+            self.app,
             host=host,
             port=self.port,
             log_level="warning",
