@@ -55,7 +55,7 @@ class ControllerConfig:
     """This control plane's URL, given to job masters so they can persist their state."""
     job_token: Callable[[str], str] | None = None
     """Job uid -> that job's own credential, given to its master and replicas as
-    ``TIDEMILL_TOKEN`` (None: the server runs without auth)."""
+    ``TIDEMILL_TOKEN`` (None: they get none; ServerRunner always sets it)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 

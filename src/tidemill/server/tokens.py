@@ -1,7 +1,10 @@
 """The secrets behind authentication: user tokens, the first admin token, job credentials.
 
 User tokens are ``tm_`` plus 43 random URL-safe characters (256 bits); the store keeps
-only their SHA-256, which is enough for a secret with that much entropy.
+only their SHA-256, which is enough for a secret with that much entropy. A token is
+found by its hash: what a timing difference in that lookup could reveal is part of the
+hash, which does not help anyone guess the token. The job credential's MAC, which an
+attacker could probe byte by byte, is compared in constant time.
 
 A job's credential is ``tmjob.<uid>.<mac>``, where the MAC is HMAC-SHA256 of the job's
 uid under a secret made once in the state folder (``job-secret``, mode 0600). It is
