@@ -41,7 +41,11 @@ if TYPE_CHECKING:
     from tidemill.store.store import Store
 
 app = typer.Typer(
-    help="API tokens for a server with auth on: create (shown once), list, revoke.",
+    help="API tokens for a server with auth on: create (shown once), list, revoke.\n\n"
+    "The first admin token is in STATE_DIR/admin-token (written by `tidemill server "
+    "--auth`). Commands send $TIDEMILL_TOKEN, else the server's entry in $TIDEMILL_CONFIG "
+    "(default ~/.config/tidemill/config.yaml), a file shaped like:\n\n"
+    "servers:\n\n  http://tidemill.internal:8500: {token: tm_...}",
     no_args_is_help=True,
 )
 
