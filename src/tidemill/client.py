@@ -35,6 +35,8 @@ from tidemill.api.errors import FieldError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.loader import load_job_file
 from tidemill.api.status import EventView, JobSummary, JobView, NodeView, QueueView
+from tidemill.api.token import CreatedToken, Role, TokenRequest, TokenView
+from tidemill.client_config import ConfigError, normalise_url, token_for
 
 DEFAULT_SERVER = "http://127.0.0.1:8500"
 SERVER_ENV = "TIDEMILL_SERVER"
@@ -95,12 +97,21 @@ class Client:
 
     ``server`` defaults to ``$TIDEMILL_SERVER``, then ``http://127.0.0.1:8500``. A job
     name may be written ``namespace/name`` wherever a name and a namespace are taken.
+    ``token`` (for a server with auth on) defaults to ``$TIDEMILL_TOKEN``, then the
+    server's entry in the config file (see :mod:`tidemill.client_config`).
     """
 
-    def __init__(self, server: str | None = None, timeout_s: float = 30) -> None:
+    def __init__(
+        self, server: str | None = None, timeout_s: float = 30, token: str | None = None
+    ) -> None:
         self.server = normalise_url(server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER)
         self.timeout_s = timeout_s
-        self._http = httpx.Client(base_url=self.server, timeout=timeout_s)
+        try:
+            self.token = token or token_for(self.server)
+        except ConfigError as exc:
+            raise TidemillError(str(exc)) from None
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._http = httpx.Client(base_url=self.server, timeout=timeout_s, headers=headers)
 
     def __enter__(self) -> Client:
         return self
@@ -204,6 +215,26 @@ class Client:
         items = self._request("GET", "/nodes").json()["items"]
         return [NodeView.model_validate(item) for item in items]
 
+    def create_token(
+        self, namespace: str | None, role: Role | str = Role.VIEWER, name: str | None = None
+    ) -> CreatedToken:
+        """Make a token (admins only); ``.token`` holds its secret, shown this once."""
+        try:
+            request = TokenRequest.checked(name=name, namespace=namespace, role=role)
+        except SpecError as exc:
+            raise InvalidSpec(422, "Invalid", "the token request is invalid", exc.errors) from None
+        body = request.model_dump(mode="json", exclude_none=True)
+        return CreatedToken.model_validate(self._request("POST", "/tokens", json=body).json())
+
+    def tokens(self) -> list[TokenView]:
+        """Every token, revoked ones included, without secrets (admins only)."""
+        items = self._request("GET", "/tokens").json()["items"]
+        return [TokenView.model_validate(item) for item in items]
+
+    def revoke_token(self, name: str) -> TokenView:
+        """Refuse the named token from now on (admins only)."""
+        return TokenView.model_validate(self._request("DELETE", f"/tokens/{name}").json())
+
     def health(self) -> bool:
         """True when a server answers ``/healthz`` with ok; never raises."""
         try:
@@ -303,12 +334,6 @@ def api_error(response: httpx.Response) -> ApiError:
         )
     kind = _ERRORS_BY_STATUS.get(response.status_code, ApiError)
     return kind(response.status_code, code, message, errors)
-
-
-def normalise_url(server: str) -> str:
-    """``host:port`` or a full URL, without a trailing slash."""
-    server = server.strip().rstrip("/")
-    return server if "://" in server else f"http://{server}"
 
 
 def split_job_ref(name: str, namespace: str | None) -> tuple[str, str | None]:

@@ -32,6 +32,8 @@ class ServerProcess:
     cluster_file: Path | None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()
+    """More `tidemill server` options, e.g. ("--auth",)."""
 
     @property
     def url(self) -> str:
@@ -50,6 +52,7 @@ class ServerProcess:
         ]
         if self.cluster_file is not None:
             argv += ["--cluster", str(self.cluster_file)]
+        argv += self.args
         log = open(self.state_dir / "server.log", "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from tidemill import __version__
-from tidemill.cli import commands, run
+from tidemill.cli import commands, run, token
 
 app = typer.Typer(
     name="tidemill",
@@ -29,6 +29,7 @@ app.command("scale")(commands.scale)
 app.command("events")(commands.events)
 app.command("queues")(commands.queues)
 app.command("nodes")(commands.nodes)
+app.add_typer(token.app, name="token")
 
 
 def _version(show: bool) -> None:

@@ -31,6 +31,7 @@ from tidemill.api.status import (
     SourceInsightView,
     StageInsightView,
 )
+from tidemill.api.token import TokenView
 from tidemill.cli.common import Output
 
 PHASE_STYLES = {
@@ -307,6 +308,15 @@ def events_table(events: Sequence[EventView], with_job: bool = False) -> Table:
             event.replica or "-",
             Text(event.message),
         )
+    return table
+
+
+def tokens_table(tokens: Sequence[TokenView], now: float) -> Table:
+    table = _table("NAME", "NAMESPACE", "ROLE", "AGE", "STATUS")
+    for token in tokens:
+        status = Text("revoked", style="red") if token.revoked else Text("active", style="green")
+        created = age(token.created_at, now)
+        table.add_row(token.name, token.namespace, token.role.value, created, status)
     return table
 
 

@@ -25,6 +25,7 @@ from tidemill.cli import render
 from tidemill.cli.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
+    EXIT_INVALID,
     fail,
     reports_errors,
     stdout_console,
@@ -55,12 +56,49 @@ def server(
             "(default: SQLite in --state-dir).",
         ),
     ] = None,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth",
+            help="Require a token on every call but /healthz (always on beyond loopback). "
+            "The first start writes an admin token to STATE_DIR/admin-token.",
+        ),
+    ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Serve a non-loopback --host without auth (trusted networks only)."
+        ),
+    ] = False,
 ) -> None:
-    """Run the control plane until Ctrl-C or SIGTERM."""
-    from tidemill.server.runner import ServerRunner
+    """Run the control plane until Ctrl-C or SIGTERM.
 
-    runner = ServerRunner(state_dir, cluster, host=host, port=port, store_url=store_url)
-    _say(f"tidemill server on {runner.url} (state in {state_dir}); Ctrl-C stops it")
+    On loopback it runs open unless --auth is given; on any other address it needs
+    --auth (or --insecure) and exits 2 otherwise.
+    """
+    from tidemill.server.runner import InsecureServer, ServerRunner
+
+    try:
+        runner = ServerRunner(
+            state_dir,
+            cluster,
+            host=host,
+            port=port,
+            store_url=store_url,
+            auth=auth,
+            insecure=insecure,
+        )
+    except InsecureServer as exc:
+        fail(str(exc), code=EXIT_INVALID)
+    except (OSError, RuntimeError) as exc:
+        fail(str(exc))
+    mode = "auth on" if auth else "auth OFF: every caller may do anything"
+    _say(f"tidemill server on {runner.url} ({mode}; state in {state_dir}); Ctrl-C stops it")
+    if runner.admin_token_file is not None:
+        _say(
+            f"admin token written to {runner.admin_token_file} (mode 0600); use it with "
+            f"`export TIDEMILL_TOKEN=$(cat {runner.admin_token_file})`"
+        )
     try:
         runner.serve_forever()
     except (OSError, RuntimeError) as exc:

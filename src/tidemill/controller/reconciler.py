@@ -32,7 +32,10 @@ from tidemill.store.store import Store, Tx
 from tidemill.store.tables import JobRow
 
 log = logging.getLogger(__name__)
-__all__ = ["ACTIVE_PHASES", "Controller", "ControllerConfig", "CycleStats"]
+__all__ = ["ACTIVE_PHASES", "INTERNAL_ACTOR", "Controller", "ControllerConfig", "CycleStats"]
+
+INTERNAL_ACTOR = "the control plane"
+"""Who events name when a request did not come through the API."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ class ControllerConfig:
     """This control plane's URL, given to job masters so they can persist their state."""
     job_token: Callable[[str], str] | None = None
     """Job uid -> that job's own credential, given to its master and replicas as
-    ``TIDEMILL_TOKEN`` (None: the server runs without auth)."""
+    ``TIDEMILL_TOKEN`` (None: they get none; ServerRunner always sets it)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -137,8 +140,9 @@ class Controller:
 
     # ----------------------------------------------------------------- API calls
 
-    def submit(self, job: TrainingJob) -> str:
-        """Queue a job; raises SpecError (won't fit here) or ConflictError (name taken)."""
+    def submit(self, job: TrainingJob, *, actor: str = INTERNAL_ACTOR) -> str:
+        """Queue a job; raises SpecError (won't fit here) or ConflictError (name taken).
+        ``actor`` (who asked) is named in the event."""
         with self.store.transaction() as tx:
             existing = tx.job(job.metadata.namespace, job.metadata.name)
             if existing is not None:
@@ -172,7 +176,7 @@ class Controller:
             tx.add_event(
                 row.key,
                 "Submitted",
-                f"queued in {admission.queue} at priority {admission.priority}",
+                f"queued in {admission.queue} at priority {admission.priority} by {actor}",
                 at=now,
             )
         self.wake()
@@ -196,7 +200,9 @@ class Controller:
             spec=job.to_document(),
         )
 
-    def scale(self, namespace: str, name: str, role: str, replicas: int) -> None:
+    def scale(
+        self, namespace: str, name: str, role: str, replicas: int, *, actor: str = INTERNAL_ACTOR
+    ) -> None:
         """Set the desired size of an elastic role; the controller resizes in place.
 
         Growing waits for capacity (the scheduler places the new replicas); shrinking
@@ -234,7 +240,7 @@ class Controller:
             tx.add_event(
                 row.key,
                 "ScaleRequested",
-                f"{role} {before}→{replicas} requested"
+                f"{role} {before}→{replicas} requested by {actor}"
                 + ("" if row.phase == JobPhase.PENDING.value else "; resizing in place"),
             )
         self.wake()
@@ -256,7 +262,7 @@ class Controller:
             )
         return rows[0].namespace, name
 
-    def delete(self, namespace: str, name: str) -> str:
+    def delete(self, namespace: str, name: str, *, actor: str = INTERNAL_ACTOR) -> str:
         """Stop every process of the job, then forget it. Returns when they are gone."""
         with self._lock:
             with self.store.read() as tx:
@@ -271,7 +277,9 @@ class Controller:
                 if row is not None:
                     self._specs.pop(row.uid, None)
                     tx.delete_job(row)
-                tx.add_event(f"{namespace}/{name}", "Deleted", "job deleted; processes stopped")
+                tx.add_event(
+                    f"{namespace}/{name}", "Deleted", f"job deleted by {actor}; processes stopped"
+                )
         self.wake()
         return f"{namespace}/{name}"
 

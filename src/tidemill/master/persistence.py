@@ -94,9 +94,15 @@ class FileBackend:
 
 
 class RestBackend:
-    """The control plane's ``/api/v1/jobs/{name}/master-state`` and ``.../events``."""
+    """The control plane's ``/api/v1/jobs/{name}/master-state`` and ``.../events``.
 
-    def __init__(self, server: str, job: str, timeout_s: float = 5.0) -> None:
+    Sent with the job's own credential: ``token``, by default ``$TIDEMILL_TOKEN`` (the
+    controller gives it to the master); with auth on, nothing else may write them.
+    """
+
+    def __init__(
+        self, server: str, job: str, timeout_s: float = 5.0, token: str | None = None
+    ) -> None:
         namespace, sep, name = job.partition("/")
         if not sep or not namespace or not name:
             raise ValueError(f"TIDEMILL_JOB={job!r} must be namespace/name")
@@ -104,7 +110,11 @@ class RestBackend:
         self.params = {"namespace": namespace}
         self.state_url = f"/api/v1/jobs/{name}/master-state"
         self.events_url = f"/api/v1/jobs/{name}/events"
-        self.client = httpx.AsyncClient(base_url=server.rstrip("/"), timeout=timeout_s)
+        token = token or os.environ.get("TIDEMILL_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.AsyncClient(
+            base_url=server.rstrip("/"), timeout=timeout_s, headers=headers
+        )
 
     async def load(self, attempts: int = 10, backoff_s: float = 0.5) -> State | None:
         """Retried: the control plane may be restarting too; a master that cannot load
@@ -112,7 +122,7 @@ class RestBackend:
         for attempt in range(attempts):
             try:
                 response = await self.client.get(self.state_url, params=self.params)
-                response.raise_for_status()
+                _raise_for_status(response)
                 state = response.json().get("state")
                 return state if isinstance(state, dict) else None
             except (httpx.HTTPError, ValueError) as exc:
@@ -130,7 +140,7 @@ class RestBackend:
             response = await self.client.put(
                 self.state_url, params=self.params, json={"state": state}
             )
-            response.raise_for_status()
+            _raise_for_status(response)
         except httpx.HTTPError as exc:
             why = str(exc) or type(exc).__name__
             log(f"could not save state to {self.client.base_url}{self.state_url}: {why}")
@@ -139,9 +149,24 @@ class RestBackend:
         body = {"type": type, "reason": reason, "message": message, "replica": replica}
         try:
             response = await self.client.post(self.events_url, params=self.params, json=body)
-            response.raise_for_status()
+            _raise_for_status(response)
         except httpx.HTTPError as exc:
             log(f"could not post event {reason} ({message}): {exc}")
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    """Like ``raise_for_status``, with the server's own message (a 403 says why)."""
+    if not response.is_error:
+        return
+    try:
+        detail = str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        detail = response.text[:300]
+    raise httpx.HTTPStatusError(
+        f"{response.status_code} {response.reason_phrase}: {detail}",
+        request=response.request,
+        response=response,
+    )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import (
     FileResponse,
     JSONResponse,
@@ -21,9 +22,12 @@ from tidemill import __version__
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.loader import job_from_document, parse_document
 from tidemill.api.status import EventView, JobPhase, JobSummary, JobView, NodeView, QueueView
+from tidemill.api.token import ALL_NAMESPACES, Role
 from tidemill.controller.reconciler import ACTIVE_PHASES, Controller
 from tidemill.scheduler.types import ResourceVector
+from tidemill.server.auth import Caller, Forbidden, Guard, Unauthorized
 from tidemill.server.logs import LogSource, stream_logs, tail_start
+from tidemill.server.token_routes import token_routes
 from tidemill.server.views import (
     event_view,
     job_summary,
@@ -64,9 +68,16 @@ def _error(status: int, code: str, message: str, errors: list[dict[str, str]]) -
     )
 
 
-def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
-    """The HTTP face of one controller. All handlers are thin: parse, call, render."""
+def create_app(
+    controller: Controller, registry: CollectorRegistry, guard: Guard | None = None
+) -> FastAPI:
+    """The HTTP face of one controller. All handlers are thin: parse, call, render.
+
+    ``guard`` decides who may call what (see server/auth.py); None serves every caller.
+    """
     store = controller.store
+    guard = guard or Guard.open(store, controller.resolve)
+    caller_of = Depends(guard.caller)
     app = FastAPI(
         title="tidemill",
         version=__version__,
@@ -92,6 +103,16 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
     async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
         return _error(409, "Conflict", str(exc), [])
 
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+        response = _error(401, "Unauthorized", str(exc), [])
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
+        return _error(403, "Forbidden", str(exc), [])
+
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, "BadRequest", str(exc.detail), [])
@@ -106,7 +127,8 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/metrics")
-    def metrics() -> Response:
+    def metrics(caller: Caller = caller_of) -> Response:
+        caller.require(Role.VIEWER, ALL_NAMESPACES, "read metrics")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
@@ -123,45 +145,57 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
             }
         },
     )
-    async def submit(request: Request, dry_run: bool = Query(False, alias="dryRun")) -> Any:
+    async def submit(
+        request: Request, dry_run: bool = Query(False, alias="dryRun"), caller: Caller = caller_of
+    ) -> Any:
         """Submit a job file (tidemill, Kubeflow PyTorchJob or TFJob), YAML or JSON."""
         body = (await request.body()).decode("utf-8", errors="replace")
         if not body.strip():
             raise SpecError.single("<body>", "empty request; send the job file as the body")
         job = job_from_document(parse_document(body, "<body>"))
+        caller.require(Role.EDITOR, job.metadata.namespace, "submit jobs")
         if dry_run:
             view = await run_in_threadpool(controller.dry_run, job)
             return JSONResponse(status_code=200, content=view.model_dump(mode="json"))
-        key = await run_in_threadpool(controller.submit, job)
+        key = await run_in_threadpool(partial(controller.submit, job, actor=caller.actor))
         return view_of(*key.split("/", 1))
 
     @app.get("/api/v1/jobs", response_model=Items)
-    def list_jobs(namespace: str | None = None, phase: JobPhase | None = None) -> Items:
+    def list_jobs(
+        namespace: str | None = None, phase: JobPhase | None = None, caller: Caller = caller_of
+    ) -> Items:
+        namespace = guard.visible(caller, namespace, "list jobs")
         with store.read() as tx:
             rows = tx.job_summaries(None if phase is None else phase.value, namespace)
             summaries: list[JobSummary] = [job_summary(row, running) for row, running in rows]
         return Items(items=summaries)
 
     @app.get("/api/v1/jobs/{name}", response_model=JobView)
-    def get_job(name: str, namespace: str | None = None) -> JobView:
-        return view_of(*controller.resolve(name, namespace))
+    def get_job(name: str, namespace: str | None = None, caller: Caller = caller_of) -> JobView:
+        return view_of(*guard.job(caller, name, namespace, Role.VIEWER, "read jobs"))
 
     @app.delete("/api/v1/jobs/{name}")
-    def delete_job(name: str, namespace: str | None = None) -> dict[str, str]:
-        ns, name = controller.resolve(name, namespace)
-        return {"deleted": controller.delete(ns, name)}
+    def delete_job(
+        name: str, namespace: str | None = None, caller: Caller = caller_of
+    ) -> dict[str, str]:
+        ns, name = guard.job(caller, name, namespace, Role.EDITOR, "delete jobs")
+        return {"deleted": controller.delete(ns, name, actor=caller.actor)}
 
     @app.get("/api/v1/jobs/{name}/events", response_model=Items)
-    def job_events(name: str, namespace: str | None = None) -> Items:
-        ns, name = controller.resolve(name, namespace)
+    def job_events(name: str, namespace: str | None = None, caller: Caller = caller_of) -> Items:
+        ns, name = guard.job(caller, name, namespace, Role.VIEWER, "read events")
         with store.read() as tx:
             events: list[EventView] = [event_view(e) for e in tx.events(job=f"{ns}/{name}")]
         return Items(items=events)
 
     @app.get("/api/v1/events", response_model=Items)
-    def events(job: str | None = None, since: int = 0, limit: int = 1000) -> Items:
+    def events(
+        job: str | None = None, since: int = 0, limit: int = 1000, caller: Caller = caller_of
+    ) -> Items:
+        namespace = guard.visible(caller, job.partition("/")[0] if job else None, "read events")
         with store.read() as tx:
-            return Items(items=[event_view(e) for e in tx.events(job, since, limit)])
+            rows = tx.events(job, since, limit, namespace=namespace)
+            return Items(items=[event_view(e) for e in rows])
 
     @app.get("/api/v1/jobs/{name}/logs", response_class=PlainTextResponse)
     def logs(
@@ -171,9 +205,10 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
         index: int | None = None,
         follow: bool = False,
         tail_lines: int | None = Query(None, alias="tailLines", ge=0),
+        caller: Caller = caller_of,
     ) -> StreamingResponse:
         """Replica logs; without role/index every line is prefixed '[role-index] '."""
-        ns, name = controller.resolve(name, namespace)
+        ns, name = guard.job(caller, name, namespace, Role.VIEWER, "read logs")
 
         def sources() -> list[LogSource]:
             with store.read() as tx:
@@ -219,22 +254,30 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
         )
 
     @app.post("/api/v1/jobs/{name}/scale", response_model=JobView)
-    def scale(name: str, request: ScaleRequest, namespace: str | None = None) -> JobView:
-        ns, name = controller.resolve(name, namespace)
-        controller.scale(ns, name, request.role, request.replicas)
+    def scale(
+        name: str, request: ScaleRequest, namespace: str | None = None, caller: Caller = caller_of
+    ) -> JobView:
+        ns, name = guard.job(caller, name, namespace, Role.EDITOR, "scale jobs")
+        controller.scale(ns, name, request.role, request.replicas, actor=caller.actor)
         return view_of(ns, name)
 
     @app.get("/api/v1/jobs/{name}/master-state", response_model=MasterState)
-    def get_master_state(name: str, namespace: str | None = None) -> MasterState:
-        """What the job's elastic master persisted (it reads this back after a restart)."""
-        ns, name = controller.resolve(name, namespace)
+    def get_master_state(
+        name: str, namespace: str | None = None, caller: Caller = caller_of
+    ) -> MasterState:
+        """What the job's elastic master persisted (it reads this back after a restart).
+        The job's own credential, or an admin token."""
+        ns, name = guard.own_job(caller, name, namespace, "read the master state", admins=True)
         with store.read() as tx:
             row = tx.job(ns, name)
             return MasterState(state=None if row is None else row.master_state)
 
     @app.put("/api/v1/jobs/{name}/master-state", response_model=MasterState)
-    def put_master_state(name: str, body: MasterState, namespace: str | None = None) -> MasterState:
-        ns, name = controller.resolve(name, namespace)
+    def put_master_state(
+        name: str, body: MasterState, namespace: str | None = None, caller: Caller = caller_of
+    ) -> MasterState:
+        """Only the job's own credential may write it: the controller acts on what it says."""
+        ns, name = guard.own_job(caller, name, namespace, "write the master state")
         with store.transaction() as tx:
             row = tx.job(ns, name)
             if row is None:
@@ -243,9 +286,12 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
         return body
 
     @app.post("/api/v1/jobs/{name}/events", status_code=201)
-    def post_event(name: str, body: EventRequest, namespace: str | None = None) -> dict[str, str]:
-        """Events from the job's own processes (the elastic master), shown in describe."""
-        ns, name = controller.resolve(name, namespace)
+    def post_event(
+        name: str, body: EventRequest, namespace: str | None = None, caller: Caller = caller_of
+    ) -> dict[str, str]:
+        """Events from the job's own processes (the elastic master), shown in describe.
+        Only the job's own credential may post them."""
+        ns, name = guard.own_job(caller, name, namespace, "post events")
         with store.transaction() as tx:
             tx.add_event(
                 f"{ns}/{name}",
@@ -257,7 +303,8 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
         return {"recorded": body.reason}
 
     @app.get("/api/v1/queues", response_model=Items)
-    def queues() -> Items:
+    def queues(caller: Caller = caller_of) -> Items:
+        guard.visible(caller, None, "read queues")
         with store.read() as tx:
             nodes = node_views(tx.nodes(), [])
             capacity = ResourceVector(
@@ -269,9 +316,11 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
         return Items(items=views)
 
     @app.get("/api/v1/nodes", response_model=Items)
-    def nodes() -> Items:
+    def nodes(caller: Caller = caller_of) -> Items:
+        guard.visible(caller, None, "read nodes")
         with store.read() as tx:
             views: list[NodeView] = node_views(tx.nodes(), tx.jobs(phases=ACTIVE_PHASES))
         return Items(items=views)
 
+    app.include_router(token_routes(guard))
     return app

@@ -2,6 +2,11 @@
 
 ``tidemill server`` blocks in :meth:`ServerRunner.serve_forever`; ``tidemill run`` and
 the tests start one on a free port with :meth:`ServerRunner.start`.
+
+Auth is off unless asked for (``auth=True``); a server that listens beyond loopback
+refuses to start without it unless told ``insecure=True``. Each job's credential is
+minted from ``<state-dir>/job-secret`` whether auth is on or not, so masters keep
+working when a server is restarted with auth turned on.
 """
 
 from __future__ import annotations
@@ -21,10 +26,23 @@ from tidemill.controller.launcher import free_port
 from tidemill.controller.reconciler import Controller, ControllerConfig
 from tidemill.engines.local import LocalEngine
 from tidemill.server.app import create_app
+from tidemill.server.auth import Guard, is_loopback
 from tidemill.server.metrics import make_registry
+from tidemill.server.tokens import JobCredentials, bootstrap_admin
 from tidemill.store.store import Store, sqlite_url
 
 DEFAULT_STATE_DIR = Path.home() / ".tidemill"
+
+
+class InsecureServer(ValueError):
+    """Listening beyond loopback with auth off was asked for without ``insecure``."""
+
+    def __init__(self, host: str) -> None:
+        super().__init__(
+            f"refusing to serve on {host} without auth: anyone who can reach it could run, "
+            "read and delete every job; add --auth (tokens required), or --insecure if this "
+            "network is trusted"
+        )
 
 
 class ServerRunner:
@@ -38,7 +56,11 @@ class ServerRunner:
         port: int = 8500,
         store_url: str | None = None,
         controller_config: ControllerConfig | None = None,
+        auth: bool = False,
+        insecure: bool = False,
     ) -> None:
+        if not auth and not insecure and not is_loopback(host):
+            raise InsecureServer(host)
         self.state_dir = (state_dir or DEFAULT_STATE_DIR).expanduser().resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cluster = load_cluster_file(cluster_file) if cluster_file else ClusterSpec()
@@ -47,16 +69,25 @@ class ServerRunner:
         self.store = Store(store_url or sqlite_url(self.state_dir))
         self.engine = LocalEngine(self.state_dir)
         registry, metrics = make_registry(self.store)
+        credentials = JobCredentials.in_folder(self.state_dir)
+        self.admin_token_file = bootstrap_admin(self.store, self.state_dir) if auth else None
+        """Where a new admin token was written (first start with auth on), else None."""
         config = controller_config or ControllerConfig()
         self.controller = Controller(
             self.store,
             self.engine,
             cluster,
-            replace(config, server_url=config.server_url or self.url),
+            replace(
+                config,
+                server_url=config.server_url or self.url,
+                job_token=config.job_token or credentials.token,
+            ),
             on_cycle=metrics.record,
         )
+        guard = Guard(self.store, credentials, self.controller.resolve, enabled=auth)
+        self.app = create_app(self.controller, registry, guard)
         uvicorn_config = uvicorn.Config(
-            create_app(self.controller, registry),
+            self.app,
             host=host,
             port=self.port,
             log_level="warning",

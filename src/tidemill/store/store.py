@@ -16,7 +16,15 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.orm import Session, defer, load_only, selectinload, sessionmaker
 
-from tidemill.store.tables import Base, EventRow, JobRow, NodeRow, QueueRow, ReplicaRow
+from tidemill.store.tables import (
+    Base,
+    EventRow,
+    JobRow,
+    NodeRow,
+    QueueRow,
+    ReplicaRow,
+    TokenRow,
+)
 
 
 class StoreUnavailable(Exception):
@@ -167,10 +175,19 @@ class Tx:
             )
         )
 
-    def events(self, job: str | None = None, since: int = 0, limit: int = 1000) -> list[EventRow]:
+    def events(
+        self,
+        job: str | None = None,
+        since: int = 0,
+        limit: int = 1000,
+        namespace: str | None = None,
+    ) -> list[EventRow]:
+        """Oldest first; ``namespace`` keeps only that namespace's job events."""
         stmt = select(EventRow).where(EventRow.id > since).order_by(EventRow.id).limit(limit)
         if job is not None:
             stmt = stmt.where(EventRow.job == job)
+        if namespace is not None:
+            stmt = stmt.where(EventRow.job.startswith(f"{namespace}/", autoescape=True))
         return list(self.session.scalars(stmt))
 
     def queues(self) -> list[QueueRow]:
@@ -190,6 +207,20 @@ class Tx:
         self.session.execute(delete(NodeRow))
         for spec in specs:
             self.session.add(NodeRow(name=spec["name"], spec=spec))
+
+    def add_token(self, row: TokenRow) -> TokenRow:
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+    def token(self, name: str) -> TokenRow | None:
+        return self.session.scalars(select(TokenRow).where(TokenRow.name == name)).first()
+
+    def token_by_digest(self, digest: str) -> TokenRow | None:
+        return self.session.scalars(select(TokenRow).where(TokenRow.digest == digest)).first()
+
+    def tokens(self) -> list[TokenRow]:
+        return list(self.session.scalars(select(TokenRow).order_by(TokenRow.id)))
 
     def delete_undeclared_queues_except(self, keep: set[str]) -> None:
         for row in self.queues():
@@ -241,5 +272,6 @@ __all__ = [
     "ReplicaRow",
     "Store",
     "StoreUnavailable",
+    "TokenRow",
     "Tx",
 ]

@@ -1,4 +1,4 @@
-"""The durable schema: jobs, replicas, events, queues, nodes.
+"""The durable schema: jobs, replicas, events, queues, nodes, API tokens.
 
 A row holds what a restarted server needs to carry on: a job's validated spec and
 phase, each replica's placement and engine handle, and the event history.
@@ -126,3 +126,20 @@ class NodeRow(Base):
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     schedulable: Mapped[bool] = mapped_column(default=True)
+
+
+class TokenRow(Base):
+    """An API token: only the SHA-256 of its secret is kept, so a copy of the
+    database does not let anyone in."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    """Unique for good, revoked tokens included, so events naming it stay unambiguous."""
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    namespace: Mapped[str] = mapped_column(String(63))
+    """The namespace it covers, or ``*`` for all."""
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked: Mapped[bool] = mapped_column(default=False)
