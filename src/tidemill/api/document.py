@@ -69,7 +69,7 @@ def parse_document(text: str, source: str = "<input>") -> dict[str, Any]:
     try:
         document = _fast_json(text)
         if document is None:
-            document = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader
+            document = yaml.load(text, Loader=_BoundedLoader)
     except RecursionError:
         raise SpecError.single(source, _too_deep()) from None
     except _GraphError as exc:
@@ -181,9 +181,8 @@ def _graph_problem(root: yaml.Node) -> str | None:
             continue
         if key in open_nodes:
             return (
-                f"line {node.start_mark.line + 1}: an alias refers to the anchor that contains "
-                "it, so the document would be infinite; anchors may only be reused beside "
-                "themselves"
+                f"line {node.start_mark.line + 1}: an alias inside its own anchor makes the "
+                "document infinite; refer only to anchors outside the alias"
             )
         open_nodes.add(key)
         stack.append((node, True))

@@ -150,7 +150,9 @@ class RoleSpec(SpecModel):
     working_dir: str | None = Field(default=None, description="relative to the job file")
     image: str | None = Field(default=None, description="container image (Kubernetes engine)")
     restart_policy: RestartPolicy = RestartPolicy.ON_FAILURE
-    max_restarts: int = Field(default=3, ge=0, le=INT64_MAX, description="per replica, before the job fails")
+    max_restarts: int = Field(
+        default=3, ge=0, le=INT64_MAX, description="per replica, before the job fails"
+    )
 
     @field_validator("env", mode="before")
     @classmethod

@@ -98,4 +98,3 @@ def text_problem(value: str, *, multiline: bool = False) -> str | None:
 def utf8_size(value: str) -> int:
     """Bytes ``value`` takes as UTF-8 (lone surrogates count as the 3 bytes they would)."""
     return len(value.encode("utf-8", errors="surrogatepass"))
-
