@@ -321,7 +321,7 @@ def oversubscribe(node: NodeSpec, job: TrainingJob) -> Oversubscription | None:
     problems = capacity_problems(job, [enlarged])
     if problems:
         raise SpecError(problems)
-    asked = ", ".join(
+    asked = " + ".join(
         f"{role.min_bound} {name} x {format_cpu(role.resources.cpu_millis)} cpu, "
         f"{format_memory(role.resources.memory)}, {role.resources.gpu:g} gpu"
         for name, role in gang
