@@ -147,8 +147,7 @@ REFUSED: dict[str, tuple[Change, str]] = {
     ),
     "ttlSecondsAfterFinished of 1e300 (a float beyond int64)": (
         spec(ttlSecondsAfterFinished=1e300),
-        "spec.ttlSecondsAfterFinished: Unable to parse input string as an integer, exceeded "
-        "maximum size",
+        "spec.ttlSecondsAfterFinished: 1e+300 is beyond the 64-bit range every field fits in",
     ),
     "a priority of 2**70": (
         spec(priority=2**70),

@@ -88,9 +88,9 @@ def parse_document(text: str, source: str = "<input>") -> dict[str, Any]:
 def check_document(document: dict[str, Any]) -> None:
     """Refuse values no field can hold, wherever they are, with the path to each.
 
-    Integers must fit int64 and numbers be finite; mapping keys are one line of text;
-    strings hold no lone surrogate, NUL or control character other than tab and line
-    breaks. Nesting is bounded. Field-specific rules (names, sizes) live in the models.
+    Numbers must be finite and within int64 (no field needs more); mapping keys are one
+    line of text; strings hold no lone surrogate, NUL or control character other than tab
+    and line breaks. Nesting is bounded. Field rules (names, sizes) live in the models.
     """
     errors: list[FieldError] = []
     stack: list[tuple[str, object, int]] = [("", document, 1)]
@@ -131,6 +131,11 @@ def _scalar_problem(value: object) -> str | None:
         )
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value} is not a finite number; write an ordinary number such as 1 or 0.5"
+    if isinstance(value, float) and not INT64_MIN <= value <= INT64_MAX:
+        return (
+            f"{value:g} is beyond the 64-bit range every field fits in; use a number between "
+            f"{INT64_MIN} and {INT64_MAX}"
+        )
     return None
 
 
