@@ -54,10 +54,10 @@ class _GraphError(Exception):
 def parse_document(text: str, source: str = "<input>") -> dict[str, Any]:
     """Parse YAML (JSON is a subset) into a mapping, with line numbers on syntax errors.
 
-    Raises SpecError for text over :data:`MAX_DOCUMENT_BYTES`, nesting deeper than
-    :data:`MAX_NESTING_DEPTH` (YAML) or than the stack allows (JSON), and aliases that
-    add more than :data:`MAX_ALIAS_NODES` nodes or refer to themselves. The values are
-    checked by :func:`check_document`, which the loaders call.
+    Raises SpecError for text over :data:`MAX_DOCUMENT_BYTES`, nesting deeper than the
+    parser allows, and aliases that add more than :data:`MAX_ALIAS_NODES` nodes or refer
+    to themselves. Values and nesting depth are checked by :func:`check_document`,
+    which the loaders call.
     """
     size = len(text) if len(text) > MAX_DOCUMENT_BYTES else utf8_size(text)
     if size > MAX_DOCUMENT_BYTES:
@@ -69,7 +69,9 @@ def parse_document(text: str, source: str = "<input>") -> dict[str, Any]:
     try:
         document = _fast_json(text)
         if document is None:
-            document = yaml.load(text, Loader=_BoundedLoader)
+            # Without both an anchor and an alias mark nothing can be shared.
+            loader = _BoundedLoader if "&" in text and "*" in text else _FAST_LOADER
+            document = yaml.load(text, Loader=loader)
     except RecursionError:
         raise SpecError.single(source, _too_deep()) from None
     except _GraphError as exc:
@@ -93,49 +95,65 @@ def check_document(document: dict[str, Any]) -> None:
     and line breaks. Nesting is bounded. Field rules (names, sizes) live in the models.
     """
     errors: list[FieldError] = []
-    stack: list[tuple[str, object, int]] = [("", document, 1)]
+    stack: list[tuple[str, dict[Any, Any] | list[Any], int]] = [("", document, 1)]
     while stack and len(errors) < _MAX_PROBLEMS:
-        path, value, depth = stack.pop()
-        if isinstance(value, dict | list) and depth > MAX_NESTING_DEPTH:
-            errors.append(FieldError(path, _too_deep()))
+        path, container, depth = stack.pop()
+        if depth > MAX_NESTING_DEPTH:
+            shown_path = path if len(path) <= 100 else f"{path[:97]}..."
+            errors.append(FieldError(shown_path, _too_deep()))
             continue
-        if isinstance(value, dict):
-            for key, item in reversed(value.items()):
-                name = str(key)
-                problem = text_problem(name) if isinstance(key, str) else None
-                child = _join(path, name if problem is None else shown(name))
-                if problem is not None:
-                    errors.append(FieldError(child, f"the field name {problem}"))
-                else:
-                    stack.append((child, item, depth + 1))
-        elif isinstance(value, list):
-            for index in reversed(range(len(value))):
-                stack.append((_join(path, str(index)), value[index], depth + 1))
-        else:
-            problem = _scalar_problem(value)
+        items = (
+            _named_items(path, container, errors)
+            if isinstance(container, dict)
+            else enumerate(container)
+        )
+        children: list[tuple[str, dict[Any, Any] | list[Any], int]] = []
+        for part, item in items:
+            if isinstance(item, dict | list):
+                children.append((_join(path, str(part)), item, depth + 1))
+                continue
+            problem = _scalar_problem(item)
             if problem is not None:
-                errors.append(FieldError(path, problem))
+                errors.append(FieldError(_join(path, str(part)), problem))
+        stack.extend(reversed(children))
     if errors:
-        raise SpecError(errors)
+        raise SpecError(errors[:_MAX_PROBLEMS])
+
+
+def _named_items(
+    path: str, mapping: dict[Any, Any], errors: list[FieldError]
+) -> list[tuple[str, Any]]:
+    """The mapping's items by printable key; keys that are not text are reported."""
+    items = []
+    for key, item in mapping.items():
+        name = str(key)
+        problem = text_problem(name) if isinstance(key, str) else None
+        if problem is not None:
+            errors.append(FieldError(_join(path, shown(name)), f"the field name {problem}"))
+        else:
+            items.append((name if len(name) <= 64 else shown(name), item))
+    return items
 
 
 def _scalar_problem(value: object) -> str | None:
-    if isinstance(value, str):
-        return text_problem(value, multiline=True)
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+    """Exact types first: this runs once per value of a document of up to 1 MiB."""
+    if type(value) is int:
+        if INT64_MIN <= value <= INT64_MAX:
+            return None
         return (
             f"{shown(value)} is beyond the 64-bit integer range; use a whole number between "
             f"{INT64_MIN} and {INT64_MAX}"
         )
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{value} is not a finite number; write an ordinary number such as 1 or 0.5"
-    if isinstance(value, float) and not INT64_MIN <= value <= INT64_MAX:
-        return (
-            f"{value:g} is beyond the 64-bit range every field fits in; use a number between "
-            f"{INT64_MIN} and {INT64_MAX}"
-        )
+    if type(value) is str:
+        return text_problem(value, multiline=True)
+    if type(value) is float:
+        if not math.isfinite(value):
+            return f"{value} is not a finite number; write an ordinary number such as 1 or 0.5"
+        if not INT64_MIN <= value <= INT64_MAX:
+            return (
+                f"{value:g} is beyond the 64-bit range every field fits in; use a number "
+                f"between {INT64_MIN} and {INT64_MAX}"
+            )
     return None
 
 
@@ -165,35 +183,41 @@ def _graph_problem(root: yaml.Node) -> str | None:
 
     Aliases make the graph a DAG (or, with an alias inside its own anchor, a cycle);
     the tree it stands for is counted bottom-up with memoization, so the count of a
-    billion-node bomb costs as much as its hundred distinct nodes.
+    billion-node bomb costs as much as its hundred distinct nodes. Scalars are leaves
+    counted in place: only collections are visited, so a long flat list costs one pass.
     """
     size: dict[int, int] = {}
     depth: dict[int, int] = {}
-    open_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    opened: set[int] = set()
+    written = 0
+    stack = [root]
     while stack:
-        node, finished = stack.pop()
+        node = stack[-1]
         key = id(node)
-        children = _children(node)
-        if finished:
-            open_nodes.discard(key)
-            size[key] = 1 + sum(size[id(child)] for child in children)
-            depth[key] = 1 + max((depth[id(child)] for child in children), default=0)
-            if depth[key] > MAX_NESTING_DEPTH:
-                return _too_deep()
-            continue
         if key in size:
+            stack.pop()
             continue
-        if key in open_nodes:
-            return (
-                f"line {node.start_mark.line + 1}: an alias inside its own anchor makes the "
-                "document infinite; refer only to anchors outside the alias"
-            )
-        open_nodes.add(key)
-        stack.append((node, True))
-        stack.extend((child, False) for child in children)
-    written = len(size)
-    expanded = size[id(root)]
+        children = _children(node)
+        if key not in opened:
+            opened.add(key)
+            pending = [c for c in children if not _is_leaf(c) and id(c) not in size]
+            if any(id(c) in opened for c in pending):
+                return (
+                    f"line {node.start_mark.line + 1}: an alias inside its own anchor makes "
+                    "the document infinite; refer only to anchors outside the alias"
+                )
+            if pending:
+                stack.extend(pending)
+                continue
+        leaves = sum(1 for c in children if _is_leaf(c))
+        inner = [id(c) for c in children if not _is_leaf(c)]
+        size[key] = 1 + leaves + sum(size[c] for c in inner)
+        depth[key] = 1 + max((depth[c] for c in inner), default=1 if leaves else 0)
+        if depth[key] > MAX_NESTING_DEPTH:
+            return _too_deep()
+        written += 1 + leaves
+        stack.pop()
+    expanded = size.get(id(root), 1)
     if expanded - written > MAX_ALIAS_NODES:
         return (
             f"aliases expand this document to {_count(expanded)} nodes from {written:,} "
@@ -201,6 +225,10 @@ def _graph_problem(root: yaml.Node) -> str | None:
             "parts out, or reuse fewer anchors"
         )
     return None
+
+
+def _is_leaf(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
