@@ -309,3 +309,11 @@ def test_yaml_and_json_forms_of_a_poison_job_say_the_same() -> None:
         load_job_text(json.dumps(doc))
 
     assert str(from_yaml.value.errors[0]) == str(from_json.value.errors[0])
+
+
+def test_a_hundred_thousand_bad_items_are_reported_by_the_first_fifty() -> None:
+    errors = errors_of(changed(worker(args=[[]] * 100_000)))
+
+    assert len(errors) == 51
+    assert errors[0] == "spec.roles.worker.args.0: Input should be a valid string"
+    assert errors[-1] == "... and 99,950 more problems"
