@@ -168,3 +168,13 @@ def test_cluster_files_get_the_same_bounds(tmp_path: Path) -> None:
 
     with pytest.raises(SpecError, match="aliases expand this document"):
         load_cluster_file(path)
+
+
+def test_yaml_text_with_a_lone_surrogate_is_refused_not_a_crash() -> None:
+    text = JOB + "spec: {queue: \ud800}\n"
+    at = len(JOB) + len("spec: {queue: ")
+
+    assert message_of(text) == (
+        f"job.yaml: character {at} is a lone surrogate, not valid UTF-8 text; send "
+        "well-formed Unicode"
+    )

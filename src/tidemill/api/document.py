@@ -74,6 +74,12 @@ def parse_document(text: str, source: str = "<input>") -> dict[str, Any]:
             document = yaml.load(text, Loader=loader)
     except RecursionError:
         raise SpecError.single(source, _too_deep()) from None
+    except UnicodeEncodeError as exc:
+        raise SpecError.single(
+            source,
+            f"character {exc.start} is a lone surrogate, not valid UTF-8 text; send "
+            "well-formed Unicode",
+        ) from None
     except _GraphError as exc:
         raise SpecError.single(source, str(exc)) from None
     except yaml.YAMLError as exc:
