@@ -130,7 +130,7 @@ def test_an_iceberg_filter_that_does_not_parse_is_named_with_an_example(
 
     assert error == (
         "spec.data.stages.0.sources.0.iceberg.filter: cannot parse row filter 'day >= ' at "
-        "character 1; write comparisons joined by and/or, e.g. \"day >= 20261101 and "
+        'character 1; write comparisons joined by and/or, e.g. "day >= 20261101 and '
         "country = 'NL'\""
     )
 

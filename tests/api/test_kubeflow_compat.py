@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
+from tidemill.api.cluster import NodeSpec
 from tidemill.api.compat.kubeflow import convert_kubeflow
 from tidemill.api.errors import SpecError
 from tidemill.api.job import Mode, RestartPolicy, SuccessPolicy, TrainingJob
 from tidemill.api.loader import job_from_document, load_job_file
+from tidemill.controller.admission import admit
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "kubeflow"
 WORKER = "spec.pytorchReplicaSpecs.Worker"
@@ -110,6 +112,7 @@ def test_the_converted_document_is_a_plain_tidemill_job_file() -> None:
                     "command": ["python", "t.py"],
                     "args": ["--lr", "0.1"],
                     "image": "pytorch/pytorch:2.3.1",
+                    "resources": {"cpu": 0, "memory": 0, "gpu": 0},
                 }
             },
         },
@@ -175,6 +178,46 @@ def test_gpu_limits_and_requests_become_resources() -> None:
         2.0,
         16 * 2**30,
     )
+
+
+REQUESTS_AS_KUBERNETES = {
+    "no resources at all reserve nothing (Kubernetes' BestEffort), not 1 cpu and 1Gi": (
+        None,
+        (0.0, 0, 0.0),
+    ),
+    "requests and limits left empty reserve nothing": (
+        {"requests": {}, "limits": {}},
+        (0.0, 0, 0.0),
+    ),
+    "a cpu request alone reserves no memory": ({"requests": {"cpu": "2"}}, (2.0, 0, 0.0)),
+    "limits alone become the requests": (
+        {"limits": {"cpu": "3", "memory": "4Gi", "nvidia.com/gpu": 1}},
+        (3.0, 4 * 2**30, 1.0),
+    ),
+    "a request wins over its limit, and a limit fills the other resource": (
+        {"requests": {"cpu": "500m"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+        (0.5, 2**30, 0.0),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"), REQUESTS_AS_KUBERNETES.values(), ids=REQUESTS_AS_KUBERNETES.keys()
+)
+def test_a_container_reserves_what_kubernetes_would(
+    resources: dict[str, Any] | None, expected: tuple[float, int, float]
+) -> None:
+    container = {} if resources is None else {"resources": resources}
+    worker = load(pytorchjob(Worker=replica(**container))).spec.roles["worker"]
+
+    assert (worker.resources.cpu, worker.resources.memory, worker.resources.gpu) == expected
+
+
+def test_a_container_without_requests_fits_a_cluster_with_little_room() -> None:
+    job = load(pytorchjob(Master=replica(), Worker=replica(3)))
+    small = NodeSpec(name="small", cpu=0.5, memory=2**28)
+
+    assert admit(job, [small], {}, {}).queue == "vision"
 
 
 def test_the_training_container_is_found_by_name_behind_a_sidecar() -> None:

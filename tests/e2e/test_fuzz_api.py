@@ -3,7 +3,8 @@
 A real `tidemill server` with a running job (so `/jobs/{name}` paths reach real code) takes
 generated and mutated requests for every operation; the run must find no 5xx, the server
 must still answer, its memory must stay bounded and a bystander job (a name the fuzzer is
-not pointed at) must keep its process. The budget (``FUZZ_SECONDS``) keeps CI short; raise it locally to search longer.
+not pointed at) must keep its process. The budget (``TIDEMILL_FUZZ_SECONDS``) keeps CI
+short; raise it locally to search longer.
 """
 
 from __future__ import annotations

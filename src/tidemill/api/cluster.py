@@ -7,11 +7,25 @@ Without a cluster file the local cluster is this machine (one node) and every te
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import psutil
 from pydantic import Field, field_validator, model_validator
 
-from tidemill.api._model import SpecModel, validate_dns_label
+from tidemill.api._model import (
+    Int64,
+    SpecModel,
+    validate_dns_label,
+    validate_labels,
+    validate_line,
+)
+from tidemill.api.limits import (
+    MAX_CLUSTER_NODES,
+    MAX_GPUS,
+    MAX_QUEUE_GPUS,
+    MAX_QUEUE_WEIGHT,
+    MIN_QUEUE_WEIGHT,
+)
 from tidemill.api.quantity import CpuCores, MemoryBytes
 
 
@@ -20,14 +34,14 @@ class ResourceAmounts(SpecModel):
 
     cpu: CpuCores | None = None
     memory: MemoryBytes | None = None
-    gpu: float | None = None
+    gpu: float | None = Field(default=None, ge=0, le=MAX_QUEUE_GPUS)
 
 
 class QueueSpec(SpecModel):
     """A tenant queue. DRF weighs queues by ``weight``; ``max`` caps what it may hold."""
 
     name: str
-    weight: float = Field(default=1.0, gt=0)
+    weight: float = Field(default=1.0, ge=MIN_QUEUE_WEIGHT, le=MAX_QUEUE_WEIGHT)
     guaranteed: ResourceAmounts = Field(default_factory=ResourceAmounts)
     max: ResourceAmounts = Field(default_factory=ResourceAmounts)
 
@@ -43,15 +57,25 @@ class NodeSpec(SpecModel):
     name: str
     cpu: CpuCores
     memory: MemoryBytes
-    gpus: int = Field(default=0, ge=0)
+    gpus: int = Field(default=0, ge=0, le=MAX_GPUS)
     gpu_model: str | None = None
     labels: dict[str, str] = Field(default_factory=dict, description="e.g. {rack: r1}")
-    count: int = Field(default=1, ge=1)
+    count: int = Field(default=1, ge=1, le=MAX_CLUSTER_NODES)
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return validate_dns_label(value, "node name")
+
+    @field_validator("gpu_model")
+    @classmethod
+    def _gpu_model(cls, value: str | None) -> str | None:
+        return None if value is None else validate_line(value, "gpu model", 253)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_labels(value)
 
     def expand(self) -> list[NodeSpec]:
         if self.count == 1:
@@ -65,20 +89,31 @@ class NodeSpec(SpecModel):
 class ClusterSpec(SpecModel):
     nodes: list[NodeSpec] = Field(default_factory=list)
     queues: list[QueueSpec] = Field(default_factory=list)
-    priority_classes: dict[str, int] = Field(
+    priority_classes: dict[str, Int64] = Field(
         default_factory=dict, description="name -> priority, e.g. {high: 1000}"
     )
 
+    @field_validator("priority_classes")
+    @classmethod
+    def _priority_class_names(cls, value: dict[str, int]) -> dict[str, int]:
+        for name in value:
+            validate_line(name, "priority class name", 253)
+        return value
+
     @model_validator(mode="after")
     def _unique(self) -> ClusterSpec:
-        names = [n.name for node in self.nodes for n in node.expand()]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise ValueError(f"node names must be unique; repeated: {duplicated}")
-        queues = [q.name for q in self.queues]
-        duplicated = sorted({q for q in queues if queues.count(q) > 1})
-        if duplicated:
-            raise ValueError(f"queue names must be unique; repeated: {duplicated}")
+        total = sum(node.count for node in self.nodes)
+        if total > MAX_CLUSTER_NODES:
+            raise ValueError(
+                f"the cluster declares {total:,} nodes; at most {MAX_CLUSTER_NODES:,} are accepted"
+            )
+        for what, names in (
+            ("node", [n.name for node in self.nodes for n in node.expand()]),
+            ("queue", [q.name for q in self.queues]),
+        ):
+            duplicated = sorted(name for name, times in Counter(names).items() if times > 1)
+            if duplicated:
+                raise ValueError(f"{what} names must be unique; repeated: {duplicated[:10]}")
         return self
 
     def all_nodes(self) -> list[NodeSpec]:

@@ -17,6 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+MAX_REPORTED = 50
+"""Problems listed per refusal; a list of 100,000 bad items is reported by its first 50."""
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -47,13 +50,18 @@ class SpecError(ValueError):
 def from_validation_error(
     exc: ValidationError, known_fields: Mapping[str, str] | set[str], prefix: str = ""
 ) -> SpecError:
-    """``known_fields`` maps each valid field name to where it belongs (or is a set)."""
-    """Turn pydantic's errors into ``path: message`` lines people can act on."""
+    """Turn pydantic's errors into ``path: message`` lines people can act on.
+
+    ``known_fields`` maps each valid field name to where it belongs (or is a set).
+    """
     errors: list[FieldError] = []
-    for item in exc.errors():
+    items = exc.errors()
+    for item in items[:MAX_REPORTED]:
         loc = [str(p) for p in item["loc"] if not _is_internal(p)]
         path = ".".join([prefix, *loc] if prefix else loc)
         errors.append(FieldError(path, _message(item, loc, known_fields)))
+    if len(items) > MAX_REPORTED:
+        errors.append(FieldError("", f"... and {len(items) - MAX_REPORTED:,} more problems"))
     return SpecError(errors)
 
 

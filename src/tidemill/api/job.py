@@ -7,14 +7,34 @@ memory in bytes, gpu in devices (fractions below 1 share a device).
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from tidemill.api._model import SpecModel, validate_dns_label
+from tidemill.api._model import (
+    Int64,
+    SpecModel,
+    validate_dns_label,
+    validate_labels,
+    validate_line,
+)
 from tidemill.api.data import DataSpec, ShuffleSpec, StageSource, StageSpec
+from tidemill.api.limits import (
+    INT64_MAX,
+    MAX_ARG_BYTES,
+    MAX_ARGV_ITEMS,
+    MAX_BACKOFF_S,
+    MAX_ENV_ITEMS,
+    MAX_GPUS,
+    MAX_PODS_PER_JOB,
+    MAX_REPLICA_ARGV_ENV_BYTES,
+    MAX_REPLICAS_PER_ROLE,
+    shown,
+    utf8_size,
+)
 from tidemill.api.quantity import CpuCores, MemoryBytes
 from tidemill.data._sources import IcebergSource, KafkaSource, ParquetSource
 
@@ -23,6 +43,27 @@ KIND = "TrainingJob"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 USER_ROLES = ("chief", "worker", "ps", "evaluator")
 """Roles a job file may declare. ``master`` is reserved for tidemill's per-job master."""
+
+
+def _env_text(value: object) -> str:
+    """Env names and values are text; numbers and booleans written bare become text."""
+    if isinstance(value, str | int | float | bool):
+        return str(value)
+    raise ValueError(f"env names and values are text, not {type(value).__name__}")
+
+
+def _arg_size(value: str) -> str:
+    size = utf8_size(value)
+    if size > MAX_ARG_BYTES:
+        raise ValueError(
+            f"is {size:,} bytes; at most {MAX_ARG_BYTES:,} (64 KiB) per argument or env "
+            "value: put large data or a long script in a file and pass its path"
+        )
+    return value
+
+
+ArgText = Annotated[str, AfterValidator(_arg_size)]
+"""One argument or environment value."""
 
 
 class Mode(StrEnum):
@@ -65,10 +106,14 @@ class Resources(SpecModel):
             raise ValueError("expected a number of GPUs such as 1, 2 or 0.5")
         try:
             gpus = float(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a number of GPUs; write 1, 2 or 0.5") from None
+        except (ValueError, OverflowError):
+            raise ValueError(f"{shown(value)} is not a number of GPUs; write 1, 2 or 0.5") from None
+        if not math.isfinite(gpus):
+            raise ValueError(f"{shown(value)} is not a number of GPUs; write 1, 2 or 0.5")
         if gpus < 0:
             raise ValueError("must not be negative")
+        if gpus > MAX_GPUS:
+            raise ValueError(f"{gpus:g} GPUs is more than any node has; at most {MAX_GPUS}")
         if gpus > 1 and gpus != int(gpus):
             raise ValueError(
                 f"{gpus:g} mixes whole and shared GPUs; ask for a whole number (1, 2, 8) "
@@ -78,6 +123,11 @@ class Resources(SpecModel):
             raise ValueError(f"{gpus:g} is finer than 0.01 of a GPU; round it (e.g. 0.25)")
         return gpus
 
+    @field_validator("gpu_model")
+    @classmethod
+    def _gpu_model(cls, value: str | None) -> str | None:
+        return None if value is None else validate_line(value, "gpu model", 253)
+
     @property
     def cpu_millis(self) -> int:
         return round(self.cpu * 1000)
@@ -86,17 +136,23 @@ class Resources(SpecModel):
 class RoleSpec(SpecModel):
     """A set of identical replicas (workers, parameter servers, the chief...)."""
 
-    replicas: int = Field(default=1, ge=0)
-    min_replicas: int | None = Field(default=None, ge=0, description="elastic lower bound")
-    max_replicas: int | None = Field(default=None, ge=1, description="elastic upper bound")
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS_PER_ROLE)
+    min_replicas: int | None = Field(
+        default=None, ge=0, le=MAX_REPLICAS_PER_ROLE, description="elastic lower bound"
+    )
+    max_replicas: int | None = Field(
+        default=None, ge=1, le=MAX_REPLICAS_PER_ROLE, description="elastic upper bound"
+    )
     resources: Resources = Field(default_factory=Resources)
-    command: list[str] = Field(min_length=1, description="argv of the replica process")
-    args: list[str] = Field(default_factory=list, description="appended to command")
-    env: dict[str, str] = Field(default_factory=dict)
+    command: list[ArgText] = Field(min_length=1, description="argv of the replica process")
+    args: list[ArgText] = Field(default_factory=list, description="appended to command")
+    env: dict[str, ArgText] = Field(default_factory=dict)
     working_dir: str | None = Field(default=None, description="relative to the job file")
     image: str | None = Field(default=None, description="container image (Kubernetes engine)")
     restart_policy: RestartPolicy = RestartPolicy.ON_FAILURE
-    max_restarts: int = Field(default=3, ge=0, description="per replica, before the job fails")
+    max_restarts: int = Field(
+        default=3, ge=0, le=INT64_MAX, description="per replica, before the job fails"
+    )
 
     @field_validator("env", mode="before")
     @classmethod
@@ -107,19 +163,54 @@ class RoleSpec(SpecModel):
             for item in value:
                 if not isinstance(item, dict) or "name" not in item:
                     raise ValueError("env items must look like {name: X, value: Y}")
-                pairs[str(item["name"])] = str(item.get("value", ""))
+                pairs[_env_text(item["name"])] = _env_text(item.get("value", ""))
             return pairs
         if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
+            return {_env_text(k): _env_text(v) for k, v in value.items()}
         return value
 
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [name for name in value if not _ENV_NAME.match(name)]
+        bad = [shown(name, 30) for name in value if not _ENV_NAME.match(name)]
         if bad:
-            raise ValueError(f"invalid variable name(s) {bad}; use letters, digits and '_'")
+            raise ValueError(
+                f"invalid variable name(s) {', '.join(bad[:5])}; use letters, digits and '_', "
+                "not starting with a digit"
+            )
+        if len(value) > MAX_ENV_ITEMS:
+            raise ValueError(f"{len(value):,} variables; at most {MAX_ENV_ITEMS:,} are accepted")
         return value
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, value: str | None) -> str | None:
+        return None if value is None else validate_line(value, "working directory")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return None if value is None else validate_line(value, "image", 1024)
+
+    @model_validator(mode="after")
+    def _argv_env_size(self) -> RoleSpec:
+        """What one replica's exec gets must stay far below what the kernel accepts."""
+        argv = self.argv
+        if len(argv) > MAX_ARGV_ITEMS:
+            raise ValueError(
+                f"command and args have {len(argv):,} items together; at most "
+                f"{MAX_ARGV_ITEMS:,} are accepted"
+            )
+        total = sum(utf8_size(arg) + 1 for arg in argv) + sum(
+            utf8_size(name) + utf8_size(text) + 2 for name, text in self.env.items()
+        )
+        if total > MAX_REPLICA_ARGV_ENV_BYTES:
+            raise ValueError(
+                f"command, args and env take {total:,} bytes together; at most "
+                f"{MAX_REPLICA_ARGV_ENV_BYTES:,} (256 KiB) per replica: pass large data "
+                "in files"
+            )
+        return self
 
     @model_validator(mode="after")
     def _elastic_bounds(self) -> RoleSpec:
@@ -163,36 +254,56 @@ class Metadata(SpecModel):
     def _namespace(cls, value: str) -> str:
         return validate_dns_label(value, "namespace")
 
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return validate_labels(value)
+
 
 class TrainingJobSpec(SpecModel):
     mode: Mode = Mode.ALLREDUCE
     queue: str | None = Field(default=None, description="defaults to the job's namespace")
-    priority: int = Field(default=0, description="higher runs first and may preempt lower")
+    priority: Int64 = Field(default=0, description="higher runs first and may preempt lower")
     priority_class_name: str | None = Field(
         default=None, description="named priority from the cluster file; sets priority"
     )
     roles: dict[str, RoleSpec]
     success_policy: SuccessPolicy = SuccessPolicy.DEFAULT
-    active_deadline_seconds: int | None = Field(default=None, gt=0)
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    active_deadline_seconds: int | None = Field(default=None, gt=0, le=INT64_MAX)
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=INT64_MAX)
     restart_backoff_seconds: float = Field(
-        default=1.0, gt=0, description="first restart delay; doubles per restart, max 5 min"
+        default=1.0,
+        gt=0,
+        le=MAX_BACKOFF_S,
+        description="first restart delay; doubles per restart, max 5 min",
     )
     data: DataSpec | None = Field(
         default=None, description="stages of Parquet, Iceberg and Kafka sources"
     )
 
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, value: str | None) -> str | None:
+        return None if value is None else validate_dns_label(value, "queue name")
+
+    @field_validator("priority_class_name")
+    @classmethod
+    def _priority_class(cls, value: str | None) -> str | None:
+        return None if value is None else validate_line(value, "priority class name", 253)
+
     @field_validator("roles")
     @classmethod
     def _role_names(cls, roles: dict[str, RoleSpec]) -> dict[str, RoleSpec]:
-        unknown = sorted(set(roles) - set(USER_ROLES))
-        if "master" in unknown:
+        unknown = sorted(shown(role, 30) for role in set(roles) - set(USER_ROLES))
+        if "'master'" in unknown:
             raise ValueError(
                 "'master' is reserved for tidemill's own per-job master; call the rank-0 "
                 "role 'chief'"
             )
         if unknown:
-            raise ValueError(f"unknown role(s) {unknown}; roles are {list(USER_ROLES)}")
+            raise ValueError(
+                f"unknown role(s) {', '.join(unknown[:5])}; roles are {', '.join(USER_ROLES)}"
+            )
         return roles
 
     @model_validator(mode="after")
@@ -207,6 +318,13 @@ class TrainingJobSpec(SpecModel):
             problems.append("mode 'ps' needs a 'ps' role with the parameter servers")
         if self.mode is Mode.ALLREDUCE and "ps" in self.roles:
             problems.append("mode 'allreduce' has no parameter servers; use mode: ps")
+        pods = sum(role.max_bound for role in self.roles.values())
+        if pods > MAX_PODS_PER_JOB:
+            sizes = " + ".join(f"{role.max_bound:,} {name}" for name, role in self.roles.items())
+            problems.append(
+                f"the job may grow to {pods:,} replicas ({sizes}); at most "
+                f"{MAX_PODS_PER_JOB:,} per job: split it into several jobs"
+            )
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -222,14 +340,14 @@ class TrainingJob(SpecModel):
     @classmethod
     def _api_version(cls, value: str) -> str:
         if value != API_VERSION:
-            raise ValueError(f"{value!r} is not supported; use '{API_VERSION}'")
+            raise ValueError(f"{shown(value)} is not supported; use '{API_VERSION}'")
         return value
 
     @field_validator("kind")
     @classmethod
     def _kind(cls, value: str) -> str:
         if value != KIND:
-            raise ValueError(f"{value!r} is not supported here; use '{KIND}'")
+            raise ValueError(f"{shown(value)} is not supported here; use '{KIND}'")
         return value
 
     @property

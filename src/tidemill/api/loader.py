@@ -5,56 +5,28 @@ Every problem found is reported at once, each as ``path: message``.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from tidemill.api.cluster import ClusterSpec
 from tidemill.api.data import DataSpec, StageSource
+from tidemill.api.document import check_document, parse_document
 from tidemill.api.errors import FieldError, SpecError, from_validation_error
 from tidemill.api.job import TrainingJob, spec_field_names
+from tidemill.api.limits import MAX_DOCUMENT_BYTES
 
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""libyaml's loader when PyYAML was built with it: several times faster."""
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SQLITE_FILE = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/|:memory:)(.+)$")
-
-
-def _fast_json(text: str) -> Any | None:
-    """JSON bodies (what the CLI and SDK send) skip the YAML parser entirely."""
-    if not text.lstrip().startswith("{"):
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return None  # let the YAML parser report it, with a line number
-
-
-def parse_document(text: str, source: str = "<input>") -> dict[str, Any]:
-    """Parse YAML (JSON is a subset) into a mapping, with line numbers on syntax errors."""
-    try:
-        document = _fast_json(text)
-        if document is None:
-            document = yaml.load(text, Loader=_SAFE_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError.single(source, f"{where}not valid YAML: {problem}") from None
-    if not isinstance(document, dict):
-        kind = "empty" if document is None else type(document).__name__
-        raise SpecError.single(source, f"expected a mapping with apiVersion/kind, got {kind}")
-    return document
 
 
 def job_from_document(document: dict[str, Any]) -> TrainingJob:
     """Validate a parsed document; Kubeflow and Volcano kinds are converted first."""
     from tidemill.api.compat import convert_foreign
 
+    check_document(document)
     native = convert_foreign(document)
     try:
         return TrainingJob.model_validate(native)
@@ -70,10 +42,7 @@ def load_job_file(path: str | Path) -> TrainingJob:
     """Load a job file; relative ``workingDir`` values and data locations resolve against
     the file's folder."""
     file = Path(path)
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise SpecError.single(str(path), f"cannot read the file: {exc.strerror}") from None
+    text = read_document_text(file)
     base = file.resolve().parent
     job = with_working_dirs(load_job_text(text, str(path)), base)
     if job.spec.data is None:
@@ -130,12 +99,32 @@ def with_data_paths(data: DataSpec, base: Path) -> DataSpec:
     return data.model_copy(update={"stages": stages})
 
 
+def read_document_text(file: Path) -> str:
+    """The file's text; reading stops past :data:`MAX_DOCUMENT_BYTES` (a device such as
+    /dev/zero, or a huge file, is refused instead of read to the end)."""
+    try:
+        with file.open("rb") as stream:
+            data = stream.read(MAX_DOCUMENT_BYTES + 1)
+    except OSError as exc:
+        raise SpecError.single(str(file), f"cannot read the file: {exc.strerror}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise SpecError.single(
+            str(file),
+            f"the file is larger than {MAX_DOCUMENT_BYTES:,} bytes (1 MiB), the most a "
+            "document may be; a job file is a few KiB: move data out of it",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError.single(
+            str(file), f"byte {exc.start} is not UTF-8 text; save the file as UTF-8"
+        ) from None
+
+
 def load_cluster_file(path: str | Path) -> ClusterSpec:
     file = Path(path)
-    try:
-        document = parse_document(file.read_text(), str(path))
-    except OSError as exc:
-        raise SpecError.single(str(path), f"cannot read the file: {exc.strerror}") from None
+    document = parse_document(read_document_text(file), str(path))
+    check_document(document)
     try:
         return ClusterSpec.model_validate(document)
     except ValidationError as exc:

@@ -1,12 +1,13 @@
 """``tidemill server`` and ``tidemill run``: the commands that host a server themselves.
 
 ``run`` is the laptop path: validate, start an embedded server on a free port, submit,
-watch the job to its end, and exit 0 (Succeeded), 1 (Failed), 2 (invalid) or 130
-(Ctrl-C, after deleting the job).
+watch the job to its end, and exit 0 (Succeeded), 1 (Failed), 2 (invalid, or a gang
+this machine can never hold) or 130 (Ctrl-C, after deleting the job).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import sys
@@ -19,6 +20,8 @@ from typing import Annotated
 
 import typer
 
+from tidemill.api.cluster import ClusterSpec, NodeSpec, this_machine
+from tidemill.api.job import TrainingJob
 from tidemill.api.loader import load_job_file
 from tidemill.api.status import JobPhase
 from tidemill.cli import render
@@ -27,11 +30,14 @@ from tidemill.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_INVALID,
     fail,
+    fail_invalid,
     reports_errors,
     stdout_console,
 )
 from tidemill.cli.progress import JobProgress, LiveSink, PlainSink
 from tidemill.client import Client, TidemillError
+from tidemill.controller import admission
+from tidemill.controller.admission import Oversubscription
 
 ClusterOption = Annotated[
     Path | None,
@@ -116,9 +122,20 @@ def run(
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the temporary state folder (logs, database).")
     ] = False,
+    oversubscribe: Annotated[
+        bool,
+        typer.Option(
+            "--oversubscribe",
+            help="Run a job larger than this machine anyway: its replicas share the machine "
+            "(a Warning event says by how much).",
+        ),
+    ] = False,
 ) -> None:
     """Run one job on an embedded server and stream its logs and events to the end."""
     job = load_job_file(file)
+    if oversubscribe and cluster is not None:
+        fail("--oversubscribe enlarges this machine; leave out --cluster", code=EXIT_INVALID)
+    enlarged = _fit_this_machine(job, oversubscribe) if cluster is None else None
     from tidemill.server.runner import ServerRunner
 
     with ExitStack() as stack:
@@ -128,6 +145,8 @@ def run(
                 stack.callback(_say, f"state kept in {state_dir}")
             else:
                 stack.callback(shutil.rmtree, state_dir, ignore_errors=True)
+        if enlarged is not None:
+            cluster = _cluster_file(state_dir, enlarged.node)
         runner = ServerRunner(state_dir, cluster, port=0)
         try:
             url = runner.start()
@@ -138,6 +157,9 @@ def run(
         view = client.submit(job)
         console = stdout_console()
         key = f"{view.namespace}/{view.name}"
+        if enlarged is not None:
+            with runner.store.transaction() as tx:
+                tx.add_event(key, "Oversubscribed", enlarged.message, warning=True)
         sink = LiveSink(console, key) if console.is_terminal else PlainSink()
         try:
             with sink, _terminate_as_interrupt():
@@ -154,6 +176,30 @@ def run(
             console.print(line, style=style if index == 0 else "", markup=False, soft_wrap=True)
     if final.phase is not JobPhase.SUCCEEDED:
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _fit_this_machine(job: TrainingJob, oversubscribe: bool) -> Oversubscription | None:
+    """Refuse (exit 2) a gang this machine can never hold, unless told to oversubscribe;
+    then return the machine enlarged to the gang."""
+    machine = this_machine()
+    if oversubscribe:
+        return admission.oversubscribe(machine, job)
+    problems = admission.capacity_problems(job, [machine])
+    if problems:
+        fail_invalid(
+            "the job can never run on this machine; `tidemill run --oversubscribe` runs it "
+            "anyway, with its replicas sharing the machine",
+            problems,
+        )
+    return None
+
+
+def _cluster_file(state_dir: Path, node: NodeSpec) -> Path:
+    """The embedded server's cluster: this one (enlarged) node."""
+    path = state_dir / "oversubscribed-cluster.json"
+    cluster = ClusterSpec(nodes=[node]).model_dump(mode="json", by_alias=True, exclude_none=True)
+    path.write_text(json.dumps(cluster))
+    return path
 
 
 @contextmanager

@@ -12,6 +12,7 @@ Mapping::
                 ttlSecondsAfterFinished, schedulingPolicy.{queue, priorityClass,
                 minAvailable -> worker minReplicas}
     elasticPolicy.{minReplicas, maxReplicas, maxRestarts} -> worker (before backoffLimit)
+    resources   requests, else limits, else 0 (as Kubernetes schedules a container)
 """
 
 from __future__ import annotations
@@ -212,8 +213,7 @@ class _Converter:
             native["env"] = self.env(container["env"], f"{path}.env")
             self.origin[f"{native_path}.env"] = f"{path}.env"
         resources = self.mapping(container.get("resources"), f"{path}.resources")
-        if resources:
-            native["resources"] = self.resources(resources, f"{path}.resources", native_path)
+        native["resources"] = self.resources(resources, f"{path}.resources", native_path)
         return native
 
     def env(self, value: Any, path: str) -> Any:
@@ -233,7 +233,8 @@ class _Converter:
         return kept
 
     def resources(self, resources: dict[str, Any], path: str, native_path: str) -> dict[str, Any]:
-        """Requests reserve capacity; a limit stands in when its request is left out."""
+        """What Kubernetes would reserve: the request; a limit alone stands in for it;
+        neither reserves nothing (not tidemill's own default of 1 cpu and 1Gi)."""
         requests = self.mapping(resources.get("requests"), f"{path}.requests")
         limits = self.mapping(resources.get("limits"), f"{path}.limits")
         native: dict[str, Any] = {}
@@ -246,6 +247,8 @@ class _Converter:
                         f"{path}.{section}{shown}"
                     )
                     break
+            else:
+                native[native_key] = 0
         return native
 
     def run_policy(self, policy: dict[str, Any], spec: dict[str, Any]) -> None:
