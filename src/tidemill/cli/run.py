@@ -59,9 +59,9 @@ def server(
     """Run the control plane until Ctrl-C or SIGTERM."""
     from tidemill.server.runner import ServerRunner
 
-    runner = ServerRunner(state_dir, cluster, host=host, port=port, store_url=store_url)
-    _say(f"tidemill server on {runner.url} (state in {state_dir}); Ctrl-C stops it")
     try:
+        runner = ServerRunner(state_dir, cluster, host=host, port=port, store_url=store_url)
+        _say(f"tidemill server on {runner.url} (state in {state_dir}); Ctrl-C stops it")
         runner.serve_forever()
     except (OSError, RuntimeError) as exc:
         fail(str(exc))
