@@ -99,12 +99,8 @@ def test_metrics_show_each_source_of_a_running_job_by_stage(url: str) -> None:
         if name == "tidemill_data_shards"
     }
     assert shards == {
-        ("backfill", "done"): 8,
-        ("backfill", "in_flight"): 0,
-        ("backfill", "pending"): 0,
-        ("online", "done"): 0,
-        ("online", "in_flight"): 2,
-        ("online", "pending"): 0,
+        ("backfill", "done"): 8, ("backfill", "in_flight"): 0, ("backfill", "pending"): 0,
+        ("online", "done"): 0, ("online", "in_flight"): 2, ("online", "pending"): 0,
     }
     workers = {
         (dict(key)["stage"], dict(key)["worker"]): value
@@ -112,10 +108,8 @@ def test_metrics_show_each_source_of_a_running_job_by_stage(url: str) -> None:
         if name == "tidemill_data_worker_records"
     }
     assert workers == {
-        ("backfill", "worker-0"): 10240,
-        ("backfill", "worker-1"): 9760,
-        ("online", "worker-0"): 2100,
-        ("online", "worker-1"): 2000,
+        ("backfill", "worker-0"): 10240, ("backfill", "worker-1"): 9760,
+        ("online", "worker-0"): 2100, ("online", "worker-1"): 2000,
     }
 
 
