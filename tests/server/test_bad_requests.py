@@ -243,6 +243,14 @@ def test_master_state_that_could_not_be_stored_or_read_back_is_a_422(
     assert httpx.get(f"{runner.url}{API}/jobs/ctr/master-state").json() == {"state": None}
 
 
+def test_master_state_over_the_body_limit_is_a_413(runner: ServerRunner) -> None:
+    state = {"state": {"blob": "s" * BODY_LIMIT_BYTES}}
+    response = httpx.put(f"{runner.url}{API}/jobs/ctr/master-state", json=state)
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "TooLarge"
+
+
 def test_a_good_master_state_with_a_surrogate_pair_round_trips(runner: ServerRunner) -> None:
     url = f"{runner.url}{API}/jobs/ctr/master-state"
     sent = '{"state": {"note": "\\ud83d\\ude00", "step": 5}}'

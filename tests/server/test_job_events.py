@@ -71,3 +71,18 @@ def test_a_deleted_job_takes_its_events_and_a_new_one_of_that_name_starts_clean(
         reasons = [e.reason for e in seen]
         assert reasons[0] == "Submitted", reasons
         assert "Checkpoint" not in reasons and "Deleted" not in reasons, reasons
+
+
+def test_a_job_removed_after_its_ttl_leaves_no_events_but_the_notice_of_removal(
+    start_runner: Callable[..., ServerRunner],
+) -> None:
+    runner = start_runner()
+    job = chatty_job("brief")
+    job["spec"]["ttlSecondsAfterFinished"] = 0
+    job["spec"]["roles"]["worker"]["command"] = ["true"]
+    with Client(runner.url) as client:
+        client.submit(job)
+        wait_for(lambda: not client.jobs(), 30, "brief removed after it finished")
+        reasons = [e.reason for e in client.events(job="default/brief")]
+
+    assert reasons == ["Deleted"]
