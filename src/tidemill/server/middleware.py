@@ -37,11 +37,8 @@ def error_body(code: str, message: str, errors: list[dict[str, str]]) -> dict[st
 
 
 def _size(limit_bytes: int) -> str:
-    return f"{limit_bytes} bytes" + (
-        f" ({limit_bytes >> 20} MiB)"
-        if limit_bytes >= 1 << 20 and limit_bytes % (1 << 20) == 0
-        else ""
-    )
+    mib, rest = divmod(limit_bytes, 1 << 20)
+    return f"{limit_bytes} bytes ({mib} MiB)" if mib and not rest else f"{limit_bytes} bytes"
 
 
 class BodyTooLarge(HTTPException):

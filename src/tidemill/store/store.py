@@ -61,13 +61,14 @@ def cannot_write_cause(exc: DBAPIError) -> str | None:
     """The database's reason when ``exc`` means it cannot write; None for anything else
     (a constraint, a bug), which says nothing about the store's health."""
     orig = exc.orig
-    reason = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    lines = str(orig).strip().splitlines()
+    reason = lines[0] if lines else type(orig).__name__
     sqlite_name = getattr(orig, "sqlite_errorname", None)
     if isinstance(sqlite_name, str):
         return reason if sqlite_name.startswith(_SQLITE_CANNOT_WRITE) else None
-    sqlstate = getattr(orig, "sqlstate", None)
     if exc.connection_invalidated:
         return reason
+    sqlstate = getattr(orig, "sqlstate", None)
     if isinstance(sqlstate, str):
         return reason if sqlstate.startswith(_POSTGRES_CANNOT_WRITE) else None
     # No SQLSTATE: the driver could not reach the server at all.
