@@ -278,7 +278,7 @@ class Controller:
                     self._specs.pop(row.uid, None)
                     tx.delete_job(row)
                 tx.add_event(
-                    f"{namespace}/{name}", "Deleted", f"job deleted by {actor}; processes stopped"
+                    None, "Deleted", f"job {namespace}/{name} deleted by {actor}; processes stopped"
                 )
         self.wake()
         return f"{namespace}/{name}"
@@ -322,5 +322,7 @@ class Controller:
             self._specs.pop(job.uid, None)
             tx.delete_job(job)
             tx.add_event(
-                job.key, "Deleted", f"removed {ttl}s after it finished (ttlSecondsAfterFinished)"
+                None,
+                "Deleted",
+                f"job {job.key} removed {ttl}s after it finished (ttlSecondsAfterFinished)",
             )

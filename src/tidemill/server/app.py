@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
     JSONResponse,
@@ -17,16 +20,34 @@ from fastapi.responses import (
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from tidemill import __version__
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
+from tidemill.api.job import TrainingJob
 from tidemill.api.loader import job_from_document, parse_document
 from tidemill.api.status import EventView, JobPhase, JobSummary, JobView, NodeView, QueueView
 from tidemill.api.token import ALL_NAMESPACES, Role
 from tidemill.controller.reconciler import ACTIVE_PHASES, Controller
 from tidemill.scheduler.types import ResourceVector
 from tidemill.server.auth import Caller, Forbidden, Guard, Unauthorized
-from tidemill.server.logs import LogSource, stream_logs, tail_start
+from tidemill.server.limits import (
+    EVENTS_PAGE_MAX,
+    INT32_MAX,
+    INT64_MAX,
+    Limits,
+    SlotStreamingResponse,
+    StreamSlots,
+    TokenBuckets,
+)
+from tidemill.server.logs import LOG_LIMIT_BYTES, LogSource, stream_logs, tail_start
+from tidemill.server.middleware import (
+    BodyLimit,
+    BoundedJsonRoute,
+    CatchAll,
+    error_body,
+    request_errors,
+)
 from tidemill.server.token_routes import token_routes
 from tidemill.server.views import (
     event_view,
@@ -35,8 +56,21 @@ from tidemill.server.views import (
     node_views,
     queue_views,
 )
+from tidemill.store.store import StoreUnavailable
+from tidemill.store.tables import (
+    EVENT_MESSAGE_MAX_CHARS,
+    EVENT_REASON_MAX_CHARS,
+    EVENT_REPLICA_MAX_CHARS,
+)
 
 STATIC = Path(__file__).parent / "static"
+HTTP_CODES = {
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "TooLarge",
+    415: "UnsupportedMediaType",
+    429: "TooManyRequests",
+}
 
 
 class Items(BaseModel):
@@ -51,25 +85,51 @@ class MasterState(BaseModel):
 
 class EventRequest(BaseModel):
     type: Literal["Normal", "Warning"] = "Normal"
-    reason: str = Field(min_length=1, max_length=64)
-    message: str
-    replica: str | None = None
+    reason: str = Field(min_length=1, max_length=EVENT_REASON_MAX_CHARS)
+    message: str = Field(max_length=EVENT_MESSAGE_MAX_CHARS)
+    replica: str | None = Field(None, max_length=EVENT_REPLICA_MAX_CHARS)
 
 
 class ScaleRequest(BaseModel):
     role: str = Field(description="the role to resize, e.g. worker")
-    replicas: int = Field(ge=0)
+    replicas: int = Field(ge=0, le=INT32_MAX)
 
 
-def _error(status: int, code: str, message: str, errors: list[dict[str, str]]) -> JSONResponse:
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    errors: list[dict[str, str]],
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(
-        status_code=status,
-        content={"error": {"code": code, "message": message, "errors": errors}},
+        status_code=status, content=error_body(code, message, errors), headers=headers
     )
 
 
+def job_from_body(body: bytes) -> TrainingJob:
+    """Parse and validate a submitted job file; runs in a worker thread (YAML is slow)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError.single(
+            "<body>", f"not UTF-8 at byte {exc.start} ({exc.reason}); send the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise SpecError.single("<body>", "empty request; send the job file as the body")
+    try:
+        return job_from_document(parse_document(text, "<body>"))
+    except RecursionError:
+        raise SpecError.single(
+            "<body>", "nested too deeply to read; a job file is a handful of levels deep"
+        ) from None
+
+
 def create_app(
-    controller: Controller, registry: CollectorRegistry, guard: Guard | None = None
+    controller: Controller,
+    registry: CollectorRegistry,
+    guard: Guard | None = None,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """The HTTP face of one controller. All handlers are thin: parse, call, render.
 
@@ -78,11 +138,17 @@ def create_app(
     store = controller.store
     guard = guard or Guard.open(store, controller.resolve)
     caller_of = Depends(guard.caller)
+    limits = limits or Limits()
+    event_rate = TokenBuckets(limits.event_rate_per_s, limits.event_burst)
+    followers = StreamSlots(limits.follow_streams_per_client)
     app = FastAPI(
         title="tidemill",
         version=__version__,
         description="Elastic training platform: queues, gang scheduling, PS and AllReduce jobs.",
     )
+    app.router.route_class = BoundedJsonRoute
+    app.add_middleware(BodyLimit, max_bytes=limits.body_bytes)
+    app.add_middleware(CatchAll)
 
     def view_of(namespace: str, name: str) -> JobView:
         with store.read() as tx:
@@ -115,7 +181,17 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, "BadRequest", str(exc.detail), [])
+        code = HTTP_CODES.get(exc.status_code, "BadRequest")
+        return _error(exc.status_code, code, str(exc.detail), [], exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "Invalid", "the request is invalid", request_errors(exc))
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        headers = {"Retry-After": "5"}
+        return _error(503, "StoreUnavailable", str(exc), [], headers)
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
@@ -123,8 +199,13 @@ def create_app(
         return FileResponse(STATIC / "index.html")
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def healthz() -> JSONResponse:
+        """{"status": "ok"}; 503 {"status": "degraded", "store": why} while the store
+        cannot write (it recovers by itself once a probe write succeeds)."""
+        problem = store.write_problem()
+        if problem is None:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "degraded", "store": problem}, status_code=503)
 
     @app.get("/metrics")
     def metrics(caller: Caller = caller_of) -> Response:
@@ -149,16 +230,13 @@ def create_app(
         request: Request, dry_run: bool = Query(False, alias="dryRun"), caller: Caller = caller_of
     ) -> Any:
         """Submit a job file (tidemill, Kubeflow PyTorchJob or TFJob), YAML or JSON."""
-        body = (await request.body()).decode("utf-8", errors="replace")
-        if not body.strip():
-            raise SpecError.single("<body>", "empty request; send the job file as the body")
-        job = job_from_document(parse_document(body, "<body>"))
+        job = await run_in_threadpool(job_from_body, await request.body())
         caller.require(Role.EDITOR, job.metadata.namespace, "submit jobs")
         if dry_run:
             view = await run_in_threadpool(controller.dry_run, job)
             return JSONResponse(status_code=200, content=view.model_dump(mode="json"))
         key = await run_in_threadpool(partial(controller.submit, job, actor=caller.actor))
-        return view_of(*key.split("/", 1))
+        return await run_in_threadpool(view_of, *key.split("/", 1))
 
     @app.get("/api/v1/jobs", response_model=Items)
     def list_jobs(
@@ -190,7 +268,10 @@ def create_app(
 
     @app.get("/api/v1/events", response_model=Items)
     def events(
-        job: str | None = None, since: int = 0, limit: int = 1000, caller: Caller = caller_of
+        job: str | None = None,
+        since: int = Query(0, ge=0, le=INT64_MAX, description="events after this id"),
+        limit: int = Query(1000, ge=1, le=EVENTS_PAGE_MAX),
+        caller: Caller = caller_of,
     ) -> Items:
         namespace = guard.visible(caller, job.partition("/")[0] if job else None, "read events")
         with store.read() as tx:
@@ -199,15 +280,27 @@ def create_app(
 
     @app.get("/api/v1/jobs/{name}/logs", response_class=PlainTextResponse)
     def logs(
+        request: Request,
         name: str,
         namespace: str | None = None,
         role: str | None = None,
-        index: int | None = None,
+        index: int | None = Query(None, ge=0, le=INT32_MAX),
         follow: bool = False,
-        tail_lines: int | None = Query(None, alias="tailLines", ge=0),
+        tail_lines: int | None = Query(None, alias="tailLines", ge=0, le=INT64_MAX),
+        limit_bytes: int = Query(
+            LOG_LIMIT_BYTES,
+            alias="limitBytes",
+            ge=1,
+            le=INT64_MAX,
+            description="stop after this many bytes of log (a last line says so)",
+        ),
         caller: Caller = caller_of,
     ) -> StreamingResponse:
-        """Replica logs; without role/index every line is prefixed '[role-index] '."""
+        """Replica logs; without role/index every line is prefixed '[role-index] '.
+
+        With ``follow`` the stream lasts until the job ends; each client may hold
+        ``Limits.follow_streams_per_client`` such streams at once.
+        """
         ns, name = guard.job(caller, name, namespace, Role.VIEWER, "read logs")
 
         def sources() -> list[LogSource]:
@@ -226,7 +319,7 @@ def create_app(
                     LogSource(
                         path=str(r.log_path),
                         prefix="" if single else f"[{r.replica_name}] ",
-                        offset=tail_start(str(r.log_path), tail_lines),
+                        offset=tail_start(str(r.log_path), tail_lines, limit_bytes),
                     )
                     for r in chosen
                 ]
@@ -248,8 +341,18 @@ def create_app(
                 row = tx.job(ns, name)
                 return row is not None and not JobPhase(row.phase).is_terminal
 
-        return StreamingResponse(
-            stream_logs(initial, follow, running, refresh=sources if follow else None),
+        release = None
+        if follow:
+            release = followers.acquire(limits.client_key(request))
+            if release is None:
+                raise HTTPException(
+                    429,
+                    f"too many log streams: at most {followers.per_key} with follow=true "
+                    "per client at once; close one (or read without follow) and retry",
+                )
+        return SlotStreamingResponse(
+            stream_logs(initial, follow, running, sources if follow else None, limit_bytes),
+            release,
             media_type="text/plain",
         )
 
@@ -290,8 +393,19 @@ def create_app(
         name: str, body: EventRequest, namespace: str | None = None, caller: Caller = caller_of
     ) -> dict[str, str]:
         """Events from the job's own processes (the elastic master), shown in describe.
-        Only the job's own credential may post them."""
+        Only the job's own credential may post them; each job may post
+        ``Limits.event_rate_per_s`` a second (bursts of ``event_burst``), more is a 429
+        with Retry-After.
+        """
         ns, name = guard.own_job(caller, name, namespace, "post events")
+        wait_s = event_rate.take(f"{ns}/{name}")
+        if wait_s > 0:
+            raise HTTPException(
+                429,
+                f"job {ns}/{name} posts events faster than {limits.event_rate_per_s:g}/s "
+                f"(bursts of {limits.event_burst}); retry in {wait_s:.1f}s",
+                headers={"Retry-After": str(math.ceil(wait_s))},
+            )
         with store.transaction() as tx:
             tx.add_event(
                 f"{ns}/{name}",

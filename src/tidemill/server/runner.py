@@ -11,6 +11,8 @@ working when a server is restarted with auth turned on.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 import time
@@ -27,11 +29,36 @@ from tidemill.controller.reconciler import Controller, ControllerConfig
 from tidemill.engines.local import LocalEngine
 from tidemill.server.app import create_app
 from tidemill.server.auth import Guard, is_loopback
+from tidemill.server.limits import Limits
 from tidemill.server.metrics import make_registry
 from tidemill.server.tokens import JobCredentials, bootstrap_admin
-from tidemill.store.store import Store, sqlite_url
+from tidemill.store.store import Store, StoreUnavailable, sqlite_url
 
 DEFAULT_STATE_DIR = Path.home() / ".tidemill"
+PROBE_FILE_BYTES = 64 * 1024
+"""Written and removed at start-up: a folder that takes this much can hold the store."""
+
+
+class CannotStart(RuntimeError):
+    """The server cannot run here (state folder or store not writable); says why in one line."""
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` and write (and remove) a small file there, or say why not."""
+    probe = folder / f".write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as handle:
+            handle.write(bytes(PROBE_FILE_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise CannotStart(
+            f"cannot write the state folder {folder}: {exc.strerror or exc}"
+        ) from None
 
 
 class InsecureServer(ValueError):
@@ -58,34 +85,46 @@ class ServerRunner:
         controller_config: ControllerConfig | None = None,
         auth: bool = False,
         insecure: bool = False,
+        limits: Limits | None = None,
     ) -> None:
+        """Raises InsecureServer (a non-loopback host without auth or --insecure) and
+        CannotStart (the state folder or the store cannot be written)."""
         if not auth and not insecure and not is_loopback(host):
             raise InsecureServer(host)
         self.state_dir = (state_dir or DEFAULT_STATE_DIR).expanduser().resolve()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.state_dir)
         cluster = load_cluster_file(cluster_file) if cluster_file else ClusterSpec()
         self.host = host
         self.port = port or free_port(host)
-        self.store = Store(store_url or sqlite_url(self.state_dir))
+        where = "the store" if store_url else f"the state folder {self.state_dir}"
+        try:
+            self.store = Store(store_url or sqlite_url(self.state_dir))
+        except StoreUnavailable as exc:
+            raise CannotStart(f"cannot write {where}: {exc.cause}") from None
         self.engine = LocalEngine(self.state_dir)
         registry, metrics = make_registry(self.store)
         credentials = JobCredentials.in_folder(self.state_dir)
-        self.admin_token_file = bootstrap_admin(self.store, self.state_dir) if auth else None
-        """Where a new admin token was written (first start with auth on), else None."""
         config = controller_config or ControllerConfig()
-        self.controller = Controller(
-            self.store,
-            self.engine,
-            cluster,
-            replace(
-                config,
-                server_url=config.server_url or self.url,
-                job_token=config.job_token or credentials.token,
-            ),
-            on_cycle=metrics.record,
-        )
+        try:
+            self.admin_token_file = bootstrap_admin(self.store, self.state_dir) if auth else None
+            """Where a new admin token was written (first start with auth on), else None."""
+            self.controller = Controller(
+                self.store,
+                self.engine,
+                cluster,
+                replace(
+                    config,
+                    server_url=config.server_url or self.url,
+                    job_token=config.job_token or credentials.token,
+                ),
+                on_cycle=metrics.record,
+            )
+        except StoreUnavailable as exc:
+            self.engine.close()
+            self.store.close()
+            raise CannotStart(f"cannot write {where}: {exc.cause}") from None
         guard = Guard(self.store, credentials, self.controller.resolve, enabled=auth)
-        self.app = create_app(self.controller, registry, guard)
+        self.app = create_app(self.controller, registry, guard, limits)
         uvicorn_config = uvicorn.Config(
             self.app,
             host=host,
@@ -101,14 +140,15 @@ class ServerRunner:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> str:
-        """Start in background threads; returns the base URL once /healthz answers."""
+        """Start in background threads; returns the base URL once /healthz answers
+        (503, a store that cannot write for now, counts: the server is up and says so)."""
         self.controller.start()
         self._thread = threading.Thread(target=self._server.run, name="tidemill-http", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code in (200, 503):
                     return self.url
             except httpx.HTTPError:
                 pass

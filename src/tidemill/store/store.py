@@ -1,7 +1,9 @@
 """The repository: every state change is one transaction.
 
 SQLite in WAL mode under the state folder by default; any SQLAlchemy URL (Postgres:
-``postgresql+psycopg://...``) works the same.
+``postgresql+psycopg://...``) works the same. A database that cannot write (disk full,
+read-only, gone) raises :class:`StoreUnavailable` rather than a driver error, and
+:meth:`Store.write_problem` says so until a probe write succeeds again.
 """
 
 from __future__ import annotations
@@ -13,26 +15,65 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy import ColumnElement, Engine, create_engine, delete, event, func, insert, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, defer, load_only, selectinload, sessionmaker
 
 from tidemill.store.tables import (
+    EVENT_MESSAGE_MAX_CHARS,
+    EVENT_REASON_MAX_CHARS,
+    EVENT_REPLICA_MAX_CHARS,
+    EVENTS_PER_JOB_MAX,
     Base,
     EventRow,
     JobRow,
     NodeRow,
+    ProbeRow,
     QueueRow,
     ReplicaRow,
     TokenRow,
 )
+
+PROBE_INTERVAL_S = 3.0
+"""/healthz tries a small write at most this often (how a full store is seen to recover)."""
+PROBE_BYTES = 8192
+"""Large enough that the probe needs new pages, as the writes that failed did."""
+
+_SQLITE_CANNOT_WRITE = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
+_POSTGRES_CANNOT_WRITE = ("08", "53", "57P", "58", "25006")
+"""SQLSTATE classes: connection lost, disk full/out of resources, server shutting down,
+system I/O error, read-only transaction."""
 
 
 class StoreUnavailable(Exception):
     """The store cannot write (disk full, database gone); the message says why.
 
     Raised by :meth:`Store.transaction`; the API answers 503 with it, the controller
-    skips the cycle (no job is failed for it) and retries.
+    skips the cycle (no job is failed for it) and retries. ``cause`` is the database's
+    own words ("database or disk is full").
     """
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause or message
+
+
+def cannot_write_cause(exc: DBAPIError) -> str | None:
+    """The database's reason when ``exc`` means it cannot write; None for anything else
+    (a constraint, a bug), which says nothing about the store's health."""
+    orig = exc.orig
+    lines = str(orig).strip().splitlines()
+    reason = lines[0] if lines else type(orig).__name__
+    sqlite_name = getattr(orig, "sqlite_errorname", None)
+    if isinstance(sqlite_name, str):
+        return reason if sqlite_name.startswith(_SQLITE_CANNOT_WRITE) else None
+    if exc.connection_invalidated:
+        return reason
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return reason if sqlstate.startswith(_POSTGRES_CANNOT_WRITE) else None
+    # No SQLSTATE: the driver could not reach the server at all.
+    return reason if isinstance(exc, OperationalError) else None
 
 
 def sqlite_url(state_dir: Path) -> str:
@@ -57,11 +98,49 @@ def _make_engine(url: str) -> Engine:
     return engine
 
 
+def _cut(text: str, limit: int, note: bool = True) -> str:
+    """``text`` within ``limit`` characters; with ``note``, what was cut is said."""
+    if len(text) <= limit:
+        return text
+    if not note:
+        return text[:limit]
+    tail = f"… [{len(text) - limit} more characters cut]"
+    return text[: limit - len(tail)] + tail
+
+
+class EventCap:
+    """Keeps at most ``limit`` events per job: the first event a job gets after start,
+    and every ``prune_every``-th after it, drop all but the newest
+    ``limit - prune_every``, so the count never passes ``limit`` and the query that
+    finds the oldest runs once per ``prune_every`` events, not on each."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.prune_every = max(1, limit // 100)
+        self._added: dict[str | None, int] = {}
+        self._lock = threading.Lock()
+
+    def due(self, job: str | None) -> bool:
+        with self._lock:
+            count = self._added.get(job, 0)
+            self._added[job] = count + 1
+        return count % self.prune_every == 0
+
+    def forget(self, job: str) -> None:
+        with self._lock:
+            self._added.pop(job, None)
+
+
+def _of_job(job: str | None) -> ColumnElement[bool]:
+    return EventRow.job.is_(None) if job is None else EventRow.job == job
+
+
 class Tx:
     """One transaction's view of the store. Rows are valid until the block ends."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, event_cap: EventCap) -> None:
         self.session = session
+        self.event_cap = event_cap
 
     def job(self, namespace: str, name: str) -> JobRow | None:
         stmt = (
@@ -144,12 +223,18 @@ class Tx:
         return [(row, running.get(row.id, {})) for row in rows]
 
     def add_job(self, row: JobRow) -> JobRow:
+        """Events a deleted job of the same name left behind (its Deleted notice) go:
+        a new job under an old name inherits none."""
+        self.session.execute(delete(EventRow).where(_of_job(row.key)))
         self.session.add(row)
         self.session.flush()
         return row
 
     def delete_job(self, row: JobRow) -> None:
+        """The job, its replicas and its events."""
         self.session.delete(row)
+        self.session.execute(delete(EventRow).where(_of_job(row.key)))
+        self.event_cap.forget(row.key)
 
     def delete_replica(self, job: JobRow, replica: ReplicaRow) -> None:
         job.replicas.remove(replica)
@@ -164,16 +249,34 @@ class Tx:
         replica: str | None = None,
         at: float | None = None,
     ) -> None:
+        """Over-long fields are cut (the message says so); beyond the per-job cap the
+        oldest events of ``job`` are dropped."""
         self.session.add(
             EventRow(
                 time=time.time() if at is None else at,
                 job=job,
                 type="Warning" if warning else "Normal",
-                reason=reason,
-                message=message,
-                replica=replica,
+                reason=_cut(reason, EVENT_REASON_MAX_CHARS, note=False),
+                message=_cut(message, EVENT_MESSAGE_MAX_CHARS),
+                replica=None if replica is None else _cut(replica, EVENT_REPLICA_MAX_CHARS, False),
             )
         )
+        if self.event_cap.due(job):
+            self._drop_oldest_events(job)
+
+    def _drop_oldest_events(self, job: str | None) -> None:
+        keep = self.event_cap.limit - self.event_cap.prune_every
+        newest_dropped = self.session.scalar(
+            select(EventRow.id)
+            .where(_of_job(job))
+            .order_by(EventRow.id.desc())
+            .offset(keep)
+            .limit(1)
+        )
+        if newest_dropped is not None:
+            self.session.execute(
+                delete(EventRow).where(_of_job(job), EventRow.id <= newest_dropped)
+            )
 
     def events(
         self,
@@ -231,12 +334,17 @@ class Tx:
 class Store:
     """Opens the database, creates the schema, hands out transactions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, events_per_job: int = EVENTS_PER_JOB_MAX) -> None:
         self.url = url
         self.engine = _make_engine(url)
-        Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock() if url.startswith("sqlite") else None
+        self._event_cap = EventCap(events_per_job)
+        self._write_problem: str | None = None
+        self._probed_at = float("-inf")
+        self._probe_lock = threading.Lock()
+        with self._unavailable_on_failure():
+            Base.metadata.create_all(self.engine)
 
     @classmethod
     def in_folder(cls, state_dir: Path) -> Store:
@@ -244,12 +352,16 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """Commit on success, roll back on error. SQLite writers are serialised here."""
+        """Commit on success, roll back on error. SQLite writers are serialised here.
+
+        Raises StoreUnavailable when the database cannot write (disk full, read-only,
+        connection lost); every other error passes through unchanged.
+        """
         if self._write_lock is not None:
             self._write_lock.acquire()
         try:
-            with self._sessions() as session, session.begin():
-                yield Tx(session)
+            with self._writing() as tx:
+                yield tx
         finally:
             if self._write_lock is not None:
                 self._write_lock.release()
@@ -257,8 +369,56 @@ class Store:
     @contextmanager
     def read(self) -> Iterator[Tx]:
         """A read-only view; never blocks on writers (WAL)."""
-        with self._sessions() as session:
-            yield Tx(session)
+        with self._unavailable_on_failure(), self._sessions() as session:
+            yield Tx(session, self._event_cap)
+
+    def write_problem(self) -> str | None:
+        """None while the store can write, else the database's reason why not.
+
+        A failed write sets it; a probe (a small insert and delete, at most every
+        PROBE_INTERVAL_S, skipped while another writer is busy) clears it once space
+        returns, or finds the problem before any real write does.
+        """
+        now = time.monotonic()
+        if now - self._probed_at >= PROBE_INTERVAL_S and self._probe_lock.acquire(blocking=False):
+            try:
+                self._probed_at = now
+                if self._probe():
+                    self._write_problem = None
+            except StoreUnavailable:
+                pass  # _unavailable_on_failure recorded the cause
+            finally:
+                self._probe_lock.release()
+        return self._write_problem
+
+    def _probe(self) -> bool:
+        """True when a write that needs new pages committed; False when not tried."""
+        if self._write_lock is not None and not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._writing() as tx:
+                tx.session.execute(insert(ProbeRow).values(id=1, data=bytes(PROBE_BYTES)))
+                tx.session.execute(delete(ProbeRow))
+            return True
+        finally:
+            if self._write_lock is not None:
+                self._write_lock.release()
+
+    @contextmanager
+    def _writing(self) -> Iterator[Tx]:
+        with self._unavailable_on_failure(), self._sessions() as session, session.begin():
+            yield Tx(session, self._event_cap)
+
+    @contextmanager
+    def _unavailable_on_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except DBAPIError as exc:
+            cause = cannot_write_cause(exc)
+            if cause is None:
+                raise
+            self._write_problem = cause
+            raise StoreUnavailable(f"the store cannot write: {cause}", cause) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -274,4 +434,5 @@ __all__ = [
     "StoreUnavailable",
     "TokenRow",
     "Tx",
+    "cannot_write_cause",
 ]

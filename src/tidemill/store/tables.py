@@ -8,8 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+EVENT_REASON_MAX_CHARS = 64
+EVENT_MESSAGE_MAX_CHARS = 4096
+"""Longer messages are refused at the API and cut (with a note) when written inside."""
+EVENT_REPLICA_MAX_CHARS = 64
+EVENTS_PER_JOB_MAX = 10_000
+"""Stored events per job (and for the cluster); the oldest are dropped beyond it."""
 
 
 class Base(DeclarativeBase):
@@ -106,9 +123,9 @@ class EventRow(Base):
     time: Mapped[float] = mapped_column(Float)
     job: Mapped[str | None] = mapped_column(String(127), nullable=True)
     type: Mapped[str] = mapped_column(String(16))
-    reason: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(EVENT_REASON_MAX_CHARS))
     message: Mapped[str] = mapped_column(Text)
-    replica: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    replica: Mapped[str | None] = mapped_column(String(EVENT_REPLICA_MAX_CHARS), nullable=True)
 
 
 class QueueRow(Base):
@@ -143,3 +160,12 @@ class TokenRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class ProbeRow(Base):
+    """Written and removed by the store's health probe: can the database still grow?"""
+
+    __tablename__ = "store_probe"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
