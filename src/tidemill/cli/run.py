@@ -2,15 +2,16 @@
 
 ``run`` is the laptop path: validate, start an embedded server on a free port, submit,
 watch the job to its end, and exit 0 (Succeeded), 1 (Failed), 2 (invalid) or 130
-(Ctrl-C, after deleting the job).
+(Ctrl-C or SIGTERM: the job is deleted, replicas that outlive the delete are killed,
+and ``run`` returns within 3 s; see :mod:`tidemill.cli.interrupt`).
 """
 
 from __future__ import annotations
 
 import shutil
 import signal
-import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,16 +22,12 @@ import typer
 
 from tidemill.api.loader import load_job_file
 from tidemill.api.status import JobPhase
-from tidemill.cli import render
-from tidemill.cli.common import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    fail,
-    reports_errors,
-    stdout_console,
-)
-from tidemill.cli.progress import JobProgress, LiveSink, PlainSink
-from tidemill.client import Client, TidemillError
+from tidemill.cli import interrupt
+from tidemill.cli.common import EXIT_FAILURE, EXIT_INTERRUPTED, fail, reports_errors, say
+from tidemill.cli.interrupt import OnceStop, shielded, stop_job
+from tidemill.cli.progress import JobProgress, print_outcome, progress_sink
+from tidemill.cli.scripts import missing_scripts
+from tidemill.client import Client
 
 ClusterOption = Annotated[
     Path | None,
@@ -60,7 +57,7 @@ def server(
     from tidemill.server.runner import ServerRunner
 
     runner = ServerRunner(state_dir, cluster, host=host, port=port, store_url=store_url)
-    _say(f"tidemill server on {runner.url} (state in {state_dir}); Ctrl-C stops it")
+    say(f"tidemill server on {runner.url} (state in {state_dir}); Ctrl-C stops it")
     try:
         runner.serve_forever()
     except (OSError, RuntimeError) as exc:
@@ -87,7 +84,7 @@ def run(
         if state_dir is None:
             state_dir = Path(tempfile.mkdtemp(prefix="tidemill-run-"))
             if keep:
-                stack.callback(_say, f"state kept in {state_dir}")
+                stack.callback(say, f"state kept in {state_dir}")
             else:
                 stack.callback(shutil.rmtree, state_dir, ignore_errors=True)
         runner = ServerRunner(state_dir, cluster, port=0)
@@ -95,25 +92,27 @@ def run(
             url = runner.start()
         except RuntimeError as exc:
             fail(str(exc))
-        stack.callback(runner.stop)
+        stop_server = OnceStop(runner.stop)
+        stack.callback(stop_server)
+        say(f"tidemill server on {url}: dashboard {url}/, API docs {url}/docs")
+        for warning in missing_scripts(job):
+            say(f"warning: {file}: {warning}")
         client = stack.enter_context(Client(url))
         view = client.submit(job)
-        console = stdout_console()
-        key = f"{view.namespace}/{view.name}"
-        sink = LiveSink(console, key) if console.is_terminal else PlainSink()
+        sink = progress_sink(view)
+        progress = JobProgress(client, view, sink, poll_s=0.25)
         try:
             with sink, _terminate_as_interrupt():
-                final = JobProgress(client, view, sink, poll_s=0.25).follow()
+                final = progress.follow()
         except KeyboardInterrupt:
-            _say(f"interrupted: deleting job {key}")
-            try:
-                client.delete(view.name, view.namespace)
-            except TidemillError as exc:
-                _say(f"could not delete {key}: {exc}")
+            say(f"interrupted: deleting job {view.namespace}/{view.name}")
+            with shielded():
+                now = time.monotonic()
+                deadline = now + interrupt.BUDGET_S
+                stop_job(url, progress.view, now + interrupt.GRACE_S, deadline)
+                stop_server(deadline)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        style = "green" if final.phase is JobPhase.SUCCEEDED else "red"
-        for index, line in enumerate(render.final_summary(final)):
-            console.print(line, style=style if index == 0 else "", markup=False, soft_wrap=True)
+        print_outcome(final)
     if final.phase is not JobPhase.SUCCEEDED:
         raise typer.Exit(EXIT_FAILURE)
 
@@ -130,11 +129,6 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
 
 
 __all__ = ["run", "server"]

@@ -1,4 +1,4 @@
-"""The REST API (under /api/v1), /healthz, /metrics and OpenAPI docs at /docs."""
+"""The REST API (under /api/v1), /healthz, /metrics and OpenAPI docs at /docs (offline)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tidemill.api.loader import job_from_document, parse_document
 from tidemill.api.status import EventView, JobPhase, JobSummary, JobView, NodeView, QueueView
 from tidemill.controller.reconciler import ACTIVE_PHASES, Controller
 from tidemill.scheduler.types import ResourceVector
+from tidemill.server.docs import add_docs
 from tidemill.server.logs import LogSource, stream_logs, tail_start
 from tidemill.server.views import (
     event_view,
@@ -71,7 +72,10 @@ def create_app(controller: Controller, registry: CollectorRegistry) -> FastAPI:
         title="tidemill",
         version=__version__,
         description="Elastic training platform: queues, gang scheduling, PS and AllReduce jobs.",
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(app)
 
     def view_of(namespace: str, name: str) -> JobView:
         with store.read() as tx:
