@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -27,6 +26,7 @@ from tidemill.cli.common import (
     connect,
     echo,
     reports_errors,
+    say,
     stdout_console,
 )
 from tidemill.cli.progress import print_outcome, watch
@@ -67,10 +67,7 @@ def submit(
         try:
             final = watch(client, view)
         except KeyboardInterrupt:
-            sys.stderr.write(
-                f"interrupted: stopped watching; job {key} goes on "
-                f"(`tidemill delete {key}` stops it)\n"
-            )
+            say(f"interrupted: stopped watching; job {key} goes on (`tidemill delete {key}`)")
             raise typer.Exit(EXIT_INTERRUPTED) from None
     print_outcome(final)
     if final.phase is not JobPhase.SUCCEEDED:

@@ -25,8 +25,8 @@ from tidemill.client import Client, TidemillError, TimedOut
 GRACE_S = 1.0
 """From Ctrl-C until replicas still running are killed: their time to exit on SIGTERM."""
 BUDGET_S = 2.0
-"""From Ctrl-C to the return of ``run`` (the interpreter's exit adds about half a second):
-what is not done by then (a server still stopping) is abandoned."""
+"""From Ctrl-C to the return of ``run``; what is not done by then (a server still
+stopping) is abandoned. The process then leaves at once (see ``tidemill.cli.main``)."""
 CREATE_TIME_SLACK_S = 1.0
 """A pid is a replica's only if its process started after the replica (pids are reused)."""
 
