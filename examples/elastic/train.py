@@ -10,8 +10,10 @@ trained id must read 1. A 2 would mean a sample trained twice (a rollback that d
 not undo a step), a 0 a sample lost (a step counted that no rank trained).
 
 Rank 0 prints one ``progress {...}`` JSON line every ``--log-every`` steps and, at the
-end, writes ``--result`` (JSON): the committed step, the counts summary, the pid of
-every rank, and the world size of every epoch.
+end, a ``result {...}`` line: the committed step and the counts summary. ``--result
+FILE`` (or ``$ELASTIC_RESULT``) also writes it as JSON with the pid of every rank and
+the world size of every epoch; nothing is written by default, so a run leaves the
+source tree as it was.
 
     python train.py --steps 100                 # alone
     tidemill run job.yaml                       # elastic, under tidemill
@@ -62,7 +64,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--fast-when", type=Path, help="skip the fake compute once this file exists (ends demos)"
     )
-    parser.add_argument("--result", default=os.environ.get("ELASTIC_RESULT", "elastic-result.json"))
+    parser.add_argument(
+        "--result",
+        type=Path,
+        default=os.environ.get("ELASTIC_RESULT"),
+        help="also write the result here as JSON",
+    )
     return parser.parse_args()
 
 
@@ -128,7 +135,8 @@ def main() -> None:
 
     result = train()
     if result is not None:
-        Path(args.result).write_text(json.dumps(result, indent=2))
+        if args.result is not None:
+            args.result.write_text(json.dumps(result, indent=2))
         print(f"result {json.dumps({k: v for k, v in result.items() if k != 'epochs'})}")
 
 

@@ -1,16 +1,23 @@
-"""`tidemill run` stopped by Ctrl-C or SIGTERM deletes its job and leaves nothing behind."""
+"""`tidemill run`: where its server is, and Ctrl-C or SIGTERM deletes the job, kills what
+ignores SIGTERM, and returns within 3 s leaving nothing behind."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 import pytest
+from typer.testing import CliRunner
+
+from tidemill.cli.main import app
 
 LOOP = (
     "import os, pathlib, time\n"
@@ -19,21 +26,95 @@ LOOP = (
     "    print('tick', i, flush=True)\n"
     "    time.sleep(0.2)\n"
 )
+STUBBORN = (
+    "import os, pathlib, signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "pathlib.Path(f'pid-{os.environ[\"RANK\"]}').write_text(str(os.getpid()))\n"
+    "print('tick 2 (ignoring SIGTERM)', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+def test_run_says_where_its_server_is_and_streams_the_job(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text("import os\nprint('hello from', os.environ['RANK'])\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "metadata: {name: hello}\n"
+        "spec: {roles: {worker: {replicas: 2, resources: {cpu: 0.1}, "
+        "command: [python, hello.py]}}}\n"
+    )
+    result = CliRunner().invoke(app, ["run", str(job)], env={"TIDEMILL_WARM_START": "0"})
+    assert result.exit_code == 0, result.output
+    url = re.match(r"tidemill server on (http://127\.0\.0\.1:\d+): ", result.stderr)
+    assert url is not None, result.stderr
+    assert f"dashboard {url[1]}/, API docs {url[1]}/docs" in result.stderr
+    lines = result.stdout.splitlines()
+    assert {"[worker-0] hello from 0", "[worker-1] hello from 1"} <= set(lines)
+    assert any(line.startswith("job default/hello Succeeded in ") for line in lines)
+
+
+def test_run_warns_about_a_missing_script_before_it_fails(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "metadata: {name: typo}\n"
+        "spec: {roles: {worker: {resources: {cpu: 0.1}, command: [python, trian.py], "
+        "restartPolicy: Never}}}\n"
+    )
+    result = CliRunner().invoke(app, ["run", str(job)], env={"TIDEMILL_WARM_START": "0"})
+    assert result.exit_code == 1, result.output
+    assert (
+        f"warning: {job}: spec.roles.worker.command: runs trian.py, which does not exist in "
+        f"{tmp_path} " in result.stderr
+    )
+    assert "job default/typo Failed" in result.stdout
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_run_deletes_the_job_and_its_temporary_state(
-    tmp_path: Path, signum: signal.Signals
+@pytest.mark.parametrize(
+    ("script", "signum"),
+    [
+        (LOOP, signal.SIGINT),
+        (LOOP, signal.SIGTERM),
+        (STUBBORN, signal.SIGINT),
+    ],
+    ids=["ctrl-c", "sigterm", "ctrl-c-replicas-ignore-sigterm"],
+)
+def test_an_interrupted_run_exits_130_within_3s_and_leaves_nothing_behind(
+    tmp_path: Path, script: str, signum: signal.Signals
 ) -> None:
-    (tmp_path / "loop.py").write_text(LOOP)
+    (tmp_path / "loop.py").write_text(script)
     job = tmp_path / "job.yaml"
     job.write_text(
         "metadata: {name: forever}\n"
-        "spec: {roles: {worker: {replicas: 2, command: [python, loop.py]}}}\n"
+        "spec: {roles: {worker: {replicas: 2, resources: {cpu: 0.1}, "
+        "command: [python, loop.py]}}}\n"
     )
     temp = tmp_path / "temp"
     temp.mkdir()
+    with started_run(job, temp) as process:
+        assert process.stdout is not None
+        assert any("[worker-1] tick 2" in line for line in process.stdout), "no replica output"
+        replicas = [int((tmp_path / f"pid-{rank}").read_text()) for rank in (0, 1)]
+        try:
+            sent = time.monotonic()
+            process.send_signal(signum)
+            _, stderr = process.communicate(timeout=30)
+            took_s = time.monotonic() - sent
+            assert process.returncode == 130, stderr
+            assert took_s < 3.0, f"run took {took_s:.1f}s to exit:\n{stderr}"
+            assert "interrupted: deleting job default/forever" in stderr
+            assert "Traceback" not in stderr
+            assert [pid for pid in replicas if alive(pid)] == []
+            assert list(temp.iterdir()) == []
+        finally:
+            for pid in replicas:
+                if alive(pid, grace_s=0):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def started_run(job: Path, temp: Path) -> Iterator[subprocess.Popen[str]]:
+    """``tidemill run JOB`` in a child process with its own TMPDIR; killed if still alive."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tidemill.cli", "run", str(job)],
         stdout=subprocess.PIPE,
@@ -41,34 +122,23 @@ def test_an_interrupted_run_deletes_the_job_and_its_temporary_state(
         text=True,
         env={**os.environ, "TMPDIR": str(temp)},
     )
-    replicas: list[int] = []
     try:
-        assert process.stdout is not None
-        assert any("[worker-1] tick 2" in line for line in process.stdout), "no replica output"
-        replicas = [int((tmp_path / f"pid-{rank}").read_text()) for rank in (0, 1)]
-        process.send_signal(signum)
-        _, stderr = process.communicate(timeout=60)
-        assert process.returncode == 130, stderr
-        assert "interrupted: deleting job default/forever" in stderr
-        assert "Traceback" not in stderr
-        assert not any(_alive(pid) for pid in replicas)
-        assert list(temp.iterdir()) == []
+        yield process
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-        for pid in replicas:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int, grace_s: float = 5.0) -> bool:
+def alive(pid: int, grace_s: float = 5.0) -> bool:
+    """Whether ``pid`` still runs after ``grace_s`` (a zombie counts as gone)."""
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+    while True:
         try:
             if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
                 return False
         except psutil.NoSuchProcess:
             return False
+        if time.monotonic() >= deadline:
+            return True
         time.sleep(0.05)
-    return True

@@ -101,3 +101,25 @@ def test_run_refuses_an_invalid_file_before_starting_anything(tmp_path: Path) ->
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2
     assert "spec.roles.worker.command: required field is missing" in result.stderr
+
+
+def test_a_relative_script_missing_from_the_working_dir_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "metadata: {name: typo}\n"
+        "spec:\n"
+        "  roles:\n"
+        "    worker: {command: [python, -u, trian.py]}\n"
+        "    evaluator: {command: [python, -m, http.server]}\n"
+        "    chief: {command: [bash, run.sh], workingDir: jobs}\n"
+    )
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "run.sh").write_text("echo hi\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{path}: ok (TrainingJob default/typo")
+    assert result.stderr.splitlines() == [
+        f"warning: {path}: spec.roles.worker.command: runs trian.py, which does not exist in "
+        f"{tmp_path} (replicas start in workingDir, which is relative to the job file; "
+        "the job file's folder by default)"
+    ]

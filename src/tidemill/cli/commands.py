@@ -16,6 +16,7 @@ from tidemill.api.status import EventView, JobPhase
 from tidemill.cli import render
 from tidemill.cli.common import (
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
     EXIT_INVALID,
     JobArgument,
     NamespaceOption,
@@ -25,8 +26,11 @@ from tidemill.cli.common import (
     connect,
     echo,
     reports_errors,
+    say,
     stdout_console,
 )
+from tidemill.cli.progress import print_outcome, watch
+from tidemill.cli.scripts import missing_scripts
 from tidemill.client import DEFAULT_SERVER, Client
 
 JobFile = Annotated[Path, typer.Argument(help="Job file (YAML or JSON; tidemill or Kubeflow).")]
@@ -35,7 +39,9 @@ JobFile = Annotated[Path, typer.Argument(help="Job file (YAML or JSON; tidemill 
 @reports_errors
 def submit(
     file: JobFile,
-    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Stream logs and events until the job ends.")
+    ] = False,
     namespace: Annotated[
         str | None, typer.Option("--namespace", "-n", help="Submit into this namespace.")
     ] = None,
@@ -44,7 +50,8 @@ def submit(
     ] = False,
     server: ServerOption = DEFAULT_SERVER,
 ) -> None:
-    """Validate a job file here, then submit it. With --wait, exit 1 if the job fails."""
+    """Validate a job file here, then submit it. --wait streams its logs and events like
+    `run` and exits 0 if it succeeds, 1 if it fails (Ctrl-C stops watching, not the job)."""
     job = load_job_file(file)
     if namespace is not None:
         job = _in_namespace(job, namespace)
@@ -57,12 +64,13 @@ def submit(
         echo(f"job {key} submitted to queue {view.queue} ({view.phase.value})")
         if not wait:
             return
-        console = stdout_console()
-        with console.status(f"waiting for {key}", spinner="dots"):
-            final = client.wait(view.name, namespace=view.namespace)
-    for line in render.final_summary(final):
-        echo(line)
-    if final.phase is JobPhase.FAILED:
+        try:
+            final = watch(client, view)
+        except KeyboardInterrupt:
+            say(f"interrupted: stopped watching; job {key} goes on (`tidemill delete {key}`)")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+    print_outcome(final)
+    if final.phase is not JobPhase.SUCCEEDED:
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -219,7 +227,10 @@ def events(
 def validate(
     files: Annotated[list[Path], typer.Argument(help="Job files to check.")],
 ) -> None:
-    """Check job files without a server: `FILE: ok (...)`, or every problem as path: message."""
+    """Check job files without a server: `FILE: ok (...)`, or every problem as path: message.
+
+    A relative script the command runs that is missing from its workingDir is a warning.
+    """
     invalid = False
     for file in files:
         try:
@@ -235,6 +246,8 @@ def validate(
                 typer.echo(str(error), err=True)
             continue
         echo(f"{file}: ok (TrainingJob {job.key}, roles {_roles(job)}{_stages(job)})")
+        for warning in missing_scripts(job):
+            typer.echo(f"warning: {file}: {warning}", err=True)
     if invalid:
         raise typer.Exit(EXIT_INVALID)
 

@@ -63,6 +63,12 @@ def echo(line: str) -> None:
     sys.stdout.flush()
 
 
+def say(message: str) -> None:
+    """A note for the person (not for scripts): to stderr, at once."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
 def fail(message: str, lines: Iterable[str] = (), code: int = EXIT_FAILURE) -> NoReturn:
     sys.stderr.write(f"error: {message}\n")
     for line in lines:

@@ -3,6 +3,7 @@
 Logs arrive on their own thread (the server's ``/logs?follow=true`` stream, which ends
 when the job does); events and phase are polled. On a terminal it draws a Rich live
 status line under the output; in a pipe it prints the same facts as plain lines.
+``tidemill run`` and ``tidemill submit --wait`` both watch through :func:`watch`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.text import Text
 
-from tidemill.api.status import EventView, JobView
+from tidemill.api.status import EventView, JobPhase, JobView
 from tidemill.cli import render
+from tidemill.cli.common import stdout_console
 from tidemill.client import Client, TidemillError
 
 LOG_DRAIN_S = 10.0
@@ -110,6 +112,8 @@ class JobProgress:
         self._key = f"{view.namespace}/{view.name}"
         self._last_event: int | None = None
         self._stopping = threading.Event()
+        self.view = view
+        """The latest view polled (replicas and their pids), also after Ctrl-C."""
 
     def follow(self) -> JobView:
         """Block until the job ends; returns its final view. Ctrl-C propagates."""
@@ -119,7 +123,7 @@ class JobProgress:
         try:
             view = self._view
             while True:
-                view = self._client.get(view.name, view.namespace)
+                view = self.view = self._client.get(view.name, view.namespace)
                 self._print_new_events()
                 if view.phase.is_terminal:
                     break
@@ -148,10 +152,41 @@ class JobProgress:
             self._last_event = event.id
 
 
+def watch(client: Client, view: JobView, poll_s: float = 0.5) -> JobView:
+    """Print the job's progress to stdout until it ends; returns its final view."""
+    with progress_sink(view) as sink:
+        return JobProgress(client, view, sink, poll_s).follow()
+
+
+def progress_sink(view: JobView) -> LiveSink | PlainSink:
+    """A live status line on a terminal, plain lines in a pipe."""
+    console = stdout_console()
+    if console.is_terminal:
+        return LiveSink(console, f"{view.namespace}/{view.name}")
+    return PlainSink()
+
+
+def print_outcome(final: JobView) -> None:
+    """How the job ended: the summary line in green or red, then what failed."""
+    console = stdout_console()
+    style = "green" if final.phase is JobPhase.SUCCEEDED else "red"
+    for index, line in enumerate(render.final_summary(final)):
+        console.print(line, style=style if index == 0 else "", markup=False, soft_wrap=True)
+
+
 def event_text(event: EventView) -> tuple[str, str]:
     """An event as a line set apart from log lines, with its style."""
     text = f"-- {render.event_line(event, with_job=False)}"
     return text, "yellow" if event.type == "Warning" else "dim"
 
 
-__all__ = ["JobProgress", "LiveSink", "PlainSink", "Sink", "event_text"]
+__all__ = [
+    "JobProgress",
+    "LiveSink",
+    "PlainSink",
+    "Sink",
+    "event_text",
+    "print_outcome",
+    "progress_sink",
+    "watch",
+]

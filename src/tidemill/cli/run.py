@@ -2,7 +2,9 @@
 
 ``run`` is the laptop path: validate, start an embedded server on a free port, submit,
 watch the job to its end, and exit 0 (Succeeded), 1 (Failed), 2 (invalid, or a gang
-this machine can never hold) or 130 (Ctrl-C, after deleting the job).
+this machine can never hold) or 130 (Ctrl-C or SIGTERM: the job is deleted, replicas
+that outlive the delete are killed, and ``run`` returns within 3 s; see
+:mod:`tidemill.cli.interrupt`).
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -24,7 +26,7 @@ from tidemill.api.cluster import ClusterSpec, NodeSpec, this_machine
 from tidemill.api.job import TrainingJob
 from tidemill.api.loader import load_job_file
 from tidemill.api.status import JobPhase
-from tidemill.cli import render
+from tidemill.cli import interrupt
 from tidemill.cli.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -32,10 +34,12 @@ from tidemill.cli.common import (
     fail,
     fail_invalid,
     reports_errors,
-    stdout_console,
+    say,
 )
-from tidemill.cli.progress import JobProgress, LiveSink, PlainSink
-from tidemill.client import Client, TidemillError
+from tidemill.cli.interrupt import OnceStop, shielded, stop_job
+from tidemill.cli.progress import JobProgress, print_outcome, progress_sink
+from tidemill.cli.scripts import missing_scripts
+from tidemill.client import Client
 from tidemill.controller import admission
 from tidemill.controller.admission import Oversubscription
 
@@ -99,9 +103,9 @@ def server(
     except (OSError, RuntimeError) as exc:
         fail(str(exc))
     mode = "auth on" if auth else "auth OFF: every caller may do anything"
-    _say(f"tidemill server on {runner.url} ({mode}; state in {state_dir}); Ctrl-C stops it")
+    say(f"tidemill server on {runner.url} ({mode}; state in {state_dir}); Ctrl-C stops it")
     if runner.admin_token_file is not None:
-        _say(
+        say(
             f"admin token written to {runner.admin_token_file} (mode 0600); use it with "
             f"`export TIDEMILL_TOKEN=$(cat {runner.admin_token_file})`"
         )
@@ -142,38 +146,41 @@ def run(
         if state_dir is None:
             state_dir = Path(tempfile.mkdtemp(prefix="tidemill-run-"))
             if keep:
-                stack.callback(_say, f"state kept in {state_dir}")
+                stack.callback(say, f"state kept in {state_dir}")
             else:
                 stack.callback(shutil.rmtree, state_dir, ignore_errors=True)
         if enlarged is not None:
             cluster = _cluster_file(state_dir, enlarged.node)
-        runner = ServerRunner(state_dir, cluster, port=0)
         try:
+            runner = ServerRunner(state_dir, cluster, port=0)
             url = runner.start()
         except RuntimeError as exc:
             fail(str(exc))
-        stack.callback(runner.stop)
+        stop_server = OnceStop(runner.stop)
+        stack.callback(stop_server)
+        say(f"tidemill server on {url}: dashboard {url}/, API docs {url}/docs")
+        for warning in missing_scripts(job):
+            say(f"warning: {file}: {warning}")
         client = stack.enter_context(Client(url))
         view = client.submit(job)
-        console = stdout_console()
         key = f"{view.namespace}/{view.name}"
         if enlarged is not None:
             with runner.store.transaction() as tx:
                 tx.add_event(key, "Oversubscribed", enlarged.message, warning=True)
-        sink = LiveSink(console, key) if console.is_terminal else PlainSink()
+        sink = progress_sink(view)
+        progress = JobProgress(client, view, sink, poll_s=0.25)
         try:
             with sink, _terminate_as_interrupt():
-                final = JobProgress(client, view, sink, poll_s=0.25).follow()
+                final = progress.follow()
         except KeyboardInterrupt:
-            _say(f"interrupted: deleting job {key}")
-            try:
-                client.delete(view.name, view.namespace)
-            except TidemillError as exc:
-                _say(f"could not delete {key}: {exc}")
+            say(f"interrupted: deleting job {view.namespace}/{view.name}")
+            with shielded():
+                now = time.monotonic()
+                deadline = now + interrupt.BUDGET_S
+                stop_job(url, progress.view, now + interrupt.GRACE_S, deadline)
+                stop_server(deadline)
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        style = "green" if final.phase is JobPhase.SUCCEEDED else "red"
-        for index, line in enumerate(render.final_summary(final)):
-            console.print(line, style=style if index == 0 else "", markup=False, soft_wrap=True)
+        print_outcome(final)
     if final.phase is not JobPhase.SUCCEEDED:
         raise typer.Exit(EXIT_FAILURE)
 
@@ -214,11 +221,6 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def _say(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
 
 
 __all__ = ["run", "server"]

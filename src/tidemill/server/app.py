@@ -1,4 +1,4 @@
-"""The REST API (under /api/v1), /healthz, /metrics and OpenAPI docs at /docs."""
+"""The REST API (under /api/v1), /healthz, /metrics and OpenAPI docs at /docs (offline)."""
 
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ from starlette.exceptions import HTTPException
 from tidemill import __version__
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
-from tidemill.api.loader import job_from_document, parse_document
+from tidemill.api.loader import job_from_document
 from tidemill.api.status import EventView, JobPhase, JobSummary, JobView, NodeView, QueueView
 from tidemill.api.token import ALL_NAMESPACES, Role
 from tidemill.controller.reconciler import ACTIVE_PHASES, Controller
 from tidemill.scheduler.types import ResourceVector
 from tidemill.server.auth import Caller, Forbidden, Guard, Unauthorized
+from tidemill.server.docs import add_docs
 from tidemill.server.limits import (
     EVENTS_PAGE_MAX,
     INT32_MAX,
@@ -48,6 +49,7 @@ from tidemill.server.middleware import (
     error_body,
     request_errors,
 )
+from tidemill.server.parse_pool import ParsePool
 from tidemill.server.token_routes import token_routes
 from tidemill.server.views import (
     event_view,
@@ -107,8 +109,8 @@ def _error(
     )
 
 
-def job_from_body(body: bytes) -> TrainingJob:
-    """Parse and validate a submitted job file; runs in a worker thread (YAML is slow)."""
+def body_text(body: bytes) -> str:
+    """The submitted job file as text, or a SpecError saying why it is not one."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -117,8 +119,13 @@ def job_from_body(body: bytes) -> TrainingJob:
         ) from None
     if not text.strip():
         raise SpecError.single("<body>", "empty request; send the job file as the body")
+    return text
+
+
+def job_from_parsed(document: dict[str, Any]) -> TrainingJob:
+    """Validate a parsed job file; runs in a worker thread."""
     try:
-        return job_from_document(parse_document(text, "<body>"))
+        return job_from_document(document)
     except RecursionError:
         raise SpecError.single(
             "<body>", "nested too deeply to read; a job file is a handful of levels deep"
@@ -130,25 +137,31 @@ def create_app(
     registry: CollectorRegistry,
     guard: Guard | None = None,
     limits: Limits | None = None,
+    parser: ParsePool | None = None,
 ) -> FastAPI:
     """The HTTP face of one controller. All handlers are thin: parse, call, render.
 
     ``guard`` decides who may call what (see server/auth.py); None serves every caller.
+    ``parser`` parses submitted job files (its owner closes it).
     """
     store = controller.store
     guard = guard or Guard.open(store, controller.resolve)
     caller_of = Depends(guard.caller)
     limits = limits or Limits()
     event_rate = TokenBuckets(limits.event_rate_per_s, limits.event_burst)
+    parser = parser or ParsePool()
     followers = StreamSlots(limits.follow_streams_per_client)
     app = FastAPI(
         title="tidemill",
         version=__version__,
         description="Elastic training platform: queues, gang scheduling, PS and AllReduce jobs.",
+        docs_url=None,
+        redoc_url=None,
     )
     app.router.route_class = BoundedJsonRoute
     app.add_middleware(BodyLimit, max_bytes=limits.body_bytes)
     app.add_middleware(CatchAll)
+    add_docs(app)
 
     def view_of(namespace: str, name: str) -> JobView:
         with store.read() as tx:
@@ -180,9 +193,15 @@ def create_app(
         return _error(403, "Forbidden", str(exc), [])
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "BadRequest")
-        return _error(exc.status_code, code, str(exc.detail), [], exc.headers)
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = (
+                f"no such path {request.url.path!r} on this tidemill server; the API lives "
+                "under /api/v1 (see /docs)"
+            )
+        return _error(exc.status_code, code, message, [], exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -230,7 +249,8 @@ def create_app(
         request: Request, dry_run: bool = Query(False, alias="dryRun"), caller: Caller = caller_of
     ) -> Any:
         """Submit a job file (tidemill, Kubeflow PyTorchJob or TFJob), YAML or JSON."""
-        job = await run_in_threadpool(job_from_body, await request.body())
+        document = await parser.parse(body_text(await request.body()), "<body>")
+        job = await run_in_threadpool(job_from_parsed, document)
         caller.require(Role.EDITOR, job.metadata.namespace, "submit jobs")
         if dry_run:
             view = await run_in_threadpool(controller.dry_run, job)

@@ -31,6 +31,7 @@ from tidemill.server.app import create_app
 from tidemill.server.auth import Guard, is_loopback
 from tidemill.server.limits import Limits
 from tidemill.server.metrics import make_registry
+from tidemill.server.parse_pool import ParsePool
 from tidemill.server.tokens import JobCredentials, bootstrap_admin
 from tidemill.store.store import Store, StoreUnavailable, sqlite_url
 
@@ -124,7 +125,8 @@ class ServerRunner:
             self.store.close()
             raise CannotStart(f"cannot write {where}: {exc.cause}") from None
         guard = Guard(self.store, credentials, self.controller.resolve, enabled=auth)
-        self.app = create_app(self.controller, registry, guard, limits)
+        self.parser = ParsePool()
+        self.app = create_app(self.controller, registry, guard, limits, self.parser)
         uvicorn_config = uvicorn.Config(
             self.app,
             host=host,
@@ -166,6 +168,7 @@ class ServerRunner:
         if self._thread is not None:
             self._thread.join(timeout=15)
         self.controller.stop()
+        self.parser.close()
         self.engine.close()
         self.store.close()
 
