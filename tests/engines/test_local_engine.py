@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from tidemill.engines.base import LaunchSpec, Observation, ReplicaHandle
 from tidemill.engines.local import UID_VAR, LocalEngine
 
 DEADLINE_S = 10.0
+JOB_UID = "6f1c0e5a9b2d4c8e"
 
 
 class Replicas:
@@ -36,6 +38,8 @@ class Replicas:
     def spec(self, *argv: str, role: str = "worker", index: int = 0, **kw: Any) -> LaunchSpec:
         base = LaunchSpec(
             job="team/job",
+            job_uid=JOB_UID,
+            launch_id=uuid.uuid4().hex,
             role=role,
             index=index,
             argv=argv,
@@ -132,7 +136,7 @@ def test_stdout_and_stderr_go_to_one_log_appended_across_attempts(replicas: Repl
     wait_exit(replicas.engine, second)
 
     log = Path(str(replicas.engine.log_path(second)))
-    assert log == replicas.engine.state_dir / "logs" / "team" / "job" / "worker-0.log"
+    assert log == replicas.engine.state_dir / "logs" / "team" / "job" / JOB_UID / "worker-0.log"
     assert replicas.engine.log_path(first) == str(log)
     lines = log.read_text().splitlines()
     headers = [line for line in lines if line.startswith("===== tidemill:")]
@@ -163,7 +167,8 @@ def test_the_handle_is_json_and_a_restarted_control_plane_sees_exit_codes(
         handles = []
         for index, code in enumerate(["import time; time.sleep(1.5); raise SystemExit(4)",
                                       "raise SystemExit(5)"]):
-            spec = LaunchSpec(job="team/job", role="worker", index=index, env={{}},
+            spec = LaunchSpec(job="team/job", job_uid="u1", launch_id=f"l{{index}}",
+                              role="worker", index=index, env={{}},
                               argv=("python", "-c", code), working_dir={str(tmp_path)!r},
                               node="local")
             handles.append(engine.launch(spec).data)
@@ -326,7 +331,6 @@ def test_without_gpus_a_replica_sees_no_device(replicas: Replicas) -> None:
 def test_a_handle_from_another_engine_is_refused(replicas: Replicas) -> None:
     with pytest.raises(ValueError, match="belongs to engine 'kubernetes'"):
         replicas.engine.observe(ReplicaHandle("kubernetes", {"pod": "x"}))
-
 
 
 def test_terminate_asks_the_command_to_finish_and_returns_at_once(replicas: Replicas) -> None:

@@ -66,6 +66,8 @@ class Launcher:
         engine = engine or self.engine
         spec = LaunchSpec(
             job=self.job,
+            job_uid="u1",
+            launch_id=uuid.uuid4().hex,
             role="worker",
             index=len(self.launched),
             argv=argv,
