@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,11 @@ from typing import Any
 import psutil
 import pytest
 
-from tidemill.engines.base import LaunchSpec, Observation, ReplicaHandle
+from tidemill.engines.base import LaunchSpec, ReplicaHandle
 from tidemill.engines.local import UID_VAR, LocalEngine
 
-DEADLINE_S = 10.0
+from .processes import gone, wait_exit, wait_for
+
 JOB_UID = "6f1c0e5a9b2d4c8e"
 
 
@@ -75,32 +76,6 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
     launched = Replicas(tmp_path / "state", work)
     yield launched
     launched.stop_all()
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def wait_exit(engine: LocalEngine, handle: ReplicaHandle) -> Observation:
-    seen: list[Observation] = []
-
-    def ended() -> bool:
-        seen.append(engine.observe(handle))
-        return not seen[-1].running
-
-    wait_for(ended, "the replica to exit")
-    return seen[-1]
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def read_pids(replicas: Replicas, name: str) -> list[int]:
@@ -229,6 +204,31 @@ def test_stop_kills_the_whole_tree_even_a_setsid_child_that_ignores_sigterm(
     assert [pid for pid in [supervisor, command, *kids] if not gone(pid)] == []
     obs = replicas.engine.observe(handle)
     assert (obs.running, obs.exit_code) == (False, 128 + signal.SIGTERM)
+
+
+def test_kill_returns_at_once_and_the_whole_tree_is_gone_even_what_ignores_sigterm(
+    replicas: Replicas,
+) -> None:
+    ignore_term = "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    handle = replicas.python(SPAWNER.format(then=ignore_term))
+    kids = read_pids(replicas, "pids")
+    command = child_pid(replicas.engine, handle)
+    supervisor = int(str(handle.data["supervisor_pid"]))
+
+    started = time.monotonic()
+    replicas.engine.kill(handle)
+    assert time.monotonic() - started < 1.0
+    tree = [supervisor, command, *kids]
+    wait_for(lambda: all(gone(pid) for pid in tree), "every process of the replica to die", 2.0)
+    obs = replicas.engine.observe(handle)
+    assert (obs.running, obs.exit_code) == (False, 137)
+
+
+def test_kill_after_the_replica_ended_keeps_its_exit_code(replicas: Replicas) -> None:
+    handle = replicas.python("raise SystemExit(3)")
+    assert wait_exit(replicas.engine, handle).exit_code == 3
+    replicas.engine.kill(handle)
+    assert replicas.engine.observe(handle).exit_code == 3
 
 
 def test_stop_finds_a_daemon_that_outlived_its_parent(replicas: Replicas) -> None:

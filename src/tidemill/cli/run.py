@@ -31,10 +31,29 @@ from tidemill.cli.common import (
 )
 from tidemill.cli.progress import JobProgress, LiveSink, PlainSink
 from tidemill.client import Client, TidemillError
+from tidemill.engines.registry import DEFAULT_ENGINE, UnknownEngine, check_engine_name, engine_names
 
 ClusterOption = Annotated[
     Path | None,
     typer.Option("--cluster", help="Cluster file: nodes, queues, priority classes."),
+]
+
+
+def _known_engine(name: str) -> str:
+    """Refuse an unknown ``--engine`` before anything starts (exit 2, the known names)."""
+    try:
+        return check_engine_name(name)
+    except UnknownEngine as exc:
+        raise typer.BadParameter(str(exc).removeprefix("engine: ")) from None
+
+
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        callback=_known_engine,
+        help=f"What runs the replicas: {', '.join(engine_names())}.",
+    ),
 ]
 
 
@@ -55,11 +74,14 @@ def server(
             "(default: SQLite in --state-dir).",
         ),
     ] = None,
+    engine: EngineOption = DEFAULT_ENGINE,
 ) -> None:
     """Run the control plane until Ctrl-C or SIGTERM."""
     from tidemill.server.runner import ServerRunner
 
-    runner = ServerRunner(state_dir, cluster, host=host, port=port, store_url=store_url)
+    runner = ServerRunner(
+        state_dir, cluster, host=host, port=port, store_url=store_url, engine=engine
+    )
     _say(f"tidemill server on {runner.url} (state in {state_dir}); Ctrl-C stops it")
     try:
         runner.serve_forever()
@@ -78,6 +100,7 @@ def run(
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the temporary state folder (logs, database).")
     ] = False,
+    engine: EngineOption = DEFAULT_ENGINE,
 ) -> None:
     """Run one job on an embedded server and stream its logs and events to the end."""
     job = load_job_file(file)
@@ -90,7 +113,7 @@ def run(
                 stack.callback(_say, f"state kept in {state_dir}")
             else:
                 stack.callback(shutil.rmtree, state_dir, ignore_errors=True)
-        runner = ServerRunner(state_dir, cluster, port=0)
+        runner = ServerRunner(state_dir, cluster, port=0, engine=engine)
         try:
             url = runner.start()
         except RuntimeError as exc:

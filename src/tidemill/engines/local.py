@@ -48,11 +48,12 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from tidemill.engines._supervise import write_atomic
-from tidemill.engines.base import LaunchPlan, LaunchSpec, Observation, ReplicaHandle
+from tidemill.engines.base import Engine, LaunchPlan, LaunchSpec, Observation, ReplicaHandle
 from tidemill.engines.inherited_env import inherited_env
 from tidemill.engines.warm_start import (
     DEFAULT_PRELOAD,
@@ -578,3 +579,7 @@ def _read_exit(path: str) -> ExitRecord | None:
         return ExitRecord(int(first), rest.strip())
     except (OSError, ValueError):
         return None
+
+
+if TYPE_CHECKING:
+    _conforms: type[Engine] = LocalEngine  # the registry creates it by name, unchecked

@@ -17,9 +17,9 @@ import uvicorn
 
 from tidemill.api.cluster import ClusterSpec
 from tidemill.api.loader import load_cluster_file
-from tidemill.controller.launcher import free_port
 from tidemill.controller.reconciler import Controller, ControllerConfig
-from tidemill.engines.local import LocalEngine
+from tidemill.engines.local import free_port
+from tidemill.engines.registry import DEFAULT_ENGINE, check_engine_name, create_engine
 from tidemill.server.app import create_app
 from tidemill.server.metrics import make_registry
 from tidemill.store.store import Store, sqlite_url
@@ -38,14 +38,18 @@ class ServerRunner:
         port: int = 8500,
         store_url: str | None = None,
         controller_config: ControllerConfig | None = None,
+        engine: str = DEFAULT_ENGINE,
     ) -> None:
+        """``engine`` names what runs the replicas (see
+        :func:`tidemill.engines.engine_names`); its state lives in ``state_dir``."""
+        check_engine_name(engine)
         self.state_dir = (state_dir or DEFAULT_STATE_DIR).expanduser().resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cluster = load_cluster_file(cluster_file) if cluster_file else ClusterSpec()
         self.host = host
         self.port = port or free_port(host)
         self.store = Store(store_url or sqlite_url(self.state_dir))
-        self.engine = LocalEngine(self.state_dir)
+        self.engine = create_engine(engine, self.state_dir)
         registry, metrics = make_registry(self.store)
         config = controller_config or ControllerConfig()
         self.controller = Controller(
