@@ -236,7 +236,8 @@ class LocalEngine:
         the moment before its supervisor wrote them, its processes); None if none ran.
 
         A live supervisor gives the very handle ``launch`` returned; one that ended gives
-        a handle that observes its exit code (or its loss) and stops what it left.
+        a handle that observes its exit code (or its loss) and stops what it left. When
+        the launch left no file, this reads the environment of every process here.
         """
         files = self.files(spec)
         found = _supervisor_record(files)
@@ -253,8 +254,7 @@ class LocalEngine:
         namespace, name = _split_job(spec.job)
         job_uid = _file_part(spec.job_uid, "job_uid")
         launch_id = _file_part(spec.launch_id, "launch_id")
-        replica = f"{spec.role}-{spec.index}"
-        _file_part(replica, "role")
+        replica = f"{_file_part(spec.role, 'role')}-{spec.index}"
         stem = self.state_dir / "replicas" / namespace / name / job_uid / f"{replica}.{launch_id}"
         return LaunchFiles(
             uid=self._replica_uid(spec),
