@@ -22,22 +22,12 @@ fork server instead, when they can be (see :mod:`tidemill.engines.warm_start`): 
 supervision, same files, same handle, plus ``warm_start: true``; the log header says
 which way each attempt started, and why a Python one started cold.
 
-Files under ``state_dir``:
-
-- ``logs/<namespace>/<name>/<job uid>/<role>-<index>.log``: stdout and stderr,
-  appended across restarts, one header line per attempt; a new job under an old name
-  has a new uid, so a log of its own;
-- ``replicas/<namespace>/<name>/<job uid>/<role>-<index>.<launch id>.{sup,pid,exit}``:
-  the supervisor's pid, the command's pid and its exit code;
-- ``warm/``: the fork server's socket and log.
+The files under ``state_dir`` are listed in :mod:`tidemill.engines.local_files`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -55,9 +45,14 @@ import psutil
 from tidemill.engines._supervise import write_atomic
 from tidemill.engines.base import Engine, LaunchPlan, LaunchSpec, Observation, ReplicaHandle
 from tidemill.engines.inherited_env import inherited_env
+from tidemill.engines.local_files import (
+    LaunchFiles,
+    launch_files,
+    read_exit,
+    read_supervisor,
+)
 from tidemill.engines.warm_start import (
     DEFAULT_PRELOAD,
-    UID_PLACEHOLDER,
     UID_VAR,
     ForkRequest,
     ForkServer,
@@ -75,7 +70,6 @@ POLL_S = 0.02
 KILL_TIMEOUT_S = 10.0
 LOOPBACK = "127.0.0.1"
 """Where replicas of the local engine reach each other: every node is this machine."""
-FILE_PART = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 ENDED = 0.0
 """``supervisor_create_time`` of a supervisor that had ended when its handle was made:
 matches no process, so a reused pid is never taken for it."""
@@ -125,23 +119,6 @@ class LocalReplica:
 
     def to_handle(self) -> ReplicaHandle:
         return ReplicaHandle(engine=LocalEngine.name, data=asdict(self))
-
-
-@dataclass(frozen=True)
-class LaunchFiles:
-    """Where one launch keeps its files, and the uid its processes carry."""
-
-    uid: str
-    supervisor_file: str
-    pid_file: str
-    exit_file: str
-    log_file: Path
-
-
-@dataclass(frozen=True)
-class ExitRecord:
-    code: int
-    reason: str
 
 
 class LocalEngine:
@@ -249,27 +226,8 @@ class LocalEngine:
         return _replica(files, pid, created, warm).to_handle()
 
     def files(self, spec: LaunchSpec) -> LaunchFiles:
-        """Where the launch ``spec.launch_id`` keeps its files: a function of the spec
-        alone, so ``adopt`` finds them after a restart."""
-        namespace, name = _split_job(spec.job)
-        job_uid = _file_part(spec.job_uid, "job_uid")
-        launch_id = _file_part(spec.launch_id, "launch_id")
-        replica = f"{_file_part(spec.role, 'role')}-{spec.index}"
-        stem = self.state_dir / "replicas" / namespace / name / job_uid / f"{replica}.{launch_id}"
-        return LaunchFiles(
-            uid=self._replica_uid(spec),
-            supervisor_file=f"{stem}.sup",
-            pid_file=f"{stem}.pid",
-            exit_file=f"{stem}.exit",
-            log_file=self.state_dir / "logs" / namespace / name / job_uid / f"{replica}.log",
-        )
-
-    def _replica_uid(self, spec: LaunchSpec) -> str:
-        """``TIDEMILL_REPLICA_UID`` of the launch: the same for every ``adopt`` of it, and
-        different for every engine state folder, job and launch."""
-        key = "\0".join((str(self.state_dir), spec.job, spec.job_uid, spec.launch_id))
-        uid = hashlib.sha256(key.encode()).hexdigest()[: len(UID_PLACEHOLDER)]
-        return uid if uid != UID_PLACEHOLDER else "1" + uid[1:]
+        """Where the launch ``spec.launch_id`` keeps its files, and its processes' uid."""
+        return launch_files(self.state_dir, spec)
 
     def host(self, node: str) -> str:
         """Every node of the local engine is this machine."""
@@ -286,10 +244,10 @@ class LocalEngine:
     def observe(self, handle: ReplicaHandle) -> Observation:
         replica = LocalReplica.from_handle(handle)
         _reap(replica.supervisor_pid)
-        ended = _read_exit(replica.exit_file)
+        ended = read_exit(replica.exit_file)
         if ended is None and _supervisor(replica) is not None:
             return Observation(running=True, pid=_child_pid(replica))
-        ended = ended or _read_exit(replica.exit_file)
+        ended = ended or read_exit(replica.exit_file)
         if ended is not None:
             message = ended.reason or f"exited with code {ended.code}"
             return Observation(False, ended.code, _child_pid(replica), message)
@@ -325,7 +283,7 @@ class LocalEngine:
         procs = _replica_processes(replica, supervisor)
         procs.sort(key=lambda proc: proc.pid != replica.supervisor_pid)
         _signal_all(procs, signal.SIGKILL)
-        if supervisor is not None and _read_exit(replica.exit_file) is None:
+        if supervisor is not None and read_exit(replica.exit_file) is None:
             write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill\n")
 
     def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
@@ -357,7 +315,7 @@ class LocalEngine:
             killed_supervisor |= any(p.pid == replica.supervisor_pid for p in left)
             _signal_all(left, signal.SIGKILL)
             _wait_gone(replica, left, time.monotonic() + 1.0)
-        if killed_supervisor and _read_exit(replica.exit_file) is None:
+        if killed_supervisor and read_exit(replica.exit_file) is None:
             write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill stop\n")
 
     def log_path(self, handle: ReplicaHandle) -> str | None:
@@ -369,15 +327,6 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _file_part(value: str, field: str) -> str:
-    """``value``, checked to be usable as (part of) a file name."""
-    if not FILE_PART.fullmatch(value) or value in (".", ".."):
-        raise ValueError(
-            f"{field}: {value!r} cannot name a file; use 1 to 128 letters, digits, '.', '_' or '-'"
-        )
-    return value
 
 
 def _replica(files: LaunchFiles, pid: int, created: float, warm: bool) -> LocalReplica:
@@ -396,17 +345,15 @@ def _replica(files: LaunchFiles, pid: int, created: float, warm: bool) -> LocalR
 def _supervisor_record(files: LaunchFiles) -> tuple[int, float, bool] | None:
     """Pid, start time (:data:`ENDED` once it ended) and warm start of the supervisor
     that wrote ``files.supervisor_file``; None before it wrote it."""
-    try:
-        record = json.loads(Path(files.supervisor_file).read_text(encoding="utf-8"))
-        pid, warm = int(record["supervisor_pid"]), record["warm_start"] is True
-    except (OSError, ValueError, KeyError, TypeError):
+    record = read_supervisor(files.supervisor_file)
+    if record is None:
         return None
     try:
-        proc = psutil.Process(pid)
+        proc = psutil.Process(record.pid)
         created = proc.create_time() if _carries_uid(proc, files.uid) else ENDED
     except psutil.Error:
         created = ENDED
-    return pid, created, warm
+    return record.pid, created, record.warm_start
 
 
 def _find_supervisor(uid: str) -> tuple[int, float, bool] | None:
@@ -425,13 +372,6 @@ def _find_supervisor(uid: str) -> tuple[int, float, bool] | None:
         return None
     created, pid, warm = min(leaders)
     return pid, created, warm
-
-
-def _split_job(job: str) -> tuple[str, str]:
-    parts = job.split("/")
-    if len(parts) != 2 or any(p in ("", ".", "..") or os.sep in p for p in parts):
-        raise ValueError(f"job must be 'namespace/name', got {job!r}")
-    return parts[0], parts[1]
 
 
 def _start(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> tuple[int, float]:
@@ -571,14 +511,6 @@ def _wait_gone(replica: LocalReplica, procs: list[psutil.Process], deadline: flo
         if not any(_alive(p) for p in procs) or time.monotonic() >= deadline:
             return
         time.sleep(POLL_S)
-
-
-def _read_exit(path: str) -> ExitRecord | None:
-    try:
-        first, _, rest = Path(path).read_text(encoding="utf-8").partition("\n")
-        return ExitRecord(int(first), rest.strip())
-    except (OSError, ValueError):
-        return None
 
 
 if TYPE_CHECKING:
