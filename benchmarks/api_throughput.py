@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from tidemill.controller.launcher import free_port
+from tidemill.engines.local import free_port
 
 RESULTS = Path(__file__).parent / "results" / "api_throughput.json"
 CLUSTER = "nodes:\n  - {name: small, cpu: 1, memory: 4Gi}\n"

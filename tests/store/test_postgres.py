@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tidemill.controller.launcher import free_port
+from tidemill.engines.local import free_port
 from tidemill.store.store import Store
 from tidemill.store.tables import JobRow
 
