@@ -66,7 +66,7 @@ def write_jobs(
             with store.transaction() as tx:
                 rows = {row.id: row for row in tx.jobs_by_id(sorted({*writes, *failed}))}
                 for job_id, row in rows.items():
-                    effects += _one(tx, row, writes.get(job_id, ()), failed, fallback)
+                    effects += _one(tx, job_id, row, writes.get(job_id, ()), failed, fallback)
                 if after is not None:
                     effects += after(tx)
         except _JobRaised as raised:
@@ -85,11 +85,16 @@ def write_jobs(
 
 
 def _one(
-    tx: Tx, row: JobRow, writes: Sequence[Write], failed: Mapping[int, str], fallback: Fallback
+    tx: Tx,
+    job_id: int,
+    row: JobRow,
+    writes: Sequence[Write],
+    failed: Mapping[int, str],
+    fallback: Fallback,
 ) -> list[object]:
     try:
-        if row.id in failed:
-            return list(fallback(tx, row, failed[row.id]))
+        if job_id in failed:
+            return list(fallback(tx, row, failed[job_id]))
         effects: list[object] = []
         for write in writes:
             effects += write(tx, row)
@@ -98,4 +103,4 @@ def _one(
     except (StoreUnavailable, OperationalError):
         raise  # the store's trouble, not the job's: the cycle is skipped
     except Exception as exc:
-        raise _JobRaised(row.id, exc) from exc
+        raise _JobRaised(job_id, exc) from exc  # (the row may be unreadable now)

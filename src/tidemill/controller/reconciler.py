@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import OperationalError
+
 from tidemill.api.cluster import ClusterSpec, QueueSpec, this_machine
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
@@ -105,6 +107,7 @@ class Controller:
         self._schedule_not_before = 0.0
         self._cycle = threading.Lock()
         """One cycle at a time (the loop's thread, or a test calling reconcile_once)."""
+        self._store_down = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -340,9 +343,15 @@ class Controller:
         with self._cycle:
             try:
                 self._cycle_once(stats)
-            except StoreUnavailable as exc:
-                log.warning("store unavailable, cycle skipped: %s", exc)
+            except (StoreUnavailable, OperationalError) as exc:
+                if not self._store_down:
+                    log.warning("the store cannot write; skipping cycles until it can: %s", exc)
+                self._store_down = True
                 self._schedule_due.set()
+            else:
+                if self._store_down:
+                    log.warning("the store can write again; cycles resume")
+                self._store_down = False
         if self.on_cycle is not None:
             self.on_cycle(stats)
         return stats
