@@ -44,7 +44,7 @@ from tidemill.store.tables import JobRow
 log = logging.getLogger(__name__)
 __all__ = ["ACTIVE_PHASES", "Controller", "ControllerConfig", "CycleStats"]
 
-DELETE_WAIT_S = 2.0
+DELETE_WAIT_S = 1.0
 """How long ``delete`` waits for killed processes to be gone before it returns (the
 next cycles finish the deletion if the engine cannot confirm it by then)."""
 _LIVE = (ReplicaPhase.RUNNING.value, ReplicaPhase.STOPPING.value, ReplicaPhase.LAUNCHING.value)
@@ -160,6 +160,11 @@ class Controller:
         """Queue a job; raises SpecError (won't fit here) or ConflictError (name taken)."""
         with self.store.transaction() as tx:
             existing = tx.job(job.metadata.namespace, job.metadata.name)
+            if existing is not None and existing.deleted_at is not None:
+                raise ConflictError(
+                    f"job {job.key} is being deleted (its processes are being killed); "
+                    "submit again in a moment"
+                )
             if existing is not None:
                 raise ConflictError(
                     f"job {job.key} already exists (phase {existing.phase}); delete it with "

@@ -114,7 +114,9 @@ class SchedulingStep:
         started = time.perf_counter()
         decisions = schedule(read.state, read.requests, self.config)
         stats.schedule_seconds = time.perf_counter() - started
-        writes = self._writes(read, decisions, now, stats)
+        waited: dict[int, float] = {}
+        """job id -> how long it queued, for jobs bound in this pass"""
+        writes = self._writes(read, decisions, now, waited)
         if not writes and not read.broken:
             return False
 
@@ -122,6 +124,7 @@ class SchedulingStep:
             return fail_row(tx, row, message, now, self.lifecycle)
 
         outcome = write_jobs(self.store, writes, fallback, read.broken)
+        stats.queue_latencies_s += [s for i, s in waited.items() if i not in outcome.failed]
         self.launches.run(perform(self.engine, outcome.effects))
         resized = decisions.grows or decisions.shrinks
         return bool(decisions.binds or decisions.preemptions or resized or outcome.failed)
@@ -199,7 +202,7 @@ class SchedulingStep:
     # ------------------------------------------------------------------ write
 
     def _writes(
-        self, read: _Read, decisions: Decisions, now: float, stats: CycleStats
+        self, read: _Read, decisions: Decisions, now: float, waited: dict[int, float]
     ) -> dict[int, list[Write]]:
         """Job id -> its writes, in the order the decisions are applied."""
         writes: dict[int, list[Write]] = {}
@@ -213,10 +216,12 @@ class SchedulingStep:
             add(preemption.victim, self._preempt(preemption.message, now))
         for bind in decisions.binds:
             launch = self._plan(read, bind, with_master=True)
-            add(bind.job, self._bind(read.specs[bind.job], bind, launch, now, stats))
+            if launch is not None:
+                add(bind.job, self._bind(read.specs[bind.job], bind, launch, now, waited))
         for grow in decisions.grows:
             launch = self._plan(read, grow, with_master=False)
-            add(grow.job, self._grow(read.specs[grow.job], launch, now))
+            if launch is not None:
+                add(grow.job, self._grow(read.specs[grow.job], launch, now))
         reasons: dict[str, Reason | None] = {**decisions.pending, **decisions.unmet_grows}
         for key in read.shown:
             if key in read.jobs and read.jobs[key].phase is not JobPhase.PENDING:
@@ -227,8 +232,9 @@ class SchedulingStep:
                 add(key, _show_reason(reason, now))
         return writes
 
-    def _plan(self, read: _Read, bind: Bind, with_master: bool) -> _Launch:
-        """The new replicas and their ports (chosen here, outside any transaction)."""
+    def _plan(self, read: _Read, bind: Bind, with_master: bool) -> _Launch | None:
+        """The new replicas and their ports (chosen here, outside any transaction);
+        None when the engine has no port to give now (the job waits for the next pass)."""
         job, spec = read.jobs[bind.job], read.specs[bind.job]
         placements = list(bind.placements)
         if with_master and needs_master(spec):
@@ -238,7 +244,12 @@ class SchedulingStep:
         new = [_replica(p) for p in placements]
         after = dataclasses.replace(job, replicas=(*job.replicas, *new))
         needs = port_needs(after, spec, [r.name for r in new])
-        return _Launch(tuple(placements), fetch_ports(self.engine, needs))
+        try:
+            ports = fetch_ports(self.engine, needs)
+        except Exception:
+            log.exception("no ports for %s now; it is placed again next pass", bind.job)
+            return None
+        return _Launch(tuple(placements), ports)
 
     def _shrink(self, pods: Sequence[tuple[str, int]], message: str, now: float) -> Write:
         """Ask elastic replicas to leave for a higher-priority job; the rest train on."""
@@ -261,11 +272,15 @@ class SchedulingStep:
 
         def apply(tx: Tx, victim: JobRow) -> list[object]:
             effects: list[object] = []
+            ending = victim.outcome is not None or victim.deleted_at is not None
             for replica in list(victim.replicas):
                 seen = replica_snapshot(replica)
                 if seen.handle is not None and not seen.phase.is_terminal:
                     effects.append(Kill(seen.name, seen.handle, now))
-                tx.delete_replica(victim, replica)
+                if not ending:
+                    tx.delete_replica(victim, replica)
+            if ending:
+                return effects  # it ends anyway: its lifecycle records the exits
             victim.master_port = None
             victim.pending_code = victim.pending_message = None
             transition(tx, victim, JobPhase.PENDING, "Preempted", message, now, warning=True)
@@ -275,13 +290,13 @@ class SchedulingStep:
         return apply
 
     def _bind(
-        self, spec: TrainingJob, bind: Bind, launch: _Launch, now: float, stats: CycleStats
+        self, spec: TrainingJob, bind: Bind, launch: _Launch, now: float, waited: dict[int, float]
     ) -> Write:
         def apply(tx: Tx, job: JobRow) -> list[object]:
             if job.phase != JobPhase.PENDING.value or job.deleted_at is not None:
                 return []  # deleted or changed since it was read
             if job.scheduled_at is None:
-                stats.queue_latencies_s.append(now - job.created_at)
+                waited[job.id] = now - job.created_at
             job.scheduled_at = now
             job.pending_code = job.pending_message = None
             nodes = sorted({p.node for p in bind.placements})
