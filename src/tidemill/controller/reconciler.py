@@ -42,7 +42,10 @@ from tidemill.store.store import Store, StoreUnavailable
 from tidemill.store.tables import JobRow
 
 log = logging.getLogger(__name__)
-__all__ = ["ACTIVE_PHASES", "Controller", "ControllerConfig", "CycleStats"]
+__all__ = ["ACTIVE_PHASES", "INTERNAL_ACTOR", "Controller", "ControllerConfig", "CycleStats"]
+
+INTERNAL_ACTOR = "the control plane"
+"""Who events name when a request did not come through the API."""
 
 DELETE_WAIT_S = 1.0
 """How long ``delete`` waits for killed processes to be gone before it returns (the
@@ -68,7 +71,7 @@ class ControllerConfig:
     """This control plane's URL, given to job masters so they can persist their state."""
     job_token: Callable[[str], str] | None = None
     """Job uid -> that job's own credential, given to its master and replicas as
-    ``TIDEMILL_TOKEN`` (None: the server runs without auth)."""
+    ``TIDEMILL_TOKEN`` (None: they get none; ServerRunner always sets it)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
 
@@ -156,8 +159,9 @@ class Controller:
 
     # ----------------------------------------------------------------- API calls
 
-    def submit(self, job: TrainingJob) -> str:
-        """Queue a job; raises SpecError (won't fit here) or ConflictError (name taken)."""
+    def submit(self, job: TrainingJob, *, actor: str = INTERNAL_ACTOR) -> str:
+        """Queue a job; raises SpecError (won't fit here) or ConflictError (name taken).
+        ``actor`` (who asked) is named in the event."""
         with self.store.transaction() as tx:
             existing = tx.job(job.metadata.namespace, job.metadata.name)
             if existing is not None and existing.deleted_at is not None:
@@ -196,7 +200,7 @@ class Controller:
             tx.add_event(
                 row.key,
                 "Submitted",
-                f"queued in {admission.queue} at priority {admission.priority}",
+                f"queued in {admission.queue} at priority {admission.priority} by {actor}",
                 at=now,
             )
         self.wake()
@@ -220,7 +224,9 @@ class Controller:
             spec=job.to_document(),
         )
 
-    def scale(self, namespace: str, name: str, role: str, replicas: int) -> None:
+    def scale(
+        self, namespace: str, name: str, role: str, replicas: int, *, actor: str = INTERNAL_ACTOR
+    ) -> None:
         """Set the desired size of an elastic role; the controller resizes in place.
 
         Growing waits for capacity (the scheduler places the new replicas); shrinking
@@ -258,7 +264,7 @@ class Controller:
             tx.add_event(
                 row.key,
                 "ScaleRequested",
-                f"{role} {before}→{replicas} requested"
+                f"{role} {before}→{replicas} requested by {actor}"
                 + ("" if row.phase == JobPhase.PENDING.value else "; resizing in place"),
             )
         self.wake()
@@ -280,7 +286,7 @@ class Controller:
             )
         return rows[0].namespace, name
 
-    def delete(self, namespace: str, name: str) -> str:
+    def delete(self, namespace: str, name: str, *, actor: str = INTERNAL_ACTOR) -> str:
         """Kill every process of the job and forget it; returns at once.
 
         The job is marked deleted first (so no cycle restarts what is being killed, and a
@@ -302,6 +308,9 @@ class Controller:
                     if handle is not None:
                         handles.append(handle)
             uid = row.uid
+            tx.add_event(
+                row.key, "Deleting", f"delete requested by {actor}; killing its processes", at=now
+            )
         for handle in handles:
             self._kill(handle)
         if self._gone(handles, time.monotonic() + DELETE_WAIT_S):
@@ -312,7 +321,11 @@ class Controller:
                 )
                 if row is not None and row.uid == uid and not launching:
                     tx.delete_job(row)
-                    tx.add_event(f"{namespace}/{name}", "Deleted", "job deleted; processes killed")
+                    tx.add_event(
+                        f"{namespace}/{name}",
+                        "Deleted",
+                        f"job deleted by {actor}; processes killed",
+                    )
         self._specs.pop(uid, None)
         self.wake()
         return f"{namespace}/{name}"
