@@ -430,3 +430,30 @@ def test_an_elastic_job_that_cannot_grow_says_why_once(
     view = job_view(row)
     assert view.desired == {"worker": 2}
     assert view.pending_reason is None
+
+
+def test_a_job_deleted_while_a_launch_is_unrecorded_has_that_launch_killed_too(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    controller.submit(job("doomed", tmp_path))
+    until(controller, "doomed", lambda r: starts(tmp_path, r.name), "the worker running")
+    [(_, pid)] = starts(tmp_path, "doomed")
+    with controller.store.transaction() as tx:  # as if its record never happened
+        row = tx.job("ads", "doomed")
+        assert row is not None
+        worker = replica(row, "worker-0")
+        worker.phase, worker.handle, worker.pid = "Launching", None, None
+
+    controller.delete("ads", "doomed", actor="token 'ops'")
+
+    assert row_of(controller, "doomed") is not None  # the unrecorded launch holds it
+    deadline = time.monotonic() + 30
+    while row_of(controller, "doomed") is not None and time.monotonic() < deadline:
+        controller.reconcile_once()
+        time.sleep(0.05)
+    assert row_of(controller, "doomed") is None
+    assert gone(pid)
+    deleted = [e.message for e in events(controller, "doomed") if e.reason == "Deleted"]
+    assert deleted == ["job deleted by token 'ops'; its processes are gone"]
+    assert len(starts(tmp_path, "doomed")) == 1

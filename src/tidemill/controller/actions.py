@@ -214,6 +214,7 @@ class ForgetJob:
     """A deleted job whose processes are all gone: remove its row."""
 
     message: str
+    """how it ended, after who deleted it (e.g. "its processes are gone")"""
 
 
 Action = ReplicaAction | Transition | Event | Finishing | GangRestarted | ExpireAt | ForgetJob

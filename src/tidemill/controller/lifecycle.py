@@ -105,7 +105,7 @@ def fail_broken(
         if not replica.phase.is_terminal:
             actions.append(Settle(replica.name))
     if job.deleted:
-        actions.append(ForgetJob("job deleted; its processes were killed"))
+        actions.append(ForgetJob("its processes were killed"))
     elif not job.phase.is_terminal:
         actions.append(Transition(JobPhase.FAILED, "ControllerError", message, warning=True))
         actions.append(ExpireAt(None))
@@ -232,7 +232,7 @@ class _Step:
             elif not replica.phase.is_terminal:
                 self.emit(Settle(replica.name))
         if not any(r.phase in LIVE for r in self.job.replicas):
-            self.emit(ForgetJob("job deleted; its processes are gone"))
+            self.emit(ForgetJob("its processes are gone"))
 
     # ------------------------------------------------------------------ active
 

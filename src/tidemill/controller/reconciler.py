@@ -300,6 +300,7 @@ class Controller:
                 raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
             now = self.clock()
             row.deleted_at = row.deleted_at or now
+            row.message = f"deleted by {actor}"
             handles = []
             for replica in row.replicas:
                 if replica.phase in _LIVE:

@@ -134,8 +134,9 @@ def write(tx: Tx, job: JobRow, action: Action, now: float) -> None:
     elif isinstance(action, ExpireAt):
         job.expires_at = action.at
     elif isinstance(action, ForgetJob):
+        # The job's message names who deleted it (set by Controller.delete).
         tx.delete_job(job)
-        tx.add_event(job.key, "Deleted", action.message, at=now)
+        tx.add_event(job.key, "Deleted", f"job {job.message}; {action.message}", at=now)
 
 
 def replica_row(job: JobRow, name: str) -> ReplicaRow:
