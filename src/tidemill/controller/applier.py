@@ -5,8 +5,9 @@
    ``engine.adopt`` for replicas recorded as Launching (a launch the control plane may
    have made before it stopped).
 3. Decide: the pure :func:`tidemill.controller.lifecycle.step` per job. A job whose
-   observation or step raises, or whose spec cannot be read, is failed alone
-   (:func:`~tidemill.controller.lifecycle.fail_broken`).
+   step raises, or whose spec cannot be read, is failed alone
+   (:func:`~tidemill.controller.lifecycle.fail_broken`); one the engine cannot observe
+   waits for the next cycle, and is failed after :data:`OBSERVE_ATTEMPTS` in a row.
 4. Write every job's row changes in one short transaction (launch intents included);
    a job whose writes raise is failed alone and the rest commit.
 5. Act, outside any transaction: SIGTERM, SIGKILL, then the launches, whose handles a
@@ -44,6 +45,9 @@ from tidemill.store.tables import JobRow
 
 log = logging.getLogger(__name__)
 
+OBSERVE_ATTEMPTS = 25
+"""Cycles in a row a job's replicas may fail to be observed before the job is failed."""
+
 
 @dataclass
 class _Plan:
@@ -74,6 +78,8 @@ class Applier:
         self.spec_of = spec_of
         self.config = config
         self.clock = clock
+        self._unseen: dict[int, int] = {}
+        """job id -> cycles in a row its replicas could not be observed"""
 
     def run(self) -> bool:
         """One pass; True when resources were freed (a job ended or a replica left).
@@ -82,6 +88,7 @@ class Applier:
         when the store cannot write: nothing happened, the next cycle tries again.
         """
         plans = {plan.job.id: plan for plan in self._read()}
+        self._unseen = {k: v for k, v in self._unseen.items() if k in plans}
         now = self.clock()
         for plan in plans.values():
             self._decide(plan, now)
@@ -119,6 +126,17 @@ class Applier:
             return
         try:
             self._observe(plan.job, plan.spec, plan.seen)
+        except Exception as exc:
+            # The engine may recover (a busy API, a brief error): fail the job only if
+            # it keeps failing to see its replicas.
+            failures = self._unseen[plan.job.id] = self._unseen.get(plan.job.id, 0) + 1
+            log.warning("job %s: could not observe it (%d): %s", plan.job.key, failures, exc)
+            if failures >= OBSERVE_ATTEMPTS:
+                message = controller_error(exc)
+                plan.actions = fail_broken(plan.job, plan.seen, message, now, self.config)
+            return
+        self._unseen.pop(plan.job.id, None)
+        try:
             plan.actions = step(plan.job, plan.spec, plan.seen, now, self.config)
             launching = [a.replica for a in plan.actions if isinstance(a, Launch)]
             if launching:
