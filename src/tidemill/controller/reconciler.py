@@ -25,18 +25,18 @@ from sqlalchemy.exc import OperationalError
 from tidemill.api.cluster import ClusterSpec, QueueSpec, this_machine
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
-from tidemill.api.status import ConditionType, JobPhase, JobView, ReplicaPhase
+from tidemill.api.status import ConditionType, JobPhase, JobView
 from tidemill.controller.admission import admit
 from tidemill.controller.applier import Applier
 from tidemill.controller.conditions import set_condition
+from tidemill.controller.deletion import Deleter
 from tidemill.controller.elastic import initial_desired
 from tidemill.controller.launcher import Launcher
 from tidemill.controller.launches import Launches
 from tidemill.controller.lifecycle import LifecycleConfig
 from tidemill.controller.model import ACTIVE_PHASES
-from tidemill.controller.rows import handle_of
 from tidemill.controller.scheduling import CycleStats, SchedulingStep
-from tidemill.engines.base import Engine, ReplicaHandle
+from tidemill.engines.base import Engine
 from tidemill.scheduler.types import SchedulerConfig
 from tidemill.store.store import Store, StoreUnavailable
 from tidemill.store.tables import JobRow
@@ -46,11 +46,6 @@ __all__ = ["ACTIVE_PHASES", "INTERNAL_ACTOR", "Controller", "ControllerConfig", 
 
 INTERNAL_ACTOR = "the control plane"
 """Who events name when a request did not come through the API."""
-
-DELETE_WAIT_S = 1.0
-"""How long ``delete`` waits for killed processes to be gone before it returns (the
-next cycles finish the deletion if the engine cannot confirm it by then)."""
-_LIVE = (ReplicaPhase.RUNNING.value, ReplicaPhase.STOPPING.value, ReplicaPhase.LAUNCHING.value)
 
 
 @dataclass(frozen=True)
@@ -101,6 +96,7 @@ class Controller:
         self.applier = Applier(
             store, engine, self.launcher, launches, self.spec_of, lifecycle, clock
         )
+        self.deleter = Deleter(store, engine, clock, self.config.stop_grace_s)
         self.scheduling = SchedulingStep(
             store, engine, launches, self.spec_of, self.config.scheduler, lifecycle
         )
@@ -287,68 +283,13 @@ class Controller:
         return rows[0].namespace, name
 
     def delete(self, namespace: str, name: str, *, actor: str = INTERNAL_ACTOR) -> str:
-        """Kill every process of the job and forget it; returns at once.
-
-        The job is marked deleted first (so no cycle restarts what is being killed, and a
-        restarted server finishes the deletion), its processes get SIGKILL, and the row
-        goes as soon as they are gone; a replica the engine cannot confirm gone within
-        :data:`DELETE_WAIT_S` is left to the next cycles, which kill it again.
-        """
-        with self.store.transaction() as tx:
-            row = tx.job(namespace, name)
-            if row is None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
-            now = self.clock()
-            row.deleted_at = row.deleted_at or now
-            row.message = f"deleted by {actor}"
-            handles = []
-            for replica in row.replicas:
-                if replica.phase in _LIVE:
-                    replica.kill_at = now + self.config.stop_grace_s
-                    handle = handle_of(replica.handle)
-                    if handle is not None:
-                        handles.append(handle)
-            uid = row.uid
-            tx.add_event(
-                row.key, "Deleting", f"delete requested by {actor}; killing its processes", at=now
-            )
-        for handle in handles:
-            self._kill(handle)
-        if self._gone(handles, time.monotonic() + DELETE_WAIT_S):
-            with self.store.transaction() as tx:
-                row = tx.job(namespace, name)
-                launching = row is not None and any(
-                    r.phase == ReplicaPhase.LAUNCHING.value for r in row.replicas
-                )
-                if row is not None and row.uid == uid and not launching:
-                    tx.delete_job(row)
-                    tx.add_event(
-                        f"{namespace}/{name}",
-                        "Deleted",
-                        f"job deleted by {actor}; processes killed",
-                    )
+        """Kill every process of the job and forget it; returns at once (see
+        :mod:`tidemill.controller.deletion`). ``actor`` is named in the events."""
+        self.wake()  # the loop records a launch in flight, so it can be killed too
+        uid = self.deleter.delete(namespace, name, actor)
         self._specs.pop(uid, None)
         self.wake()
         return f"{namespace}/{name}"
-
-    def _kill(self, handle: ReplicaHandle) -> None:
-        try:
-            self.engine.kill(handle)
-        except Exception:
-            log.exception("could not kill %s; the next cycle tries again", handle)
-
-    def _gone(self, handles: list[ReplicaHandle], deadline: float) -> bool:
-        """Wait (briefly: SIGKILL does not wait for anyone) until no handle runs."""
-        while True:
-            try:
-                if not any(self.engine.observe(h).running for h in handles):
-                    return True
-            except Exception:
-                log.exception("could not observe a replica being deleted")
-                return False
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
 
     # ----------------------------------------------------------------- the cycle
 
