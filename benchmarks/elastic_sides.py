@@ -27,7 +27,7 @@ import httpx
 import psutil
 
 from tidemill.client import Client
-from tidemill.controller.launcher import free_port
+from tidemill.engines.local import free_port
 
 TRAIN = Path(__file__).resolve().parent / "elastic_train.py"
 JOB = "elastic-bench"

@@ -21,6 +21,7 @@ import platform
 import statistics
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,8 @@ class Runner:
         self.launched += 1
         spec = LaunchSpec(
             job="bench/replica-start",
+            job_uid="bench",
+            launch_id=uuid.uuid4().hex,
             role="worker",
             index=self.launched,
             argv=("python", "first_line.py"),

@@ -24,6 +24,7 @@ from tidemill.api.cluster import ClusterSpec, NodeSpec
 from tidemill.api.data import DataSpec
 from tidemill.api.job import TrainingJob
 from tidemill.controller.reconciler import Controller, ControllerConfig
+from tidemill.controller.rows import job_snapshot
 from tidemill.engines.local import LocalEngine
 from tidemill.store.store import Store
 from tidemill.store.tables import JobRow, ReplicaRow
@@ -136,10 +137,10 @@ def test_a_fixed_job_with_data_gets_a_master_and_every_process_gets_the_plan(
     with controller.store.read() as tx:
         row = tx.job("ads", "fixed-data")
         assert row is not None
-        launcher = controller.jobs.launcher
+        snapshot = job_snapshot(row)
         plans = {
-            r.replica_name: controller.engine.dry_run(launcher.launch_spec(row, job, r))
-            for r in row.replicas
+            r.name: controller.engine.dry_run(controller.launcher.launch_spec(snapshot, job, r))
+            for r in snapshot.replicas
         }
     master = plans["master-0"]
     assert master.argv[1:] == ("-m", "tidemill.master")

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tidemill.client import Client
-from tidemill.controller.launcher import free_port
+from tidemill.engines.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ from typing import Any
 import psutil
 import pytest
 
-from tidemill.engines.base import LaunchSpec, Observation, ReplicaHandle
+from tidemill.engines.base import LaunchSpec, ReplicaHandle
 from tidemill.engines.local import UID_VAR, LocalEngine
 
-DEADLINE_S = 10.0
+from .processes import gone, wait_exit, wait_for
+
+JOB_UID = "6f1c0e5a9b2d4c8e"
 
 
 class Replicas:
@@ -36,6 +39,8 @@ class Replicas:
     def spec(self, *argv: str, role: str = "worker", index: int = 0, **kw: Any) -> LaunchSpec:
         base = LaunchSpec(
             job="team/job",
+            job_uid=JOB_UID,
+            launch_id=uuid.uuid4().hex,
             role=role,
             index=index,
             argv=argv,
@@ -73,32 +78,6 @@ def replicas(tmp_path: Path) -> Iterator[Replicas]:
     launched.stop_all()
 
 
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def wait_exit(engine: LocalEngine, handle: ReplicaHandle) -> Observation:
-    seen: list[Observation] = []
-
-    def ended() -> bool:
-        seen.append(engine.observe(handle))
-        return not seen[-1].running
-
-    wait_for(ended, "the replica to exit")
-    return seen[-1]
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def read_pids(replicas: Replicas, name: str) -> list[int]:
     path = replicas.work_dir / name
     wait_for(path.exists, f"pids in {path}")
@@ -132,7 +111,7 @@ def test_stdout_and_stderr_go_to_one_log_appended_across_attempts(replicas: Repl
     wait_exit(replicas.engine, second)
 
     log = Path(str(replicas.engine.log_path(second)))
-    assert log == replicas.engine.state_dir / "logs" / "team" / "job" / "worker-0.log"
+    assert log == replicas.engine.state_dir / "logs" / "team" / "job" / JOB_UID / "worker-0.log"
     assert replicas.engine.log_path(first) == str(log)
     lines = log.read_text().splitlines()
     headers = [line for line in lines if line.startswith("===== tidemill:")]
@@ -163,7 +142,8 @@ def test_the_handle_is_json_and_a_restarted_control_plane_sees_exit_codes(
         handles = []
         for index, code in enumerate(["import time; time.sleep(1.5); raise SystemExit(4)",
                                       "raise SystemExit(5)"]):
-            spec = LaunchSpec(job="team/job", role="worker", index=index, env={{}},
+            spec = LaunchSpec(job="team/job", job_uid="u1", launch_id=f"l{{index}}",
+                              role="worker", index=index, env={{}},
                               argv=("python", "-c", code), working_dir={str(tmp_path)!r},
                               node="local")
             handles.append(engine.launch(spec).data)
@@ -224,6 +204,31 @@ def test_stop_kills_the_whole_tree_even_a_setsid_child_that_ignores_sigterm(
     assert [pid for pid in [supervisor, command, *kids] if not gone(pid)] == []
     obs = replicas.engine.observe(handle)
     assert (obs.running, obs.exit_code) == (False, 128 + signal.SIGTERM)
+
+
+def test_kill_returns_at_once_and_the_whole_tree_is_gone_even_what_ignores_sigterm(
+    replicas: Replicas,
+) -> None:
+    ignore_term = "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    handle = replicas.python(SPAWNER.format(then=ignore_term))
+    kids = read_pids(replicas, "pids")
+    command = child_pid(replicas.engine, handle)
+    supervisor = int(str(handle.data["supervisor_pid"]))
+
+    started = time.monotonic()
+    replicas.engine.kill(handle)
+    assert time.monotonic() - started < 1.0
+    tree = [supervisor, command, *kids]
+    wait_for(lambda: all(gone(pid) for pid in tree), "every process of the replica to die", 2.0)
+    obs = replicas.engine.observe(handle)
+    assert (obs.running, obs.exit_code) == (False, 137)
+
+
+def test_kill_after_the_replica_ended_keeps_its_exit_code(replicas: Replicas) -> None:
+    handle = replicas.python("raise SystemExit(3)")
+    assert wait_exit(replicas.engine, handle).exit_code == 3
+    replicas.engine.kill(handle)
+    assert replicas.engine.observe(handle).exit_code == 3
 
 
 def test_stop_finds_a_daemon_that_outlived_its_parent(replicas: Replicas) -> None:
@@ -326,7 +331,6 @@ def test_without_gpus_a_replica_sees_no_device(replicas: Replicas) -> None:
 def test_a_handle_from_another_engine_is_refused(replicas: Replicas) -> None:
     with pytest.raises(ValueError, match="belongs to engine 'kubernetes'"):
         replicas.engine.observe(ReplicaHandle("kubernetes", {"pod": "x"}))
-
 
 
 def test_terminate_asks_the_command_to_finish_and_returns_at_once(replicas: Replicas) -> None:

@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +27,9 @@ from tidemill.engines.base import LaunchSpec, Observation, ReplicaHandle
 from tidemill.engines.local import UID_VAR, LocalEngine
 from tidemill.engines.warm_start import WarmStartUnavailable
 
-DEADLINE_S = 15.0
+from .processes import DEADLINE_S, gone, wait_for
+
 PRELOAD = tuple(name for name in ("numpy", "torch") if importlib.util.find_spec(name))
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 class Launcher:
@@ -66,6 +52,8 @@ class Launcher:
         engine = engine or self.engine
         spec = LaunchSpec(
             job=self.job,
+            job_uid="u1",
+            launch_id=uuid.uuid4().hex,
             role="worker",
             index=len(self.launched),
             argv=argv,

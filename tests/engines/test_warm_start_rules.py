@@ -115,6 +115,7 @@ def test_a_fork_request_survives_its_json_round_trip() -> None:
         working_dir="/w",
         env={"A": "1"},
         uid="u" * 32,
+        supervisor_file="/r/x.sup",
         pid_file="/r/x.pid",
         exit_file="/r/x.exit",
         log_file="/l/x.log",

@@ -406,3 +406,37 @@ def assert_prefix_per_role(asked: Sequence[PodRequest], placed: Sequence[Placeme
         wanted = [p.index for p in asked if p.role == role]
         got = [p.index for p in placed if p.role == role]
         assert got == wanted[: len(got)]
+
+
+@pytest.mark.parametrize(
+    ("queues", "held", "code", "message"),
+    [
+        pytest.param(
+            [],
+            range(8),
+            "InsufficientGPU",
+            "cannot add worker-8: it needs 1 gpu; largest free block is none: "
+            "no node has any gpu free",
+            id="a growth request that fits nothing says which pod and what it lacks",
+        ),
+        pytest.param(
+            [queue("default").max_gpu(2)],
+            range(2),
+            "QueueAtMax",
+            "queue default would hold 3 gpu; its max is 2 gpu",
+            id="a growth request stopped by its queue's max names the max",
+        ),
+    ],
+)
+def test_an_unmet_growth_request_says_why(
+    queues: list[queue], held: range, code: str, message: str
+) -> None:
+    decisions = decide(
+        nodes=[node("n1").gpus(8)],
+        jobs=[more("grower", 2, first=len(held))],
+        running_jobs=[elastic("grower", held)],
+        queues=queues,
+    )
+    reason = decisions.unmet_grows["grower"]
+    assert (reason.code, reason.message) == (code, message)
+    assert decisions.pending == {}

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tidemill.controller.launcher import free_port
+from tidemill.engines.local import free_port
 from tidemill.store.store import PROBE_INTERVAL_S, Store, StoreUnavailable
 from tidemill.store.tables import JobRow
 

@@ -37,7 +37,12 @@ class ConditionType(StrEnum):
 
 class ReplicaPhase(StrEnum):
     PENDING = "Pending"
+    LAUNCHING = "Launching"
+    """The launch is recorded (its ``launch_id``) but its handle not yet: after a crash
+    the controller adopts what that launch started, or launches it (never twice)."""
     RUNNING = "Running"
+    STOPPING = "Stopping"
+    """Asked to stop (SIGTERM); killed if still there at its deadline."""
     BACKOFF = "BackOff"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -133,6 +138,9 @@ class JobView(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     message: str = ""
+    desired: dict[str, int] = Field(
+        default_factory=dict, description="role -> replicas wanted now (the last scale request)"
+    )
     pending_reason: PendingReason | None = None
     conditions: list[Condition] = Field(default_factory=list)
     replicas: list[ReplicaView] = Field(default_factory=list)

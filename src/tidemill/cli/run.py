@@ -42,10 +42,29 @@ from tidemill.cli.scripts import missing_scripts
 from tidemill.client import Client
 from tidemill.controller import admission
 from tidemill.controller.admission import Oversubscription
+from tidemill.engines.registry import DEFAULT_ENGINE, UnknownEngine, check_engine_name, engine_names
 
 ClusterOption = Annotated[
     Path | None,
     typer.Option("--cluster", help="Cluster file: nodes, queues, priority classes."),
+]
+
+
+def _known_engine(name: str) -> str:
+    """Refuse an unknown ``--engine`` before anything starts (exit 2, the known names)."""
+    try:
+        return check_engine_name(name)
+    except UnknownEngine as exc:
+        raise typer.BadParameter(str(exc).removeprefix("engine: ")) from None
+
+
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        callback=_known_engine,
+        help=f"What runs the replicas: {', '.join(engine_names())}.",
+    ),
 ]
 
 
@@ -80,6 +99,7 @@ def server(
             "--insecure", help="Serve a non-loopback --host without auth (trusted networks only)."
         ),
     ] = False,
+    engine: EngineOption = DEFAULT_ENGINE,
 ) -> None:
     """Run the control plane until Ctrl-C or SIGTERM.
 
@@ -97,6 +117,7 @@ def server(
             store_url=store_url,
             auth=auth,
             insecure=insecure,
+            engine=engine,
         )
     except InsecureServer as exc:
         fail(str(exc), code=EXIT_INVALID)
@@ -134,6 +155,7 @@ def run(
             "(a Warning event says by how much).",
         ),
     ] = False,
+    engine: EngineOption = DEFAULT_ENGINE,
 ) -> None:
     """Run one job on an embedded server and stream its logs and events to the end."""
     job = load_job_file(file)
@@ -152,7 +174,7 @@ def run(
         if enlarged is not None:
             cluster = _cluster_file(state_dir, enlarged.node)
         try:
-            runner = ServerRunner(state_dir, cluster, port=0)
+            runner = ServerRunner(state_dir, cluster, port=0, engine=engine)
             url = runner.start()
         except RuntimeError as exc:
             fail(str(exc))

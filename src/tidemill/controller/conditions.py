@@ -1,11 +1,27 @@
 """Phase changes: one place that moves a job between phases, stamps conditions and
-writes the matching event, so the three never disagree."""
+writes the matching event, so the three never disagree.
+
+Which moves are allowed is a table (:data:`ALLOWED`); a move outside it is a bug in the
+controller, raised as :class:`IllegalTransition`, and fails only the job it concerns.
+"""
 
 from __future__ import annotations
 
 from tidemill.api.status import ConditionType, JobPhase
 from tidemill.store.store import Tx
 from tidemill.store.tables import JobRow
+
+P = JobPhase
+ALLOWED: dict[JobPhase, frozenset[JobPhase]] = {
+    P.PENDING: frozenset({P.SCHEDULED, P.FAILED}),
+    P.SCHEDULED: frozenset({P.RUNNING, P.RESTARTING, P.PENDING, P.SUCCEEDED, P.FAILED}),
+    P.RUNNING: frozenset({P.RESTARTING, P.PENDING, P.SUCCEEDED, P.FAILED}),
+    P.RESTARTING: frozenset({P.RUNNING, P.PENDING, P.SUCCEEDED, P.FAILED}),
+    P.SUCCEEDED: frozenset(),
+    P.FAILED: frozenset(),
+}
+"""phase -> the phases a job may move to from it. Scheduled and Running jobs go back to
+Pending only when preempted; finished jobs (Succeeded, Failed) never move again."""
 
 _PHASE_CONDITIONS = {
     JobPhase.PENDING: ConditionType.PENDING,
@@ -15,6 +31,20 @@ _PHASE_CONDITIONS = {
     JobPhase.SUCCEEDED: ConditionType.SUCCEEDED,
     JobPhase.FAILED: ConditionType.FAILED,
 }
+
+
+class IllegalTransition(ValueError):
+    """A move the table does not allow: a controller bug, never the user's doing."""
+
+
+def check_transition(current: JobPhase, target: JobPhase) -> None:
+    """Raise :class:`IllegalTransition` unless ``current -> target`` is allowed (staying
+    in the same phase always is)."""
+    if current is not target and target not in ALLOWED[current]:
+        allowed = ", ".join(sorted(ALLOWED[current])) or "none: it has finished"
+        raise IllegalTransition(
+            f"a job in phase {current} cannot move to {target} (allowed: {allowed})"
+        )
 
 
 def set_condition(
@@ -54,6 +84,7 @@ def transition(
     """Move ``job`` to ``phase`` (no-op if already there) and record why."""
     if job.phase == phase.value:
         return
+    check_transition(JobPhase(job.phase), phase)
     for other, kind in _PHASE_CONDITIONS.items():
         if other is not phase:
             current = next((c for c in job.conditions if c["type"] == kind.value), None)

@@ -9,12 +9,28 @@ by ``tidemill scale``. Pure functions over specs and replica rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 from tidemill.api.job import TrainingJob
-from tidemill.store.tables import ReplicaRow
 
 MASTER_ROLE = "master"
 """tidemill's per-job master: launched by :func:`needs_master`, never declared by users."""
+
+
+class Member(Protocol):
+    """A replica as sizes see it: a store row or a lifecycle snapshot."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def drain_deadline(self) -> float | None: ...
+
+
+M = TypeVar("M", bound=Member)
 
 
 def is_elastic(job: TrainingJob) -> bool:
@@ -35,12 +51,12 @@ def initial_desired(job: TrainingJob) -> dict[str, int]:
     }
 
 
-def members(replicas: Sequence[ReplicaRow], role: str) -> list[ReplicaRow]:
+def members(replicas: Sequence[M], role: str) -> list[M]:
     """Replicas of ``role`` that count towards its size (not leaving, not the master)."""
     return [r for r in replicas if r.role == role and r.drain_deadline is None]
 
 
-def missing_indexes(replicas: Sequence[ReplicaRow], role: str, desired: int) -> list[int]:
+def missing_indexes(replicas: Sequence[Member], role: str, desired: int) -> list[int]:
     """The lowest free indexes that would bring ``role`` up to ``desired``."""
     taken = {r.index for r in replicas if r.role == role}
     have = len(members(replicas, role))
@@ -48,7 +64,7 @@ def missing_indexes(replicas: Sequence[ReplicaRow], role: str, desired: int) -> 
     return [next(free) for _ in range(max(0, desired - have))]
 
 
-def surplus(replicas: Sequence[ReplicaRow], role: str, keep: int) -> list[ReplicaRow]:
+def surplus(replicas: Sequence[M], role: str, keep: int) -> list[M]:
     """Replicas beyond the first ``keep``, highest index first: the ones to remove."""
     ordered = sorted(members(replicas, role), key=lambda r: r.index, reverse=True)
     return ordered[: max(0, len(ordered) - keep)]

@@ -1,7 +1,10 @@
-"""Turns a placed replica into a LaunchSpec and starts it through the engine.
+"""Turns a placed replica into the exact ``LaunchSpec`` for the engine: a pure function
+of the job's snapshot, taken after its launch intent and ports were recorded, so the
+same spec can be rebuilt to adopt that launch after a restart.
 
-Ports are chosen here: one ``MASTER_PORT`` per job start (the rank-0 rendezvous) and
-one per replica for ``TF_CONFIG``. The local engine runs everything on this host.
+Ports are the engine's (``engine.free_port(node)``), chosen by the applier before the
+intent is written: one ``MASTER_PORT`` per job start (the rank-0 rendezvous), one per
+replica for ``TF_CONFIG``, one for the job master. Addresses are ``engine.host(node)``.
 
 A job with ``spec.data`` hands its plan to the master and the chief and workers as
 ``TIDEMILL_DATA``: compact JSON in job-file form, read back with
@@ -10,44 +13,65 @@ A job with ``spec.data`` hands its plan to the master and the chief and workers 
 
 from __future__ import annotations
 
-import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tidemill.api.job import TrainingJob
-from tidemill.api.status import ReplicaPhase
 from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
+from tidemill.controller.model import JobSnapshot, ReplicaSnapshot
 from tidemill.engines.base import Engine, LaunchSpec
-from tidemill.engines.replica_env import ReplicaContext, replica_env
-from tidemill.store.tables import JobRow, ReplicaRow
+from tidemill.engines.replica_env import COLLECTIVE_ROLES, ReplicaContext, replica_env
 
-LOCAL_HOST = "127.0.0.1"
 DATA_VAR = "TIDEMILL_DATA"
 TOKEN_VAR = "TIDEMILL_TOKEN"
 """The job's own credential: lets its master and replicas write that job's state."""
 DATA_ROLES = (MASTER_ROLE, "chief", "worker")
 """Roles that get ``TIDEMILL_DATA``: the master leases shards, the collective reads them."""
+JOB_MASTER_PORT = "job-master"
+MASTER_PORT = "rendezvous"
+"""Port slots of a job (besides one per replica, named by the replica)."""
 
 
-def free_port(host: str = LOCAL_HOST) -> int:
-    """A port nobody listens on right now (the replica binds it moments later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def local_rank(job: JobRow, replica: ReplicaRow) -> int:
+def local_rank(job: JobSnapshot, replica: ReplicaSnapshot) -> int:
     """Position among the job's collective replicas on the same node, in rank order."""
     order = {"chief": 0, "worker": 1, "ps": 2, "evaluator": 3}
     same_node = sorted(
         (r for r in job.replicas if r.node == replica.node),
         key=lambda r: (order.get(r.role, 9), r.index),
     )
-    return next(i for i, r in enumerate(same_node) if r is replica)
+    return next(i for i, r in enumerate(same_node) if r.name == replica.name)
 
 
-def role_sizes(job: JobRow) -> dict[str, int]:
+def rank0_node(replicas: Sequence[ReplicaSnapshot]) -> str | None:
+    """The node of rank 0 (the chief, else worker 0), whose host is ``MASTER_ADDR``."""
+    collective = sorted(
+        (r for r in replicas if r.role in COLLECTIVE_ROLES),
+        key=lambda r: (COLLECTIVE_ROLES.index(r.role), r.index),
+    )
+    return collective[0].node if collective else None
+
+
+def port_needs(job: JobSnapshot, spec: TrainingJob, launching: Sequence[str]) -> dict[str, str]:
+    """Port slot -> node, for the ports the launches of ``launching`` need and the job
+    has not got yet: the job master's, the rendezvous, and one per replica."""
+    needs: dict[str, str] = {}
+    master = next((r for r in job.replicas if r.role == MASTER_ROLE), None)
+    if needs_master(spec) and job.job_master_port is None and master is not None:
+        needs[JOB_MASTER_PORT] = master.node
+    workers = [r for r in job.replicas if r.role != MASTER_ROLE]
+    if not any(r.role != MASTER_ROLE for r in job.replicas if r.name in launching):
+        return needs
+    rank0 = rank0_node(workers)
+    if job.master_port is None:
+        needs[MASTER_PORT] = rank0 or workers[0].node
+    for replica in workers:
+        if not replica.port:
+            needs[replica.name] = replica.node
+    return needs
+
+
+def role_sizes(job: JobSnapshot) -> dict[str, int]:
     """Replica count per role as indexes go (gaps count), the master left out."""
     sizes: dict[str, int] = {}
     for r in job.replicas:
@@ -76,6 +100,9 @@ def data_env(spec: TrainingJob, role: str) -> dict[str, str]:
 
 
 class Launcher:
+    """Builds launch specs; ``host`` and the job token are the only inputs besides the
+    job's snapshot."""
+
     def __init__(
         self,
         engine: Engine,
@@ -86,43 +113,49 @@ class Launcher:
         self.server_url = server_url
         self.job_token = job_token
 
-    def credential_env(self, job: JobRow) -> dict[str, str]:
+    def credential_env(self, job: JobSnapshot) -> dict[str, str]:
         return {} if self.job_token is None else {TOKEN_VAR: self.job_token(job.uid)}
 
-    def launch_spec(self, job: JobRow, spec: TrainingJob, replica: ReplicaRow) -> LaunchSpec:
-        """The exact request for the engine (pure apart from port choice)."""
-        if needs_master(spec) and job.job_master_port is None:
-            job.job_master_port = free_port()
+    def launch_spec(
+        self, job: JobSnapshot, spec: TrainingJob, replica: ReplicaSnapshot
+    ) -> LaunchSpec:
+        """The exact request for the engine; the same for the same snapshot."""
+        if replica.launch_id is None:
+            raise ValueError(f"{job.key} {replica.name}: no launch intent recorded")
         if replica.role == MASTER_ROLE:
-            return self._master_spec(job, spec, replica)
+            return self._master_spec(job, spec, replica, replica.launch_id)
         if job.master_port is None:
-            job.master_port = free_port()
-        for member in job.replicas:
-            if not member.port:
-                member.port = free_port()
+            raise ValueError(f"{job.key}: no rendezvous port recorded")
         role = spec.spec.roles[replica.role]
-        roles = role_sizes(job)
+        host = self.engine.host
+        master = next((r for r in job.replicas if r.role == MASTER_ROLE), None)
         context = ReplicaContext(
             job=job.key,
             mode=spec.spec.mode,
-            roles=roles,
+            roles=role_sizes(job),
             role=replica.role,
             index=replica.index,
-            master_addr=LOCAL_HOST,
+            master_addr=host(rank0_node(job.replicas) or replica.node),
             master_port=job.master_port,
-            addresses={(r.role, r.index): f"{LOCAL_HOST}:{r.port}" for r in job.replicas}
+            addresses={
+                (r.role, r.index): f"{host(r.node)}:{r.port}"
+                for r in job.replicas
+                if r.role != MASTER_ROLE
+            }
             if spec.spec.mode.value == "ps"
             else {},
             tidemill_master_addr=None
-            if job.job_master_port is None
-            else f"{LOCAL_HOST}:{job.job_master_port}",
+            if job.job_master_port is None or master is None
+            else f"{host(master.node)}:{job.job_master_port}",
             local_rank=local_rank(job, replica),
-            gpu_ids=tuple(replica.gpu_ids),
+            gpu_ids=replica.gpu_ids,
             gpu_share=replica.gpu_share if replica.gpu_share > 0 else 1.0,
-            attempt=replica.starts,
+            attempt=_attempt(replica),
         )
         return LaunchSpec(
             job=job.key,
+            job_uid=job.uid,
+            launch_id=replica.launch_id,
             role=replica.role,
             index=replica.index,
             argv=tuple(role.argv),
@@ -135,13 +168,17 @@ class Launcher:
             },
             working_dir=role.working_dir or str(Path.cwd()),
             node=replica.node,
-            gpu_ids=tuple(replica.gpu_ids),
-            attempt=replica.starts,
+            gpu_ids=replica.gpu_ids,
+            attempt=_attempt(replica),
             image=role.image,
         )
 
-    def _master_spec(self, job: JobRow, spec: TrainingJob, replica: ReplicaRow) -> LaunchSpec:
+    def _master_spec(
+        self, job: JobSnapshot, spec: TrainingJob, replica: ReplicaSnapshot, launch_id: str
+    ) -> LaunchSpec:
         """tidemill's own per-job master: membership, epochs, committed progress."""
+        if job.job_master_port is None:
+            raise ValueError(f"{job.key}: no job master port recorded")
         low, high = collective_bounds(spec)
         env = {
             "TIDEMILL_JOB": job.key,
@@ -159,26 +196,18 @@ class Launcher:
         first_role = next(iter(spec.spec.roles.values()))
         return LaunchSpec(
             job=job.key,
+            job_uid=job.uid,
+            launch_id=launch_id,
             role=MASTER_ROLE,
             index=0,
             argv=(sys.executable, "-m", "tidemill.master"),
             env=env,
             working_dir=first_role.working_dir or str(Path.cwd()),
             node=replica.node,
-            attempt=replica.starts,
+            attempt=_attempt(replica),
         )
 
-    def launch(self, job: JobRow, spec: TrainingJob, replica: ReplicaRow, now: float) -> None:
-        """Start the replica and record its handle, so a restarted server can find it."""
-        handle = self.engine.launch(self.launch_spec(job, spec, replica))
-        seen = self.engine.observe(handle)
-        replica.handle = {"engine": handle.engine, "data": dict(handle.data)}
-        replica.log_path = self.engine.log_path(handle)
-        replica.pid = seen.pid
-        replica.starts += 1
-        replica.phase = ReplicaPhase.RUNNING.value
-        replica.started_at = now
-        replica.finished_at = None
-        replica.exit_code = None
-        replica.next_start_at = None
-        replica.message = ""
+
+def _attempt(replica: ReplicaSnapshot) -> int:
+    """Launches begun before this one (``starts`` counts this one from its intent on)."""
+    return max(0, replica.starts - 1)

@@ -1,10 +1,14 @@
 """The controller: a level-triggered loop that makes observed replicas match the spec.
 
-Each cycle reads the store, observes replicas through the engine, applies the restart
-and success policies, asks the pure scheduler for decisions and applies them. All state
-lives in the store, so a restarted control plane simply runs the next cycle: live
-replicas are re-adopted through their persisted handles, dead ones go through their
-restart policy.
+Each cycle runs the lifecycle pass (:mod:`tidemill.controller.applier`: observe, the
+pure step per job, one transaction, then the engine) and, when something changed, the
+scheduling pass (:mod:`tidemill.controller.scheduling`). All state lives in the store,
+so a restarted control plane simply runs the next cycle: live replicas are found again
+through their persisted handles, launches it made but did not record are adopted, dead
+replicas go through their restart policy. A store that cannot write skips the cycle.
+
+API threads (submit, scale, delete) only write rows in short transactions; none waits
+for a process or takes the cycle's lock.
 """
 
 from __future__ import annotations
@@ -16,19 +20,25 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from sqlalchemy.exc import OperationalError
+
 from tidemill.api.cluster import ClusterSpec, QueueSpec, this_machine
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType, JobPhase, JobView
 from tidemill.controller.admission import admit
+from tidemill.controller.applier import Applier
 from tidemill.controller.conditions import set_condition
+from tidemill.controller.deletion import Deleter
 from tidemill.controller.elastic import initial_desired
-from tidemill.controller.job_sync import JobSync
 from tidemill.controller.launcher import Launcher
-from tidemill.controller.scheduling import ACTIVE_PHASES, CycleStats, SchedulingStep
+from tidemill.controller.launches import Launches
+from tidemill.controller.lifecycle import LifecycleConfig
+from tidemill.controller.model import ACTIVE_PHASES
+from tidemill.controller.scheduling import CycleStats, SchedulingStep
 from tidemill.engines.base import Engine
 from tidemill.scheduler.types import SchedulerConfig
-from tidemill.store.store import Store, Tx
+from tidemill.store.store import Store, StoreUnavailable
 from tidemill.store.tables import JobRow
 
 log = logging.getLogger(__name__)
@@ -49,6 +59,7 @@ class ControllerConfig:
     backlog and a stream of submissions the scheduler takes at most 1/(1+pacing) of
     the control plane's time, and an idle cluster still schedules at once."""
     stop_grace_s: float = 5.0
+    """How long a replica asked to stop (SIGTERM) has before it is killed."""
     drain_grace_s: float = 30.0
     """How long an elastic replica asked to leave may take before it is killed."""
     server_url: str | None = None
@@ -79,19 +90,23 @@ class Controller:
         self.config = config or ControllerConfig()
         self.clock = clock
         self.on_cycle = on_cycle
-        self.jobs = JobSync(
-            engine,
-            Launcher(engine, self.config.server_url, self.config.job_token),
-            self.spec_of,
-            self.config.stop_grace_s,
-            self.config.drain_grace_s,
+        self.launcher = Launcher(engine, self.config.server_url, self.config.job_token)
+        lifecycle = LifecycleConfig(self.config.stop_grace_s, self.config.drain_grace_s)
+        launches = Launches(store, engine, self.launcher, clock)
+        self.applier = Applier(
+            store, engine, self.launcher, launches, self.spec_of, lifecycle, clock
         )
-        self.scheduling = SchedulingStep(store, self.jobs, self.spec_of, self.config.scheduler)
+        self.deleter = Deleter(store, engine, clock, self.config.stop_grace_s)
+        self.scheduling = SchedulingStep(
+            store, engine, launches, self.spec_of, self.config.scheduler, lifecycle
+        )
         self._schedule_due = threading.Event()
         self._schedule_due.set()
         self._next_resync = 0.0
         self._schedule_not_before = 0.0
-        self._lock = threading.RLock()
+        self._cycle = threading.Lock()
+        """One cycle at a time (the loop's thread, or a test calling reconcile_once)."""
+        self._store_down = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,6 +160,11 @@ class Controller:
         ``actor`` (who asked) is named in the event."""
         with self.store.transaction() as tx:
             existing = tx.job(job.metadata.namespace, job.metadata.name)
+            if existing is not None and existing.deleted_at is not None:
+                raise ConflictError(
+                    f"job {job.key} is being deleted (its processes are being killed); "
+                    "submit again in a moment"
+                )
             if existing is not None:
                 raise ConflictError(
                     f"job {job.key} already exists (phase {existing.phase}); delete it with "
@@ -208,9 +228,9 @@ class Controller:
         Growing waits for capacity (the scheduler places the new replicas); shrinking
         asks the highest-indexed replicas to leave at their next step boundary.
         """
-        with self._lock, self.store.transaction() as tx:
+        with self.store.transaction() as tx:
             row = tx.job(namespace, name)
-            if row is None:
+            if row is None or row.deleted_at is not None:
                 raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
             spec = self.spec_of(row)
             if role not in spec.spec.roles:
@@ -263,51 +283,52 @@ class Controller:
         return rows[0].namespace, name
 
     def delete(self, namespace: str, name: str, *, actor: str = INTERNAL_ACTOR) -> str:
-        """Stop every process of the job, then forget it. Returns when they are gone."""
-        with self._lock:
-            with self.store.read() as tx:
-                row = tx.job(namespace, name)
-                if row is None:
-                    raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
-                handles = [self.jobs.handle(r) for r in row.replicas if r.handle]
-            for handle in handles:
-                self.engine.stop(handle, self.config.stop_grace_s)
-            with self.store.transaction() as tx:
-                row = tx.job(namespace, name)
-                if row is not None:
-                    self._specs.pop(row.uid, None)
-                    tx.delete_job(row)
-                tx.add_event(
-                    None, "Deleted", f"job {namespace}/{name} deleted by {actor}; processes stopped"
-                )
+        """Kill every process of the job and forget it; returns at once (see
+        :mod:`tidemill.controller.deletion`). ``actor`` is named in the events."""
+        self.wake()  # the loop records a launch in flight, so it can be killed too
+        uid = self.deleter.delete(namespace, name, actor)
+        self._specs.pop(uid, None)
         self.wake()
         return f"{namespace}/{name}"
 
     # ----------------------------------------------------------------- the cycle
 
     def reconcile_once(self) -> CycleStats:
-        """One pass: move running jobs on; schedule when something changed (or to resync)."""
+        """One pass: move running jobs on; schedule when something changed (or to resync).
+
+        A store that cannot write skips the rest of the cycle: nothing was done, nobody
+        is failed for it, and the next cycle tries again.
+        """
         stats = CycleStats()
-        with self._lock:
-            with self.store.transaction() as tx:
-                now = self.clock()
-                for job in tx.jobs(phases=ACTIVE_PHASES):
-                    if self.jobs.sync(tx, job, now):
-                        self._schedule_due.set()
-                self._expire_finished(tx, now)
-            now = self.clock()
-            due = self._schedule_due.is_set() or now >= self._next_resync
-            if due and time.monotonic() >= self._schedule_not_before:
-                self._schedule_due.clear()
-                self._next_resync = now + self.config.resync_s
-                started = time.monotonic()
-                if self.scheduling.run(now, stats):
-                    self._schedule_due.set()
-                spent = time.monotonic() - started
-                self._schedule_not_before = started + spent * (1 + self.config.schedule_pacing)
+        with self._cycle:
+            try:
+                self._cycle_once(stats)
+            except (StoreUnavailable, OperationalError) as exc:
+                if not self._store_down:
+                    log.warning("the store cannot write; skipping cycles until it can: %s", exc)
+                self._store_down = True
+                self._schedule_due.set()
+            else:
+                if self._store_down:
+                    log.warning("the store can write again; cycles resume")
+                self._store_down = False
         if self.on_cycle is not None:
             self.on_cycle(stats)
         return stats
+
+    def _cycle_once(self, stats: CycleStats) -> None:
+        if self.applier.run():
+            self._schedule_due.set()
+        now = self.clock()
+        due = self._schedule_due.is_set() or now >= self._next_resync
+        if due and time.monotonic() >= self._schedule_not_before:
+            self._schedule_due.clear()
+            self._next_resync = now + self.config.resync_s
+            started = time.monotonic()
+            if self.scheduling.run(now, stats):
+                self._schedule_due.set()
+            spent = time.monotonic() - started
+            self._schedule_not_before = started + spent * (1 + self.config.schedule_pacing)
 
     def spec_of(self, row: JobRow) -> TrainingJob:
         spec = self._specs.get(row.uid)
@@ -315,14 +336,3 @@ class Controller:
             spec = TrainingJob.model_validate(row.spec)
             self._specs[row.uid] = spec
         return spec
-
-    def _expire_finished(self, tx: Tx, now: float) -> None:
-        for job in tx.expired_jobs(now):
-            ttl = self.spec_of(job).spec.ttl_seconds_after_finished
-            self._specs.pop(job.uid, None)
-            tx.delete_job(job)
-            tx.add_event(
-                None,
-                "Deleted",
-                f"job {job.key} removed {ttl}s after it finished (ttlSecondsAfterFinished)",
-            )

@@ -230,7 +230,12 @@ def supervise(job: Job, base_path: tuple[str, ...]) -> Command:
     label_environ(request.uid)
     redirect_stdio(request.log_file)
     supervisor = Supervisor(
-        request.pid_file, request.exit_file, request.working_dir, list(request.argv)
+        request.supervisor_file,
+        request.pid_file,
+        request.exit_file,
+        request.working_dir,
+        list(request.argv),
+        warm_start=True,
     )
     refused = supervisor.prepare()
     if refused is not None:

@@ -5,9 +5,12 @@ imports only the standard library and starts in milliseconds. It exists because 
 restarted control plane is no longer the parent of the replicas it launched and so
 cannot ``wait()`` for them: the exit code must outlive both processes, in a file.
 
-Usage: ``_supervise.py PID_FILE EXIT_FILE WORKING_DIR -- ARGV...``
+Usage: ``_supervise.py SUPERVISOR_FILE PID_FILE EXIT_FILE WORKING_DIR -- ARGV...``
 
-The exit file holds the exit code on its first line (a signal is written as
+The supervisor file is written first, before anything runs: ``{"supervisor_pid": N,
+"warm_start": false}``; the engine's ``adopt`` reads it to find a launch it did not
+get to record. The pid file holds the command's pid once it started. The exit file
+holds the exit code on its first line (a signal is written as
 ``128 + signum``, as a shell does: ``kill -9`` reads 137) and, optionally, a reason
 on the second. It is written atomically (temporary file, then rename).
 
@@ -17,6 +20,7 @@ same :class:`Supervisor`, so both paths write the same files the same way.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -54,7 +58,17 @@ class Child(Protocol):
 class Supervisor:
     """Starts the child, forwards signals to it, waits, and writes its exit code."""
 
-    def __init__(self, pid_file: str, exit_file: str, working_dir: str, argv: list[str]):
+    def __init__(
+        self,
+        supervisor_file: str,
+        pid_file: str,
+        exit_file: str,
+        working_dir: str,
+        argv: list[str],
+        warm_start: bool = False,
+    ):
+        self.supervisor_file = supervisor_file
+        self.warm_start = warm_start
         self.pid_file = pid_file
         self.exit_file = exit_file
         self.working_dir = working_dir
@@ -84,6 +98,8 @@ class Supervisor:
     def prepare(self) -> int | None:
         """Install the signal forwarding; the exit code already written if the command
         must not start (no working directory, or a signal came first)."""
+        record = {"supervisor_pid": os.getpid(), "warm_start": self.warm_start}
+        write_atomic(self.supervisor_file, json.dumps(record) + "\n")
         for signum in FORWARDED:
             signal.signal(signum, self.on_signal)
         if not os.path.isdir(self.working_dir):
@@ -120,14 +136,15 @@ class Supervisor:
 
 
 def main(args: list[str]) -> int:
-    if len(args) < 5 or args[3] != "--":
+    if len(args) < 6 or args[4] != "--":
         print(
-            f"usage: {sys.argv[0]} PID_FILE EXIT_FILE WORKING_DIR -- ARGV... (got {args!r})",
+            f"usage: {sys.argv[0]} SUPERVISOR_FILE PID_FILE EXIT_FILE WORKING_DIR -- ARGV... "
+            f"(got {args!r})",
             file=sys.stderr,
         )
         return 2
-    pid_file, exit_file, working_dir, _, *argv = args
-    return Supervisor(pid_file, exit_file, working_dir, argv).run()
+    supervisor_file, pid_file, exit_file, working_dir, _, *argv = args
+    return Supervisor(supervisor_file, pid_file, exit_file, working_dir, argv).run()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,13 @@ class LaunchSpec:
 
     job: str
     """``namespace/name``"""
+    job_uid: str
+    """the job's uid: logs and replica files are kept per uid, so a new job under an old
+    name inherits nothing"""
+    launch_id: str
+    """unique per launch attempt, chosen by the controller and recorded in the store (the
+    launch intent) before ``launch`` is called; ``adopt`` finds the launch by it.
+    Letters, digits, ``.``, ``_`` and ``-`` only (it names files)."""
     role: str
     index: int
     argv: tuple[str, ...]
@@ -67,6 +74,15 @@ class Engine(Protocol):
 
     def launch(self, spec: LaunchSpec) -> ReplicaHandle: ...
 
+    def adopt(self, spec: LaunchSpec) -> ReplicaHandle | None:
+        """The replica an earlier ``launch`` of ``spec.launch_id`` started, or None if it
+        started none (e.g. the control plane died between launch and recording it).
+
+        Idempotent; never starts anything. The handle is the one ``launch`` returned, or
+        one that observes and stops the same replica.
+        """
+        ...
+
     def observe(self, handle: ReplicaHandle) -> Observation: ...
 
     def terminate(self, handle: ReplicaHandle) -> None:
@@ -77,10 +93,30 @@ class Engine(Protocol):
         """
         ...
 
+    def kill(self, handle: ReplicaHandle) -> None:
+        """SIGKILL the replica's whole process tree and return at once (no wait)."""
+        ...
+
     def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
-        """Stop the replica's whole process tree; returns when it is gone."""
+        """Stop the replica's whole process tree; returns when it is gone.
+
+        Blocking: for shutdown paths and tests; the controller loop uses ``terminate``
+        and ``kill``, which return at once.
+        """
         ...
 
     def log_path(self, handle: ReplicaHandle) -> str | None:
         """A file holding the replica's stdout and stderr, if the engine keeps one."""
+        ...
+
+    def host(self, node: str) -> str:
+        """The address other replicas reach a replica on ``node`` by."""
+        ...
+
+    def free_port(self, node: str) -> int:
+        """A port free on ``node`` now (the replica binds it moments later)."""
+        ...
+
+    def close(self) -> None:
+        """Release what the engine holds itself (helper processes); replicas keep running."""
         ...

@@ -4,41 +4,53 @@ Each replica runs under a small supervisor (``_supervise.py``) in a session of i
 own. The supervisor writes the child's exit code to a file, so ``observe`` works from
 the persisted handle alone, also in a control plane restarted while replicas ran or
 finished. Every process of a launch carries ``TIDEMILL_REPLICA_UID`` in its
-environment; ``stop`` uses it to find processes that left the process tree (``setsid``,
-double fork) as well as the tree itself.
+environment, derived from the launch's ``launch_id``; ``stop`` and ``kill`` use it to
+find processes that left the process tree (``setsid``, double fork) as well as the tree
+itself, and ``adopt`` to find a supervisor that had no time to record itself.
+
+``adopt`` finds an earlier launch by its files alone: their names come from the job's
+uid and the ``launch_id``, and the supervisor's first act, before it starts anything, is
+to write its pid there. No supervisor file and no process carrying the launch's uid
+means nothing ran (a warm-start supervisor that never got the engine's go-ahead exits
+having run nothing), so a relaunch cannot make a second copy.
+
+Replicas inherit only the server variables listed in
+:mod:`tidemill.engines.inherited_env`, cold and warm alike.
 
 Python replicas (``python SCRIPT`` or ``python -m MODULE``) are forked from a warm
 fork server instead, when they can be (see :mod:`tidemill.engines.warm_start`): same
 supervision, same files, same handle, plus ``warm_start: true``; the log header says
 which way each attempt started, and why a Python one started cold.
 
-Files under ``state_dir``:
-
-- ``logs/<namespace>/<name>/<role>-<index>.log``: stdout and stderr, appended across
-  restarts, one header line per attempt;
-- ``replicas/<namespace>/<name>/<role>-<index>.<attempt>.<uid>.{pid,exit}``: the
-  child's pid and its exit code;
-- ``warm/``: the fork server's socket and log.
+The files under ``state_dir`` are listed in :mod:`tidemill.engines.local_files`.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from tidemill.engines._supervise import write_atomic
-from tidemill.engines.base import LaunchPlan, LaunchSpec, Observation, ReplicaHandle
+from tidemill.engines.base import Engine, LaunchPlan, LaunchSpec, Observation, ReplicaHandle
+from tidemill.engines.inherited_env import inherited_env
+from tidemill.engines.local_files import (
+    LaunchFiles,
+    launch_files,
+    read_exit,
+    read_supervisor,
+)
 from tidemill.engines.warm_start import (
     DEFAULT_PRELOAD,
     UID_VAR,
@@ -56,6 +68,11 @@ CREATE_TIME_SLACK_S = 1.0
 """psutil derives start times from the boot time, which /proc gives in whole seconds."""
 POLL_S = 0.02
 KILL_TIMEOUT_S = 10.0
+LOOPBACK = "127.0.0.1"
+"""Where replicas of the local engine reach each other: every node is this machine."""
+ENDED = 0.0
+"""``supervisor_create_time`` of a supervisor that had ended when its handle was made:
+matches no process, so a reused pid is never taken for it."""
 
 _children: dict[int, subprocess.Popen[bytes]] = {}
 """Supervisors this process started, whichever engine instance did: polled to reap them."""
@@ -68,6 +85,8 @@ class LocalReplica:
 
     supervisor_pid: int
     supervisor_create_time: float
+    """psutil's start time, to tell the supervisor from a later process with its pid;
+    :data:`ENDED` when it had ended before the handle was made"""
     pgid: int
     uid: str
     pid_file: str
@@ -102,12 +121,6 @@ class LocalReplica:
         return ReplicaHandle(engine=LocalEngine.name, data=asdict(self))
 
 
-@dataclass(frozen=True)
-class ExitRecord:
-    code: int
-    reason: str
-
-
 class LocalEngine:
     """Runs replicas as local processes; state (logs, exit codes) lives in ``state_dir``.
 
@@ -123,7 +136,7 @@ class LocalEngine:
         warm_start: bool = True,
         preload: Sequence[str] = DEFAULT_PRELOAD,
     ) -> None:
-        self.state_dir = Path(state_dir)
+        self.state_dir = Path(state_dir).resolve()
         self.fork_server: ForkServer | None = None
         if warm_start_enabled(warm_start):
             self.fork_server = ForkServer(self.state_dir / "warm", preload)
@@ -131,7 +144,8 @@ class LocalEngine:
     def dry_run(self, spec: LaunchSpec) -> LaunchPlan:
         """The argv, environment and folder of the replica process ``launch`` would start.
 
-        The environment is this server's, then ``CUDA_VISIBLE_DEVICES`` from
+        The environment is the server's variables listed in
+        :mod:`~tidemill.engines.inherited_env`, then ``CUDA_VISIBLE_DEVICES`` from
         ``spec.gpu_ids`` (empty: no GPU), then ``spec.env``. ``launch`` adds only
         ``TIDEMILL_REPLICA_UID``, unique per launch.
         """
@@ -141,29 +155,38 @@ class LocalEngine:
         if argv[0] in PYTHON_NAMES:
             argv[0] = sys.executable
         env = {
-            **os.environ,
+            **inherited_env(os.environ),
             "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in spec.gpu_ids),
             **spec.env,
         }
         return LaunchPlan(argv=tuple(argv), env=env, working_dir=spec.working_dir)
 
     def launch(self, spec: LaunchSpec) -> ReplicaHandle:
+        """Start the replica; a ``launch_id`` that already started one is refused."""
         plan = self.dry_run(spec)
-        namespace, name = _split_job(spec.job)
-        uid = uuid.uuid4().hex
-        log_file = self.state_dir / "logs" / namespace / name / f"{spec.role}-{spec.index}.log"
-        run_dir = self.state_dir / "replicas" / namespace / name
-        stem = run_dir / f"{spec.role}-{spec.index}.{spec.attempt}.{uid}"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        pid_file, exit_file = f"{stem}.pid", f"{stem}.exit"
-        env = {**plan.env, UID_VAR: uid}
+        files = self.files(spec)
+        if Path(files.supervisor_file).exists():
+            raise ValueError(
+                f"{spec.job} {spec.role}-{spec.index}: launch {spec.launch_id!r} already "
+                "started a replica; adopt it instead of launching it again"
+            )
+        files.log_file.parent.mkdir(parents=True, exist_ok=True)
+        Path(files.exit_file).parent.mkdir(parents=True, exist_ok=True)
+        env = {**plan.env, UID_VAR: files.uid}
         entry = python_entry(plan.argv)
         supervisor: tuple[int, float] | None = None
         note = ""
         if self.fork_server is not None and entry is not None:
             request = ForkRequest(
-                plan.argv, entry, plan.working_dir, env, uid, pid_file, exit_file, str(log_file)
+                plan.argv,
+                entry,
+                plan.working_dir,
+                env,
+                files.uid,
+                files.supervisor_file,
+                files.pid_file,
+                files.exit_file,
+                str(files.log_file),
             )
             try:
                 supervisor = _fork(self.fork_server, request, _header(spec, plan, "warm start"))
@@ -171,21 +194,47 @@ class LocalEngine:
                 note = f"cold start: {exc}"
         warm = supervisor is not None
         if supervisor is None:
-            supervise = [sys.executable, "-I", SUPERVISOR, pid_file, exit_file, plan.working_dir]
+            supervise = [
+                sys.executable,
+                "-I",
+                SUPERVISOR,
+                files.supervisor_file,
+                files.pid_file,
+                files.exit_file,
+                plan.working_dir,
+            ]
             header = _header(spec, plan, note)
-            supervisor = _start([*supervise, "--", *plan.argv], env, log_file, header)
+            supervisor = _start([*supervise, "--", *plan.argv], env, files.log_file, header)
         pid, created = supervisor
-        replica = LocalReplica(
-            supervisor_pid=pid,
-            supervisor_create_time=created,
-            pgid=pid,
-            uid=uid,
-            pid_file=pid_file,
-            exit_file=exit_file,
-            log_file=str(log_file),
-            warm_start=warm,
-        )
-        return replica.to_handle()
+        return _replica(files, pid, created, warm).to_handle()
+
+    def adopt(self, spec: LaunchSpec) -> ReplicaHandle | None:
+        """The replica ``launch`` started for ``spec.launch_id``, from its files (or, in
+        the moment before its supervisor wrote them, its processes); None if none ran.
+
+        A live supervisor gives the very handle ``launch`` returned; one that ended gives
+        a handle that observes its exit code (or its loss) and stops what it left. When
+        the launch left no file, this reads the environment of every process here.
+        """
+        files = self.files(spec)
+        found = _supervisor_record(files)
+        if found is None:
+            found = _find_supervisor(files.uid)
+        if found is None:
+            return None
+        pid, created, warm = found
+        return _replica(files, pid, created, warm).to_handle()
+
+    def files(self, spec: LaunchSpec) -> LaunchFiles:
+        """Where the launch ``spec.launch_id`` keeps its files, and its processes' uid."""
+        return launch_files(self.state_dir, spec)
+
+    def host(self, node: str) -> str:
+        """Every node of the local engine is this machine."""
+        return LOOPBACK
+
+    def free_port(self, node: str) -> int:
+        return free_port(LOOPBACK)
 
     def close(self) -> None:
         """Stop the warm-start fork server, if one runs; replicas keep running."""
@@ -195,10 +244,10 @@ class LocalEngine:
     def observe(self, handle: ReplicaHandle) -> Observation:
         replica = LocalReplica.from_handle(handle)
         _reap(replica.supervisor_pid)
-        ended = _read_exit(replica.exit_file)
+        ended = read_exit(replica.exit_file)
         if ended is None and _supervisor(replica) is not None:
             return Observation(running=True, pid=_child_pid(replica))
-        ended = ended or _read_exit(replica.exit_file)
+        ended = ended or read_exit(replica.exit_file)
         if ended is not None:
             message = ended.reason or f"exited with code {ended.code}"
             return Observation(False, ended.code, _child_pid(replica), message)
@@ -222,6 +271,20 @@ class LocalEngine:
         supervisor = _supervisor(LocalReplica.from_handle(handle))
         if supervisor is not None:
             _signal_all([supervisor], signal.SIGTERM)
+
+    def kill(self, handle: ReplicaHandle) -> None:
+        """SIGKILL every process of the replica (found as ``stop`` finds them) and return.
+
+        The supervisor goes first, so it records nothing after its command dies; its exit
+        file then says the replica was killed.
+        """
+        replica = LocalReplica.from_handle(handle)
+        supervisor = _supervisor(replica)
+        procs = _replica_processes(replica, supervisor)
+        procs.sort(key=lambda proc: proc.pid != replica.supervisor_pid)
+        _signal_all(procs, signal.SIGKILL)
+        if supervisor is not None and read_exit(replica.exit_file) is None:
+            write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill\n")
 
     def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
         """SIGTERM every process of the replica, SIGKILL what is left after ``grace_s``.
@@ -252,18 +315,63 @@ class LocalEngine:
             killed_supervisor |= any(p.pid == replica.supervisor_pid for p in left)
             _signal_all(left, signal.SIGKILL)
             _wait_gone(replica, left, time.monotonic() + 1.0)
-        if killed_supervisor and _read_exit(replica.exit_file) is None:
+        if killed_supervisor and read_exit(replica.exit_file) is None:
             write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill stop\n")
 
     def log_path(self, handle: ReplicaHandle) -> str | None:
         return LocalReplica.from_handle(handle).log_file
 
 
-def _split_job(job: str) -> tuple[str, str]:
-    parts = job.split("/")
-    if len(parts) != 2 or any(p in ("", ".", "..") or os.sep in p for p in parts):
-        raise ValueError(f"job must be 'namespace/name', got {job!r}")
-    return parts[0], parts[1]
+def free_port(host: str = LOOPBACK) -> int:
+    """A port nobody listens on right now on ``host`` (its user binds it moments later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _replica(files: LaunchFiles, pid: int, created: float, warm: bool) -> LocalReplica:
+    return LocalReplica(
+        supervisor_pid=pid,
+        supervisor_create_time=created,
+        pgid=pid,
+        uid=files.uid,
+        pid_file=files.pid_file,
+        exit_file=files.exit_file,
+        log_file=str(files.log_file),
+        warm_start=warm,
+    )
+
+
+def _supervisor_record(files: LaunchFiles) -> tuple[int, float, bool] | None:
+    """Pid, start time (:data:`ENDED` once it ended) and warm start of the supervisor
+    that wrote ``files.supervisor_file``; None before it wrote it."""
+    record = read_supervisor(files.supervisor_file)
+    if record is None:
+        return None
+    try:
+        proc = psutil.Process(record.pid)
+        created = proc.create_time() if _carries_uid(proc, files.uid) else ENDED
+    except psutil.Error:
+        created = ENDED
+    return record.pid, created, record.warm_start
+
+
+def _find_supervisor(uid: str) -> tuple[int, float, bool] | None:
+    """The running supervisor of the launch with ``uid``, before it recorded itself: the
+    first session leader carrying the uid."""
+    leaders: list[tuple[float, int, bool]] = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid() or not _carries_uid(proc, uid):
+            continue
+        try:
+            if os.getsid(proc.pid) == proc.pid and _alive(proc):
+                leaders.append((proc.create_time(), proc.pid, SUPERVISOR not in proc.cmdline()))
+        except (OSError, psutil.Error):
+            continue
+    if not leaders:
+        return None
+    created, pid, warm = min(leaders)
+    return pid, created, warm
 
 
 def _start(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> tuple[int, float]:
@@ -405,9 +513,5 @@ def _wait_gone(replica: LocalReplica, procs: list[psutil.Process], deadline: flo
         time.sleep(POLL_S)
 
 
-def _read_exit(path: str) -> ExitRecord | None:
-    try:
-        first, _, rest = Path(path).read_text(encoding="utf-8").partition("\n")
-        return ExitRecord(int(first), rest.strip())
-    except (OSError, ValueError):
-        return None
+if TYPE_CHECKING:
+    _conforms: type[Engine] = LocalEngine  # the registry creates it by name, unchecked

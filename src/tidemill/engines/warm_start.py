@@ -47,6 +47,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from tidemill.engines.inherited_env import inherited_env
+
 log = logging.getLogger(__name__)
 
 UID_VAR = "TIDEMILL_REPLICA_UID"
@@ -179,6 +181,7 @@ class ForkRequest:
     env: dict[str, str]
     """the replica's complete environment, ``TIDEMILL_REPLICA_UID`` included"""
     uid: str
+    supervisor_file: str
     pid_file: str
     exit_file: str
     log_file: str
@@ -340,7 +343,7 @@ class ForkServer:
         self._socket = self.folder / f"{name}.sock"
         self._log = self.folder / f"fork-server-{name}.log"
         self._env = {
-            **{k: v for k, v in os.environ.items() if not is_startup_var(k)},
+            **{k: v for k, v in inherited_env(os.environ).items() if not is_startup_var(k)},
             **startup_env(replica_env),
             UID_VAR: UID_PLACEHOLDER,
         }

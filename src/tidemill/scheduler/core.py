@@ -44,6 +44,7 @@ from tidemill.scheduler.types import (
     Placement,
     PodRequest,
     Preemption,
+    QueueInfo,
     Reason,
     ResourceVector,
     SchedulerConfig,
@@ -134,6 +135,8 @@ class _Cycle:
         self._resized: set[str] = set()
         self._elastic: dict[str, tuple[JobRequest, int]] = {}
         """Jobs bound this cycle that have optional pods, and where their bind is."""
+        self._unmet: dict[str, Reason] = {}
+        """Growth requests that got fewer pods than asked, and why."""
 
     def admit(self, job: JobRequest, decisions: Decisions) -> Reason | None:
         """Bind ``job`` (recording it in ``decisions``) or return why it waits."""
@@ -170,6 +173,7 @@ class _Cycle:
         wanted = (job for job in requests if job.key not in self._resized)
         for job, added in self._optional(wanted):
             decisions.grows.append(Bind(job.key, added))
+        decisions.unmet_grows.update(self._unmet)
 
     def _optional(
         self, jobs: Iterable[JobRequest]
@@ -242,11 +246,26 @@ class _Cycle:
                 placement = place_pod(self._capacity, pod)
             if placement is None:
                 stopped.add(pod.role)
+                if job.grow and job.key not in self._unmet:
+                    self._unmet[job.key] = self._why_not(pod, queue, held)
                 continue
             self._capacity.hold([placement])
             placed.append(placement)
             held = held + pod.vector
         return tuple(placed)
+
+    def _why_not(self, pod: PodRequest, queue: QueueInfo, held: ResourceVector) -> Reason:
+        """Why an optional pod found no room: a bad request, its queue's max, or space."""
+        problem = request_problem(pod)
+        if problem is not None:
+            return reasons.invalid_request(pod, problem)
+        over = over_max(queue, held, pod.vector)
+        if over:
+            return reasons.queue_at_max(queue.name, over)
+        placed = place_gang(self._capacity, (pod,))
+        if isinstance(placed, Misfit):
+            return reasons.cannot_grow(placed.shortfall)
+        return never_fits(self._capacity, pod)
 
     def _fits_empty_node(self, pod: PodRequest) -> bool:
         key = (pod.cpu_millis, pod.memory_bytes, pod.gpu, pod.gpu_model)

@@ -181,6 +181,16 @@ def does_not_fit(job: JobRequest, placed: int, shortfall: Shortfall) -> Reason:
     )
 
 
+def cannot_grow(shortfall: Shortfall) -> Reason:
+    """A running job's optional pod that found no idle room."""
+    pod = shortfall.pod
+    return Reason(
+        _SHORT_OF[shortfall.resource].value,
+        f"cannot add {pod_name(pod)}: it needs {_asked(pod, shortfall.resource)}; "
+        f"largest free block is {_largest_free(shortfall)}",
+    )
+
+
 def with_preemption_note(reason: Reason) -> Reason:
     """Tell the reader preemption was tried, so they do not wait for it."""
     return Reason(

@@ -100,8 +100,8 @@ class JobRequest:
     grow: bool = False
     """Add pods to the running job ``key`` (every pod is then treated as optional).
 
-    Growth is tried after every regular pending job of the cycle, never preempts, and
-    gives no pending reason when nothing fits."""
+    Growth is tried after every regular pending job of the cycle and never preempts;
+    what did not fit is explained in ``Decisions.unmet_grows``, not as a pending reason."""
 
     @property
     def gang(self) -> tuple[PodRequest, ...]:
@@ -227,6 +227,8 @@ class Decisions:
     shrinks: list[Shrink] = field(default_factory=list)
     grows: list[Bind] = field(default_factory=list)
     """Pods added to running jobs (``JobRequest.grow``), one entry per job that got any."""
+    unmet_grows: dict[str, Reason] = field(default_factory=dict)
+    """Why a growth request got fewer pods than it asked for (the first pod left out)."""
 
 
 def usage(placements: Iterable[Placement]) -> ResourceVector:

@@ -24,9 +24,9 @@ import uvicorn
 
 from tidemill.api.cluster import ClusterSpec
 from tidemill.api.loader import load_cluster_file
-from tidemill.controller.launcher import free_port
 from tidemill.controller.reconciler import Controller, ControllerConfig
-from tidemill.engines.local import LocalEngine
+from tidemill.engines.local import free_port
+from tidemill.engines.registry import DEFAULT_ENGINE, check_engine_name, create_engine
 from tidemill.server.app import create_app
 from tidemill.server.auth import Guard, is_loopback
 from tidemill.server.limits import Limits
@@ -87,9 +87,13 @@ class ServerRunner:
         auth: bool = False,
         insecure: bool = False,
         limits: Limits | None = None,
+        engine: str = DEFAULT_ENGINE,
     ) -> None:
         """Raises InsecureServer (a non-loopback host without auth or --insecure) and
-        CannotStart (the state folder or the store cannot be written)."""
+        CannotStart (the state folder or the store cannot be written). ``engine`` names
+        what runs the replicas (see :func:`tidemill.engines.engine_names`); its state
+        lives in ``state_dir``."""
+        check_engine_name(engine)
         if not auth and not insecure and not is_loopback(host):
             raise InsecureServer(host)
         self.state_dir = (state_dir or DEFAULT_STATE_DIR).expanduser().resolve()
@@ -102,7 +106,7 @@ class ServerRunner:
             self.store = Store(store_url or sqlite_url(self.state_dir))
         except StoreUnavailable as exc:
             raise CannotStart(f"cannot write {where}: {exc.cause}") from None
-        self.engine = LocalEngine(self.state_dir)
+        self.engine = create_engine(engine, self.state_dir)
         registry, metrics = make_registry(self.store)
         credentials = JobCredentials.in_folder(self.state_dir)
         config = controller_config or ControllerConfig()

@@ -79,6 +79,7 @@ def job_view(job: JobRow) -> JobView:
         started_at=job.started_at,
         finished_at=job.finished_at,
         message=job.message,
+        desired=dict(job.desired),
         pending_reason=pending,
         conditions=[Condition.model_validate(c) for c in job.conditions],
         replicas=[

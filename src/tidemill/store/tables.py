@@ -66,6 +66,11 @@ class JobRow(Base):
     """Port of tidemill's per-job master (elastic jobs); kept across its restarts."""
     master_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """What the elastic job master persists: epoch, committed step, data positions."""
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """How the job ends ({phase, reason, message}), once decided: it takes that phase
+    when its last process is gone."""
+    deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Set by delete: its processes are killed, then the row is removed."""
 
     replicas: Mapped[list[ReplicaRow]] = relationship(
         back_populates="job",
@@ -106,6 +111,11 @@ class ReplicaRow(Base):
     next_start_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     drain_deadline: Mapped[float | None] = mapped_column(Float, nullable=True)
     """Set when the replica was asked to leave (scale-in); killed if still there then."""
+    launch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The launch intent: recorded before the engine is asked to launch, so a restarted
+    control plane adopts that launch instead of starting a second copy."""
+    kill_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When to SIGKILL the replica if it is still there (a stop's grace, or a kill's retry)."""
     message: Mapped[str] = mapped_column(Text, default="")
 
     job: Mapped[JobRow] = relationship(back_populates="replicas")

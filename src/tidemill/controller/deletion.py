@@ -1,0 +1,107 @@
+"""Deleting a job: kill its processes and forget it, holding no lock and no cycle.
+
+1. One transaction marks the job deleted (``deleted_at``; its message names who asked),
+   so no cycle restarts what is being killed and a restarted server finishes the job.
+2. Outside any transaction, every replica with a handle gets SIGKILL (``engine.kill``
+   returns at once); one whose launch is not recorded yet gets it as soon as the loop
+   records it.
+3. Once they are all gone, one transaction removes the row. What is not settled within
+   :data:`DELETE_WAIT_S` is left to the lifecycle step, which kills again and forgets
+   the job when nothing runs (``ForgetJob``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from tidemill.api.errors import NotFoundError
+from tidemill.api.status import ReplicaPhase
+from tidemill.controller.rows import handle_of
+from tidemill.engines.base import Engine, ReplicaHandle
+from tidemill.store.store import Store
+
+log = logging.getLogger(__name__)
+
+DELETE_WAIT_S = 1.0
+"""How long ``delete`` waits for its kills to land before it returns."""
+POLL_S = 0.02
+LIVE = (ReplicaPhase.RUNNING.value, ReplicaPhase.STOPPING.value, ReplicaPhase.LAUNCHING.value)
+
+
+class Deleter:
+    def __init__(
+        self, store: Store, engine: Engine, clock: Callable[[], float], retry_kill_s: float
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.clock = clock
+        self.retry_kill_s = retry_kill_s
+        """when the lifecycle kills a replica again if it is still there"""
+
+    def delete(self, namespace: str, name: str, actor: str) -> str:
+        """Mark, kill, forget; returns the job's uid (its row may outlive the call)."""
+        uid = self._mark(namespace, name, actor)
+        killed: dict[tuple[str, str | None], ReplicaHandle] = {}
+        deadline = time.monotonic() + DELETE_WAIT_S
+        while True:
+            with self.store.read() as tx:
+                row = tx.job(namespace, name)
+                if row is None or row.uid != uid:
+                    return uid  # the lifecycle forgot it already
+                launching = any(r.phase == ReplicaPhase.LAUNCHING.value for r in row.replicas)
+                handles = {
+                    (r.replica_name, r.launch_id): handle
+                    for r in row.replicas
+                    if r.phase in LIVE and (handle := handle_of(r.handle)) is not None
+                }
+            for key, handle in handles.items():
+                if key not in killed:
+                    self._kill(handle)
+                    killed[key] = handle
+            if not launching and self._gone(killed.values()):
+                self._forget(namespace, name, uid, actor)
+                return uid
+            if time.monotonic() >= deadline:
+                return uid
+            time.sleep(POLL_S)
+
+    def _mark(self, namespace: str, name: str, actor: str) -> str:
+        with self.store.transaction() as tx:
+            row = tx.job(namespace, name)
+            if row is None:
+                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+            now = self.clock()
+            row.deleted_at = row.deleted_at or now
+            row.message = f"deleted by {actor}"
+            for replica in row.replicas:
+                if replica.phase in LIVE:
+                    replica.kill_at = now + self.retry_kill_s  # killed here first
+            message = f"delete requested by {actor}; killing its processes"
+            tx.add_event(row.key, "Deleting", message, at=now)
+            return row.uid
+
+    def _forget(self, namespace: str, name: str, uid: str, actor: str) -> None:
+        with self.store.transaction() as tx:
+            row = tx.job(namespace, name)
+            launching = row is not None and any(
+                r.phase == ReplicaPhase.LAUNCHING.value for r in row.replicas
+            )
+            if row is not None and row.uid == uid and not launching:
+                tx.delete_job(row)
+                message = f"job {row.key} deleted by {actor}; processes killed"
+                tx.add_event(None, "Deleted", message)
+
+    def _kill(self, handle: ReplicaHandle) -> None:
+        try:
+            self.engine.kill(handle)
+        except Exception:
+            log.exception("could not kill %s; the next cycle tries again", handle)
+
+    def _gone(self, handles: Iterable[ReplicaHandle]) -> bool:
+        try:
+            return not any(self.engine.observe(h).running for h in handles)
+        except Exception:
+            log.exception("could not observe a replica being deleted")
+            return False

@@ -1,0 +1,178 @@
+"""Launches as intents: recorded before the engine is asked, recorded again after.
+
+1. Outside any transaction, the ports the launches need are chosen (``free_port``).
+2. In the cycle's transaction, each replica gets its ``launch_id`` and ports and the
+   phase Launching (:func:`record_intent`); the transaction commits.
+3. Outside any transaction, ``engine.launch`` runs for each (:meth:`Launches.run`).
+4. One more short transaction records the handles (Running), or the failure to start.
+
+A control plane that dies between 2 and 4 finds Launching replicas when it comes back:
+the applier asks ``engine.adopt`` for what that launch started, and the lifecycle step
+launches it (same ``launch_id``) only when it started nothing. A launch whose replica
+was removed meanwhile (its job deleted) is killed at once instead of recorded.
+
+``TIDEMILL_FAULT_AFTER_LAUNCH=exit`` is a test hook: the process exits right after the
+first ``engine.launch`` returns, before its handle is recorded (tests/e2e
+test_launch_intent.py kills the server at exactly that point).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from tidemill.api.job import TrainingJob
+from tidemill.api.status import ReplicaPhase
+from tidemill.controller.actions import Exited, Launched
+from tidemill.controller.elastic import MASTER_ROLE
+from tidemill.controller.launcher import JOB_MASTER_PORT, MASTER_PORT, Launcher
+from tidemill.controller.model import JobSnapshot
+from tidemill.controller.rows import set_replica
+from tidemill.engines.base import Engine, ReplicaHandle
+from tidemill.store.store import Store
+from tidemill.store.tables import JobRow, ReplicaRow
+
+log = logging.getLogger(__name__)
+
+FAULT_VAR = "TIDEMILL_FAULT_AFTER_LAUNCH"
+"""Test hook: ``exit`` ends the process right after a launch, before it is recorded."""
+FAULT_EXIT_CODE = 86
+
+
+def fetch_ports(engine: Engine, needs: Mapping[str, str]) -> dict[str, int]:
+    """slot -> a port free now on the slot's node (called outside any transaction)."""
+    return {slot: engine.free_port(node) for slot, node in needs.items()}
+
+
+def assign_ports(job: JobRow, ports: Mapping[str, int]) -> None:
+    """Give the job the ports it lacks from ``ports`` (chosen before the transaction)."""
+    if job.job_master_port is None and JOB_MASTER_PORT in ports:
+        job.job_master_port = ports[JOB_MASTER_PORT]
+    if job.master_port is None and MASTER_PORT in ports:
+        job.master_port = ports[MASTER_PORT]
+    for replica in job.replicas:
+        if not replica.port and replica.replica_name in ports:
+            replica.port = ports[replica.replica_name]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A launch whose intent is committed: the job as committed, and which replicas."""
+
+    job: JobSnapshot
+    spec: TrainingJob
+    replicas: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Result:
+    job: JobSnapshot
+    replica: str
+    launch_id: str
+    handle: ReplicaHandle | None
+    pid: int | None = None
+    log_path: str | None = None
+    error: str = ""
+
+
+class Launches:
+    def __init__(
+        self, store: Store, engine: Engine, launcher: Launcher, clock: Callable[[], float]
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.launcher = launcher
+        self.clock = clock
+
+    def run(self, planned: Sequence[Planned]) -> None:
+        """Launch every planned replica (the job master first), then record them."""
+        results = [result for plan in planned for result in self._launch(plan)]
+        if results:
+            self._record(results)
+
+    def _launch(self, plan: Planned) -> list[_Result]:
+        order = sorted(plan.replicas, key=lambda name: not name.startswith(MASTER_ROLE))
+        results = []
+        for name in order:
+            replica = plan.job.replica(name)
+            launch_id = replica.launch_id or ""
+            try:
+                spec = self.launcher.launch_spec(plan.job, plan.spec, replica)
+                handle = self.engine.launch(spec)
+            except Exception as exc:
+                log.warning("could not start %s %s: %s", plan.job.key, name, exc)
+                error = f"could not start: {type(exc).__name__}: {exc}"
+                results.append(_Result(plan.job, name, launch_id, None, error=error))
+                continue
+            if os.environ.get(FAULT_VAR) == "exit":
+                os._exit(FAULT_EXIT_CODE)
+            results.append(self._seen(plan.job, name, launch_id, handle))
+        return results
+
+    def _seen(self, job: JobSnapshot, name: str, launch_id: str, handle: ReplicaHandle) -> _Result:
+        try:
+            pid = self.engine.observe(handle).pid
+            log_path = self.engine.log_path(handle)
+        except Exception:
+            pid, log_path = None, None
+        return _Result(job, name, launch_id, handle, pid, log_path)
+
+    def _record(self, results: Sequence[_Result]) -> None:
+        """One short transaction for the handles; launches no longer wanted are killed."""
+        now = self.clock()
+        unwanted: list[ReplicaHandle] = []
+        try:
+            with self.store.transaction() as tx:
+                rows = {r.id: r for r in tx.jobs_by_id(sorted({x.job.id for x in results}))}
+                for result in results:
+                    row = rows.get(result.job.id)
+                    replica = _intended(row, result)
+                    if replica is None or row is None:
+                        if result.handle is not None:
+                            unwanted.append(result.handle)
+                        continue
+                    if result.handle is None:
+                        failed = Exited(
+                            result.replica, ReplicaPhase.FAILED, None, result.error, now
+                        )
+                        set_replica(replica, failed.changes())
+                        tx.add_event(
+                            row.key,
+                            "ReplicaFailed",
+                            f"{result.replica} {result.error}",
+                            warning=True,
+                            replica=result.replica,
+                            at=now,
+                        )
+                        continue
+                    launched = Launched(
+                        result.replica, result.handle, result.pid, result.log_path, now
+                    )
+                    set_replica(replica, launched.changes())
+        except Exception:
+            # The intents stay: the next cycle adopts these launches.
+            log.exception("could not record %d launch(es); adopting them next cycle", len(results))
+            return
+        for handle in unwanted:
+            self._kill(handle)
+
+    def _kill(self, handle: ReplicaHandle) -> None:
+        try:
+            self.engine.kill(handle)
+        except Exception:
+            log.exception("could not kill an unwanted launch %s", handle)
+
+
+def _intended(row: JobRow | None, result: _Result) -> ReplicaRow | None:
+    """The replica row still waiting for this launch. A job deleted or finishing
+    meanwhile gets the handle too: its lifecycle stops the replica like any other."""
+    if row is None:
+        return None
+    for replica in row.replicas:
+        if replica.replica_name == result.replica:
+            same = replica.launch_id == result.launch_id
+            waiting = replica.phase == ReplicaPhase.LAUNCHING.value
+            return replica if same and waiting else None
+    return None

@@ -1,0 +1,459 @@
+"""The applier with real parts: a Controller on a SQLite store, replicas as real
+processes through the local engine. Each replica appends ``role-index pid`` to a file
+when it starts, so a test counts starts and finds the processes.
+
+What these pin: one bad job fails alone while the others carry on in the same cycle;
+stopping never holds a cycle or a delete; a launch made before a crash is adopted, one
+recorded but never made is made once; a store that cannot write fails no job.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+
+from tidemill.api.cluster import ClusterSpec, NodeSpec
+from tidemill.api.job import TrainingJob
+from tidemill.controller.reconciler import Controller, ControllerConfig
+from tidemill.controller.rows import handle_of
+from tidemill.engines.base import ReplicaHandle
+from tidemill.engines.local import LocalEngine
+from tidemill.server.views import job_view
+from tidemill.store.store import Store
+from tidemill.store.tables import EventRow, JobRow, ReplicaRow
+
+STARTS = """\
+import os, signal, sys, time
+with open(os.environ["STARTS"], "a") as f:
+    f.write(f"{os.environ['TIDEMILL_ROLE']}-{os.environ['TIDEMILL_INDEX']} {os.getpid()}\\n")
+if os.environ.get("IGNORE_SIGTERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+exit_after = float(os.environ.get("EXIT_AFTER_S", "-1"))
+if exit_after >= 0:
+    time.sleep(exit_after)
+    sys.exit(int(os.environ.get("EXIT_CODE", "0")))
+while True:
+    time.sleep(0.2)
+"""
+
+
+def job(
+    name: str,
+    folder: Path,
+    workers: int = 1,
+    *,
+    env: dict[str, str] | None = None,
+    ps_env: dict[str, str] | None = None,
+    elastic: tuple[int, int] | None = None,
+    cpu: float = 0.1,
+) -> TrainingJob:
+    """Replicas that record their start in ``folder/<name>.starts``, then run."""
+    common = {"STARTS": str(folder / f"{name}.starts")}
+    worker: dict[str, Any] = {
+        "replicas": workers,
+        "resources": {"cpu": cpu, "memory": "32Mi"},
+        "command": [sys.executable, "-c", STARTS],
+        "env": {**common, **(env or {})},
+        "restartPolicy": "OnFailure",
+        "maxRestarts": 3,
+    }
+    if elastic is not None:
+        worker.update(minReplicas=elastic[0], maxReplicas=elastic[1])
+    roles: dict[str, Any] = {"worker": worker}
+    if ps_env is not None:
+        roles["ps"] = {
+            "replicas": 1,
+            "resources": {"cpu": cpu, "memory": "32Mi"},
+            "command": [sys.executable, "-c", STARTS],
+            "env": {**common, **ps_env},
+        }
+    return TrainingJob.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "ads"},
+            "spec": {
+                "mode": "ps" if ps_env is not None else "allreduce",
+                "restartBackoffSeconds": 0.1,
+                "roles": roles,
+            },
+        }
+    )
+
+
+def starts(folder: Path, name: str) -> list[tuple[str, int]]:
+    path = folder / f"{name}.starts"
+    lines = path.read_text().split() if path.exists() else []
+    return [(lines[i], int(lines[i + 1])) for i in range(0, len(lines), 2)]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
+    """Controllers on one store and one engine folder (a second one is a restart)."""
+    made: list[tuple[Controller, LocalEngine]] = []
+    store = Store.in_folder(tmp_path / "state")
+
+    def make(cpu: float = 8, **config: Any) -> Controller:
+        engine = LocalEngine(tmp_path / "engine", warm_start=False)
+        cluster = ClusterSpec(nodes=[NodeSpec(name="n", cpu=cpu, memory="8Gi")])
+        settings = {"stop_grace_s": 1.0, "resync_s": 0.0, "schedule_pacing": 0.0, **config}
+        controller = Controller(store, engine, cluster, ControllerConfig(**settings))
+        made.append((controller, engine))
+        return controller
+
+    yield make
+    controller, _ = made[-1]
+    with store.read() as tx:
+        jobs = [(row.namespace, row.name) for row in tx.jobs()]
+    for namespace, name in jobs:
+        controller.delete(namespace, name)
+    for _, engine in made:
+        engine.close()
+
+
+def row_of(controller: Controller, name: str) -> JobRow | None:
+    with controller.store.read() as tx:
+        return tx.job("ads", name)
+
+
+def until(
+    controller: Controller, name: str, check: Callable[[JobRow], object], what: str
+) -> JobRow:
+    """Reconcile until ``check`` holds for the job's row; returns the row."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        controller.reconcile_once()
+        row = row_of(controller, name)
+        if row is not None and check(row):
+            return row
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def running(row: JobRow) -> bool:
+    return row.phase == "Running" and all(r.pid for r in row.replicas)
+
+
+def events(controller: Controller, name: str) -> list[EventRow]:
+    with controller.store.read() as tx:
+        return tx.events(f"ads/{name}")
+
+
+def replica(row: JobRow, name: str) -> ReplicaRow:
+    return next(r for r in row.replicas if r.replica_name == name)
+
+
+def handle_of_replica(row: JobRow, name: str) -> ReplicaHandle:
+    handle = handle_of(replica(row, name).handle)
+    assert handle is not None
+    return handle
+
+
+def gone(pid: int, timeout_s: float = 5) -> bool:
+    """True once ``pid`` no longer runs (SIGKILL takes a moment to land)."""
+    deadline = time.monotonic() + timeout_s
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not alive(pid)
+
+
+def test_a_job_whose_step_raises_is_failed_alone_and_the_others_carry_on(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    controller.submit(job("broken", tmp_path, workers=2))
+    controller.submit(job("fine", tmp_path))
+    until(controller, "broken", running, "broken to run")
+    fine = until(controller, "fine", running, "fine to run")
+    # Corrupt the broken job's state: a replica of a role its spec does not have exits.
+    broken = row_of(controller, "broken")
+    assert broken is not None
+    controller.engine.stop(handle_of_replica(broken, "worker-1"), grace_s=0)
+    with controller.store.transaction() as tx:
+        row = tx.job("ads", "broken")
+        assert row is not None
+        replica(row, "worker-1").role = "ghost"
+
+    controller.reconcile_once()
+
+    failed = row_of(controller, "broken")
+    assert failed is not None and failed.phase == "Failed"
+    assert failed.message == "the controller could not process this job: KeyError: 'ghost'"
+    assert [e.reason for e in events(controller, "broken")][-1] == "ControllerError"
+    still = row_of(controller, "fine")
+    assert still is not None and still.phase == "Running"
+    assert replica(still, "worker-0").pid == replica(fine, "worker-0").pid
+    survivor = replica(broken, "worker-0").pid
+    assert survivor is not None and gone(survivor)
+
+
+def test_a_pending_job_whose_spec_cannot_be_read_is_failed_alone_and_the_other_runs(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    controller.submit(job("unreadable", tmp_path))
+    controller.submit(job("fine", tmp_path))
+    with controller.store.transaction() as tx:
+        row = tx.job("ads", "unreadable")
+        assert row is not None
+        row.spec = {"spec": {"roles": {"worker": {"replicas": "many"}}}}
+
+    controller.reconcile_once()
+    fine = until(controller, "fine", lambda r: starts(tmp_path, "fine"), "fine to start")
+
+    failed = row_of(controller, "unreadable")
+    assert failed is not None and failed.phase == "Failed"
+    assert failed.message.startswith("the controller could not process this job: ValidationError:")
+    assert [name for name, _ in starts(tmp_path, "fine")] == ["worker-0"]
+    assert fine.phase == "Running"
+
+
+def test_a_bind_whose_write_fails_fails_its_job_alone_and_every_other_job_starts_once(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    controller.submit(job("poisoned", tmp_path))
+    for name in ("a", "b", "c"):
+        controller.submit(job(name, tmp_path, workers=2))
+    with controller.store.transaction() as tx:
+        row = tx.job("ads", "poisoned")
+        assert row is not None
+        # A leftover replica row: binding worker-0 again breaks the (job, role, index) key.
+        row.replicas.append(
+            ReplicaRow(
+                role="worker", index=0, phase="Stopped", node="n", cpu_millis=0, memory_bytes=0
+            )
+        )
+
+    controller.reconcile_once()
+    for name in ("a", "b", "c"):
+        until(controller, name, lambda r: len(starts(tmp_path, r.name)) == 2, f"{name} to run")
+    for _ in range(5):
+        controller.reconcile_once()
+
+    poisoned = row_of(controller, "poisoned")
+    assert poisoned is not None and poisoned.phase == "Failed"
+    assert "IntegrityError" in poisoned.message
+    for name in ("a", "b", "c"):
+        assert sorted(n for n, _ in starts(tmp_path, name)) == ["worker-0", "worker-1"]
+    assert starts(tmp_path, "poisoned") == []
+
+
+def test_a_replica_that_ignores_sigterm_holds_no_cycle_and_is_killed_after_its_grace(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    stubborn = {"IGNORE_SIGTERM": "1"}
+    controller.submit(job("ps-job", tmp_path, env={"EXIT_AFTER_S": "1"}, ps_env=stubborn))
+    until(controller, "ps-job", lambda r: len(starts(tmp_path, "ps-job")) == 2, "both started")
+    [ps_pid] = [pid for name, pid in starts(tmp_path, "ps-job") if name == "ps-0"]
+
+    longest_s = 0.0
+    deadline = time.monotonic() + 30
+    while (row := row_of(controller, "ps-job")) is not None and row.phase != "Succeeded":
+        assert time.monotonic() < deadline, "the job did not finish"
+        started = time.monotonic()
+        controller.reconcile_once()
+        longest_s = max(longest_s, time.monotonic() - started)
+        time.sleep(0.05)
+
+    assert longest_s < 0.5
+    assert {r.replica_name: r.phase for r in row.replicas} == {
+        "worker-0": "Succeeded",
+        "ps-0": "Stopped",
+    }
+    assert "ReplicaKilled" in [e.reason for e in events(controller, "ps-job")]
+    assert gone(ps_pid)
+
+
+def test_deleting_a_job_whose_replicas_ignore_sigterm_returns_at_once(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    controller.submit(job("stubborn", tmp_path, workers=8, env={"IGNORE_SIGTERM": "1"}))
+    until(controller, "stubborn", lambda r: len(starts(tmp_path, r.name)) == 8, "8 workers")
+    pids = [pid for _, pid in starts(tmp_path, "stubborn")]
+
+    started = time.monotonic()
+    controller.delete("ads", "stubborn")
+    took_s = time.monotonic() - started
+
+    assert took_s < 1.5
+    assert [pid for pid in pids if alive(pid)] == []
+    assert row_of(controller, "stubborn") is None
+    assert [e.reason for e in events(controller, "stubborn")][-1] == "Deleted"
+
+
+def test_a_launch_made_before_a_crash_is_adopted_not_made_again(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    first = make_controller()
+    first.submit(job("adopt-me", tmp_path, workers=2))
+    before = until(
+        first, "adopt-me", lambda r: running(r) and len(starts(tmp_path, r.name)) == 2, "2 workers"
+    )
+    # The state a crash between launch and its record leaves: an intent, no handle.
+    with first.store.transaction() as tx:
+        row = tx.job("ads", "adopt-me")
+        assert row is not None
+        for replica_row in row.replicas:
+            replica_row.phase, replica_row.handle, replica_row.pid = "Launching", None, None
+            replica_row.log_path = None
+
+    restarted = make_controller()
+    after = until(restarted, "adopt-me", running, "the launches adopted")
+
+    for name in ("worker-0", "worker-1"):
+        was, now = replica(before, name), replica(after, name)
+        assert (now.pid, now.starts, now.launch_id) == (was.pid, was.starts, was.launch_id)
+        assert now.log_path == was.log_path
+    assert len(starts(tmp_path, "adopt-me")) == 2
+    adopted = [e.replica for e in events(restarted, "adopt-me") if e.reason == "ReplicaAdopted"]
+    assert sorted(adopted) == ["worker-0", "worker-1"]
+
+
+def test_a_launch_recorded_but_never_made_is_made_once_under_its_launch_id(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    first = make_controller()
+    first.submit(job("make-me", tmp_path))
+    before = until(first, "make-me", lambda r: starts(tmp_path, r.name), "the worker running")
+    first.engine.stop(handle_of_replica(before, "worker-0"), grace_s=0)
+    # The state a crash between the intent's commit and the launch leaves.
+    with first.store.transaction() as tx:
+        row = tx.job("ads", "make-me")
+        assert row is not None
+        worker = replica(row, "worker-0")
+        worker.phase, worker.handle, worker.pid = "Launching", None, None
+        worker.launch_id = "never-launched"
+
+    restarted = make_controller()
+    after = until(restarted, "make-me", lambda r: len(starts(tmp_path, r.name)) == 2, "a launch")
+    for _ in range(5):
+        restarted.reconcile_once()
+
+    worker = replica(row_of(restarted, "make-me") or after, "worker-0")
+    assert worker.launch_id == "never-launched"
+    assert worker.starts == before.replicas[0].starts
+    assert len(starts(tmp_path, "make-me")) == 2  # the original, then this launch
+    assert alive(starts(tmp_path, "make-me")[-1][1])
+
+
+def test_a_store_that_cannot_write_skips_cycles_and_fails_no_job(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    controller.submit(job("exits", tmp_path, env={"EXIT_AFTER_S": "1", "EXIT_CODE": "3"}))
+    until(controller, "exits", lambda r: starts(tmp_path, r.name), "the worker running")
+
+    with _full_disk(controller.store):
+        time.sleep(1.5)  # the worker exits 3 while nothing can be written
+        for _ in range(5):
+            controller.reconcile_once()
+        row = row_of(controller, "exits")
+        assert row is not None and row.phase == "Running"
+        assert replica(row, "worker-0").phase == "Running"  # not recorded yet
+        assert len(starts(tmp_path, "exits")) == 1  # nothing restarted unrecorded
+
+    row = until(controller, "exits", lambda r: len(starts(tmp_path, "exits")) == 2, "a restart")
+    assert row.phase in ("Restarting", "Running")
+    assert replica(row, "worker-0").restarts == 1
+
+
+class _full_disk:
+    """SQLite's own "database or disk is full", for every connection of ``store``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pages = 0
+
+    def _limit(self, connection: Any, _record: Any) -> None:
+        connection.execute(f"PRAGMA max_page_count = {self.pages}")
+
+    def __enter__(self) -> None:
+        with self.store.engine.connect() as connection:
+            self.pages = connection.exec_driver_sql("PRAGMA page_count").scalar_one()
+        event.listen(self.store.engine, "connect", self._limit)
+        self.store.engine.dispose()
+        with self.store.engine.connect() as connection:  # fill the last free bytes
+            for size in (2000, 500, 100, 20, 1):
+                while _insert_filler(connection, "x" * size):
+                    pass
+
+    def __exit__(self, *_: object) -> None:
+        event.remove(self.store.engine, "connect", self._limit)
+        self.store.engine.dispose()
+
+
+def _insert_filler(connection: Any, message: str) -> bool:
+    try:
+        with connection.begin():
+            connection.exec_driver_sql(
+                "INSERT INTO events (time, type, reason, message) "
+                f"VALUES (0, 'Normal', 'Filler', '{message}')"
+            )
+    except OperationalError:
+        return False
+    return True
+
+
+def test_an_elastic_job_that_cannot_grow_says_why_once(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller(cpu=2)
+    controller.submit(job("flex", tmp_path, workers=1, elastic=(1, 4), cpu=1))
+    until(controller, "flex", lambda r: running(r) and len(r.replicas) == 3, "2 workers")
+    for _ in range(10):
+        controller.reconcile_once()
+
+    cannot = [e for e in events(controller, "flex") if e.reason == "CannotGrow"]
+    assert [e.message for e in cannot] == [
+        "cannot grow to the desired size (InsufficientCPU): cannot add worker-2: it needs "
+        "1 cpu; largest free block is none: no node has any cpu free"
+    ]
+
+    controller.scale("ads", "flex", "worker", 2)
+    row = until(controller, "flex", lambda r: r.pending_code is None, "the reason cleared")
+    view = job_view(row)
+    assert view.desired == {"worker": 2}
+    assert view.pending_reason is None
+
+
+def test_a_job_deleted_while_a_launch_is_unrecorded_has_that_launch_killed_too(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    controller.submit(job("doomed", tmp_path))
+    until(controller, "doomed", lambda r: starts(tmp_path, r.name), "the worker running")
+    [(_, pid)] = starts(tmp_path, "doomed")
+    with controller.store.transaction() as tx:  # as if its record never happened
+        row = tx.job("ads", "doomed")
+        assert row is not None
+        worker = replica(row, "worker-0")
+        worker.phase, worker.handle, worker.pid = "Launching", None, None
+
+    controller.delete("ads", "doomed", actor="token 'ops'")
+
+    assert row_of(controller, "doomed") is not None  # the unrecorded launch holds it
+    deadline = time.monotonic() + 30
+    while row_of(controller, "doomed") is not None and time.monotonic() < deadline:
+        controller.reconcile_once()
+        time.sleep(0.05)
+    assert row_of(controller, "doomed") is None
+    assert gone(pid)
+    deleted = [e.message for e in events(controller, "doomed") if e.reason == "Deleted"]
+    assert deleted == ["job deleted by token 'ops'; its processes are gone"]
+    assert len(starts(tmp_path, "doomed")) == 1

@@ -1,0 +1,486 @@
+"""The lifecycle step decides; these tables pin what it decides.
+
+Each case is a job snapshot, its spec and what the engine saw; the step's actions are
+shown as short lines (``Backoff worker-1``, ``Transition Restarting``) in the order the
+step emits them. No store, no engine, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from tidemill.api.job import TrainingJob
+from tidemill.api.status import JobPhase, ReplicaPhase
+from tidemill.controller.actions import (
+    Action,
+    Event,
+    Exited,
+    Finishing,
+    Launch,
+    ReplicaAction,
+    Transition,
+)
+from tidemill.controller.conditions import ALLOWED, IllegalTransition, check_transition
+from tidemill.controller.lifecycle import LifecycleConfig, fail_broken, step
+from tidemill.controller.model import Adoption, JobSnapshot, Outcome, ReplicaSnapshot, Seen
+from tidemill.engines.base import Observation, ReplicaHandle
+
+NOW = 1000.0
+R = ReplicaPhase
+CONFIG = LifecycleConfig(stop_grace_s=5, drain_grace_s=30)
+
+
+def handle(name: str) -> ReplicaHandle:
+    return ReplicaHandle("test", {"replica": name})
+
+
+def replica(name: str, phase: ReplicaPhase = R.RUNNING, **fields: Any) -> ReplicaSnapshot:
+    """``worker-1`` in ``phase``; running and stopping replicas have a handle."""
+    role, index = name.rsplit("-", 1)
+    defaults: dict[str, Any] = {"pid": 100 + int(index), "starts": 1}
+    if phase in (R.RUNNING, R.STOPPING):
+        defaults["handle"] = handle(name)
+    return ReplicaSnapshot(role, int(index), phase, "n1", **{**defaults, **fields})
+
+
+def job(*replicas: ReplicaSnapshot, **fields: Any) -> JobSnapshot:
+    defaults: dict[str, Any] = {"phase": JobPhase.RUNNING, "started_at": NOW - 10}
+    return JobSnapshot(1, "uid-1", "ads", "ctr", replicas=replicas, **{**defaults, **fields})
+
+
+def spec(
+    workers: int = 2,
+    *,
+    mode: str = "allreduce",
+    restart: str = "OnFailure",
+    max_restarts: int = 3,
+    elastic: tuple[int, int] | None = None,
+    ps: int = 0,
+    deadline_s: int | None = None,
+) -> TrainingJob:
+    worker: dict[str, Any] = {
+        "replicas": workers,
+        "command": ["python", "train.py"],
+        "restartPolicy": restart,
+        "maxRestarts": max_restarts,
+    }
+    if elastic is not None:
+        worker.update(minReplicas=elastic[0], maxReplicas=elastic[1])
+    roles: dict[str, Any] = {"worker": worker}
+    if ps:
+        roles["ps"] = {"replicas": ps, "command": ["python", "ps.py"]}
+    document: dict[str, Any] = {"mode": mode, "roles": roles, "restartBackoffSeconds": 1}
+    if deadline_s is not None:
+        document["activeDeadlineSeconds"] = deadline_s
+    return TrainingJob.model_validate({"metadata": {"name": "ctr"}, "spec": document})
+
+
+ALIVE = Observation(running=True)
+
+
+def exited(code: int | None) -> Observation:
+    return Observation(running=False, exit_code=code, message=f"exited with code {code}")
+
+
+def shown(action: Action) -> str:
+    """One action as a short line: its kind, then what it is about."""
+    kind = type(action).__name__
+    if isinstance(action, Exited):
+        return f"{kind} {action.replica} {action.phase}"
+    if isinstance(action, Launch) and action.launch_id is not None:
+        return f"{kind} {action.replica} {action.launch_id}"
+    if isinstance(action, ReplicaAction):
+        return f"{kind} {action.replica}"
+    if isinstance(action, Transition):
+        return f"{kind} {action.phase}"
+    if isinstance(action, Event):
+        return f"{kind} {action.reason}"
+    if isinstance(action, Finishing):
+        return f"{kind} {action.outcome.phase} {action.outcome.reason}"
+    return kind
+
+
+@dataclass(frozen=True)
+class Case:
+    job: JobSnapshot
+    seen: dict[str, Seen]
+    expected: list[str]
+    spec: TrainingJob = field(default_factory=spec)
+
+
+CASES = [
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("worker-1")),
+            {"worker-0": ALIVE, "worker-1": exited(1)},
+            [
+                "Exited worker-1 Failed",
+                "Event ReplicaFailed",
+                "Terminate worker-0",
+                "Backoff worker-1",
+                "GangRestarted",
+                "Transition Restarting",
+            ],
+        ),
+        id="a failed AllReduce worker restarts the whole gang: the others are asked to stop",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("worker-1"), replica("master-0")),
+            {"worker-0": ALIVE, "worker-1": exited(1), "master-0": ALIVE},
+            [
+                "Exited worker-1 Failed",
+                "Event ReplicaFailed",
+                "Backoff worker-1",
+                "Transition Restarting",
+            ],
+            spec(elastic=(1, 2)),
+        ),
+        id="a failed elastic worker restarts alone while the others train on",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("worker-1")),
+            {"worker-0": ALIVE, "worker-1": exited(1)},
+            [
+                "Exited worker-1 Failed",
+                "Event ReplicaFailed",
+                "Finishing Failed ReplicaFailed",
+                "Terminate worker-0",
+            ],
+            spec(restart="Never"),
+        ),
+        id="under restartPolicy Never a failure fails the job, which first stops the rest",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("worker-1", restarts=3)),
+            {"worker-0": ALIVE, "worker-1": exited(1)},
+            [
+                "Exited worker-1 Failed",
+                "Event ReplicaFailed",
+                "Finishing Failed ReplicaFailed",
+                "Terminate worker-0",
+            ],
+        ),
+        id="a replica that has used up maxRestarts fails the job",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("worker-1")),
+            {"worker-0": exited(0), "worker-1": exited(0)},
+            [
+                "Exited worker-0 Succeeded",
+                "Event ReplicaSucceeded",
+                "Exited worker-1 Succeeded",
+                "Event ReplicaSucceeded",
+                "Finishing Succeeded JobSucceeded",
+                "Transition Succeeded",
+                "ExpireAt",
+            ],
+        ),
+        id="a job whose workers all succeeded and nothing else runs succeeds at once",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("ps-0")),
+            {"worker-0": exited(0), "ps-0": ALIVE},
+            [
+                "Exited worker-0 Succeeded",
+                "Event ReplicaSucceeded",
+                "Finishing Succeeded JobSucceeded",
+                "Terminate ps-0",
+            ],
+            spec(1, mode="ps", ps=1),
+        ),
+        id="parameter servers are asked to stop when the workers succeed; the job waits",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0", R.SUCCEEDED),
+                replica("ps-0", R.STOPPING, kill_at=NOW + 3),
+                outcome=Outcome(JobPhase.SUCCEEDED, "JobSucceeded", "succeeded"),
+            ),
+            {"ps-0": exited(143)},
+            ["Exited ps-0 Stopped", "Transition Succeeded", "ExpireAt"],
+            spec(1, mode="ps", ps=1),
+        ),
+        id="a finishing job takes its decided phase once its last stopping replica is gone",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0", R.SUCCEEDED),
+                replica("ps-0", R.STOPPING, kill_at=NOW),
+                outcome=Outcome(JobPhase.SUCCEEDED, "JobSucceeded", "succeeded"),
+            ),
+            {"ps-0": ALIVE},
+            ["Event ReplicaKilled", "Kill ps-0"],
+            spec(1, mode="ps", ps=1),
+        ),
+        id="a replica that ignores SIGTERM is killed at its deadline",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0", R.SUCCEEDED),
+                replica("ps-0", R.STOPPING, kill_at=NOW + 1),
+                outcome=Outcome(JobPhase.SUCCEEDED, "JobSucceeded", "succeeded"),
+            ),
+            {"ps-0": ALIVE},
+            [],
+            spec(1, mode="ps", ps=1),
+        ),
+        id="a replica still within its grace is left to stop by itself",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("worker-1"), started_at=NOW - 61),
+            {"worker-0": ALIVE, "worker-1": ALIVE},
+            ["Finishing Failed DeadlineExceeded", "Terminate worker-0", "Terminate worker-1"],
+            spec(deadline_s=60),
+        ),
+        id="a job running past activeDeadlineSeconds fails and stops its replicas",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("worker-1"), unresponsive={"worker-1": 101}),
+            {"worker-0": ALIVE, "worker-1": ALIVE},
+            ["Event ReplicaUnresponsive", "Kill worker-1"],
+        ),
+        id="a replica the job master gave up on is killed, so its restart policy applies",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0", R.STOPPING, kill_at=NOW + 3, next_start_at=NOW),
+                replica("worker-1", R.STOPPING, kill_at=NOW + 3, next_start_at=NOW),
+                phase=JobPhase.RESTARTING,
+            ),
+            {"worker-0": exited(143), "worker-1": ALIVE},
+            ["Exited worker-0 BackOff"],
+        ),
+        id="no gang member starts again while another is still stopping",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0", R.BACKOFF, next_start_at=NOW),
+                replica("worker-1", R.BACKOFF, next_start_at=NOW),
+                phase=JobPhase.RESTARTING,
+            ),
+            {},
+            ["Launch worker-0", "Event ReplicaStarted", "Launch worker-1", "Event ReplicaStarted"],
+        ),
+        id="once the whole gang has stopped and its backoff is over, every member launches",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0", R.BACKOFF, next_start_at=NOW + 1)),
+            {},
+            [],
+            spec(1),
+        ),
+        id="a replica in backoff waits for its time",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0", R.LAUNCHING, launch_id="L1"), phase=JobPhase.SCHEDULED),
+            {"worker-0": Adoption(None)},
+            ["Launch worker-0 L1"],
+            spec(1),
+        ),
+        id="a launch recorded but never made is made now, under the same launch id",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0", R.LAUNCHING, launch_id="L1"), phase=JobPhase.SCHEDULED),
+            {"worker-0": Adoption(handle("worker-0"), pid=7)},
+            ["Launched worker-0", "Event ReplicaAdopted", "Transition Running"],
+            spec(1),
+        ),
+        id="a launch made before a crash is adopted, not made again",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("worker-1"), phase=JobPhase.SCHEDULED),
+            {"worker-0": ALIVE, "worker-1": ALIVE},
+            ["Transition Running"],
+        ),
+        id="a scheduled job whose replicas all run becomes Running",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0"),
+                replica("worker-1"),
+                replica("worker-2"),
+                replica("master-0"),
+                desired={"worker": 1},
+            ),
+            {"worker-0": ALIVE, "worker-1": ALIVE, "worker-2": ALIVE, "master-0": ALIVE},
+            ["Drain worker-2", "Drain worker-1", "Event ScalingIn"],
+            spec(3, elastic=(1, 3)),
+        ),
+        id="an elastic role above its desired size asks its highest replicas to leave",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0"),
+                replica("worker-1", R.STOPPING, drain_deadline=NOW + 9),
+                replica("master-0"),
+                desired={"worker": 1},
+            ),
+            {"worker-0": ALIVE, "worker-1": exited(0), "master-0": ALIVE},
+            ["Exited worker-1 Stopped", "Forget worker-1", "Event ScaledIn"],
+            spec(2, elastic=(1, 2)),
+        ),
+        id="a replica that left after a scale-in is forgotten",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0"),
+                replica("worker-1", R.STOPPING, drain_deadline=NOW),
+                replica("master-0"),
+                desired={"worker": 1},
+            ),
+            {"worker-0": ALIVE, "worker-1": ALIVE, "master-0": ALIVE},
+            ["Kill worker-1", "Forget worker-1", "Event ScaledIn"],
+            spec(2, elastic=(1, 2)),
+        ),
+        id="a replica that overstays its drain deadline is killed and forgotten",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("master-0")),
+            {"worker-0": ALIVE, "master-0": exited(1)},
+            [
+                "Exited master-0 Failed",
+                "Event ReplicaFailed",
+                "Backoff master-0",
+                "Event MasterRestarting",
+                "Launch master-0",
+                "Event ReplicaStarted",
+            ],
+            spec(1, elastic=(1, 2)),
+        ),
+        id="a job master that exited is launched again at once",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("master-0", R.FAILED, restarts=10)),
+            {"worker-0": ALIVE},
+            ["Finishing Failed MasterFailed", "Terminate worker-0"],
+            spec(1, elastic=(1, 2)),
+        ),
+        id="a job master that keeps exiting fails the job",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0"), replica("worker-1", R.BACKOFF), deleted=True),
+            {"worker-0": ALIVE},
+            ["Kill worker-0", "Settle worker-1"],
+        ),
+        id="a deleted job's replicas are killed, and one waiting to restart never starts",
+    ),
+    pytest.param(
+        Case(
+            job(replica("worker-0", kill_at=NOW + 5), replica("worker-1", R.STOPPED), deleted=True),
+            {"worker-0": exited(137)},
+            ["Exited worker-0 Stopped", "ForgetJob"],
+        ),
+        id="a deleted job is forgotten once its last process is gone",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_lifecycle_step(case: Case) -> None:
+    actions = step(case.job, case.spec, case.seen, NOW, CONFIG)
+    assert [shown(a) for a in actions] == case.expected
+
+
+def test_restarted_gang_members_are_charged_only_for_their_own_failure() -> None:
+    snapshot = job(replica("worker-0", restarts=1), replica("worker-1", restarts=0))
+    actions = step(snapshot, spec(), {"worker-0": ALIVE, "worker-1": exited(1)}, NOW, CONFIG)
+    charged = {a.replica: a.changes() for a in actions if shown(a).startswith("Backoff")}
+    assert charged == {"worker-1": {"phase": R.BACKOFF, "next_start_at": NOW + 1, "restarts": 1}}
+    terminate = next(a for a in actions if shown(a) == "Terminate worker-0")
+    assert terminate.changes()["next_start_at"] == NOW + 1  # BackOff once it is gone
+
+
+def test_a_failure_names_the_replica_and_the_restarts_left() -> None:
+    snapshot = job(replica("worker-0"), replica("worker-1"))
+    actions = step(snapshot, spec(), {"worker-0": ALIVE, "worker-1": exited(1)}, NOW, CONFIG)
+    [restarting] = [a for a in actions if isinstance(a, Transition)]
+    assert restarting.message == (
+        "worker-1 exited with code 1; restart 1/3 in 1s (the whole AllReduce group restarts)"
+    )
+
+
+def test_a_job_the_controller_cannot_process_is_failed_with_the_cause_and_killed() -> None:
+    snapshot = job(
+        replica("worker-0"),
+        replica("worker-1", R.LAUNCHING, launch_id="L1"),
+        replica("worker-2", R.BACKOFF),
+    )
+    seen: dict[str, Seen] = {"worker-1": Adoption(handle("worker-1"))}
+    message = "the controller could not process this job: ValueError: boom"
+
+    actions = fail_broken(snapshot, seen, message, NOW, CONFIG)
+
+    assert [shown(a) for a in actions] == [
+        "Kill worker-0",
+        "Settle worker-0",
+        "Kill worker-1",
+        "Settle worker-1",
+        "Settle worker-2",
+        "Transition Failed",
+        "ExpireAt",
+    ]
+    failed = next(a for a in actions if isinstance(a, Transition))
+    assert (failed.reason, failed.message, failed.warning) == ("ControllerError", message, True)
+
+
+P = JobPhase
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "allowed"),
+    [
+        pytest.param(P.PENDING, P.SCHEDULED, True, id="a pending job is scheduled"),
+        pytest.param(P.SCHEDULED, P.RUNNING, True, id="a scheduled job runs"),
+        pytest.param(P.RUNNING, P.RESTARTING, True, id="a running job restarts replicas"),
+        pytest.param(P.RESTARTING, P.RUNNING, True, id="a restarting job runs again"),
+        pytest.param(P.RUNNING, P.PENDING, True, id="a preempted job goes back to its queue"),
+        pytest.param(
+            P.PENDING, P.FAILED, True, id="a pending job the controller cannot read fails"
+        ),
+        pytest.param(P.PENDING, P.RUNNING, False, id="a job is never Running before Scheduled"),
+        pytest.param(P.SUCCEEDED, P.RUNNING, False, id="a succeeded job never runs again"),
+        pytest.param(P.FAILED, P.SUCCEEDED, False, id="a failed job stays failed"),
+        pytest.param(P.FAILED, P.FAILED, True, id="staying in a phase is always allowed"),
+    ],
+)
+def test_phase_transitions(current: JobPhase, target: JobPhase, allowed: bool) -> None:
+    if allowed:
+        check_transition(current, target)
+    else:
+        with pytest.raises(IllegalTransition, match=f"cannot move to {target}"):
+            check_transition(current, target)
+
+
+def test_finished_phases_absorb() -> None:
+    assert ALLOWED[P.SUCCEEDED] == ALLOWED[P.FAILED] == frozenset()
+
+
+def test_an_illegal_transition_in_a_step_raises_so_only_that_job_fails() -> None:
+    finished = job(replica("worker-0"), phase=JobPhase.SUCCEEDED)
+    with pytest.raises(IllegalTransition, match="Succeeded cannot move to Running"):
+        step(finished, spec(1), {"worker-0": ALIVE}, NOW, CONFIG)
