@@ -292,6 +292,7 @@ def test_scale_beyond_the_bounds_exits_2(scene: Live) -> None:
     ok = tidemill(scene, "scale", "grow", "--role", "worker", "--replicas", "2")
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.startswith("job default/grow: worker scaled to 2")
+    assert ok.stdout.rstrip().endswith("/2)"), "desired shows the requested size"
 
 
 def test_queues_and_nodes_tables_use_peoples_units(fleet: Live) -> None:

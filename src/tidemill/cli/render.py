@@ -119,7 +119,8 @@ def phase_text(phase: JobPhase) -> Text:
 
 
 def replica_counts(view: JobView) -> dict[str, str]:
-    """role -> 'running/desired'; desired from the job document, else the replicas known."""
+    """role -> 'running/desired'; desired is what the control plane aims for now (a scale
+    request included), else the job document's replicas, else the replicas known."""
     body = view.spec.get("spec", view.spec)
     roles = body.get("roles") if isinstance(body, dict) else None
     desired: Counter[str] = Counter()
@@ -128,6 +129,8 @@ def replica_counts(view: JobView) -> dict[str, str]:
             desired[role] = int(body.get("replicas", 1)) if isinstance(body, dict) else 1
     else:
         desired.update(replica.role for replica in view.replicas)
+    for role, count in view.desired.items():
+        desired[role] = count
     running = Counter(r.role for r in view.replicas if r.phase is ReplicaPhase.RUNNING)
     return {role: f"{running[role]}/{count}" for role, count in desired.items()}
 

@@ -12,9 +12,10 @@ fork server it forks Python replicas from, with only these of the server's varia
 - how collectives and kernels use this machine: ``NCCL_*``, ``GLOO_*`` (network
   interfaces, transports) and ``OMP_NUM_THREADS``.
 
-Then the engine adds ``CUDA_VISIBLE_DEVICES`` and tidemill's own variables, and the job
-file's ``env`` of the role last, which may set anything, these included. Anything else a
-replica needs goes in the job file.
+Over these comes the launch's own environment: the role's ``env`` from the job file
+(which may override any of the above), then tidemill's variables (``RANK``,
+``TIDEMILL_*``, ``TIDEMILL_TOKEN`` ...), which the job file cannot override, and
+``CUDA_VISIBLE_DEVICES``. Anything else a replica needs goes in the job file.
 """
 
 from __future__ import annotations
