@@ -40,7 +40,14 @@ def token_routes(guard: Guard) -> APIRouter:
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": TokenRequest.model_json_schema()}},
+                "content": {
+                    "application/json": {
+                        # Role is among the app's components (TokenView uses it).
+                        "schema": TokenRequest.model_json_schema(
+                            ref_template="#/components/schemas/{model}"
+                        )
+                    }
+                },
             }
         },
     )
