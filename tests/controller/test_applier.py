@@ -467,3 +467,15 @@ def test_a_job_deleted_while_a_launch_is_unrecorded_has_that_launch_killed_too(
         "job ads/doomed deleted by token 'ops'; its processes are gone"
     ]
     assert len(starts(tmp_path, "doomed")) == 1
+
+
+def test_a_job_submitted_after_the_newest_job_was_deleted_is_scheduled(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    for name in ("first", "second", "third"):
+        controller.submit(job(name, tmp_path))
+        until(controller, name, running, f"{name} running")
+        controller.delete("ads", name)
+
+    assert [pid for _, pid in starts(tmp_path, "third")]

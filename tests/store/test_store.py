@@ -81,3 +81,17 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     store.close()
+
+
+def test_the_id_of_a_deleted_newest_job_is_never_given_again(tmp_path: Path) -> None:
+    store = Store.in_folder(tmp_path)
+    with store.transaction() as tx:
+        first = tx.add_job(new_job("first")).id
+    with store.transaction() as tx:
+        row = tx.job("ads", "first")
+        assert row is not None
+        tx.delete_job(row)
+    with store.transaction() as tx:
+        second = tx.add_job(new_job("second")).id
+
+    assert second > first

@@ -104,7 +104,8 @@ class SchedulingStep:
         self.spec_of = spec_of
         self.config = config
         self.lifecycle = lifecycle
-        self._requests: dict[int, tuple[tuple[int, tuple[tuple[str, int], ...]], JobRequest]] = {}
+        self._requests: dict[str, tuple[tuple[int, tuple[tuple[str, int], ...]], JobRequest]] = {}
+        """job uid -> (priority and sizes, request): a name or even an id may be reused"""
 
     def run(self, now: float, stats: CycleStats) -> bool:
         """Returns True when something was bound, preempted or resized."""
@@ -166,7 +167,7 @@ class SchedulingStep:
                     read.jobs[row.key] = _pending_snapshot(row)
                 except Exception as exc:
                     read.broken[row.id] = controller_error(exc)
-            self._forget_requests({j.id for j in pending_rows})
+            self._forget_requests({j.uid for j in pending_rows})
             read.state = ClusterState(
                 nodes=tuple(node_info(n) for n in tx.nodes()),
                 queues={q.name: queue_info(q) for q in tx.queues()},
@@ -183,15 +184,15 @@ class SchedulingStep:
         """The scheduler's view of a pending job, rebuilt only when its size or priority
         changes: a long backlog is mostly the same jobs pass after pass."""
         key = (row.priority, tuple(sorted(row.desired.items())))
-        cached = self._requests.get(row.id)
+        cached = self._requests.get(row.uid)
         if cached is None or cached[0] != key:
             cached = (key, job_request(row, self.spec_of(row)))
-            self._requests[row.id] = cached
+            self._requests[row.uid] = cached
         return cached[1]
 
-    def _forget_requests(self, pending_ids: set[int]) -> None:
-        for job_id in [i for i in self._requests if i not in pending_ids]:
-            del self._requests[job_id]
+    def _forget_requests(self, pending_uids: set[str]) -> None:
+        for uid in [u for u in self._requests if u not in pending_uids]:
+            del self._requests[uid]
 
     def _may_grow(self, job: JobRow) -> bool:
         try:

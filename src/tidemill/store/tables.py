@@ -35,10 +35,11 @@ class Base(DeclarativeBase):
 
 class JobRow(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("namespace", "name"),)
+    __table_args__ = (UniqueConstraint("namespace", "name"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    """Also the FIFO sequence: ids only grow."""
+    """Also the FIFO sequence: ids only grow (SQLite too: AUTOINCREMENT never reuses the
+    id of a deleted last row)."""
     uid: Mapped[str] = mapped_column(String(36), unique=True)
     namespace: Mapped[str] = mapped_column(String(63))
     name: Mapped[str] = mapped_column(String(63))
