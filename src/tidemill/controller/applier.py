@@ -60,6 +60,9 @@ class _Plan:
     ports: dict[str, int] = field(default_factory=dict)
 
 
+EXPIRY_INTERVAL_S = 1.0
+
+
 class Applier:
     def __init__(
         self,
@@ -80,6 +83,9 @@ class Applier:
         self.clock = clock
         self._unseen: dict[int, int] = {}
         """job id -> cycles in a row its replicas could not be observed"""
+        self._next_expiry = 0.0
+        """TTLs are whole seconds: finished jobs are looked for about once a second, and a
+        pass with nothing to write takes no write transaction (submissions need it)."""
 
     def run(self) -> bool:
         """One pass; True when resources were freed (a job ended or a replica left).
@@ -100,7 +106,13 @@ class Applier:
             plan = plans.get(row.id)
             return fail_row(tx, row, message, now, self.config, plan.seen if plan else {})
 
-        outcome = write_jobs(self.store, writes, fallback, after=lambda tx: _expire(tx, now))
+        expire = now >= self._next_expiry
+        if not writes and not expire:
+            return False
+        if expire:
+            self._next_expiry = now + EXPIRY_INTERVAL_S
+        after = (lambda tx: _expire(tx, now)) if expire else None
+        outcome = write_jobs(self.store, writes, fallback, after=after)
         self.launches.run(perform(self.engine, outcome.effects))
         freed = any(_frees(action) for job_id in writes for action in plans[job_id].actions)
         return freed or bool(outcome.failed)

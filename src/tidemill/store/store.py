@@ -130,6 +130,11 @@ class EventCap:
         with self._lock:
             self._added.pop(job, None)
 
+    def created(self, job: str) -> None:
+        """A job made in this process starts with no events: nothing to prune yet."""
+        with self._lock:
+            self._added[job] = 1
+
 
 def _of_job(job: str | None) -> ColumnElement[bool]:
     return EventRow.job.is_(None) if job is None else EventRow.job == job
@@ -228,6 +233,7 @@ class Tx:
         self.session.execute(delete(EventRow).where(_of_job(row.key)))
         self.session.add(row)
         self.session.flush()
+        self.event_cap.created(row.key)
         return row
 
     def delete_job(self, row: JobRow) -> None:
