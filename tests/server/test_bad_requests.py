@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 from tests.server.conftest import chatty_job
+from tidemill.api.limits import INT64_MAX
 from tidemill.server.limits import BODY_LIMIT_BYTES, JSON_DEPTH_MAX
 from tidemill.server.runner import ServerRunner
 
-INT64_MAX = 2**63 - 1
 API = "/api/v1"
 
 

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from tidemill import __version__
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
+from tidemill.api.limits import INT64_MAX
 from tidemill.api.loader import job_from_document
 from tidemill.api.status import EventView, JobPhase, JobSummary, JobView, NodeView, QueueView
 from tidemill.api.token import ALL_NAMESPACES, Role
@@ -35,7 +36,6 @@ from tidemill.server.docs import add_docs
 from tidemill.server.limits import (
     EVENTS_PAGE_MAX,
     INT32_MAX,
-    INT64_MAX,
     Limits,
     SlotStreamingResponse,
     StreamSlots,

@@ -13,16 +13,17 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-INT64_MAX = 2**63 - 1
+from tidemill.api.limits import MAX_DOCUMENT_BYTES, MAX_NESTING_DEPTH
+
 INT32_MAX = 2**31 - 1
-BODY_LIMIT_BYTES = 1 << 20
+BODY_LIMIT_BYTES = MAX_DOCUMENT_BYTES
 """Largest request body (a job file, master state, an event); larger is a 413."""
 FOLLOW_STREAMS_PER_CLIENT = 8
 """Concurrent ``logs?follow=true`` streams per client; one more is a 429."""
 EVENT_RATE_PER_S = 20.0
 EVENT_BURST = 100
 """Events a job's processes may POST: this many a second, with bursts up to EVENT_BURST."""
-JSON_DEPTH_MAX = 64
+JSON_DEPTH_MAX = MAX_NESTING_DEPTH
 """JSON bodies nested deeper are refused (the deepest real one, master state, is ~6)."""
 EVENTS_PAGE_MAX = 10_000
 """Most events one GET returns (``limit``)."""

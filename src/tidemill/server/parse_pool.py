@@ -45,14 +45,14 @@ class ParsePool:
         try:
             kind, value = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
         except TimeoutError:
-            self._replace()
+            self.close()  # the stuck worker goes; the next large body starts a new pool
             raise SpecError.single(
                 source,
                 f"took longer than {self.timeout_s:g}s to parse; a job file is a few KiB of "
                 "YAML or JSON",
             ) from None
         except BrokenProcessPool:
-            self._replace()
+            self.close()
             raise SpecError.single(
                 source, "the parser ran out of resources on this document; send a smaller one"
             ) from None
@@ -72,10 +72,6 @@ class ParsePool:
                 context = multiprocessing.get_context("spawn")
                 self._executor = ProcessPoolExecutor(self.workers, mp_context=context)
             return self._executor
-
-    def _replace(self) -> None:
-        """Drop a pool with a stuck or dead worker; the next large body starts a new one."""
-        self.close()
 
 
 def _stop(executor: ProcessPoolExecutor) -> None:
