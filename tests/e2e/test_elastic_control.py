@@ -77,7 +77,12 @@ def test_elastic_job_grows_into_idle_capacity_and_scales_in_place(start_server):
     assert done.returncode == 0, done.stderr
     after = wait_for(lambda: count_is(client, "flex", 1), what="1 worker")
     assert after == {"worker-0": first["worker-0"]}  # the survivor kept its process
-    reasons = [e.reason for e in client.job_events("flex")]
+    def both_left() -> list[str] | None:
+        reasons = [e.reason for e in client.job_events("flex")]
+        return reasons if reasons.count("ScaledIn") == 2 else None
+
+    # Leaving workers show Stopping (not Running) until they are gone: wait for that.
+    reasons = wait_for(both_left, what="both leavers gone")
     assert "ScalingIn" in reasons and reasons.count("ScaledIn") == 2
 
     assert scale(server.url, "flex", "--role", "worker", "--replicas", "3").returncode == 0
