@@ -248,7 +248,7 @@ def test_a_new_job_under_an_old_name_gets_a_log_of_its_own(engines: Engines) -> 
 
 def test_every_node_is_this_machine(engines: Engines) -> None:
     engine = engines.engine()
-    assert engine.host("node-7") == "127.0.0.1"
+    assert engine.replica_host("ads/ctr", "worker", 0, "node-7") == "127.0.0.1"
     port = engine.free_port("node-7")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))

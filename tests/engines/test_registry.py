@@ -14,11 +14,11 @@ from tidemill.engines import UnknownEngine, create_engine, engine_names
 from tidemill.engines.local import LocalEngine
 from tidemill.server.runner import ServerRunner
 
-REFUSAL = "unknown engine 'kubernetes'; known engines: local"
+REFUSAL = "unknown engine 'slurm'; known engines: kubernetes, local"
 
 
 def test_the_local_engine_is_created_by_name_with_its_options(tmp_path: Path) -> None:
-    assert engine_names() == ["local"]
+    assert engine_names() == ["kubernetes", "local"]
     engine = create_engine("local", tmp_path, warm_start=False)
     assert isinstance(engine, LocalEngine)
     assert (engine.state_dir, engine.fork_server) == (tmp_path.resolve(), None)
@@ -26,7 +26,7 @@ def test_the_local_engine_is_created_by_name_with_its_options(tmp_path: Path) ->
 
 def test_an_unknown_engine_is_refused_with_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(UnknownEngine, match=f"^engine: {REFUSAL}$"):
-        create_engine("kubernetes", tmp_path)
+        create_engine("slurm", tmp_path)
 
 
 def test_importing_the_package_imports_no_engine() -> None:
@@ -43,7 +43,7 @@ def test_a_server_runs_the_engine_it_is_given(tmp_path: Path) -> None:
     finally:
         runner.stop()
     with pytest.raises(UnknownEngine, match=REFUSAL):
-        ServerRunner(tmp_path / "other", port=0, engine="kubernetes")
+        ServerRunner(tmp_path / "other", port=0, engine="slurm")
     assert not (tmp_path / "other").exists()
 
 
@@ -54,7 +54,7 @@ def test_the_cli_refuses_an_unknown_engine_before_starting_anything(
     job = tmp_path / "job.yaml"
     job.write_text("not read: the option is checked first\n")
     state = tmp_path / "state"
-    args = ["--state-dir", str(state), "--engine", "kubernetes"]
+    args = ["--state-dir", str(state), "--engine", "slurm"]
     if command == "run":
         args.append(str(job))
     done = subprocess.run(

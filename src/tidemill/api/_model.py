@@ -51,6 +51,17 @@ def validate_dns_label(value: str, what: str) -> str:
     return value
 
 
+def validate_dns_subdomain(value: str, what: str) -> str:
+    """DNS labels joined by dots, at most 253 characters (a Kubernetes node's name)."""
+    labels = value.split(".")
+    if len(value) > 253 or not all(len(x) <= 63 and _DNS_LABEL.match(x) for x in labels):
+        raise ValueError(
+            f"{shown(value)} is not a valid {what}: use at most 253 characters of DNS labels "
+            "(lowercase letters, digits and '-') joined by '.' (e.g. 'gpu-1.rack-2')"
+        )
+    return value
+
+
 def validate_line(value: str, what: str, max_bytes: int = MAX_LINE_BYTES) -> str:
     """One line of printable text (an image, a path, a gpu model), at most ``max_bytes``."""
     problem = text_problem(value)

@@ -16,6 +16,7 @@ from tidemill.api._model import (
     Int64,
     SpecModel,
     validate_dns_label,
+    validate_dns_subdomain,
     validate_labels,
     validate_line,
 )
@@ -65,7 +66,7 @@ class NodeSpec(SpecModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        return validate_dns_label(value, "node name")
+        return validate_dns_subdomain(value, "node name")
 
     @field_validator("gpu_model")
     @classmethod

@@ -4,7 +4,8 @@ same spec can be rebuilt to adopt that launch after a restart.
 
 Ports are the engine's (``engine.free_port(node)``), chosen by the applier before the
 intent is written: one ``MASTER_PORT`` per job start (the rank-0 rendezvous), one per
-replica for ``TF_CONFIG``, one for the job master. Addresses are ``engine.host(node)``.
+replica for ``TF_CONFIG``, one for the job master. Addresses are the engine's
+(``engine.replica_host``): the machine locally, a stable DNS name on Kubernetes.
 
 A job with ``spec.data`` hands its plan to the master and the chief and workers as
 ``TIDEMILL_DATA``: compact JSON in job-file form, read back with
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from tidemill.api.job import TrainingJob
 from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
@@ -43,13 +43,19 @@ def local_rank(job: JobSnapshot, replica: ReplicaSnapshot) -> int:
     return next(i for i, r in enumerate(same_node) if r.name == replica.name)
 
 
-def rank0_node(replicas: Sequence[ReplicaSnapshot]) -> str | None:
-    """The node of rank 0 (the chief, else worker 0), whose host is ``MASTER_ADDR``."""
+def rank0(replicas: Sequence[ReplicaSnapshot]) -> ReplicaSnapshot | None:
+    """Rank 0 (the chief, else worker 0), whose host is ``MASTER_ADDR``."""
     collective = sorted(
         (r for r in replicas if r.role in COLLECTIVE_ROLES),
         key=lambda r: (COLLECTIVE_ROLES.index(r.role), r.index),
     )
-    return collective[0].node if collective else None
+    return collective[0] if collective else None
+
+
+def rank0_node(replicas: Sequence[ReplicaSnapshot]) -> str | None:
+    """The node of rank 0 (see :func:`rank0`)."""
+    first = rank0(replicas)
+    return first.node if first else None
 
 
 def port_needs(job: JobSnapshot, spec: TrainingJob, launching: Sequence[str]) -> dict[str, str]:
@@ -62,9 +68,8 @@ def port_needs(job: JobSnapshot, spec: TrainingJob, launching: Sequence[str]) ->
     workers = [r for r in job.replicas if r.role != MASTER_ROLE]
     if not any(r.role != MASTER_ROLE for r in job.replicas if r.name in launching):
         return needs
-    rank0 = rank0_node(workers)
     if job.master_port is None:
-        needs[MASTER_PORT] = rank0 or workers[0].node
+        needs[MASTER_PORT] = rank0_node(workers) or workers[0].node
     for replica in workers:
         if not replica.port:
             needs[replica.name] = replica.node
@@ -127,7 +132,10 @@ class Launcher:
         if job.master_port is None:
             raise ValueError(f"{job.key}: no rendezvous port recorded")
         role = spec.spec.roles[replica.role]
-        host = self.engine.host
+
+        def host(r: ReplicaSnapshot) -> str:
+            return self.engine.replica_host(job.key, r.role, r.index, r.node)
+
         master = next((r for r in job.replicas if r.role == MASTER_ROLE), None)
         context = ReplicaContext(
             job=job.key,
@@ -135,10 +143,10 @@ class Launcher:
             roles=role_sizes(job),
             role=replica.role,
             index=replica.index,
-            master_addr=host(rank0_node(job.replicas) or replica.node),
+            master_addr=host(rank0(job.replicas) or replica),
             master_port=job.master_port,
             addresses={
-                (r.role, r.index): f"{host(r.node)}:{r.port}"
+                (r.role, r.index): f"{host(r)}:{r.port}"
                 for r in job.replicas
                 if r.role != MASTER_ROLE
             }
@@ -146,7 +154,7 @@ class Launcher:
             else {},
             tidemill_master_addr=None
             if job.job_master_port is None or master is None
-            else f"{host(master.node)}:{job.job_master_port}",
+            else f"{host(master)}:{job.job_master_port}",
             local_rank=local_rank(job, replica),
             gpu_ids=replica.gpu_ids,
             gpu_share=replica.gpu_share if replica.gpu_share > 0 else 1.0,
@@ -166,11 +174,14 @@ class Launcher:
                 **data_env(spec, replica.role),
                 **self.credential_env(job),
             },
-            working_dir=role.working_dir or str(Path.cwd()),
+            working_dir=role.working_dir or "",
             node=replica.node,
             gpu_ids=replica.gpu_ids,
             attempt=_attempt(replica),
             image=role.image,
+            cpu=role.resources.cpu,
+            memory_bytes=role.resources.memory,
+            gpus=role.resources.gpu,
         )
 
     def _master_spec(
@@ -202,9 +213,10 @@ class Launcher:
             index=0,
             argv=(sys.executable, "-m", "tidemill.master"),
             env=env,
-            working_dir=first_role.working_dir or str(Path.cwd()),
+            working_dir=first_role.working_dir or "",
             node=replica.node,
             attempt=_attempt(replica),
+            image=first_role.image,
         )
 
 

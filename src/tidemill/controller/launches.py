@@ -11,6 +11,11 @@ the applier asks ``engine.adopt`` for what that launch started, and the lifecycl
 launches it (same ``launch_id``) only when it started nothing. A launch whose replica
 was removed meanwhile (its job deleted) is killed at once instead of recorded.
 
+An engine that binds gangs itself (``launch_gang``: Kubernetes) gets every replica of a
+job that starts or restarts whole in one call; if it cannot create and bind them all it
+deletes what it made, and the job goes back to its queue (``BindFailed``) holding
+nothing, instead of a part of the gang holding nodes.
+
 ``TIDEMILL_FAULT_AFTER_LAUNCH=exit`` is a test hook: the process exits right after the
 first ``engine.launch`` returns, before its handle is recorded (tests/e2e
 test_launch_intent.py kills the server at exactly that point).
@@ -24,14 +29,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tidemill.api.job import TrainingJob
-from tidemill.api.status import ReplicaPhase
+from tidemill.api.status import JobPhase, ReplicaPhase
 from tidemill.controller.actions import Exited, Launched
+from tidemill.controller.conditions import transition
 from tidemill.controller.elastic import MASTER_ROLE
 from tidemill.controller.launcher import JOB_MASTER_PORT, MASTER_PORT, Launcher
 from tidemill.controller.model import JobSnapshot
-from tidemill.controller.rows import set_replica
-from tidemill.engines.base import Engine, ReplicaHandle
-from tidemill.store.store import Store
+from tidemill.controller.rows import replica_snapshot, set_replica
+from tidemill.engines.base import Engine, LaunchSpec, ReplicaHandle
+from tidemill.store.store import Store, Tx
 from tidemill.store.tables import JobRow, ReplicaRow
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,12 @@ class _Result:
     pid: int | None = None
     log_path: str | None = None
     error: str = ""
+    requeue: bool = False
+    """the gang could not be bound whole: the job goes back to its queue"""
+
+
+GANG_PHASES = (JobPhase.SCHEDULED, JobPhase.RESTARTING)
+"""A job in these phases starts every replica at once: a gang."""
 
 
 class Launches:
@@ -94,6 +106,9 @@ class Launches:
 
     def _launch(self, plan: Planned) -> list[_Result]:
         order = sorted(plan.replicas, key=lambda name: not name.startswith(MASTER_ROLE))
+        launch_gang = getattr(self.engine, "launch_gang", None)
+        if launch_gang is not None and plan.job.phase in GANG_PHASES:
+            return self._launch_gang(plan, order, launch_gang)
         results = []
         for name in order:
             replica = plan.job.replica(name)
@@ -111,6 +126,30 @@ class Launches:
             results.append(self._seen(plan.job, name, launch_id, handle))
         return results
 
+    def _launch_gang(
+        self,
+        plan: Planned,
+        order: Sequence[str],
+        launch_gang: Callable[[Sequence[LaunchSpec]], list[ReplicaHandle]],
+    ) -> list[_Result]:
+        replicas = [plan.job.replica(name) for name in order]
+        try:
+            specs = [self.launcher.launch_spec(plan.job, plan.spec, r) for r in replicas]
+            handles = launch_gang(specs)
+        except Exception as exc:
+            log.warning("could not start the gang of %s: %s", plan.job.key, exc)
+            error = f"{type(exc).__name__}: {exc}"
+            return [
+                _Result(plan.job, r.name, r.launch_id or "", None, error=error, requeue=True)
+                for r in replicas
+            ]
+        if os.environ.get(FAULT_VAR) == "exit":
+            os._exit(FAULT_EXIT_CODE)
+        return [
+            self._seen(plan.job, r.name, r.launch_id or "", handle)
+            for r, handle in zip(replicas, handles, strict=True)
+        ]
+
     def _seen(self, job: JobSnapshot, name: str, launch_id: str, handle: ReplicaHandle) -> _Result:
         try:
             pid = self.engine.observe(handle).pid
@@ -126,7 +165,11 @@ class Launches:
         try:
             with self.store.transaction() as tx:
                 rows = {r.id: r for r in tx.jobs_by_id(sorted({x.job.id for x in results}))}
-                for result in results:
+                for result in [r for r in results if r.requeue]:
+                    row = rows.pop(result.job.id, None)
+                    if row is not None:
+                        unwanted.extend(_requeue(tx, row, result.error, now))
+                for result in [r for r in results if not r.requeue]:
                     row = rows.get(result.job.id)
                     replica = _intended(row, result)
                     if replica is None or row is None:
@@ -163,6 +206,23 @@ class Launches:
             self.engine.kill(handle)
         except Exception:
             log.exception("could not kill an unwanted launch %s", handle)
+
+
+def _requeue(tx: Tx, row: JobRow, error: str, now: float) -> list[ReplicaHandle]:
+    """Put a job whose gang could not be bound back in its queue, holding nothing; the
+    handles of any replica it still had, to kill."""
+    if row.outcome is not None or row.deleted_at is not None:
+        return []  # it ends anyway: its lifecycle records that
+    handles = []
+    for replica in list(row.replicas):
+        seen = replica_snapshot(replica)
+        if seen.handle is not None and not seen.phase.is_terminal:
+            handles.append(seen.handle)
+        tx.delete_replica(row, replica)
+    row.master_port = None
+    message = f"the gang could not be bound whole and was requeued: {error}"
+    transition(tx, row, JobPhase.PENDING, "BindFailed", message, now, warning=True)
+    return handles
 
 
 def _intended(row: JobRow | None, result: _Result) -> ReplicaRow | None:

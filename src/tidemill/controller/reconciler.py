@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import OperationalError
 
-from tidemill.api.cluster import ClusterSpec, QueueSpec, this_machine
+from tidemill.api.cluster import ClusterSpec, NodeSpec, QueueSpec, this_machine
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType, JobPhase, JobView
@@ -31,6 +31,7 @@ from tidemill.controller.applier import Applier
 from tidemill.controller.conditions import set_condition
 from tidemill.controller.deletion import Deleter
 from tidemill.controller.elastic import initial_desired
+from tidemill.controller.inventory import check_engine_admits, discovered
 from tidemill.controller.launcher import Launcher
 from tidemill.controller.launches import Launches
 from tidemill.controller.lifecycle import LifecycleConfig
@@ -111,13 +112,21 @@ class Controller:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._specs: dict[str, TrainingJob] = {}
+        self._inventory_version: int | None = None
         self._record_cluster()
 
     # ----------------------------------------------------------------- lifecycle
 
+    def nodes(self) -> list[NodeSpec]:
+        """The nodes jobs may use now: the engine's, when it finds them, else the declared."""
+        engine = discovered(self.engine)
+        return self.cluster.all_nodes() if engine is None else engine.nodes()
+
     def _record_cluster(self) -> None:
-        """Write the declared nodes and queues; tenant queues made on first use stay."""
-        nodes = self.cluster.all_nodes()
+        """Write the nodes and the declared queues; tenant queues made on first use stay."""
+        engine = discovered(self.engine)
+        self._inventory_version = None if engine is None else engine.version
+        nodes = self.nodes()
         with self.store.transaction() as tx:
             tx.replace_nodes([n.model_dump(mode="json", by_alias=True) for n in nodes])
             for queue in self.cluster.queues:
@@ -158,6 +167,7 @@ class Controller:
     def submit(self, job: TrainingJob, *, actor: str = INTERNAL_ACTOR) -> str:
         """Queue a job; raises SpecError (won't fit here) or ConflictError (name taken).
         ``actor`` (who asked) is named in the event."""
+        check_engine_admits(self.engine, job)
         with self.store.transaction() as tx:
             existing = tx.job(job.metadata.namespace, job.metadata.name)
             if existing is not None and existing.deleted_at is not None:
@@ -171,7 +181,7 @@ class Controller:
                     f"`tidemill delete {job.metadata.name}` or choose another metadata.name"
                 )
             queues = {q.name: QueueSpec.model_validate(q.spec) for q in tx.queues()}
-            admission = admit(job, self.cluster.all_nodes(), queues, self.cluster.priority_classes)
+            admission = admit(job, self.nodes(), queues, self.cluster.priority_classes)
             if admission.create_queue:
                 spec = QueueSpec(name=admission.queue)
                 tx.put_queue(spec.name, spec.model_dump(mode="json", by_alias=True), False)
@@ -206,7 +216,8 @@ class Controller:
         """What submit would queue, without queuing it (admission checks included)."""
         with self.store.read() as tx:
             queues = {q.name: QueueSpec.model_validate(q.spec) for q in tx.queues()}
-        admission = admit(job, self.cluster.all_nodes(), queues, self.cluster.priority_classes)
+        check_engine_admits(self.engine, job)
+        admission = admit(job, self.nodes(), queues, self.cluster.priority_classes)
         return JobView(
             name=job.metadata.name,
             namespace=job.metadata.namespace,
@@ -316,7 +327,20 @@ class Controller:
             self.on_cycle(stats)
         return stats
 
+    def _sync_inventory(self) -> None:
+        """Write the engine's nodes when what it saw changed (schedules on the next pass)."""
+        engine = discovered(self.engine)
+        if engine is None or engine.version == self._inventory_version:
+            return
+        version = engine.version
+        nodes = engine.nodes()
+        with self.store.transaction() as tx:
+            tx.replace_nodes([n.model_dump(mode="json", by_alias=True) for n in nodes])
+        self._inventory_version = version
+        self._schedule_due.set()
+
     def _cycle_once(self, stats: CycleStats) -> None:
+        self._sync_inventory()
         if self.applier.run():
             self._schedule_due.set()
         now = self.clock()

@@ -28,10 +28,17 @@ class LaunchSpec:
     argv: tuple[str, ...]
     env: dict[str, str]
     working_dir: str
+    """the folder the command starts in; empty: the engine's default (the server's
+    folder locally, the image's on Kubernetes)"""
     node: str
     gpu_ids: tuple[int, ...] = ()
     attempt: int = 0
     image: str | None = None
+    cpu: float = 0.0
+    """cores the scheduler reserved for the replica (the pod's request and limit)"""
+    memory_bytes: int = 0
+    gpus: float = 0.0
+    """whole devices, or the share of one device (below 1)"""
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,10 @@ class Engine(Protocol):
         """A file holding the replica's stdout and stderr, if the engine keeps one."""
         ...
 
-    def host(self, node: str) -> str:
-        """The address other replicas reach a replica on ``node`` by."""
+    def replica_host(self, job: str, role: str, index: int, node: str) -> str:
+        """The address other replicas reach replica ``role-index`` of ``job``
+        (``namespace/name``) by, placed on ``node``: a host of the machine, or a DNS name
+        that exists before the replica starts."""
         ...
 
     def free_port(self, node: str) -> int:

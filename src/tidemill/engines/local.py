@@ -159,7 +159,7 @@ class LocalEngine:
             "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in spec.gpu_ids),
             **spec.env,
         }
-        return LaunchPlan(argv=tuple(argv), env=env, working_dir=spec.working_dir)
+        return LaunchPlan(argv=tuple(argv), env=env, working_dir=spec.working_dir or os.getcwd())
 
     def launch(self, spec: LaunchSpec) -> ReplicaHandle:
         """Start the replica; a ``launch_id`` that already started one is refused."""
@@ -229,7 +229,7 @@ class LocalEngine:
         """Where the launch ``spec.launch_id`` keeps its files, and its processes' uid."""
         return launch_files(self.state_dir, spec)
 
-    def host(self, node: str) -> str:
+    def replica_host(self, job: str, role: str, index: int, node: str) -> str:
         """Every node of the local engine is this machine."""
         return LOOPBACK
 

@@ -14,7 +14,10 @@ from typing import cast
 
 from tidemill.engines.base import Engine
 
-ENGINES = {"local": "tidemill.engines.local:LocalEngine"}
+ENGINES = {
+    "local": "tidemill.engines.local:LocalEngine",
+    "kubernetes": "tidemill.engines.kubernetes.engine:KubernetesEngine",
+}
 """Engine name -> ``module:class``; the class takes ``(state_dir, **options)``."""
 DEFAULT_ENGINE = "local"
 
@@ -27,7 +30,7 @@ def engine_names() -> list[str]:
     """The names :func:`create_engine` accepts.
 
     >>> engine_names()
-    ['local']
+    ['kubernetes', 'local']
     """
     return sorted(ENGINES)
 

@@ -37,7 +37,7 @@ def main() -> int:
         asyncio.run(serve(config))
     except OSError as exc:
         print(
-            f"tidemill-master: cannot listen on {config.host}:{config.port}: {exc}",
+            f"tidemill-master: cannot listen on {config.bind_host}:{config.port}: {exc}",
             file=sys.stderr,
         )
         return 1

@@ -5,6 +5,9 @@ Set by the controller: ``TIDEMILL_JOB`` (``namespace/name``), ``TIDEMILL_MASTER_
 (the control plane; absent in tests), ``TIDEMILL_ELASTIC_MIN``/``_MAX`` (bounds of the
 worker collective), ``TIDEMILL_DATA`` (the job's ``spec.data``, as JSON) and, for
 tests, ``TIDEMILL_MASTER_STATE_FILE`` (persist to a file instead of the control plane).
+Engines whose replicas have their own address (Kubernetes pods) also set
+``TIDEMILL_MASTER_HOST`` (the name workers reach it by; default 127.0.0.1) and
+``TIDEMILL_MASTER_BIND`` (the address to listen on; default the host).
 Deadlines have defaults and may be tuned per job:
 ``TIDEMILL_ELASTIC_TIMEOUT_S``, ``TIDEMILL_ELASTIC_SETTLE_S``,
 ``TIDEMILL_ELASTIC_REGISTER_TIMEOUT_S``, ``TIDEMILL_ELASTIC_RECONNECT_TIMEOUT_S``,
@@ -32,6 +35,9 @@ class MasterConfig:
     port: int
     rules: Rules
     host: str = "127.0.0.1"
+    """the address workers reach this master and its c10d store by"""
+    bind_host: str = "127.0.0.1"
+    """the address it listens on (``0.0.0.0`` in a pod, whose address is its own)"""
     server: str | None = None
     state_file: str | None = None
     heartbeat_timeout_s: float = 15.0
@@ -98,10 +104,13 @@ class MasterConfig:
                 problems.append(f"TIDEMILL_DATA is not a valid spec.data: {exc}")
         if problems:
             raise MasterConfigError("cannot start the job master:\n  " + "\n  ".join(problems))
+        host = env.get("TIDEMILL_MASTER_HOST") or "127.0.0.1"
         return cls(
             job=job,
             port=port,
             rules=rules,
+            host=host,
+            bind_host=env.get("TIDEMILL_MASTER_BIND") or host,
             server=env.get("TIDEMILL_SERVER") or None,
             state_file=env.get("TIDEMILL_MASTER_STATE_FILE") or None,
             heartbeat_timeout_s=heartbeat,

@@ -94,10 +94,11 @@ class MasterServer:
             self.data = DataService(self.config.data, (saved or {}).get("data"), self._event)
         self.unresponsive = dict((saved or {}).get("unresponsive") or {})
         self._server = await asyncio.start_server(
-            self._serve, self.config.host, self.config.port, limit=MAX_LINE_BYTES
+            self._serve, self.config.bind_host, self.config.port, limit=MAX_LINE_BYTES
         )
         log(
-            f"job {self.config.job}: listening on {self.config.host}:{self.config.port}, "
+            f"job {self.config.job}: listening on {self.config.bind_host}:{self.config.port} "
+            f"as {self.config.host}, "
             f"c10d store on port {store_port}, workers {rules.min_workers}.."
             f"{rules.max_workers}, "
             + (

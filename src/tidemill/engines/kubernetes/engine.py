@@ -1,0 +1,462 @@
+"""The Kubernetes engine: every replica a pod, placed by tidemill's scheduler.
+
+A launch makes the job's objects once (its TrainingJob object, which owns the rest; a
+headless Service; a Secret with the job's credential; a PodGroup under Volcano), then
+the pod (``schedulerName: tidemill``, unbound), then binds it through ``pods/binding``
+to the node the scheduler chose. :meth:`launch_gang` creates every pod of a gang before
+binding any and deletes them all if one fails, so no gang ever holds part of its nodes.
+
+Pods are observed from an informer's copy (no API call per replica per cycle). A pod
+that cannot start (image pull, bad config) or was evicted or lost with its node is a
+lost replica: its restart policy decides, as for a crashed process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from tidemill.api.cluster import NodeSpec
+from tidemill.api.job import TrainingJob
+from tidemill.engines.base import LaunchPlan, LaunchSpec, Observation, ReplicaHandle
+from tidemill.engines.kubernetes import names
+from tidemill.engines.kubernetes.cluster import Cluster
+from tidemill.engines.kubernetes.informer import Informer
+from tidemill.engines.kubernetes.inventory import is_ours, node_specs
+from tidemill.engines.kubernetes.manifests import (
+    TERMINATION_GRACE_S,
+    TOKEN_VAR,
+    Owner,
+    binding_manifest,
+    pod_manifest,
+    podgroup_manifest,
+    secret_manifest,
+    service_manifest,
+    trainingjob_object,
+)
+from tidemill.engines.kubernetes.options import KubernetesOptions
+
+log = logging.getLogger(__name__)
+
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "CrashLoopBackOff",
+    }
+)
+"""Waiting reasons of a container that will not start by itself."""
+PORTS = (20000, 32000)
+"""Ports handed out for a job's master and rendezvous: a pod has its own address, so
+any port works; distinct ones keep pods that share an address (tests) apart."""
+SYNC_TIMEOUT_S = 30.0
+
+
+class GangBindError(RuntimeError):
+    """A gang could not be created and bound whole; everything it made was deleted."""
+
+
+class KubernetesEngine:
+    """Runs replicas as pods on the cluster of ``options`` (see :mod:`.options`)."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        state_dir: Path,
+        options: KubernetesOptions | None = None,
+        cluster: Cluster | None = None,
+        relist_s: float = 60.0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.options = options or KubernetesOptions()
+        self.cluster = cluster or Cluster(self.options)
+        self.version = 0
+        """bumped on every change the informers see: nodes are recomputed only then"""
+        self._nodes_cache: tuple[int, list[NodeSpec]] | None = None
+        self._lock = threading.Lock()
+        self._owners: dict[str, Owner] = {}
+        self._next_port = random.randrange(*PORTS)
+        self.document_of: Callable[[str], dict[str, Any] | None] = lambda uid: None
+        """job uid -> its job file as stored (set by the server; makes TrainingJob objects
+        for jobs submitted through tidemill)"""
+        core = self.cluster.core
+        self.pods = Informer(
+            self.cluster, "pods", core.list_pod_for_all_namespaces, self._pod_changed, relist_s
+        )
+        self.nodes_informer = Informer(
+            self.cluster, "nodes", core.list_node, self._node_changed, relist_s
+        )
+        self.pods.start()
+        self.nodes_informer.start()
+        self.nodes_informer.wait_synced(SYNC_TIMEOUT_S)
+        self.pods.wait_synced(SYNC_TIMEOUT_S)
+
+    # ------------------------------------------------------------------ inventory
+
+    def _node_changed(self, node: dict[str, Any] | None) -> None:
+        with self._lock:
+            self.version += 1
+
+    def _pod_changed(self, pod: dict[str, Any] | None) -> None:
+        """Only pods tidemill does not manage change what nodes offer it."""
+        if pod is None or not is_ours(pod):
+            self._node_changed(None)
+
+    def nodes(self) -> list[NodeSpec]:
+        """The usable nodes and what they have left for tidemill (see :mod:`.inventory`)."""
+        with self._lock:
+            version = self.version
+            cached = self._nodes_cache
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        specs = node_specs(self.nodes_informer.snapshot(), self.pods.snapshot(), self.options)
+        with self._lock:
+            self._nodes_cache = (version, specs)
+        return specs
+
+    def problem(self) -> str | None:
+        """Why the cluster cannot be used now (for ``/healthz``), or None."""
+        if not (self.nodes_informer.synced.is_set() and self.pods.synced.is_set()):
+            return "Kubernetes inventory not listed yet: " + (self.cluster.problem() or "waiting")
+        return self.cluster.problem()
+
+    def admit(self, job: TrainingJob) -> list[tuple[str, str]]:
+        """What in ``job`` this cluster cannot run, as (field path, problem)."""
+        problems = []
+        namespace = job.metadata.namespace
+        if self.options.namespaces and namespace not in self.options.namespaces:
+            allowed = ", ".join(self.options.namespaces)
+            problems.append(
+                (
+                    "metadata.namespace",
+                    f"{namespace!r} is not a namespace this server's Kubernetes engine may "
+                    f"use (allowed: {allowed}); submit to one of those",
+                )
+            )
+        for name, role in job.spec.roles.items():
+            if not (role.image or self.options.default_image):
+                problems.append(
+                    (
+                        f"spec.roles.{name}.image",
+                        "the Kubernetes engine needs a container image; set one, or start "
+                        "the server with --default-image",
+                    )
+                )
+            if 0 < role.resources.gpu < 1 and self.options.gpu_sharing == "none":
+                problems.append(
+                    (
+                        f"spec.roles.{name}.resources.gpu",
+                        f"{role.resources.gpu:g} of a GPU needs a sharing device plugin; ask "
+                        "for whole GPUs or start the server with --gpu-sharing "
+                        "hami|time-slicing",
+                    )
+                )
+        return problems
+
+    # ------------------------------------------------------------------ launching
+
+    def dry_run(self, spec: LaunchSpec) -> LaunchPlan:
+        owner = self._owners.get(spec.job_uid) or Owner(names.split_key(spec.job)[1], spec.job_uid)
+        manifest = pod_manifest(spec, owner, self.options)
+        container = manifest["spec"]["containers"][0]
+        env = {item["name"]: item.get("value", "") for item in container["env"]}
+        return LaunchPlan(
+            argv=tuple(container["command"]),
+            env=env,
+            working_dir=container.get("workingDir", ""),
+            manifest=manifest,
+        )
+
+    def launch(self, spec: LaunchSpec) -> ReplicaHandle:
+        return self.launch_gang([spec])[0]
+
+    def launch_gang(self, specs: Sequence[LaunchSpec]) -> list[ReplicaHandle]:
+        """Create every pod, then bind every pod; on any failure delete what was made."""
+        created: list[tuple[LaunchSpec, dict[str, Any]]] = []
+        try:
+            for spec in specs:
+                created.append((spec, self._create_pod(spec)))
+            if self.options.gang_scheduler == "tidemill":
+                for spec, pod in created:
+                    self._bind(spec, pod)
+        except Exception as exc:
+            for _, pod in created:
+                self._delete(pod["metadata"]["namespace"], pod["metadata"]["name"], 0)
+            replicas = ", ".join(f"{s.role}-{s.index}" for s in specs)
+            raise GangBindError(
+                f"{specs[0].job}: could not create and bind {replicas}: {exc}; "
+                f"deleted the {len(created)} pod(s) made"
+            ) from exc
+        return [_handle(spec, pod) for spec, pod in created]
+
+    def _create_pod(self, spec: LaunchSpec) -> dict[str, Any]:
+        owner = self._ensure_job(spec)
+        manifest = pod_manifest(spec, owner, self.options)
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        try:
+            pod: dict[str, Any] = self.cluster.call(
+                f"create pod {namespace}/{name}",
+                self.cluster.core.create_namespaced_pod,
+                namespace,
+                manifest,
+            )
+            return pod
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing: dict[str, Any] = self.cluster.call(
+            f"read pod {namespace}/{name}", self.cluster.core.read_namespaced_pod, name, namespace
+        )
+        labels = existing["metadata"].get("labels") or {}
+        if labels.get(names.LAUNCH_LABEL) != names.label_value(spec.launch_id):
+            raise RuntimeError(f"pod {namespace}/{name} exists and is not launch {spec.launch_id}")
+        return existing
+
+    def _bind(self, spec: LaunchSpec, pod: dict[str, Any]) -> None:
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        bound = (pod.get("spec") or {}).get("nodeName")
+        if bound == spec.node:
+            return
+        if bound:
+            raise RuntimeError(f"pod {namespace}/{name} is bound to {bound}, not {spec.node}")
+        self.cluster.call(
+            f"bind pod {namespace}/{name} to {spec.node}",
+            self.cluster.core.create_namespaced_pod_binding,
+            name,
+            namespace,
+            binding_manifest(name, namespace, spec.node),
+        )
+
+    def _ensure_job(self, spec: LaunchSpec) -> Owner:
+        """The job's TrainingJob object (made if the job came through tidemill), then its
+        Service, Secret and PodGroup; once per job per server."""
+        cached = self._owners.get(spec.job_uid)
+        if cached is not None:
+            return cached
+        namespace, name = names.split_key(spec.job)
+        obj = self._job_object(spec, namespace, name)
+        owner = Owner(name, obj["metadata"]["uid"])
+        children = [service_manifest(spec.job, spec.job_uid, owner, self.options)]
+        token = spec.env.get(TOKEN_VAR)
+        if token:
+            children.append(secret_manifest(spec.job, spec.job_uid, token, owner, self.options))
+        if self.options.gang_scheduler == "volcano":
+            members = int(spec.env.get("WORLD_SIZE", "1") or 1)
+            children.append(podgroup_manifest(spec.job, spec.job_uid, members, owner, self.options))
+        for child in children:
+            self._create_child(namespace, child)
+        self._owners[spec.job_uid] = owner
+        return owner
+
+    def _job_object(self, spec: LaunchSpec, namespace: str, name: str) -> dict[str, Any]:
+        custom = self.cluster.custom
+        try:
+            obj: dict[str, Any] = self.cluster.call(
+                f"read trainingjob {namespace}/{name}",
+                custom.get_namespaced_custom_object,
+                names.GROUP,
+                names.VERSION,
+                namespace,
+                names.PLURAL,
+                name,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            document = self.document_of(spec.job_uid)
+            if document is None:
+                raise RuntimeError(f"job {spec.job} ({spec.job_uid}) is not in the store") from exc
+            created: dict[str, Any] = self.cluster.call(
+                f"create trainingjob {namespace}/{name}",
+                custom.create_namespaced_custom_object,
+                names.GROUP,
+                names.VERSION,
+                namespace,
+                names.PLURAL,
+                trainingjob_object(document, spec.job_uid),
+            )
+            return created
+        uid = (obj["metadata"].get("annotations") or {}).get(names.UID_ANNOTATION)
+        if uid != spec.job_uid:
+            raise RuntimeError(
+                f"TrainingJob {namespace}/{name} belongs to tidemill job {uid or '(none yet)'}, "
+                f"not {spec.job_uid}; waiting for it to be deleted or adopted"
+            )
+        return obj
+
+    def _create_child(self, namespace: str, manifest: dict[str, Any]) -> None:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        core, custom = self.cluster.core, self.cluster.custom
+        methods: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
+            "Service": (core.create_namespaced_service, (namespace, manifest)),
+            "Secret": (core.create_namespaced_secret, (namespace, manifest)),
+            "PodGroup": (
+                custom.create_namespaced_custom_object,
+                ("scheduling.volcano.sh", "v1beta1", namespace, "podgroups", manifest),
+            ),
+        }
+        method, args = methods[kind]
+        try:
+            self.cluster.call(f"create {kind} {namespace}/{name}", method, *args)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def forget_job(self, job_uid: str) -> None:
+        """The job's objects are gone (or going): make them again if it runs again."""
+        self._owners.pop(job_uid, None)
+
+    # ------------------------------------------------------------------ running
+
+    def adopt(self, spec: LaunchSpec) -> ReplicaHandle | None:
+        """The pod of launch ``spec.launch_id``; an unbound one holds nothing and is
+        deleted (the launch is made again)."""
+        namespace = names.split_key(spec.job)[0]
+        name = names.pod_name(spec.job, spec.role, spec.index, spec.launch_id)
+        pod = self.pods.get(namespace, name) or self._read_pod(namespace, name)
+        if pod is None or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        if self.options.gang_scheduler == "tidemill" and not pod["spec"].get("nodeName"):
+            self._delete(namespace, name, 0)
+            return None
+        return _handle(spec, pod)
+
+    def observe(self, handle: ReplicaHandle) -> Observation:
+        namespace, name = str(handle.data["namespace"]), str(handle.data["pod"])
+        pod = self.pods.get(namespace, name) or self._read_pod(namespace, name)
+        if pod is None:
+            return Observation(
+                running=False,
+                message=f"pod {namespace}/{name} is gone (deleted, or lost with its node)",
+            )
+        status = pod.get("status") or {}
+        phase = status.get("phase")
+        terminated, waiting = _container_state(status)
+        if phase == "Succeeded":
+            return Observation(running=False, exit_code=0)
+        if phase == "Failed":
+            if terminated is not None and status.get("reason") != "Evicted":
+                message = terminated.get("message") or terminated.get("reason") or ""
+                return Observation(
+                    False, int(terminated.get("exitCode", 1)), message=message.strip()
+                )
+            reason = status.get("reason") or "Failed"
+            return Observation(False, message=f"pod {name} {reason}: {status.get('message', '')}")
+        if waiting is not None and waiting.get("reason") in STUCK_REASONS:
+            self._delete(namespace, name, 0)
+            reason, detail = waiting["reason"], waiting.get("message", "")
+            return Observation(False, message=f"pod {name} cannot start: {reason}: {detail}")
+        return Observation(running=True)
+
+    def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            pod: dict[str, Any] = self.cluster.call(
+                f"read pod {namespace}/{name}",
+                self.cluster.core.read_namespaced_pod,
+                name,
+                namespace,
+            )
+            return pod
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _delete(self, namespace: str, name: str, grace_s: int) -> None:
+        try:
+            self.cluster.call(
+                f"delete pod {namespace}/{name}",
+                self.cluster.core.delete_namespaced_pod,
+                name,
+                namespace,
+                grace_period_seconds=grace_s,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def terminate(self, handle: ReplicaHandle) -> None:
+        """Delete the pod with its grace: SIGTERM now (an elastic worker leaves at its
+        next step), SIGKILL from the kubelet when the grace runs out."""
+        self._delete(str(handle.data["namespace"]), str(handle.data["pod"]), TERMINATION_GRACE_S)
+
+    def kill(self, handle: ReplicaHandle) -> None:
+        self._delete(str(handle.data["namespace"]), str(handle.data["pod"]), 0)
+
+    def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
+        namespace, name = str(handle.data["namespace"]), str(handle.data["pod"])
+        self._delete(namespace, name, math.ceil(grace_s))
+        deadline = time.monotonic() + grace_s + 30
+        while time.monotonic() < deadline:
+            if self._read_pod(namespace, name) is None:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"pod {namespace}/{name} still exists {grace_s + 30:g} s after delete")
+
+    def log_path(self, handle: ReplicaHandle) -> str | None:
+        """Pods' logs are read through the API (:meth:`read_log`), not from a file."""
+        return None
+
+    def read_log(
+        self, handle: ReplicaHandle, follow: bool = False, tail_lines: int | None = None
+    ) -> Iterator[bytes]:
+        """The pod's output through ``pods/log`` (``follow``: until the container ends)."""
+        namespace, name = str(handle.data["namespace"]), str(handle.data["pod"])
+        extra: dict[str, Any] = {} if tail_lines is None else {"tail_lines": tail_lines}
+        response: Any = self.cluster.core.read_namespaced_pod_log(
+            name, namespace, follow=follow, _preload_content=False, **extra
+        )
+        try:
+            yield from response.stream(64 * 1024)
+        finally:
+            response.release_conn()
+
+    def replica_host(self, job: str, role: str, index: int, node: str) -> str:
+        """The pod's DNS name under the job's headless Service (exists before it is ready)."""
+        return names.replica_dns(job, role, index)
+
+    def free_port(self, node: str) -> int:
+        with self._lock:
+            port = self._next_port
+            self._next_port = PORTS[0] if port + 1 >= PORTS[1] else port + 1
+        return port
+
+    def close(self) -> None:
+        self.pods.stop()
+        self.nodes_informer.stop()
+        self.cluster.api_client.close()  # type: ignore[no-untyped-call]
+
+
+def _handle(spec: LaunchSpec, pod: dict[str, Any]) -> ReplicaHandle:
+    meta = pod["metadata"]
+    return ReplicaHandle(
+        engine="kubernetes",
+        data={
+            "namespace": meta["namespace"],
+            "pod": meta["name"],
+            "uid": meta.get("uid", ""),
+            "node": spec.node,
+            "job_uid": spec.job_uid,
+        },
+    )
+
+
+def _container_state(status: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(terminated, waiting) state of the pod's container, when it is in one."""
+    statuses = status.get("containerStatuses") or []
+    if not statuses:
+        return None, None
+    state = statuses[0].get("state") or {}
+    return state.get("terminated"), state.get("waiting")
