@@ -155,6 +155,9 @@ class Tx:
         )
         return self.session.scalars(stmt).first()
 
+    def job_by_uid(self, uid: str) -> JobRow | None:
+        return self.session.scalars(select(JobRow).where(JobRow.uid == uid)).first()
+
     def jobs_named(self, name: str) -> list[JobRow]:
         stmt = select(JobRow).where(JobRow.name == name).options(selectinload(JobRow.replicas))
         return list(self.session.scalars(stmt))

@@ -31,6 +31,7 @@ from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.cluster import Cluster
 from tidemill.engines.kubernetes.informer import Informer
 from tidemill.engines.kubernetes.inventory import is_ours, node_specs
+from tidemill.engines.kubernetes.job_objects import JobControl, JobObjects
 from tidemill.engines.kubernetes.manifests import (
     TERMINATION_GRACE_S,
     TOKEN_VAR,
@@ -80,6 +81,8 @@ class KubernetesEngine:
         relist_s: float = 60.0,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.relist_s = relist_s
+        self.job_objects: JobObjects | None = None
         self.options = options or KubernetesOptions()
         self.cluster = cluster or Cluster(self.options)
         self.version = 0
@@ -314,6 +317,19 @@ class KubernetesEngine:
             if exc.status != 409:
                 raise
 
+    def attach(self, control: JobControl) -> None:
+        """Serve the control plane ``control``: TrainingJob objects made for its jobs,
+        ``kubectl`` ones submitted to it, statuses written back, leaked pods deleted."""
+        store = control.store
+
+        def document_of(uid: str) -> dict[str, Any] | None:
+            with store.read() as tx:
+                row = tx.job_by_uid(uid)
+                return None if row is None else dict(row.spec)
+
+        self.document_of = document_of
+        self.job_objects = JobObjects(self.cluster, self.pods, control, self.relist_s).start()
+
     def forget_job(self, job_uid: str) -> None:
         """The job's objects are gone (or going): make them again if it runs again."""
         self._owners.pop(job_uid, None)
@@ -434,6 +450,8 @@ class KubernetesEngine:
         return port
 
     def close(self) -> None:
+        if self.job_objects is not None:
+            self.job_objects.stop()
         self.pods.stop()
         self.nodes_informer.stop()
         self.cluster.api_client.close()  # type: ignore[no-untyped-call]

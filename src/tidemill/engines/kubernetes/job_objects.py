@@ -1,0 +1,312 @@
+"""TrainingJob objects and tidemill's store, kept in step (``kubectl`` and ``tidemill``
+reach the same jobs).
+
+- An object made with ``kubectl apply`` (no ``tidemill.io/uid`` annotation) is submitted
+  to the controller and annotated with the job's uid; a refusal is written to its status
+  (``Failed`` and the reasons), once per generation.
+- An annotated object whose job has left the store (``tidemill delete``, TTL) is deleted:
+  Kubernetes' garbage collector then removes its pods, Service, Secret and PodGroup.
+- An annotated object deleted with ``kubectl delete`` deletes its job.
+- Every job's phase, conditions and replica counts are written to its object's status
+  subresource when they change.
+- A pod tidemill labelled whose launch is no longer the current launch of any replica in
+  the store (a launch cut short by a crash, a replica forgotten) is deleted: no pod leaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kubernetes.client.exceptions import ApiException
+
+from tidemill.api.errors import ConflictError, SpecError
+from tidemill.api.job import TrainingJob
+from tidemill.api.status import ReplicaPhase
+from tidemill.engines.kubernetes import names
+from tidemill.engines.kubernetes.cluster import Cluster
+from tidemill.engines.kubernetes.informer import Informer, Obj
+from tidemill.engines.kubernetes.inventory import is_ours
+from tidemill.store.store import Store
+from tidemill.store.tables import JobRow
+
+log = logging.getLogger(__name__)
+
+SYNC_S = 1.0
+ACTIVE = (ReplicaPhase.RUNNING.value, ReplicaPhase.LAUNCHING.value, ReplicaPhase.STOPPING.value)
+KUBECTL_ACTOR = "kubectl (a TrainingJob object)"
+
+
+class JobControl(Protocol):
+    store: Store
+
+    def submit(self, job: TrainingJob, *, actor: str = ...) -> str: ...
+
+    def delete(self, namespace: str, name: str, *, actor: str = ...) -> str: ...
+
+
+def timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def job_status(row: JobRow, generation: int | None) -> dict[str, Any]:
+    """The object's ``status`` for the job in ``row``."""
+    roles = (row.spec.get("spec") or {}).get("roles") or {}
+    replicas: dict[str, dict[str, int]] = {}
+    for role, spec in roles.items():
+        phases = Counter(r.phase for r in row.replicas if r.role == role)
+        replicas[role] = {
+            "desired": int(row.desired.get(role, (spec or {}).get("replicas", 1))),
+            "active": sum(phases[p] for p in ACTIVE),
+            "succeeded": phases[ReplicaPhase.SUCCEEDED.value],
+            "failed": phases[ReplicaPhase.FAILED.value],
+        }
+    status: dict[str, Any] = {
+        "phase": row.phase,
+        "message": row.message,
+        "uid": row.uid,
+        "queue": row.queue,
+        "conditions": [
+            {
+                "type": c["type"],
+                "status": "True" if c["status"] else "False",
+                "reason": c.get("reason") or "",
+                "message": c.get("message") or "",
+                "lastTransitionTime": timestamp(c.get("last_transition_time")),
+            }
+            for c in row.conditions
+        ],
+        "replicas": replicas,
+        "startTime": timestamp(row.started_at),
+        "completionTime": timestamp(row.finished_at),
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def job_of(obj: Obj) -> TrainingJob:
+    """The job an object describes (server-side fields dropped)."""
+    meta = obj.get("metadata") or {}
+    document = {
+        "apiVersion": "tidemill/v1",
+        "kind": names.KIND,
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            **({"labels": meta["labels"]} if meta.get("labels") else {}),
+        },
+        "spec": obj.get("spec") or {},
+    }
+    return TrainingJob.model_validate(document)
+
+
+class JobObjects:
+    """Runs the sync in a thread once a second and whenever an object changes."""
+
+    def __init__(
+        self, cluster: Cluster, pods: Informer, control: JobControl, relist_s: float = 60.0
+    ) -> None:
+        self.cluster = cluster
+        self.pods = pods
+        self.control = control
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._refused: dict[str, int] = {}
+        """object uid -> generation whose refusal was written"""
+        self._seen_uids: set[str] = set()
+        """tidemill job uids seen on an object: a job whose object goes was deleted"""
+        custom = cluster.custom
+        self.objects = Informer(
+            cluster,
+            "trainingjobs",
+            _cluster_list(custom),
+            lambda obj: self._wake.set(),
+            relist_s,
+        )
+        self._thread = threading.Thread(target=self._run, name="tidemill-jobobjects", daemon=True)
+
+    def start(self) -> JobObjects:
+        self.objects.start()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.objects.stop()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(SYNC_S)
+            self._wake.clear()
+            if self._stop.is_set() or not self.objects.synced.is_set():
+                continue
+            try:
+                self.sync_once()
+            except Exception:
+                log.exception("TrainingJob sync failed; retrying")
+
+    def sync_once(self) -> None:
+        # Pods first: a pod in this list was created after its launch was recorded, so
+        # the store read next knows it (a launch made in between is simply not seen).
+        pods = self.pods.snapshot()
+        objects = self.objects.snapshot()
+        with self.control.store.read() as tx:
+            rows = {row.uid: row for row in tx.jobs()}
+            launches = {
+                (names.label_value(row.uid), names.label_value(r.launch_id))
+                for row in rows.values()
+                for r in row.replicas
+                if r.launch_id
+            }
+            statuses = {
+                obj_uid(obj): job_status(rows[uid], generation(obj))
+                for obj in objects
+                if (uid := tidemill_uid(obj)) in rows
+            }
+        present = set()
+        for obj in objects:
+            uid = tidemill_uid(obj)
+            if uid is None:
+                self._adopt(obj)
+            elif uid not in rows:
+                self._delete_object(obj)
+            else:
+                present.add(uid)
+                self._seen_uids.add(uid)
+                status = statuses[obj_uid(obj)]
+                if not _same_status(obj.get("status") or {}, status):
+                    self._write_status(obj, status)
+        for pod in leaked_pods(pods, launches):
+            self._delete_pod(pod)
+        for uid in self._seen_uids - present:
+            row = rows.get(uid)
+            self._seen_uids.discard(uid)
+            if row is not None and row.deleted_at is None:
+                self.control.delete(row.namespace, row.name, actor=KUBECTL_ACTOR)
+
+    def _adopt(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp") or self._refused.get(meta["uid"]) == generation(obj):
+            return
+        try:
+            key = self.control.submit(job_of(obj), actor=KUBECTL_ACTOR)
+        except (SpecError, ConflictError, ValueError) as exc:
+            self._refused[meta["uid"]] = generation(obj) or 0
+            self._write_status(obj, {"phase": "Failed", "message": f"refused: {exc}"})
+            return
+        with self.control.store.read() as tx:
+            namespace, _, name = key.partition("/")
+            row = tx.job(namespace, name)
+            uid = row.uid if row is not None else None
+        if uid is not None:
+            self._patch(obj, {"metadata": {"annotations": {names.UID_ANNOTATION: uid}}})
+
+    def _patch(self, obj: Obj, body: dict[str, Any], status: bool = False) -> None:
+        meta = obj["metadata"]
+        custom = self.cluster.custom
+        method = (
+            custom.patch_namespaced_custom_object_status
+            if status
+            else custom.patch_namespaced_custom_object
+        )
+        try:
+            self.cluster.call(
+                f"patch trainingjob {meta['namespace']}/{meta['name']}",
+                method,
+                names.GROUP,
+                names.VERSION,
+                meta["namespace"],
+                names.PLURAL,
+                meta["name"],
+                body,
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    def _write_status(self, obj: Obj, status: dict[str, Any]) -> None:
+        self._patch(obj, {"status": status}, status=True)
+
+    def _delete_object(self, obj: Obj) -> None:
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp"):
+            return
+        try:
+            self.cluster.call(
+                f"delete trainingjob {meta['namespace']}/{meta['name']}",
+                self.cluster.custom.delete_namespaced_custom_object,
+                names.GROUP,
+                names.VERSION,
+                meta["namespace"],
+                names.PLURAL,
+                meta["name"],
+                propagation_policy="Background",
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+    def _delete_pod(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        log.warning("pod %s/%s: no replica launched it now; deleting it", namespace, name)
+        try:
+            self.cluster.call(
+                f"delete pod {meta['namespace']}/{meta['name']}",
+                self.cluster.core.delete_namespaced_pod,
+                meta["name"],
+                meta["namespace"],
+                grace_period_seconds=0,
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+def leaked_pods(pods: Iterable[Obj], launches: set[tuple[str, str]]) -> list[Obj]:
+    """tidemill's pods whose (job uid, launch id) is no replica's current launch."""
+    leaked = []
+    for pod in pods:
+        if not is_ours(pod) or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        labels = pod["metadata"].get("labels") or {}
+        launch = (labels.get(names.UID_LABEL, ""), labels.get(names.LAUNCH_LABEL, ""))
+        if launch not in launches:
+            leaked.append(pod)
+    return leaked
+
+
+def tidemill_uid(obj: Obj) -> str | None:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    uid = annotations.get(names.UID_ANNOTATION)
+    return str(uid) if uid else None
+
+
+def obj_uid(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def generation(obj: Obj) -> int | None:
+    value = (obj.get("metadata") or {}).get("generation")
+    return int(value) if isinstance(value, int) else None
+
+
+def _same_status(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return all(current.get(k) == v for k, v in wanted.items())
+
+
+def _cluster_list(custom: Any) -> Any:
+    def list_objects(**kwargs: Any) -> Any:
+        return custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.PLURAL, **kwargs)
+
+    return list_objects
