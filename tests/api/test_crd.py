@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -18,6 +18,7 @@ from tidemill.api.crd import (
     MEMORY_PATTERN,
     REGENERATE,
     crd_yaml,
+    main,
     to_custom_object,
     trainingjob_crd,
 )
@@ -146,7 +147,8 @@ def as_json_schema(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def crd_schema() -> dict[str, Any]:
-    return trainingjob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    schema: dict[str, Any] = trainingjob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
 
 
 def crd_validator() -> jsonschema.Draft4Validator:
@@ -178,6 +180,14 @@ def custom_object(path: Path) -> dict[str, Any]:
 def test_the_checked_in_crd_is_the_generated_one() -> None:
     checked_in = (DEPLOY / "crd.yaml").read_text()
     assert checked_in == crd_yaml(), f"deploy/kubernetes/crd.yaml is stale; run: {REGENERATE}"
+
+
+def test_the_module_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    main()
+    printed = capsys.readouterr().out
+    assert printed == crd_yaml()
+    assert REGENERATE in printed.splitlines()[1]
+    assert yaml.safe_load(printed) == trainingjob_crd()
 
 
 def test_the_crd_names_the_resource_as_kubectl_users_expect() -> None:
@@ -377,7 +387,7 @@ def test_quantity_patterns_accept_what_the_parsers_accept(
     assert bool(re.match(pattern, text)) == parsed
 
 
-SERVER_FIELDS = {
+SERVER_FIELDS: dict[str, dict[str, Any]] = {
     "metadata": {
         "uid": "6c9f1a52-0d1b-4f7e-9a51-3f0f0b5a9c11",
         "resourceVersion": "48213",

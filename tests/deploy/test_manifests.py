@@ -154,6 +154,7 @@ def test_the_binding_gives_the_role_to_the_servers_service_account() -> None:
 
 
 def server_container() -> dict[str, Any]:
+    container: dict[str, Any]
     [container] = only("Deployment")["spec"]["template"]["spec"]["containers"]
     return container
 

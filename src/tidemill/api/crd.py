@@ -46,7 +46,9 @@ _QUANTITY_PATTERNS = {
 _INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
 
 _BOUNDS = ("minimum", "maximum", "minLength", "maxLength", "pattern", "minItems", "maxItems")
-_COPIED = ("type", "description", "enum", "format", "required", *_BOUNDS)
+_QUANTITY_KEYS = ("x-kubernetes-int-or-string", "anyOf")
+_COPIED = ("type", "description", "enum", "format", "required", *_BOUNDS, *_QUANTITY_KEYS)
+_EXCLUSIVE = {"exclusiveMinimum": "minimum", "exclusiveMaximum": "maximum"}
 _NESTED = ("properties", "additionalProperties", "items")
 _DROPPED = ("title", "default", "$defs")
 """``default``: tidemill's model applies defaults when it reads an object, so Kubernetes
@@ -105,20 +107,16 @@ def _converted(node: JsonSchemaValue, defs: dict[str, Any], path: str) -> dict[s
         return {**target, **_described(node)}
     if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
         return _union(node, defs, path)
-    unknown = set(node) - {*_COPIED, *_NESTED, *_DROPPED, "const"}
-    unknown -= {"exclusiveMinimum", "exclusiveMaximum"}
-    unknown -= {"x-kubernetes-int-or-string", "anyOf"}
+    unknown = set(node) - {*_COPIED, *_NESTED, *_DROPPED, *_EXCLUSIVE, "const"}
     if unknown:
         raise ValueError(
             f"{path}: the model's JSON schema uses {sorted(unknown)}, which this converter does "
             "not translate; teach tidemill.api.crd the Kubernetes form of it"
         )
-    out = {
-        key: node[key] for key in (*_COPIED, "x-kubernetes-int-or-string", "anyOf") if key in node
-    }
+    out = {key: node[key] for key in _COPIED if key in node}
     if "const" in node:
         out["enum"] = [node["const"]]
-    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+    for key, bound in _EXCLUSIVE.items():
         if key in node:  # JSON Schema's exclusive bound is a number; OpenAPI v3's a flag
             out[bound], out[key] = node[key], True
     if "properties" in node:
@@ -294,6 +292,7 @@ class _PlainDumper(yaml.SafeDumper):
 
 
 def main() -> None:
+    """``python -m tidemill.api.crd``: print the CRD, as kubectl reads it."""
     sys.stdout.write(crd_yaml())
 
 
