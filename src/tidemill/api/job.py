@@ -39,6 +39,12 @@ from tidemill.api.quantity import CpuCores, MemoryBytes
 from tidemill.data._sources import IcebergSource, KafkaSource, ParquetSource
 
 API_VERSION = "tidemill/v1"
+"""What job files say, and what :meth:`TrainingJob.to_document` writes."""
+CRD_GROUP = "tidemill.io"
+CRD_VERSION = "v1"
+CRD_API_VERSION = f"{CRD_GROUP}/{CRD_VERSION}"
+"""The same job as a Kubernetes custom object (``kubectl apply -f job.yaml``)."""
+API_VERSIONS = (API_VERSION, CRD_API_VERSION)
 KIND = "TrainingJob"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 USER_ROLES = ("chief", "worker", "ps", "evaluator")
@@ -339,9 +345,13 @@ class TrainingJob(SpecModel):
     @field_validator("api_version")
     @classmethod
     def _api_version(cls, value: str) -> str:
-        if value != API_VERSION:
-            raise ValueError(f"{shown(value)} is not supported; use '{API_VERSION}'")
-        return value
+        """Both spellings read into one model, which writes ``tidemill/v1`` back."""
+        if value not in API_VERSIONS:
+            raise ValueError(
+                f"{shown(value)} is not supported; use '{API_VERSION}' (a job file) or "
+                f"'{CRD_API_VERSION}' (a Kubernetes custom object)"
+            )
+        return API_VERSION
 
     @field_validator("kind")
     @classmethod

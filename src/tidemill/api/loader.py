@@ -15,23 +15,72 @@ from tidemill.api.cluster import ClusterSpec
 from tidemill.api.data import DataSpec, StageSource
 from tidemill.api.document import check_document, parse_document
 from tidemill.api.errors import FieldError, SpecError, from_validation_error
-from tidemill.api.job import TrainingJob, spec_field_names
-from tidemill.api.limits import MAX_DOCUMENT_BYTES
+from tidemill.api.job import CRD_API_VERSION, KIND, TrainingJob, spec_field_names
+from tidemill.api.limits import MAX_DOCUMENT_BYTES, shown
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SQLITE_FILE = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/|:memory:)(.+)$")
+_SERVER_FIELDS = ("status",)
+_SERVER_METADATA = (
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "generateName",
+    "selfLink",
+)
+"""What the Kubernetes API adds to a custom object (or kubectl to what it applies), none of
+which the job model holds."""
 
 
 def job_from_document(document: dict[str, Any]) -> TrainingJob:
-    """Validate a parsed document; Kubeflow and Volcano kinds are converted first."""
+    """Validate a parsed document; Kubeflow and Volcano kinds are converted first, and a
+    ``tidemill.io/v1`` custom object (``kubectl get tj X -o yaml``) loses its server fields."""
     from tidemill.api.compat import convert_foreign
 
     check_document(document)
+    if document.get("apiVersion") == CRD_API_VERSION:
+        document = without_server_fields(document)
     native = convert_foreign(document)
     try:
         return TrainingJob.model_validate(native)
     except ValidationError as exc:
         raise from_validation_error(exc, spec_field_names()) from None
+
+
+def job_from_custom_object(obj: dict[str, Any]) -> TrainingJob:
+    """Read a TrainingJob custom object as the Kubernetes API returns it.
+
+    Anything other than a ``tidemill.io/v1`` TrainingJob is refused with the usual
+    ``path: message`` errors, as is a spec the model refuses.
+    """
+    problems = [
+        FieldError(
+            field, f"{shown(obj.get(field))} is not a TrainingJob custom object's; use {want!r}"
+        )
+        for field, want in (("apiVersion", CRD_API_VERSION), ("kind", KIND))
+        if obj.get(field) != want
+    ]
+    if problems:
+        raise SpecError(problems)
+    return job_from_document(obj)
+
+
+def without_server_fields(obj: dict[str, Any]) -> dict[str, Any]:
+    """The custom object without what Kubernetes keeps beside the job (status, uid, ...)."""
+    document = {key: value for key, value in obj.items() if key not in _SERVER_FIELDS}
+    metadata = document.get("metadata")
+    if isinstance(metadata, dict):
+        document["metadata"] = {
+            key: value for key, value in metadata.items() if key not in _SERVER_METADATA
+        }
+    return document
 
 
 def load_job_text(text: str, source: str = "<input>") -> TrainingJob:
@@ -135,10 +184,12 @@ def load_cluster_file(path: str | Path) -> ClusterSpec:
 __all__ = [
     "FieldError",
     "SpecError",
+    "job_from_custom_object",
     "job_from_document",
     "load_cluster_file",
     "load_job_file",
     "load_job_text",
     "parse_document",
     "with_data_paths",
+    "without_server_fields",
 ]
