@@ -37,6 +37,16 @@ from tidemill.cli.common import (
     say,
 )
 from tidemill.cli.interrupt import OnceStop, shielded, stop_job
+from tidemill.cli.kubernetes import (
+    AdvertiseOption,
+    ContextOption,
+    GangOption,
+    ImageOption,
+    KubeconfigOption,
+    KubeNamespaceOption,
+    SharingOption,
+    engine_options,
+)
 from tidemill.cli.progress import JobProgress, print_outcome, progress_sink
 from tidemill.cli.scripts import missing_scripts
 from tidemill.client import Client
@@ -100,6 +110,13 @@ def server(
         ),
     ] = False,
     engine: EngineOption = DEFAULT_ENGINE,
+    namespace: KubeNamespaceOption = None,
+    default_image: ImageOption = None,
+    kubeconfig: KubeconfigOption = None,
+    kube_context: ContextOption = None,
+    gang_scheduler: GangOption = "tidemill",
+    gpu_sharing: SharingOption = "hami",
+    advertise_url: AdvertiseOption = None,
 ) -> None:
     """Run the control plane until Ctrl-C or SIGTERM.
 
@@ -108,6 +125,9 @@ def server(
     """
     from tidemill.server.runner import InsecureServer, ServerRunner
 
+    options = engine_options(
+        engine, namespace, default_image, kubeconfig, kube_context, gang_scheduler, gpu_sharing
+    )
     try:
         runner = ServerRunner(
             state_dir,
@@ -118,6 +138,8 @@ def server(
             auth=auth,
             insecure=insecure,
             engine=engine,
+            engine_options=options,
+            advertise_url=advertise_url,
         )
     except InsecureServer as exc:
         fail(str(exc), code=EXIT_INVALID)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from tidemill.api.job import TrainingJob
 from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
 from tidemill.controller.model import JobSnapshot, ReplicaSnapshot
-from tidemill.engines.base import Engine, LaunchSpec
+from tidemill.engines.base import LaunchSpec
 from tidemill.engines.replica_env import COLLECTIVE_ROLES, ReplicaContext, replica_env
 
 DATA_VAR = "TIDEMILL_DATA"
@@ -104,17 +104,22 @@ def data_env(spec: TrainingJob, role: str) -> dict[str, str]:
     return {DATA_VAR: data.model_dump_json(by_alias=True, exclude_none=True)}
 
 
+ReplicaHost = Callable[[str, str, int, str], str]
+"""(job key, role, index, node) -> the address others reach that replica by
+(``Engine.replica_host``)."""
+
+
 class Launcher:
-    """Builds launch specs; ``host`` and the job token are the only inputs besides the
-    job's snapshot."""
+    """Builds launch specs; replica addresses and the job token are the only inputs
+    besides the job's snapshot."""
 
     def __init__(
         self,
-        engine: Engine,
+        replica_host: ReplicaHost,
         server_url: str | None = None,
         job_token: Callable[[str], str] | None = None,
     ) -> None:
-        self.engine = engine
+        self.replica_host = replica_host
         self.server_url = server_url
         self.job_token = job_token
 
@@ -134,7 +139,7 @@ class Launcher:
         role = spec.spec.roles[replica.role]
 
         def host(r: ReplicaSnapshot) -> str:
-            return self.engine.replica_host(job.key, r.role, r.index, r.node)
+            return self.replica_host(job.key, r.role, r.index, r.node)
 
         master = next((r for r in job.replicas if r.role == MASTER_ROLE), None)
         context = ReplicaContext(

@@ -91,7 +91,9 @@ class Controller:
         self.config = config or ControllerConfig()
         self.clock = clock
         self.on_cycle = on_cycle
-        self.launcher = Launcher(engine, self.config.server_url, self.config.job_token)
+        self.launcher = Launcher(
+            engine.replica_host, self.config.server_url, self.config.job_token
+        )
         lifecycle = LifecycleConfig(self.config.stop_grace_s, self.config.drain_grace_s)
         launches = Launches(store, engine, self.launcher, clock)
         self.applier = Applier(

@@ -33,6 +33,8 @@ from tidemill.controller.reconciler import ACTIVE_PHASES, Controller
 from tidemill.scheduler.types import ResourceVector
 from tidemill.server.auth import Caller, Forbidden, Guard, Unauthorized
 from tidemill.server.docs import add_docs
+from tidemill.server.engine_views import engine_problem as problem_of
+from tidemill.server.engine_views import replica_log as log_of
 from tidemill.server.limits import (
     EVENTS_PAGE_MAX,
     INT32_MAX,
@@ -63,6 +65,7 @@ from tidemill.store.tables import (
     EVENT_MESSAGE_MAX_CHARS,
     EVENT_REASON_MAX_CHARS,
     EVENT_REPLICA_MAX_CHARS,
+    ReplicaRow,
 )
 
 STATIC = Path(__file__).parent / "static"
@@ -145,6 +148,14 @@ def create_app(
     ``parser`` parses submitted job files (its owner closes it).
     """
     store = controller.store
+    engine = controller.engine
+
+    def engine_problem() -> str | None:
+        return problem_of(engine)
+
+    def replica_log(replica: ReplicaRow) -> str | None:
+        return log_of(engine, replica)
+
     guard = guard or Guard.open(store, controller.resolve)
     caller_of = Depends(guard.caller)
     limits = limits or Limits()
@@ -220,11 +231,14 @@ def create_app(
     @app.get("/healthz")
     def healthz() -> JSONResponse:
         """{"status": "ok"}; 503 {"status": "degraded", "store": why} while the store
-        cannot write (it recovers by itself once a probe write succeeds)."""
-        problem = store.write_problem()
-        if problem is None:
+        cannot write (it recovers by itself once a probe write succeeds), and
+        {"engine": why} while the engine cannot reach what runs replicas (the Kubernetes
+        API); the state is kept and calls are retried meanwhile."""
+        problems = {"store": store.write_problem(), "engine": engine_problem()}
+        found = {k: v for k, v in problems.items() if v is not None}
+        if not found:
             return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "degraded", "store": problem}, status_code=503)
+        return JSONResponse({"status": "degraded", **found}, status_code=503)
 
     @app.get("/metrics")
     def metrics(caller: Caller = caller_of) -> Response:
@@ -328,20 +342,20 @@ def create_app(
                 row = tx.job(ns, name)
                 replicas = [] if row is None else row.replicas
                 chosen = [
-                    r
+                    (r, path)
                     for r in replicas
-                    if r.log_path
+                    if (path := replica_log(r))
                     and (role is None or r.role == role)
                     and (index is None or r.index == index)
                 ]
                 single = role is not None and index is not None
                 return [
                     LogSource(
-                        path=str(r.log_path),
+                        path=path,
                         prefix="" if single else f"[{r.replica_name}] ",
-                        offset=tail_start(str(r.log_path), tail_lines, limit_bytes),
+                        offset=tail_start(path, tail_lines, limit_bytes),
                     )
-                    for r in chosen
+                    for r, path in chosen
                 ]
 
         initial = sources()

@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -88,11 +89,15 @@ class ServerRunner:
         insecure: bool = False,
         limits: Limits | None = None,
         engine: str = DEFAULT_ENGINE,
+        engine_options: Mapping[str, object] | None = None,
+        advertise_url: str | None = None,
     ) -> None:
         """Raises InsecureServer (a non-loopback host without auth or --insecure) and
         CannotStart (the state folder or the store cannot be written). ``engine`` names
         what runs the replicas (see :func:`tidemill.engines.engine_names`); its state
-        lives in ``state_dir``."""
+        lives in ``state_dir`` and ``engine_options`` go to its constructor.
+        ``advertise_url`` is the URL replicas reach this server by (default: ``url``;
+        on Kubernetes, the server's Service)."""
         check_engine_name(engine)
         if not auth and not insecure and not is_loopback(host):
             raise InsecureServer(host)
@@ -106,7 +111,11 @@ class ServerRunner:
             self.store = Store(store_url or sqlite_url(self.state_dir))
         except StoreUnavailable as exc:
             raise CannotStart(f"cannot write {where}: {exc.cause}") from None
-        self.engine = create_engine(engine, self.state_dir)
+        try:
+            self.engine = create_engine(engine, self.state_dir, **(engine_options or {}))
+        except Exception as exc:
+            self.store.close()
+            raise CannotStart(f"cannot start the {engine} engine: {exc}") from exc
         registry, metrics = make_registry(self.store)
         credentials = JobCredentials.in_folder(self.state_dir)
         config = controller_config or ControllerConfig()
@@ -119,7 +128,7 @@ class ServerRunner:
                 cluster,
                 replace(
                     config,
-                    server_url=config.server_url or self.url,
+                    server_url=config.server_url or advertise_url or self.url,
                     job_token=config.job_token or credentials.token,
                 ),
                 on_cycle=metrics.record,
@@ -128,6 +137,9 @@ class ServerRunner:
             self.engine.close()
             self.store.close()
             raise CannotStart(f"cannot write {where}: {exc.cause}") from None
+        attach = getattr(self.engine, "attach", None)
+        if attach is not None:
+            attach(self.controller)
         guard = Guard(self.store, credentials, self.controller.resolve, enabled=auth)
         self.parser = ParsePool()
         self.app = create_app(self.controller, registry, guard, limits, self.parser)

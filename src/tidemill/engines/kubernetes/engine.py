@@ -18,7 +18,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from tidemill.engines.kubernetes.manifests import (
     trainingjob_object,
 )
 from tidemill.engines.kubernetes.options import KubernetesOptions
+from tidemill.engines.kubernetes.pod_logs import PodLogs
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +92,9 @@ class KubernetesEngine:
         self._lock = threading.Lock()
         self._owners: dict[str, Owner] = {}
         self._next_port = random.randrange(*PORTS)
-        self.document_of: Callable[[str], dict[str, Any] | None] = lambda uid: None
-        """job uid -> its job file as stored (set by the server; makes TrainingJob objects
-        for jobs submitted through tidemill)"""
+        self.job_of: Callable[[str], TrainingJob | None] = lambda uid: None
+        """job uid -> the job (set by :meth:`attach`; makes TrainingJob objects for jobs
+        submitted through tidemill)"""
         core = self.cluster.core
         self.pods = Informer(
             self.cluster, "pods", core.list_pod_for_all_namespaces, self._pod_changed, relist_s
@@ -101,6 +102,7 @@ class KubernetesEngine:
         self.nodes_informer = Informer(
             self.cluster, "nodes", core.list_node, self._node_changed, relist_s
         )
+        self.pod_logs = PodLogs(self.cluster, self.state_dir / "pod-logs", self._pod_ended)
         self.pods.start()
         self.nodes_informer.start()
         self.nodes_informer.wait_synced(SYNC_TIMEOUT_S)
@@ -278,8 +280,8 @@ class KubernetesEngine:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            document = self.document_of(spec.job_uid)
-            if document is None:
+            job = self.job_of(spec.job_uid)
+            if job is None:
                 raise RuntimeError(f"job {spec.job} ({spec.job_uid}) is not in the store") from exc
             created: dict[str, Any] = self.cluster.call(
                 f"create trainingjob {namespace}/{name}",
@@ -288,7 +290,7 @@ class KubernetesEngine:
                 names.VERSION,
                 namespace,
                 names.PLURAL,
-                trainingjob_object(document, spec.job_uid),
+                trainingjob_object(job, spec.job_uid),
             )
             return created
         uid = (obj["metadata"].get("annotations") or {}).get(names.UID_ANNOTATION)
@@ -322,12 +324,12 @@ class KubernetesEngine:
         ``kubectl`` ones submitted to it, statuses written back, leaked pods deleted."""
         store = control.store
 
-        def document_of(uid: str) -> dict[str, Any] | None:
+        def job_of(uid: str) -> TrainingJob | None:
             with store.read() as tx:
                 row = tx.job_by_uid(uid)
-                return None if row is None else dict(row.spec)
+                return None if row is None else TrainingJob.model_validate(row.spec)
 
-        self.document_of = document_of
+        self.job_of = job_of
         self.job_objects = JobObjects(self.cluster, self.pods, control, self.relist_s).start()
 
     def forget_job(self, job_uid: str) -> None:
@@ -422,22 +424,16 @@ class KubernetesEngine:
         raise TimeoutError(f"pod {namespace}/{name} still exists {grace_s + 30:g} s after delete")
 
     def log_path(self, handle: ReplicaHandle) -> str | None:
-        """Pods' logs are read through the API (:meth:`read_log`), not from a file."""
+        """None: a pod's output is read through the API when asked for (:meth:`log_file`)."""
         return None
 
-    def read_log(
-        self, handle: ReplicaHandle, follow: bool = False, tail_lines: int | None = None
-    ) -> Iterator[bytes]:
-        """The pod's output through ``pods/log`` (``follow``: until the container ends)."""
-        namespace, name = str(handle.data["namespace"]), str(handle.data["pod"])
-        extra: dict[str, Any] = {} if tail_lines is None else {"tail_lines": tail_lines}
-        response: Any = self.cluster.core.read_namespaced_pod_log(
-            name, namespace, follow=follow, _preload_content=False, **extra
-        )
-        try:
-            yield from response.stream(64 * 1024)
-        finally:
-            response.release_conn()
+    def log_file(self, handle: ReplicaHandle) -> str:
+        """A file mirroring the pod's output (``pods/log``), followed while it runs."""
+        return self.pod_logs.path(handle)
+
+    def _pod_ended(self, namespace: str, name: str) -> bool:
+        pod = self.pods.get(namespace, name)
+        return pod is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
     def replica_host(self, job: str, role: str, index: int, node: str) -> str:
         """The pod's DNS name under the job's headless Service (exists before it is ready)."""
@@ -452,6 +448,7 @@ class KubernetesEngine:
     def close(self) -> None:
         if self.job_objects is not None:
             self.job_objects.stop()
+        self.pod_logs.close()
         self.pods.stop()
         self.nodes_informer.stop()
         self.cluster.api_client.close()  # type: ignore[no-untyped-call]

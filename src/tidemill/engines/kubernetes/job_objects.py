@@ -26,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tidemill.api.errors import ConflictError, SpecError
 from tidemill.api.job import TrainingJob
+from tidemill.api.loader import job_from_custom_object
 from tidemill.api.status import ReplicaPhase
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.cluster import Cluster
@@ -92,19 +93,10 @@ def job_status(row: JobRow, generation: int | None) -> dict[str, Any]:
 
 
 def job_of(obj: Obj) -> TrainingJob:
-    """The job an object describes (server-side fields dropped)."""
-    meta = obj.get("metadata") or {}
-    document = {
-        "apiVersion": "tidemill/v1",
-        "kind": names.KIND,
-        "metadata": {
-            "name": meta.get("name"),
-            "namespace": meta.get("namespace"),
-            **({"labels": meta["labels"]} if meta.get("labels") else {}),
-        },
-        "spec": obj.get("spec") or {},
-    }
-    return TrainingJob.model_validate(document)
+    """The job an object describes (list items may leave out apiVersion and kind)."""
+    return job_from_custom_object(
+        {"apiVersion": names.API_VERSION, "kind": names.KIND, **obj}
+    )
 
 
 class JobObjects:

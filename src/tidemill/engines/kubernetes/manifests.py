@@ -8,10 +8,11 @@ deleting that object garbage-collects them all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tidemill.api.crd import to_custom_object
+from tidemill.api.job import TrainingJob
 from tidemill.engines.base import LaunchSpec
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.options import GPU_RESOURCE, KubernetesOptions
@@ -250,19 +251,9 @@ def binding_manifest(pod: str, namespace: str, node: str) -> Manifest:
     }
 
 
-def trainingjob_object(document: Mapping[str, Any], uid: str) -> Manifest:
-    """The TrainingJob object of a job submitted through tidemill (``document`` is the
-    job file as stored), marked with its tidemill uid."""
-    metadata = dict(document.get("metadata") or {})
-    annotations = {**(metadata.get("annotations") or {}), names.UID_ANNOTATION: uid}
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "metadata": {
-            "name": metadata.get("name"),
-            "namespace": metadata.get("namespace", "default"),
-            "labels": dict(metadata.get("labels") or {}),
-            "annotations": annotations,
-        },
-        "spec": dict(document.get("spec") or {}),
-    }
+def trainingjob_object(job: TrainingJob, uid: str) -> Manifest:
+    """The TrainingJob object of a job submitted through tidemill, marked with its uid."""
+    obj = to_custom_object(job)
+    metadata = dict(obj.get("metadata") or {})
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), names.UID_ANNOTATION: uid}
+    return {**obj, "metadata": metadata}

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 GPU_RESOURCE = "nvidia.com/gpu"
+DEFAULT_SERVER_URL = "http://tidemill.tidemill-system.svc:8500"
+"""Where pods reach the server deployed by deploy/kubernetes (``--advertise-url``)."""
 GPU_SHARING = ("hami", "time-slicing", "none")
 GANG_SCHEDULERS = ("tidemill", "volcano")
 
