@@ -7,6 +7,7 @@ pruned, non-nullable nulls dropped, defaults applied, then the openAPIV3Schema i
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -115,7 +116,7 @@ def accept(crd: dict[str, Any]) -> None:
     for v in spec["versions"]:
         v.setdefault("served", True)
     spec.setdefault("conversion", {"strategy": "None"})
-    now = crd["metadata"]["creationTimestamp"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     crd["status"] = {
         "acceptedNames": copy.deepcopy(names),
         "storedVersions": [v["name"] for v in spec["versions"] if v.get("storage")],
