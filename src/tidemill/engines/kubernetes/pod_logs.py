@@ -47,6 +47,9 @@ class PodLogs:
             if follower is None or not follower.is_alive():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.touch(exist_ok=True)
+                if self.ended(namespace, pod):
+                    self._copy_once(namespace, pod, path)
+                    return str(path)
                 follower = threading.Thread(
                     target=self._follow, args=(namespace, pod, path), daemon=True
                 )
@@ -73,11 +76,19 @@ class PodLogs:
                 return
             self._stop.wait(RETRY_S)
 
-    def _copy(self, namespace: str, pod: str, path: Path) -> None:
+    def _copy_once(self, namespace: str, pod: str, path: Path) -> None:
+        """An ended pod's log, read whole once (nothing more will come)."""
+        try:
+            self._copy(namespace, pod, path, follow=False)
+        except ApiException as exc:
+            if exc.status not in (400, 404):
+                log.warning("logs of pod %s/%s: %s", namespace, pod, exc.reason)
+
+    def _copy(self, namespace: str, pod: str, path: Path, follow: bool = True) -> None:
         """Stream the pod's whole log, appending what the file does not hold yet."""
         have = path.stat().st_size
         response: Any = self.cluster.core.read_namespaced_pod_log(
-            pod, namespace, follow=True, _preload_content=False, _request_timeout=(10, 300)
+            pod, namespace, follow=follow, _preload_content=False, _request_timeout=(10, 300)
         )
         seen = 0
         try:
