@@ -6,6 +6,7 @@ body together) with TCP_NODELAY, so urllib3's pooled connections do not stall on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -121,10 +122,8 @@ class ApiServer:
         with self._lock:
             socks = list(self._sockets)
         for s in socks:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def close_watches(self) -> None:
         """End every open watch stream (clients see the stream finish normally)."""
@@ -533,10 +532,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         self.server_api.track(self.connection, False)
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         return

@@ -161,7 +161,9 @@ def drop_nulls_and_default(value: Any, schema: dict[str, Any] | None) -> Any:
         return value
     if isinstance(value, list):
         items = schema.get("items")
-        return [drop_nulls_and_default(v, items) for v in value] if isinstance(items, dict) else value
+        if not isinstance(items, dict):
+            return value
+        return [drop_nulls_and_default(v, items) for v in value]
     props = schema.get("properties") or {}
     addl = schema.get("additionalProperties")
     out = {}

@@ -8,6 +8,7 @@ selects, once Ready (or at once with publishNotReadyAddresses). Files are rewrit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any
@@ -63,10 +64,8 @@ class HostsFiles:
         with self._lock:
             entry = self.files.pop(uid, None)
         if entry is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(entry[0])
-            except OSError:
-                pass
 
     def records(self) -> list[tuple[str, str, list[str], list[str]]]:
         """(namespace, ip, names for anyone, short names for the same namespace)."""
@@ -112,12 +111,9 @@ class HostsFiles:
                 shown = names + (short if rec_ns == ns else [])
                 lines.append(f"{ip}\t{' '.join(shown)}\n")
             data = "".join(lines).encode()
-            try:
-                with open(path, "r+b") as f:
-                    f.write(data)
-                    f.truncate()
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), open(path, "r+b") as f:
+                f.write(data)
+                f.truncate()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -146,7 +146,10 @@ class KubeEmulator:
                                 "message": "kubelet is posting ready status",
                                 "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
                 "nodeInfo": {"kubeletVersion": "v1.33.0-emulated", "operatingSystem": "linux",
-                             "architecture": "amd64", "containerRuntimeVersion": "emulated"},
+                             "architecture": "amd64", "containerRuntimeVersion": "emulated://1",
+                             "bootID": host_ip, "kernelVersion": "emulated",
+                             "kubeProxyVersion": "", "machineID": name, "osImage": "emulated",
+                             "systemUUID": name},
             },
         }
         return self.store.create(self.store.resource("", "v1", "nodes"), "", body)

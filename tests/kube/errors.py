@@ -92,7 +92,9 @@ def _qualified(resource: str, group: str) -> str:
 def not_found(resource: str, group: str, name: str) -> ApiError:
     """404 for a missing object, worded like the server (`pods "x" not found`)."""
     return ApiError(
-        404, f'{_qualified(resource, group)} "{name}" not found', details=_details(resource, group, name)
+        404,
+        f'{_qualified(resource, group)} "{name}" not found',
+        details=_details(resource, group, name),
     )
 
 
@@ -115,7 +117,9 @@ def conflict(resource: str, group: str, name: str, why: str) -> ApiError:
     )
 
 
-STALE = "the object has been modified; please apply your changes to the latest version and try again"
+STALE = (
+    "the object has been modified; please apply your changes to the latest version and try again"
+)
 
 
 def invalid(kind: str, group: str, name: str, causes: list[tuple[str, str]]) -> ApiError:

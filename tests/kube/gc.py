@@ -8,6 +8,7 @@ cluster (only faster: no 20 s podgc period, no 40 s quarantine).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import traceback
 from typing import Any
@@ -101,11 +102,9 @@ class Controllers:
             res = store.storage.get(key)
             if obj is None or res is None:
                 return
-            try:
+            with contextlib.suppress(ApiError):
                 store.delete(res, ns, name, {"propagationPolicy": policy,
                                              "preconditions": {"uid": obj["metadata"]["uid"]}})
-            except ApiError:
-                pass
 
     def _orphan(self, event: Event) -> None:
         uid = event.obj["metadata"]["uid"]
@@ -142,10 +141,8 @@ class Controllers:
             o["metadata"]["finalizers"] = [f for f in o["metadata"].get("finalizers") or []
                                            if f != finalizer]
 
-        try:
+        with contextlib.suppress(ApiError):
             store.mutate(store.storage[key], ns, name, drop)
-        except ApiError:
-            pass
 
     # ------------------------------------------------------------ pod GC, namespaces
 
@@ -185,9 +182,7 @@ class Controllers:
                 for obj in store.all(key, name):
                     empty = False
                     if not obj["metadata"].get("deletionTimestamp"):
-                        try:
+                        with contextlib.suppress(ApiError):
                             store.delete(res, name, obj["metadata"]["name"], {})
-                        except ApiError:
-                            pass
             if empty and not ns_obj["metadata"].get("finalizers"):
                 store.remove_now("/namespaces", "", name)

@@ -8,7 +8,9 @@ address and, with `unshare`, its own hostname and /etc/hosts (see dns.py).
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -91,8 +93,8 @@ class IpPool:
         with self.lock:
             n = self.next
             self.next += 1
-            third, fourth = divmod(n, 254)
-            return f"127.{self.second}.{third % 256}.{fourth + 1}"
+            third, fourth = divmod(n % (254 * 254), 254)
+            return f"127.{self.second}.{third + 1 if self.second == 0 else third}.{fourth + 1}"
 
 
 class Kubelets:
@@ -107,7 +109,8 @@ class Kubelets:
         self.node_ips: dict[str, str] = {}
         self.runs: dict[str, PodRun] = {}  # pod uid -> run
         self.fake_ip = 0
-        self.pod_ips = IpPool(0, 1)
+        # a random start keeps emulators in parallel test processes off each other's addresses
+        self.pod_ips = IpPool(0, random.randrange(1, 60_000))
         self.host_ips = IpPool(1, 0)
         self.missing_images: set[str] = set()
         self.images: dict[str, list[str]] = {}
@@ -494,10 +497,8 @@ class Kubelets:
     def _signal(self, run: PodRun, sig: int) -> None:
         proc = run.proc
         if proc is not None and proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def _stop(self, run: PodRun) -> None:
         """SIGTERM now, SIGKILL after the grace period (the kubelet's minimum is 2 s)."""
@@ -577,10 +578,8 @@ class Kubelets:
             self._signal(run, signal.SIGKILL)
         for run in runs:
             if run.proc is not None:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     run.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
 
 
 def _conditions(pod: Pod, initialized: bool, ready: bool, reason: str | None = None

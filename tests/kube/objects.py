@@ -425,9 +425,8 @@ class Store:
                 raise bad_request("the patch did not produce an object")
             new.setdefault("metadata", {})
             rv = new["metadata"].get("resourceVersion")
-            if rv != old["metadata"]["resourceVersion"]:
-                if rv:
-                    raise conflict(res.plural, res.group, name, STALE)
+            if rv and rv != old["metadata"]["resourceVersion"]:
+                raise conflict(res.plural, res.group, name, STALE)
             if new["metadata"].get("uid") not in (None, old["metadata"]["uid"]):
                 raise conflict(res.plural, res.group, name,
                                f"Precondition failed: UID in precondition: "

@@ -12,6 +12,7 @@ from typing import Any
 from .errors import ApiError, bad_request
 
 MERGE = "application/merge-patch+json"
+_REJECTED = "the server rejected our request due to an error in our request: "
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 
@@ -98,7 +99,8 @@ def _merge_list(
         if key not in item:
             raise bad_request(f"map: {item} does not contain declared merge key: {key}")
         idx = next(
-            (i for i, old in enumerate(result) if isinstance(old, dict) and old.get(key) == item[key]),
+            (i for i, old in enumerate(result)
+             if isinstance(old, dict) and old.get(key) == item[key]),
             None,
         )
         if item.get("$patch") == "delete":
@@ -128,8 +130,8 @@ def _parent(doc: Any, parts: list[str], path: str) -> Any:
         elif isinstance(cur, list) and p.isdigit() and int(p) < len(cur):
             cur = cur[int(p)]
         else:
-            raise ApiError(422, f"the server rejected our request due to an error in our request: "
-                                f"doc is missing path: \"{path}\"")
+            raise ApiError(422, _REJECTED
+                                + f"doc is missing path: \"{path}\"")
     return cur
 
 
@@ -143,8 +145,8 @@ def _get(doc: Any, path: str) -> Any:
         return parent[last]
     if isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
         return parent[int(last)]
-    raise ApiError(422, f"the server rejected our request due to an error in our request: "
-                        f"doc is missing path: \"{path}\"")
+    raise ApiError(422, _REJECTED
+                        + f"doc is missing path: \"{path}\"")
 
 
 def _remove(doc: Any, path: str) -> Any:
@@ -172,8 +174,8 @@ def _add(doc: Any, path: str, value: Any) -> Any:
         elif last.isdigit() and int(last) <= len(parent):
             parent.insert(int(last), value)
         else:
-            raise ApiError(422, f"the server rejected our request due to an error in our request: "
-                                f"add operation index out of range: \"{path}\"")
+            raise ApiError(422, _REJECTED
+                                + f"add operation index out of range: \"{path}\"")
     else:
         raise ApiError(422, f"doc is missing path: \"{path}\"")
     return doc
@@ -204,8 +206,8 @@ def json_patch(target: Any, ops: Any) -> Any:
             doc = _add(doc, path, copy.deepcopy(_get(doc, op["from"])))
         elif kind == "test":
             if _get(doc, path) != op.get("value"):
-                raise ApiError(422, f"the server rejected our request due to an error in our request: "
-                                    f"testing value {path} failed")
+                raise ApiError(422, _REJECTED
+                                    + f"testing value {path} failed")
         else:
             raise bad_request(f"Unexpected kind: {kind}")
     return doc
@@ -218,7 +220,8 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: Any, kind: str
     if ctype == JSON_PATCH:
         return json_patch(target, patch)
     if not isinstance(patch, dict):
-        raise bad_request("json: cannot unmarshal array into Go value of type map[string]interface {}")
+        raise bad_request("json: cannot unmarshal array into Go value of type "
+                          "map[string]interface {}")
     if ctype == MERGE:
         return merge_patch(target, patch)
     if ctype == STRATEGIC:

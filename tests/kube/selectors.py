@@ -13,7 +13,9 @@ from typing import Any
 
 from .errors import bad_request
 
-_KEY = re.compile(r"^([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?/)?[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?$")
+_KEY = re.compile(
+    r"^([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?/)?[a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?$"
+)
 _VALUE = re.compile(r"^([a-z0-9A-Z]([-a-z0-9A-Z_.]*[a-z0-9A-Z])?)?$")
 
 
@@ -55,13 +57,17 @@ def _split_top(text: str) -> list[str]:
 
 def _check_key(key: str, text: str) -> str:
     if not _KEY.match(key) or len(key.split("/")[-1]) > 63:
-        raise bad_request(f"unable to parse requirement: invalid label key \"{key}\" in \"{text}\"")
+        raise bad_request(
+            f"unable to parse requirement: invalid label key \"{key}\" in \"{text}\""
+        )
     return key
 
 
 def _check_value(value: str, text: str) -> str:
     if len(value) > 63 or not _VALUE.match(value):
-        raise bad_request(f"unable to parse requirement: invalid label value: \"{value}\" in \"{text}\"")
+        raise bad_request(
+            f"unable to parse requirement: invalid label value: \"{value}\" in \"{text}\""
+        )
     return value
 
 
@@ -77,7 +83,9 @@ def parse_label_selector(text: str | None) -> list[Requirement]:
     for raw in _split_top(text):
         part = raw.strip()
         if not part:
-            raise bad_request(f"unable to parse requirement: found '', expected: identifier in \"{text}\"")
+            raise bad_request(
+                f"unable to parse requirement: found '', expected: identifier in \"{text}\""
+            )
         m = _SET.match(part)
         if m:
             key = _check_key(m.group(1), text)
@@ -87,7 +95,8 @@ def parse_label_selector(text: str | None) -> list[Requirement]:
         m = _EQ.match(part)
         if m:
             op = "=" if m.group(2) in ("=", "==") else "!="
-            reqs.append(Requirement(_check_key(m.group(1), text), op, (_check_value(m.group(3), text),)))
+            value = _check_value(m.group(3), text)
+            reqs.append(Requirement(_check_key(m.group(1), text), op, (value,)))
             continue
         if part.startswith("!"):
             reqs.append(Requirement(_check_key(part[1:].strip(), text), "!"))
