@@ -112,7 +112,9 @@ def podgroup_manifest(
 
 
 def quantity_cpu(cores: float) -> str:
-    """>>> quantity_cpu(0.5), quantity_cpu(2)
+    """Cores as a Kubernetes quantity.
+
+    >>> quantity_cpu(0.5), quantity_cpu(2)
     ('500m', '2')
     """
     millis = round(cores * 1000)
