@@ -1,0 +1,202 @@
+"""Where the Kubernetes contract suite runs: the emulated API server (tests/kube), always;
+a real cluster too when ``TIDEMILL_TEST_KUBECONFIG`` names its kubeconfig.
+
+A real cluster also needs ``TIDEMILL_TEST_IMAGE`` (an image with tidemill, torch,
+scikit-learn and the examples, e.g. built from deploy/kubernetes/Dockerfile),
+``TIDEMILL_TEST_EXAMPLES`` (where the examples are in that image; default
+/opt/tidemill/examples), ``TIDEMILL_TEST_ADVERTISE_URL`` (how pods reach the test's
+server) and ``TIDEMILL_TEST_NAMESPACE`` (default ``default``). The tests then use only the
+kubeconfig, the official client and tidemill's REST API, exactly as against the emulator.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from tests.kube import KubeEmulator
+from tidemill.api.job import TrainingJob
+from tidemill.api.loader import load_job_file
+from tidemill.client import Client
+from tidemill.controller.reconciler import ControllerConfig
+from tidemill.engines.kubernetes import names
+from tidemill.engines.kubernetes.options import KubernetesOptions
+from tidemill.server.runner import ServerRunner
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "deploy" / "kubernetes" / "crd.yaml"
+EMULATED_IMAGE = "tidemill/runtime:test"
+CHILD_KINDS = ("pods", "services", "secrets")
+
+
+@dataclass
+class Cluster:
+    """A Kubernetes API to test against, and how its pods find the examples."""
+
+    kubeconfig: str
+    namespace: str
+    image: str
+    examples: Path
+    advertise_url: str | None = None
+    emulator: KubeEmulator | None = None
+
+    @property
+    def name(self) -> str:
+        return "emulated" if self.emulator is not None else "real"
+
+    def api(self) -> client.ApiClient:
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=self.kubeconfig, client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+    def example(self, name: str, **changes: Any) -> TrainingJob:
+        """An example job, in this cluster's namespace, its folder as pods see it."""
+        job = load_job_file(ROOT / "examples" / name / "job.yaml")
+        roles = {
+            role_name: role.model_copy(
+                update={"working_dir": str(self.examples / name), "image": self.image, **changes}
+            )
+            for role_name, role in job.spec.roles.items()
+        }
+        metadata = job.metadata.model_copy(update={"namespace": self.namespace})
+        spec = job.spec.model_copy(update={"roles": roles})
+        return job.model_copy(update={"metadata": metadata, "spec": spec})
+
+    def sleeper(self, name: str, replicas: int = 2, cpu: float = 1) -> TrainingJob:
+        """A fixed-size job whose pods sleep until deleted."""
+        return TrainingJob.model_validate(
+            {
+                "apiVersion": "tidemill/v1",
+                "kind": "TrainingJob",
+                "metadata": {"name": name, "namespace": self.namespace},
+                "spec": {
+                    "roles": {
+                        "worker": {
+                            "replicas": replicas,
+                            "image": self.image,
+                            "resources": {"cpu": cpu, "memory": "256Mi"},
+                            "command": ["python", "-c", "import time; time.sleep(600)"],
+                        }
+                    }
+                },
+            }
+        )
+
+    def children(self, job_uid: str) -> list[str]:
+        """``kind/name`` of every object still labelled with the job's uid."""
+        selector = f"{names.UID_LABEL}={names.label_value(job_uid)}"
+        found = []
+        with self.api() as api:
+            core = client.CoreV1Api(api)
+            for kind, lister in (
+                ("pod", core.list_namespaced_pod),
+                ("service", core.list_namespaced_service),
+                ("secret", core.list_namespaced_secret),
+            ):
+                for item in lister(self.namespace, label_selector=selector).items:
+                    found.append(f"{kind}/{item.metadata.name}")
+        return found
+
+    def job_object(self, name: str) -> dict[str, Any] | None:
+        with self.api() as api:
+            try:
+                obj: dict[str, Any] = client.CustomObjectsApi(api).get_namespaced_custom_object(
+                    names.GROUP, names.VERSION, self.namespace, names.PLURAL, name
+                )
+                return obj
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+    def pods(self, job_name: str) -> list[Any]:
+        with self.api() as api:
+            return list(
+                client.CoreV1Api(api)
+                .list_namespaced_pod(
+                    self.namespace, label_selector=f"{names.JOB_LABEL}={job_name}"
+                )
+                .items
+            )
+
+
+def apply_crd(cluster: Cluster) -> None:
+    with cluster.api() as api:
+        extensions = client.ApiextensionsV1Api(api)
+        try:
+            extensions.create_custom_resource_definition(yaml.safe_load(CRD.read_text()))
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+
+def emulated(tmp: Path, nodes: int = 2, cpu: str = "4") -> Iterator[Cluster]:
+    kube = KubeEmulator().start()
+    try:
+        for i in range(nodes):
+            kube.add_node(f"node-{i}", cpu=cpu, memory="16Gi", labels={"zone": f"z{i % 2}"})
+        cluster = Cluster(
+            kubeconfig=kube.write_kubeconfig(str(tmp / "kubeconfig")),
+            namespace="default",
+            image=EMULATED_IMAGE,
+            examples=ROOT / "examples",
+            emulator=kube,
+        )
+        apply_crd(cluster)
+        yield cluster
+    finally:
+        kube.close()
+
+
+def real() -> Cluster | None:
+    kubeconfig = os.environ.get("TIDEMILL_TEST_KUBECONFIG")
+    if not kubeconfig:
+        return None
+    return Cluster(
+        kubeconfig=kubeconfig,
+        namespace=os.environ.get("TIDEMILL_TEST_NAMESPACE", "default"),
+        image=os.environ["TIDEMILL_TEST_IMAGE"],
+        examples=Path(os.environ.get("TIDEMILL_TEST_EXAMPLES", "/opt/tidemill/examples")),
+        advertise_url=os.environ.get("TIDEMILL_TEST_ADVERTISE_URL"),
+    )
+
+
+@contextmanager
+def server(
+    cluster: Cluster, state_dir: Path, **options: Any
+) -> Iterator[tuple[ServerRunner, Client]]:
+    """A started tidemill server on the Kubernetes engine of ``cluster``; stopped after."""
+    engine_options = KubernetesOptions(kubeconfig=cluster.kubeconfig, **options)
+    runner = ServerRunner(
+        state_dir,
+        port=0,
+        engine="kubernetes",
+        engine_options={"options": engine_options, "relist_s": 5.0},
+        controller_config=ControllerConfig(tick_s=0.1),
+        advertise_url=cluster.advertise_url,
+    )
+    url = runner.start()
+    try:
+        with Client(url) as api:
+            yield runner, api
+    finally:
+        runner.stop()
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 60, what: str = "it") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")

@@ -1,0 +1,148 @@
+"""The Kubernetes engine's contract: what a user of a cluster sees, through kubectl's API
+and tidemill's. Runs on the emulated API server (tests/kube) always, and unchanged on a
+real cluster when ``TIDEMILL_TEST_KUBECONFIG`` is set (see tests/e2e/kubernetes.py)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from tests.e2e.kubernetes import Cluster, emulated, real, server, wait_for
+from tidemill.api.crd import to_custom_object
+from tidemill.client import ApiError
+from tidemill.engines.kubernetes import names
+
+pytestmark = pytest.mark.e2e
+TARGETS = ["emulated", "real"]
+
+
+@pytest.fixture(params=TARGETS)
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    if request.param == "real":
+        found = real()
+        if found is None:
+            pytest.skip("no real cluster: set TIDEMILL_TEST_KUBECONFIG (tests/e2e/kubernetes.py)")
+        yield found
+        return
+    yield from emulated(tmp_path)
+
+
+def test_the_digits_example_trains_to_its_accuracy_on_pods_tidemill_bound(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    job = cluster.example("digits_ddp")
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(job)
+        final = api.wait(job.metadata.name, timeout_s=240)
+        assert final.phase == "Succeeded", final.message
+        log = "\n".join(api.logs(job.metadata.name))
+        accuracy = float(re.findall(r"test accuracy: ([0-9.]+)", log)[-1])
+        assert accuracy >= 0.9, log[-2000:]
+        pods = cluster.pods(job.metadata.name)
+        assert len(pods) == 2
+        assert {p.spec.scheduler_name for p in pods} == {"tidemill"}
+        assert all(p.spec.node_name for p in pods), "every pod was bound"
+        status = wait_for(
+            lambda: (cluster.job_object(job.metadata.name) or {}).get("status", {}).get("phase")
+            == "Succeeded"
+            and cluster.job_object(job.metadata.name),
+            timeout_s=15,
+            what="the TrainingJob status to say Succeeded",
+        )["status"]
+        assert status["replicas"]["worker"]["succeeded"] == 2
+        uid = final.uid
+        api.delete(job.metadata.name)
+        wait_for(lambda: not cluster.children(uid), timeout_s=60, what="every child gone")
+        wait_for(lambda: cluster.job_object(job.metadata.name) is None, timeout_s=30,
+                 what="the TrainingJob object gone")
+
+
+def test_kubectl_apply_and_kubectl_delete_reach_the_same_job(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    job = cluster.sleeper("applied")
+    name = job.metadata.name
+    with server(cluster, tmp_path / "state") as (_, api), cluster.api() as kube:
+        objects = client.CustomObjectsApi(kube)
+        objects.create_namespaced_custom_object(
+            names.GROUP, names.VERSION, cluster.namespace, names.PLURAL, to_custom_object(job)
+        )
+        running = wait_for(
+            lambda: any(j.name == name and j.phase == "Running" for j in api.jobs())
+            and api.get(name),
+            timeout_s=90,
+            what="the applied object running as a tidemill job",
+        )
+        events = [e.message for e in api.job_events(name)]
+        assert any("kubectl" in message for message in events), events
+        wait_for(
+            lambda: (cluster.job_object(name) or {}).get("status", {}).get("phase") == "Running",
+            timeout_s=15,
+            what="the object's status to say Running",
+        )
+        objects.delete_namespaced_custom_object(
+            names.GROUP, names.VERSION, cluster.namespace, names.PLURAL, name
+        )
+        wait_for(lambda: name not in {j.name for j in api.jobs()}, timeout_s=30,
+                 what="the job deleted with its object")
+        wait_for(lambda: not cluster.children(running.uid), timeout_s=60,
+                 what="every child gone")
+
+
+def test_a_gang_that_does_not_fit_now_waits_with_a_reason_and_no_pod(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    with server(cluster, tmp_path / "state") as (_, api):
+        nodes = api.nodes()
+        per_node = min(node.capacity.cpu for node in nodes)
+        hog = cluster.sleeper("hog", replicas=len(nodes), cpu=per_node * 0.6)
+        api.submit(hog)
+        wait_for(lambda: api.get("hog").phase == "Running", timeout_s=90,
+                 what="the first gang running")
+        api.submit(cluster.sleeper("waiting", replicas=len(nodes), cpu=per_node * 0.6))
+        view = wait_for(
+            lambda: (v := api.get("waiting")).pending_reason and v, timeout_s=30,
+            what="a pending reason",
+        )
+        assert view.phase == "Pending"
+        assert "cpu" in f"{view.pending_reason.message} {view.message}".lower()
+        assert cluster.pods("waiting") == [], "a waiting gang holds no pod"
+        api.delete("hog")
+        wait_for(lambda: api.get("waiting").phase == "Running", timeout_s=90,
+                 what="the waiting gang bound once the first left")
+
+
+def test_a_missing_image_is_an_event_naming_the_replica_and_the_policy_decides(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    job = cluster.example("digits_ddp", image="registry.invalid/does-not-exist:1")
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(job)
+        final = api.wait(job.metadata.name, timeout_s=120)
+        assert final.phase == "Failed"
+        warnings = [
+            f"{e.replica} {e.message}"
+            for e in api.job_events(job.metadata.name)
+            if e.type == "Warning"
+        ]
+        assert any(
+            re.search(r"worker-\d.*(ErrImagePull|ImagePullBackOff)", m) for m in warnings
+        ), warnings
+
+
+def test_a_namespace_the_engine_may_not_use_is_refused_with_the_field(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    job = cluster.example("digits_ddp")
+    elsewhere = job.metadata.model_copy(update={"namespace": "elsewhere"})
+    other = job.model_copy(update={"metadata": elsewhere})
+    with server(cluster, tmp_path / "state", namespaces=(cluster.namespace,)) as (_, api):
+        with pytest.raises(ApiError) as refused:
+            api.submit(other)
+        assert refused.value.status == 422
+        assert [e.path for e in refused.value.errors] == ["metadata.namespace"]
+        assert cluster.job_object(job.metadata.name) is None
