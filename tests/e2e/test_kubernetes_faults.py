@@ -1,0 +1,218 @@
+"""The Kubernetes engine under faults only an emulated API server can inject (tests/kube):
+binds refused, watch events dropped or repeated, the API answering 5xx, the server
+killed between a launch and its record, a leaked pod; and every call it makes checked
+against the ClusterRole deploy/kubernetes ships."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client
+
+from tests.e2e.conftest import ServerProcess
+from tests.e2e.kubernetes import ROOT, Cluster, emulated, server, wait_for
+from tests.kube import KubeEmulator
+from tidemill.api.crd import to_custom_object
+from tidemill.client import Client
+from tidemill.controller.launches import FAULT_EXIT_CODE, FAULT_VAR
+from tidemill.engines.kubernetes import names
+
+pytestmark = pytest.mark.e2e
+BINDING = r"/pods/[^/]+/binding$"
+CLUSTER_ROLE = ROOT / "deploy" / "kubernetes" / "clusterrole.yaml"
+PODGROUP_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podgroups.scheduling.volcano.sh"},
+    "spec": {
+        "group": "scheduling.volcano.sh",
+        "scope": "Namespaced",
+        "names": {"plural": "podgroups", "singular": "podgroup", "kind": "PodGroup"},
+        "versions": [
+            {
+                "name": "v1beta1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from emulated(tmp_path)
+
+
+def kube_of(cluster: Cluster) -> KubeEmulator:
+    assert cluster.emulator is not None
+    return cluster.emulator
+
+
+def pod_creates(kube: KubeEmulator) -> int:
+    made = [(c.verb, c.resource, c.subresource) for c in kube.calls]
+    return made.count(("create", "pods", ""))
+
+
+def test_a_refused_bind_deletes_the_gang_and_requeues_it_then_it_binds_whole(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    kube = kube_of(cluster)
+    kube.inject("POST", BINDING, 409, times=1)  # a conflict is not retried
+    kube.inject("POST", BINDING, 500, times=4)  # nor a 5xx, past the client's retries
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(cluster.sleeper("gang", replicas=3))
+        wait_for(lambda: api.get("gang").phase == "Running", timeout_s=60, what="running")
+        reasons = [e.reason for e in api.job_events("gang")]
+        assert reasons.count("BindFailed") == 2, reasons
+        pods = cluster.pods("gang")
+        assert len(pods) == 3 and all(p.spec.node_name for p in pods)
+        assert pod_creates(kube) == 9, "two gangs of 3 made and deleted whole, then one bound"
+        assert len({p.metadata.name for p in pods}) == 3
+
+
+def test_lost_and_repeated_watch_events_change_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    kube = kube_of(cluster)
+    job = cluster.example("digits_ddp")
+    with server(cluster, tmp_path / "state") as (_, api):
+        kube.drop_watch_events(15)
+        kube.duplicate_watch_events(30)
+        api.submit(job)
+        final = api.wait(job.metadata.name, timeout_s=120)
+        assert final.phase == "Succeeded", final.message
+        assert pod_creates(kube) == 2, "no replica launched twice"
+
+
+def test_an_api_answering_503_degrades_health_loses_nothing_and_recovers(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    kube = kube_of(cluster)
+    with server(cluster, tmp_path / "state") as (runner, api):
+        api.submit(cluster.sleeper("steady"))
+        wait_for(lambda: api.get("steady").phase == "Running", timeout_s=60, what="running")
+        before = {p.metadata.uid for p in cluster.pods("steady")}
+        kube.inject("*", ".*", 503, times=40)
+        api.submit(cluster.sleeper("late"))
+        health = wait_for(
+            lambda: (r := httpx.get(f"{runner.url}/healthz")).status_code == 503 and r.json(),
+            timeout_s=30,
+            what="/healthz degraded",
+        )
+        assert "Kubernetes API unavailable" in health["engine"]
+        wait_for(lambda: api.get("late").phase == "Running", timeout_s=90, what="late running")
+        wait_for(lambda: httpx.get(f"{runner.url}/healthz").status_code == 200, timeout_s=30,
+                 what="/healthz ok again")
+        assert {p.metadata.uid for p in cluster.pods("steady")} == before
+        assert api.get("steady").phase == "Running"
+
+
+def test_a_server_killed_between_a_launch_and_its_record_leaves_one_pod_per_replica(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube = kube_of(cluster)
+    state = tmp_path / "state"
+    state.mkdir()
+    args = ("--engine", "kubernetes", "--kubeconfig", cluster.kubeconfig,
+            "--default-image", cluster.image)
+    monkeypatch.setenv(FAULT_VAR, "exit")
+    crashing = ServerProcess(state, None, args=args)
+    crashing.start()
+    monkeypatch.delenv(FAULT_VAR)
+    try:
+        with Client(crashing.url) as api:
+            api.submit(cluster.sleeper("once", replicas=3))
+        assert crashing.process is not None
+        assert crashing.process.wait(timeout=60) == FAULT_EXIT_CODE
+        assert len(cluster.pods("once")) == 3, "the gang was made and bound, not recorded"
+        crashing.start()
+        with Client(crashing.url) as api:
+            view = wait_for(
+                lambda: (v := api.get("once")).phase == "Running" and v, timeout_s=60,
+                what="the job running after the restart",
+            )
+            time.sleep(2)  # more cycles: nothing launched again
+            assert pod_creates(kube) == 3
+            assert [e.reason for e in api.job_events("once")].count("ReplicaAdopted") == 3
+            api.delete("once")
+            wait_for(lambda: not cluster.children(view.uid), timeout_s=60, what="no leftovers")
+    finally:
+        crashing.stop()
+
+
+def test_a_pod_no_replica_launched_is_deleted(cluster: Cluster, tmp_path: Path) -> None:
+    with server(cluster, tmp_path / "state") as (_, api), cluster.api() as kube_api:
+        api.submit(cluster.sleeper("owner"))
+        view = wait_for(lambda: (v := api.get("owner")).phase == "Running" and v, timeout_s=60,
+                        what="running")
+        stray = cluster.pods("owner")[0].to_dict()
+        labels = {**stray["metadata"]["labels"], names.LAUNCH_LABEL: "not-a-launch"}
+        core = client.CoreV1Api(kube_api)
+        core.create_namespaced_pod(
+            cluster.namespace,
+            {
+                "metadata": {"name": "stray", "labels": labels},
+                "spec": {
+                    "containers": [{"name": "c", "image": cluster.image,
+                                    "command": ["python", "-c", "import time; time.sleep(60)"]}],
+                    "schedulerName": "tidemill",
+                },
+            },
+        )
+        wait_for(lambda: "stray" not in {p.metadata.name for p in cluster.pods("owner")},
+                 timeout_s=30, what="the stray pod deleted")
+        assert len(cluster.pods("owner")) == 2
+        assert api.get("owner").uid == view.uid
+
+
+def test_every_call_the_engine_makes_is_allowed_by_the_shipped_cluster_role(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    kube = kube_of(cluster)
+    rules: list[dict[str, Any]] = yaml.safe_load(CLUSTER_ROLE.read_text())["rules"]
+    with cluster.api() as kube_api:
+        client.ApiextensionsV1Api(kube_api).create_custom_resource_definition(PODGROUP_CRD)
+        objects = client.CustomObjectsApi(kube_api)
+        with server(cluster, tmp_path / "state") as (_, api):
+            start = len(kube.calls)
+            job = cluster.example("digits_ddp")
+            api.submit(job)
+            api.wait(job.metadata.name, timeout_s=120)
+            assert "".join(api.logs(job.metadata.name))
+            objects.create_namespaced_custom_object(
+                names.GROUP, names.VERSION, cluster.namespace, names.PLURAL,
+                to_custom_object(cluster.sleeper("applied")),
+            )
+            wait_for(
+                lambda: any(j.name == "applied" and j.phase == "Running" for j in api.jobs()),
+                timeout_s=60,
+                what="the applied job running",
+            )
+            objects.delete_namespaced_custom_object(
+                names.GROUP, names.VERSION, cluster.namespace, names.PLURAL, "applied"
+            )
+            api.delete(job.metadata.name)
+            wait_for(lambda: not api.jobs(), timeout_s=30, what="every job gone")
+            engine_calls = kube.calls[start:]
+        with server(cluster, tmp_path / "volcano", gang_scheduler="volcano") as (_, api):
+            start = len(kube.calls)
+            api.submit(cluster.sleeper("volcano-gang"))
+            wait_for(lambda: len(cluster.pods("volcano-gang")) == 2, timeout_s=30,
+                     what="pods for Volcano to bind")
+            engine_calls += kube.calls[start:]
+    made = Counter((c.verb, c.resource, c.subresource) for c in engine_calls)
+    assert made[("create", "pods", "binding")] >= 2
+    assert made[("create", "podgroups", "")] == 1
+    assert [c for c in kube.allowed_by(rules) if c in engine_calls] == []
