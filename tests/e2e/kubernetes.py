@@ -59,17 +59,13 @@ class Cluster:
         return client.ApiClient(configuration)
 
     def example(self, name: str, **changes: Any) -> TrainingJob:
-        """An example job, in this cluster's namespace, its folder as pods see it."""
-        job = load_job_file(ROOT / "examples" / name / "job.yaml")
-        roles = {
-            role_name: role.model_copy(
-                update={"working_dir": str(self.examples / name), "image": self.image, **changes}
-            )
-            for role_name, role in job.spec.roles.items()
-        }
-        metadata = job.metadata.model_copy(update={"namespace": self.namespace})
-        spec = job.spec.model_copy(update={"roles": roles})
-        return job.model_copy(update={"metadata": metadata, "spec": spec})
+        """An example job, in this cluster's namespace, its folder as pods see it;
+        ``changes`` (job-file field names) replace fields of every role."""
+        document = load_job_file(ROOT / "examples" / name / "job.yaml").to_document()
+        document["metadata"]["namespace"] = self.namespace
+        for role in document["spec"]["roles"].values():
+            role.update({"workingDir": str(self.examples / name), "image": self.image, **changes})
+        return TrainingJob.model_validate(document)
 
     def sleeper(self, name: str, replicas: int = 2, cpu: float = 1) -> TrainingJob:
         """A fixed-size job whose pods sleep until deleted."""

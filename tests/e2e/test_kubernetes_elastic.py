@@ -1,0 +1,92 @@
+"""Elastic training in place on the Kubernetes engine (emulated API server, tests/kube):
+a worker's container killed, the job scaled up and down; every sample trained exactly
+once, and the pods nobody touched kept their process from start to end."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.kubernetes import Cluster, emulated, server, wait_for
+from tidemill.client import Client
+from tidemill.engines.kubernetes import names
+
+pytestmark = pytest.mark.e2e
+STEPS, BATCH = 900, 60
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    yield from emulated(tmp_path)
+
+
+def progress(api: Client) -> list[dict[str, Any]]:
+    lines = [line.split("progress ", 1)[1] for line in api.logs("counting") if "progress {" in line]
+    return [json.loads(line) for line in lines]
+
+
+def world_reached(api: Client, size: int, after: float) -> dict[str, Any] | None:
+    return next((p for p in progress(api) if p["world"] == size and p["t"] > after), None)
+
+
+def worker_pods(cluster: Cluster) -> dict[str, str]:
+    """worker-i -> the name of its running pod."""
+    return {
+        f"worker-{p.metadata.labels[names.INDEX_LABEL]}": p.metadata.name
+        for p in cluster.pods("counting")
+        if p.metadata.labels[names.ROLE_LABEL] == "worker"
+        and p.status.phase == "Running"
+        and not p.metadata.deletion_timestamp
+    }
+
+
+def test_kill_add_remove_workers_on_kubernetes_and_every_sample_is_trained_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    assert cluster.emulator is not None
+    result = tmp_path / "result.json"
+    job = cluster.example(
+        "elastic",
+        args=["--steps", str(STEPS), "--batch", str(BATCH), "--step-time", "0.01",
+              "--log-every", "5", "--result", str(result)],
+        resources={"cpu": 0.5, "memory": "512Mi"},
+    )
+    job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"name": "counting"})})
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(job)
+        api.scale("counting", "worker", 3)
+        wait_for(lambda: world_reached(api, 3, 0), timeout_s=120, what="training at world 3")
+        before = worker_pods(cluster)
+        assert sorted(before) == ["worker-0", "worker-1", "worker-2"]
+
+        killed_at = time.time()
+        cluster.emulator.kill_process(cluster.namespace, before["worker-2"], signal.SIGKILL)
+        resumed = wait_for(lambda: world_reached(api, 2, killed_at), timeout_s=60,
+                           what="survivors training at world 2")
+        wait_for(lambda: world_reached(api, 3, resumed["t"]), timeout_s=90,
+                 what="the replacement pod joining (world 3)")
+        asked = time.time()
+        api.scale("counting", "worker", 4)
+        wait_for(lambda: world_reached(api, 4, asked), timeout_s=90, what="world 4")
+        asked = time.time()
+        api.scale("counting", "worker", 2)
+        wait_for(lambda: world_reached(api, 2, asked), timeout_s=90, what="world 2")
+
+        final = api.wait("counting", timeout_s=300)
+        assert final.phase == "Succeeded", final.message
+    summary = json.loads(result.read_text())
+    assert summary["committed_step"] == STEPS
+    assert summary["ids_trained_once"] == STEPS * BATCH
+    assert summary["counts_min"] == summary["counts_max"] == 1.0
+    assert summary["ids_beyond_commit_nonzero"] == 0
+    assert {2, 3, 4} <= {epoch["world_size"] for epoch in summary["epochs"]}
+    for name in ("worker-0", "worker-1"):
+        pids = {pid for epoch in summary["epochs"] for replica, pid in epoch["pids"]
+                if replica == name}
+        assert len(pids) == 1, f"{name} kept its process in place: {pids}"
