@@ -90,3 +90,44 @@ def test_kill_add_remove_workers_on_kubernetes_and_every_sample_is_trained_once(
         pids = {pid for epoch in summary["epochs"] for replica, pid in epoch["pids"]
                 if replica == name}
         assert len(pids) == 1, f"{name} kept its process in place: {pids}"
+
+
+def test_an_elastic_worker_lost_with_its_node_is_replaced_elsewhere_and_none_is_lost(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    assert cluster.emulator is not None
+    cluster.emulator.add_node("node-spare", cpu="4", memory="16Gi")
+    result = tmp_path / "result.json"
+    steps = 400
+    job = cluster.example(
+        "elastic",
+        args=["--steps", str(steps), "--batch", str(BATCH), "--step-time", "0.02",
+              "--log-every", "5", "--result", str(result)],
+        resources={"cpu": 3, "memory": "512Mi"},  # one worker per node
+        replicas=2,
+        maxReplicas=2,
+    )
+    job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"name": "counting"})})
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(job)
+        wait_for(lambda: world_reached(api, 2, 0), timeout_s=120, what="training at world 2")
+        pods = {p.metadata.labels[names.INDEX_LABEL]: p for p in cluster.pods("counting")
+                if p.metadata.labels[names.ROLE_LABEL] == "worker"}
+        lost = pods["1"].spec.node_name
+        assert pods["0"].spec.node_name != lost
+        lost_at = time.time()
+        cluster.emulator.lose_node(lost)
+        wait_for(lambda: world_reached(api, 1, lost_at), timeout_s=60,
+                 what="the survivor training alone")
+        wait_for(lambda: world_reached(api, 2, lost_at), timeout_s=90,
+                 what="a replacement joining on another node")
+        final = api.wait("counting", timeout_s=300)
+        assert final.phase == "Succeeded", final.message
+        reasons = [e.reason for e in api.job_events("counting")]
+        assert "ReplicaLost" in reasons
+    summary = json.loads(result.read_text())
+    assert summary["committed_step"] == steps
+    assert summary["counts_min"] == summary["counts_max"] == 1.0
+    survivor = {pid for epoch in summary["epochs"] for replica, pid in epoch["pids"]
+                if replica == "worker-0"}
+    assert len(survivor) == 1, "the survivor kept its process"

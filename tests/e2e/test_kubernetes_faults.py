@@ -216,3 +216,25 @@ def test_every_call_the_engine_makes_is_allowed_by_the_shipped_cluster_role(
     assert made[("create", "pods", "binding")] >= 2
     assert made[("create", "podgroups", "")] == 1
     assert [c for c in kube.allowed_by(rules) if c in engine_calls] == []
+
+
+def test_a_fixed_gang_that_loses_a_node_is_placed_again_whole(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    kube = kube_of(cluster)
+    kube.add_node("node-spare", cpu="4", memory="16Gi")
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(cluster.sleeper("fixed", replicas=2, cpu=3))  # one pod per node
+        wait_for(lambda: api.get("fixed").phase == "Running", timeout_s=60, what="running")
+        lost = cluster.pods("fixed")[0].spec.node_name
+        kube.lose_node(lost)
+        wait_for(
+            lambda: (pods := cluster.pods("fixed"))
+            and len(pods) == 2
+            and all(p.status.phase == "Running" and p.spec.node_name != lost for p in pods),
+            timeout_s=90,
+            what="the gang running again, off the lost node",
+        )
+        assert api.get("fixed").phase == "Running"
+        events = [f"{e.reason}: {e.message}" for e in api.job_events("fixed")]
+        assert any(lost in e for e in events), events

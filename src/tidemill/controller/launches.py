@@ -36,7 +36,7 @@ from tidemill.controller.elastic import MASTER_ROLE
 from tidemill.controller.launcher import JOB_MASTER_PORT, MASTER_PORT, Launcher
 from tidemill.controller.model import JobSnapshot
 from tidemill.controller.rows import replica_snapshot, set_replica
-from tidemill.engines.base import Engine, LaunchSpec, ReplicaHandle
+from tidemill.engines.base import Engine, LaunchSpec, PlacementLost, ReplicaHandle
 from tidemill.store.store import Store, Tx
 from tidemill.store.tables import JobRow, ReplicaRow
 
@@ -116,6 +116,11 @@ class Launches:
             try:
                 spec = self.launcher.launch_spec(plan.job, plan.spec, replica)
                 handle = self.engine.launch(spec)
+            except PlacementLost as exc:
+                # The gang cannot be completed where it was placed: place it again whole.
+                error = f"{type(exc).__name__}: {exc}"
+                results.append(_Result(plan.job, name, launch_id, None, error=error, requeue=True))
+                continue
             except Exception as exc:
                 log.warning("could not start %s %s: %s", plan.job.key, name, exc)
                 error = f"could not start: {type(exc).__name__}: {exc}"

@@ -192,6 +192,16 @@ class _Step:
             self.emit(Event("ReplicaSucceeded", f"{name} exited 0", replica=name))
             return
         self.emit(Exited(name, R.FAILED, seen.exit_code, seen.message, self.now))
+        role = self.spec.spec.roles.get(replica.role)
+        if seen.node_lost and role is not None and role.is_elastic:
+            # Its survivors go on in place; the scheduler places a replacement elsewhere.
+            self.emit(Forget(name))
+            message = (
+                f"{name} was lost with its node {replica.node}; the others go on, and a "
+                "replacement is placed where there is room"
+            )
+            self.emit(Event("ReplicaLost", message, warning=True, replica=name))
+            return
         shown = "was lost" if seen.exit_code is None else f"exited {seen.exit_code}"
         generic = seen.message in ("", f"exited with code {seen.exit_code}")
         detail = "" if generic else f": {seen.message}"

@@ -70,6 +70,12 @@ class Observation:
     exit_code: int | None = None
     pid: int | None = None
     message: str = ""
+    node_lost: bool = False
+    """the replica's node is gone: it cannot start there again and must be placed anew"""
+
+
+class PlacementLost(RuntimeError):
+    """A launch was asked for on a node that is gone; the replica must be placed again."""
 
 
 class Engine(Protocol):

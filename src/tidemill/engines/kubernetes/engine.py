@@ -26,7 +26,13 @@ from kubernetes.client.exceptions import ApiException
 
 from tidemill.api.cluster import NodeSpec
 from tidemill.api.job import TrainingJob
-from tidemill.engines.base import LaunchPlan, LaunchSpec, Observation, ReplicaHandle
+from tidemill.engines.base import (
+    LaunchPlan,
+    LaunchSpec,
+    Observation,
+    PlacementLost,
+    ReplicaHandle,
+)
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.cluster import Cluster
 from tidemill.engines.kubernetes.informer import Informer
@@ -189,6 +195,9 @@ class KubernetesEngine:
 
     def launch_gang(self, specs: Sequence[LaunchSpec]) -> list[ReplicaHandle]:
         """Create every pod, then bind every pod; on any failure delete what was made."""
+        gone = sorted({s.node for s in specs if self.nodes_informer.get("", s.node) is None})
+        if gone and self.nodes_informer.synced.is_set():
+            raise PlacementLost(f"{specs[0].job}: node(s) {', '.join(gone)} no longer exist")
         created: list[tuple[LaunchSpec, dict[str, Any]]] = []
         try:
             for spec in specs:
@@ -354,11 +363,11 @@ class KubernetesEngine:
     def observe(self, handle: ReplicaHandle) -> Observation:
         namespace, name = str(handle.data["namespace"]), str(handle.data["pod"])
         pod = self.pods.get(namespace, name) or self._read_pod(namespace, name)
+        node = str(handle.data.get("node", ""))
+        node_lost = self.nodes_informer.get("", node) is None
         if pod is None:
-            return Observation(
-                running=False,
-                message=f"pod {namespace}/{name} is gone (deleted, or lost with its node)",
-            )
+            where = f"with its node {node}" if node_lost else "(deleted)"
+            return Observation(False, message=f"pod {name} was lost {where}", node_lost=node_lost)
         status = pod.get("status") or {}
         phase = status.get("phase")
         terminated, waiting = _container_state(status)
@@ -371,7 +380,8 @@ class KubernetesEngine:
                     False, int(terminated.get("exitCode", 1)), message=message.strip()
                 )
             reason = status.get("reason") or "Failed"
-            return Observation(False, message=f"pod {name} {reason}: {status.get('message', '')}")
+            message = f"pod {name} {reason}: {status.get('message', '')}"
+            return Observation(False, message=message, node_lost=node_lost)
         if waiting is not None and waiting.get("reason") in STUCK_REASONS:
             self._delete(namespace, name, 0)
             reason, detail = waiting["reason"], waiting.get("message", "")

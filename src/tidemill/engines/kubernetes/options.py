@@ -40,8 +40,6 @@ class KubernetesOptions:
     """``tidemill`` binds pods itself; ``volcano`` emits a PodGroup and leaves binding
     to a Volcano scheduler running in the cluster"""
     gpu_sharing: str = "hami"
-    extended_resources: tuple[str, ...] = ()
-    """node resources to inventory besides cpu, memory and ``nvidia.com/gpu``"""
     gpu_product_label: str = "nvidia.com/gpu.product"
     """the node label naming its GPU model (set by NVIDIA's GPU feature discovery)"""
     master_cpu: str = "100m"
