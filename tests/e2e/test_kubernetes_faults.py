@@ -23,6 +23,7 @@ from tidemill.api.crd import to_custom_object
 from tidemill.client import Client
 from tidemill.controller.launches import FAULT_EXIT_CODE, FAULT_VAR
 from tidemill.engines.kubernetes import names
+from tidemill.engines.kubernetes.cluster import API_CALLS
 
 pytestmark = pytest.mark.e2e
 BINDING = r"/pods/[^/]+/binding$"
@@ -216,6 +217,9 @@ def test_every_call_the_engine_makes_is_allowed_by_the_shipped_cluster_role(
     assert made[("create", "pods", "binding")] >= 2
     assert made[("create", "podgroups", "")] == 1
     assert [c for c in kube.allowed_by(rules) if c in engine_calls] == []
+    for call in engine_calls:
+        resource = "/".join(filter(None, (call.resource, call.subresource)))
+        assert call.verb in API_CALLS.get((call.api_group, resource), ()), call
 
 
 def test_a_fixed_gang_that_loses_a_node_is_placed_again_whole(

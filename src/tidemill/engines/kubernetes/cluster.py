@@ -21,6 +21,21 @@ from urllib3.exceptions import HTTPError
 
 from tidemill.engines.kubernetes.options import KubernetesOptions
 
+API_CALLS: dict[tuple[str, str], frozenset[str]] = {
+    ("", "nodes"): frozenset({"list", "watch"}),
+    ("", "pods"): frozenset({"get", "list", "watch", "create", "delete"}),
+    ("", "pods/binding"): frozenset({"create"}),
+    ("", "pods/log"): frozenset({"get"}),
+    ("", "services"): frozenset({"create"}),
+    ("", "secrets"): frozenset({"create"}),
+    ("tidemill.io", "trainingjobs"): frozenset(
+        {"get", "list", "watch", "create", "patch", "delete"}
+    ),
+    ("tidemill.io", "trainingjobs/status"): frozenset({"patch"}),
+    ("scheduling.volcano.sh", "podgroups"): frozenset({"create"}),
+}
+"""(API group, resource) -> the verbs the engine uses: deploy/kubernetes/clusterrole.yaml
+grants exactly these, and the tests check every call the engine makes against them."""
 RETRY_DELAYS_S = (0.1, 0.3, 1.0)
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 
