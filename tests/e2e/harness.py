@@ -3,9 +3,11 @@ replicas) and polling with a deadline."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -78,3 +80,15 @@ def running_pids(client: Any, name: str) -> list[int] | None:
     view = client.get(name)
     pids = [r.pid for r in view.replicas if r.phase == "Running" and r.pid]
     return pids if pids and len(pids) == len(view.replicas) else None
+
+
+def trained_once(result: Path, steps: int, batch: int) -> dict[str, Any]:
+    """The summary examples/elastic/train.py wrote, checked: every sample of every
+    committed step trained exactly once, nothing beyond the last commit."""
+    summary: dict[str, Any] = json.loads(result.read_text())
+    assert summary["committed_step"] == steps
+    assert summary["ids_trained_once"] == steps * batch
+    assert summary["counts_min"] == summary["counts_max"] == 1.0
+    assert summary["ids_beyond_commit_nonzero"] == 0
+    return summary
+

@@ -12,8 +12,7 @@ kubeconfig, the official client and tidemill's REST API, exactly as against the 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,12 +186,3 @@ def server(
     finally:
         runner.stop()
 
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 60, what: str = "it") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")

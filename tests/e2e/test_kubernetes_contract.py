@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.e2e.kubernetes import Cluster, emulated, real, server, wait_for
+from tests.e2e.harness import wait_for
+from tests.e2e.kubernetes import Cluster, emulated, real, server
 from tidemill.api.crd import to_custom_object
 from tidemill.client import ApiError
 from tidemill.engines.kubernetes import names

@@ -17,7 +17,8 @@ import yaml
 from kubernetes import client
 
 from tests.e2e.conftest import ServerProcess
-from tests.e2e.kubernetes import ROOT, Cluster, emulated, server, wait_for
+from tests.e2e.harness import wait_for
+from tests.e2e.kubernetes import ROOT, Cluster, emulated, server
 from tests.kube import KubeEmulator
 from tidemill.api.crd import to_custom_object
 from tidemill.client import Client

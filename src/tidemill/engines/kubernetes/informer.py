@@ -81,7 +81,7 @@ class Informer:
         response = self._response
         if response is not None:
             try:
-                response.close()
+                response.shutdown()  # unblocks the read the watch thread is in
             except Exception:
                 log.debug("closing the %s watch", self.kind, exc_info=True)
         self._thread.join(timeout=5)
