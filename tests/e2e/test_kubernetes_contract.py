@@ -135,7 +135,7 @@ def test_a_missing_image_is_an_event_naming_the_replica_and_the_policy_decides(
         ), warnings
 
 
-def test_a_namespace_the_engine_may_not_use_is_refused_with_the_field(
+def test_a_namespace_the_engine_may_not_use_no_image_or_a_resource_no_node_has_are_refused(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     job = cluster.example("digits_ddp")
@@ -146,4 +146,13 @@ def test_a_namespace_the_engine_may_not_use_is_refused_with_the_field(
             api.submit(other)
         assert refused.value.status == 422
         assert [e.path for e in refused.value.errors] == ["metadata.namespace"]
+        with pytest.raises(ApiError) as no_image:
+            api.submit(cluster.example("digits_ddp", image=None))
+        assert [e.path for e in no_image.value.errors] == ["spec.roles.worker.image"]
+        gpus = max(node.capacity.gpu for node in api.nodes()) + 1
+        with pytest.raises(ApiError) as too_big:
+            api.submit(cluster.example("digits_ddp", resources={"cpu": 1, "gpu": gpus}))
+        assert too_big.value.status == 422
+        assert "gpu" in str(too_big.value).lower()
         assert cluster.job_object(job.metadata.name) is None
+        assert api.jobs() == []
