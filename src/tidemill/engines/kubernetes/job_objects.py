@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -100,7 +101,8 @@ def job_of(obj: Obj) -> TrainingJob:
 
 
 class JobObjects:
-    """Runs the sync in a thread once a second and whenever an object changes."""
+    """Runs the sync in a thread once a second and whenever an object changes, but never
+    more than once a second nor more than half the time (see :meth:`_run`)."""
 
     def __init__(
         self, cluster: Cluster, pods: Informer, control: JobControl, relist_s: float = 60.0
@@ -141,10 +143,16 @@ class JobObjects:
             self._wake.clear()
             if self._stop.is_set() or not self.objects.synced.is_set():
                 continue
+            started = time.monotonic()
             try:
                 self.sync_once()
             except Exception:
                 log.exception("TrainingJob sync failed; retrying")
+            took_s = time.monotonic() - started
+            # Every status it writes wakes it again and each sync reads every job, so
+            # on a busy cluster back-to-back syncs would hold the GIL from the controller:
+            # the wakes in between are coalesced into one sync.
+            self._stop.wait(max(SYNC_S - took_s, took_s))
 
     def sync_once(self) -> None:
         # Pods first: a pod in this list was created after its launch was recorded, so
