@@ -30,3 +30,4 @@ bench: venv
 	$(BIN)/python benchmarks/elastic.py
 	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/loader_throughput.py
+	$(BIN)/python benchmarks/kubernetes.py

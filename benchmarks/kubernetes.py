@@ -64,9 +64,11 @@ sys.path[:] = [str(ROOT / "src"), str(ROOT)] + [
     p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
 ]
 
+import yaml  # noqa: E402
 from kubernetes import client as kube_client  # noqa: E402
+from kubernetes import config as kube_config  # noqa: E402
 
-from tests.engines.kubernetes.cluster import api_client, apply_crd  # noqa: E402
+from tests.e2e.kubernetes import CRD  # noqa: E402
 from tests.kube import KubeEmulator  # noqa: E402
 from tests.kube.watch import Event  # noqa: E402
 from tidemill.client import Client  # noqa: E402
@@ -256,10 +258,11 @@ def run_one(args: argparse.Namespace, gang: str) -> dict[str, Any]:
         for i in range(args.nodes):
             kube.add_node(f"node-{i:04d}", cpu=NODE_CPU, memory=NODE_MEMORY, run_pods=False)
         kubeconfig = kube.write_kubeconfig(str(folder / "setup.kubeconfig"))
-        apply_crd(kubeconfig)
-        if gang == "volcano":
-            with api_client(kubeconfig) as api:
-                kube_client.ApiextensionsV1Api(api).create_custom_resource_definition(PODGROUP_CRD)
+        with kube_config.new_client_from_config(config_file=kubeconfig) as api:
+            extensions = kube_client.ApiextensionsV1Api(api)
+            extensions.create_custom_resource_definition(yaml.safe_load(CRD.read_text()))
+            if gang == "volcano":
+                extensions.create_custom_resource_definition(PODGROUP_CRD)
         with kube.store.lock:
             kube.store.listeners.append((frozenset({"/pods"}), clock))  # type: ignore[arg-type]
         with server(kube, gang, folder, args.in_process) as srv:
