@@ -5,6 +5,7 @@ real cluster when ``TIDEMILL_TEST_KUBECONFIG`` is set (see tests/e2e/kubernetes.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +157,27 @@ def test_a_namespace_the_engine_may_not_use_no_image_or_a_resource_no_node_has_a
         assert "gpu" in str(too_big.value).lower()
         assert cluster.job_object(job.metadata.name) is None
         assert api.jobs() == []
+
+
+def test_logs_follow_a_running_pod_through_the_pod_log_api(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    ticker = cluster.sleeper("ticker", replicas=1).model_dump(by_alias=True, mode="json")
+    ticker["spec"]["roles"]["worker"]["command"] = [
+        "python",
+        "-c",
+        "import time\nfor i in range(600):\n    print('tick', i, flush=True)\n    time.sleep(0.2)",
+    ]
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(ticker)
+        wait_for(lambda: api.get("ticker").phase == "Running", timeout_s=60, what="running")
+        started = time.monotonic()
+        seen = []
+        for line in api.logs("ticker", role="worker", index=0, follow=True):
+            seen.append(line)
+            if len(seen) == 8:
+                break
+        assert seen == [f"tick {i}" for i in range(8)]
+        assert time.monotonic() - started >= 0.8, "lines arrived as the pod printed them"
+        later = list(api.logs("ticker", role="worker", index=0, tail_lines=2))
+        assert int(later[-1].split()[1]) >= 7
