@@ -392,6 +392,10 @@ def _start(argv: list[str], env: dict[str, str], log_file: Path, header: str) ->
     return popen.pid, psutil.Process(popen.pid).create_time()
 
 
+RECORD_WAIT_S = 2.0
+"""How long a warm launch waits for its supervisor to record itself (it takes ms)."""
+
+
 def _fork(server: ForkServer, request: ForkRequest, header: str) -> tuple[int, float]:
     """Have the fork server fork a supervisor; its pid and start time."""
     with server.fork(request) as forked:
@@ -402,6 +406,11 @@ def _fork(server: ForkServer, request: ForkRequest, header: str) -> tuple[int, f
         with open(request.log_file, "ab") as log:
             log.write(header.encode())
         forked.release()
+    # Return once the supervisor has recorded itself, so that a control plane dying
+    # right after this launch is found by ``adopt`` when it comes back, however soon.
+    deadline = time.monotonic() + RECORD_WAIT_S
+    while not os.path.exists(request.supervisor_file) and time.monotonic() < deadline:
+        time.sleep(0.002)
     return forked.pid, created
 
 
