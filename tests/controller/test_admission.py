@@ -99,6 +99,30 @@ REFUSED = {
         nodes(2, cpu=2),
         "spec.roles.worker.resources.cpu: asks 4 cpu per replica; the largest node has 2",
     ),
+    "an extended resource no node offers": (
+        job(worker=role(1, cpu=1, extended={"example.com/fpga": 1})),
+        nodes(2, cpu=2),
+        "spec.roles.worker.resources.extended: asks 1 example.com/fpga per replica; no node "
+        "offers example.com/fpga: ask for at most 0, or add nodes offering it (extended: in "
+        "the cluster file; on Kubernetes, tidemill server --extended-resource example.com/fpga)",
+    ),
+    "more of an extended resource per replica than any node has": (
+        job(worker=role(1, cpu=1, extended={"rdma/hca": 2})),
+        [*nodes(1, cpu=2), *nodes(1, cpu=2, name="m", extended={"rdma/hca": 1})],
+        "spec.roles.worker.resources.extended: asks 2 rdma/hca per replica; the largest node "
+        "offers 1 (m): ask for at most 1",
+    ),
+    "extended resources do not split across nodes (3 x 2 fpga on two 3-fpga nodes)": (
+        job(worker=role(3, cpu=0.1, extended={"example.com/fpga": 2})),
+        nodes(2, cpu=8, extended={"example.com/fpga": 3}),
+        "spec.roles.worker.replicas: the gang needs 3 worker replicas at once",
+    ),
+    "cpu on one node and the extended resource on another": (
+        job(worker=role(1, cpu=4, extended={"rdma/hca": 1})),
+        [*nodes(1, cpu=4), *nodes(1, cpu=2, name="m", extended={"rdma/hca": 1})],
+        "spec.roles.worker.resources: no single node has 4 cpu, 1Gi memory and 0 gpu, "
+        "1 rdma/hca together",
+    ),
 }
 
 
@@ -131,6 +155,10 @@ ADMITTED = {
     "whole GPUs that fill every node exactly": (
         job(worker=role(4, cpu=0.1, gpu=2)),
         nodes(2, cpu=8, gpus=4),
+    ),
+    "two replicas of 2 fpga on the one node offering 4": (
+        job(worker=role(2, cpu=0.1, extended={"example.com/fpga": 2})),
+        [*nodes(1, cpu=8), *nodes(1, cpu=8, name="m", extended={"example.com/fpga": 4})],
     ),
     "requests of zero (Kubernetes BestEffort) fit anywhere": (
         job(worker=role(100, cpu=0, memory=0)),

@@ -15,6 +15,7 @@ from kubernetes import client
 from tests.e2e.harness import wait_for
 from tests.e2e.kubernetes import Cluster, emulated, real, server
 from tidemill.api.crd import to_custom_object
+from tidemill.api.job import TrainingJob
 from tidemill.client import ApiError
 from tidemill.engines.kubernetes import names
 
@@ -181,3 +182,46 @@ def test_logs_follow_a_running_pod_through_the_pod_log_api(
         assert time.monotonic() - started >= 0.8, "lines arrived as the pod printed them"
         later = list(api.logs("ticker", role="worker", index=0, tail_lines=2))
         assert int(later[-1].split()[1]) >= 7
+
+
+def test_a_gang_asking_an_extended_resource_lands_on_the_node_offering_it_or_waits(
+    tmp_path: Path,
+) -> None:
+    fpga = "example.com/fpga"
+    for cluster in emulated(tmp_path):
+        assert cluster.emulator is not None
+        cluster.emulator.add_node("fpga-0", cpu="4", memory="16Gi", extended={fpga: "4"})
+        options = {"extended_resources": (fpga,)}
+        with server(cluster, tmp_path / "state", **options) as (_, api):
+            offered = {node.name: node for node in api.nodes()}
+            assert set(offered) >= {"node-0", "node-1", "fpga-0"}
+            wide = cluster.sleeper("wide", replicas=2, cpu=0.5)
+            api.submit(with_extended(wide, {fpga: 2}))
+            wait_for(lambda: api.get("wide").phase == "Running", timeout_s=90,
+                     what="the fpga gang running")
+            assert {p.spec.node_name for p in cluster.pods("wide")} == {"fpga-0"}
+            api.submit(with_extended(cluster.sleeper("more", replicas=1, cpu=0.5), {fpga: 1}))
+            view = wait_for(
+                lambda: (v := api.get("more")).pending_reason and v, timeout_s=30,
+                what="a pending reason",
+            )
+            assert view.phase == "Pending"
+            assert view.pending_reason.code == "InsufficientExtendedResource"
+            assert fpga in view.pending_reason.message
+            assert cluster.pods("more") == [], "a waiting gang holds no pod"
+            with pytest.raises(ApiError) as refused:
+                api.submit(with_extended(cluster.sleeper("huge", replicas=1), {fpga: 5}))
+            assert refused.value.status == 422
+            assert [e.path for e in refused.value.errors] == [
+                "spec.roles.worker.resources.extended"
+            ]
+            api.delete("wide")
+            wait_for(lambda: api.get("more").phase == "Running", timeout_s=90,
+                     what="the waiting job bound once the fpgas were free")
+
+
+def with_extended(job: TrainingJob, extended: dict[str, int]) -> TrainingJob:
+    document = job.to_document()
+    for role in document["spec"]["roles"].values():
+        role["resources"]["extended"] = extended
+    return TrainingJob.model_validate(document)

@@ -7,6 +7,9 @@ optional; ``job("a").pods(3).first_index(2).grows()`` asks running ``a`` for wor
 2-4; ``running("a").on(...)...keep(2)`` lets a preemptor take back every worker from
 index 2 up, highest first.
 
+Extended resources: ``node("n1").offers("rdma/hca", 4)``, ``job("a").extended("rdma/hca", 2)``
+(per pod) and ``running("b").on("n1", extended={"rdma/hca": 1})``.
+
 Builders are immutable: every call returns a new one, so a shared base is safe.
 """
 
@@ -40,6 +43,7 @@ class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
     gpu_count: int = 0
     gpu_model: str | None = None
     schedulable: bool = True
+    extended_amounts: tuple[tuple[str, int], ...] = ()
 
     def gpus(self, count: int) -> node:
         return replace(self, gpu_count=count)
@@ -56,6 +60,10 @@ class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
     def cordoned(self) -> node:
         return replace(self, schedulable=False)
 
+    def offers(self, name: str, count: int) -> node:
+        """``count`` of the extended resource ``name``."""
+        return replace(self, extended_amounts=(*self.extended_amounts, (name, count)))
+
     def build(self) -> NodeInfo:
         return NodeInfo(
             name=self.name,
@@ -64,6 +72,7 @@ class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
             gpus=self.gpu_count,
             gpu_model=self.gpu_model,
             schedulable=self.schedulable,
+            extended=dict(self.extended_amounts),
         )
 
 
@@ -78,6 +87,7 @@ class _Role:
     required: int | None = None
     """Pods of this role in the gang; the rest are optional (None: all required)."""
     first: int = 0
+    extended: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +127,11 @@ class job:
     def model(self, name: str) -> job:
         return replace(self, main=replace(self.main, gpu_model=name))
 
+    def extended(self, name: str, per_pod: int) -> job:
+        """Each pod of the main role also needs ``per_pod`` of ``name``."""
+        amounts = tuple(sorted({**dict(self.main.extended), name: per_pod}.items()))
+        return replace(self, main=replace(self.main, extended=amounts))
+
     def role(self, name: str) -> job:
         return replace(self, main=replace(self.main, name=name))
 
@@ -145,6 +160,7 @@ class job:
                 gpu=r.gpu,
                 gpu_model=r.gpu_model,
                 optional=self.growth or (r.required is not None and i >= r.required),
+                extended=r.extended,
             )
             for r in (self.main, *self.extra)
             for i in range(r.count)
@@ -172,6 +188,7 @@ class running:
         share: float = 1.0,
         cpu: float = 1,
         memory: float = 1,
+        extended: dict[str, int] | None = None,
     ) -> running:
         """One more pod of this job, on ``node_name`` using devices ``gpu_ids``."""
         placement = Placement(
@@ -182,6 +199,7 @@ class running:
             memory_bytes=round(memory * GIB),
             gpu_ids=tuple(gpu_ids),
             gpu_share=share if gpu_ids else 0.0,
+            extended=tuple(sorted((extended or {}).items())),
         )
         return replace(self, placements=(*self.placements, placement))
 

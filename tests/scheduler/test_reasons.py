@@ -107,6 +107,46 @@ REASON_CASES = [
     ),
     pytest.param(
         Case(
+            nodes=[node("n1").offers("rdma/hca", 4), node("n2").offers("rdma/hca", 4)],
+            held=[
+                running("a").on("n1", extended={"rdma/hca": 3}),
+                running("b").on("n2", extended={"rdma/hca": 4}),
+            ],
+            jobs=[job("waiting").pods(2).extended("rdma/hca", 2)],
+            code="InsufficientExtendedResource",
+            message="needs 2 worker pods x 2 rdma/hca; largest free block is 1 rdma/hca on n1",
+        ),
+        id="insufficient extended resource names the ask per pod and the most free on one node",
+    ),
+    pytest.param(
+        Case(
+            nodes=[
+                node("n1").offers("example.com/fpga", 2),
+                node("n2").offers("example.com/fpga", 1),
+            ],
+            jobs=[job("waiting").pods(2).extended("example.com/fpga", 2)],
+            code="GangDoesNotFit",
+            message=(
+                "1 of 2 pods fit; pod worker-1 needs 2 example.com/fpga, "
+                "largest free block left is 1 example.com/fpga on n2"
+            ),
+        ),
+        id="a gang that partly fits on extended resources says what stopped the next pod",
+    ),
+    pytest.param(
+        Case(
+            nodes=[node("n1").offers("rdma/hca", 1), node("n2")],
+            jobs=[job("waiting").extended("rdma/hca", 2).extended("example.com/fpga", 1)],
+            code="NoNodeLargeEnough",
+            message=(
+                "pod worker-0 asks 1 example.com/fpga; the largest node has 0 example.com/fpga "
+                "(n1); pod worker-0 asks 2 rdma/hca; the largest node has 1 rdma/hca (n1)"
+            ),
+        ),
+        id="an extended resource no node offers enough of names the largest offer",
+    ),
+    pytest.param(
+        Case(
             nodes=[node("n1").gpus(8).cpu(32), node("n2").cpu(128)],
             jobs=[job("waiting").gpus(1).cpu(64)],
             code="NoNodeLargeEnough",

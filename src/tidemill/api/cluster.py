@@ -20,6 +20,7 @@ from tidemill.api._model import (
     validate_labels,
     validate_line,
 )
+from tidemill.api.extended import ExtendedAmounts
 from tidemill.api.limits import (
     MAX_CLUSTER_NODES,
     MAX_GPUS,
@@ -61,6 +62,9 @@ class NodeSpec(SpecModel):
     gpus: int = Field(default=0, ge=0, le=MAX_GPUS)
     gpu_model: str | None = None
     labels: dict[str, str] = Field(default_factory=dict, description="e.g. {rack: r1}")
+    extended: ExtendedAmounts = Field(
+        default_factory=dict, description="extended resources offered, e.g. {rdma/hca: 4}"
+    )
     count: int = Field(default=1, ge=1, le=MAX_CLUSTER_NODES)
 
     @field_validator("name")

@@ -22,6 +22,7 @@ from tidemill.api._model import (
     validate_line,
 )
 from tidemill.api.data import DataSpec, ShuffleSpec, StageSource, StageSpec
+from tidemill.api.extended import ExtendedAmounts
 from tidemill.api.limits import (
     INT64_MAX,
     MAX_ARG_BYTES,
@@ -104,6 +105,10 @@ class Resources(SpecModel):
     memory: MemoryBytes = Field(default=2**30, description="bytes; '2Gi' and '512Mi' accepted")
     gpu: float = Field(default=0.0, description="whole devices, or a fraction below 1")
     gpu_model: str | None = Field(default=None, description="e.g. 'A100'; any model if unset")
+    extended: ExtendedAmounts = Field(
+        default_factory=dict,
+        description="extended resources per replica, e.g. {rdma/hca: 2, example.com/fpga: 1}",
+    )
 
     @field_validator("gpu", mode="before")
     @classmethod

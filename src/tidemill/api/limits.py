@@ -40,6 +40,11 @@ MAX_MEMORY_BYTES = 2**60
 """1 EiB."""
 MAX_GPUS = 1_024
 """GPUs of one replica or one node."""
+MAX_EXTENDED_RESOURCES = 32
+"""Extended resource names on one role or one node."""
+MAX_EXTENDED_AMOUNT = 1_000_000
+"""Of one extended resource (``rdma/hca``) per replica or per node; hugepages are bytes
+and bounded like memory instead."""
 MAX_QUEUE_GPUS = 10_000_000
 """A queue's guaranteed or max GPUs (a quota over the whole cluster)."""
 MAX_BACKOFF_S = 300.0

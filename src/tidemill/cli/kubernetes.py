@@ -49,6 +49,14 @@ KubeconfigOption = Annotated[
 ContextOption = Annotated[
     str | None, typer.Option("--kube-context", help="Kubernetes: the kubeconfig context.")
 ]
+ExtendedOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--extended-resource",
+        help="Kubernetes: an extended resource to count per node, e.g. rdma/hca "
+        "(repeat for more; cpu, memory and nvidia.com/gpu are always counted).",
+    ),
+]
 AdvertiseOption = Annotated[
     str | None,
     typer.Option(
@@ -67,6 +75,7 @@ def engine_options(
     context: str | None,
     gang_scheduler: str,
     gpu_sharing: str,
+    extended_resources: list[str] | None = None,
 ) -> dict[str, Any]:
     """The engine's constructor options; Kubernetes ones given to another engine are refused."""
     from tidemill.engines.kubernetes.options import KubernetesOptionError, KubernetesOptions
@@ -78,6 +87,7 @@ def engine_options(
         "--kube-context": context,
         "--gang-scheduler": None if gang_scheduler == "tidemill" else gang_scheduler,
         "--gpu-sharing": None if gpu_sharing == "hami" else gpu_sharing,
+        "--extended-resource": extended_resources,
     }
     if engine != "kubernetes":
         extra = [name for name, value in given.items() if value]
@@ -92,6 +102,7 @@ def engine_options(
             default_image=default_image,
             gang_scheduler=gang_scheduler,
             gpu_sharing=gpu_sharing,
+            extended_resources=tuple(dict.fromkeys(extended_resources or ())),
         )
     except KubernetesOptionError as exc:
         fail(str(exc), code=EXIT_INVALID)

@@ -40,6 +40,7 @@ from tidemill.cli.interrupt import OnceStop, shielded, stop_job
 from tidemill.cli.kubernetes import (
     AdvertiseOption,
     ContextOption,
+    ExtendedOption,
     GangOption,
     ImageOption,
     KubeconfigOption,
@@ -116,6 +117,7 @@ def server(
     kube_context: ContextOption = None,
     gang_scheduler: GangOption = "tidemill",
     gpu_sharing: SharingOption = "hami",
+    extended_resource: ExtendedOption = None,
     advertise_url: AdvertiseOption = None,
 ) -> None:
     """Run the control plane until Ctrl-C or SIGTERM.
@@ -126,7 +128,14 @@ def server(
     from tidemill.server.runner import InsecureServer, ServerRunner
 
     options = engine_options(
-        engine, namespace, default_image, kubeconfig, kube_context, gang_scheduler, gpu_sharing
+        engine,
+        namespace,
+        default_image,
+        kubeconfig,
+        kube_context,
+        gang_scheduler,
+        gpu_sharing,
+        extended_resource,
     )
     try:
         runner = ServerRunner(

@@ -5,6 +5,9 @@ The spec validated on its own; here we refuse what could never run on *this* clu
 together, a gang beyond a queue's max), so the user hears about it at submit time
 instead of waiting forever. The gang is each role at its minimum size: what must run
 at once for the job to start.
+
+Extended resources (``resources.extended``) are checked per replica and node by node;
+queue maxes do not limit them.
 """
 
 from __future__ import annotations
@@ -135,17 +138,50 @@ def _fits_some_node(path: str, role: RoleSpec, nodes: Sequence[NodeSpec]) -> lis
                 f"{largest_gpu.gpus} ({largest_gpu.name})",
             )
         )
+    errors.extend(_extended_offered(f"{path}.extended", role, nodes))
     if errors:
         return errors
-    if not any(res.cpu <= n.cpu and res.memory <= n.memory and res.gpu <= n.gpus for n in usable):
+    if not any(
+        res.cpu <= n.cpu and res.memory <= n.memory and res.gpu <= n.gpus and _has_extended(n, role)
+        for n in usable
+    ):
+        extended = "".join(f", {amount} {name}" for name, amount in res.extended.items() if amount)
         return [
             FieldError(
                 path,
                 f"no single node has {format_cpu(res.cpu_millis)} cpu, "
-                f"{format_memory(res.memory)} memory and {res.gpu:g} gpu together",
+                f"{format_memory(res.memory)} memory and {res.gpu:g} gpu{extended} together",
             )
         ]
     return []
+
+
+def _extended_offered(path: str, role: RoleSpec, nodes: Sequence[NodeSpec]) -> list[FieldError]:
+    """Each extended resource the role asks must be offered by some node, enough of it."""
+    errors: list[FieldError] = []
+    for name, asked in role.resources.extended.items():
+        if asked == 0:
+            continue
+        largest = max(nodes, key=lambda n: n.extended.get(name, 0))
+        most = largest.extended.get(name, 0)
+        if most >= asked:
+            continue
+        offer = (
+            f"the largest node offers {most} ({largest.name})" if most else f"no node offers {name}"
+        )
+        errors.append(
+            FieldError(
+                path,
+                f"asks {asked} {name} per replica; {offer}: ask for at most {most}, or add "
+                f"nodes offering it (extended: in the cluster file; on Kubernetes, "
+                f"tidemill server --extended-resource {name})",
+            )
+        )
+    return errors
+
+
+def _has_extended(node: NodeSpec, role: RoleSpec) -> bool:
+    return all(node.extended.get(name, 0) >= n for name, n in role.resources.extended.items())
 
 
 def _within_queue_max(job: TrainingJob, queue: QueueSpec) -> list[FieldError]:
@@ -275,6 +311,9 @@ def _replicas_on(node: NodeSpec, role: RoleSpec, cap: int) -> int:
             return 0
         per_device = math.floor(1 / res.gpu + 1e-9) if res.gpu < 1 else 0
         fits.append(node.gpus * per_device if per_device else node.gpus // int(res.gpu))
+    for name, asked in res.extended.items():
+        if asked > 0:
+            fits.append(node.extended.get(name, 0) // asked)
     return min(fits)
 
 

@@ -187,6 +187,7 @@ class Launcher:
             cpu=role.resources.cpu,
             memory_bytes=role.resources.memory,
             gpus=role.resources.gpu,
+            extended=tuple(sorted(role.resources.extended.items())),
         )
 
     def _master_spec(

@@ -6,6 +6,7 @@ from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.job import TrainingJob
 from tidemill.controller.elastic import missing_indexes, surplus
 from tidemill.scheduler.types import (
+    Extended,
     JobRequest,
     NodeInfo,
     Placement,
@@ -27,6 +28,7 @@ def node_info(row: NodeRow) -> NodeInfo:
         gpu_model=spec.gpu_model,
         labels=dict(spec.labels),
         schedulable=row.schedulable,
+        extended=dict(spec.extended),
     )
 
 
@@ -56,7 +58,13 @@ def _pod(name: str, job: TrainingJob, index: int, optional: bool) -> PodRequest:
         gpu=resources.gpu,
         gpu_model=resources.gpu_model,
         optional=optional,
+        extended=_extended(resources.extended),
     )
+
+
+def _extended(amounts: dict[str, int]) -> Extended:
+    """The scheduler's form: (name, amount) pairs sorted by name, zero amounts left out."""
+    return tuple(sorted((name, amount) for name, amount in amounts.items() if amount > 0))
 
 
 def job_request(row: JobRow, job: TrainingJob) -> JobRequest:
@@ -93,6 +101,9 @@ def grow_request(row: JobRow, job: TrainingJob) -> JobRequest | None:
 
 
 def running_job(row: JobRow, job: TrainingJob) -> RunningJob:
+    """What a running job holds. Replica rows do not record extended resources: a
+    replica holds what its role asks (the master's role is not in the spec: none)."""
+    roles = job.spec.roles
     placements = tuple(
         Placement(
             role=r.role,
@@ -102,6 +113,7 @@ def running_job(row: JobRow, job: TrainingJob) -> RunningJob:
             memory_bytes=r.memory_bytes,
             gpu_ids=tuple(r.gpu_ids),
             gpu_share=r.gpu_share,
+            extended=_extended(roles[r.role].resources.extended) if r.role in roles else (),
         )
         for r in row.replicas
     )

@@ -39,6 +39,8 @@ class LaunchSpec:
     memory_bytes: int = 0
     gpus: float = 0.0
     """whole devices, or the share of one device (below 1)"""
+    extended: tuple[tuple[str, int], ...] = ()
+    """extended resources (``("rdma/hca", 2)``) the scheduler reserved, by name"""
 
 
 @dataclass(frozen=True)

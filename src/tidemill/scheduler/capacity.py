@@ -6,6 +6,9 @@ touched and scoring 10,000 nodes is a handful of vector operations.
 
 GPU devices are a ``(nodes, widest node)`` matrix of used shares; slots past a node's
 last device hold ``inf`` so they are never free and never fit a share.
+
+Extended resources are a ``(nodes, names)`` matrix of free whole amounts, one column
+per name any node offers; with none offered it has no columns and costs nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from tidemill.scheduler.types import ClusterState, NodeInfo, Placement, ResourceVector, RunningJob
+from tidemill.scheduler.types import (
+    ClusterState,
+    Extended,
+    NodeInfo,
+    Placement,
+    ResourceVector,
+    RunningJob,
+)
 
 EPS = 1e-9
 """Tolerance for summed GPU shares (0.1 + 0.2 is not 0.3 in floating point)."""
@@ -35,6 +45,7 @@ class _Saved:
     cpu_millis: int
     memory_bytes: int
     gpu_used: Floats
+    extended: Ints | None
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,17 @@ class Capacity:
         self.gpu_used: Floats = np.where(slots, 0.0, np.inf)
         self.whole_free: Ints = self.total_gpus.copy()
         self.least_used: Floats = np.where(self.total_gpus > 0, 0.0, np.inf)
+        self.extended_names: tuple[str, ...] = tuple(
+            sorted({name for node in nodes for name in node.extended})
+        )
+        self.extended_column: dict[str, int] = {
+            name: i for i, name in enumerate(self.extended_names)
+        }
+        self.total_extended: Ints = np.array(
+            [[node.extended.get(name, 0) for name in self.extended_names] for node in nodes],
+            dtype=np.int64,
+        ).reshape(len(nodes), len(self.extended_names))
+        self.free_extended: Ints = self.total_extended.copy()
         self.cpu_scale: Floats = 1.0 / np.maximum(self.total_cpu, 1)
         self.memory_scale: Floats = 1.0 / np.maximum(self.total_memory, 1)
         self._journal: list[_Saved | _SavedAll] = []
@@ -95,6 +117,28 @@ class Capacity:
             float(self.total_gpus[on].sum()),
         )
 
+    def extended_mask(self, extended: Extended, *, empty: bool = False) -> Bools:
+        """Per node, whether it has each of ``extended`` free (``empty``: on offer at all)."""
+        amounts = self.total_extended if empty else self.free_extended
+        ok: Bools = np.ones(len(self.names), dtype=np.bool_)
+        for name, asked in extended:
+            if asked <= 0:
+                continue
+            column = self.extended_column.get(name)
+            if column is None:
+                return np.zeros(len(self.names), dtype=np.bool_)
+            ok &= amounts[:, column] >= asked
+        return ok
+
+    def extended_free(self, name: str, rows: Indices, *, empty: bool = False) -> Ints:
+        """Free amount of ``name`` on ``rows`` (``empty``: what the nodes offer at all)."""
+        column = self.extended_column.get(name)
+        if column is None:
+            return np.zeros(rows.size, dtype=np.int64)
+        amounts = self.total_extended if empty else self.free_extended
+        free: Ints = amounts[rows, column]
+        return free
+
     def free_total(self) -> ResourceVector:
         """What is free across schedulable nodes, ignoring fragmentation."""
         on = self.schedulable
@@ -122,7 +166,9 @@ class Capacity:
                 self.gpu_used, self.whole_free = saved.gpu_used, saved.whole_free
                 self.least_used = saved.least_used
             else:
-                self._write(saved.node, saved.cpu_millis, saved.memory_bytes, saved.gpu_used)
+                self._write(
+                    saved.node, saved.cpu_millis, saved.memory_bytes, saved.gpu_used, saved.extended
+                )
 
     def hold(self, placements: Iterable[Placement]) -> None:
         """Take what ``placements`` use (binding a pod, or a victim that stays)."""
@@ -163,6 +209,7 @@ class Capacity:
         cpu_after = self.free_cpu[rows].copy()
         memory_after = self.free_memory[rows].copy()
         used_after = self.gpu_used[rows].copy()
+        extended_after = self.free_extended[rows].copy()
         self.undo(start)
         for i, row in enumerate(rows):
             self._save(row)
@@ -171,6 +218,7 @@ class Capacity:
                 min(int(self.free_cpu[row]), int(cpu_after[i])),
                 min(int(self.free_memory[row]), int(memory_after[i])),
                 np.maximum(self.gpu_used[row], used_after[i]),
+                np.minimum(self.free_extended[row], extended_after[i]),
             )
 
     def _eligible_for(self, gpu_model: str | None) -> tuple[Bools, Indices]:
@@ -195,6 +243,8 @@ class Capacity:
                 row = self.index.get(p.node)
                 if row is None:
                     continue
+                if p.extended:
+                    self._take_extended(row, p.extended, sign=1)
                 rows.append(row)
                 cpu.append(p.cpu_millis)
                 memory.append(p.memory_bytes)
@@ -224,6 +274,8 @@ class Capacity:
             for device in p.gpu_ids:
                 if 0 <= device < self.total_gpus[row]:
                     used[device] += sign * p.gpu_share
+            if p.extended:
+                self._take_extended(row, p.extended, sign)
             self._write(
                 row,
                 int(self.free_cpu[row]) - sign * p.cpu_millis,
@@ -231,16 +283,39 @@ class Capacity:
                 used,
             )
 
+    def _take_extended(self, row: int, extended: Extended, sign: int) -> None:
+        """Hold (sign 1) or give back (-1) extended amounts on ``row``; the caller saved it.
+
+        Names the cluster does not offer are skipped, like devices past a node's last."""
+        for name, held in extended:
+            column = self.extended_column.get(name)
+            if column is not None:
+                self.free_extended[row, column] -= sign * held
+
     def _save(self, row: int) -> None:
+        extended = self.free_extended[row].copy() if self.extended_names else None
         self._journal.append(
             _Saved(
-                row, int(self.free_cpu[row]), int(self.free_memory[row]), self.gpu_used[row].copy()
+                row,
+                int(self.free_cpu[row]),
+                int(self.free_memory[row]),
+                self.gpu_used[row].copy(),
+                extended,
             )
         )
 
-    def _write(self, row: int, cpu_millis: int, memory_bytes: int, gpu_used: Floats) -> None:
+    def _write(
+        self,
+        row: int,
+        cpu_millis: int,
+        memory_bytes: int,
+        gpu_used: Floats,
+        extended: Ints | None = None,
+    ) -> None:
         self.free_cpu[row] = cpu_millis
         self.free_memory[row] = memory_bytes
         self.gpu_used[row] = gpu_used
+        if extended is not None:
+            self.free_extended[row] = extended
         self.whole_free[row] = int((gpu_used <= EPS).sum())
         self.least_used[row] = gpu_used.min(initial=np.inf)

@@ -40,6 +40,7 @@ from tidemill.scheduler.types import (
     Bind,
     ClusterState,
     Decisions,
+    Extended,
     JobRequest,
     Placement,
     PodRequest,
@@ -53,14 +54,16 @@ from tidemill.scheduler.types import (
 )
 from tidemill.scheduler.victims import VictimPool
 
-_Shape = tuple[tuple[int, int, float, str], ...]
+_Shape = tuple[tuple[int, int, float, str, Extended], ...]
 
 DEFAULT_CONFIG = SchedulerConfig()
 
 
 def _shape(gang: tuple[PodRequest, ...]) -> _Shape:
     """What placement depends on: the pods' sizes, not their names."""
-    return tuple(sorted((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "") for p in gang))
+    return tuple(
+        sorted((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "", p.extended) for p in gang)
+    )
 
 
 def schedule(
@@ -131,7 +134,7 @@ class _Cycle:
         self._cannot_preempt: dict[_Shape, int] = {}
         self._misfits: dict[_Shape, Misfit] = {}
         """Gang shapes that did not fit on free room this cycle, with why."""
-        self._fits_empty: dict[tuple[int, int, float, str | None], bool] = {}
+        self._fits_empty: dict[tuple[int, int, float, str | None, Extended], bool] = {}
         self._resized: set[str] = set()
         self._elastic: dict[str, tuple[JobRequest, int]] = {}
         """Jobs bound this cycle that have optional pods, and where their bind is."""
@@ -268,7 +271,7 @@ class _Cycle:
         return never_fits(self._capacity, pod)
 
     def _fits_empty_node(self, pod: PodRequest) -> bool:
-        key = (pod.cpu_millis, pod.memory_bytes, pod.gpu, pod.gpu_model)
+        key = (pod.cpu_millis, pod.memory_bytes, pod.gpu, pod.gpu_model, pod.extended)
         known = self._fits_empty.get(key)
         if known is None:
             known = self._fits_empty[key] = fits_empty_node(self._capacity, pod)

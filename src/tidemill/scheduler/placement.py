@@ -8,6 +8,9 @@ to the earlier node, so the result depends only on the input.
 
 Shared pods (``0 < gpu < 1``) take one device whose used share stays at most 1.0,
 preferring the fullest device that still fits, so whole devices stay free.
+
+A pod asking extended resources (``rdma/hca: 2``) also needs that much of each free on
+its node; they narrow the candidate nodes but do not enter the best-fit score.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ def request_problem(pod: PodRequest) -> str | None:
             f"asks cpu_millis={pod.cpu_millis}, memory_bytes={pod.memory_bytes}, "
             f"gpu={pod.gpu:g}; every amount must be zero or more"
         )
+    negative = [f"{name}={held}" for name, held in pod.extended if held < 0]
+    if negative:
+        return f"asks {', '.join(negative)}; every amount must be zero or more"
     if pod.gpu >= 1 and pod.gpu != int(pod.gpu):
         return (
             f"asks {pod.gpu:g} gpu; a pod takes whole GPUs (1, 2, ...) "
@@ -63,6 +69,8 @@ def fits_empty_node(capacity: Capacity, pod: PodRequest) -> bool:
         & (capacity.total_memory[nodes] >= pod.memory_bytes)
         & (capacity.total_gpus[nodes] >= np.ceil(pod.gpu))
     )
+    if pod.extended:
+        enough &= capacity.extended_mask(pod.extended, empty=True)[nodes]
     return bool(enough.any())
 
 
@@ -86,6 +94,11 @@ def never_fits(capacity: Capacity, pod: PodRequest) -> Reason:
         best = int(np.argmax(totals))
         if totals[best] < asked:
             largest.append((resource, float(totals[best]), capacity.names[nodes[best]]))
+    for name, asked in pod.extended:
+        offered = capacity.extended_free(name, nodes, empty=True)
+        best = int(np.argmax(offered))
+        if offered[best] < asked:
+            largest.append((name, float(offered[best]), capacity.names[nodes[best]]))
     return reasons.no_node_large_enough(pod, largest, int(capacity.schedulable.sum()))
 
 
@@ -157,6 +170,7 @@ def place_pod(capacity: Capacity, pod: PodRequest) -> Placement | None:
         memory_bytes=pod.memory_bytes,
         gpu_ids=devices,
         gpu_share=share,
+        extended=pod.extended,
     )
 
 
@@ -167,6 +181,8 @@ def _choose(capacity: Capacity, pod: PodRequest) -> tuple[int, tuple[int, ...]] 
     """
     ok = capacity.eligible_mask(pod.gpu_model) & (capacity.free_cpu >= pod.cpu_millis)
     ok &= capacity.free_memory >= pod.memory_bytes
+    if pod.extended:
+        ok &= capacity.extended_mask(pod.extended)
     if 0 < pod.gpu < 1:
         ok &= capacity.least_used <= 1.0 - pod.gpu + EPS
         rows = np.flatnonzero(ok)
@@ -216,8 +232,9 @@ def _devices(used: Floats, gpu: float) -> tuple[int, ...]:
 def _shortfall(capacity: Capacity, pod: PodRequest) -> Shortfall:
     """Name the resource that kept ``pod`` off every node, with the best on offer.
 
-    First look for a resource that is short even on nodes with enough of the other two;
-    if every pair already fails, report the first resource no node alone can give.
+    First look for a resource that is short even on nodes with enough of all the others
+    (gpu, cpu, memory, then the extended resources the pod asks, by name); if none is,
+    report the first resource no node alone can give.
     """
     nodes = capacity.eligible(pod.gpu_model)
     free = {
@@ -226,11 +243,14 @@ def _shortfall(capacity: Capacity, pod: PodRequest) -> Shortfall:
         "gpu": _gpu_free(capacity, nodes, pod.gpu),
     }
     asked = {"cpu": float(pod.cpu_millis), "memory": float(pod.memory_bytes), "gpu": pod.gpu}
+    for name, amount in pod.extended:
+        free[name] = capacity.extended_free(name, nodes).astype(np.float64)
+        asked[name] = float(amount)
     enough = {r: free[r] >= asked[r] - EPS for r in free}
-    order = ("gpu", "cpu", "memory")
+    order = ("gpu", "cpu", "memory", *(name for name, _ in pod.extended))
     for resource in order:
         others = [r for r in order if r != resource]
-        base = enough[others[0]] & enough[others[1]]
+        base = np.logical_and.reduce([enough[r] for r in others])
         if base.any() and not (base & enough[resource]).any():
             among = tuple(sorted(others)) if not base.all() else ()
             return _best(capacity, pod, nodes, free[resource], base, resource, among)

@@ -14,6 +14,10 @@ largest first while it still fits without them (a spared job is shrunk to its mi
 instead), then shrunk pods are given back, last removed first, while it still fits.
 
 Everything is tried on the snapshot and undone; the caller commits the plan.
+
+Extended resources only narrow the nodes examined to those offering enough of them:
+victims are ranked by what they free of cpu, memory and GPU, and a plan whose gang
+still lacks an extended resource is not found (the job waits instead).
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ def _cuts_for(
         capacity.free_memory + room.memory,
         capacity.gpu_used - room.gpu_used,
     )
+    if pod.extended:
+        could &= capacity.extended_mask(pod.extended, empty=True)
     rows = np.flatnonzero(could)
     nearest = rows[np.argsort(_lacking(capacity, pod, rows), kind="stable")[:NODES_EXAMINED]]
     best: list[tuple[RunningJob, int]] = []
@@ -220,6 +226,8 @@ def _make_room(
         capacity.free_memory + room.memory,
         capacity.gpu_used - room.gpu_used,
     )
+    if pod.extended:
+        could &= capacity.extended_mask(pod.extended, empty=True)
     rows = np.flatnonzero(could)
     nearest = rows[np.argsort(_lacking(capacity, pod, rows), kind="stable")[:NODES_EXAMINED]]
     best: list[RunningJob] = []

@@ -22,13 +22,14 @@ from tidemill.scheduler.types import (
 )
 
 RESOURCES = ("cpu", "gpu", "memory")
-"""Resource names in the order messages list them."""
+"""Resource names in the order messages list them; extended resources follow, by name."""
 
 
 class Code(StrEnum):
     INSUFFICIENT_CPU = "InsufficientCPU"
     INSUFFICIENT_MEMORY = "InsufficientMemory"
     INSUFFICIENT_GPU = "InsufficientGPU"
+    INSUFFICIENT_EXTENDED_RESOURCE = "InsufficientExtendedResource"
     GANG_DOES_NOT_FIT = "GangDoesNotFit"
     NO_NODE_LARGE_ENOUGH = "NoNodeLargeEnough"
     NO_MATCHING_GPU_MODEL = "NoMatchingGPUModel"
@@ -62,12 +63,15 @@ class Shortfall:
 
 
 def amount(resource: str, value: float) -> str:
-    """Render ``value`` of ``resource`` as people write it ("4 cpu", "32Gi memory")."""
+    """Render ``value`` of ``resource`` as people write it ("4 cpu", "32Gi memory",
+    "2 rdma/hca")."""
     if resource == "cpu":
         return f"{format_cpu(round(value))} cpu"
     if resource == "memory":
         return f"{format_memory(round(value))} memory"
-    return f"{value:g} gpu"
+    if resource == "gpu":
+        return f"{value:g} gpu"
+    return f"{round(value)} {resource}"
 
 
 def pieces(vector: ResourceVector) -> str:
@@ -75,6 +79,15 @@ def pieces(vector: ResourceVector) -> str:
     values = _by_resource(vector)
     parts = [amount(r, values[r]) for r in RESOURCES if values[r] > 0]
     return ", ".join(parts) if parts else "nothing"
+
+
+def pod_pieces(pod: PodRequest) -> str:
+    """What ``pod`` asks, extended resources included ("4 cpu, 2 gpu, 2 rdma/hca")."""
+    base = pieces(pod.vector)
+    extra = [amount(name, held) for name, held in sorted(pod.extended) if held > 0]
+    if not extra:
+        return base
+    return ", ".join(extra) if base == "nothing" else ", ".join([base, *extra])
 
 
 def pod_name(pod: PodRequest) -> str:
@@ -145,18 +158,17 @@ def no_node_large_enough(
     """
     name = pod_name(pod)
     if schedulable == 0:
-        message = f"pod {name} asks {pieces(pod.vector)}; no node is schedulable"
+        message = f"pod {name} asks {pod_pieces(pod)}; no node is schedulable"
     elif largest:
-        ordered = sorted(largest, key=lambda item: RESOURCES.index(item[0]))
+        ordered = sorted(largest, key=lambda item: _listed(item[0]))
         message = "; ".join(
-            f"pod {name} asks {amount(r, _value(pod.vector, r))}; "
+            f"pod {name} asks {amount(r, _value(pod, r))}; "
             f"the largest node has {amount(r, most)} ({node})"
             for r, most, node in ordered
         )
     else:
         message = (
-            f"pod {name} asks {pieces(pod.vector)}; "
-            "no single schedulable node has all of that at once"
+            f"pod {name} asks {pod_pieces(pod)}; no single schedulable node has all of that at once"
         )
     return Reason(Code.NO_NODE_LARGE_ENOUGH.value, message)
 
@@ -168,10 +180,14 @@ def does_not_fit(job: JobRequest, placed: int, shortfall: Shortfall) -> Reason:
     wanted = _asked(pod, shortfall.resource)
     where = _largest_free(shortfall)
     if placed == 0:
-        same = sum(1 for p in gang if p.role == pod.role and p.vector == pod.vector)
+        same = sum(
+            1
+            for p in gang
+            if p.role == pod.role and p.vector == pod.vector and p.extended == pod.extended
+        )
         plural = "s" if same != 1 else ""
         return Reason(
-            _SHORT_OF[shortfall.resource].value,
+            _short_of(shortfall.resource).value,
             f"needs {same} {pod.role} pod{plural} x {wanted}; largest free block is {where}",
         )
     return Reason(
@@ -185,7 +201,7 @@ def cannot_grow(shortfall: Shortfall) -> Reason:
     """A running job's optional pod that found no idle room."""
     pod = shortfall.pod
     return Reason(
-        _SHORT_OF[shortfall.resource].value,
+        _short_of(shortfall.resource).value,
         f"cannot add {pod_name(pod)}: it needs {_asked(pod, shortfall.resource)}; "
         f"largest free block is {_largest_free(shortfall)}",
     )
@@ -220,8 +236,19 @@ def shrink_message(job: RunningJob, removed: Sequence[Placement], preemptor: Job
     )
 
 
+def _short_of(resource: str) -> Code:
+    return _SHORT_OF.get(resource, Code.INSUFFICIENT_EXTENDED_RESOURCE)
+
+
+def _listed(resource: str) -> tuple[int, str]:
+    """Sort key: cpu, gpu, memory, then extended resources by name."""
+    if resource in RESOURCES:
+        return RESOURCES.index(resource), ""
+    return len(RESOURCES), resource
+
+
 def _asked(pod: PodRequest, resource: str) -> str:
-    text = amount(resource, _value(pod.vector, resource))
+    text = amount(resource, _value(pod, resource))
     return f"{text} (shared)" if resource == "gpu" and 0 < pod.gpu < 1 else text
 
 
@@ -235,8 +262,11 @@ def _largest_free(shortfall: Shortfall) -> str:
     return f"{block} on {shortfall.node}{among}"
 
 
-def _value(vector: ResourceVector, resource: str) -> float:
-    return _by_resource(vector)[resource]
+def _value(pod: PodRequest, resource: str) -> float:
+    """What ``pod`` asks of ``resource``, extended resources included."""
+    if resource in RESOURCES:
+        return _by_resource(pod.vector)[resource]
+    return float(dict(pod.extended).get(resource, 0))
 
 
 def _by_resource(vector: ResourceVector) -> dict[str, float]:

@@ -8,12 +8,22 @@ Elastic jobs use three optional fields, all off by default: ``PodRequest.optiona
 (replicas above a role's minimum, placed only in idle room), ``JobRequest.grow`` (add
 optional replicas to a running job) and ``RunningJob.shrinkable`` (replicas that may be
 taken back for a higher-priority job instead of stopping the whole job).
+
+Extended resources (``rdma/hca``, ``example.com/fpga``: whole counts a node offers) are
+``NodeInfo.extended``, ``PodRequest.extended`` and ``Placement.extended``: a pod fits a
+node only with enough of each it asks free there. ``ResourceVector`` leaves them out, so
+DRF shares, queue quotas and the preemption search weigh cpu, memory and GPU only (a
+preemption plan is still checked against extended resources before it is taken).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+Extended = tuple[tuple[str, int], ...]
+"""Extended resources as (name, whole amount) pairs sorted by name; hashable, so pod
+shapes with them can key caches."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,8 @@ class NodeInfo:
     gpu_model: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     schedulable: bool = True
+    extended: dict[str, int] = field(default_factory=dict)
+    """Extended resources the node offers, by name (``{"rdma/hca": 4}``)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,8 @@ class PodRequest:
     optional: bool = False
     """An elastic extra (an index at or above the role's minReplicas): placed after the
     gang, only in idle room, never by preempting; its job starts without it."""
+    extended: Extended = ()
+    """Extended resources it needs on its node, e.g. ``(("rdma/hca", 2),)``."""
 
     @property
     def vector(self) -> ResourceVector:
@@ -139,6 +153,8 @@ class Placement:
     memory_bytes: int
     gpu_ids: tuple[int, ...] = ()
     gpu_share: float = 0.0
+    extended: Extended = ()
+    """Extended resources held on ``node``, as the pod asked them."""
 
 
 @dataclass(frozen=True)

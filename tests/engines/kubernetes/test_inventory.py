@@ -58,6 +58,20 @@ def test_other_pods_requests_are_taken_from_what_a_node_offers() -> None:
     assert specs["b"].cpu == 4.0
 
 
+def test_the_extended_resources_named_in_the_options_are_counted_less_other_pods() -> None:
+    fpga = node("a")
+    fpga["status"]["allocatable"].update({"example.com/fpga": "4", "rdma/hca": "8"})
+    other = pod("a", "1", "1Gi")
+    other["spec"]["containers"][0]["resources"]["requests"]["example.com/fpga"] = "1"
+    ours = pod("a", "1", "1Gi", ours=True)
+    ours["spec"]["containers"][0]["resources"]["requests"]["example.com/fpga"] = "2"
+    options = KubernetesOptions(extended_resources=("example.com/fpga", "vendor.io/none"))
+    specs = {s.name: s for s in node_specs([fpga, node("b")], [other, ours], options)}
+    assert specs["a"].extended == {"example.com/fpga": 3}, "rdma/hca is not named; ours not taken"
+    assert specs["b"].extended == {}
+    assert node_specs([fpga], [], KubernetesOptions())[0].extended == {}
+
+
 def test_cordoned_tainted_and_not_ready_nodes_are_left_out() -> None:
     nodes = [
         node("cordoned", unschedulable=True),

@@ -123,6 +123,41 @@ def test_a_fractional_gpu_without_a_sharing_plugin_is_refused() -> None:
         KubernetesOptions(gpu_sharing="mps")
 
 
+def test_a_role_s_extended_resources_are_requested_and_limited_and_the_pod_is_valid() -> None:
+    job = load_job_text(
+        """
+apiVersion: tidemill/v1
+kind: TrainingJob
+metadata: {name: fpga, namespace: ads}
+spec:
+  roles:
+    worker:
+      replicas: 2
+      image: registry.example/fpga:1
+      resources: {cpu: 1, memory: 1Gi, extended: {example.com/fpga: 2, rdma/hca: 1}}
+      command: [python, train.py]
+"""
+    )
+    objects = job_manifests(job, KubernetesOptions(default_image=IMAGE))
+    pods = [o for o in objects if o["kind"] == "Pod"]
+    worker = next(p for p in pods if p["metadata"]["labels"][names.ROLE_LABEL] == "worker")
+    resources = worker["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {
+        "cpu": "1",
+        "memory": str(2**30),
+        "example.com/fpga": "2",
+        "rdma/hca": "1",
+    }
+    assert resources["limits"] == resources["requests"]
+    for obj in pods:
+        validate(obj)
+
+
+def test_an_extended_resource_option_with_a_bad_name_is_refused() -> None:
+    with pytest.raises(KubernetesOptionError, match="'fpga' is not an extended resource name"):
+        KubernetesOptions(extended_resources=("fpga",))
+
+
 def test_long_names_are_cut_to_dns_labels_and_stay_distinct() -> None:
     long = "a" * 60
     host = names.hostname(f"ns/{long}", "worker", 11)

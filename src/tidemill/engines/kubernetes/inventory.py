@@ -4,7 +4,8 @@ Pure functions of the objects the informers keep. A node counts when it is Ready
 cordoned and without a ``NoSchedule``/``NoExecute`` taint (tidemill's pods tolerate
 none); what it offers is its allocatable less the requests of every pod bound to it
 that tidemill does not manage, by whatever scheduler (tidemill's own pods are the
-scheduler's placements already).
+scheduler's placements already). Extended resources are counted the same way, for the
+names in ``KubernetesOptions.extended_resources`` only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from kubernetes.utils import parse_quantity
 
 from tidemill.api.cluster import NodeSpec
+from tidemill.api.limits import MAX_EXTENDED_AMOUNT
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.options import GPU_RESOURCE, KubernetesOptions
 
@@ -95,6 +97,12 @@ def node_spec(node: Obj, used: dict[str, float], options: KubernetesOptions) -> 
     def free(resource: str) -> float:
         return max(0.0, quantity(allocatable.get(resource, 0)) - used.get(resource, 0.0))
 
+    extended = {
+        name: int(free(name))
+        if name.startswith("hugepages-")
+        else min(int(free(name)), MAX_EXTENDED_AMOUNT)
+        for name in options.extended_resources
+    }
     return NodeSpec(
         name=meta["name"],
         cpu=round(free("cpu"), 3),
@@ -102,6 +110,7 @@ def node_spec(node: Obj, used: dict[str, float], options: KubernetesOptions) -> 
         gpus=int(free(GPU_RESOURCE)),
         gpu_model=labels.get(options.gpu_product_label),
         labels=labels,
+        extended={name: amount for name, amount in extended.items() if amount > 0},
     )
 
 

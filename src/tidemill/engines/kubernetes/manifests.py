@@ -158,7 +158,11 @@ def container_resources(spec: LaunchSpec, options: KubernetesOptions) -> dict[st
     if spec.memory_bytes > 0:
         amounts["memory"] = str(spec.memory_bytes)
     devices = gpu_resources(spec.gpus, options)
-    return {"requests": {**amounts, **devices}, "limits": {**amounts, **devices}}
+    extended = {name: str(amount) for name, amount in spec.extended if amount > 0}
+    return {
+        "requests": {**amounts, **devices, **extended},
+        "limits": {**amounts, **devices, **extended},
+    }
 
 
 def container_env(spec: LaunchSpec) -> list[dict[str, Any]]:

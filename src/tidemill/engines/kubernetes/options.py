@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tidemill.api.extended import name_problem
+
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_SERVER_URL = "http://tidemill.tidemill-system.svc:8500"
 """Where pods reach the server deployed by deploy/kubernetes (``--advertise-url``)."""
@@ -49,6 +51,9 @@ class KubernetesOptions:
     request_timeout_s: float = 10.0
     labels: dict[str, str] = field(default_factory=dict)
     """extra labels on every object the engine makes"""
+    extended_resources: tuple[str, ...] = ()
+    """extended resources (``rdma/hca``) the inventory counts per node, besides cpu,
+    memory and ``nvidia.com/gpu``; a job may only ask for these"""
 
     def __post_init__(self) -> None:
         if self.gang_scheduler not in GANG_SCHEDULERS:
@@ -56,6 +61,10 @@ class KubernetesOptions:
                 f"gang scheduler {self.gang_scheduler!r}: expected one of "
                 f"{', '.join(GANG_SCHEDULERS)}"
             )
+        for name in self.extended_resources:
+            problem = name_problem(name)
+            if problem is not None:
+                raise KubernetesOptionError(f"extended resource {problem}")
         if self.gpu_sharing not in GPU_SHARING:
             raise KubernetesOptionError(
                 f"GPU sharing {self.gpu_sharing!r}: expected one of {', '.join(GPU_SHARING)}"
