@@ -206,8 +206,13 @@ class KubernetesEngine:
                 for spec, pod in created:
                     self._bind(spec, pod)
         except Exception as exc:
+            self._owners.pop(specs[0].job_uid, None)  # its object may be gone: look again
             for _, pod in created:
-                self._delete(pod["metadata"]["namespace"], pod["metadata"]["name"], 0)
+                try:
+                    self._delete(pod["metadata"]["namespace"], pod["metadata"]["name"], 0)
+                except Exception:
+                    # the next sync deletes it: no replica has its launch recorded
+                    log.warning("could not delete pod %s", pod["metadata"]["name"], exc_info=True)
             replicas = ", ".join(f"{s.role}-{s.index}" for s in specs)
             raise GangBindError(
                 f"{specs[0].job}: could not create and bind {replicas}: {exc}; "
@@ -340,10 +345,6 @@ class KubernetesEngine:
 
         self.job_of = job_of
         self.job_objects = JobObjects(self.cluster, self.pods, control, self.relist_s).start()
-
-    def forget_job(self, job_uid: str) -> None:
-        """The job's objects are gone (or going): make them again if it runs again."""
-        self._owners.pop(job_uid, None)
 
     # ------------------------------------------------------------------ running
 

@@ -114,14 +114,18 @@ class JobObjects:
         self._stop = threading.Event()
         self._refused: dict[str, int] = {}
         """object uid -> generation whose refusal was written"""
+        self._lock = threading.Lock()
         self._seen_uids: set[str] = set()
-        """tidemill job uids seen on an object: a job whose object goes was deleted"""
+        """tidemill job uids the informer has held an object for: a job whose object is
+        then gone from its copy was deleted with it"""
+        self._adopted: dict[str, str] = {}
+        """object uid -> the uid of the job submitted for it (the annotation may lag)"""
         custom = cluster.custom
         self.objects = Informer(
             cluster,
             "trainingjobs",
             _cluster_list(custom),
-            lambda obj: self._wake.set(),
+            self._object_changed,
             relist_s,
         )
         self._thread = threading.Thread(target=self._run, name="tidemill-jobobjects", daemon=True)
@@ -136,6 +140,13 @@ class JobObjects:
         self._wake.set()
         self.objects.stop()
         self._thread.join(timeout=10)
+
+    def _object_changed(self, obj: Obj | None) -> None:
+        uid = None if obj is None else tidemill_uid(obj)
+        if uid is not None:
+            with self._lock:
+                self._seen_uids.add(uid)
+        self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -155,8 +166,11 @@ class JobObjects:
             self._stop.wait(max(SYNC_S - took_s, took_s))
 
     def sync_once(self) -> None:
-        # Pods first: a pod in this list was created after its launch was recorded, so
-        # the store read next knows it (a launch made in between is simply not seen).
+        # Seen uids first: an object seen before the copy is taken and missing from it
+        # was deleted. Pods next: a pod in this list was created after its launch was
+        # recorded, so the store read after it knows it.
+        with self._lock:
+            seen = set(self._seen_uids)
         pods = self.pods.snapshot()
         objects = self.objects.snapshot()
         with self.control.store.read() as tx:
@@ -181,15 +195,15 @@ class JobObjects:
                 self._delete_object(obj)
             else:
                 present.add(uid)
-                self._seen_uids.add(uid)
                 status = statuses[obj_uid(obj)]
                 if not _same_status(obj.get("status") or {}, status):
                     self._write_status(obj, status)
         for pod in leaked_pods(pods, launches):
             self._delete_pod(pod)
-        for uid in self._seen_uids - present:
+        for uid in seen - present:
             row = rows.get(uid)
-            self._seen_uids.discard(uid)
+            with self._lock:
+                self._seen_uids.discard(uid)
             if row is not None and row.deleted_at is None:
                 self.control.delete(row.namespace, row.name, actor=KUBECTL_ACTOR)
 
@@ -197,18 +211,21 @@ class JobObjects:
         meta = obj["metadata"]
         if meta.get("deletionTimestamp") or self._refused.get(meta["uid"]) == generation(obj):
             return
-        try:
-            key = self.control.submit(job_of(obj), actor=KUBECTL_ACTOR)
-        except (SpecError, ConflictError, ValueError) as exc:
-            self._refused[meta["uid"]] = generation(obj) or 0
-            self._write_status(obj, {"phase": "Failed", "message": f"refused: {exc}"})
-            return
-        with self.control.store.read() as tx:
-            namespace, _, name = key.partition("/")
-            row = tx.job(namespace, name)
-            uid = row.uid if row is not None else None
-        if uid is not None:
-            self._patch(obj, {"metadata": {"annotations": {names.UID_ANNOTATION: uid}}})
+        uid = self._adopted.get(meta["uid"])
+        if uid is None:
+            try:
+                key = self.control.submit(job_of(obj), actor=KUBECTL_ACTOR)
+            except (SpecError, ConflictError, ValueError) as exc:
+                self._refused[meta["uid"]] = generation(obj) or 0
+                self._write_status(obj, {"phase": "Failed", "message": f"refused: {exc}"})
+                return
+            with self.control.store.read() as tx:
+                namespace, _, name = key.partition("/")
+                row = tx.job(namespace, name)
+                if row is None:
+                    return
+                uid = self._adopted[meta["uid"]] = row.uid
+        self._patch(obj, {"metadata": {"annotations": {names.UID_ANNOTATION: uid}}})
 
     def _patch(self, obj: Obj, body: dict[str, Any], status: bool = False) -> None:
         meta = obj["metadata"]
