@@ -164,3 +164,38 @@ def test_bad_input_names_what_to_fix(tmp_path: Path) -> None:
         next(iter(loader(10, ["id", "name"], spec=plan(folder))))
     with pytest.raises(SourceNotFound, match="nowhere"):
         next(iter(loader(10, spec=plan(tmp_path / "nowhere"))))
+
+
+def test_two_loaders_in_one_training_function_both_commit_and_resume(tmp_path: Path) -> None:
+    """Each loader hooks the commit with its own key: the second no longer overwrites the first."""
+    spec = plan(write_ids(tmp_path / "d"))
+    other = plan(write_ids(tmp_path / "e", files=1, rows=400))
+    state = ElasticState(torch.nn.Linear(1, 1))
+    seen: dict[str, list[int]] = {"main": [], "aux": []}
+
+    @elastic(state)
+    def train(ctx: ElasticContext) -> None:
+        aux = loader(40, ["id"], spec=other, name="aux")
+        for batch in loader(100, ["id"], spec=spec):
+            seen["main"].extend(batch["id"].tolist())
+            seen["aux"].extend(next(aux)["id"].tolist())
+            state.step += 1
+            if state.step == 3:
+                state.commit()
+                return
+
+    train()
+    committed = state.committed_data
+    assert set(committed) == {PROGRESS_KEY, f"{PROGRESS_KEY}:aux"}
+    fresh = ElasticState(torch.nn.Linear(1, 1), data=committed)
+    rest: dict[str, list[int]] = {}
+
+    @elastic(fresh)
+    def resume(ctx: ElasticContext) -> None:
+        rest["main"] = ids_of(loader(100, ["id"], spec=spec))
+        rest["aux"] = ids_of(loader(40, ["id"], spec=other, name="aux"))
+
+    resume()
+    assert sorted(seen["main"] + rest["main"]) == list(range(1500))
+    assert sorted(seen["aux"] + rest["aux"]) == list(range(400))
+    assert len(seen["aux"]) == 3 * 40

@@ -121,6 +121,45 @@ def test_rollback_restores_model_optimizer_and_positions_in_place() -> None:
     assert not torch.equal(model.weight, weight), "the optimizer still drives the same tensors"
 
 
+def test_commit_hooks_run_in_registration_order_and_a_removed_one_no_longer_runs() -> None:
+    state = ElasticState(torch.nn.Linear(1, 1))
+    calls: list[str] = []
+    first = state.add_commit_hook(lambda s: calls.append("first"))
+    state.add_commit_hook(lambda s: calls.append("second"))
+    state.add_commit_hook(lambda s: s.data.update(seen=list(calls)))
+    state.commit()
+    assert calls == ["first", "second"]
+    assert state.committed_data == {"seen": ["first", "second"]}
+    first.remove()
+    first.remove()
+    calls.clear()
+    state.commit()
+    assert calls == ["second"]
+
+
+def test_hooks_added_for_an_epoch_end_with_it_and_others_stay(
+    no_master: pytest.MonkeyPatch,
+) -> None:
+    from tidemill.runtime._active import current
+
+    state = ElasticState(torch.nn.Linear(1, 1))
+    calls: list[str] = []
+    state.add_commit_hook(lambda s: calls.append("kept"))
+
+    @elastic(state)
+    def train(ctx: ElasticContext) -> None:
+        active = current()
+        assert active is not None
+        active.hook_commits(lambda s: calls.append("epoch"))
+        state.commit()
+
+    train()
+    assert calls == ["kept", "epoch"]
+    calls.clear()
+    state.commit()
+    assert calls == ["kept"]
+
+
 def test_only_small_json_extras_travel_to_the_master() -> None:
     state = ElasticState(torch.nn.Linear(1, 1), extras={"epoch": 2})
     state.commit()

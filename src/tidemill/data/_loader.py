@@ -64,8 +64,11 @@ class Loader(Iterator[Any]):
         output: Output,
         poll_s: float,
         from_job: bool = False,
+        name: str | None = None,
     ) -> None:
         self.spec = spec
+        self.key = PROGRESS_KEY if name is None else f"{PROGRESS_KEY}:{name}"
+        """Where in ``state.data`` this loader commits its reading position."""
         self.from_job = from_job
         """The job's plan (not one passed in): only a group may share it out."""
         self.batch_size = batch_size
@@ -156,13 +159,13 @@ class Loader(Iterator[Any]):
             session: Session = AloneSession(self.spec, epoch, state)
         else:
             session = GroupSession(active)
-        view = None if state is None else state.data.get(PROGRESS_KEY)
+        view = None if state is None else state.data.get(self.key)
         self._session, self._epoch, self._view, self._asked = session, epoch, view, False
         self._base, self._part = DataProgress.from_json(view), RankPart()
         self._told_done = False
         self._enter_stage()
-        if state is not None:
-            state.before_commit = self._on_commit
+        if active is not None:
+            active.hook_commits(self._on_commit)
         return session
 
     def _on_commit(self, state: ElasticState) -> None:
@@ -172,7 +175,7 @@ class Loader(Iterator[Any]):
             for held in source.held:
                 self._part.hold(source.name, held.shard.id, held.cursor)
         parts = self._session.gather(self._part)
-        state.data[PROGRESS_KEY] = self._base.merged(parts).to_json()
+        state.data[self.key] = self._base.merged(parts).to_json()
 
     def _enter_stage(self) -> None:
         self.close()
@@ -368,6 +371,7 @@ def loader(
     output: Output = "torch",
     spec: DataSpec | Mapping[str, Any] | None = None,
     poll_s: float = 0.1,
+    name: str | None = None,
 ) -> Loader:
     """Batches of ``batch_size`` records per worker from the job's ``spec.data``.
 
@@ -379,7 +383,10 @@ def loader(
     while others still read: ``loader.step_rows`` holds the step's records across all
     ranks, so weigh a summed loss by it. The plan comes from ``spec`` or, under
     tidemill, from the job file (``TIDEMILL_DATA``); a plan passed in may be read by one
-    process alone, outside the elastic loop (an evaluation on rank 0, say).
+    process alone, outside the elastic loop (an evaluation on rank 0, say). Each loader
+    commits its position under its own key of ``state.data``: give a second loader of
+    one training function a ``name`` (``"tidemill.data:<name>"``; the job's loader
+    keeps ``"tidemill.data"``), so both commit and both resume.
 
     Example::
 
@@ -392,7 +399,9 @@ def loader(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if output not in ("torch", "arrow"):
         raise ValueError(f"output must be 'torch' or 'arrow', got {output!r}")
-    return Loader(_resolve_spec(spec), batch_size, columns, output, poll_s, spec is None)
+    if name is not None and not name:
+        raise ValueError("name must be a non-empty string (or None for the job's loader)")
+    return Loader(_resolve_spec(spec), batch_size, columns, output, poll_s, spec is None, name)
 
 
 def _resolve_spec(spec: DataSpec | Mapping[str, Any] | None) -> DataSpec:

@@ -2,24 +2,38 @@
 
 Set by the elastic loop when a training function is entered and cleared when its
 group closes, so a loader created anywhere (inside or outside the training function)
-finds the current rank, group, state and job master without being handed them.
+finds the current rank, group, state and job master without being handed them. This
+one module-level slot stays because a loader is not handed the state; what the loader
+contributes to a commit goes through the state's own hook registry, scoped to the
+epoch: hooks added with :meth:`ActiveEpoch.hook_commits` are removed when the epoch
+ends (its group is gone, so gathering progress over it would fail).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tidemill.runtime.elastic_client import MasterClient
     from tidemill.runtime.elastic_context import ElasticContext
+    from tidemill.runtime.elastic_state import CommitHook, ElasticState
 
 
-@dataclass(frozen=True)
+@dataclass
 class ActiveEpoch:
     ctx: ElasticContext
     client: MasterClient | None
     """None when the training function runs alone, without a job master."""
+    hooks: list[CommitHook] = field(default_factory=list)
+    """Commit hooks that live as long as this epoch."""
+
+    def hook_commits(self, fn: Callable[[ElasticState], None]) -> CommitHook:
+        """Add ``fn`` to the state's commit hooks until this epoch ends."""
+        hook = self.ctx.state.add_commit_hook(fn)
+        self.hooks.append(hook)
+        return hook
 
 
 _current: ActiveEpoch | None = None
@@ -29,6 +43,17 @@ def current() -> ActiveEpoch | None:
     return _current
 
 
-def activate(active: ActiveEpoch | None) -> None:
+def activate(active: ActiveEpoch) -> None:
     global _current
+    deactivate()
     _current = active
+
+
+def deactivate() -> None:
+    """End the current epoch (if any): its commit hooks are removed."""
+    global _current
+    active, _current = _current, None
+    if active is not None:
+        for hook in active.hooks:
+            hook.remove()
+        active.hooks.clear()

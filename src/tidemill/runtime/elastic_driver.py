@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from tidemill.runtime._active import ActiveEpoch, activate
+from tidemill.runtime._active import ActiveEpoch, activate, deactivate
 from tidemill.runtime._errors import RendezvousError
 from tidemill.runtime._watchdog import watchdog
 from tidemill.runtime.elastic_client import MasterClient
@@ -95,8 +95,7 @@ class Driver:
             if main:
                 signal.signal(signal.SIGTERM, previous)
             self.state.on_commit = None
-            self.state.before_commit = None
-            activate(None)
+            deactivate()
             if self.group is not None:
                 self.group.close(broken=True)
                 self.group = None
@@ -235,8 +234,7 @@ class Driver:
 
     def _close_group(self, broken: bool) -> None:
         self.state.on_commit = None
-        self.state.before_commit = None
-        activate(None)
+        deactivate()
         group, self.group = self.group, None
         if group is not None:
             group.close(broken=broken)

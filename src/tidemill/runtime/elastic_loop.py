@@ -36,7 +36,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 import torch
 
-from tidemill.runtime._active import ActiveEpoch, activate
+from tidemill.runtime._active import ActiveEpoch, activate, deactivate
 from tidemill.runtime._errors import RuntimeConfigError
 from tidemill.runtime.elastic_context import ElasticContext, Left
 from tidemill.runtime.elastic_driver import Driver, ResizeHook
@@ -102,8 +102,7 @@ def elastic(
             try:
                 return train(ctx, *args, **kwargs)
             finally:
-                state.before_commit = None
-                activate(None)
+                deactivate()
 
         return run
 

@@ -32,6 +32,19 @@ class _Snapshot:
     optimizer: dict[str, Any] | None
 
 
+class CommitHook:
+    """A function registered with :meth:`ElasticState.add_commit_hook`; ``remove()`` ends it."""
+
+    def __init__(self, state: ElasticState, fn: Callable[[ElasticState], None]) -> None:
+        self._state = state
+        self.fn = fn
+
+    def remove(self) -> None:
+        hooks = self._state._hooks
+        if self in hooks:
+            hooks.remove(self)
+
+
 class ElasticState:
     """What survives a resize or a lost peer: pass it to :func:`tidemill.runtime.elastic`.
 
@@ -77,8 +90,7 @@ class ElasticState:
         fresh process never becomes the source others copy from."""
         self.on_commit: Callable[[ElasticState], None] | None = None
         """Set by the elastic loop on rank 0: reports each commit to the job master."""
-        self.before_commit: Callable[[ElasticState], None] | None = None
-        """Set by the data loader: writes its progress into ``data`` before the copy."""
+        self._hooks: list[CommitHook] = []
         self._saved = self._snapshot()
 
     @property
@@ -91,11 +103,38 @@ class ElasticState:
 
     def commit(self) -> None:
         """Make the current state the one to return to; call it between steps, on every rank."""
-        if self.before_commit is not None:
-            self.before_commit(self)
+        for hook in list(self._hooks):
+            hook.fn(self)
         self._saved = self._snapshot()
         if self.on_commit is not None:
             self.on_commit(self)
+
+    def add_commit_hook(self, fn: Callable[[ElasticState], None]) -> CommitHook:
+        """Call ``fn(state)`` at every :meth:`commit`, before the copy is taken.
+
+        Hooks run in the order they were added; each writes what it owns into the state
+        (a data loader its reading position into ``data``), so several loaders, or a
+        loader and a checkpointer, all commit together. Keep the returned handle and
+        call its ``remove()`` when the hook should stop (removing twice is harmless).
+
+        Example::
+
+            >>> import torch
+            >>> from tidemill.runtime import ElasticState
+            >>> state = ElasticState(torch.nn.Linear(1, 1))
+            >>> first = state.add_commit_hook(lambda s: s.data.update(a=s.step))
+            >>> second = state.add_commit_hook(lambda s: s.data.update(b=s.step))
+            >>> state.step = 3
+            >>> state.commit()
+            >>> second.remove()
+            >>> state.step = 4
+            >>> state.commit()
+            >>> state.committed_data
+            {'a': 4, 'b': 3}
+        """
+        hook = CommitHook(self, fn)
+        self._hooks.append(hook)
+        return hook
 
     def restore(self) -> None:
         """Go back to the last commit (in place: the optimizer keeps its parameters)."""
