@@ -22,8 +22,10 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from tidemill.api._model import SpecModel, validate_dns_label
-from tidemill.data._planning import DEFAULT_ROWS_PER_SHARD
-from tidemill.data._sources import KafkaEnd, SourceSpec
+from tidemill.api.sources import KafkaEnd, SourceSpec
+
+DEFAULT_ROWS_PER_SHARD = 100_000
+"""Small enough that a lost worker re-reads little, large enough that leases stay few."""
 
 
 class StageSource(SourceSpec):

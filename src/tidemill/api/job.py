@@ -37,7 +37,7 @@ from tidemill.api.limits import (
     utf8_size,
 )
 from tidemill.api.quantity import CpuCores, MemoryBytes
-from tidemill.data._sources import IcebergSource, KafkaSource, ParquetSource
+from tidemill.api.sources import IcebergSource, KafkaSource, ParquetSource
 
 API_VERSION = "tidemill/v1"
 """What job files say, and what :meth:`TrainingJob.to_document` writes."""

@@ -32,17 +32,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from tidemill.data._errors import (
-    CorruptData,
-    DataError,
-    SchemaChanged,
-    SourceNotFound,
-    SourceUnreachable,
-    UnsupportedData,
-)
-from tidemill.data._planning import DEFAULT_ROWS_PER_SHARD, partition_leases, plan_shards
-from tidemill.data._shards import FileRange, IcebergFile, PartitionLease, Shard
-from tidemill.data._sources import (
+from tidemill.api.data import DEFAULT_ROWS_PER_SHARD
+from tidemill.api.sources import (
     IcebergSource,
     KafkaEnd,
     KafkaSource,
@@ -52,6 +43,16 @@ from tidemill.data._sources import (
     SourceSpec,
     ValueFormat,
 )
+from tidemill.data._errors import (
+    CorruptData,
+    DataError,
+    SchemaChanged,
+    SourceNotFound,
+    SourceUnreachable,
+    UnsupportedData,
+)
+from tidemill.data._planning import partition_leases, plan_shards
+from tidemill.data._shards import FileRange, IcebergFile, PartitionLease, Shard
 
 if TYPE_CHECKING:
     from tidemill.data._insight import DataInsight, SourceSnapshot, SourceStats

@@ -29,6 +29,7 @@ from pyiceberg.schema import Schema
 from pyiceberg.table import FileScanTask, StaticTable, Table
 from pyiceberg.table.snapshots import Snapshot
 
+from tidemill.api.sources import IcebergSource, SourceKind, epoch_ms
 from tidemill.data._errors import SourceNotFound, SourceUnreachable, UnsupportedData
 from tidemill.data._files import (
     open_parquet_stream,
@@ -37,7 +38,6 @@ from tidemill.data._files import (
     row_group_sizes,
 )
 from tidemill.data._shards import FileRange, IcebergFile, Shard, file_shard_id
-from tidemill.data._sources import IcebergSource, SourceKind, epoch_ms
 
 _FIELD_ID = b"PARQUET:field_id"
 _FOOTER_READERS = 8

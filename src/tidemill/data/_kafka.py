@@ -21,9 +21,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from tidemill.api.sources import KafkaEnd, KafkaSource, KafkaStart, SourceKind, epoch_ms
 from tidemill.data._errors import DataError, SourceNotFound, SourceUnreachable
 from tidemill.data._shards import PartitionLease, Shard, lease_id
-from tidemill.data._sources import KafkaEnd, KafkaSource, KafkaStart, SourceKind, epoch_ms
 
 _LOG = logging.getLogger("tidemill.data.kafka")
 _PLANNER_GROUP = "tidemill-planner"

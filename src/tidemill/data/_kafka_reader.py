@@ -21,12 +21,12 @@ import pyarrow as pa
 import pyarrow.json as pajson
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
+from tidemill.api.sources import ValueFormat
 from tidemill.data._errors import CorruptData, DataError, SchemaChanged, SourceNotFound
 from tidemill.data._insight import SourceStats
 from tidemill.data._kafka import consumer_config, epoch_ms_now, read_error, topic_partitions
 from tidemill.data._reader import ShardReader
 from tidemill.data._shards import PartitionLease, Shard
-from tidemill.data._sources import ValueFormat
 
 DEFAULT_LINGER_S = 0.1
 """How long a batch waits for more records before it is handed out short."""

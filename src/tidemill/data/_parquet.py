@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
+from tidemill.api.sources import ParquetSource, SourceKind
 from tidemill.data._errors import SourceNotFound
 from tidemill.data._files import (
     list_parquet_files,
@@ -16,7 +17,6 @@ from tidemill.data._files import (
     row_group_sizes,
 )
 from tidemill.data._shards import FileRange, Shard, file_shard_id
-from tidemill.data._sources import ParquetSource, SourceKind
 
 _FOOTER_READERS = 8
 """Footers are small reads dominated by latency (object stores), so read several at once."""

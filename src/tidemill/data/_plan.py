@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidemill.api.data import DataSpec, StageSource
+from tidemill.api.sources import SourceKind
 from tidemill.data._planning import partition_leases, plan_shards
 from tidemill.data._shards import Shard
-from tidemill.data._sources import SourceKind
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+from tidemill.api.data import DEFAULT_ROWS_PER_SHARD
+from tidemill.api.sources import SourceSpec
 from tidemill.data._shards import Shard
-from tidemill.data._sources import SourceSpec
-
-DEFAULT_ROWS_PER_SHARD = 100_000
-"""Small enough that a lost worker re-reads little, large enough that leases stay few."""
 
 
 def plan_shards(source: SourceSpec, *, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD) -> list[Shard]:

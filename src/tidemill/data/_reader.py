@@ -13,9 +13,9 @@ from types import TracebackType
 
 import pyarrow as pa
 
+from tidemill.api.sources import SourceKind
 from tidemill.data._insight import SourceStats
 from tidemill.data._shards import Shard
-from tidemill.data._sources import SourceKind
 
 DEFAULT_BATCH_ROWS = 65_536
 

@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tidemill.data._sources import SourceKind, ValueFormat
+from tidemill.api.sources import SourceKind, ValueFormat
 
 
 @dataclass(frozen=True)
