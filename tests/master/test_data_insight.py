@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.master.test_dispatch import dispatcher
+from tests.data.test_dispatch import dispatcher
 from tidemill.data._progress import DataProgress
 from tidemill.master.data_insight import FRESH_S, InsightBook
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from tidemill.api.data import DataSpec
+from tidemill.data._dispatch import Dispatcher, Grant
 from tidemill.data._errors import (
     CorruptData,
     DataError,
@@ -26,7 +27,6 @@ from tidemill.data._errors import (
 )
 from tidemill.data._plan import plan_stage
 from tidemill.data._progress import RankPart
-from tidemill.master.dispatch import Dispatcher, Grant
 
 if TYPE_CHECKING:
     from tidemill.runtime._active import ActiveEpoch

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidemill.api.status import DataInsightView, SourceInsightView, StageInsightView
-from tidemill.master.dispatch import Dispatcher
+from tidemill.data._dispatch import Dispatcher
 
 FRESH_S = 10.0
 """A rate or lag older than this is stale: its worker stopped reporting."""

@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tidemill.api.data import DataSpec
+from tidemill.data._dispatch import Dispatcher, StageChange
 from tidemill.data._errors import DataError
 from tidemill.data._plan import StagePlan, plan_stage
 from tidemill.data._progress import PROGRESS_KEY, DataProgress
 from tidemill.data._shards import Shard
 from tidemill.master.data_insight import InsightBook
-from tidemill.master.dispatch import Dispatcher, StageChange
 from tidemill.master.persistence import log
 from tidemill.master.protocol import Message
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from tidemill.api.data import DataSpec
 from tidemill.data import FileRange, Shard, SourceKind
+from tidemill.data._dispatch import Dispatcher, Grant
 from tidemill.data._plan import SourcePlan, StagePlan
 from tidemill.data._progress import Cursor, DataProgress
-from tidemill.master.dispatch import Dispatcher, Grant
 
 SPEC = DataSpec.model_validate(
     {

@@ -1,8 +1,10 @@
 """Shard dispatch: which worker reads which shard, from the committed data progress.
 
-Pure, like :mod:`~tidemill.master.membership`: the server feeds it lease requests and
-commits, it answers with shards. Workers pull: a worker asks for the next shard of a
-source when it needs one, so a faster worker reads more.
+Pure shard-lease logic (no I/O), so it lives with the data plane: the job master's
+server feeds it lease requests and commits and it answers with shards; a loader
+running alone (:class:`~tidemill.data._session.AloneSession`) drives one in-process.
+Workers pull: a worker asks for the next shard of a source when it needs one, so a
+faster worker reads more.
 
 What counts as read is never decided here. Every membership epoch starts from the
 view the group committed with its model (the first lease request of the epoch carries
