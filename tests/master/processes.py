@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tidemill.master.protocol import decode, encode
+from tidemill.wire import decode, encode
 
 
 def free_port() -> int:

@@ -61,7 +61,7 @@ DEFAULT_PRELOAD = (
     "numpy",
     "tidemill.runtime",
     "tidemill.runtime.elastic_loop",
-    "tidemill.master.protocol",
+    "tidemill.wire",
 )
 """Imported by the fork server before it forks anything; missing ones are skipped."""
 SERVER_SCRIPT = str(Path(__file__).with_name("_fork_server.py"))

@@ -24,7 +24,7 @@ from tidemill.data._progress import PROGRESS_KEY, DataProgress
 from tidemill.data._shards import Shard
 from tidemill.master.data_insight import InsightBook
 from tidemill.master.persistence import log
-from tidemill.master.protocol import Message
+from tidemill.wire import Message
 
 EventSink = Callable[[str, str, str, str | None], Awaitable[None]]
 Decide = Callable[[Callable[[], Message]], Awaitable[Message]]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tidemill.master.protocol import Message
+from tidemill.wire import Message
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from tidemill.master.data_service import DataService
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
 from tidemill.master.membership import Membership, Phase
 from tidemill.master.persistence import StateBackend, log
-from tidemill.master.protocol import MAX_LINE_BYTES, Message, ProtocolError, decode, encode
+from tidemill.wire import MAX_LINE_BYTES, Message, ProtocolError, decode, encode
 
 REPLICA_NAME = re.compile(r"^[a-z][a-z0-9]*-\d+$")
 STATUSES = ("new", "member", "ready")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tidemill.master.protocol import Message, ProtocolError, decode, encode, split_address
+from tidemill.wire import Message, ProtocolError, decode, encode, split_address
 
 HEARTBEAT_S = 2.0
 RECONNECT_S = 0.2

@@ -1,5 +1,9 @@
 """The wire protocol between the job master and the replicas: one JSON object per line.
 
+A neutral module: the worker side (:mod:`tidemill.runtime.elastic_client`, the data
+loader) and the master (:mod:`tidemill.master.server`) both import it, and it imports
+neither, so neither side depends on the other.
+
 Every worker keeps one TCP connection to the master for its whole life. A kill -9 of
 the worker closes it at once (the kernel does that), so the master learns of a dead
 worker in milliseconds without a heartbeat timeout on the critical path; heartbeats
