@@ -27,6 +27,11 @@ Worker → master (``op``):
   message}``: a data source stopped this worker (the master posts it as an event).
 - ``heartbeat {}``.
 
+Each has a typed form below (:class:`Register`, :class:`Sync`, ...): the worker builds
+them and :func:`encode` writes them; the master reads them back with
+:func:`parse_worker`, which names the missing or mistyped field. (Master → worker
+messages are still plain JSON objects.)
+
 Master → worker:
 
 - ``registered {replica, epoch}``; ``refused {message}`` (the connection is closed).
@@ -41,7 +46,9 @@ Master → worker:
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, ClassVar
 
 Message = dict[str, Any]
 
@@ -53,13 +60,14 @@ class ProtocolError(ValueError):
     """A line that is not one JSON object with a string ``op``."""
 
 
-def encode(message: Message) -> bytes:
-    """One message as a line of compact JSON.
+def encode(message: Mapping[str, Any] | WorkerMessage) -> bytes:
+    """One message (a typed worker message, or a JSON object) as a line of compact JSON.
 
-    >>> encode({"op": "heartbeat"})
+    >>> encode(Heartbeat())
     b'{"op":"heartbeat"}\\n'
     """
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    wire = message if isinstance(message, Mapping) else to_message(message)
+    return json.dumps(wire, separators=(",", ":")).encode() + b"\n"
 
 
 def decode(line: bytes) -> Message:
@@ -89,3 +97,177 @@ def split_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{address!r} is not host:port (e.g. 127.0.0.1:29400)")
     return host.strip("[]"), int(port)
+
+
+# --- typed worker → master messages ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Register:
+    """First message of every connection: who this is and where it stands."""
+
+    replica: str
+    pid: int
+    status: str
+    """``new``, ``member`` (trains in ``epoch``) or ``ready`` (waits, holding ``step``)."""
+    epoch: int | None = None
+    step: int | None = None
+    data: Any = None
+    op: ClassVar[str] = "register"
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    op: ClassVar[str] = "heartbeat"
+
+
+@dataclass(frozen=True)
+class Sync:
+    """Stopped training in ``epoch`` holding state at ``step`` (None: no group state yet)."""
+
+    epoch: int
+    step: int | None = None
+    failed: bool = False
+    data: Any = None
+    op: ClassVar[str] = "sync"
+
+
+@dataclass(frozen=True)
+class Formed:
+    epoch: int
+    op: ClassVar[str] = "formed"
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Rank 0 committed; the master persists it."""
+
+    epoch: int
+    step: int
+    data: Any = None
+    extras: Any = None
+    op: ClassVar[str] = "commit"
+
+
+@dataclass(frozen=True)
+class Leave:
+    op: ClassVar[str] = "leave"
+
+
+@dataclass(frozen=True)
+class Done:
+    step: int = 0
+    op: ClassVar[str] = "done"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Asks for the next shard of ``source``; ``view`` is the committed data view."""
+
+    epoch: int
+    stage: int
+    pass_index: int
+    source: str | None = None
+    view: dict[str, Any] | None = None
+    id: int = 0
+    """Set by the client when it sends the request; the reply carries it back."""
+    op: ClassVar[str] = "lease"
+
+
+@dataclass(frozen=True)
+class Insight:
+    stage: int
+    sources: dict[str, Any]
+    op: ClassVar[str] = "insight"
+
+
+@dataclass(frozen=True)
+class DataErrorReport:
+    """A data source stopped this worker; the master posts it as an event."""
+
+    reason: str
+    message: str
+    op: ClassVar[str] = "data_error"
+
+
+WorkerMessage = (
+    Register | Heartbeat | Sync | Formed | Commit | Leave | Done | Lease | Insight | DataErrorReport
+)
+WORKER_MESSAGES: dict[str, type[WorkerMessage]] = {
+    kind.op: kind
+    for kind in (
+        Register,
+        Heartbeat,
+        Sync,
+        Formed,
+        Commit,
+        Leave,
+        Done,
+        Lease,
+        Insight,
+        DataErrorReport,
+    )
+}
+_WIRE_NAMES = {"pass_index": "pass"}
+"""Fields whose name on the wire is a Python keyword."""
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, got {value!r}")
+    return value
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "int": _int,
+    "str": str,
+    "bool": bool,
+    "Any": lambda value: value,
+    "dict[str, Any]": _dict,
+}
+
+
+def to_message(message: WorkerMessage) -> Message:
+    """A typed message as the JSON object that goes on the wire.
+
+    >>> to_message(Lease(epoch=2, stage=0, pass_index=1, source="s", id=7))
+    {'op': 'lease', 'epoch': 2, 'stage': 0, 'pass': 1, 'source': 's', 'view': None, 'id': 7}
+    """
+    wire = {_WIRE_NAMES.get(f.name, f.name): getattr(message, f.name) for f in fields(message)}
+    return {"op": message.op, **wire}
+
+
+def parse_worker(message: Message) -> WorkerMessage:
+    """A decoded worker message as its typed form; :class:`ProtocolError` names the field.
+
+    >>> parse_worker({"op": "sync", "epoch": 3, "step": None, "failed": True})
+    Sync(epoch=3, step=None, failed=True, data=None)
+    >>> parse_worker({"op": "commit", "epoch": 3})
+    Traceback (most recent call last):
+    ...
+    tidemill.wire.ProtocolError: malformed 'commit' message: 'step' is missing
+    """
+    op = message["op"]
+    kind = WORKER_MESSAGES.get(op)
+    if kind is None:
+        raise ProtocolError(f"unknown op {op!r}")
+    values: dict[str, Any] = {}
+    for f in fields(kind):
+        key = _WIRE_NAMES.get(f.name, f.name)
+        value = message.get(key)
+        if value is None:
+            if f.default is MISSING:
+                raise ProtocolError(f"malformed {op!r} message: {key!r} is missing")
+            continue
+        check = _CHECKS[str(f.type).removesuffix(" | None")]
+        try:
+            values[f.name] = check(value)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"malformed {op!r} message: {key!r}: {exc}") from exc
+    return kind(**values)

@@ -27,6 +27,7 @@ from tidemill.data._errors import (
 )
 from tidemill.data._plan import plan_stage
 from tidemill.data._progress import RankPart
+from tidemill.wire import DataErrorReport, Insight, Lease
 
 if TYPE_CHECKING:
     from tidemill.runtime._active import ActiveEpoch
@@ -123,14 +124,7 @@ class GroupSession:
     ) -> Grant:
         from tidemill.runtime.elastic_group import GroupAborted
 
-        message = {
-            "op": "lease",
-            "epoch": self.epoch,
-            "stage": stage,
-            "pass": pass_index,
-            "source": source,
-            "view": view,
-        }
+        message = Lease(self.epoch, stage, pass_index, source, view)
         reply = self.client.request(message, give_up=lambda: self.client.aborted(self.epoch))
         if reply is None:
             raise GroupAborted(f"epoch {self.epoch} was aborted while asking for a shard")
@@ -176,11 +170,10 @@ class GroupSession:
         return mine[0] if mine else pa.RecordBatch.from_pylist([], schema=everything.schema)
 
     def report(self, stage: int, sources: dict[str, Any]) -> None:
-        self.client.notify({"op": "insight", "stage": stage, "sources": sources})
+        self.client.notify(Insight(stage, sources))
 
     def report_error(self, error: DataError) -> None:
         """Tell the master (it posts the job event) before this worker fails."""
         if not error.reported:
             error.reported = True
-            message = {"op": "data_error", "reason": error.reason, "message": str(error)}
-            self.client.notify(message)
+            self.client.notify(DataErrorReport(error.reason, str(error)))

@@ -24,7 +24,7 @@ from tidemill.data._progress import PROGRESS_KEY, DataProgress
 from tidemill.data._shards import Shard
 from tidemill.master.data_insight import InsightBook
 from tidemill.master.persistence import log
-from tidemill.wire import Message
+from tidemill.wire import Insight, Lease, Message
 
 EventSink = Callable[[str, str, str, str | None], Awaitable[None]]
 Decide = Callable[[Callable[[], Message]], Awaitable[Message]]
@@ -41,15 +41,15 @@ class DataService:
         self._next_offsets: dict[Shard, int] | None = None
         self._last_offsets: dict[Shard, int] = {}
 
-    async def lease(self, replica: str, pid: int, message: Message, decide: Decide) -> Message:
+    async def lease(self, replica: str, pid: int, request: Lease, decide: Decide) -> Message:
         """The answer to a ``lease`` request of process ``pid``; a request sent again
         (its answer was lost with a master that restarted) gets the same answer."""
-        request_id = int(message["id"])
+        request_id = request.id
         asker = f"{replica}/{pid}"
         last = self.dispatcher.answers.get(asker)
         if last is not None and last[0] == request_id:
             return {"op": "leased", "id": request_id, **last[1]}
-        stage, view = int(message["stage"]), message.get("view")
+        stage, view = request.stage, request.view
         needed = {stage} | ({int(view.get("stage", 0))} if view else set())
         try:
             for index in sorted(needed):
@@ -69,10 +69,10 @@ class DataService:
         def choose() -> Message:
             grant, found = self.dispatcher.lease(
                 replica,
-                int(message["epoch"]),
+                request.epoch,
                 stage,
-                int(message["pass"]),
-                message.get("source"),
+                request.pass_index,
+                request.source,
                 view,
                 time.time(),
             )
@@ -99,8 +99,8 @@ class DataService:
             self.dispatcher.add_plan(plan)
             await self._event("Normal", "StagePlanned", _describe(plan), None)
 
-    def insight(self, replica: str, message: Message) -> None:
-        self.book.report(replica, int(message["stage"]), dict(message["sources"]), time.time())
+    def insight(self, replica: str, report: Insight) -> None:
+        self.book.report(replica, report.stage, dict(report.sources), time.time())
 
     def committed(self, data: Any) -> None:
         """Rank 0 committed: count its view as done, and move Kafka groups up to it."""

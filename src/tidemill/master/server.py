@@ -28,7 +28,24 @@ from tidemill.master.data_service import DataService
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
 from tidemill.master.membership import Membership, Phase
 from tidemill.master.persistence import StateBackend, log
-from tidemill.wire import MAX_LINE_BYTES, Message, ProtocolError, decode, encode
+from tidemill.wire import (
+    MAX_LINE_BYTES,
+    Commit,
+    DataErrorReport,
+    Done,
+    Formed,
+    Heartbeat,
+    Insight,
+    Lease,
+    Leave,
+    Message,
+    ProtocolError,
+    Register,
+    Sync,
+    decode,
+    encode,
+    parse_worker,
+)
 
 REPLICA_NAME = re.compile(r"^[a-z][a-z0-9]*-\d+$")
 STATUSES = ("new", "member", "ready")
@@ -176,55 +193,46 @@ class MasterServer:
         await self._act(lambda m, now: m.lost(name, why, now))
 
     async def _handle(self, connection: Connection, message: Message) -> None:
-        op = message["op"]
-        if op == "register":
-            await self._register(connection, message)
+        request = parse_worker(message)
+        if isinstance(request, Register):
+            await self._register(connection, request)
             return
         name = connection.name
         if name is None:
-            raise ProtocolError(f"the first message must be 'register', got {op!r}")
-        if op == "heartbeat":
-            return
-        if op == "sync":
-            # step None: a member that holds no group state (a newcomer whose first
-            # epoch broke before its state arrived).
-            epoch, held = int(message["epoch"]), message.get("step")
-            step = None if held is None else int(held)
-            failed, data = bool(message.get("failed")), message.get("data")
-            await self._act(lambda m, now: m.sync(name, epoch, step, failed, now, data))
-        elif op == "formed":
-            epoch = int(message["epoch"])
-            await self._act(lambda m, now: m.formed(name, epoch))
-        elif op == "commit":
-            epoch, step = int(message["epoch"]), int(message["step"])
-            data, extras = message.get("data"), message.get("extras")
-            await self._act(lambda m, now: m.commit(name, epoch, step, data, extras))
-            if self.data is not None:
-                self.data.committed(data)
-        elif op == "lease":
-            connection.send(await self._lease(name, connection.pid or 0, message))
-        elif op == "data_error":
-            reason, text = str(message["reason"]), str(message["message"])
-            await self._event("Warning", reason, f"{name} stopped: {text}", name)
-        elif op == "insight":
-            if self.data is not None:
-                self.data.insight(name, message)
-                self._dirty.set()
-        elif op == "leave":
-            connection.ended = True
-            await self._act(lambda m, now: m.leave(name, now))
-        elif op == "done":
-            connection.ended = True
-            step = int(message.get("step", 0))
-            await self._act(lambda m, now: m.done(name, step, now))
-        else:
-            raise ProtocolError(f"unknown op {op!r} from {name}")
+            raise ProtocolError(f"the first message must be 'register', got {request.op!r}")
+        match request:
+            case Heartbeat():
+                return
+            case Sync(epoch=epoch, step=step, failed=failed, data=data):
+                # step None: a member that holds no group state (a newcomer whose first
+                # epoch broke before its state arrived).
+                await self._act(lambda m, now: m.sync(name, epoch, step, failed, now, data))
+            case Formed(epoch=epoch):
+                await self._act(lambda m, now: m.formed(name, epoch))
+            case Commit(epoch=epoch, step=committed, data=data, extras=extras):
+                await self._act(lambda m, now: m.commit(name, epoch, committed, data, extras))
+                if self.data is not None:
+                    self.data.committed(data)
+            case Lease():
+                connection.send(await self._lease(name, connection.pid or 0, request))
+            case DataErrorReport(reason=reason, message=text):
+                await self._event("Warning", reason, f"{name} stopped: {text}", name)
+            case Insight():
+                if self.data is not None:
+                    self.data.insight(name, request)
+                    self._dirty.set()
+            case Leave():
+                connection.ended = True
+                await self._act(lambda m, now: m.leave(name, now))
+            case Done(step=done_step):
+                connection.ended = True
+                await self._act(lambda m, now: m.done(name, done_step, now))
 
-    async def _lease(self, name: str, pid: int, message: Message) -> Message:
+    async def _lease(self, name: str, pid: int, request: Lease) -> Message:
         if self.data is None:
             text = "this job has no spec.data; add a data section to the job file"
-            return {"op": "leased", "id": message["id"], "error": text}
-        return await self.data.lease(name, pid, message, self._decide)
+            return {"op": "leased", "id": request.id, "error": text}
+        return await self.data.lease(name, pid, request, self._decide)
 
     async def _decide(self, choose: Any) -> Message:
         """A data choice under the state lock, saved before anyone hears of it."""
@@ -244,15 +252,12 @@ class MasterServer:
         state["unresponsive"] = dict(self.unresponsive)
         return state
 
-    async def _register(self, connection: Connection, message: Message) -> None:
-        name, pid, status = message.get("replica"), message.get("pid"), message.get("status")
-        if not isinstance(name, str) or not REPLICA_NAME.match(name):
+    async def _register(self, connection: Connection, request: Register) -> None:
+        name, pid, status = request.replica, request.pid, request.status
+        if not REPLICA_NAME.match(name):
             raise ProtocolError(f"register needs 'replica' like worker-3, got {name!r}")
-        if not isinstance(pid, int) or status not in STATUSES:
-            raise ProtocolError(
-                f"register needs an integer 'pid' and 'status' in {STATUSES}, got "
-                f"pid={pid!r} status={status!r}"
-            )
+        if status not in STATUSES:
+            raise ProtocolError(f"register needs 'status' in {STATUSES}, got {status!r}")
         if connection.name is not None:
             await self._event(
                 "Warning",
@@ -277,19 +282,8 @@ class MasterServer:
             self._dirty.set()
         self.by_name[name] = connection
         log(f"{name} (pid {pid}) registered from {connection.peer} as {status}")
-        epoch, step = message.get("epoch"), message.get("step")
-        data = message.get("data")
-        await self._act(
-            lambda m, now: m.register(
-                name,
-                pid,
-                str(status),
-                None if epoch is None else int(epoch),
-                None if step is None else int(step),
-                now,
-                data,
-            )
-        )
+        epoch, step, data = request.epoch, request.step, request.data
+        await self._act(lambda m, now: m.register(name, pid, status, epoch, step, now, data))
 
     async def _refuse(self, connection: Connection, text: str) -> None:
         connection.send({"op": "refused", "message": text})

@@ -12,6 +12,7 @@ at step S, or ``new``), so a restarted master can resume without stopping anyone
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import socket
 import threading
@@ -19,7 +20,22 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tidemill.wire import Message, ProtocolError, decode, encode, split_address
+from tidemill.wire import (
+    Commit,
+    Done,
+    Formed,
+    Heartbeat,
+    Lease,
+    Leave,
+    Message,
+    ProtocolError,
+    Register,
+    Sync,
+    WorkerMessage,
+    decode,
+    encode,
+    split_address,
+)
 
 HEARTBEAT_S = 2.0
 RECONNECT_S = 0.2
@@ -58,7 +74,7 @@ class MasterClient:
         self._notice = 0
         """Highest epoch the master asked to change or abort."""
         self._aborted = 0
-        self._pending_commit: Message | None = None
+        self._pending_commit: Commit | None = None
         self._replies: queue.Queue[Message] = queue.Queue()
         self._request_id = 0
         self._sock: socket.socket | None = None
@@ -104,23 +120,23 @@ class MasterClient:
         self.status, self.epoch, self.step, self.data = "member", epoch, None, None
 
     def formed(self, epoch: int) -> None:
-        self._send({"op": "formed", "epoch": epoch})
+        self._send(Formed(epoch))
 
     def sync(self, epoch: int, step: int | None, failed: bool, data: Any) -> None:
         self.status, self.epoch, self.step, self.data = "ready", epoch, step, data
-        self._send({"op": "sync", "epoch": epoch, "step": step, "failed": failed, "data": data})
+        self._send(Sync(epoch, step, failed, data))
 
     def commit(self, epoch: int, step: int, data: Any, extras: Any) -> None:
         """Never blocks on the master: while it is away the latest commit waits for it."""
-        message = {"op": "commit", "epoch": epoch, "step": step, "data": data, "extras": extras}
+        message = Commit(epoch, step, data, extras)
         if not self._send(message):
             self._pending_commit = message
 
-    def request(self, message: Message, give_up: Callable[[], bool]) -> Message | None:
+    def request(self, message: Lease, give_up: Callable[[], bool]) -> Message | None:
         """Send ``message`` and wait for its reply (resending while the master is away);
         None once ``give_up()`` is true. Only the training thread asks."""
         self._request_id += 1
-        message = {**message, "id": self._request_id}
+        message = dataclasses.replace(message, id=self._request_id)
         sent_at: float | None = None
         while not give_up():
             if sent_at is None or time.monotonic() - sent_at > REQUEST_RESEND_S:
@@ -133,23 +149,23 @@ class MasterClient:
                 return reply
         return None
 
-    def notify(self, message: Message) -> bool:
+    def notify(self, message: WorkerMessage) -> bool:
         """Fire and forget (insight reports): dropped while the master is away."""
         return self._send(message)
 
     def leave(self, grace_s: float = 5.0) -> None:
         """Say goodbye, waiting briefly for a master that is restarting."""
-        self._final({"op": "leave"}, grace_s)
+        self._final(Leave(), grace_s)
 
     def done(self, step: int, grace_s: float = 5.0) -> None:
-        self._final({"op": "done", "step": step}, grace_s)
+        self._final(Done(step), grace_s)
 
-    def _final(self, message: Message, grace_s: float) -> None:
+    def _final(self, message: WorkerMessage, grace_s: float) -> None:
         deadline = time.monotonic() + grace_s
         while not self._send(message) and time.monotonic() < deadline:
             time.sleep(RECONNECT_S)
 
-    def _send(self, message: Message) -> bool:
+    def _send(self, message: WorkerMessage) -> bool:
         with self._send_lock:
             sock = self._sock
             if sock is None:
@@ -187,15 +203,7 @@ class MasterClient:
             return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.heartbeat_s / 2)
-        register = {
-            "op": "register",
-            "replica": self.replica,
-            "pid": self.pid,
-            "status": self.status,
-            "epoch": self.epoch,
-            "step": self.step,
-            "data": self.data,
-        }
+        register = Register(self.replica, self.pid, self.status, self.epoch, self.step, self.data)
         try:
             sock.sendall(encode(register))
         except OSError:
@@ -205,7 +213,7 @@ class MasterClient:
             self._sock = sock
         self._down_since = None
         commit, self._pending_commit = self._pending_commit, None
-        if commit is not None and self.status == "member" and commit["epoch"] == self.epoch:
+        if commit is not None and self.status == "member" and commit.epoch == self.epoch:
             self._send(commit)
         return sock
 
@@ -215,7 +223,7 @@ class MasterClient:
         while not self._closed.is_set():
             if time.monotonic() - beat >= self.heartbeat_s:
                 beat = time.monotonic()
-                self._send({"op": "heartbeat"})
+                self._send(Heartbeat())
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
