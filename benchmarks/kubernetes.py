@@ -68,7 +68,7 @@ import yaml  # noqa: E402
 from kubernetes import client as kube_client  # noqa: E402
 from kubernetes import config as kube_config  # noqa: E402
 
-from tests.e2e.kubernetes import CRD  # noqa: E402
+from tests.e2e.kubernetes import CRD, PODGROUP_CRD  # noqa: E402
 from tests.kube import KubeEmulator  # noqa: E402
 from tests.kube.watch import Event  # noqa: E402
 from tidemill.client import Client  # noqa: E402
@@ -80,37 +80,6 @@ NAMESPACE = "default"
 IMAGE = "bench/worker:1"
 NODE_CPU, NODE_MEMORY = "32", "128Gi"
 COUNTED = ("pods", "services", "secrets", "trainingjobs", "podgroups")
-PODGROUP_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podgroups.scheduling.volcano.sh"},
-    "spec": {
-        "group": "scheduling.volcano.sh",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "PodGroup",
-            "listKind": "PodGroupList",
-            "plural": "podgroups",
-            "singular": "podgroup",
-        },
-        "versions": [
-            {
-                "name": "v1beta1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                    }
-                },
-                "subresources": {"status": {}},
-            }
-        ],
-    },
-}
-
-
 def job(name: str, pods: int) -> dict[str, Any]:
     return {
         "apiVersion": "tidemill/v1",

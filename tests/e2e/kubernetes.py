@@ -34,7 +34,36 @@ from tidemill.server.runner import ServerRunner
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "deploy" / "kubernetes" / "crd.yaml"
 EMULATED_IMAGE = "tidemill/runtime:test"
-CHILD_KINDS = ("pods", "services", "secrets")
+PODGROUP_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podgroups.scheduling.volcano.sh"},
+    "spec": {
+        "group": "scheduling.volcano.sh",
+        "scope": "Namespaced",
+        "names": {
+            "kind": "PodGroup",
+            "listKind": "PodGroupList",
+            "plural": "podgroups",
+            "singular": "podgroup",
+        },
+        "versions": [
+            {
+                "name": "v1beta1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+                "subresources": {"status": {}},
+            }
+        ],
+    },
+}
+"""Volcano's PodGroup kind, minimal (no Volcano runs here): for --gang-scheduler volcano."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from kubernetes import client
 
 from tests.e2e.conftest import ServerProcess
 from tests.e2e.harness import wait_for
-from tests.e2e.kubernetes import ROOT, Cluster, emulated, server
+from tests.e2e.kubernetes import PODGROUP_CRD, ROOT, Cluster, emulated, server
 from tests.kube import KubeEmulator
 from tidemill.api.crd import to_custom_object
 from tidemill.client import Client
@@ -29,31 +29,6 @@ from tidemill.engines.kubernetes.cluster import API_CALLS
 pytestmark = pytest.mark.e2e
 BINDING = r"/pods/[^/]+/binding$"
 CLUSTER_ROLE = ROOT / "deploy" / "kubernetes" / "clusterrole.yaml"
-PODGROUP_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podgroups.scheduling.volcano.sh"},
-    "spec": {
-        "group": "scheduling.volcano.sh",
-        "scope": "Namespaced",
-        "names": {"plural": "podgroups", "singular": "podgroup", "kind": "PodGroup"},
-        "versions": [
-            {
-                "name": "v1beta1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                    }
-                },
-            }
-        ],
-    },
-}
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     yield from emulated(tmp_path)
