@@ -35,7 +35,7 @@ from tidemill.runtime._watchdog import watchdog
 from tidemill.runtime.elastic_client import MasterClient
 from tidemill.runtime.elastic_context import ElasticContext, Left, StepBoundary
 from tidemill.runtime.elastic_group import EpochPlan, Group, GroupAborted, StoreClients
-from tidemill.runtime.elastic_state import ElasticState
+from tidemill.runtime.elastic_state import CommitHook, ElasticState
 
 T = TypeVar("T")
 ResizeHook = Callable[[int, int], None]
@@ -79,6 +79,7 @@ class Driver:
         self.group: Group | None = None
         self.stores = StoreClients()
         self.leaving = False
+        self._reporter: CommitHook | None = None
         self._stuck_at: int | None = None
         self._failures = 0
 
@@ -94,7 +95,7 @@ class Driver:
         finally:
             if main:
                 signal.signal(signal.SIGTERM, previous)
-            self.state.on_commit = None
+            self._stop_reporting()
             deactivate()
             if self.group is not None:
                 self.group.close(broken=True)
@@ -167,7 +168,9 @@ class Driver:
             state.world_size = plan.world_size
             state.commit()
         if plan.rank == 0:
-            state.on_commit = lambda s: self.client.commit(plan.epoch, **s.report())
+            self._reporter = state.add_commit_listener(
+                lambda committed: self.client.commit(plan.epoch, **committed.report())
+            )
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         model = DistributedDataParallel(state.model, device_ids=device_ids, init_sync=False)
         self.client.formed(plan.epoch)
@@ -233,12 +236,17 @@ class Driver:
         log(f"{self.replica} finished at step {self.state.step} in epoch {plan.epoch}")
 
     def _close_group(self, broken: bool) -> None:
-        self.state.on_commit = None
+        self._stop_reporting()
         deactivate()
         group, self.group = self.group, None
         if group is not None:
             group.close(broken=broken)
         gc.collect()
+
+    def _stop_reporting(self) -> None:
+        reporter, self._reporter = self._reporter, None
+        if reporter is not None:
+            reporter.remove()
 
     def _recoverable(self, exc: Exception, plan: EpochPlan) -> bool:
         if isinstance(exc, GroupAborted | dist.DistError) or self.client.aborted(plan.epoch):

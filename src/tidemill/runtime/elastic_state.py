@@ -23,7 +23,11 @@ EXTRAS_REPORT_LIMIT = 64 * 1024
 
 
 @dataclass(frozen=True)
-class _Snapshot:
+class Committed:
+    """One committed state, never changed after it is taken: the elastic loop rolls back
+    to it, and a checkpoint writer persists it on its own thread while training goes on.
+    ``model`` and ``optimizer`` are copies (``state_dict()`` form) owned by this value."""
+
     step: int
     world_size: int
     extras: dict[str, Any]
@@ -31,18 +35,31 @@ class _Snapshot:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any] | None
 
+    def report(self) -> dict[str, Any]:
+        """The step, data positions and (small, JSON) extras, for the job master."""
+        return {"step": self.step, "data": self.data, "extras": small_json(self.extras)}
+
+
+def small_json(value: Any) -> Any:
+    """``value`` when it is JSON and at most :data:`EXTRAS_REPORT_LIMIT` long, else None."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        return None
+    return value if len(text) <= EXTRAS_REPORT_LIMIT else None
+
 
 class CommitHook:
-    """A function registered with :meth:`ElasticState.add_commit_hook`; ``remove()`` ends it."""
+    """A function registered with :meth:`ElasticState.add_commit_hook` or
+    :meth:`ElasticState.add_commit_listener`; ``remove()`` ends it."""
 
-    def __init__(self, state: ElasticState, fn: Callable[[ElasticState], None]) -> None:
-        self._state = state
+    def __init__(self, registry: list[CommitHook], fn: Callable[[Any], None]) -> None:
+        self._registry = registry
         self.fn = fn
 
     def remove(self) -> None:
-        hooks = self._state._hooks
-        if self in hooks:
-            hooks.remove(self)
+        if self in self._registry:
+            self._registry.remove(self)
 
 
 class ElasticState:
@@ -88,9 +105,8 @@ class ElasticState:
         self.holds_group_state = False
         """False until this process trained in a group or received a group's state: a
         fresh process never becomes the source others copy from."""
-        self.on_commit: Callable[[ElasticState], None] | None = None
-        """Set by the elastic loop on rank 0: reports each commit to the job master."""
         self._hooks: list[CommitHook] = []
+        self._listeners: list[CommitHook] = []
         self._saved = self._snapshot()
 
     @property
@@ -101,13 +117,18 @@ class ElasticState:
     def committed_data(self) -> dict[str, Any]:
         return copy.deepcopy(self._saved.data)
 
+    @property
+    def committed(self) -> Committed:
+        """The last commit (immutable: safe to hand to another thread)."""
+        return self._saved
+
     def commit(self) -> None:
         """Make the current state the one to return to; call it between steps, on every rank."""
         for hook in list(self._hooks):
             hook.fn(self)
         self._saved = self._snapshot()
-        if self.on_commit is not None:
-            self.on_commit(self)
+        for listener in list(self._listeners):
+            listener.fn(self._saved)
 
     def add_commit_hook(self, fn: Callable[[ElasticState], None]) -> CommitHook:
         """Call ``fn(state)`` at every :meth:`commit`, before the copy is taken.
@@ -132,9 +153,40 @@ class ElasticState:
             >>> state.committed_data
             {'a': 4, 'b': 3}
         """
-        hook = CommitHook(self, fn)
+        hook = CommitHook(self._hooks, fn)
         self._hooks.append(hook)
         return hook
+
+    def add_commit_listener(self, fn: Callable[[Committed], None]) -> CommitHook:
+        """Call ``fn(committed)`` after every :meth:`commit` (and :meth:`adopt`), with the
+        copy just taken: the elastic loop reports it to the job master, the checkpointer
+        hands it to its writer thread. ``remove()`` on the handle ends it.
+
+        Example::
+
+            >>> import torch
+            >>> from tidemill.runtime import ElasticState
+            >>> state = ElasticState(torch.nn.Linear(1, 1))
+            >>> seen = []
+            >>> listener = state.add_commit_listener(lambda c: seen.append(c.step))
+            >>> state.step = 2
+            >>> state.commit()
+            >>> listener.remove()
+            >>> state.commit()
+            >>> seen
+            [2]
+        """
+        listener = CommitHook(self._listeners, fn)
+        self._listeners.append(listener)
+        return listener
+
+    def adopt(self, committed: Committed) -> None:
+        """Make ``committed`` (read from a checkpoint) the current and committed state."""
+        self._saved = committed
+        self.restore()
+        self.holds_group_state = True
+        for listener in list(self._listeners):
+            listener.fn(committed)
 
     def restore(self) -> None:
         """Go back to the last commit (in place: the optimizer keeps its parameters)."""
@@ -148,14 +200,7 @@ class ElasticState:
 
     def report(self) -> dict[str, Any]:
         """The committed step, data positions and (small, JSON) extras, for the master."""
-        saved = self._saved
-        extras: Any = None
-        try:
-            text = json.dumps(saved.extras)
-            extras = saved.extras if len(text) <= EXTRAS_REPORT_LIMIT else None
-        except (TypeError, ValueError):
-            extras = None
-        return {"step": saved.step, "data": saved.data, "extras": extras}
+        return self._saved.report()
 
     def broadcast(self, source_rank: int, rank: int, device: torch.device) -> None:
         """Copy the source's state to every rank of the current group, then commit it."""
@@ -184,8 +229,8 @@ class ElasticState:
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
         }
 
-    def _snapshot(self) -> _Snapshot:
-        return _Snapshot(
+    def _snapshot(self) -> Committed:
+        return Committed(
             step=self.step,
             world_size=self.world_size,
             extras=copy.deepcopy(self.extras),
