@@ -21,6 +21,7 @@ from tidemill.api._model import (
     validate_labels,
     validate_line,
 )
+from tidemill.api.checkpoint import CheckpointSpec
 from tidemill.api.data import DataSpec, ShuffleSpec, StageSource, StageSpec
 from tidemill.api.extended import ExtendedAmounts
 from tidemill.api.limits import (
@@ -290,6 +291,9 @@ class TrainingJobSpec(SpecModel):
     )
     data: DataSpec | None = Field(
         default=None, description="stages of Parquet, Iceberg and Kafka sources"
+    )
+    checkpoint: CheckpointSpec | None = Field(
+        default=None, description="durable checkpoints: where, how often, how many kept"
     )
 
     @field_validator("queue")

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tidemill.api.checkpoint import CheckpointSpec, is_url
 from tidemill.api.cluster import ClusterSpec
 from tidemill.api.data import DataSpec, StageSource
 from tidemill.api.document import check_document, parse_document
@@ -94,10 +95,12 @@ def load_job_file(path: str | Path) -> TrainingJob:
     text = read_document_text(file)
     base = file.resolve().parent
     job = with_working_dirs(load_job_text(text, str(path)), base)
-    if job.spec.data is None:
-        return job
-    data = with_data_paths(job.spec.data, base)
-    return job.model_copy(update={"spec": job.spec.model_copy(update={"data": data})})
+    update: dict[str, object] = {}
+    if job.spec.data is not None:
+        update["data"] = with_data_paths(job.spec.data, base)
+    if job.spec.checkpoint is not None:
+        update["checkpoint"] = with_checkpoint_paths(job.spec.checkpoint, base)
+    return job.model_copy(update={"spec": job.spec.model_copy(update=update)})
 
 
 def with_working_dirs(job: TrainingJob, base: Path) -> TrainingJob:
@@ -107,6 +110,19 @@ def with_working_dirs(job: TrainingJob, base: Path) -> TrainingJob:
         for name, role in job.spec.roles.items()
     }
     return job.model_copy(update={"spec": job.spec.model_copy(update={"roles": roles})})
+
+
+def with_checkpoint_paths(checkpoint: CheckpointSpec, base: Path) -> CheckpointSpec:
+    """Pin a relative checkpoint ``dir`` and ``resumeFrom`` to ``base`` (URLs are kept)."""
+
+    def pinned(location: str | None) -> str | None:
+        if location is None or is_url(location):
+            return location
+        return str(base / Path(location).expanduser())
+
+    return checkpoint.model_copy(
+        update={"dir": pinned(checkpoint.dir), "resume_from": pinned(checkpoint.resume_from)}
+    )
 
 
 def with_data_paths(data: DataSpec, base: Path) -> DataSpec:

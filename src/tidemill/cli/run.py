@@ -119,6 +119,15 @@ def server(
     gpu_sharing: SharingOption = "hami",
     extended_resource: ExtendedOption = None,
     advertise_url: AdvertiseOption = None,
+    checkpoint_root: Annotated[
+        str | None,
+        typer.Option(
+            "--checkpoint-root",
+            help="Where jobs that name no checkpoint.dir keep their checkpoints: a path or "
+            "an fsspec URL (s3://bucket/tidemill) every replica can reach (default: "
+            "STATE_DIR/checkpoints on the local engine; none on Kubernetes).",
+        ),
+    ] = None,
 ) -> None:
     """Run the control plane until Ctrl-C or SIGTERM.
 
@@ -149,6 +158,7 @@ def server(
             engine=engine,
             engine_options=options,
             advertise_url=advertise_url,
+            checkpoint_root=checkpoint_root,
         )
     except InsecureServer as exc:
         fail(str(exc), code=EXIT_INVALID)

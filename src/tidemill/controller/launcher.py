@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
+from tidemill.api.checkpoint import CheckpointPlan, job_checkpoint_plan
 from tidemill.api.job import TrainingJob
 from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
 from tidemill.controller.model import JobSnapshot, ReplicaSnapshot
@@ -118,10 +119,22 @@ class Launcher:
         replica_host: ReplicaHost,
         server_url: str | None = None,
         job_token: Callable[[str], str] | None = None,
+        checkpoint_root: str | None = None,
     ) -> None:
         self.replica_host = replica_host
         self.server_url = server_url
         self.job_token = job_token
+        self.checkpoint_root = checkpoint_root
+
+    def checkpoint_plan(self, job: JobSnapshot, spec: TrainingJob) -> CheckpointPlan | None:
+        """The job's checkpoints: only a job with a master restores and commits them."""
+        if not needs_master(spec):
+            return None
+        return job_checkpoint_plan(spec.spec.checkpoint, job.key, job.uid, self.checkpoint_root)
+
+    def checkpoint_env(self, job: JobSnapshot, spec: TrainingJob) -> dict[str, str]:
+        plan = self.checkpoint_plan(job, spec)
+        return {} if plan is None else plan.to_env()
 
     def credential_env(self, job: JobSnapshot) -> dict[str, str]:
         return {} if self.job_token is None else {TOKEN_VAR: self.job_token(job.uid)}
@@ -177,6 +190,7 @@ class Launcher:
                 **replica_env(context),
                 **elastic_env(spec),
                 **data_env(spec, replica.role),
+                **self.checkpoint_env(job, spec),
                 **self.credential_env(job),
             },
             working_dir=role.working_dir or "",
@@ -206,6 +220,7 @@ class Launcher:
             "TIDEMILL_ELASTIC_MAX": str(high),
             "PYTHONUNBUFFERED": "1",
             **data_env(spec, MASTER_ROLE),
+            **self.checkpoint_env(job, spec),
             **self.credential_env(job),
         }
         if self.server_url is not None:

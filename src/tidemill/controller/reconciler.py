@@ -69,6 +69,9 @@ class ControllerConfig:
     """Job uid -> that job's own credential, given to its master and replicas as
     ``TIDEMILL_TOKEN`` (None: they get none; ServerRunner always sets it)."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    checkpoint_root: str | None = None
+    """Where jobs whose file names no ``checkpoint.dir`` keep their checkpoints (an
+    fsspec URL or a path); None: only jobs that name one get checkpoints."""
 
 
 class Controller:
@@ -92,7 +95,10 @@ class Controller:
         self.clock = clock
         self.on_cycle = on_cycle
         self.launcher = Launcher(
-            engine.replica_host, self.config.server_url, self.config.job_token
+            engine.replica_host,
+            self.config.server_url,
+            self.config.job_token,
+            self.config.checkpoint_root,
         )
         lifecycle = LifecycleConfig(self.config.stop_grace_s, self.config.drain_grace_s)
         launches = Launches(store, engine, self.launcher, clock)

@@ -91,13 +91,16 @@ class ServerRunner:
         engine: str = DEFAULT_ENGINE,
         engine_options: Mapping[str, object] | None = None,
         advertise_url: str | None = None,
+        checkpoint_root: str | None = None,
     ) -> None:
         """Raises InsecureServer (a non-loopback host without auth or --insecure) and
         CannotStart (the state folder or the store cannot be written). ``engine`` names
         what runs the replicas (see :func:`tidemill.engines.engine_names`); its state
         lives in ``state_dir`` and ``engine_options`` go to its constructor.
         ``advertise_url`` is the URL replicas reach this server by (default: ``url``;
-        on Kubernetes, the server's Service)."""
+        on Kubernetes, the server's Service). ``checkpoint_root`` holds the checkpoints
+        of jobs that name no ``checkpoint.dir`` (default: ``checkpoints`` in the state
+        folder on the local engine; none elsewhere, where replicas do not share it)."""
         check_engine_name(engine)
         if not auth and not insecure and not is_loopback(host):
             raise InsecureServer(host)
@@ -119,6 +122,8 @@ class ServerRunner:
         registry, metrics = make_registry(self.store)
         credentials = JobCredentials.in_folder(self.state_dir)
         config = controller_config or ControllerConfig()
+        if checkpoint_root is None and engine == "local":
+            checkpoint_root = str(self.state_dir / "checkpoints")
         try:
             self.admin_token_file = bootstrap_admin(self.store, self.state_dir) if auth else None
             """Where a new admin token was written (first start with auth on), else None."""
@@ -130,6 +135,7 @@ class ServerRunner:
                     config,
                     server_url=config.server_url or advertise_url or self.url,
                     job_token=config.job_token or credentials.token,
+                    checkpoint_root=config.checkpoint_root or checkpoint_root,
                 ),
                 on_cycle=metrics.record,
             )
