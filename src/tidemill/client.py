@@ -31,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from tidemill.api.checkpoint import CheckpointList
 from tidemill.api.errors import FieldError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.loader import load_job_file
@@ -206,6 +207,12 @@ class Client:
         name, params = _job_ref(name, namespace)
         items = self._request("GET", f"/jobs/{name}/events", params=params).json()["items"]
         return [EventView.model_validate(item) for item in items]
+
+    def checkpoints(self, name: str, namespace: str | None = None) -> CheckpointList:
+        """The job's checkpoint folder and its checkpoints, newest first."""
+        name, params = _job_ref(name, namespace)
+        response = self._request("GET", f"/jobs/{name}/checkpoints", params=params)
+        return CheckpointList.model_validate(response.json())
 
     def queues(self) -> list[QueueView]:
         items = self._request("GET", "/queues").json()["items"]

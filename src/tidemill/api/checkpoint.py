@@ -12,8 +12,9 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from tidemill.api._model import SpecModel, validate_line
 from tidemill.api.limits import INT64_MAX
@@ -124,3 +125,25 @@ def job_checkpoint_plan(
         keep=spec.keep,
         resume_from=spec.resume_from,
     )
+
+
+class CheckpointView(BaseModel):
+    """One checkpoint folder as ``tidemill checkpoints JOB`` shows it."""
+
+    name: str = Field(description="step-000000001200")
+    url: str
+    step: int | None = Field(default=None, description="None when the checkpoint is unusable")
+    time: float | None = Field(default=None, description="when it was written (unix s)")
+    size_bytes: int | None = None
+    world_size: int | None = Field(default=None, description="the group size it trained at")
+    data: dict[str, Any] | None = Field(
+        default=None, description="data positions (shard leases, stream offsets) it resumes at"
+    )
+    problem: str | None = Field(
+        default=None, description="why it cannot be restored (partial, unreadable)"
+    )
+
+
+class CheckpointList(BaseModel):
+    url: str | None = Field(description="the job's checkpoint folder; None: it has none")
+    items: list[CheckpointView] = Field(description="newest first")

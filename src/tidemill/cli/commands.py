@@ -14,6 +14,7 @@ from tidemill.api.job import TrainingJob
 from tidemill.api.loader import job_from_document, load_job_file
 from tidemill.api.status import EventView, JobPhase
 from tidemill.cli import render
+from tidemill.cli.checkpoints import with_resume_from
 from tidemill.cli.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -48,6 +49,15 @@ def submit(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Let the server validate; submit nothing.")
     ] = False,
+    resume_from: Annotated[
+        str | None,
+        typer.Option(
+            "--resume-from",
+            metavar="JOB|URL",
+            help="Start from the newest checkpoint of another job (its name) or of a "
+            "checkpoint folder (a path or URL).",
+        ),
+    ] = None,
     server: ServerOption = DEFAULT_SERVER,
 ) -> None:
     """Validate a job file here, then submit it. --wait streams its logs and events like
@@ -56,6 +66,8 @@ def submit(
     if namespace is not None:
         job = _in_namespace(job, namespace)
     with connect(server) as client:
+        if resume_from is not None:
+            job = with_resume_from(job, resume_from, client)
         view = client.submit(job, dry_run=dry_run)
         key = f"{view.namespace}/{view.name}"
         if dry_run:

@@ -140,7 +140,9 @@ def counts_text(counts: dict[str, str]) -> str:
 
 
 def jobs_table(jobs: Sequence[JobSummary], now: float) -> Table:
-    table = _table("NAMESPACE", "NAME", "QUEUE", "PRIORITY", "PHASE", "REPLICAS", "AGE", "MESSAGE")
+    table = plain_table(
+        "NAMESPACE", "NAME", "QUEUE", "PRIORITY", "PHASE", "REPLICAS", "AGE", "MESSAGE"
+    )
     for job in jobs:
         table.add_row(
             job.namespace,
@@ -156,7 +158,9 @@ def jobs_table(jobs: Sequence[JobSummary], now: float) -> Table:
 
 
 def job_table(view: JobView, now: float) -> Table:
-    table = _table("NAMESPACE", "NAME", "QUEUE", "PRIORITY", "PHASE", "REPLICAS", "AGE", "MESSAGE")
+    table = plain_table(
+        "NAMESPACE", "NAME", "QUEUE", "PRIORITY", "PHASE", "REPLICAS", "AGE", "MESSAGE"
+    )
     table.add_row(
         view.namespace,
         view.name,
@@ -263,7 +267,7 @@ def worker_split(workers: dict[str, int]) -> str:
 
 
 def queues_table(queues: Sequence[QueueView]) -> Table:
-    table = _table(
+    table = plain_table(
         "NAME", "WEIGHT", "GUARANTEED", "MAX", "ALLOCATED", "SHARE", "PENDING", "RUNNING"
     )
     for queue in queues:
@@ -281,7 +285,9 @@ def queues_table(queues: Sequence[QueueView]) -> Table:
 
 
 def nodes_table(nodes: Sequence[NodeView]) -> Table:
-    table = _table("NAME", "CPU", "MEMORY", "GPU", "GPU MODEL", "GPU USE", "SCHEDULABLE", "LABELS")
+    table = plain_table(
+        "NAME", "CPU", "MEMORY", "GPU", "GPU MODEL", "GPU USE", "SCHEDULABLE", "LABELS"
+    )
     for node in nodes:
         table.add_row(
             node.name,
@@ -298,7 +304,7 @@ def nodes_table(nodes: Sequence[NodeView]) -> Table:
 
 def events_table(events: Sequence[EventView], with_job: bool = False) -> Table:
     headers = ["TIME", "JOB"] if with_job else ["TIME"]
-    table = _table(*headers, "TYPE", "REASON", "REPLICA", "MESSAGE")
+    table = plain_table(*headers, "TYPE", "REASON", "REPLICA", "MESSAGE")
     for event in events:
         first = [time.strftime("%H:%M:%S", time.localtime(event.time))]
         if with_job:
@@ -315,7 +321,7 @@ def events_table(events: Sequence[EventView], with_job: bool = False) -> Table:
 
 
 def tokens_table(tokens: Sequence[TokenView], now: float) -> Table:
-    table = _table("NAME", "NAMESPACE", "ROLE", "AGE", "STATUS")
+    table = plain_table("NAME", "NAMESPACE", "ROLE", "AGE", "STATUS")
     for token in tokens:
         status = Text("revoked", style="red") if token.revoked else Text("active", style="green")
         created = age(token.created_at, now)
@@ -354,7 +360,7 @@ def final_summary(view: JobView) -> list[str]:
 
 
 def _conditions(view: JobView) -> Table:
-    table = _table("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")
+    table = plain_table("TYPE", "STATUS", "REASON", "SINCE", "MESSAGE")
     for condition in view.conditions:
         table.add_row(
             condition.type.value,
@@ -367,7 +373,9 @@ def _conditions(view: JobView) -> Table:
 
 
 def _replicas(view: JobView, now: float) -> Table:
-    table = _table("REPLICA", "PHASE", "NODE", "GPUS", "PID", "RESTARTS", "EXIT", "AGE", "MESSAGE")
+    table = plain_table(
+        "REPLICA", "PHASE", "NODE", "GPUS", "PID", "RESTARTS", "EXIT", "AGE", "MESSAGE"
+    )
     for replica in sorted(view.replicas, key=lambda r: (r.role, r.index)):
         exit_code = "-" if replica.exit_code is None else str(replica.exit_code)
         style = "red" if replica.phase is ReplicaPhase.FAILED else ""
@@ -398,7 +406,9 @@ def _stage_line(stage: StageInsightView, stages: int, as_of: float) -> str:
 
 
 def _sources(sources: Sequence[SourceInsightView]) -> Table:
-    table = _table("SOURCE", "KIND", "RECORDS", "RECORDS/S", "BYTES", "LAG", "SHARDS", "WORKERS")
+    table = plain_table(
+        "SOURCE", "KIND", "RECORDS", "RECORDS/S", "BYTES", "LAG", "SHARDS", "WORKERS"
+    )
     for source in sources:
         table.add_row(
             source.name,
@@ -424,7 +434,7 @@ def _why(view: JobView) -> str:
     return view.message
 
 
-def _table(*headers: str) -> Table:
+def plain_table(*headers: str) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for header in headers:
         table.add_column(header, overflow="fold")

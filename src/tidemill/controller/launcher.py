@@ -126,14 +126,14 @@ class Launcher:
         self.job_token = job_token
         self.checkpoint_root = checkpoint_root
 
-    def checkpoint_plan(self, job: JobSnapshot, spec: TrainingJob) -> CheckpointPlan | None:
-        """The job's checkpoints: only a job with a master restores and commits them."""
+    def checkpoint_plan(self, key: str, uid: str, spec: TrainingJob) -> CheckpointPlan | None:
+        """Job ``key``'s checkpoints: only a job with a master restores and commits them."""
         if not needs_master(spec):
             return None
-        return job_checkpoint_plan(spec.spec.checkpoint, job.key, job.uid, self.checkpoint_root)
+        return job_checkpoint_plan(spec.spec.checkpoint, key, uid, self.checkpoint_root)
 
     def checkpoint_env(self, job: JobSnapshot, spec: TrainingJob) -> dict[str, str]:
-        plan = self.checkpoint_plan(job, spec)
+        plan = self.checkpoint_plan(job.key, job.uid, spec)
         return {} if plan is None else plan.to_env()
 
     def credential_env(self, job: JobSnapshot) -> dict[str, str]:

@@ -22,12 +22,14 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import OperationalError
 
+from tidemill.api.checkpoint import CheckpointPlan
 from tidemill.api.cluster import ClusterSpec, NodeSpec, QueueSpec, this_machine
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType, JobPhase, JobView
 from tidemill.controller.admission import admit
 from tidemill.controller.applier import Applier
+from tidemill.controller.checkpoint_checks import check_checkpoint
 from tidemill.controller.conditions import set_condition
 from tidemill.controller.deletion import Deleter
 from tidemill.controller.elastic import initial_desired
@@ -176,6 +178,7 @@ class Controller:
         """Queue a job; raises SpecError (won't fit here) or ConflictError (name taken).
         ``actor`` (who asked) is named in the event."""
         check_engine_admits(self.engine, job)
+        check_checkpoint(job, local_folders=self.engine.name == "local")
         with self.store.transaction() as tx:
             existing = tx.job(job.metadata.namespace, job.metadata.name)
             if existing is not None and existing.deleted_at is not None:
@@ -225,6 +228,7 @@ class Controller:
         with self.store.read() as tx:
             queues = {q.name: QueueSpec.model_validate(q.spec) for q in tx.queues()}
         check_engine_admits(self.engine, job)
+        check_checkpoint(job, local_folders=self.engine.name == "local")
         admission = admit(job, self.nodes(), queues, self.cluster.priority_classes)
         return JobView(
             name=job.metadata.name,
@@ -361,6 +365,14 @@ class Controller:
                 self._schedule_due.set()
             spent = time.monotonic() - started
             self._schedule_not_before = started + spent * (1 + self.config.schedule_pacing)
+
+    def checkpoint_plan(self, namespace: str, name: str) -> CheckpointPlan | None:
+        """Where job ``namespace/name`` keeps its checkpoints; NotFoundError if no such job."""
+        with self.store.read() as tx:
+            row = tx.job(namespace, name)
+            if row is None:
+                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+            return self.launcher.checkpoint_plan(row.key, row.uid, self.spec_of(row))
 
     def spec_of(self, row: JobRow) -> TrainingJob:
         spec = self._specs.get(row.uid)

@@ -24,6 +24,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from tidemill.api.checkpoint import is_url
 from tidemill.api.cluster import NodeSpec
 from tidemill.api.job import TrainingJob
 from tidemill.engines.base import (
@@ -154,6 +155,15 @@ class KubernetesEngine:
                     "metadata.namespace",
                     f"{namespace!r} is not a namespace this server's Kubernetes engine may "
                     f"use (allowed: {allowed}); submit to one of those",
+                )
+            )
+        checkpoint = job.spec.checkpoint
+        if checkpoint is not None and checkpoint.dir is not None and not is_url(checkpoint.dir):
+            problems.append(
+                (
+                    "spec.checkpoint.dir",
+                    f"{checkpoint.dir!r} is a local path, which pods do not share; use a URL "
+                    "every pod can reach (s3://bucket/checkpoints, hdfs://...)",
                 )
             )
         for name, role in job.spec.roles.items():
