@@ -5,6 +5,7 @@ Every problem found is reported at once, each as ``path: message``.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def with_checkpoint_paths(checkpoint: CheckpointSpec, base: Path) -> CheckpointS
     def pinned(location: str | None) -> str | None:
         if location is None or is_url(location):
             return location
-        return str(base / Path(location).expanduser())
+        return os.path.normpath(base / Path(location).expanduser())
 
     return checkpoint.model_copy(
         update={"dir": pinned(checkpoint.dir), "resume_from": pinned(checkpoint.resume_from)}

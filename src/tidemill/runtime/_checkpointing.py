@@ -1,0 +1,126 @@
+"""Durable checkpoints inside one worker: rank 0 saves, a group with no state restores.
+
+Saving costs the training thread nothing beyond the commit it already makes: a due
+:class:`~tidemill.runtime.elastic_state.Committed` (an immutable copy) goes to the
+writer thread, which persists it with DCP while training goes on; if a write is still
+running the newest due commit waits in its place. Each save, failure, skipped corrupt
+checkpoint and restore is reported to the job master, which turns it into an event and,
+once a save is durable, commits the Kafka offsets that checkpoint holds (never before:
+a whole-job loss then replays exactly what the checkpoint had not trained).
+
+Restoring: when a group forms and none of its members holds state (the first start, or
+every worker was lost, preempted, or killed with the master), the master marks the
+epoch ``restore``; its source rank loads the newest valid checkpoint of the job, else of
+``resumeFrom``, and the usual broadcast hands it to every rank, at any world size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tidemill.api.checkpoint import CheckpointPlan
+from tidemill.checkpoint import CheckpointMismatch, CheckpointStore, CheckpointWriter, Manifest
+from tidemill.runtime.elastic_state import CommitHook, Committed, ElasticState
+from tidemill.wire import CheckpointReport
+
+FINAL_FLUSH_S = 600.0
+"""How long the last save (training done, or the worker asked to stop) may take; a
+worker stopped for good is killed after its grace period whatever this says."""
+Report = Callable[[CheckpointReport], object]
+
+
+class Checkpointing:
+    """One worker's part in durable checkpoints (see the module docstring)."""
+
+    def __init__(self, plan: CheckpointPlan, job: str | None, report: Report) -> None:
+        self.plan = plan
+        self.report = report
+        self.store = CheckpointStore(plan.url, plan.keep)
+        self.writer = CheckpointWriter(self.store, job, self._saved, self._failed)
+        self._listener: CommitHook | None = None
+        self._submitted: int | None = None
+        """Step of the newest commit handed to the writer."""
+        self._submitted_at = time.monotonic()
+
+    # --- saving (rank 0) ----------------------------------------------------------------
+
+    def lead(self, state: ElasticState) -> None:
+        """This worker is rank 0 of the new epoch: save its due commits from now on."""
+        self.follow()
+        if self._submitted is None:
+            self._submitted = state.committed_step
+            self._submitted_at = time.monotonic()
+        self._listener = state.add_commit_listener(self._on_commit)
+
+    def follow(self) -> None:
+        """Not rank 0 (or between epochs): save nothing."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.remove()
+
+    def final(self, committed: Committed, timeout_s: float = FINAL_FLUSH_S) -> bool:
+        """Save ``committed`` unless it already is, and wait for the writer; False when
+        the wait ran out (the write goes on, and is partial if the process dies)."""
+        if self._submitted != committed.step:
+            self._submit(committed)
+        return self.writer.flush(timeout_s)
+
+    def close(self, timeout_s: float) -> None:
+        self.follow()
+        self.writer.close(timeout_s)
+
+    def _on_commit(self, committed: Committed) -> None:
+        base = self._submitted or 0
+        if committed.step <= base:
+            return
+        if self.plan.due(committed.step - base, time.monotonic() - self._submitted_at):
+            self._submit(committed)
+
+    def _submit(self, committed: Committed) -> None:
+        self._submitted, self._submitted_at = committed.step, time.monotonic()
+        self.writer.submit(committed)
+
+    def _saved(self, manifest: Manifest) -> None:
+        text = (
+            f"checkpoint at step {manifest.step} saved in {manifest.duration_s:.2f} s "
+            f"({manifest.size_bytes / 2**20:.1f} MiB) to {self.plan.url}"
+        )
+        self.report(CheckpointReport("saved", text, manifest.step, manifest.data))
+
+    def _failed(self, step: int, why: str) -> None:
+        text = (
+            f"checkpoint at step {step} could not be saved to {self.plan.url}: {why}; "
+            "training goes on and the previous checkpoint is kept"
+        )
+        self.report(CheckpointReport("failed", text, step))
+
+    # --- restoring (the source rank of a group with no state) ---------------------------
+
+    def restore(self, state: ElasticState) -> bool:
+        """Adopt the newest valid checkpoint of the job, else of ``resumeFrom``; False
+        when there is none (a fresh start). A checkpoint that does not fit the model
+        raises :class:`CheckpointMismatch` after reporting it."""
+        started = time.monotonic()
+        for url in (self.plan.url, self.plan.resume_from):
+            if url is None:
+                continue
+            try:
+                loaded = CheckpointStore(url).load_newest(state.model, state.optimizer)
+            except CheckpointMismatch as exc:
+                self.report(CheckpointReport("mismatch", str(exc)))
+                raise
+            for skipped in loaded.skipped:
+                text = f"skipped checkpoint {skipped.name} in {url}: {skipped.reason}"
+                self.report(CheckpointReport("skipped", text))
+            if loaded.committed is None:
+                continue
+            state.adopt(loaded.committed)
+            self._submitted, self._submitted_at = state.step, time.monotonic()
+            text = (
+                f"restored step {state.step} (trained at world size {state.world_size}) "
+                f"from {url} in {time.monotonic() - started:.2f} s"
+            )
+            self.report(CheckpointReport("restored", text, state.step, state.data))
+            return True
+        return False
