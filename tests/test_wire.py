@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import json
 from typing import Any
@@ -75,6 +76,7 @@ EVERY_MASTER_KIND: list[MasterMessage] = [
     Change(4),
     Abort(4),
     EPOCH,
+    dataclasses.replace(EPOCH, restore=True),
     Evicted("worker-1 did not form the process group"),
     Finished(300),
     Leased(9, grant=GRANT),
@@ -131,6 +133,7 @@ def test_a_lease_carries_its_pass_under_the_wire_name() -> None:
                 "source_rank": 0,
                 "step": 120,
                 "timeout_s": 60.0,
+                "restore": False,
             },
         ),
         (Registered("worker-1"), {"op": "registered", "replica": "worker-1"}),
@@ -188,6 +191,7 @@ def _epoch(**changes: Any) -> bytes:
         (_epoch(members=["worker-0", 1]), "malformed 'epoch' message: 'members'"),
         (_epoch(timeout_s="60"), "malformed 'epoch' message: 'timeout_s': expected a number"),
         (_epoch(store_host=None), "malformed 'epoch' message: 'store_host' is missing"),
+        (_epoch(restore="yes"), "malformed 'epoch' message: 'restore': expected true or false"),
         (b'{"op": "leased", "shard": null}', "malformed 'leased' message: 'id' is missing"),
         (b'{"op": "leased", "id": 9}', "malformed 'leased' message: neither a grant nor 'error'"),
         (b'{"op": "leased", "id": 9, "error": 5}', "malformed 'leased' message: 'error'"),
@@ -202,3 +206,7 @@ def test_a_malformed_master_message_is_refused_naming_the_field(line: bytes, err
 
 def test_an_epoch_timeout_sent_as_an_integer_reads_as_seconds() -> None:
     assert parse_master(decode(_epoch(timeout_s=60))) == EPOCH
+
+
+def test_an_epoch_from_a_master_that_never_sends_restore_does_not_restore() -> None:
+    assert parse_master(decode(_epoch(restore=None))).restore is False

@@ -32,7 +32,8 @@ Master → worker:
 - ``change {epoch}``: the group will change; stop at the next step boundary.
 - ``abort {epoch}``: a member of ``epoch`` is gone; drop that process group now.
 - ``epoch {epoch, rank, world_size, members, store_host, store_port, prefix,
-  source_rank, step, timeout_s}``: the new topology.
+  source_rank, step, timeout_s, restore}``: the new topology; ``restore`` (false when
+  absent) when no member holds state, so it comes from the newest checkpoint.
 - ``evicted {message}``: the master removed this replica (it stopped answering).
 - ``finished {step}``: training already ended; nothing to join.
 - ``leased {id, shard, cursor, index, total, stale}`` or ``leased {id, error, reason,
@@ -261,6 +262,9 @@ class Epoch:
     step: int
     timeout_s: float
     """For every member to arrive, and for each collective of the group."""
+    restore: bool = False
+    """No member holds state (a fresh job, or every holder was lost): the state comes
+    from the newest checkpoint, not from ``source_rank``'s fresh process."""
     op: ClassVar[str] = "epoch"
 
 

@@ -65,6 +65,7 @@ def test_the_first_epoch_waits_for_late_starters_then_ranks_by_name() -> None:
         source_rank=0,
         step=0,
         timeout_s=60.0,
+        restore=True,
     )
     assert formed[0] == Save(urgent=True), "the epoch is saved before it is announced"
     assert events(formed) == [
@@ -293,6 +294,44 @@ def test_a_member_lost_after_another_finished_does_not_reopen_the_finished_train
     assert state.register("worker-1", 30, "new", None, None, now=11.0) == [
         Send("worker-1", Finished(61))
     ]
+
+
+def test_the_first_epoch_of_fresh_workers_restores_from_the_newest_checkpoint() -> None:
+    state = group(low=2, high=2)
+    state.register("worker-0", 10, "new", None, None, now=0.0)
+    effects = state.register("worker-1", 11, "new", None, None, now=0.1)
+
+    epochs = sent(effects, Epoch)
+    assert set(epochs) == {"worker-0", "worker-1"}
+    assert all(epoch.restore for epoch in epochs.values()), "no member holds any state"
+
+
+def test_a_reformation_around_a_survivor_holding_state_does_not_restore() -> None:
+    state = running(["worker-0", "worker-1"])
+    state.register("worker-2", 12, "new", None, None, now=10.0)
+    state.tick(now=11.0)
+    state.sync("worker-0", 1, 40, failed=False, now=11.1)
+    declared = state.sync("worker-1", 1, 40, failed=False, now=11.1)
+
+    epochs = sent(declared, Epoch)
+    assert set(epochs) == {"worker-0", "worker-1", "worker-2"}
+    assert not any(epoch.restore for epoch in epochs.values()), "the survivors hold step 40"
+    assert {epoch.step for epoch in epochs.values()} == {40}
+
+
+def test_replacements_for_a_group_that_lost_every_member_restore_from_the_checkpoint() -> None:
+    state = running(["worker-0", "worker-1"], high=2)
+    state.commit("worker-0", 1, 70, {"offset": 4200}, None)
+    state.lost("worker-0", "connection closed", now=10.0)
+    gone = state.lost("worker-1", "connection closed", now=10.1)
+    assert not sent(gone, Epoch) and state.phase is Phase.FORMING
+
+    state.register("worker-0", 20, "new", None, None, now=15.0)
+    back = state.register("worker-1", 21, "new", None, None, now=15.1)
+
+    epochs = sent(back, Epoch)
+    assert set(epochs) == {"worker-0", "worker-1"} and state.epoch == 2
+    assert all(epoch.restore for epoch in epochs.values()), "the replacements hold nothing"
 
 
 def test_bounds_are_checked() -> None:

@@ -19,7 +19,8 @@ Life of a group::
 - A round ends when every member of the epoch is accounted for (synced, left, lost,
   evicted). The next epoch keeps the survivors in their old order (rank 0 stays rank
   0 when it survives), then adds joiners up to ``max_workers``; its state comes from
-  the survivor holding the highest step.
+  the survivor holding the highest step, or, when no member holds any (a fresh job,
+  or every holder was lost), from the newest checkpoint (``restore`` in the epoch).
 - Nothing waits forever on one replica: a member that misses a deadline is evicted
   with an event naming it, and the round goes on without it.
 """
@@ -421,6 +422,7 @@ class Membership:
                         source_rank=source_rank,
                         step=step,
                         timeout_s=self.rules.timeout_s,
+                        restore=not holders,
                     ),
                 )
             )
