@@ -21,26 +21,28 @@ Worker → master (``op``):
 - ``commit {epoch, step, data, extras}``: rank 0 committed; the master persists it.
 - ``leave {}``: this member leaves for good (SIGTERM); ``done {step}``: training ended.
 - ``lease {id, epoch, stage, pass, source, view}``: the next shard of ``source`` (the
-  first request of an epoch carries the committed data ``view``); answered by
-  ``leased {id, shard, cursor, index, total, stale}`` or ``leased {id, error, reason}``.
+  first request of an epoch carries the committed data ``view``).
 - ``insight {stage, sources}``: this worker's read counters; ``data_error {reason,
   message}``: a data source stopped this worker (the master posts it as an event).
 - ``heartbeat {}``.
 
-Each has a typed form below (:class:`Register`, :class:`Sync`, ...): the worker builds
-them and :func:`encode` writes them; the master reads them back with
-:func:`parse_worker`, which names the missing or mistyped field. (Master → worker
-messages are still plain JSON objects.)
-
 Master → worker:
 
-- ``registered {replica, epoch}``; ``refused {message}`` (the connection is closed).
+- ``registered {replica}``; ``refused {message}`` (the connection is closed).
 - ``change {epoch}``: the group will change; stop at the next step boundary.
 - ``abort {epoch}``: a member of ``epoch`` is gone; drop that process group now.
 - ``epoch {epoch, rank, world_size, members, store_host, store_port, prefix,
-  source_rank, step, previous_world_size, timeout_s}``: the new topology.
+  source_rank, step, timeout_s, restore}``: the new topology; ``restore`` (false when
+  absent) when no member holds state, so it comes from the newest checkpoint.
 - ``evicted {message}``: the master removed this replica (it stopped answering).
 - ``finished {step}``: training already ended; nothing to join.
+- ``leased {id, shard, cursor, index, total, stale}`` or ``leased {id, error, reason,
+  source}``: the answer to the ``lease`` with the same ``id``.
+
+Each message has a typed form below (:class:`Register`, :class:`Epoch`, ...): the
+sender builds it and :func:`encode` writes it; the receiver reads it back with
+:func:`parse_worker` (on the master) or :func:`parse_master` (on a worker), which
+name the missing or mistyped field.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 Message = dict[str, Any]
 
@@ -57,11 +59,11 @@ MAX_LINE_BYTES = 1 << 20
 
 
 class ProtocolError(ValueError):
-    """A line that is not one JSON object with a string ``op``."""
+    """A line that is not one JSON object with a string ``op``, or a malformed message."""
 
 
-def encode(message: Mapping[str, Any] | WorkerMessage) -> bytes:
-    """One message (a typed worker message, or a JSON object) as a line of compact JSON.
+def encode(message: Mapping[str, Any] | WorkerMessage | MasterMessage) -> bytes:
+    """One message (a typed message, or a JSON object) as a line of compact JSON.
 
     >>> encode(Heartbeat())
     b'{"op":"heartbeat"}\\n'
@@ -208,14 +210,140 @@ WORKER_MESSAGES: dict[str, type[WorkerMessage]] = {
         DataErrorReport,
     )
 }
+
+
+# --- typed master → worker messages ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registered:
+    replica: str
+    op: ClassVar[str] = "registered"
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The master refused this connection (and closes it); ``message`` says why."""
+
+    message: str
+    op: ClassVar[str] = "refused"
+
+
+@dataclass(frozen=True)
+class Change:
+    """The group of ``epoch`` will change: stop at the next step boundary."""
+
+    epoch: int
+    op: ClassVar[str] = "change"
+
+
+@dataclass(frozen=True)
+class Abort:
+    """A member of ``epoch`` is gone: drop that process group now."""
+
+    epoch: int
+    op: ClassVar[str] = "abort"
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """The next group's topology and this process's place in it (``rank``)."""
+
+    epoch: int
+    rank: int
+    world_size: int
+    members: tuple[str, ...]
+    store_host: str
+    store_port: int
+    """The c10d store the group forms on, under the key ``prefix``."""
+    prefix: str
+    source_rank: int
+    """The rank whose state every other rank receives."""
+    step: int
+    timeout_s: float
+    """For every member to arrive, and for each collective of the group."""
+    restore: bool = False
+    """No member holds state (a fresh job, or every holder was lost): the state comes
+    from the newest checkpoint, not from ``source_rank``'s fresh process."""
+    op: ClassVar[str] = "epoch"
+
+
+@dataclass(frozen=True)
+class Evicted:
+    """The master removed this replica (it missed a deadline); ``message`` says which."""
+
+    message: str
+    op: ClassVar[str] = "evicted"
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Training already ended at ``step``: there is nothing to join."""
+
+    step: int
+    op: ClassVar[str] = "finished"
+
+
+@dataclass(frozen=True)
+class Leased:
+    """The answer to the :class:`Lease` with the same ``id``: a grant, or why none came.
+
+    ``grant`` is the data dispatcher's JSON form of a grant (``shard``, ``cursor``,
+    ``index``, ``total``, ``stale``: ``tidemill.data``'s ``Grant.to_json``), which this
+    module carries without reading; on the wire its keys sit beside ``id``.
+    """
+
+    id: int
+    grant: dict[str, Any] | None = None
+    error: str | None = None
+    """Why there is no grant: a source could not be planned, or the job has no data."""
+    reason: str | None = None
+    """The data error's reason code (``DataSourceNotFound``, ...), when it has one."""
+    source: str | None = None
+    """The data source the error is about, when it is known."""
+    op: ClassVar[str] = "leased"
+
+    def __post_init__(self) -> None:
+        if (self.grant is None) == (self.error is None):
+            raise ValueError(f"a lease reply carries a grant or an error, got {self!r}")
+
+
+MasterMessage = Registered | Refused | Change | Abort | Epoch | Evicted | Finished | Leased
+MASTER_MESSAGES: dict[str, type[MasterMessage]] = {
+    kind.op: kind for kind in (Registered, Refused, Change, Abort, Epoch, Evicted, Finished, Leased)
+}
+_LEASE_ERROR = ("error", "reason", "source")
+_Kind = TypeVar("_Kind", bound=WorkerMessage | MasterMessage)
+
+
+# --- encoding and parsing -------------------------------------------------------------
+
 _WIRE_NAMES = {"pass_index": "pass"}
 """Fields whose name on the wire is a Python keyword."""
 
 
 def _int(value: Any) -> int:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {value!r}")
-    return int(value)
+    return value
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -224,21 +352,40 @@ def _dict(value: Any) -> dict[str, Any]:
     return value
 
 
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "int": _int,
-    "str": str,
-    "bool": bool,
+    "float": _float,
+    "str": _str,
+    "bool": _bool,
     "Any": lambda value: value,
     "dict[str, Any]": _dict,
+    "tuple[str, ...]": _strings,
 }
+"""Per annotation (``| None`` removed): the check and conversion of a JSON value."""
 
 
-def to_message(message: WorkerMessage) -> Message:
+def to_message(message: WorkerMessage | MasterMessage) -> Message:
     """A typed message as the JSON object that goes on the wire.
 
     >>> to_message(Lease(epoch=2, stage=0, pass_index=1, source="s", id=7))
     {'op': 'lease', 'epoch': 2, 'stage': 0, 'pass': 1, 'source': 's', 'view': None, 'id': 7}
+    >>> to_message(Leased(id=7, error="no spec.data"))
+    {'op': 'leased', 'id': 7, 'error': 'no spec.data'}
     """
+    if isinstance(message, Leased):
+        # Flat, as the master has always sent it: a grant's keys, or the error's.
+        if message.grant is not None:
+            return {"op": message.op, "id": message.id, **message.grant}
+        error = {key: getattr(message, key) for key in _LEASE_ERROR}
+        return {"op": message.op, "id": message.id} | {
+            key: value for key, value in error.items() if value is not None
+        }
     wire = {_WIRE_NAMES.get(f.name, f.name): getattr(message, f.name) for f in fields(message)}
     return {"op": message.op, **wire}
 
@@ -253,8 +400,35 @@ def parse_worker(message: Message) -> WorkerMessage:
     ...
     tidemill.wire.ProtocolError: malformed 'commit' message: 'step' is missing
     """
+    return _parse(message, WORKER_MESSAGES)
+
+
+def parse_master(message: Message) -> MasterMessage:
+    """A decoded master message as its typed form; :class:`ProtocolError` names the field.
+
+    >>> parse_master({"op": "abort", "epoch": 4})
+    Abort(epoch=4)
+    >>> parse_master({"op": "leased", "id": 2, "shard": None, "stale": True})
+    Leased(id=2, grant={'shard': None, 'stale': True}, error=None, reason=None, source=None)
+    >>> parse_master({"op": "epoch", "epoch": 4, "rank": "0"})
+    Traceback (most recent call last):
+    ...
+    tidemill.wire.ProtocolError: malformed 'epoch' message: 'rank': expected an integer, got '0'
+    """
+    if message["op"] != Leased.op:
+        return _parse(message, MASTER_MESSAGES)
+    if message.get("error") is not None:
+        failed = {key: message.get(key) for key in ("op", "id", *_LEASE_ERROR)}
+        return _parse(failed, MASTER_MESSAGES)
+    grant = {key: value for key, value in message.items() if key not in ("op", "id")}
+    if not grant:
+        raise ProtocolError("malformed 'leased' message: neither a grant nor 'error'")
+    return _parse({"op": Leased.op, "id": message.get("id"), "grant": grant}, MASTER_MESSAGES)
+
+
+def _parse(message: Message, kinds: Mapping[str, type[_Kind]]) -> _Kind:
     op = message["op"]
-    kind = WORKER_MESSAGES.get(op)
+    kind = kinds.get(op)
     if kind is None:
         raise ProtocolError(f"unknown op {op!r}")
     values: dict[str, Any] = {}

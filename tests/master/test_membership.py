@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import doctest
-from typing import Any
+from typing import TypeVar
 
 import pytest
 
 import tidemill.master.naming
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
 from tidemill.master.membership import Membership, Phase, Rules
+from tidemill.wire import Abort, Change, Epoch, Finished, MasterMessage, Registered
+
+M = TypeVar("M", bound=MasterMessage)
 
 
 def group(low: int = 1, high: int = 4, **rules: float) -> Membership:
     return Membership(Rules(low, high, **rules), "127.0.0.1", 5000, now=0.0)
 
 
-def sent(effects: list[Effect], op: str) -> dict[str, dict[str, Any]]:
-    """Messages of kind ``op`` by replica."""
-    return {e.replica: e.message for e in effects if isinstance(e, Send) and e.message["op"] == op}
+def sent(effects: list[Effect], kind: type[M]) -> dict[str, M]:
+    """Messages of type ``kind`` by replica."""
+    return {
+        e.replica: e.message for e in effects if isinstance(e, Send) and isinstance(e.message, kind)
+    }
 
 
 def events(effects: list[Effect]) -> list[tuple[str, str, str | None]]:
@@ -45,23 +50,23 @@ def test_the_first_epoch_waits_for_late_starters_then_ranks_by_name() -> None:
     waiting = state.tick(now=1.2)
     formed = state.tick(now=1.6)
 
-    assert sent(early, "registered") == {"worker-0": {"op": "registered", "replica": "worker-0"}}
-    assert not sent(waiting, "epoch")
-    epochs = sent(formed, "epoch")
-    assert [epochs[n]["rank"] for n in ("worker-0", "worker-1")] == [0, 1]
-    assert epochs["worker-1"] == {
-        "op": "epoch",
-        "epoch": 1,
-        "rank": 1,
-        "world_size": 2,
-        "members": ["worker-0", "worker-1"],
-        "store_host": "127.0.0.1",
-        "store_port": 5000,
-        "prefix": "epoch/1",
-        "source_rank": 0,
-        "step": 0,
-        "timeout_s": 60.0,
-    }
+    assert sent(early, Registered) == {"worker-0": Registered("worker-0")}
+    assert not sent(waiting, Epoch)
+    epochs = sent(formed, Epoch)
+    assert [epochs[n].rank for n in ("worker-0", "worker-1")] == [0, 1]
+    assert epochs["worker-1"] == Epoch(
+        epoch=1,
+        rank=1,
+        world_size=2,
+        members=("worker-0", "worker-1"),
+        store_host="127.0.0.1",
+        store_port=5000,
+        prefix="epoch/1",
+        source_rank=0,
+        step=0,
+        timeout_s=60.0,
+        restore=True,
+    )
     assert formed[0] == Save(urgent=True), "the epoch is saved before it is announced"
     assert events(formed) == [
         ("EpochStarted", "epoch 1: 2 workers (worker-0, worker-1); from step 0", None)
@@ -72,7 +77,7 @@ def test_the_first_epoch_forms_at_once_when_the_maximum_registered() -> None:
     state = group(low=1, high=2, settle_s=60.0)
     state.register("worker-0", 10, "new", None, None, now=0.0)
     effects = state.register("worker-1", 11, "new", None, None, now=0.1)
-    assert set(sent(effects, "epoch")) == {"worker-0", "worker-1"}
+    assert set(sent(effects, Epoch)) == {"worker-0", "worker-1"}
 
 
 def test_a_lost_member_aborts_the_epoch_and_the_survivors_reform_from_the_newest_state() -> None:
@@ -83,18 +88,16 @@ def test_a_lost_member_aborts_the_epoch_and_the_survivors_reform_from_the_newest
     state.sync("worker-3", 1, 30, failed=True, now=10.1, data={"offset": 1800})
     declared = state.sync("worker-1", 1, 20, failed=True, now=10.2)
 
-    assert sent(lost, "abort") == {
-        n: {"op": "abort", "epoch": 1} for n in ("worker-0", "worker-1", "worker-3")
-    }
+    assert sent(lost, Abort) == {n: Abort(1) for n in ("worker-0", "worker-1", "worker-3")}
     assert events(lost)[0][0] == "WorkerLost" and events(lost)[0][2] == "worker-2"
-    epochs = sent(declared, "epoch")
-    assert {n: m["rank"] for n, m in epochs.items()} == {
+    epochs = sent(declared, Epoch)
+    assert {n: m.rank for n, m in epochs.items()} == {
         "worker-0": 0,
         "worker-1": 1,
         "worker-3": 2,
     }
-    assert {m["source_rank"] for m in epochs.values()} == {2}, "worker-3 holds step 30, the newest"
-    assert {m["step"] for m in epochs.values()} == {30}
+    assert {m.source_rank for m in epochs.values()} == {2}, "worker-3 holds step 30, the newest"
+    assert {m.step for m in epochs.values()} == {30}
     assert events(declared) == [
         (
             "EpochStarted",
@@ -119,12 +122,10 @@ def test_joiners_wait_for_the_settle_time_then_the_members_are_asked_to_change()
     state.sync("worker-0", 1, 40, failed=False, now=11.7)
     declared = state.sync("worker-1", 1, 40, failed=False, now=11.7)
 
-    assert not sent(too_soon, "change")
-    assert sent(asked, "change") == {
-        n: {"op": "change", "epoch": 1} for n in ("worker-0", "worker-1")
-    }
-    epochs = sent(declared, "epoch")
-    assert [epochs[f"worker-{i}"]["rank"] for i in range(4)] == [0, 1, 2, 3]
+    assert not sent(too_soon, Change)
+    assert sent(asked, Change) == {n: Change(1) for n in ("worker-0", "worker-1")}
+    epochs = sent(declared, Epoch)
+    assert [epochs[f"worker-{i}"].rank for i in range(4)] == [0, 1, 2, 3]
     assert (
         events(declared)[0][1]
         == "epoch 2: 4 workers (worker-0..worker-3), joined worker-2, worker-3; from step 40"
@@ -134,7 +135,7 @@ def test_joiners_wait_for_the_settle_time_then_the_members_are_asked_to_change()
 def test_a_joiner_beyond_the_maximum_waits_with_an_event() -> None:
     state = running(["worker-0", "worker-1"], high=2)
     effects = state.register("worker-2", 12, "new", None, None, now=10.0) + state.tick(now=20.0)
-    assert not sent(effects, "change")
+    assert not sent(effects, Change)
     assert events(effects) == [
         (
             "AtMaxReplicas",
@@ -151,7 +152,7 @@ def test_a_leaver_is_dropped_cleanly_at_the_boundary() -> None:
     state.leave("worker-1", now=10.0)
     declared = state.sync("worker-2", 1, 50, failed=False, now=10.1)
 
-    assert sent(declared, "epoch")["worker-2"]["rank"] == 1
+    assert sent(declared, Epoch)["worker-2"].rank == 1
     assert (
         events(declared)[0][1]
         == "epoch 2: 2 workers (worker-0, worker-2); left worker-1 (left); from step 50"
@@ -173,7 +174,7 @@ def test_a_member_that_never_reaches_the_boundary_is_evicted_by_name() -> None:
         "removed it from the group",
         "worker-1",
     )
-    assert set(sent(effects, "epoch")) == {"worker-0", "worker-2"}
+    assert set(sent(effects, Epoch)) == {"worker-0", "worker-2"}
 
 
 def test_a_member_that_never_forms_the_group_is_evicted_and_the_others_reform() -> None:
@@ -186,7 +187,7 @@ def test_a_member_that_never_forms_the_group_is_evicted_and_the_others_reform() 
     effects = state.tick(now=63.0)
 
     assert events(effects)[0][0] == "RendezvousTimeout" and events(effects)[0][2] == "worker-1"
-    assert sent(effects, "abort") == {"worker-0": {"op": "abort", "epoch": 1}}
+    assert sent(effects, Abort) == {"worker-0": Abort(1)}
 
 
 def test_missing_replicas_are_named_after_the_registration_timeout_and_do_not_block_others() -> (
@@ -203,7 +204,7 @@ def test_missing_replicas_are_named_after_the_registration_timeout_and_do_not_bl
     assert "worker-1 has not registered with the job master within 30 s" in events(named)[0][1]
     assert not events(state.tick(now=40.0)), "each missing replica is named once"
     late = state.register("worker-1", 11, "new", None, None, now=50.0) + state.tick(now=52.0)
-    assert set(sent(late, "epoch")) == {"worker-0", "worker-1"}
+    assert set(sent(late, Epoch)) == {"worker-0", "worker-1"}
 
 
 def test_a_group_below_its_minimum_waits_with_its_state_for_a_replacement() -> None:
@@ -215,8 +216,8 @@ def test_a_group_below_its_minimum_waits_with_its_state_for_a_replacement() -> N
 
     back = state.register("worker-1", 21, "new", None, None, now=15.0)
 
-    epochs = sent(back, "epoch")
-    assert epochs["worker-0"]["source_rank"] == 0 and epochs["worker-0"]["step"] == 90
+    epochs = sent(back, Epoch)
+    assert epochs["worker-0"].source_rank == 0 and epochs["worker-0"].step == 90
 
 
 def test_a_restored_master_resumes_when_every_member_reconnects_in_its_epoch() -> None:
@@ -228,7 +229,7 @@ def test_a_restored_master_resumes_when_every_member_reconnects_in_its_epoch() -
     first = state.register("worker-1", 31, "member", 1, None, now=101.0)
     second = state.register("worker-0", 30, "member", 1, None, now=101.5)
 
-    assert not sent(first + second, "epoch") and not sent(first + second, "abort")
+    assert not sent(first + second, Epoch) and not sent(first + second, Abort)
     assert state.phase is Phase.RUNNING and state.epoch == 1
     assert events(second) == [
         (
@@ -250,8 +251,8 @@ def test_a_restored_master_reforms_without_a_member_that_does_not_come_back() ->
     assert (
         events(timed_out)[0][0] == "RegistrationTimeout" and events(timed_out)[0][2] == "worker-1"
     )
-    assert sent(timed_out, "abort") == {"worker-0": {"op": "abort", "epoch": 1}}
-    assert sent(declared, "epoch")["worker-0"]["store_port"] == 6000
+    assert sent(timed_out, Abort) == {"worker-0": Abort(1)}
+    assert sent(declared, Epoch)["worker-0"].store_port == 6000
     assert state.epoch == 2
 
 
@@ -264,8 +265,8 @@ def test_a_claim_from_an_epoch_the_master_never_saved_forces_a_new_epoch_numbere
     claim = state.register("worker-0", 30, "member", 3, None, now=101.0)
     declared = state.sync("worker-0", 3, 12, failed=True, now=101.1)
 
-    assert sent(claim, "abort") == {"worker-0": {"op": "abort", "epoch": 3}}
-    assert sent(declared, "epoch")["worker-0"]["epoch"] == 4
+    assert sent(claim, Abort) == {"worker-0": Abort(3)}
+    assert sent(declared, Epoch)["worker-0"].epoch == 4
 
 
 def test_when_every_member_is_done_training_is_finished_and_late_joiners_are_told() -> None:
@@ -274,10 +275,10 @@ def test_when_every_member_is_done_training_is_finished_and_late_joiners_are_tol
     state.done("worker-0", 100, now=10.0)
     effects = state.done("worker-1", 100, now=10.0)
     assert state.phase is Phase.FINISHED
-    assert sent(effects, "finished") == {"worker-2": {"op": "finished", "step": 100}}
+    assert sent(effects, Finished) == {"worker-2": Finished(100)}
     late = Membership.restore(state.rules, "h", 1, 20.0, state.snapshot())
     assert late.register("worker-5", 15, "new", None, None, now=21.0) == [
-        Send("worker-5", {"op": "finished", "step": 100})
+        Send("worker-5", Finished(100))
     ]
 
 
@@ -291,8 +292,46 @@ def test_a_member_lost_after_another_finished_does_not_reopen_the_finished_train
     assert state.phase is Phase.FINISHED
     assert [e.reason for e in effects if isinstance(e, Notify)] == ["TrainingFinished"]
     assert state.register("worker-1", 30, "new", None, None, now=11.0) == [
-        Send("worker-1", {"op": "finished", "step": 61})
+        Send("worker-1", Finished(61))
     ]
+
+
+def test_the_first_epoch_of_fresh_workers_restores_from_the_newest_checkpoint() -> None:
+    state = group(low=2, high=2)
+    state.register("worker-0", 10, "new", None, None, now=0.0)
+    effects = state.register("worker-1", 11, "new", None, None, now=0.1)
+
+    epochs = sent(effects, Epoch)
+    assert set(epochs) == {"worker-0", "worker-1"}
+    assert all(epoch.restore for epoch in epochs.values()), "no member holds any state"
+
+
+def test_a_reformation_around_a_survivor_holding_state_does_not_restore() -> None:
+    state = running(["worker-0", "worker-1"])
+    state.register("worker-2", 12, "new", None, None, now=10.0)
+    state.tick(now=11.0)
+    state.sync("worker-0", 1, 40, failed=False, now=11.1)
+    declared = state.sync("worker-1", 1, 40, failed=False, now=11.1)
+
+    epochs = sent(declared, Epoch)
+    assert set(epochs) == {"worker-0", "worker-1", "worker-2"}
+    assert not any(epoch.restore for epoch in epochs.values()), "the survivors hold step 40"
+    assert {epoch.step for epoch in epochs.values()} == {40}
+
+
+def test_replacements_for_a_group_that_lost_every_member_restore_from_the_checkpoint() -> None:
+    state = running(["worker-0", "worker-1"], high=2)
+    state.commit("worker-0", 1, 70, {"offset": 4200}, None)
+    state.lost("worker-0", "connection closed", now=10.0)
+    gone = state.lost("worker-1", "connection closed", now=10.1)
+    assert not sent(gone, Epoch) and state.phase is Phase.FORMING
+
+    state.register("worker-0", 20, "new", None, None, now=15.0)
+    back = state.register("worker-1", 21, "new", None, None, now=15.1)
+
+    epochs = sent(back, Epoch)
+    assert set(epochs) == {"worker-0", "worker-1"} and state.epoch == 2
+    assert all(epoch.restore for epoch in epochs.values()), "the replacements hold nothing"
 
 
 def test_bounds_are_checked() -> None:

@@ -128,13 +128,13 @@ class GroupSession:
         reply = self.client.request(message, give_up=lambda: self.client.aborted(self.epoch))
         if reply is None:
             raise GroupAborted(f"epoch {self.epoch} was aborted while asking for a shard")
-        if reply.get("error"):
-            error = _ERRORS.get(str(reply.get("reason")), DataError)(
-                str(reply.get("source") or source), str(reply["error"])
-            )
-            error.reported = True  # the master posted the event when planning failed
-            raise error
-        return Grant.from_json(reply)
+        if reply.grant is not None:
+            return Grant.from_json(reply.grant)
+        error = _ERRORS.get(reply.reason or "", DataError)(
+            str(reply.source or source), str(reply.error)
+        )
+        error.reported = True  # the master posted the event when planning failed
+        raise error
 
     def vote(self, counts: list[int]) -> list[int]:
         """Every rank's counts summed (one small all-reduce)."""

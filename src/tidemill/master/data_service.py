@@ -24,10 +24,10 @@ from tidemill.data._progress import PROGRESS_KEY, DataProgress
 from tidemill.data._shards import Shard
 from tidemill.master.data_insight import InsightBook
 from tidemill.master.persistence import log
-from tidemill.wire import Insight, Lease, Message
+from tidemill.wire import Insight, Lease, Leased
 
 EventSink = Callable[[str, str, str, str | None], Awaitable[None]]
-Decide = Callable[[Callable[[], Message]], Awaitable[Message]]
+Decide = Callable[[Callable[[], Leased]], Awaitable[Leased]]
 """Runs a choice under the server's lock and saves the state before returning."""
 
 
@@ -41,14 +41,14 @@ class DataService:
         self._next_offsets: dict[Shard, int] | None = None
         self._last_offsets: dict[Shard, int] = {}
 
-    async def lease(self, replica: str, pid: int, request: Lease, decide: Decide) -> Message:
+    async def lease(self, replica: str, pid: int, request: Lease, decide: Decide) -> Leased:
         """The answer to a ``lease`` request of process ``pid``; a request sent again
         (its answer was lost with a master that restarted) gets the same answer."""
         request_id = request.id
         asker = f"{replica}/{pid}"
         last = self.dispatcher.answers.get(asker)
         if last is not None and last[0] == request_id:
-            return {"op": "leased", "id": request_id, **last[1]}
+            return Leased(request_id, grant=last[1])
         stage, view = request.stage, request.view
         needed = {stage} | ({int(view.get("stage", 0))} if view else set())
         try:
@@ -56,17 +56,11 @@ class DataService:
                 await self._plan(index)
         except DataError as exc:
             await self._event("Warning", exc.reason, str(exc), replica)
-            return {
-                "op": "leased",
-                "id": request_id,
-                "error": exc.detail,
-                "reason": exc.reason,
-                "source": exc.source,
-            }
+            return Leased(request_id, error=exc.detail, reason=exc.reason, source=exc.source)
 
         changes: list[StageChange] = []
 
-        def choose() -> Message:
+        def choose() -> Leased:
             grant, found = self.dispatcher.lease(
                 replica,
                 request.epoch,
@@ -79,7 +73,7 @@ class DataService:
             changes.extend(found)
             granted = grant.to_json()
             self.dispatcher.answers[asker] = (request_id, granted)
-            return {"op": "leased", "id": request_id, **granted}
+            return Leased(request_id, grant=granted)
 
         answer = await decide(choose)
         stages = len(self.dispatcher.spec.stages)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tidemill.wire import Message
+from tidemill.wire import MasterMessage
 
 
 @dataclass(frozen=True)
 class Send:
     replica: str
-    message: Message
+    message: MasterMessage
 
 
 @dataclass(frozen=True)

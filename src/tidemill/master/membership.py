@@ -19,7 +19,8 @@ Life of a group::
 - A round ends when every member of the epoch is accounted for (synced, left, lost,
   evicted). The next epoch keeps the survivors in their old order (rank 0 stays rank
   0 when it survives), then adds joiners up to ``max_workers``; its state comes from
-  the survivor holding the highest step.
+  the survivor holding the highest step, or, when no member holds any (a fresh job,
+  or every holder was lost), from the newest checkpoint (``restore`` in the epoch).
 - Nothing waits forever on one replica: a member that misses a deadline is evicted
   with an event naming it, and the round goes on without it.
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
 from tidemill.master.naming import describe_replicas, index_of, name_key, role_of
+from tidemill.wire import Abort, Change, Epoch, Finished, Registered
 
 STATE_VERSION = 1
 HISTORY_LIMIT = 100
@@ -166,11 +168,11 @@ class Membership:
     ) -> list[Effect]:
         """A new connection names itself; the server has already refused duplicates."""
         if self.phase is Phase.FINISHED:
-            return [Send(name, {"op": "finished", "step": self._committed_step()})]
+            return [Send(name, Finished(self._committed_step()))]
         replica = Replica(name, pid, "ready", since=now)
         self.replicas[name] = replica
         self.last_registration = now
-        effects: list[Effect] = [Send(name, {"op": "registered", "replica": name})]
+        effects: list[Effect] = [Send(name, Registered(name))]
         resumes = (
             self.phase is Phase.RESUMING
             and status == "member"
@@ -192,7 +194,7 @@ class Membership:
         if status == "member":
             replica.status = "stale"
             self.epoch = max(self.epoch, epoch or 0)
-            effects.append(Send(name, {"op": "abort", "epoch": epoch}))
+            effects.append(Send(name, Abort(epoch or 0)))
             if self.phase is Phase.RESUMING:
                 effects += self._start_round(failed=True, now=now)
         elif status == "ready":
@@ -272,7 +274,7 @@ class Membership:
                 f"training finished at step {step} in epoch {self.epoch} "
                 f"({describe_replicas(self.members)})",
             ),
-            *(Send(name, {"op": "finished", "step": step}) for name in waiting),
+            *(Send(name, Finished(step)) for name in waiting),
         ]
 
     def lost(self, name: str, why: str, now: float) -> list[Effect]:
@@ -366,11 +368,8 @@ class Membership:
         if self.phase is not Phase.CHANGING:
             self.phase, self.phase_since = Phase.CHANGING, now
         self.round_failed = failed
-        op = "abort" if failed else "change"
-        return [
-            Send(member.name, {"op": op, "epoch": self.epoch})
-            for member in self._with_status("member")
-        ]
+        kind = Abort if failed else Change
+        return [Send(member.name, kind(self.epoch)) for member in self._with_status("member")]
 
     def _declare(self, now: float) -> list[Effect]:
         ready = self._with_status("ready")
@@ -406,24 +405,25 @@ class Membership:
             Notify("Normal", "EpochStarted", self._epoch_message(joined, left, step)),
         ]
         source_rank = self.members.index(source.name)
+        members = tuple(self.members)
         for rank_of, replica in enumerate(chosen):
             replica.status, replica.formed, replica.step, replica.data = "member", False, None, None
             effects.append(
                 Send(
                     replica.name,
-                    {
-                        "op": "epoch",
-                        "epoch": self.epoch,
-                        "rank": rank_of,
-                        "world_size": len(chosen),
-                        "members": self.members,
-                        "store_host": self.store_host,
-                        "store_port": self.store_port,
-                        "prefix": f"epoch/{self.epoch}",
-                        "source_rank": source_rank,
-                        "step": step,
-                        "timeout_s": self.rules.timeout_s,
-                    },
+                    Epoch(
+                        epoch=self.epoch,
+                        rank=rank_of,
+                        world_size=len(chosen),
+                        members=members,
+                        store_host=self.store_host,
+                        store_port=self.store_port,
+                        prefix=f"epoch/{self.epoch}",
+                        source_rank=source_rank,
+                        step=step,
+                        timeout_s=self.rules.timeout_s,
+                        restore=not holders,
+                    ),
                 )
             )
         return effects

@@ -20,6 +20,7 @@ import contextlib
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +34,17 @@ from tidemill.wire import (
     Commit,
     DataErrorReport,
     Done,
+    Evicted,
     Formed,
     Heartbeat,
     Insight,
     Lease,
+    Leased,
     Leave,
+    MasterMessage,
     Message,
     ProtocolError,
+    Refused,
     Register,
     Sync,
     decode,
@@ -63,7 +68,7 @@ class Connection:
     ended: bool = False
     """Sent ``leave`` or ``done``: its close is not a loss."""
 
-    def send(self, message: Message) -> None:
+    def send(self, message: MasterMessage) -> None:
         if not self.writer.is_closing():
             self.writer.write(encode(message))
 
@@ -228,16 +233,16 @@ class MasterServer:
                 connection.ended = True
                 await self._act(lambda m, now: m.done(name, done_step, now))
 
-    async def _lease(self, name: str, pid: int, request: Lease) -> Message:
+    async def _lease(self, name: str, pid: int, request: Lease) -> Leased:
         if self.data is None:
             text = "this job has no spec.data; add a data section to the job file"
-            return {"op": "leased", "id": request.id, "error": text}
+            return Leased(request.id, error=text)
         return await self.data.lease(name, pid, request, self._decide)
 
-    async def _decide(self, choose: Any) -> Message:
+    async def _decide(self, choose: Callable[[], Leased]) -> Leased:
         """A data choice under the state lock, saved before anyone hears of it."""
         async with self._lock:
-            answer: Message = choose()
+            answer = choose()
             self._dirty.clear()
             await self.backend.save(self._state())
             return answer
@@ -286,7 +291,7 @@ class MasterServer:
         await self._act(lambda m, now: m.register(name, pid, status, epoch, step, now, data))
 
     async def _refuse(self, connection: Connection, text: str) -> None:
-        connection.send({"op": "refused", "message": text})
+        connection.send(Refused(text))
         with contextlib.suppress(ConnectionError):
             await connection.writer.drain()
         connection.close()
@@ -314,7 +319,7 @@ class MasterServer:
             elif isinstance(effect, Evict):
                 connection = self.by_name.pop(effect.replica, None)
                 if connection is not None:
-                    connection.send({"op": "evicted", "message": effect.message})
+                    connection.send(Evicted(effect.message))
                     connection.close()
                     self._unresponsive(connection)
             elif isinstance(effect, Save):

@@ -1,12 +1,14 @@
 """A worker's line to its job master: one TCP connection, a listener thread, reconnects.
 
-The listener thread reads the master's messages while the training thread computes:
+The listener thread reads the master's messages while the training thread computes,
+parsing each once into its typed form (:func:`tidemill.wire.parse_master`):
 ``change``/``abort`` only raise flags (and ``abort`` breaks the current process group
-through ``on_abort``), everything else goes to an inbox the training thread reads at
-step boundaries. Heartbeats go out from the same thread, so no step ever waits on the
-master. When the master dies (kill -9, restart on the same port) the thread reconnects
-and registers again saying where this worker stands (``member`` of epoch N, ``ready``
-at step S, or ``new``), so a restarted master can resume without stopping anyone.
+through ``on_abort``), a ``leased`` reply goes to the request waiting for it, everything
+else goes to an inbox the training thread reads between epochs. Heartbeats go out
+from the same thread, so no step ever waits on the master. When the master dies
+(kill -9, restart on the same port) the thread reconnects and registers again saying
+where this worker stands (``member`` of epoch N, ``ready`` at step S, or ``new``), so
+a restarted master can resume without stopping anyone.
 """
 
 from __future__ import annotations
@@ -21,26 +23,35 @@ from collections.abc import Callable
 from typing import Any
 
 from tidemill.wire import (
+    Abort,
+    Change,
     Commit,
     Done,
+    Epoch,
+    Evicted,
+    Finished,
     Formed,
     Heartbeat,
     Lease,
+    Leased,
     Leave,
-    Message,
+    MasterMessage,
     ProtocolError,
+    Refused,
     Register,
+    Registered,
     Sync,
     WorkerMessage,
     decode,
     encode,
+    parse_master,
     split_address,
 )
 
 HEARTBEAT_S = 2.0
 RECONNECT_S = 0.2
-INBOX_OPS = frozenset({"epoch", "evicted", "refused", "finished", "registered"})
-REPLY_OPS = frozenset({"leased"})
+InboxMessage = Registered | Refused | Epoch | Evicted | Finished
+"""What the training thread reads between epochs (the rest is handled on arrival)."""
 REQUEST_RESEND_S = 5.0
 """A request unanswered this long is sent again (same id: the master answers it once)."""
 
@@ -65,7 +76,7 @@ class MasterClient:
         self.pid = pid
         self.on_abort = on_abort
         self.heartbeat_s = heartbeat_s
-        self.inbox: queue.Queue[Message] = queue.Queue()
+        self.inbox: queue.Queue[InboxMessage] = queue.Queue()
         self.status = "new"
         """What a re-registration claims: ``new``, ``member`` or ``ready``."""
         self.epoch: int | None = None
@@ -75,7 +86,7 @@ class MasterClient:
         """Highest epoch the master asked to change or abort."""
         self._aborted = 0
         self._pending_commit: Commit | None = None
-        self._replies: queue.Queue[Message] = queue.Queue()
+        self._replies: queue.Queue[Leased] = queue.Queue()
         self._request_id = 0
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
@@ -108,7 +119,7 @@ class MasterClient:
         down = self._down_since
         return 0.0 if down is None else time.monotonic() - down
 
-    def next_message(self, timeout_s: float) -> Message | None:
+    def next_message(self, timeout_s: float) -> InboxMessage | None:
         try:
             return self.inbox.get(timeout=timeout_s)
         except queue.Empty:
@@ -132,7 +143,7 @@ class MasterClient:
         if not self._send(message):
             self._pending_commit = message
 
-    def request(self, message: Lease, give_up: Callable[[], bool]) -> Message | None:
+    def request(self, message: Lease, give_up: Callable[[], bool]) -> Leased | None:
         """Send ``message`` and wait for its reply (resending while the master is away);
         None once ``give_up()`` is true. Only the training thread asks."""
         self._request_id += 1
@@ -145,7 +156,7 @@ class MasterClient:
                 reply = self._replies.get(timeout=0.05)
             except queue.Empty:
                 continue
-            if reply.get("id") == self._request_id:
+            if reply.id == self._request_id:
                 return reply
         return None
 
@@ -233,21 +244,20 @@ class MasterClient:
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                self._dispatch(decode(line))
+                self._dispatch(parse_master(decode(line)))
 
-    def _dispatch(self, message: Message) -> None:
-        op = message["op"]
-        if op in ("change", "abort"):
-            epoch = int(message["epoch"])
-            self._notice = max(self._notice, epoch)
-            if op == "abort":
+    def _dispatch(self, message: MasterMessage) -> None:
+        match message:
+            case Change(epoch=epoch):
+                self._notice = max(self._notice, epoch)
+            case Abort(epoch=epoch):
+                self._notice = max(self._notice, epoch)
                 self._aborted = max(self._aborted, epoch)
                 self.on_abort(epoch)
-        elif op in REPLY_OPS:
-            self._replies.put(message)
-        elif op in INBOX_OPS:
-            self.inbox.put(message)
-            if op in ("refused", "evicted", "finished"):
+            case Leased():
+                self._replies.put(message)
+            case Refused() | Evicted() | Finished():
+                self.inbox.put(message)
                 self._closed.set()
-        else:
-            raise ProtocolError(f"unexpected message from the job master: {message}")
+            case Registered() | Epoch():
+                self.inbox.put(message)

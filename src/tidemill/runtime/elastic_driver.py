@@ -34,8 +34,9 @@ from tidemill.runtime._errors import RendezvousError
 from tidemill.runtime._watchdog import watchdog
 from tidemill.runtime.elastic_client import MasterClient
 from tidemill.runtime.elastic_context import ElasticContext, Left, StepBoundary
-from tidemill.runtime.elastic_group import EpochPlan, Group, GroupAborted, StoreClients
+from tidemill.runtime.elastic_group import Group, GroupAborted, StoreClients
 from tidemill.runtime.elastic_state import CommitHook, ElasticState
+from tidemill.wire import Epoch, Evicted, Finished, Refused
 
 T = TypeVar("T")
 ResizeHook = Callable[[int, int], None]
@@ -128,7 +129,7 @@ class Driver:
 
     # --- between epochs ---------------------------------------------------------------
 
-    def _await_epoch(self) -> EpochPlan:
+    def _await_epoch(self) -> Epoch:
         while True:
             if self.leaving:
                 self.client.leave()
@@ -144,18 +145,15 @@ class Driver:
                         "running? (tidemill logs JOB --role master)"
                     )
                 continue
-            op = message["op"]
-            if op == "epoch" and self.replica in message["members"]:
-                return EpochPlan.from_message(message)
-            if op in ("refused", "evicted"):
-                raise RendezvousError(
-                    f"the job master {op} {self.replica}: {message.get('message')}"
-                )
-            if op == "finished":
-                step = int(message.get("step") or 0)
-                raise Left(f"training had already finished at step {step}", step)
+            match message:
+                case Epoch(members=members) if self.replica in members:
+                    return message
+                case Refused(message=text) | Evicted(message=text):
+                    raise RendezvousError(f"the job master {message.op} {self.replica}: {text}")
+                case Finished(step=step):
+                    raise Left(f"training had already finished at step {step}", step)
 
-    def _enter(self, plan: EpochPlan) -> ElasticContext:
+    def _enter(self, plan: Epoch) -> ElasticContext:
         started = time.monotonic()
         self.group = group = Group(plan, self.backend, self.device)
         group.form(self.stores, lambda: self.client.aborted(plan.epoch), {self.client.port})
@@ -193,12 +191,12 @@ class Driver:
         )
         return ctx
 
-    def _boundary(self, group: Group, plan: EpochPlan) -> None:
+    def _boundary(self, group: Group, plan: Epoch) -> None:
         wanted = self.leaving or self.client.change_requested(plan.epoch)
         if group.change_agreed(wanted):
             raise StepBoundary
 
-    def _leave_cleanly(self, plan: EpochPlan) -> None:
+    def _leave_cleanly(self, plan: Epoch) -> None:
         """Every rank stopped at the same boundary: the current state is good; keep it."""
         self.state.commit()
         self._close_group(broken=False)
@@ -209,7 +207,7 @@ class Driver:
             raise Left(reason, self.state.step)
         self.client.sync(plan.epoch, self.state.step, failed=False, data=self.state.data)
 
-    def _leave_broken(self, plan: EpochPlan, exc: Exception) -> None:
+    def _leave_broken(self, plan: Epoch, exc: Exception) -> None:
         """A collective failed mid-step: no state past the last commit can be trusted."""
         self._close_group(broken=True)
         state = self.state
@@ -230,7 +228,7 @@ class Driver:
         )
         self.client.sync(plan.epoch, step, failed=True, data=state.data)
 
-    def _finish(self, plan: EpochPlan) -> None:
+    def _finish(self, plan: Epoch) -> None:
         self._close_group(broken=False)
         self.client.done(self.state.step)
         log(f"{self.replica} finished at step {self.state.step} in epoch {plan.epoch}")
@@ -248,7 +246,7 @@ class Driver:
         if reporter is not None:
             reporter.remove()
 
-    def _recoverable(self, exc: Exception, plan: EpochPlan) -> bool:
+    def _recoverable(self, exc: Exception, plan: Epoch) -> bool:
         if isinstance(exc, GroupAborted | dist.DistError) or self.client.aborted(plan.epoch):
             return True
         text = str(exc)

@@ -25,7 +25,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -33,40 +32,11 @@ import psutil
 import torch
 import torch.distributed as dist
 
+from tidemill.wire import Epoch
+
 ARRIVAL_POLL_S = 0.005
 _ABANDONED: list[Any] = []
 """Broken groups, their last vote and its tensor: never freed (see :meth:`Group.close`)."""
-
-
-@dataclass(frozen=True)
-class EpochPlan:
-    """The master's ``epoch`` message: this process's place in the next group."""
-
-    epoch: int
-    rank: int
-    world_size: int
-    members: tuple[str, ...]
-    store_host: str
-    store_port: int
-    prefix: str
-    source_rank: int
-    step: int
-    timeout_s: float
-
-    @classmethod
-    def from_message(cls, message: dict[str, Any]) -> EpochPlan:
-        return cls(
-            epoch=int(message["epoch"]),
-            rank=int(message["rank"]),
-            world_size=int(message["world_size"]),
-            members=tuple(str(m) for m in message["members"]),
-            store_host=str(message["store_host"]),
-            store_port=int(message["store_port"]),
-            prefix=str(message["prefix"]),
-            source_rank=int(message["source_rank"]),
-            step=int(message["step"]),
-            timeout_s=float(message["timeout_s"]),
-        )
 
 
 class GroupAborted(RuntimeError):
@@ -93,7 +63,7 @@ class StoreClients:
 class Group:
     """The process group of one epoch, and the sockets that make it up."""
 
-    def __init__(self, plan: EpochPlan, backend: str, device: torch.device) -> None:
+    def __init__(self, plan: Epoch, backend: str, device: torch.device) -> None:
         self.plan = plan
         self.backend = backend
         self.device = device
