@@ -192,8 +192,31 @@ class DataErrorReport:
     op: ClassVar[str] = "data_error"
 
 
+@dataclass(frozen=True)
+class CheckpointReport:
+    """A durable checkpoint was saved, failed, skipped as corrupt or restored (``kind``);
+    the master posts it as an event. ``data``: the data positions a saved checkpoint
+    holds (the master commits Kafka offsets up to them) or a restored one resumes at."""
+
+    kind: str
+    message: str
+    step: int | None = None
+    data: dict[str, Any] | None = None
+    op: ClassVar[str] = "checkpoint"
+
+
 WorkerMessage = (
-    Register | Heartbeat | Sync | Formed | Commit | Leave | Done | Lease | Insight | DataErrorReport
+    Register
+    | Heartbeat
+    | Sync
+    | Formed
+    | Commit
+    | Leave
+    | Done
+    | Lease
+    | Insight
+    | DataErrorReport
+    | CheckpointReport
 )
 WORKER_MESSAGES: dict[str, type[WorkerMessage]] = {
     kind.op: kind
@@ -208,6 +231,7 @@ WORKER_MESSAGES: dict[str, type[WorkerMessage]] = {
         Lease,
         Insight,
         DataErrorReport,
+        CheckpointReport,
     )
 }
 

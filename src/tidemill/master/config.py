@@ -3,7 +3,8 @@
 Set by the controller: ``TIDEMILL_JOB`` (``namespace/name``), ``TIDEMILL_MASTER_PORT``
 (the same port after every restart, so workers reconnect to it), ``TIDEMILL_SERVER``
 (the control plane; absent in tests), ``TIDEMILL_ELASTIC_MIN``/``_MAX`` (bounds of the
-worker collective), ``TIDEMILL_DATA`` (the job's ``spec.data``, as JSON) and, for
+worker collective), ``TIDEMILL_DATA`` (the job's ``spec.data``, as JSON),
+``TIDEMILL_CHECKPOINT`` (where its checkpoints go, see ``api/checkpoint.py``) and, for
 tests, ``TIDEMILL_MASTER_STATE_FILE`` (persist to a file instead of the control plane).
 Engines whose replicas have their own address (Kubernetes pods) also set
 ``TIDEMILL_MASTER_HOST`` (the name workers reach it by; default 127.0.0.1) and
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from tidemill.api.checkpoint import CheckpointPlan
 from tidemill.api.data import DataSpec
 from tidemill.master.membership import Rules
 
@@ -44,6 +46,8 @@ class MasterConfig:
     tick_s: float = 0.1
     data: DataSpec | None = None
     """The job's ``spec.data`` (``TIDEMILL_DATA``): the master dispatches its shards."""
+    checkpoint: CheckpointPlan | None = None
+    """The job's checkpoints (``TIDEMILL_CHECKPOINT``): Kafka offsets follow them."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MasterConfig:
@@ -102,6 +106,11 @@ class MasterConfig:
                 data = DataSpec.model_validate_json(env["TIDEMILL_DATA"])
             except ValidationError as exc:
                 problems.append(f"TIDEMILL_DATA is not a valid spec.data: {exc}")
+        try:
+            checkpoint = CheckpointPlan.from_env(env)
+        except ValueError as exc:
+            problems.append(str(exc))
+            checkpoint = None
         if problems:
             raise MasterConfigError("cannot start the job master:\n  " + "\n  ".join(problems))
         host = env.get("TIDEMILL_MASTER_HOST") or "127.0.0.1"
@@ -115,4 +124,5 @@ class MasterConfig:
             state_file=env.get("TIDEMILL_MASTER_STATE_FILE") or None,
             heartbeat_timeout_s=heartbeat,
             data=data,
+            checkpoint=checkpoint,
         )

@@ -1,5 +1,6 @@
 """The master's data side: plans stages, answers lease requests, keeps insight, and
-commits Kafka consumer-group offsets once the model holding them has committed.
+commits Kafka consumer-group offsets once the model holding them has committed (with
+durable checkpoints: once a checkpoint holding them is durable).
 
 Planning talks to catalogs, files and brokers, so it runs on a thread; a source that
 cannot be planned becomes a Warning event naming it (reason ``DataSourceNotFound``,
@@ -32,8 +33,16 @@ Decide = Callable[[Callable[[], Leased]], Awaitable[Leased]]
 
 
 class DataService:
-    def __init__(self, spec: DataSpec, saved: dict[str, Any] | None, event: EventSink) -> None:
+    def __init__(
+        self,
+        spec: DataSpec,
+        saved: dict[str, Any] | None,
+        event: EventSink,
+        offsets_follow_checkpoints: bool = False,
+    ) -> None:
         self.dispatcher = Dispatcher.restore(spec, saved) if saved else Dispatcher(spec)
+        self.offsets_follow_checkpoints = offsets_follow_checkpoints
+        """The job keeps durable checkpoints: Kafka offsets move only with them."""
         self.book = InsightBook()
         self._event = event
         self._plan_lock = asyncio.Lock()
@@ -97,12 +106,25 @@ class DataService:
         self.book.report(replica, report.stage, dict(report.sources), time.time())
 
     def committed(self, data: Any) -> None:
-        """Rank 0 committed: count its view as done, and move Kafka groups up to it."""
+        """Rank 0 committed: count its view as done, and move Kafka groups up to it
+        unless offsets wait for durable checkpoints (see :meth:`durable`)."""
         view = data.get(PROGRESS_KEY) if isinstance(data, dict) else None
         if not view:
             return
         self.dispatcher.commit(view)
-        offsets = _group_offsets(self.dispatcher, self.dispatcher.committed)
+        if not self.offsets_follow_checkpoints:
+            self._move_groups(self.dispatcher.committed)
+
+    def durable(self, data: Any) -> None:
+        """A checkpoint holding ``data`` is durable: Kafka groups may move up to it. Only
+        then, so that after losing the whole job, restoring that checkpoint replays from
+        where the groups stand, and a group never claims records no checkpoint holds."""
+        view = data.get(PROGRESS_KEY) if isinstance(data, dict) else None
+        if view and self.offsets_follow_checkpoints:
+            self._move_groups(DataProgress.from_json(view))
+
+    def _move_groups(self, view: DataProgress) -> None:
+        offsets = _group_offsets(self.dispatcher, view)
         if offsets and offsets != self._last_offsets:
             self._next_offsets = self._last_offsets = offsets
             if self._offsets is None or self._offsets.done():

@@ -239,6 +239,16 @@ class Membership:
         self.committed = {"epoch": epoch, "step": step, "data": data, "extras": extras}
         return [Save(urgent=False)]
 
+    def restored(self, name: str, step: int, data: Any) -> list[Effect]:
+        """The source of a group with no state adopted a checkpoint at ``step``."""
+        replica = self.replicas.get(name)
+        if replica is None or replica.status != "member":
+            return []
+        self.committed = {"epoch": self.epoch, "step": step, "data": data, "extras": None}
+        if self.history and self.history[-1]["epoch"] == self.epoch:
+            self.history[-1]["step"] = step
+        return [Save(urgent=False)]
+
     def leave(self, name: str, now: float) -> list[Effect]:
         """A worker leaves for good (scale-in); the others re-form without it."""
         replica = self.replicas.pop(name, None)
@@ -395,14 +405,24 @@ class Membership:
         self.members = [r.name for r in chosen]
         self.phase, self.phase_since = Phase.RUNNING, now
         self.departed, self.round_failed, self.warned = {}, False, set()
-        extras = (self.committed or {}).get("extras") if self._committed_step() == step else None
-        self.committed = {"epoch": self.epoch, "step": step, "data": source.data, "extras": extras}
+        if holders:
+            same = self._committed_step() == step
+            extras = (self.committed or {}).get("extras") if same else None
+            self.committed = {
+                "epoch": self.epoch,
+                "step": step,
+                "data": source.data,
+                "extras": extras,
+            }
+        # else: the source restores a checkpoint and reports its step (see restored());
+        # until then the last record of a commit stays what the master knows.
         self.history.append(
             {"epoch": self.epoch, "world_size": len(chosen), "step": step, "time": now}
         )
+        start = f"from step {step}" if holders else "from the newest checkpoint, if any"
         effects: list[Effect] = [
             Save(urgent=True),
-            Notify("Normal", "EpochStarted", self._epoch_message(joined, left, step)),
+            Notify("Normal", "EpochStarted", self._epoch_message(joined, left, start)),
         ]
         source_rank = self.members.index(source.name)
         members = tuple(self.members)
@@ -511,7 +531,7 @@ class Membership:
             effects += self._start_round(failed=True, now=now)
         return effects
 
-    def _epoch_message(self, joined: list[str], left: dict[str, str], step: int) -> str:
+    def _epoch_message(self, joined: list[str], left: dict[str, str], start: str) -> str:
         count = len(self.members)
         text = (
             f"epoch {self.epoch}: {count} worker{'s' if count != 1 else ''} "
@@ -521,7 +541,7 @@ class Membership:
             text += f", joined {describe_replicas(joined)}"
         if left:
             text += "; left " + ", ".join(f"{name} ({why})" for name, why in sorted(left.items()))
-        return f"{text}; from step {step}"
+        return f"{text}; {start}"
 
     def _with_status(self, status: str) -> list[Replica]:
         return [r for r in self.replicas.values() if r.status == status]

@@ -31,6 +31,7 @@ from tidemill.master.membership import Membership, Phase
 from tidemill.master.persistence import StateBackend, log
 from tidemill.wire import (
     MAX_LINE_BYTES,
+    CheckpointReport,
     Commit,
     DataErrorReport,
     Done,
@@ -54,6 +55,14 @@ from tidemill.wire import (
 
 REPLICA_NAME = re.compile(r"^[a-z][a-z0-9]*-\d+$")
 STATUSES = ("new", "member", "ready")
+CHECKPOINT_EVENTS = {
+    "saved": ("Normal", "CheckpointSaved"),
+    "restored": ("Normal", "CheckpointRestored"),
+    "failed": ("Warning", "CheckpointFailed"),
+    "skipped": ("Warning", "CheckpointSkipped"),
+    "mismatch": ("Warning", "CheckpointMismatch"),
+}
+"""A worker's checkpoint report kind -> the event (type, reason) it becomes."""
 
 
 @dataclass(eq=False)
@@ -113,7 +122,12 @@ class MasterServer:
         else:
             self.membership = Membership.restore(rules, self.config.host, store_port, now, saved)
         if self.config.data is not None:
-            self.data = DataService(self.config.data, (saved or {}).get("data"), self._event)
+            self.data = DataService(
+                self.config.data,
+                (saved or {}).get("data"),
+                self._event,
+                offsets_follow_checkpoints=self.config.checkpoint is not None,
+            )
         self.unresponsive = dict((saved or {}).get("unresponsive") or {})
         self._server = await asyncio.start_server(
             self._serve, self.config.bind_host, self.config.port, limit=MAX_LINE_BYTES
@@ -222,6 +236,8 @@ class MasterServer:
                 connection.send(await self._lease(name, connection.pid or 0, request))
             case DataErrorReport(reason=reason, message=text):
                 await self._event("Warning", reason, f"{name} stopped: {text}", name)
+            case CheckpointReport():
+                await self._checkpoint(name, request)
             case Insight():
                 if self.data is not None:
                     self.data.insight(name, request)
@@ -232,6 +248,21 @@ class MasterServer:
             case Done(step=done_step):
                 connection.ended = True
                 await self._act(lambda m, now: m.done(name, done_step, now))
+
+    async def _checkpoint(self, name: str, report: CheckpointReport) -> None:
+        """An event per save, failure, skip and restore; a durable save moves Kafka groups."""
+        kind = CHECKPOINT_EVENTS.get(report.kind)
+        if kind is None:
+            raise ProtocolError(
+                f"checkpoint report of kind {report.kind!r}; kinds are "
+                + ", ".join(sorted(CHECKPOINT_EVENTS))
+            )
+        await self._event(*kind, report.message, name)
+        if report.kind == "saved" and self.data is not None:
+            self.data.durable(report.data)
+        elif report.kind == "restored" and report.step is not None:
+            step, data = report.step, report.data
+            await self._act(lambda m, now: m.restored(name, step, data))
 
     async def _lease(self, name: str, pid: int, request: Lease) -> Leased:
         if self.data is None:

@@ -29,7 +29,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from tidemill.api.checkpoint import CheckpointPlan
 from tidemill.runtime._active import ActiveEpoch, activate, deactivate
+from tidemill.runtime._checkpointing import Checkpointing
 from tidemill.runtime._errors import RendezvousError
 from tidemill.runtime._watchdog import watchdog
 from tidemill.runtime.elastic_client import MasterClient
@@ -43,6 +45,8 @@ ResizeHook = Callable[[int, int], None]
 
 MASTER_TIMEOUT_S = 300.0
 """How long a worker that needs the master (between epochs) waits for it to come back."""
+CLOSE_FLUSH_S = 60.0
+"""A worker that ends on an error still lets a checkpoint write in progress finish."""
 MAX_FAILURES_WITHOUT_PROGRESS = 8
 FAILURE_MARKERS = (
     "Connection closed by peer",
@@ -81,6 +85,12 @@ class Driver:
         self.stores = StoreClients()
         self.leaving = False
         self._reporter: CommitHook | None = None
+        plan = CheckpointPlan.from_env(env)
+        self.checkpointing = (
+            None
+            if plan is None
+            else Checkpointing(plan, env.get("TIDEMILL_JOB"), self.client.notify)
+        )
         self._stuck_at: int | None = None
         self._failures = 0
 
@@ -101,6 +111,8 @@ class Driver:
             if self.group is not None:
                 self.group.close(broken=True)
                 self.group = None
+            if self.checkpointing is not None:
+                self.checkpointing.close(CLOSE_FLUSH_S)
             self.client.close()
 
     def _epochs(self, train: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
@@ -155,6 +167,9 @@ class Driver:
 
     def _enter(self, plan: Epoch) -> ElasticContext:
         started = time.monotonic()
+        checkpointing = self.checkpointing
+        if plan.restore and plan.rank == plan.source_rank and checkpointing is not None:
+            checkpointing.restore(self.state)
         self.group = group = Group(plan, self.backend, self.device)
         group.form(self.stores, lambda: self.client.aborted(plan.epoch), {self.client.port})
         self.client.member_of(plan.epoch)
@@ -165,6 +180,11 @@ class Driver:
                 self.on_resize(state.world_size, plan.world_size)
             state.world_size = plan.world_size
             state.commit()
+        if checkpointing is not None:
+            if plan.rank == 0:
+                checkpointing.lead(state)
+            else:
+                checkpointing.follow()
         if plan.rank == 0:
             self._reporter = state.add_commit_listener(
                 lambda committed: self.client.commit(plan.epoch, **committed.report())
@@ -201,6 +221,10 @@ class Driver:
         self.state.commit()
         self._close_group(broken=False)
         if self.leaving:
+            if plan.rank == 0 and self.checkpointing is not None:
+                # Stopped for good (scale-in, preemption, the job stopping): the step
+                # reached is what a restart resumes from.
+                self.checkpointing.final(self.state.committed)
             self.client.leave()
             reason = f"{self.replica} left the job at step {self.state.step} (SIGTERM)"
             log(reason)
@@ -230,6 +254,8 @@ class Driver:
 
     def _finish(self, plan: Epoch) -> None:
         self._close_group(broken=False)
+        if plan.rank == 0 and self.checkpointing is not None:
+            self.checkpointing.final(self.state.committed)
         self.client.done(self.state.step)
         log(f"{self.replica} finished at step {self.state.step} in epoch {plan.epoch}")
 
