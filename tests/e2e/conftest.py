@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from tidemill.client import Client
+from tidemill.data.testing import LocalBroker
 from tidemill.engines.local import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,3 +137,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., tuple[ServerProcess, 
         for proc in leftovers:
             with contextlib.suppress(psutil.NoSuchProcess):
                 proc.kill()
+
+
+@pytest.fixture
+def broker() -> Iterator[LocalBroker]:
+    """A real Kafka-protocol broker (tansu) on a free port, stopped after the test."""
+    with LocalBroker() as running:
+        yield running
