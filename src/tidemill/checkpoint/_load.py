@@ -1,0 +1,104 @@
+"""Reading one checkpoint back: fit check, file checks, DCP load, then a ``Committed``.
+
+Order matters for cost: the fit check reads only the manifest; sizes come from one
+listing; checksums and the DCP load each read every byte once. A checkpoint that fails
+any check after the fit check is :class:`Unusable` (the store tries the previous one);
+one that does not fit raises :class:`CheckpointMismatch` (nothing older will fit either).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from tidemill.checkpoint import _dcp
+from tidemill.checkpoint._checksum import ALGORITHM, file_checksum
+from tidemill.checkpoint._fit import check_model, check_optimizer, tensor_info
+from tidemill.checkpoint._layout import from_entries, model_entries
+from tidemill.checkpoint._listing import stored_files
+from tidemill.checkpoint._manifest import Manifest
+from tidemill.checkpoint._url import Location
+from tidemill.runtime.elastic_state import Committed
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A newer checkpoint that was not loaded, and why (for the job's events)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What a load found: the state to ``ElasticState.adopt`` (None when no checkpoint
+    was usable), its manifest, and every newer checkpoint passed over on the way."""
+
+    committed: Committed | None
+    manifest: Manifest | None
+    skipped: list[Skipped]
+
+
+class Unusable(Exception):
+    """This checkpoint cannot be loaded (damaged, incomplete, unreadable); the message says why."""
+
+
+def load_checkpoint(
+    where: Location,
+    manifest: Manifest,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+) -> Committed:
+    """The state stored at ``where``, shaped for ``model`` and ``optimizer`` (not applied)."""
+    check_model(where.url, manifest, model)
+    check_optimizer(where.url, manifest, optimizer)
+    verify_files(where, manifest)
+    try:
+        entries = _dcp.load(where)
+    except _dcp.FAILURES as exc:
+        raise Unusable(f"DCP could not read it: {_dcp.failure_text(exc)}") from exc
+    loaded = {key: tensor_info(value) for key, value in model_entries(entries).items()}
+    if loaded != manifest.model:
+        raise Unusable("its DCP metadata lists other model tensors than its manifest")
+    reference = model.state_dict()
+    committed = from_entries(entries, list(reference))
+    placed = {
+        key: value if value.device == reference[key].device else value.to(reference[key].device)
+        for key, value in committed.model.items()
+    }
+    return dataclasses.replace(
+        committed, model=placed, optimizer=None if optimizer is None else committed.optimizer
+    )
+
+
+def verify_files(where: Location, manifest: Manifest) -> None:
+    """Unusable unless every file the manifest lists is there with its size and checksum."""
+    if manifest.checksum_algorithm != ALGORITHM:
+        raise Unusable(
+            f"checksum algorithm {manifest.checksum_algorithm!r} is not one this tidemill"
+            f" verifies ({ALGORITHM}); load it with the tidemill version that wrote it"
+        )
+    try:
+        sizes = stored_files(where)
+    except OSError as exc:
+        raise Unusable(f"its files could not be listed: {exc}") from exc
+    for name, info in sorted(manifest.files.items()):
+        if name not in sizes:
+            raise Unusable(f"file {name} is missing")
+        if sizes[name] != info.size:
+            raise Unusable(
+                f"file {name} has {sizes[name]} bytes, the manifest says {info.size}"
+                " (truncated or rewritten after the write)"
+            )
+    for name, info in sorted(manifest.files.items()):
+        try:
+            checksum = file_checksum(where.fs, where.child(name).path)
+        except OSError as exc:
+            raise Unusable(f"file {name} could not be read: {exc}") from exc
+        if checksum != info.checksum:
+            raise Unusable(
+                f"file {name} has {ALGORITHM} {checksum}, the manifest says {info.checksum}"
+                " (its bytes changed after the write)"
+            )

@@ -1,0 +1,144 @@
+"""A background thread that saves committed states, so a checkpoint never stalls a step.
+
+Training commits faster than storage may write. Only the newest state is worth
+writing, so at most one waits: a newer submit replaces it. That bounds memory to the
+live state, the one being written and the one waiting, whatever the storage speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from tidemill.checkpoint._errors import CheckpointError
+from tidemill.checkpoint._manifest import Manifest
+from tidemill.checkpoint._store import CheckpointStore
+from tidemill.runtime.elastic_state import Committed
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointWriter:
+    """Saves submitted states through ``store`` on one daemon thread, newest first.
+
+    ``on_saved(manifest)`` and ``on_failed(step, error_text)`` run on that thread after
+    each write; an exception they raise is logged and the thread goes on.
+
+    Example::
+
+        >>> import tempfile, torch
+        >>> folder = tempfile.TemporaryDirectory()
+        >>> from tidemill.checkpoint import CheckpointStore, CheckpointWriter
+        >>> from tidemill.runtime import ElasticState
+        >>> state = ElasticState(torch.nn.Linear(2, 1))
+        >>> saved = []
+        >>> writer = CheckpointWriter(
+        ...     CheckpointStore(folder.name), None,
+        ...     on_saved=lambda m: saved.append(m.step), on_failed=print)
+        >>> for step in (1, 2, 3):
+        ...     state.step = step
+        ...     state.commit()
+        ...     writer.submit(state.committed)
+        >>> writer.close(timeout_s=60), saved[-1]
+        (True, 3)
+        >>> folder.cleanup()
+    """
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        job: str | None,
+        on_saved: Callable[[Manifest], None],
+        on_failed: Callable[[int, str], None],
+    ) -> None:
+        self.store = store
+        self.job = job
+        self._on_saved = on_saved
+        self._on_failed = on_failed
+        self._changed = threading.Condition()
+        self._waiting: Committed | None = None
+        self._writing = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A state is being written or waits to be."""
+        with self._changed:
+            return self._writing or self._waiting is not None
+
+    def submit(self, committed: Committed) -> None:
+        """Queue ``committed`` for writing and return at once; it replaces any waiting one."""
+        with self._changed:
+            if self._closed:
+                raise RuntimeError(
+                    f"CheckpointWriter for {self.store.url} is closed; step {committed.step}"
+                    " was not submitted (create a new writer)"
+                )
+            self._waiting = committed
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tidemill-checkpoint-writer", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify_all()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until nothing waits or is being written: True, or False after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._writing or self._waiting is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
+    def close(self, timeout_s: float) -> bool:
+        """Flush, then stop the thread. False when the flush timed out: the write in
+        progress still finishes, and a state still waiting is dropped."""
+        deadline = time.monotonic() + timeout_s
+        flushed = self.flush(timeout_s)
+        with self._changed:
+            self._closed = True
+            self._waiting = None
+            self._changed.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return flushed
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while self._waiting is None and not self._closed:
+                    self._changed.wait()
+                if self._waiting is None:
+                    return
+                committed, self._waiting, self._writing = self._waiting, None, True
+            try:
+                self._write(committed)
+            finally:
+                with self._changed:
+                    self._writing = False
+                    self._changed.notify_all()
+
+    def _write(self, committed: Committed) -> None:
+        try:
+            manifest = self.store.save(committed, self.job)
+        except CheckpointError as exc:
+            self._call(self._on_failed, committed.step, str(exc))
+            return
+        except Exception as exc:
+            log.exception("checkpoint of step %d failed unexpectedly", committed.step)
+            self._call(self._on_failed, committed.step, f"{type(exc).__name__}: {exc}")
+            return
+        self._call(self._on_saved, manifest)
+
+    def _call(self, callback: Callable[..., None], *args: object) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("checkpoint callback %r raised; the writer goes on", callback)
