@@ -22,7 +22,10 @@ def test_the_public_names_are_exactly_these() -> None:
         "Loaded",
         "Manifest",
         "Skipped",
+        "list_checkpoints",
         "parse_checkpoint_url",
+        "resumable_problem",
+        "single_checkpoint",
         "writable_problem",
     ]
     for name in tidemill.checkpoint.__all__:
@@ -33,6 +36,7 @@ def test_the_url_checks_and_errors_import_without_torch() -> None:
     code = (
         "import sys\n"
         "from tidemill.checkpoint import CheckpointError, parse_checkpoint_url, writable_problem\n"
+        "from tidemill.checkpoint import list_checkpoints, resumable_problem\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from tidemill.checkpoint._errors import CheckpointError, CheckpointMismatch
 from tidemill.checkpoint._listing import Listing
 from tidemill.checkpoint._manifest import Manifest
+from tidemill.checkpoint._sources import list_checkpoints, resumable_problem, single_checkpoint
 from tidemill.checkpoint._url import parse_checkpoint_url, writable_problem
 
 if TYPE_CHECKING:
@@ -50,7 +51,10 @@ __all__ = [
     "Loaded",
     "Manifest",
     "Skipped",
+    "list_checkpoints",
     "parse_checkpoint_url",
+    "resumable_problem",
+    "single_checkpoint",
     "writable_problem",
 ]
 

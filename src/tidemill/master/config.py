@@ -91,6 +91,11 @@ class MasterConfig:
             problems.append(
                 f"TIDEMILL_ELASTIC_MAX={high} must be at least TIDEMILL_ELASTIC_MIN={low}"
             )
+        try:
+            checkpoint = CheckpointPlan.from_env(env)
+        except ValueError as exc:
+            problems.append(str(exc))
+            checkpoint = None
         rules = Rules(
             min_workers=low,
             max_workers=max(low, high),
@@ -98,6 +103,7 @@ class MasterConfig:
             timeout_s=number("TIDEMILL_ELASTIC_TIMEOUT_S", 60.0, 0.1),
             register_timeout_s=number("TIDEMILL_ELASTIC_REGISTER_TIMEOUT_S", 30.0, 0.1),
             reconnect_timeout_s=number("TIDEMILL_ELASTIC_RECONNECT_TIMEOUT_S", 15.0, 0.1),
+            restores_checkpoints=checkpoint is not None,
         )
         heartbeat = number("TIDEMILL_ELASTIC_HEARTBEAT_TIMEOUT_S", 15.0, 0.5)
         data = None
@@ -106,11 +112,6 @@ class MasterConfig:
                 data = DataSpec.model_validate_json(env["TIDEMILL_DATA"])
             except ValidationError as exc:
                 problems.append(f"TIDEMILL_DATA is not a valid spec.data: {exc}")
-        try:
-            checkpoint = CheckpointPlan.from_env(env)
-        except ValueError as exc:
-            problems.append(str(exc))
-            checkpoint = None
         if problems:
             raise MasterConfigError("cannot start the job master:\n  " + "\n  ".join(problems))
         host = env.get("TIDEMILL_MASTER_HOST") or "127.0.0.1"

@@ -66,6 +66,8 @@ class Rules:
     """After this long below ``min_workers``, name the replicas that never registered."""
     reconnect_timeout_s: float = 15.0
     """For the members of the last epoch to reconnect to a restarted master."""
+    restores_checkpoints: bool = False
+    """The job keeps durable checkpoints: a group that forms with no state restores one."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_workers <= self.max_workers:
@@ -405,7 +407,8 @@ class Membership:
         self.members = [r.name for r in chosen]
         self.phase, self.phase_since = Phase.RUNNING, now
         self.departed, self.round_failed, self.warned = {}, False, set()
-        if holders:
+        restores = not holders and self.rules.restores_checkpoints
+        if not restores:
             same = self._committed_step() == step
             extras = (self.committed or {}).get("extras") if same else None
             self.committed = {
@@ -419,7 +422,11 @@ class Membership:
         self.history.append(
             {"epoch": self.epoch, "world_size": len(chosen), "step": step, "time": now}
         )
-        start = f"from step {step}" if holders else "from the newest checkpoint, if any"
+        start = (
+            "from the newest checkpoint (if none, from the start)"
+            if restores
+            else f"from step {step}"
+        )
         effects: list[Effect] = [
             Save(urgent=True),
             Notify("Normal", "EpochStarted", self._epoch_message(joined, left, start)),

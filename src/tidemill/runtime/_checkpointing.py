@@ -20,7 +20,14 @@ import time
 from collections.abc import Callable
 
 from tidemill.api.checkpoint import CheckpointPlan
-from tidemill.checkpoint import CheckpointMismatch, CheckpointStore, CheckpointWriter, Manifest
+from tidemill.checkpoint import (
+    CheckpointMismatch,
+    CheckpointStore,
+    CheckpointWriter,
+    Loaded,
+    Manifest,
+    single_checkpoint,
+)
 from tidemill.runtime.elastic_state import CommitHook, Committed, ElasticState
 from tidemill.wire import CheckpointReport
 
@@ -106,7 +113,7 @@ class Checkpointing:
             if url is None:
                 continue
             try:
-                loaded = CheckpointStore(url).load_newest(state.model, state.optimizer)
+                loaded = _load(url, state)
             except CheckpointMismatch as exc:
                 self.report(CheckpointReport("mismatch", str(exc)))
                 raise
@@ -124,3 +131,11 @@ class Checkpointing:
             self.report(CheckpointReport("restored", text, state.step, state.data))
             return True
         return False
+
+
+def _load(url: str, state: ElasticState) -> Loaded:
+    """The newest usable checkpoint in the folder ``url``, or the one step folder it is."""
+    store = CheckpointStore(url)
+    if not store.list() and single_checkpoint(url) is not None:
+        return store.load(url, state.model, state.optimizer)
+    return store.load_newest(state.model, state.optimizer)

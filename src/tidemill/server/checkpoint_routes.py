@@ -22,10 +22,10 @@ LIST_TIMEOUT_S = 10.0
 
 def checkpoint_views(url: str) -> list[CheckpointView]:
     """Every checkpoint folder under ``url``, newest first, usable or not."""
-    from tidemill.checkpoint import CheckpointStore
+    from tidemill.checkpoint import list_checkpoints
 
     views = []
-    for listing in CheckpointStore(url).list():
+    for listing in list_checkpoints(url):
         manifest = listing.manifest
         views.append(
             CheckpointView(
