@@ -41,8 +41,6 @@ from tidemill.client import Client
 from tidemill.data.testing import LocalBroker
 
 pytestmark = pytest.mark.e2e
-LEDGER_SIZE = TABLE_ROWS + STREAM_PER_PARTITION * PARTITIONS
-"""The size of the ledger model the job in tests/e2e/ledger.py trains."""
 
 
 def backfill_job(
@@ -52,6 +50,7 @@ def backfill_job(
     spec = job(catalog, "127.0.0.1:9", "unused", result)
     spec["metadata"]["name"] = name
     spec["spec"]["data"]["stages"] = spec["spec"]["data"]["stages"][:1]
+    spec["spec"]["roles"]["worker"]["env"]["LEDGER_SIZE"] = str(TABLE_ROWS)
     spec["spec"]["checkpoint"] = checkpoint
     return spec
 
@@ -226,6 +225,6 @@ def test_a_full_checkpoint_folder_warns_while_training_goes_on(
     assert all(c.problem is None for c in listing.items), listing.items
     assert listing.url is not None
     ledger = torch.nn.Module()
-    ledger.counts = torch.nn.Parameter(torch.zeros(LEDGER_SIZE, dtype=torch.float64))
+    ledger.counts = torch.nn.Parameter(torch.zeros(TABLE_ROWS, dtype=torch.float64))
     loaded = CheckpointStore(listing.url).load_newest(ledger, None)
     assert loaded.committed is not None and loaded.committed.step == listing.items[0].step
