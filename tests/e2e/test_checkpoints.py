@@ -175,7 +175,13 @@ def test_a_preempted_job_resumes_from_the_step_it_reached(
     ledger_counts(result)
     logs = "\n".join(client.logs("low", role="worker", index=0))
     reached = [int(step) for step in re.findall(r"left the job at step (\d+) \(SIGTERM\)", logs)]
-    assert reached, logs[-2000:]
+    assert reached, "\n".join(
+        [
+            logs[-3000:],
+            *(f"{e.reason}: {e.message}" for e in client.job_events("low")),
+            str(client.checkpoints("low")),
+        ]
+    )
     assert restored_step(client, "low") == reached[0] > 0
 
 

@@ -129,6 +129,16 @@ class Kill(ReplicaAction):
 
 
 @dataclass(frozen=True)
+class Vacate(ReplicaAction):
+    """SIGTERM a preempted replica whose row is gone (its resources are handed on at
+    once) and SIGKILL it ``grace_s`` later: the grace lets an elastic worker stop at a
+    step boundary and save the step it reached, which the job resumes from."""
+
+    handle: ReplicaHandle
+    grace_s: float
+
+
+@dataclass(frozen=True)
 class Drain(ReplicaAction):
     """Ask an elastic replica to leave at its next step boundary: it stops counting
     towards its role's size, gets SIGTERM when it runs (Stopping) and is killed at

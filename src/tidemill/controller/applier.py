@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from tidemill.controller.actions import (
     Launch,
     Terminate,
     Transition,
+    Vacate,
     evolve_all,
 )
 from tidemill.controller.isolation import controller_error, write_jobs
@@ -39,7 +41,7 @@ from tidemill.controller.launches import Launches, Planned, assign_ports, fetch_
 from tidemill.controller.lifecycle import LifecycleConfig, fail_broken, step
 from tidemill.controller.model import ACTIVE_PHASES, Adoption, JobSnapshot, Observations, Seen
 from tidemill.controller.rows import job_snapshot, write
-from tidemill.engines.base import Engine
+from tidemill.engines.base import Engine, ReplicaHandle
 from tidemill.store.store import Store, Tx
 from tidemill.store.tables import JobRow
 
@@ -210,8 +212,9 @@ def fail_row(
 
 
 def perform(engine: Engine, effects: Sequence[object]) -> list[Planned]:
-    """Make the committed engine calls: SIGTERM and SIGKILL now (neither waits); the
-    launches are returned, to be made after them."""
+    """Make the committed engine calls: SIGTERM and SIGKILL now (neither waits; a
+    vacated replica's SIGKILL comes from a timer); the launches are returned, to be
+    made after them."""
     planned = []
     for effect in effects:
         try:
@@ -220,11 +223,24 @@ def perform(engine: Engine, effects: Sequence[object]) -> list[Planned]:
                 engine.terminate(effect.handle)
             elif isinstance(effect, Kill):
                 engine.kill(effect.handle)
+            elif isinstance(effect, Vacate):
+                engine.terminate(effect.handle)
+                later = threading.Timer(effect.grace_s, _kill_quietly, (engine, effect.handle))
+                later.daemon = True
+                later.start()
             elif isinstance(effect, Planned):
                 planned.append(effect)
         except Exception:
             log.exception("engine call %s failed; the next cycle observes the replica", effect)
     return planned
+
+
+def _kill_quietly(engine: Engine, handle: ReplicaHandle) -> None:
+    """SIGKILL what is left of a vacated replica (nothing, when it already exited)."""
+    try:
+        engine.kill(handle)
+    except Exception:
+        log.exception("killing vacated replica %s failed", handle)
 
 
 def _expire(tx: Tx, now: float) -> list[object]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType, JobPhase, ReplicaPhase
-from tidemill.controller.actions import Kill
+from tidemill.controller.actions import Kill, Vacate
 from tidemill.controller.applier import fail_row, perform
 from tidemill.controller.conditions import set_condition, transition
 from tidemill.controller.elastic import MASTER_ROLE, is_elastic, members, needs_master
@@ -269,7 +269,8 @@ class SchedulingStep:
         return apply
 
     def _preempt(self, message: str, now: float) -> Write:
-        """Kill the victim's processes and put it back in its queue, keeping its place."""
+        """Stop the victim's processes (SIGTERM, SIGKILL after the stop grace: they may
+        save the step they reached) and put it back in its queue, keeping its place."""
 
         def apply(tx: Tx, victim: JobRow) -> list[object]:
             effects: list[object] = []
@@ -277,7 +278,11 @@ class SchedulingStep:
             for replica in list(victim.replicas):
                 seen = replica_snapshot(replica)
                 if seen.handle is not None and not seen.phase.is_terminal:
-                    effects.append(Kill(seen.name, seen.handle, now))
+                    grace_s = self.lifecycle.stop_grace_s
+                    if ending:
+                        effects.append(Kill(seen.name, seen.handle, now))
+                    else:
+                        effects.append(Vacate(seen.name, seen.handle, grace_s))
                 if not ending:
                     tx.delete_replica(victim, replica)
             if ending:

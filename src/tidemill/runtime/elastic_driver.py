@@ -221,13 +221,13 @@ class Driver:
         self.state.commit()
         self._close_group(broken=False)
         if self.leaving:
+            reason = f"{self.replica} left the job at step {self.state.step} (SIGTERM)"
+            log(reason)
             if plan.rank == 0 and self.checkpointing is not None:
                 # Stopped for good (scale-in, preemption, the job stopping): the step
                 # reached is what a restart resumes from.
                 self.checkpointing.final(self.state.committed)
             self.client.leave()
-            reason = f"{self.replica} left the job at step {self.state.step} (SIGTERM)"
-            log(reason)
             raise Left(reason, self.state.step)
         self.client.sync(plan.epoch, self.state.step, failed=False, data=self.state.data)
 
