@@ -334,6 +334,32 @@ def test_replacements_for_a_group_that_lost_every_member_restore_from_the_checkp
     assert all(epoch.restore for epoch in epochs.values()), "the replacements hold nothing"
 
 
+def test_with_checkpoints_the_last_commit_is_kept_until_the_restored_step_is_reported() -> None:
+    state = Membership(Rules(1, 2, restores_checkpoints=True), "127.0.0.1", 5000, now=0.0)
+    state.register("worker-0", 10, "new", None, None, now=0.0)
+    state.tick(now=5.0)
+    state.formed("worker-0", 1)
+    state.commit("worker-0", 1, 70, {"offset": 4200}, None)
+    state.lost("worker-0", "connection closed", now=10.0)
+
+    back = state.register("worker-0", 20, "new", None, None, now=15.0)
+    back += state.tick(now=16.0)
+    assert sent(back, Epoch)["worker-0"].restore
+    assert (
+        "EpochStarted",
+        "epoch 2: 1 worker (worker-0); left worker-0 (lost); from the "
+        "newest checkpoint (if none, from the start)",
+        None,
+    ) in events(back)
+    assert state.snapshot()["committed"]["step"] == 70, "nothing was restored yet"
+
+    assert state.restored("worker-0", 64, {"offset": 3800}) == [Save(urgent=False)]
+    saved = state.snapshot()
+    assert saved["committed"] == {"epoch": 2, "step": 64, "data": {"offset": 3800}, "extras": None}
+    assert saved["history"][-1]["step"] == 64
+    assert state.restored("worker-9", 1, None) == [], "only a member reports a restore"
+
+
 def test_bounds_are_checked() -> None:
     with pytest.raises(ValueError, match="1 <= min <= max, got min=3 max=2"):
         Rules(3, 2)
