@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from tidemill.api.checkpoint import is_url
 from tidemill.api.cluster import ClusterSpec
 from tidemill.api.loader import load_cluster_file
 from tidemill.controller.reconciler import Controller, ControllerConfig
@@ -124,6 +125,8 @@ class ServerRunner:
         config = controller_config or ControllerConfig()
         if checkpoint_root is None and engine == "local":
             checkpoint_root = str(self.state_dir / "checkpoints")
+        elif checkpoint_root is not None and not is_url(checkpoint_root):
+            checkpoint_root = str(Path(checkpoint_root).expanduser().resolve())
         try:
             self.admin_token_file = bootstrap_admin(self.store, self.state_dir) if auth else None
             """Where a new admin token was written (first start with auth on), else None."""
