@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.cli.conftest import Live
+from tests.e2e.harness import idle_elastic_job
 from tidemill.checkpoint import CheckpointStore
 from tidemill.cli.main import app
 from tidemill.runtime import ElasticState
@@ -17,30 +18,8 @@ from tidemill.runtime import ElasticState
 runner = CliRunner()
 
 
-def elastic(name: str, checkpoint: dict[str, object] | None = None) -> dict[str, object]:
-    spec: dict[str, object] = {
-        "roles": {
-            "worker": {
-                "replicas": 1,
-                "minReplicas": 1,
-                "maxReplicas": 2,
-                "resources": {"cpu": 0.1, "memory": "16Mi"},
-                "command": ["sleep", "600"],
-            }
-        }
-    }
-    if checkpoint:
-        spec["checkpoint"] = checkpoint
-    return {
-        "apiVersion": "tidemill/v1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-
-
 def test_checkpoints_are_listed_for_people_and_for_scripts(live: Live, tmp_path: Path) -> None:
-    live.client.submit(elastic("saved", {"dir": str(tmp_path / "ckpt")}))
+    live.client.submit(idle_elastic_job("saved", {"dir": str(tmp_path / "ckpt")}))
     url = live.client.checkpoints("saved").url
     assert url is not None
     model = torch.nn.Linear(2, 1)
@@ -65,7 +44,7 @@ def test_checkpoints_are_listed_for_people_and_for_scripts(live: Live, tmp_path:
     assert json.loads(raw.output)["items"][0]["step"] == 42
 
     job_file = tmp_path / "next.yaml"
-    job_file.write_text(yaml.safe_dump(elastic("next")))
+    job_file.write_text(yaml.safe_dump(idle_elastic_job("next")))
     resumed = runner.invoke(
         app, ["submit", str(job_file), "--resume-from", "saved", "--server", live.url]
     )
@@ -75,9 +54,9 @@ def test_checkpoints_are_listed_for_people_and_for_scripts(live: Live, tmp_path:
 
 
 def test_resume_from_a_job_without_checkpoints_says_so(live: Live, tmp_path: Path) -> None:
-    live.client.submit(elastic("fresh", {"dir": str(tmp_path / "none-yet")}))
+    live.client.submit(idle_elastic_job("fresh", {"dir": str(tmp_path / "none-yet")}))
     job_file = tmp_path / "again.yaml"
-    job_file.write_text(yaml.safe_dump(elastic("again")))
+    job_file.write_text(yaml.safe_dump(idle_elastic_job("again")))
     result = runner.invoke(
         app, ["submit", str(job_file), "--resume-from", "fresh", "--server", live.url]
     )

@@ -64,6 +64,16 @@ SLEEP_FOREVER = "import time\nwhile True: time.sleep(0.5)"
 """A replica that runs until stopped."""
 
 
+def idle_elastic_job(name: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An elastic job (1..2 workers, so it has a master) whose worker idles until
+    stopped, with ``checkpoint`` as its ``spec.checkpoint``."""
+    job = script_job(name, SLEEP_FOREVER)
+    job["spec"]["roles"]["worker"].update(minReplicas=1, maxReplicas=2)
+    if checkpoint is not None:
+        job["spec"]["checkpoint"] = checkpoint
+    return job
+
+
 def wait_for(predicate: Callable[[], object], timeout_s: float = 60, what: str = "") -> object:
     """Poll until ``predicate`` returns something truthy; fail with ``what`` otherwise."""
     deadline = time.monotonic() + timeout_s
@@ -91,4 +101,3 @@ def trained_once(result: Path, steps: int, batch: int) -> dict[str, Any]:
     assert summary["counts_min"] == summary["counts_max"] == 1.0
     assert summary["ids_beyond_commit_nonzero"] == 0
     return summary
-

@@ -4,42 +4,18 @@ against a real server; the checkpoints are written by the real store."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import torch
 
+from tests.e2e.harness import idle_elastic_job
 from tidemill.checkpoint import CheckpointStore
 from tidemill.client import Client, InvalidSpec, NotFound
 from tidemill.runtime import ElasticState
 from tidemill.server.runner import ServerRunner
-
-
-def job(name: str, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A data-less elastic job that never starts training (its worker sleeps)."""
-    spec: dict[str, Any] = {
-        "roles": {
-            "worker": {
-                "replicas": 1,
-                "minReplicas": 1,
-                "maxReplicas": 2,
-                "resources": {"cpu": 0.1, "memory": "16Mi"},
-                "command": [sys.executable, "-c", "import time; time.sleep(600)"],
-            }
-        }
-    }
-    if checkpoint is not None:
-        spec["checkpoint"] = checkpoint
-    return {
-        "apiVersion": "tidemill/v1",
-        "kind": "TrainingJob",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
 
 
 def save_steps(url: str, steps: list[int]) -> None:
@@ -58,7 +34,7 @@ def test_a_jobs_checkpoints_are_listed_newest_first_with_their_data_position(
 ) -> None:
     runner = start_runner()
     with Client(runner.url) as client:
-        client.submit(job("listed", {"dir": str(tmp_path / "ckpt"), "everySteps": 10}))
+        client.submit(idle_elastic_job("listed", {"dir": str(tmp_path / "ckpt"), "everySteps": 10}))
         listing = client.checkpoints("listed")
         assert listing.url is not None and listing.items == []
         assert listing.url.startswith(str(tmp_path / "ckpt" / "default" / "listed"))
@@ -80,7 +56,7 @@ def test_jobs_without_a_dir_keep_checkpoints_in_the_state_folder(
 ) -> None:
     runner = start_runner()
     with Client(runner.url) as client:
-        client.submit(job("defaults"))
+        client.submit(idle_elastic_job("defaults"))
         listing = client.checkpoints("defaults")
         assert listing.url is not None
         assert listing.url.startswith(str(runner.state_dir / "checkpoints" / "default"))
@@ -100,7 +76,7 @@ def test_a_dir_that_cannot_be_written_or_parsed_is_refused_at_submit(
             ("nosuchfs://bucket/ckpt", "nosuchfs"),
         ]:
             with pytest.raises(InvalidSpec) as caught:
-                client.submit(job("bad", {"dir": bad}))
+                client.submit(idle_elastic_job("bad", {"dir": bad}))
             errors = {e.path: e.message for e in caught.value.errors}
             assert expected in errors["spec.checkpoint.dir"], errors
 
@@ -118,10 +94,10 @@ def test_resume_from_must_name_a_usable_checkpoint(
     with Client(runner.url) as client:
         for where, expected in [(empty, "no checkpoint in"), (partial, "partial")]:
             with pytest.raises(InvalidSpec) as caught:
-                client.submit(job("resumed", {"resumeFrom": str(where)}))
+                client.submit(idle_elastic_job("resumed", {"resumeFrom": str(where)}))
             errors = {e.path: e.message for e in caught.value.errors}
             assert expected in errors["spec.checkpoint.resumeFrom"], errors
-        client.submit(job("resumed", {"resumeFrom": str(good)}))
-        client.submit(job("one", {"resumeFrom": str(good / "step-000000000007")}))
+        client.submit(idle_elastic_job("resumed", {"resumeFrom": str(good)}))
+        client.submit(idle_elastic_job("one", {"resumeFrom": str(good / "step-000000000007")}))
         raw = httpx.get(f"{runner.url}/api/v1/jobs/resumed/checkpoints").json()
     assert raw["items"] == [] and json.dumps(raw)
