@@ -73,6 +73,8 @@ class CheckpointStore:
         removes what it wrote and touches no earlier checkpoint. A step that already
         has a valid checkpoint is not written again.
         """
+        if committed.step < 0:
+            raise CheckpointError(self.url, f"step {committed.step}: only steps >= 0 are saved")
         name = step_name(committed.step)
         where = self._root.child(name)
         try:

@@ -78,7 +78,7 @@ class CheckpointWriter:
                     " was not submitted (create a new writer)"
                 )
             self._waiting = committed
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="tidemill-checkpoint-writer", daemon=True
                 )
