@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -56,13 +57,16 @@ def load_checkpoint(
     check_model(where.url, manifest, model)
     check_optimizer(where.url, manifest, optimizer)
     verify_sizes(where, manifest)
-    with ThreadPoolExecutor(1, thread_name_prefix="tidemill-checksum") as pool:
-        verified = pool.submit(verify_checksums, where, manifest)
-        try:
-            entries, failure = _dcp.load(where), None
-        except _dcp.FAILURES as exc:
-            entries, failure = {}, exc
-        verified.result()
+    if where.local:
+        with ThreadPoolExecutor(1, thread_name_prefix="tidemill-checksum") as pool:
+            verified = pool.submit(verify_checksums, where, manifest)
+            entries, failure = _load_entries(where)
+            verified.result()
+    else:
+        # Other file systems may share one handle per file between readers (fsspec's
+        # memory:// does): verify first, then load.
+        verify_checksums(where, manifest)
+        entries, failure = _load_entries(where)
     if failure is not None:
         raise Unusable(f"DCP could not read it: {_dcp.failure_text(failure)}") from failure
     loaded = {key: tensor_info(value) for key, value in model_entries(entries).items()}
@@ -77,6 +81,14 @@ def load_checkpoint(
     return dataclasses.replace(
         committed, model=placed, optimizer=None if optimizer is None else committed.optimizer
     )
+
+
+def _load_entries(where: Location) -> tuple[dict[str, Any], BaseException | None]:
+    """DCP's entries, or the failure that stopped the load (reported after the checksums)."""
+    try:
+        return _dcp.load(where), None
+    except _dcp.FAILURES as exc:
+        return {}, exc
 
 
 def verify_sizes(where: Location, manifest: Manifest) -> None:
