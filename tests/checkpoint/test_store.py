@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import zlib
 from pathlib import Path
 
@@ -153,6 +154,29 @@ def test_a_checkpoint_dcp_cannot_read_is_skipped_like_a_corrupt_one(store_url: s
     assert loaded.manifest is not None and loaded.manifest.step == 1
     [skipped] = loaded.skipped
     assert skipped.reason.startswith("DCP could not read it: ")
+
+
+class Schedule:
+    """Stands for a user's class pickled into extras."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+
+
+def test_extras_that_no_longer_unpickle_make_the_checkpoint_unusable_with_the_reason(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CheckpointStore(store_url)
+    saved_steps(store, [1])
+    state = trained(adam, steps=2, schedule=Schedule(0.5))
+    store.save(state.committed)
+    monkeypatch.delattr(sys.modules[__name__], "Schedule")
+    loaded = store.load_newest(*adam())
+    assert loaded.manifest is not None and loaded.manifest.step == 1
+    [skipped] = loaded.skipped
+    assert skipped.reason.startswith(
+        "its step, data, extras or optimizer could not be decoded: AttributeError"
+    )
 
 
 def test_one_checkpoint_loads_by_name_or_by_url_and_a_damaged_one_raises(store_url: str) -> None:

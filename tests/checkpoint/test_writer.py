@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 
 from tests.checkpoint.conftest import adam, train, trained
 from tidemill.checkpoint import CheckpointStore, CheckpointWriter, Manifest
+from tidemill.checkpoint._writer import WRITER_NICE
 
 SUBMIT_LIMIT_S = 0.05
 """A submit only swaps a reference under a lock; anything near this means it waited."""
@@ -99,6 +102,20 @@ def test_a_callback_that_raises_does_not_stop_the_writer(
     assert writer.close(timeout_s=30)
     assert saved == [1, 2]
     assert "callback bug" in caplog.text
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux only")
+def test_the_writer_thread_runs_at_a_lower_priority_than_training(store_url: str) -> None:
+    seen: list[int] = []
+
+    def priority(manifest: Manifest) -> None:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    writer = CheckpointWriter(CheckpointStore(store_url), None, priority, lambda s, e: None)
+    writer.submit(trained(adam, steps=1).committed)
+    assert writer.close(timeout_s=30)
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen == [min(19, ours + WRITER_NICE)]
 
 
 def test_flush_on_an_idle_writer_is_immediate_and_a_closed_writer_refuses_submits(

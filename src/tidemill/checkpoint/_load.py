@@ -1,9 +1,10 @@
 """Reading one checkpoint back: fit check, file checks, DCP load, then a ``Committed``.
 
 Order matters for cost: the fit check reads only the manifest; sizes come from one
-listing; then checksums and the DCP load each read every byte, side by side. A checkpoint that fails
-any check after the fit check is :class:`Unusable` (the store tries the previous one);
-one that does not fit raises :class:`CheckpointMismatch` (nothing older will fit either).
+listing; then checksums and the DCP load each read every byte, side by side. A
+checkpoint that fails any check after the fit check is :class:`Unusable` (the store
+tries the previous one); one that does not fit raises :class:`CheckpointMismatch`
+(nothing older will fit either).
 """
 
 from __future__ import annotations
@@ -73,7 +74,14 @@ def load_checkpoint(
     if loaded != manifest.model:
         raise Unusable("its DCP metadata lists other model tensors than its manifest")
     reference = model.state_dict()
-    committed = from_entries(entries, list(reference))
+    try:
+        committed = from_entries(entries, list(reference))
+    except Exception as exc:
+        raise Unusable(
+            f"its step, data, extras or optimizer could not be decoded:"
+            f" {type(exc).__name__}: {exc} (a class pickled into extras that no longer"
+            " imports?)"
+        ) from exc
     placed = {
         key: value if value.device == reference[key].device else value.to(reference[key].device)
         for key, value in committed.model.items()

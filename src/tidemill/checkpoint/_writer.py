@@ -3,11 +3,19 @@
 Training commits faster than storage may write. Only the newest state is worth
 writing, so at most one waits: a newer submit replaces it. That bounds memory to the
 live state, the one being written and the one waiting, whatever the storage speed.
+
+The thread lowers its own scheduling priority (:data:`WRITER_NICE`): when training
+keeps every core busy, a writer at normal priority takes its share of them and steps
+slow down for the whole write. Measured on the 2-core development machine with both
+cores computing and a 100 MB state written in a loop: steps took 1.9x as long at
+nice 0, 1.03x at nice 10 (each write 1.8x as long), 0.94x at nice 19 (writes 3.2x).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +26,9 @@ from tidemill.checkpoint._store import CheckpointStore
 from tidemill.runtime.elastic_state import Committed
 
 log = logging.getLogger(__name__)
+
+WRITER_NICE = 10
+"""Added to the writer thread's nice value (Linux: per thread); a write yields to steps."""
 
 
 class CheckpointWriter:
@@ -111,6 +122,7 @@ class CheckpointWriter:
         return flushed
 
     def _run(self) -> None:
+        _lower_priority()
         while True:
             with self._changed:
                 while self._waiting is None and not self._closed:
@@ -142,3 +154,15 @@ class CheckpointWriter:
             callback(*args)
         except Exception:
             log.exception("checkpoint callback %r raised; the writer goes on", callback)
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's priority where the OS allows it per thread (Linux)."""
+    if sys.platform != "linux":
+        return
+    try:
+        thread = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, nice + WRITER_NICE)
+    except OSError as exc:
+        log.debug("checkpoint writer keeps its priority: %s", exc)
