@@ -31,3 +31,4 @@ bench: venv
 	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/loader_throughput.py
 	$(BIN)/python benchmarks/kubernetes.py
+	$(BIN)/python benchmarks/checkpoint.py

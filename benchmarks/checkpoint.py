@@ -1,0 +1,432 @@
+"""Checkpoint stall and restore: synchronous torch.save, DCP async_save and tidemill, one run.
+
+For each state size (model parameters plus Adam's two moments, float32, CPU), a loop
+of fixed-cost compute steps (matrix products; on one thread by default, so the other
+core is free for background writing, as a GPU job's host cores are; all cores with
+``--compute-threads 2``, as CPU training) checkpoints with each side:
+
+- ``torch.save``: synchronous ``torch.save({"model": ..., "optimizer": ...})`` on the
+  training thread (no fsync, as scripts do it);
+- ``dcp.async_save``: DCP's own asynchronous save (``FileSystemWriter``, ``no_dist``),
+  called directly; it stages a CPU copy before returning, then writes on a thread;
+- ``elastic commit``: ``ElasticState.commit()`` alone, which the elastic runtime does
+  anyway at every commit;
+- ``tidemill``: ``commit()`` + ``CheckpointWriter.submit()`` (DCP save, fsync, CRC-32
+  read-back, manifest, rotation on the writer thread).
+
+The stall per checkpoint is the extra wall time of an interval of steps that starts
+with a checkpoint over an interval of the same steps without one: the time the
+training thread is held plus the slowdown of the following steps while the write runs.
+A checkpointed interval ends only when its write is done (any wait counts), and is
+long enough (1.5 times the steps one tidemill write took while steps ran) for the
+write to finish within it.
+Checkpointed and clean intervals alternate within a run, so drift of the machine
+cancels; between intervals, untimed, ``os.sync()`` writes dirty pages back (this
+leaves torch.save's own writeback uncounted, in its favour). A run has as many pairs
+as fill ``--run-s`` seconds (at least 2); sides alternate round by round; each figure
+is the median over rounds. tidemill's stall is reported in total and over an elastic
+commit alone.
+
+``held`` is the part of the stall spent inside the checkpoint call itself (the copy
+for ``commit`` and ``async_save``, the whole write for ``torch.save``).
+
+Restore to the first step, each in a fresh process with the model and a fresh
+optimizer built, after the state was written (page cache warm for both):
+``CheckpointStore.load_newest`` (read: checks, checksums, DCP load) +
+``ElasticState.adopt`` (apply: into the model and optimizer, keeping the elastic
+rollback copy) versus ``torch.load`` (read) + ``load_state_dict`` of model and
+optimizer (apply).
+
+Prints a table with ratios against torch.save and writes
+``benchmarks/results/checkpoint.json``. Works in a temporary directory under /tmp.
+
+    python benchmarks/checkpoint.py [--sizes-mb 100,1000] [--rounds 3] [--run-s 30]
+        [--restore-rounds 5] [--compute-threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from tidemill.checkpoint import CheckpointStore, CheckpointWriter
+from tidemill.runtime import ElasticState
+
+RESULTS = Path(__file__).parent / "results" / "checkpoint.json"
+GOAL_STALL_RATIO = 0.05
+"""The issue's goal: a checkpoint stalls training less than 5% of a synchronous torch.save."""
+WIDTH = 1024
+"""Hidden size of the model's square layers; the layer count sets the state size."""
+WORK = 384
+"""Side of the matrices of one compute step (a few tens of ms on one thread)."""
+WORK_PRODUCTS = 8
+SIDES = ("torch.save", "dcp.async_save", "elastic commit", "tidemill")
+
+
+def build(state_mb: int, *, stepped: bool = True) -> ElasticState:
+    """A model of square layers with Adam: after one step, 3 float32 copies of the
+    parameters; unstepped (a fresh process about to restore), the parameters only."""
+    torch.manual_seed(0)
+    layers = max(1, round(state_mb * 1e6 / 12 / (WIDTH * WIDTH + WIDTH)))
+    model = torch.nn.Sequential(*[torch.nn.Linear(WIDTH, WIDTH) for _ in range(layers)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if stepped:
+        for parameter in model.parameters():
+            parameter.grad = torch.full_like(parameter, 1e-3)
+        optimizer.step()
+    return ElasticState(model, optimizer, extras={"epoch": 0}, data={"offset": 0})
+
+
+def state_bytes(state: ElasticState) -> int:
+    assert state.optimizer is not None
+    params = sum(p.numel() * p.element_size() for p in state.model.parameters())
+    return 3 * params
+
+
+class Compute:
+    """One training step's stand-in: fixed matrix products, same cost every step."""
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(1)
+        self.a = torch.randn(WORK, WORK, generator=generator)
+        self.b = torch.randn(WORK, WORK, generator=generator) / WORK
+
+    def step(self) -> None:
+        x = self.a
+        for _ in range(WORK_PRODUCTS):
+            x = torch.tanh(x @ self.b)
+
+
+@dataclass
+class Side:
+    """What a side does at a checkpoint, and what it waits for at the end of the loop."""
+
+    checkpoint: Callable[[int], None]
+    finish: Callable[[], None]
+    close: Callable[[], None]
+
+
+def side(name: str, state: ElasticState, folder: Path) -> Side:
+    folder.mkdir(parents=True, exist_ok=True)
+    assert state.optimizer is not None
+    optimizer = state.optimizer
+    if name == "torch.save":
+
+        def save(i: int) -> None:
+            state_dict = {"model": state.model.state_dict(), "optimizer": optimizer.state_dict()}
+            torch.save(state_dict, folder / "checkpoint.pt")
+
+        return Side(save, lambda: None, lambda: None)
+    if name == "dcp.async_save":
+        pending: list[Any] = []
+
+        def async_save(i: int) -> None:
+            for future in pending:
+                future.result()
+            state_dict = {"model": state.model.state_dict(), "optimizer": optimizer.state_dict()}
+            writer = dcp.FileSystemWriter(str(folder / f"step-{i}"))
+            pending[:] = [dcp.async_save(state_dict, storage_writer=writer, no_dist=True)]
+
+        def wait() -> None:
+            for future in pending:
+                future.result()
+
+        return Side(async_save, wait, lambda: None)
+    if name == "elastic commit":
+
+        def commit(i: int) -> None:
+            state.step = i
+            state.commit()
+
+        return Side(commit, lambda: None, lambda: None)
+    failures: list[str] = []
+    writer = CheckpointWriter(
+        CheckpointStore(str(folder), keep=1),
+        "bench",
+        on_saved=lambda manifest: None,
+        on_failed=lambda step, error: failures.append(error),
+    )
+
+    def submit(i: int) -> None:
+        state.step = i
+        state.commit()
+        writer.submit(state.committed)
+
+    def flush() -> None:
+        if not writer.flush(timeout_s=600) or failures:
+            raise RuntimeError(f"tidemill checkpoint failed: {failures}")
+
+    return Side(submit, flush, lambda: writer.close(timeout_s=60) and None)
+
+
+def loop(compute: Compute, interval: int, pairs: int, chosen: Side) -> tuple[float, float]:
+    """Stall and time held per checkpoint, from ``pairs`` pairs of intervals of the same
+    steps: one starting with a checkpoint (and ending when its write is done), one clean.
+
+    Interleaving the clean intervals with the checkpointed ones measures both under the
+    same conditions, so drift of a shared machine cancels out; the order within a pair
+    alternates so that neither kind always follows the other. Dirty pages are written
+    back between intervals, untimed: torch.save leaves its bytes to the kernel's
+    writeback, which would otherwise slow whichever interval comes next.
+    """
+    checkpointed = clean = held = 0.0
+    for pair in range(pairs):
+        for with_checkpoint in (True, False) if pair % 2 == 0 else (False, True):
+            started = time.perf_counter()
+            if with_checkpoint:
+                chosen.checkpoint(pair + 1)
+                held += time.perf_counter() - started
+            for _ in range(interval):
+                compute.step()
+            if with_checkpoint:
+                chosen.finish()
+                checkpointed += time.perf_counter() - started
+            else:
+                clean += time.perf_counter() - started
+            os.sync()
+    return (checkpointed - clean) / pairs, held / pairs
+
+
+def settle(folder: Path) -> None:
+    """Write back dirty pages and remove what a run wrote, so no run pays for another."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.sync()
+
+
+def measure_stall(state_mb: int, rounds: int, run_s: float, root: Path) -> dict[str, Any]:
+    state = build(state_mb)
+    compute = Compute()
+    for _ in range(5):
+        compute.step()
+    step_s = _timed(lambda: [compute.step() for _ in range(20)]) / 20
+    write_steps, write_s = probe_write(state, compute, root / "probe")
+    interval = math.ceil(1.5 * write_steps) + 1
+    pairs = max(2, math.ceil(run_s / (2 * interval * step_s)))
+
+    samples: dict[str, list[float]] = {name: [] for name in SIDES}
+    held: dict[str, list[float]] = {name: [] for name in SIDES}
+    for round_index in range(rounds):
+        order = SIDES if round_index % 2 == 0 else tuple(reversed(SIDES))
+        for name in order:
+            folder = root / f"{name}-{round_index}"
+            chosen = side(name, state, folder)
+            stall_s, held_s = loop(compute, interval, pairs, chosen)
+            chosen.close()
+            settle(folder)
+            samples[name].append(stall_s)
+            held[name].append(held_s)
+    added = [t - c for t, c in zip(samples["tidemill"], samples["elastic commit"], strict=True)]
+    samples["tidemill over elastic commit"] = added
+    reference = statistics.median(samples["torch.save"])
+    rows = [
+        {
+            "side": name,
+            "stall_s": round(statistics.median(values), 4),
+            "held_s": round(statistics.median(held[name]), 4) if name in held else None,
+            "stall_samples_s": [round(v, 4) for v in values],
+            "ratio_to_torch_save": round(statistics.median(values) / reference, 4),
+        }
+        for name, values in samples.items()
+    ]
+    return {
+        "state_mb": round(state_bytes(state) / 1e6, 1),
+        "step_s": round(step_s, 4),
+        "tidemill_write_s": round(write_s, 3),
+        "interval_steps": interval,
+        "checkpoints_per_run": pairs,
+        "stall": rows,
+    }
+
+
+def probe_write(state: ElasticState, compute: Compute, folder: Path) -> tuple[int, float]:
+    """Steps and seconds one tidemill checkpoint takes to write while steps run."""
+    writer = CheckpointWriter(CheckpointStore(str(folder)), None, lambda m: None, print)
+    state.commit()
+    started = time.perf_counter()
+    writer.submit(state.committed)
+    steps = 0
+    while writer.busy:
+        compute.step()
+        steps += 1
+    write_s = time.perf_counter() - started
+    writer.close(timeout_s=60)
+    settle(folder)
+    return steps, write_s
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def restore_worker(how: str, location: str, state_mb: int) -> None:
+    """In a fresh process: build the model and optimizer, then time the restore."""
+    state = build(state_mb, stepped=False)
+    assert state.optimizer is not None
+    started = time.perf_counter()
+    if how == "torch.load":
+        saved = torch.load(location, weights_only=False)
+        read_s = time.perf_counter() - started
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+    else:
+        loaded = CheckpointStore(location).load_newest(state.model, state.optimizer)
+        if loaded.committed is None:
+            raise RuntimeError(f"nothing loaded from {location}: {loaded.skipped}")
+        read_s = time.perf_counter() - started
+        state.adopt(loaded.committed)
+    total_s = time.perf_counter() - started
+    print(json.dumps({"restore_s": total_s, "read_s": read_s, "apply_s": total_s - read_s}))
+
+
+def measure_restore(state_mb: int, rounds: int, root: Path) -> dict[str, Any]:
+    state = build(state_mb)
+    assert state.optimizer is not None
+    state.commit()
+    folder = root / "restore"
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict()}
+    torch.save(saved, folder / "checkpoint.pt")
+    CheckpointStore(str(folder / "tidemill")).save(state.committed)
+    del state, saved
+    os.sync()
+    places = {"torch.load": str(folder / "checkpoint.pt"), "tidemill": str(folder / "tidemill")}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in places}
+    for round_index in range(rounds):
+        order = list(places) if round_index % 2 == 0 else list(reversed(places))
+        for name in order:
+            argv = [sys.executable, __file__, "--restore-worker", name, places[name]]
+            done = subprocess.run(
+                [*argv, str(state_mb)], capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"restore worker {name} failed:\n{done.stderr}")
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    settle(folder)
+    reference = statistics.median(run["restore_s"] for run in runs["torch.load"])
+    rows = []
+    for name, samples in runs.items():
+        restore_s = statistics.median(run["restore_s"] for run in samples)
+        rows.append(
+            {
+                "side": name,
+                "restore_s": round(restore_s, 4),
+                "read_s": round(statistics.median(run["read_s"] for run in samples), 4),
+                "apply_s": round(statistics.median(run["apply_s"] for run in samples), 4),
+                "samples_s": [round(run["restore_s"], 4) for run in samples],
+                "ratio_to_torch_load": round(restore_s / reference, 4),
+            }
+        )
+    return {"restore": rows}
+
+
+def print_size(result: dict[str, Any]) -> None:
+    print(
+        f"\nstate {result['state_mb']} MB: step {result['step_s'] * 1000:.1f} ms, checkpoint"
+        f" every {result['interval_steps']} steps, tidemill write {result['tidemill_write_s']} s"
+    )
+    print(f"{'side':<30} {'stall s':>9} {'held s':>8} {'vs torch.save':>14}")
+    for row in result["stall"]:
+        held = "" if row["held_s"] is None else f"{row['held_s']:.4f}"
+        print(
+            f"{row['side']:<30} {row['stall_s']:>9.4f} {held:>8} "
+            f"{row['ratio_to_torch_save']:>13.1%}"
+        )
+    print(f"{'restore':<30} {'total s':>9} {'read s':>8} {'apply s':>8} {'vs torch.load':>14}")
+    for row in result["restore"]:
+        print(
+            f"{row['side']:<30} {row['restore_s']:>9.3f} {row['read_s']:>8.3f} "
+            f"{row['apply_s']:>8.3f} {row['ratio_to_torch_load']:>13.2f}x"
+        )
+
+
+def verdict(results: list[dict[str, Any]]) -> dict[str, bool]:
+    def stall_of(result: dict[str, Any], name: str) -> float:
+        return float(next(r for r in result["stall"] if r["side"] == name)["ratio_to_torch_save"])
+
+    def restore_of(result: dict[str, Any]) -> float:
+        return float(next(r for r in result["restore"] if r["side"] == "tidemill")[
+            "ratio_to_torch_load"
+        ])
+
+    return {
+        "stall_total_under_5pct": all(stall_of(r, "tidemill") < GOAL_STALL_RATIO for r in results),
+        "stall_over_commit_under_5pct": all(
+            stall_of(r, "tidemill over elastic commit") < GOAL_STALL_RATIO for r in results
+        ),
+        "restore_no_slower_than_torch_load": all(restore_of(r) <= 1.0 for r in results),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes-mb", default="100,1000", help="state sizes, comma-separated")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the stall loops")
+    parser.add_argument("--restore-rounds", type=int, default=5)
+    parser.add_argument(
+        "--run-s", type=float, default=30.0, help="least seconds of steps per side and round"
+    )
+    parser.add_argument(
+        "--compute-threads",
+        type=int,
+        default=1,
+        help="torch threads of the compute steps (1: the other cores are free, as a GPU"
+        " node's host cores are; all cores: CPU training)",
+    )
+    parser.add_argument("--restore-worker", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.restore_worker:
+        how, location, state_mb = args.restore_worker
+        restore_worker(how, location, int(state_mb))
+        return
+    torch.set_num_threads(args.compute_threads)
+
+    load_before = os.getloadavg()[0]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tidemill-bench-checkpoint-", dir="/tmp") as tmp:
+        for state_mb in (int(size) for size in args.sizes_mb.split(",")):
+            result = measure_stall(state_mb, args.rounds, args.run_s, Path(tmp))
+            result.update(measure_restore(state_mb, args.restore_rounds, Path(tmp)))
+            results.append(result)
+            print_size(result)
+    goals = verdict(results)
+    shown = (f"{name} {'met' if met else 'NOT met'}" for name, met in goals.items())
+    print("\ngoals: " + ", ".join(shown))
+    report = {
+        "benchmark": "checkpoint",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "compute_threads": args.compute_threads,
+        "rounds": args.rounds,
+        "restore_rounds": args.restore_rounds,
+        "run_s": args.run_s,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "goals": goals,
+        "results": results,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
