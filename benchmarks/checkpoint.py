@@ -362,9 +362,9 @@ def verdict(results: list[dict[str, Any]]) -> dict[str, bool]:
         return float(next(r for r in result["stall"] if r["side"] == name)["ratio_to_torch_save"])
 
     def restore_of(result: dict[str, Any]) -> float:
-        return float(next(r for r in result["restore"] if r["side"] == "tidemill")[
-            "ratio_to_torch_load"
-        ])
+        return float(
+            next(r for r in result["restore"] if r["side"] == "tidemill")["ratio_to_torch_load"]
+        )
 
     return {
         "stall_total_under_5pct": all(stall_of(r, "tidemill") < GOAL_STALL_RATIO for r in results),
