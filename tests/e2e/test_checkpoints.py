@@ -103,7 +103,8 @@ def test_killing_every_worker_and_the_master_mid_stream_resumes_exactly_once(
     assert producer.error is None, producer.error
     assert final.phase == "Succeeded", final.message
     ledger_counts(result)
-    assert restored_step(client, "clicks") >= int(str(saved))
+    assert isinstance(saved, int)
+    assert restored_step(client, "clicks") >= saved
     assert committed_offsets(broker.bootstrap, topic) == [STREAM_PER_PARTITION] * PARTITIONS
 
 

@@ -3,7 +3,6 @@ against a real server; the checkpoints are written by the real store."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,7 +96,8 @@ def test_resume_from_must_name_a_usable_checkpoint(
                 client.submit(idle_elastic_job("resumed", {"resumeFrom": str(where)}))
             errors = {e.path: e.message for e in caught.value.errors}
             assert expected in errors["spec.checkpoint.resumeFrom"], errors
-        client.submit(idle_elastic_job("resumed", {"resumeFrom": str(good)}))
+        uid = client.submit(idle_elastic_job("resumed", {"resumeFrom": str(good)})).uid
         client.submit(idle_elastic_job("one", {"resumeFrom": str(good / "step-000000000007")}))
         raw = httpx.get(f"{runner.url}/api/v1/jobs/resumed/checkpoints").json()
-    assert raw["items"] == [] and json.dumps(raw)
+    assert raw["items"] == [], "a job that has not trained yet has no checkpoints"
+    assert raw["url"].endswith(f"/default/resumed/{uid}")
