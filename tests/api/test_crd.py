@@ -339,7 +339,7 @@ BAD_OBJECTS = [
     ("spec.roles.worker.restartPolicy", lambda role: role.update(restartPolicy="Sometimes")),
     ("spec.roles.worker.resources.cpu", lambda role: role["resources"].update(cpu="lots")),
     ("spec.roles.worker.resources.memory", lambda role: role["resources"].update(memory="1 GB")),
-    ("spec.roles.worker.command", lambda role: role.update(command=[])),
+    ("spec.roles.worker.image", lambda role: role.update(image=7)),
     ("spec.roles.worker.maxRestarts", lambda role: role.update(maxRestarts=-1)),
 ]
 

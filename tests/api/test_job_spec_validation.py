@@ -154,6 +154,68 @@ BAD = {
         job_yaml("    worker: {replicas: 1}"),
         ["spec.roles.worker.command: required field is missing"],
     ),
+    "a ps role with neither a command nor tables": (
+        job_yaml("    ps: {replicas: 2, command: []}\n    worker: {command: [x]}", mode="ps"),
+        [
+            "spec.roles.ps: command: is empty; give the argv of the replica process "
+            "(e.g. [python, train.py]), or, for a ps role, tables for tidemill's PS server"
+        ],
+    ),
+    "a ps role with both a command and tables": (
+        job_yaml(
+            "    ps: {command: [x], tables: [{name: t, dim: 4, optimizer: {name: sgd}}]}\n"
+            "    worker: {command: [x]}",
+            mode="ps",
+        ),
+        [
+            "spec.roles.ps: give tables (tidemill's PS server runs them) or a command (your "
+            "own parameter server), not both"
+        ],
+    ),
+    "a table with dim 0 and an optimizer that does not exist": (
+        job_yaml(
+            "    ps: {tables: [{name: t, dim: 0, optimizer: {name: adamw}}]}\n"
+            "    worker: {command: [x]}",
+            mode="ps",
+        ),
+        [
+            "spec.roles.ps.tables.0.dim: Input should be greater than or equal to 1",
+            "spec.roles.ps.tables.0.optimizer.name: 'adamw' is not an optimizer tidemill's PS "
+            "runs; use sgd, adagrad, adam, ftrl",
+        ],
+    ),
+    "two tables of one name, and staleness with sync": (
+        job_yaml(
+            "    ps:\n      maxStalenessSteps: 2\n      tables:\n"
+            "        - {name: t, dim: 4, optimizer: {name: sgd}}\n"
+            "        - {name: t, dim: 8, optimizer: {name: sgd}}\n"
+            "    worker: {command: [x]}",
+            mode="ps",
+        ),
+        [
+            "spec.roles.ps: tables.1.name: 't' is declared twice; table names are unique "
+            "within a job; maxStalenessSteps=2 has no effect with consistency: sync; set "
+            "consistency: async, or drop maxStalenessSteps"
+        ],
+    ),
+    "an elastic PS role": (
+        job_yaml(
+            "    ps: {replicas: 2, maxReplicas: 4, tables: [{name: t, dim: 4, "
+            "optimizer: {name: sgd}}]}\n    worker: {command: [x]}",
+            mode="ps",
+        ),
+        [
+            "spec.roles.ps: tidemill's PS replicas are not elastic (the tables are sharded "
+            "over them): drop minReplicas/maxReplicas, keep replicas: 2"
+        ],
+    ),
+    "PS settings on a worker": (
+        job_yaml("    worker: {command: [x], consistency: async}"),
+        [
+            "spec.roles.worker: consistency, maxStalenessSteps and virtualShards configure "
+            "tidemill's PS server: they belong to a ps role with tables and no command"
+        ],
+    ),
     "two chiefs": (
         job_yaml("    chief: {command: [x], replicas: 2}"),
         ["spec: roles.chief: there is at most one chief (replicas: 1)"],

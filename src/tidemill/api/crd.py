@@ -89,6 +89,8 @@ def _lenient_forms(spec: dict[str, Any]) -> None:
         "description": "NAME: value, or a list of {name, value} as in a Pod",
         "x-kubernetes-preserve-unknown-fields": True,
     }
+    # A ps role with tables runs tidemill's PS server and has no command.
+    spec["properties"]["roles"]["additionalProperties"]["required"].remove("command")
     data = spec["properties"]["data"]["properties"]
     kafka = data["stages"]["items"]["properties"]["sources"]["items"]["properties"]["kafka"]
     kafka["properties"]["topic"] = {"type": "string", "description": "one topic: topics: [X]"}

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from tidemill.api._model import (
     Int64,
@@ -37,6 +38,18 @@ from tidemill.api.limits import (
     shown,
     utf8_size,
 )
+from tidemill.api.ps import (
+    DEFAULT_VIRTUAL_SHARDS,
+    MAX_STALENESS_STEPS,
+    MAX_TABLES,
+    MAX_VIRTUAL_SHARDS,
+    Admission,
+    Consistency,
+    Eviction,
+    TableOptimizer,
+    TableSpec,
+    tables_problems,
+)
 from tidemill.api.quantity import CpuCores, MemoryBytes
 from tidemill.api.sources import IcebergSource, KafkaSource, ParquetSource
 
@@ -50,6 +63,8 @@ API_VERSIONS = (API_VERSION, CRD_API_VERSION)
 KIND = "TrainingJob"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 USER_ROLES = ("chief", "worker", "ps", "evaluator")
+_PS_ONLY = ("tables", "consistency", "max_staleness_steps", "virtual_shards")
+"""RoleSpec fields that configure tidemill's PS server (role ``ps`` only)."""
 """Roles a job file may declare. ``master`` is reserved for tidemill's per-job master."""
 
 
@@ -156,7 +171,10 @@ class RoleSpec(SpecModel):
         default=None, ge=1, le=MAX_REPLICAS_PER_ROLE, description="elastic upper bound"
     )
     resources: Resources = Field(default_factory=Resources)
-    command: list[ArgText] = Field(min_length=1, description="argv of the replica process")
+    command: list[ArgText] = Field(
+        description="argv of the replica process; a ps role with tables and no command "
+        "runs tidemill's own parameter server",
+    )
     args: list[ArgText] = Field(default_factory=list, description="appended to command")
     env: dict[str, ArgText] = Field(default_factory=dict)
     working_dir: str | None = Field(default=None, description="relative to the job file")
@@ -165,6 +183,36 @@ class RoleSpec(SpecModel):
     max_restarts: int = Field(
         default=3, ge=0, le=INT64_MAX, description="per replica, before the job fails"
     )
+    tables: list[TableSpec] | None = Field(
+        default=None,
+        max_length=MAX_TABLES,
+        description="ps role only: embedding tables tidemill's PS server holds",
+    )
+    consistency: Consistency | None = Field(
+        default=None, description="ps role only: sync (exact; the default) or async"
+    )
+    max_staleness_steps: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_STALENESS_STEPS,
+        description="ps role only, async: steps a pull may run ahead of the slowest worker",
+    )
+    virtual_shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_VIRTUAL_SHARDS,
+        description="ps role only: ids hash into this many shards spread over the replicas "
+        f"(default {DEFAULT_VIRTUAL_SHARDS})",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ps_server_command(cls, value: object) -> object:
+        """Tables and no command: tidemill's PS server is the program (the command stays
+        required everywhere else, and a missing one is reported at ``command``)."""
+        if isinstance(value, dict) and "tables" in value and "command" not in value:
+            return {**value, "command": []}
+        return value
 
     @field_validator("env", mode="before")
     @classmethod
@@ -233,6 +281,44 @@ class RoleSpec(SpecModel):
                 f"replicas={self.replicas} must lie within minReplicas={low} and maxReplicas={high}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _program(self) -> RoleSpec:
+        """A replica runs the user's command, or (ps only) tidemill's PS server."""
+        if self.tables is not None:
+            if self.command:
+                raise ValueError(
+                    "give tables (tidemill's PS server runs them) or a command (your own "
+                    "parameter server), not both"
+                )
+            problems = tables_problems(
+                self.tables, self.consistency or Consistency.SYNC, self.max_staleness_steps or 0
+            )
+            if not self.tables:
+                problems.append("tables: is empty; declare at least one table")
+            if self.is_elastic:
+                problems.append(
+                    "tidemill's PS replicas are not elastic (the tables are sharded over "
+                    f"them): drop minReplicas/maxReplicas, keep replicas: {self.replicas}"
+                )
+            if problems:
+                raise ValueError("; ".join(problems))
+        elif any(getattr(self, name) is not None for name in _PS_ONLY):
+            raise ValueError(
+                "consistency, maxStalenessSteps and virtualShards configure tidemill's PS "
+                "server: they belong to a ps role with tables and no command"
+            )
+        elif not self.command:
+            raise ValueError(
+                "command: is empty; give the argv of the replica process (e.g. "
+                "[python, train.py]), or, for a ps role, tables for tidemill's PS server"
+            )
+        return self
+
+    @property
+    def runs_ps_server(self) -> bool:
+        """tidemill's own PS server, not a user command."""
+        return self.tables is not None
 
     @property
     def is_elastic(self) -> bool:
@@ -333,6 +419,14 @@ class TrainingJobSpec(SpecModel):
             problems.append("mode 'ps' needs a 'ps' role with the parameter servers")
         if self.mode is Mode.ALLREDUCE and "ps" in self.roles:
             problems.append("mode 'allreduce' has no parameter servers; use mode: ps")
+        for name, role in self.roles.items():
+            misplaced = [f for f in _PS_ONLY if getattr(role, f) is not None]
+            if name != "ps" and misplaced:
+                fields = ", ".join(to_camel(f) for f in misplaced)
+                problems.append(
+                    f"roles.{name}: {fields} belong to the ps role (tidemill's parameter "
+                    "servers); move them under roles.ps"
+                )
         pods = sum(role.max_bound for role in self.roles.values())
         if pods > MAX_PODS_PER_JOB:
             sizes = " + ".join(f"{role.max_bound:,} {name}" for name, role in self.roles.items())
@@ -402,6 +496,10 @@ def spec_field_names() -> dict[str, str]:
         (ParquetSource, f"{source}.parquet"),
         (IcebergSource, f"{source}.iceberg"),
         (KafkaSource, f"{source}.kafka"),
+        (TableSpec, "spec.roles.ps.tables.<i>"),
+        (TableOptimizer, "spec.roles.ps.tables.<i>.optimizer"),
+        (Admission, "spec.roles.ps.tables.<i>.admission"),
+        (Eviction, "spec.roles.ps.tables.<i>.eviction"),
     )
     where: dict[str, list[str]] = {}
     for model, place in places:
