@@ -88,6 +88,7 @@ class _Role:
     """Pods of this role in the gang; the rest are optional (None: all required)."""
     first: int = 0
     extended: tuple[tuple[str, int], ...] = ()
+    spread: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,18 @@ class job:
         return replace(self, main=replace(self.main, name=name))
 
     def plus(
-        self, role: str, count: int, gpu: float = 0.0, cpu: float = 1, memory: float = 1
+        self,
+        role: str,
+        count: int,
+        gpu: float = 0.0,
+        cpu: float = 1,
+        memory: float = 1,
+        spread: bool = False,
     ) -> job:
-        """Another role in the same gang (e.g. parameter servers beside workers)."""
-        return replace(self, extra=(*self.extra, _Role(role, count, gpu, cpu, memory, None)))
+        """Another role in the same gang (e.g. parameter servers beside workers;
+        ``spread``: tidemill's PS servers, placed first, one per node when possible)."""
+        extra = _Role(role, count, gpu, cpu, memory, None, spread=spread)
+        return replace(self, extra=(*self.extra, extra))
 
     def queue(self, name: str) -> job:
         return replace(self, queue_name=name)
@@ -161,6 +170,7 @@ class job:
                 gpu_model=r.gpu_model,
                 optional=self.growth or (r.required is not None and i >= r.required),
                 extended=r.extended,
+                spread=r.spread,
             )
             for r in (self.main, *self.extra)
             for i in range(r.count)

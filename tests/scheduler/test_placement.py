@@ -11,6 +11,31 @@ from tidemill.scheduler import Decisions
 from .builders import bound, decide, device_shares, job, node, placements, running
 
 
+def test_parameter_servers_go_first_one_per_node_while_workers_pack() -> None:
+    decisions = decide(
+        nodes=[node("n1").cpu(16), node("n2").cpu(16), node("n3").cpu(16)],
+        jobs=[job("ctr").pods(4).cpu(2).plus("ps", 3, cpu=2, memory=8, spread=True)],
+    )
+    servers = sorted(p.node for p in placements(decisions, "ctr") if p.role == "ps")
+    assert servers == ["n1", "n2", "n3"]
+
+
+def test_parameter_servers_share_a_node_when_no_other_node_has_room() -> None:
+    decisions = decide(
+        nodes=[node("n1").cpu(16), node("n2").cpu(1)],
+        jobs=[job("ctr").pods(1).cpu(1).plus("ps", 2, cpu=4, spread=True)],
+    )
+    assert sorted(p.node for p in placements(decisions, "ctr") if p.role == "ps") == ["n1", "n1"]
+
+
+def test_without_spread_best_fit_packs_servers_onto_one_node() -> None:
+    decisions = decide(
+        nodes=[node("n1").cpu(16), node("n2").cpu(16)],
+        jobs=[job("tf").pods(1).cpu(1).plus("ps", 2, cpu=2)],
+    )
+    assert len({p.node for p in placements(decisions, "tf")}) == 1
+
+
 def test_a_gang_that_does_not_fit_whole_holds_nothing() -> None:
     decisions = decide(
         nodes=[node("n1").gpus(8), node("n2").gpus(8)],

@@ -46,6 +46,7 @@ from tidemill.api.ps import (
     Admission,
     Consistency,
     Eviction,
+    PSServerSpec,
     TableOptimizer,
     TableSpec,
     tables_problems,
@@ -320,6 +321,18 @@ class RoleSpec(SpecModel):
         """tidemill's own PS server, not a user command."""
         return self.tables is not None
 
+    def ps_server_spec(self) -> PSServerSpec | None:
+        """What this role's PS server serves, or None when it runs a user command."""
+        if self.tables is None:
+            return None
+        return PSServerSpec(
+            tables=self.tables,
+            consistency=self.consistency or Consistency.SYNC,
+            max_staleness_steps=self.max_staleness_steps or 0,
+            virtual_shards=self.virtual_shards or DEFAULT_VIRTUAL_SHARDS,
+            replicas=max(1, self.replicas),
+        )
+
     @property
     def is_elastic(self) -> bool:
         return self.min_bound < self.max_bound
@@ -471,6 +484,12 @@ class TrainingJob(SpecModel):
     @property
     def queue_name(self) -> str:
         return self.spec.queue or self.metadata.namespace
+
+    @property
+    def ps_server(self) -> PSServerSpec | None:
+        """The tables of tidemill's own PS server, when the ``ps`` role runs it."""
+        role = self.spec.roles.get("ps")
+        return None if role is None else role.ps_server_spec()
 
     def to_document(self) -> dict[str, Any]:
         """The job as a JSON-able dict in job-file form (round-trips through the loader)."""

@@ -29,6 +29,13 @@ from pydantic import Field, field_validator
 from tidemill.api._model import SpecModel
 from tidemill.api.limits import INT64_MAX, shown
 
+PS_VAR = "TIDEMILL_PS"
+"""The PS server's tables and consistency (JSON of :class:`PSServerSpec`), given to the
+PS replicas, the workers (their clients) and the job master."""
+PS_ADDRS_VAR = "TIDEMILL_PS_ADDRS"
+"""``host:port`` of every PS replica, comma-separated in index order."""
+PS_SERVER_MODULE = "tidemill.ps"
+"""What a ps role with tables and no command runs: ``python -m tidemill.ps``."""
 MAX_TABLES = 256
 MAX_DIM = 65_536
 MAX_VIRTUAL_SHARDS = 1 << 20
@@ -136,3 +143,17 @@ def tables_problems(
             "set consistency: async, or drop maxStalenessSteps"
         )
     return problems
+
+
+class PSServerSpec(SpecModel):
+    """What tidemill's PS server and its clients are told: a ``ps`` role's tables and
+    consistency, as ``TIDEMILL_PS``."""
+
+    tables: list[TableSpec] = Field(min_length=1, max_length=MAX_TABLES)
+    consistency: Consistency = Consistency.SYNC
+    max_staleness_steps: int = Field(default=0, ge=0, le=MAX_STALENESS_STEPS)
+    virtual_shards: int = Field(default=DEFAULT_VIRTUAL_SHARDS, ge=1, le=MAX_VIRTUAL_SHARDS)
+    replicas: int = Field(ge=1, description="PS replicas the tables are sharded over")
+
+    def to_env(self) -> dict[str, str]:
+        return {PS_VAR: self.model_dump_json(by_alias=True)}

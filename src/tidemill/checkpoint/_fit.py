@@ -34,9 +34,7 @@ def check_model(url: str, manifest: Manifest, model: torch.nn.Module) -> None:
         )
 
 
-def check_optimizer(
-    url: str, manifest: Manifest, optimizer: torch.optim.Optimizer | None
-) -> None:
+def check_optimizer(url: str, manifest: Manifest, optimizer: torch.optim.Optimizer | None) -> None:
     """CheckpointMismatch when the parameter groups differ in number or size.
 
     No optimizer, or no optimizer state in the checkpoint, fits: the first keeps

@@ -127,9 +127,7 @@ class Manifest:
         )
 
 
-def _get(
-    raw: Any, name: str, check: Callable[[Any, str], T], parent: str | None = None
-) -> T:
+def _get(raw: Any, name: str, check: Callable[[Any, str], T], parent: str | None = None) -> T:
     where = f"{parent}.{name}" if parent else name
     if not isinstance(raw, dict):
         raise ValueError(f"field {parent!r}: expected an object, got {raw!r}")

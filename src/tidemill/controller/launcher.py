@@ -18,7 +18,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tidemill.api.checkpoint import CheckpointPlan, job_checkpoint_plan
-from tidemill.api.job import TrainingJob
+from tidemill.api.job import RoleSpec, TrainingJob
+from tidemill.api.ps import PS_SERVER_MODULE
 from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
 from tidemill.controller.model import JobSnapshot, ReplicaSnapshot
 from tidemill.engines.base import LaunchSpec
@@ -105,6 +106,25 @@ def data_env(spec: TrainingJob, role: str) -> dict[str, str]:
     return {DATA_VAR: data.model_dump_json(by_alias=True, exclude_none=True)}
 
 
+PS_ENV_ROLES = (MASTER_ROLE, "ps", "chief", "worker", "evaluator")
+"""Roles told the PS server's tables: the servers, their clients, and the job master."""
+
+
+def ps_env(spec: TrainingJob, role: str) -> dict[str, str]:
+    """The PS server's tables as ``TIDEMILL_PS``, when the ps role runs tidemill's."""
+    server = spec.ps_server
+    if server is None or role not in PS_ENV_ROLES:
+        return {}
+    return server.to_env()
+
+
+def replica_argv(role: RoleSpec) -> tuple[str, ...]:
+    """The user's command, or ``python -m tidemill.ps`` for a ps role with tables."""
+    if role.runs_ps_server:
+        return (sys.executable, "-m", PS_SERVER_MODULE)
+    return tuple(role.argv)
+
+
 ReplicaHost = Callable[[str, str, int, str], str]
 """(job key, role, index, node) -> the address others reach that replica by
 (``Engine.replica_host``)."""
@@ -184,12 +204,13 @@ class Launcher:
             launch_id=replica.launch_id,
             role=replica.role,
             index=replica.index,
-            argv=tuple(role.argv),
+            argv=replica_argv(role),
             env={
                 **role.env,
                 **replica_env(context),
                 **elastic_env(spec),
                 **data_env(spec, replica.role),
+                **ps_env(spec, replica.role),
                 **self.checkpoint_env(job, spec),
                 **self.credential_env(job),
             },
@@ -220,6 +241,7 @@ class Launcher:
             "TIDEMILL_ELASTIC_MAX": str(high),
             "PYTHONUNBUFFERED": "1",
             **data_env(spec, MASTER_ROLE),
+            **ps_env(spec, MASTER_ROLE),
             **self.checkpoint_env(job, spec),
             **self.credential_env(job),
         }

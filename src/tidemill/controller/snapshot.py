@@ -59,6 +59,7 @@ def _pod(name: str, job: TrainingJob, index: int, optional: bool) -> PodRequest:
         gpu_model=resources.gpu_model,
         optional=optional,
         extended=_extended(resources.extended),
+        spread=job.spec.roles[name].runs_ps_server,
     )
 
 

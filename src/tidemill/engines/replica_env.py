@@ -18,7 +18,8 @@ Rank layout:
 
 ``TF_CONFIG`` is written whenever replica addresses are given (the controller gives
 them for ``ps`` mode): the cluster lists chief, worker and ps replicas; an evaluator
-is not in the cluster but still gets its ``task``.
+is not in the cluster but still gets its ``task``. With it, ``TIDEMILL_PS_ADDRS`` lists
+the ps replicas in index order (tidemill's PS client and servers read it).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tidemill.api.job import Mode
+from tidemill.api.ps import PS_ADDRS_VAR
 
 COLLECTIVE_ROLES = ("chief", "worker")
 """Roles that share ``RANK``/``WORLD_SIZE`` and the torch.distributed rendezvous."""
@@ -121,6 +123,9 @@ def replica_env(ctx: ReplicaContext) -> dict[str, str]:
         env["MASTER_PORT"] = str(ctx.master_port)
     if ctx.addresses:
         env["TF_CONFIG"] = json.dumps(tf_config(ctx.roles, ctx.role, ctx.index, ctx.addresses))
+        servers = [ctx.addresses[("ps", i)] for i in range(ctx.roles.get("ps", 0))]
+        if servers:
+            env[PS_ADDRS_VAR] = ",".join(servers)
     return env
 
 

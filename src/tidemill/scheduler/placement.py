@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +39,10 @@ class Misfit:
     shortfall: Shortfall
 
 
-def size_key(pod: PodRequest) -> tuple[float, int, int]:
-    """Sorts biggest first: the hardest pods get the widest choice of nodes."""
-    return (-pod.gpu, -pod.cpu_millis, -pod.memory_bytes)
+def size_key(pod: PodRequest) -> tuple[bool, float, int, int]:
+    """Sorts spread pods (parameter servers) first, then biggest first: the hardest pods
+    get the widest choice of nodes."""
+    return (not pod.spread, -pod.gpu, -pod.cpu_millis, -pod.memory_bytes)
 
 
 def request_problem(pod: PodRequest) -> str | None:
@@ -146,18 +148,24 @@ def _place_all(capacity: Capacity, pods: Sequence[PodRequest]) -> tuple[Placemen
     """Hold pods biggest first; stop at the first that fits nowhere, leaving the
     earlier ones held so the caller can explain against that state before undoing."""
     placed: dict[int, Placement] = {}
+    spread_nodes: set[str] = set()
     for position, pod in sorted(enumerate(pods), key=lambda item: (*size_key(item[1]), item[0])):
-        placement = place_pod(capacity, pod)
+        placement = place_pod(capacity, pod, spread_nodes if pod.spread else frozenset())
         if placement is None:
             return _Stuck(len(placed), pod)
         capacity.hold([placement])
         placed[position] = placement
+        if pod.spread:
+            spread_nodes.add(placement.node)
     return tuple(placed[i] for i in range(len(pods)))
 
 
-def place_pod(capacity: Capacity, pod: PodRequest) -> Placement | None:
-    """The best-fit spot for one pod as things are now; nothing is held."""
-    chosen = _choose(capacity, pod)
+def place_pod(
+    capacity: Capacity, pod: PodRequest, avoid: AbstractSet[str] = frozenset()
+) -> Placement | None:
+    """The best-fit spot for one pod as things are now, off the nodes in ``avoid`` when
+    another fits; nothing is held."""
+    chosen = _choose(capacity, pod, avoid)
     if chosen is None:
         return None
     row, devices = chosen
@@ -174,7 +182,9 @@ def place_pod(capacity: Capacity, pod: PodRequest) -> Placement | None:
     )
 
 
-def _choose(capacity: Capacity, pod: PodRequest) -> tuple[int, tuple[int, ...]] | None:
+def _choose(
+    capacity: Capacity, pod: PodRequest, avoid: AbstractSet[str]
+) -> tuple[int, tuple[int, ...]] | None:
     """The best-fit node for ``pod`` and the devices to take there.
 
     Masks run over all nodes; the scoring gathers only the nodes still in the running.
@@ -183,6 +193,11 @@ def _choose(capacity: Capacity, pod: PodRequest) -> tuple[int, tuple[int, ...]] 
     ok &= capacity.free_memory >= pod.memory_bytes
     if pod.extended:
         ok &= capacity.extended_mask(pod.extended)
+    if avoid:
+        elsewhere = ok.copy()
+        elsewhere[[capacity.index[name] for name in avoid]] = False
+        if elsewhere.any():
+            ok = elsewhere
     if 0 < pod.gpu < 1:
         ok &= capacity.least_used <= 1.0 - pod.gpu + EPS
         rows = np.flatnonzero(ok)

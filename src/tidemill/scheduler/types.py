@@ -91,6 +91,9 @@ class PodRequest:
     gang, only in idle room, never by preempting; its job starts without it."""
     extended: Extended = ()
     """Extended resources it needs on its node, e.g. ``(("rdma/hca", 2),)``."""
+    spread: bool = False
+    """Placed before the gang's other pods, each on a node no other spread pod of the gang
+    has when the cluster allows (parameter servers: one shard per node's memory and NIC)."""
 
     @property
     def vector(self) -> ResourceVector:

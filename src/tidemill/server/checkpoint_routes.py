@@ -71,4 +71,3 @@ def checkpoint_routes(guard: Guard, controller: Controller) -> APIRouter:
         return CheckpointList(url=plan.url, items=await read_checkpoints(plan.url))
 
     return router
-

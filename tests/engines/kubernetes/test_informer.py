@@ -70,13 +70,19 @@ def test_lost_events_heal_at_the_next_list_and_repeated_ones_change_nothing(
         wait_for(lambda: names_in(informer) == {"a", "b"}, timeout_s=10, what="nodes seen")
         emulator.drop_watch_events(1)
         core.delete_node("a")
-        wait_for(lambda: names_in(informer) == {"b"}, timeout_s=10,
-                 what="the dropped deletion healed by the next list")
+        wait_for(
+            lambda: names_in(informer) == {"b"},
+            timeout_s=10,
+            what="the dropped deletion healed by the next list",
+        )
 
         emulator.duplicate_watch_events(3)
         core.patch_node("b", {"metadata": {"labels": {"rack": "r1"}}})
-        wait_for(lambda: informer.get("", "b")["metadata"]["labels"].get("rack") == "r1",
-                 timeout_s=10, what="the label seen")
+        wait_for(
+            lambda: informer.get("", "b")["metadata"]["labels"].get("rack") == "r1",
+            timeout_s=10,
+            what="the label seen",
+        )
         assert names_in(informer) == {"b"}
     finally:
         informer.stop()

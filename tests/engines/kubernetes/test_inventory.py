@@ -28,8 +28,14 @@ def node(
     }
 
 
-def pod(node_name: str, cpu: str, memory: str, ours: bool = False, phase: str = "Running",
-        init_cpu: str | None = None) -> dict[str, Any]:
+def pod(
+    node_name: str,
+    cpu: str,
+    memory: str,
+    ours: bool = False,
+    phase: str = "Running",
+    init_cpu: str | None = None,
+) -> dict[str, Any]:
     labels = {"app.kubernetes.io/managed-by": "tidemill"} if ours else {}
     spec: dict[str, Any] = {
         "nodeName": node_name,

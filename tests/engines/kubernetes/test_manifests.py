@@ -102,11 +102,54 @@ spec:
     assert master_env["TIDEMILL_MASTER_HOST"] == "ctr-master-0.ctr.ads.svc"
 
 
+def test_a_ps_role_with_tables_runs_tidemill_s_server_and_every_pod_knows_the_servers() -> None:
+    job = load_job_text(
+        """
+apiVersion: tidemill/v1
+kind: TrainingJob
+metadata: {name: ctr, namespace: ads}
+spec:
+  mode: ps
+  roles:
+    ps:
+      replicas: 2
+      tables: [{name: user, dim: 8, optimizer: {name: adagrad, lr: 0.05}}]
+    worker: {replicas: 2, command: [python, train.py]}
+"""
+    )
+    objects = job_manifests(job, KubernetesOptions(default_image=IMAGE))
+    for obj in objects:
+        validate(obj)
+    pods = {
+        (p["metadata"]["labels"][names.ROLE_LABEL], p["spec"]["containers"][0]["command"][-1]): {
+            e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]
+        }
+        for p in objects
+        if p["kind"] == "Pod"
+    }
+    assert set(pods) == {
+        ("master", "tidemill.master"),
+        ("ps", "tidemill.ps"),
+        ("worker", "train.py"),
+    }
+    servers = "ctr-ps-0.ctr.ads.svc:2222,ctr-ps-1.ctr.ads.svc:2222"
+    assert pods[("worker", "train.py")]["TIDEMILL_PS_ADDRS"] == servers
+    assert pods[("ps", "tidemill.ps")]["TIDEMILL_PS_ADDRS"] == servers
+    tables = json.loads(pods[("worker", "train.py")]["TIDEMILL_PS"])
+    assert (tables["replicas"], tables["consistency"], tables["tables"][0]["dim"]) == (2, "sync", 8)
+
+
 @pytest.mark.parametrize(
     ("sharing", "expected"),
     [
-        ("hami", {"nvidia.com/gpu": "1", "nvidia.com/gpucores": "50",
-                  "nvidia.com/gpumem-percentage": "50"}),
+        (
+            "hami",
+            {
+                "nvidia.com/gpu": "1",
+                "nvidia.com/gpucores": "50",
+                "nvidia.com/gpumem-percentage": "50",
+            },
+        ),
         ("time-slicing", {"nvidia.com/gpu.shared": "1"}),
     ],
 )
@@ -170,14 +213,20 @@ def test_long_names_are_cut_to_dns_labels_and_stay_distinct() -> None:
 def test_the_manifests_command_prints_valid_objects_and_refuses_a_job_without_image() -> None:
     example = str(ROOT / "examples" / "digits_ddp" / "job.yaml")
     run = [sys.executable, "-m", "tidemill", "manifests", example]
-    done = subprocess.run([*run, "--default-image", IMAGE], capture_output=True, text=True,
-                          timeout=60, check=True)
+    done = subprocess.run(
+        [*run, "--default-image", IMAGE], capture_output=True, text=True, timeout=60, check=True
+    )
     objects = list(yaml.safe_load_all(done.stdout))
     assert [o["kind"] for o in objects] == ["TrainingJob", "Service", "Secret", "Pod", "Pod"]
     for obj in objects:
         validate(obj)
-    as_json = subprocess.run([*run, "--default-image", IMAGE, "-o", "json"], capture_output=True,
-                             text=True, timeout=60, check=True)
+    as_json = subprocess.run(
+        [*run, "--default-image", IMAGE, "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert json.loads(as_json.stdout) == objects
     refused = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2

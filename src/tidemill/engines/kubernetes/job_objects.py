@@ -95,9 +95,7 @@ def job_status(row: JobRow, generation: int | None) -> dict[str, Any]:
 
 def job_of(obj: Obj) -> TrainingJob:
     """The job an object describes (list items may leave out apiVersion and kind)."""
-    return job_from_custom_object(
-        {"apiVersion": names.API_VERSION, "kind": names.KIND, **obj}
-    )
+    return job_from_custom_object({"apiVersion": names.API_VERSION, "kind": names.KIND, **obj})
 
 
 class JobObjects:
@@ -271,7 +269,6 @@ class JobObjects:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-
 
     def _delete_pod(self, pod: Obj) -> None:
         meta = pod["metadata"]

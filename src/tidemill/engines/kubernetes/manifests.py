@@ -8,11 +8,13 @@ deleting that object garbage-collects them all.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from tidemill.api.crd import to_custom_object
 from tidemill.api.job import TrainingJob
+from tidemill.api.ps import PS_SERVER_MODULE
 from tidemill.engines.base import LaunchSpec
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.options import GPU_RESOURCE, KubernetesOptions
@@ -195,6 +197,14 @@ def pod_labels(spec: LaunchSpec, options: KubernetesOptions) -> dict[str, str]:
     }
 
 
+def _in_image(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """tidemill's own modules (``python -m tidemill.ps``) run with the image's python,
+    not with the server's interpreter path."""
+    if argv[:1] == (sys.executable,) and argv[1:3] == ("-m", PS_SERVER_MODULE):
+        return ("python", *argv[1:])
+    return argv
+
+
 def pod_manifest(spec: LaunchSpec, owner: Owner, options: KubernetesOptions) -> Manifest:
     """One replica's pod, unbound: tidemill binds it to ``spec.node`` (or Volcano does)."""
     image = spec.image or options.default_image
@@ -203,7 +213,7 @@ def pod_manifest(spec: LaunchSpec, owner: Owner, options: KubernetesOptions) -> 
             f"spec.roles.{spec.role}.image: the Kubernetes engine needs an image; set it "
             "or start the server with --default-image"
         )
-    argv = list(MASTER_ARGV if spec.role == MASTER_ROLE else spec.argv)
+    argv = list(MASTER_ARGV if spec.role == MASTER_ROLE else _in_image(spec.argv))
     container: dict[str, Any] = {
         "name": names.dns_label(spec.role),
         "image": image,
