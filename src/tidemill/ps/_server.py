@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 Frame = tuple[Header, list[Any]]
 
 _ACCEPT_POLL_S = 0.2
+_DRAIN_S = 1.0
+_DRAIN_BYTES = 1 << 24
 
 
 @dataclass
@@ -136,7 +138,7 @@ class PSServer:
                 try:
                     header = recv_header(sock, self.config.max_frame_bytes)
                 except PSProtocolError as exc:
-                    send_frames(sock, [error_frame(None, ErrorCode.PROTOCOL, str(exc))])
+                    _refuse_and_close(sock, error_frame(None, ErrorCode.PROTOCOL, str(exc)))
                     return
                 if header is None:
                     return
@@ -145,7 +147,7 @@ class PSServer:
                 except Refused as exc:
                     frames = [error_frame(header, exc.code, str(exc))]
                 except PSProtocolError as exc:
-                    send_frames(sock, [error_frame(header, ErrorCode.PROTOCOL, str(exc))])
+                    _refuse_and_close(sock, error_frame(header, ErrorCode.PROTOCOL, str(exc)))
                     return
                 except OSError:
                     raise
@@ -317,6 +319,23 @@ class PSServer:
             entry.gate.reset()
             loaded[entry.config.name] = str(path)
         return loaded
+
+
+def _refuse_and_close(sock: socket.socket, frame: Frame) -> None:
+    """Send the error, then close without a reset: the peer reads the error, then EOF.
+
+    Unread bytes at close make the kernel send RST, which can destroy the error frame
+    before the peer reads it; so shut the write side and drain (bounded) first.
+    """
+    send_frames(sock, [frame])
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(_DRAIN_S)
+    drained = 0
+    try:
+        while drained < _DRAIN_BYTES and (chunk := sock.recv(1 << 16)):
+            drained += len(chunk)
+    except OSError:
+        pass
 
 
 def _json_request(text: str, op: str, required: str) -> dict[str, Any]:
