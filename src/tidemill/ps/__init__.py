@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tidemill.ps._client import PSClient, PulledRows, PullHandle
-from tidemill.ps._config import PSConfig
+from tidemill.ps._psconfig import PSConfig
 from tidemill.ps._errors import (
     PSBadIds,
     PSConfigError,

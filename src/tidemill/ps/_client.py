@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from tidemill.ps._config import Address, PSConfig
+from tidemill.ps._psconfig import Address, PSConfig
 from tidemill.ps._errors import (
     PSBadIds,
     PSConfigError,

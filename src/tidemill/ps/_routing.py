@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from tidemill.ps._config import PSConfig
+from tidemill.ps._psconfig import PSConfig
 from tidemill.ps._errors import PSBadIds, PSConfigError
 from tidemill.ps._hashing import virtual_shard
 

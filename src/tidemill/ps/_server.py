@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tidemill.ps._config import PSConfig
+from tidemill.ps._psconfig import PSConfig
 from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._hashing import dedupe, segment_sum
 from tidemill.ps._progress import Refused, StepGate
