@@ -1,0 +1,1 @@
+"""Parameter servers: sharded, collision-free embedding tables trained by sparse optimizers."""
