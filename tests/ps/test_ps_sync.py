@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from tidemill.ps import PSClient, PSEmbedding
-from tidemill.ps._table import init_rows
+from tidemill.ps._config import init_rows
 
 from .conftest import SHARED_CONFIG, PSProcesses
 

@@ -34,7 +34,7 @@ from tidemill.ps._errors import (
 from tidemill.ps._optimizers import OptimizerConfig
 from tidemill.ps._routing import ShardMap
 from tidemill.ps._server import PSServer
-from tidemill.ps._table import TableConfig
+from tidemill.ps._config import TableConfig
 
 if TYPE_CHECKING:
     from tidemill.ps.embedding import PSEmbedding, PSEmbeddingBag, PSEmbeddingCollection

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from tidemill.ps._errors import PSConfigError
 from tidemill.ps._optimizers import OptimizerConfig
-from tidemill.ps._table import TableConfig
+from tidemill.ps._config import TableConfig
 
 Consistency = Literal["sync", "async"]
 Address = tuple[str, int]

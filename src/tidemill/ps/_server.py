@@ -25,7 +25,8 @@ from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._hashing import dedupe, segment_sum
 from tidemill.ps._progress import Refused, StepGate
 from tidemill.ps._snapshot import export_path, load_export, save_export
-from tidemill.ps._table import ShardTable, TableConfig
+from tidemill.ps._config import TableConfig
+from tidemill.ps._table import ShardTable
 from tidemill.ps._wire import (
     ErrorCode,
     Header,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tidemill.ps._table import TableExport
+from tidemill.ps._export import TableExport
 
 
 def export_path(folder: str | Path, table: str, shard: int) -> Path:
