@@ -34,7 +34,9 @@ def test_bad_ids_are_refused_with_the_reason(shared_ps: PSProcesses) -> None:
             client.pull("misc", np.array([1.5]))
         with pytest.raises(PSBadIds, match="above the int64 maximum"):
             client.pull("misc", np.array([2**64 - 1], dtype=np.uint64))
-        with pytest.raises(PSConfigError, match=r"'nope' is not used by this client; tables: \['misc'\]"):
+        with pytest.raises(
+            PSConfigError, match=r"'nope' is not used by this client; tables: \['misc'\]"
+        ):
             client.pull("nope", [1])
         assert client.pull("misc", [2**63 - 1]).shape == (1, 4)
     with socket.create_connection(shared_ps.addresses[0], timeout=10) as raw:
@@ -45,9 +47,13 @@ def test_bad_ids_are_refused_with_the_reason(shared_ps: PSProcesses) -> None:
         assert "1 negative ids (smallest -5)" in recv_text(raw, answer)
 
 
-def test_a_table_the_servers_do_not_hold_is_refused_naming_the_tables_they_do(shared_ps: PSProcesses) -> None:
+def test_a_table_the_servers_do_not_hold_is_refused_naming_the_tables_they_do(
+    shared_ps: PSProcesses,
+) -> None:
     wider = PSConfig((*SHARED_TABLES, TableConfig("ghost", 4)))
-    with pytest.raises(PSUnknownTable, match=r"does not hold tables \['ghost'\]; tables: \['sgd_ref'"):
+    with pytest.raises(
+        PSUnknownTable, match=r"does not hold tables \['ghost'\]; tables: \['sgd_ref'"
+    ):
         PSClient(wider, shared_ps.addresses, tables=["ghost", "misc"])
 
 
@@ -58,14 +64,18 @@ def test_a_dead_or_missing_shard_is_reported_as_unavailable_naming_it(start_ps: 
         client.pull("t", [1])
         replicas.processes[0].kill()
         replicas.processes[0].wait()
-        with pytest.raises(PSUnavailable, match=f"PS shard 0 at {host}:{port} is unavailable") as caught:
+        with pytest.raises(
+            PSUnavailable, match=f"PS shard 0 at {host}:{port} is unavailable"
+        ) as caught:
             client.pull("t", [1])
         assert (caught.value.shard, caught.value.address) == (0, f"{host}:{port}")
     with pytest.raises(PSUnavailable, match=f"PS shard 0 at {host}:{port} is unreachable"):
         PSClient(SMALL, replicas.addresses, connect_timeout_s=2)
 
 
-def test_async_pulls_run_at_most_max_staleness_steps_ahead_of_the_slowest_rank(start_ps: StartPS) -> None:
+def test_async_pulls_run_at_most_max_staleness_steps_ahead_of_the_slowest_rank(
+    start_ps: StartPS,
+) -> None:
     config = PSConfig(SMALL.tables, consistency="async", max_staleness=1, pull_timeout_s=1.0)
     replicas = start_ps(config, 1)
     with (
@@ -86,7 +96,9 @@ def test_async_pulls_run_at_most_max_staleness_steps_ahead_of_the_slowest_rank(s
     assert stats["pushed_rows"] == 3
 
 
-def test_begin_rollback_export_load_and_shutdown_through_the_wire(start_ps: StartPS, tmp_path: Path) -> None:
+def test_begin_rollback_export_load_and_shutdown_through_the_wire(
+    start_ps: StartPS, tmp_path: Path
+) -> None:
     replicas = start_ps(SMALL, 2)
     ids = np.arange(50)
     with PSClient(SMALL, replicas.addresses) as client:
@@ -100,7 +112,10 @@ def test_begin_rollback_export_load_and_shutdown_through_the_wire(start_ps: Star
         assert np.array_equal(client.pull("t", ids), before)
         assert sum(shard["tables"]["t"]["rows"] for shard in client.stats()) == rows_before
         written = client.export(str(tmp_path))
-        assert sorted(Path(files["t"]).name for files in written) == ["t.shard0.npz", "t.shard1.npz"]
+        assert sorted(Path(files["t"]).name for files in written) == [
+            "t.shard0.npz",
+            "t.shard1.npz",
+        ]
         client.push("t", ids, np.ones((50, 4), np.float32))
         client.advance()
         client.load(str(tmp_path))

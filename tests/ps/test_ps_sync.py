@@ -37,7 +37,9 @@ def loss_of(rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((rows.sum(dim=(1, 2)) - target) ** 2).mean()
 
 
-def dense_reference(table: str, optimizer: Optimizer, data: list[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+def dense_reference(
+    table: str, optimizer: Optimizer, data: list[tuple[torch.Tensor, torch.Tensor]]
+) -> np.ndarray:
     config = SHARED_CONFIG.table(table)
     reference = nn.Embedding(IDS, config.dim)
     reference.weight.data = torch.from_numpy(init_rows(config, np.arange(IDS)))
@@ -75,14 +77,18 @@ def test_sync_training_on_two_shards_matches_a_dense_torch_embedding(
     assert all(shard["tables"][table]["staleness_max_steps"] == 0 for shard in stats)
 
 
-def test_two_ranks_in_sync_mode_equal_one_process_on_the_combined_batch(shared_ps: PSProcesses) -> None:
+def test_two_ranks_in_sync_mode_equal_one_process_on_the_combined_batch(
+    shared_ps: PSProcesses,
+) -> None:
     table = "two_ranks"
     data = batches(seed=2)
     failures: list[BaseException] = []
 
     def rank_main(rank: int) -> None:
         try:
-            with PSClient(SHARED_CONFIG, shared_ps.addresses, rank=rank, world=2, tables=[table]) as client:
+            with PSClient(
+                SHARED_CONFIG, shared_ps.addresses, rank=rank, world=2, tables=[table]
+            ) as client:
                 embedding = PSEmbedding(client, table)  # grad_scale 1/2, as DDP averages
                 half = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
                 for ids, target in data:
@@ -97,7 +103,9 @@ def test_two_ranks_in_sync_mode_equal_one_process_on_the_combined_batch(shared_p
     for thread in threads:
         thread.join(timeout=120)
     assert not failures, failures
-    with PSClient(SHARED_CONFIG, shared_ps.addresses, tables=[table], epoch=1, step=STEPS) as reader:
+    with PSClient(
+        SHARED_CONFIG, shared_ps.addresses, tables=[table], epoch=1, step=STEPS
+    ) as reader:
         trained = reader.pull(table, np.arange(IDS))
     expected = dense_reference(table, lambda params: torch.optim.Adagrad(params, lr=0.2), data)
     np.testing.assert_allclose(trained, expected, rtol=0, atol=1e-6)

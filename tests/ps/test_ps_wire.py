@@ -37,7 +37,9 @@ def server() -> Iterator[PSServer]:
 def test_a_push_frame_round_trips_through_a_socket_pair_byte_for_byte() -> None:
     ids = np.array([5, 1, 9], dtype=np.int64)
     grads = np.arange(12, dtype=np.float32).reshape(3, 4)
-    header = Header(Op.PUSH, request_id=7, table=0, epoch=2, step=-1, rank=1, world=3, rows=3, dim=4)
+    header = Header(
+        Op.PUSH, request_id=7, table=0, epoch=2, step=-1, rank=1, world=3, rows=3, dim=4
+    )
     header = header._replace(payload_bytes=ids.nbytes + grads.nbytes)
     left, right = socket.socketpair()
     with left, right:
@@ -59,7 +61,9 @@ def test_a_push_frame_round_trips_through_a_socket_pair_byte_for_byte() -> None:
         ({"op": Op.STATS, "payload": (1 << 20) + 1}, "is over"),
     ],
 )
-def test_a_bad_header_is_refused_before_anything_is_allocated(fields: dict[str, int], message: str) -> None:
+def test_a_bad_header_is_refused_before_anything_is_allocated(
+    fields: dict[str, int], message: str
+) -> None:
     raw = HEADER.pack(
         fields.get("magic", MAGIC),
         fields.get("version", VERSION),
@@ -87,7 +91,9 @@ def _error_then_closed(sock: socket.socket) -> str:
     return message
 
 
-def test_bad_frames_get_an_error_and_a_close_while_a_good_client_keeps_working(server: PSServer) -> None:
+def test_bad_frames_get_an_error_and_a_close_while_a_good_client_keeps_working(
+    server: PSServer,
+) -> None:
     with PSClient(CONFIG, [server.address]) as good:
         good.pull("t", [1, 2])
         with _raw_connection(server) as wrong_magic:
@@ -107,14 +113,27 @@ def test_bad_frames_get_an_error_and_a_close_while_a_good_client_keeps_working(s
         assert good.pull("t", [[1, 2], [3, 4]]).shape == (2, 2, 4)
 
 
-def test_an_unknown_table_id_is_an_error_frame_and_the_connection_stays_usable(server: PSServer) -> None:
+def test_an_unknown_table_id_is_an_error_frame_and_the_connection_stays_usable(
+    server: PSServer,
+) -> None:
     with _raw_connection(server) as sock:
         ids = np.array([1], dtype=np.int64)
-        send_frames(sock, [(Header(Op.PULL, request_id=1, table=5, rows=1, payload_bytes=8), buffers_of(ids))])
+        send_frames(
+            sock,
+            [(Header(Op.PULL, request_id=1, table=5, rows=1, payload_bytes=8), buffers_of(ids))],
+        )
         answer = recv_header(sock, 1 << 20)
         assert answer is not None and answer.flags == ErrorCode.UNKNOWN_TABLE
         message = recv_text(sock, answer)
         assert "table id 5 is not held" in message and "tables: ['t']" in message
-        send_frames(sock, [(Header(Op.PULL, request_id=2, table=0, rows=1, payload_bytes=8), buffers_of(ids))])
+        send_frames(
+            sock,
+            [(Header(Op.PULL, request_id=2, table=0, rows=1, payload_bytes=8), buffers_of(ids))],
+        )
         rows = recv_header(sock, 1 << 20)
-        assert rows is not None and (rows.op, rows.request_id, rows.rows, rows.dim) == (Op.ROWS, 2, 1, 4)
+        assert rows is not None and (rows.op, rows.request_id, rows.rows, rows.dim) == (
+            Op.ROWS,
+            2,
+            1,
+            4,
+        )

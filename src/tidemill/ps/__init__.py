@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tidemill.ps._client import PSClient, PulledRows, PullHandle
-from tidemill.ps._psconfig import PSConfig
+from tidemill.ps._config import TableConfig
 from tidemill.ps._errors import (
     PSBadIds,
     PSConfigError,
@@ -32,9 +32,9 @@ from tidemill.ps._errors import (
     PSUnknownTable,
 )
 from tidemill.ps._optimizers import OptimizerConfig
+from tidemill.ps._psconfig import PSConfig
 from tidemill.ps._routing import ShardMap
 from tidemill.ps._server import PSServer
-from tidemill.ps._config import TableConfig
 
 if TYPE_CHECKING:
     from tidemill.ps.embedding import PSEmbedding, PSEmbeddingBag, PSEmbeddingCollection

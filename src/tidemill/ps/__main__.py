@@ -13,8 +13,8 @@ import signal
 import sys
 from types import FrameType
 
-from tidemill.ps._psconfig import PSConfig, addresses_from_env, index_from_env
 from tidemill.ps._errors import PSConfigError
+from tidemill.ps._psconfig import PSConfig, addresses_from_env, index_from_env
 from tidemill.ps._server import PSServer
 
 

@@ -9,6 +9,7 @@ several tables in one call are one frame per (shard, table), all in one ``sendms
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import socket
@@ -20,7 +21,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from tidemill.ps._psconfig import Address, PSConfig
 from tidemill.ps._errors import (
     PSBadIds,
     PSConfigError,
@@ -32,6 +32,7 @@ from tidemill.ps._errors import (
     PSUnknownTable,
 )
 from tidemill.ps._hashing import dedupe
+from tidemill.ps._psconfig import Address, PSConfig
 from tidemill.ps._routing import ShardMap, checked_ids
 from tidemill.ps._wire import (
     ErrorCode,
@@ -109,6 +110,11 @@ class _Shard:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
+    def shutdown(self) -> None:
+        for sock in (self.pull_sock, self.push_sock):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         self.pull_sock.close()
         self.push_sock.close()
@@ -183,18 +189,24 @@ class PSClient:
 
     def dim(self, table: str) -> int:
         if table not in self._dims:
-            raise PSConfigError(f"table {table!r} is not used by this client; tables: {list(self._dims)}")
+            raise PSConfigError(
+                f"table {table!r} is not used by this client; tables: {list(self._dims)}"
+            )
         return self._dims[table]
 
     def pull(self, table: str, ids: npt.ArrayLike, step: int | None = None) -> Rows:
         """The rows of ``ids`` (any shape) as ``float32[*ids.shape, dim]``."""
         return self.pull_many({table: ids}, step)[table].gather()
 
-    def pull_many(self, requests: Mapping[str, npt.ArrayLike], step: int | None = None) -> dict[str, PulledRows]:
+    def pull_many(
+        self, requests: Mapping[str, npt.ArrayLike], step: int | None = None
+    ) -> dict[str, PulledRows]:
         """Several tables in one round trip per shard; ids are deduplicated per table."""
         return self.pull_async(requests, step).result()
 
-    def pull_async(self, requests: Mapping[str, npt.ArrayLike], step: int | None = None) -> PullHandle:
+    def pull_async(
+        self, requests: Mapping[str, npt.ArrayLike], step: int | None = None
+    ) -> PullHandle:
         """Start a pull on the background thread (e.g. the next batch's, during this step)."""
         at = self.step if step is None else step
         checked = {name: (checked_ids(ids, name), np.shape(ids)) for name, ids in requests.items()}
@@ -202,23 +214,33 @@ class PSClient:
             self.dim(name)
         return PullHandle(self._puller.submit(self._pull_now, checked, at), at)
 
-    def push(self, table: str, ids: npt.ArrayLike, grads: npt.ArrayLike, step: int | None = None) -> None:
+    def push(
+        self, table: str, ids: npt.ArrayLike, grads: npt.ArrayLike, step: int | None = None
+    ) -> None:
         """Send the gradients of ``ids`` (rows of ``grads``) of ``table`` for ``step``."""
         flat = checked_ids(ids, table)
         values = np.ascontiguousarray(grads, dtype=np.float32).reshape(len(flat), -1)
         if len(flat) and values.shape[1] != self.dim(table):
-            raise PSConfigError(f"{table}: gradients have dim {values.shape[1]}, the table {self.dim(table)}")
+            raise PSConfigError(
+                f"{table}: gradients have dim {values.shape[1]}, the table {self.dim(table)}"
+            )
         parts = self._map.route(flat)
         order = np.concatenate(parts)
         bounds = tuple(int(b) for b in np.cumsum([0, *map(len, parts)]))
         self.push_many({table: (flat[order], values[order], bounds)}, step)
 
-    def push_pulled(self, grads: Mapping[str, tuple[PulledRows, Rows]], step: int | None = None) -> None:
+    def push_pulled(
+        self, grads: Mapping[str, tuple[PulledRows, Rows]], step: int | None = None
+    ) -> None:
         """Push the gradients of rows that :meth:`pull_many` returned (no regrouping)."""
-        self.push_many({name: (pulled.ids, g, pulled.bounds) for name, (pulled, g) in grads.items()}, step)
+        self.push_many(
+            {name: (pulled.ids, g, pulled.bounds) for name, (pulled, g) in grads.items()}, step
+        )
 
-    def push_many(self, grads: Mapping[str, tuple[Ids, Rows, tuple[int, ...]]], step: int | None = None) -> None:
-        """Push per table ``(ids, grads, bounds)`` with shard ``s`` owning ``[bounds[s], bounds[s+1])``.
+    def push_many(
+        self, grads: Mapping[str, tuple[Ids, Rows, tuple[int, ...]]], step: int | None = None
+    ) -> None:
+        """Push per table ``(ids, grads, bounds)``; shard s owns ``[bounds[s], bounds[s+1])``.
 
         Every shard gets a frame for every table pushed (empty where it holds none of the
         ids): in sync mode each shard counts one push per rank per step.
@@ -233,7 +255,9 @@ class PSClient:
                     lo, hi = bounds[shard.index], bounds[shard.index + 1]
                     header = self._header(Op.PUSH, shard, name, at, rows=hi - lo, dim=dim)
                     payload = buffers_of(ids[lo:hi], values[lo:hi])
-                    frames[shard.index].append((header._replace(payload_bytes=(hi - lo) * (8 + 4 * dim)), payload))
+                    frames[shard.index].append(
+                        (header._replace(payload_bytes=(hi - lo) * (8 + 4 * dim)), payload)
+                    )
             self._exchange("push", frames, lambda header, sock: None)
             self._pushed.update(grads)
 
@@ -241,8 +265,17 @@ class PSClient:
         """End the current step: tables not pushed this step get empty pushes, then step += 1."""
         missing = [name for name in self._dims if name not in self._pushed]
         if missing:
-            empty = (np.empty(0, np.int64), np.empty((0, 0), np.float32), (0,) * (len(self._shards) + 1))
-            self.push_many({name: (empty[0], empty[1].reshape(0, self._dims[name]), empty[2]) for name in missing})
+            empty = (
+                np.empty(0, np.int64),
+                np.empty((0, 0), np.float32),
+                (0,) * (len(self._shards) + 1),
+            )
+            self.push_many(
+                {
+                    name: (empty[0], empty[1].reshape(0, self._dims[name]), empty[2])
+                    for name in missing
+                }
+            )
         self._pushed.clear()
         self.step = self.step + 1 if to_step is None else to_step
         return self.step
@@ -270,9 +303,12 @@ class PSClient:
         self._control(Op.SHUTDOWN)
 
     def close(self) -> None:
+        """Close the connections; a pull still waiting on a shard ends with PSUnavailable."""
+        for shard in self._shards:
+            shard.shutdown()
         puller = getattr(self, "_puller", None)
         if puller is not None:
-            puller.shutdown(wait=True)
+            puller.shutdown(wait=True, cancel_futures=True)
         for shard in self._shards:
             shard.close()
 
@@ -297,10 +333,14 @@ class PSClient:
     def _hello(self) -> None:
         for channel in ("pull", "push"):
             frames = {
-                shard.index: [json_frame(self._header(Op.HELLO, shard, None, 0), {"tables": list(self._dims)})]
+                shard.index: [
+                    json_frame(self._header(Op.HELLO, shard, None, 0), {"tables": list(self._dims)})
+                ]
                 for shard in self._shards
             }
-            answers = self._exchange(channel, frames, lambda header, sock: json.loads(recv_text(sock, header)))
+            answers = self._exchange(
+                channel, frames, lambda header, sock: json.loads(recv_text(sock, header))
+            )
             for shard in self._shards:
                 declared = answers[shard.index][0]
                 for name, dim in self._dims.items():
@@ -311,7 +351,9 @@ class PSClient:
                         )
                 shard.table_ids = {name: int(entry["id"]) for name, entry in declared.items()}
 
-    def _pull_now(self, checked: dict[str, tuple[Ids, tuple[int, ...]]], step: int) -> dict[str, PulledRows]:
+    def _pull_now(
+        self, checked: dict[str, tuple[Ids, tuple[int, ...]]], step: int
+    ) -> dict[str, PulledRows]:
         pulled: dict[str, PulledRows] = {}
         frames: dict[int, list[Frame]] = {shard.index: [] for shard in self._shards}
         targets: dict[int, Rows] = {}
@@ -340,7 +382,7 @@ class PSClient:
                 raise PSProtocolError(
                     f"PULL answer has {header.rows}x{header.dim} rows; expected {target.shape}"
                 )
-            recv_exact(sock, memoryview(target).cast("B"), "rows")
+            recv_exact(sock, target.data.cast("B"), "rows")
 
         self._exchange("pull", frames, into_rows)
         return pulled
@@ -348,13 +390,21 @@ class PSClient:
     def _control(self, op: Op, body: dict[str, Any] | None = None, step: int = 0) -> list[Any]:
         with self._push_lock:
             frames = {
-                shard.index: [json_frame(self._header(op, shard, None, step), body) if body else (self._header(op, shard, None, step), [])]
+                shard.index: [
+                    json_frame(self._header(op, shard, None, step), body)
+                    if body
+                    else (self._header(op, shard, None, step), [])
+                ]
                 for shard in self._shards
             }
-            answers = self._exchange("push", frames, lambda header, sock: json.loads(recv_text(sock, header)))
+            answers = self._exchange(
+                "push", frames, lambda header, sock: json.loads(recv_text(sock, header))
+            )
         return [answers[shard.index][0] for shard in self._shards]
 
-    def _exchange(self, channel: str, frames: dict[int, list[Frame]], answer: Answer) -> dict[int, list[Any]]:
+    def _exchange(
+        self, channel: str, frames: dict[int, list[Frame]], answer: Answer
+    ) -> dict[int, list[Any]]:
         """Send every shard its frames, then read every answer; raise the first error after."""
         if self._broken is not None:
             raise self._broken
@@ -362,22 +412,25 @@ class PSClient:
         first_error: PSError | None = None
         shards = [self._shards[index] for index, batch in frames.items() if batch]
         for shard in shards:
-            self._guarded(shard, lambda: send_frames(self._sock(shard, channel), frames[shard.index]))
+            self._guarded(shard, send_frames, self._sock(shard, channel), frames[shard.index])
         for shard in shards:
             sock = self._sock(shard, channel)
             results = answers.setdefault(shard.index, [])
             for request, _ in frames[shard.index]:
-                header = self._guarded(shard, lambda: recv_header(sock, 1 << 40))
+                header = self._guarded(shard, recv_header, sock, 1 << 40)
                 if header is None:
                     raise self._fail(shard, "closed the connection")
                 if header.request_id != request.request_id:
-                    raise self._fail(shard, f"answered request {header.request_id}, expected {request.request_id}")
+                    raise self._fail(
+                        shard,
+                        f"answered request {header.request_id}, expected {request.request_id}",
+                    )
                 if header.op == Op.ERROR:
-                    message = self._guarded(shard, lambda: recv_text(sock, header))
+                    message = self._guarded(shard, recv_text, sock, header)
                     first_error = first_error or self._server_error(shard, request, header, message)
                     results.append(None)
                     continue
-                results.append(self._guarded(shard, lambda: answer(header, sock)))
+                results.append(self._guarded(shard, answer, header, sock))
         if first_error is not None:
             raise first_error
         return answers
@@ -385,9 +438,10 @@ class PSClient:
     def _sock(self, shard: _Shard, channel: str) -> socket.socket:
         return shard.pull_sock if channel == "pull" else shard.push_sock
 
-    def _guarded(self, shard: _Shard, action: Callable[[], Any]) -> Any:
+    def _guarded(self, shard: _Shard, action: Callable[..., Any], *args: Any) -> Any:
+        """``action(*args)``; a socket or framing failure marks the client broken."""
         try:
-            return action()
+            return action(*args)
         except (OSError, PSProtocolError) as exc:
             raise self._fail(shard, str(exc)) from exc
 
@@ -400,7 +454,9 @@ class PSClient:
         )
         return self._broken
 
-    def _server_error(self, shard: _Shard, request: Header, header: Header, message: str) -> PSError:
+    def _server_error(
+        self, shard: _Shard, request: Header, header: Header, message: str
+    ) -> PSError:
         text = f"{shard.label} refused {Op(request.op).name}: {message}"
         if header.flags == ErrorCode.BAD_IDS:
             return PSBadIds(text)

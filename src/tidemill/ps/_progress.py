@@ -154,15 +154,17 @@ class StepGate:
         if self.consistency == "sync":
             return self.applied_through
         start = self.applied_through  # the epoch's first step - 1
-        return min((self._rank_applied.get(rank, start) for rank in range(self.world)), default=start)
+        return min(
+            (self._rank_applied.get(rank, start) for rank in range(self.world)), default=start
+        )
 
     def _timeout_message(self, header: Header, timeout_s: float) -> str:
         if self.consistency == "sync":
             step = self.applied_through + 1
-            heard = self._pending.get(step, {})
+            heard = set(self._pending.get(step, {}))
         else:
             step = header.step - 1 - self.max_staleness
-            heard = {r: s for r, s in self._rank_applied.items() if s >= step}
+            heard = {rank for rank, applied in self._rank_applied.items() if applied >= step}
         silent = [rank for rank in range(self.world) if rank not in heard]
         return (
             f"table {self.table!r}: pull of step {header.step} waited {timeout_s:g}s for the"

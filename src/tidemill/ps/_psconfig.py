@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tidemill.ps._config import TableConfig
 from tidemill.ps._errors import PSConfigError
 from tidemill.ps._optimizers import OptimizerConfig
-from tidemill.ps._config import TableConfig
 
 Consistency = Literal["sync", "async"]
 Address = tuple[str, int]
@@ -60,9 +60,7 @@ class PSConfig:
                     f"tables[{index}].name: {name!r} is empty or repeated; names must be unique"
                 )
         if self.consistency not in ("sync", "async"):
-            raise PSConfigError(
-                f"consistency: {self.consistency!r} is not one of 'sync', 'async'"
-            )
+            raise PSConfigError(f"consistency: {self.consistency!r} is not one of 'sync', 'async'")
         if self.max_staleness < 0:
             raise PSConfigError(f"max_staleness: {self.max_staleness} is negative; use >= 0")
         if not 1 <= self.virtual_shards <= 1 << 20:
@@ -157,7 +155,5 @@ def index_from_env(environ: Mapping[str, str], replicas: int) -> int:
     """This PS replica's ``TIDEMILL_INDEX``, checked against the address list."""
     text = environ.get(ENV_INDEX, "")
     if not text.isdigit() or int(text) >= replicas:
-        raise PSConfigError(
-            f"{ENV_INDEX}: {text!r} is not a replica index in 0 .. {replicas - 1}"
-        )
+        raise PSConfigError(f"{ENV_INDEX}: {text!r} is not a replica index in 0 .. {replicas - 1}")
     return int(text)

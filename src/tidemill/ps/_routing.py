@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from tidemill.ps._psconfig import PSConfig
 from tidemill.ps._errors import PSBadIds, PSConfigError
 from tidemill.ps._hashing import virtual_shard
+from tidemill.ps._psconfig import PSConfig
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -73,14 +73,11 @@ def checked_ids(ids: npt.ArrayLike, what: str) -> npt.NDArray[np.int64]:
         )
     flat = array.reshape(-1)
     if array.dtype.kind == "u" and flat.size and flat.max() > INT64_MAX:
-        raise PSBadIds(
-            f"{what}: id {int(flat.max())} is above the int64 maximum {INT64_MAX}"
-        )
+        raise PSBadIds(f"{what}: id {int(flat.max())} is above the int64 maximum {INT64_MAX}")
     flat = flat.astype(np.int64, copy=False)
     if flat.size and (smallest := int(flat.min())) < 0:
         count = int(np.count_nonzero(flat < 0))
         raise PSBadIds(
-            f"{what}: {count} negative ids (smallest {smallest}); ids must be in"
-            f" 0 .. {INT64_MAX}"
+            f"{what}: {count} negative ids (smallest {smallest}); ids must be in 0 .. {INT64_MAX}"
         )
     return np.ascontiguousarray(flat)

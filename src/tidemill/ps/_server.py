@@ -13,19 +13,19 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tidemill.ps._psconfig import PSConfig
+from tidemill.ps._config import TableConfig
 from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._hashing import dedupe, segment_sum
 from tidemill.ps._progress import Refused, StepGate
+from tidemill.ps._psconfig import PSConfig
 from tidemill.ps._snapshot import export_path, load_export, save_export
-from tidemill.ps._config import TableConfig
 from tidemill.ps._table import ShardTable
 from tidemill.ps._wire import (
     ErrorCode,
@@ -71,7 +71,11 @@ class PSServer:
         self.config = config
         self.index = index
         self._tables = [
-            _Table(table, ShardTable(table), StepGate(table.name, config.consistency, config.max_staleness))
+            _Table(
+                table,
+                ShardTable(table),
+                StepGate(table.name, config.consistency, config.max_staleness),
+            )
             for table in config.tables
         ]
         self._listener = socket.create_server((host, port), reuse_port=False)
@@ -102,10 +106,8 @@ class PSServer:
         with self._guard:
             connections = dict(self._connections)
         for sock in connections:
-            try:
+            with suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for thread in connections.values():
             if thread is not threading.current_thread():
                 thread.join()
@@ -189,7 +191,9 @@ class PSServer:
         }
         handler = handlers.get(header.op)
         if handler is None:
-            raise Refused(ErrorCode.BAD_REQUEST, f"{Op(header.op).name} is an answer, not a request")
+            raise Refused(
+                ErrorCode.BAD_REQUEST, f"{Op(header.op).name} is an answer, not a request"
+            )
         return [json_frame(reply, handler(header, text))]
 
     def _table(self, header: Header) -> _Table:
@@ -210,21 +214,28 @@ class PSServer:
         answer = header._replace(op=Op.ROWS, rows=len(ids), dim=entry.config.dim)
         return answer._replace(payload_bytes=rows.nbytes), buffers_of(rows)
 
-    def _push(self, header: Header, ids: npt.NDArray[np.int64], grads: npt.NDArray[np.float32]) -> int:
+    def _push(
+        self, header: Header, ids: npt.NDArray[np.int64], grads: npt.NDArray[np.float32]
+    ) -> int:
         entry = self._table(header)
         name = entry.config.name
         if header.dim != entry.config.dim and header.rows:
             raise Refused(
                 ErrorCode.BAD_REQUEST,
-                f"table {name!r}: gradients have dim {header.dim}; the table has dim {entry.config.dim}",
+                f"table {name!r}: gradients have dim {header.dim};"
+                f" the table has dim {entry.config.dim}",
             )
         _refuse_bad_ids(name, ids)
         if not np.isfinite(grads).all():
             raise Refused(ErrorCode.BAD_REQUEST, f"table {name!r}: gradients hold NaN or inf")
-        entry.gate.push(header, ids, grads.reshape(len(ids), entry.config.dim), self._applier(entry))
+        entry.gate.push(
+            header, ids, grads.reshape(len(ids), entry.config.dim), self._applier(entry)
+        )
         return len(ids)
 
-    def _applier(self, entry: _Table) -> Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32]], None]:
+    def _applier(
+        self, entry: _Table
+    ) -> Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32]], None]:
         def apply(step: int, ids: npt.NDArray[np.int64], grads: npt.NDArray[np.float32]) -> None:
             if not len(ids):
                 return
@@ -244,7 +255,9 @@ class PSServer:
         try:
             wanted = json.loads(text)["tables"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise Refused(ErrorCode.BAD_REQUEST, f"HELLO needs JSON {{'tables': [...]}}: {exc}") from exc
+            raise Refused(
+                ErrorCode.BAD_REQUEST, f"HELLO needs JSON {{'tables': [...]}}: {exc}"
+            ) from exc
         names = self.config.table_names
         unknown = [name for name in wanted if name not in names]
         if unknown:
@@ -252,7 +265,9 @@ class PSServer:
                 ErrorCode.UNKNOWN_TABLE,
                 f"PS replica {self.index} does not hold tables {unknown}; tables: {names}",
             )
-        return {name: {"id": names.index(name), "dim": self.config.table(name).dim} for name in wanted}
+        return {
+            name: {"id": names.index(name), "dim": self.config.table(name).dim} for name in wanted
+        }
 
     def stats(self) -> dict[str, Any]:
         """Per-table counters: rows, memory, admissions, evictions, traffic, staleness."""
@@ -271,7 +286,8 @@ class PSServer:
                     "applied_step": gate.applied_through,
                     "pulls": gate.staleness.pulls,
                     "staleness_max_steps": gate.staleness.max_steps,
-                    "staleness_mean_steps": gate.staleness.total_steps / max(1, gate.staleness.pulls),
+                    "staleness_mean_steps": gate.staleness.total_steps
+                    / max(1, gate.staleness.pulls),
                 }
         return {"index": self.index, "tables": tables}
 

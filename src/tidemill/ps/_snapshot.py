@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ def save_export(path: Path, export: TableExport) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     with partial.open("wb") as handle:
-        np.savez(handle, **arrays)
+        savez: Callable[..., None] = np.savez  # numpy's stub reads **arrays as its flags
+        savez(handle, **arrays)
     os.replace(partial, path)
 
 

@@ -123,14 +123,16 @@ def expected_payload(header: Header) -> int | None:
 
 def parse_header(raw: bytes | bytearray | memoryview, max_frame_bytes: int) -> Header:
     """Unpack and check a header before anything is allocated for its payload."""
-    magic, version, op, flags, *rest = HEADER.unpack(raw)
+    (magic, version, op, flags, request_id, table, epoch, step, rank, world, rows, dim, payload) = (
+        HEADER.unpack(raw)
+    )
     if magic != MAGIC:
         raise PSProtocolError(f"bad magic {bytes(magic)!r}; expected {MAGIC!r}")
     if version != VERSION:
         raise PSProtocolError(f"protocol version {version} is not supported; this is {VERSION}")
     if op not in _OPS:
         raise PSProtocolError(f"unknown op {op}; known: {sorted(_OPS)}")
-    header = Header(op, *rest, flags=flags)
+    header = Header(op, request_id, table, epoch, step, rank, world, rows, dim, payload, flags)
     if header.payload_bytes > max_frame_bytes:
         raise PSProtocolError(
             f"{Op(op).name} frame of {header.payload_bytes} bytes is over the limit of"
@@ -151,7 +153,7 @@ def parse_header(raw: bytes | bytearray | memoryview, max_frame_bytes: int) -> H
 
 def buffers_of(*arrays: npt.NDArray[Any]) -> list[memoryview]:
     """Byte views of C-contiguous arrays, for :func:`send_frames` (no copy)."""
-    return [memoryview(np.ascontiguousarray(array)).cast("B") for array in arrays]
+    return [np.ascontiguousarray(array).data.cast("B") for array in arrays]
 
 
 def send_frames(sock: socket.socket, frames: Sequence[tuple[Header, Sequence[Any]]]) -> None:
@@ -195,7 +197,7 @@ def recv_header(sock: socket.socket, max_frame_bytes: int) -> Header | None:
 def recv_array(sock: socket.socket, shape: tuple[int, ...], dtype: type[Any]) -> npt.NDArray[Any]:
     array = np.empty(shape, dtype=dtype)
     if array.size:
-        recv_exact(sock, memoryview(array).cast("B"), f"{dtype.__name__} payload")
+        recv_exact(sock, array.data.cast("B"), f"{dtype.__name__} payload")
     return array
 
 
@@ -214,6 +216,8 @@ def json_frame(header: Header, value: Any) -> tuple[Header, list[bytes]]:
     return text_frame(header, json.dumps(value, sort_keys=True))
 
 
-def error_frame(request: Header | None, code: ErrorCode, message: str) -> tuple[Header, list[bytes]]:
+def error_frame(
+    request: Header | None, code: ErrorCode, message: str
+) -> tuple[Header, list[bytes]]:
     base = Header(Op.ERROR) if request is None else request._replace(op=Op.ERROR)
     return text_frame(base._replace(rows=0, dim=0, flags=int(code)), message)

@@ -58,7 +58,7 @@ class _RemoteRows(torch.autograd.Function):
     """Pulled rows in, the same rows out; backward hands their gradients to ``push``."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         anchor: torch.Tensor,
         push: Callable[[Sequence[torch.Tensor | None]], None],
@@ -89,7 +89,11 @@ class _Pusher:
                 items[name] = (np.empty(0, np.int64), np.empty((0, dim), np.float32), nobody)
                 continue
             values = grad.detach().to("cpu", torch.float32).numpy()
-            items[name] = (pulled.ids, np.multiply(values, self.scale, dtype=np.float32), pulled.bounds)
+            items[name] = (
+                pulled.ids,
+                np.multiply(values, self.scale, dtype=np.float32),
+                pulled.bounds,
+            )
         self.client.push_many(items, self.step)
 
 
@@ -120,7 +124,8 @@ class _PSLookup(nn.Module):
         if torch.is_grad_enabled():
             scale = 1.0 / self.client.world if self.grad_scale is None else self.grad_scale
             anchor = torch.zeros(0, requires_grad=True)
-            tensors = _RemoteRows.apply(anchor, _Pusher(self.client, pulled, step, scale), blocks)
+            pusher = _Pusher(self.client, pulled, step, scale)
+            tensors = _RemoteRows.apply(anchor, pusher, blocks)  # type: ignore[no-untyped-call]
         else:
             tensors = tuple(torch.from_numpy(block) for block in blocks)
         return {
@@ -171,7 +176,9 @@ def _bags(ids: torch.Tensor, offsets: torch.Tensor | None, padding_id: int) -> _
             )
         return _Bags(_ids_array(ids), offsets.to("cpu", torch.int64))
     if ids.dim() != 2:
-        raise PSConfigError(f"ids {tuple(ids.shape)}: a bag lookup needs 2-D ids or 1-D ids with offsets")
+        raise PSConfigError(
+            f"ids {tuple(ids.shape)}: a bag lookup needs 2-D ids or 1-D ids with offsets"
+        )
     array = _ids_array(ids)
     keep = array != padding_id
     counts = keep.sum(axis=1)
@@ -179,7 +186,9 @@ def _bags(ids: torch.Tensor, offsets: torch.Tensor | None, padding_id: int) -> _
     return _Bags(array[keep], torch.from_numpy(starts))
 
 
-def _pool(rows: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, mode: Pooling) -> torch.Tensor:
+def _pool(
+    rows: torch.Tensor, index: torch.Tensor, offsets: torch.Tensor, mode: Pooling
+) -> torch.Tensor:
     return F.embedding_bag(index, rows, offsets, mode=mode)
 
 
@@ -294,7 +303,9 @@ class PSEmbeddingCollection(_PSLookup):
     ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, tuple[int, ...]], dict[str, torch.Tensor]]:
         unknown = sorted(set(inputs) - set(self.features))
         if unknown:
-            raise PSConfigError(f"features {unknown} are not configured; features: {sorted(self.features)}")
+            raise PSConfigError(
+                f"features {unknown} are not configured; features: {sorted(self.features)}"
+            )
         flat: dict[str, npt.NDArray[Any]] = {}
         shapes: dict[str, tuple[int, ...]] = {}
         offsets: dict[str, torch.Tensor] = {}
