@@ -29,8 +29,9 @@ def as_ids(values: object, field: str = "ids") -> npt.NDArray[np.int64]:
     if array.size == 0:
         return np.empty(0, np.int64)
     kind = array.dtype.kind
-    if kind == "O":
-        return _object_ids(array, field)
+    if kind == "O" or (kind not in "iu" and not isinstance(values, np.ndarray)):
+        # a Python sequence with an id past int64 becomes float64 or object: check each
+        return _object_ids(np.array(values, dtype=object), field)
     if kind not in "iu":
         raise ValueError(
             f"{field}: dtype {array.dtype} is not an integer dtype; {_RANGE} "
@@ -53,8 +54,10 @@ def _object_ids(array: npt.NDArray[np.object_], field: str) -> npt.NDArray[np.in
     for index, value in enumerate(array.tolist()):
         if isinstance(value, bool) or not isinstance(value, int | np.integer):
             raise ValueError(f"{field}[{index}]: {value!r} is not an integer; {_RANGE}")
-        if not 0 <= int(value) <= INT64_MAX:
-            raise ValueError(f"{field}[{index}]: {int(value)} is out of range; {_RANGE}")
+        if int(value) < 0:
+            raise ValueError(f"{field}[{index}]: {int(value)} is negative; {_RANGE}")
+        if int(value) > INT64_MAX:
+            raise ValueError(f"{field}[{index}]: {int(value)} is above 2**63-1; {_RANGE}")
     return np.array(array.tolist(), dtype=np.int64)
 
 

@@ -37,7 +37,7 @@ def new_index(size: int) -> npt.NDArray[np.int64]:
 @numba.njit(nogil=True, cache=True)
 def home_of(key: np.int64, size: int) -> int:
     """The entry where the probe for ``key`` starts."""
-    return int(mix64_one(np.uint64(key)) & np.uint64(size - 1))
+    return int(np.int64(mix64_one(np.uint64(key)) & np.uint64(size - 1)))
 
 
 @numba.njit(nogil=True, cache=True)
