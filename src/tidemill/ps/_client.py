@@ -134,9 +134,9 @@ class PSClient:
     ...     before = client.pull("user", [7, 7, 9])  # rows start at 0.0 (init_scale 0)
     ...     client.push("user", [7], np.ones((1, 4), np.float32))
     ...     client.advance()
-    ...     client.pull("user", [7, 7, 9])[:, 0].tolist()
+    ...     client.pull("user", [7, 7, 9])[:, 0].tolist() == [-1.0, -1.0, 0.0]
     1
-    [-1.0, -1.0, 0.0]
+    True
     """
 
     def __init__(
