@@ -1,0 +1,72 @@
+"""Parameter servers for huge sparse embeddings: tables sharded over PS replicas.
+
+Workers pull the rows of a batch's unique ids and push their gradients back; the
+optimizer runs on the server. ``python -m tidemill.ps`` runs one replica (the ``ps``
+role of a job without a ``command``). The torch front end (:class:`PSEmbedding`,
+:class:`PSEmbeddingBag`, :class:`PSEmbeddingCollection`) is imported on first use, so
+the server process never imports torch.
+
+Example::
+
+    >>> from tidemill.ps import OptimizerConfig, PSClient, PSConfig, PSServer, TableConfig
+    >>> config = PSConfig((TableConfig("item", 4, OptimizerConfig("sgd", lr=0.1)),))
+    >>> with PSServer(config, index=0) as server, PSClient(config, [server.address]) as client:
+    ...     client.pull("item", [[1, 2], [2, 3]]).shape
+    (2, 2, 4)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tidemill.ps._client import PSClient, PulledRows, PullHandle
+from tidemill.ps._config import TableConfig
+from tidemill.ps._errors import (
+    PSBadIds,
+    PSConfigError,
+    PSError,
+    PSProtocolError,
+    PSServerError,
+    PSTimeout,
+    PSUnavailable,
+    PSUnknownTable,
+)
+from tidemill.ps._optimizers import OptimizerConfig
+from tidemill.ps._psconfig import PSConfig
+from tidemill.ps._routing import ShardMap
+from tidemill.ps._server import PSServer
+
+if TYPE_CHECKING:
+    from tidemill.ps.embedding import PSEmbedding, PSEmbeddingBag, PSEmbeddingCollection
+
+__all__ = [
+    "OptimizerConfig",
+    "PSBadIds",
+    "PSClient",
+    "PSConfig",
+    "PSConfigError",
+    "PSEmbedding",
+    "PSEmbeddingBag",
+    "PSEmbeddingCollection",
+    "PSError",
+    "PSProtocolError",
+    "PSServer",
+    "PSServerError",
+    "PSTimeout",
+    "PSUnavailable",
+    "PSUnknownTable",
+    "PullHandle",
+    "PulledRows",
+    "ShardMap",
+    "TableConfig",
+]
+
+_TORCH = ("PSEmbedding", "PSEmbeddingBag", "PSEmbeddingCollection")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH:
+        from tidemill.ps import embedding
+
+        return getattr(embedding, name)
+    raise AttributeError(f"module 'tidemill.ps' has no attribute {name!r}")

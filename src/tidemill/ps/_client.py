@@ -1,0 +1,463 @@
+"""A worker's connections to every PS replica: routed, deduplicated, pipelined pulls and pushes.
+
+Each shard gets two persistent TCP connections: one for pulls (used only by the
+client's background pull thread, so the next batch's pull can wait on the server while
+this step's push goes out) and one for pushes and control ops. A call sends its frames
+to every shard first and only then reads the answers, so the shards work in parallel;
+several tables in one call are one frame per (shard, table), all in one ``sendmsg``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import socket
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+from tidemill.ps._errors import (
+    PSBadIds,
+    PSConfigError,
+    PSError,
+    PSProtocolError,
+    PSServerError,
+    PSTimeout,
+    PSUnavailable,
+    PSUnknownTable,
+)
+from tidemill.ps._hashing import dedupe
+from tidemill.ps._psconfig import Address, PSConfig
+from tidemill.ps._routing import ShardMap, checked_ids
+from tidemill.ps._wire import (
+    ErrorCode,
+    Header,
+    Op,
+    buffers_of,
+    json_frame,
+    recv_exact,
+    recv_header,
+    recv_text,
+    send_frames,
+)
+
+Frame = tuple[Header, list[Any]]
+Answer = Callable[[Header, socket.socket], Any]
+Ids = npt.NDArray[np.int64]
+Rows = npt.NDArray[np.float32]
+
+_ERRORS: dict[int, type[PSServerError]] = {
+    ErrorCode.UNKNOWN_TABLE: PSUnknownTable,
+    ErrorCode.TIMEOUT: PSTimeout,
+}
+
+
+class PulledRows(NamedTuple):
+    """The rows of one table for one batch, deduplicated and grouped by shard.
+
+    ``rows[inverse]`` are the batch's rows in request order; ``ids[bounds[s]:bounds[s+1]]``
+    live on shard ``s``, so the gradients of ``rows`` go back without regrouping.
+    """
+
+    ids: Ids
+    inverse: npt.NDArray[np.intp]
+    rows: Rows
+    bounds: tuple[int, ...]
+    shape: tuple[int, ...]
+
+    def gather(self) -> Rows:
+        """One row per requested id, shaped ``request shape + (dim,)``."""
+        return self.rows[self.inverse].reshape(*self.shape, self.rows.shape[1])
+
+
+class PullHandle:
+    """A pull in flight (from :meth:`PSClient.pull_async`); :meth:`result` waits for it."""
+
+    def __init__(self, future: Future[dict[str, PulledRows]], step: int) -> None:
+        self._future = future
+        self.step = step
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def result(self, timeout_s: float | None = None) -> dict[str, PulledRows]:
+        return self._future.result(timeout_s)
+
+
+class _Shard:
+    def __init__(self, index: int, address: Address, timeout_s: float) -> None:
+        self.index = index
+        self.address = address
+        self.label = f"PS shard {index} at {address[0]}:{address[1]}"
+        self.table_ids: dict[str, int] = {}
+        self.pull_sock = self._connect(timeout_s)
+        self.push_sock = self._connect(timeout_s)
+
+    def _connect(self, timeout_s: float) -> socket.socket:
+        try:
+            sock = socket.create_connection(self.address, timeout=timeout_s)
+        except OSError as exc:
+            raise PSUnavailable(
+                f"{self.label} is unreachable: {exc}; is the ps role running?",
+                shard=self.index,
+                address=f"{self.address[0]}:{self.address[1]}",
+            ) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def shutdown(self) -> None:
+        for sock in (self.pull_sock, self.push_sock):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.pull_sock.close()
+        self.push_sock.close()
+
+
+class PSClient:
+    """Rank ``rank`` of ``world`` workers of membership ``epoch``, talking to every PS shard.
+
+    The client keeps the training step: pulls and pushes are tagged with
+    :attr:`step`, and :meth:`advance` ends a step (call it once per training step,
+    after the backward pass). In sync mode a pull of step s sees every rank's pushes up
+    to step s-1.
+
+    >>> from tidemill.ps import OptimizerConfig, PSConfig, PSServer, TableConfig
+    >>> config = PSConfig((TableConfig("user", 4, OptimizerConfig("sgd", lr=1.0), 0.0, 1),))
+    >>> with PSServer(config, index=0) as server, PSClient(config, [server.address]) as client:
+    ...     before = client.pull("user", [7, 7, 9])  # rows start at 0.0 (init_scale 0)
+    ...     client.push("user", [7], np.ones((1, 4), np.float32))
+    ...     client.advance()
+    ...     client.pull("user", [7, 7, 9])[:, 0].tolist() == [-1.0, -1.0, 0.0]
+    1
+    True
+    """
+
+    def __init__(
+        self,
+        config: PSConfig,
+        addresses: Sequence[Address],
+        rank: int = 0,
+        world: int = 1,
+        epoch: int = 0,
+        *,
+        step: int = 0,
+        tables: Sequence[str] | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        if not addresses:
+            raise PSConfigError("addresses: empty; give one host:port per PS replica")
+        self.config = config
+        self._dims = {name: config.table(name).dim for name in (tables or config.table_names)}
+        self._map = ShardMap.for_config(config, len(addresses))
+        self._request_ids = itertools.count(1)
+        self._push_lock = threading.Lock()
+        self._pushed: set[str] = set()
+        self._broken: PSUnavailable | None = None
+        self.step = step
+        self.epoch, self.rank, self.world = epoch, rank, world
+        self.reconfigure(epoch, rank, world, step)
+        self._shards: list[_Shard] = []
+        try:
+            for index, address in enumerate(addresses):
+                self._shards.append(_Shard(index, address, connect_timeout_s))
+            for shard in self._shards:
+                for sock in (shard.pull_sock, shard.push_sock):
+                    sock.settimeout(config.pull_timeout_s + 30.0)
+            self._hello()
+        except BaseException:
+            self.close()
+            raise
+        self._puller = ThreadPoolExecutor(1, thread_name_prefix="ps-pull")
+
+    def reconfigure(self, epoch: int, rank: int, world: int, step: int) -> None:
+        """Join a new membership epoch (after an elastic resize), continuing at ``step``."""
+        if not 0 <= rank < world:
+            raise PSConfigError(f"rank: {rank} is not in 0 .. world {world} - 1")
+        self.epoch, self.rank, self.world, self.step = epoch, rank, world, step
+        self._pushed.clear()
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return tuple(self._dims)
+
+    def dim(self, table: str) -> int:
+        if table not in self._dims:
+            raise PSConfigError(
+                f"table {table!r} is not used by this client; tables: {list(self._dims)}"
+            )
+        return self._dims[table]
+
+    def pull(self, table: str, ids: npt.ArrayLike, step: int | None = None) -> Rows:
+        """The rows of ``ids`` (any shape) as ``float32[*ids.shape, dim]``."""
+        return self.pull_many({table: ids}, step)[table].gather()
+
+    def pull_many(
+        self, requests: Mapping[str, npt.ArrayLike], step: int | None = None
+    ) -> dict[str, PulledRows]:
+        """Several tables in one round trip per shard; ids are deduplicated per table."""
+        return self.pull_async(requests, step).result()
+
+    def pull_async(
+        self, requests: Mapping[str, npt.ArrayLike], step: int | None = None
+    ) -> PullHandle:
+        """Start a pull on the background thread (e.g. the next batch's, during this step)."""
+        at = self.step if step is None else step
+        checked = {name: (checked_ids(ids, name), np.shape(ids)) for name, ids in requests.items()}
+        for name in checked:
+            self.dim(name)
+        return PullHandle(self._puller.submit(self._pull_now, checked, at), at)
+
+    def push(
+        self, table: str, ids: npt.ArrayLike, grads: npt.ArrayLike, step: int | None = None
+    ) -> None:
+        """Send the gradients of ``ids`` (rows of ``grads``) of ``table`` for ``step``."""
+        flat = checked_ids(ids, table)
+        values = np.ascontiguousarray(grads, dtype=np.float32).reshape(len(flat), -1)
+        if len(flat) and values.shape[1] != self.dim(table):
+            raise PSConfigError(
+                f"{table}: gradients have dim {values.shape[1]}, the table {self.dim(table)}"
+            )
+        parts = self._map.route(flat)
+        order = np.concatenate(parts)
+        bounds = tuple(int(b) for b in np.cumsum([0, *map(len, parts)]))
+        self.push_many({table: (flat[order], values[order], bounds)}, step)
+
+    def push_pulled(
+        self, grads: Mapping[str, tuple[PulledRows, Rows]], step: int | None = None
+    ) -> None:
+        """Push the gradients of rows that :meth:`pull_many` returned (no regrouping)."""
+        self.push_many(
+            {name: (pulled.ids, g, pulled.bounds) for name, (pulled, g) in grads.items()}, step
+        )
+
+    def push_many(
+        self, grads: Mapping[str, tuple[Ids, Rows, tuple[int, ...]]], step: int | None = None
+    ) -> None:
+        """Push per table ``(ids, grads, bounds)``; shard s owns ``[bounds[s], bounds[s+1])``.
+
+        Every shard gets a frame for every table pushed (empty where it holds none of the
+        ids): in sync mode each shard counts one push per rank per step.
+        """
+        at = self.step if step is None else step
+        with self._push_lock:
+            frames: dict[int, list[Frame]] = {shard.index: [] for shard in self._shards}
+            for name, (ids, values, bounds) in grads.items():
+                dim = self.dim(name)
+                values = np.ascontiguousarray(values, dtype=np.float32)
+                for shard in self._shards:
+                    lo, hi = bounds[shard.index], bounds[shard.index + 1]
+                    header = self._header(Op.PUSH, shard, name, at, rows=hi - lo, dim=dim)
+                    payload = buffers_of(ids[lo:hi], values[lo:hi])
+                    frames[shard.index].append(
+                        (header._replace(payload_bytes=(hi - lo) * (8 + 4 * dim)), payload)
+                    )
+            self._exchange("push", frames, lambda header, sock: None)
+            self._pushed.update(grads)
+
+    def advance(self, to_step: int | None = None) -> int:
+        """End the current step: tables not pushed this step get empty pushes, then step += 1."""
+        missing = [name for name in self._dims if name not in self._pushed]
+        if missing:
+            empty = (
+                np.empty(0, np.int64),
+                np.empty((0, 0), np.float32),
+                (0,) * (len(self._shards) + 1),
+            )
+            self.push_many(
+                {
+                    name: (empty[0], empty[1].reshape(0, self._dims[name]), empty[2])
+                    for name in missing
+                }
+            )
+        self._pushed.clear()
+        self.step = self.step + 1 if to_step is None else to_step
+        return self.step
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Each shard's STATS answer, in replica order."""
+        return self._control(Op.STATS)
+
+    def begin(self, version: int) -> None:
+        """Start an undo log on every shard: :meth:`rollback` returns the tables to here."""
+        self._control(Op.BEGIN, step=version)
+
+    def rollback(self) -> None:
+        self._control(Op.ROLLBACK)
+
+    def export(self, folder: str, since_version: int | None = None) -> list[dict[str, str]]:
+        """Every shard writes its tables under ``folder``; answers list the files per shard."""
+        return self._control(Op.EXPORT, {"folder": folder, "since_version": since_version})
+
+    def load(self, folder: str, replace: bool = True) -> list[dict[str, str]]:
+        return self._control(Op.LOAD, {"folder": folder, "replace": replace})
+
+    def shutdown_servers(self) -> None:
+        """Ask every shard to stop (the PS processes exit 0)."""
+        self._control(Op.SHUTDOWN)
+
+    def close(self) -> None:
+        """Close the connections; a pull still waiting on a shard ends with PSUnavailable."""
+        for shard in self._shards:
+            shard.shutdown()
+        puller = getattr(self, "_puller", None)
+        if puller is not None:
+            puller.shutdown(wait=True, cancel_futures=True)
+        for shard in self._shards:
+            shard.close()
+
+    def __enter__(self) -> PSClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _header(self, op: Op, shard: _Shard, table: str | None, step: int, **sizes: int) -> Header:
+        return Header(
+            op,
+            request_id=next(self._request_ids),
+            table=shard.table_ids[table] if table is not None else 0,
+            epoch=self.epoch,
+            step=step,
+            rank=self.rank,
+            world=self.world,
+            **sizes,
+        )
+
+    def _hello(self) -> None:
+        for channel in ("pull", "push"):
+            frames = {
+                shard.index: [
+                    json_frame(self._header(Op.HELLO, shard, None, 0), {"tables": list(self._dims)})
+                ]
+                for shard in self._shards
+            }
+            answers = self._exchange(
+                channel, frames, lambda header, sock: json.loads(recv_text(sock, header))
+            )
+            for shard in self._shards:
+                declared = answers[shard.index][0]
+                for name, dim in self._dims.items():
+                    if declared[name]["dim"] != dim:
+                        raise PSConfigError(
+                            f"table {name!r}: {shard.label} has dim {declared[name]['dim']},"
+                            f" this client's config says {dim}; both must read the same TIDEMILL_PS"
+                        )
+                shard.table_ids = {name: int(entry["id"]) for name, entry in declared.items()}
+
+    def _pull_now(
+        self, checked: dict[str, tuple[Ids, tuple[int, ...]]], step: int
+    ) -> dict[str, PulledRows]:
+        pulled: dict[str, PulledRows] = {}
+        frames: dict[int, list[Frame]] = {shard.index: [] for shard in self._shards}
+        targets: dict[int, Rows] = {}
+        for name, (flat, shape) in checked.items():
+            unique, inverse = dedupe(flat)
+            parts = self._map.route(unique)
+            order = np.concatenate(parts)
+            position = np.empty(len(order), dtype=np.intp)
+            position[order] = np.arange(len(order))
+            bounds = tuple(int(b) for b in np.cumsum([0, *map(len, parts)]))
+            ids = unique[order]
+            rows = np.empty((len(ids), self._dims[name]), dtype=np.float32)
+            pulled[name] = PulledRows(ids, position[inverse], rows, bounds, shape)
+            for shard in self._shards:
+                lo, hi = bounds[shard.index], bounds[shard.index + 1]
+                if hi > lo:
+                    header = self._header(Op.PULL, shard, name, step, rows=hi - lo)
+                    frames[shard.index].append(
+                        (header._replace(payload_bytes=(hi - lo) * 8), buffers_of(ids[lo:hi]))
+                    )
+                    targets[header.request_id] = rows[lo:hi]
+
+        def into_rows(header: Header, sock: socket.socket) -> None:
+            target = targets[header.request_id]
+            if header.op != Op.ROWS or header.rows * header.dim != target.size:
+                raise PSProtocolError(
+                    f"PULL answer has {header.rows}x{header.dim} rows; expected {target.shape}"
+                )
+            recv_exact(sock, target.data.cast("B"), "rows")
+
+        self._exchange("pull", frames, into_rows)
+        return pulled
+
+    def _control(self, op: Op, body: dict[str, Any] | None = None, step: int = 0) -> list[Any]:
+        with self._push_lock:
+            frames = {
+                shard.index: [
+                    json_frame(self._header(op, shard, None, step), body)
+                    if body
+                    else (self._header(op, shard, None, step), [])
+                ]
+                for shard in self._shards
+            }
+            answers = self._exchange(
+                "push", frames, lambda header, sock: json.loads(recv_text(sock, header))
+            )
+        return [answers[shard.index][0] for shard in self._shards]
+
+    def _exchange(
+        self, channel: str, frames: dict[int, list[Frame]], answer: Answer
+    ) -> dict[int, list[Any]]:
+        """Send every shard its frames, then read every answer; raise the first error after."""
+        if self._broken is not None:
+            raise self._broken
+        answers: dict[int, list[Any]] = {}
+        first_error: PSError | None = None
+        shards = [self._shards[index] for index, batch in frames.items() if batch]
+        for shard in shards:
+            self._guarded(shard, send_frames, self._sock(shard, channel), frames[shard.index])
+        for shard in shards:
+            sock = self._sock(shard, channel)
+            results = answers.setdefault(shard.index, [])
+            for request, _ in frames[shard.index]:
+                header = self._guarded(shard, recv_header, sock, 1 << 40)
+                if header is None:
+                    raise self._fail(shard, "closed the connection")
+                if header.request_id != request.request_id:
+                    raise self._fail(
+                        shard,
+                        f"answered request {header.request_id}, expected {request.request_id}",
+                    )
+                if header.op == Op.ERROR:
+                    message = self._guarded(shard, recv_text, sock, header)
+                    first_error = first_error or self._server_error(shard, request, header, message)
+                    results.append(None)
+                    continue
+                results.append(self._guarded(shard, answer, header, sock))
+        if first_error is not None:
+            raise first_error
+        return answers
+
+    def _sock(self, shard: _Shard, channel: str) -> socket.socket:
+        return shard.pull_sock if channel == "pull" else shard.push_sock
+
+    def _guarded(self, shard: _Shard, action: Callable[..., Any], *args: Any) -> Any:
+        """``action(*args)``; a socket or framing failure marks the client broken."""
+        try:
+            return action(*args)
+        except (OSError, PSProtocolError) as exc:
+            raise self._fail(shard, str(exc)) from exc
+
+    def _fail(self, shard: _Shard, why: str) -> PSUnavailable:
+        self._broken = PSUnavailable(
+            f"{shard.label} is unavailable: {why}; this client cannot continue (the"
+            " elastic runtime restarts the step with a new client)",
+            shard=shard.index,
+            address=f"{shard.address[0]}:{shard.address[1]}",
+        )
+        return self._broken
+
+    def _server_error(
+        self, shard: _Shard, request: Header, header: Header, message: str
+    ) -> PSError:
+        text = f"{shard.label} refused {Op(request.op).name}: {message}"
+        if header.flags == ErrorCode.BAD_IDS:
+            return PSBadIds(text)
+        return _ERRORS.get(header.flags, PSServerError)(text, code=header.flags, shard=shard.index)

@@ -1,0 +1,319 @@
+"""Compiled kernels of a table: touch/admit, create, gather, push, evict, load and rollback.
+
+A table's storage is a tuple ``store = (rows, meta, tally)``:
+
+- ``rows``  float32 ``[capacity, dim + state_width]``: weights then optimizer state;
+- ``meta``  int64 ``[capacity, 3]``: id, last step pulled or pushed, version;
+- ``tally`` uint32 ``[capacity, 3]``: pull count, update count (Adam's step), undo mark.
+
+Rows ``0 .. n-1`` are live; a deleted row is replaced by the last one, so live rows stay
+dense and a full scan is a slice. The undo log ``undo = (rows, meta, tally)`` holds, per
+entry, the content of a row before its first change in the undo epoch (``meta`` has a
+fourth column: 1 if the row existed, 0 if the change created it). The caller reserves
+room in every array before a call: kernels never allocate table storage.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from tidemill.ps._hashing import mix64_one
+from tidemill.ps._index import ROW, find, insert, remove, row_of
+from tidemill.ps._optimizers import apply_update
+
+ID, LAST_STEP, VERSION, EXISTED = range(4)
+COUNT, UPDATES, MARK = range(3)
+COUNT_MAX = 2**32 - 1
+_SKETCH_GAMMA = np.uint64(0xD6E8FEB86659FD93)
+_MANTISSA_SHIFT = np.uint64(11)
+
+Rows = npt.NDArray[np.float32]
+Meta = npt.NDArray[np.int64]
+Tally = npt.NDArray[np.uint32]
+Store = tuple[Rows, Meta, Tally]
+Index = npt.NDArray[np.int64]
+Ids = npt.NDArray[np.int64]
+
+
+@numba.njit(nogil=True, cache=True)
+def init_row(out: Rows, seed: np.uint64, scale: float, key: np.int64) -> None:
+    """Uniform values in [-scale, scale) that depend only on (seed, id, column)."""
+    base = mix64_one(mix64_one(seed) ^ np.uint64(key))
+    for column in range(out.size):
+        bits = mix64_one(base + np.uint64(column)) >> _MANTISSA_SHIFT
+        unit = np.float64(bits) * (1.0 / 9007199254740992.0)
+        out[column] = np.float32((2.0 * unit - 1.0) * scale)
+
+
+@numba.njit(nogil=True, cache=True)
+def init_rows_kernel(ids: Ids, seed: np.uint64, scale: float, dim: int) -> Rows:
+    out = np.empty((ids.size, dim), np.float32)
+    for i in range(ids.size):
+        init_row(out[i], seed, scale, ids[i])
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _save(row: int, store: Store, undo: Store, undo_n: int, epoch: int) -> int:
+    """Log ``row``'s content before its first change in this epoch; the new undo length."""
+    rows, meta, tally = store
+    if epoch == 0 or tally[row, MARK] == epoch:
+        return undo_n
+    undo_rows, undo_meta, undo_tally = undo
+    undo_rows[undo_n] = rows[row]
+    undo_meta[undo_n, ID] = meta[row, ID]
+    undo_meta[undo_n, LAST_STEP] = meta[row, LAST_STEP]
+    undo_meta[undo_n, VERSION] = meta[row, VERSION]
+    undo_meta[undo_n, EXISTED] = 1
+    undo_tally[undo_n] = tally[row]
+    tally[row, MARK] = epoch
+    return undo_n + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _delete(index: Index, store: Store, n: int, entry: int) -> int:
+    """Delete the row of index ``entry``, moving the last row into its place; the new n."""
+    rows, meta, tally = store
+    row = index[entry, ROW]
+    remove(index, entry)
+    last = n - 1
+    if row != last:
+        rows[row] = rows[last]
+        meta[row] = meta[last]
+        tally[row] = tally[last]
+        index[find(index, meta[row, ID]), ROW] = row
+    return last
+
+
+@numba.njit(nogil=True, cache=True)
+def _sketch_count(
+    sketch: npt.NDArray[np.uint32],
+    log: Meta,
+    log_n: int,
+    key: np.int64,
+    ceiling: int,
+    logging: bool,
+) -> tuple[int, int]:
+    """Count ``key`` once in the count-min sketch (conservative update, saturating at
+    ``ceiling``); returns (estimate, new log length). Never under-counts."""
+    depth, width = sketch.shape
+    estimate = ceiling
+    for d in range(depth):
+        cell = np.int64(mix64_one(np.uint64(key) + np.uint64(d + 1) * _SKETCH_GAMMA)) & (width - 1)
+        estimate = min(estimate, int(sketch[d, cell]))
+    target = min(estimate + 1, ceiling)
+    for d in range(depth):
+        cell = np.int64(mix64_one(np.uint64(key) + np.uint64(d + 1) * _SKETCH_GAMMA)) & (width - 1)
+        if sketch[d, cell] < target:
+            if logging:
+                log[log_n, 0] = d * width + cell
+                log[log_n, 1] = sketch[d, cell]
+                log_n += 1
+            sketch[d, cell] = target
+    return target, log_n
+
+
+@numba.njit(nogil=True, cache=True)
+def touch(
+    index: Index,
+    store: Store,
+    undo: Store,
+    undo_n: int,
+    epoch: int,
+    unique: Ids,
+    step: int,
+    version: int,
+    sketch: npt.NDArray[np.uint32],
+    sketch_log: Meta,
+    sketch_n: int,
+    admit_min: int,
+) -> tuple[Ids, npt.NDArray[np.uint32], int, int]:
+    """Count a pull of each (unique) id: refresh existing rows, count the others toward
+    admission. Returns (row or -1 per id, count to create with or 0 per id, undo length,
+    sketch log length)."""
+    _, meta, tally = store
+    slots = np.empty(unique.size, np.int64)
+    admit = np.zeros(unique.size, np.uint32)
+    for i in range(unique.size):
+        key = unique[i]
+        row = row_of(index, key)
+        slots[i] = row
+        if row >= 0:
+            undo_n = _save(row, store, undo, undo_n, epoch)
+            if tally[row, COUNT] < COUNT_MAX:
+                tally[row, COUNT] += 1
+            meta[row, LAST_STEP] = step
+            meta[row, VERSION] = version
+        elif admit_min <= 1:
+            admit[i] = 1
+        else:
+            seen, sketch_n = _sketch_count(sketch, sketch_log, sketch_n, key, admit_min, epoch != 0)
+            if seen >= admit_min:
+                admit[i] = seen
+    return slots, admit, undo_n, sketch_n
+
+
+@numba.njit(nogil=True, cache=True)
+def create(
+    index: Index,
+    store: Store,
+    n: int,
+    undo: Store,
+    undo_n: int,
+    epoch: int,
+    new_ids: Ids,
+    counts: npt.NDArray[np.uint32],
+    init: tuple[np.uint64, float, int],
+    state0: Rows,
+    step: int,
+    version: int,
+) -> tuple[Ids, int, int]:
+    """Create a row per id (absent ids only) from ``init = (seed, scale, dim)`` and
+    ``state0``; returns (their rows, n, undo length)."""
+    rows, meta, tally = store
+    seed, scale, dim = init
+    _, undo_meta, _ = undo
+    created = np.empty(new_ids.size, np.int64)
+    for i in range(new_ids.size):
+        key = new_ids[i]
+        row = n
+        n += 1
+        insert(index, key, row)
+        init_row(rows[row, :dim], seed, scale, key)
+        rows[row, dim:] = state0
+        meta[row, ID] = key
+        meta[row, LAST_STEP] = step
+        meta[row, VERSION] = version
+        tally[row, COUNT] = counts[i]
+        tally[row, UPDATES] = 0
+        tally[row, MARK] = epoch
+        if epoch != 0:
+            undo_meta[undo_n, ID] = key
+            undo_meta[undo_n, EXISTED] = 0
+            undo_n += 1
+        created[i] = row
+    return created, n, undo_n
+
+
+@numba.njit(nogil=True, cache=True)
+def gather(rows: Rows, slots: Ids, inverse: Ids, dim: int, out: Rows) -> None:
+    """``out[i] = weights of the row of id i``, zeros where the id has no row."""
+    for i in range(inverse.size):
+        row = slots[inverse[i]]
+        if row < 0:
+            out[i] = 0.0
+        else:
+            out[i] = rows[row, :dim]
+
+
+@numba.njit(nogil=True, cache=True)
+def push(
+    index: Index,
+    store: Store,
+    undo: Store,
+    undo_n: int,
+    epoch: int,
+    ids: Ids,
+    grads: Rows,
+    step: int,
+    version: int,
+    kind: int,
+    params: npt.NDArray[np.float64],
+) -> tuple[int, int]:
+    """Apply the optimizer to the row of each (unique) id that has one; returns
+    (rows updated, undo length)."""
+    rows, meta, tally = store
+    dim = grads.shape[1]
+    updated = 0
+    for i in range(ids.size):
+        row = row_of(index, ids[i])
+        if row < 0:
+            continue
+        undo_n = _save(row, store, undo, undo_n, epoch)
+        steps = tally[row, UPDATES]
+        if steps < COUNT_MAX:
+            steps += 1
+        apply_update(kind, params, rows[row], grads[i], dim, steps)
+        tally[row, UPDATES] = steps
+        meta[row, LAST_STEP] = step
+        meta[row, VERSION] = version
+        updated += 1
+    return updated, undo_n
+
+
+@numba.njit(nogil=True, cache=True)
+def delete(
+    index: Index, store: Store, n: int, undo: Store, undo_n: int, epoch: int, ids: Ids
+) -> tuple[int, int]:
+    """Delete the rows of ``ids`` (absent ids are skipped); returns (n, undo length)."""
+    for i in range(ids.size):
+        entry = find(index, ids[i])
+        if entry < 0:
+            continue
+        undo_n = _save(index[entry, ROW], store, undo, undo_n, epoch)
+        n = _delete(index, store, n, entry)
+    return n, undo_n
+
+
+@numba.njit(nogil=True, cache=True)
+def put(index: Index, store: Store, n: int, ids: Ids, source: Store) -> int:
+    """Write ``source``'s rows (mark column aside) under ``ids``, creating absent ones;
+    returns n. Used by load; nothing is logged."""
+    rows, meta, tally = store
+    source_rows, source_meta, source_tally = source
+    for i in range(ids.size):
+        key = ids[i]
+        row = row_of(index, key)
+        if row < 0:
+            row = n
+            n += 1
+            insert(index, key, row)
+        rows[row] = source_rows[i]
+        meta[row, ID] = key
+        meta[row, LAST_STEP] = source_meta[i, LAST_STEP]
+        meta[row, VERSION] = source_meta[i, VERSION]
+        tally[row, COUNT] = source_tally[i, COUNT]
+        tally[row, UPDATES] = source_tally[i, UPDATES]
+        tally[row, MARK] = 0
+    return n
+
+
+@numba.njit(nogil=True, cache=True)
+def rollback(
+    index: Index,
+    store: Store,
+    n: int,
+    undo: Store,
+    undo_n: int,
+    sketch: npt.NDArray[np.uint32],
+    sketch_log: Meta,
+    sketch_n: int,
+) -> int:
+    """Undo the log newest first, so each row ends as it was before its first change;
+    returns n."""
+    rows, meta, tally = store
+    undo_rows, undo_meta, undo_tally = undo
+    for k in range(undo_n - 1, -1, -1):
+        key = undo_meta[k, ID]
+        entry = find(index, key)
+        if undo_meta[k, EXISTED] == 0:
+            if entry >= 0:
+                n = _delete(index, store, n, entry)
+            continue
+        if entry >= 0:
+            row = index[entry, ROW]
+        else:
+            row = n
+            n += 1
+            insert(index, key, row)
+        rows[row] = undo_rows[k]
+        meta[row, ID] = key
+        meta[row, LAST_STEP] = undo_meta[k, LAST_STEP]
+        meta[row, VERSION] = undo_meta[k, VERSION]
+        tally[row] = undo_tally[k]
+    flat = sketch.reshape(-1)
+    for k in range(sketch_n - 1, -1, -1):
+        flat[sketch_log[k, 0]] = sketch_log[k, 1]
+    return n

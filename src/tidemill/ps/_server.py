@@ -1,0 +1,374 @@
+"""One PS replica: its shard of every table, served over TCP.
+
+A thread per connection reads a frame, answers it and reads the next; a worker keeps
+two connections (pulls, and pushes/control), so a pull waiting for other ranks never
+blocks that worker's own push. Each table has its own lock: the compiled kernels release
+the GIL, so pulls and pushes of different tables run in parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tidemill.ps._config import TableConfig
+from tidemill.ps._errors import PSProtocolError
+from tidemill.ps._hashing import dedupe, segment_sum
+from tidemill.ps._progress import Refused, StepGate
+from tidemill.ps._psconfig import PSConfig
+from tidemill.ps._snapshot import export_path, load_export, save_export
+from tidemill.ps._table import ShardTable
+from tidemill.ps._wire import (
+    ErrorCode,
+    Header,
+    Op,
+    buffers_of,
+    error_frame,
+    json_frame,
+    recv_array,
+    recv_header,
+    recv_text,
+    send_frames,
+)
+
+log = logging.getLogger(__name__)
+Frame = tuple[Header, list[Any]]
+
+_ACCEPT_POLL_S = 0.2
+_DRAIN_S = 1.0
+_DRAIN_BYTES = 1 << 24
+
+
+@dataclass
+class _Table:
+    config: TableConfig
+    table: ShardTable
+    gate: StepGate
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_evict_step: int = 0
+
+
+class PSServer:
+    """Serve replica ``index`` of the tables in ``config`` on ``host:port`` (0: any port).
+
+    >>> from tidemill.ps import OptimizerConfig, PSConfig, TableConfig
+    >>> table = TableConfig("user", 4, OptimizerConfig("sgd", lr=0.1), 0.01, 1)
+    >>> with PSServer(PSConfig((table,)), index=0) as server:
+    ...     server.address[1] > 0
+    True
+    """
+
+    def __init__(self, config: PSConfig, index: int, host: str = "127.0.0.1", port: int = 0):
+        self.config = config
+        self.index = index
+        self._tables = [
+            _Table(
+                table,
+                ShardTable(table),
+                StepGate(table.name, config.consistency, config.max_staleness),
+            )
+            for table in config.tables
+        ]
+        self._listener = socket.create_server((host, port), reuse_port=False)
+        self._listener.settimeout(_ACCEPT_POLL_S)
+        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._guard = threading.Lock()
+        self._acceptor: threading.Thread | None = None
+
+    def start(self) -> PSServer:
+        self._acceptor = threading.Thread(target=self._accept_loop, name="ps-accept", daemon=True)
+        self._acceptor.start()
+        return self
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until the server stopped (SHUTDOWN or :meth:`stop`); True if it did."""
+        return self._stopped.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Stop accepting, close every connection, wake waiting pulls, join the threads."""
+        self._stopping.set()
+        for entry in self._tables:
+            entry.gate.close()
+        if self._acceptor is not None and self._acceptor is not threading.current_thread():
+            self._acceptor.join()
+        with self._guard:
+            connections = dict(self._connections)
+        for sock in connections:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for thread in connections.values():
+            if thread is not threading.current_thread():
+                thread.join()
+        self._listener.close()
+        self._stopped.set()
+
+    def __enter__(self) -> PSServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            thread = threading.Thread(target=self._serve, args=(sock,), name="ps-conn", daemon=True)
+            with self._guard:
+                self._connections[sock] = thread
+            thread.start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            while not self._stopping.is_set():
+                try:
+                    header = recv_header(sock, self.config.max_frame_bytes)
+                except PSProtocolError as exc:
+                    _refuse_and_close(sock, error_frame(None, ErrorCode.PROTOCOL, str(exc)))
+                    return
+                if header is None:
+                    return
+                try:
+                    frames = self._answer(sock, header)
+                except Refused as exc:
+                    frames = [error_frame(header, exc.code, str(exc))]
+                except PSProtocolError as exc:
+                    _refuse_and_close(sock, error_frame(header, ErrorCode.PROTOCOL, str(exc)))
+                    return
+                except OSError:
+                    raise
+                except Exception as exc:
+                    log.exception("PS replica %d failed on %s", self.index, Op(header.op).name)
+                    message = f"{Op(header.op).name} failed on PS replica {self.index}: {exc!r}"
+                    frames = [error_frame(header, ErrorCode.INTERNAL, message)]
+                send_frames(sock, frames)
+                if header.op == Op.SHUTDOWN:
+                    threading.Thread(target=self.stop, name="ps-stop", daemon=True).start()
+                    return
+        except OSError:
+            return
+        finally:
+            with self._guard:
+                self._connections.pop(sock, None)
+            sock.close()
+
+    def _answer(self, sock: socket.socket, header: Header) -> list[Frame]:
+        """Read the payload of ``header`` (always, to stay in step) and answer it."""
+        reply = header._replace(op=Op.OK, rows=0, dim=0, payload_bytes=0)
+        if header.op == Op.PULL:
+            ids = recv_array(sock, (header.rows,), np.int64)
+            return [self._pull(header, ids)]
+        if header.op == Op.PUSH:
+            ids = recv_array(sock, (header.rows,), np.int64)
+            grads = recv_array(sock, (header.rows, header.dim), np.float32)
+            return [(reply._replace(rows=self._push(header, ids, grads)), [])]
+        text = recv_text(sock, header) if header.payload_bytes else ""
+        handlers: dict[int, Callable[[Header, str], Any]] = {
+            Op.HELLO: self._hello,
+            Op.STATS: lambda _h, _t: self.stats(),
+            Op.BEGIN: lambda h, _t: self._each_table(lambda e: e.table.begin(h.step)),
+            Op.ROLLBACK: lambda _h, _t: self._rollback(),
+            Op.EXPORT: self._export,
+            Op.LOAD: self._load,
+            Op.SHUTDOWN: lambda _h, _t: None,
+        }
+        handler = handlers.get(header.op)
+        if handler is None:
+            raise Refused(
+                ErrorCode.BAD_REQUEST, f"{Op(header.op).name} is an answer, not a request"
+            )
+        return [json_frame(reply, handler(header, text))]
+
+    def _table(self, header: Header) -> _Table:
+        if header.table >= len(self._tables):
+            raise Refused(
+                ErrorCode.UNKNOWN_TABLE,
+                f"table id {header.table} is not held by PS replica {self.index};"
+                f" tables: {self.config.table_names}",
+            )
+        return self._tables[header.table]
+
+    def _pull(self, header: Header, ids: npt.NDArray[np.int64]) -> Frame:
+        entry = self._table(header)
+        _refuse_bad_ids(entry.config.name, ids)
+        entry.gate.wait_for_pull(header, self.config.pull_timeout_s)
+        with entry.lock:
+            rows = entry.table.pull(ids, header.step)
+        answer = header._replace(op=Op.ROWS, rows=len(ids), dim=entry.config.dim)
+        return answer._replace(payload_bytes=rows.nbytes), buffers_of(rows)
+
+    def _push(
+        self, header: Header, ids: npt.NDArray[np.int64], grads: npt.NDArray[np.float32]
+    ) -> int:
+        entry = self._table(header)
+        name = entry.config.name
+        if header.dim != entry.config.dim and header.rows:
+            raise Refused(
+                ErrorCode.BAD_REQUEST,
+                f"table {name!r}: gradients have dim {header.dim};"
+                f" the table has dim {entry.config.dim}",
+            )
+        _refuse_bad_ids(name, ids)
+        if not np.isfinite(grads).all():
+            raise Refused(ErrorCode.BAD_REQUEST, f"table {name!r}: gradients hold NaN or inf")
+        entry.gate.push(
+            header, ids, grads.reshape(len(ids), entry.config.dim), self._applier(entry)
+        )
+        return len(ids)
+
+    def _applier(
+        self, entry: _Table
+    ) -> Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32]], None]:
+        def apply(step: int, ids: npt.NDArray[np.int64], grads: npt.NDArray[np.float32]) -> None:
+            if not len(ids):
+                return
+            unique, inverse = dedupe(ids)
+            if len(unique) != len(ids):
+                grads = segment_sum(grads, inverse, len(unique))
+            ttl = entry.config.ttl_steps
+            with entry.lock:
+                entry.table.push(unique, grads, step)
+                if ttl is not None and step - entry.last_evict_step >= max(1, ttl // 4):
+                    entry.table.evict(step)
+                    entry.last_evict_step = step
+
+        return apply
+
+    def _hello(self, _header: Header, text: str) -> dict[str, Any]:
+        try:
+            wanted = json.loads(text)["tables"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Refused(
+                ErrorCode.BAD_REQUEST, f"HELLO needs JSON {{'tables': [...]}}: {exc}"
+            ) from exc
+        names = self.config.table_names
+        unknown = [name for name in wanted if name not in names]
+        if unknown:
+            raise Refused(
+                ErrorCode.UNKNOWN_TABLE,
+                f"PS replica {self.index} does not hold tables {unknown}; tables: {names}",
+            )
+        return {
+            name: {"id": names.index(name), "dim": self.config.table(name).dim} for name in wanted
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Per-table counters: rows, memory, admissions, evictions, traffic, staleness."""
+        tables: dict[str, Any] = {}
+        for entry in self._tables:
+            table, gate = entry.table, entry.gate
+            with entry.lock:
+                tables[entry.config.name] = {
+                    "rows": int(table.rows),
+                    "memory_bytes": int(table.memory_bytes),
+                    "admitted": int(table.admitted),
+                    "evicted": int(table.evicted),
+                    "pulled_rows": int(table.pulled_rows),
+                    "pushed_rows": int(table.pushed_rows),
+                    "epoch": gate.epoch,
+                    "applied_step": gate.applied_through,
+                    "pulls": gate.staleness.pulls,
+                    "staleness_max_steps": gate.staleness.max_steps,
+                    "staleness_mean_steps": gate.staleness.total_steps
+                    / max(1, gate.staleness.pulls),
+                }
+        return {"index": self.index, "tables": tables}
+
+    @contextmanager
+    def _all_locked(self) -> Iterator[None]:
+        with ExitStack() as stack:
+            for entry in self._tables:
+                stack.enter_context(entry.lock)
+            yield
+
+    def _each_table(self, action: Callable[[_Table], object]) -> None:
+        with self._all_locked():
+            for entry in self._tables:
+                action(entry)
+
+    def _rollback(self) -> None:
+        self._each_table(lambda entry: entry.table.rollback())
+        for entry in self._tables:
+            entry.gate.reset()
+
+    def _export(self, _header: Header, text: str) -> dict[str, str]:
+        request = _json_request(text, "EXPORT", "folder")
+        since = request.get("since_version")
+        written: dict[str, str] = {}
+        for entry in self._tables:
+            with entry.lock:
+                export = entry.table.export(since_version=since)
+            path = export_path(request["folder"], entry.config.name, self.index)
+            try:
+                save_export(path, export)
+            except OSError as exc:
+                raise Refused(ErrorCode.BAD_REQUEST, f"EXPORT cannot write {path}: {exc}") from exc
+            written[entry.config.name] = str(path)
+        return written
+
+    def _load(self, _header: Header, text: str) -> dict[str, str]:
+        request = _json_request(text, "LOAD", "folder")
+        loaded: dict[str, str] = {}
+        for entry in self._tables:
+            path = export_path(request["folder"], entry.config.name, self.index)
+            if not path.exists():
+                continue
+            export = load_export(path)
+            with entry.lock:
+                entry.table.load(export, replace=bool(request.get("replace", True)))
+            entry.gate.reset()
+            loaded[entry.config.name] = str(path)
+        return loaded
+
+
+def _refuse_and_close(sock: socket.socket, frame: Frame) -> None:
+    """Send the error, then close without a reset: the peer reads the error, then EOF.
+
+    Unread bytes at close make the kernel send RST, which can destroy the error frame
+    before the peer reads it; so shut the write side and drain (bounded) first.
+    """
+    send_frames(sock, [frame])
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(_DRAIN_S)
+    drained = 0
+    try:
+        while drained < _DRAIN_BYTES and (chunk := sock.recv(1 << 16)):
+            drained += len(chunk)
+    except OSError:
+        pass
+
+
+def _json_request(text: str, op: str, required: str) -> dict[str, Any]:
+    try:
+        request = json.loads(text)
+    except ValueError as exc:
+        raise Refused(ErrorCode.BAD_REQUEST, f"{op} needs a JSON object: {exc}") from exc
+    if not isinstance(request, dict) or not isinstance(request.get(required), str):
+        raise Refused(ErrorCode.BAD_REQUEST, f"{op} needs a string field {required!r}")
+    return request
+
+
+def _refuse_bad_ids(table: str, ids: npt.NDArray[np.int64]) -> None:
+    if len(ids) and (smallest := int(ids.min())) < 0:
+        raise Refused(
+            ErrorCode.BAD_IDS,
+            f"table {table!r}: {int(np.count_nonzero(ids < 0))} negative ids (smallest"
+            f" {smallest}); ids must be in 0 .. 2**63 - 1",
+        )
