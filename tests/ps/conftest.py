@@ -43,7 +43,7 @@ StartPS = Callable[..., PSProcesses]
 def start_replicas(config: PSConfig, replicas: int) -> PSProcesses:
     env = {
         **os.environ,
-        "TIDEMILL_PS": config.to_json(),
+        "TIDEMILL_PS": config.to_spec(replicas).model_dump_json(by_alias=True),
         "TIDEMILL_PS_ADDRS": ",".join(["127.0.0.1:0"] * replicas),
     }
     processes = [

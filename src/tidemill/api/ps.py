@@ -65,8 +65,13 @@ class TableOptimizer(SpecModel):
     FTRL-Proximal (McMahan et al., 2013): ``lr`` is its alpha."""
 
     name: OptimizerName = Field(description="sgd | adagrad | adam | ftrl")
-    lr: float = Field(default=0.01, gt=0, le=1e6)
-    eps: float | None = Field(default=None, gt=0, le=1.0)
+    lr: float | None = Field(
+        default=None,
+        gt=0,
+        le=1e6,
+        description="default as torch: sgd 1e-3, adagrad 1e-2, adam 1e-3; ftrl 0.05",
+    )
+    eps: float | None = Field(default=None, ge=0, le=1.0)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.999, ge=0, lt=1)
     initial_accumulator: float = Field(default=0.0, ge=0, le=1e6)
@@ -154,6 +159,9 @@ class PSServerSpec(SpecModel):
     max_staleness_steps: int = Field(default=0, ge=0, le=MAX_STALENESS_STEPS)
     virtual_shards: int = Field(default=DEFAULT_VIRTUAL_SHARDS, ge=1, le=MAX_VIRTUAL_SHARDS)
     replicas: int = Field(ge=1, description="PS replicas the tables are sharded over")
+    pull_timeout_seconds: float = Field(
+        default=60.0, gt=0, le=86_400, description="how long a pull waits for slow ranks"
+    )
 
     def to_env(self) -> dict[str, str]:
         return {PS_VAR: self.model_dump_json(by_alias=True)}

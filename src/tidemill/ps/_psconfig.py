@@ -13,6 +13,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
+from tidemill.api.ps import (
+    Admission,
+    Eviction,
+    OptimizerName,
+    PSServerSpec,
+    TableOptimizer,
+    TableSpec,
+)
+from tidemill.api.ps import (
+    Consistency as ConsistencyName,
+)
 from tidemill.ps._config import TableConfig
 from tidemill.ps._errors import PSConfigError
 from tidemill.ps._optimizers import OptimizerConfig
@@ -111,11 +124,39 @@ class PSConfig:
             raise PSConfigError(f"{ENV_CONFIG}: {exc}") from exc
 
     @classmethod
+    def from_spec(cls, spec: PSServerSpec) -> PSConfig:
+        """The job file's ``roles.ps`` (as ``TIDEMILL_PS`` carries it) as the servers'
+        and clients' config."""
+        return cls(
+            tables=tuple(_table_of(table) for table in spec.tables),
+            consistency=spec.consistency.value,
+            max_staleness=spec.max_staleness_steps,
+            virtual_shards=spec.virtual_shards,
+            pull_timeout_s=spec.pull_timeout_seconds,
+        )
+
+    def to_spec(self, replicas: int) -> PSServerSpec:
+        """The inverse of :meth:`from_spec` (what the launcher would write for it)."""
+        return PSServerSpec(
+            tables=[_spec_of(table) for table in self.tables],
+            consistency=ConsistencyName(self.consistency),
+            max_staleness_steps=self.max_staleness,
+            virtual_shards=self.virtual_shards,
+            replicas=replicas,
+            pull_timeout_seconds=self.pull_timeout_s,
+        )
+
+    @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> PSConfig:
+        """``TIDEMILL_PS``: the job's :class:`~tidemill.api.ps.PSServerSpec` as JSON."""
         text = environ.get(ENV_CONFIG)
         if not text:
-            raise PSConfigError(f"{ENV_CONFIG} is not set; the launcher writes PSConfig JSON there")
-        return cls.from_json(text)
+            raise PSConfigError(f"{ENV_CONFIG} is not set; the launcher writes the ps role there")
+        try:
+            spec = PSServerSpec.model_validate_json(text)
+        except ValidationError as exc:
+            raise PSConfigError(f"{ENV_CONFIG}: {exc}") from exc
+        return cls.from_spec(spec)
 
 
 def _plain(value: Any) -> Any:
@@ -134,6 +175,53 @@ def _table_from(index: int, item: Any) -> TableConfig:
         return TableConfig(**{**item, "optimizer": OptimizerConfig(**item["optimizer"])})
     except (TypeError, ValueError) as exc:
         raise PSConfigError(f"tables[{index}]: {exc}") from exc
+
+
+def _table_of(spec: TableSpec) -> TableConfig:
+    optimizer = spec.optimizer
+    return TableConfig(
+        name=spec.name,
+        dim=spec.dim,
+        optimizer=OptimizerConfig(
+            kind=optimizer.name.value,
+            lr=optimizer.lr,
+            eps=optimizer.eps,
+            beta1=optimizer.beta1,
+            beta2=optimizer.beta2,
+            initial_accumulator=optimizer.initial_accumulator,
+            l1=optimizer.l1,
+            l2=optimizer.l2,
+            beta=optimizer.beta,
+        ),
+        init_scale=spec.init_scale,
+        seed=spec.seed,
+        admit_min_count=spec.admission.min_count,
+        ttl_steps=spec.eviction.ttl_steps,
+        max_rows=spec.eviction.max_rows,
+    )
+
+
+def _spec_of(table: TableConfig) -> TableSpec:
+    optimizer = table.optimizer
+    return TableSpec(
+        name=table.name,
+        dim=table.dim,
+        optimizer=TableOptimizer(
+            name=OptimizerName(optimizer.kind),
+            lr=optimizer.lr,
+            eps=optimizer.eps,
+            beta1=optimizer.beta1,
+            beta2=optimizer.beta2,
+            initial_accumulator=optimizer.initial_accumulator,
+            l1=optimizer.l1,
+            l2=optimizer.l2,
+            beta=optimizer.beta,
+        ),
+        init_scale=table.init_scale,
+        seed=table.seed,
+        admission=Admission(min_count=table.admit_min_count),
+        eviction=Eviction(ttl_steps=table.ttl_steps, max_rows=table.max_rows),
+    )
 
 
 def addresses_from_env(environ: Mapping[str, str]) -> tuple[Address, ...]:
