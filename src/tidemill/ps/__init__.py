@@ -24,6 +24,7 @@ from tidemill.ps._config import TableConfig
 from tidemill.ps._errors import (
     PSBadIds,
     PSConfigError,
+    PSCutMissing,
     PSError,
     PSProtocolError,
     PSServerError,
@@ -45,6 +46,7 @@ __all__ = [
     "PSClient",
     "PSConfig",
     "PSConfigError",
+    "PSCutMissing",
     "PSEmbedding",
     "PSEmbeddingBag",
     "PSEmbeddingCollection",

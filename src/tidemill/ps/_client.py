@@ -24,6 +24,7 @@ import numpy.typing as npt
 from tidemill.ps._errors import (
     PSBadIds,
     PSConfigError,
+    PSCutMissing,
     PSError,
     PSProtocolError,
     PSServerError,
@@ -54,6 +55,7 @@ Rows = npt.NDArray[np.float32]
 _ERRORS: dict[int, type[PSServerError]] = {
     ErrorCode.UNKNOWN_TABLE: PSUnknownTable,
     ErrorCode.TIMEOUT: PSTimeout,
+    ErrorCode.CUT_MISSING: PSCutMissing,
 }
 
 
@@ -285,7 +287,9 @@ class PSClient:
         return self._control(Op.STATS)
 
     def begin(self, version: int) -> None:
-        """Start an undo log on every shard: :meth:`rollback` returns the tables to here."""
+        """Cut the tables at step ``version`` (every rank's pushes of the steps before it
+        applied; the shards wait for them): a later epoch that resumes at ``version``
+        rolls the tables back to here."""
         self._control(Op.BEGIN, step=version)
 
     def rollback(self) -> None:
@@ -295,8 +299,11 @@ class PSClient:
         """Every shard writes its tables under ``folder``; answers list the files per shard."""
         return self._control(Op.EXPORT, {"folder": folder, "since_version": since_version})
 
-    def load(self, folder: str, replace: bool = True) -> list[dict[str, str]]:
-        return self._control(Op.LOAD, {"folder": folder, "replace": replace})
+    def load(
+        self, folder: str, replace: bool = True, step: int | None = None
+    ) -> list[dict[str, str]]:
+        """Every shard loads its part of an EXPORT; with ``step``, the tables are cut there."""
+        return self._control(Op.LOAD, {"folder": folder, "replace": replace, "step": step})
 
     def shutdown_servers(self) -> None:
         """Ask every shard to stop (the PS processes exit 0)."""

@@ -9,7 +9,8 @@ Tree::
     ├── PSProtocolError                 a frame broke the wire format
     └── PSServerError                   a shard answered with an error frame
         ├── PSUnknownTable              a table the shard does not hold
-        └── PSTimeout                   a pull waited too long for other ranks' pushes
+        ├── PSTimeout                   a pull waited too long for other ranks' pushes
+        └── PSCutMissing                the shard cannot return to the step a group resumes at
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class PSUnavailable(PSError, ConnectionError):
     ``shard`` and ``address`` name it, so the elastic runtime can map the failure to
     the replica that died.
     """
+
+    elastic_recoverable = True
+    """The elastic loop rolls back to the last commit and re-forms (see tidemill.runtime)."""
 
     def __init__(self, message: str, *, shard: int, address: str) -> None:
         super().__init__(message)
@@ -59,3 +63,10 @@ class PSUnknownTable(PSServerError):
 
 class PSTimeout(PSServerError):
     """A pull waited longer than ``pull_timeout_s``; the message names the silent ranks."""
+
+    elastic_recoverable = True
+
+
+class PSCutMissing(PSServerError):
+    """A new epoch resumes at a step the shard holds no cut of (it restarted empty, or the
+    group's last commit is older than the shard's): the job restores a checkpoint."""

@@ -85,10 +85,14 @@ class StepGate:
 
     def wait_for_pull(self, header: Header, timeout_s: float) -> None:
         """Block until a pull of ``header.step`` may read, or refuse naming the silent ranks."""
+        staleness = self.max_staleness if self.consistency == "async" else 0
+        self.wait_applied(header, header.step - 1 - staleness, timeout_s)
+
+    def wait_applied(self, header: Header, needed: int, timeout_s: float) -> None:
+        """Block until every rank's pushes through step ``needed`` are applied."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._enter(header)
-            needed = header.step - 1 - (self.max_staleness if self.consistency == "async" else 0)
             while (seen := self._slowest_applied()) < needed:
                 left = deadline - time.monotonic()
                 if self._closed:

@@ -86,6 +86,11 @@ class PSServer:
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._guard = threading.Lock()
         self._acceptor: threading.Thread | None = None
+        self._epoch_lock = threading.Lock()
+        self._epoch = -1
+        self._cut = 0
+        for entry in self._tables:
+            entry.table.begin(0)
 
     def start(self) -> PSServer:
         self._acceptor = threading.Thread(target=self._accept_loop, name="ps-accept", daemon=True)
@@ -172,6 +177,8 @@ class PSServer:
     def _answer(self, sock: socket.socket, header: Header) -> list[Frame]:
         """Read the payload of ``header`` (always, to stay in step) and answer it."""
         reply = header._replace(op=Op.OK, rows=0, dim=0, payload_bytes=0)
+        if header.op in (Op.PULL, Op.PUSH, Op.BEGIN):
+            self._enter_epoch(header)
         if header.op == Op.PULL:
             ids = recv_array(sock, (header.rows,), np.int64)
             return [self._pull(header, ids)]
@@ -183,7 +190,7 @@ class PSServer:
         handlers: dict[int, Callable[[Header, str], Any]] = {
             Op.HELLO: self._hello,
             Op.STATS: lambda _h, _t: self.stats(),
-            Op.BEGIN: lambda h, _t: self._each_table(lambda e: e.table.begin(h.step)),
+            Op.BEGIN: lambda h, _t: self._begin(h),
             Op.ROLLBACK: lambda _h, _t: self._rollback(),
             Op.EXPORT: self._export,
             Op.LOAD: self._load,
@@ -303,6 +310,31 @@ class PSServer:
             for entry in self._tables:
                 action(entry)
 
+    def _enter_epoch(self, header: Header) -> None:
+        """The first frame of a new epoch: the group resumes at ``header.step``, so the
+        tables go back to the cut taken there (nothing to undo after a clean change; the
+        steps since the last commit after a failure)."""
+        with self._epoch_lock:
+            if header.epoch <= self._epoch:
+                return
+            if header.step != self._cut:
+                raise Refused(
+                    ErrorCode.CUT_MISSING,
+                    f"PS replica {self.index} holds its tables as of step {self._cut}; "
+                    f"epoch {header.epoch} resumes at step {header.step}: the job must "
+                    "restore a checkpoint taken with the tables",
+                )
+            self._rollback()
+            self._epoch = header.epoch
+
+    def _begin(self, header: Header) -> None:
+        """Cut the tables at step ``header.step`` once every rank's earlier pushes are in."""
+        for entry in self._tables:
+            entry.gate.wait_applied(header, header.step - 1, self.config.pull_timeout_s)
+        self._each_table(lambda entry: entry.table.begin(header.step))
+        with self._epoch_lock:
+            self._cut = header.step
+
     def _rollback(self) -> None:
         self._each_table(lambda entry: entry.table.rollback())
         for entry in self._tables:
@@ -324,6 +356,8 @@ class PSServer:
         return written
 
     def _load(self, _header: Header, text: str) -> dict[str, str]:
+        """Load the tables written by EXPORT under ``folder``; with ``step``, that is the
+        new cut (a job restoring a checkpoint resumes there)."""
         request = _json_request(text, "LOAD", "folder")
         loaded: dict[str, str] = {}
         for entry in self._tables:
@@ -335,6 +369,11 @@ class PSServer:
                 entry.table.load(export, replace=bool(request.get("replace", True)))
             entry.gate.reset()
             loaded[entry.config.name] = str(path)
+        step = request.get("step")
+        if isinstance(step, int):
+            self._each_table(lambda entry: entry.table.begin(step))
+            with self._epoch_lock:
+                self._cut = step
         return loaded
 
 

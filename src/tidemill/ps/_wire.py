@@ -74,6 +74,7 @@ class ErrorCode(IntEnum):
     TIMEOUT = 5
     STALE_EPOCH = 6
     INTERNAL = 7
+    CUT_MISSING = 8
 
 
 _OPS = frozenset(int(op) for op in Op)

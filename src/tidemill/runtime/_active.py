@@ -28,6 +28,13 @@ class ActiveEpoch:
     """None when the training function runs alone, without a job master."""
     hooks: list[CommitHook] = field(default_factory=list)
     """Commit hooks that live as long as this epoch."""
+    abort_listeners: list[Callable[[], None]] = field(default_factory=list)
+    """Called (from the master's thread) when the job master aborts this epoch, so code
+    blocked outside the process group (a parameter-server pull) lets go at once."""
+
+    def on_abort(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` if this epoch is aborted (a peer was lost)."""
+        self.abort_listeners.append(fn)
 
     def hook_commits(self, fn: Callable[[ElasticState], None]) -> CommitHook:
         """Add ``fn`` to the state's commit hooks until this epoch ends."""

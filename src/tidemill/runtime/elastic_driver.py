@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from tidemill.api.checkpoint import CheckpointPlan
-from tidemill.runtime._active import ActiveEpoch, activate, deactivate
+from tidemill.runtime._active import ActiveEpoch, activate, current, deactivate
 from tidemill.runtime._checkpointing import Checkpointing
 from tidemill.runtime._errors import RendezvousError
 from tidemill.runtime._watchdog import watchdog
@@ -275,6 +275,8 @@ class Driver:
     def _recoverable(self, exc: Exception, plan: Epoch) -> bool:
         if isinstance(exc, GroupAborted | dist.DistError) or self.client.aborted(plan.epoch):
             return True
+        if getattr(exc, "elastic_recoverable", False):
+            return True  # e.g. a parameter server dropped: roll back and re-form
         text = str(exc)
         return isinstance(exc, RuntimeError) and any(m in text for m in FAILURE_MARKERS)
 
@@ -284,6 +286,9 @@ class Driver:
         group = self.group
         if group is not None and group.plan.epoch <= epoch:
             group.sever()
+            active = current()
+            for listener in list(active.abort_listeners) if active is not None else ():
+                listener()
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self.leaving = True

@@ -1,0 +1,94 @@
+"""tidemill's own parameter servers in a real job: two PS replicas (``python -m
+tidemill.ps``) and elastic workers on the local engine, sync mode, exact.
+
+The workers keep a ledger on the servers (see ``ps_train.py``): every row ends equal to
+the number of times its id occurs in the batches, so a sample trained twice or lost
+shows as a wrong row. kill -9 of a worker mid-training rolls the servers back with the
+survivors to their last commit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import wait_for
+from tests.e2e.ps_train import global_batch
+
+pytestmark = pytest.mark.e2e
+TRAIN = Path(__file__).with_name("ps_train.py")
+STEPS = 60
+
+
+def ps_job(name: str, result: Path) -> dict[str, Any]:
+    small = {"cpu": 0.1, "memory": "64Mi"}
+    return {
+        "apiVersion": "tidemill/v1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "mode": "ps",
+            "restartBackoffSeconds": 0.2,
+            "roles": {
+                "ps": {
+                    "replicas": 2,
+                    "resources": small,
+                    "tables": [
+                        {
+                            "name": "ledger",
+                            "dim": 2,
+                            "initScale": 0.0,
+                            "optimizer": {"name": "sgd", "lr": 1.0},
+                        }
+                    ],
+                },
+                "worker": {
+                    "replicas": 2,
+                    "minReplicas": 1,
+                    "maxReplicas": 2,
+                    "resources": small,
+                    "command": [sys.executable, str(TRAIN), str(STEPS), str(result)],
+                },
+            },
+        },
+    }
+
+
+def expected_ledger() -> dict[str, float]:
+    counts = Counter(i for step in range(STEPS) for i in global_batch(step))
+    return {str(i): float(n) for i, n in sorted(counts.items())}
+
+
+def reached(client: Any, name: str, step: int) -> bool:
+    text = client.logs(name, role="worker", index=0)
+    return any(line.startswith(f"step {step} ") for line in text.splitlines())
+
+
+def test_a_ps_job_trains_every_sample_once_through_a_worker_killed_mid_training(
+    start_server,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    _, client = start_server()
+    result = tmp_path / "ledger.json"
+    client.submit(ps_job("ledger", result))
+    wait_for(lambda: reached(client, "ledger", 12), timeout_s=120, what="training past step 12")
+    view = client.get("ledger")
+    servers = sorted(r.node for r in view.replicas if r.role == "ps")
+    assert len(servers) == 2
+    victim = next(r for r in view.replicas if r.role == "worker" and r.index == 1)
+    os.kill(victim.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    final = client.wait("ledger", timeout_s=240)
+
+    assert final.phase == "Succeeded", final.message
+    print(f"finished {time.monotonic() - killed_at:.1f}s after kill -9 of worker-1")
+    assert json.loads(result.read_text()) == expected_ledger()
