@@ -26,6 +26,7 @@ _SKETCH_DEPTH = 4
 _LFU_HEADROOM = 64
 _EPOCH_MAX = 2**32 - 1
 _KEY_COUNT_MAX = 2**31 - 2
+_NO_SKETCH = np.zeros((0, 0), np.uint32)
 
 
 def _grown(array: npt.NDArray[Any], needed: int, used: int) -> npt.NDArray[Any]:
@@ -55,8 +56,9 @@ class ShardTable:
 
     Undo: :meth:`begin` opens an epoch; the first change of each row in it logs the
     row, and :meth:`rollback` restores rows, optimizer state, metadata, the admission
-    sketch, the eviction log and the version bit for bit (the order of rows in memory
-    may differ; exports are sorted by id). The counters ``admitted``, ``evicted``,
+    sketch, the eviction log and the version bit for bit. Rows may sit elsewhere in
+    memory afterwards, which nothing observes: exports are sorted by id and eviction
+    breaks ties by id. The counters ``admitted``, ``evicted``,
     ``pulled_rows`` and ``pushed_rows`` are monotonic and not rolled back.
 
     >>> table = ShardTable(TableConfig("items", dim=2))
@@ -262,7 +264,8 @@ class ShardTable:
 
     def evict(self, step: int) -> npt.NDArray[np.int64]:
         """Evict rows idle for ``ttl_steps`` at ``step``, then the least frequently pulled
-        rows down to ``max_rows``; returns the evicted ids.
+        rows down to ``max_rows`` (ties: longest idle, then lowest id); returns the
+        evicted ids, sorted, TTL ones first.
 
         >>> table = ShardTable(TableConfig("t", dim=2, ttl_steps=10))
         >>> _ = table.pull([1], step=0); _ = table.pull([2], step=5)
@@ -275,7 +278,7 @@ class ShardTable:
             stale = np.flatnonzero(
                 self._meta[: self._n, k.LAST_STEP] <= now - self.config.ttl_steps
             )
-            evicted.append(self._remove(self._meta[stale, k.ID]))
+            evicted.append(self._remove(np.sort(self._meta[stale, k.ID])))
         budget = self.config.max_rows
         if budget is not None and self._n > budget:
             evicted.append(self._remove(self._least_used(self._n - budget, np.empty(0, np.int64))))
@@ -333,6 +336,7 @@ class ShardTable:
             versions=live[chosen, k.VERSION],
             tombstones=tombs[:, 0].copy(),
             tombstone_versions=tombs[:, 1].copy(),
+            admission_sketch=self._sketch.copy() if self._admit_min > 1 else _NO_SKETCH.copy(),
         )
 
     def load(self, export: TableExport, replace: bool) -> None:
@@ -359,6 +363,8 @@ class ShardTable:
             )
             self._version = max(self._version, export.version)
         self._append_tombs(export.tombstones, export.tombstone_versions)
+        if export.admission_sketch.size:
+            self._sketch[...] = export.admission_sketch
         self._reserve_rows(self._n + count)
         meta = np.zeros((count, 4), np.int64)
         meta[:, k.LAST_STEP] = export.last_steps
@@ -468,8 +474,14 @@ class ShardTable:
         counts = np.minimum(self._tally[: self._n, k.COUNT], _KEY_COUNT_MAX).astype(np.int64)
         key = (counts << 32) | np.minimum(recency, 2**32 - 1)
         key[protected] = INT64_MAX
-        chosen = np.argpartition(key, count - 1)[:count] if count < self._n else np.arange(self._n)
-        ids: npt.NDArray[np.int64] = live[chosen, k.ID]
+        if count >= self._n:
+            return np.sort(live[:, k.ID])
+        # ties at the cut go by id, so the choice does not depend on where rows sit in memory
+        cut = np.partition(key, count - 1)[count - 1]
+        below = np.flatnonzero(key < cut)
+        tied = np.flatnonzero(key == cut)
+        tied = tied[np.argsort(live[tied, k.ID])[: count - below.size]]
+        ids: npt.NDArray[np.int64] = np.sort(live[np.concatenate([below, tied]), k.ID])
         return ids
 
     def _remove(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -529,6 +541,9 @@ class ShardTable:
             "versions": (export.versions, (count,)),
             "tombstone_versions": (export.tombstone_versions, export.tombstones.shape),
         }
+        if export.admission_sketch.size:
+            sketch_shape = self._sketch.shape if self._admit_min > 1 else _NO_SKETCH.shape
+            shapes["admission_sketch"] = (export.admission_sketch, sketch_shape)
         for name, (array, shape) in shapes.items():
             if array.shape != shape:
                 raise ValueError(
