@@ -79,9 +79,13 @@ def test_the_table_holds_exactly_what_a_dict_model_holds(
     max_rows: int | None, ops: list[tuple[object, ...]]
 ) -> None:
     config = TableConfig(
-        "t", dim=2, optimizer=OptimizerConfig("sgd", lr=1.0), init_scale=0.5,
-        ttl_steps=TTL, max_rows=max_rows,
-    )  # fmt: skip
+        "t",
+        dim=2,
+        optimizer=OptimizerConfig("sgd", lr=1.0),
+        init_scale=0.5,
+        ttl_steps=TTL,
+        max_rows=max_rows,
+    )
     table = ShardTable(config, capacity=2)
     model = Model(config)
     began = False
