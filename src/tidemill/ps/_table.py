@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps import _kernels as k
+from tidemill.ps._checks import checked_export_rows, checked_grads, checked_out
 from tidemill.ps._config import TableConfig, init_rows
 from tidemill.ps._export import TableExport
 from tidemill.ps._hashing import _dedupe
@@ -178,7 +179,7 @@ class ShardTable:
         """
         keys = as_ids(ids)
         now = as_int(step, "step")
-        target = self._out(out, keys.size)
+        target = checked_out(out, keys.size, self._dim)
         unique, inverse = _dedupe(keys)
         self._reserve_undo(unique.size)
         if self._admit_min > 1:
@@ -237,7 +238,7 @@ class ShardTable:
         """
         keys = as_ids(ids)
         now = as_int(step, "step")
-        gradients = self._grads(grads, keys.size)
+        gradients = checked_grads(grads, keys.size, self._dim)
         unique, inverse = _dedupe(keys)
         if unique.size != keys.size:
             first = int(np.flatnonzero(inverse != np.arange(keys.size))[0])
@@ -349,7 +350,8 @@ class ShardTable:
         >>> bool((copy.peek([3]) == source.peek([3])).all())
         True
         """
-        count = self._check_export(export)
+        sketch_shape = self._sketch.shape if self._admit_min > 1 else (0, 0)
+        count = checked_export_rows(export, self.config, sketch_shape)
         self._epoch = 0
         self._undo_n = self._sketch_n = 0
         if replace:
@@ -500,57 +502,3 @@ class ShardTable:
         self._tombs[self._tomb_n : self._tomb_n + ids.size, 0] = ids
         self._tombs[self._tomb_n : self._tomb_n + ids.size, 1] = versions
         self._tomb_n += ids.size
-
-    def _out(self, out: npt.NDArray[np.float32] | None, n: int) -> npt.NDArray[np.float32]:
-        if out is None:
-            return np.empty((n, self._dim), np.float32)
-        if (
-            not isinstance(out, np.ndarray)
-            or out.dtype != np.float32
-            or out.shape != (n, self._dim)
-            or not out.flags.c_contiguous
-        ):
-            got = f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
-            raise ValueError(
-                f"out: expected a C-contiguous float32 array of shape ({n}, {self._dim}), got {got}"
-            )
-        return out
-
-    def _grads(self, grads: object, n: int) -> npt.NDArray[np.float32]:
-        array = np.asarray(grads)
-        if array.dtype.kind != "f" or array.shape != (n, self._dim):
-            raise ValueError(
-                f"grads: expected a float array of shape ({n}, {self._dim}) (one row per id), "
-                f"got {array.dtype} {array.shape}"
-            )
-        return np.ascontiguousarray(array, dtype=np.float32)
-
-    def _check_export(self, export: TableExport) -> int:
-        if not isinstance(export, TableExport):
-            raise ValueError(f"export: expected a TableExport, got {type(export).__name__}")
-        if export.dim != self._dim:
-            raise ValueError(f"export.dim: {export.dim} does not match the table's dim {self._dim}")
-        ids = as_ids(export.ids, "export.ids")
-        count = ids.size
-        shapes: dict[str, tuple[npt.NDArray[Any], tuple[int, ...]]] = {
-            "weights": (export.weights, (count, self._dim)),
-            "state": (export.state, (count, self._width - self._dim)),
-            "counts": (export.counts, (count,)),
-            "updates": (export.updates, (count,)),
-            "last_steps": (export.last_steps, (count,)),
-            "versions": (export.versions, (count,)),
-            "tombstone_versions": (export.tombstone_versions, export.tombstones.shape),
-        }
-        if export.admission_sketch.size:
-            sketch_shape = self._sketch.shape if self._admit_min > 1 else _NO_SKETCH.shape
-            shapes["admission_sketch"] = (export.admission_sketch, sketch_shape)
-        for name, (array, shape) in shapes.items():
-            if array.shape != shape:
-                raise ValueError(
-                    f"export.{name}: shape {array.shape}, expected {shape} "
-                    f"for this table ({self.config.optimizer.kind}, dim {self._dim})"
-                )
-        if _dedupe(ids)[0].size != count:
-            raise ValueError("export.ids: ids repeat; an export holds each id once")
-        as_ids(export.tombstones, "export.tombstones")
-        return count
