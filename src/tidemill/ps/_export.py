@@ -17,6 +17,9 @@ class TableExport:
     eviction; a delta holds the rows whose version is above ``since_version`` and
     the ids evicted after it (``tombstones``, with the version of their eviction).
     Loading a delta deletes the tombstones first, then writes the rows.
+    ``admission_sketch`` is the whole count-min sketch of pulls of ids without a row
+    (in deltas too: it is small), so a restored table admits as the original would;
+    it is empty ``(0, 0)`` for tables that admit at once.
     """
 
     name: str
@@ -32,6 +35,7 @@ class TableExport:
     versions: npt.NDArray[np.int64]
     tombstones: npt.NDArray[np.int64]
     tombstone_versions: npt.NDArray[np.int64]
+    admission_sketch: npt.NDArray[np.uint32]
 
     @property
     def rows(self) -> int:
@@ -43,5 +47,5 @@ class TableExport:
         """Bytes of all arrays together."""
         arrays: list[npt.NDArray[Any]] = [self.ids, self.weights, self.state, self.counts]
         arrays += [self.updates, self.last_steps, self.versions]
-        arrays += [self.tombstones, self.tombstone_versions]
+        arrays += [self.tombstones, self.tombstone_versions, self.admission_sketch]
         return sum(array.nbytes for array in arrays)

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps import _kernels as k
+from tidemill.ps._checks import checked_export_rows, checked_grads, checked_out
 from tidemill.ps._config import TableConfig, init_rows
 from tidemill.ps._export import TableExport
 from tidemill.ps._hashing import _dedupe
@@ -26,6 +27,7 @@ _SKETCH_DEPTH = 4
 _LFU_HEADROOM = 64
 _EPOCH_MAX = 2**32 - 1
 _KEY_COUNT_MAX = 2**31 - 2
+_NO_SKETCH = np.zeros((0, 0), np.uint32)
 
 
 def _grown(array: npt.NDArray[Any], needed: int, used: int) -> npt.NDArray[Any]:
@@ -55,8 +57,9 @@ class ShardTable:
 
     Undo: :meth:`begin` opens an epoch; the first change of each row in it logs the
     row, and :meth:`rollback` restores rows, optimizer state, metadata, the admission
-    sketch, the eviction log and the version bit for bit (the order of rows in memory
-    may differ; exports are sorted by id). The counters ``admitted``, ``evicted``,
+    sketch, the eviction log and the version bit for bit. Rows may sit elsewhere in
+    memory afterwards, which nothing observes: exports are sorted by id and eviction
+    breaks ties by id. The counters ``admitted``, ``evicted``,
     ``pulled_rows`` and ``pushed_rows`` are monotonic and not rolled back.
 
     >>> table = ShardTable(TableConfig("items", dim=2))
@@ -176,7 +179,7 @@ class ShardTable:
         """
         keys = as_ids(ids)
         now = as_int(step, "step")
-        target = self._out(out, keys.size)
+        target = checked_out(out, keys.size, self._dim)
         unique, inverse = _dedupe(keys)
         self._reserve_undo(unique.size)
         if self._admit_min > 1:
@@ -235,7 +238,7 @@ class ShardTable:
         """
         keys = as_ids(ids)
         now = as_int(step, "step")
-        gradients = self._grads(grads, keys.size)
+        gradients = checked_grads(grads, keys.size, self._dim)
         unique, inverse = _dedupe(keys)
         if unique.size != keys.size:
             first = int(np.flatnonzero(inverse != np.arange(keys.size))[0])
@@ -262,7 +265,8 @@ class ShardTable:
 
     def evict(self, step: int) -> npt.NDArray[np.int64]:
         """Evict rows idle for ``ttl_steps`` at ``step``, then the least frequently pulled
-        rows down to ``max_rows``; returns the evicted ids.
+        rows down to ``max_rows`` (ties: longest idle, then lowest id); returns the
+        evicted ids, sorted, TTL ones first.
 
         >>> table = ShardTable(TableConfig("t", dim=2, ttl_steps=10))
         >>> _ = table.pull([1], step=0); _ = table.pull([2], step=5)
@@ -275,7 +279,7 @@ class ShardTable:
             stale = np.flatnonzero(
                 self._meta[: self._n, k.LAST_STEP] <= now - self.config.ttl_steps
             )
-            evicted.append(self._remove(self._meta[stale, k.ID]))
+            evicted.append(self._remove(np.sort(self._meta[stale, k.ID])))
         budget = self.config.max_rows
         if budget is not None and self._n > budget:
             evicted.append(self._remove(self._least_used(self._n - budget, np.empty(0, np.int64))))
@@ -333,6 +337,7 @@ class ShardTable:
             versions=live[chosen, k.VERSION],
             tombstones=tombs[:, 0].copy(),
             tombstone_versions=tombs[:, 1].copy(),
+            admission_sketch=self._sketch.copy() if self._admit_min > 1 else _NO_SKETCH.copy(),
         )
 
     def load(self, export: TableExport, replace: bool) -> None:
@@ -345,7 +350,8 @@ class ShardTable:
         >>> bool((copy.peek([3]) == source.peek([3])).all())
         True
         """
-        count = self._check_export(export)
+        sketch_shape = self._sketch.shape if self._admit_min > 1 else (0, 0)
+        count = checked_export_rows(export, self.config, sketch_shape)
         self._epoch = 0
         self._undo_n = self._sketch_n = 0
         if replace:
@@ -359,6 +365,8 @@ class ShardTable:
             )
             self._version = max(self._version, export.version)
         self._append_tombs(export.tombstones, export.tombstone_versions)
+        if export.admission_sketch.size:
+            self._sketch[...] = export.admission_sketch
         self._reserve_rows(self._n + count)
         meta = np.zeros((count, 4), np.int64)
         meta[:, k.LAST_STEP] = export.last_steps
@@ -468,8 +476,14 @@ class ShardTable:
         counts = np.minimum(self._tally[: self._n, k.COUNT], _KEY_COUNT_MAX).astype(np.int64)
         key = (counts << 32) | np.minimum(recency, 2**32 - 1)
         key[protected] = INT64_MAX
-        chosen = np.argpartition(key, count - 1)[:count] if count < self._n else np.arange(self._n)
-        ids: npt.NDArray[np.int64] = live[chosen, k.ID]
+        if count >= self._n:
+            return np.sort(live[:, k.ID])
+        # ties at the cut go by id, so the choice does not depend on where rows sit in memory
+        cut = np.partition(key, count - 1)[count - 1]
+        below = np.flatnonzero(key < cut)
+        tied = np.flatnonzero(key == cut)
+        tied = tied[np.argsort(live[tied, k.ID])[: count - below.size]]
+        ids: npt.NDArray[np.int64] = np.sort(live[np.concatenate([below, tied]), k.ID])
         return ids
 
     def _remove(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -488,54 +502,3 @@ class ShardTable:
         self._tombs[self._tomb_n : self._tomb_n + ids.size, 0] = ids
         self._tombs[self._tomb_n : self._tomb_n + ids.size, 1] = versions
         self._tomb_n += ids.size
-
-    def _out(self, out: npt.NDArray[np.float32] | None, n: int) -> npt.NDArray[np.float32]:
-        if out is None:
-            return np.empty((n, self._dim), np.float32)
-        if (
-            not isinstance(out, np.ndarray)
-            or out.dtype != np.float32
-            or out.shape != (n, self._dim)
-            or not out.flags.c_contiguous
-        ):
-            got = f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
-            raise ValueError(
-                f"out: expected a C-contiguous float32 array of shape ({n}, {self._dim}), got {got}"
-            )
-        return out
-
-    def _grads(self, grads: object, n: int) -> npt.NDArray[np.float32]:
-        array = np.asarray(grads)
-        if array.dtype.kind != "f" or array.shape != (n, self._dim):
-            raise ValueError(
-                f"grads: expected a float array of shape ({n}, {self._dim}) (one row per id), "
-                f"got {array.dtype} {array.shape}"
-            )
-        return np.ascontiguousarray(array, dtype=np.float32)
-
-    def _check_export(self, export: TableExport) -> int:
-        if not isinstance(export, TableExport):
-            raise ValueError(f"export: expected a TableExport, got {type(export).__name__}")
-        if export.dim != self._dim:
-            raise ValueError(f"export.dim: {export.dim} does not match the table's dim {self._dim}")
-        ids = as_ids(export.ids, "export.ids")
-        count = ids.size
-        shapes: dict[str, tuple[npt.NDArray[Any], tuple[int, ...]]] = {
-            "weights": (export.weights, (count, self._dim)),
-            "state": (export.state, (count, self._width - self._dim)),
-            "counts": (export.counts, (count,)),
-            "updates": (export.updates, (count,)),
-            "last_steps": (export.last_steps, (count,)),
-            "versions": (export.versions, (count,)),
-            "tombstone_versions": (export.tombstone_versions, export.tombstones.shape),
-        }
-        for name, (array, shape) in shapes.items():
-            if array.shape != shape:
-                raise ValueError(
-                    f"export.{name}: shape {array.shape}, expected {shape} "
-                    f"for this table ({self.config.optimizer.kind}, dim {self._dim})"
-                )
-        if _dedupe(ids)[0].size != count:
-            raise ValueError("export.ids: ids repeat; an export holds each id once")
-        as_ids(export.tombstones, "export.tombstones")
-        return count
