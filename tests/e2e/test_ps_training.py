@@ -68,8 +68,10 @@ def expected_ledger() -> dict[str, float]:
 
 
 def reached(client: Any, name: str, step: int) -> bool:
-    text = client.logs(name, role="worker", index=0)
-    return any(line.startswith(f"step {step} ") for line in text.splitlines())
+    """Worker 0 logged ``step N`` (its logs exist once it was launched)."""
+    if not any(r.role == "worker" and r.pid for r in client.get(name).replicas):
+        return False
+    return any(line.startswith(f"step {step} ") for line in client.logs(name, "worker", 0))
 
 
 def test_a_ps_job_trains_every_sample_once_through_a_worker_killed_mid_training(
@@ -89,6 +91,7 @@ def test_a_ps_job_trains_every_sample_once_through_a_worker_killed_mid_training(
 
     final = client.wait("ledger", timeout_s=240)
 
-    assert final.phase == "Succeeded", final.message
+    logs = "\n".join(client.logs("ledger"))
+    assert final.phase == "Succeeded", f"{final.message}\n{logs[-6000:]}"
     print(f"finished {time.monotonic() - killed_at:.1f}s after kill -9 of worker-1")
     assert json.loads(result.read_text()) == expected_ledger()

@@ -47,7 +47,10 @@ class JobPS:
 
     def join(self, ctx: ElasticContext) -> PSClient:
         """The client for this epoch (rank, world size, step from ``ctx``); call it at
-        the start of the training function, which the elastic loop runs per epoch."""
+        the start of the training function, which the elastic loop runs per epoch.
+
+        Rank 0's cuts last exactly as long as the epoch: a commit made after a failure
+        (the loop's own, on a resize) must not cut tables holding the undone steps."""
         if self._cutting is not None:
             self._cutting.remove()
             self._cutting = None
@@ -60,7 +63,11 @@ class JobPS:
         if active is not None:
             active.on_abort(client.close)
         if ctx.rank == 0:
-            self._cutting = ctx.state.add_commit_hook(_cut_with(client))
+            cut = _cut_with(client)
+            if active is not None:
+                active.hook_commits(cut)
+            else:
+                self._cutting = ctx.state.add_commit_hook(cut)
         return client
 
     def close(self) -> None:
