@@ -154,7 +154,7 @@ def parse_header(raw: bytes | bytearray | memoryview, max_frame_bytes: int) -> H
 
 def buffers_of(*arrays: npt.NDArray[Any]) -> list[memoryview]:
     """Byte views of C-contiguous arrays, for :func:`send_frames` (no copy)."""
-    return [memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8)) for array in arrays]
+    return [np.ascontiguousarray(array).reshape(-1).view(np.uint8).data for array in arrays]
 
 
 def send_frames(sock: socket.socket, frames: Sequence[tuple[Header, Sequence[Any]]]) -> None:
