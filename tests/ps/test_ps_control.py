@@ -104,7 +104,7 @@ def test_begin_rollback_export_load_and_shutdown_through_the_wire(
     with PSClient(SMALL, replicas.addresses) as client:
         before = client.pull("t", ids)
         rows_before = sum(shard["tables"]["t"]["rows"] for shard in client.stats())
-        client.begin(1)
+        client.begin(0)
         client.push("t", ids, np.ones((50, 4), np.float32))
         client.advance()
         assert np.allclose(client.pull("t", np.arange(80))[:50], before - 1.0)

@@ -111,6 +111,7 @@ def test_the_public_names_are_pinned_and_the_server_never_imports_torch() -> Non
         "PSClient",
         "PSConfig",
         "PSConfigError",
+        "PSCutMissing",
         "PSEmbedding",
         "PSEmbeddingBag",
         "PSEmbeddingCollection",

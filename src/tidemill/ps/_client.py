@@ -299,6 +299,13 @@ class PSClient:
         """Every shard writes its tables under ``folder``; answers list the files per shard."""
         return self._control(Op.EXPORT, {"folder": folder, "since_version": since_version})
 
+    def export_serving(self, folder: str, since_version: int | None = None) -> list[dict[str, str]]:
+        """Rows changed after cut ``since_version`` (all rows when None) and the ids
+        evicted since, as Parquet under ``folder/<table>/shard-<k>.parquet`` (see
+        ``tidemill.ps._serving``): what a serving store applies to catch up."""
+        body = {"folder": folder, "since_version": since_version, "format": "serving"}
+        return self._control(Op.EXPORT, body)
+
     def load(
         self, folder: str, replace: bool = True, step: int | None = None
     ) -> list[dict[str, str]]:

@@ -25,6 +25,7 @@ from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._hashing import dedupe, segment_sum
 from tidemill.ps._progress import Refused, StepGate
 from tidemill.ps._psconfig import PSConfig
+from tidemill.ps._serving import serving_path, write_serving
 from tidemill.ps._snapshot import export_path, load_export, save_export
 from tidemill.ps._table import ShardTable
 from tidemill.ps._wire import (
@@ -90,7 +91,7 @@ class PSServer:
         self._epoch = -1
         self._cut = 0
         for entry in self._tables:
-            entry.table.begin(0)
+            _cut(entry.table, 0)
 
     def start(self) -> PSServer:
         self._acceptor = threading.Thread(target=self._accept_loop, name="ps-accept", daemon=True)
@@ -331,7 +332,7 @@ class PSServer:
         """Cut the tables at step ``header.step`` once every rank's earlier pushes are in."""
         for entry in self._tables:
             entry.gate.wait_applied(header, header.step - 1, self.config.pull_timeout_s)
-        self._each_table(lambda entry: entry.table.begin(header.step))
+        self._each_table(lambda entry: _cut(entry.table, header.step))
         with self._epoch_lock:
             self._cut = header.step
 
@@ -341,18 +342,26 @@ class PSServer:
             entry.gate.reset()
 
     def _export(self, _header: Header, text: str) -> dict[str, str]:
+        """Write each table's rows (changed since ``since_version``, or all) under
+        ``folder``: ``format: "checkpoint"`` (every field, for LOAD) or ``"serving"``
+        (Parquet of ids, versions, embeddings and tombstones)."""
         request = _json_request(text, "EXPORT", "folder")
         since = request.get("since_version")
+        serving = request.get("format", "checkpoint") == "serving"
         written: dict[str, str] = {}
         for entry in self._tables:
             with entry.lock:
                 export = entry.table.export(since_version=since)
-            path = export_path(request["folder"], entry.config.name, self.index)
+            name = entry.config.name
+            if serving:
+                path = serving_path(request["folder"], name, self.index)
+            else:
+                path = export_path(request["folder"], name, self.index)
             try:
-                save_export(path, export)
+                write_serving(path, export) if serving else save_export(path, export)
             except OSError as exc:
                 raise Refused(ErrorCode.BAD_REQUEST, f"EXPORT cannot write {path}: {exc}") from exc
-            written[entry.config.name] = str(path)
+            written[name] = str(path)
         return written
 
     def _load(self, _header: Header, text: str) -> dict[str, str]:
@@ -371,7 +380,7 @@ class PSServer:
             loaded[entry.config.name] = str(path)
         step = request.get("step")
         if isinstance(step, int):
-            self._each_table(lambda entry: entry.table.begin(step))
+            self._each_table(lambda entry: _cut(entry.table, step))
             with self._epoch_lock:
                 self._cut = step
         return loaded
@@ -402,6 +411,12 @@ def _json_request(text: str, op: str, required: str) -> dict[str, Any]:
     if not isinstance(request, dict) or not isinstance(request.get(required), str):
         raise Refused(ErrorCode.BAD_REQUEST, f"{op} needs a string field {required!r}")
     return request
+
+
+def _cut(table: ShardTable, step: int) -> None:
+    """Open the table's undo log at the cut of ``step``; rows changed after it carry
+    version ``step + 1`` or more, so "changed since cut N" is "version above N"."""
+    table.begin(max(step + 1, table.version))
 
 
 def _refuse_bad_ids(table: str, ids: npt.NDArray[np.int64]) -> None:
