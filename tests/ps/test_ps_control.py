@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +124,17 @@ def test_begin_rollback_export_load_and_shutdown_through_the_wire(
         assert np.array_equal(client.pull("t", ids), before)
         client.shutdown_servers()
     assert [process.wait(timeout=20) for process in replicas.processes] == [0, 0]
+
+
+def test_a_sigtermed_replica_serves_its_connected_workers_then_exits(start_ps: StartPS) -> None:
+    replicas = start_ps(SMALL, 1)
+    process = replicas.processes[0]
+    with PSClient(SMALL, replicas.addresses) as client:
+        client.pull("t", [1, 2])
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert process.poll() is None, "a worker is still connected: keep serving it"
+        client.push("t", [1, 2], np.ones((2, 4), np.float32))
+        client.advance()
+        assert client.pull("t", [1]).shape == (1, 4)
+    assert process.wait(timeout=10) == 0

@@ -1,8 +1,10 @@
 """``python -m tidemill.ps``: one PS replica, configured by its environment.
 
-Reads ``TIDEMILL_PS`` (the :class:`PSConfig` JSON), ``TIDEMILL_PS_ADDRS`` and
-``TIDEMILL_INDEX``; listens on its own entry of the address list (port 0 picks a free
-port, printed in the "listening" line) and exits 0 on SIGTERM or a SHUTDOWN frame.
+Reads ``TIDEMILL_PS`` (the job's ps role), ``TIDEMILL_PS_ADDRS`` and ``TIDEMILL_INDEX``;
+listens on its own entry of the address list (port 0 picks a free port, printed in
+the "listening" line) and exits 0 after a SHUTDOWN frame, or after SIGTERM once its
+workers have let go: a preempted or stopped job's workers still cut and save their
+last step through the servers (at most ``DRAIN_S``; the engine's SIGKILL ends it anyway).
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ import logging
 import os
 import signal
 import sys
+import time
 from types import FrameType
 
 from tidemill.ps._errors import PSConfigError
 from tidemill.ps._psconfig import PSConfig, addresses_from_env, index_from_env
 from tidemill.ps._server import PSServer
+
+DRAIN_S = 30.0
+"""How long a SIGTERM'd replica keeps serving workers that are still connected."""
 
 
 def main() -> int:
@@ -34,10 +40,12 @@ def main() -> int:
         print(f"tidemill-ps: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
 
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        server.stop()
+    drain_until: list[float] = []
 
-    signal.signal(signal.SIGTERM, stop)
+    def drain(_signum: int, _frame: FrameType | None) -> None:
+        drain_until.append(time.monotonic() + DRAIN_S)
+
+    signal.signal(signal.SIGTERM, drain)
     server.start()
     bound_host, bound_port = server.address
     print(
@@ -45,8 +53,10 @@ def main() -> int:
         f" (tables {', '.join(config.table_names)}; {config.consistency})",
         flush=True,
     )
-    while not server.wait(0.5):
-        pass
+    while not server.wait(0.2):
+        if drain_until and (server.connections == 0 or time.monotonic() > drain_until[0]):
+            print(f"tidemill-ps: replica {index} stopping (SIGTERM)", flush=True)
+            server.stop()
     return 0
 
 

@@ -98,6 +98,12 @@ class PSServer:
         self._acceptor.start()
         return self
 
+    @property
+    def connections(self) -> int:
+        """Client connections open now (a draining server stops when none are left)."""
+        with self._guard:
+            return len(self._connections)
+
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until the server stopped (SHUTDOWN or :meth:`stop`); True if it did."""
         return self._stopped.wait(timeout_s)
