@@ -286,11 +286,21 @@ class PSClient:
         """Each shard's STATS answer, in replica order."""
         return self._control(Op.STATS)
 
-    def begin(self, version: int) -> None:
+    def begin(self, version: int, snapshot_to: str | None = None, since: int | None = None) -> None:
         """Cut the tables at step ``version`` (every rank's pushes of the steps before it
         applied; the shards wait for them): a later epoch that resumes at ``version``
-        rolls the tables back to here."""
-        self._control(Op.BEGIN, step=version)
+        rolls the tables back to here. With ``snapshot_to``, every shard also writes the
+        tables as of this cut there (the rows changed after cut ``since``, or all) on a
+        thread: complete when each ``shard-<k>.json`` is there (``tidemill.ps._cuts``)."""
+        body = (
+            None if snapshot_to is None else {"snapshot": {"folder": snapshot_to, "since": since}}
+        )
+        self._control(Op.BEGIN, body, step=version)
+
+    def restore(self, snapshots: Sequence[str], step: int) -> None:
+        """Every shard loads a checkpoint's snapshots (the full one, then the deltas) and
+        cuts there: the job resumes at ``step``."""
+        self._control(Op.LOAD, {"snapshots": list(snapshots), "step": step})
 
     def rollback(self) -> None:
         self._control(Op.ROLLBACK)

@@ -21,7 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps._config import TableConfig
+from tidemill.ps._cuts import read_snapshot, write_snapshot
 from tidemill.ps._errors import PSProtocolError
+from tidemill.ps._export import TableExport
 from tidemill.ps._hashing import dedupe, segment_sum
 from tidemill.ps._progress import Refused, StepGate
 from tidemill.ps._psconfig import PSConfig
@@ -197,7 +199,7 @@ class PSServer:
         handlers: dict[int, Callable[[Header, str], Any]] = {
             Op.HELLO: self._hello,
             Op.STATS: lambda _h, _t: self.stats(),
-            Op.BEGIN: lambda h, _t: self._begin(h),
+            Op.BEGIN: self._begin,
             Op.ROLLBACK: lambda _h, _t: self._rollback(),
             Op.EXPORT: self._export,
             Op.LOAD: self._load,
@@ -334,13 +336,42 @@ class PSServer:
             self._rollback()
             self._epoch = header.epoch
 
-    def _begin(self, header: Header) -> None:
-        """Cut the tables at step ``header.step`` once every rank's earlier pushes are in."""
+    def _begin(self, header: Header, text: str) -> None:
+        """Cut the tables at step ``header.step`` once every rank's earlier pushes are in;
+        with ``{"snapshot": {"folder": F, "since": S}}`` also copy them as of the cut
+        (full, or changed after cut S) and write the copy to F on a thread."""
+        request = json.loads(text) if text else {}
+        snapshot = request.get("snapshot") if isinstance(request, dict) else None
         for entry in self._tables:
             entry.gate.wait_applied(header, header.step - 1, self.config.pull_timeout_s)
-        self._each_table(lambda entry: _cut(entry.table, header.step))
+        exports: dict[str, TableExport] = {}
+        with self._all_locked():
+            for entry in self._tables:
+                _cut(entry.table, header.step)
+                if snapshot is not None:
+                    exports[entry.config.name] = entry.table.export(snapshot.get("since"))
         with self._epoch_lock:
             self._cut = header.step
+        if snapshot is not None:
+            folder, since = str(snapshot["folder"]), snapshot.get("since")
+            threading.Thread(
+                target=self._write_snapshot,
+                args=(folder, header.step, since, exports),
+                name="ps-snapshot",
+                daemon=True,
+            ).start()
+
+    def _write_snapshot(
+        self, folder: str, step: int, since: int | None, exports: dict[str, TableExport]
+    ) -> None:
+        """A failed write leaves no sidecar: the checkpoint waiting for it fails, and
+        training goes on."""
+        try:
+            write_snapshot(folder, self.index, step, since, exports)
+        except Exception:
+            log.exception(
+                "PS replica %d: snapshot of step %d to %s failed", self.index, step, folder
+            )
 
     def _rollback(self) -> None:
         self._each_table(lambda entry: entry.table.rollback())
@@ -371,24 +402,49 @@ class PSServer:
         return written
 
     def _load(self, _header: Header, text: str) -> dict[str, str]:
-        """Load the tables written by EXPORT under ``folder``; with ``step``, that is the
-        new cut (a job restoring a checkpoint resumes there)."""
-        request = _json_request(text, "LOAD", "folder")
-        loaded: dict[str, str] = {}
-        for entry in self._tables:
-            path = export_path(request["folder"], entry.config.name, self.index)
-            if not path.exists():
-                continue
-            export = load_export(path)
-            with entry.lock:
-                entry.table.load(export, replace=bool(request.get("replace", True)))
-            entry.gate.reset()
-            loaded[entry.config.name] = str(path)
+        """Load the tables written by EXPORT under ``folder``, or the snapshots of a
+        checkpoint (``snapshots``: the full one, then its deltas, in order); with
+        ``step``, that is the new cut (a job restoring a checkpoint resumes there)."""
+        request = json.loads(text) if text else None
+        if isinstance(request, dict) and isinstance(request.get("snapshots"), list):
+            loaded = self._load_snapshots([str(folder) for folder in request["snapshots"]])
+        else:
+            request = _json_request(text, "LOAD", "folder")
+            loaded = self._load_exports(request["folder"], bool(request.get("replace", True)))
         step = request.get("step")
         if isinstance(step, int):
             self._each_table(lambda entry: _cut(entry.table, step))
             with self._epoch_lock:
                 self._cut = step
+        return loaded
+
+    def _load_exports(self, folder: str, replace: bool) -> dict[str, str]:
+        loaded: dict[str, str] = {}
+        for entry in self._tables:
+            path = export_path(folder, entry.config.name, self.index)
+            if not path.exists():
+                continue
+            export = load_export(path)
+            with entry.lock:
+                entry.table.load(export, replace=replace)
+            entry.gate.reset()
+            loaded[entry.config.name] = str(path)
+        return loaded
+
+    def _load_snapshots(self, folders: list[str]) -> dict[str, str]:
+        try:
+            chain = [read_snapshot(folder, self.index) for folder in folders]
+        except ValueError as exc:
+            raise Refused(ErrorCode.BAD_REQUEST, f"LOAD: {exc}") from exc
+        loaded: dict[str, str] = {}
+        for entry in self._tables:
+            name = entry.config.name
+            with entry.lock:
+                for position, exports in enumerate(chain):
+                    if name in exports:
+                        entry.table.load(exports[name], replace=position == 0)
+            entry.gate.reset()
+            loaded[name] = ", ".join(folders)
         return loaded
 
 
