@@ -28,9 +28,9 @@ TRAIN = Path(__file__).with_name("ps_train.py")
 STEPS = 60
 
 
-def ps_job(name: str, result: Path) -> dict[str, Any]:
+def ps_job(name: str, result: Path, checkpoints: Path | None = None) -> dict[str, Any]:
     small = {"cpu": 0.1, "memory": "64Mi"}
-    return {
+    job: dict[str, Any] = {
         "apiVersion": "tidemill/v1",
         "kind": "TrainingJob",
         "metadata": {"name": name},
@@ -60,6 +60,9 @@ def ps_job(name: str, result: Path) -> dict[str, Any]:
             },
         },
     }
+    if checkpoints is not None:
+        job["spec"]["checkpoint"] = {"dir": str(checkpoints), "everySteps": 5}
+    return job
 
 
 def expected_ledger() -> dict[str, float]:
@@ -95,3 +98,26 @@ def test_a_ps_job_trains_every_sample_once_through_a_worker_killed_mid_training(
     assert final.phase == "Succeeded", f"{final.message}\n{logs[-6000:]}"
     print(f"finished {time.monotonic() - killed_at:.1f}s after kill -9 of worker-1")
     assert json.loads(result.read_text()) == expected_ledger()
+
+
+def test_a_ps_replica_killed_mid_training_rolls_every_shard_and_worker_back_to_the_checkpoint(
+    start_server,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    _, client = start_server()
+    result = tmp_path / "ledger.json"
+    client.submit(ps_job("ledger", result, checkpoints=tmp_path / "ckpt"))
+    wait_for(lambda: reached(client, "ledger", 17), timeout_s=120, what="training past step 17")
+    victim = next(r for r in client.get("ledger").replicas if r.role == "ps" and r.index == 1)
+    os.kill(victim.pid, signal.SIGKILL)
+
+    final = client.wait("ledger", timeout_s=240)
+
+    logs = "\n".join(client.logs("ledger"))
+    assert final.phase == "Succeeded", f"{final.message}\n{logs[-6000:]}"
+    assert json.loads(result.read_text()) == expected_ledger()
+    # The shards went back to the last cut a checkpoint holds: the restarted one from
+    # its snapshots (every shard, when the model had to come back from the checkpoint too).
+    assert "[ps-1] tidemill-ps: replica 1 listening" in logs.split("ps-1 attempt 1 started")[-1]
+    snapshots = sorted(p.name for p in (tmp_path / "ckpt").rglob("cut-*"))
+    assert snapshots, "each checkpoint's tables were written beside it"

@@ -286,6 +286,10 @@ class PSClient:
         """Each shard's STATS answer, in replica order."""
         return self._control(Op.STATS)
 
+    def cuts(self) -> list[int]:
+        """The step each shard's tables are cut at (where an epoch may resume)."""
+        return [int(shard["cut"]) for shard in self.stats()]
+
     def begin(self, version: int, snapshot_to: str | None = None, since: int | None = None) -> None:
         """Cut the tables at step ``version`` (every rank's pushes of the steps before it
         applied; the shards wait for them): a later epoch that resumes at ``version``

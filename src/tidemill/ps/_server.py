@@ -305,7 +305,9 @@ class PSServer:
                     "staleness_mean_steps": gate.staleness.total_steps
                     / max(1, gate.staleness.pulls),
                 }
-        return {"index": self.index, "tables": tables}
+        with self._epoch_lock:
+            cut = self._cut
+        return {"index": self.index, "cut": cut, "tables": tables}
 
     @contextmanager
     def _all_locked(self) -> Iterator[None]:

@@ -1,11 +1,20 @@
 """A worker's PS client inside the elastic loop: it follows the group from epoch to epoch.
 
-The tables and the dense model must move together. Rank 0's every ``state.commit()``
-cuts the tables at that step (the shards wait for every rank's pushes of the steps
-before it); when a group re-forms, it resumes at its last commit, and each shard takes
-its tables back to the cut of that step. A clean resize undoes nothing; after a lost
-worker the steps since the commit are undone on the servers as on the survivors, so
-no row sees a sample twice.
+The tables and the dense model move together. Rank 0's every ``state.commit()`` cuts
+the tables at that step (the shards wait for every rank's pushes of the steps before
+it); when a group re-forms it resumes at its last commit, and each shard takes its
+tables back to the cut of that step. A clean resize undoes nothing; after a lost worker
+the steps since the commit are undone on the servers as on the survivors, so no row
+sees a sample twice.
+
+Durable checkpoints: a commit that will be saved also has every shard write its tables
+as of the cut (a full snapshot every :data:`FULL_EVERY` checkpoints, the rows changed
+since the previous snapshot otherwise) under ``<checkpoint dir>/ps/``, and the
+checkpoint records the chain (``extras["tidemill.ps"]``), so weights, optimizer state
+and data positions all come from one moment. When a shard lost its tables (a PS
+replica killed and restarted), the group's rank 0 restores the newest checkpoint, in
+place: the model, the optimizer and the data positions on every rank, and the chain of
+snapshots on every shard.
 
 Example (inside a job whose ``ps`` role has tables)::
 
@@ -26,13 +35,28 @@ Example (inside a job whose ``ps`` role has tables)::
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
 
 from tidemill.ps._client import PSClient
+from tidemill.ps._errors import PSCutMissing, PSUnavailable
 from tidemill.ps._psconfig import Address, PSConfig, addresses_from_env
-from tidemill.runtime._active import current
+from tidemill.ps._wire import ErrorCode
+from tidemill.runtime._active import ActiveEpoch, current
+from tidemill.runtime._checkpointing import Checkpointing
 from tidemill.runtime.elastic_context import ElasticContext
 from tidemill.runtime.elastic_state import CommitHook, ElasticState
+
+EXTRAS_KEY = "tidemill.ps"
+"""Where a checkpoint records its table snapshots: ``{"step", "snapshots": [folders]}``."""
+SHARDS_BACK_S = 120.0
+"""How long a new epoch waits for a PS replica to come back (restarted by the engine)."""
+FULL_EVERY = 4
+"""A full snapshot every this many checkpoints; the ones between hold the changed rows."""
 
 
 class JobPS:
@@ -56,18 +80,19 @@ class JobPS:
             self._cutting = None
         if self._client is not None:
             self._client.close()
-        client = PSClient(self.config, self.addresses, ctx.rank, ctx.world_size, ctx.epoch)
-        client.reconfigure(ctx.epoch, ctx.rank, ctx.world_size, ctx.state.step)
+        state = ctx.state
+        client = self._connect(ctx)
         self._client = client
         active = current()
+        checkpointing = None if active is None else active.checkpointing
         if active is not None:
             active.on_abort(client.close)
+        restored = ctx.rank == 0 and _line_up(client, state, checkpointing)
+        if ctx.world_size > 1 and _anyone(restored, ctx):
+            state.broadcast(0, ctx.rank, ctx.device)
+        client.reconfigure(ctx.epoch, ctx.rank, ctx.world_size, state.step)
         if ctx.rank == 0:
-            cut = _cut_with(client)
-            if active is not None:
-                active.hook_commits(cut)
-            else:
-                self._cutting = ctx.state.add_commit_hook(cut)
+            self._hook(ctx, client, active, checkpointing)
         return client
 
     def close(self) -> None:
@@ -76,9 +101,94 @@ class JobPS:
         if self._client is not None:
             self._client.close()
 
+    def _connect(self, ctx: ElasticContext) -> PSClient:
+        """A client of every shard, waiting up to :data:`SHARDS_BACK_S` for a replica
+        the engine is restarting."""
+        deadline = time.monotonic() + SHARDS_BACK_S
+        while True:
+            try:
+                return PSClient(self.config, self.addresses, ctx.rank, ctx.world_size, ctx.epoch)
+            except PSUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
-def _cut_with(client: PSClient) -> Callable[[ElasticState], None]:
+    def _hook(
+        self,
+        ctx: ElasticContext,
+        client: PSClient,
+        active: ActiveEpoch | None,
+        checkpointing: Checkpointing | None,
+    ) -> None:
+        cut = _cut_with(client, checkpointing, len(self.addresses))
+        if active is not None:
+            active.hook_commits(cut)
+        else:
+            self._cutting = ctx.state.add_commit_hook(cut)
+
+
+def _cut_with(
+    client: PSClient, checkpointing: Checkpointing | None, shards: int
+) -> Callable[[ElasticState], None]:
     def cut(state: ElasticState) -> None:
-        client.begin(state.step)
+        step = state.step
+        if checkpointing is None or not checkpointing.will_save(step):
+            client.begin(step)
+            return
+        chain = list(_snapshots(state))
+        if len(chain) >= FULL_EVERY:
+            chain = []
+        since = chain[-1][0] if chain else None
+        folder = f"{checkpointing.plan.url.rstrip('/')}/ps/cut-{step:012d}"
+        client.begin(step, snapshot_to=folder, since=since)
+        state.extras[EXTRAS_KEY] = {
+            "step": step,
+            "shards": shards,
+            "snapshots": [[s, f] for s, f in [*chain, (step, folder)]],
+        }
 
     return cut
+
+
+def _snapshots(state: ElasticState) -> list[tuple[int, str]]:
+    """The snapshot chain the last checkpointed commit recorded (step, folder)."""
+    record: Any = state.extras.get(EXTRAS_KEY)
+    if not isinstance(record, dict):
+        return []
+    return [(int(step), str(folder)) for step, folder in record.get("snapshots", [])]
+
+
+def _line_up(client: PSClient, state: ElasticState, checkpointing: Checkpointing | None) -> bool:
+    """Rank 0: make every shard hold the tables of ``state.step``. True when that took
+    restoring a checkpoint into ``state`` (the other ranks then take it from rank 0)."""
+    if all(cut == state.step for cut in client.cuts()):
+        return False
+    restored = False
+    if _recorded_step(state) != state.step:
+        if checkpointing is None or not checkpointing.restore(state):
+            raise PSCutMissing(
+                f"a parameter server lost its tables (they are cut at steps "
+                f"{client.cuts()}, the job is at step {state.step}) and no checkpoint "
+                "holds them; give the job spec.checkpoint (everySteps) so it can resume",
+                code=ErrorCode.CUT_MISSING,
+            )
+        restored = True
+        if _recorded_step(state) != state.step:
+            raise PSCutMissing(
+                f"the checkpoint at step {state.step} holds no parameter-server tables",
+                code=ErrorCode.CUT_MISSING,
+            )
+    client.restore([folder for _, folder in _snapshots(state)], state.step)
+    return restored
+
+
+def _recorded_step(state: ElasticState) -> int | None:
+    record: Any = state.extras.get(EXTRAS_KEY)
+    return int(record["step"]) if isinstance(record, dict) and "step" in record else None
+
+
+def _anyone(restored: bool, ctx: ElasticContext) -> bool:
+    """Whether rank 0 restored a checkpoint (every rank calls this together)."""
+    flag = torch.tensor([1 if restored else 0], device=ctx.device)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())

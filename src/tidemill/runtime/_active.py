@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tidemill.runtime._checkpointing import Checkpointing
     from tidemill.runtime.elastic_client import MasterClient
     from tidemill.runtime.elastic_context import ElasticContext
     from tidemill.runtime.elastic_state import CommitHook, ElasticState
@@ -26,6 +27,8 @@ class ActiveEpoch:
     ctx: ElasticContext
     client: MasterClient | None
     """None when the training function runs alone, without a job master."""
+    checkpointing: Checkpointing | None = None
+    """This worker's durable checkpoints, when the job keeps them."""
     hooks: list[CommitHook] = field(default_factory=list)
     """Commit hooks that live as long as this epoch."""
     abort_listeners: list[Callable[[], None]] = field(default_factory=list)

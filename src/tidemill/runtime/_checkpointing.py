@@ -49,8 +49,19 @@ class Checkpointing:
         self._submitted: int | None = None
         """Step of the newest commit handed to the writer."""
         self._submitted_at = time.monotonic()
+        self._decided: tuple[int, bool] | None = None
+        """(step, saved?) decided by :meth:`will_save` before that step's commit copy."""
 
     # --- saving (rank 0) ----------------------------------------------------------------
+
+    def will_save(self, step: int) -> bool:
+        """Whether the commit of ``step`` now being made will be saved: a commit hook
+        asks (the parameter servers then snapshot their tables at the same cut) and
+        the save follows the answer."""
+        base = self._submitted or 0
+        due = step > base and self.plan.due(step - base, time.monotonic() - self._submitted_at)
+        self._decided = (step, due)
+        return due
 
     def lead(self, state: ElasticState) -> None:
         """This worker is rank 0 of the new epoch: save its due commits from now on."""
@@ -78,10 +89,12 @@ class Checkpointing:
         self.writer.close(timeout_s)
 
     def _on_commit(self, committed: Committed) -> None:
-        base = self._submitted or 0
-        if committed.step <= base:
-            return
-        if self.plan.due(committed.step - base, time.monotonic() - self._submitted_at):
+        decided, self._decided = self._decided, None
+        if decided is not None and decided[0] == committed.step:
+            due = decided[1]
+        else:
+            due = self.will_save(committed.step)
+        if due:
             self._submit(committed)
 
     def _submit(self, committed: Committed) -> None:

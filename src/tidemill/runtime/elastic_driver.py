@@ -203,7 +203,7 @@ class Driver:
             state=state,
             boundary=lambda: self._boundary(group, plan),
         )
-        activate(ActiveEpoch(ctx, self.client))
+        activate(ActiveEpoch(ctx, self.client, checkpointing))
         log(
             f"{self.replica} is rank {plan.rank} of {plan.world_size} in epoch {plan.epoch} "
             f"(pid {os.getpid()}, state from rank {plan.source_rank} at step {state.step}, "
