@@ -5,6 +5,7 @@ damaged file is refused naming it."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def complete(folder: Path, shards: int = 2) -> None:
 
 
 def servers() -> list[PSServer]:
-    return [PSServer(CONFIG, index=i).start() for i in range(2)]
+    return [PSServer(CONFIG, index=i, replicas=2).start() for i in range(2)]
 
 
 def test_fresh_servers_loading_the_full_and_delta_snapshots_continue_exactly(
@@ -80,9 +81,37 @@ def test_a_damaged_snapshot_file_is_refused_naming_it(tmp_path: Path) -> None:
     damaged.write_bytes(damaged.read_bytes()[:-7] + b"garbage")
     second = servers()
     try:
-        with PSClient(CONFIG, [s.address for s in second]) as client:
-            with pytest.raises(PSServerError, match=r"item.shard1.npz: size or CRC-32 differs"):
-                client.restore([str(tmp_path / "cut-3")], step=3)
+        damage = r"item.shard1.npz: size or CRC-32 differs"
+        with (
+            PSClient(CONFIG, [s.address for s in second]) as client,
+            pytest.raises(PSServerError, match=damage),
+        ):
+            client.restore([str(tmp_path / "cut-3")], step=3)
     finally:
         for server in second:
+            server.stop()
+
+
+def test_a_snapshot_taken_over_two_replicas_loads_over_three(tmp_path: Path) -> None:
+    config = PSConfig((replace(TABLE, max_rows=None),), virtual_shards=32)
+    first = [PSServer(config, index=i, replicas=2).start() for i in range(2)]
+    try:
+        with PSClient(config, [s.address for s in first]) as client:
+            train(client, 6, seed=5)
+            client.begin(6, snapshot_to=str(tmp_path / "cut-6"))
+            expected = client.pull("item", np.arange(150))
+    finally:
+        for server in first:
+            server.stop()
+    complete(tmp_path / "cut-6")
+    three = [PSServer(config, index=i, replicas=3).start() for i in range(3)]
+    try:
+        with PSClient(config, [s.address for s in three], epoch=1) as client:
+            client.restore([str(tmp_path / "cut-6")], step=6)
+            client.reconfigure(epoch=2, rank=0, world=1, step=6)
+            assert np.array_equal(client.pull("item", np.arange(150)), expected)
+            rows = [shard["tables"]["item"]["rows"] for shard in client.stats()]
+            assert all(count > 0 for count in rows), f"every replica holds its part: {rows}"
+    finally:
+        for server in three:
             server.stop()

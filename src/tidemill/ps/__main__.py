@@ -35,7 +35,7 @@ def main() -> int:
         return 2
     host, port = addresses[index]
     try:
-        server = PSServer(config, index, host, port)
+        server = PSServer(config, index, host, port, replicas=len(addresses))
     except OSError as exc:
         print(f"tidemill-ps: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1

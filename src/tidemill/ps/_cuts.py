@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import fsspec
 
@@ -77,3 +78,10 @@ def read_snapshot(folder: str, shard: int) -> dict[str, TableExport]:
         export = export_from_bytes(data)
         exports[export.name] = export
     return exports
+
+
+def snapshot_shards(folder: str) -> list[int]:
+    """The replica indexes whose complete snapshots are in ``folder``."""
+    fs, root = fsspec.core.url_to_fs(folder)
+    names = [Path(path).name for path in fs.glob(f"{root.rstrip('/')}/shard-*.json")]
+    return sorted(int(name.removeprefix("shard-").removesuffix(".json")) for name in names)

@@ -52,6 +52,11 @@ class ShardMap:
             return cls.modulo(config.virtual_shards, replicas)
         return cls(config.shard_map, replicas)
 
+    def owner_mask(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
+        """The replica index that holds each id."""
+        owners: npt.NDArray[np.int32] = self._lookup[virtual_shard(ids, len(self.owners))]
+        return owners
+
     def route(self, ids: npt.NDArray[np.int64]) -> list[npt.NDArray[np.intp]]:
         """Positions into ``ids`` for each replica, in replica order (stable within one)."""
         owner = self._lookup[virtual_shard(ids, len(self.owners))]

@@ -21,12 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps._config import TableConfig
-from tidemill.ps._cuts import read_snapshot, write_snapshot
+from tidemill.ps._cuts import read_snapshot, snapshot_shards, write_snapshot
 from tidemill.ps._errors import PSProtocolError
-from tidemill.ps._export import TableExport
+from tidemill.ps._export import TableExport, concat_exports, select_rows
 from tidemill.ps._hashing import dedupe, segment_sum
 from tidemill.ps._progress import Refused, StepGate
 from tidemill.ps._psconfig import PSConfig
+from tidemill.ps._routing import ShardMap
 from tidemill.ps._serving import serving_path, write_serving
 from tidemill.ps._snapshot import export_path, load_export, save_export
 from tidemill.ps._table import ShardTable
@@ -70,9 +71,18 @@ class PSServer:
     True
     """
 
-    def __init__(self, config: PSConfig, index: int, host: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        config: PSConfig,
+        index: int,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        replicas: int = 1,
+    ):
         self.config = config
         self.index = index
+        self._map = ShardMap.for_config(config, replicas)
+        """Which ids are this replica's: a snapshot taken over another count is filtered."""
         self._tables = [
             _Table(
                 table,
@@ -420,6 +430,22 @@ class PSServer:
                 self._cut = step
         return loaded
 
+    def _read_snapshot(self, folder: str) -> dict[str, TableExport]:
+        """This replica's tables at a cut; when the snapshot was taken over another
+        number of replicas, every replica's part, keeping the ids this one owns."""
+        written = snapshot_shards(folder)
+        if written == list(range(self._map.replicas)):
+            return read_snapshot(folder, self.index)
+        if not written:
+            raise ValueError(f"{folder}: no complete snapshot of any PS replica")
+        merged: dict[str, list[TableExport]] = {}
+        for shard in written:
+            for name, export in read_snapshot(folder, shard).items():
+                mine = self._map.owner_mask(export.ids) == self.index
+                gone = self._map.owner_mask(export.tombstones) == self.index
+                merged.setdefault(name, []).append(select_rows(export, mine, gone))
+        return {name: concat_exports(parts) for name, parts in merged.items()}
+
     def _load_exports(self, folder: str, replace: bool) -> dict[str, str]:
         loaded: dict[str, str] = {}
         for entry in self._tables:
@@ -435,7 +461,7 @@ class PSServer:
 
     def _load_snapshots(self, folders: list[str]) -> dict[str, str]:
         try:
-            chain = [read_snapshot(folder, self.index) for folder in folders]
+            chain = [self._read_snapshot(folder) for folder in folders]
         except ValueError as exc:
             raise Refused(ErrorCode.BAD_REQUEST, f"LOAD: {exc}") from exc
         loaded: dict[str, str] = {}
