@@ -192,7 +192,6 @@ def test_the_poller_reads_a_live_shard_and_a_dead_or_silent_one_neither_stalls_t
             train(client, 5, [1, 2, 3, 4, 5, 6])
             await asyncio.sleep(0.2)
             second = await poller.poll_once()
-        await poller.close()
         return first, took, ticks, second
 
     first, took, ticks, second = asyncio.run(scenario())
@@ -216,7 +215,6 @@ def test_a_shard_that_comes_back_is_reachable_on_the_next_poll(closed: tuple[str
         down = await poller.poll_once()
         with PSServer(CONFIG, index=0, host=host, port=port):
             back = await poller.poll_once()
-        await poller.close()
         return down, back
 
     down, back = asyncio.run(scenario())

@@ -1,17 +1,16 @@
 """Asks every PS replica for its STATS, on the master's event loop, without waiting on one.
 
-Each shard gets one persistent connection (a PS replica serves a thread per connection,
-so reconnecting every poll would cost it a thread each time). A poll asks every shard
-at once and bounds each answer by ``timeout_s``: a replica that is down, slow or
-answers garbage is marked failed in the :class:`~tidemill.master.ps_insight.PSInsightBook`
-and its connection dropped (after a missed answer the stream position is unknown); the
-next poll connects again. Frames are the PS wire format (:mod:`tidemill.ps._wire`).
+A poll asks every shard at once, each over a connection of its own that closes with
+the answer: a SIGTERM'd replica serves on while clients stay connected, and the
+master's polls must not hold it up. Each answer is bounded by ``timeout_s``; a replica
+that is down, slow or answers garbage is marked failed in the
+:class:`~tidemill.master.ps_insight.PSInsightBook`. Frames are the PS wire format
+(:mod:`tidemill.ps._wire`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -42,59 +41,38 @@ class PSStatsPoller:
         self.addresses = list(addresses)
         self.timeout_s = timeout_s
         self.book = PSInsightBook([f"{host}:{port}" for host, port in self.addresses])
-        self._streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = [
-            None for _ in self.addresses
-        ]
-        self._request_ids = 0
 
     async def poll_once(self) -> PSInsightView:
         """One STATS round over every shard at once; returns the book's view after it."""
         await asyncio.gather(*(self._poll(index) for index in range(len(self.addresses))))
         return self.book.view(time.time())
 
-    async def close(self) -> None:
-        for index in range(len(self._streams)):
-            await self._drop(index)
-
     async def _poll(self, index: int) -> None:
         try:
-            answer = await asyncio.wait_for(self._ask(index), self.timeout_s)
+            answer = await asyncio.wait_for(_ask(*self.addresses[index]), self.timeout_s)
             self.book.answered(index, answer, time.time())
-            return
         except TimeoutError:
             self.book.failed(index, f"no STATS answer within {self.timeout_s:g} s")
         except (OSError, EOFError, ValueError, KeyError, TypeError, PSProtocolError) as exc:
             self.book.failed(index, _reason(exc))
-        await self._drop(index)
 
-    async def _ask(self, index: int) -> dict[str, Any]:
-        streams = self._streams[index]
-        if streams is None:
-            host, port = self.addresses[index]
-            streams = await asyncio.open_connection(host, port)
-            self._streams[index] = streams
-        reader, writer = streams
-        self._request_ids += 1
-        request = Header(Op.STATS, request_id=self._request_ids)
-        writer.write(request.pack())
+
+async def _ask(host: str, port: int) -> dict[str, Any]:
+    """One STATS request on a connection of its own."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(Header(Op.STATS, request_id=1).pack())
         await writer.drain()
         header = parse_header(await reader.readexactly(HEADER.size), MAX_TEXT_BYTES)
         body = (await reader.readexactly(header.payload_bytes)).decode("utf-8", "replace")
-        if header.request_id != request.request_id:
-            raise PSProtocolError(f"answered request {header.request_id}, not {request.request_id}")
-        if header.op == Op.ERROR:
-            raise PSProtocolError(f"refused STATS: {body}")
-        if header.op != Op.OK:
-            raise PSProtocolError(f"answered STATS with {Op(header.op).name}")
-        answer: dict[str, Any] = json.loads(body)
-        return answer
-
-    async def _drop(self, index: int) -> None:
-        streams, self._streams[index] = self._streams[index], None
-        if streams is not None:
-            streams[1].close()
-            with contextlib.suppress(OSError, TimeoutError):
-                await asyncio.wait_for(streams[1].wait_closed(), self.timeout_s)
+    finally:
+        writer.close()
+    if header.op == Op.ERROR:
+        raise PSProtocolError(f"refused STATS: {body}")
+    if header.op != Op.OK or header.request_id != 1:
+        raise PSProtocolError(f"answered STATS with {Op(header.op).name} #{header.request_id}")
+    answer: dict[str, Any] = json.loads(body)
+    return answer
 
 
 def _reason(exc: BaseException) -> str:

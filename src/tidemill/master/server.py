@@ -174,8 +174,6 @@ class MasterServer:
         ps_stats.cancel()
         ticker.cancel()
         saver.cancel()
-        if self.ps_poller is not None:
-            await self.ps_poller.close()
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
