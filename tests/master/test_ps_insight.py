@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tidemill.master.ps_insight
+from tests.e2e.harness import wait_for
 from tidemill.api.status import PSInsightView
 from tidemill.master.config import MasterConfig, MasterConfigError
 from tidemill.master.ps_insight import PSInsightBook
@@ -206,6 +207,16 @@ def test_the_poller_reads_a_live_shard_and_a_dead_or_silent_one_neither_stalls_t
     [user] = second.tables
     assert (user.rows, user.pushed_rows) == (6, 42)
     assert user.push_rows_per_s > 0 and user.pull_rows_per_s > 0
+
+
+def test_a_poll_leaves_no_connection_open_so_a_sigtermed_replica_can_drain(live: PSServer) -> None:
+    poller = PSStatsPoller([live.address], timeout_s=2.0)
+
+    for _ in range(3):
+        view = asyncio.run(poller.poll_once())
+
+    assert view.shards[0].reachable
+    wait_for(lambda: live.connections == 0, timeout_s=5, what="the poll connections to close")
 
 
 def test_a_shard_that_comes_back_is_reachable_on_the_next_poll(closed: tuple[str, int]) -> None:
