@@ -124,6 +124,55 @@ class DataInsightView(BaseModel):
     stages: list[StageInsightView] = Field(default_factory=list)
 
 
+class PSTableInsightView(BaseModel):
+    """One embedding table summed over the PS shards that answered the last poll.
+
+    Counters (rows admitted, evicted, pulled and pushed) count from each shard's start
+    and are never rolled back; the rates are their deltas between the master's last two
+    polls. Staleness is what pulls saw since the shard's last epoch (0 in sync mode).
+    """
+
+    name: str
+    rows: int = 0
+    memory_bytes: int = 0
+    admitted: int = 0
+    evicted: int = 0
+    pulled_rows: int = 0
+    pushed_rows: int = 0
+    pull_rows_per_s: float = 0.0
+    push_rows_per_s: float = 0.0
+    staleness_max_steps: int = 0
+    staleness_mean_steps: float = 0.0
+    applied_step: int | None = Field(
+        default=None, description="the step every answering shard has applied through"
+    )
+    shard_rows: list[int | None] = Field(
+        default_factory=list,
+        description="rows per shard in replica order (skew); None: the shard did not answer",
+    )
+
+
+class PSShardInsightView(BaseModel):
+    """One PS replica as the job master's last poll found it."""
+
+    index: int
+    address: str = Field(description="host:port")
+    reachable: bool
+    error: str = Field(default="", description="why the last poll got no answer")
+
+
+class PSInsightView(BaseModel):
+    """Parameter-server insight of a job, polled by its job master and saved with its state."""
+
+    updated_at: float | None = None
+    shards: list[PSShardInsightView] = Field(default_factory=list)
+    tables: list[PSTableInsightView] = Field(default_factory=list)
+
+    @property
+    def unreachable(self) -> list[PSShardInsightView]:
+        return [shard for shard in self.shards if not shard.reachable]
+
+
 class JobView(BaseModel):
     """What ``GET /api/v1/jobs/{name}`` returns."""
 
@@ -146,6 +195,9 @@ class JobView(BaseModel):
     replicas: list[ReplicaView] = Field(default_factory=list)
     data: DataInsightView | None = Field(
         default=None, description="data insight, for jobs with spec.data"
+    )
+    ps: PSInsightView | None = Field(
+        default=None, description="parameter-server insight, for jobs with ps tables"
     )
     spec: dict[str, Any] = Field(default_factory=dict)
 

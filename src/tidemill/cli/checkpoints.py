@@ -11,7 +11,7 @@ from rich.text import Text
 
 from tidemill.api.checkpoint import CheckpointList, CheckpointSpec, is_url
 from tidemill.api.job import TrainingJob
-from tidemill.cli import render
+from tidemill.cli import render, units
 from tidemill.cli.common import (
     JobArgument,
     NamespaceOption,
@@ -54,7 +54,7 @@ def checkpoints(
 
 
 def checkpoints_table(listing: CheckpointList, now: float) -> Any:
-    table = render.plain_table("NAME", "STEP", "AGE", "SIZE", "WORLD", "DATA POSITION")
+    table = units.plain_table("NAME", "STEP", "AGE", "SIZE", "WORLD", "DATA POSITION")
     for item in listing.items:
         if item.problem is not None:
             table.add_row(item.name, "-", "-", "-", "-", Text(item.problem, style="yellow"))
@@ -62,8 +62,8 @@ def checkpoints_table(listing: CheckpointList, now: float) -> Any:
         table.add_row(
             item.name,
             str(item.step),
-            render.age(item.time, now),
-            render.byte_size(item.size_bytes or 0),
+            units.age(item.time, now),
+            units.byte_size(item.size_bytes or 0),
             str(item.world_size),
             data_position(item.data),
         )

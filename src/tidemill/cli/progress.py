@@ -20,7 +20,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from tidemill.api.status import EventView, JobPhase, JobView
-from tidemill.cli import render
+from tidemill.cli import render, units
 from tidemill.cli.common import stdout_console
 from tidemill.client import Client, TidemillError
 
@@ -96,7 +96,7 @@ class LiveSink:
             "  ",
             render.counts_text(render.replica_counts(view)),
             "  ",
-            (render.duration(elapsed_s), "dim"),
+            (units.duration(elapsed_s), "dim"),
         )
         self._live.update(Spinner("dots", text=text))
 

@@ -33,6 +33,8 @@ from tidemill.api.status import (
 )
 from tidemill.api.token import TokenView
 from tidemill.cli.common import Output
+from tidemill.cli.render_ps import ps_insight
+from tidemill.cli.units import age, byte_size, clock, duration, memory, number, plain_table, rate
 
 PHASE_STYLES = {
     JobPhase.PENDING: "yellow",
@@ -42,7 +44,6 @@ PHASE_STYLES = {
     JobPhase.SUCCEEDED: "green",
     JobPhase.FAILED: "red",
 }
-_UNITS = (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
 
 
 def dump(models: BaseModel | Sequence[BaseModel], output: Output) -> str:
@@ -54,46 +55,6 @@ def dump(models: BaseModel | Sequence[BaseModel], output: Output) -> str:
     if output is Output.YAML:
         return yaml.safe_dump(data, sort_keys=False).rstrip("\n")
     return json.dumps(data, indent=2)
-
-
-def age(since: float | None, now: float) -> str:
-    """Compact elapsed time like kubectl's AGE column: 42s, 7m, 3h, 2d."""
-    if since is None:
-        return "-"
-    seconds = max(0, int(now - since))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def duration(seconds: float) -> str:
-    """Exact enough for a summary: 4.2s, 3m07s, 2h05m."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-def clock(timestamp: float | None) -> str:
-    if timestamp is None:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
-
-
-def memory(amount: float) -> str:
-    for unit, size in _UNITS:
-        if amount >= size:
-            value = round(amount / size, 1)
-            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
-    return f"{amount:.0f}"
-
-
-def number(value: float) -> str:
-    return f"{value:g}"
 
 
 def resources(view: ResourceView) -> str:
@@ -208,6 +169,8 @@ def describe(view: JobView, events: Sequence[EventView], now: float) -> Renderab
         parts += [Text("\nReplicas", style="bold"), _replicas(view, now)]
     if view.data is not None:
         parts += [Text("\nData", style="bold"), *data_insight(view.data, now)]
+    if view.ps is not None:
+        parts += [Text("\nParameter servers", style="bold"), *ps_insight(view.ps, now)]
     parts.append(Text("\nEvents", style="bold"))
     parts.append(events_table(events[-20:]) if events else Text("  none"))
     return Group(*parts)
@@ -229,16 +192,6 @@ def data_insight(insight: DataInsightView, now: float) -> list[RenderableType]:
         parts.append(Text(f"\n{line}", style="bold"))
         parts.append(_sources(stage.sources) if stage.sources else Text("  no sources yet"))
     return parts
-
-
-def byte_size(amount: float) -> str:
-    """640000 -> 625KiB."""
-    return f"{memory(amount)}B"
-
-
-def rate(per_second: float) -> str:
-    """51234.5 -> 51,234; 12.25 -> 12.2: whole numbers once the decimals stop mattering."""
-    return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:,.1f}"
 
 
 def lag(source: SourceInsightView) -> str:
@@ -432,10 +385,3 @@ def _why(view: JobView) -> str:
     if view.pending_reason is not None and view.phase is JobPhase.PENDING:
         return f"{view.pending_reason.code}: {view.pending_reason.message}"
     return view.message
-
-
-def plain_table(*headers: str) -> Table:
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for header in headers:
-        table.add_column(header, overflow="fold")
-    return table

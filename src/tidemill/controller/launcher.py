@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from tidemill.api.checkpoint import CheckpointPlan, job_checkpoint_plan
 from tidemill.api.job import RoleSpec, TrainingJob
-from tidemill.api.ps import PS_SERVER_MODULE
+from tidemill.api.ps import PS_ADDRS_VAR, PS_SERVER_MODULE
 from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
 from tidemill.controller.model import JobSnapshot, ReplicaSnapshot
 from tidemill.engines.base import LaunchSpec
@@ -225,6 +225,20 @@ class Launcher:
             extended=tuple(sorted(role.resources.extended.items())),
         )
 
+    def _ps_addresses(self, job: JobSnapshot, spec: TrainingJob) -> dict[str, str]:
+        """``TIDEMILL_PS_ADDRS`` for the job master, which polls tidemill's PS replicas'
+        STATS: once every replica of the ps role has its port (the launches record them
+        together), as the replicas themselves get it."""
+        size = role_sizes(job).get("ps", 0)
+        servers = {r.index: r for r in job.replicas if r.role == "ps" and r.port}
+        if spec.ps_server is None or size == 0 or any(i not in servers for i in range(size)):
+            return {}
+        addresses = [
+            f"{self.replica_host(job.key, r.role, r.index, r.node)}:{r.port}"
+            for r in (servers[index] for index in range(size))
+        ]
+        return {PS_ADDRS_VAR: ",".join(addresses)}
+
     def _master_spec(
         self, job: JobSnapshot, spec: TrainingJob, replica: ReplicaSnapshot, launch_id: str
     ) -> LaunchSpec:
@@ -242,6 +256,7 @@ class Launcher:
             "PYTHONUNBUFFERED": "1",
             **data_env(spec, MASTER_ROLE),
             **ps_env(spec, MASTER_ROLE),
+            **self._ps_addresses(job, spec),
             **self.checkpoint_env(job, spec),
             **self.credential_env(job),
         }

@@ -4,8 +4,10 @@ Set by the controller: ``TIDEMILL_JOB`` (``namespace/name``), ``TIDEMILL_MASTER_
 (the same port after every restart, so workers reconnect to it), ``TIDEMILL_SERVER``
 (the control plane; absent in tests), ``TIDEMILL_ELASTIC_MIN``/``_MAX`` (bounds of the
 worker collective), ``TIDEMILL_DATA`` (the job's ``spec.data``, as JSON),
-``TIDEMILL_CHECKPOINT`` (where its checkpoints go, see ``api/checkpoint.py``) and, for
-tests, ``TIDEMILL_MASTER_STATE_FILE`` (persist to a file instead of the control plane).
+``TIDEMILL_CHECKPOINT`` (where its checkpoints go, see ``api/checkpoint.py``),
+``TIDEMILL_PS_ADDRS`` (the job's PS replicas, whose STATS it polls every
+``TIDEMILL_PS_STATS_INTERVAL_S``, default 2) and, for tests,
+``TIDEMILL_MASTER_STATE_FILE`` (persist to a file instead of the control plane).
 Engines whose replicas have their own address (Kubernetes pods) also set
 ``TIDEMILL_MASTER_HOST`` (the name workers reach it by; default 127.0.0.1) and
 ``TIDEMILL_MASTER_BIND`` (the address to listen on; default the host).
@@ -24,6 +26,7 @@ from pydantic import ValidationError
 
 from tidemill.api.checkpoint import CheckpointPlan
 from tidemill.api.data import DataSpec
+from tidemill.api.ps import PS_ADDRS_VAR
 from tidemill.master.membership import Rules
 
 
@@ -48,6 +51,9 @@ class MasterConfig:
     """The job's ``spec.data`` (``TIDEMILL_DATA``): the master dispatches its shards."""
     checkpoint: CheckpointPlan | None = None
     """The job's checkpoints (``TIDEMILL_CHECKPOINT``): Kafka offsets follow them."""
+    ps_addresses: tuple[tuple[str, int], ...] = ()
+    """The job's PS replicas (``TIDEMILL_PS_ADDRS``): the master polls their STATS."""
+    ps_stats_interval_s: float = 2.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MasterConfig:
@@ -112,6 +118,8 @@ class MasterConfig:
                 data = DataSpec.model_validate_json(env["TIDEMILL_DATA"])
             except ValidationError as exc:
                 problems.append(f"TIDEMILL_DATA is not a valid spec.data: {exc}")
+        ps_addresses = _addresses(env.get(PS_ADDRS_VAR, ""), problems)
+        ps_interval = number("TIDEMILL_PS_STATS_INTERVAL_S", 2.0, 0.05)
         if problems:
             raise MasterConfigError("cannot start the job master:\n  " + "\n  ".join(problems))
         host = env.get("TIDEMILL_MASTER_HOST") or "127.0.0.1"
@@ -126,4 +134,18 @@ class MasterConfig:
             heartbeat_timeout_s=heartbeat,
             data=data,
             checkpoint=checkpoint,
+            ps_addresses=ps_addresses,
+            ps_stats_interval_s=ps_interval,
         )
+
+
+def _addresses(text: str, problems: list[str]) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` as pairs; each malformed entry becomes a problem."""
+    found: list[tuple[str, int]] = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append(f"{PS_ADDRS_VAR}: {entry!r} is not host:port (e.g. 10.0.0.5:7000)")
+            continue
+        found.append((host.strip("[]"), int(port)))
+    return tuple(found)

@@ -11,6 +11,9 @@ epoch's process group uses the key prefix ``epoch/N`` in it, so a late message f
 an old epoch can never mix with a new one. A restarted master hosts a new store (its
 port is in the next ``epoch`` message); groups formed on the old one keep training,
 as gloo only needs the store while connecting.
+
+A job with PS replicas (``TIDEMILL_PS_ADDRS``) also has its master poll their STATS
+(:mod:`tidemill.master.ps_poller`), saved as ``ps_insight`` until training finished.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
+from tidemill.api.status import PSInsightView
 from tidemill.master.config import MasterConfig
 from tidemill.master.data_service import DataService
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
@@ -52,6 +58,9 @@ from tidemill.wire import (
     encode,
     parse_worker,
 )
+
+if TYPE_CHECKING:
+    from tidemill.master.ps_poller import PSStatsPoller
 
 REPLICA_NAME = re.compile(r"^[a-z][a-z0-9]*-\d+$")
 STATUSES = ("new", "member", "ready")
@@ -101,6 +110,8 @@ class MasterServer:
         self._store: Any = None
         self._server: asyncio.Server | None = None
         self.data: DataService | None = None
+        self.ps_poller: PSStatsPoller | None = None
+        self.ps_insight: PSInsightView | None = None
         self.unresponsive: dict[str, int] = {}
         """Replica -> pid of a process the master gave up on (no heartbeat, missed a
         deadline) while it may still be alive: saved, so the controller can stop it."""
@@ -129,6 +140,12 @@ class MasterServer:
                 offsets_follow_checkpoints=self.config.checkpoint is not None,
             )
         self.unresponsive = dict((saved or {}).get("unresponsive") or {})
+        if self.config.ps_addresses:
+            # Imported only here: the PS wire module brings numpy and numba along.
+            from tidemill.master.ps_poller import PSStatsPoller
+
+            self.ps_poller = PSStatsPoller(self.config.ps_addresses)
+            self.ps_insight = saved_ps_insight(saved)
         self._server = await asyncio.start_server(
             self._serve, self.config.bind_host, self.config.port, limit=MAX_LINE_BYTES
         )
@@ -152,7 +169,9 @@ class MasterServer:
                 loop.add_signal_handler(signum, self._stop.set)
         saver = asyncio.create_task(self._saver())
         ticker = asyncio.create_task(self._ticker())
+        ps_stats = asyncio.create_task(self._poll_ps())
         await self._stop.wait()
+        ps_stats.cancel()
         ticker.cancel()
         saver.cancel()
         if self._server is not None:
@@ -285,6 +304,8 @@ class MasterServer:
         if self.data is not None:
             state["data"] = self.data.snapshot()
             state["data_insight"] = self.data.insight_view()
+        if self.ps_insight is not None:
+            state["ps_insight"] = self.ps_insight.model_dump(mode="json")
         state["unresponsive"] = dict(self.unresponsive)
         return state
 
@@ -372,6 +393,18 @@ class MasterServer:
             if self.membership is not None:
                 await self.backend.save(self._state())
 
+    async def _poll_ps(self) -> None:
+        """The PS replicas' STATS every few seconds, until training finished (then the
+        replicas go away, and the last insight stays saved as it was)."""
+        poller = self.ps_poller
+        while poller is not None:
+            membership = self.membership
+            if membership is not None and membership.phase is Phase.FINISHED:
+                return
+            self.ps_insight = await poller.poll_once()
+            self._dirty.set()
+            await asyncio.sleep(self.config.ps_stats_interval_s)
+
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_s)
@@ -407,3 +440,14 @@ class MasterServer:
         if connection.name is not None and connection.pid is not None:
             self.unresponsive[connection.name] = connection.pid
             self._dirty.set()
+
+
+def saved_ps_insight(saved: dict[str, Any] | None) -> PSInsightView | None:
+    """The PS insight a previous master saved (kept once training finished), if readable."""
+    raw = (saved or {}).get("ps_insight")
+    if raw is None:
+        return None
+    try:
+        return PSInsightView.model_validate(raw)
+    except ValidationError:
+        return None

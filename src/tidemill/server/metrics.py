@@ -9,18 +9,21 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tidemill.api.status import DataInsightView, JobPhase
+from tidemill.api.status import DataInsightView, JobPhase, PSInsightView, PSTableInsightView
 from tidemill.controller.reconciler import ACTIVE_PHASES, CycleStats
-from tidemill.server.views import data_insight, node_views
+from tidemill.server.views import data_insight, node_views, ps_insight
 from tidemill.store.store import Store
 
 DATA_LABELS = ["namespace", "job_name", "stage", "source"]
 """``job_name``, not ``job``: Prometheus gives ``job`` to the scrape target."""
+PS_LABELS = ["namespace", "job_name", "table"]
+"""At most 256 tables per job (``api.ps.MAX_TABLES``); shards are no label: their rows
+show as one skew figure per table, the split itself in the REST view."""
 
 
 class StoreCollector(Collector):
     """Jobs by phase, queue lengths, allocated vs capacity per resource, and the data
-    insight of running jobs."""
+    and parameter-server insight of running jobs."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -35,6 +38,11 @@ class StoreCollector(Collector):
                 for job in jobs
                 if job.phase in ACTIVE_PHASES
                 and (insight := data_insight(job.master_state)) is not None
+            ]
+            servers = [
+                (job.namespace, job.name, view)
+                for job in jobs
+                if job.phase in ACTIVE_PHASES and (view := ps_insight(job.master_state)) is not None
             ]
         by_phase = GaugeMetricFamily("tidemill_jobs", "Jobs by phase", labels=["phase"])
         counts = {phase.value: 0 for phase in JobPhase}
@@ -74,6 +82,8 @@ class StoreCollector(Collector):
         yield allocated
         if insights:
             yield from data_metrics(insights)
+        if servers:
+            yield from ps_metrics(servers)
 
 
 def data_metrics(
@@ -119,6 +129,60 @@ def data_metrics(
                 for worker, count in sorted(source.workers.items()):
                     by_worker.add_metric([*key, worker], count)
     yield from (records, size, rate, lag_records, lag_s, shards, by_worker)
+
+
+def ps_metrics(views: list[tuple[str, str, PSInsightView]]) -> Iterator[GaugeMetricFamily]:
+    """Per table of each (namespace, job name, PS insight): size, admissions and
+    evictions, traffic, staleness and shard skew; and each job's shards by reachability."""
+    figures = {
+        "rows": ("tidemill_ps_rows", "Rows held, over the shards that answered"),
+        "memory_bytes": ("tidemill_ps_memory_bytes", "Bytes of rows and optimizer state"),
+        "admitted": ("tidemill_ps_admitted_rows", "Rows admitted since the shards started"),
+        "evicted": ("tidemill_ps_evicted_rows", "Rows evicted since the shards started"),
+        "pull_rows_per_s": ("tidemill_ps_pull_rows_per_second", "Ids pulled per second"),
+        "push_rows_per_s": ("tidemill_ps_push_rows_per_second", "Rows pushed per second"),
+        "staleness_max_steps": (
+            "tidemill_ps_staleness_max_steps",
+            "Most steps of other ranks' pushes a pull did not see",
+        ),
+        "staleness_mean_steps": (
+            "tidemill_ps_staleness_mean_steps",
+            "Mean steps of other ranks' pushes a pull did not see",
+        ),
+    }
+    families = {
+        field: GaugeMetricFamily(name, text, labels=PS_LABELS)
+        for field, (name, text) in figures.items()
+    }
+    skew = GaugeMetricFamily(
+        "tidemill_ps_shard_rows_skew",
+        "Rows on the fullest shard over the mean per shard (1 is even)",
+        labels=PS_LABELS,
+    )
+    shards = GaugeMetricFamily(
+        "tidemill_ps_shards",
+        "PS replicas by whether the job master's last STATS poll reached them",
+        labels=["namespace", "job_name", "state"],
+    )
+    for namespace, name, view in views:
+        unreachable = len(view.unreachable)
+        shards.add_metric([namespace, name, "reachable"], len(view.shards) - unreachable)
+        shards.add_metric([namespace, name, "unreachable"], unreachable)
+        for table in view.tables:
+            key = [namespace, name, table.name]
+            for field, family in families.items():
+                family.add_metric(key, getattr(table, field))
+            if (ratio := rows_skew(table)) is not None:
+                skew.add_metric(key, ratio)
+    yield from (*families.values(), skew, shards)
+
+
+def rows_skew(table: PSTableInsightView) -> float | None:
+    """Fullest shard's rows over the mean of the shards that answered; None without rows."""
+    held = [rows for rows in table.shard_rows if rows is not None]
+    if not held or sum(held) == 0:
+        return None
+    return max(held) * len(held) / sum(held)
 
 
 class ControllerMetrics:

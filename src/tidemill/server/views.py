@@ -17,6 +17,7 @@ from tidemill.api.status import (
     JobView,
     NodeView,
     PendingReason,
+    PSInsightView,
     QueueView,
     ReplicaPhase,
     ReplicaView,
@@ -61,6 +62,18 @@ def data_insight(master_state: dict[str, Any] | None) -> DataInsightView | None:
         return None
 
 
+def ps_insight(master_state: dict[str, Any] | None) -> PSInsightView | None:
+    """The PS insight the job master saved under ``ps_insight``, or None (also when
+    malformed, as :func:`data_insight`)."""
+    raw = master_state.get("ps_insight") if isinstance(master_state, dict) else None
+    if raw is None:
+        return None
+    try:
+        return PSInsightView.model_validate(raw)
+    except ValidationError:
+        return None
+
+
 def job_view(job: JobRow) -> JobView:
     pending = (
         PendingReason(code=job.pending_code, message=job.pending_message or "")
@@ -99,6 +112,7 @@ def job_view(job: JobRow) -> JobView:
             for r in job.replicas
         ],
         data=data_insight(job.master_state),
+        ps=ps_insight(job.master_state),
         spec=job.spec,
     )
 

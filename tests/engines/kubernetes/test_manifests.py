@@ -135,6 +135,7 @@ spec:
     servers = "ctr-ps-0.ctr.ads.svc:2222,ctr-ps-1.ctr.ads.svc:2222"
     assert pods[("worker", "train.py")]["TIDEMILL_PS_ADDRS"] == servers
     assert pods[("ps", "tidemill.ps")]["TIDEMILL_PS_ADDRS"] == servers
+    assert pods[("master", "tidemill.master")]["TIDEMILL_PS_ADDRS"] == servers  # polls STATS
     tables = json.loads(pods[("worker", "train.py")]["TIDEMILL_PS"])
     assert (tables["replicas"], tables["consistency"], tables["tables"][0]["dim"]) == (2, "sync", 8)
 
