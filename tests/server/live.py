@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.harness import wait_for
 from tidemill.client import Client
@@ -39,26 +40,56 @@ INSIGHT: dict[str, Any] = {
     "updated_at": 1764640000.0,
     "stages": [
         {
-            "name": "backfill", "index": 0, "state": "done", "epochs": 1, "pass_index": 0,
-            "started_at": 1764639000.0, "finished_at": 1764639500.0,
-            "sources": [{
-                "name": "ads.clicks", "kind": "iceberg", "priority": 0, "weight": 1.0,
-                "records": 20000, "bytes": 640000, "records_per_s": 51234.5,
-                "lag_records": None, "lag_s": None,
-                "shards_done": 8, "shards_in_flight": 0, "shards_pending": 0,
-                "workers": {"worker-0": 10240, "worker-1": 9760},
-            }],
+            "name": "backfill",
+            "index": 0,
+            "state": "done",
+            "epochs": 1,
+            "pass_index": 0,
+            "started_at": 1764639000.0,
+            "finished_at": 1764639500.0,
+            "sources": [
+                {
+                    "name": "ads.clicks",
+                    "kind": "iceberg",
+                    "priority": 0,
+                    "weight": 1.0,
+                    "records": 20000,
+                    "bytes": 640000,
+                    "records_per_s": 51234.5,
+                    "lag_records": None,
+                    "lag_s": None,
+                    "shards_done": 8,
+                    "shards_in_flight": 0,
+                    "shards_pending": 0,
+                    "workers": {"worker-0": 10240, "worker-1": 9760},
+                }
+            ],
         },
         {
-            "name": "online", "index": 1, "state": "running", "epochs": 1, "pass_index": 0,
-            "started_at": 1764639500.0, "finished_at": None,
-            "sources": [{
-                "name": "clicks", "kind": "kafka", "priority": 0, "weight": 1.0,
-                "records": 4100, "bytes": 300000, "records_per_s": 812.0,
-                "lag_records": 37, "lag_s": 0.4,
-                "shards_done": 0, "shards_in_flight": 2, "shards_pending": 0,
-                "workers": {"worker-0": 2100, "worker-1": 2000},
-            }],
+            "name": "online",
+            "index": 1,
+            "state": "running",
+            "epochs": 1,
+            "pass_index": 0,
+            "started_at": 1764639500.0,
+            "finished_at": None,
+            "sources": [
+                {
+                    "name": "clicks",
+                    "kind": "kafka",
+                    "priority": 0,
+                    "weight": 1.0,
+                    "records": 4100,
+                    "bytes": 300000,
+                    "records_per_s": 812.0,
+                    "lag_records": 37,
+                    "lag_s": 0.4,
+                    "shards_done": 0,
+                    "shards_in_flight": 2,
+                    "shards_pending": 0,
+                    "workers": {"worker-0": 2100, "worker-1": 2000},
+                }
+            ],
         },
     ],
 }
@@ -111,3 +142,23 @@ def data_server(state_dir: Path) -> Iterator[str]:
             client.delete(row.name, namespace=row.namespace)
         client.close()
         runner.stop()
+
+
+def get_job(url: str, name: str) -> dict[str, Any]:
+    """The REST view of job ``name`` (200 asserted)."""
+    response = httpx.get(f"{url}/api/v1/jobs/{name}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def metric_samples(url: str, prefix: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every ``/metrics`` sample whose family starts with ``prefix``: (name, sorted
+    labels) -> value."""
+    text = httpx.get(f"{url}/metrics").text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name.startswith(prefix)
+        for sample in family.samples
+    }

@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.live import INSIGHT, data_server, save_master_state
+from tests.server.live import (
+    INSIGHT,
+    data_server,
+    get_job,
+    metric_samples,
+    save_master_state,
+)
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with data_server(tmp_path_factory.mktemp("state")) as base:
         yield base
-
-
-def get_job(url: str, name: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/api/v1/jobs/{name}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def data_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every tidemill_data_* sample: (name, sorted labels) -> value."""
-    text = httpx.get(f"{url}/metrics").text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name.startswith("tidemill_data_")
-        for sample in family.samples
-    }
 
 
 def labels(job: str, stage: str, source: str, **extra: str) -> tuple[tuple[str, str], ...]:
@@ -80,7 +66,7 @@ def test_a_malformed_data_insight_leaves_data_null_and_the_rest_of_the_job_reada
 def test_metrics_show_each_source_of_a_running_job_by_stage(url: str) -> None:
     save_master_state(url, "busy", {"data_insight": INSIGHT})
 
-    samples = data_samples(url)
+    samples = metric_samples(url, "tidemill_data_")
 
     backfill = labels("busy", "backfill", "ads.clicks")
     online = labels("busy", "online", "clicks")
@@ -99,8 +85,12 @@ def test_metrics_show_each_source_of_a_running_job_by_stage(url: str) -> None:
         if name == "tidemill_data_shards"
     }
     assert shards == {
-        ("backfill", "done"): 8, ("backfill", "in_flight"): 0, ("backfill", "pending"): 0,
-        ("online", "done"): 0, ("online", "in_flight"): 2, ("online", "pending"): 0,
+        ("backfill", "done"): 8,
+        ("backfill", "in_flight"): 0,
+        ("backfill", "pending"): 0,
+        ("online", "done"): 0,
+        ("online", "in_flight"): 2,
+        ("online", "pending"): 0,
     }
     workers = {
         (dict(key)["stage"], dict(key)["worker"]): value
@@ -108,8 +98,10 @@ def test_metrics_show_each_source_of_a_running_job_by_stage(url: str) -> None:
         if name == "tidemill_data_worker_records"
     }
     assert workers == {
-        ("backfill", "worker-0"): 10240, ("backfill", "worker-1"): 9760,
-        ("online", "worker-0"): 2100, ("online", "worker-1"): 2000,
+        ("backfill", "worker-0"): 10240,
+        ("backfill", "worker-1"): 9760,
+        ("online", "worker-0"): 2100,
+        ("online", "worker-1"): 2000,
     }
 
 
@@ -117,5 +109,5 @@ def test_metrics_leave_out_jobs_not_running_and_jobs_without_data_insight(url: s
     save_master_state(url, "ctr", {"data_insight": INSIGHT})
     save_master_state(url, "busy", {"epoch": 2})
 
-    assert data_samples(url) == {}
+    assert metric_samples(url, "tidemill_data_") == {}
     assert "tidemill_data_" not in httpx.get(f"{url}/metrics").text

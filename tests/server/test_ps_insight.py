@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.live import INSIGHT, data_server, save_master_state
+from tests.server.live import (
+    INSIGHT,
+    data_server,
+    get_job,
+    metric_samples,
+    save_master_state,
+)
 from tests.server.ps_sample import PS_INSIGHT
 
 
@@ -17,24 +21,6 @@ from tests.server.ps_sample import PS_INSIGHT
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with data_server(tmp_path_factory.mktemp("state")) as base:
         yield base
-
-
-def get_job(url: str, name: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/api/v1/jobs/{name}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-def ps_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every tidemill_ps_* sample: (name, sorted labels) -> value."""
-    text = httpx.get(f"{url}/metrics").text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name.startswith("tidemill_ps_")
-        for sample in family.samples
-    }
 
 
 def labels(job: str, **chosen: str) -> tuple[tuple[str, str], ...]:
@@ -63,7 +49,7 @@ def test_a_malformed_ps_insight_leaves_ps_null_and_the_rest_of_the_job_readable(
     view = get_job(url, "busy")
 
     assert view["ps"] is None and view["data"] == INSIGHT
-    assert ps_samples(url) == {}
+    assert metric_samples(url, "tidemill_ps_") == {}
 
 
 def test_metrics_show_each_table_of_a_running_job_and_its_shards_by_reachability(
@@ -71,7 +57,7 @@ def test_metrics_show_each_table_of_a_running_job_and_its_shards_by_reachability
 ) -> None:
     save_master_state(url, "busy", {"ps_insight": PS_INSIGHT})
 
-    samples = ps_samples(url)
+    samples = metric_samples(url, "tidemill_ps_")
 
     item, user = labels("busy", table="item"), labels("busy", table="user")
     assert samples[("tidemill_ps_rows", item)] == 3000
@@ -93,5 +79,5 @@ def test_metrics_leave_out_jobs_that_are_not_running(url: str) -> None:
     save_master_state(url, "busy", {"epoch": 1})
     save_master_state(url, "ctr", {"ps_insight": PS_INSIGHT})
 
-    assert ps_samples(url) == {}
+    assert metric_samples(url, "tidemill_ps_") == {}
     assert "tidemill_ps_" not in httpx.get(f"{url}/metrics").text
