@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 
 class JobPhase(StrEnum):
@@ -256,3 +256,21 @@ class NodeView(BaseModel):
     gpu_used: list[float] = Field(default_factory=list, description="share used per device")
     labels: dict[str, str] = Field(default_factory=dict)
     schedulable: bool = True
+
+
+SavedView = TypeVar("SavedView", bound=BaseModel)
+
+
+def saved_insight(
+    master_state: dict[str, Any] | None, key: str, view: type[SavedView]
+) -> SavedView | None:
+    """What the job master saved under ``key`` of its state, as ``view``; None when
+    absent or malformed (a master of another version, a bad write): the rest of the job
+    stays visible, and the master's next save replaces it."""
+    raw = master_state.get(key) if isinstance(master_state, dict) else None
+    if raw is None:
+        return None
+    try:
+        return view.model_validate(raw)
+    except ValidationError:
+        return None

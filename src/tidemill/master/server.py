@@ -27,9 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from tidemill.api.status import PSInsightView
+from tidemill.api.status import PSInsightView, saved_insight
 from tidemill.master.config import MasterConfig
 from tidemill.master.data_service import DataService
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
@@ -145,7 +143,7 @@ class MasterServer:
             from tidemill.master.ps_poller import PSStatsPoller
 
             self.ps_poller = PSStatsPoller(self.config.ps_addresses)
-            self.ps_insight = saved_ps_insight(saved)
+            self.ps_insight = saved_insight(saved, "ps_insight", PSInsightView)
         self._server = await asyncio.start_server(
             self._serve, self.config.bind_host, self.config.port, limit=MAX_LINE_BYTES
         )
@@ -440,14 +438,3 @@ class MasterServer:
         if connection.name is not None and connection.pid is not None:
             self.unresponsive[connection.name] = connection.pid
             self._dirty.set()
-
-
-def saved_ps_insight(saved: dict[str, Any] | None) -> PSInsightView | None:
-    """The PS insight a previous master saved (kept once training finished), if readable."""
-    raw = (saved or {}).get("ps_insight")
-    if raw is None:
-        return None
-    try:
-        return PSInsightView.model_validate(raw)
-    except ValidationError:
-        return None

@@ -9,9 +9,15 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tidemill.api.status import DataInsightView, JobPhase, PSInsightView, PSTableInsightView
+from tidemill.api.status import (
+    DataInsightView,
+    JobPhase,
+    PSInsightView,
+    PSTableInsightView,
+    saved_insight,
+)
 from tidemill.controller.reconciler import ACTIVE_PHASES, CycleStats
-from tidemill.server.views import data_insight, node_views, ps_insight
+from tidemill.server.views import node_views
 from tidemill.store.store import Store
 
 DATA_LABELS = ["namespace", "job_name", "stage", "source"]
@@ -37,12 +43,15 @@ class StoreCollector(Collector):
                 (job.namespace, job.name, insight)
                 for job in jobs
                 if job.phase in ACTIVE_PHASES
-                and (insight := data_insight(job.master_state)) is not None
+                and (insight := saved_insight(job.master_state, "data_insight", DataInsightView))
+                is not None
             ]
             servers = [
                 (job.namespace, job.name, view)
                 for job in jobs
-                if job.phase in ACTIVE_PHASES and (view := ps_insight(job.master_state)) is not None
+                if job.phase in ACTIVE_PHASES
+                and (view := saved_insight(job.master_state, "ps_insight", PSInsightView))
+                is not None
             ]
         by_phase = GaugeMetricFamily("tidemill_jobs", "Jobs by phase", labels=["phase"])
         counts = {phase.value: 0 for phase in JobPhase}

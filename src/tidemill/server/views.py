@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
-
-from pydantic import ValidationError
 
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.status import (
@@ -22,6 +19,7 @@ from tidemill.api.status import (
     ReplicaPhase,
     ReplicaView,
     ResourceView,
+    saved_insight,
 )
 from tidemill.controller.snapshot import replica_usage
 from tidemill.scheduler.ordering import dominant_share
@@ -45,33 +43,6 @@ def job_summary(job: JobRow, running: dict[str, int]) -> JobSummary:
         created_at=job.created_at,
         message=job.message,
     )
-
-
-def data_insight(master_state: dict[str, Any] | None) -> DataInsightView | None:
-    """The data insight the job master saved under ``data_insight``, or None.
-
-    A malformed one (a master of another version, a bad write) reads as None: the rest
-    of the job stays visible, and the master's next save replaces it.
-    """
-    raw = master_state.get("data_insight") if isinstance(master_state, dict) else None
-    if raw is None:
-        return None
-    try:
-        return DataInsightView.model_validate(raw)
-    except ValidationError:
-        return None
-
-
-def ps_insight(master_state: dict[str, Any] | None) -> PSInsightView | None:
-    """The PS insight the job master saved under ``ps_insight``, or None (also when
-    malformed, as :func:`data_insight`)."""
-    raw = master_state.get("ps_insight") if isinstance(master_state, dict) else None
-    if raw is None:
-        return None
-    try:
-        return PSInsightView.model_validate(raw)
-    except ValidationError:
-        return None
 
 
 def job_view(job: JobRow) -> JobView:
@@ -111,8 +82,8 @@ def job_view(job: JobRow) -> JobView:
             )
             for r in job.replicas
         ],
-        data=data_insight(job.master_state),
-        ps=ps_insight(job.master_state),
+        data=saved_insight(job.master_state, "data_insight", DataInsightView),
+        ps=saved_insight(job.master_state, "ps_insight", PSInsightView),
         spec=job.spec,
     )
 
