@@ -112,14 +112,14 @@ def holdout_auc(tower: nn.Module, sparse: PSEmbeddingCollection, path: Path) -> 
     scores: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     for record_batch in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=COLUMNS):
-        batch = tidemill_tensors(record_batch)
+        batch = columns_as_tensors(record_batch)
         scores.append(logits(tower, sparse, batch).numpy())
         labels.append(batch["label"].numpy())
     label = np.concatenate(labels)
     return float(roc_auc_score(label, np.concatenate(scores))), len(label)
 
 
-def tidemill_tensors(record_batch: pa.RecordBatch) -> dict[str, torch.Tensor]:
+def columns_as_tensors(record_batch: pa.RecordBatch) -> dict[str, torch.Tensor]:
     return {
         name: torch.from_numpy(record_batch.column(name).to_numpy())
         for name in record_batch.schema.names
