@@ -75,21 +75,14 @@ class DenseTower(nn.Module):
         return logits.squeeze(1)
 
 
-def bags(columns: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """One bag per row from id columns padded with ``NO_TAG``: flat ids and bag starts.
-
-    ``.long()`` costs nothing on int64 ids; it is there for a step in which this rank got
-    no records, where the loader gives empty float32 columns. (ids, offsets) rather than
-    padded 2-D ids, because a padded lookup of zero rows returns one bag, not none."""
-    ids = torch.stack([column.long() for column in columns], dim=1)
-    kept = ids != NO_TAG
-    sizes = kept.sum(dim=1)
-    return ids[kept], torch.cumsum(sizes, dim=0) - sizes
+def bags(columns: list[torch.Tensor]) -> torch.Tensor:
+    """One bag per row: the id columns side by side, padded with ``NO_TAG``."""
+    return torch.stack(columns, dim=1)
 
 
 def inputs(
     batch: dict[str, torch.Tensor],
-) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Sparse inputs as bags (a single id is a bag of one) and the dense matrix."""
     sparse = {name: bags([batch[name]]) for name in ("user", "item", "category")}
     sparse["tags"] = bags([batch[name] for name in TAG_COLUMNS])
@@ -150,7 +143,7 @@ def main() -> None:
     @elastic(state)
     def train(ctx: ElasticContext) -> None:
         client = ps.join(ctx)
-        sparse = PSEmbeddingCollection(client, SPARSE, mode="mean")
+        sparse = PSEmbeddingCollection(client, SPARSE, mode="mean", padding_id=NO_TAG)
         since, loss_total, rows_total, job_rows = time.monotonic(), 0.0, 0, 0
         for batch in batches:
             loss_sum = F.binary_cross_entropy_with_logits(

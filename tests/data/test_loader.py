@@ -15,7 +15,9 @@ import torch
 
 from tests.data.conftest import Topic
 from tidemill.data import SourceNotFound, loader
+from tidemill.data._loader import _one_batch
 from tidemill.data._progress import PROGRESS_KEY
+from tidemill.data._tensors import to_tensors
 from tidemill.runtime import ElasticContext, ElasticState, elastic
 
 
@@ -199,3 +201,14 @@ def test_two_loaders_in_one_training_function_both_commit_and_resume(tmp_path: P
     assert sorted(seen["main"] + rest["main"]) == list(range(1500))
     assert sorted(seen["aux"] + rest["aux"]) == list(range(400))
     assert len(seen["aux"]) == 3 * 40
+
+
+def test_a_step_with_no_records_keeps_the_column_types_of_the_last_batch() -> None:
+    """A rank with nothing to read this step (a stream at a stage change) still gets ids
+    as integers: an embedding lookup of float ids would be refused."""
+    schema = pa.schema([("id", pa.int64()), ("x", pa.float32())])
+    tensors = to_tensors(_one_batch([], ["id", "x"], schema))
+    assert {name: (t.dtype, len(t)) for name, t in tensors.items()} == {
+        "id": (torch.int64, 0),
+        "x": (torch.float32, 0),
+    }

@@ -83,6 +83,12 @@ def test_a_collection_pulls_several_features_and_tables_in_one_call(shared_ps: P
         torch.testing.assert_close(out["seen"][0], torch.from_numpy(rows[:2].mean(0)))
         torch.testing.assert_close(out["clicked"][1], torch.from_numpy(rows[3]))
         assert tuple(out["item"].shape) == (2, 4)
+        with torch.no_grad():  # a rank with no records this step: no bags, not one
+            empty = collection({name: torch.zeros((0, 3), dtype=torch.int64) for name in features})
+        dims = {"seen": 3, "clicked": 3, "item": 4}
+        assert {name: tuple(t.shape) for name, t in empty.items()} == {
+            name: (0, dim) for name, dim in dims.items()
+        }
         with pytest.raises(PSConfigError, match=r"features \['other'\] are not configured"):
             collection({"other": torch.tensor([[1]])})
 

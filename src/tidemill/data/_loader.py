@@ -87,6 +87,8 @@ class Loader(Iterator[Any]):
         self._sources: list[_Source] = []
         self._idle = False
         self._reported_at = 0.0
+        self._schema: pa.Schema | None = None
+        """The last non-empty batch's columns: an empty step keeps their types."""
         self._told_done = False
 
     @property
@@ -234,7 +236,10 @@ class Loader(Iterator[Any]):
                 if remaining <= 0:
                     break
                 remaining -= take(source, remaining)
-        return _one_batch(parts, self.columns)
+        batch = _one_batch(parts, self.columns, self._schema)
+        if batch.num_rows:
+            self._schema = batch.schema
+        return batch
 
     def _take(self, source: _Source, rows: int) -> list[pa.RecordBatch]:
         out: list[pa.RecordBatch] = []
@@ -348,11 +353,16 @@ def _shares(rows: int, fractions: Sequence[float]) -> list[int]:
     return whole
 
 
-def _one_batch(parts: list[pa.RecordBatch], columns: Sequence[str] | None) -> pa.RecordBatch:
-    """The step's records as one batch (no copy when they came from one window)."""
+def _one_batch(
+    parts: list[pa.RecordBatch], columns: Sequence[str] | None, schema: pa.Schema | None
+) -> pa.RecordBatch:
+    """The step's records as one batch (no copy when they came from one window); an
+    empty step has the columns of ``schema`` (the last batch's) so ids stay integers."""
     if len(parts) == 1:
         return parts[0]
     if not parts:
+        if schema is not None:
+            return pa.RecordBatch.from_pylist([], schema=schema)
         names = list(columns or [])
         return pa.RecordBatch.from_arrays([pa.array([], pa.null()) for _ in names], names=names)
     schemas = {batch.schema for batch in parts}

@@ -182,7 +182,7 @@ def _bags(ids: torch.Tensor, offsets: torch.Tensor | None, padding_id: int) -> _
     array = _ids_array(ids)
     keep = array != padding_id
     counts = keep.sum(axis=1)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    starts = (np.cumsum(counts) - counts).astype(np.int64)  # one start per bag, [] for none
     return _Bags(array[keep], torch.from_numpy(starts))
 
 
