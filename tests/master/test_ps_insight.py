@@ -64,6 +64,22 @@ def test_rates_are_each_shards_counter_deltas_over_the_time_between_its_answers(
     assert user.applied_step == 8
 
 
+def test_rows_evicted_under_memory_pressure_become_one_warning_per_shard_and_poll() -> None:
+    book = PSInsightBook(ADDRESSES)
+    book.answered(0, answer(0, user=stats(rows=90, row_budget=100, memory_evicted=0)), now=1.0)
+    assert book.take_warnings() == []
+    book.answered(0, answer(0, user=stats(rows=100, row_budget=100, memory_evicted=40)), now=3.0)
+    book.answered(1, answer(1, user=stats(rows=10, row_budget=100, memory_evicted=0)), now=3.0)
+    [(shard, message)] = book.take_warnings()
+    assert shard == 0
+    assert message.startswith(
+        "PS replica 0: table 'user' reached the 100 rows its share of the replica's memory "
+        "holds; evicted 40 least-used rows"
+    )
+    assert "resources.memory" in message
+    assert book.take_warnings() == []
+
+
 def test_the_first_answer_gives_totals_but_no_rate_yet() -> None:
     book = PSInsightBook(ADDRESSES[:1])
     book.answered(0, answer(0, user=stats(rows=5, pulled=50, pushed=50)), now=10.0)

@@ -331,6 +331,7 @@ class RoleSpec(SpecModel):
             max_staleness_steps=self.max_staleness_steps or 0,
             virtual_shards=self.virtual_shards or DEFAULT_VIRTUAL_SHARDS,
             replicas=max(1, self.replicas),
+            memory_bytes=self.resources.memory or None,
         )
 
     @property

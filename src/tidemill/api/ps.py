@@ -162,6 +162,12 @@ class PSServerSpec(SpecModel):
     pull_timeout_seconds: float = Field(
         default=60.0, gt=0, le=86_400, description="how long a pull waits for slow ranks"
     )
+    memory_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="each replica's memory (resources.memory): its tables "
+        "are held to a share of it, evicting least-used rows rather than running out",
+    )
 
     def to_env(self) -> dict[str, str]:
         return {PS_VAR: self.model_dump_json(by_alias=True)}

@@ -33,15 +33,21 @@ class TableStats:
     pulls: int
     staleness_max_steps: int
     staleness_mean_steps: float
+    memory_evicted: int = 0
+    """Rows evicted to keep the table within the replica's memory."""
+    row_budget: int | None = None
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> TableStats:
+        budget = raw.get("row_budget")
         return cls(
             **{name: int(raw[name]) for name in COUNTERS},
             applied_step=int(raw["applied_step"]),
             pulls=int(raw["pulls"]),
             staleness_max_steps=int(raw["staleness_max_steps"]),
             staleness_mean_steps=float(raw["staleness_mean_steps"]),
+            memory_evicted=int(raw.get("memory_evicted", 0)),
+            row_budget=None if budget is None else int(budget),
         )
 
 
@@ -72,6 +78,13 @@ class PSInsightBook:
 
     def __init__(self, addresses: Sequence[str]) -> None:
         self._shards = [_Shard(address) for address in addresses]
+        self._warnings: list[tuple[int, str]] = []
+
+    def take_warnings(self) -> list[tuple[int, str]]:
+        """(shard, message) for each table that evicted rows under memory pressure since
+        the last call: the master makes each a Warning event."""
+        warnings, self._warnings = self._warnings, []
+        return warnings
 
     def answered(self, index: int, answer: Mapping[str, Any], now: float) -> None:
         """Shard ``index``'s STATS answer (``{"index", "tables": {name: counters}}``)."""
@@ -81,6 +94,9 @@ class PSInsightBook:
         took = now - shard.at if shard.at is not None else 0.0
         for name, stats in tables.items():
             before = shard.tables.get(name)
+            evicted = stats.memory_evicted - (before.memory_evicted if before else 0)
+            if evicted > 0:
+                self._warnings.append((index, _memory_warning(index, name, stats, evicted)))
             if before is None or took <= 0:
                 continue
             pulled = stats.pulled_rows - before.pulled_rows
@@ -128,3 +144,12 @@ class PSInsightBook:
                 for s in answering
             ],
         )
+
+
+def _memory_warning(index: int, table: str, stats: TableStats, evicted: int) -> str:
+    return (
+        f"PS replica {index}: table {table!r} reached the {stats.row_budget or 0:,} rows its "
+        f"share of the replica's memory holds; evicted {evicted:,} least-used rows (they "
+        "start again from their initial values if seen again). Raise the ps role's "
+        "resources.memory, or bound the table with eviction.ttlSteps"
+    )

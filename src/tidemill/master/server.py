@@ -400,6 +400,8 @@ class MasterServer:
             if membership is not None and membership.phase is Phase.FINISHED:
                 return
             self.ps_insight = await poller.poll_once()
+            for shard, message in poller.book.take_warnings():
+                await self._event("Warning", "PSMemoryEviction", message, f"ps-{shard}")
             self._dirty.set()
             await asyncio.sleep(self.config.ps_stats_interval_s)
 

@@ -62,6 +62,9 @@ class PSConfig:
     shard_map: tuple[int, ...] | None = None
     pull_timeout_s: float = 60.0
     max_frame_bytes: int = 1 << 28
+    memory_bytes: int | None = None
+    """Each replica's memory: the tables get row budgets that keep them within a share
+    of it (see :func:`tidemill.ps._budget.row_budgets`)."""
 
     def __post_init__(self) -> None:
         if not self.tables:
@@ -133,6 +136,7 @@ class PSConfig:
             max_staleness=spec.max_staleness_steps,
             virtual_shards=spec.virtual_shards,
             pull_timeout_s=spec.pull_timeout_seconds,
+            memory_bytes=spec.memory_bytes,
         )
 
     def to_spec(self, replicas: int) -> PSServerSpec:
@@ -144,6 +148,7 @@ class PSConfig:
             virtual_shards=self.virtual_shards,
             replicas=replicas,
             pull_timeout_seconds=self.pull_timeout_s,
+            memory_bytes=self.memory_bytes,
         )
 
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tidemill.ps._budget import row_budgets
 from tidemill.ps._config import TableConfig
 from tidemill.ps._cuts import read_snapshot, snapshot_shards, write_snapshot
 from tidemill.ps._errors import PSProtocolError
@@ -59,6 +60,10 @@ class _Table:
     gate: StepGate
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_evict_step: int = 0
+    by_memory: bool = False
+    """Its row budget comes from the replica's memory."""
+    memory_evicted: int = 0
+    """Rows evicted to stay within that budget."""
 
 
 class PSServer:
@@ -85,11 +90,12 @@ class PSServer:
         """Which ids are this replica's: a snapshot taken over another count is filtered."""
         self._tables = [
             _Table(
-                table,
-                ShardTable(table),
-                StepGate(table.name, config.consistency, config.max_staleness),
+                budgeted.config,
+                ShardTable(budgeted.config),
+                StepGate(budgeted.config.name, config.consistency, config.max_staleness),
+                by_memory=budgeted.by_memory,
             )
-            for table in config.tables
+            for budgeted in row_budgets(config.tables, config.memory_bytes)
         ]
         self._listener = socket.create_server((host, port), reuse_port=False)
         self._listener.settimeout(_ACCEPT_POLL_S)
@@ -236,7 +242,10 @@ class PSServer:
         _refuse_bad_ids(entry.config.name, ids)
         entry.gate.wait_for_pull(header, self.config.pull_timeout_s)
         with entry.lock:
+            evicted = entry.table.evicted
             rows = entry.table.pull(ids, header.step)
+            if entry.by_memory and entry.table.evicted > evicted:
+                entry.memory_evicted += entry.table.evicted - evicted
         answer = header._replace(op=Op.ROWS, rows=len(ids), dim=entry.config.dim)
         return answer._replace(payload_bytes=rows.nbytes), buffers_of(rows)
 
@@ -314,6 +323,9 @@ class PSServer:
                     "staleness_max_steps": gate.staleness.max_steps,
                     "staleness_mean_steps": gate.staleness.total_steps
                     / max(1, gate.staleness.pulls),
+                    "row_budget": entry.config.max_rows,
+                    "budget_from": "memory" if entry.by_memory else "eviction",
+                    "memory_evicted": entry.memory_evicted,
                 }
         with self._epoch_lock:
             cut = self._cut
