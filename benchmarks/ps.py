@@ -1,0 +1,481 @@
+"""Parameter-server embedding training: tidemill's PS against TorchRec and the kernel alone.
+
+Side by side in one run, on the same Zipf(1.1) batches of 4,096 unique ids over a
+1M-id, dim-64 Adagrad table (rows/s = unique ids trained per second, a row pulled and
+its gradient pushed):
+
+- ``ceiling``: one in-process ``ShardTable`` (tidemill's numba kernels, no network):
+  ``pull`` + ``push`` per step, with the undo log on as a PS replica runs it;
+- ``tidemill``: two PS replicas as real processes (``python -m tidemill.ps``) on
+  loopback, a ``PSClient`` of rank 0 of 1, sync mode: pull the batch, push its
+  gradients, ``advance()``; once plainly and once with the next batch's pull sent
+  ahead (``pull_async``, as ``PSEmbedding.prefetch`` does). The table is filled first
+  (every id pulled once, untimed) and cut, as a job's first commit does;
+- ``torchrec``: ``EmbeddingBagCollection`` fused with EXACT_ADAGRAD (FBGEMM CPU kernel)
+  in process, forward + backward per step, run by ``benchmarks/ps_torchrec.py`` in its
+  own venv (``benchmarks/.venv-torchrec``, made here when missing), with torch's
+  default threads and with one.
+
+Also: memory of a 10M-row table in one process (2M when the machine lacks the memory)
+against its raw row bytes (weights + Adagrad accumulators, float32), and the time to
+first use of the kernels (numba compile, cold and cached) in fresh processes.
+
+Prints a table with ratios and the issue's goals, and writes
+``benchmarks/results/ps.json``. The machine is shared and has 2 cores, which the PS
+replicas, the client and TorchRec's threads all contend for: figures move by ~10-20%
+between runs; step times are medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tidemill.ps import OptimizerConfig, PSClient, PSConfig, TableConfig
+from tidemill.ps._hashing import dedupe
+from tidemill.ps._table import ShardTable
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "ps.json"
+TORCHREC_SCRIPT = HERE / "ps_torchrec.py"
+TORCHREC_VENV = HERE / ".venv-torchrec"
+# fbgemm_gpu 1.8's own compat table (fbgemm_gpu/__init__.py) pairs it with torch 2.13;
+# torchrec declares "fbgemm-gpu" (the CUDA build), hence --no-deps and its runtime imports.
+TORCHREC_DEPS = (
+    "torch==2.13.0",
+    "fbgemm-gpu-cpu==1.8.0",
+    "tensordict==0.15.3",
+    "torchmetrics==1.0.3",
+    "pyre-extensions==0.0.32",
+    "tqdm",
+)
+TORCHREC_NO_DEPS = ("torchrec==1.8.0",)
+LR, EPS = 0.01, 1e-8
+FILL_CHUNK = 65_536
+LISTENING = re.compile(r"listening on (\S+):(\d+)")
+FIRST_USE = (
+    "import time; t = time.perf_counter(); import numpy as np; "
+    "from tidemill.ps._table import ShardTable, TableConfig; "
+    "table = ShardTable(TableConfig('t', dim=4, admit_min_count=2, max_rows=8, ttl_steps=1)); "
+    "table.begin(1); table.pull(np.arange(20), 0); table.pull(np.arange(20), 1); "
+    "table.push([1], np.ones((1, 4), np.float32), 1); table.evict(5); "
+    "table.load(table.export(), replace=False); table.begin(2); table.pull([3], 6); "
+    "table.rollback(); from tidemill.ps._hashing import segment_sum, virtual_shard; "
+    "segment_sum(np.ones((2, 2)), [0, 0], 1); virtual_shard([1], 2); "
+    "print(time.perf_counter() - t)"
+)
+
+Ids = npt.NDArray[np.int64]
+
+
+def table_config(dim: int) -> TableConfig:
+    return TableConfig("bench", dim, OptimizerConfig("adagrad", lr=LR, eps=EPS), 0.01, 1)
+
+
+def zipf_batches(vocab: int, batch: int, count: int, seed: int) -> npt.NDArray[np.int64]:
+    """``[count, batch]`` ids in ``0 .. vocab-1``, each row unique ids drawn Zipf(1.1)
+    over a shuffled vocabulary (so hot ids are spread over the table)."""
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(vocab).astype(np.int64)
+    batches = np.empty((count, batch), np.int64)
+    for row in range(count):
+        unique = np.empty(0, np.int64)
+        while unique.size < batch:
+            ranks = (rng.zipf(1.1, size=4 * batch) - 1) % vocab
+            unique = dedupe(np.concatenate([unique, shuffled[ranks]]))[0]
+        batches[row] = unique[:batch]
+    return batches
+
+
+def ms(seconds: list[float]) -> float:
+    return round(statistics.median(seconds) * 1e3, 3)
+
+
+def rss_bytes(pid: int | str = "self") -> dict[str, int]:
+    """Resident and peak resident bytes of a process (Linux ``/proc``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M))
+    return {"rss_bytes": int(found["VmRSS"]) * 1024, "peak_rss_bytes": int(found["VmHWM"]) * 1024}
+
+
+def fill(table: ShardTable, rows: int, dim: int) -> float:
+    """Create rows ``0 .. rows-1`` by pulling each once at step 0; seconds taken."""
+    out = np.empty((FILL_CHUNK, dim), np.float32)
+    started = time.perf_counter()
+    for start in range(0, rows, FILL_CHUNK):
+        ids = np.arange(start, min(rows, start + FILL_CHUNK), dtype=np.int64)
+        table.pull(ids, step=0, out=out[: ids.size])
+    return time.perf_counter() - started
+
+
+def run_ceiling(batches: Ids, rows: int, dim: int, undo: bool) -> dict[str, Any]:
+    """One in-process table, no network: pull + push per batch."""
+    table = ShardTable(table_config(dim))
+    if undo:
+        table.begin(0)
+    fill_s = fill(table, rows, dim)
+    if undo:
+        table.begin(1)
+    grads = np.random.default_rng(2).standard_normal((batches.shape[1], dim)).astype(np.float32)
+    out = np.empty((batches.shape[1], dim), np.float32)
+    pull_s, push_s = [], []
+    for step, ids in enumerate(batches, start=1):
+        t0 = time.perf_counter()
+        table.pull(ids, step=step, out=out)
+        t1 = time.perf_counter()
+        table.push(ids, grads, step=step)
+        pull_s.append(t1 - t0)
+        push_s.append(time.perf_counter() - t1)
+    step_ms = ms([a + b for a, b in zip(pull_s, push_s, strict=True)])
+    return {
+        "undo_log": undo,
+        "fill_rows_per_s": round(rows / fill_s),
+        "pull_ms": ms(pull_s),
+        "push_ms": ms(push_s),
+        "step_ms": step_ms,
+        "rows_per_s": round(batches.shape[1] / step_ms * 1e3),
+    }
+
+
+@contextmanager
+def replicas(config: PSConfig, count: int) -> Iterator[list[subprocess.Popen[str]]]:
+    """``count`` PS replicas as processes on free loopback ports; SIGTERM'd on exit."""
+    env = {
+        **os.environ,
+        "TIDEMILL_PS": config.to_spec(count).model_dump_json(by_alias=True),
+        "TIDEMILL_PS_ADDRS": ",".join(["127.0.0.1:0"] * count),
+    }
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tidemill.ps"],
+            env={**env, "TIDEMILL_INDEX": str(index)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(count)
+    ]
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def address_of(process: subprocess.Popen[str]) -> tuple[str, int]:
+    line = process.stdout.readline() if process.stdout else ""
+    found = LISTENING.search(line)
+    if found is None:
+        raise RuntimeError(f"PS replica did not start (exit {process.poll()}): {line!r}")
+    return found.group(1), int(found.group(2))
+
+
+def train_steps(client: PSClient, batches: Ids, grads: npt.NDArray[np.float32]) -> dict[str, Any]:
+    """Pull, push, advance per batch; each phase timed."""
+    pull_s, push_s, step_s = [], [], []
+    for ids in batches:
+        t0 = time.perf_counter()
+        pulled = client.pull_many({"bench": ids})["bench"]
+        t1 = time.perf_counter()
+        client.push_pulled({"bench": (pulled, grads)})
+        client.advance()
+        t2 = time.perf_counter()
+        pull_s.append(t1 - t0)
+        push_s.append(t2 - t1)
+        step_s.append(t2 - t0)
+    return {"pull_ms": ms(pull_s), "push_ms": ms(push_s), "step_ms": ms(step_s)}
+
+
+def train_prefetched(
+    client: PSClient, batches: Ids, grads: npt.NDArray[np.float32]
+) -> dict[str, Any]:
+    """As :func:`train_steps`, but the next batch's pull goes out before this push."""
+    step_s = []
+    pending = client.pull_async({"bench": batches[0]})
+    for index in range(len(batches)):
+        t0 = time.perf_counter()
+        pulled = pending.result()["bench"]
+        if index + 1 < len(batches):
+            pending = client.pull_async({"bench": batches[index + 1]}, step=client.step + 1)
+        client.push_pulled({"bench": (pulled, grads)})
+        client.advance()
+        step_s.append(time.perf_counter() - t0)
+    return {"step_ms": ms(step_s)}
+
+
+def run_tidemill(batches: Ids, rows: int, dim: int, shards: int) -> dict[str, Any]:
+    """Real replicas on loopback; a rank-0-of-1 sync client fills, cuts, then trains."""
+    config = PSConfig((table_config(dim),), consistency="sync", pull_timeout_s=120.0)
+    grads = np.random.default_rng(2).standard_normal((batches.shape[1], dim)).astype(np.float32)
+    with replicas(config, shards) as processes:
+        addresses = [address_of(process) for process in processes]
+        with PSClient(config, addresses, rank=0, world=1) as client:
+            started = time.perf_counter()
+            for start in range(0, rows, FILL_CHUNK):
+                client.pull_many({"bench": np.arange(start, min(rows, start + FILL_CHUNK))})
+            fill_s = time.perf_counter() - started
+            client.advance()
+            client.begin(client.step)
+            filled = [shard["tables"]["bench"] for shard in client.stats()]
+            plain = train_steps(client, batches, grads)
+            prefetched = train_prefetched(client, batches, grads)
+            shard_memory = [entry["memory_bytes"] for entry in filled]
+            shard_rss = [rss_bytes(process.pid)["rss_bytes"] for process in processes]
+    plain["rows_per_s"] = round(batches.shape[1] / plain["step_ms"] * 1e3)
+    prefetched["rows_per_s"] = round(batches.shape[1] / prefetched["step_ms"] * 1e3)
+    return {
+        "shards": shards,
+        "fill_rows_per_s": round(rows / fill_s),
+        "shard_rows": [entry["rows"] for entry in filled],
+        "shard_memory_bytes": shard_memory,
+        "shard_rss_bytes_after_training": shard_rss,
+        "plain": plain,
+        "prefetched": prefetched,
+    }
+
+
+def torchrec_python() -> Path:
+    """The TorchRec venv's python, creating the venv (pip from PyPI) when it is missing."""
+    python = TORCHREC_VENV / "bin" / "python"
+    ready = TORCHREC_VENV / "tidemill-ready"
+    wanted = " ".join(TORCHREC_DEPS + TORCHREC_NO_DEPS)
+    if ready.exists() and ready.read_text() == wanted:
+        return python
+    print(f"making {TORCHREC_VENV} ({wanted}) ...", flush=True)
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(TORCHREC_VENV)],
+        [str(python), "-m", "pip", "install", "-q", *TORCHREC_DEPS],
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", *TORCHREC_NO_DEPS],
+    ]
+    for argv in steps:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
+        if done.returncode:
+            raise RuntimeError(f"`{' '.join(argv)}` exited {done.returncode}: {tail(done)}")
+    ready.write_text(wanted)
+    return python
+
+
+def tail(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+    return " | ".join(lines[-3:])
+
+
+def run_torchrec(batches: Ids, rows: int, dim: int, threads: int) -> dict[str, Any]:
+    """ps_torchrec.py in the TorchRec venv; its JSON, or ``{"error": why}``."""
+    try:
+        python = torchrec_python()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"TorchRec venv could not be made: {exc}"}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "batches.npy"
+        np.save(path, batches)
+        argv = [str(python), str(TORCHREC_SCRIPT), "--batches", str(path)]
+        argv += ["--rows", str(rows), "--dim", str(dim), "--lr", str(LR), "--eps", str(EPS)]
+        argv += ["--threads", str(threads)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        return {"error": f"ps_torchrec.py exited {done.returncode}: {tail(done)}"}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def memory_child(rows: int, dim: int) -> None:
+    """Fill a ``rows``-row table in this process and print its memory as JSON."""
+    base = rss_bytes()["rss_bytes"]
+    table = ShardTable(table_config(dim))
+    fill_s = fill(table, rows, dim)
+    raw = rows * (dim + table.config.state_width) * 4
+    used = rss_bytes()
+    figures = {
+        "rows": table.rows,
+        "raw_row_bytes": raw,
+        "memory_bytes": table.memory_bytes,
+        "memory_over_raw": round(table.memory_bytes / raw, 3),
+        "rss_over_raw": round((used["rss_bytes"] - base) / raw, 3),
+        "peak_rss_over_raw": round((used["peak_rss_bytes"] - base) / raw, 3),
+        "process_rss_before_table_bytes": base,
+        "fill_rows_per_s": round(rows / fill_s),
+        **used,
+    }
+    print(json.dumps(figures))
+
+
+def available_bytes() -> int:
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    return int(found.group(1)) * 1024 if found else 0
+
+
+def run_memory(rows: int, fallback_rows: int, dim: int) -> dict[str, Any]:
+    """The memory figures of a ``rows``-row table, or ``fallback_rows`` when the machine's
+    free memory cannot hold the fill's peak (about 2.7x the raw row bytes)."""
+    raw = rows * dim * 2 * 4
+    note = f"{rows:,} rows"
+    if available_bytes() < 2.7 * raw + (2 << 30):
+        note = (
+            f"{rows:,} rows need ~{2.7 * raw / 2**30:.1f} GiB at peak; "
+            f"{available_bytes() / 2**30:.1f} GiB available: measured {fallback_rows:,}"
+        )
+        rows = fallback_rows
+    argv = [sys.executable, __file__, "--memory-child", str(rows), "--dim", str(dim)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if done.returncode:
+        return {"note": note, "error": f"memory child exited {done.returncode}: {tail(done)}"}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"note": note, **result}
+
+
+def first_use_s(cache_dir: str) -> float:
+    """Seconds to import and exercise every kernel once in a fresh process."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_USE], env=env, capture_output=True, text=True, check=True
+    )
+    return float(done.stdout.strip())
+
+
+def machine() -> dict[str, Any]:
+    cpu = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    total = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    return {
+        "cpu": cpu.group(1) if cpu else platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_bytes": int(total.group(1)) * 1024 if total else None,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": version("numba"),
+        "note": "shared 2-core machine: replicas, client and TorchRec contend; ~10-20% noise",
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def best_torchrec(trec: list[dict[str, Any]]) -> float | None:
+    """TorchRec's faster run (threads contend with other load on a shared machine)."""
+    rates = [side["rows_per_s"] for side in trec if "rows_per_s" in side]
+    return max(rates) if rates else None
+
+
+def print_table(ceiling: dict[str, Any], ps: dict[str, Any], trec: list[dict[str, Any]]) -> None:
+    reference = best_torchrec(trec)
+    lines = [
+        ("ceiling: ShardTable in process (undo log on)", ceiling),
+        (f"tidemill PS, {ps['shards']} shards: pull + push", ps["plain"]),
+        (f"tidemill PS, {ps['shards']} shards: pull prefetched", ps["prefetched"]),
+    ]
+    for side in trec:
+        label = f"TorchRec fused EBC EXACT_ADAGRAD, {side.get('threads', '?')} threads"
+        lines.append((label, side))
+    print(f"{'side':56}{'rows/s':>11}{'step ms':>9}{'/TorchRec':>11}{'/ceiling':>10}")
+    for label, side in lines:
+        rate = side.get("rows_per_s")
+        if rate is None:
+            print(f"{label:56}  {side.get('error', 'no figure')}")
+            continue
+        over_trec = ratio(rate, reference)
+        print(
+            f"{label:56}{rate:>11,}{side['step_ms']:>9.2f}"
+            f"{over_trec if over_trec is not None else '-':>11}"
+            f"{ratio(rate, ceiling['rows_per_s']):>10}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--shards", type=int, default=2)
+    parser.add_argument("--memory-rows", type=int, default=10_000_000)
+    parser.add_argument("--memory-fallback-rows", type=int, default=2_000_000)
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.dim)
+        return
+    print(f"note: {machine()['note']}", flush=True)
+
+    batches = zipf_batches(args.rows, args.batch, args.steps, seed=1)
+    ceiling = run_ceiling(batches, args.rows, args.dim, undo=True)
+    kernel_only = run_ceiling(batches, args.rows, args.dim, undo=False)
+    ps = run_tidemill(batches, args.rows, args.dim, args.shards)
+    trec = [run_torchrec(batches, args.rows, args.dim, threads) for threads in (0, 1)]
+    memory = run_memory(args.memory_rows, args.memory_fallback_rows, args.dim)
+    with tempfile.TemporaryDirectory() as cache:
+        cold, warm = first_use_s(cache), first_use_s(cache)
+
+    print_table(ceiling, ps, trec)
+    best = max(ps["plain"]["rows_per_s"], ps["prefetched"]["rows_per_s"])
+    over_trec = ratio(best, best_torchrec(trec))
+    over_ceiling = ratio(best, ceiling["rows_per_s"])
+    at_size = memory.get("rows") == args.memory_rows
+    goals = {
+        "tidemill_over_torchrec_at_least_3": None if over_trec is None else over_trec >= 3,
+        "tidemill_over_ceiling_at_least_0_5": over_ceiling is not None and over_ceiling >= 0.5,
+        "memory_within_2x_raw_at_10m_rows": at_size
+        and memory["memory_over_raw"] <= 2
+        and memory["rss_over_raw"] <= 2,
+    }
+    print(
+        f"kernel without undo log: {kernel_only['rows_per_s']:,} rows/s; "
+        f"pull {ceiling['pull_ms']} ms + push {ceiling['push_ms']} ms (kernel) vs "
+        f"{ps['plain']['pull_ms']} + {ps['plain']['push_ms']} ms through {args.shards} shards"
+    )
+    if "error" not in memory:
+        print(
+            f"memory, {memory['rows']:,} rows: memory_bytes {memory['memory_over_raw']}x raw,"
+            f" RSS {memory['rss_over_raw']}x (peak {memory['peak_rss_over_raw']}x);"
+            f" PS shards after fill: {[round(b / 2**20) for b in ps['shard_memory_bytes']]} MiB"
+        )
+    print(f"numba first use: {cold:.1f} s cold, {warm:.1f} s cached")
+    print(f"goals: {goals}")
+    figures = {
+        "machine": machine(),
+        "workload": {
+            "rows": args.rows,
+            "dim": args.dim,
+            "batch_unique_ids": args.batch,
+            "steps": args.steps,
+            "optimizer": {"name": "adagrad", "lr": LR, "eps": EPS},
+            "ids": "Zipf(1.1) over a shuffled vocabulary, unique per batch",
+        },
+        "ceiling": ceiling,
+        "kernel_without_undo_log": kernel_only,
+        "tidemill": ps,
+        "torchrec": trec,
+        "memory": memory,
+        "first_use_cold_compile_s": round(cold, 2),
+        "first_use_warm_cache_s": round(warm, 2),
+        "ratios": {"tidemill_over_torchrec": over_trec, "tidemill_over_ceiling": over_ceiling},
+        "goals_met": goals,
+    }
+    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
