@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from ps_torchrec import run_torchrec, tail
 
 from tidemill.ps import OptimizerConfig, PSClient, PSConfig, TableConfig
 from tidemill.ps._hashing import dedupe
@@ -54,19 +55,6 @@ from tidemill.ps._table import ShardTable
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "ps.json"
-TORCHREC_SCRIPT = HERE / "ps_torchrec.py"
-TORCHREC_VENV = HERE / ".venv-torchrec"
-# fbgemm_gpu 1.8's own compat table (fbgemm_gpu/__init__.py) pairs it with torch 2.13;
-# torchrec declares "fbgemm-gpu" (the CUDA build), hence --no-deps and its runtime imports.
-TORCHREC_DEPS = (
-    "torch==2.13.0",
-    "fbgemm-gpu-cpu==1.8.0",
-    "tensordict==0.15.3",
-    "torchmetrics==1.0.3",
-    "pyre-extensions==0.0.32",
-    "tqdm",
-)
-TORCHREC_NO_DEPS = ("torchrec==1.8.0",)
 LR, EPS = 0.01, 1e-8
 FILL_CHUNK = 65_536
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
@@ -270,51 +258,6 @@ def filled_ps(rows: int, dim: int, shards: int) -> Iterator[tuple[PSClient, dict
             )
 
 
-def torchrec_python() -> Path:
-    """The TorchRec venv's python, creating the venv (pip from PyPI) when it is missing."""
-    python = TORCHREC_VENV / "bin" / "python"
-    ready = TORCHREC_VENV / "tidemill-ready"
-    wanted = " ".join(TORCHREC_DEPS + TORCHREC_NO_DEPS)
-    if ready.exists() and ready.read_text() == wanted:
-        return python
-    print(f"making {TORCHREC_VENV} ({wanted}) ...", flush=True)
-    steps = [
-        [sys.executable, "-m", "venv", "--clear", str(TORCHREC_VENV)],
-        [str(python), "-m", "pip", "install", "-q", *TORCHREC_DEPS],
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", *TORCHREC_NO_DEPS],
-    ]
-    for argv in steps:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
-        if done.returncode:
-            raise RuntimeError(f"`{' '.join(argv)}` exited {done.returncode}: {tail(done)}")
-    ready.write_text(wanted)
-    return python
-
-
-def tail(done: subprocess.CompletedProcess[str]) -> str:
-    lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-    return " | ".join(lines[-3:])
-
-
-def run_torchrec(batches: Ids, rows: int, dim: int, threads: int) -> dict[str, Any]:
-    """ps_torchrec.py in the TorchRec venv; its JSON, or ``{"error": why}``."""
-    try:
-        python = torchrec_python()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
-        return {"error": f"TorchRec venv could not be made: {exc}"}
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "batches.npy"
-        np.save(path, batches)
-        argv = [str(python), str(TORCHREC_SCRIPT), "--batches", str(path)]
-        argv += ["--rows", str(rows), "--dim", str(dim), "--lr", str(LR), "--eps", str(EPS)]
-        argv += ["--threads", str(threads)]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    if done.returncode:
-        return {"error": f"ps_torchrec.py exited {done.returncode}: {tail(done)}"}
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
-
-
 def memory_child(rows: int, dim: int) -> None:
     """Fill a ``rows``-row table in this process and print its memory as JSON."""
     base = rss_bytes()["rss_bytes"]
@@ -446,7 +389,9 @@ def measure(args: argparse.Namespace, batches: Ids) -> tuple[dict[str, Any], dic
             rounds["tidemill_prefetched"].append(train_prefetched(client, batches, grads))
             for name, threads in (("torchrec_default_threads", 0), ("torchrec_1_thread", 1)):
                 if not rounds[name] or "error" not in rounds[name][-1]:
-                    rounds[name].append(run_torchrec(batches, args.rows, args.dim, threads))
+                    rounds[name].append(
+                        run_torchrec(batches, args.rows, args.dim, threads, (LR, EPS))
+                    )
             print(f"round {round_index + 1}/{args.rounds} done", flush=True)
     sides = {name: best_round(measured) for name, measured in rounds.items()}
     sides["ceiling"]["fill_rows_per_s"] = round(fill_rate)
