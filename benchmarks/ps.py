@@ -22,8 +22,8 @@ first use of the kernels (numba compile, cold and cached) in fresh processes.
 
 Prints a table with ratios and the issue's goals, and writes
 ``benchmarks/results/ps.json``. The machine is shared and has 2 cores, which the PS
-replicas, the client and TorchRec's threads all contend for: figures move by ~10-20%
-between runs; step times are medians.
+replicas, the client and TorchRec's threads all contend for, so the sides run in
+interleaved rounds (``--rounds``) and each reports its best round's median step.
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": version("numba"),
-        "note": "shared 2-core machine: replicas, client and TorchRec contend; ~10-20% noise",
+        "note": "shared 2-core machine: PS replicas, client, TorchRec contend; rounds vary 3x",
     }
 
 
