@@ -32,3 +32,4 @@ bench: venv
 	$(BIN)/python benchmarks/loader_throughput.py
 	$(BIN)/python benchmarks/kubernetes.py
 	$(BIN)/python benchmarks/checkpoint.py
+	$(BIN)/python benchmarks/ps.py
