@@ -39,17 +39,19 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import fsspec
 import torch
 import torch.distributed as dist
 
 from tidemill.ps._client import PSClient
+from tidemill.ps._cuts import snapshot_shards
 from tidemill.ps._errors import PSCutMissing, PSUnavailable
 from tidemill.ps._psconfig import Address, PSConfig, addresses_from_env
 from tidemill.ps._wire import ErrorCode
 from tidemill.runtime._active import ActiveEpoch, current
 from tidemill.runtime._checkpointing import Checkpointing
 from tidemill.runtime.elastic_context import ElasticContext
-from tidemill.runtime.elastic_state import CommitHook, ElasticState
+from tidemill.runtime.elastic_state import CommitHook, Committed, ElasticState
 
 EXTRAS_KEY = "tidemill.ps"
 """Where a checkpoint records its table snapshots: ``{"step", "snapshots": [folders]}``."""
@@ -68,6 +70,7 @@ class JobPS:
         self.addresses: tuple[Address, ...] = addresses_from_env(env)
         self._client: PSClient | None = None
         self._cutting: CommitHook | None = None
+        self._waits_for: Checkpointing | None = None
 
     def join(self, ctx: ElasticContext) -> PSClient:
         """The client for this epoch (rank, world size, step from ``ctx``); call it at
@@ -93,6 +96,9 @@ class JobPS:
         client.reconfigure(ctx.epoch, ctx.rank, ctx.world_size, state.step)
         if ctx.rank == 0:
             self._hook(ctx, client, active, checkpointing)
+            if checkpointing is not None and self._waits_for is not checkpointing:
+                checkpointing.add_parts(snapshots_complete)
+                self._waits_for = checkpointing
         return client
 
     def close(self) -> None:
@@ -136,8 +142,8 @@ def _cut_with(
             client.begin(step)
             return
         chain = list(_snapshots(state))
-        if len(chain) >= FULL_EVERY:
-            chain = []
+        if len(chain) >= FULL_EVERY or any(_missing_shards(f, shards) for _, f in chain):
+            chain = []  # a full snapshot every FULL_EVERY, and after one that failed
         since = chain[-1][0] if chain else None
         folder = f"{checkpointing.plan.url.rstrip('/')}/ps/cut-{step:012d}"
         client.begin(step, snapshot_to=folder, since=since)
@@ -148,6 +154,35 @@ def _cut_with(
         }
 
     return cut
+
+
+def snapshots_complete(committed: Committed, timeout_s: float) -> str | None:
+    """None once every shard's snapshot of ``committed``'s chain is written (its
+    ``shard-<k>.json`` is there), else why not: the checkpoint then is not written."""
+    record: Any = committed.extras.get(EXTRAS_KEY)
+    if not isinstance(record, dict) or record.get("step") != committed.step:
+        return f"the parameter servers took no snapshot at step {committed.step}"
+    shards = int(record["shards"])
+    deadline = time.monotonic() + timeout_s
+    for _, folder in record["snapshots"]:
+        while missing := _missing_shards(str(folder), shards):
+            if time.monotonic() > deadline:
+                return (
+                    f"PS replicas {missing} did not finish their snapshot in {folder} within "
+                    f"{timeout_s:g} s (see their logs: tidemill logs JOB --role ps)"
+                )
+            time.sleep(0.05)
+    return None
+
+
+def _missing_shards(folder: str, shards: int) -> list[int]:
+    written = set(snapshot_shards(folder)) if _exists(folder) else set()
+    return [shard for shard in range(shards) if shard not in written]
+
+
+def _exists(folder: str) -> bool:
+    fs, root = fsspec.core.url_to_fs(folder)
+    return bool(fs.exists(root))
 
 
 def _snapshots(state: ElasticState) -> list[tuple[int, str]]:

@@ -16,6 +16,7 @@ epoch ``restore``; its source rank loads the newest valid checkpoint of the job,
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -31,10 +32,15 @@ from tidemill.checkpoint import (
 from tidemill.runtime.elastic_state import CommitHook, Committed, ElasticState
 from tidemill.wire import CheckpointReport
 
+PARTS_TIMEOUT_S = 600.0
+"""How long a due commit waits for the parts other processes write beside it (the
+parameter servers' table snapshots) before the checkpoint is given up as failed."""
 FINAL_FLUSH_S = 600.0
 """How long the last save (training done, or the worker asked to stop) may take; a
 worker stopped for good is killed after its grace period whatever this says."""
 Report = Callable[[CheckpointReport], object]
+PartsCheck = Callable[[Committed, float], str | None]
+"""(committed, timeout_s) -> None once the parts it names are complete, else why not."""
 
 
 class Checkpointing:
@@ -51,6 +57,16 @@ class Checkpointing:
         self._submitted_at = time.monotonic()
         self._decided: tuple[int, bool] | None = None
         """(step, saved?) decided by :meth:`will_save` before that step's commit copy."""
+        self._forced = False
+        self._parts: list[PartsCheck] = []
+        self._waiting = _Latest()
+        """Due commits whose parts are still being written elsewhere (latest wins)."""
+
+    def add_parts(self, check: PartsCheck) -> None:
+        """Before a due commit is written, ``check`` waits for the parts other processes
+        write for it (a checkpoint is visible, and its data positions durable, only once
+        all of it is): the manifest never names a snapshot that is not there."""
+        self._parts.append(check)
 
     # --- saving (rank 0) ----------------------------------------------------------------
 
@@ -59,9 +75,16 @@ class Checkpointing:
         asks (the parameter servers then snapshot their tables at the same cut) and
         the save follows the answer."""
         base = self._submitted or 0
-        due = step > base and self.plan.due(step - base, time.monotonic() - self._submitted_at)
+        forced, self._forced = self._forced, False
+        elapsed = time.monotonic() - self._submitted_at
+        due = step > base and (forced or self.plan.due(step - base, elapsed))
         self._decided = (step, due)
         return due
+
+    def save_next(self) -> None:
+        """Save the next commit whether due or not (a worker stopped for good saves the
+        step it reached, through the same commit as every other save)."""
+        self._forced = True
 
     def lead(self, state: ElasticState) -> None:
         """This worker is rank 0 of the new epoch: save its due commits from now on."""
@@ -79,10 +102,14 @@ class Checkpointing:
 
     def final(self, committed: Committed, timeout_s: float = FINAL_FLUSH_S) -> bool:
         """Save ``committed`` unless it already is, and wait for the writer; False when
-        the wait ran out (the write goes on, and is partial if the process dies)."""
-        if self._submitted != committed.step:
-            self._submit(committed)
-        return self.writer.flush(timeout_s)
+        the wait ran out (the write goes on, and is partial if the process dies). A job
+        whose checkpoints have parts saves only commits cut as saves (``save_next``)."""
+        started = time.monotonic()
+        if self._submitted != committed.step and not self._parts:
+            self._submit(committed)  # with parts, only commits cut as saves are saved
+        if not self._waiting.idle(timeout_s):
+            return False
+        return self.writer.flush(max(0.0, timeout_s - (time.monotonic() - started)))
 
     def close(self, timeout_s: float) -> None:
         self.follow()
@@ -99,6 +126,18 @@ class Checkpointing:
 
     def _submit(self, committed: Committed) -> None:
         self._submitted, self._submitted_at = committed.step, time.monotonic()
+        if not self._parts:
+            self.writer.submit(committed)
+            return
+        self._waiting.put(committed, self._write_when_complete)
+
+    def _write_when_complete(self, committed: Committed) -> None:
+        """On the waiting thread: hand ``committed`` to the writer once its parts are."""
+        for check in self._parts:
+            problem = check(committed, PARTS_TIMEOUT_S)
+            if problem is not None:
+                self._failed(committed.step, problem)
+                return
         self.writer.submit(committed)
 
     def _saved(self, manifest: Manifest) -> None:
@@ -152,3 +191,44 @@ def _load(url: str, state: ElasticState) -> Loaded:
     if not store.list() and single_checkpoint(url) is not None:
         return store.load(url, state.model, state.optimizer)
     return store.load_newest(state.model, state.optimizer)
+
+
+class _Latest:
+    """One daemon thread that runs ``action`` on the newest item put (older ones still
+    waiting are dropped: the newest due commit wins, as in the writer)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._item: Committed | None = None
+        self._action: Callable[[Committed], None] | None = None
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def put(self, item: Committed, action: Callable[[Committed], None]) -> None:
+        with self._lock:
+            self._item, self._action = item, action
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="checkpoint-parts", daemon=True
+                )
+                self._thread.start()
+            self._lock.notify_all()
+
+    def idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is queued or running; False when ``timeout_s`` ran out."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._item is None and not self._busy, timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: self._item is not None)
+                item, action = self._item, self._action
+                self._item, self._busy = None, True
+            try:
+                if item is not None and action is not None:
+                    action(item)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()

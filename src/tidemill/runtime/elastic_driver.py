@@ -218,6 +218,8 @@ class Driver:
 
     def _leave_cleanly(self, plan: Epoch) -> None:
         """Every rank stopped at the same boundary: the current state is good; keep it."""
+        if self.leaving and plan.rank == 0 and self.checkpointing is not None:
+            self.checkpointing.save_next()
         self.state.commit()
         self._close_group(broken=False)
         if self.leaving:
