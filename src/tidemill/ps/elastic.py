@@ -43,6 +43,7 @@ import fsspec
 import torch
 import torch.distributed as dist
 
+from tidemill.checkpoint import list_checkpoints
 from tidemill.ps._client import PSClient
 from tidemill.ps._cuts import snapshot_shards
 from tidemill.ps._errors import PSCutMissing, PSUnavailable
@@ -172,7 +173,28 @@ def snapshots_complete(committed: Committed, timeout_s: float) -> str | None:
                     f"{timeout_s:g} s (see their logs: tidemill logs JOB --role ps)"
                 )
             time.sleep(0.05)
+    _drop_unreferenced(record)
     return None
+
+
+def _drop_unreferenced(record: dict[str, Any]) -> None:
+    """Delete the snapshot folders no checkpoint names any more (rotated out), keeping
+    those of ``record`` (the checkpoint about to be written)."""
+    newest = str(record["snapshots"][-1][1])
+    root = newest.rsplit("/ps/", 1)[0]
+    keep = {str(folder) for _, folder in record["snapshots"]}
+    for listing in list_checkpoints(root):
+        extras = listing.manifest.extras if listing.manifest is not None else None
+        if not isinstance(extras, dict):
+            return  # being written, unreadable, or extras too big to copy: keep all
+        named = extras.get(EXTRAS_KEY)
+        if isinstance(named, dict):
+            keep |= {str(folder) for _, folder in named.get("snapshots", [])}
+    fs, base = fsspec.core.url_to_fs(f"{root}/ps")
+    for path in fs.glob(f"{base.rstrip('/')}/cut-*"):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if f"{root}/ps/{name}" not in keep:
+            fs.rm(path, recursive=True)
 
 
 def _missing_shards(folder: str, shards: int) -> list[int]:
