@@ -2,9 +2,8 @@
 
 Workers pull the rows of a batch's unique ids and push their gradients back; the
 optimizer runs on the server. ``python -m tidemill.ps`` runs one replica (the ``ps``
-role of a job without a ``command``). The torch front end (:class:`PSEmbedding`,
-:class:`PSEmbeddingBag`, :class:`PSEmbeddingCollection`) is imported on first use, so
-the server process never imports torch.
+role of a job without a ``command``). Everything but the errors is imported on first
+use: the server process never imports torch, the job master never numba.
 
 Example::
 
@@ -17,10 +16,9 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from tidemill.ps._client import PSClient, PulledRows, PullHandle
-from tidemill.ps._config import TableConfig
 from tidemill.ps._errors import (
     PSBadIds,
     PSConfigError,
@@ -32,12 +30,14 @@ from tidemill.ps._errors import (
     PSUnavailable,
     PSUnknownTable,
 )
-from tidemill.ps._optimizers import OptimizerConfig
-from tidemill.ps._psconfig import PSConfig
-from tidemill.ps._routing import ShardMap
-from tidemill.ps._server import PSServer
 
 if TYPE_CHECKING:
+    from tidemill.ps._client import PSClient, PulledRows, PullHandle
+    from tidemill.ps._config import TableConfig
+    from tidemill.ps._optimizers import OptimizerConfig
+    from tidemill.ps._psconfig import PSConfig
+    from tidemill.ps._routing import ShardMap
+    from tidemill.ps._server import PSServer
     from tidemill.ps.embedding import PSEmbedding, PSEmbeddingBag, PSEmbeddingCollection
 
 __all__ = [
@@ -63,12 +63,24 @@ __all__ = [
     "TableConfig",
 ]
 
-_TORCH = ("PSEmbedding", "PSEmbeddingBag", "PSEmbeddingCollection")
+_LAZY = {
+    "OptimizerConfig": "tidemill.ps._optimizers",
+    "PSClient": "tidemill.ps._client",
+    "PSConfig": "tidemill.ps._psconfig",
+    "PSEmbedding": "tidemill.ps.embedding",
+    "PSEmbeddingBag": "tidemill.ps.embedding",
+    "PSEmbeddingCollection": "tidemill.ps.embedding",
+    "PSServer": "tidemill.ps._server",
+    "PullHandle": "tidemill.ps._client",
+    "PulledRows": "tidemill.ps._client",
+    "ShardMap": "tidemill.ps._routing",
+    "TableConfig": "tidemill.ps._config",
+}
+"""Imported on first use: the job master reads the wire format without the compiled
+kernels (numba), and the server never imports torch."""
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TORCH:
-        from tidemill.ps import embedding
-
-        return getattr(embedding, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'tidemill.ps' has no attribute {name!r}")
