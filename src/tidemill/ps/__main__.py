@@ -9,6 +9,7 @@ last step through the servers (at most ``DRAIN_S``; the engine's SIGKILL ends it
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -24,6 +25,21 @@ DRAIN_S = 30.0
 """How long a SIGTERM'd replica keeps serving workers that are still connected."""
 
 
+def listen_host(named: str) -> str:
+    """The address to bind for the name the others reach this replica by: an IP as is
+    (the local engine's loopback), every interface for a DNS name (a pod, whose name
+    resolves only once its Service publishes it).
+
+    >>> listen_host("127.0.0.1"), listen_host("ctr-ps-0.ctr.ads.svc")
+    ('127.0.0.1', '0.0.0.0')
+    """
+    try:
+        ipaddress.ip_address(named)
+    except ValueError:
+        return "0.0.0.0"
+    return named
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="tidemill-ps: %(message)s")
     try:
@@ -33,7 +49,8 @@ def main() -> int:
     except PSConfigError as exc:
         print(f"tidemill-ps: {exc}", file=sys.stderr)
         return 2
-    host, port = addresses[index]
+    named, port = addresses[index]
+    host = listen_host(named)
     try:
         server = PSServer(config, index, host, port, replicas=len(addresses))
     except OSError as exc:
