@@ -211,10 +211,11 @@ def test_a_fixed_gang_that_loses_a_node_is_placed_again_whole(
         wait_for(
             lambda: (pods := cluster.pods("fixed"))
             and len(pods) == 2
-            and all(p.status.phase == "Running" and p.spec.node_name != lost for p in pods),
+            and all(p.status.phase == "Running" and p.spec.node_name != lost for p in pods)
+            # The job turns Running at the controller's next look at the new pods.
+            and api.get("fixed").phase == "Running",
             timeout_s=90,
-            what="the gang running again, off the lost node",
+            what="the gang running again, off the lost node, and the job Running",
         )
-        assert api.get("fixed").phase == "Running"
         events = [f"{e.reason}: {e.message}" for e in api.job_events("fixed")]
         assert any(lost in e for e in events), events

@@ -215,6 +215,7 @@ class Loader(Iterator[Any]):
             self._told_done = True
             self._report(force=True)
             session.lease(self._base.stage, 0, None, self._first_view())
+            _save_the_final_commit()
 
     # --- filling a batch ----------------------------------------------------------------
 
@@ -426,3 +427,14 @@ def _resolve_spec(spec: DataSpec | Mapping[str, Any] | None) -> DataSpec:
             "replicas as TIDEMILL_DATA), or pass spec={'stages': [...]} to loader()"
         )
     return DataSpec.model_validate_json(text)
+
+
+def _save_the_final_commit() -> None:
+    """The data is read to its end: the commit that follows holds the final positions
+    (a Kafka stage's last offsets, committed to its group only once a checkpoint holds
+    them), so rank 0 saves it whether due or not."""
+    from tidemill.runtime._active import current
+
+    active = current()
+    if active is not None and active.checkpointing is not None and active.ctx.rank == 0:
+        active.checkpointing.save_next()

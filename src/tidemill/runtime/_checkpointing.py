@@ -103,7 +103,9 @@ class Checkpointing:
     def final(self, committed: Committed, timeout_s: float = FINAL_FLUSH_S) -> bool:
         """Save ``committed`` unless it already is, and wait for the writer; False when
         the wait ran out (the write goes on, and is partial if the process dies). A job
-        whose checkpoints have parts saves only commits cut as saves (``save_next``)."""
+        whose checkpoints have parts saves only commits cut as saves (``save_next``; the
+        data loader asks for one when its data ends, so the training function's last
+        commit is saved with its final positions)."""
         started = time.monotonic()
         if self._submitted != committed.step and not self._parts:
             self._submit(committed)  # with parts, only commits cut as saves are saved
