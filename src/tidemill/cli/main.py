@@ -9,7 +9,7 @@ from contextlib import suppress
 import typer
 
 from tidemill import __version__
-from tidemill.cli import checkpoints, commands, kubernetes, run, token
+from tidemill.cli import checkpoints, commands, kubernetes, run, simulate, token
 from tidemill.cli.common import EXIT_INTERRUPTED
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ app.command("queues")(commands.queues)
 app.command("nodes")(commands.nodes)
 app.command("checkpoints")(checkpoints.checkpoints)
 app.command("manifests")(kubernetes.manifests)
+app.command("simulate")(simulate.simulate)
 app.add_typer(token.app, name="token")
 
 
