@@ -2,7 +2,7 @@
 
 matplotlib is an optional extra (``pip install 'tidemill[sim]'``): the simulator's
 figures need nothing but the standard library, and a server install should not pull a
-plotting stack.
+plotting stack. Figures are drawn without pyplot, so no global backend or state is touched.
 """
 
 from __future__ import annotations
@@ -22,15 +22,13 @@ def write_plots(
 ) -> list[Path]:
     """Write the three PNGs into ``out``; the paths written, in order."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
     except ImportError:
         raise PlotsUnavailable(INSTALL_HINT) from None
     written: list[Path] = []
 
-    figure, axes = plt.subplots(figsize=(8, 4))
+    figure = Figure(figsize=(8, 4))
+    axes = figure.subplots()
     for name, summary in summaries.items():
         series = summary["gpu_allocation"]["series"]
         axes.step([t / 3600 for t, _ in series], [p for _, p in series], where="post", label=name)
@@ -38,7 +36,8 @@ def write_plots(
     axes.legend()
     written.append(_save(figure, out / "gpu_allocation.png"))
 
-    figure, axes = plt.subplots(figsize=(8, 4))
+    figure = Figure(figsize=(8, 4))
+    axes = figure.subplots()
     for name, values in jcts.items():
         ordered = sorted(values)
         if ordered:
@@ -50,7 +49,8 @@ def write_plots(
     axes.legend()
     written.append(_save(figure, out / "jct_cdf.png"))
 
-    figure, axes = plt.subplots(figsize=(8, 4))
+    figure = Figure(figsize=(8, 4))
+    axes = figure.subplots()
     names = list(summaries)
     queues = sorted({q for s in summaries.values() for q in s["queues"]})
     width = 0.8 / max(len(names), 1)
@@ -65,9 +65,6 @@ def write_plots(
 
 
 def _save(figure: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
