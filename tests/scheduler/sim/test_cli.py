@@ -10,6 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tidemill.cli.main import app
+from tidemill.cli.simulate import DEFAULT_POLICY_NAMES, POLICY_NAMES
+from tidemill.scheduler.sim import DEFAULT_POLICIES, POLICIES
 
 runner = CliRunner()
 
@@ -109,3 +111,8 @@ def test_packing_reports_allocation_at_each_demand_point(tmp_path: Path) -> None
     assert summary["seeds"] == [42, 43]
     assert summary["packing"]["best-fit"]["mean_percent"]["130%"] == 100.0
     assert "GPU ALLOC @130% DEMAND" in stdout
+
+
+def test_the_command_names_every_policy_the_simulator_has() -> None:
+    assert tuple(POLICIES) == POLICY_NAMES
+    assert DEFAULT_POLICY_NAMES == DEFAULT_POLICIES

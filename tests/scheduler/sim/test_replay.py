@@ -122,3 +122,8 @@ def test_progress_counts_every_arrival_and_end() -> None:
     replay(cluster(8), QUEUED, POLICIES["tidemill"], lambda done, total: seen.append((done, total)))
     assert seen[-1] == (6, 6)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_a_trace_with_a_repeated_job_name_is_refused() -> None:
+    with pytest.raises(SimInputError, match=r"job names must be unique; repeated: \['a'\]"):
+        replay(cluster(8), [job("a", 0, 1, 1), job("a", 1, 1, 1)], POLICIES["tidemill"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -104,63 +105,93 @@ def replay(
     progress: Progress | None = None,
 ) -> Replay:
     """Replay ``trace`` on ``cluster`` (its ``running`` is ignored) through ``policy``."""
-    cluster = with_trace_queues(cluster, trace)
-    order = sorted(range(len(trace)), key=lambda i: (trace[i].arrival_s, i))
-    outcomes = [Outcome(job) for job in trace]
-    record = Replay(outcomes, float(sum(n.gpus for n in cluster.nodes if n.schedulable)))
-    pending: dict[str, tuple[int, JobRequest]] = {}
-    running: dict[str, tuple[int, RunningJob]] = {}
-    ends: list[tuple[float, int, int]] = []
-    """(end time, trace index, run number): a preempted run's end is stale and skipped."""
-    runs = [0] * len(trace)
-    next_arrival = 0
-    done = 0
-    total_events = len(trace) + sum(1 for job in trace if job.duration_s is not None)
-    held_gpus = 0.0
-    while next_arrival < len(order) or ends:
-        now = min(
-            trace[order[next_arrival]].arrival_s if next_arrival < len(order) else float("inf"),
-            ends[0][0] if ends else float("inf"),
-        )
-        while ends and ends[0][0] <= now:
-            _, index, run = heapq.heappop(ends)
-            if run != runs[index]:
-                continue
-            done += 1
-            outcomes[index].end_s = now
-            held_gpus -= trace[index].gpus
-            del running[trace[index].name]
-        while next_arrival < len(order) and trace[order[next_arrival]].arrival_s <= now:
-            index = order[next_arrival]
-            pending[trace[index].name] = (index, requests(trace[index], next_arrival))
-            next_arrival += 1
-            done += 1
-        if pending:
-            state = replace(cluster, running=tuple(job for _, job in running.values()))
-            started = time.process_time()
-            decisions = policy(state, [request for _, request in pending.values()])
-            record.call_cpu_s.append(time.process_time() - started)
-            for preemption in decisions.preemptions:
-                index, victim = running.pop(preemption.victim)
-                runs[index] += 1
-                outcomes[index].preemptions += 1
-                outcomes[index].start_s = None
-                held_gpus -= trace[index].gpus
-                pending[victim.key] = (index, requests(trace[index], victim.sequence))
-            for bind in decisions.binds:
-                index, request = pending.pop(bind.job)
-                job = trace[index]
-                running[job.name] = (
-                    index,
-                    RunningJob(
-                        job.name, job.queue, job.priority, request.sequence, bind.placements
-                    ),
-                )
-                outcomes[index].start_s = now
-                held_gpus += job.gpus
-                if job.duration_s is not None:
-                    heapq.heappush(ends, (now + job.duration_s, index, runs[index]))
-        record.allocation.append((now, held_gpus))
+    names = Counter(job.name for job in trace)
+    repeated = sorted(name for name, times in names.items() if times > 1)
+    if repeated:
+        raise SimInputError("trace", None, f"job names must be unique; repeated: {repeated[:10]}")
+    run = _Run(with_trace_queues(cluster, trace), trace, policy)
+    while (now := run.next_moment()) is not None:
+        run.end_due(now)
+        run.arrive_due(now)
+        run.decide(now)
+        run.record.allocation.append((now, run.held_gpus))
         if progress is not None:
-            progress(done, total_events)
-    return record
+            progress(run.events_done, run.events_total)
+    return run.record
+
+
+class _Run:
+    """One replay's moving parts: who waits, who runs, and when each run ends."""
+
+    def __init__(self, cluster: ClusterState, trace: Sequence[TraceJob], policy: Policy) -> None:
+        self.cluster = cluster
+        self.trace = trace
+        self.policy = policy
+        self.order = sorted(range(len(trace)), key=lambda i: (trace[i].arrival_s, i))
+        self.outcomes = [Outcome(job) for job in trace]
+        gpus = float(sum(n.gpus for n in cluster.nodes if n.schedulable))
+        self.record = Replay(self.outcomes, gpus)
+        self.pending: dict[str, tuple[int, JobRequest]] = {}
+        self.running: dict[str, tuple[int, RunningJob]] = {}
+        self.ends: list[tuple[float, int, int]] = []
+        """(end time, trace index, run number): a preempted run's end is stale and skipped."""
+        self.runs = [0] * len(trace)
+        self.next_arrival = 0
+        self.held_gpus = 0.0
+        self.events_done = 0
+        self.events_total = len(trace) + sum(1 for job in trace if job.duration_s is not None)
+
+    def next_moment(self) -> float | None:
+        """The next arrival or end, whichever is first; None when neither is left."""
+        moments = [self.ends[0][0]] if self.ends else []
+        if self.next_arrival < len(self.order):
+            moments.append(self.trace[self.order[self.next_arrival]].arrival_s)
+        return min(moments, default=None)
+
+    def end_due(self, now: float) -> None:
+        while self.ends and self.ends[0][0] <= now:
+            _, index, run = heapq.heappop(self.ends)
+            if run != self.runs[index]:
+                continue
+            self.events_done += 1
+            self.outcomes[index].end_s = now
+            self.held_gpus -= self.trace[index].gpus
+            del self.running[self.trace[index].name]
+
+    def arrive_due(self, now: float) -> None:
+        while (
+            self.next_arrival < len(self.order)
+            and self.trace[self.order[self.next_arrival]].arrival_s <= now
+        ):
+            index = self.order[self.next_arrival]
+            job = self.trace[index]
+            self.pending[job.name] = (index, requests(job, self.next_arrival))
+            self.next_arrival += 1
+            self.events_done += 1
+
+    def decide(self, now: float) -> None:
+        """One policy call over everything waiting; apply preemptions, then binds."""
+        if not self.pending:
+            return
+        state = replace(self.cluster, running=tuple(job for _, job in self.running.values()))
+        started = time.process_time()
+        decisions = self.policy(state, [request for _, request in self.pending.values()])
+        self.record.call_cpu_s.append(time.process_time() - started)
+        for preemption in decisions.preemptions:
+            index, victim = self.running.pop(preemption.victim)
+            self.runs[index] += 1
+            self.outcomes[index].preemptions += 1
+            self.outcomes[index].start_s = None
+            self.held_gpus -= self.trace[index].gpus
+            self.pending[victim.key] = (index, requests(self.trace[index], victim.sequence))
+        for bind in decisions.binds:
+            index, request = self.pending.pop(bind.job)
+            job = self.trace[index]
+            running = RunningJob(
+                job.name, job.queue, job.priority, request.sequence, bind.placements
+            )
+            self.running[job.name] = (index, running)
+            self.outcomes[index].start_s = now
+            self.held_gpus += job.gpus
+            if job.duration_s is not None:
+                heapq.heappush(self.ends, (now + job.duration_s, index, self.runs[index]))
