@@ -141,22 +141,26 @@ def _progress() -> Progress:
 
 def _replay_table(summaries: dict[str, dict[str, Any]]) -> None:
     table = units.plain_table(
-        "POLICY", "JCT MEAN", "JCT MEDIAN", "JCT P99", "WAIT MEAN", "WAIT P99",
-        "GPU ALLOC", "WORST QUEUE/MEAN", "CPU/CALL", "NOT STARTED",
-    )  # fmt: skip
+        "POLICY", "JCT MEAN/P50/P99", "WAIT MEAN/P99", "GPU", "WORST Q", "MS/CALL", "UNRUN"
+    )
     for name, s in summaries.items():
         jct, wait = s["jct_s"] or {}, s["queueing_delay_s"] or {}
         ratio = s["worst_queue_to_mean"]
         table.add_row(
             name,
-            *(_seconds(jct.get(k)) for k in ("mean", "median", "p99")),
-            *(_seconds(wait.get(k)) for k in ("mean", "p99")),
+            "/".join(_seconds(jct.get(k)) for k in ("mean", "median", "p99")),
+            "/".join(_seconds(wait.get(k)) for k in ("mean", "p99")),
             f"{s['gpu_allocation']['mean_percent']:.1f}%",
-            "-" if ratio is None else f"{ratio:.2f} ({s['worst_queue']})",
-            f"{s['scheduler_cpu_ms'].get('mean', 0.0):.2f} ms",
+            "-" if ratio is None else f"{s['worst_queue']} {ratio:.2f}x",
+            f"{s['scheduler_cpu_ms'].get('mean', 0.0):.2f}",
             str(s["never_started"]),
         )
     stdout_console().print(table)
+    say(
+        "JCT: arrival to end; WAIT: arrival to start; GPU: mean share allocated over time; "
+        "WORST Q: its mean slowdown over all jobs' mean; MS/CALL: scheduler CPU per call; "
+        "UNRUN: jobs that never started"
+    )
 
 
 def _packing_table(results: dict[str, dict[str, Any]]) -> None:

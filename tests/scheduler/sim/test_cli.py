@@ -57,7 +57,7 @@ def test_a_replay_compares_tidemill_with_both_baselines_and_writes_json_and_plot
     assert tidemill["queueing_delay_s"]["max"] == 100
     for name in ("gpu_allocation.png", "jct_cdf.png", "queue_slowdown.png"):
         assert (out / name).read_bytes().startswith(b"\x89PNG")
-    assert "tidemill" in stdout and "best-fit" in stdout and "JCT P99" in stdout
+    assert "tidemill" in stdout and "best-fit" in stdout and "JCT MEAN/P50/P99" in stdout
     assert f"wrote {out / 'summary.json'}" in stderr
 
 
