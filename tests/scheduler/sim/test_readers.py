@@ -30,6 +30,13 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+def test_a_header_saved_with_a_byte_order_mark_reads_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("timestamp,gpus,queue\r\n0,1,ads\r\n".encode("utf-8-sig"))
+    (only,) = read_trace(path)
+    assert (only.arrival_s, only.gpus, only.queue) == (0.0, 1.0, "ads")
+
+
 def test_a_csv_trace_fills_defaults_and_splits_a_gang_over_its_pods(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import doctest
+import importlib
+
 import pytest
 
 from tidemill.scheduler import ClusterState, NodeInfo, QueueInfo
@@ -127,3 +130,9 @@ def test_progress_counts_every_arrival_and_end() -> None:
 def test_a_trace_with_a_repeated_job_name_is_refused() -> None:
     with pytest.raises(SimInputError, match=r"job names must be unique; repeated: \['a'\]"):
         replay(cluster(8), [job("a", 0, 1, 1), job("a", 1, 1, 1)], POLICIES["tidemill"])
+
+
+def test_the_replay_docstring_example_runs() -> None:
+    module = importlib.import_module("tidemill.scheduler.sim.replay")  # the package's
+    # ``replay`` attribute is the function of that name
+    assert doctest.testmod(module).failed == 0

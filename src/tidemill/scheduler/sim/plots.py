@@ -8,7 +8,10 @@ plotting stack. Figures are drawn without pyplot, so no global backend or state 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 INSTALL_HINT = "PNG plots need matplotlib: pip install 'tidemill[sim]' (or pass --no-plots)"
 
@@ -64,7 +67,7 @@ def write_plots(
     return written
 
 
-def _save(figure: Any, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return path

@@ -104,7 +104,18 @@ def replay(
     policy: Policy,
     progress: Progress | None = None,
 ) -> Replay:
-    """Replay ``trace`` on ``cluster`` (its ``running`` is ignored) through ``policy``."""
+    """Replay ``trace`` on ``cluster`` (its ``running`` is ignored) through ``policy``.
+
+    >>> from tidemill.scheduler import ClusterState, NodeInfo
+    >>> from tidemill.scheduler.sim import POLICIES, TraceJob
+    >>> cluster = ClusterState(nodes=(NodeInfo("n1", 8_000, 2**36, gpus=8),), queues={})
+    >>> first = TraceJob("a", 0.0, 60.0, "ads", pods=1, gpu_per_pod=8,
+    ...                  cpu_millis_per_pod=1_000, memory_bytes_per_pod=2**30)
+    >>> second = TraceJob("b", 10.0, 30.0, "ads", 1, 4, 1_000, 2**30)
+    >>> record = replay(cluster, [first, second], POLICIES["tidemill"])
+    >>> [(o.start_s, o.end_s) for o in record.outcomes]
+    [(0.0, 60.0), (60.0, 90.0)]
+    """
     names = Counter(job.name for job in trace)
     repeated = sorted(name for name, times in names.items() if times > 1)
     if repeated:

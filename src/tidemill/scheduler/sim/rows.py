@@ -20,7 +20,7 @@ def rows(
     """(file line number, row) for every data row, once the header has every required column."""
     source = str(path)
     try:
-        stream = path.open(newline="", encoding="utf-8")
+        stream = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise SimInputError(source, None, f"cannot read the file: {exc.strerror}") from None
     with stream:

@@ -150,7 +150,7 @@ def read_openb_pods(path: str | Path) -> list[TraceJob]:
 
 def _header(path: Path) -> list[str]:
     try:
-        with path.open(newline="", encoding="utf-8") as stream:
+        with path.open(newline="", encoding="utf-8-sig") as stream:
             return next(csv.reader(stream), [])
     except OSError as exc:
         raise SimInputError(str(path), None, f"cannot read the file: {exc.strerror}") from None
