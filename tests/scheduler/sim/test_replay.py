@@ -133,6 +133,6 @@ def test_a_trace_with_a_repeated_job_name_is_refused() -> None:
 
 
 def test_the_replay_docstring_example_runs() -> None:
-    module = importlib.import_module("tidemill.scheduler.sim.replay")  # the package's
-    # ``replay`` attribute is the function of that name
+    # The package's ``replay`` attribute is the function, so fetch the module by name.
+    module = importlib.import_module("tidemill.scheduler.sim.replay")
     assert doctest.testmod(module).failed == 0
