@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from tidemill.scheduler import ClusterState, NodeInfo, QueueInfo, RunningJob, schedule
-from tidemill.scheduler.sim import POLICIES, TraceJob, allocation_at_demand
+from tidemill.scheduler.sim import POLICIES, SimInputError, TraceJob, allocation_at_demand
 from tidemill.scheduler.sim.packing import QUEUE, workload
 from tidemill.scheduler.sim.replay import requests
 
@@ -59,3 +59,12 @@ def test_a_batch_through_schedule_places_as_one_pod_per_call_would() -> None:
     assert asked >= 1.3 * 28
     assert batched[1.3] == pytest.approx(100 * allocated / 28)
     assert 50 < batched[1.3] < 100
+
+
+def test_packing_without_gpus_to_ask_or_to_give_is_refused_not_looped() -> None:
+    gpus = ClusterState(nodes=(NodeInfo("n", 8000, 64 * GIB, 4),), queues={})
+    cpus = ClusterState(nodes=(NodeInfo("n", 8000, 64 * GIB, 0),), queues={})
+    with pytest.raises(SimInputError, match="no job asks a GPU"):
+        allocation_at_demand(gpus, [pod("p", 0.0)], POLICIES["tidemill"], seed=1)
+    with pytest.raises(SimInputError, match="cluster: has no GPUs"):
+        allocation_at_demand(cpus, [pod("p", 1.0)], POLICIES["tidemill"], seed=1)

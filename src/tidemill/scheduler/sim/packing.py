@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from tidemill.scheduler import ClusterState, JobRequest, QueueInfo, RunningJob
+from tidemill.scheduler.sim.errors import SimInputError
 from tidemill.scheduler.sim.policies import Policy
 from tidemill.scheduler.sim.replay import requests
 from tidemill.scheduler.sim.trace import TraceJob
@@ -32,6 +33,8 @@ def workload(
     pods: Sequence[TraceJob], total_gpus: float, seed: int, demand: float
 ) -> list[TraceJob]:
     """The pods in this seed's order, topped up with draws until they ask ``demand x`` GPUs."""
+    if not any(p.gpus > 0 for p in pods):
+        raise SimInputError("trace", None, "no job asks a GPU; packing measures GPU allocation")
     rng = random.Random(seed)
     order = list(pods)
     rng.shuffle(order)
@@ -52,6 +55,8 @@ def allocation_at_demand(
 ) -> dict[float, float]:
     """Percent of the cluster's GPUs allocated when arrived demand reaches each of ``points``."""
     total = float(sum(n.gpus for n in cluster.nodes if n.schedulable))
+    if total <= 0:
+        raise SimInputError("cluster", None, "has no GPUs; packing measures GPU allocation")
     jobs = workload(pods, total, seed, max(points))
     state = replace(cluster, queues={QUEUE: QueueInfo(QUEUE)}, running=())
     running: list[RunningJob] = []
