@@ -15,7 +15,7 @@ gang). Goal: tidemill's worst gang wait <= 3x FIFO's.
 The replays run on a virtual clock: figures depend only on the seeds (the CPU per
 call does not). Prints tables and writes ``benchmarks/results/scheduler_sim.json``.
 
-    python benchmarks/scheduler_sim.py [--seeds 10] [--quick]
+    python benchmarks/scheduler_sim.py [--seeds 10] [--quick] [--out FILE]
 """
 
 from __future__ import annotations
@@ -205,6 +205,7 @@ def main() -> None:
     parser.add_argument("--load-seeds", type=int, default=3, help="sustained-load traces")
     parser.add_argument("--jobs", type=int, default=2000, help="jobs per sustained-load trace")
     parser.add_argument("--quick", action="store_true", help="2 openb seeds, 1 trace of 600 jobs")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.load_seeds, args.jobs = 2, 1, 600
@@ -221,9 +222,9 @@ def main() -> None:
         "openb_packing": packing(args.seeds),
         "sustained_gang_wait": sustained(args.load_seeds, args.jobs),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
