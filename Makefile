@@ -33,3 +33,4 @@ bench: venv
 	$(BIN)/python benchmarks/kubernetes.py
 	$(BIN)/python benchmarks/checkpoint.py
 	$(BIN)/python benchmarks/ps.py
+	$(BIN)/python benchmarks/scheduler_sim.py
