@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,9 @@ from tidemill.scheduler.types import (
     ResourceVector,
     RunningJob,
 )
+
+if TYPE_CHECKING:
+    from tidemill.scheduler.fragmentation import Fragmentation
 
 EPS = 1e-9
 """Tolerance for summed GPU shares (0.1 + 0.2 is not 0.3 in floating point)."""
@@ -92,6 +96,8 @@ class Capacity:
         self.memory_scale: Floats = 1.0 / np.maximum(self.total_memory, 1)
         self._journal: list[_Saved | _SavedAll] = []
         self._eligible: dict[str | None, tuple[Bools, Indices]] = {}
+        self.fragmentation: Fragmentation | None = None
+        """Scores where a pod goes when set (the cycle's pod mix); else placement is best fit."""
 
     @classmethod
     def of(cls, state: ClusterState) -> Capacity:

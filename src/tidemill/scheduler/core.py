@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from tidemill.scheduler import preemption, reasons
+from tidemill.scheduler import fragmentation, preemption, reasons
 from tidemill.scheduler.capacity import Capacity
 from tidemill.scheduler.ordering import QueueOrder
 from tidemill.scheduler.placement import (
@@ -84,6 +84,7 @@ def schedule(
     (0, 1)
     """
     capacity = Capacity.of(state)
+    capacity.fragmentation = fragmentation.for_cycle(state, pending, config)
     cluster = capacity.total()
     decisions = Decisions()
     known: list[JobRequest] = []

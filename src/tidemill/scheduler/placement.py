@@ -185,7 +185,8 @@ def place_pod(
 def _choose(
     capacity: Capacity, pod: PodRequest, avoid: AbstractSet[str]
 ) -> tuple[int, tuple[int, ...]] | None:
-    """The best-fit node for ``pod`` and the devices to take there.
+    """The best node for ``pod`` and the devices to take there: by the capacity's
+    fragmentation scorer when it has one, else best fit.
 
     Masks run over all nodes; the scoring gathers only the nodes still in the running.
     """
@@ -198,6 +199,8 @@ def _choose(
         elsewhere[[capacity.index[name] for name in avoid]] = False
         if elsewhere.any():
             ok = elsewhere
+    if capacity.fragmentation is not None:
+        return capacity.fragmentation.choose(capacity, pod, ok)
     if 0 < pod.gpu < 1:
         ok &= capacity.least_used <= 1.0 - pod.gpu + EPS
         rows = np.flatnonzero(ok)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 Extended = tuple[tuple[str, int], ...]
 """Extended resources as (name, whole amount) pairs sorted by name; hashable, so pod
@@ -181,12 +182,46 @@ class RunningJob:
 
 
 @dataclass(frozen=True)
+class PodType:
+    """One kind of pod the cluster expects, and how common it is: what fragmentation-aware
+    placement keeps room for. ``gpu`` is a whole count or a share below 1, as in
+    ``PodRequest``."""
+
+    cpu_millis: int
+    memory_bytes: int
+    gpu: float
+    weight: float = 1.0
+    """Relative popularity (a count or a share; only ratios between types matter)."""
+    gpu_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpu_millis < 0 or self.memory_bytes < 0 or self.gpu < 0:
+            raise ValueError(
+                f"PodType: cpu_millis={self.cpu_millis}, memory_bytes={self.memory_bytes}, "
+                f"gpu={self.gpu:g}; every amount must be zero or more"
+            )
+        if self.gpu >= 1 and self.gpu != int(self.gpu):
+            raise ValueError(
+                f"PodType.gpu: {self.gpu:g}; a whole count (1, 2, ...) or a share below 1"
+            )
+        if not self.weight > 0:
+            raise ValueError(f"PodType.weight: {self.weight:g}; must be above 0")
+
+
+@dataclass(frozen=True)
 class ClusterState:
     """A snapshot of the cluster: the only thing the scheduler looks at."""
 
     nodes: tuple[NodeInfo, ...]
     queues: dict[str, QueueInfo]
     running: tuple[RunningJob, ...] = ()
+    workload: tuple[PodType, ...] = ()
+    """The pod mix the cluster expects, for fragmentation-aware placement; empty: the
+    pods pending in the call stand for it."""
+
+
+Scoring = Literal["fragmentation", "best-fit"]
+"""How placement picks a node among those a pod fits (``SchedulerConfig.scoring``)."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +231,15 @@ class SchedulerConfig:
     preemption: bool = True
     strict_fifo: bool = False
     """If True a queue's head that does not fit blocks the jobs behind it."""
+    scoring: Scoring = "fragmentation"
+    """``fragmentation``: the node where the pod leaves the least GPU that the expected
+    pod mix (``ClusterState.workload``) could not use (FGD, Weng et al., ATC'23);
+    ``best-fit``: the node left with the fewest whole GPUs, then least cpu and memory."""
+
+    def __post_init__(self) -> None:
+        if self.scoring not in get_args(Scoring):
+            choices = " or ".join(repr(s) for s in get_args(Scoring))
+            raise ValueError(f"SchedulerConfig.scoring: {self.scoring!r}; use {choices}")
 
 
 @dataclass(frozen=True)

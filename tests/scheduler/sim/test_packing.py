@@ -9,7 +9,7 @@ import pytest
 
 from tidemill.scheduler import ClusterState, NodeInfo, QueueInfo, RunningJob, schedule
 from tidemill.scheduler.sim import POLICIES, SimInputError, TraceJob, allocation_at_demand
-from tidemill.scheduler.sim.packing import QUEUE, workload
+from tidemill.scheduler.sim.packing import QUEUE, trace_mix, workload
 from tidemill.scheduler.sim.replay import requests
 
 GIB = 2**30
@@ -47,7 +47,8 @@ def test_a_batch_through_schedule_places_as_one_pod_per_call_would() -> None:
     nodes = tuple(NodeInfo(f"n{i}", 32_000, 256 * GIB, (2, 4, 8)[i % 3]) for i in range(6))
     cluster = ClusterState(nodes=nodes, queues={})
     batched = allocation_at_demand(cluster, pods, POLICIES["tidemill"], seed=3)
-    one_by_one = ClusterState(nodes=nodes, queues={QUEUE: QueueInfo(QUEUE)})
+    mix = trace_mix(pods)
+    one_by_one = ClusterState(nodes=nodes, queues={QUEUE: QueueInfo(QUEUE)}, workload=mix)
     allocated, asked = 0.0, 0.0
     for sequence, job in enumerate(workload(pods, 28.0, seed=3, demand=1.3)):
         asked += job.gpus

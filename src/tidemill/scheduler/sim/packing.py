@@ -10,7 +10,9 @@ and its artifact hkust-adsl/kubernetes-scheduler-simulator).
 The pods between two reading points go to the policy as one batch, in one queue, at
 one priority, in order. For ``schedule`` that is the same as one pod per call: nothing
 ever ends, so free room only shrinks, and a job that does not fit is skipped, not
-waited for; the baselines take the batch in order by construction.
+waited for; the baselines take the batch in order by construction. The expected pod mix
+(``ClusterState.workload``, which fragmentation-aware placement keeps room for) is the
+trace's pods unless the cluster brings one, as FGD takes it from the trace.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from tidemill.scheduler import ClusterState, JobRequest, QueueInfo, RunningJob
+from tidemill.scheduler.fragmentation import mix_of
+from tidemill.scheduler.types import PodType
 from tidemill.scheduler.sim.errors import SimInputError
 from tidemill.scheduler.sim.policies import Policy
 from tidemill.scheduler.sim.replay import requests
@@ -46,6 +50,11 @@ def workload(
     return order
 
 
+def trace_mix(pods: Sequence[TraceJob]) -> tuple[PodType, ...]:
+    """The pod types of ``pods``, weighted by how many pods ask each."""
+    return mix_of(pod for i, job in enumerate(pods) for pod in requests(job, i).pods)
+
+
 def allocation_at_demand(
     cluster: ClusterState,
     pods: Sequence[TraceJob],
@@ -58,7 +67,8 @@ def allocation_at_demand(
     if total <= 0:
         raise SimInputError("cluster", None, "has no GPUs; packing measures GPU allocation")
     jobs = workload(pods, total, seed, max(points))
-    state = replace(cluster, queues={QUEUE: QueueInfo(QUEUE)}, running=())
+    mix = cluster.workload or trace_mix(pods)
+    state = replace(cluster, queues={QUEUE: QueueInfo(QUEUE)}, running=(), workload=mix)
     running: list[RunningJob] = []
     allocated = 0.0
     asked = 0.0

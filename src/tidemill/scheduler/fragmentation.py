@@ -1,0 +1,266 @@
+"""Fragmentation-aware node choice: FGD (Weng et al., "Beware of Fragmentation", ATC'23).
+
+A node's fragmentation for a pod mix is the free GPU on it that the mix could not use,
+weighted by how common each pod type is: for a type that fits the node (cpu, memory,
+GPU model and enough devices with room), the free share of each device too small for
+one of its GPUs; for a type that does not fit, all the node's free GPU. A pod goes
+where that measure grows least, so cpu and memory count: a node left with idle GPUs
+but too little cpu for the pods that want GPUs scores as badly as it is.
+
+Each candidate is a (node, device) option: the devices a shared pod could take, or the
+node itself for a whole-GPU or cpu-only pod. Per option only a few numbers change
+(free GPU in all, whole free devices, the largest free share, and per GPU threshold the
+free share too small for it), so scoring every candidate node at once is a handful of
+numpy operations over (options x pod types). Ties go to the best-fit choice.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tidemill.scheduler.capacity import EPS, Bools, Capacity, Floats, Indices, Ints
+from tidemill.scheduler.placement import request_problem
+from tidemill.scheduler.types import (
+    ClusterState,
+    JobRequest,
+    Placement,
+    PodRequest,
+    PodType,
+    SchedulerConfig,
+)
+
+MAX_TYPES = 256
+"""The most common pod types kept (by weight); on openb the top 50 of 151 make 95% of
+pods. Cost grows with this number."""
+
+TIE = 1e-9
+"""Scores this close are a tie (sums of weighted shares are not exact)."""
+
+
+def for_cycle(
+    state: ClusterState, pending: Sequence[JobRequest], config: SchedulerConfig
+) -> Fragmentation | None:
+    """The scorer this cycle places with, or None for best fit (by config, or when the
+    mix asks no GPU: then every node scores the same).
+
+    The mix is ``state.workload``, or failing that the pods pending in this call and
+    those running: what the cluster has been asked for lately.
+    """
+    if config.scoring != "fragmentation":
+        return None
+    types = state.workload
+    if not types:
+        asked = (pod for job in pending for pod in job.pods if request_problem(pod) is None)
+        held = (p for job in state.running for p in job.placements)
+        types = mix_of(itertools.chain(asked, map(_asked, held)))
+    scorer = Fragmentation(types)
+    return scorer if scorer.weight.size else None
+
+
+def mix_of(pods: Iterable[PodRequest]) -> tuple[PodType, ...]:
+    """``pods`` as pod types weighted by how many ask each shape."""
+    counts = Counter((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model) for p in pods)
+    return tuple(
+        PodType(cpu, memory, gpu, float(count), model)
+        for (cpu, memory, gpu, model), count in counts.items()
+    )
+
+
+def _asked(placement: Placement) -> PodRequest:
+    """What a running pod asked, as far as its placement tells."""
+    whole = placement.gpu_share >= 1
+    gpu = float(len(placement.gpu_ids)) if whole else placement.gpu_share * bool(placement.gpu_ids)
+    return PodRequest(
+        placement.role, placement.index, placement.cpu_millis, placement.memory_bytes, gpu
+    )
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Candidate placements and the GPU state each would leave on its node."""
+
+    rows: Indices
+    devices: Indices
+    """The device a shared pod takes; -1 for a whole-GPU or cpu-only pod."""
+    cpu: Ints
+    memory: Ints
+    free: Floats
+    """Free GPU in all (shares summed)."""
+    whole: Ints
+    largest: Floats
+    """The largest free share of one device."""
+    stranded: Floats
+    """(options, thresholds): free shares of devices with less room than the threshold."""
+
+
+class Fragmentation:
+    """A pod mix, as arrays, that scores candidate nodes for one pod at a time."""
+
+    def __init__(self, types: Sequence[PodType]) -> None:
+        weights: dict[tuple[int, int, float, str | None], float] = {}
+        for t in types:
+            if t.gpu > 0:
+                key = (t.cpu_millis, t.memory_bytes, t.gpu, t.gpu_model)
+                weights[key] = weights.get(key, 0.0) + t.weight
+        kept = sorted(weights.items(), key=lambda item: -item[1])[:MAX_TYPES]
+        self.cpu: Ints = np.array([k[0] for k, _ in kept], dtype=np.int64)
+        self.memory: Ints = np.array([k[1] for k, _ in kept], dtype=np.int64)
+        gpu = np.array([k[2] for k, _ in kept], dtype=np.float64)
+        self.models: tuple[str | None, ...] = tuple(k[3] for k, _ in kept)
+        total = sum(w for _, w in kept)
+        self.weight: Floats = np.array([w / total for _, w in kept], dtype=np.float64)
+        self.shared: Bools = gpu < 1
+        self.count: Ints = np.where(self.shared, 1, gpu).astype(np.int64)
+        """Whole devices a type needs (1 for a shared type: one device with room)."""
+        self.need: Floats = np.where(self.shared, gpu, 1.0)
+        """The room one of a type's devices needs: its share, or a whole device."""
+        self.thresholds: Floats = np.unique(self.need)
+        self.threshold_of: Indices = np.searchsorted(self.thresholds, self.need)
+        self._access: tuple[tuple[str | None, ...], Bools] | None = None
+
+    def choose(
+        self, capacity: Capacity, pod: PodRequest, ok: Bools
+    ) -> tuple[int, tuple[int, ...]] | None:
+        """The node (among ``ok``, where cpu, memory and extended resources fit) and
+        devices for ``pod`` that fragment the cluster least; None if no node fits."""
+        rows = np.flatnonzero(ok)
+        if 0 < pod.gpu < 1:
+            rows = rows[capacity.least_used[rows] <= 1.0 - pod.gpu + EPS]
+        elif pod.gpu >= 1:
+            rows = rows[capacity.whole_free[rows] >= int(pod.gpu)]
+        if rows.size == 0:
+            return None
+        free = np.clip(1.0 - capacity.gpu_used[rows], 0.0, 1.0)
+        before = self._state(capacity, rows, free)
+        after = self._after(before, free, pod)
+        position = np.searchsorted(rows, after.rows)
+        rise = self._score(capacity, after) - self._score(capacity, before)[position]
+        tied = np.flatnonzero(rise <= rise.min() + TIE)
+        row, device = self._tie_break(capacity, pod, after, free, position, tied)
+        return row, _devices(capacity.gpu_used[row], pod.gpu, device)
+
+    def _state(self, capacity: Capacity, rows: Indices, free: Floats) -> _Options:
+        """The nodes ``rows`` as they are now."""
+        small = free[:, :, np.newaxis] < self.thresholds - EPS
+        return _Options(
+            rows=rows,
+            devices=np.full(rows.size, -1, dtype=np.intp),
+            cpu=capacity.free_cpu[rows],
+            memory=capacity.free_memory[rows],
+            free=free.sum(axis=1),
+            whole=capacity.whole_free[rows],
+            largest=free.max(axis=1, initial=0.0),
+            stranded=(free[:, :, np.newaxis] * small).sum(axis=1),
+        )
+
+    def _after(self, now: _Options, free: Floats, pod: PodRequest) -> _Options:
+        """Every way to place ``pod`` on the nodes of ``now``, as each would leave its node."""
+        cpu = now.cpu - pod.cpu_millis
+        memory = now.memory - pod.memory_bytes
+        if pod.gpu >= 1:
+            whole = now.whole - int(pod.gpu)
+            partial = np.where(free < 1.0 - EPS, free, 0.0).max(axis=1, initial=0.0)
+            largest = np.where(whole > 0, 1.0, partial)
+            return _Options(
+                now.rows, now.devices, cpu, memory, now.free - pod.gpu, whole, largest, now.stranded
+            )
+        if pod.gpu <= 0:
+            return _Options(
+                now.rows, now.devices, cpu, memory, now.free, now.whole, now.largest, now.stranded
+            )
+        at, device = np.nonzero(_distinct_fitting(free, pod.gpu))
+        taken = free[at, device]
+        left = np.maximum(taken - pod.gpu, 0.0)
+        padded = np.hstack([free, np.zeros((free.shape[0], 1))])
+        top2 = -np.sort(-padded, axis=1)[:, :2]
+        others = np.where(taken >= top2[at, 0], top2[at, 1], top2[at, 0])
+        limits = self.thresholds - EPS
+        stranded = (
+            now.stranded[at]
+            - (taken[:, np.newaxis] * (taken[:, np.newaxis] < limits))
+            + (left[:, np.newaxis] * (left[:, np.newaxis] < limits))
+        )
+        return _Options(
+            rows=now.rows[at],
+            devices=device,
+            cpu=cpu[at],
+            memory=memory[at],
+            free=now.free[at] - (taken - left),
+            whole=now.whole[at] - (taken >= 1.0 - EPS),
+            largest=np.maximum(others, left),
+            stranded=stranded,
+        )
+
+    def _score(self, capacity: Capacity, options: _Options) -> Floats:
+        """Per option, the GPU the pod mix could not use on its node, weighted by popularity."""
+        fits = self._accessible(capacity)[options.rows]
+        fits &= options.cpu[:, np.newaxis] >= self.cpu
+        fits &= options.memory[:, np.newaxis] >= self.memory
+        fits &= np.where(
+            self.shared,
+            options.largest[:, np.newaxis] >= self.need - EPS,
+            options.whole[:, np.newaxis] >= self.count,
+        )
+        unusable = np.where(
+            fits, options.stranded[:, self.threshold_of], options.free[:, np.newaxis]
+        )
+        score: Floats = unusable @ self.weight
+        return score
+
+    def _accessible(self, capacity: Capacity) -> Bools:
+        """(nodes, types): whether a node has the GPU model a type asks (any, if none)."""
+        if self._access is None or self._access[0] is not capacity.models:
+            models = np.array([m or "" for m in capacity.models], dtype=object)
+            access = np.ones((len(models), len(self.models)), dtype=np.bool_)
+            for k, model in enumerate(self.models):
+                if model is not None:
+                    access[:, k] = models == model
+            self._access = (capacity.models, access)
+        return self._access[1]
+
+    def _tie_break(
+        self,
+        capacity: Capacity,
+        pod: PodRequest,
+        after: _Options,
+        free: Floats,
+        position: Indices,
+        tied: Indices,
+    ) -> tuple[int, int]:
+        """Among equally good options, best fit: the fullest device a share fits, then
+        the fewest whole GPUs left, then the least cpu and memory left."""
+        rows = after.rows[tied]
+        taken = np.where(
+            after.devices[tied] >= 0, free[position[tied], np.maximum(after.devices[tied], 0)], 0.0
+        )
+        left = (after.cpu[tied] * capacity.cpu_scale[rows]) + (
+            after.memory[tied] * capacity.memory_scale[rows]
+        )
+        best = int(np.lexsort((left, after.whole[tied], taken))[0])
+        return int(rows[best]), int(after.devices[tied][best])
+
+
+def _distinct_fitting(free: Floats, share: float) -> Bools:
+    """(nodes, devices): devices with room for ``share``, one per distinct free share on
+    a node (two devices with the same room leave the node the same)."""
+    fits: Bools = free >= share - EPS
+    order = np.argsort(-free, axis=1, kind="stable")
+    ranked = np.take_along_axis(free, order, axis=1)
+    repeat = np.zeros_like(fits)
+    repeat[:, 1:] = np.abs(np.diff(ranked, axis=1)) <= EPS
+    first: Bools = np.zeros_like(fits)
+    np.put_along_axis(first, order, ~repeat, axis=1)
+    return fits & first
+
+
+def _devices(used: Floats, gpu: float, device: int) -> tuple[int, ...]:
+    if gpu >= 1:
+        return tuple(int(d) for d in np.flatnonzero(used <= EPS)[: int(gpu)])
+    if gpu > 0:
+        return (device,)
+    return ()
