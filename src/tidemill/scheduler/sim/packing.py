@@ -23,11 +23,11 @@ from dataclasses import replace
 
 from tidemill.scheduler import ClusterState, JobRequest, QueueInfo, RunningJob
 from tidemill.scheduler.fragmentation import mix_of
-from tidemill.scheduler.types import PodType
 from tidemill.scheduler.sim.errors import SimInputError
 from tidemill.scheduler.sim.policies import Policy
 from tidemill.scheduler.sim.replay import requests
 from tidemill.scheduler.sim.trace import TraceJob
+from tidemill.scheduler.types import PodType
 
 DEMAND_POINTS = (1.0, 1.1, 1.2, 1.3)
 QUEUE = "openb"

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from tidemill.scheduler import ClusterState, Decisions, JobRequest, schedule
+from tidemill.scheduler import ClusterState, Decisions, JobRequest, SchedulerConfig, schedule
 from tidemill.scheduler.sim.baselines import best_fit, fifo, first_fit
 
 Policy = Callable[[ClusterState, Sequence[JobRequest]], Decisions]
 """A scheduling policy: what ``schedule`` is, with its config fixed."""
+
+
+_BEST_FIT = SchedulerConfig(scoring="best-fit")
+_FRAGMENTATION = SchedulerConfig(scoring="fragmentation")
 
 
 def tidemill(state: ClusterState, pending: Sequence[JobRequest]) -> Decisions:
@@ -16,8 +20,20 @@ def tidemill(state: ClusterState, pending: Sequence[JobRequest]) -> Decisions:
     return schedule(state, pending)
 
 
+def tidemill_best_fit(state: ClusterState, pending: Sequence[JobRequest]) -> Decisions:
+    """``schedule`` placing each pod by best fit (``scoring="best-fit"``)."""
+    return schedule(state, pending, _BEST_FIT)
+
+
+def tidemill_fragmentation(state: ClusterState, pending: Sequence[JobRequest]) -> Decisions:
+    """``schedule`` placing each pod where it fragments the cluster least (FGD)."""
+    return schedule(state, pending, _FRAGMENTATION)
+
+
 POLICIES: dict[str, Policy] = {
     "tidemill": tidemill,
+    "tidemill-best-fit": tidemill_best_fit,
+    "tidemill-fragmentation": tidemill_fragmentation,
     "first-fit": first_fit,
     "best-fit": best_fit,
     "fifo": fifo,

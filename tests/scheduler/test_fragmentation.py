@@ -1,0 +1,216 @@
+"""Fragmentation-aware placement: a pod goes where the expected pod mix loses least GPU."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import pytest
+
+from tidemill.scheduler import (
+    ClusterState,
+    JobRequest,
+    NodeInfo,
+    Placement,
+    PodRequest,
+    QueueInfo,
+    RunningJob,
+    SchedulerConfig,
+    schedule,
+)
+from tidemill.scheduler.types import PodType
+
+from .builders import GIB, backlog, job, node, placements, running, state_of
+
+EPS = 1e-9
+
+
+def place_one(state: ClusterState, pod: PodRequest, scoring: str = "fragmentation") -> Placement:
+    request = JobRequest("probe", "default", 0, 0, (pod,))
+    decisions = schedule(state, [request], SchedulerConfig(scoring=scoring))  # type: ignore[arg-type]
+    ((placement,),) = [b.placements for b in decisions.binds]
+    return placement
+
+
+def unusable(
+    cpu: int, memory: int, free: list[float], model: str | None, mix: list[PodType]
+) -> float:
+    """The FGD measure written out per node: the GPU each type could not use, weighted."""
+    total = sum(mix_type.weight for mix_type in mix)
+    score = 0.0
+    for t in mix:
+        need = t.gpu if t.gpu < 1 else 1.0
+        room = sum(f >= need - EPS for f in free)
+        fits = (
+            cpu >= t.cpu_millis
+            and memory >= t.memory_bytes
+            and (t.gpu_model is None or t.gpu_model == model)
+            and room >= (1 if t.gpu < 1 else t.gpu)
+        )
+        lost = sum(f for f in free if f < need - EPS) if fits else sum(free)
+        score += t.weight / total * lost
+    return score
+
+
+def random_cluster(rng: random.Random, mix: list[PodType]) -> ClusterState:
+    nodes, held = [], []
+    for n in range(12):
+        gpus = rng.choice((0, 2, 4, 8))
+        info = NodeInfo(f"n{n}", 32_000, 128 * GIB, gpus, rng.choice(("A", "B")) if gpus else None)
+        nodes.append(info)
+        for d in range(gpus):
+            used = rng.choice((0.0, 0.0, 0.25, 0.5, 0.7, 1.0))
+            if used:
+                cpu = rng.randrange(0, 8_000, 1000)
+                held.append(Placement("w", len(held), info.name, cpu, 4 * GIB, (d,), used))
+    running_jobs = (RunningJob("busy", "default", 0, 0, tuple(held)),)
+    return ClusterState(tuple(nodes), {"default": QueueInfo("default")}, running_jobs, tuple(mix))
+
+
+def options(state: ClusterState, pod: PodRequest) -> dict[tuple[str, tuple[int, ...]], float]:
+    """Every place ``pod`` fits, with how much its node's unusable GPU would grow."""
+    cpu = {n.name: n.cpu_millis for n in state.nodes}
+    memory = {n.name: n.memory_bytes for n in state.nodes}
+    used = {n.name: [0.0] * n.gpus for n in state.nodes}
+    for p in state.running[0].placements:
+        cpu[p.node] -= p.cpu_millis
+        memory[p.node] -= p.memory_bytes
+        for d in p.gpu_ids:
+            used[p.node][d] += p.gpu_share
+    mix = list(state.workload)
+    rises = {}
+    for n in state.nodes:
+        free = [max(0.0, 1.0 - u) for u in used[n.name]]
+        if cpu[n.name] < pod.cpu_millis or memory[n.name] < pod.memory_bytes:
+            continue
+        before = unusable(cpu[n.name], memory[n.name], free, n.gpu_model, mix)
+        left_cpu, left_memory = cpu[n.name] - pod.cpu_millis, memory[n.name] - pod.memory_bytes
+        if pod.gpu >= 1:
+            whole = [d for d, f in enumerate(free) if f >= 1 - EPS][: int(pod.gpu)]
+            choices = [tuple(whole)] if len(whole) == pod.gpu else []
+        elif pod.gpu > 0:
+            choices = [(d,) for d, f in enumerate(free) if f >= pod.gpu - EPS]
+        else:
+            choices = [()]
+        for devices in choices:
+            after = list(free)
+            for d in devices:
+                after[d] -= min(pod.gpu, 1.0)
+            rise = unusable(left_cpu, left_memory, after, n.gpu_model, mix) - before
+            rises[(n.name, devices)] = rise
+    return rises
+
+
+MIX = [
+    PodType(4_000, 16 * GIB, 1.0, weight=40),
+    PodType(2_000, 8 * GIB, 0.5, weight=25),
+    PodType(8_000, 32 * GIB, 0.25, weight=10, gpu_model="A"),
+    PodType(16_000, 64 * GIB, 4.0, weight=5),
+    PodType(1_000, 4 * GIB, 0.7, weight=20),
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_each_pod_goes_where_the_mix_loses_least_gpu_as_the_measure_written_out_says(
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    state = random_cluster(rng, MIX)
+    gpu = rng.choice((0.0, 0.25, 0.5, 0.7, 1.0, 2.0))
+    pod = PodRequest("w", 0, rng.choice((1_000, 8_000, 20_000)), 8 * GIB, gpu)
+    rises = options(state, pod)
+    if not rises:
+        pytest.skip("the pod fits nowhere in this draw")
+    placement = place_one(state, pod)
+    chosen = rises[(placement.node, placement.gpu_ids)]
+    assert chosen == pytest.approx(min(rises.values()), abs=1e-9)
+
+
+def test_a_shared_pod_keeps_whole_devices_whole_when_the_mix_wants_whole_gpus() -> None:
+    # Device 0 has 0.25 free, device 1 0.75; a 0.5 share fits device 1 or a fresh one.
+    state = state_of(
+        [node("n1").gpus(4)],
+        [running("r0").on("n1", [0], share=0.75), running("r1").on("n1", [1], share=0.25)],
+    )
+    mix = (PodType(1000, GIB, 1.0, weight=3), PodType(1000, GIB, 0.5))
+    pod = PodRequest("w", 0, 1000, GIB, 0.5)
+    assert place_one(replace(state, workload=mix), pod).gpu_ids == (1,)
+
+
+def test_a_shared_pod_leaves_room_a_common_share_can_still_use() -> None:
+    # Only 0.5 shares expected: on the 0.75 device the pod strands 0.25; on a fresh device
+    # it strands nothing (best fit would take the 0.75 device).
+    state = state_of(
+        [node("n1").gpus(4)],
+        [running("r0").on("n1", [0], share=0.75), running("r1").on("n1", [1], share=0.25)],
+    )
+    mix = (PodType(1000, GIB, 0.5),)
+    pod = PodRequest("w", 0, 1000, GIB, 0.5)
+    assert place_one(replace(state, workload=mix), pod).gpu_ids == (2,)
+    assert place_one(replace(state, workload=mix), pod, "best-fit").gpu_ids == (1,)
+
+
+def test_a_cpu_pod_stays_off_a_gpu_node_whose_gpus_it_would_starve_of_cpu() -> None:
+    # Both nodes have 4 GPUs free; 28 cores on the small one would leave 4, below the
+    # 8 each expected GPU pod asks, stranding its GPUs (best fit takes the tighter node).
+    state = state_of(
+        [node("small").gpus(8).cpu(32), node("large").gpus(8).cpu(64)],
+        [running("r").on("small", range(4)).on("large", range(4))],
+    )
+    mix = (PodType(8_000, 16 * GIB, 1.0),)
+    pod = PodRequest("w", 0, 28_000, 16 * GIB, 0.0)
+    assert place_one(replace(state, workload=mix), pod).node == "large"
+    assert place_one(replace(state, workload=mix), pod, "best-fit").node == "small"
+
+
+def test_a_whole_gpu_goes_where_the_mix_could_not_use_the_gpus_anyway() -> None:
+    # n1 has little cpu left: the mix's pods (8 cores each) no longer fit there, so its
+    # free GPUs are lost to them already; a 1-core GPU pod best uses one of those.
+    state = state_of(
+        [node("n1").gpus(8).cpu(32), node("n2").gpus(8).cpu(32)],
+        [running("r").on("n1", [0, 1, 2, 3], cpu=28), running("s").on("n2", [0, 1, 2, 3, 4])],
+    )
+    mix = (PodType(8_000, 16 * GIB, 1.0),)
+    pod = PodRequest("w", 0, 1_000, GIB, 1.0)
+    assert place_one(replace(state, workload=mix), pod).node == "n1"
+    assert place_one(replace(state, workload=mix), pod, "best-fit").node == "n2"
+
+
+def test_without_a_workload_the_pending_and_running_pods_stand_for_the_mix() -> None:
+    # Whole-GPU jobs are pending with the shared one: it keeps the fresh devices whole.
+    decisions = schedule(
+        state_of(
+            [node("n1").gpus(4)],
+            [running("r0").on("n1", [0], share=0.75), running("r1").on("n1", [1], share=0.25)],
+        ),
+        backlog([job("slice").gpus(0.5), job("a").gpus(1), job("b").gpus(1)]),
+    )
+    assert placements(decisions, "slice")[0].gpu_ids == (1,)
+    assert sorted(d for j in ("a", "b") for d in placements(decisions, j)[0].gpu_ids) == [2, 3]
+
+
+def test_the_default_scoring_is_fragmentation() -> None:
+    assert SchedulerConfig().scoring == "fragmentation"
+
+
+def test_an_unknown_scoring_is_refused_with_the_choices() -> None:
+    with pytest.raises(
+        ValueError, match=r"SchedulerConfig.scoring: 'worst-fit'; use 'fragmentation' or 'best-fit'"
+    ):
+        SchedulerConfig(scoring="worst-fit")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param(
+            {"gpu": 1.5}, r"PodType.gpu: 1.5; a whole count", id="a gpu count between whole ones"
+        ),
+        pytest.param({"gpu": -1.0}, r"every amount must be zero or more", id="a negative gpu"),
+        pytest.param({"weight": 0.0}, r"PodType.weight: 0; must be above 0", id="a zero weight"),
+    ],
+)
+def test_a_bad_pod_type_is_refused_naming_the_field(kwargs: dict[str, float], message: str) -> None:
+    fields: dict[str, float] = {"cpu_millis": 1000, "memory_bytes": GIB, "gpu": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        PodType(**fields)  # type: ignore[arg-type]
