@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 
@@ -35,20 +36,19 @@ def place_one(state: ClusterState, pod: PodRequest, scoring: str = "fragmentatio
 def unusable(
     cpu: int, memory: int, free: list[float], model: str | None, mix: list[PodType]
 ) -> float:
-    """The FGD measure written out per node: the GPU each type could not use, weighted."""
+    """The measure written out per node: the free GPU each type could not use (its pods
+    that fit by devices, cpu and memory, times their GPU), weighted by popularity."""
     total = sum(mix_type.weight for mix_type in mix)
     score = 0.0
     for t in mix:
-        need = t.gpu if t.gpu < 1 else 1.0
-        room = sum(f >= need - EPS for f in free)
-        fits = (
-            cpu >= t.cpu_millis
-            and memory >= t.memory_bytes
-            and (t.gpu_model is None or t.gpu_model == model)
-            and room >= (1 if t.gpu < 1 else t.gpu)
-        )
-        lost = sum(f for f in free if f < need - EPS) if fits else sum(free)
-        score += t.weight / total * lost
+        if t.gpu < 1:
+            by_gpu = sum(math.floor((f + EPS) / t.gpu) for f in free)
+        else:
+            by_gpu = sum(f >= 1 - EPS for f in free) // int(t.gpu)
+        by_cpu = cpu // t.cpu_millis if t.cpu_millis else by_gpu
+        by_memory = memory // t.memory_bytes if t.memory_bytes else by_gpu
+        pods = min(by_gpu, by_cpu, by_memory) if t.gpu_model in (None, model) else 0
+        score += t.weight / total * (sum(free) - pods * t.gpu)
     return score
 
 
@@ -111,7 +111,7 @@ MIX = [
 
 
 @pytest.mark.parametrize("seed", range(40))
-def test_each_pod_goes_where_the_mix_loses_least_gpu_as_the_measure_written_out_says(
+def test_each_pod_goes_where_the_mix_loses_least_gpu_by_the_measure_written_out(
     seed: int,
 ) -> None:
     rng = random.Random(seed)
@@ -137,17 +137,19 @@ def test_a_shared_pod_keeps_whole_devices_whole_when_the_mix_wants_whole_gpus() 
     assert place_one(replace(state, workload=mix), pod).gpu_ids == (1,)
 
 
-def test_a_shared_pod_leaves_room_a_common_share_can_still_use() -> None:
-    # Only 0.5 shares expected: on the 0.75 device the pod strands 0.25; on a fresh device
-    # it strands nothing (best fit would take the 0.75 device).
+def test_a_cpu_pod_leaves_cpu_for_every_free_gpu_not_just_one_more_pod() -> None:
+    # Both nodes have 4 GPUs free. After 4 more cores taken, "small" keeps cpu for 3 of
+    # the expected 8-core GPU pods, "large" for all 4: one pod of a GPU is lost on
+    # "small" (FGD as published counts a node fine while one pod fits; best fit takes
+    # the node left with less cpu).
     state = state_of(
-        [node("n1").gpus(4)],
-        [running("r0").on("n1", [0], share=0.75), running("r1").on("n1", [1], share=0.25)],
+        [node("small").gpus(8).cpu(64), node("large").gpus(8).cpu(64)],
+        [running("r").on("small", range(4), cpu=32).on("large", range(4), cpu=28)],
     )
-    mix = (PodType(1000, GIB, 0.5),)
-    pod = PodRequest("w", 0, 1000, GIB, 0.5)
-    assert place_one(replace(state, workload=mix), pod).gpu_ids == (2,)
-    assert place_one(replace(state, workload=mix), pod, "best-fit").gpu_ids == (1,)
+    mix = (PodType(8_000, 16 * GIB, 1.0),)
+    pod = PodRequest("w", 0, 4_000, GIB, 0.0)
+    assert place_one(replace(state, workload=mix), pod).node == "large"
+    assert place_one(replace(state, workload=mix), pod, "best-fit").node == "small"
 
 
 def test_a_cpu_pod_stays_off_a_gpu_node_whose_gpus_it_would_starve_of_cpu() -> None:

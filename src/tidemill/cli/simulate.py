@@ -21,7 +21,14 @@ from tidemill.cli.common import EXIT_INVALID, fail, reports_errors, say, stdout_
 
 FIRST_SEED = 42
 """The FGD paper's seeds are 42-51."""
-POLICY_NAMES = ("tidemill", "first-fit", "best-fit", "fifo")
+POLICY_NAMES = (
+    "tidemill",
+    "first-fit",
+    "best-fit",
+    "fifo",
+    "tidemill-best-fit",
+    "tidemill-fragmentation",
+)
 """``tidemill.scheduler.sim.POLICIES`` by name, spelled out so that every other command
 starts without importing the scheduler and numpy (a test keeps the two equal)."""
 DEFAULT_POLICY_NAMES = POLICY_NAMES[:3]

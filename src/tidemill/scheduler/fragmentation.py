@@ -1,16 +1,18 @@
-"""Fragmentation-aware node choice: FGD (Weng et al., "Beware of Fragmentation", ATC'23).
+"""Fragmentation-aware node choice, after FGD (Weng et al., "Beware of Fragmentation", ATC'23).
 
 A node's fragmentation for a pod mix is the free GPU on it that the mix could not use,
-weighted by how common each pod type is: for a type that fits the node (cpu, memory,
-GPU model and enough devices with room), the free share of each device too small for
-one of its GPUs; for a type that does not fit, all the node's free GPU. A pod goes
-where that measure grows least, so cpu and memory count: a node left with idle GPUs
-but too little cpu for the pods that want GPUs scores as badly as it is.
+weighted by how common each pod type is; a pod goes where that measure grows least.
+FGD counts a type's loss as all the node's free GPU if one pod of it does not fit, else
+the free share of devices too small for it. Here a type uses as many of its pods as the
+node holds at once, by devices with room (a device with 0.75 free holds one 0.5 share,
+three 0.25 ones), cpu and memory; the rest of the node's free GPU is lost to it. So a
+node with 8 free GPUs but cpu for one more GPU pod counts 7 GPUs lost, where FGD counts
+none: on the openb trace that is what leaves GPUs idle.
 
-Each candidate is a (node, device) option: the devices a shared pod could take, or the
-node itself for a whole-GPU or cpu-only pod. Per option only a few numbers change
-(free GPU in all, whole free devices, the largest free share, and per GPU threshold the
-free share too small for it), so scoring every candidate node at once is a handful of
+Each candidate is a (node, device) option: the devices a shared pod could take (one per
+distinct free share), or the node for a whole-GPU or cpu-only pod. Per option only a few
+numbers change (free cpu, memory, GPU in all, and per distinct GPU size in the mix how
+many of that size the devices hold), so scoring every candidate node at once is a few
 numpy operations over (options x pod types). Ties go to the best-fit choice.
 """
 
@@ -35,8 +37,11 @@ from tidemill.scheduler.types import (
 )
 
 MAX_TYPES = 256
-"""The most common pod types kept (by weight); on openb the top 50 of 151 make 95% of
-pods. Cost grows with this number."""
+"""The most common pod types kept (by weight); openb has 151 shapes, 126 asking a GPU, so
+all are kept there. Scoring cost grows with the number kept."""
+
+_MANY = 1e18
+"""More pods than any node holds."""
 
 TIE = 1e-9
 """Scores this close are a tie (sums of weighted shares are not exact)."""
@@ -92,10 +97,21 @@ class _Options:
     free: Floats
     """Free GPU in all (shares summed)."""
     whole: Ints
-    largest: Floats
-    """The largest free share of one device."""
-    stranded: Floats
-    """(options, thresholds): free shares of devices with less room than the threshold."""
+    slots: Floats
+    """(options, GPU sizes in the mix): how many of each size the free devices hold (a
+    device with 0.75 free holds one 0.5 share or three 0.25 ones; a free one, one 1.0)."""
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """Every node as last scored: what it had free, and its figures then."""
+
+    cpu: Ints
+    memory: Ints
+    used: Floats
+    free: Floats
+    slots: Floats
+    score: Floats
 
 
 class Fragmentation:
@@ -114,6 +130,8 @@ class Fragmentation:
         self.models: tuple[str | None, ...] = tuple(k[3] for k, _ in kept)
         total = sum(w for _, w in kept)
         self.weight: Floats = np.array([w / total for _, w in kept], dtype=np.float64)
+        self.gpu_weight: Floats = gpu * self.weight
+        """A pod's GPU times its type's weight: what one more pod of a type counts."""
         self.shared: Bools = gpu < 1
         self.count: Ints = np.where(self.shared, 1, gpu).astype(np.int64)
         """Whole devices a type needs (1 for a shared type: one device with room)."""
@@ -121,7 +139,15 @@ class Fragmentation:
         """The room one of a type's devices needs: its share, or a whole device."""
         self.thresholds: Floats = np.unique(self.need)
         self.threshold_of: Indices = np.searchsorted(self.thresholds, self.need)
+        self.per_device: Floats = 1.0 / self.count
+        self.per_cpu: Floats = np.where(self.cpu > 0, 1.0 / np.maximum(self.cpu, 1), 0.0)
+        self.per_memory: Floats = np.where(self.memory > 0, 1.0 / np.maximum(self.memory, 1), 0.0)
+        """Pods of each type per device, per millicore and per byte."""
+        self.no_cpu: Floats = np.where(self.cpu > 0, 0.0, _MANY)
+        self.no_memory: Floats = np.where(self.memory > 0, 0.0, _MANY)
+        """Pods of a type that asks no cpu (memory) that cpu (memory) allows: any number."""
         self._access: tuple[tuple[str | None, ...], Bools] | None = None
+        self._seen: _Seen | None = None
 
     def choose(
         self, capacity: Capacity, pod: PodRequest, ok: Bools
@@ -136,26 +162,65 @@ class Fragmentation:
         if rows.size == 0:
             return None
         free = np.clip(1.0 - capacity.gpu_used[rows], 0.0, 1.0)
-        before = self._state(capacity, rows, free)
+        before, scores = self._now(capacity, rows)
         after = self._after(before, free, pod)
         position = np.searchsorted(rows, after.rows)
-        rise = self._score(capacity, after) - self._score(capacity, before)[position]
+        rise = self._score(capacity, after) - scores[position]
         tied = np.flatnonzero(rise <= rise.min() + TIE)
         row, device = self._tie_break(capacity, pod, after, free, position, tied)
         return row, _devices(capacity.gpu_used[row], pod.gpu, device)
 
-    def _state(self, capacity: Capacity, rows: Indices, free: Floats) -> _Options:
-        """The nodes ``rows`` as they are now."""
-        small = free[:, :, np.newaxis] < self.thresholds - EPS
-        return _Options(
+    def _now(self, capacity: Capacity, rows: Indices) -> tuple[_Options, Floats]:
+        """The nodes ``rows`` as they are now, and their scores.
+
+        Per-node figures are kept between calls and redone only for nodes whose free
+        cpu, memory or device shares changed since (a placement, a hold, an undo).
+        """
+        seen = self._seen
+        if seen is None or seen.cpu.shape != capacity.free_cpu.shape:
+            everyone = np.arange(capacity.free_cpu.size)
+            seen = self._seen = self._state(capacity, everyone)
+            stale = everyone
+        else:
+            stale = rows[
+                (seen.cpu[rows] != capacity.free_cpu[rows])
+                | (seen.memory[rows] != capacity.free_memory[rows])
+                | (seen.used[rows] != capacity.gpu_used[rows]).any(axis=1)
+            ]
+            if stale.size:
+                fresh = self._state(capacity, stale)
+                for name in ("cpu", "memory", "used", "free", "slots", "score"):
+                    getattr(seen, name)[stale] = getattr(fresh, name)
+        now = _Options(
+            rows=rows,
+            devices=np.full(rows.size, -1, dtype=np.intp),
+            cpu=capacity.free_cpu[rows],
+            memory=capacity.free_memory[rows],
+            free=seen.free[rows],
+            whole=capacity.whole_free[rows],
+            slots=seen.slots[rows],
+        )
+        return now, seen.score[rows]
+
+    def _state(self, capacity: Capacity, rows: Indices) -> _Seen:
+        used = capacity.gpu_used[rows]
+        free = np.clip(1.0 - used, 0.0, 1.0)
+        now = _Options(
             rows=rows,
             devices=np.full(rows.size, -1, dtype=np.intp),
             cpu=capacity.free_cpu[rows],
             memory=capacity.free_memory[rows],
             free=free.sum(axis=1),
             whole=capacity.whole_free[rows],
-            largest=free.max(axis=1, initial=0.0),
-            stranded=(free[:, :, np.newaxis] * small).sum(axis=1),
+            slots=self._slots(free[:, :, np.newaxis]).sum(axis=1),
+        )
+        return _Seen(
+            now.cpu.copy(),
+            now.memory.copy(),
+            used.copy(),
+            now.free,
+            now.slots,
+            self._score(capacity, now),
         )
 
     def _after(self, now: _Options, free: Floats, pod: PodRequest) -> _Options:
@@ -163,28 +228,15 @@ class Fragmentation:
         cpu = now.cpu - pod.cpu_millis
         memory = now.memory - pod.memory_bytes
         if pod.gpu >= 1:
+            slots = now.slots - int(pod.gpu) * self._slots(np.ones((1, 1)))
             whole = now.whole - int(pod.gpu)
-            partial = np.where(free < 1.0 - EPS, free, 0.0).max(axis=1, initial=0.0)
-            largest = np.where(whole > 0, 1.0, partial)
-            return _Options(
-                now.rows, now.devices, cpu, memory, now.free - pod.gpu, whole, largest, now.stranded
-            )
+            return _Options(now.rows, now.devices, cpu, memory, now.free - pod.gpu, whole, slots)
         if pod.gpu <= 0:
-            return _Options(
-                now.rows, now.devices, cpu, memory, now.free, now.whole, now.largest, now.stranded
-            )
+            return _Options(now.rows, now.devices, cpu, memory, now.free, now.whole, now.slots)
         at, device = np.nonzero(_distinct_fitting(free, pod.gpu))
         taken = free[at, device]
         left = np.maximum(taken - pod.gpu, 0.0)
-        padded = np.hstack([free, np.zeros((free.shape[0], 1))])
-        top2 = -np.sort(-padded, axis=1)[:, :2]
-        others = np.where(taken >= top2[at, 0], top2[at, 1], top2[at, 0])
-        limits = self.thresholds - EPS
-        stranded = (
-            now.stranded[at]
-            - (taken[:, np.newaxis] * (taken[:, np.newaxis] < limits))
-            + (left[:, np.newaxis] * (left[:, np.newaxis] < limits))
-        )
+        slots = now.slots[at] - self._slots(taken[:, np.newaxis]) + self._slots(left[:, np.newaxis])
         return _Options(
             rows=now.rows[at],
             devices=device,
@@ -192,24 +244,27 @@ class Fragmentation:
             memory=memory[at],
             free=now.free[at] - (taken - left),
             whole=now.whole[at] - (taken >= 1.0 - EPS),
-            largest=np.maximum(others, left),
-            stranded=stranded,
+            slots=slots,
         )
 
+    def _slots(self, free: Floats) -> Floats:
+        """Per threshold (last axis), how many of that size fit in each of ``free``."""
+        slots: Floats = np.floor((free + EPS) / self.thresholds)
+        return slots
+
     def _score(self, capacity: Capacity, options: _Options) -> Floats:
-        """Per option, the GPU the pod mix could not use on its node, weighted by popularity."""
-        fits = self._accessible(capacity)[options.rows]
-        fits &= options.cpu[:, np.newaxis] >= self.cpu
-        fits &= options.memory[:, np.newaxis] >= self.memory
-        fits &= np.where(
-            self.shared,
-            options.largest[:, np.newaxis] >= self.need - EPS,
-            options.whole[:, np.newaxis] >= self.count,
-        )
-        unusable = np.where(
-            fits, options.stranded[:, self.threshold_of], options.free[:, np.newaxis]
-        )
-        score: Floats = unusable @ self.weight
+        """Per option, the GPU the pod mix could not use on its node, weighted by popularity.
+
+        A type uses as many of its pods' GPUs as the node holds pods of it, counting
+        devices with room, cpu and memory; the rest of the free GPU is lost to it.
+        """
+        by_gpu = np.floor(options.slots[:, self.threshold_of] * self.per_device)
+        by_cpu = np.floor(options.cpu[:, np.newaxis] * self.per_cpu) + self.no_cpu
+        by_memory = np.floor(options.memory[:, np.newaxis] * self.per_memory) + self.no_memory
+        pods = np.minimum(np.minimum(by_gpu, by_cpu), by_memory)
+        pods *= self._accessible(capacity)[options.rows]
+        usable: Floats = pods @ self.gpu_weight
+        score: Floats = options.free - usable
         return score
 
     def _accessible(self, capacity: Capacity) -> Bools:

@@ -32,11 +32,11 @@ def tidemill_fragmentation(state: ClusterState, pending: Sequence[JobRequest]) -
 
 POLICIES: dict[str, Policy] = {
     "tidemill": tidemill,
-    "tidemill-best-fit": tidemill_best_fit,
-    "tidemill-fragmentation": tidemill_fragmentation,
     "first-fit": first_fit,
     "best-fit": best_fit,
     "fifo": fifo,
+    "tidemill-best-fit": tidemill_best_fit,
+    "tidemill-fragmentation": tidemill_fragmentation,
 }
 DEFAULT_POLICIES = ("tidemill", "first-fit", "best-fit")
 """What a replay compares unless told otherwise: tidemill against the two textbook fits."""
