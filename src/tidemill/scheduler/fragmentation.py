@@ -43,6 +43,9 @@ all are kept there. Scoring cost grows with the number kept."""
 _MANY = 1e18
 """More pods than any node holds."""
 
+_ROUNDING = 1e-6
+"""Added before rounding a pod count down: 16000 * (1 / 8000) may come out 1.999..."""
+
 TIE = 1e-9
 """Scores this close are a tie (sums of weighted shares are not exact)."""
 
@@ -140,6 +143,8 @@ class Fragmentation:
         self.thresholds: Floats = np.unique(self.need)
         self.threshold_of: Indices = np.searchsorted(self.thresholds, self.need)
         self.per_device: Floats = 1.0 / self.count
+        self.several_devices = bool((self.count > 1).any())
+        self.any_model = any(model is not None for model in self.models)
         self.per_cpu: Floats = np.where(self.cpu > 0, 1.0 / np.maximum(self.cpu, 1), 0.0)
         self.per_memory: Floats = np.where(self.memory > 0, 1.0 / np.maximum(self.memory, 1), 0.0)
         """Pods of each type per device, per millicore and per byte."""
@@ -258,11 +263,17 @@ class Fragmentation:
         A type uses as many of its pods' GPUs as the node holds pods of it, counting
         devices with room, cpu and memory; the rest of the free GPU is lost to it.
         """
-        by_gpu = np.floor(options.slots[:, self.threshold_of] * self.per_device)
-        by_cpu = np.floor(options.cpu[:, np.newaxis] * self.per_cpu) + self.no_cpu
-        by_memory = np.floor(options.memory[:, np.newaxis] * self.per_memory) + self.no_memory
-        pods = np.minimum(np.minimum(by_gpu, by_cpu), by_memory)
-        pods *= self._accessible(capacity)[options.rows]
+        pods = np.floor(options.cpu[:, np.newaxis] * self.per_cpu + _ROUNDING)
+        pods += self.no_cpu
+        by_memory = np.floor(options.memory[:, np.newaxis] * self.per_memory + _ROUNDING)
+        by_memory += self.no_memory
+        np.minimum(pods, by_memory, out=pods)
+        by_gpu = options.slots[:, self.threshold_of]
+        if self.several_devices:
+            by_gpu = np.floor(by_gpu * self.per_device + _ROUNDING)
+        np.minimum(pods, by_gpu, out=pods)
+        if self.any_model:
+            pods *= self._accessible(capacity)[options.rows]
         usable: Floats = pods @ self.gpu_weight
         score: Floats = options.free - usable
         return score
