@@ -104,6 +104,18 @@ class _Options:
     """(options, GPU sizes in the mix): how many of each size the free devices hold (a
     device with 0.75 free holds one 0.5 share or three 0.25 ones; a free one, one 1.0)."""
 
+    def at(self, positions: Indices) -> _Options:
+        """The options at ``positions`` only."""
+        return _Options(
+            self.rows[positions],
+            self.devices[positions],
+            self.cpu[positions],
+            self.memory[positions],
+            self.free[positions],
+            self.whole[positions],
+            self.slots[positions],
+        )
+
 
 @dataclass(frozen=True)
 class _Seen:
@@ -153,6 +165,10 @@ class Fragmentation:
         """Pods of a type that asks no cpu (memory) that cpu (memory) allows: any number."""
         self._access: tuple[tuple[str | None, ...], Bools] | None = None
         self._seen: _Seen | None = None
+        self._versions: Ints = np.zeros(0, dtype=np.int64)
+        """Per node, how many times its free resources were seen to change."""
+        self._afters: dict[tuple[int, int, float], tuple[Ints, Floats]] = {}
+        """Per pod shape: the node versions scored, and the scores placing it leaves."""
 
     def choose(
         self, capacity: Capacity, pod: PodRequest, ok: Bools
@@ -168,12 +184,41 @@ class Fragmentation:
             return None
         free = np.clip(1.0 - capacity.gpu_used[rows], 0.0, 1.0)
         before, scores = self._now(capacity, rows)
-        after = self._after(before, free, pod)
-        position = np.searchsorted(rows, after.rows)
-        rise = self._score(capacity, after) - scores[position]
-        tied = np.flatnonzero(rise <= rise.min() + TIE)
+        rise = self._after_scores(capacity, pod, before, free) - scores[:, np.newaxis]
+        is_tied = rise <= rise.min() + TIE
+        near = np.flatnonzero(is_tied.any(axis=1))
+        after = self._after(before.at(near), free[near], pod)
+        position = near[np.searchsorted(rows[near], after.rows)]
+        tied = np.flatnonzero(is_tied[position, np.maximum(after.devices, 0)])
         row, device = self._tie_break(capacity, pod, after, free, position, tied)
         return row, _devices(capacity.gpu_used[row], pod.gpu, device)
+
+    def _after_scores(
+        self, capacity: Capacity, pod: PodRequest, now: _Options, free: Floats
+    ) -> Floats:
+        """(nodes of ``now``, devices): the score each way to place ``pod`` leaves; inf
+        where it is no option (a cpu-only or whole-GPU pod has one column).
+
+        Kept per pod shape and redone only for nodes that changed since."""
+        shape = (pod.cpu_millis, pod.memory_bytes, pod.gpu)
+        width = free.shape[1] if 0 < pod.gpu < 1 else 1
+        total = capacity.free_cpu.size
+        kept = self._afters.get(shape)
+        if kept is None or kept[0].size != total:
+            kept = self._afters[shape] = (
+                np.full(total, -1, dtype=np.int64),
+                np.full((total, width), np.inf),
+            )
+        versions, scores = kept
+        rows = now.rows
+        stale = np.flatnonzero(versions[rows] != self._versions[rows])
+        if stale.size:
+            options = self._after(now.at(stale), free[stale], pod)
+            scores[rows[stale]] = np.inf
+            scores[options.rows, np.maximum(options.devices, 0)] = self._score(capacity, options)
+            versions[rows[stale]] = self._versions[rows[stale]]
+        found: Floats = scores[rows]
+        return found
 
     def _now(self, capacity: Capacity, rows: Indices) -> tuple[_Options, Floats]:
         """The nodes ``rows`` as they are now, and their scores.
@@ -185,7 +230,8 @@ class Fragmentation:
         if seen is None or seen.cpu.shape != capacity.free_cpu.shape:
             everyone = np.arange(capacity.free_cpu.size)
             seen = self._seen = self._state(capacity, everyone)
-            stale = everyone
+            self._versions = np.zeros(everyone.size, dtype=np.int64)
+            self._afters.clear()
         else:
             stale = rows[
                 (seen.cpu[rows] != capacity.free_cpu[rows])
@@ -196,6 +242,7 @@ class Fragmentation:
                 fresh = self._state(capacity, stale)
                 for name in ("cpu", "memory", "used", "free", "slots", "score"):
                     getattr(seen, name)[stale] = getattr(fresh, name)
+                self._versions[stale] += 1
         now = _Options(
             rows=rows,
             devices=np.full(rows.size, -1, dtype=np.intp),
