@@ -136,6 +136,7 @@ def test_the_public_names_are_pinned() -> None:
         "NodeInfo",
         "Placement",
         "PodRequest",
+        "PodType",
         "Preemption",
         "QueueInfo",
         "Reason",

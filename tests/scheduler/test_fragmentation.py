@@ -14,12 +14,12 @@ from tidemill.scheduler import (
     NodeInfo,
     Placement,
     PodRequest,
+    PodType,
     QueueInfo,
     RunningJob,
     SchedulerConfig,
     schedule,
 )
-from tidemill.scheduler.types import PodType
 
 from .builders import GIB, backlog, job, node, placements, running, state_of
 

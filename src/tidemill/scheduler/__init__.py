@@ -2,7 +2,8 @@
 
 ``schedule(state, pending, config)`` is the whole interface; the modules behind it each
 answer one question: ``ordering`` (who goes next), ``quota`` (may the queue take more),
-``placement`` (where does a gang fit), ``preemption`` (whom to shrink or stop),
+``placement`` (where does a gang fit), ``fragmentation`` (which node a pod
+fragments least), ``preemption`` (whom to shrink or stop),
 ``victims`` (who may give room back), ``reasons`` (why a job waits), ``capacity`` (what
 is free, with undo).
 """
@@ -17,6 +18,7 @@ from tidemill.scheduler.types import (
     NodeInfo,
     Placement,
     PodRequest,
+    PodType,
     Preemption,
     QueueInfo,
     Reason,
@@ -35,6 +37,7 @@ __all__ = [
     "NodeInfo",
     "Placement",
     "PodRequest",
+    "PodType",
     "Preemption",
     "QueueInfo",
     "Reason",

@@ -1,10 +1,12 @@
 """Where a gang fits: every pod placed on the snapshot, or none.
 
 Pods go biggest first. For each, numpy masks keep the nodes with enough free cpu,
-memory and GPU, and a best-fit score picks the one left with the least: fewest whole
-GPUs left over (so big blocks stay whole), then the least cpu and memory left. Nodes a
-gang already uses score better as they fill, which packs a gang onto few nodes. Ties go
-to the earlier node, so the result depends only on the input.
+memory and GPU; ``fragmentation`` picks among them when the cycle scores that way
+(``SchedulerConfig.scoring``, the default), else a best-fit score picks the one left
+with the least: fewest whole GPUs left over (so big blocks stay whole), then the least
+cpu and memory left. Nodes a gang already uses score better as they fill, which packs a
+gang onto few nodes. Ties go to the earlier node, so the result depends only on the
+input.
 
 Shared pods (``0 < gpu < 1``) take one device whose used share stays at most 1.0,
 preferring the fullest device that still fits, so whole devices stay free.

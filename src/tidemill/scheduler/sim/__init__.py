@@ -4,8 +4,9 @@
 through a policy, calling it the way the controller calls ``schedule``; ``summarize``
 turns the record into JCT, queueing delay, GPU allocation, per-queue slowdown and the
 policy's CPU per call. ``allocation_at_demand`` is the FGD paper's packing protocol.
-Policies are named in ``POLICIES``: tidemill's ``schedule`` and the first-fit,
-best-fit and FIFO baselines. ``tidemill simulate`` is the command line over this.
+Policies are named in ``POLICIES``: tidemill's ``schedule`` (its default config, and
+``tidemill-best-fit`` / ``tidemill-fragmentation`` for each placement scoring) and the
+first-fit, best-fit and FIFO baselines. ``tidemill simulate`` is the command line over this.
 """
 
 from tidemill.scheduler.sim.cluster import read_cluster, read_openb_nodes
