@@ -37,7 +37,8 @@ def unusable(
     cpu: int, memory: int, free: list[float], model: str | None, mix: list[PodType]
 ) -> float:
     """The measure written out per node: the free GPU each type could not use (its pods
-    that fit by devices, cpu and memory, times their GPU), weighted by popularity."""
+    that fit by devices and cpu, if one fits by memory, times their GPU), weighted by
+    popularity."""
     total = sum(mix_type.weight for mix_type in mix)
     score = 0.0
     for t in mix:
@@ -46,8 +47,8 @@ def unusable(
         else:
             by_gpu = sum(f >= 1 - EPS for f in free) // int(t.gpu)
         by_cpu = cpu // t.cpu_millis if t.cpu_millis else by_gpu
-        by_memory = memory // t.memory_bytes if t.memory_bytes else by_gpu
-        pods = min(by_gpu, by_cpu, by_memory) if t.gpu_model in (None, model) else 0
+        fits = memory >= t.memory_bytes and t.gpu_model in (None, model)
+        pods = min(by_gpu, by_cpu) if fits else 0
         score += t.weight / total * (sum(free) - pods * t.gpu)
     return score
 
