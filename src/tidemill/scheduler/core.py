@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from tidemill.scheduler import preemption, reasons
+from tidemill.scheduler import preemption, reasons, topology
 from tidemill.scheduler.capacity import Capacity
 from tidemill.scheduler.ordering import QueueOrder
 from tidemill.scheduler.placement import (
@@ -36,6 +36,7 @@ from tidemill.scheduler.placement import (
     request_problem,
 )
 from tidemill.scheduler.quota import over_max
+from tidemill.scheduler.topology import Domains, Packed
 from tidemill.scheduler.types import (
     Bind,
     ClusterState,
@@ -54,16 +55,25 @@ from tidemill.scheduler.types import (
 )
 from tidemill.scheduler.victims import VictimPool
 
-_Shape = tuple[tuple[int, int, float, str, Extended], ...]
+_Shape = tuple[tuple[int, int, float, str, Extended, str], ...]
 
 DEFAULT_CONFIG = SchedulerConfig()
 
 
 def _shape(gang: tuple[PodRequest, ...]) -> _Shape:
-    """What placement depends on: the pods' sizes, not their names."""
+    """What placement depends on: the pods' sizes and packings, not their names."""
     return tuple(
-        sorted((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "", p.extended) for p in gang)
+        sorted(
+            (p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "", p.extended, _packing(p))
+            for p in gang
+        )
     )
+
+
+def _packing(pod: PodRequest) -> str:
+    if pod.topology is None:
+        return ""
+    return f"{pod.topology.level}:{'required' if pod.topology.required else 'preferred'}"
 
 
 def schedule(
@@ -131,6 +141,7 @@ class _Cycle:
         self._capacity = capacity
         self._order = order
         self._pool = pool
+        self._domains = Domains.of(state)
         self._cannot_preempt: dict[_Shape, int] = {}
         self._misfits: dict[_Shape, Misfit] = {}
         """Gang shapes that did not fit on free room this cycle, with why."""
@@ -148,14 +159,14 @@ class _Cycle:
         if refused is not None:
             return refused
         shape = _shape(gang)
-        placed = self._misfits.get(shape) or place_gang(self._capacity, gang)
-        if not isinstance(placed, Misfit):
-            self._bind(job, placed, decisions)
+        placed = self._misfits.get(shape) or topology.place(self._capacity, self._domains, gang)
+        if isinstance(placed, Packed):
+            self._bind(job, placed.placements, decisions, placed.note)
             return None
         # Free room only shrinks within a cycle, so this shape will not fit later either:
         # a backlog of look-alike jobs costs one placement attempt, not one each.
         self._misfits[shape] = placed
-        reason = reasons.does_not_fit(job, placed.placed, placed.shortfall)
+        reason = placed.topology or reasons.does_not_fit(job, placed.placed, placed.shortfall)
         if not self._config.preemption or not self._pool.any_below(job.priority):
             return reason
         plan = self._plan(job, shape)
@@ -169,7 +180,8 @@ class _Cycle:
         """Add the optional pods of jobs bound this cycle to their binds, as room allows."""
         for job, added in self._optional(job for job, _ in self._elastic.values()):
             at = self._elastic[job.key][1]
-            decisions.binds[at] = Bind(job.key, decisions.binds[at].placements + added)
+            bind = decisions.binds[at]
+            decisions.binds[at] = Bind(job.key, bind.placements + added, bind.note)
 
     def grow(self, requests: Sequence[JobRequest], decisions: Decisions) -> None:
         """Add pods to running jobs in idle room; jobs shrunk or stopped this cycle wait."""
@@ -228,6 +240,9 @@ class _Cycle:
         for pod in gang:
             if not self._fits_empty_node(pod):
                 return never_fits(self._capacity, pod)
+        packing = self._domains.refusal(self._capacity, gang)
+        if packing is not None:
+            return packing
         over = over_max(self._state.queues[job.queue], self._order.held(job.queue), job.gang_total)
         if over:
             return reasons.queue_at_max(job.queue, over)
@@ -278,18 +293,24 @@ class _Cycle:
         return known
 
     def _bind(
-        self, job: JobRequest, placements: tuple[Placement, ...], decisions: Decisions
+        self,
+        job: JobRequest,
+        placements: tuple[Placement, ...],
+        decisions: Decisions,
+        note: str = "",
     ) -> None:
         """Record the gang's ``placements``; optional pods are added by ``fill``."""
         if len(placements) < len(job.pods):
             self._elastic[job.key] = (job, len(decisions.binds))
-        decisions.binds.append(Bind(job.key, placements))
+        decisions.binds.append(Bind(job.key, placements, note))
         self._order.charge(job.queue, usage(placements))
 
     def _plan(self, job: JobRequest, shape: _Shape) -> preemption.Plan | None:
         if job.priority <= self._cannot_preempt.get(shape, -(2**63)):
             return None
         plan = preemption.plan(self._capacity, job.gang, job.priority, self._pool)
+        if plan is not None and not self._domains.holds(job.gang, plan.placements):
+            plan = None
         if plan is None:
             self._cannot_preempt[shape] = job.priority
         return plan
