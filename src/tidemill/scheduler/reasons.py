@@ -298,7 +298,8 @@ def no_topology_domain(pod: PodRequest, level: str, levels: Sequence[str]) -> Re
     if level in levels:
         why = f"no schedulable node carries the label {level}"
     else:
-        why = f"{level} is not a topology level of this cluster (levels: {', '.join(levels) or 'none'})"
+        declared = ", ".join(levels) or "none"
+        why = f"{level} is not a topology level of this cluster (levels: {declared})"
     return Reason(
         Code.NO_TOPOLOGY_DOMAIN.value,
         f"pod {pod_name(pod)} must be packed within one {level}; {why}",
@@ -308,4 +309,4 @@ def no_topology_domain(pod: PodRequest, level: str, levels: Sequence[str]) -> Re
 def spread_note(role_names: str, need: str, level: str, block: str, domain: str, where: str) -> str:
     """What a bind says when a preferred packing fell back to a larger domain or a spread."""
     best = f"the largest free {level} block is {block} on {domain}" if domain else "none is free"
-    return f"{role_names}: no {level} holds {need} ({best}); {where}"
+    return f"{role_names}: no {level} holds {need}; {best}; {where}"
