@@ -35,8 +35,7 @@ REFUSED = {
     ),
     "a numa layout naming a gpu the node does not have": (
         f"nodes: [{GPU_NODE}, numa: [{{cpus: '0-7', gpus: [0, 1, 2, 3, 4]}}]}}]",
-        "nodes.0.numa: [0].gpus: device 4 does not exist; the node declares gpus: 4 "
-        "(devices 0-3)",
+        "nodes.0.numa: [0].gpus: device 4 does not exist; the node declares gpus: 4 (devices 0-3)",
     ),
     "a gpu on two numa nodes": (
         f"nodes: [{GPU_NODE}, numa: [{{cpus: '0-3', gpus: [0, 1, 2]}}, "
@@ -82,9 +81,7 @@ def test_a_cluster_file_that_does_not_add_up_is_refused_naming_the_field(
 
 def test_a_cluster_file_with_levels_and_numa_loads(tmp_path: Path) -> None:
     path = tmp_path / "cluster.yaml"
-    path.write_text(
-        f"topology: {{levels: [rack]}}\nnodes: [{GPU_NODE}, {GOOD_NUMA}, count: 2}}]"
-    )
+    path.write_text(f"topology: {{levels: [rack]}}\nnodes: [{GPU_NODE}, {GOOD_NUMA}, count: 2}}]")
     cluster = load_cluster_file(path)
     assert cluster.topology.levels == ["rack"]
     (first, _) = cluster.all_nodes()
