@@ -250,8 +250,7 @@ def _blocks(
     holding: Bools = np.ones(count, dtype=np.bool_)
     block = np.zeros(count, dtype=np.float64)
     resource = _primary(pods)
-    for shape, (pod, wanted) in _shapes(pods).items():
-        del shape
+    for pod, wanted in _shapes(pods).values():
         takes = _takes(capacity, pod, empty=empty)
         per_domain = np.bincount(level.ids[labelled], weights=takes[labelled], minlength=count)
         holding &= per_domain >= wanted
