@@ -236,3 +236,41 @@ def test_the_cpu_set_is_the_numa_node_of_the_gpus_widened_only_when_too_small() 
     assert cpu_set(layout, [3, 4], cpu_cores=1) == tuple(range(32))
     assert cpu_set(layout, [], cpu_cores=4) == ()
     assert cpu_set((), [0], cpu_cores=4) == ()
+
+
+def test_elastic_extras_of_a_required_packing_stay_in_their_gang_s_rack() -> None:
+    nodes = [_rack("a1", "r1"), _rack("b1", "r2")]
+    held = [running("x").on("a1", gpu_ids=range(4))]
+    gang = job("j").pods(6).min_pods(2).gpus(2).pack("rack", required=True)
+    decisions = decide(nodes, [gang], held, levels=LEVELS)
+    where = {f"{p.role}-{p.index}": p.node for p in placements(decisions, "j")}
+    # The gang goes to r1 (4 gpu free: it holds the gang and spares least); its extras
+    # may go only there, and r1 is full, so none of the four is added.
+    assert set(where.values()) == {"a1"}
+    assert sorted(where) == ["worker-0", "worker-1"]
+
+
+def test_elastic_extras_of_a_preferred_packing_go_elsewhere_once_their_rack_is_full() -> None:
+    nodes = [_rack("a1", "r1"), _rack("b1", "r2")]
+    held = [running("x").on("a1", gpu_ids=range(4))]
+    gang = job("j").pods(6).min_pods(2).gpus(2).pack("rack")
+    decisions = decide(nodes, [gang], held, levels=LEVELS)
+    nodes_used = [p.node for p in placements(decisions, "j")]
+    assert nodes_used == ["a1", "a1", "b1", "b1", "b1", "b1"]
+
+
+def test_growth_of_a_running_job_with_a_required_packing_stays_in_its_rack() -> None:
+    nodes = [_rack("a1", "r1"), _rack("a2", "r1"), _rack("b1", "r2")]
+    held = [
+        running("j").on("a1", gpu_ids=range(8)),
+        running("x").on("a2", gpu_ids=range(6)),
+    ]
+    grow = job("j").pods(3).first_index(1).gpus(2).pack("rack", required=True).grows()
+    decisions = decide(nodes, [grow], held, levels=LEVELS)
+    assert [(p.index, p.node) for g in decisions.grows for p in g.placements] == [(1, "a2")]
+    reason = decisions.unmet_grows["j"]
+    assert (reason.code, reason.message) == (
+        "TopologyDoesNotFit",
+        "cannot add worker-2: it needs 1 cpu, 2 gpu, 1Gi memory within rack r1, beside its "
+        "role's pods; largest free block there is 0 gpu on a1",
+    )

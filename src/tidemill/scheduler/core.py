@@ -32,7 +32,6 @@ from tidemill.scheduler.placement import (
     fits_empty_node,
     never_fits,
     place_gang,
-    place_pod,
     request_problem,
 )
 from tidemill.scheduler.quota import over_max
@@ -148,6 +147,8 @@ class _Cycle:
         self._fits_empty: dict[tuple[int, int, float, str | None, Extended], bool] = {}
         self._resized: set[str] = set()
         self._elastic: dict[str, tuple[JobRequest, int]] = {}
+        self._gangs: dict[str, tuple[Placement, ...]] = {}
+        """The gang placements of the jobs in ``_elastic``: their extras go beside them."""
         """Jobs bound this cycle that have optional pods, and where their bind is."""
         self._unmet: dict[str, Reason] = {}
         """Growth requests that got fewer pods than asked, and why."""
@@ -198,7 +199,7 @@ class _Cycle:
         held = {name: self._order.held(name) for name in queues}
         order = QueueOrder(queues, jobs, held, self._capacity.total())
         while (job := order.next()) is not None:
-            added = self._extras(job, order.held(job.queue))
+            added = self._extras(job, order.held(job.queue), self._placed(job))
             if added:
                 order.charge(job.queue, usage(added))
                 self._order.charge(job.queue, usage(added))
@@ -248,8 +249,18 @@ class _Cycle:
             return reasons.queue_at_max(job.queue, over)
         return None
 
-    def _extras(self, job: JobRequest, held: ResourceVector) -> tuple[Placement, ...]:
-        """Place ``job``'s optional pods in idle room, in order, within its queue's max.
+    def _placed(self, job: JobRequest) -> tuple[Placement, ...]:
+        """What ``job`` holds already (its gang bound this cycle, or its running pods)."""
+        if not job.grow:
+            return self._gangs.get(job.key, ())
+        running = (r for r in self._state.running if r.key == job.key)
+        return next((r.placements for r in running), ())
+
+    def _extras(
+        self, job: JobRequest, held: ResourceVector, beside: tuple[Placement, ...]
+    ) -> tuple[Placement, ...]:
+        """Place ``job``'s optional pods in idle room, in order, within its queue's max,
+        in the topology domain of the pods ``beside`` them when their role packs.
 
         A role stops at its first pod that does not fit, so its indexes stay contiguous.
         """
@@ -261,25 +272,37 @@ class _Cycle:
                 continue
             placement = None
             if request_problem(pod) is None and not over_max(queue, held, pod.vector):
-                placement = place_pod(self._capacity, pod)
+                placement = topology.place_extra(
+                    self._capacity, self._domains, pod, (*beside, *placed)
+                )
             if placement is None:
                 stopped.add(pod.role)
                 if job.grow and job.key not in self._unmet:
-                    self._unmet[job.key] = self._why_not(pod, queue, held)
+                    self._unmet[job.key] = self._why_not(pod, queue, held, (*beside, *placed))
                 continue
             self._capacity.hold([placement])
             placed.append(placement)
             held = held + pod.vector
         return tuple(placed)
 
-    def _why_not(self, pod: PodRequest, queue: QueueInfo, held: ResourceVector) -> Reason:
-        """Why an optional pod found no room: a bad request, its queue's max, or space."""
+    def _why_not(
+        self,
+        pod: PodRequest,
+        queue: QueueInfo,
+        held: ResourceVector,
+        beside: tuple[Placement, ...],
+    ) -> Reason:
+        """Why an optional pod found no room: a bad request, its queue's max, its
+        packing, or space."""
         problem = request_problem(pod)
         if problem is not None:
             return reasons.invalid_request(pod, problem)
         over = over_max(queue, held, pod.vector)
         if over:
             return reasons.queue_at_max(queue.name, over)
+        packing = topology.extra_misfit(self._capacity, self._domains, pod, beside)
+        if packing is not None:
+            return packing
         placed = place_gang(self._capacity, (pod,))
         if isinstance(placed, Misfit):
             return reasons.cannot_grow(placed.shortfall)
@@ -302,6 +325,7 @@ class _Cycle:
         """Record the gang's ``placements``; optional pods are added by ``fill``."""
         if len(placements) < len(job.pods):
             self._elastic[job.key] = (job, len(decisions.binds))
+            self._gangs[job.key] = placements
         decisions.binds.append(Bind(job.key, placements, note))
         self._order.charge(job.queue, usage(placements))
 

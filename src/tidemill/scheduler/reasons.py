@@ -306,6 +306,15 @@ def no_topology_domain(pod: PodRequest, level: str, levels: Sequence[str]) -> Re
     )
 
 
+def cannot_grow_within(pod: PodRequest, domains: str, block: str, node: str) -> Reason:
+    """A running job's optional pod that found no room in its role's topology domain."""
+    return Reason(
+        Code.TOPOLOGY_DOES_NOT_FIT.value,
+        f"cannot add {pod_name(pod)}: it needs {pod_pieces(pod)} within {domains}, beside its "
+        f"role's pods; largest free block there is {block} on {node}",
+    )
+
+
 def spread_note(role_names: str, need: str, level: str, block: str, domain: str, where: str) -> str:
     """What a bind says when a preferred packing fell back to a larger domain or a spread."""
     best = f"the largest free {level} block is {block} on {domain}" if domain else "none is free"

@@ -16,8 +16,10 @@ Counting first: per node, how many pods of each shape its room takes; summed per
 domain (``np.bincount``) that rules out the domains that cannot hold the gang without
 trying them. The rest are tried for real, in order, on the snapshot with undo.
 
-Preemption plans and elastic extras do not look at topology: a plan that breaks a
-required packing is refused (``holds``), and optional pods go wherever room is.
+An optional (elastic) pod goes into the domains its role's pods already use
+(``place_extra``): only there when the packing is required, there first when preferred.
+Preemption plans do not look at topology: one that breaks a required packing is refused
+(``holds``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tidemill.scheduler import reasons
-from tidemill.scheduler.capacity import EPS, Bools, Capacity, Ints
-from tidemill.scheduler.placement import Misfit, place_gang
+from tidemill.scheduler.capacity import EPS, Bools, Capacity, Floats, Ints
+from tidemill.scheduler.placement import Misfit, place_gang, place_pod
 from tidemill.scheduler.reasons import Shortfall
 from tidemill.scheduler.types import ClusterState, NodeInfo, Placement, PodRequest, Reason
 
@@ -70,6 +72,7 @@ class Domains:
         self.levels = tuple(levels)
         self._nodes = nodes
         self._built: dict[str, _Level] = {}
+        self._rows: dict[str, int] = {}
         self._refusals: dict[tuple[object, ...], Reason | None] = {}
 
     @classmethod
@@ -102,7 +105,7 @@ class Domains:
     def holds(self, gang: Sequence[PodRequest], placements: Sequence[Placement]) -> bool:
         """Whether ``placements`` keep every required packing of ``gang`` in one domain."""
         where = {(p.role, p.index): p.node for p in placements}
-        rows = {node.name: row for row, node in enumerate(self._nodes)}
+        rows = self._node_rows()
         for group in _groups(gang):
             level = self.level(group.level)
             if not group.required:
@@ -114,6 +117,25 @@ class Domains:
             if len(found) != 1 or -1 in found:
                 return False
         return True
+
+    def used_by(self, pod: PodRequest, beside: Sequence[Placement]) -> Bools | None:
+        """The nodes of the domains (at ``pod``'s packing level) that the placed pods of
+        its role use; None when it does not pack or none of its role is placed."""
+        if pod.topology is None:
+            return None
+        level = self.level(pod.topology.level)
+        rows = self._node_rows()
+        used = [rows[p.node] for p in beside if p.role == pod.role and p.node in rows]
+        if level is None or not used:
+            return None
+        ids = level.ids[used]
+        domains: Bools = np.isin(level.ids, ids[ids >= 0])
+        return domains
+
+    def _node_rows(self) -> dict[str, int]:
+        if not self._rows:
+            self._rows = {node.name: row for row, node in enumerate(self._nodes)}
+        return self._rows
 
     def _build(self, at: int) -> _Level:
         keys: dict[tuple[str | None, ...], int] = {}
@@ -172,6 +194,39 @@ def place(capacity: Capacity, domains: Domains, gang: Sequence[PodRequest]) -> P
         return Misfit(len(held) + placed.placed, placed.shortfall)
     held.update(zip(rest, placed, strict=True))
     return Packed(tuple(held[i] for i in range(len(gang))), "; ".join(notes))
+
+
+def place_extra(
+    capacity: Capacity, domains: Domains, pod: PodRequest, beside: Sequence[Placement]
+) -> Placement | None:
+    """The spot for an optional ``pod`` next to its job's placed pods ``beside``; nothing
+    is held. A packing role's pod goes into the domains its role's placed pods use."""
+    within = domains.used_by(pod, beside)
+    if within is None:
+        return place_pod(capacity, pod)
+    placed = place_pod(capacity, pod, within=within)
+    if placed is not None or (pod.topology is not None and pod.topology.required):
+        return placed
+    return place_pod(capacity, pod)
+
+
+def extra_misfit(
+    capacity: Capacity, domains: Domains, pod: PodRequest, beside: Sequence[Placement]
+) -> Reason | None:
+    """Why an optional ``pod`` of a required packing found no room in its role's
+    domains; None when it does not pack that way."""
+    within = domains.used_by(pod, beside)
+    if within is None or pod.topology is None or not pod.topology.required:
+        return None
+    level = domains.level(pod.topology.level)
+    names = sorted({level.names[i] for i in level.ids[within]}) if level is not None else []
+    resource = _primary([pod])
+    free = np.where(within & capacity.eligible_mask(pod.gpu_model), _free(capacity, pod), -1.0)
+    best = int(np.argmax(free))
+    block = reasons.amount(resource, max(float(free[best]), 0.0))
+    return reasons.cannot_grow_within(
+        pod, f"{pod.topology.level} {', '.join(names)}", block, capacity.names[best]
+    )
 
 
 def _pack(
@@ -280,6 +335,22 @@ def _takes(capacity: Capacity, pod: PodRequest, *, empty: bool) -> Ints:
             takes = np.minimum(takes, np.maximum(offered, 0) // asked)
     eligible: Ints = np.where(capacity.eligible_mask(pod.gpu_model), takes, 0)
     return eligible
+
+
+def _free(capacity: Capacity, pod: PodRequest) -> Floats:
+    """Per node, what is free of ``pod``'s main resource: whole devices (the freest
+    device's share for a shared pod), cpu millis or memory bytes."""
+    resource = _primary([pod])
+    if resource == "gpu" and pod.gpu < 1:
+        shares: Floats = np.clip(1.0 - capacity.gpu_used, 0.0, 1.0).max(axis=1, initial=0.0)
+        return shares
+    amounts = {
+        "gpu": capacity.whole_free,
+        "cpu": capacity.free_cpu,
+        "memory": capacity.free_memory,
+    }[resource]
+    free: Floats = amounts.astype(np.float64)
+    return free
 
 
 def _groups(gang: Sequence[PodRequest]) -> list[_Group]:
