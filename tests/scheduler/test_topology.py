@@ -274,3 +274,11 @@ def test_growth_of_a_running_job_with_a_required_packing_stays_in_its_rack() -> 
         "cannot add worker-2: it needs 1 cpu, 2 gpu, 1Gi memory within rack r1, beside its "
         "role's pods; largest free block there is 0 gpu on a1",
     )
+
+
+def test_a_packing_of_roles_that_differ_only_in_gpu_model_is_judged_without_error() -> None:
+    nodes = [_rack("a1", "r1").model("H100"), _rack("b1", "r2").model("H100")]
+    pack = TopologyRequest("rack", required=True)
+    gang = job("j").pods(2).gpus(2).model("H100").pack("rack", required=True)
+    decisions = decide(nodes, [gang.plus("chief", 1, gpu=2, pack=pack)], levels=LEVELS)
+    assert {p.node for p in placements(decisions, "j")} == {"a1"}

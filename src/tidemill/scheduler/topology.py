@@ -73,7 +73,7 @@ class Domains:
         self._nodes = nodes
         self._built: dict[str, _Level] = {}
         self._rows: dict[str, int] = {}
-        self._refusals: dict[tuple[object, ...], Reason | None] = {}
+        self._refusals: dict[tuple[str, frozenset[object]], Reason | None] = {}
 
     @classmethod
     def of(cls, state: ClusterState) -> Domains:
@@ -94,7 +94,7 @@ class Domains:
             if not group.required:
                 continue
             pods = [gang[i] for i in group.positions]
-            key = (group.level, *sorted(_shapes(pods).items()))
+            key = (group.level, frozenset((k, n) for k, (_, n) in _shapes(pods).items()))
             if key not in self._refusals:
                 self._refusals[key] = self._never_holds(capacity, group.level, pods)
             refused = self._refusals[key]
