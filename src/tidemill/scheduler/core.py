@@ -147,9 +147,9 @@ class _Cycle:
         self._fits_empty: dict[tuple[int, int, float, str | None, Extended], bool] = {}
         self._resized: set[str] = set()
         self._elastic: dict[str, tuple[JobRequest, int]] = {}
+        """Jobs bound this cycle that have optional pods, and where their bind is."""
         self._gangs: dict[str, tuple[Placement, ...]] = {}
         """The gang placements of the jobs in ``_elastic``: their extras go beside them."""
-        """Jobs bound this cycle that have optional pods, and where their bind is."""
         self._unmet: dict[str, Reason] = {}
         """Growth requests that got fewer pods than asked, and why."""
 
@@ -250,7 +250,10 @@ class _Cycle:
         return None
 
     def _placed(self, job: JobRequest) -> tuple[Placement, ...]:
-        """What ``job`` holds already (its gang bound this cycle, or its running pods)."""
+        """What ``job`` holds already (its gang bound this cycle, or its running pods), for
+        optional pods that pack beside them; nothing for jobs without a packing."""
+        if not any(pod.topology is not None for pod in job.extras):
+            return ()
         if not job.grow:
             return self._gangs.get(job.key, ())
         running = (r for r in self._state.running if r.key == job.key)
