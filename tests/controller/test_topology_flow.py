@@ -157,3 +157,30 @@ def test_a_packing_the_cluster_could_never_honour_is_refused_at_submit(
     found = {e.path: e.message for e in caught.value.errors}
     assert path in found, found
     assert found[path].startswith(message), found[path]
+
+
+def test_a_packed_job_runs_on_a_cluster_without_levels_and_the_event_says_packing_was_ignored(
+    tmp_path: Path,
+) -> None:
+    engine = LocalEngine(tmp_path / "engine", warm_start=False)
+    cluster = ClusterSpec.model_validate(
+        {"nodes": [{"name": "laptop", "cpu": 2, "memory": "8Gi", "gpus": 2}]}
+    )
+    config = ControllerConfig(stop_grace_s=1.0, resync_s=0.0, schedule_pacing=0.0)
+    laptop = Controller(Store.in_folder(tmp_path / "state"), engine, cluster, config)
+    out = tmp_path / "out"
+    out.mkdir()
+    try:
+        laptop.submit(packed_job("packed", out, 2, packWithin="rack", required=True))
+        laptop.reconcile_once()
+        with laptop.store.read() as tx:
+            messages = [e.message for e in tx.events("ads/packed") if e.reason == "Scheduled"]
+        assert messages == [
+            "placed 2 replica(s) on laptop (packWithin ignored: this cluster declares no "
+            "topology levels)"
+        ]
+    finally:
+        laptop.delete("ads", "packed")
+        for _ in range(20):
+            laptop.reconcile_once()
+        engine.close()

@@ -282,3 +282,10 @@ def test_a_packing_of_roles_that_differ_only_in_gpu_model_is_judged_without_erro
     gang = job("j").pods(2).gpus(2).model("H100").pack("rack", required=True)
     decisions = decide(nodes, [gang.plus("chief", 1, gpu=2, pack=pack)], levels=LEVELS)
     assert {p.node for p in placements(decisions, "j")} == {"a1"}
+
+
+def test_a_cluster_without_levels_ignores_packings_and_says_so() -> None:
+    nodes = [node("n1").gpus(8)]
+    decisions = decide(nodes, [job("j").pods(2).gpus(2).pack("rack", required=True)])
+    assert [p.node for p in placements(decisions, "j")] == ["n1", "n1"]
+    assert decisions.binds[0].note == "packWithin ignored: this cluster declares no topology levels"

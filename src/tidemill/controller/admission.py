@@ -328,8 +328,12 @@ def topology_problems(
     job: TrainingJob, nodes: Sequence[NodeSpec], levels: Sequence[str]
 ) -> list[FieldError]:
     """Packings that could never be honoured: an undeclared level, one no node carries,
-    or a required one larger than the largest domain of its level."""
+    or a required one larger than the largest domain of its level. A cluster that
+    declares no levels ignores packings (the scheduler notes it), so the job file that
+    runs on the shared cluster also runs on this machine."""
     errors: list[FieldError] = []
+    if not levels:
+        return errors
     for name, role in job.spec.roles.items():
         asked = role.topology
         if asked is None or role.max_bound == 0:

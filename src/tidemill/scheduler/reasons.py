@@ -315,6 +315,10 @@ def cannot_grow_within(pod: PodRequest, domains: str, block: str, node: str) -> 
     )
 
 
+NO_LEVELS_NOTE = "packWithin ignored: this cluster declares no topology levels"
+"""A bind's note when a job asks for packing on a cluster without levels."""
+
+
 def spread_note(role_names: str, need: str, level: str, block: str, domain: str, where: str) -> str:
     """What a bind says when a preferred packing fell back to a larger domain or a spread."""
     best = f"the largest free {level} block is {block} on {domain}" if domain else "none is free"

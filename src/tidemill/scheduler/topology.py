@@ -10,7 +10,8 @@ spare goes first (best fit), so big blocks stay whole.
 
 ``required``: a gang no domain holds waits, with a reason naming the largest free
 block. Otherwise it goes to a domain of a larger level, or is spread, and the bind's
-note says so.
+note says so. A cluster that declares no levels (this machine, by default) has nothing
+to pack into: packings are ignored there, with a note, so one job file runs everywhere.
 
 Counting first: per node, how many pods of each shape its room takes; summed per
 domain (``np.bincount``) that rules out the domains that cannot hold the gang without
@@ -90,6 +91,8 @@ class Domains:
 
     def refusal(self, capacity: Capacity, gang: Sequence[PodRequest]) -> Reason | None:
         """Why a required packing could never hold, even on empty nodes, or None."""
+        if not self.levels:
+            return None
         for group in _groups(gang):
             if not group.required:
                 continue
@@ -104,6 +107,8 @@ class Domains:
 
     def holds(self, gang: Sequence[PodRequest], placements: Sequence[Placement]) -> bool:
         """Whether ``placements`` keep every required packing of ``gang`` in one domain."""
+        if not self.levels:
+            return True
         where = {(p.role, p.index): p.node for p in placements}
         rows = self._node_rows()
         for group in _groups(gang):
@@ -173,9 +178,11 @@ def place(capacity: Capacity, domains: Domains, gang: Sequence[PodRequest]) -> P
     """Place ``gang`` honouring its topology requests and hold it, or hold nothing and
     say why. Placements come back in the order of ``gang``."""
     groups = _groups(gang)
-    if not groups:
+    if not groups or not domains.levels:
         placed = place_gang(capacity, gang)
-        return placed if isinstance(placed, Misfit) else Packed(placed)
+        if isinstance(placed, Misfit):
+            return placed
+        return Packed(placed, reasons.NO_LEVELS_NOTE if groups else "")
     start = capacity.mark()
     held: dict[int, Placement] = {}
     notes: list[str] = []
