@@ -10,6 +10,10 @@ index 2 up, highest first.
 Extended resources: ``node("n1").offers("rdma/hca", 4)``, ``job("a").extended("rdma/hca", 2)``
 (per pod) and ``running("b").on("n1", extended={"rdma/hca": 1})``.
 
+Topology: ``node("n1").label("rack", "r1")``, ``node("n1").gpus(8).numa((0, 1), (2, 3))``
+(GPUs per NUMA node; CPUs follow), ``job("a").pack("rack", required=True)`` and
+``decide(..., levels=("nvlink-domain", "rack"))``.
+
 Builders are immutable: every call returns a new one, so a shared base is safe.
 """
 
@@ -23,12 +27,14 @@ from tidemill.scheduler import (
     Decisions,
     JobRequest,
     NodeInfo,
+    NumaNode,
     Placement,
     PodRequest,
     QueueInfo,
     ResourceVector,
     RunningJob,
     SchedulerConfig,
+    TopologyRequest,
     schedule,
 )
 
@@ -44,6 +50,8 @@ class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
     gpu_model: str | None = None
     schedulable: bool = True
     extended_amounts: tuple[tuple[str, int], ...] = ()
+    label_items: tuple[tuple[str, str], ...] = ()
+    numa_gpus: tuple[tuple[int, ...], ...] = ()
 
     def gpus(self, count: int) -> node:
         return replace(self, gpu_count=count)
@@ -64,7 +72,19 @@ class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
         """``count`` of the extended resource ``name``."""
         return replace(self, extended_amounts=(*self.extended_amounts, (name, count)))
 
+    def label(self, key: str, value: str) -> node:
+        return replace(self, label_items=(*self.label_items, (key, value)))
+
+    def numa(self, *gpus: tuple[int, ...]) -> node:
+        """One NUMA node per argument, holding those GPUs; the cores split evenly."""
+        return replace(self, numa_gpus=gpus)
+
     def build(self) -> NodeInfo:
+        per = int(self.cpu_cores) // max(len(self.numa_gpus), 1)
+        layout = tuple(
+            NumaNode(cpus=tuple(range(i * per, (i + 1) * per)), gpus=gpus)
+            for i, gpus in enumerate(self.numa_gpus)
+        )
         return NodeInfo(
             name=self.name,
             cpu_millis=round(self.cpu_cores * 1000),
@@ -73,6 +93,8 @@ class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
             gpu_model=self.gpu_model,
             schedulable=self.schedulable,
             extended=dict(self.extended_amounts),
+            labels=dict(self.label_items),
+            numa=layout,
         )
 
 
@@ -89,6 +111,7 @@ class _Role:
     first: int = 0
     extended: tuple[tuple[str, int], ...] = ()
     spread: bool = False
+    topology: TopologyRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +156,10 @@ class job:
         amounts = tuple(sorted({**dict(self.main.extended), name: per_pod}.items()))
         return replace(self, main=replace(self.main, extended=amounts))
 
+    def pack(self, level: str, required: bool = False) -> job:
+        """The main role's gang pods go into one domain of ``level``."""
+        return replace(self, main=replace(self.main, topology=TopologyRequest(level, required)))
+
     def role(self, name: str) -> job:
         return replace(self, main=replace(self.main, name=name))
 
@@ -144,10 +171,11 @@ class job:
         cpu: float = 1,
         memory: float = 1,
         spread: bool = False,
+        pack: TopologyRequest | None = None,
     ) -> job:
         """Another role in the same gang (e.g. parameter servers beside workers;
         ``spread``: tidemill's PS servers, placed first, one per node when possible)."""
-        extra = _Role(role, count, gpu, cpu, memory, None, spread=spread)
+        extra = _Role(role, count, gpu, cpu, memory, None, spread=spread, topology=pack)
         return replace(self, extra=(*self.extra, extra))
 
     def queue(self, name: str) -> job:
@@ -171,6 +199,7 @@ class job:
                 optional=self.growth or (r.required is not None and i >= r.required),
                 extended=r.extended,
                 spread=r.spread,
+                topology=r.topology,
             )
             for r in (self.main, *self.extra)
             for i in range(r.count)
@@ -284,7 +313,10 @@ class queue:
 
 
 def state_of(
-    nodes: Iterable[node], running_jobs: Iterable[running] = (), queues: Iterable[queue] = ()
+    nodes: Iterable[node],
+    running_jobs: Iterable[running] = (),
+    queues: Iterable[queue] = (),
+    levels: Sequence[str] = (),
 ) -> ClusterState:
     """A snapshot; with no queues given there is one queue, ``default``."""
     infos = [q.build() for q in queues] or [QueueInfo("default")]
@@ -292,6 +324,7 @@ def state_of(
         nodes=tuple(n.build() for n in nodes),
         queues={q.name: q for q in infos},
         running=tuple(r.build() for r in running_jobs),
+        topology=tuple(levels),
     )
 
 
@@ -307,9 +340,10 @@ def decide(
     queues: Iterable[queue] = (),
     preemption: bool = True,
     strict_fifo: bool = False,
+    levels: Sequence[str] = (),
 ) -> Decisions:
     return schedule(
-        state_of(nodes, running_jobs, queues),
+        state_of(nodes, running_jobs, queues, levels),
         backlog(jobs),
         SchedulerConfig(preemption=preemption, strict_fifo=strict_fifo),
     )

@@ -134,6 +134,7 @@ def test_the_public_names_are_pinned() -> None:
         "Decisions",
         "JobRequest",
         "NodeInfo",
+        "NumaNode",
         "Placement",
         "PodRequest",
         "Preemption",
@@ -143,6 +144,7 @@ def test_the_public_names_are_pinned() -> None:
         "RunningJob",
         "SchedulerConfig",
         "Shrink",
+        "TopologyRequest",
         "schedule",
     ]
     assert tidemill.scheduler.schedule is tidemill.scheduler.core.schedule

@@ -21,6 +21,7 @@ class Case:
     queues: list[queue] = field(default_factory=list)
     strict_fifo: bool = False
     subject: str = "waiting"
+    levels: tuple[str, ...] = ()
 
 
 REASON_CASES = [
@@ -258,6 +259,49 @@ REASON_CASES = [
         ),
         id="a job that preemption cannot help says so",
     ),
+    pytest.param(
+        Case(
+            nodes=[
+                node("n1").gpus(8).label("rack", "r1"),
+                node("n2").gpus(8).label("rack", "r1"),
+                node("n3").gpus(8).label("rack", "r2"),
+                node("n4").gpus(8).label("rack", "r2"),
+            ],
+            held=[
+                running("a").on("n1", gpu_ids=range(8)).on("n2", gpu_ids=[0, 1]),
+                running("b").on("n3", gpu_ids=range(4)),
+            ],
+            jobs=[job("waiting").pods(8).gpus(2).pack("rack", required=True)],
+            levels=("rack",),
+            code="TopologyDoesNotFit",
+            message="needs 16 gpu (8 worker x 2 gpu) within one rack; "
+            "the largest free rack block is 12 gpu on r2",
+        ),
+        id="a required packing no rack holds now names the largest free rack block",
+    ),
+    pytest.param(
+        Case(
+            nodes=[node("n1").gpus(8).label("rack", "r1"), node("n2").gpus(8).label("rack", "r2")],
+            jobs=[job("waiting").pods(8).gpus(2).pack("rack", required=True)],
+            levels=("rack",),
+            code="TopologyDomainTooSmall",
+            message="needs 16 gpu (8 worker x 2 gpu) within one rack; the largest rack has "
+            "8 gpu in all (r1): set topology.required: false or packWithin a larger level, "
+            "or ask for less",
+        ),
+        id="a required packing larger than any rack even when empty says waiting will not help",
+    ),
+    pytest.param(
+        Case(
+            nodes=[node("n1").gpus(8).label("zone", "z1")],
+            jobs=[job("waiting").gpus(2).pack("rack", required=True)],
+            levels=("rack", "zone"),
+            code="NoTopologyDomain",
+            message="pod worker-0 must be packed within one rack; no schedulable node carries "
+            "the label rack",
+        ),
+        id="a required packing at a level no node is labelled with names the label",
+    ),
 ]
 
 
@@ -269,6 +313,7 @@ def test_pending_reason(case: Case) -> None:
         running_jobs=case.held,
         queues=case.queues,
         strict_fifo=case.strict_fifo,
+        levels=case.levels,
     )
     reason = decisions.pending[case.subject]
     assert (reason.code, reason.message) == (case.code, case.message)

@@ -97,8 +97,11 @@ class SchedulingStep:
         spec_of: Callable[[JobRow], TrainingJob],
         config: SchedulerConfig,
         lifecycle: LifecycleConfig,
+        topology: tuple[str, ...] = (),
     ) -> None:
+        """``topology``: the cluster's topology levels, smallest first."""
         self.store = store
+        self.topology = topology
         self.engine = engine
         self.launches = launches
         self.spec_of = spec_of
@@ -172,6 +175,7 @@ class SchedulingStep:
                 nodes=tuple(node_info(n) for n in tx.nodes()),
                 queues={q.name: queue_info(q) for q in tx.queues()},
                 running=tuple(running),
+                topology=self.topology,
             )
         return read
 
@@ -307,6 +311,8 @@ class SchedulingStep:
             job.pending_code = job.pending_message = None
             nodes = sorted({p.node for p in bind.placements})
             message = f"placed {len(bind.placements)} replica(s) on {', '.join(nodes)}"
+            if bind.note:
+                message = f"{message} ({bind.note})"
             transition(tx, job, JobPhase.SCHEDULED, "Scheduled", message, now)
             return [_add_replicas(job, spec, launch)]
 

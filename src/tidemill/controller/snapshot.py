@@ -9,11 +9,13 @@ from tidemill.scheduler.types import (
     Extended,
     JobRequest,
     NodeInfo,
+    NumaNode,
     Placement,
     PodRequest,
     QueueInfo,
     ResourceVector,
     RunningJob,
+    TopologyRequest,
 )
 from tidemill.store.tables import JobRow, NodeRow, QueueRow, ReplicaRow
 
@@ -29,7 +31,13 @@ def node_info(row: NodeRow) -> NodeInfo:
         labels=dict(spec.labels),
         schedulable=row.schedulable,
         extended=dict(spec.extended),
+        numa=numa_layout(spec),
     )
+
+
+def numa_layout(spec: NodeSpec) -> tuple[NumaNode, ...]:
+    """The node's declared NUMA layout in the scheduler's form (empty: none declared)."""
+    return tuple(NumaNode(cpus=n.cpu_ids, gpus=tuple(n.gpus)) for n in spec.numa)
 
 
 def queue_info(row: QueueRow) -> QueueInfo:
@@ -50,6 +58,7 @@ def queue_info(row: QueueRow) -> QueueInfo:
 
 def _pod(name: str, job: TrainingJob, index: int, optional: bool) -> PodRequest:
     resources = job.spec.roles[name].resources
+    asked = job.spec.roles[name].topology
     return PodRequest(
         role=name,
         index=index,
@@ -60,6 +69,7 @@ def _pod(name: str, job: TrainingJob, index: int, optional: bool) -> PodRequest:
         optional=optional,
         extended=_extended(resources.extended),
         spread=job.spec.roles[name].runs_ps_server,
+        topology=None if asked is None else TopologyRequest(asked.pack_within, asked.required),
     )
 
 

@@ -4,7 +4,8 @@
 answer one question: ``ordering`` (who goes next), ``quota`` (may the queue take more),
 ``placement`` (where does a gang fit), ``preemption`` (whom to shrink or stop),
 ``victims`` (who may give room back), ``reasons`` (why a job waits), ``capacity`` (what
-is free, with undo).
+is free, with undo), ``topology`` (which domain a gang packs into), ``numa`` (which GPUs
+and CPUs inside a node).
 """
 
 from tidemill.scheduler.core import schedule
@@ -15,6 +16,7 @@ from tidemill.scheduler.types import (
     Decisions,
     JobRequest,
     NodeInfo,
+    NumaNode,
     Placement,
     PodRequest,
     Preemption,
@@ -24,6 +26,7 @@ from tidemill.scheduler.types import (
     RunningJob,
     SchedulerConfig,
     Shrink,
+    TopologyRequest,
 )
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "Decisions",
     "JobRequest",
     "NodeInfo",
+    "NumaNode",
     "Placement",
     "PodRequest",
     "Preemption",
@@ -42,5 +46,6 @@ __all__ = [
     "RunningJob",
     "SchedulerConfig",
     "Shrink",
+    "TopologyRequest",
     "schedule",
 ]

@@ -23,6 +23,7 @@ from tidemill.scheduler.types import (
     ClusterState,
     Extended,
     NodeInfo,
+    NumaNode,
     Placement,
     ResourceVector,
     RunningJob,
@@ -66,6 +67,7 @@ class Capacity:
         self.names: tuple[str, ...] = tuple(node.name for node in nodes)
         self.index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
         self.models: tuple[str | None, ...] = tuple(node.gpu_model for node in nodes)
+        self.numa: tuple[tuple[NumaNode, ...], ...] = tuple(node.numa for node in nodes)
         self.schedulable: Bools = np.array([n.schedulable for n in nodes], dtype=np.bool_)
         self.total_cpu: Ints = np.array([n.cpu_millis for n in nodes], dtype=np.int64)
         self.total_memory: Ints = np.array([n.memory_bytes for n in nodes], dtype=np.int64)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from tidemill.scheduler import preemption, reasons
+from tidemill.scheduler import preemption, reasons, topology
 from tidemill.scheduler.capacity import Capacity
 from tidemill.scheduler.ordering import QueueOrder
 from tidemill.scheduler.placement import (
@@ -32,10 +32,10 @@ from tidemill.scheduler.placement import (
     fits_empty_node,
     never_fits,
     place_gang,
-    place_pod,
     request_problem,
 )
 from tidemill.scheduler.quota import over_max
+from tidemill.scheduler.topology import Domains, Packed
 from tidemill.scheduler.types import (
     Bind,
     ClusterState,
@@ -54,16 +54,25 @@ from tidemill.scheduler.types import (
 )
 from tidemill.scheduler.victims import VictimPool
 
-_Shape = tuple[tuple[int, int, float, str, Extended], ...]
+_Shape = tuple[tuple[int, int, float, str, Extended, str], ...]
 
 DEFAULT_CONFIG = SchedulerConfig()
 
 
 def _shape(gang: tuple[PodRequest, ...]) -> _Shape:
-    """What placement depends on: the pods' sizes, not their names."""
+    """What placement depends on: the pods' sizes and packings, not their names."""
     return tuple(
-        sorted((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "", p.extended) for p in gang)
+        sorted(
+            (p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model or "", p.extended, _packing(p))
+            for p in gang
+        )
     )
+
+
+def _packing(pod: PodRequest) -> str:
+    if pod.topology is None:
+        return ""
+    return f"{pod.topology.level}:{'required' if pod.topology.required else 'preferred'}"
 
 
 def schedule(
@@ -131,6 +140,7 @@ class _Cycle:
         self._capacity = capacity
         self._order = order
         self._pool = pool
+        self._domains = Domains.of(state)
         self._cannot_preempt: dict[_Shape, int] = {}
         self._misfits: dict[_Shape, Misfit] = {}
         """Gang shapes that did not fit on free room this cycle, with why."""
@@ -138,6 +148,8 @@ class _Cycle:
         self._resized: set[str] = set()
         self._elastic: dict[str, tuple[JobRequest, int]] = {}
         """Jobs bound this cycle that have optional pods, and where their bind is."""
+        self._gangs: dict[str, tuple[Placement, ...]] = {}
+        """The gang placements of the jobs in ``_elastic``: their extras go beside them."""
         self._unmet: dict[str, Reason] = {}
         """Growth requests that got fewer pods than asked, and why."""
 
@@ -148,14 +160,14 @@ class _Cycle:
         if refused is not None:
             return refused
         shape = _shape(gang)
-        placed = self._misfits.get(shape) or place_gang(self._capacity, gang)
-        if not isinstance(placed, Misfit):
-            self._bind(job, placed, decisions)
+        placed = self._misfits.get(shape) or topology.place(self._capacity, self._domains, gang)
+        if isinstance(placed, Packed):
+            self._bind(job, placed.placements, decisions, placed.note)
             return None
         # Free room only shrinks within a cycle, so this shape will not fit later either:
         # a backlog of look-alike jobs costs one placement attempt, not one each.
         self._misfits[shape] = placed
-        reason = reasons.does_not_fit(job, placed.placed, placed.shortfall)
+        reason = placed.topology or reasons.does_not_fit(job, placed.placed, placed.shortfall)
         if not self._config.preemption or not self._pool.any_below(job.priority):
             return reason
         plan = self._plan(job, shape)
@@ -169,7 +181,8 @@ class _Cycle:
         """Add the optional pods of jobs bound this cycle to their binds, as room allows."""
         for job, added in self._optional(job for job, _ in self._elastic.values()):
             at = self._elastic[job.key][1]
-            decisions.binds[at] = Bind(job.key, decisions.binds[at].placements + added)
+            bind = decisions.binds[at]
+            decisions.binds[at] = Bind(job.key, bind.placements + added, bind.note)
 
     def grow(self, requests: Sequence[JobRequest], decisions: Decisions) -> None:
         """Add pods to running jobs in idle room; jobs shrunk or stopped this cycle wait."""
@@ -186,7 +199,7 @@ class _Cycle:
         held = {name: self._order.held(name) for name in queues}
         order = QueueOrder(queues, jobs, held, self._capacity.total())
         while (job := order.next()) is not None:
-            added = self._extras(job, order.held(job.queue))
+            added = self._extras(job, order.held(job.queue), self._placed(job))
             if added:
                 order.charge(job.queue, usage(added))
                 self._order.charge(job.queue, usage(added))
@@ -228,13 +241,29 @@ class _Cycle:
         for pod in gang:
             if not self._fits_empty_node(pod):
                 return never_fits(self._capacity, pod)
+        packing = self._domains.refusal(self._capacity, gang)
+        if packing is not None:
+            return packing
         over = over_max(self._state.queues[job.queue], self._order.held(job.queue), job.gang_total)
         if over:
             return reasons.queue_at_max(job.queue, over)
         return None
 
-    def _extras(self, job: JobRequest, held: ResourceVector) -> tuple[Placement, ...]:
-        """Place ``job``'s optional pods in idle room, in order, within its queue's max.
+    def _placed(self, job: JobRequest) -> tuple[Placement, ...]:
+        """What ``job`` holds already (its gang bound this cycle, or its running pods), for
+        optional pods that pack beside them; nothing for jobs without a packing."""
+        if not any(pod.topology is not None for pod in job.extras):
+            return ()
+        if not job.grow:
+            return self._gangs.get(job.key, ())
+        running = (r for r in self._state.running if r.key == job.key)
+        return next((r.placements for r in running), ())
+
+    def _extras(
+        self, job: JobRequest, held: ResourceVector, beside: tuple[Placement, ...]
+    ) -> tuple[Placement, ...]:
+        """Place ``job``'s optional pods in idle room, in order, within its queue's max,
+        in the topology domain of the pods ``beside`` them when their role packs.
 
         A role stops at its first pod that does not fit, so its indexes stay contiguous.
         """
@@ -246,25 +275,37 @@ class _Cycle:
                 continue
             placement = None
             if request_problem(pod) is None and not over_max(queue, held, pod.vector):
-                placement = place_pod(self._capacity, pod)
+                placement = topology.place_extra(
+                    self._capacity, self._domains, pod, (*beside, *placed)
+                )
             if placement is None:
                 stopped.add(pod.role)
                 if job.grow and job.key not in self._unmet:
-                    self._unmet[job.key] = self._why_not(pod, queue, held)
+                    self._unmet[job.key] = self._why_not(pod, queue, held, (*beside, *placed))
                 continue
             self._capacity.hold([placement])
             placed.append(placement)
             held = held + pod.vector
         return tuple(placed)
 
-    def _why_not(self, pod: PodRequest, queue: QueueInfo, held: ResourceVector) -> Reason:
-        """Why an optional pod found no room: a bad request, its queue's max, or space."""
+    def _why_not(
+        self,
+        pod: PodRequest,
+        queue: QueueInfo,
+        held: ResourceVector,
+        beside: tuple[Placement, ...],
+    ) -> Reason:
+        """Why an optional pod found no room: a bad request, its queue's max, its
+        packing, or space."""
         problem = request_problem(pod)
         if problem is not None:
             return reasons.invalid_request(pod, problem)
         over = over_max(queue, held, pod.vector)
         if over:
             return reasons.queue_at_max(queue.name, over)
+        packing = topology.extra_misfit(self._capacity, self._domains, pod, beside)
+        if packing is not None:
+            return packing
         placed = place_gang(self._capacity, (pod,))
         if isinstance(placed, Misfit):
             return reasons.cannot_grow(placed.shortfall)
@@ -278,18 +319,25 @@ class _Cycle:
         return known
 
     def _bind(
-        self, job: JobRequest, placements: tuple[Placement, ...], decisions: Decisions
+        self,
+        job: JobRequest,
+        placements: tuple[Placement, ...],
+        decisions: Decisions,
+        note: str = "",
     ) -> None:
         """Record the gang's ``placements``; optional pods are added by ``fill``."""
         if len(placements) < len(job.pods):
             self._elastic[job.key] = (job, len(decisions.binds))
-        decisions.binds.append(Bind(job.key, placements))
+            self._gangs[job.key] = placements
+        decisions.binds.append(Bind(job.key, placements, note))
         self._order.charge(job.queue, usage(placements))
 
     def _plan(self, job: JobRequest, shape: _Shape) -> preemption.Plan | None:
         if job.priority <= self._cannot_preempt.get(shape, -(2**63)):
             return None
         plan = preemption.plan(self._capacity, job.gang, job.priority, self._pool)
+        if plan is not None and not self._domains.holds(job.gang, plan.placements):
+            plan = None
         if plan is None:
             self._cannot_preempt[shape] = job.priority
         return plan

@@ -11,6 +11,10 @@ preferring the fullest device that still fits, so whole devices stay free.
 
 A pod asking extended resources (``rdma/hca: 2``) also needs that much of each free on
 its node; they narrow the candidate nodes but do not enter the best-fit score.
+
+``within`` (a mask over nodes) confines a gang to one topology domain; ``topology``
+chooses the domains. On a node with a declared NUMA layout a pod's whole GPUs come from
+one NUMA node when they fit in one (``numa``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tidemill.scheduler import reasons
+from tidemill.scheduler import numa, reasons
 from tidemill.scheduler.capacity import EPS, Bools, Capacity, Floats, Indices, Ints
 from tidemill.scheduler.reasons import Shortfall
 from tidemill.scheduler.types import Placement, PodRequest, Reason
@@ -37,6 +41,8 @@ class Misfit:
 
     placed: int
     shortfall: Shortfall
+    topology: Reason | None = None
+    """Set when the gang fit no topology domain it required: the reason to show."""
 
 
 def size_key(pod: PodRequest) -> tuple[bool, float, int, int]:
@@ -104,13 +110,16 @@ def never_fits(capacity: Capacity, pod: PodRequest) -> Reason:
     return reasons.no_node_large_enough(pod, largest, int(capacity.schedulable.sum()))
 
 
-def place_gang(capacity: Capacity, pods: Sequence[PodRequest]) -> tuple[Placement, ...] | Misfit:
-    """Place every pod and hold them on ``capacity``, or hold nothing and say why.
+def place_gang(
+    capacity: Capacity, pods: Sequence[PodRequest], within: Bools | None = None
+) -> tuple[Placement, ...] | Misfit:
+    """Place every pod (on nodes in ``within``, if given) and hold them on ``capacity``,
+    or hold nothing and say why.
 
     Placements come back in the order of ``pods``.
     """
     start = capacity.mark()
-    placed = _place_all(capacity, pods)
+    placed = _place_all(capacity, pods, within)
     if isinstance(placed, tuple):
         return placed
     shortfall = _shortfall(capacity, placed.pod)
@@ -144,13 +153,16 @@ class _Stuck:
     pod: PodRequest
 
 
-def _place_all(capacity: Capacity, pods: Sequence[PodRequest]) -> tuple[Placement, ...] | _Stuck:
+def _place_all(
+    capacity: Capacity, pods: Sequence[PodRequest], within: Bools | None = None
+) -> tuple[Placement, ...] | _Stuck:
     """Hold pods biggest first; stop at the first that fits nowhere, leaving the
     earlier ones held so the caller can explain against that state before undoing."""
     placed: dict[int, Placement] = {}
     spread_nodes: set[str] = set()
     for position, pod in sorted(enumerate(pods), key=lambda item: (*size_key(item[1]), item[0])):
-        placement = place_pod(capacity, pod, spread_nodes if pod.spread else frozenset())
+        avoid = spread_nodes if pod.spread else frozenset()
+        placement = place_pod(capacity, pod, avoid, within)
         if placement is None:
             return _Stuck(len(placed), pod)
         capacity.hold([placement])
@@ -161,11 +173,14 @@ def _place_all(capacity: Capacity, pods: Sequence[PodRequest]) -> tuple[Placemen
 
 
 def place_pod(
-    capacity: Capacity, pod: PodRequest, avoid: AbstractSet[str] = frozenset()
+    capacity: Capacity,
+    pod: PodRequest,
+    avoid: AbstractSet[str] = frozenset(),
+    within: Bools | None = None,
 ) -> Placement | None:
-    """The best-fit spot for one pod as things are now, off the nodes in ``avoid`` when
-    another fits; nothing is held."""
-    chosen = _choose(capacity, pod, avoid)
+    """The best-fit spot for one pod as things are now, on a node in ``within`` (all if
+    None), off the nodes in ``avoid`` when another fits; nothing is held."""
+    chosen = _choose(capacity, pod, avoid, within)
     if chosen is None:
         return None
     row, devices = chosen
@@ -183,7 +198,7 @@ def place_pod(
 
 
 def _choose(
-    capacity: Capacity, pod: PodRequest, avoid: AbstractSet[str]
+    capacity: Capacity, pod: PodRequest, avoid: AbstractSet[str], within: Bools | None
 ) -> tuple[int, tuple[int, ...]] | None:
     """The best-fit node for ``pod`` and the devices to take there.
 
@@ -191,6 +206,8 @@ def _choose(
     """
     ok = capacity.eligible_mask(pod.gpu_model) & (capacity.free_cpu >= pod.cpu_millis)
     ok &= capacity.free_memory >= pod.memory_bytes
+    if within is not None:
+        ok &= within
     if pod.extended:
         ok &= capacity.extended_mask(pod.extended)
     if avoid:
@@ -217,7 +234,7 @@ def _choose(
         rows = np.flatnonzero(spare == fewest)
         secondary = _left(capacity, pod, rows)
     row = int(rows[int(np.argmin(secondary))])
-    return row, _devices(capacity.gpu_used[row], pod.gpu)
+    return row, _devices(capacity.gpu_used[row], pod.gpu, capacity.numa[row])
 
 
 def _left(capacity: Capacity, pod: PodRequest, rows: Indices) -> Floats:
@@ -235,9 +252,10 @@ def _fullest_fitting(used: Floats, share: float) -> Floats:
     return fullest
 
 
-def _devices(used: Floats, gpu: float) -> tuple[int, ...]:
+def _devices(used: Floats, gpu: float, layout: numa.Layout) -> tuple[int, ...]:
     if gpu >= 1:
-        return tuple(int(d) for d in np.flatnonzero(used <= EPS)[: int(gpu)])
+        free = [int(d) for d in np.flatnonzero(used <= EPS)]
+        return numa.whole_devices(free, int(gpu), layout)
     if gpu > 0:
         fitting = np.where(used <= 1.0 - gpu + EPS, used, -1.0)
         return (int(np.argmax(fitting)),)

@@ -37,6 +37,9 @@ class Code(StrEnum):
     UNKNOWN_QUEUE = "UnknownQueue"
     BLOCKED_BY_QUEUE_HEAD = "BlockedByQueueHead"
     INVALID_REQUEST = "InvalidRequest"
+    TOPOLOGY_DOES_NOT_FIT = "TopologyDoesNotFit"
+    TOPOLOGY_DOMAIN_TOO_SMALL = "TopologyDomainTooSmall"
+    NO_TOPOLOGY_DOMAIN = "NoTopologyDomain"
 
 
 _SHORT_OF = {
@@ -271,3 +274,52 @@ def _value(pod: PodRequest, resource: str) -> float:
 
 def _by_resource(vector: ResourceVector) -> dict[str, float]:
     return {"cpu": vector.cpu_millis, "memory": vector.memory_bytes, "gpu": vector.gpu}
+
+
+def topology_does_not_fit(need: str, level: str, block: str, domain: str) -> Reason:
+    """A required packing no domain's free room holds now ("needs 16 gpu within one
+    rack (8 worker x 2 gpu); the largest free rack block is 12 gpu on r2")."""
+    where = f"the largest free {level} block is {block} on {domain}" if domain else "none is free"
+    return Reason(Code.TOPOLOGY_DOES_NOT_FIT.value, f"needs {need} within one {level}; {where}")
+
+
+def topology_domain_too_small(need: str, level: str, size: str, domain: str) -> Reason:
+    """A required packing larger than any domain even when empty: waiting will not help."""
+    return Reason(
+        Code.TOPOLOGY_DOMAIN_TOO_SMALL.value,
+        f"needs {need} within one {level}; the largest {level} has {size} in all ({domain}): "
+        f"set topology.required: false or packWithin a larger level, or ask for less",
+    )
+
+
+def no_topology_domain(pod: PodRequest, level: str, levels: Sequence[str]) -> Reason:
+    """A required packing at a level that is not declared, or that no schedulable node
+    is labelled with."""
+    if level in levels:
+        why = f"no schedulable node carries the label {level}"
+    else:
+        declared = ", ".join(levels) or "none"
+        why = f"{level} is not a topology level of this cluster (levels: {declared})"
+    return Reason(
+        Code.NO_TOPOLOGY_DOMAIN.value,
+        f"pod {pod_name(pod)} must be packed within one {level}; {why}",
+    )
+
+
+def cannot_grow_within(pod: PodRequest, domains: str, block: str, node: str) -> Reason:
+    """A running job's optional pod that found no room in its role's topology domain."""
+    return Reason(
+        Code.TOPOLOGY_DOES_NOT_FIT.value,
+        f"cannot add {pod_name(pod)}: it needs {pod_pieces(pod)} within {domains}, beside its "
+        f"role's pods; largest free block there is {block} on {node}",
+    )
+
+
+NO_LEVELS_NOTE = "packWithin ignored: this cluster declares no topology levels"
+"""A bind's note when a job asks for packing on a cluster without levels."""
+
+
+def spread_note(role_names: str, need: str, level: str, block: str, domain: str, where: str) -> str:
+    """What a bind says when a preferred packing fell back to a larger domain or a spread."""
+    best = f"the largest free {level} block is {block} on {domain}" if domain else "none is free"
+    return f"{role_names}: no {level} holds {need}; {best}; {where}"

@@ -50,6 +50,26 @@ class ResourceVector:
 
 
 @dataclass(frozen=True)
+class NumaNode:
+    """One NUMA node of a machine: the CPU ids and GPU devices attached to it."""
+
+    cpus: tuple[int, ...]
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopologyRequest:
+    """A role's ask to run its gang pods inside one domain of a topology level.
+
+    ``level`` is a node label key the cluster declares as a level (``rack``). Pods of a
+    job asking the same level share one domain. ``required``: wait rather than spread;
+    otherwise a gang that fits no domain is spread, with a note in its bind."""
+
+    level: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """A node's capacity. GPUs are devices ``0 .. gpus-1``."""
 
@@ -62,6 +82,9 @@ class NodeInfo:
     schedulable: bool = True
     extended: dict[str, int] = field(default_factory=dict)
     """Extended resources the node offers, by name (``{"rdma/hca": 4}``)."""
+    numa: tuple[NumaNode, ...] = ()
+    """Its NUMA layout, if declared: a pod's GPUs are taken from one NUMA node when
+    they fit in one."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +117,8 @@ class PodRequest:
     spread: bool = False
     """Placed before the gang's other pods, each on a node no other spread pod of the gang
     has when the cluster allows (parameter servers: one shard per node's memory and NIC)."""
+    topology: TopologyRequest | None = None
+    """Pack this pod with the job's other pods asking the same level into one domain."""
 
     @property
     def vector(self) -> ResourceVector:
@@ -187,6 +212,9 @@ class ClusterState:
     nodes: tuple[NodeInfo, ...]
     queues: dict[str, QueueInfo]
     running: tuple[RunningJob, ...] = ()
+    topology: tuple[str, ...] = ()
+    """Node label keys that name topology domains, smallest level first
+    (``("nvlink-domain", "rack", "zone")``)."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +230,9 @@ class SchedulerConfig:
 class Bind:
     job: str
     placements: tuple[Placement, ...]
+    note: str = ""
+    """How the placement departs from what the job preferred (a gang spread because no
+    domain of its ``packWithin`` level held it), for the bind's event."""
 
 
 @dataclass(frozen=True)
