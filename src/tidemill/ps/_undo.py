@@ -1,0 +1,147 @@
+"""The undo log of a table shard: what :meth:`ShardTable.rollback` needs to put the
+shard back at its last cut, and no more.
+
+Three logs, each an array with a used length:
+
+- ``saved`` ``(rows, meta, tally)``: rows that existed at the cut, copied whole before
+  their first change in the epoch. The tally's mark column holds the epoch that saved
+  a row (rows created in the epoch carry it too), so a row is saved at most once and
+  the log never holds more entries than the rows at the cut;
+- ``created``: ids of rows created since the cut, nothing else, since rollback only
+  deletes them. A fill costs 8 bytes a row here instead of a copy of the row;
+- ``sketch_log``: ``(cell, old count)`` per change of the admission sketch.
+
+A cut drops the log. Arrays that grew past :data:`KEEP_SHARE` of the table's rows (or
+:data:`KEEP_MIN` entries) are released then, so a fill or a long epoch gives its memory
+back, while a table cut every few steps keeps reusing the same room.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tidemill.ps import _kernels as k
+
+__all__ = ["KEEP_MIN", "KEEP_SHARE", "UndoLog", "grown"]
+
+GROWTH = 1.5
+KEEP_SHARE = 1 / 8
+"""Of the table's rows: the most entries a log keeps room for from one epoch to the next."""
+KEEP_MIN = 1024
+EPOCH_MAX = 2**32 - 1
+
+
+def grown(
+    array: npt.NDArray[Any], needed: int, used: int, limit: int | None = None
+) -> npt.NDArray[Any]:
+    """``array`` if it has ``needed`` rows, else a copy of its first ``used`` rows with
+    room for 1.5x as many (never more than ``limit``, when given, nor less than needed)."""
+    if array.shape[0] >= needed:
+        return array
+    size = max(needed, int(array.shape[0] * GROWTH) + 16)
+    if limit is not None:
+        size = max(needed, min(size, limit))
+    bigger = np.empty((size, *array.shape[1:]), array.dtype)
+    bigger[:used] = array[:used]
+    return bigger
+
+
+class UndoLog:
+    """The log of one table since its last cut (epoch 0: no cut, nothing logged).
+
+    >>> log = UndoLog(width=4)
+    >>> log.open(np.zeros((0, 3), np.uint32), rows=0, version=1, tomb_n=0); log.epoch
+    1
+    >>> log.reserve_saved(10); log.saved[0].shape  # no row existed at the cut
+    (0, 4)
+    """
+
+    saved: k.Store
+    created: k.Ids
+    sketch_log: k.Meta
+
+    def __init__(self, width: int) -> None:
+        self.epoch = 0
+        self.cut_rows = self.cut_version = self.cut_tomb_n = 0
+        self.saved_n = self.created_n = self.sketch_n = 0
+        self.saved = (
+            np.empty((0, width), np.float32),
+            np.empty((0, 3), np.int64),
+            np.empty((0, 3), np.uint32),
+        )
+        self.created = np.empty(0, np.int64)
+        self.sketch_log = np.empty((0, 2), np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the log's arrays, their unused room included."""
+        return sum(a.nbytes for a in (*self.saved, self.created, self.sketch_log))
+
+    def open(self, tally: k.Tally, rows: int, version: int, tomb_n: int) -> None:
+        """Start a new epoch at a cut of ``rows`` rows (``tally`` is the table's), dropping
+        the log and releasing the room it does not keep."""
+        if self.epoch >= EPOCH_MAX:
+            tally[:rows, k.MARK] = 0
+            self.epoch = 0
+        self.epoch += 1
+        self.cut_rows, self.cut_version, self.cut_tomb_n = rows, version, tomb_n
+        self._release(keep=max(KEEP_MIN, int(rows * KEEP_SHARE)))
+
+    def close(self) -> None:
+        """End the epoch (a load replaced the rows): nothing is logged until the next cut."""
+        self.epoch = 0
+        self._release(keep=0)
+
+    def reserve_saved(self, extra: int) -> None:
+        """Room to save ``extra`` more rows (no more than the rows at the cut not yet saved)."""
+        if self.epoch:
+            needed = self.saved_n + min(extra, self.cut_rows - self.saved_n)
+            rows, meta, tally = (grown(a, needed, self.saved_n, self.cut_rows) for a in self.saved)
+            self.saved = (rows, meta, tally)
+
+    def reserve_created(self, extra: int) -> None:
+        """Room to log ``extra`` more created ids."""
+        if self.epoch:
+            self.created = grown(self.created, self.created_n + extra, self.created_n)
+
+    def reserve_sketch(self, extra: int) -> None:
+        """Room to log ``extra`` more changes of sketch cells."""
+        if self.epoch:
+            self.sketch_log = grown(self.sketch_log, self.sketch_n + extra, self.sketch_n)
+
+    def rollback(
+        self, index: k.Index, store: k.Store, n: int, sketch: npt.NDArray[np.uint32]
+    ) -> int:
+        """Put ``store``, ``index`` and ``sketch`` back as they were at the cut; returns n
+        (the rows at the cut). The epoch stays open, its log dropped."""
+        rows, meta, tally = self.saved
+        used = self.saved_n
+        n = k.rollback(
+            index,
+            store,
+            n,
+            (rows[:used], meta[:used], tally[:used]),
+            self.created[: self.created_n],
+            sketch,
+            self.sketch_log[: self.sketch_n],
+        )
+        self.open(store[2], n, self.cut_version, self.cut_tomb_n)
+        return n
+
+    def _release(self, keep: int) -> None:
+        """Empty the log; replace each array with room for more than ``keep`` entries."""
+        self.saved_n = self.created_n = self.sketch_n = 0
+        rows, meta, tally = (_trimmed(a, keep) for a in self.saved)
+        self.saved = (rows, meta, tally)
+        self.created = _trimmed(self.created, keep)
+        self.sketch_log = _trimmed(self.sketch_log, keep)
+
+
+def _trimmed(array: npt.NDArray[Any], keep: int) -> npt.NDArray[Any]:
+    """``array`` if it has room for at most ``keep`` entries, else an empty one like it."""
+    if array.shape[0] <= keep:
+        return array
+    return np.empty((0, *array.shape[1:]), array.dtype)
