@@ -1,5 +1,6 @@
 """The undo log: rollback after rows were created and old rows changed restores the cut
-bit for bit, created rows cost an id each, and a new cut gives the log's memory back."""
+bit for bit, created rows cost an id each, and a cut gives back the room the epoch
+before it did not need."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 from tidemill.ps._config import TableConfig
 from tidemill.ps._optimizers import OptimizerConfig
 from tidemill.ps._table import ShardTable
-from tidemill.ps._undo import KEEP_MIN, KEEP_SHARE
+from tidemill.ps._undo import KEEP_MIN
 
 from .test_table_versions import assert_identical
 
@@ -61,7 +62,7 @@ def test_rollback_after_creating_rows_then_updating_old_ones_restores_the_cut_ex
     assert_identical(table.export(), committed)  # the admission sketch included
 
 
-def test_created_rows_cost_the_log_an_id_each_and_the_next_cut_releases_it() -> None:
+def test_created_rows_cost_the_log_an_id_each_and_a_cut_after_a_small_epoch_frees_them() -> None:
     ids = np.arange(ROWS, dtype=np.int64) * 7_919 + 13
     plain = ShardTable(CONFIG)  # no epoch: nothing is logged
     fill(plain, ids)
@@ -72,38 +73,42 @@ def test_created_rows_cost_the_log_an_id_each_and_the_next_cut_releases_it() -> 
     logged = table.memory_bytes - plain.memory_bytes
     assert 8 * ROWS <= logged <= 16 * ROWS  # ids with 1.5x room, not copies of rows
 
-    table.begin(1)
-    assert table.memory_bytes == plain.memory_bytes
+    table.begin(1)  # the next epoch may be as large: the room stays
+    assert table.memory_bytes - plain.memory_bytes == logged
+    table.push(ids[:100], grads_for(ids[:100], 1), step=1)
+    table.begin(2)  # it was not: the ids' room goes, the 100 saved rows' room stays
+    assert table.memory_bytes - plain.memory_bytes == 100 * SAVED_ENTRY_BYTES
 
 
-def test_a_cut_releases_the_rows_an_epoch_saved_and_keeps_small_room_for_the_next() -> None:
+def test_a_cut_releases_the_room_of_a_large_epoch_once_a_smaller_one_follows() -> None:
     ids = np.arange(ROWS, dtype=np.int64) * 7_919 + 13
-    plain = ShardTable(CONFIG)
-    fill(plain, ids)
     table = ShardTable(CONFIG)
     fill(table, ids)
     table.begin(1)
     base = table.memory_bytes
-    assert base == plain.memory_bytes
 
     for step in range(1, 4):  # every row changed, three times: saved once
         table.push(ids, grads_for(ids, step), step=step)
     saved = table.memory_bytes - base
     assert ROWS * SAVED_ENTRY_BYTES <= saved <= ROWS * SAVED_ENTRY_BYTES + 4096
     table.begin(4)
-    assert table.memory_bytes == base
-
-    # a small epoch keeps its room from one cut to the next, within an eighth of the rows
-    few = ids[:1000]
-    table.push(few, grads_for(few, 4), step=4)
-    small = table.memory_bytes - base
-    assert 0 < small <= max(KEEP_MIN, ROWS * KEEP_SHARE) * SAVED_ENTRY_BYTES
+    assert table.memory_bytes - base == saved  # reused by an epoch of the same size
+    table.push(ids, grads_for(ids, 4), step=4)
     table.begin(5)
-    assert table.memory_bytes - base == small
+    assert table.memory_bytes - base == saved
 
-    # rollback of a large epoch releases its room as well, and restores the cut
+    few = ids[: 2 * KEEP_MIN]
+    table.push(few, grads_for(few, 5), step=5)
+    table.begin(6)  # room for the 2,048 rows this epoch saved, no more
+    assert table.memory_bytes - base == few.size * SAVED_ENTRY_BYTES
+    table.begin(7)  # an empty epoch: small room may stay, so small tables do not churn
+    assert table.memory_bytes - base == few.size * SAVED_ENTRY_BYTES
+
+    # a rollback keeps the room (the steps are about to run again) and restores the cut
     cut = table.export()
-    table.push(ids, grads_for(ids, 5), step=5)
+    table.push(ids, grads_for(ids, 7), step=7)
     table.rollback()
     assert_identical(table.export(), cut)
-    assert table.memory_bytes == base
+    table.push(ids[:10], grads_for(ids[:10], 7), step=7)
+    table.begin(8)
+    assert table.memory_bytes - base == 10 * SAVED_ENTRY_BYTES

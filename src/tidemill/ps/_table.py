@@ -362,8 +362,8 @@ class ShardTable:
 
     def begin(self, version: int) -> None:
         """Open a new undo epoch at ``version`` (the last commit); the previous log is
-        dropped and the room it grew past an eighth of the rows released. Costs nothing
-        per row until rows change.
+        dropped, and its room beyond twice what it held released. Costs nothing per row
+        until rows change.
 
         >>> table = ShardTable(TableConfig("t", dim=2)); table.begin(1)
         >>> _ = table.pull([8], step=0); table.rollback(); table.rows
