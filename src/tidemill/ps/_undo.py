@@ -12,11 +12,11 @@ Three logs, each an array with a used length:
 - ``sketch_log``: ``(cell, old count)`` per change of the admission sketch.
 
 A cut drops the log and sizes each array to what the epoch just closed used: room for
-more than twice that (and over :data:`KEEP_MIN` entries) is released, so a fill or one
-long epoch gives its memory back at the next cut after it, while epochs of a steady
-size keep writing into the same pages. (Releasing everything at each cut would make
-every epoch fault in and copy its log again: 15-35% slower steps when an epoch saves
-a third of the rows.)
+more than twice that (and over :data:`KEEP_MIN` entries) is released, so the room a fill
+or one long epoch took goes at the first cut after an epoch that needed less than half
+of it, while epochs of a steady size keep writing into the same pages. (Releasing
+everything at each cut would make every epoch fault in and copy its log again: 15-35%
+slower steps when an epoch saves a quarter of the rows.)
 """
 
 from __future__ import annotations
