@@ -3,8 +3,9 @@
 ``schedule(state, pending, config)`` is the whole interface; the modules behind it each
 answer one question: ``ordering`` (who goes next), ``quota`` (may the queue take more),
 ``placement`` (where does a gang fit), ``preemption`` (whom to shrink or stop),
-``victims`` (who may give room back), ``reasons`` (why a job waits), ``capacity`` (what
-is free, with undo).
+``victims`` (who may give room back), ``reclaim`` (what a queue below its guarantee
+takes back), ``reservation`` (room held for a job that waited too long), ``reasons``
+(why a job waits), ``capacity`` (what is free, with undo).
 """
 
 from tidemill.scheduler.core import schedule
@@ -20,6 +21,8 @@ from tidemill.scheduler.types import (
     Preemption,
     QueueInfo,
     Reason,
+    Reclaim,
+    Reservation,
     ResourceVector,
     RunningJob,
     SchedulerConfig,
@@ -38,6 +41,8 @@ __all__ = [
     "Preemption",
     "QueueInfo",
     "Reason",
+    "Reclaim",
+    "Reservation",
     "ResourceVector",
     "RunningJob",
     "SchedulerConfig",

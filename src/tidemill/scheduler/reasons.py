@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from tidemill.api.quantity import format_cpu, format_memory
@@ -17,8 +18,11 @@ from tidemill.scheduler.types import (
     Placement,
     PodRequest,
     Reason,
+    Reclaim,
+    Reservation,
     ResourceVector,
     RunningJob,
+    usage,
 )
 
 RESOURCES = ("cpu", "gpu", "memory")
@@ -37,6 +41,7 @@ class Code(StrEnum):
     UNKNOWN_QUEUE = "UnknownQueue"
     BLOCKED_BY_QUEUE_HEAD = "BlockedByQueueHead"
     INVALID_REQUEST = "InvalidRequest"
+    RESERVED = "Reserved"
 
 
 _SHORT_OF = {
@@ -225,14 +230,79 @@ def preemption_message(victim: RunningJob, preemptor: JobRequest) -> str:
 
 def shrink_message(job: RunningJob, removed: Sequence[Placement], preemptor: JobRequest) -> str:
     """What a shrink takes, per role, and for whom: the event the shrunk job shows."""
+    return (
+        f"shrunk {_shrunk(job, removed)} to make room for {preemptor.key} "
+        f"(priority {preemptor.priority} > {job.priority})"
+    )
+
+
+def reserved(reason: Reason, reservation: Reservation, waited_s: float, bound_s: float) -> Reason:
+    """A job that waited past its bound: what is held for it, where, and from when."""
+    nodes = ", ".join(sorted({p.node for p in reservation.placements}))
+    if reservation.due is None:
+        start = (
+            "its start is unknown: a job there has no activeDeadlineSeconds and its queue "
+            "no runtimeEstimateSeconds"
+        )
+    else:
+        start = f"expected to start at {timestamp(reservation.due)}"
+    return Reason(
+        Code.RESERVED.value,
+        f"waited {duration(waited_s)}, past the {duration(bound_s)} bound: "
+        f"{pieces(usage(reservation.placements))} held for it on {nodes} as it frees; "
+        f"{start}; only jobs that end before then may use that room ({reason.message})",
+    )
+
+
+def reclaim_message(victim: RunningJob, preemptor: JobRequest, claim: Reclaim) -> str:
+    """The event a job stopped to give a queue back its guarantee shows."""
+    nodes = ", ".join(sorted({p.node for p in victim.placements})) or "no node"
+    return (
+        f"preempted for {preemptor.key}: {_guarantee(claim)}; "
+        f"queue {victim.queue} is over its own; frees {pieces(victim.total)} on {nodes}"
+    )
+
+
+def reclaim_shrink_message(
+    job: RunningJob, removed: Sequence[Placement], preemptor: JobRequest, claim: Reclaim
+) -> str:
+    """The event a job shrunk to give a queue back its guarantee shows."""
+    return (
+        f"shrunk {_shrunk(job, removed)} to make room for {preemptor.key}: "
+        f"{_guarantee(claim)}; queue {job.queue} is over its own"
+    )
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as people say it: "45s", "12m", "3h 5m", "326h"."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, hours = whole // 60 % 60, whole // 3600
+    if hours == 0:
+        return f"{minutes}m"
+    return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+
+
+def timestamp(epoch_s: float) -> str:
+    """An epoch time in UTC, to the second ("2026-12-04 15:00:00 UTC")."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _shrunk(job: RunningJob, removed: Sequence[Placement]) -> str:
+    """Per role, its size before and after and the pods removed."""
     parts = []
     for role in sorted({p.role for p in removed}):
         names = [f"{p.role}-{p.index}" for p in removed if p.role == role]
         size = sum(1 for p in job.placements if p.role == role)
         parts.append(f"{role} {size}→{size - len(names)} (removes {', '.join(names)})")
+    return ", ".join(parts)
+
+
+def _guarantee(claim: Reclaim) -> str:
     return (
-        f"shrunk {', '.join(parts)} to make room for {preemptor.key} "
-        f"(priority {preemptor.priority} > {job.priority})"
+        f"queue {claim.queue} reclaims its guarantee of {pieces(claim.guaranteed)} "
+        f"(it held {pieces(claim.held)})"
     )
 
 

@@ -1,0 +1,175 @@
+"""Fair-share reclaim: a queue below its guarantee takes room back from queues over theirs.
+
+Priority preemption only stops lower-priority jobs, so a queue whose guaranteed share
+was lent out while it was idle could not get it back from jobs of equal priority. Here
+a gang whose queue stays within its guarantee once bound may shrink or stop jobs of
+other queues at any priority, as long as each of those queues keeps at least its own
+guarantee. Candidates go lowest priority first, then the most recently started (it has
+lost the least work); surplus pods of elastic jobs go before any job is stopped.
+
+Only resources a guarantee names (above zero) are weighed: a queue guaranteed GPUs
+reclaims GPUs and the cpu and memory its pods need beside them.
+
+The search is greedy and runs on the snapshot, which it leaves as it found it: take
+candidates in that order until the gang fits, then spare, last taken first, every one
+it still fits without.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from tidemill.scheduler.capacity import EPS, Capacity
+from tidemill.scheduler.placement import try_gang
+from tidemill.scheduler.preemption import Cut, Plan
+from tidemill.scheduler.types import (
+    JobRequest,
+    Placement,
+    PodRequest,
+    QueueInfo,
+    Reclaim,
+    ResourceVector,
+    RunningJob,
+    usage,
+)
+from tidemill.scheduler.victims import VictimPool
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Shrink ``job`` by all its surplus (``stop`` False) or stop what is left of it."""
+
+    job: RunningJob
+    stop: bool
+    placements: tuple[Placement, ...]
+
+
+def plan(
+    capacity: Capacity,
+    job: JobRequest,
+    pool: VictimPool,
+    queues: Mapping[str, QueueInfo],
+    held: Callable[[str], ResourceVector],
+) -> tuple[Plan, Reclaim] | None:
+    """Shrinks and stops in queues over their guarantee that let ``job``'s gang fit, or
+    None when its queue is not below its guarantee or no such plan exists.
+
+    ``held`` gives what a queue holds now. ``capacity`` is left exactly as it was.
+    """
+    wanted = queues[job.queue].guaranteed
+    before = held(job.queue)
+    if not _named(wanted) or not _within(before + job.gang_total, wanted):
+        return None
+    candidates = sorted(
+        (j for j in pool.remaining() if j.queue != job.queue and j.queue in queues),
+        key=_victim_order,
+    )
+    if not candidates:
+        return None
+    start = capacity.mark()
+    steps = _take(capacity, job, candidates, pool, queues, held)
+    found = None if steps is None else _trial(capacity, job.gang)
+    if steps is None or found is None:
+        capacity.undo(start)
+        return None
+    stopped: set[str] = set()
+    kept: list[_Step] = []
+    for step in reversed(steps):
+        if not step.stop and step.job.key in stopped:
+            kept.append(step)  # a stopped job gives its surplus back too
+            continue
+        mark = capacity.mark()
+        capacity.hold(step.placements)
+        trial = _trial(capacity, job.gang)
+        if trial is None:
+            capacity.undo(mark)
+            kept.append(step)
+            if step.stop:
+                stopped.add(step.job.key)
+        else:
+            found = trial
+    capacity.undo(start)
+    ranked = {j.key: i for i, j in enumerate(candidates)}
+    victims = sorted((s.job for s in kept if s.stop), key=lambda j: ranked[j.key])
+    cuts = sorted(
+        (Cut(s.job, len(s.placements)) for s in kept if not s.stop and s.job.key not in stopped),
+        key=lambda c: ranked[c.job.key],
+    )
+    return Plan(tuple(victims), found, tuple(cuts)), Reclaim(job.queue, wanted, before)
+
+
+def _take(
+    capacity: Capacity,
+    job: JobRequest,
+    candidates: Sequence[RunningJob],
+    pool: VictimPool,
+    queues: Mapping[str, QueueInfo],
+    held: Callable[[str], ResourceVector],
+) -> list[_Step] | None:
+    """Release candidates' surplus, then whole candidates, in order, each only while its
+    queue keeps its guarantee, until the gang fits; None if it never does."""
+    gang, need = job.gang, job.gang_total
+    left: dict[str, ResourceVector] = {}
+    steps: list[_Step] = []
+    cut: set[str] = set()
+    for stop in (False, True):
+        for victim in candidates:
+            surplus = tuple(p for _, p in pool.surplus(victim))
+            if stop:
+                placements = tuple(p for _, p in pool.core(victim))
+                if victim.key not in cut:
+                    placements += surplus
+            elif surplus:
+                placements = surplus
+            else:
+                continue
+            after = left.get(victim.queue, held(victim.queue)) - usage(placements)
+            if not _keeps(after, queues[victim.queue].guaranteed):
+                continue
+            left[victim.queue] = after
+            capacity.release(placements)
+            steps.append(_Step(victim, stop, placements))
+            if not stop:
+                cut.add(victim.key)
+            if _enough(capacity.free_total(), need) and _trial(capacity, gang) is not None:
+                return steps
+    return None
+
+
+def _victim_order(job: RunningJob) -> tuple[int, bool, float, int, str]:
+    """Lowest priority first, then the most recently started (or submitted)."""
+    started = job.started_at
+    return (job.priority, started is None, -(started or 0.0), -job.sequence, job.key)
+
+
+def _trial(capacity: Capacity, gang: Sequence[PodRequest]) -> tuple[Placement, ...] | None:
+    mark = capacity.mark()
+    placed = try_gang(capacity, gang)
+    capacity.undo(mark)
+    return placed
+
+
+def _parts(vector: ResourceVector) -> tuple[float, float, float]:
+    return (float(vector.cpu_millis), float(vector.memory_bytes), vector.gpu)
+
+
+def _named(guaranteed: ResourceVector) -> bool:
+    return any(g > 0 for g in _parts(guaranteed))
+
+
+def _within(amount: ResourceVector, guaranteed: ResourceVector) -> bool:
+    """Whether ``amount`` stays within every resource the guarantee names."""
+    pairs = zip(_parts(amount), _parts(guaranteed), strict=True)
+    return all(a <= g + EPS for a, g in pairs if g > 0)
+
+
+def _keeps(amount: ResourceVector, guaranteed: ResourceVector) -> bool:
+    """Whether ``amount`` is still at least every resource the guarantee names."""
+    pairs = zip(_parts(amount), _parts(guaranteed), strict=True)
+    return all(a >= g - EPS for a, g in pairs if g > 0)
+
+
+def _enough(free: ResourceVector, need: ResourceVector) -> bool:
+    """A cheap bound before placing: the cluster has at least ``need`` free in all."""
+    return all(f >= n - EPS for f, n in zip(_parts(free), _parts(need), strict=True))
