@@ -261,3 +261,17 @@ def test_a_kept_reservation_for_a_job_that_changed_size_is_made_again() -> None:
     stale = Reservation("big", placements=(), due=NOW)
     decisions = decide(nodes=NODES, jobs=[BIG], running_jobs=BUSY, now=NOW, reservations=[stale])
     assert reserved_nodes(decisions) == {"big": ["n1", "n2"]}
+
+
+def test_under_strict_fifo_a_job_past_its_bound_is_its_queues_head_and_blocks_the_rest() -> None:
+    decisions = decide(
+        nodes=NODES,
+        jobs=[BIG, SMALL.runtime(60).priority(10)],
+        running_jobs=BUSY,
+        now=NOW,
+        strict_fifo=True,
+    )
+    assert bound(decisions) == []
+    blocked = decisions.pending["small"]
+    assert blocked.code == "BlockedByQueueHead"
+    assert blocked.message.endswith("its head big is pending (Reserved)")

@@ -112,9 +112,15 @@ def schedule(
     cycle = _Cycle(state, config, capacity, order, pool, book)
     for late_job in book.starving:
         reason = cycle.admit(late_job, decisions)
-        if reason is not None:
-            stopped = {p.victim for p in decisions.preemptions}
-            decisions.pending[late_job.key] = book.reserve(capacity, late_job, reason, stopped)
+        if reason is None:
+            continue
+        stopped = {p.victim for p in decisions.preemptions}
+        reason = decisions.pending[late_job.key] = book.reserve(capacity, late_job, reason, stopped)
+        if config.strict_fifo:  # it waited longest: it is its queue's head now
+            for waiting in order.drop(late_job.queue):
+                decisions.pending[waiting.key] = reasons.blocked_by_head(
+                    late_job.queue, late_job.key, reason
+                )
     while (job := order.next()) is not None:
         reason = cycle.admit(job, decisions)
         if reason is None:
@@ -143,6 +149,7 @@ class _Cycle:
     ) -> None:
         self._state = state
         self._book = book
+        self._reclaimer = reclaim.Reclaimer(capacity, pool, state.queues, order.held)
         self._config = config
         self._capacity = capacity
         self._order = order
@@ -181,9 +188,7 @@ class _Cycle:
         plan = self._plan(job, shape) if self._pool.any_below(job.priority) else None
         claim = None
         if plan is None and self._config.reclaim:
-            found = reclaim.plan(
-                self._capacity, job, self._pool, self._state.queues, self._order.held
-            )
+            found = self._reclaimer.plan(job, shape)
             if found is not None:
                 plan, claim = found
         if plan is None:

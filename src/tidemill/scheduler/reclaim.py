@@ -17,7 +17,7 @@ it still fits without.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tidemill.scheduler.capacity import EPS, Capacity
@@ -43,6 +43,39 @@ class _Step:
     job: RunningJob
     stop: bool
     placements: tuple[Placement, ...]
+
+
+class Reclaimer:
+    """Reclaim plans for one cycle.
+
+    A gang shape that found no plan in a queue is not searched again in that queue this
+    cycle: free room only shrinks and what other queues may give only falls, so a
+    backlog of look-alike jobs costs one search, not one each.
+    """
+
+    def __init__(
+        self,
+        capacity: Capacity,
+        pool: VictimPool,
+        queues: Mapping[str, QueueInfo],
+        held: Callable[[str], ResourceVector],
+    ) -> None:
+        self._capacity = capacity
+        self._pool = pool
+        self._queues = queues
+        self._held = held
+        self._failed: set[tuple[str, Hashable]] = set()
+
+    def plan(self, job: JobRequest, shape: Hashable) -> tuple[Plan, Reclaim] | None:
+        """Shrinks and stops in queues over their guarantee that let ``job``'s gang (of
+        ``shape``) fit, or None when its queue is not below its guarantee or no such
+        plan exists. The snapshot is left exactly as it was."""
+        if (job.queue, shape) in self._failed:
+            return None
+        found = plan(self._capacity, job, self._pool, self._queues, self._held)
+        if found is None:
+            self._failed.add((job.queue, shape))
+        return found
 
 
 def plan(
