@@ -156,7 +156,12 @@ def test_only_jobs_that_end_before_the_reservation_is_due_backfill(
         assert (pod.node, pod.gpu_ids) == ("n2", (0, 1, 2, 3))
     else:
         assert bound(decisions) == []
-        assert decisions.pending["small"].code == "InsufficientGPU"
+        reason = decisions.pending["small"]
+        assert reason.code == "InsufficientGPU"
+        assert reason.message.endswith(
+            "room reserved for big is left out "
+            "(a job that ends by 2026-12-04 15:36:40 UTC may use it)"
+        )
 
 
 def test_without_a_reservation_a_small_job_takes_the_room_as_it_frees_and_the_gang_waits_on() -> (

@@ -182,7 +182,7 @@ class _Cycle:
         if backfilled is not None:
             self._bind(job, backfilled, decisions)
             return None
-        reason = reasons.does_not_fit(job, placed.placed, placed.shortfall)
+        reason = self._book.note(reasons.does_not_fit(job, placed.placed, placed.shortfall))
         if not self._config.preemption:
             return reason
         plan = self._plan(job, shape) if self._pool.any_below(job.priority) else None

@@ -254,6 +254,19 @@ def reserved(reason: Reason, reservation: Reservation, waited_s: float, bound_s:
     )
 
 
+def with_reservation_note(reason: Reason, held: Sequence[Reservation]) -> Reason:
+    """Tell the reader that free-looking room is held for jobs that waited too long."""
+    jobs = ", ".join(r.job for r in held[:3]) + (
+        f" and {len(held) - 3} more" if len(held) > 3 else ""
+    )
+    dues = [r.due for r in held if r.due is not None]
+    if dues:
+        rule = f"a job that ends by {timestamp(min(dues))} may use it"
+    else:
+        rule = "no job may use it until their start is known"
+    return Reason(reason.code, f"{reason.message}; room reserved for {jobs} is left out ({rule})")
+
+
 def reclaim_message(victim: RunningJob, preemptor: JobRequest, claim: Reclaim) -> str:
     """The event a job stopped to give a queue back its guarantee shows."""
     nodes = ", ".join(sorted({p.node for p in victim.placements})) or "no node"

@@ -114,6 +114,10 @@ class Reservations:
             capacity.hold(placed)
         return placed
 
+    def note(self, reason: Reason) -> Reason:
+        """``reason``, saying that room held for others was left out, when any was."""
+        return reasons.with_reservation_note(reason, self.held) if self.held else reason
+
     def _bound(self, job: JobRequest) -> float | None:
         queue = self._state.queues[job.queue]
         if queue.reserve_after_s is not None:
