@@ -12,7 +12,9 @@ reclaims GPUs and the cpu and memory its pods need beside them.
 
 The search is greedy and runs on the snapshot, which it leaves as it found it: take
 candidates in that order until the gang fits, then spare, last taken first, every one
-it still fits without.
+it still fits without (at once for those off the nodes the gang uses). The gang is
+placed again only after a step that frees enough in all and leaves some pod of it
+fitting on a node the step touched.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from tidemill.scheduler.capacity import EPS, Capacity
-from tidemill.scheduler.placement import try_gang
+from tidemill.scheduler.placement import fits, try_gang
 from tidemill.scheduler.preemption import Cut, Plan
 from tidemill.scheduler.types import (
     JobRequest,
@@ -94,10 +98,14 @@ def plan(
     before = held(job.queue)
     if not _named(wanted) or not _within(before + job.gang_total, wanted):
         return None
-    candidates = sorted(
-        (j for j in pool.remaining() if j.queue != job.queue and j.queue in queues),
-        key=_victim_order,
-    )
+    givers = {
+        name
+        for name, queue in queues.items()
+        if name != job.queue and _keeps(held(name), queue.guaranteed)
+    }
+    if not givers:
+        return None
+    candidates = sorted((j for j in pool.remaining() if j.queue in givers), key=_victim_order)
     if not candidates:
         return None
     start = capacity.mark()
@@ -108,12 +116,15 @@ def plan(
         return None
     stopped: set[str] = set()
     kept: list[_Step] = []
+    used = set(capacity.node_indices(found))
     for step in reversed(steps):
         if not step.stop and step.job.key in stopped:
             kept.append(step)  # a stopped job gives its surplus back too
             continue
         mark = capacity.mark()
         capacity.hold(step.placements)
+        if used.isdisjoint(capacity.node_indices(step.placements)):
+            continue  # off the gang's nodes: spared without placing it again
         trial = _trial(capacity, job.gang)
         if trial is None:
             capacity.undo(mark)
@@ -122,6 +133,7 @@ def plan(
                 stopped.add(step.job.key)
         else:
             found = trial
+            used = set(capacity.node_indices(found))
     capacity.undo(start)
     ranked = {j.key: i for i, j in enumerate(candidates)}
     victims = sorted((s.job for s in kept if s.stop), key=lambda j: ranked[j.key])
@@ -143,6 +155,8 @@ def _take(
     """Release candidates' surplus, then whole candidates, in order, each only while its
     queue keeps its guarantee, until the gang fits; None if it never does."""
     gang, need = job.gang, job.gang_total
+    shapes = list({_pod_shape(pod): pod for pod in gang}.values())
+    free = capacity.free_total()
     left: dict[str, ResourceVector] = {}
     steps: list[_Step] = []
     cut: set[str] = set()
@@ -162,12 +176,35 @@ def _take(
                 continue
             left[victim.queue] = after
             capacity.release(placements)
+            free = free + usage(placements)
             steps.append(_Step(victim, stop, placements))
             if not stop:
                 cut.add(victim.key)
-            if _enough(capacity.free_total(), need) and _trial(capacity, gang) is not None:
+            if (
+                _enough(free, need)
+                and _helps(capacity, shapes, capacity.node_indices(placements))
+                and _trial(capacity, gang) is not None
+            ):
                 return steps
     return None
+
+
+def _pod_shape(pod: PodRequest) -> tuple[int, int, float, str | None, tuple[tuple[str, int], ...]]:
+    return (pod.cpu_millis, pod.memory_bytes, pod.gpu, pod.gpu_model, pod.extended)
+
+
+def _helps(capacity: Capacity, pods: Sequence[PodRequest], rows: list[int]) -> bool:
+    """Whether one of ``pods`` fits on one of the nodes ``rows`` now."""
+    at = np.array(rows, dtype=np.intp)
+    for pod in pods:
+        ok = capacity.eligible_mask(pod.gpu_model)[at] & fits(
+            pod, capacity.free_cpu[at], capacity.free_memory[at], capacity.gpu_used[at]
+        )
+        if pod.extended:
+            ok &= capacity.extended_mask(pod.extended)[at]
+        if ok.any():
+            return True
+    return False
 
 
 def _victim_order(job: RunningJob) -> tuple[int, bool, float, int, str]:
