@@ -5,7 +5,8 @@ What these pin: a queue taking back its guarantee stops the other queue's job wi
 ``Reclaimed`` event that names the guarantee; a job that waited past its bound shows
 ``Reserved`` with its expected start, the room stays held across passes (a newcomer
 with no deadline does not take it, one with a short deadline does), and the gang
-starts once the room frees.
+starts once the room frees; and what the scheduler is told of time: a running job's
+expected end and a pending job's wait start.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from tidemill.api.cluster import ClusterSpec, NodeSpec, QueueSpec
 from tidemill.api.job import TrainingJob
 from tidemill.controller.reconciler import Controller, ControllerConfig
+from tidemill.controller.snapshot import running_job, waiting_since
 from tidemill.engines.local import LocalEngine
 from tidemill.scheduler.reasons import timestamp
 from tidemill.store.store import Store
@@ -160,3 +162,60 @@ def test_a_job_past_its_bound_holds_room_until_it_frees_and_only_short_jobs_back
     controller.delete("ads", "short")
     until(controller, "big", running)
     assert row_of(controller, "no-deadline").phase == "Pending"
+
+
+def row(scheduled_at: float | None = None, started_at: float | None = None) -> JobRow:
+    return JobRow(
+        namespace="ads",
+        name="j",
+        queue="ads",
+        priority=0,
+        phase="Pending",
+        created_at=10.0,
+        scheduled_at=scheduled_at,
+        started_at=started_at,
+        conditions=[],
+        replicas=[],
+        desired={},
+    )
+
+
+EXPECTED_END_CASES = [
+    pytest.param(600, None, 700.0, id="a job with a deadline ends a deadline after it first ran"),
+    pytest.param(
+        None, 1800.0, 1890.0, id="a job without one ends its queue's estimate after it was bound"
+    ),
+    pytest.param(600, 1800.0, 700.0, id="a deadline wins over the queue's estimate"),
+    pytest.param(None, None, None, id="a job with neither has no expected end"),
+]
+
+
+@pytest.mark.parametrize(("deadline_s", "estimate_s", "expected"), EXPECTED_END_CASES)
+def test_a_running_job_is_expected_to_end_at_its_deadline_or_its_queues_estimate(
+    deadline_s: int | None, estimate_s: float | None, expected: float | None
+) -> None:
+    spec = job("j", "ads", cpu=1, deadline_s=deadline_s)
+    built = running_job(row(scheduled_at=90.0, started_at=100.0), spec, estimate_s)
+    assert (built.started_at, built.expected_end) == (90.0, expected)
+
+
+def test_a_pending_job_waits_since_submission_or_since_it_was_last_preempted() -> None:
+    assert waiting_since(row()) == 10.0
+    preempted = row(scheduled_at=90.0, started_at=100.0)
+    preempted.conditions = [
+        {
+            "type": "Running",
+            "status": False,
+            "reason": "Preempted",
+            "message": "",
+            "last_transition_time": 500.0,
+        },
+        {
+            "type": "Pending",
+            "status": True,
+            "reason": "Preempted",
+            "message": "",
+            "last_transition_time": 500.0,
+        },
+    ]
+    assert waiting_since(preempted) == 500.0
