@@ -190,3 +190,54 @@ def test_a_higher_priority_job_preempts_by_priority_before_it_reclaims() -> None
     )
     assert victims(decisions) == ["ads-low"]
     assert decisions.preemptions[0].reclaim is None
+
+
+GUARDED = [
+    running("ads-a").queue("ads").seq(2).on("n1", gpu_ids=range(4)),
+    running("search-low").queue("search").seq(1).on("n1", gpu_ids=range(4, 8)),
+]
+"""n1 only: ads holds 4 gpu of its 8 guaranteed; ads-a is the newest, preempted first."""
+
+
+def test_a_higher_priority_job_of_another_queue_preempts_around_a_queue_within_its_guarantee() -> (
+    None
+):
+    decisions = decide(
+        nodes=NODES[:1],
+        jobs=[job("urgent").queue("search").gpus(4).priority(50)],
+        running_jobs=GUARDED,
+        queues=[ADS, queue("search")],
+    )
+    assert victims(decisions) == ["search-low"]
+
+
+def test_a_higher_priority_job_never_takes_another_queue_below_its_guarantee() -> None:
+    decisions = decide(
+        nodes=NODES[:1],
+        jobs=[job("urgent").queue("search").gpus(8).priority(50)],
+        running_jobs=GUARDED,
+        queues=[ADS, queue("search")],
+    )
+    assert victims(decisions) == []
+    assert decisions.pending["urgent"].message.endswith(
+        "preempting lower-priority jobs would take queue ads below its guarantee"
+    )
+
+
+def test_a_reclaimed_job_of_higher_priority_does_not_take_the_room_straight_back() -> None:
+    """Reclaim, then priority preemption, then reclaim again would never end."""
+    first = decide(
+        nodes=NODES[:1],
+        jobs=[job("ads-job").queue("ads").gpus(8)],
+        running_jobs=[running("vip").queue("search").priority(50).on("n1", gpu_ids=range(8))],
+        queues=[ADS, queue("search")],
+    )
+    assert victims(first) == ["vip"]
+    second = decide(
+        nodes=NODES[:1],
+        jobs=[job("vip").queue("search").gpus(8).priority(50)],
+        running_jobs=[running("ads-job").queue("ads").on("n1", gpu_ids=range(8))],
+        queues=[ADS, queue("search")],
+    )
+    assert victims(second) == []
+    assert bound(second) == []

@@ -155,6 +155,8 @@ class _Cycle:
         self._order = order
         self._pool = pool
         self._cannot_preempt: dict[_Shape, int] = {}
+        self._guarded: dict[_Shape, str] = {}
+        """Gang shapes whose preemption plan would take this queue below its guarantee."""
         self._misfits: dict[_Shape, Misfit] = {}
         """Gang shapes that did not fit on free room this cycle, with why."""
         self._fits_empty: dict[tuple[int, int, float, str | None, Extended], bool] = {}
@@ -193,7 +195,8 @@ class _Cycle:
                 plan, claim = found
         if plan is None:
             tried = self._pool.any_below(job.priority)
-            return reasons.with_preemption_note(reason) if tried else reason
+            guarded = self._guarded.get(shape)
+            return reasons.with_preemption_note(reason, guarded) if tried else reason
         self._commit(job, plan, decisions, claim)
         self._bind(job, plan.placements, decisions)
         return None
@@ -336,6 +339,10 @@ class _Cycle:
         if job.priority <= self._cannot_preempt.get(shape, -(2**63)):
             return None
         plan = preemption.plan(self._capacity, job.gang, job.priority, self._pool)
+        if plan is not None and self._config.reclaim:
+            plan, guarded = self._reclaimer.guard(job, plan)
+            if guarded is not None:
+                self._guarded[shape] = guarded
         if plan is None:
             self._cannot_preempt[shape] = job.priority
         return plan

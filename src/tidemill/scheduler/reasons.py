@@ -212,8 +212,15 @@ def cannot_grow(shortfall: Shortfall) -> Reason:
     )
 
 
-def with_preemption_note(reason: Reason) -> Reason:
-    """Tell the reader preemption was tried, so they do not wait for it."""
+def with_preemption_note(reason: Reason, guarded: str | None = None) -> Reason:
+    """Tell the reader preemption was tried, so they do not wait for it; ``guarded``
+    names the queue whose guarantee it would have broken, when that was the obstacle."""
+    if guarded is not None:
+        return Reason(
+            reason.code,
+            f"{reason.message}; preempting lower-priority jobs would take queue {guarded} "
+            "below its guarantee",
+        )
     return Reason(
         reason.code,
         f"{reason.message}; preempting lower-priority jobs would not make room",

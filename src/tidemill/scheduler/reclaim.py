@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tidemill.scheduler import preemption
 from tidemill.scheduler.capacity import EPS, Capacity
 from tidemill.scheduler.placement import fits, try_gang
 from tidemill.scheduler.preemption import Cut, Plan
@@ -80,6 +81,46 @@ class Reclaimer:
         if found is None:
             self._failed.add((job.queue, shape))
         return found
+
+    def guard(self, job: JobRequest, chosen: Plan) -> tuple[Plan | None, str | None]:
+        """``chosen``, a priority preemption plan for ``job``, if it takes no other queue
+        below its guarantee (reclaim would take that straight back, and the two would
+        undo each other cycle after cycle); else a plan found without the jobs of that
+        queue and of every other queue with nothing above its guarantee, or None and the
+        queue it would have broken."""
+        broken = self._breaks_guarantee(job, chosen)
+        if broken is None:
+            return chosen, None
+        tight = {
+            name
+            for name, queue in self._queues.items()
+            if name != job.queue and not _above(self._held(name), queue.guaranteed)
+        }
+        rest = [j for j in self._pool.remaining() if j.queue not in tight | {broken}]
+        pool = VictimPool(rest, self._capacity, self._capacity.total())
+        if not pool.any_below(job.priority):
+            return None, broken
+        retry = preemption.plan(self._capacity, job.gang, job.priority, pool)
+        if retry is None or self._breaks_guarantee(job, retry) is not None:
+            return None, broken
+        return retry, None
+
+    def _breaks_guarantee(self, job: JobRequest, chosen: Plan) -> str | None:
+        """The first queue (by name) other than ``job``'s that ``chosen`` would take
+        below its guarantee, if any."""
+        taken: dict[str, ResourceVector] = {}
+        for victim in chosen.victims:
+            taken[victim.queue] = taken.get(victim.queue, ResourceVector()) + victim.total
+        for cut in chosen.cuts:
+            removed = usage(p for _, p in self._pool.surplus(cut.job)[: cut.count])
+            taken[cut.job.queue] = taken.get(cut.job.queue, ResourceVector()) + removed
+        for name in sorted(taken):
+            queue = self._queues.get(name)
+            if name == job.queue or queue is None:
+                continue
+            if not _keeps(self._held(name) - taken[name], queue.guaranteed):
+                return name
+        return None
 
 
 def plan(
@@ -238,6 +279,13 @@ def _keeps(amount: ResourceVector, guaranteed: ResourceVector) -> bool:
     """Whether ``amount`` is still at least every resource the guarantee names."""
     pairs = zip(_parts(amount), _parts(guaranteed), strict=True)
     return all(a >= g - EPS for a, g in pairs if g > 0)
+
+
+def _above(amount: ResourceVector, guaranteed: ResourceVector) -> bool:
+    """Whether ``amount`` is more than every resource the guarantee names (a guarantee
+    that names none: always)."""
+    pairs = zip(_parts(amount), _parts(guaranteed), strict=True)
+    return all(a > g + EPS for a, g in pairs if g > 0)
 
 
 def _enough(free: ResourceVector, need: ResourceVector) -> bool:

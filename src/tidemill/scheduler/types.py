@@ -239,7 +239,8 @@ class SchedulerConfig:
     """At most this many jobs hold reservations at once, the longest waiting first."""
     reclaim: bool = True
     """A queue below its guarantee may stop or shrink jobs of queues over theirs, at any
-    priority (needs ``preemption``)."""
+    priority (needs ``preemption``); and a higher-priority job never preempts another
+    queue below its guarantee, so the two never undo each other."""
 
 
 @dataclass(frozen=True)
