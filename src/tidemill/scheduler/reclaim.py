@@ -10,6 +10,10 @@ lost the least work); surplus pods of elastic jobs go before any job is stopped.
 Only resources a guarantee names (above zero) are weighed: a queue guaranteed GPUs
 reclaims GPUs and the cpu and memory its pods need beside them.
 
+The guarantee holds against priority too (``Reclaimer.guard``): a higher-priority job
+of another queue may not preempt a queue below its guarantee, or the job just reclaimed
+would preempt its reclaimer back the next cycle, and so on forever.
+
 The search is greedy and runs on the snapshot, which it leaves as it found it: take
 candidates in that order until the gang fits, then spare, last taken first, every one
 it still fits without (at once for those off the nodes the gang uses). The gang is
