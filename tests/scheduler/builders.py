@@ -14,6 +14,10 @@ Topology: ``node("n1").label("rack", "r1")``, ``node("n1").gpus(8).numa((0, 1), 
 (GPUs per NUMA node; CPUs follow), ``job("a").pack("rack", required=True)`` and
 ``decide(..., levels=("nvlink-domain", "rack"))``.
 
+Time: ``job("a").waiting_since(0).runtime(600)`` (waiting since t=0, runs at most ten
+minutes), ``running("b").started(0).ends(3600)``, ``queue("q").runtime_estimate(600)``,
+and ``decide(..., now=7200)``.
+
 Builders are immutable: every call returns a new one, so a shared base is safe.
 """
 
@@ -31,6 +35,7 @@ from tidemill.scheduler import (
     Placement,
     PodRequest,
     QueueInfo,
+    Reservation,
     ResourceVector,
     RunningJob,
     SchedulerConfig,
@@ -123,6 +128,8 @@ class job:
     main: _Role = _Role("worker", 1, 0.0, 1, 1, None)
     extra: tuple[_Role, ...] = ()
     growth: bool = False
+    since: float | None = None
+    runtime_s: float | None = None
 
     def pods(self, count: int) -> job:
         return replace(self, main=replace(self.main, count=count))
@@ -187,6 +194,13 @@ class job:
     def seq(self, value: int) -> job:
         return replace(self, sequence=value)
 
+    def waiting_since(self, at: float) -> job:
+        return replace(self, since=at)
+
+    def runtime(self, seconds: float) -> job:
+        """At most this long once started (its activeDeadlineSeconds)."""
+        return replace(self, runtime_s=seconds)
+
     def build(self, default_sequence: int = 0) -> JobRequest:
         pods = tuple(
             PodRequest(
@@ -206,7 +220,14 @@ class job:
         )
         sequence = default_sequence if self.sequence is None else self.sequence
         return JobRequest(
-            self.key, self.queue_name, self.priority_value, sequence, pods, grow=self.growth
+            self.key,
+            self.queue_name,
+            self.priority_value,
+            sequence,
+            pods,
+            grow=self.growth,
+            waiting_since=self.since,
+            runtime_s=self.runtime_s,
         )
 
 
@@ -219,6 +240,8 @@ class running:
     placements: tuple[Placement, ...] = ()
     preemptible: bool = True
     shrinkable: tuple[tuple[str, int], ...] = ()
+    started_at: float | None = None
+    expected_end: float | None = None
 
     def on(
         self,
@@ -251,6 +274,13 @@ class running:
     def seq(self, value: int) -> running:
         return replace(self, sequence=value)
 
+    def started(self, at: float) -> running:
+        return replace(self, started_at=at)
+
+    def ends(self, at: float) -> running:
+        """Expected to end at ``at``."""
+        return replace(self, expected_end=at)
+
     def not_preemptible(self) -> running:
         return replace(self, preemptible=False)
 
@@ -272,6 +302,8 @@ class running:
             self.placements,
             self.preemptible,
             self.shrinkable,
+            self.started_at,
+            self.expected_end,
         )
 
 
@@ -283,6 +315,8 @@ class queue:
     max_cpu_cores: float | None = None
     max_memory_gib: float | None = None
     guaranteed_gpu: float = 0.0
+    runtime_estimate_s: float | None = None
+    reserve_after_s: float | None = None
 
     def weight(self, value: float) -> queue:
         return replace(self, weight_value=value)
@@ -299,6 +333,12 @@ class queue:
     def guarantee_gpu(self, value: float) -> queue:
         return replace(self, guaranteed_gpu=value)
 
+    def runtime_estimate(self, seconds: float) -> queue:
+        return replace(self, runtime_estimate_s=seconds)
+
+    def reserve_after(self, seconds: float) -> queue:
+        return replace(self, reserve_after_s=seconds)
+
     def build(self) -> QueueInfo:
         return QueueInfo(
             name=self.name,
@@ -309,6 +349,8 @@ class queue:
             if self.max_memory_gib is None
             else round(self.max_memory_gib * GIB),
             max_gpu=self.max_gpu_value,
+            runtime_estimate_s=self.runtime_estimate_s,
+            reserve_after_s=self.reserve_after_s,
         )
 
 
@@ -317,6 +359,8 @@ def state_of(
     running_jobs: Iterable[running] = (),
     queues: Iterable[queue] = (),
     levels: Sequence[str] = (),
+    now: float | None = None,
+    reservations: Iterable[Reservation] = (),
 ) -> ClusterState:
     """A snapshot; with no queues given there is one queue, ``default``."""
     infos = [q.build() for q in queues] or [QueueInfo("default")]
@@ -325,6 +369,8 @@ def state_of(
         queues={q.name: q for q in infos},
         running=tuple(r.build() for r in running_jobs),
         topology=tuple(levels),
+        now=now,
+        reservations=tuple(reservations),
     )
 
 
@@ -341,12 +387,19 @@ def decide(
     preemption: bool = True,
     strict_fifo: bool = False,
     levels: Sequence[str] = (),
+    now: float | None = None,
+    reservations: Iterable[Reservation] = (),
+    reserve_after_s: float | None = 3600.0,
+    reclaim: bool = True,
 ) -> Decisions:
-    return schedule(
-        state_of(nodes, running_jobs, queues, levels),
-        backlog(jobs),
-        SchedulerConfig(preemption=preemption, strict_fifo=strict_fifo),
+    config = SchedulerConfig(
+        preemption=preemption,
+        strict_fifo=strict_fifo,
+        reserve_after_s=reserve_after_s,
+        reclaim=reclaim,
     )
+    state = state_of(nodes, running_jobs, queues, levels, now, reservations)
+    return schedule(state, backlog(jobs), config)
 
 
 def grown(decisions: Decisions) -> dict[str, list[str]]:

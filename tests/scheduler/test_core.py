@@ -140,6 +140,8 @@ def test_the_public_names_are_pinned() -> None:
         "Preemption",
         "QueueInfo",
         "Reason",
+        "Reclaim",
+        "Reservation",
         "ResourceVector",
         "RunningJob",
         "SchedulerConfig",

@@ -22,6 +22,7 @@ class Case:
     strict_fifo: bool = False
     subject: str = "waiting"
     levels: tuple[str, ...] = ()
+    now: float | None = None
 
 
 REASON_CASES = [
@@ -302,6 +303,23 @@ REASON_CASES = [
         ),
         id="a required packing at a level no node is labelled with names the label",
     ),
+    pytest.param(
+        Case(
+            nodes=[node("n1").gpus(8), node("n2").gpus(8)],
+            held=[
+                running("a").on("n1", gpu_ids=range(4)).ends(9_000),
+                running("b").on("n2", gpu_ids=range(8)).ends(12_600),
+            ],
+            jobs=[job("waiting").pods(2).gpus(8).waiting_since(0)],
+            now=7_200,
+            code="Reserved",
+            message="waited 2h, past the 1h bound: 2 cpu, 16 gpu, 2Gi memory held for it on "
+            "n1, n2 as it frees; expected to start at 1970-01-01 03:30:00 UTC; only jobs that "
+            "end before then may use that room (needs 2 worker pods x 8 gpu; largest free "
+            "block is 4 gpu on n1)",
+        ),
+        id="a job that waited past the bound says what is held for it and when it should start",
+    ),
 ]
 
 
@@ -314,6 +332,7 @@ def test_pending_reason(case: Case) -> None:
         queues=case.queues,
         strict_fifo=case.strict_fifo,
         levels=case.levels,
+        now=case.now,
     )
     reason = decisions.pending[case.subject]
     assert (reason.code, reason.message) == (case.code, case.message)

@@ -22,6 +22,7 @@ from tidemill.api._model import (
 )
 from tidemill.api.extended import ExtendedAmounts
 from tidemill.api.limits import (
+    INT64_MAX,
     MAX_CLUSTER_NODES,
     MAX_GPUS,
     MAX_NUMA_NODES,
@@ -42,12 +43,29 @@ class ResourceAmounts(SpecModel):
 
 
 class QueueSpec(SpecModel):
-    """A tenant queue. DRF weighs queues by ``weight``; ``max`` caps what it may hold."""
+    """A tenant queue. DRF weighs queues by ``weight``; ``max`` caps what it may hold.
+
+    Below its ``guaranteed`` amount a queue may stop or shrink jobs of queues over
+    theirs, whatever their priority, to get it back."""
 
     name: str
     weight: float = Field(default=1.0, ge=MIN_QUEUE_WEIGHT, le=MAX_QUEUE_WEIGHT)
     guaranteed: ResourceAmounts = Field(default_factory=ResourceAmounts)
     max: ResourceAmounts = Field(default_factory=ResourceAmounts)
+    reserve_after_seconds: int | None = Field(
+        default=None,
+        gt=0,
+        le=INT64_MAX,
+        description="a job waiting longer gets capacity reserved for it as it frees "
+        "(default: the scheduler's, one hour)",
+    )
+    runtime_estimate_seconds: int | None = Field(
+        default=None,
+        gt=0,
+        le=INT64_MAX,
+        description="how long this queue's jobs run when they set no activeDeadlineSeconds: "
+        "lets them use reserved capacity they would leave in time",
+    )
 
     @field_validator("name")
     @classmethod

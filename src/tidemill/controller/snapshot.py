@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.job import TrainingJob
+from tidemill.api.status import ConditionType
 from tidemill.controller.elastic import missing_indexes, surplus
 from tidemill.scheduler.types import (
     Extended,
@@ -53,6 +54,8 @@ def queue_info(row: QueueRow) -> QueueInfo:
         max_cpu_millis=None if limit.cpu is None else round(limit.cpu * 1000),
         max_memory_bytes=limit.memory,
         max_gpu=limit.gpu,
+        runtime_estimate_s=_seconds(spec.runtime_estimate_seconds),
+        reserve_after_s=_seconds(spec.reserve_after_seconds),
     )
 
 
@@ -87,8 +90,25 @@ def job_request(row: JobRow, job: TrainingJob) -> JobRequest:
         required = role.min_bound if role.is_elastic else desired
         pods += [_pod(name, job, i, optional=i >= required) for i in range(max(desired, required))]
     return JobRequest(
-        key=row.key, queue=row.queue, priority=row.priority, sequence=row.id, pods=tuple(pods)
+        key=row.key,
+        queue=row.queue,
+        priority=row.priority,
+        sequence=row.id,
+        pods=tuple(pods),
+        waiting_since=waiting_since(row),
+        runtime_s=_seconds(job.spec.active_deadline_seconds),
     )
+
+
+def waiting_since(row: JobRow) -> float:
+    """When a pending job last joined its queue: at submission, or when it was preempted
+    (only then are its conditions read: a backlog of new jobs costs no extra query)."""
+    if row.scheduled_at is None:
+        return row.created_at
+    for condition in row.conditions:
+        if condition["type"] == ConditionType.PENDING.value and condition["status"]:
+            return float(condition["last_transition_time"])
+    return row.scheduled_at
 
 
 def grow_request(row: JobRow, job: TrainingJob) -> JobRequest | None:
@@ -111,9 +131,14 @@ def grow_request(row: JobRow, job: TrainingJob) -> JobRequest | None:
     )
 
 
-def running_job(row: JobRow, job: TrainingJob) -> RunningJob:
+def running_job(
+    row: JobRow, job: TrainingJob, runtime_estimate_s: float | None = None
+) -> RunningJob:
     """What a running job holds. Replica rows do not record extended resources: a
-    replica holds what its role asks (the master's role is not in the spec: none)."""
+    replica holds what its role asks (the master's role is not in the spec: none).
+
+    It is expected to end at its deadline (``activeDeadlineSeconds`` after it first
+    ran), else ``runtime_estimate_s`` (its queue's) after it was bound."""
     roles = job.spec.roles
     placements = tuple(
         Placement(
@@ -134,6 +159,14 @@ def running_job(row: JobRow, job: TrainingJob) -> RunningJob:
         if role.is_elastic
         for r in surplus(row.replicas, name, role.min_bound)
     )
+    bound_at = row.scheduled_at
+    first_ran = row.started_at if row.started_at is not None else bound_at
+    deadline_s = job.spec.active_deadline_seconds
+    expected_end = None
+    if deadline_s is not None and first_ran is not None:
+        expected_end = first_ran + deadline_s
+    elif runtime_estimate_s is not None and bound_at is not None:
+        expected_end = bound_at + runtime_estimate_s
     return RunningJob(
         key=row.key,
         queue=row.queue,
@@ -141,7 +174,13 @@ def running_job(row: JobRow, job: TrainingJob) -> RunningJob:
         sequence=row.id,
         placements=placements,
         shrinkable=shrinkable,
+        started_at=bound_at,
+        expected_end=expected_end,
     )
+
+
+def _seconds(value: int | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def replica_usage(replica: ReplicaRow) -> ResourceVector:

@@ -3,9 +3,10 @@
 ``schedule(state, pending, config)`` is the whole interface; the modules behind it each
 answer one question: ``ordering`` (who goes next), ``quota`` (may the queue take more),
 ``placement`` (where does a gang fit), ``preemption`` (whom to shrink or stop),
-``victims`` (who may give room back), ``reasons`` (why a job waits), ``capacity`` (what
-is free, with undo), ``topology`` (which domain a gang packs into), ``numa`` (which GPUs
-and CPUs inside a node).
+``victims`` (who may give room back), ``reclaim`` (what a queue below its guarantee
+takes back), ``reservation`` (room held for a job that waited too long), ``reasons``
+(why a job waits), ``capacity`` (what is free, with undo), ``topology`` (which domain a
+gang packs into), ``numa`` (which GPUs and CPUs inside a node).
 """
 
 from tidemill.scheduler.core import schedule
@@ -22,6 +23,8 @@ from tidemill.scheduler.types import (
     Preemption,
     QueueInfo,
     Reason,
+    Reclaim,
+    Reservation,
     ResourceVector,
     RunningJob,
     SchedulerConfig,
@@ -42,6 +45,8 @@ __all__ = [
     "Preemption",
     "QueueInfo",
     "Reason",
+    "Reclaim",
+    "Reservation",
     "ResourceVector",
     "RunningJob",
     "SchedulerConfig",

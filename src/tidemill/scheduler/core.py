@@ -1,12 +1,15 @@
 """One scheduling cycle: a snapshot and a backlog in, decisions out.
 
-For each job that DRF hands out, in this order:
+Jobs that waited past their bound go first, oldest first; one that still does not fit
+gets room reserved (``reservation``), which the rest of the cycle sees as taken. Then,
+for each job that DRF hands out, in this order:
 
 1. refuse requests no node could ever hold (waiting will not help);
 2. check the queue's max against the required gang;
-3. place the gang on free space;
+3. place the gang on free space, or else in reserved room due after the job ends;
 4. failing that, if allowed, plan to shrink (or, if that is not enough, stop)
-   lower-priority running jobs;
+   lower-priority running jobs, or else jobs of queues over their guarantee if the
+   job's queue is below its own (``reclaim``);
 5. record the bind (and any shrinks and preemptions), or a reason; under strict FIFO a
    refused head also holds back the rest of its queue.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from tidemill.scheduler import preemption, reasons, topology
+from tidemill.scheduler import preemption, reasons, reclaim, topology
 from tidemill.scheduler.capacity import Capacity
 from tidemill.scheduler.ordering import QueueOrder
 from tidemill.scheduler.placement import (
@@ -35,6 +38,7 @@ from tidemill.scheduler.placement import (
     request_problem,
 )
 from tidemill.scheduler.quota import over_max
+from tidemill.scheduler.reservation import Reservations
 from tidemill.scheduler.topology import Domains, Packed
 from tidemill.scheduler.types import (
     Bind,
@@ -47,6 +51,7 @@ from tidemill.scheduler.types import (
     Preemption,
     QueueInfo,
     Reason,
+    Reclaim,
     ResourceVector,
     SchedulerConfig,
     Shrink,
@@ -109,8 +114,22 @@ def schedule(
     held: dict[str, ResourceVector] = {}
     for running in state.running:
         held[running.queue] = held.get(running.queue, ResourceVector()) + running.total
-    order = QueueOrder(state.queues, known, held, cluster)
-    cycle = _Cycle(state, config, capacity, order, VictimPool(state.running, capacity, cluster))
+    book = Reservations(state, config, known)
+    late = {job.key for job in book.starving}
+    order = QueueOrder(state.queues, [j for j in known if j.key not in late], held, cluster)
+    pool = VictimPool(state.running, capacity, cluster)
+    cycle = _Cycle(state, config, capacity, order, pool, book)
+    for late_job in book.starving:
+        reason = cycle.admit(late_job, decisions)
+        if reason is None:
+            continue
+        stopped = {p.victim for p in decisions.preemptions}
+        reason = decisions.pending[late_job.key] = book.reserve(capacity, late_job, reason, stopped)
+        if config.strict_fifo:  # it waited longest: it is its queue's head now
+            for waiting in order.drop(late_job.queue):
+                decisions.pending[waiting.key] = reasons.blocked_by_head(
+                    late_job.queue, late_job.key, reason
+                )
     while (job := order.next()) is not None:
         reason = cycle.admit(job, decisions)
         if reason is None:
@@ -121,6 +140,7 @@ def schedule(
                 decisions.pending[waiting.key] = reasons.blocked_by_head(job.queue, job.key, reason)
     cycle.fill(decisions)
     cycle.grow(growing, decisions)
+    decisions.reservations = book.held
     return decisions
 
 
@@ -134,14 +154,19 @@ class _Cycle:
         capacity: Capacity,
         order: QueueOrder,
         pool: VictimPool,
+        book: Reservations,
     ) -> None:
         self._state = state
+        self._book = book
+        self._reclaimer = reclaim.Reclaimer(capacity, pool, state.queues, order.held)
         self._config = config
         self._capacity = capacity
         self._order = order
         self._pool = pool
         self._domains = Domains.of(state)
         self._cannot_preempt: dict[_Shape, int] = {}
+        self._guarded: dict[_Shape, str] = {}
+        """Gang shapes whose preemption plan would take this queue below its guarantee."""
         self._misfits: dict[_Shape, Misfit] = {}
         """Gang shapes that did not fit on free room this cycle, with why."""
         self._fits_empty: dict[tuple[int, int, float, str | None, Extended], bool] = {}
@@ -167,13 +192,26 @@ class _Cycle:
         # Free room only shrinks within a cycle, so this shape will not fit later either:
         # a backlog of look-alike jobs costs one placement attempt, not one each.
         self._misfits[shape] = placed
-        reason = placed.topology or reasons.does_not_fit(job, placed.placed, placed.shortfall)
-        if not self._config.preemption or not self._pool.any_below(job.priority):
+        backfilled = self._book.backfill(self._capacity, job)
+        if backfilled is not None:
+            self._bind(job, backfilled, decisions)
+            return None
+        reason = self._book.note(
+            placed.topology or reasons.does_not_fit(job, placed.placed, placed.shortfall)
+        )
+        if not self._config.preemption:
             return reason
-        plan = self._plan(job, shape)
+        plan = self._plan(job, shape) if self._pool.any_below(job.priority) else None
+        claim = None
+        if plan is None and self._config.reclaim:
+            found = self._reclaimer.plan(job, shape)
+            if found is not None:
+                plan, claim = found
         if plan is None:
-            return reasons.with_preemption_note(reason)
-        self._commit(job, plan, decisions)
+            tried = self._pool.any_below(job.priority)
+            guarded = self._guarded.get(shape)
+            return reasons.with_preemption_note(reason, guarded) if tried else reason
+        self._commit(job, plan, decisions, claim)
         self._bind(job, plan.placements, decisions)
         return None
 
@@ -205,8 +243,15 @@ class _Cycle:
                 self._order.charge(job.queue, usage(added))
                 yield job, added
 
-    def _commit(self, job: JobRequest, plan: preemption.Plan, decisions: Decisions) -> None:
-        """Shrink and stop what ``plan`` names, so its room serves ``job`` alone."""
+    def _commit(
+        self,
+        job: JobRequest,
+        plan: preemption.Plan,
+        decisions: Decisions,
+        claim: Reclaim | None = None,
+    ) -> None:
+        """Shrink and stop what ``plan`` names, so its room serves ``job`` alone;
+        ``claim`` says which guarantee it reclaims, when it does."""
         pool = self._pool
         freed = [p for victim in plan.victims for p in victim.placements]
         for cut in plan.cuts:
@@ -214,16 +259,22 @@ class _Cycle:
             removed = pool.shrink(cut.job.key, cut.count)
             freed += removed
             self._resized.add(before.key)
-            message = reasons.shrink_message(before, removed, job)
+            if claim is None:
+                message = reasons.shrink_message(before, removed, job)
+            else:
+                message = reasons.reclaim_shrink_message(before, removed, job, claim)
             pairs = tuple((p.role, p.index) for p in removed)
-            decisions.shrinks.append(Shrink(before.key, pairs, job.key, message))
+            decisions.shrinks.append(Shrink(before.key, pairs, job.key, message, claim))
             self._give_back(before.queue, usage(removed))
         self._capacity.preempt(freed, plan.placements)
         pool.take(plan.victims)
         for victim in plan.victims:
             self._resized.add(victim.key)
-            message = reasons.preemption_message(victim, job)
-            decisions.preemptions.append(Preemption(victim.key, job.key, message))
+            if claim is None:
+                message = reasons.preemption_message(victim, job)
+            else:
+                message = reasons.reclaim_message(victim, job, claim)
+            decisions.preemptions.append(Preemption(victim.key, job.key, message, claim))
             self._give_back(victim.queue, victim.total)
 
     def _give_back(self, queue: str, amount: ResourceVector) -> None:
@@ -336,6 +387,10 @@ class _Cycle:
         if job.priority <= self._cannot_preempt.get(shape, -(2**63)):
             return None
         plan = preemption.plan(self._capacity, job.gang, job.priority, self._pool)
+        if plan is not None and self._config.reclaim:
+            plan, guarded = self._reclaimer.guard(job, plan)
+            if guarded is not None:
+                self._guarded[shape] = guarded
         if plan is not None and not self._domains.holds(job.gang, plan.placements):
             plan = None
         if plan is None:

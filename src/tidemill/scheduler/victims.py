@@ -113,6 +113,11 @@ class VictimPool:
         """The pods ``job`` may still give back, in the order they go."""
         return self._surplus.get(job.key, [])
 
+    def remaining(self) -> list[RunningJob]:
+        """Every candidate not stopped this cycle, at any priority, as it stands now."""
+        self._build()
+        return [self._current[job.key] for job in self._jobs if job.key not in self._taken]
+
     def on_row(self, row: int, priority: int, spared: set[str]) -> list[RunningJob]:
         """Candidates with a core pod on node ``row``, in rank order, minus ``spared`` keys."""
         return self._below(self._on_row.get(row, ()), priority, spared)
