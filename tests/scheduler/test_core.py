@@ -133,6 +133,7 @@ def test_the_public_names_are_pinned() -> None:
         "Code",
         "Decisions",
         "JobRequest",
+        "Memo",
         "NodeInfo",
         "Placement",
         "PodRequest",
@@ -144,6 +145,7 @@ def test_the_public_names_are_pinned() -> None:
         "SchedulerConfig",
         "Shrink",
         "schedule",
+        "schedule_incremental",
     ]
     assert tidemill.scheduler.schedule is tidemill.scheduler.core.schedule
 

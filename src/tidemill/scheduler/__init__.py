@@ -4,10 +4,13 @@
 answer one question: ``ordering`` (who goes next), ``quota`` (may the queue take more),
 ``placement`` (where does a gang fit), ``preemption`` (whom to shrink or stop),
 ``victims`` (who may give room back), ``reasons`` (why a job waits), ``capacity`` (what
-is free, with undo).
+is free, with undo), ``memo`` (what one cycle hands the next, so it pays for what
+changed). ``schedule_incremental(state, pending, config, memo)`` decides the same and
+returns the memo for the next call.
 """
 
-from tidemill.scheduler.core import schedule
+from tidemill.scheduler.core import schedule, schedule_incremental
+from tidemill.scheduler.memo import Memo
 from tidemill.scheduler.reasons import Code
 from tidemill.scheduler.types import (
     Bind,
@@ -32,6 +35,7 @@ __all__ = [
     "Code",
     "Decisions",
     "JobRequest",
+    "Memo",
     "NodeInfo",
     "Placement",
     "PodRequest",
@@ -43,4 +47,5 @@ __all__ = [
     "SchedulerConfig",
     "Shrink",
     "schedule",
+    "schedule_incremental",
 ]
