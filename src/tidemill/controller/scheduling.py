@@ -38,7 +38,8 @@ from tidemill.controller.snapshot import (
     running_job,
 )
 from tidemill.engines.base import Engine
-from tidemill.scheduler.core import schedule
+from tidemill.scheduler.core import schedule_incremental
+from tidemill.scheduler.memo import Memo
 from tidemill.scheduler.types import (
     Bind,
     ClusterState,
@@ -106,6 +107,8 @@ class SchedulingStep:
         self.lifecycle = lifecycle
         self._requests: dict[str, tuple[tuple[int, tuple[tuple[str, int], ...]], JobRequest]] = {}
         """job uid -> (priority and sizes, request): a name or even an id may be reused"""
+        self._memo: Memo | None = None
+        """The last snapshot's free capacity and use, so a pass pays for what changed."""
 
     def run(self, now: float, stats: CycleStats) -> bool:
         """Returns True when something was bound, preempted or resized."""
@@ -113,7 +116,9 @@ class SchedulingStep:
         if read is None:
             return False
         started = time.perf_counter()
-        decisions = schedule(read.state, read.requests, self.config)
+        decisions, self._memo = schedule_incremental(
+            read.state, read.requests, self.config, self._memo
+        )
         stats.schedule_seconds = time.perf_counter() - started
         waited: dict[int, float] = {}
         """job id -> how long it queued, for jobs bound in this pass"""

@@ -19,7 +19,6 @@ so a share added then taken away leaves exactly what a fresh sum gives
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -100,6 +99,12 @@ class Capacity:
         self.free_extended: Ints = self.total_extended.copy()
         self.cpu_scale: Floats = 1.0 / np.maximum(self.total_cpu, 1)
         self.memory_scale: Floats = 1.0 / np.maximum(self.total_memory, 1)
+        on = self.schedulable
+        self._total = ResourceVector(
+            int(self.total_cpu[on].sum()),
+            int(self.total_memory[on].sum()),
+            float(self.total_gpus[on].sum()),
+        )
         self._journal: list[_Saved | _SavedAll] = []
         self._eligible: dict[str | None, tuple[Bools, Indices]] = {}
 
@@ -112,7 +117,8 @@ class Capacity:
 
     def clone(self) -> Capacity:
         """A copy to try things on: free amounts copied, node totals shared (never written)."""
-        twin = copy.copy(self)
+        twin = Capacity.__new__(Capacity)
+        twin.__dict__.update(self.__dict__)
         twin.free_cpu = self.free_cpu.copy()
         twin.free_memory = self.free_memory.copy()
         twin.gpu_used = self.gpu_used.copy()
@@ -163,12 +169,7 @@ class Capacity:
 
     def total(self) -> ResourceVector:
         """What all schedulable nodes have, free or not: the DRF denominator."""
-        on = self.schedulable
-        return ResourceVector(
-            int(self.total_cpu[on].sum()),
-            int(self.total_memory[on].sum()),
-            float(self.total_gpus[on].sum()),
-        )
+        return self._total
 
     def extended_mask(self, extended: Extended, *, empty: bool = False) -> Bools:
         """Per node, whether it has each of ``extended`` free (``empty``: on offer at all)."""

@@ -17,7 +17,9 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tidemill.scheduler.capacity import Capacity
+import numpy as np
+
+from tidemill.scheduler.capacity import Capacity, Ints
 from tidemill.scheduler.types import ClusterState, NodeInfo, Placement, ResourceVector, RunningJob
 
 REBUILD_FRACTION = 0.25
@@ -34,6 +36,8 @@ class Memo:
 
     nodes: tuple[NodeInfo, ...]
     running: tuple[RunningJob, ...]
+    ids: Ints
+    """``id()`` of each of ``running``, in order."""
     jobs: Mapping[str, RunningJob]
     """Running jobs by key; with a key repeated in ``running`` the memo is always rebuilt."""
     capacity: Capacity
@@ -62,6 +66,7 @@ def build(state: ClusterState) -> Memo:
     return Memo(
         nodes=state.nodes,
         running=state.running,
+        ids=_ids(state.running),
         jobs={job.key: job for job in state.running},
         capacity=Capacity.of(state),
         held_raw=held,
@@ -81,15 +86,25 @@ def carry(memo: Memo | None, state: ClusterState) -> Memo:
         if moved is None:
             return build(state)
         capacity = moved
-    jobs = {job.key: job for job in state.running}
+    # Objects first, by id in numpy (the memo keeps its jobs alive, so no id is reused
+    # while compared), then by key and value for the few objects that differ.
+    ids = _ids(state.running)
+    appeared = [state.running[i] for i in np.flatnonzero(~np.isin(ids, memo.ids, assume_unique=True))]
+    gone = np.flatnonzero(~np.isin(memo.ids, ids, assume_unique=True))
+    vanished = {memo.running[i].key: memo.running[i] for i in gone}
+    jobs = dict(memo.jobs)
+    for key in vanished:
+        del jobs[key]
+    started: list[RunningJob] = []
+    for job in appeared:
+        jobs[job.key] = job
+        if vanished.get(job.key) == job:
+            del vanished[job.key]
+        else:
+            started.append(job)
+    ended = list(vanished.values())
     if len(jobs) != len(state.running):
         return build(state)
-    before = memo.jobs
-    started = [
-        job for key, job in jobs.items() if (old := before.get(key)) is not job and old != job
-    ]
-    ended = [before[key] for key in before.keys() - jobs.keys()]
-    ended += [before[job.key] for job in started if job.key in before]
     if len(started) + len(ended) > REBUILD_FRACTION * max(len(jobs), 1):
         return build(state)
     if started or ended:
@@ -103,7 +118,12 @@ def carry(memo: Memo | None, state: ClusterState) -> Memo:
             priorities[job.priority] += sign
             if not priorities[job.priority]:
                 del priorities[job.priority]
-    return Memo(state.nodes, state.running, jobs, capacity, held, priorities)
+    return Memo(state.nodes, state.running, ids, jobs, capacity, held, priorities)
+
+
+def _ids(running: tuple[RunningJob, ...]) -> Ints:
+    ids: Ints = np.fromiter(map(id, running), dtype=np.int64, count=len(running))
+    return ids
 
 
 def _placements(jobs: list[RunningJob]) -> list[Placement]:
