@@ -19,7 +19,8 @@ so a share added then taken away leaves exactly what a fresh sum gives
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,7 @@ class _SavedAll:
     gpu_used: Floats
     whole_free: Ints
     least_used: Floats
+    partial: Bools
 
 
 class Capacity:
@@ -86,6 +88,12 @@ class Capacity:
         self.gpu_used: Floats = np.where(slots, 0.0, np.inf)
         self.whole_free: Ints = self.total_gpus.copy()
         self.least_used: Floats = np.where(self.total_gpus > 0, 0.0, np.inf)
+        self._by_free: Ints | None = None
+        """Node rows as ``whole_free * nodes + row``, sorted: nodes grouped by whole free
+        GPUs, in node order within a group. Built on first use, kept current per node."""
+        self.partial: Bools = np.zeros(len(nodes), dtype=np.bool_)
+        """Per node, whether a device is partly used (a share below 1 held): only these
+        can offer a shared pod anything fuller than an idle device."""
         self.extended_names: tuple[str, ...] = tuple(
             sorted({name for node in nodes for name in node.extended})
         )
@@ -124,6 +132,8 @@ class Capacity:
         twin.gpu_used = self.gpu_used.copy()
         twin.whole_free = self.whole_free.copy()
         twin.least_used = self.least_used.copy()
+        twin.partial = self.partial.copy()
+        twin._by_free = None if self._by_free is None else self._by_free.copy()
         twin.free_extended = self.free_extended.copy()
         twin._journal = []
         return twin
@@ -137,8 +147,7 @@ class Capacity:
         twin._journal.clear()
         rows = twin.node_indices([*released, *held])
         twin.gpu_used[rows] = np.round(twin.gpu_used[rows], SHARE_DIGITS)
-        twin.whole_free[rows] = (twin.gpu_used[rows] <= EPS).sum(axis=1)
-        twin.least_used[rows] = twin.gpu_used[rows].min(axis=1, initial=np.inf)
+        twin._summarise(rows)
         return twin
 
     def with_nodes(self, nodes: Sequence[NodeInfo]) -> Capacity | None:
@@ -157,6 +166,7 @@ class Capacity:
         fresh.gpu_used = self.gpu_used.copy()
         fresh.whole_free = self.whole_free.copy()
         fresh.least_used = self.least_used.copy()
+        fresh.partial = self.partial.copy()
         return fresh
 
     def eligible(self, gpu_model: str | None) -> Indices:
@@ -218,7 +228,8 @@ class Capacity:
             if isinstance(saved, _SavedAll):
                 self.free_cpu, self.free_memory = saved.cpu_millis, saved.memory_bytes
                 self.gpu_used, self.whole_free = saved.gpu_used, saved.whole_free
-                self.least_used = saved.least_used
+                self.least_used, self.partial = saved.least_used, saved.partial
+                self._by_free = None
             else:
                 self._write(
                     saved.node, saved.cpu_millis, saved.memory_bytes, saved.gpu_used, saved.extended
@@ -236,7 +247,12 @@ class Capacity:
         """Give back per-node amounts on every node at once (one undo entry, no loop)."""
         self._journal.append(
             _SavedAll(
-                self.free_cpu, self.free_memory, self.gpu_used, self.whole_free, self.least_used
+                self.free_cpu,
+                self.free_memory,
+                self.gpu_used,
+                self.whole_free,
+                self.least_used,
+                self.partial,
             )
         )
         self.free_cpu = self.free_cpu + cpu_millis
@@ -245,8 +261,9 @@ class Capacity:
         rows = np.flatnonzero((gpu_used != 0).any(axis=1))
         self.whole_free = self.whole_free.copy()
         self.least_used = self.least_used.copy()
-        self.whole_free[rows] = (self.gpu_used[rows] <= EPS).sum(axis=1)
-        self.least_used[rows] = self.gpu_used[rows].min(axis=1, initial=np.inf)
+        self.partial = self.partial.copy()
+        self._by_free = None
+        self._summarise(rows)
 
     def preempt(self, freed: Sequence[Placement], placements: Sequence[Placement]) -> None:
         """Commit a preemption so what its victims free serves only their preemptor.
@@ -274,6 +291,37 @@ class Capacity:
                 np.maximum(self.gpu_used[row], used_after[i]),
                 np.minimum(self.free_extended[row], extended_after[i]),
             )
+
+    def by_free_gpus(self, fewest: int) -> Iterator[Indices]:
+        """Nodes with ``fewest`` whole free GPUs, then with one more, and so on: each group
+        (never empty) in node order. Best fit reads the first groups only."""
+        keys = self._grouped()
+        count = len(self.names)
+        width = self.gpu_used.shape[1]
+        edges = np.searchsorted(keys, np.arange(fewest, width + 2) * count)
+        for free, (start, end) in enumerate(itertools.pairwise(edges.tolist()), fewest):
+            if end > start:
+                rows: Indices = keys[start:end] - free * count
+                yield rows
+
+    def _grouped(self) -> Ints:
+        if self._by_free is None:
+            count = len(self.names)
+            self._by_free = np.sort(self.whole_free * count + np.arange(count, dtype=np.int64))
+        return self._by_free
+
+    def _regroup(self, keys: Ints, row: int, old: int, new: int) -> None:
+        """Move ``row`` in ``keys`` from the group of ``old`` whole free GPUs to ``new``'s."""
+        count = len(self.names)
+        key = new * count + row
+        at = int(np.searchsorted(keys, old * count + row))
+        to = int(np.searchsorted(keys, key))
+        if to > at:
+            keys[at : to - 1] = keys[at + 1 : to]
+            keys[to - 1] = key
+        else:
+            keys[to + 1 : at + 1] = keys[to:at]
+            keys[to] = key
 
     def _eligible_for(self, gpu_model: str | None) -> tuple[Bools, Indices]:
         cached = self._eligible.get(gpu_model)
@@ -318,6 +366,20 @@ class Capacity:
     def _refresh_devices(self) -> None:
         self.whole_free = (self.gpu_used <= EPS).sum(axis=1).astype(np.int64)
         self.least_used = self.gpu_used.min(axis=1, initial=np.inf)
+        self.partial = _partly_used(self.gpu_used)
+        self._by_free = None
+
+    def _summarise(self, rows: Sequence[int] | Indices) -> None:
+        """Recompute the per-node device summaries of ``rows`` from ``gpu_used``."""
+        used = self.gpu_used[rows]
+        before = self.whole_free[rows]
+        self.whole_free[rows] = (used <= EPS).sum(axis=1)
+        if self._by_free is not None:
+            for row, old, new in zip(rows, before, self.whole_free[rows], strict=True):
+                if old != new:
+                    self._regroup(self._by_free, int(row), int(old), int(new))
+        self.least_used[rows] = used.min(axis=1, initial=np.inf)
+        self.partial[rows] = _partly_used(used)
 
     def _apply(self, placements: Iterable[Placement], sign: int) -> None:
         for p in placements:
@@ -372,5 +434,16 @@ class Capacity:
         self.gpu_used[row] = gpu_used
         if extended is not None:
             self.free_extended[row] = extended
-        self.whole_free[row] = int((gpu_used <= EPS).sum())
+        old, new = int(self.whole_free[row]), int((gpu_used <= EPS).sum())
+        self.whole_free[row] = new
+        if old != new and self._by_free is not None:
+            self._regroup(self._by_free, row, old, new)
         self.least_used[row] = gpu_used.min(initial=np.inf)
+        self.partial[row] = bool(_partly_used(gpu_used))
+
+
+def _partly_used(used: Floats) -> Bools:
+    """Per row of ``used`` (device shares), whether a device holds a share other than
+    0 below 1 (inf marks slots past a node's last device)."""
+    partly: Bools = ((used != 0.0) & (used < 1.0)).any(axis=-1)
+    return partly

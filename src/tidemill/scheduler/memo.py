@@ -89,7 +89,9 @@ def carry(memo: Memo | None, state: ClusterState) -> Memo:
     # Objects first, by id in numpy (the memo keeps its jobs alive, so no id is reused
     # while compared), then by key and value for the few objects that differ.
     ids = _ids(state.running)
-    appeared = [state.running[i] for i in np.flatnonzero(~np.isin(ids, memo.ids, assume_unique=True))]
+    appeared = [
+        state.running[i] for i in np.flatnonzero(~np.isin(ids, memo.ids, assume_unique=True))
+    ]
     gone = np.flatnonzero(~np.isin(memo.ids, ids, assume_unique=True))
     vanished = {memo.running[i].key: memo.running[i] for i in gone}
     jobs = dict(memo.jobs)
