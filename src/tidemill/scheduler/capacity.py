@@ -434,12 +434,13 @@ class Capacity:
         self.gpu_used[row] = gpu_used
         if extended is not None:
             self.free_extended[row] = extended
-        old, new = int(self.whole_free[row]), int((gpu_used <= EPS).sum())
+        shares = gpu_used.tolist()  # a node's few devices: plain floats beat numpy calls
+        old, new = int(self.whole_free[row]), sum(share <= EPS for share in shares)
         self.whole_free[row] = new
         if old != new and self._by_free is not None:
             self._regroup(self._by_free, row, old, new)
-        self.least_used[row] = gpu_used.min(initial=np.inf)
-        self.partial[row] = bool(_partly_used(gpu_used))
+        self.least_used[row] = min(shares, default=np.inf)
+        self.partial[row] = any(share != 0.0 and share < 1.0 for share in shares)
 
 
 def _partly_used(used: Floats) -> Bools:
