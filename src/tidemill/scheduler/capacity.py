@@ -304,6 +304,10 @@ class Capacity:
                 rows: Indices = keys[start:end] - free * count
                 yield rows
 
+    def group_by_free_gpus(self) -> None:
+        """Build the grouping ``by_free_gpus`` reads now, so clones start with it."""
+        self._grouped()
+
     def _grouped(self) -> Ints:
         if self._by_free is None:
             count = len(self.names)

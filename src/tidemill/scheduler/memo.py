@@ -63,12 +63,14 @@ def build(state: ClusterState) -> Memo:
         held[job.queue] = held.get(job.queue, ResourceVector()) + job.total
         if job.preemptible:
             priorities[job.priority] += 1
+    capacity = Capacity.of(state)
+    capacity.group_by_free_gpus()
     return Memo(
         nodes=state.nodes,
         running=state.running,
         ids=_ids(state.running),
         jobs={job.key: job for job in state.running},
-        capacity=Capacity.of(state),
+        capacity=capacity,
         held_raw=held,
         preemptible_priorities=priorities,
     )
@@ -86,6 +88,7 @@ def carry(memo: Memo | None, state: ClusterState) -> Memo:
         if moved is None:
             return build(state)
         capacity = moved
+        capacity.group_by_free_gpus()
     # Objects first, by id in numpy (the memo keeps its jobs alive, so no id is reused
     # while compared), then by key and value for the few objects that differ.
     ids = _ids(state.running)
