@@ -6,12 +6,18 @@ a pod on a node with too few GPUs or miss the fullest one that fits.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tidemill.scheduler import NodeInfo, Placement
+from tidemill.scheduler import NodeInfo, Placement, schedule
+from tidemill.scheduler import capacity as capacity_module
 from tidemill.scheduler.capacity import Capacity
+
+from .test_incremental import History
 
 GIB = 2**30
 NODES = tuple(NodeInfo(f"n{i}", 64_000, 512 * GIB, gpus) for i, gpus in enumerate((8, 4, 8, 2, 0)))
@@ -64,3 +70,27 @@ def test_groups_by_free_gpus_follow_holds_undos_and_bulk_releases(
             )
         for fewest in (0, 1, 3):
             assert groups(capacity, fewest) == expected(capacity, fewest)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_best_fit_by_groups_places_every_pod_where_masking_every_node_does(
+    data: st.DataObject, monkeypatch_module: pytest.MonkeyPatch
+) -> None:
+    history = History()
+    for _ in range(data.draw(st.integers(2, 6))):
+        pending = history.arrivals(data.draw)
+        state = history.state()
+        monkeypatch_module.setattr(capacity_module, "GROUPED_FROM_NODES", 0)
+        grouped = schedule(state, pending)
+        monkeypatch_module.setattr(capacity_module, "GROUPED_FROM_NODES", 10**9)
+        masked = schedule(state, pending)
+        assert grouped == masked
+        history.apply(masked, pending, data.draw)
+        history.events(data.draw)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch

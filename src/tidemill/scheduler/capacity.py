@@ -41,6 +41,10 @@ EPS = 1e-9
 SHARE_DIGITS = 12
 """Decimals device shares held by running jobs are rounded to (see the module docstring)."""
 
+GROUPED_FROM_NODES = 2_000
+"""Clusters this large keep nodes grouped by free GPUs for best fit; on smaller ones
+masking every node costs less than keeping the groups."""
+
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
@@ -88,6 +92,8 @@ class Capacity:
         self.gpu_used: Floats = np.where(slots, 0.0, np.inf)
         self.whole_free: Ints = self.total_gpus.copy()
         self.least_used: Floats = np.where(self.total_gpus > 0, 0.0, np.inf)
+        self.grouped = len(nodes) >= GROUPED_FROM_NODES
+        """Whether ``by_free_gpus`` is worth reading (see ``GROUPED_FROM_NODES``)."""
         self._by_free: Ints | None = None
         """Node rows as ``whole_free * nodes + row``, sorted: nodes grouped by whole free
         GPUs, in node order within a group. Built on first use, kept current per node."""
@@ -306,7 +312,8 @@ class Capacity:
 
     def group_by_free_gpus(self) -> None:
         """Build the grouping ``by_free_gpus`` reads now, so clones start with it."""
-        self._grouped()
+        if self.grouped:
+            self._grouped()
 
     def _grouped(self) -> Ints:
         if self._by_free is None:

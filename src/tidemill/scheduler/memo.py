@@ -2,9 +2,9 @@
 
 Rebuilding free capacity from every running placement costs a cycle what runs, not
 what changed. A ``Memo`` keeps that work for the snapshot it was made from; ``carry``
-brings it to the next snapshot by comparing running jobs by key (the same object, or
-an equal one, is unchanged) and touching only the nodes of jobs that started, ended or
-changed, and of nodes whose capacity or cordon changed.
+brings it to the next snapshot by comparing running jobs (the same object, found by id,
+or an equal one under the same key, is unchanged) and touching only the nodes of jobs
+that started, ended or changed, and of nodes whose capacity or cordon changed.
 
 A memo is a value: ``carry`` never changes the one it is given, so any memo may be
 carried to any snapshot and the result is what a fresh build of that snapshot gives.
@@ -30,7 +30,7 @@ GPU_DIGITS = 9
 """Decimals a queue's held GPUs are rounded to, so sums taken in another order agree."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Memo:
     """A snapshot's derived state; never changed once made (the capacity is cloned to use)."""
 

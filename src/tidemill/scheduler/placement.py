@@ -188,10 +188,11 @@ def _choose(
     """The best-fit node for ``pod`` and the devices to take there.
 
     Masks run over all nodes; the scoring gathers only the nodes still in the running.
-    A pod taking whole GPUs or none, with no nodes to avoid, reads nodes by free GPUs
-    instead (the same choice, looking only as far as the fullest nodes that fit).
+    On a large cluster a pod taking whole GPUs or none, with no nodes to avoid, reads
+    nodes by free GPUs instead (the same choice, looking only as far as the fullest
+    nodes that fit).
     """
-    if (pod.gpu == 0 or pod.gpu >= 1) and not avoid:
+    if capacity.grouped and (pod.gpu == 0 or pod.gpu >= 1) and not avoid:
         return _choose_by_free(capacity, pod)
     ok = capacity.eligible_mask(pod.gpu_model) & (capacity.free_cpu >= pod.cpu_millis)
     ok &= capacity.free_memory >= pod.memory_bytes
