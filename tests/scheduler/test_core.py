@@ -133,6 +133,7 @@ def test_the_public_names_are_pinned() -> None:
         "Code",
         "Decisions",
         "JobRequest",
+        "Memo",
         "NodeInfo",
         "NumaNode",
         "Placement",
@@ -148,6 +149,7 @@ def test_the_public_names_are_pinned() -> None:
         "Shrink",
         "TopologyRequest",
         "schedule",
+        "schedule_incremental",
     ]
     assert tidemill.scheduler.schedule is tidemill.scheduler.core.schedule
 

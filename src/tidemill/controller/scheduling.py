@@ -42,7 +42,8 @@ from tidemill.controller.snapshot import (
     running_job,
 )
 from tidemill.engines.base import Engine
-from tidemill.scheduler.core import schedule
+from tidemill.scheduler.core import schedule_incremental
+from tidemill.scheduler.memo import Memo
 from tidemill.scheduler.types import (
     Bind,
     ClusterState,
@@ -116,6 +117,8 @@ class SchedulingStep:
         """job uid -> (priority and sizes, request): a name or even an id may be reused"""
         self._reservations: tuple[Reservation, ...] = ()
         """What the last pass reserved, for jobs that waited past their bound."""
+        self._memo: Memo | None = None
+        """The last snapshot's free capacity and use, so a pass pays for what changed."""
 
     def run(self, now: float, stats: CycleStats) -> bool:
         """Returns True when something was bound, preempted or resized."""
@@ -125,7 +128,9 @@ class SchedulingStep:
             return False
         state = dataclasses.replace(read.state, now=now, reservations=self._reservations)
         started = time.perf_counter()
-        decisions = schedule(state, read.requests, self.config)
+        decisions, self._memo = schedule_incremental(
+            state, read.requests, self.config, self._memo
+        )
         stats.schedule_seconds = time.perf_counter() - started
         self._reservations = tuple(decisions.reservations)
         waited: dict[int, float] = {}

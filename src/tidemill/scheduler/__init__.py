@@ -6,10 +6,13 @@ answer one question: ``ordering`` (who goes next), ``quota`` (may the queue take
 ``victims`` (who may give room back), ``reclaim`` (what a queue below its guarantee
 takes back), ``reservation`` (room held for a job that waited too long), ``reasons``
 (why a job waits), ``capacity`` (what is free, with undo), ``topology`` (which domain a
-gang packs into), ``numa`` (which GPUs and CPUs inside a node).
+gang packs into), ``numa`` (which GPUs and CPUs inside a node), ``memo`` (what one cycle
+hands the next, so it pays for what changed). ``schedule_incremental(state, pending,
+config, memo)`` decides the same and returns the memo for the next call.
 """
 
-from tidemill.scheduler.core import schedule
+from tidemill.scheduler.core import schedule, schedule_incremental
+from tidemill.scheduler.memo import Memo
 from tidemill.scheduler.reasons import Code
 from tidemill.scheduler.types import (
     Bind,
@@ -38,6 +41,7 @@ __all__ = [
     "Code",
     "Decisions",
     "JobRequest",
+    "Memo",
     "NodeInfo",
     "NumaNode",
     "Placement",
@@ -53,4 +57,5 @@ __all__ = [
     "Shrink",
     "TopologyRequest",
     "schedule",
+    "schedule_incremental",
 ]

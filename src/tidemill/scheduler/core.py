@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from tidemill.scheduler import preemption, reasons, reclaim, topology
 from tidemill.scheduler.capacity import Capacity
+from tidemill.scheduler.memo import Memo, carry
 from tidemill.scheduler.ordering import QueueOrder
 from tidemill.scheduler.placement import (
     Misfit,
@@ -97,27 +98,49 @@ def schedule(
     >>> schedule(state, [job]).binds[0].placements[0].gpu_ids
     (0, 1)
     """
-    capacity = Capacity.of(state)
+    return schedule_incremental(state, pending, config, None)[0]
+
+
+def schedule_incremental(
+    state: ClusterState,
+    pending: Sequence[JobRequest],
+    config: SchedulerConfig = DEFAULT_CONFIG,
+    memo: Memo | None = None,
+) -> tuple[Decisions, Memo]:
+    """``schedule``, starting from the ``memo`` an earlier call returned.
+
+    The decisions are exactly ``schedule(state, pending, config)``'s; the memo returned
+    is ``state``'s, to pass to the next call. A cycle then pays for the running jobs and
+    nodes that changed since, not for everything that runs.
+
+    >>> from tidemill.scheduler import ClusterState, JobRequest, NodeInfo, PodRequest, QueueInfo
+    >>> node = NodeInfo("n1", cpu_millis=8_000, memory_bytes=2**36, gpus=8)
+    >>> state = ClusterState(nodes=(node,), queues={"ads": QueueInfo("ads")})
+    >>> pod = PodRequest("worker", 0, cpu_millis=1_000, memory_bytes=2**30, gpu=2)
+    >>> job = JobRequest("ads/ctr", "ads", priority=0, sequence=1, pods=(pod,))
+    >>> decisions, memo = schedule_incremental(state, [job])
+    >>> decisions, memo = schedule_incremental(state, [job], memo=memo)
+    >>> decisions.binds[0].placements[0].gpu_ids
+    (0, 1)
+    """
+    memo = carry(memo, state)
+    capacity = memo.capacity.clone()
     cluster = capacity.total()
     decisions = Decisions()
     known: list[JobRequest] = []
     growing: list[JobRequest] = []
-    running_keys = {job.key for job in state.running}
     for request in pending:
         if request.grow:
-            if request.queue in state.queues and request.key in running_keys:
+            if request.queue in state.queues and request.key in memo.jobs:
                 growing.append(request)
         elif request.queue in state.queues:
             known.append(request)
         else:
             decisions.pending[request.key] = reasons.unknown_queue(request, state.queues)
-    held: dict[str, ResourceVector] = {}
-    for running in state.running:
-        held[running.queue] = held.get(running.queue, ResourceVector()) + running.total
     book = Reservations(state, config, known)
     late = {job.key for job in book.starving}
-    order = QueueOrder(state.queues, [j for j in known if j.key not in late], held, cluster)
-    pool = VictimPool(state.running, capacity, cluster)
+    order = QueueOrder(state.queues, [j for j in known if j.key not in late], memo.held, cluster)
+    pool = VictimPool(state.running, capacity, cluster, memo.lowest_preemptible())
     cycle = _Cycle(state, config, capacity, order, pool, book)
     for late_job in book.starving:
         reason = cycle.admit(late_job, decisions)
@@ -141,7 +164,7 @@ def schedule(
     cycle.fill(decisions)
     cycle.grow(growing, decisions)
     decisions.reservations = book.held
-    return decisions
+    return decisions, memo
 
 
 class _Cycle:

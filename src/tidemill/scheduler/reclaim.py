@@ -101,7 +101,8 @@ class Reclaimer:
             if name != job.queue and not _above(self._held(name), queue.guaranteed)
         }
         rest = [j for j in self._pool.remaining() if j.queue not in tight | {broken}]
-        pool = VictimPool(rest, self._capacity, self._capacity.total())
+        lowest = min((j.priority for j in rest if j.preemptible), default=None)
+        pool = VictimPool(rest, self._capacity, self._capacity.total(), lowest)
         if not pool.any_below(job.priority):
             return None, broken
         retry = preemption.plan(self._capacity, job.gang, job.priority, pool)

@@ -9,7 +9,8 @@ stopped whole.
 
 Per-node sums of what candidates below a priority hold (core and surplus apart) are
 built on first use and kept current as jobs are shrunk or stopped, so a cycle where
-everything fits pays nothing and each preemption reads a ready answer.
+everything fits, or where no candidate is below any preemptor, pays nothing and each
+preemption reads a ready answer.
 """
 
 from __future__ import annotations
@@ -49,9 +50,16 @@ class VictimPool:
     """Preemption candidates in rank order; each is stopped at most once a cycle."""
 
     def __init__(
-        self, running: Sequence[RunningJob], capacity: Capacity, cluster: ResourceVector
+        self,
+        running: Sequence[RunningJob],
+        capacity: Capacity,
+        cluster: ResourceVector,
+        lowest: int | None,
     ) -> None:
+        """``lowest``: the lowest priority of a preemptible job in ``running`` (None: none
+        is), so a preemptor at or below it is turned away without building the pool."""
         self._running = running
+        self._lowest = lowest
         self._capacity = capacity
         self._cluster = cluster
         self._built = False
@@ -75,6 +83,8 @@ class VictimPool:
 
     def any_below(self, priority: int) -> bool:
         """Whether any candidate is left for a preemptor of ``priority``."""
+        if self._lowest is None or priority <= self._lowest:
+            return False
         self._build()
         jobs = self._jobs
         while self._first_left < len(jobs) and jobs[self._first_left].key in self._taken:
@@ -89,10 +99,12 @@ class VictimPool:
 
     def could_free(self, priority: int) -> ResourceVector:
         """An upper bound on what stopping every candidate below ``priority`` frees."""
+        self._build()
         return self._bound(self._cumulative, priority)
 
     def could_shrink(self, priority: int) -> ResourceVector:
         """An upper bound on what shrinking every candidate below ``priority`` frees."""
+        self._build()
         return self._bound(self._surplus_cumulative, priority)
 
     def size(self, job: RunningJob) -> float:
@@ -185,7 +197,7 @@ class VictimPool:
         ]
 
     def _bound(self, cumulative: Floats, priority: int) -> ResourceVector:
-        self._build()
+        """``cumulative`` as read after :meth:`_build` (the callers build first)."""
         cpu, memory, gpu = cumulative[bisect_left(self._priorities, priority)]
         return ResourceVector(int(cpu), int(memory), float(gpu))
 
