@@ -39,8 +39,8 @@ from tidemill.controller.launches import Launches
 from tidemill.controller.lifecycle import LifecycleConfig
 from tidemill.controller.model import ACTIVE_PHASES
 from tidemill.controller.scheduling import CycleStats, SchedulingStep
-from tidemill.controller.snapshot import numa_layout
 from tidemill.engines.base import Engine
+from tidemill.scheduler.specs import numa_layout
 from tidemill.scheduler.types import SchedulerConfig
 from tidemill.store.store import Store, StoreUnavailable
 from tidemill.store.tables import JobRow

@@ -6,11 +6,11 @@ from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType
 from tidemill.controller.elastic import missing_indexes, surplus
+from tidemill.scheduler.specs import node_of, queue_of, seconds
 from tidemill.scheduler.types import (
     Extended,
     JobRequest,
     NodeInfo,
-    NumaNode,
     Placement,
     PodRequest,
     QueueInfo,
@@ -22,41 +22,11 @@ from tidemill.store.tables import JobRow, NodeRow, QueueRow, ReplicaRow
 
 
 def node_info(row: NodeRow) -> NodeInfo:
-    spec = NodeSpec.model_validate(row.spec)
-    return NodeInfo(
-        name=spec.name,
-        cpu_millis=round(spec.cpu * 1000),
-        memory_bytes=spec.memory,
-        gpus=spec.gpus,
-        gpu_model=spec.gpu_model,
-        labels=dict(spec.labels),
-        schedulable=row.schedulable,
-        extended=dict(spec.extended),
-        numa=numa_layout(spec),
-    )
-
-
-def numa_layout(spec: NodeSpec) -> tuple[NumaNode, ...]:
-    """The node's declared NUMA layout in the scheduler's form (empty: none declared)."""
-    return tuple(NumaNode(cpus=n.cpu_ids, gpus=tuple(n.gpus)) for n in spec.numa)
+    return node_of(NodeSpec.model_validate(row.spec), row.schedulable)
 
 
 def queue_info(row: QueueRow) -> QueueInfo:
-    spec = QueueSpec.model_validate(row.spec)
-    guaranteed = spec.guaranteed
-    limit = spec.max
-    return QueueInfo(
-        name=spec.name,
-        weight=spec.weight,
-        guaranteed=ResourceVector(
-            round((guaranteed.cpu or 0) * 1000), guaranteed.memory or 0, guaranteed.gpu or 0.0
-        ),
-        max_cpu_millis=None if limit.cpu is None else round(limit.cpu * 1000),
-        max_memory_bytes=limit.memory,
-        max_gpu=limit.gpu,
-        runtime_estimate_s=_seconds(spec.runtime_estimate_seconds),
-        reserve_after_s=_seconds(spec.reserve_after_seconds),
-    )
+    return queue_of(QueueSpec.model_validate(row.spec))
 
 
 def _pod(name: str, job: TrainingJob, index: int, optional: bool) -> PodRequest:
@@ -96,7 +66,7 @@ def job_request(row: JobRow, job: TrainingJob) -> JobRequest:
         sequence=row.id,
         pods=tuple(pods),
         waiting_since=waiting_since(row),
-        runtime_s=_seconds(job.spec.active_deadline_seconds),
+        runtime_s=seconds(job.spec.active_deadline_seconds),
     )
 
 
@@ -177,10 +147,6 @@ def running_job(
         started_at=bound_at,
         expected_end=expected_end,
     )
-
-
-def _seconds(value: int | None) -> float | None:
-    return None if value is None else float(value)
 
 
 def replica_usage(replica: ReplicaRow) -> ResourceVector:
