@@ -24,7 +24,7 @@ from dataclasses import replace
 import numpy as np
 
 from tidemill.scheduler import reasons
-from tidemill.scheduler.capacity import EPS, Capacity, Floats, Ints
+from tidemill.scheduler.capacity import EPS, Capacity, Flat
 from tidemill.scheduler.placement import try_gang
 from tidemill.scheduler.reasons import Code
 from tidemill.scheduler.types import (
@@ -169,40 +169,17 @@ class _Ending:
     def __init__(self, capacity: Capacity, jobs: Sequence[RunningJob]) -> None:
         self.jobs = jobs
         index = capacity.index
-        rows: list[int] = []
-        cpu: list[int] = []
-        memory: list[int] = []
-        device_rows: list[int] = []
-        devices: list[int] = []
-        shares: list[float] = []
-        self._extended: list[list[Placement]] = []
-        self._cut = [0]
-        self._device_cut = [0]
-        for job in jobs:
-            extended = []
-            for p in job.placements:
-                row = index.get(p.node)
-                if row is None:
-                    continue
-                rows.append(row)
-                cpu.append(p.cpu_millis)
-                memory.append(p.memory_bytes)
-                for device in p.gpu_ids:
-                    if 0 <= device < capacity.total_gpus[row]:
-                        device_rows.append(row)
-                        devices.append(device)
-                        shares.append(p.gpu_share)
-                if p.extended:
-                    extended.append(replace(p, cpu_millis=0, memory_bytes=0, gpu_ids=()))
-            self._extended.append(extended)
-            self._cut.append(len(rows))
-            self._device_cut.append(len(devices))
-        self._rows = np.array(rows, dtype=np.intp)
-        self._cpu: Ints = np.array(cpu, dtype=np.int64)
-        self._memory: Ints = np.array(memory, dtype=np.int64)
-        self._device_rows = np.array(device_rows, dtype=np.intp)
-        self._devices = np.array(devices, dtype=np.intp)
-        self._shares: Floats = np.array(shares, dtype=np.float64)
+        self._held = Flat.of(
+            capacity, ([(index.get(p.node), p) for p in j.placements] for j in jobs)
+        )
+        self._extended = [
+            [
+                replace(p, cpu_millis=0, memory_bytes=0, gpu_ids=())
+                for p in job.placements
+                if p.extended and p.node in index
+            ]
+            for job in jobs
+        ]
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -211,13 +188,14 @@ class _Ending:
         """Give back on ``capacity`` what the first ``count`` jobs hold (undo to restore)."""
         if count == 0:
             return
-        n, d = self._cut[count], self._device_cut[count]
+        held = self._held
+        n, d = held.cuts[count], held.device_cuts[count]
         cpu = np.zeros_like(capacity.free_cpu)
         memory = np.zeros_like(capacity.free_memory)
         used = np.zeros_like(capacity.gpu_used)
-        np.add.at(cpu, self._rows[:n], self._cpu[:n])
-        np.add.at(memory, self._rows[:n], self._memory[:n])
-        np.add.at(used, (self._device_rows[:d], self._devices[:d]), self._shares[:d])
+        np.add.at(cpu, held.rows[:n], held.cpu[:n])
+        np.add.at(memory, held.rows[:n], held.memory[:n])
+        np.add.at(used, (held.device_rows[:d], held.devices[:d]), held.shares[:d])
         capacity.release_all(cpu, memory, used)
         capacity.release(p for extended in self._extended[:count] for p in extended)
 

@@ -23,7 +23,7 @@ from itertools import islice
 
 import numpy as np
 
-from tidemill.scheduler.capacity import Capacity, Floats, Ints
+from tidemill.scheduler.capacity import Capacity, Flat, Floats, Ints
 from tidemill.scheduler.ordering import dominant_share
 from tidemill.scheduler.types import Placement, ResourceVector, RunningJob, usage
 
@@ -272,33 +272,16 @@ class VictimPool:
         return core, surplus
 
     def _room_of(self, placements: Iterable[Located]) -> Room:
-        rows: list[int] = []
-        cpu: list[int] = []
-        memory: list[int] = []
-        device_rows: list[int] = []
-        devices: list[int] = []
-        shares: list[float] = []
-        for row, placement in placements:
-            if row is None:
-                continue
-            rows.append(row)
-            cpu.append(placement.cpu_millis)
-            memory.append(placement.memory_bytes)
-            for device in self._devices(row, placement):
-                device_rows.append(row)
-                devices.append(device)
-                shares.append(placement.gpu_share)
         capacity = self._capacity
+        flat = Flat.of(capacity, [placements])
         room = Room(
             np.zeros_like(capacity.free_cpu),
             np.zeros_like(capacity.free_memory),
             np.zeros_like(capacity.gpu_used),
         )
-        at = np.array(rows, dtype=np.intp)
-        np.add.at(room.cpu, at, np.array(cpu, dtype=np.int64))
-        np.add.at(room.memory, at, np.array(memory, dtype=np.int64))
-        slots = (np.array(device_rows, dtype=np.intp), np.array(devices, dtype=np.intp))
-        np.add.at(room.gpu_used, slots, np.array(shares, dtype=np.float64))
+        np.add.at(room.cpu, flat.rows, flat.cpu)
+        np.add.at(room.memory, flat.rows, flat.memory)
+        np.add.at(room.gpu_used, (flat.device_rows, flat.devices), flat.shares)
         return room
 
     def _devices(self, row: int, placement: Placement) -> list[int]:
