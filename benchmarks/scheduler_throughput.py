@@ -11,10 +11,22 @@ shrinkable down to one. A third of the backlog is elastic (half its pods optiona
 and a third of the running elastic jobs ask to grow by 1-4 workers, so cycles also
 shrink, add optional pods and grow.
 
-A decision is a job bound or given a pending reason. Prints a table and writes
-``benchmarks/results/scheduler_throughput.json``.
+A decision is a job bound or given a pending reason.
 
-    python benchmarks/scheduler_throughput.py [--repeats 3]
+Steady cycles (issue goal 7a): 10,000 nodes with 10,000 pods running, and a history of
+cycles in each of which 10 pods arrive, the last cycle's binds start and as many pods
+exit. Every cycle is decided from scratch (``schedule``) and from the last cycle's memo
+(``schedule_incremental``) on the same snapshot, side by side; the decisions must be
+equal. "room" has free room and mixed priorities; "full" has every node taken by one
+8-GPU pod, all at one priority, so arrivals wait and no preemption is possible.
+
+Placement throughput: one cycle at 10,000 nodes placing a backlog of 20,000 pods of
+mixed shapes (whole GPUs, shared GPUs, CPU only) that nearly all fit: pods placed per
+second.
+
+Prints the tables and writes ``benchmarks/results/scheduler_throughput.json``.
+
+    python benchmarks/scheduler_throughput.py [--repeats 3] [--cycles 200]
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ from tidemill.scheduler import (
     RunningJob,
     SchedulerConfig,
     schedule,
+    schedule_incremental,
 )
 
 GIB = 2**30
@@ -224,10 +237,183 @@ def measure(scenario: Scenario, repeats: int) -> dict[str, object]:
     }
 
 
+STEADY_NODES = 10_000
+STEADY_PODS = 10_000
+ARRIVAL_PODS = 10
+
+
+def steady_cluster(full: bool, rng: random.Random) -> tuple[tuple[NodeInfo, ...], list[RunningJob]]:
+    """10,000 nodes and 10,000 single-pod jobs: one 8-GPU pod per node (``full``), or
+    1-GPU pods spread at random, at mixed priorities."""
+    nodes = tuple(
+        NodeInfo(f"node-{i:05d}", CPU_MILLIS_PER_NODE, MEMORY_PER_NODE, GPUS_PER_NODE)
+        for i in range(STEADY_NODES)
+    )
+    used = [0] * STEADY_NODES
+    running = []
+    for k in range(STEADY_PODS):
+        gpus = GPUS_PER_NODE if full else 1
+        row = k if full else rng.randrange(STEADY_NODES)
+        while used[row] + gpus > GPUS_PER_NODE:
+            row = rng.randrange(STEADY_NODES)
+        devices = tuple(range(used[row], used[row] + gpus))
+        used[row] += gpus
+        placement = Placement("worker", 0, nodes[row].name, 4_000 * gpus, 32 * GIB, devices, 1.0)
+        priority = 0 if full else rng.choice((0, 10, 50))
+        running.append(RunningJob(f"run-{k}", rng.choice(QUEUES), priority, k, (placement,)))
+    return nodes, running
+
+
+def arrival(rng: random.Random, cycle: int, priority: int | None) -> list[JobRequest]:
+    """Jobs of 1, 2 or 4 pods, 10 pods in all, whole or shared GPUs."""
+    jobs: list[JobRequest] = []
+    left = ARRIVAL_PODS
+    while left:
+        count = min(left, rng.choice((1, 2, 4)))
+        left -= count
+        gpu = rng.choice((1.0, 1.0, 2.0, 0.5))
+        pods = tuple(PodRequest("worker", p, 2_000, 8 * GIB, gpu=gpu) for p in range(count))
+        chosen = rng.choice((0, 10, 50, 100)) if priority is None else priority
+        key = f"arrival-{cycle}-{len(jobs)}"
+        jobs.append(JobRequest(key, rng.choice(QUEUES), chosen, 10**6 + cycle, pods))
+    return jobs
+
+
+def measure_steady(full: bool, cycles: int) -> dict[str, object]:
+    """Per-cycle latency of a 10-pod arrival, from scratch and from the memo."""
+    rng = random.Random(11)
+    nodes, jobs = steady_cluster(full, rng)
+    queues = {name: QueueInfo(name=name) for name in QUEUES}
+    running = {job.key: job for job in jobs}
+    config = SchedulerConfig(preemption=True)
+    memo = schedule_incremental(ClusterState(nodes, queues, tuple(jobs)), [], config)[1]
+    fresh_s: list[float] = []
+    carried_s: list[float] = []
+    carried_cpu_s: list[float] = []
+    bound = 0
+    for cycle in range(cycles):
+        state = ClusterState(nodes, queues, tuple(running.values()))
+        pending = arrival(rng, cycle, 0 if full else None)
+        started = time.perf_counter()
+        fresh = schedule(state, pending, config)
+        fresh_s.append(time.perf_counter() - started)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        carried, memo = schedule_incremental(state, pending, config, memo)
+        carried_s.append(time.perf_counter() - started)
+        carried_cpu_s.append(time.process_time() - cpu_started)
+        if carried != fresh:
+            raise SystemExit(f"cycle {cycle}: the memo's decisions differ from a fresh build's")
+        asked = {job.key: job for job in pending}
+        for bind in fresh.binds:
+            job = asked[bind.job]
+            running[job.key] = RunningJob(
+                job.key, job.queue, job.priority, job.sequence, bind.placements
+            )
+            bound += len(bind.placements)
+        for victim in fresh.preemptions:
+            del running[victim.victim]
+        exits = ARRIVAL_PODS if not full else 1
+        for key in rng.sample(sorted(running), exits):
+            gone = running.pop(key)
+            if full:  # another 8-GPU pod takes the node at once: the cluster stays full
+                running[f"{key}-next"] = RunningJob(
+                    f"{key}-next", gone.queue, 0, gone.sequence, gone.placements
+                )
+    return {
+        "cluster": "full" if full else "room",
+        "nodes": STEADY_NODES,
+        "running_pods": STEADY_PODS,
+        "arrival_pods": ARRIVAL_PODS,
+        "cycles": cycles,
+        "pods_bound": bound,
+        "from_scratch_ms": _latency_ms(fresh_s),
+        "incremental_ms": _latency_ms(carried_s),
+        "incremental_cpu_ms": _latency_ms(carried_cpu_s),
+        "speedup_mean": round(statistics.fmean(fresh_s) / statistics.fmean(carried_s), 1),
+    }
+
+
+def _latency_ms(seconds: list[float]) -> dict[str, float]:
+    ranked = sorted(seconds)
+    p99 = ranked[min(len(ranked) - 1, round(0.99 * (len(ranked) - 1)))]
+    return {
+        "mean": round(statistics.fmean(seconds) * 1000, 2),
+        "p50": round(statistics.median(seconds) * 1000, 2),
+        "p99": round(p99 * 1000, 2),
+        "max": round(ranked[-1] * 1000, 2),
+    }
+
+
+def measure_placement(repeats: int) -> dict[str, object]:
+    """Pods placed per second in one cycle at 10,000 nodes, the memo warm."""
+    rng = random.Random(13)
+    nodes, jobs = steady_cluster(False, rng)
+    queues = {name: QueueInfo(name=name) for name in QUEUES}
+    state = ClusterState(nodes, queues, tuple(jobs))
+    backlog: list[JobRequest] = []
+    pods = 0
+    while pods < 2 * STEADY_PODS:
+        count, gpu, cpu = pod_shape(rng)
+        request = tuple(PodRequest("worker", p, cpu, 8 * GIB, gpu=gpu) for p in range(count))
+        key = f"job-{len(backlog):05d}"
+        backlog.append(JobRequest(key, rng.choice(QUEUES), 0, len(backlog), request))
+        pods += count
+    config = SchedulerConfig(preemption=True)
+    memo = schedule_incremental(state, [], config)[1]
+    seconds: list[float] = []
+    cpu_seconds: list[float] = []
+    decisions = Decisions()
+    for _ in range(repeats):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        decisions, memo = schedule_incremental(state, backlog, config, memo)
+        seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
+    placed = sum(len(bind.placements) for bind in decisions.binds)
+    best_s = min(seconds)
+    return {
+        "nodes": STEADY_NODES,
+        "running_pods": STEADY_PODS,
+        "backlog_pods": pods,
+        "pods_placed": placed,
+        "pending_jobs": len(decisions.pending),
+        "repeats": repeats,
+        "mean_ms_per_cycle": round(statistics.fmean(seconds) * 1000, 1),
+        "min_ms_per_cycle": round(best_s * 1000, 1),
+        "pods_per_s": round(placed / statistics.fmean(seconds), 1),
+        "pods_per_cpu_s": round(placed / statistics.fmean(cpu_seconds), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed cycles per cluster size")
+    parser.add_argument("--cycles", type=int, default=200, help="steady cycles per cluster")
     args = parser.parse_args()
+    steady = [measure_steady(full, args.cycles) for full in (False, True)]
+    placement = measure_placement(args.repeats)
+    print(
+        f"{'cluster':>7} {'cycles':>6} {'bound':>6} {'scratch p50':>11} {'p99':>7} "
+        f"{'memo p50':>8} {'p99':>7} {'max':>7} {'cpu p99':>7} {'speedup':>7}   "
+        "(ms per 10-pod arrival, "
+        f"{STEADY_NODES:,} nodes, {STEADY_PODS:,} pods running)"
+    )
+    for row in steady:
+        fresh, carried, cpu = (
+            row["from_scratch_ms"],
+            row["incremental_ms"],
+            row["incremental_cpu_ms"],
+        )
+        assert isinstance(fresh, dict) and isinstance(carried, dict) and isinstance(cpu, dict)
+        print(
+            f"{row['cluster']:>7} {row['cycles']:>6} {row['pods_bound']:>6} "
+            f"{fresh['p50']:>11} {fresh['p99']:>7} {carried['p50']:>8} {carried['p99']:>7} "
+            f"{carried['max']:>7} {cpu['p99']:>7} {row['speedup_mean']:>6}x"
+        )
+    print(
+        f"placement: {placement['pods_placed']:,} of {placement['backlog_pods']:,} pods placed "
+        f"in {placement['mean_ms_per_cycle']} ms at {STEADY_NODES:,} nodes: "
+        f"{placement['pods_per_s']:,} pods/s ({placement['pods_per_cpu_s']:,} per CPU second)"
+    )
     rows = [measure(scenario, args.repeats) for scenario in SCENARIOS]
     header = (
         f"{'mix':>7} {'nodes':>7} {'running':>8} {'backlog':>8} {'bound':>6} {'pending':>8} "
@@ -247,6 +433,8 @@ def main() -> None:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "results": rows,
+        "steady": steady,
+        "placement": placement,
     }
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {RESULTS}")

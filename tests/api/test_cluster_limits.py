@@ -48,6 +48,14 @@ REFUSED = {
         f"nodes: [{NODE}]\nqueues: [{{name: a, guaranteed: {{gpu: .nan}}}}]",
         "queues.0.guaranteed.gpu: nan is not a finite number",
     ),
+    "a queue that reserves after zero seconds": (
+        f"nodes: [{NODE}]\nqueues: [{{name: a, reserveAfterSeconds: 0}}]",
+        "queues.0.reserveAfterSeconds: Input should be greater than 0",
+    ),
+    "a queue runtime estimate beyond int64": (
+        f"nodes: [{NODE}]\nqueues: [{{name: a, runtimeEstimateSeconds: 1180591620717411303424}}]",
+        "queues.0.runtimeEstimateSeconds: 1180591620717411303424 is beyond the 64-bit",
+    ),
     "a queue max of negative cpu": (
         f"nodes: [{NODE}]\nqueues: [{{name: a, max: {{cpu: -4}}}}]",
         "queues.0.max.cpu: cpu must not be negative",

@@ -10,6 +10,14 @@ index 2 up, highest first.
 Extended resources: ``node("n1").offers("rdma/hca", 4)``, ``job("a").extended("rdma/hca", 2)``
 (per pod) and ``running("b").on("n1", extended={"rdma/hca": 1})``.
 
+Topology: ``node("n1").label("rack", "r1")``, ``node("n1").gpus(8).numa((0, 1), (2, 3))``
+(GPUs per NUMA node; CPUs follow), ``job("a").pack("rack", required=True)`` and
+``decide(..., levels=("nvlink-domain", "rack"))``.
+
+Time: ``job("a").waiting_since(0).runtime(600)`` (waiting since t=0, runs at most ten
+minutes), ``running("b").started(0).ends(3600)``, ``queue("q").runtime_estimate(600)``,
+and ``decide(..., now=7200)``.
+
 Builders are immutable: every call returns a new one, so a shared base is safe.
 """
 
@@ -23,12 +31,15 @@ from tidemill.scheduler import (
     Decisions,
     JobRequest,
     NodeInfo,
+    NumaNode,
     Placement,
     PodRequest,
     QueueInfo,
+    Reservation,
     ResourceVector,
     RunningJob,
     SchedulerConfig,
+    TopologyRequest,
     schedule,
 )
 
@@ -44,6 +55,8 @@ class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
     gpu_model: str | None = None
     schedulable: bool = True
     extended_amounts: tuple[tuple[str, int], ...] = ()
+    label_items: tuple[tuple[str, str], ...] = ()
+    numa_gpus: tuple[tuple[int, ...], ...] = ()
 
     def gpus(self, count: int) -> node:
         return replace(self, gpu_count=count)
@@ -64,7 +77,19 @@ class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
         """``count`` of the extended resource ``name``."""
         return replace(self, extended_amounts=(*self.extended_amounts, (name, count)))
 
+    def label(self, key: str, value: str) -> node:
+        return replace(self, label_items=(*self.label_items, (key, value)))
+
+    def numa(self, *gpus: tuple[int, ...]) -> node:
+        """One NUMA node per argument, holding those GPUs; the cores split evenly."""
+        return replace(self, numa_gpus=gpus)
+
     def build(self) -> NodeInfo:
+        per = int(self.cpu_cores) // max(len(self.numa_gpus), 1)
+        layout = tuple(
+            NumaNode(cpus=tuple(range(i * per, (i + 1) * per)), gpus=gpus)
+            for i, gpus in enumerate(self.numa_gpus)
+        )
         return NodeInfo(
             name=self.name,
             cpu_millis=round(self.cpu_cores * 1000),
@@ -73,6 +98,8 @@ class node:  # lower-case on purpose: node("n1").gpus(8) reads as a sentence
             gpu_model=self.gpu_model,
             schedulable=self.schedulable,
             extended=dict(self.extended_amounts),
+            labels=dict(self.label_items),
+            numa=layout,
         )
 
 
@@ -89,6 +116,7 @@ class _Role:
     first: int = 0
     extended: tuple[tuple[str, int], ...] = ()
     spread: bool = False
+    topology: TopologyRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +128,8 @@ class job:
     main: _Role = _Role("worker", 1, 0.0, 1, 1, None)
     extra: tuple[_Role, ...] = ()
     growth: bool = False
+    since: float | None = None
+    runtime_s: float | None = None
 
     def pods(self, count: int) -> job:
         return replace(self, main=replace(self.main, count=count))
@@ -133,6 +163,10 @@ class job:
         amounts = tuple(sorted({**dict(self.main.extended), name: per_pod}.items()))
         return replace(self, main=replace(self.main, extended=amounts))
 
+    def pack(self, level: str, required: bool = False) -> job:
+        """The main role's gang pods go into one domain of ``level``."""
+        return replace(self, main=replace(self.main, topology=TopologyRequest(level, required)))
+
     def role(self, name: str) -> job:
         return replace(self, main=replace(self.main, name=name))
 
@@ -144,10 +178,11 @@ class job:
         cpu: float = 1,
         memory: float = 1,
         spread: bool = False,
+        pack: TopologyRequest | None = None,
     ) -> job:
         """Another role in the same gang (e.g. parameter servers beside workers;
         ``spread``: tidemill's PS servers, placed first, one per node when possible)."""
-        extra = _Role(role, count, gpu, cpu, memory, None, spread=spread)
+        extra = _Role(role, count, gpu, cpu, memory, None, spread=spread, topology=pack)
         return replace(self, extra=(*self.extra, extra))
 
     def queue(self, name: str) -> job:
@@ -158,6 +193,13 @@ class job:
 
     def seq(self, value: int) -> job:
         return replace(self, sequence=value)
+
+    def waiting_since(self, at: float) -> job:
+        return replace(self, since=at)
+
+    def runtime(self, seconds: float) -> job:
+        """At most this long once started (its activeDeadlineSeconds)."""
+        return replace(self, runtime_s=seconds)
 
     def build(self, default_sequence: int = 0) -> JobRequest:
         pods = tuple(
@@ -171,13 +213,21 @@ class job:
                 optional=self.growth or (r.required is not None and i >= r.required),
                 extended=r.extended,
                 spread=r.spread,
+                topology=r.topology,
             )
             for r in (self.main, *self.extra)
             for i in range(r.count)
         )
         sequence = default_sequence if self.sequence is None else self.sequence
         return JobRequest(
-            self.key, self.queue_name, self.priority_value, sequence, pods, grow=self.growth
+            self.key,
+            self.queue_name,
+            self.priority_value,
+            sequence,
+            pods,
+            grow=self.growth,
+            waiting_since=self.since,
+            runtime_s=self.runtime_s,
         )
 
 
@@ -190,6 +240,8 @@ class running:
     placements: tuple[Placement, ...] = ()
     preemptible: bool = True
     shrinkable: tuple[tuple[str, int], ...] = ()
+    started_at: float | None = None
+    expected_end: float | None = None
 
     def on(
         self,
@@ -222,6 +274,13 @@ class running:
     def seq(self, value: int) -> running:
         return replace(self, sequence=value)
 
+    def started(self, at: float) -> running:
+        return replace(self, started_at=at)
+
+    def ends(self, at: float) -> running:
+        """Expected to end at ``at``."""
+        return replace(self, expected_end=at)
+
     def not_preemptible(self) -> running:
         return replace(self, preemptible=False)
 
@@ -243,6 +302,8 @@ class running:
             self.placements,
             self.preemptible,
             self.shrinkable,
+            self.started_at,
+            self.expected_end,
         )
 
 
@@ -254,6 +315,8 @@ class queue:
     max_cpu_cores: float | None = None
     max_memory_gib: float | None = None
     guaranteed_gpu: float = 0.0
+    runtime_estimate_s: float | None = None
+    reserve_after_s: float | None = None
 
     def weight(self, value: float) -> queue:
         return replace(self, weight_value=value)
@@ -270,6 +333,12 @@ class queue:
     def guarantee_gpu(self, value: float) -> queue:
         return replace(self, guaranteed_gpu=value)
 
+    def runtime_estimate(self, seconds: float) -> queue:
+        return replace(self, runtime_estimate_s=seconds)
+
+    def reserve_after(self, seconds: float) -> queue:
+        return replace(self, reserve_after_s=seconds)
+
     def build(self) -> QueueInfo:
         return QueueInfo(
             name=self.name,
@@ -280,11 +349,18 @@ class queue:
             if self.max_memory_gib is None
             else round(self.max_memory_gib * GIB),
             max_gpu=self.max_gpu_value,
+            runtime_estimate_s=self.runtime_estimate_s,
+            reserve_after_s=self.reserve_after_s,
         )
 
 
 def state_of(
-    nodes: Iterable[node], running_jobs: Iterable[running] = (), queues: Iterable[queue] = ()
+    nodes: Iterable[node],
+    running_jobs: Iterable[running] = (),
+    queues: Iterable[queue] = (),
+    levels: Sequence[str] = (),
+    now: float | None = None,
+    reservations: Iterable[Reservation] = (),
 ) -> ClusterState:
     """A snapshot; with no queues given there is one queue, ``default``."""
     infos = [q.build() for q in queues] or [QueueInfo("default")]
@@ -292,6 +368,9 @@ def state_of(
         nodes=tuple(n.build() for n in nodes),
         queues={q.name: q for q in infos},
         running=tuple(r.build() for r in running_jobs),
+        topology=tuple(levels),
+        now=now,
+        reservations=tuple(reservations),
     )
 
 
@@ -307,12 +386,20 @@ def decide(
     queues: Iterable[queue] = (),
     preemption: bool = True,
     strict_fifo: bool = False,
+    levels: Sequence[str] = (),
+    now: float | None = None,
+    reservations: Iterable[Reservation] = (),
+    reserve_after_s: float | None = 3600.0,
+    reclaim: bool = True,
 ) -> Decisions:
-    return schedule(
-        state_of(nodes, running_jobs, queues),
-        backlog(jobs),
-        SchedulerConfig(preemption=preemption, strict_fifo=strict_fifo),
+    config = SchedulerConfig(
+        preemption=preemption,
+        strict_fifo=strict_fifo,
+        reserve_after_s=reserve_after_s,
+        reclaim=reclaim,
     )
+    state = state_of(nodes, running_jobs, queues, levels, now, reservations)
+    return schedule(state, backlog(jobs), config)
 
 
 def grown(decisions: Decisions) -> dict[str, list[str]]:

@@ -21,6 +21,8 @@ class Case:
     queues: list[queue] = field(default_factory=list)
     strict_fifo: bool = False
     subject: str = "waiting"
+    levels: tuple[str, ...] = ()
+    now: float | None = None
 
 
 REASON_CASES = [
@@ -258,6 +260,66 @@ REASON_CASES = [
         ),
         id="a job that preemption cannot help says so",
     ),
+    pytest.param(
+        Case(
+            nodes=[
+                node("n1").gpus(8).label("rack", "r1"),
+                node("n2").gpus(8).label("rack", "r1"),
+                node("n3").gpus(8).label("rack", "r2"),
+                node("n4").gpus(8).label("rack", "r2"),
+            ],
+            held=[
+                running("a").on("n1", gpu_ids=range(8)).on("n2", gpu_ids=[0, 1]),
+                running("b").on("n3", gpu_ids=range(4)),
+            ],
+            jobs=[job("waiting").pods(8).gpus(2).pack("rack", required=True)],
+            levels=("rack",),
+            code="TopologyDoesNotFit",
+            message="needs 16 gpu (8 worker x 2 gpu) within one rack; "
+            "the largest free rack block is 12 gpu on r2",
+        ),
+        id="a required packing no rack holds now names the largest free rack block",
+    ),
+    pytest.param(
+        Case(
+            nodes=[node("n1").gpus(8).label("rack", "r1"), node("n2").gpus(8).label("rack", "r2")],
+            jobs=[job("waiting").pods(8).gpus(2).pack("rack", required=True)],
+            levels=("rack",),
+            code="TopologyDomainTooSmall",
+            message="needs 16 gpu (8 worker x 2 gpu) within one rack; the largest rack has "
+            "8 gpu in all (r1): set topology.required: false or packWithin a larger level, "
+            "or ask for less",
+        ),
+        id="a required packing larger than any rack even when empty says waiting will not help",
+    ),
+    pytest.param(
+        Case(
+            nodes=[node("n1").gpus(8).label("zone", "z1")],
+            jobs=[job("waiting").gpus(2).pack("rack", required=True)],
+            levels=("rack", "zone"),
+            code="NoTopologyDomain",
+            message="pod worker-0 must be packed within one rack; no schedulable node carries "
+            "the label rack",
+        ),
+        id="a required packing at a level no node is labelled with names the label",
+    ),
+    pytest.param(
+        Case(
+            nodes=[node("n1").gpus(8), node("n2").gpus(8)],
+            held=[
+                running("a").on("n1", gpu_ids=range(4)).ends(9_000),
+                running("b").on("n2", gpu_ids=range(8)).ends(12_600),
+            ],
+            jobs=[job("waiting").pods(2).gpus(8).waiting_since(0)],
+            now=7_200,
+            code="Reserved",
+            message="waited 2h, past the 1h bound: 2 cpu, 16 gpu, 2Gi memory held for it on "
+            "n1, n2 as it frees; expected to start at 1970-01-01 03:30:00 UTC; only jobs that "
+            "end before then may use that room (needs 2 worker pods x 8 gpu; largest free "
+            "block is 4 gpu on n1)",
+        ),
+        id="a job that waited past the bound says what is held for it and when it should start",
+    ),
 ]
 
 
@@ -269,6 +331,8 @@ def test_pending_reason(case: Case) -> None:
         running_jobs=case.held,
         queues=case.queues,
         strict_fifo=case.strict_fifo,
+        levels=case.levels,
+        now=case.now,
     )
     reason = decisions.pending[case.subject]
     assert (reason.code, reason.message) == (case.code, case.message)

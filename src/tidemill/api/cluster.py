@@ -10,7 +10,7 @@ import os
 from collections import Counter
 
 import psutil
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from tidemill.api._model import (
     Int64,
@@ -22,13 +22,16 @@ from tidemill.api._model import (
 )
 from tidemill.api.extended import ExtendedAmounts
 from tidemill.api.limits import (
+    INT64_MAX,
     MAX_CLUSTER_NODES,
     MAX_GPUS,
+    MAX_NUMA_NODES,
     MAX_QUEUE_GPUS,
     MAX_QUEUE_WEIGHT,
     MIN_QUEUE_WEIGHT,
 )
 from tidemill.api.quantity import CpuCores, MemoryBytes
+from tidemill.api.topology import ClusterTopology, NumaNodeSpec, missing_levels, numa_problems
 
 
 class ResourceAmounts(SpecModel):
@@ -40,12 +43,29 @@ class ResourceAmounts(SpecModel):
 
 
 class QueueSpec(SpecModel):
-    """A tenant queue. DRF weighs queues by ``weight``; ``max`` caps what it may hold."""
+    """A tenant queue. DRF weighs queues by ``weight``; ``max`` caps what it may hold.
+
+    Below its ``guaranteed`` amount a queue may stop or shrink jobs of queues over
+    theirs, whatever their priority, to get it back."""
 
     name: str
     weight: float = Field(default=1.0, ge=MIN_QUEUE_WEIGHT, le=MAX_QUEUE_WEIGHT)
     guaranteed: ResourceAmounts = Field(default_factory=ResourceAmounts)
     max: ResourceAmounts = Field(default_factory=ResourceAmounts)
+    reserve_after_seconds: int | None = Field(
+        default=None,
+        gt=0,
+        le=INT64_MAX,
+        description="a job waiting longer gets capacity reserved for it as it frees "
+        "(default: the scheduler's, one hour)",
+    )
+    runtime_estimate_seconds: int | None = Field(
+        default=None,
+        gt=0,
+        le=INT64_MAX,
+        description="how long this queue's jobs run when they set no activeDeadlineSeconds: "
+        "lets them use reserved capacity they would leave in time",
+    )
 
     @field_validator("name")
     @classmethod
@@ -65,12 +85,28 @@ class NodeSpec(SpecModel):
     extended: ExtendedAmounts = Field(
         default_factory=dict, description="extended resources offered, e.g. {rdma/hca: 4}"
     )
+    numa: list[NumaNodeSpec] = Field(
+        default_factory=list,
+        max_length=MAX_NUMA_NODES,
+        description="NUMA layout: per NUMA node its CPUs and GPUs, e.g. "
+        "[{cpus: '0-31', gpus: [0, 1, 2, 3]}, {cpus: '32-63', gpus: [4, 5, 6, 7]}]",
+    )
     count: int = Field(default=1, ge=1, le=MAX_CLUSTER_NODES)
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
         return validate_dns_subdomain(value, "node name")
+
+    @field_validator("numa")
+    @classmethod
+    def _numa(cls, value: list[NumaNodeSpec], info: ValidationInfo) -> list[NumaNodeSpec]:
+        if "gpus" not in info.data or "cpu" not in info.data:
+            return value  # already refused for its own field
+        problems = numa_problems(value, info.data["gpus"], info.data["cpu"])
+        if problems:
+            raise ValueError("; ".join(problems[:5]))
+        return value
 
     @field_validator("gpu_model")
     @classmethod
@@ -97,6 +133,29 @@ class ClusterSpec(SpecModel):
     priority_classes: dict[str, Int64] = Field(
         default_factory=dict, description="name -> priority, e.g. {high: 1000}"
     )
+    topology: ClusterTopology = Field(
+        default_factory=ClusterTopology,
+        description="levels (node label keys), smallest first, e.g. "
+        "{levels: [nvlink-domain, rack, zone]}",
+    )
+
+    @field_validator("topology")
+    @classmethod
+    def _levels_carried(cls, value: ClusterTopology, info: ValidationInfo) -> ClusterTopology:
+        """A declared level no declared node carries is a typo; discovered nodes
+        (Kubernetes) are checked per job instead."""
+        nodes: list[NodeSpec] = info.data.get("nodes") or []
+        if not nodes:
+            return value
+        keys = {key for node in nodes for key in node.labels}
+        missing = missing_levels(value.levels, keys)
+        if missing:
+            carried = ", ".join(sorted(keys)) or "none"
+            raise ValueError(
+                f"levels: no node carries the label {', '.join(missing)} (node labels here: "
+                f"{carried}); label the nodes or drop the level"
+            )
+        return value
 
     @field_validator("priority_classes")
     @classmethod

@@ -53,6 +53,7 @@ from tidemill.api.ps import (
 )
 from tidemill.api.quantity import CpuCores, MemoryBytes
 from tidemill.api.sources import IcebergSource, KafkaSource, ParquetSource
+from tidemill.api.topology import TopologySpec
 
 API_VERSION = "tidemill/v1"
 """What job files say, and what :meth:`TrainingJob.to_document` writes."""
@@ -180,6 +181,11 @@ class RoleSpec(SpecModel):
     env: dict[str, ArgText] = Field(default_factory=dict)
     working_dir: str | None = Field(default=None, description="relative to the job file")
     image: str | None = Field(default=None, description="container image (Kubernetes engine)")
+    topology: TopologySpec | None = Field(
+        default=None,
+        description="pack the role's gang replicas into one domain of a topology level, "
+        "e.g. {packWithin: rack, required: true}",
+    )
     restart_policy: RestartPolicy = RestartPolicy.ON_FAILURE
     max_restarts: int = Field(
         default=3, ge=0, le=INT64_MAX, description="per replica, before the job fails"
@@ -506,6 +512,7 @@ def spec_field_names() -> dict[str, str]:
     places = (
         (Resources, "spec.roles.<role>.resources"),
         (RoleSpec, "spec.roles.<role>"),
+        (TopologySpec, "spec.roles.<role>.topology"),
         (Metadata, "metadata"),
         (TrainingJobSpec, "spec"),
         (TrainingJob, "the top level"),

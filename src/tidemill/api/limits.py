@@ -51,6 +51,12 @@ MAX_BACKOFF_S = 300.0
 """The restart delay never grows beyond this, so a first delay above it means nothing."""
 MAX_CLUSTER_NODES = 10_000
 """Nodes of a cluster file, after ``count`` expands."""
+MAX_TOPOLOGY_LEVELS = 8
+"""Topology levels a cluster declares (``nvlink-domain, rack, zone`` is three)."""
+MAX_NUMA_NODES = 64
+"""NUMA nodes one node's layout lists."""
+MAX_CPU_ID = 8_191
+"""The highest CPU number a NUMA layout may name (Linux's largest NR_CPUS)."""
 MIN_QUEUE_WEIGHT = 1e-3
 MAX_QUEUE_WEIGHT = 1e6
 

@@ -194,7 +194,9 @@ def load_cluster_file(path: str | Path) -> ClusterSpec:
     try:
         return ClusterSpec.model_validate(document)
     except ValidationError as exc:
-        known = set(ClusterSpec.model_fields) | {"gpus", "gpuModel", "labels", "extended", "count"}
+        known = set(ClusterSpec.model_fields) | {
+            *("gpus", "gpuModel", "labels", "extended", "count", "numa", "levels", "cpus"),
+        }
         raise from_validation_error(exc, known) from None
 
 

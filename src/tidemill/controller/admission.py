@@ -8,6 +8,9 @@ at once for the job to start.
 
 Extended resources (``resources.extended``) are checked per replica and node by node;
 queue maxes do not limit them.
+
+A role's ``topology.packWithin`` must name a level of the cluster that some node
+carries; a required packing must fit one domain of that level when it is empty.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.errors import FieldError, SpecError, from_validation_error
 from tidemill.api.job import RoleSpec, TrainingJob
 from tidemill.api.quantity import format_cpu, format_memory
+from tidemill.api.topology import ClusterTopology
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ def admit(
     nodes: Sequence[NodeSpec],
     queues: Mapping[str, QueueSpec],
     priority_classes: Mapping[str, int],
+    topology: ClusterTopology | None = None,
 ) -> Admission:
     """Return where the job queues and at what priority, or raise SpecError."""
     errors: list[FieldError] = []
@@ -66,6 +71,8 @@ def admit(
                 )
             )
     errors.extend(capacity_problems(job, nodes))
+    if not errors:
+        errors.extend(topology_problems(job, nodes, (topology or ClusterTopology()).levels))
     if not errors and queue in queues:
         errors.extend(_within_queue_max(job, queues[queue]))
     if errors:
@@ -315,6 +322,70 @@ def _replicas_on(node: NodeSpec, role: RoleSpec, cap: int) -> int:
         if asked > 0:
             fits.append(node.extended.get(name, 0) // asked)
     return min(fits)
+
+
+def topology_problems(
+    job: TrainingJob, nodes: Sequence[NodeSpec], levels: Sequence[str]
+) -> list[FieldError]:
+    """Packings that could never be honoured: an undeclared level, one no node carries,
+    or a required one larger than the largest domain of its level. A cluster that
+    declares no levels ignores packings (the scheduler notes it), so the job file that
+    runs on the shared cluster also runs on this machine."""
+    errors: list[FieldError] = []
+    if not levels:
+        return errors
+    for name, role in job.spec.roles.items():
+        asked = role.topology
+        if asked is None or role.max_bound == 0:
+            continue
+        path = f"spec.roles.{name}.topology"
+        level = asked.pack_within
+        if level not in levels:
+            errors.append(
+                FieldError(
+                    f"{path}.packWithin",
+                    f"'{level}' is not a topology level of this cluster (levels: "
+                    f"{', '.join(levels) or 'none declared'}); use one of them, or declare it "
+                    "under topology.levels in the cluster file",
+                )
+            )
+            continue
+        domains: dict[tuple[str | None, ...], list[NodeSpec]] = {}
+        for node in nodes:
+            if level in node.labels:
+                key = tuple(node.labels.get(lv) for lv in levels[levels.index(level) :])
+                domains.setdefault(key, []).append(node)
+        if not domains:
+            keys = ", ".join(sorted({k for n in nodes for k in n.labels})) or "none"
+            errors.append(
+                FieldError(
+                    f"{path}.packWithin",
+                    f"no node carries the label '{level}' (node labels here: {keys}); label "
+                    "the nodes with it, or pack within another level",
+                )
+            )
+            continue
+        wanted = role.min_bound
+        if not asked.required or wanted == 0:
+            continue
+        holds = {
+            key: sum(_replicas_on(n, role, wanted) for n in members)
+            for key, members in domains.items()
+        }
+        best = max(holds, key=lambda key: holds[key])
+        if holds[best] < wanted:
+            res = role.resources
+            errors.append(
+                FieldError(
+                    path,
+                    f"needs {wanted} {name} replicas within one {level} "
+                    f"({format_cpu(res.cpu_millis)} cpu, {format_memory(res.memory)}, "
+                    f"{res.gpu:g} gpu each); the largest {level} holds {holds[best]} "
+                    f"({best[0]}, {len(domains[best])} node(s)): set required: false, pack "
+                    "within a larger level, or ask for fewer replicas",
+                )
+            )
+    return errors
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ A job with ``spec.data`` hands its plan to the master and the chief and workers 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from tidemill.api.checkpoint import CheckpointPlan, job_checkpoint_plan
 from tidemill.api.job import RoleSpec, TrainingJob
@@ -24,6 +24,8 @@ from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
 from tidemill.controller.model import JobSnapshot, ReplicaSnapshot
 from tidemill.engines.base import LaunchSpec
 from tidemill.engines.replica_env import COLLECTIVE_ROLES, ReplicaContext, replica_env
+from tidemill.scheduler.numa import cpu_set
+from tidemill.scheduler.types import NumaNode
 
 DATA_VAR = "TIDEMILL_DATA"
 TOKEN_VAR = "TIDEMILL_TOKEN"
@@ -140,8 +142,12 @@ class Launcher:
         server_url: str | None = None,
         job_token: Callable[[str], str] | None = None,
         checkpoint_root: str | None = None,
+        numa: Mapping[str, tuple[NumaNode, ...]] | None = None,
     ) -> None:
+        """``numa``: the declared NUMA layout of each node that has one, by node name;
+        a replica with GPUs there is pinned to their NUMA node's CPUs."""
         self.replica_host = replica_host
+        self.numa = numa or {}
         self.server_url = server_url
         self.job_token = job_token
         self.checkpoint_root = checkpoint_root
@@ -217,6 +223,7 @@ class Launcher:
             working_dir=role.working_dir or "",
             node=replica.node,
             gpu_ids=replica.gpu_ids,
+            cpu_ids=cpu_set(self.numa.get(replica.node, ()), replica.gpu_ids, role.resources.cpu),
             attempt=_attempt(replica),
             image=role.image,
             cpu=role.resources.cpu,

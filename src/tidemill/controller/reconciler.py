@@ -40,6 +40,7 @@ from tidemill.controller.lifecycle import LifecycleConfig
 from tidemill.controller.model import ACTIVE_PHASES
 from tidemill.controller.scheduling import CycleStats, SchedulingStep
 from tidemill.engines.base import Engine
+from tidemill.scheduler.specs import numa_layout
 from tidemill.scheduler.types import SchedulerConfig
 from tidemill.store.store import Store, StoreUnavailable
 from tidemill.store.tables import JobRow
@@ -101,6 +102,7 @@ class Controller:
             self.config.server_url,
             self.config.job_token,
             self.config.checkpoint_root,
+            {n.name: numa_layout(n) for n in self.cluster.all_nodes() if n.numa},
         )
         lifecycle = LifecycleConfig(self.config.stop_grace_s, self.config.drain_grace_s)
         launches = Launches(store, engine, self.launcher, clock)
@@ -109,7 +111,13 @@ class Controller:
         )
         self.deleter = Deleter(store, engine, clock, self.config.stop_grace_s)
         self.scheduling = SchedulingStep(
-            store, engine, launches, self.spec_of, self.config.scheduler, lifecycle
+            store,
+            engine,
+            launches,
+            self.spec_of,
+            self.config.scheduler,
+            lifecycle,
+            tuple(self.cluster.topology.levels),
         )
         self._schedule_due = threading.Event()
         self._schedule_due.set()
@@ -192,7 +200,9 @@ class Controller:
                     f"`tidemill delete {job.metadata.name}` or choose another metadata.name"
                 )
             queues = {q.name: QueueSpec.model_validate(q.spec) for q in tx.queues()}
-            admission = admit(job, self.nodes(), queues, self.cluster.priority_classes)
+            admission = admit(
+                job, self.nodes(), queues, self.cluster.priority_classes, self.cluster.topology
+            )
             if admission.create_queue:
                 spec = QueueSpec(name=admission.queue)
                 tx.put_queue(spec.name, spec.model_dump(mode="json", by_alias=True), False)
@@ -229,7 +239,9 @@ class Controller:
             queues = {q.name: QueueSpec.model_validate(q.spec) for q in tx.queues()}
         check_engine_admits(self.engine, job)
         check_checkpoint(job, local_folders=self.engine.name == "local")
-        admission = admit(job, self.nodes(), queues, self.cluster.priority_classes)
+        admission = admit(
+            job, self.nodes(), queues, self.cluster.priority_classes, self.cluster.topology
+        )
         return JobView(
             name=job.metadata.name,
             namespace=job.metadata.namespace,

@@ -8,6 +8,10 @@ transaction never leaves a process behind, and a bound job starts exactly once.
 
 A job whose request cannot be built (its spec cannot be read) or whose decision raises
 while written is failed alone; every other decision of the pass commits.
+
+The scheduler has no clock and keeps nothing: each pass gives it the time, and the
+reservations the previous pass returned (held here, in memory: after a restart they
+are made again, on the nodes expected to free soonest then).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from tidemill.controller.snapshot import (
     running_job,
 )
 from tidemill.engines.base import Engine
-from tidemill.scheduler.core import schedule
+from tidemill.scheduler.core import schedule_incremental
+from tidemill.scheduler.memo import Memo
 from tidemill.scheduler.types import (
     Bind,
     ClusterState,
@@ -46,6 +51,7 @@ from tidemill.scheduler.types import (
     JobRequest,
     Placement,
     Reason,
+    Reservation,
     SchedulerConfig,
 )
 from tidemill.store.store import Store, Tx
@@ -97,8 +103,11 @@ class SchedulingStep:
         spec_of: Callable[[JobRow], TrainingJob],
         config: SchedulerConfig,
         lifecycle: LifecycleConfig,
+        topology: tuple[str, ...] = (),
     ) -> None:
+        """``topology``: the cluster's topology levels, smallest first."""
         self.store = store
+        self.topology = topology
         self.engine = engine
         self.launches = launches
         self.spec_of = spec_of
@@ -106,15 +115,24 @@ class SchedulingStep:
         self.lifecycle = lifecycle
         self._requests: dict[str, tuple[tuple[int, tuple[tuple[str, int], ...]], JobRequest]] = {}
         """job uid -> (priority and sizes, request): a name or even an id may be reused"""
+        self._reservations: tuple[Reservation, ...] = ()
+        """What the last pass reserved, for jobs that waited past their bound."""
+        self._memo: Memo | None = None
+        """The last snapshot's free capacity and use, so a pass pays for what changed."""
 
     def run(self, now: float, stats: CycleStats) -> bool:
         """Returns True when something was bound, preempted or resized."""
         read = self._read()
         if read is None:
+            self._reservations = ()
             return False
+        state = dataclasses.replace(read.state, now=now, reservations=self._reservations)
         started = time.perf_counter()
-        decisions = schedule(read.state, read.requests, self.config)
+        decisions, self._memo = schedule_incremental(
+            state, read.requests, self.config, self._memo
+        )
         stats.schedule_seconds = time.perf_counter() - started
+        self._reservations = tuple(decisions.reservations)
         waited: dict[int, float] = {}
         """job id -> how long it queued, for jobs bound in this pass"""
         writes = self._writes(read, decisions, now, waited)
@@ -145,11 +163,14 @@ class SchedulingStep:
                 specs={},
                 shown={j.key: (j.pending_code, j.pending_message) for j in pending_rows},
             )
+            queues = {q.name: queue_info(q) for q in tx.queues()}
             running = []
             for row in holding:
                 try:
                     spec = self.spec_of(row)
-                    running.append(running_job(row, spec))
+                    queue = queues.get(row.queue)
+                    estimate_s = None if queue is None else queue.runtime_estimate_s
+                    running.append(running_job(row, spec, estimate_s))
                     read.jobs[row.key] = job_snapshot(row)
                     read.specs[row.key] = spec
                     if row.pending_code is not None:
@@ -170,8 +191,9 @@ class SchedulingStep:
             self._forget_requests({j.uid for j in pending_rows})
             read.state = ClusterState(
                 nodes=tuple(node_info(n) for n in tx.nodes()),
-                queues={q.name: queue_info(q) for q in tx.queues()},
+                queues=queues,
                 running=tuple(running),
+                topology=self.topology,
             )
         return read
 
@@ -212,9 +234,11 @@ class SchedulingStep:
             writes.setdefault(read.jobs[key].id, []).append(change)
 
         for shrink in decisions.shrinks:
-            add(shrink.job, self._shrink(shrink.pods, shrink.message, now))
+            cause = "Shrunk" if shrink.reclaim is None else "Reclaimed"
+            add(shrink.job, self._shrink(shrink.pods, cause, shrink.message, now))
         for preemption in decisions.preemptions:
-            add(preemption.victim, self._preempt(preemption.message, now))
+            cause = "Preempted" if preemption.reclaim is None else "Reclaimed"
+            add(preemption.victim, self._preempt(cause, preemption.message, now))
         for bind in decisions.binds:
             launch = self._plan(read, bind, with_master=True)
             if launch is not None:
@@ -252,8 +276,11 @@ class SchedulingStep:
             return None
         return _Launch(tuple(placements), ports)
 
-    def _shrink(self, pods: Sequence[tuple[str, int]], message: str, now: float) -> Write:
-        """Ask elastic replicas to leave for a higher-priority job; the rest train on."""
+    def _shrink(
+        self, pods: Sequence[tuple[str, int]], cause: str, message: str, now: float
+    ) -> Write:
+        """Ask elastic replicas to leave for a higher-priority job, or for a queue taking
+        back its guarantee (``cause``: the event's reason); the rest train on."""
 
         def apply(tx: Tx, job: JobRow) -> list[object]:
             effects: list[object] = []
@@ -263,14 +290,17 @@ class SchedulingStep:
                     action = drain(replica_snapshot(replica), deadline)
                     write(tx, job, action, now)
                     effects.append(action)
-            tx.add_event(job.key, "Shrunk", message, warning=True, at=now)
+            tx.add_event(job.key, cause, message, warning=True, at=now)
             return effects
 
         return apply
 
-    def _preempt(self, message: str, now: float) -> Write:
+    def _preempt(self, cause: str, message: str, now: float) -> Write:
         """Stop the victim's processes (SIGTERM, SIGKILL after the stop grace: they may
-        save the step they reached) and put it back in its queue, keeping its place."""
+        save the step they reached) and put it back in its queue, keeping its place.
+
+        ``cause`` is the event's reason: ``Preempted`` for a higher priority,
+        ``Reclaimed`` for a queue taking back its guarantee (the message names it)."""
 
         def apply(tx: Tx, victim: JobRow) -> list[object]:
             effects: list[object] = []
@@ -289,8 +319,8 @@ class SchedulingStep:
                 return effects  # it ends anyway: its lifecycle records the exits
             victim.master_port = None
             victim.pending_code = victim.pending_message = None
-            transition(tx, victim, JobPhase.PENDING, "Preempted", message, now, warning=True)
-            set_condition(victim, ConditionType.PREEMPTED, True, "Preempted", message, now)
+            transition(tx, victim, JobPhase.PENDING, cause, message, now, warning=True)
+            set_condition(victim, ConditionType.PREEMPTED, True, cause, message, now)
             return effects
 
         return apply
@@ -307,6 +337,8 @@ class SchedulingStep:
             job.pending_code = job.pending_message = None
             nodes = sorted({p.node for p in bind.placements})
             message = f"placed {len(bind.placements)} replica(s) on {', '.join(nodes)}"
+            if bind.note:
+                message = f"{message} ({bind.note})"
             transition(tx, job, JobPhase.SCHEDULED, "Scheduled", message, now)
             return [_add_replicas(job, spec, launch)]
 

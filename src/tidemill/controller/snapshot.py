@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.job import TrainingJob
+from tidemill.api.status import ConditionType
 from tidemill.controller.elastic import missing_indexes, surplus
+from tidemill.scheduler.specs import node_of, queue_of, seconds
 from tidemill.scheduler.types import (
     Extended,
     JobRequest,
@@ -14,42 +16,22 @@ from tidemill.scheduler.types import (
     QueueInfo,
     ResourceVector,
     RunningJob,
+    TopologyRequest,
 )
 from tidemill.store.tables import JobRow, NodeRow, QueueRow, ReplicaRow
 
 
 def node_info(row: NodeRow) -> NodeInfo:
-    spec = NodeSpec.model_validate(row.spec)
-    return NodeInfo(
-        name=spec.name,
-        cpu_millis=round(spec.cpu * 1000),
-        memory_bytes=spec.memory,
-        gpus=spec.gpus,
-        gpu_model=spec.gpu_model,
-        labels=dict(spec.labels),
-        schedulable=row.schedulable,
-        extended=dict(spec.extended),
-    )
+    return node_of(NodeSpec.model_validate(row.spec), row.schedulable)
 
 
 def queue_info(row: QueueRow) -> QueueInfo:
-    spec = QueueSpec.model_validate(row.spec)
-    guaranteed = spec.guaranteed
-    limit = spec.max
-    return QueueInfo(
-        name=spec.name,
-        weight=spec.weight,
-        guaranteed=ResourceVector(
-            round((guaranteed.cpu or 0) * 1000), guaranteed.memory or 0, guaranteed.gpu or 0.0
-        ),
-        max_cpu_millis=None if limit.cpu is None else round(limit.cpu * 1000),
-        max_memory_bytes=limit.memory,
-        max_gpu=limit.gpu,
-    )
+    return queue_of(QueueSpec.model_validate(row.spec))
 
 
 def _pod(name: str, job: TrainingJob, index: int, optional: bool) -> PodRequest:
     resources = job.spec.roles[name].resources
+    asked = job.spec.roles[name].topology
     return PodRequest(
         role=name,
         index=index,
@@ -60,6 +42,7 @@ def _pod(name: str, job: TrainingJob, index: int, optional: bool) -> PodRequest:
         optional=optional,
         extended=_extended(resources.extended),
         spread=job.spec.roles[name].runs_ps_server,
+        topology=None if asked is None else TopologyRequest(asked.pack_within, asked.required),
     )
 
 
@@ -77,8 +60,25 @@ def job_request(row: JobRow, job: TrainingJob) -> JobRequest:
         required = role.min_bound if role.is_elastic else desired
         pods += [_pod(name, job, i, optional=i >= required) for i in range(max(desired, required))]
     return JobRequest(
-        key=row.key, queue=row.queue, priority=row.priority, sequence=row.id, pods=tuple(pods)
+        key=row.key,
+        queue=row.queue,
+        priority=row.priority,
+        sequence=row.id,
+        pods=tuple(pods),
+        waiting_since=waiting_since(row),
+        runtime_s=seconds(job.spec.active_deadline_seconds),
     )
+
+
+def waiting_since(row: JobRow) -> float:
+    """When a pending job last joined its queue: at submission, or when it was preempted
+    (only then are its conditions read: a backlog of new jobs costs no extra query)."""
+    if row.scheduled_at is None:
+        return row.created_at
+    for condition in row.conditions:
+        if condition["type"] == ConditionType.PENDING.value and condition["status"]:
+            return float(condition["last_transition_time"])
+    return row.scheduled_at
 
 
 def grow_request(row: JobRow, job: TrainingJob) -> JobRequest | None:
@@ -101,9 +101,14 @@ def grow_request(row: JobRow, job: TrainingJob) -> JobRequest | None:
     )
 
 
-def running_job(row: JobRow, job: TrainingJob) -> RunningJob:
+def running_job(
+    row: JobRow, job: TrainingJob, runtime_estimate_s: float | None = None
+) -> RunningJob:
     """What a running job holds. Replica rows do not record extended resources: a
-    replica holds what its role asks (the master's role is not in the spec: none)."""
+    replica holds what its role asks (the master's role is not in the spec: none).
+
+    It is expected to end at its deadline (``activeDeadlineSeconds`` after it first
+    ran), else ``runtime_estimate_s`` (its queue's) after it was bound."""
     roles = job.spec.roles
     placements = tuple(
         Placement(
@@ -124,6 +129,14 @@ def running_job(row: JobRow, job: TrainingJob) -> RunningJob:
         if role.is_elastic
         for r in surplus(row.replicas, name, role.min_bound)
     )
+    bound_at = row.scheduled_at
+    first_ran = row.started_at if row.started_at is not None else bound_at
+    deadline_s = job.spec.active_deadline_seconds
+    expected_end = None
+    if deadline_s is not None and first_ran is not None:
+        expected_end = first_ran + deadline_s
+    elif runtime_estimate_s is not None and bound_at is not None:
+        expected_end = bound_at + runtime_estimate_s
     return RunningJob(
         key=row.key,
         queue=row.queue,
@@ -131,6 +144,8 @@ def running_job(row: JobRow, job: TrainingJob) -> RunningJob:
         sequence=row.id,
         placements=placements,
         shrinkable=shrinkable,
+        started_at=bound_at,
+        expected_end=expected_end,
     )
 
 

@@ -16,6 +16,10 @@ on the second. It is written atomically (temporary file, then rename).
 
 The warm-start fork server (``_fork_server.py``) supervises forked commands with the
 same :class:`Supervisor`, so both paths write the same files the same way.
+
+``TIDEMILL_CPUS`` in the environment (CPU numbers joined by commas) pins the supervisor
+before it starts the command, so the command and all its threads and children inherit
+the CPU set: the CPUs of the NUMA node its GPUs sit on.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Protocol
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 EXIT_NOT_FOUND = 127
+CPUS_VAR = "TIDEMILL_CPUS"
 EXIT_NOT_EXECUTABLE = 126
 
 
@@ -102,6 +107,9 @@ class Supervisor:
         write_atomic(self.supervisor_file, json.dumps(record) + "\n")
         for signum in FORWARDED:
             signal.signal(signum, self.on_signal)
+        pinned = os.environ.get(CPUS_VAR)
+        if pinned:
+            pin_cpus(pinned)
         if not os.path.isdir(self.working_dir):
             return self.cannot_start(
                 EXIT_NOT_FOUND, f"working directory {self.working_dir!r} does not exist"
@@ -133,6 +141,39 @@ class Supervisor:
 
     def killed_by(self, signum: int) -> int:
         return self.finish(128 + signum, f"killed by {signal.Signals(signum).name}")
+
+
+def pin_cpus(listed: str) -> None:
+    """Pin this process to the CPUs ``listed`` that it may use here; say on stderr (the
+    replica's log) what could not be honoured. A replica runs unpinned rather than not
+    at all: a declared NUMA layout may describe a larger machine than this one."""
+    allowed = os.sched_getaffinity(0)
+    try:
+        wanted = {int(cpu) for cpu in listed.split(",")}
+    except ValueError:
+        print(
+            f"tidemill: {CPUS_VAR}={listed!r} is not a list of CPU numbers; running unpinned",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    usable = wanted & allowed
+    if not usable:
+        print(
+            f"tidemill: {CPUS_VAR} names CPUs {sorted(wanted)}; this process may use only "
+            f"{sorted(allowed)}; running unpinned",
+            file=sys.stderr,
+            flush=True,
+        )
+        return
+    os.sched_setaffinity(0, usable)
+    if usable != wanted:
+        print(
+            f"tidemill: pinned to CPUs {sorted(usable)}; {sorted(wanted - usable)} of "
+            f"{CPUS_VAR} are not available here",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def main(args: list[str]) -> int:

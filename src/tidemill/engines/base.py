@@ -32,6 +32,8 @@ class LaunchSpec:
     folder locally, the image's on Kubernetes)"""
     node: str
     gpu_ids: tuple[int, ...] = ()
+    cpu_ids: tuple[int, ...] = ()
+    """CPUs to pin the replica to (those of its GPUs' NUMA node); empty: not pinned"""
     attempt: int = 0
     image: str | None = None
     cpu: float = 0.0

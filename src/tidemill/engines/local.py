@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from tidemill.engines._supervise import write_atomic
+from tidemill.engines._supervise import CPUS_VAR, write_atomic
 from tidemill.engines.base import Engine, LaunchPlan, LaunchSpec, Observation, ReplicaHandle
 from tidemill.engines.inherited_env import inherited_env
 from tidemill.engines.local_files import (
@@ -146,8 +146,10 @@ class LocalEngine:
 
         The environment is the server's variables listed in
         :mod:`~tidemill.engines.inherited_env`, then ``CUDA_VISIBLE_DEVICES`` from
-        ``spec.gpu_ids`` (empty: no GPU), then ``spec.env``. ``launch`` adds only
-        ``TIDEMILL_REPLICA_UID``, unique per launch.
+        ``spec.gpu_ids`` (empty: no GPU), ``TIDEMILL_CPUS`` from ``spec.cpu_ids`` (the
+        supervisor pins the replica to them with ``os.sched_setaffinity``; absent: not
+        pinned), then ``spec.env``. ``launch`` adds only ``TIDEMILL_REPLICA_UID``, unique
+        per launch.
         """
         argv = list(spec.argv)
         if not argv:
@@ -157,6 +159,7 @@ class LocalEngine:
         env = {
             **inherited_env(os.environ),
             "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in spec.gpu_ids),
+            **({CPUS_VAR: ",".join(str(cpu) for cpu in spec.cpu_ids)} if spec.cpu_ids else {}),
             **spec.env,
         }
         return LaunchPlan(argv=tuple(argv), env=env, working_dir=spec.working_dir or os.getcwd())

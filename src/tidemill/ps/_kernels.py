@@ -7,10 +7,11 @@ A table's storage is a tuple ``store = (rows, meta, tally)``:
 - ``tally`` uint32 ``[capacity, 3]``: pull count, update count (Adam's step), undo mark.
 
 Rows ``0 .. n-1`` are live; a deleted row is replaced by the last one, so live rows stay
-dense and a full scan is a slice. The undo log ``undo = (rows, meta, tally)`` holds, per
-entry, the content of a row before its first change in the undo epoch (``meta`` has a
-fourth column: 1 if the row existed, 0 if the change created it). The caller reserves
-room in every array before a call: kernels never allocate table storage.
+dense and a full scan is a slice. The undo log (see ``_undo``) has two parts: ``saved``,
+a store of the rows that existed at the cut as they were before their first change in
+the epoch (``saved_n`` of them), and ``created``, the ids of rows created since the cut
+(``created_n``). The caller reserves room in every array before a call: kernels never
+allocate table storage.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tidemill.ps._hashing import mix64_one
 from tidemill.ps._index import ROW, find, insert, remove, row_of
 from tidemill.ps._optimizers import apply_update
 
-ID, LAST_STEP, VERSION, EXISTED = range(4)
+ID, LAST_STEP, VERSION = range(3)
 COUNT, UPDATES, MARK = range(3)
 COUNT_MAX = 2**32 - 1
 _SKETCH_GAMMA = np.uint64(0xD6E8FEB86659FD93)
@@ -56,20 +57,18 @@ def init_rows_kernel(ids: Ids, seed: np.uint64, scale: float, dim: int) -> Rows:
 
 
 @numba.njit(nogil=True, cache=True)
-def _save(row: int, store: Store, undo: Store, undo_n: int, epoch: int) -> int:
-    """Log ``row``'s content before its first change in this epoch; the new undo length."""
+def _save(row: int, store: Store, saved: Store, saved_n: int, epoch: int) -> int:
+    """Save ``row``'s content before its first change in this epoch (rows created in it
+    carry its mark already); the new saved length."""
     rows, meta, tally = store
     if epoch == 0 or tally[row, MARK] == epoch:
-        return undo_n
-    undo_rows, undo_meta, undo_tally = undo
-    undo_rows[undo_n] = rows[row]
-    undo_meta[undo_n, ID] = meta[row, ID]
-    undo_meta[undo_n, LAST_STEP] = meta[row, LAST_STEP]
-    undo_meta[undo_n, VERSION] = meta[row, VERSION]
-    undo_meta[undo_n, EXISTED] = 1
-    undo_tally[undo_n] = tally[row]
+        return saved_n
+    saved_rows, saved_meta, saved_tally = saved
+    saved_rows[saved_n] = rows[row]
+    saved_meta[saved_n] = meta[row]
+    saved_tally[saved_n] = tally[row]
     tally[row, MARK] = epoch
-    return undo_n + 1
+    return saved_n + 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -119,8 +118,8 @@ def _sketch_count(
 def touch(
     index: Index,
     store: Store,
-    undo: Store,
-    undo_n: int,
+    saved: Store,
+    saved_n: int,
     epoch: int,
     unique: Ids,
     step: int,
@@ -131,7 +130,7 @@ def touch(
     admit_min: int,
 ) -> tuple[Ids, npt.NDArray[np.uint32], int, int]:
     """Count a pull of each (unique) id: refresh existing rows, count the others toward
-    admission. Returns (row or -1 per id, count to create with or 0 per id, undo length,
+    admission. Returns (row or -1 per id, count to create with or 0 per id, saved length,
     sketch log length)."""
     _, meta, tally = store
     slots = np.empty(unique.size, np.int64)
@@ -141,7 +140,7 @@ def touch(
         row = row_of(index, key)
         slots[i] = row
         if row >= 0:
-            undo_n = _save(row, store, undo, undo_n, epoch)
+            saved_n = _save(row, store, saved, saved_n, epoch)
             if tally[row, COUNT] < COUNT_MAX:
                 tally[row, COUNT] += 1
             meta[row, LAST_STEP] = step
@@ -152,7 +151,7 @@ def touch(
             seen, sketch_n = _sketch_count(sketch, sketch_log, sketch_n, key, admit_min, epoch != 0)
             if seen >= admit_min:
                 admit[i] = seen
-    return slots, admit, undo_n, sketch_n
+    return slots, admit, saved_n, sketch_n
 
 
 @numba.njit(nogil=True, cache=True)
@@ -160,8 +159,8 @@ def create(
     index: Index,
     store: Store,
     n: int,
-    undo: Store,
-    undo_n: int,
+    created_ids: Ids,
+    created_n: int,
     epoch: int,
     new_ids: Ids,
     counts: npt.NDArray[np.uint32],
@@ -171,10 +170,10 @@ def create(
     version: int,
 ) -> tuple[Ids, int, int]:
     """Create a row per id (absent ids only) from ``init = (seed, scale, dim)`` and
-    ``state0``; returns (their rows, n, undo length)."""
+    ``state0``, logging their ids when an epoch is open; returns (their rows, n, created
+    length)."""
     rows, meta, tally = store
     seed, scale, dim = init
-    _, undo_meta, _ = undo
     created = np.empty(new_ids.size, np.int64)
     for i in range(new_ids.size):
         key = new_ids[i]
@@ -190,11 +189,10 @@ def create(
         tally[row, UPDATES] = 0
         tally[row, MARK] = epoch
         if epoch != 0:
-            undo_meta[undo_n, ID] = key
-            undo_meta[undo_n, EXISTED] = 0
-            undo_n += 1
+            created_ids[created_n] = key
+            created_n += 1
         created[i] = row
-    return created, n, undo_n
+    return created, n, created_n
 
 
 @numba.njit(nogil=True, cache=True)
@@ -212,8 +210,8 @@ def gather(rows: Rows, slots: Ids, inverse: Ids, dim: int, out: Rows) -> None:
 def push(
     index: Index,
     store: Store,
-    undo: Store,
-    undo_n: int,
+    saved: Store,
+    saved_n: int,
     epoch: int,
     ids: Ids,
     grads: Rows,
@@ -223,7 +221,7 @@ def push(
     params: npt.NDArray[np.float64],
 ) -> tuple[int, int]:
     """Apply the optimizer to the row of each (unique) id that has one; returns
-    (rows updated, undo length)."""
+    (rows updated, saved length)."""
     rows, meta, tally = store
     dim = grads.shape[1]
     updated = 0
@@ -231,7 +229,7 @@ def push(
         row = row_of(index, ids[i])
         if row < 0:
             continue
-        undo_n = _save(row, store, undo, undo_n, epoch)
+        saved_n = _save(row, store, saved, saved_n, epoch)
         steps = tally[row, UPDATES]
         if steps < COUNT_MAX:
             steps += 1
@@ -240,21 +238,21 @@ def push(
         meta[row, LAST_STEP] = step
         meta[row, VERSION] = version
         updated += 1
-    return updated, undo_n
+    return updated, saved_n
 
 
 @numba.njit(nogil=True, cache=True)
 def delete(
-    index: Index, store: Store, n: int, undo: Store, undo_n: int, epoch: int, ids: Ids
+    index: Index, store: Store, n: int, saved: Store, saved_n: int, epoch: int, ids: Ids
 ) -> tuple[int, int]:
-    """Delete the rows of ``ids`` (absent ids are skipped); returns (n, undo length)."""
+    """Delete the rows of ``ids`` (absent ids are skipped); returns (n, saved length)."""
     for i in range(ids.size):
         entry = find(index, ids[i])
         if entry < 0:
             continue
-        undo_n = _save(index[entry, ROW], store, undo, undo_n, epoch)
+        saved_n = _save(index[entry, ROW], store, saved, saved_n, epoch)
         n = _delete(index, store, n, entry)
-    return n, undo_n
+    return n, saved_n
 
 
 @numba.njit(nogil=True, cache=True)
@@ -285,35 +283,36 @@ def rollback(
     index: Index,
     store: Store,
     n: int,
-    undo: Store,
-    undo_n: int,
+    saved: Store,
+    created: Ids,
     sketch: npt.NDArray[np.uint32],
     sketch_log: Meta,
-    sketch_n: int,
 ) -> int:
-    """Undo the log newest first, so each row ends as it was before its first change;
-    returns n."""
+    """Delete the rows created since the cut, then put back each saved row (in place, or
+    anew where it was deleted) and each logged sketch cell, newest first; returns n.
+
+    Rows exist after it exactly when they existed at the cut: a row that existed then
+    is saved once, before its first change (its deletion included), and a row that did
+    not can only have come back by a create, which is logged."""
     rows, meta, tally = store
-    undo_rows, undo_meta, undo_tally = undo
-    for k in range(undo_n - 1, -1, -1):
-        key = undo_meta[k, ID]
+    for i in range(created.size):
+        entry = find(index, created[i])
+        if entry >= 0:
+            n = _delete(index, store, n, entry)
+    saved_rows, saved_meta, saved_tally = saved
+    for i in range(saved_rows.shape[0]):
+        key = saved_meta[i, ID]
         entry = find(index, key)
-        if undo_meta[k, EXISTED] == 0:
-            if entry >= 0:
-                n = _delete(index, store, n, entry)
-            continue
         if entry >= 0:
             row = index[entry, ROW]
         else:
             row = n
             n += 1
             insert(index, key, row)
-        rows[row] = undo_rows[k]
-        meta[row, ID] = key
-        meta[row, LAST_STEP] = undo_meta[k, LAST_STEP]
-        meta[row, VERSION] = undo_meta[k, VERSION]
-        tally[row] = undo_tally[k]
+        rows[row] = saved_rows[i]
+        meta[row] = saved_meta[i]
+        tally[row] = saved_tally[i]
     flat = sketch.reshape(-1)
-    for k in range(sketch_n - 1, -1, -1):
-        flat[sketch_log[k, 0]] = sketch_log[k, 1]
+    for i in range(sketch_log.shape[0] - 1, -1, -1):
+        flat[sketch_log[i, 0]] = sketch_log[i, 1]
     return n

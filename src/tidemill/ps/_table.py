@@ -7,8 +7,6 @@ per-table lock; the compiled kernels release the GIL, so tables run in parallel.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
@@ -19,26 +17,14 @@ from tidemill.ps._export import TableExport
 from tidemill.ps._hashing import _dedupe
 from tidemill.ps._ids import INT64_MAX, as_ids, as_int
 from tidemill.ps._index import MAX_LOAD, index_size_for, new_index, rebuild, rows_of
+from tidemill.ps._undo import UndoLog, grown
 
 __all__ = ["ShardTable", "TableConfig", "TableExport", "init_rows"]
 
-_GROWTH = 1.5
 _SKETCH_DEPTH = 4
 _LFU_HEADROOM = 64
-_EPOCH_MAX = 2**32 - 1
 _KEY_COUNT_MAX = 2**31 - 2
 _NO_SKETCH = np.zeros((0, 0), np.uint32)
-
-
-def _grown(array: npt.NDArray[Any], needed: int, used: int) -> npt.NDArray[Any]:
-    """``array`` if it has ``needed`` rows, else a 1.5x larger copy of its first ``used``."""
-    if array.shape[0] >= needed:
-        return array
-    bigger = np.empty(
-        (max(needed, int(array.shape[0] * _GROWTH) + 16), *array.shape[1:]), array.dtype
-    )
-    bigger[:used] = array[:used]
-    return bigger
 
 
 class ShardTable:
@@ -55,9 +41,10 @@ class ShardTable:
     the O(rows) selection is amortised; ids that still do not fit (a pull larger
     than the budget) get zeros and no row, and are admitted by a later pull.
 
-    Undo: :meth:`begin` opens an epoch; the first change of each row in it logs the
-    row, and :meth:`rollback` restores rows, optimizer state, metadata, the admission
-    sketch, the eviction log and the version bit for bit. Rows may sit elsewhere in
+    Undo: :meth:`begin` opens an epoch; the first change in it of each row that existed
+    at the cut saves the row, a row created in it logs only its id (see ``_undo``), and
+    :meth:`rollback` restores rows, optimizer state, metadata, the admission sketch,
+    the eviction log and the version bit for bit. Rows may sit elsewhere in
     memory afterwards, which nothing observes: exports are sorted by id and eviction
     breaks ties by id. The counters ``admitted``, ``evicted``,
     ``pulled_rows`` and ``pushed_rows`` are monotonic and not rolled back.
@@ -93,17 +80,7 @@ class ShardTable:
         self._reset_storage(self._capacity)
         self._tombs = np.empty((0, 2), np.int64)
         self._tomb_n = 0
-        self._undo: k.Store = (
-            np.empty((0, self._width), np.float32),
-            np.empty((0, 4), np.int64),
-            np.empty((0, 3), np.uint32),
-        )
-        self._undo_n = 0
-        self._sketch_log = np.empty((0, 2), np.int64)
-        self._sketch_n = 0
-        self._epoch = 0
-        self._begin_version = 0
-        self._begin_tomb_n = 0
+        self._undo = UndoLog(self._width)
 
     # ---- reading state -------------------------------------------------------------
 
@@ -119,10 +96,11 @@ class ShardTable:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes of every array the table holds (rows, index, metadata, logs, sketch)."""
-        arrays: list[npt.NDArray[Any]] = [self._rows, self._meta, self._tally, self._index]
-        arrays += [self._sketch, *self._undo, self._sketch_log, self._tombs]
-        return sum(array.nbytes for array in arrays)
+        """Bytes of every array the table holds (rows, index, metadata, tombstones,
+        sketch, undo log), their room to grow included: pages not yet written are not
+        resident, so the process's RSS for them can be lower, never higher."""
+        arrays = (self._rows, self._meta, self._tally, self._index, self._sketch, self._tombs)
+        return sum(array.nbytes for array in arrays) + self._undo.nbytes
 
     @property
     def admitted(self) -> int:
@@ -181,23 +159,22 @@ class ShardTable:
         now = as_int(step, "step")
         target = checked_out(out, keys.size, self._dim)
         unique, inverse = _dedupe(keys)
-        self._reserve_undo(unique.size)
+        undo = self._undo
+        undo.reserve_saved(unique.size)
         if self._admit_min > 1:
-            self._sketch_log = _grown(
-                self._sketch_log, self._sketch_n + _SKETCH_DEPTH * unique.size, self._sketch_n
-            )
-        slots, admit, self._undo_n, self._sketch_n = k.touch(
+            undo.reserve_sketch(_SKETCH_DEPTH * unique.size)
+        slots, admit, undo.saved_n, undo.sketch_n = k.touch(
             self._index,
             self._store,
-            self._undo,
-            self._undo_n,
-            self._epoch,
+            undo.saved,
+            undo.saved_n,
+            undo.epoch,
             unique,
             now,
             self._version,
             self._sketch,
-            self._sketch_log,
-            self._sketch_n,
+            undo.sketch_log,
+            undo.sketch_n,
             self._admit_min,
         )
         positions = np.flatnonzero(admit)
@@ -206,14 +183,14 @@ class ShardTable:
             if moved:
                 slots = rows_of(self._index, unique)
             self._reserve_rows(self._n + positions.size)
-            self._reserve_undo(positions.size)
-            created, self._n, self._undo_n = k.create(
+            undo.reserve_created(positions.size)
+            created, self._n, undo.created_n = k.create(
                 self._index,
                 self._store,
                 self._n,
-                self._undo,
-                self._undo_n,
-                self._epoch,
+                undo.created,
+                undo.created_n,
+                undo.epoch,
                 unique[positions],
                 admit[positions],
                 self._init,
@@ -246,13 +223,14 @@ class ShardTable:
                 f"ids[{first}]: {int(keys[first])} repeats an earlier id; push takes unique "
                 "ids (sum the gradients of repeated ids with dedupe and segment_sum first)"
             )
-        self._reserve_undo(keys.size)
-        updated, self._undo_n = k.push(
+        undo = self._undo
+        undo.reserve_saved(keys.size)
+        updated, undo.saved_n = k.push(
             self._index,
             self._store,
-            self._undo,
-            self._undo_n,
-            self._epoch,
+            undo.saved,
+            undo.saved_n,
+            undo.epoch,
             keys,
             gradients,
             now,
@@ -352,8 +330,7 @@ class ShardTable:
         """
         sketch_shape = self._sketch.shape if self._admit_min > 1 else (0, 0)
         count = checked_export_rows(export, self.config, sketch_shape)
-        self._epoch = 0
-        self._undo_n = self._sketch_n = 0
+        self._undo.close()
         if replace:
             self._reset_storage(max(count, self._capacity))
             self._tombs = np.empty((0, 2), np.int64)
@@ -361,7 +338,7 @@ class ShardTable:
             self._version = export.version
         else:
             self._n, _ = k.delete(
-                self._index, self._store, self._n, self._undo, 0, 0, export.tombstones
+                self._index, self._store, self._n, self._undo.saved, 0, 0, export.tombstones
             )
             self._version = max(self._version, export.version)
         self._append_tombs(export.tombstones, export.tombstone_versions)
@@ -385,39 +362,29 @@ class ShardTable:
 
     def begin(self, version: int) -> None:
         """Open a new undo epoch at ``version`` (the last commit); the previous log is
-        dropped. Costs nothing per row until rows change.
+        dropped, and its room beyond twice what it held released. Costs nothing per row
+        until rows change.
 
         >>> table = ShardTable(TableConfig("t", dim=2)); table.begin(1)
         >>> _ = table.pull([8], step=0); table.rollback(); table.rows
         0
         """
         self.set_version(version)
-        self._begin_version = self._version
-        self._begin_tomb_n = self._tomb_n
-        self._next_epoch()
+        self._undo.open(self._tally, self._n, self._version, self._tomb_n)
 
     def rollback(self) -> None:
         """Restore the table to its content at the last :meth:`begin`, at a cost
         proportional to the rows changed since; the epoch stays open at that point."""
-        if self._epoch == 0:
+        undo = self._undo
+        if undo.epoch == 0:
             raise RuntimeError(
                 "rollback: no undo epoch is open; call begin(version) at each commit "
                 "(load ends the epoch)"
             )
-        self._reserve_rows(self._n + self._undo_n)
-        self._n = k.rollback(
-            self._index,
-            self._store,
-            self._n,
-            self._undo,
-            self._undo_n,
-            self._sketch,
-            self._sketch_log,
-            self._sketch_n,
-        )
-        self._tomb_n = self._begin_tomb_n
-        self._version = self._begin_version
-        self._next_epoch()
+        self._reserve_rows(max(self._n, undo.cut_rows))
+        self._n = undo.rollback(self._index, self._store, self._n, self._sketch)
+        self._tomb_n = undo.cut_tomb_n
+        self._version = undo.cut_version
 
     # ---- internals -----------------------------------------------------------------
 
@@ -435,24 +402,12 @@ class ShardTable:
         self._sketch = np.zeros((_SKETCH_DEPTH if self._admit_min > 1 else 1, width), np.uint32)
 
     def _reserve_rows(self, needed: int) -> None:
-        self._rows = _grown(self._rows, needed, self._n)
-        self._meta = _grown(self._meta, needed, self._n)
-        self._tally = _grown(self._tally, needed, self._n)
+        self._rows = grown(self._rows, needed, self._n)
+        self._meta = grown(self._meta, needed, self._n)
+        self._tally = grown(self._tally, needed, self._n)
         if needed > MAX_LOAD * self._index.shape[0]:
             self._index = new_index(index_size_for(needed))
             rebuild(self._index, np.ascontiguousarray(self._meta[: self._n, k.ID]))
-
-    def _reserve_undo(self, extra: int) -> None:
-        if self._epoch:
-            needed = self._undo_n + extra
-            self._undo = tuple(_grown(a, needed, self._undo_n) for a in self._undo)  # type: ignore[assignment]
-
-    def _next_epoch(self) -> None:
-        if self._epoch >= _EPOCH_MAX:
-            self._tally[: self._n, k.MARK] = 0
-            self._epoch = 0
-        self._epoch += 1
-        self._undo_n = self._sketch_n = 0
 
     def _make_room(
         self, positions: npt.NDArray[np.int64], slots: npt.NDArray[np.int64]
@@ -489,16 +444,17 @@ class ShardTable:
     def _remove(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """Evict the rows of ``ids`` (all present), logging tombstones; returns a copy."""
         evicted = np.array(ids, np.int64)
-        self._reserve_undo(evicted.size)
-        self._n, self._undo_n = k.delete(
-            self._index, self._store, self._n, self._undo, self._undo_n, self._epoch, evicted
+        undo = self._undo
+        undo.reserve_saved(evicted.size)
+        self._n, undo.saved_n = k.delete(
+            self._index, self._store, self._n, undo.saved, undo.saved_n, undo.epoch, evicted
         )
         self._append_tombs(evicted, np.full(evicted.size, self._version, np.int64))
         self._evicted += evicted.size
         return evicted
 
     def _append_tombs(self, ids: npt.NDArray[np.int64], versions: npt.NDArray[np.int64]) -> None:
-        self._tombs = _grown(self._tombs, self._tomb_n + ids.size, self._tomb_n)
+        self._tombs = grown(self._tombs, self._tomb_n + ids.size, self._tomb_n)
         self._tombs[self._tomb_n : self._tomb_n + ids.size, 0] = ids
         self._tombs[self._tomb_n : self._tomb_n + ids.size, 1] = versions
         self._tomb_n += ids.size

@@ -9,11 +9,18 @@ last device hold ``inf`` so they are never free and never fit a share.
 
 Extended resources are a ``(nodes, names)`` matrix of free whole amounts, one column
 per name any node offers; with none offered it has no columns and costs nothing.
+
+Between cycles a snapshot is carried forward rather than rebuilt (``changed``,
+``with_nodes``): only the nodes that binds, exits, preemptions or node changes touch are
+rewritten. Device shares held by running jobs are rounded to ``SHARE_DIGITS`` decimals,
+so a share added then taken away leaves exactly what a fresh sum gives
+(0.1 + 0.2 - 0.1 is not 0.2 in floating point).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +31,7 @@ from tidemill.scheduler.types import (
     ClusterState,
     Extended,
     NodeInfo,
+    NumaNode,
     Placement,
     ResourceVector,
     RunningJob,
@@ -34,6 +42,13 @@ if TYPE_CHECKING:
 
 EPS = 1e-9
 """Tolerance for summed GPU shares (0.1 + 0.2 is not 0.3 in floating point)."""
+
+SHARE_DIGITS = 12
+"""Decimals device shares held by running jobs are rounded to (see the module docstring)."""
+
+GROUPED_FROM_NODES = 2_000
+"""Clusters this large keep nodes grouped by free GPUs for best fit; on smaller ones
+masking every node costs less than keeping the groups."""
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
@@ -61,6 +76,7 @@ class _SavedAll:
     gpu_used: Floats
     whole_free: Ints
     least_used: Floats
+    partial: Bools
 
 
 class Capacity:
@@ -70,6 +86,7 @@ class Capacity:
         self.names: tuple[str, ...] = tuple(node.name for node in nodes)
         self.index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
         self.models: tuple[str | None, ...] = tuple(node.gpu_model for node in nodes)
+        self.numa: tuple[tuple[NumaNode, ...], ...] = tuple(node.numa for node in nodes)
         self.schedulable: Bools = np.array([n.schedulable for n in nodes], dtype=np.bool_)
         self.total_cpu: Ints = np.array([n.cpu_millis for n in nodes], dtype=np.int64)
         self.total_memory: Ints = np.array([n.memory_bytes for n in nodes], dtype=np.int64)
@@ -81,6 +98,14 @@ class Capacity:
         self.gpu_used: Floats = np.where(slots, 0.0, np.inf)
         self.whole_free: Ints = self.total_gpus.copy()
         self.least_used: Floats = np.where(self.total_gpus > 0, 0.0, np.inf)
+        self.grouped = len(nodes) >= GROUPED_FROM_NODES
+        """Whether ``by_free_gpus`` is worth reading (see ``GROUPED_FROM_NODES``)."""
+        self._by_free: Ints | None = None
+        """Node rows as ``whole_free * nodes + row``, sorted: nodes grouped by whole free
+        GPUs, in node order within a group. Built on first use, kept current per node."""
+        self.partial: Bools = np.zeros(len(nodes), dtype=np.bool_)
+        """Per node, whether a device is partly used (a share below 1 held): only these
+        can offer a shared pod anything fuller than an idle device."""
         self.extended_names: tuple[str, ...] = tuple(
             sorted({name for node in nodes for name in node.extended})
         )
@@ -94,6 +119,12 @@ class Capacity:
         self.free_extended: Ints = self.total_extended.copy()
         self.cpu_scale: Floats = 1.0 / np.maximum(self.total_cpu, 1)
         self.memory_scale: Floats = 1.0 / np.maximum(self.total_memory, 1)
+        on = self.schedulable
+        self._total = ResourceVector(
+            int(self.total_cpu[on].sum()),
+            int(self.total_memory[on].sum()),
+            float(self.total_gpus[on].sum()),
+        )
         self._journal: list[_Saved | _SavedAll] = []
         self._eligible: dict[str | None, tuple[Bools, Indices]] = {}
         self.fragmentation: Fragmentation | None = None
@@ -106,6 +137,52 @@ class Capacity:
         capacity._hold_running(state.running)
         return capacity
 
+    def clone(self) -> Capacity:
+        """A copy to try things on: free amounts copied, node totals shared (never written)."""
+        twin = Capacity.__new__(Capacity)
+        twin.__dict__.update(self.__dict__)
+        twin.free_cpu = self.free_cpu.copy()
+        twin.free_memory = self.free_memory.copy()
+        twin.gpu_used = self.gpu_used.copy()
+        twin.whole_free = self.whole_free.copy()
+        twin.least_used = self.least_used.copy()
+        twin.partial = self.partial.copy()
+        twin._by_free = None if self._by_free is None else self._by_free.copy()
+        twin.free_extended = self.free_extended.copy()
+        twin._journal = []
+        return twin
+
+    def changed(self, released: Sequence[Placement], held: Sequence[Placement]) -> Capacity:
+        """A copy with ``released`` given back and ``held`` taken (jobs that ended, jobs
+        that started): the next cycle's snapshot, paying only for the nodes they use."""
+        twin = self.clone()
+        twin.release(released)
+        twin.hold(held)
+        twin._journal.clear()
+        rows = twin.node_indices([*released, *held])
+        twin.gpu_used[rows] = np.round(twin.gpu_used[rows], SHARE_DIGITS)
+        twin._summarise(rows)
+        return twin
+
+    def with_nodes(self, nodes: Sequence[NodeInfo]) -> Capacity | None:
+        """A copy for ``nodes`` holding what this one holds, or None when that takes a
+        rebuild: nodes came or went, or a node's GPU count or extended names changed."""
+        fresh = Capacity(nodes)
+        if (
+            fresh.names != self.names
+            or fresh.extended_names != self.extended_names
+            or not np.array_equal(fresh.total_gpus, self.total_gpus)
+        ):
+            return None
+        fresh.free_cpu = fresh.total_cpu - (self.total_cpu - self.free_cpu)
+        fresh.free_memory = fresh.total_memory - (self.total_memory - self.free_memory)
+        fresh.free_extended = fresh.total_extended - (self.total_extended - self.free_extended)
+        fresh.gpu_used = self.gpu_used.copy()
+        fresh.whole_free = self.whole_free.copy()
+        fresh.least_used = self.least_used.copy()
+        fresh.partial = self.partial.copy()
+        return fresh
+
     def eligible(self, gpu_model: str | None) -> Indices:
         """Schedulable nodes a pod asking ``gpu_model`` may use, in node order."""
         return self._eligible_for(gpu_model)[1]
@@ -116,12 +193,7 @@ class Capacity:
 
     def total(self) -> ResourceVector:
         """What all schedulable nodes have, free or not: the DRF denominator."""
-        on = self.schedulable
-        return ResourceVector(
-            int(self.total_cpu[on].sum()),
-            int(self.total_memory[on].sum()),
-            float(self.total_gpus[on].sum()),
-        )
+        return self._total
 
     def extended_mask(self, extended: Extended, *, empty: bool = False) -> Bools:
         """Per node, whether it has each of ``extended`` free (``empty``: on offer at all)."""
@@ -170,7 +242,8 @@ class Capacity:
             if isinstance(saved, _SavedAll):
                 self.free_cpu, self.free_memory = saved.cpu_millis, saved.memory_bytes
                 self.gpu_used, self.whole_free = saved.gpu_used, saved.whole_free
-                self.least_used = saved.least_used
+                self.least_used, self.partial = saved.least_used, saved.partial
+                self._by_free = None
             else:
                 self._write(
                     saved.node, saved.cpu_millis, saved.memory_bytes, saved.gpu_used, saved.extended
@@ -188,7 +261,12 @@ class Capacity:
         """Give back per-node amounts on every node at once (one undo entry, no loop)."""
         self._journal.append(
             _SavedAll(
-                self.free_cpu, self.free_memory, self.gpu_used, self.whole_free, self.least_used
+                self.free_cpu,
+                self.free_memory,
+                self.gpu_used,
+                self.whole_free,
+                self.least_used,
+                self.partial,
             )
         )
         self.free_cpu = self.free_cpu + cpu_millis
@@ -197,8 +275,9 @@ class Capacity:
         rows = np.flatnonzero((gpu_used != 0).any(axis=1))
         self.whole_free = self.whole_free.copy()
         self.least_used = self.least_used.copy()
-        self.whole_free[rows] = (self.gpu_used[rows] <= EPS).sum(axis=1)
-        self.least_used[rows] = self.gpu_used[rows].min(axis=1, initial=np.inf)
+        self.partial = self.partial.copy()
+        self._by_free = None
+        self._summarise(rows)
 
     def preempt(self, freed: Sequence[Placement], placements: Sequence[Placement]) -> None:
         """Commit a preemption so what its victims free serves only their preemptor.
@@ -227,6 +306,42 @@ class Capacity:
                 np.minimum(self.free_extended[row], extended_after[i]),
             )
 
+    def by_free_gpus(self, fewest: int) -> Iterator[Indices]:
+        """Nodes with ``fewest`` whole free GPUs, then with one more, and so on: each group
+        (never empty) in node order. Best fit reads the first groups only."""
+        keys = self._grouped()
+        count = len(self.names)
+        width = self.gpu_used.shape[1]
+        edges = np.searchsorted(keys, np.arange(fewest, width + 2) * count)
+        for free, (start, end) in enumerate(itertools.pairwise(edges.tolist()), fewest):
+            if end > start:
+                rows: Indices = keys[start:end] - free * count
+                yield rows
+
+    def group_by_free_gpus(self) -> None:
+        """Build the grouping ``by_free_gpus`` reads now, so clones start with it."""
+        if self.grouped:
+            self._grouped()
+
+    def _grouped(self) -> Ints:
+        if self._by_free is None:
+            count = len(self.names)
+            self._by_free = np.sort(self.whole_free * count + np.arange(count, dtype=np.int64))
+        return self._by_free
+
+    def _regroup(self, keys: Ints, row: int, old: int, new: int) -> None:
+        """Move ``row`` in ``keys`` from the group of ``old`` whole free GPUs to ``new``'s."""
+        count = len(self.names)
+        key = new * count + row
+        at = int(np.searchsorted(keys, old * count + row))
+        to = int(np.searchsorted(keys, key))
+        if to > at:
+            keys[at : to - 1] = keys[at + 1 : to]
+            keys[to - 1] = key
+        else:
+            keys[to + 1 : at + 1] = keys[to:at]
+            keys[to] = key
+
     def _eligible_for(self, gpu_model: str | None) -> tuple[Bools, Indices]:
         cached = self._eligible.get(gpu_model)
         if cached is None:
@@ -238,37 +353,34 @@ class Capacity:
         return cached
 
     def _hold_running(self, running: Sequence[RunningJob]) -> None:
-        rows: list[int] = []
-        cpu: list[int] = []
-        memory: list[int] = []
-        device_rows: list[int] = []
-        devices: list[int] = []
-        shares: list[float] = []
-        for job in running:
-            for p in job.placements:
-                row = self.index.get(p.node)
-                if row is None:
-                    continue
-                if p.extended:
-                    self._take_extended(row, p.extended, sign=1)
-                rows.append(row)
-                cpu.append(p.cpu_millis)
-                memory.append(p.memory_bytes)
-                for device in p.gpu_ids:
-                    if 0 <= device < self.total_gpus[row]:
-                        device_rows.append(row)
-                        devices.append(device)
-                        shares.append(p.gpu_share)
-        at = np.array(rows, dtype=np.intp)
-        np.subtract.at(self.free_cpu, at, np.array(cpu, dtype=np.int64))
-        np.subtract.at(self.free_memory, at, np.array(memory, dtype=np.int64))
-        slots = (np.array(device_rows, dtype=np.intp), np.array(devices, dtype=np.intp))
-        np.add.at(self.gpu_used, slots, np.array(shares, dtype=np.float64))
+        located = [(self.index.get(p.node), p) for job in running for p in job.placements]
+        for row, p in located:
+            if row is not None and p.extended:
+                self._take_extended(row, p.extended, sign=1)
+        flat = Flat.of(self, [located])
+        np.subtract.at(self.free_cpu, flat.rows, flat.cpu)
+        np.subtract.at(self.free_memory, flat.rows, flat.memory)
+        np.add.at(self.gpu_used, (flat.device_rows, flat.devices), flat.shares)
+        self.gpu_used = np.round(self.gpu_used, SHARE_DIGITS)
         self._refresh_devices()
 
     def _refresh_devices(self) -> None:
         self.whole_free = (self.gpu_used <= EPS).sum(axis=1).astype(np.int64)
         self.least_used = self.gpu_used.min(axis=1, initial=np.inf)
+        self.partial = _partly_used(self.gpu_used)
+        self._by_free = None
+
+    def _summarise(self, rows: Sequence[int] | Indices) -> None:
+        """Recompute the per-node device summaries of ``rows`` from ``gpu_used``."""
+        used = self.gpu_used[rows]
+        before = self.whole_free[rows]
+        self.whole_free[rows] = (used <= EPS).sum(axis=1)
+        if self._by_free is not None:
+            for row, old, new in zip(rows, before, self.whole_free[rows], strict=True):
+                if old != new:
+                    self._regroup(self._by_free, int(row), int(old), int(new))
+        self.least_used[rows] = used.min(axis=1, initial=np.inf)
+        self.partial[rows] = _partly_used(used)
 
     def _apply(self, placements: Iterable[Placement], sign: int) -> None:
         for p in placements:
@@ -323,5 +435,69 @@ class Capacity:
         self.gpu_used[row] = gpu_used
         if extended is not None:
             self.free_extended[row] = extended
-        self.whole_free[row] = int((gpu_used <= EPS).sum())
-        self.least_used[row] = gpu_used.min(initial=np.inf)
+        shares = gpu_used.tolist()  # a node's few devices: plain floats beat numpy calls
+        old, new = int(self.whole_free[row]), sum(share <= EPS for share in shares)
+        self.whole_free[row] = new
+        if old != new and self._by_free is not None:
+            self._regroup(self._by_free, row, old, new)
+        self.least_used[row] = min(shares, default=np.inf)
+        self.partial[row] = any(share != 0.0 and share < 1.0 for share in shares)
+
+
+@dataclass(frozen=True)
+class Flat:
+    """Placements as parallel arrays (node row, cpu, memory; device row, device, share),
+    so what thousands of pods hold is added to or taken from capacity in a few numpy
+    calls. ``cuts[i]`` / ``device_cuts[i]``: where the first ``i`` groups end."""
+
+    rows: Indices
+    cpu: Ints
+    memory: Ints
+    device_rows: Indices
+    devices: Indices
+    shares: Floats
+    cuts: tuple[int, ...]
+    device_cuts: tuple[int, ...]
+
+    @staticmethod
+    def of(capacity: Capacity, groups: Iterable[Iterable[tuple[int | None, Placement]]]) -> Flat:
+        """``groups`` of (node row, placement); a placement on no known row (None) or a
+        device the node lacks is left out."""
+        rows: list[int] = []
+        cpu: list[int] = []
+        memory: list[int] = []
+        device_rows: list[int] = []
+        devices: list[int] = []
+        shares: list[float] = []
+        cuts, device_cuts = [0], [0]
+        for group in groups:
+            for row, p in group:
+                if row is None:
+                    continue
+                rows.append(row)
+                cpu.append(p.cpu_millis)
+                memory.append(p.memory_bytes)
+                for device in p.gpu_ids:
+                    if 0 <= device < capacity.total_gpus[row]:
+                        device_rows.append(row)
+                        devices.append(device)
+                        shares.append(p.gpu_share)
+            cuts.append(len(rows))
+            device_cuts.append(len(devices))
+        return Flat(
+            np.array(rows, dtype=np.intp),
+            np.array(cpu, dtype=np.int64),
+            np.array(memory, dtype=np.int64),
+            np.array(device_rows, dtype=np.intp),
+            np.array(devices, dtype=np.intp),
+            np.array(shares, dtype=np.float64),
+            tuple(cuts),
+            tuple(device_cuts),
+        )
+
+
+def _partly_used(used: Floats) -> Bools:
+    """Per row of ``used`` (device shares), whether a device holds a share other than
+    0 below 1 (inf marks slots past a node's last device)."""
+    partly: Bools = ((used != 0.0) & (used < 1.0)).any(axis=-1)
+    return partly

@@ -168,11 +168,11 @@ class Fragmentation:
         self._afters: dict[tuple[int, int, float], tuple[Ints, Floats]] = {}
         """Per pod shape: the node versions scored, and the scores placing it leaves."""
 
-    def choose(
-        self, capacity: Capacity, pod: PodRequest, ok: Bools
-    ) -> tuple[int, tuple[int, ...]] | None:
-        """The node (among ``ok``, where cpu, memory and extended resources fit) and
-        devices for ``pod`` that fragment the cluster least; None if no node fits."""
+    def choose(self, capacity: Capacity, pod: PodRequest, ok: Bools) -> tuple[int, int] | None:
+        """The node (among ``ok``, where cpu, memory and extended resources fit) and, for
+        a shared pod, the device where ``pod`` fragments the cluster least (-1 for a
+        whole-GPU or cpu-only pod: which free devices it takes is placement's choice);
+        None if no node fits."""
         rows = np.flatnonzero(ok)
         if 0 < pod.gpu < 1:
             rows = rows[capacity.least_used[rows] <= 1.0 - pod.gpu + EPS]
@@ -188,8 +188,7 @@ class Fragmentation:
         after = self._after(before.at(near), free[near], pod)
         position = near[np.searchsorted(rows[near], after.rows)]
         tied = np.flatnonzero(is_tied[position, np.maximum(after.devices, 0)])
-        row, device = self._tie_break(capacity, pod, after, free, position, tied)
-        return row, _devices(capacity.gpu_used[row], pod.gpu, device)
+        return self._tie_break(capacity, pod, after, free, position, tied)
 
     def _after_scores(
         self, capacity: Capacity, pod: PodRequest, now: _Options, free: Floats
@@ -367,11 +366,3 @@ def _distinct_fitting(free: Floats, share: float) -> Bools:
     first: Bools = np.zeros_like(fits)
     np.put_along_axis(first, order, ~repeat, axis=1)
     return fits & first
-
-
-def _devices(used: Floats, gpu: float, device: int) -> tuple[int, ...]:
-    if gpu >= 1:
-        return tuple(int(d) for d in np.flatnonzero(used <= EPS)[: int(gpu)])
-    if gpu > 0:
-        return (device,)
-    return ()

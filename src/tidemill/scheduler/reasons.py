@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from tidemill.api.quantity import format_cpu, format_memory
@@ -17,8 +18,11 @@ from tidemill.scheduler.types import (
     Placement,
     PodRequest,
     Reason,
+    Reclaim,
+    Reservation,
     ResourceVector,
     RunningJob,
+    usage,
 )
 
 RESOURCES = ("cpu", "gpu", "memory")
@@ -37,6 +41,10 @@ class Code(StrEnum):
     UNKNOWN_QUEUE = "UnknownQueue"
     BLOCKED_BY_QUEUE_HEAD = "BlockedByQueueHead"
     INVALID_REQUEST = "InvalidRequest"
+    TOPOLOGY_DOES_NOT_FIT = "TopologyDoesNotFit"
+    TOPOLOGY_DOMAIN_TOO_SMALL = "TopologyDomainTooSmall"
+    NO_TOPOLOGY_DOMAIN = "NoTopologyDomain"
+    RESERVED = "Reserved"
 
 
 _SHORT_OF = {
@@ -207,8 +215,15 @@ def cannot_grow(shortfall: Shortfall) -> Reason:
     )
 
 
-def with_preemption_note(reason: Reason) -> Reason:
-    """Tell the reader preemption was tried, so they do not wait for it."""
+def with_preemption_note(reason: Reason, guarded: str | None = None) -> Reason:
+    """Tell the reader preemption was tried, so they do not wait for it; ``guarded``
+    names the queue whose guarantee it would have broken, when that was the obstacle."""
+    if guarded is not None:
+        return Reason(
+            reason.code,
+            f"{reason.message}; preempting lower-priority jobs would take queue {guarded} "
+            "below its guarantee",
+        )
     return Reason(
         reason.code,
         f"{reason.message}; preempting lower-priority jobs would not make room",
@@ -225,14 +240,92 @@ def preemption_message(victim: RunningJob, preemptor: JobRequest) -> str:
 
 def shrink_message(job: RunningJob, removed: Sequence[Placement], preemptor: JobRequest) -> str:
     """What a shrink takes, per role, and for whom: the event the shrunk job shows."""
+    return (
+        f"shrunk {_shrunk(job, removed)} to make room for {preemptor.key} "
+        f"(priority {preemptor.priority} > {job.priority})"
+    )
+
+
+def reserved(reason: Reason, reservation: Reservation, waited_s: float, bound_s: float) -> Reason:
+    """A job that waited past its bound: what is held for it, where, and from when."""
+    nodes = ", ".join(sorted({p.node for p in reservation.placements}))
+    if reservation.due is None:
+        start = (
+            "its start is unknown: a job there has no activeDeadlineSeconds and its queue "
+            "no runtimeEstimateSeconds"
+        )
+    else:
+        start = f"expected to start at {timestamp(reservation.due)}"
+    return Reason(
+        Code.RESERVED.value,
+        f"waited {duration(waited_s)}, past the {duration(bound_s)} bound: "
+        f"{pieces(usage(reservation.placements))} held for it on {nodes} as it frees; "
+        f"{start}; only jobs that end before then may use that room ({reason.message})",
+    )
+
+
+def with_reservation_note(reason: Reason, held: Sequence[Reservation]) -> Reason:
+    """Tell the reader that free-looking room is held for jobs that waited too long."""
+    jobs = ", ".join(r.job for r in held[:3]) + (
+        f" and {len(held) - 3} more" if len(held) > 3 else ""
+    )
+    dues = [r.due for r in held if r.due is not None]
+    if dues:
+        rule = f"a job that ends by {timestamp(min(dues))} may use it"
+    else:
+        rule = "no job may use it until their start is known"
+    return Reason(reason.code, f"{reason.message}; room reserved for {jobs} is left out ({rule})")
+
+
+def reclaim_message(victim: RunningJob, preemptor: JobRequest, claim: Reclaim) -> str:
+    """The event a job stopped to give a queue back its guarantee shows."""
+    nodes = ", ".join(sorted({p.node for p in victim.placements})) or "no node"
+    return (
+        f"preempted for {preemptor.key}: {_guarantee(claim)}; "
+        f"queue {victim.queue} is over its own; frees {pieces(victim.total)} on {nodes}"
+    )
+
+
+def reclaim_shrink_message(
+    job: RunningJob, removed: Sequence[Placement], preemptor: JobRequest, claim: Reclaim
+) -> str:
+    """The event a job shrunk to give a queue back its guarantee shows."""
+    return (
+        f"shrunk {_shrunk(job, removed)} to make room for {preemptor.key}: "
+        f"{_guarantee(claim)}; queue {job.queue} is over its own"
+    )
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as people say it: "45s", "12m", "3h 5m", "326h"."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    minutes, hours = whole // 60 % 60, whole // 3600
+    if hours == 0:
+        return f"{minutes}m"
+    return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+
+
+def timestamp(epoch_s: float) -> str:
+    """An epoch time in UTC, to the second ("2026-12-04 15:00:00 UTC")."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _shrunk(job: RunningJob, removed: Sequence[Placement]) -> str:
+    """Per role, its size before and after and the pods removed."""
     parts = []
     for role in sorted({p.role for p in removed}):
         names = [f"{p.role}-{p.index}" for p in removed if p.role == role]
         size = sum(1 for p in job.placements if p.role == role)
         parts.append(f"{role} {size}→{size - len(names)} (removes {', '.join(names)})")
+    return ", ".join(parts)
+
+
+def _guarantee(claim: Reclaim) -> str:
     return (
-        f"shrunk {', '.join(parts)} to make room for {preemptor.key} "
-        f"(priority {preemptor.priority} > {job.priority})"
+        f"queue {claim.queue} reclaims its guarantee of {pieces(claim.guaranteed)} "
+        f"(it held {pieces(claim.held)})"
     )
 
 
@@ -271,3 +364,52 @@ def _value(pod: PodRequest, resource: str) -> float:
 
 def _by_resource(vector: ResourceVector) -> dict[str, float]:
     return {"cpu": vector.cpu_millis, "memory": vector.memory_bytes, "gpu": vector.gpu}
+
+
+def topology_does_not_fit(need: str, level: str, block: str, domain: str) -> Reason:
+    """A required packing no domain's free room holds now ("needs 16 gpu within one
+    rack (8 worker x 2 gpu); the largest free rack block is 12 gpu on r2")."""
+    where = f"the largest free {level} block is {block} on {domain}" if domain else "none is free"
+    return Reason(Code.TOPOLOGY_DOES_NOT_FIT.value, f"needs {need} within one {level}; {where}")
+
+
+def topology_domain_too_small(need: str, level: str, size: str, domain: str) -> Reason:
+    """A required packing larger than any domain even when empty: waiting will not help."""
+    return Reason(
+        Code.TOPOLOGY_DOMAIN_TOO_SMALL.value,
+        f"needs {need} within one {level}; the largest {level} has {size} in all ({domain}): "
+        f"set topology.required: false or packWithin a larger level, or ask for less",
+    )
+
+
+def no_topology_domain(pod: PodRequest, level: str, levels: Sequence[str]) -> Reason:
+    """A required packing at a level that is not declared, or that no schedulable node
+    is labelled with."""
+    if level in levels:
+        why = f"no schedulable node carries the label {level}"
+    else:
+        declared = ", ".join(levels) or "none"
+        why = f"{level} is not a topology level of this cluster (levels: {declared})"
+    return Reason(
+        Code.NO_TOPOLOGY_DOMAIN.value,
+        f"pod {pod_name(pod)} must be packed within one {level}; {why}",
+    )
+
+
+def cannot_grow_within(pod: PodRequest, domains: str, block: str, node: str) -> Reason:
+    """A running job's optional pod that found no room in its role's topology domain."""
+    return Reason(
+        Code.TOPOLOGY_DOES_NOT_FIT.value,
+        f"cannot add {pod_name(pod)}: it needs {pod_pieces(pod)} within {domains}, beside its "
+        f"role's pods; largest free block there is {block} on {node}",
+    )
+
+
+NO_LEVELS_NOTE = "packWithin ignored: this cluster declares no topology levels"
+"""A bind's note when a job asks for packing on a cluster without levels."""
+
+
+def spread_note(role_names: str, need: str, level: str, block: str, domain: str, where: str) -> str:
+    """What a bind says when a preferred packing fell back to a larger domain or a spread."""
+    best = f"the largest free {level} block is {block} on {domain}" if domain else "none is free"
+    return f"{role_names}: no {level} holds {need}; {best}; {where}"

@@ -14,6 +14,11 @@ Extended resources (``rdma/hca``, ``example.com/fpga``: whole counts a node offe
 node only with enough of each it asks free there. ``ResourceVector`` leaves them out, so
 DRF shares, queue quotas and the preemption search weigh cpu, memory and GPU only (a
 preemption plan is still checked against extended resources before it is taken).
+
+Time is data too: ``ClusterState.now`` with each pending job's ``waiting_since`` and each
+running job's ``expected_end`` let a job that waited past its bound get a
+``Reservation``; the reservations come back in ``Decisions.reservations`` and go into
+the next cycle's ``ClusterState``, so they last without the scheduler keeping state.
 """
 
 from __future__ import annotations
@@ -51,6 +56,26 @@ class ResourceVector:
 
 
 @dataclass(frozen=True)
+class NumaNode:
+    """One NUMA node of a machine: the CPU ids and GPU devices attached to it."""
+
+    cpus: tuple[int, ...]
+    gpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopologyRequest:
+    """A role's ask to run its gang pods inside one domain of a topology level.
+
+    ``level`` is a node label key the cluster declares as a level (``rack``). Pods of a
+    job asking the same level share one domain. ``required``: wait rather than spread;
+    otherwise a gang that fits no domain is spread, with a note in its bind."""
+
+    level: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """A node's capacity. GPUs are devices ``0 .. gpus-1``."""
 
@@ -63,6 +88,9 @@ class NodeInfo:
     schedulable: bool = True
     extended: dict[str, int] = field(default_factory=dict)
     """Extended resources the node offers, by name (``{"rdma/hca": 4}``)."""
+    numa: tuple[NumaNode, ...] = ()
+    """Its NUMA layout, if declared: a pod's GPUs are taken from one NUMA node when
+    they fit in one."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +103,11 @@ class QueueInfo:
     max_cpu_millis: int | None = None
     max_memory_bytes: int | None = None
     max_gpu: float | None = None
+    runtime_estimate_s: float | None = None
+    """How long this queue's jobs run, for those that set no deadline: who may backfill
+    ahead of a reservation, and when a running job is expected to end."""
+    reserve_after_s: float | None = None
+    """A job waiting this long gets a reservation (None: ``SchedulerConfig``'s bound)."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +128,8 @@ class PodRequest:
     spread: bool = False
     """Placed before the gang's other pods, each on a node no other spread pod of the gang
     has when the cluster allows (parameter servers: one shard per node's memory and NIC)."""
+    topology: TopologyRequest | None = None
+    """Pack this pod with the job's other pods asking the same level into one domain."""
 
     @property
     def vector(self) -> ResourceVector:
@@ -120,6 +155,10 @@ class JobRequest:
 
     Growth is tried after every regular pending job of the cycle and never preempts;
     what did not fit is explained in ``Decisions.unmet_grows``, not as a pending reason."""
+    waiting_since: float | None = None
+    """When it last started waiting (submitted, or put back by a preemption)."""
+    runtime_s: float | None = None
+    """The most it runs once started (its ``activeDeadlineSeconds``), if it says."""
 
     @property
     def gang(self) -> tuple[PodRequest, ...]:
@@ -175,10 +214,28 @@ class RunningJob:
     """(role, index) of placements a higher-priority job may take back without stopping
     this one (elastic replicas above minReplicas), in the order they should go: a
     shrink removes a prefix of this tuple. Pairs naming no placement are ignored."""
+    started_at: float | None = None
+    """When it was bound; a reclaim stops the most recently started first."""
+    expected_end: float | None = None
+    """When it should end (its deadline or its queue's runtime estimate); None: unknown."""
 
     @property
     def total(self) -> ResourceVector:
         return usage(self.placements)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Room held for a job that waited past its bound, as running jobs free it.
+
+    Only jobs that end before ``due`` may use the room meanwhile (backfill)."""
+
+    job: str
+    placements: tuple[Placement, ...]
+    """Where the gang will run: every pod of it, on nodes that may still be busy."""
+    due: float | None
+    """When the room is expected to be free (epoch seconds); None when a job in the way
+    has no expected end, and then nothing backfills."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +272,13 @@ class ClusterState:
     nodes: tuple[NodeInfo, ...]
     queues: dict[str, QueueInfo]
     running: tuple[RunningJob, ...] = ()
+    topology: tuple[str, ...] = ()
+    """Node label keys that name topology domains, smallest level first
+    (``("nvlink-domain", "rack", "zone")``)."""
+    now: float | None = None
+    """The cycle's time (epoch seconds); None: no job waits long enough for a reservation."""
+    reservations: tuple[Reservation, ...] = ()
+    """What the previous cycle's ``Decisions.reservations`` held."""
     workload: tuple[PodType, ...] = ()
     """The pod mix the cluster expects, for fragmentation-aware placement; empty: the
     pods pending in the call stand for it."""
@@ -231,6 +295,15 @@ class SchedulerConfig:
     preemption: bool = True
     strict_fifo: bool = False
     """If True a queue's head that does not fit blocks the jobs behind it."""
+    reserve_after_s: float | None = 3600.0
+    """A job waiting longer gets a reservation, unless its queue sets its own bound
+    (None: only queues that set one reserve)."""
+    max_reservations: int = 4
+    """At most this many jobs hold reservations at once, the longest waiting first."""
+    reclaim: bool = True
+    """A queue below its guarantee may stop or shrink jobs of queues over theirs, at any
+    priority (needs ``preemption``); and a higher-priority job never preempts another
+    queue below its guarantee, so the two never undo each other."""
     scoring: Scoring = "fragmentation"
     """``fragmentation``: the node where the pod leaves the least GPU that the expected
     pod mix (``ClusterState.workload``) could not use (FGD, Weng et al., ATC'23);
@@ -246,6 +319,19 @@ class SchedulerConfig:
 class Bind:
     job: str
     placements: tuple[Placement, ...]
+    note: str = ""
+    """How the placement departs from what the job preferred (a gang spread because no
+    domain of its ``packWithin`` level held it), for the bind's event."""
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """Why a job was stopped or shrunk at any priority: ``queue`` took back its guarantee."""
+
+    queue: str
+    guaranteed: ResourceVector
+    held: ResourceVector
+    """What ``queue`` held before, below ``guaranteed``."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +345,7 @@ class Shrink:
     pods: tuple[tuple[str, int], ...]
     preemptor: str
     message: str
+    reclaim: Reclaim | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +353,8 @@ class Preemption:
     victim: str
     preemptor: str
     message: str
+    reclaim: Reclaim | None = None
+    """Set when the victim was stopped to give a queue back its guarantee."""
 
 
 @dataclass(frozen=True)
@@ -292,6 +381,8 @@ class Decisions:
     """Pods added to running jobs (``JobRequest.grow``), one entry per job that got any."""
     unmet_grows: dict[str, Reason] = field(default_factory=dict)
     """Why a growth request got fewer pods than it asked for (the first pod left out)."""
+    reservations: list[Reservation] = field(default_factory=list)
+    """The reservations to pass in the next cycle's ``ClusterState``."""
 
 
 def usage(placements: Iterable[Placement]) -> ResourceVector:

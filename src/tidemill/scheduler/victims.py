@@ -9,7 +9,8 @@ stopped whole.
 
 Per-node sums of what candidates below a priority hold (core and surplus apart) are
 built on first use and kept current as jobs are shrunk or stopped, so a cycle where
-everything fits pays nothing and each preemption reads a ready answer.
+everything fits, or where no candidate is below any preemptor, pays nothing and each
+preemption reads a ready answer.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from itertools import islice
 
 import numpy as np
 
-from tidemill.scheduler.capacity import Capacity, Floats, Ints
+from tidemill.scheduler.capacity import Capacity, Flat, Floats, Ints
 from tidemill.scheduler.ordering import dominant_share
 from tidemill.scheduler.types import Placement, ResourceVector, RunningJob, usage
 
@@ -49,9 +50,16 @@ class VictimPool:
     """Preemption candidates in rank order; each is stopped at most once a cycle."""
 
     def __init__(
-        self, running: Sequence[RunningJob], capacity: Capacity, cluster: ResourceVector
+        self,
+        running: Sequence[RunningJob],
+        capacity: Capacity,
+        cluster: ResourceVector,
+        lowest: int | None,
     ) -> None:
+        """``lowest``: the lowest priority of a preemptible job in ``running`` (None: none
+        is), so a preemptor at or below it is turned away without building the pool."""
         self._running = running
+        self._lowest = lowest
         self._capacity = capacity
         self._cluster = cluster
         self._built = False
@@ -75,6 +83,8 @@ class VictimPool:
 
     def any_below(self, priority: int) -> bool:
         """Whether any candidate is left for a preemptor of ``priority``."""
+        if self._lowest is None or priority <= self._lowest:
+            return False
         self._build()
         jobs = self._jobs
         while self._first_left < len(jobs) and jobs[self._first_left].key in self._taken:
@@ -89,10 +99,12 @@ class VictimPool:
 
     def could_free(self, priority: int) -> ResourceVector:
         """An upper bound on what stopping every candidate below ``priority`` frees."""
+        self._build()
         return self._bound(self._cumulative, priority)
 
     def could_shrink(self, priority: int) -> ResourceVector:
         """An upper bound on what shrinking every candidate below ``priority`` frees."""
+        self._build()
         return self._bound(self._surplus_cumulative, priority)
 
     def size(self, job: RunningJob) -> float:
@@ -112,6 +124,11 @@ class VictimPool:
     def surplus(self, job: RunningJob) -> list[Located]:
         """The pods ``job`` may still give back, in the order they go."""
         return self._surplus.get(job.key, [])
+
+    def remaining(self) -> list[RunningJob]:
+        """Every candidate not stopped this cycle, at any priority, as it stands now."""
+        self._build()
+        return [self._current[job.key] for job in self._jobs if job.key not in self._taken]
 
     def on_row(self, row: int, priority: int, spared: set[str]) -> list[RunningJob]:
         """Candidates with a core pod on node ``row``, in rank order, minus ``spared`` keys."""
@@ -180,7 +197,7 @@ class VictimPool:
         ]
 
     def _bound(self, cumulative: Floats, priority: int) -> ResourceVector:
-        self._build()
+        """``cumulative`` as read after :meth:`_build` (the callers build first)."""
         cpu, memory, gpu = cumulative[bisect_left(self._priorities, priority)]
         return ResourceVector(int(cpu), int(memory), float(gpu))
 
@@ -255,33 +272,16 @@ class VictimPool:
         return core, surplus
 
     def _room_of(self, placements: Iterable[Located]) -> Room:
-        rows: list[int] = []
-        cpu: list[int] = []
-        memory: list[int] = []
-        device_rows: list[int] = []
-        devices: list[int] = []
-        shares: list[float] = []
-        for row, placement in placements:
-            if row is None:
-                continue
-            rows.append(row)
-            cpu.append(placement.cpu_millis)
-            memory.append(placement.memory_bytes)
-            for device in self._devices(row, placement):
-                device_rows.append(row)
-                devices.append(device)
-                shares.append(placement.gpu_share)
         capacity = self._capacity
+        flat = Flat.of(capacity, [placements])
         room = Room(
             np.zeros_like(capacity.free_cpu),
             np.zeros_like(capacity.free_memory),
             np.zeros_like(capacity.gpu_used),
         )
-        at = np.array(rows, dtype=np.intp)
-        np.add.at(room.cpu, at, np.array(cpu, dtype=np.int64))
-        np.add.at(room.memory, at, np.array(memory, dtype=np.int64))
-        slots = (np.array(device_rows, dtype=np.intp), np.array(devices, dtype=np.intp))
-        np.add.at(room.gpu_used, slots, np.array(shares, dtype=np.float64))
+        np.add.at(room.cpu, flat.rows, flat.cpu)
+        np.add.at(room.memory, flat.rows, flat.memory)
+        np.add.at(room.gpu_used, (flat.device_rows, flat.devices), flat.shares)
         return room
 
     def _devices(self, row: int, placement: Placement) -> list[int]:

@@ -8,6 +8,7 @@ import doctest
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import kubernetes_validate
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from tidemill.api.loader import load_job_file, load_job_text
+from tidemill.engines.base import LaunchSpec
 from tidemill.engines.kubernetes import manifests, names
 from tidemill.engines.kubernetes.options import KubernetesOptionError, KubernetesOptions
 from tidemill.engines.kubernetes.plan import job_manifests
@@ -238,3 +240,30 @@ def test_docstring_examples() -> None:
     for module in (names, manifests):
         failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert failures == 0
+
+
+def test_a_pod_pinned_beside_its_gpus_carries_the_numa_cpus_as_an_annotation() -> None:
+    spec = LaunchSpec(
+        job="ads/ctr",
+        job_uid="u1",
+        launch_id="l1",
+        role="worker",
+        index=0,
+        argv=("python", "train.py"),
+        env={},
+        working_dir="",
+        node="gpu-a1",
+        gpu_ids=(4, 5),
+        cpu_ids=(16, 17, 18, 19, 48),
+        cpu=4,
+        memory_bytes=2**30,
+        gpus=2,
+    )
+    options = KubernetesOptions(default_image="registry.example/ctr:7")
+    pod = manifests.pod_manifest(spec, manifests.Owner("ctr", "u1"), options)
+    validate(pod)
+    assert pod["metadata"]["annotations"][names.CPUSET_ANNOTATION] == "16-19,48"
+    unpinned = manifests.pod_manifest(
+        replace(spec, cpu_ids=()), manifests.Owner("ctr", "u1"), options
+    )
+    assert names.CPUSET_ANNOTATION not in unpinned["metadata"]["annotations"]

@@ -174,6 +174,26 @@ def test_a_cluster_yaml_is_the_server_s_cluster_file(tmp_path: Path) -> None:
     assert (state.queues["ads"].weight, state.queues["ads"].max_gpu) == (2.0, 8.0)
 
 
+def test_a_cluster_yaml_s_topology_numa_and_reservation_settings_reach_the_scheduler(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        "cluster.yaml",
+        "topology: {levels: [rack]}\n"
+        "nodes:\n"
+        "  - {name: gpu, cpu: 4, memory: 64Gi, gpus: 2, labels: {rack: r1},"
+        " numa: [{cpus: '0-1', gpus: [0]}, {cpus: '2-3', gpus: [1]}]}\n"
+        "queues:\n"
+        "  - {name: ads, runtimeEstimateSeconds: 600, reserveAfterSeconds: 1800}\n",
+    )
+    state = read_cluster(path)
+    assert state.topology == ("rack",)
+    assert [(n.cpus, n.gpus) for n in state.nodes[0].numa] == [((0, 1), (0,)), ((2, 3), (1,))]
+    ads = state.queues["ads"]
+    assert (ads.runtime_estimate_s, ads.reserve_after_s) == (600.0, 1800.0)
+
+
 def test_a_bad_cluster_yaml_reports_the_field(tmp_path: Path) -> None:
     path = write(
         tmp_path, "cluster.yaml", "nodes:\n  - {name: n1, cpu: 4, memory: 1Gi, gpus: -1}\n"

@@ -15,6 +15,7 @@ from typing import Any
 from tidemill.api.crd import to_custom_object
 from tidemill.api.job import TrainingJob
 from tidemill.api.ps import PS_SERVER_MODULE
+from tidemill.api.topology import format_cpu_list
 from tidemill.engines.base import LaunchSpec
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.options import GPU_RESOURCE, KubernetesOptions
@@ -237,6 +238,8 @@ def pod_manifest(spec: LaunchSpec, owner: Owner, options: KubernetesOptions) -> 
         "tidemill.io/job": spec.job,
         "tidemill.io/attempt": str(spec.attempt),
     }
+    if spec.cpu_ids:
+        metadata["annotations"][names.CPUSET_ANNOTATION] = format_cpu_list(spec.cpu_ids)
     volcano = options.gang_scheduler == "volcano"
     if volcano:
         metadata["annotations"][names.VOLCANO_GROUP_ANNOTATION] = names.service_name(spec.job)

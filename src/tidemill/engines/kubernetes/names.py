@@ -27,6 +27,14 @@ LAUNCH_LABEL = "tidemill.io/launch-id"
 UID_ANNOTATION = "tidemill.io/uid"
 """On a TrainingJob object: the tidemill job it is (set once the job is in the store)."""
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+CPUSET_ANNOTATION = "tidemill.io/numa-cpus"
+"""The CPUs of the NUMA node tidemill placed the pod's GPUs beside (a Linux CPU list).
+
+Kubernetes has no field that pins a container to given CPUs: the kubelet picks them.
+On a node whose kubelet runs ``cpuManagerPolicy: static`` and ``topologyManagerPolicy:
+single-numa-node`` (or ``restricted``), a Guaranteed pod with whole cpus (tidemill
+sets requests equal to limits) gets exclusive CPUs and its GPUs on one NUMA node; this
+annotation records what tidemill planned, for a node agent or a person to compare."""
 
 TOKEN_KEY = "token"
 """Key of the job credential in the job's Secret."""

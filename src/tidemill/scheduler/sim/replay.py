@@ -6,6 +6,12 @@ its binds start now and end ``duration_s`` later (a job of unknown duration runs
 end of the replay); a preempted job goes back to waiting and starts over. The clock
 jumps from one moment to the next, so a month of trace replays in seconds, and the
 same inputs always give the same outcome.
+
+Time reaches the policy as the controller gives it: the snapshot's ``now``, each
+waiting job's ``waiting_since``, each running job's ``started_at`` and ``expected_end``,
+and the reservations the previous call returned. A trace job's known duration is its
+``runtime_s`` (as if its ``activeDeadlineSeconds`` were exact: the best case for
+backfilling into reserved room); a job of unknown duration has none.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from tidemill.scheduler import (
     JobRequest,
     PodRequest,
     QueueInfo,
+    Reservation,
     RunningJob,
 )
 from tidemill.scheduler.sim.errors import SimInputError
@@ -62,8 +69,9 @@ class Replay:
     """Process CPU seconds of each policy call."""
 
 
-def requests(job: TraceJob, sequence: int) -> JobRequest:
-    """The pending job the scheduler sees for ``job``: one pod per gang member."""
+def requests(job: TraceJob, sequence: int, waiting_since: float | None = None) -> JobRequest:
+    """The pending job the scheduler sees for ``job``: one pod per gang member, waiting
+    since ``waiting_since`` (its arrival when None)."""
     pods = tuple(
         PodRequest(
             role="worker",
@@ -75,7 +83,16 @@ def requests(job: TraceJob, sequence: int) -> JobRequest:
         )
         for i in range(job.pods)
     )
-    return JobRequest(job.name, job.queue, job.priority, sequence, pods)
+    since = job.arrival_s if waiting_since is None else waiting_since
+    return JobRequest(
+        job.name,
+        job.queue,
+        job.priority,
+        sequence,
+        pods,
+        waiting_since=since,
+        runtime_s=job.duration_s,
+    )
 
 
 def with_trace_queues(cluster: ClusterState, trace: Sequence[TraceJob]) -> ClusterState:
@@ -147,6 +164,7 @@ class _Run:
         self.ends: list[tuple[float, int, int]] = []
         """(end time, trace index, run number): a preempted run's end is stale and skipped."""
         self.runs = [0] * len(trace)
+        self.reservations: tuple[Reservation, ...] = ()
         self.next_arrival = 0
         self.held_gpus = 0.0
         self.events_done = 0
@@ -184,25 +202,39 @@ class _Run:
         """One policy call over everything waiting; apply preemptions, then binds."""
         if not self.pending:
             return
-        state = replace(self.cluster, running=tuple(job for _, job in self.running.values()))
+        state = replace(
+            self.cluster,
+            running=tuple(job for _, job in self.running.values()),
+            now=now,
+            reservations=self.reservations,
+        )
         started = time.process_time()
         decisions = self.policy(state, [request for _, request in self.pending.values()])
         self.record.call_cpu_s.append(time.process_time() - started)
+        self.reservations = tuple(decisions.reservations)
         for preemption in decisions.preemptions:
             index, victim = self.running.pop(preemption.victim)
             self.runs[index] += 1
             self.outcomes[index].preemptions += 1
             self.outcomes[index].start_s = None
             self.held_gpus -= self.trace[index].gpus
-            self.pending[victim.key] = (index, requests(self.trace[index], victim.sequence))
+            request = requests(self.trace[index], victim.sequence, waiting_since=now)
+            self.pending[victim.key] = (index, request)
         for bind in decisions.binds:
             index, request = self.pending.pop(bind.job)
             job = self.trace[index]
+            end_s = None if job.duration_s is None else now + job.duration_s
             running = RunningJob(
-                job.name, job.queue, job.priority, request.sequence, bind.placements
+                job.name,
+                job.queue,
+                job.priority,
+                request.sequence,
+                bind.placements,
+                started_at=now,
+                expected_end=end_s,
             )
             self.running[job.name] = (index, running)
             self.outcomes[index].start_s = now
             self.held_gpus += job.gpus
-            if job.duration_s is not None:
-                heapq.heappush(self.ends, (now + job.duration_s, index, self.runs[index]))
+            if end_s is not None:
+                heapq.heappush(self.ends, (end_s, index, self.runs[index]))
