@@ -147,13 +147,13 @@ class Fragmentation:
         self.weight: Floats = np.array([w / total for _, w in kept], dtype=np.float64)
         self.gpu_weight: Floats = gpu * self.weight
         """A pod's GPU times its type's weight: what one more pod of a type counts."""
-        self.shared: Bools = gpu < 1
-        self.count: Ints = np.where(self.shared, 1, gpu).astype(np.int64)
+        shared = gpu < 1
+        self.count: Ints = np.where(shared, 1, gpu).astype(np.int64)
         """Whole devices a type needs (1 for a shared type: one device with room)."""
-        self.need: Floats = np.where(self.shared, gpu, 1.0)
-        """The room one of a type's devices needs: its share, or a whole device."""
-        self.thresholds: Floats = np.unique(self.need)
-        self.threshold_of: Indices = np.searchsorted(self.thresholds, self.need)
+        need = np.where(shared, gpu, 1.0)
+        self.thresholds: Floats = np.unique(need)
+        """The distinct room one device of a type needs: its share, or a whole device."""
+        self.threshold_of: Indices = np.searchsorted(self.thresholds, need)
         self.per_device: Floats = 1.0 / self.count
         self.several_devices = bool((self.count > 1).any())
         self.any_model = any(model is not None for model in self.models)
