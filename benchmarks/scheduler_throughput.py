@@ -39,6 +39,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 from tidemill.scheduler import (
     ClusterState,
@@ -53,6 +54,7 @@ from tidemill.scheduler import (
     schedule,
     schedule_incremental,
 )
+from tidemill.scheduler.types import Scoring
 
 GIB = 2**30
 GPUS_PER_NODE = 8
@@ -279,13 +281,13 @@ def arrival(rng: random.Random, cycle: int, priority: int | None) -> list[JobReq
     return jobs
 
 
-def measure_steady(full: bool, cycles: int) -> dict[str, object]:
+def measure_steady(full: bool, cycles: int, scoring: Scoring) -> dict[str, object]:
     """Per-cycle latency of a 10-pod arrival, from scratch and from the memo."""
     rng = random.Random(11)
     nodes, jobs = steady_cluster(full, rng)
     queues = {name: QueueInfo(name=name) for name in QUEUES}
     running = {job.key: job for job in jobs}
-    config = SchedulerConfig(preemption=True)
+    config = SchedulerConfig(preemption=True, scoring=scoring)
     memo = schedule_incremental(ClusterState(nodes, queues, tuple(jobs)), [], config)[1]
     fresh_s: list[float] = []
     carried_s: list[float] = []
@@ -321,6 +323,7 @@ def measure_steady(full: bool, cycles: int) -> dict[str, object]:
                 )
     return {
         "cluster": "full" if full else "room",
+        "scoring": scoring,
         "nodes": STEADY_NODES,
         "running_pods": STEADY_PODS,
         "arrival_pods": ARRIVAL_PODS,
@@ -344,7 +347,7 @@ def _latency_ms(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def measure_placement(repeats: int) -> dict[str, object]:
+def measure_placement(repeats: int, scoring: Scoring) -> dict[str, object]:
     """Pods placed per second in one cycle at 10,000 nodes, the memo warm."""
     rng = random.Random(13)
     nodes, jobs = steady_cluster(False, rng)
@@ -358,7 +361,7 @@ def measure_placement(repeats: int) -> dict[str, object]:
         key = f"job-{len(backlog):05d}"
         backlog.append(JobRequest(key, rng.choice(QUEUES), 0, len(backlog), request))
         pods += count
-    config = SchedulerConfig(preemption=True)
+    config = SchedulerConfig(preemption=True, scoring=scoring)
     memo = schedule_incremental(state, [], config)[1]
     seconds: list[float] = []
     cpu_seconds: list[float] = []
@@ -371,6 +374,7 @@ def measure_placement(repeats: int) -> dict[str, object]:
     placed = sum(len(bind.placements) for bind in decisions.binds)
     best_s = min(seconds)
     return {
+        "scoring": scoring,
         "nodes": STEADY_NODES,
         "running_pods": STEADY_PODS,
         "backlog_pods": pods,
@@ -389,11 +393,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed cycles per cluster size")
     parser.add_argument("--cycles", type=int, default=200, help="steady cycles per cluster")
     args = parser.parse_args()
-    steady = [measure_steady(full, args.cycles) for full in (False, True)]
-    placement = measure_placement(args.repeats)
+    scorings: tuple[Scoring, ...] = get_args(Scoring)
+    steady = [measure_steady(full, args.cycles, sc) for sc in scorings for full in (False, True)]
+    placement = [measure_placement(args.repeats, scoring) for scoring in scorings]
     print(
-        f"{'cluster':>7} {'cycles':>6} {'bound':>6} {'scratch p50':>11} {'p99':>7} "
-        f"{'memo p50':>8} {'p99':>7} {'max':>7} {'cpu p99':>7} {'speedup':>7}   "
+        f"{'scoring':>13} {'cluster':>7} {'cycles':>6} {'bound':>6} {'scratch p50':>11} "
+        f"{'p99':>7} {'memo p50':>8} {'p99':>7} {'max':>7} {'cpu p99':>7} {'speedup':>7}   "
         "(ms per 10-pod arrival, "
         f"{STEADY_NODES:,} nodes, {STEADY_PODS:,} pods running)"
     )
@@ -405,15 +410,17 @@ def main() -> None:
         )
         assert isinstance(fresh, dict) and isinstance(carried, dict) and isinstance(cpu, dict)
         print(
-            f"{row['cluster']:>7} {row['cycles']:>6} {row['pods_bound']:>6} "
+            f"{row['scoring']:>13} {row['cluster']:>7} {row['cycles']:>6} {row['pods_bound']:>6} "
             f"{fresh['p50']:>11} {fresh['p99']:>7} {carried['p50']:>8} {carried['p99']:>7} "
             f"{carried['max']:>7} {cpu['p99']:>7} {row['speedup_mean']:>6}x"
         )
-    print(
-        f"placement: {placement['pods_placed']:,} of {placement['backlog_pods']:,} pods placed "
-        f"in {placement['mean_ms_per_cycle']} ms at {STEADY_NODES:,} nodes: "
-        f"{placement['pods_per_s']:,} pods/s ({placement['pods_per_cpu_s']:,} per CPU second)"
-    )
+    for placed in placement:
+        print(
+            f"placement ({placed['scoring']}): {placed['pods_placed']:,} of "
+            f"{placed['backlog_pods']:,} pods placed in {placed['mean_ms_per_cycle']} ms at "
+            f"{STEADY_NODES:,} nodes: {placed['pods_per_s']:,} pods/s "
+            f"({placed['pods_per_cpu_s']:,} per CPU second)"
+        )
     rows = [measure(scenario, args.repeats) for scenario in SCENARIOS]
     header = (
         f"{'mix':>7} {'nodes':>7} {'running':>8} {'backlog':>8} {'bound':>6} {'pending':>8} "
