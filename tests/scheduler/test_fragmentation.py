@@ -179,6 +179,31 @@ def test_a_whole_gpu_goes_where_the_mix_could_not_use_the_gpus_anyway() -> None:
     assert place_one(replace(state, workload=mix), pod, "best-fit").node == "n2"
 
 
+def test_on_a_large_cluster_only_the_nodes_best_fit_ranks_first_are_scored() -> None:
+    # As above, but scoring at most one node: best fit's first, n2, is the only one
+    # looked at; with room to look at both, fragmentation's choice comes back.
+    state = state_of(
+        [node("n1").gpus(8).cpu(32), node("n2").gpus(8).cpu(32)],
+        [running("r").on("n1", [0, 1, 2, 3], cpu=28), running("s").on("n2", [0, 1, 2, 3, 4])],
+    )
+    state = replace(state, workload=(PodType(8_000, 16 * GIB, 1.0),))
+    probe = JobRequest("probe", "default", 0, 0, (PodRequest("w", 0, 1_000, GIB, 1.0),))
+    chosen = {
+        limit: schedule(state, [probe], SchedulerConfig(score_nodes=limit)).binds[0]
+        for limit in (1, 2, None)
+    }
+    assert {limit: bind.placements[0].node for limit, bind in chosen.items()} == {
+        1: "n2",
+        2: "n1",
+        None: "n1",
+    }
+
+
+def test_a_score_nodes_below_one_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValueError, match=r"SchedulerConfig.score_nodes: 0; use at least 1"):
+        SchedulerConfig(score_nodes=0)
+
+
 def test_without_a_workload_the_pending_and_running_pods_stand_for_the_mix() -> None:
     # Whole-GPU jobs are pending with the shared one: it keeps the fresh devices whole.
     decisions = schedule(
