@@ -170,12 +170,11 @@ class Fragmentation:
         self._afters: dict[tuple[int, int, float], tuple[Ints, Floats]] = {}
         """Per pod shape: the node versions scored, and the scores placing it leaves."""
 
-    def choose(self, capacity: Capacity, pod: PodRequest, ok: Bools) -> tuple[int, int] | None:
-        """The node (among ``ok``, where cpu, memory and extended resources fit) and, for
-        a shared pod, the device where ``pod`` fragments the cluster least (-1 for a
-        whole-GPU or cpu-only pod: which free devices it takes is placement's choice);
-        None if no node fits."""
-        rows = np.flatnonzero(ok)
+    def choose(self, capacity: Capacity, pod: PodRequest, rows: Indices) -> tuple[int, int] | None:
+        """The node (among ``rows``, ascending, where cpu, memory and extended resources
+        fit) and, for a shared pod, the device where ``pod`` fragments the cluster least
+        (-1 for a whole-GPU or cpu-only pod: which free devices it takes is placement's
+        choice); None if no node fits."""
         if 0 < pod.gpu < 1:
             rows = rows[capacity.least_used[rows] <= 1.0 - pod.gpu + EPS]
         elif pod.gpu >= 1:
@@ -360,12 +359,16 @@ class Fragmentation:
 
 
 def _best_fit_first(capacity: Capacity, pod: PodRequest, rows: Indices, count: int) -> Indices:
-    """Positions in ``rows`` of ``count`` nodes best fit ranks first: fewest whole GPUs
-    to spare, then least cpu and memory left (in linear time: a partition, not a sort)."""
+    """Positions in ``rows`` (ascending) of ``count`` nodes best fit ranks first: fewest
+    whole GPUs to spare, then least cpu and memory left, then the earlier node; in linear
+    time (a partition, not a sort), and the same whatever nodes ranked later are in ``rows``."""
     left = (capacity.free_cpu[rows] - pod.cpu_millis) * capacity.cpu_scale[rows]
     left += (capacity.free_memory[rows] - pod.memory_bytes) * capacity.memory_scale[rows]
     key = capacity.whole_free[rows] * 4.0 + left
-    first: Indices = np.argpartition(key, count - 1)[:count]
+    kth = np.partition(key, count - 1)[count - 1]
+    below = np.flatnonzero(key < kth)
+    tied = np.flatnonzero(key == kth)[: count - below.size]  # the earlier nodes, as best fit
+    first: Indices = np.concatenate([below, tied])
     return first
 
 

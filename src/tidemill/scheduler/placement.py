@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from tidemill.scheduler import numa, reasons
 from tidemill.scheduler.capacity import EPS, Bools, Capacity, Floats, Indices, Ints
 from tidemill.scheduler.reasons import Shortfall
 from tidemill.scheduler.types import Placement, PodRequest, Reason
+
+if TYPE_CHECKING:
+    from tidemill.scheduler.fragmentation import Fragmentation
 
 _NEVER = int(np.iinfo(np.int64).max)
 """Stands in for "no such node" when taking a minimum over a mask."""
@@ -212,8 +216,13 @@ def _choose(
     """
     scorer = capacity.fragmentation
     whole_or_none = pod.gpu == 0 or pod.gpu >= 1
-    if scorer is None and capacity.grouped and whole_or_none and not avoid and within is None:
-        return _choose_by_free(capacity, pod)
+    if capacity.grouped and whole_or_none and not avoid and within is None:
+        if scorer is None:
+            return _choose_by_free(capacity, pod)
+        if scorer.score_nodes is not None:
+            return _scored(
+                capacity, pod, scorer, _fitting_by_free(capacity, pod, scorer.score_nodes)
+            )
     ok = capacity.eligible_mask(pod.gpu_model) & (capacity.free_cpu >= pod.cpu_millis)
     ok &= capacity.free_memory >= pod.memory_bytes
     if within is not None:
@@ -226,13 +235,7 @@ def _choose(
         if elsewhere.any():
             ok = elsewhere
     if scorer is not None:
-        chosen = scorer.choose(capacity, pod, ok)
-        if chosen is None:
-            return None
-        row, device = chosen
-        if whole_or_none:
-            return row, _devices(capacity.gpu_used[row], pod.gpu, capacity.numa[row])
-        return row, (device,)
+        return _scored(capacity, pod, scorer, np.flatnonzero(ok))
     if 0 < pod.gpu < 1:
         ok &= capacity.least_used <= 1.0 - pod.gpu + EPS
         rows = np.flatnonzero(ok)
@@ -253,6 +256,40 @@ def _choose(
         secondary = _left(capacity, pod, rows)
     row = int(rows[int(np.argmin(secondary))])
     return row, _devices(capacity.gpu_used[row], pod.gpu, capacity.numa[row])
+
+
+def _scored(
+    capacity: Capacity, pod: PodRequest, scorer: Fragmentation, rows: Indices
+) -> tuple[int, tuple[int, ...]] | None:
+    """The fragmentation scorer's choice among ``rows`` (ascending), with its devices."""
+    chosen = scorer.choose(capacity, pod, rows)
+    if chosen is None:
+        return None
+    row, device = chosen
+    if 0 < pod.gpu < 1:
+        return row, (device,)
+    return row, _devices(capacity.gpu_used[row], pod.gpu, capacity.numa[row])
+
+
+def _fitting_by_free(capacity: Capacity, pod: PodRequest, enough: int) -> Indices:
+    """Nodes ``pod`` fits, read by free GPUs (fewest first) until ``enough`` are found,
+    ascending: every node best fit ranks among the first ``enough``, without masking all."""
+    eligible = capacity.eligible_mask(pod.gpu_model)
+    extended = capacity.extended_mask(pod.extended) if pod.extended else None
+    found: list[Indices] = []
+    total = 0
+    for rows in capacity.by_free_gpus(int(pod.gpu)):
+        ok = eligible[rows] & (capacity.free_cpu[rows] >= pod.cpu_millis)
+        ok &= capacity.free_memory[rows] >= pod.memory_bytes
+        if extended is not None:
+            ok &= extended[rows]
+        fitting = rows[ok]
+        found.append(fitting)
+        total += fitting.size
+        if total >= enough:
+            break
+    joined: Indices = np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.intp)
+    return joined
 
 
 def _choose_by_free(capacity: Capacity, pod: PodRequest) -> tuple[int, tuple[int, ...]] | None:
