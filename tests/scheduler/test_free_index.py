@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tidemill.scheduler import NodeInfo, Placement, schedule
+from tidemill.scheduler import NodeInfo, Placement, SchedulerConfig, schedule
 from tidemill.scheduler import capacity as capacity_module
 from tidemill.scheduler.capacity import Capacity
 
@@ -74,17 +74,22 @@ def test_groups_by_free_gpus_follow_holds_undos_and_bulk_releases(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_best_fit_by_groups_places_every_pod_where_masking_every_node_does(
+def test_placement_by_groups_places_every_pod_where_masking_every_node_does(
     data: st.DataObject, monkeypatch_module: pytest.MonkeyPatch
 ) -> None:
+    # Best fit, and fragmentation scoring cut to the 2 nodes best fit ranks first (so the
+    # cut falls inside the groups read).
+    config = data.draw(
+        st.sampled_from([SchedulerConfig(scoring="best-fit"), SchedulerConfig(score_nodes=2)])
+    )
     history = History()
     for _ in range(data.draw(st.integers(2, 6))):
         pending = history.arrivals(data.draw)
         state = history.state()
         monkeypatch_module.setattr(capacity_module, "GROUPED_FROM_NODES", 0)
-        grouped = schedule(state, pending)
+        grouped = schedule(state, pending, config)
         monkeypatch_module.setattr(capacity_module, "GROUPED_FROM_NODES", 10**9)
-        masked = schedule(state, pending)
+        masked = schedule(state, pending, config)
         assert grouped == masked
         history.apply(masked, pending, data.draw)
         history.events(data.draw)
