@@ -311,7 +311,7 @@ class SchedulerConfig:
     score_nodes: int | None = 128
     """Fragmentation scoring looks at no more than this many of the nodes a pod fits:
     those best fit ranks first (as kube-scheduler bounds the nodes it scores on large
-    clusters), so scoring a pod costs the same at 10,000 nodes as at 128. None: every node."""
+    clusters), so scoring a pod does not grow with the cluster. None: every node."""
 
     def __post_init__(self) -> None:
         if self.scoring not in get_args(Scoring):
