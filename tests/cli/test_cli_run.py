@@ -114,13 +114,18 @@ def test_an_interrupted_run_exits_130_within_3s_and_leaves_nothing_behind(
 
 @contextmanager
 def started_run(job: Path, temp: Path) -> Iterator[subprocess.Popen[str]]:
-    """``tidemill run JOB`` in a child process with its own TMPDIR; killed if still alive."""
+    """``tidemill run JOB`` in a child process with its own TMPDIR; killed if still alive.
+
+    The child takes Ctrl-C as a terminal's foreground process does, even when these tests
+    run in the background (a shell starts a background job with SIGINT ignored, and the
+    ignoring is inherited)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tidemill.cli", "run", str(job)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(temp)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         yield process
