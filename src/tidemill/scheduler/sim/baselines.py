@@ -27,13 +27,7 @@ from tidemill.scheduler import (
     PodRequest,
     Reason,
 )
-
-EPS = 1e-9
-"""Tolerance for summed GPU shares (0.1 + 0.2 is not 0.3 in floating point)."""
-
-Floats = npt.NDArray[np.float64]
-Ints = npt.NDArray[np.int64]
-Bools = npt.NDArray[np.bool_]
+from tidemill.scheduler.capacity import EPS, Bools, Floats, Ints
 
 
 @dataclass(frozen=True)
