@@ -76,6 +76,26 @@ REFUSED = {
         "nodes: [{name: n, cpu: 8, memory: 32Gi, labels: {rack: -r1-}}]",
         "nodes.0.labels: label 'rack' has the invalid value '-r1-'",
     ),
+    "a scoring the scheduler does not have": (
+        f"nodes: [{NODE}]\nscheduler: {{scoring: fastest}}",
+        "scheduler.scoring: Input should be 'fragmentation' or 'best-fit'",
+    ),
+    "scoring zero nodes per pod": (
+        f"nodes: [{NODE}]\nscheduler: {{scoreNodes: 0}}",
+        "scheduler.scoreNodes: Input should be greater than or equal to 1",
+    ),
+    "an expected pod asking 1.5 gpus": (
+        f"nodes: [{NODE}]\nscheduler: {{workload: [{{cpu: 4, memory: 8Gi, gpu: 1.5}}]}}",
+        "scheduler.workload.0.gpu: 1.5 GPUs: above 1 a pod asks whole GPUs",
+    ),
+    "an expected pod of weight zero": (
+        f"nodes: [{NODE}]\nscheduler: {{workload: [{{cpu: 4, memory: 8Gi, weight: 0}}]}}",
+        "scheduler.workload.0.weight: Input should be greater than 0",
+    ),
+    "a misspelt scheduler setting": (
+        f"nodes: [{NODE}]\nscheduler: {{scorring: best-fit}}",
+        "scheduler.scorring: unknown field",
+    ),
 }
 
 

@@ -31,6 +31,7 @@ from tidemill.api.limits import (
     MIN_QUEUE_WEIGHT,
 )
 from tidemill.api.quantity import CpuCores, MemoryBytes
+from tidemill.api.scheduler_settings import SchedulerSettings
 from tidemill.api.topology import ClusterTopology, NumaNodeSpec, missing_levels, numa_problems
 
 
@@ -137,6 +138,11 @@ class ClusterSpec(SpecModel):
         default_factory=ClusterTopology,
         description="levels (node label keys), smallest first, e.g. "
         "{levels: [nvlink-domain, rack, zone]}",
+    )
+    scheduler: SchedulerSettings = Field(
+        default_factory=SchedulerSettings,
+        description="the scheduling policy: scoring, reservations, preemption, the "
+        "expected pod mix",
     )
 
     @field_validator("topology")

@@ -76,7 +76,7 @@ def simulate(
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write PNG plots.")] = True,
 ) -> None:
     """Replay a trace through tidemill's scheduler and baselines on a virtual clock."""
-    from tidemill.scheduler.sim import SimInputError, read_cluster, read_trace
+    from tidemill.scheduler.sim import SimInputError, read_cluster, read_policy, read_trace
     from tidemill.scheduler.sim.compare import compare_packing, compare_replays
     from tidemill.scheduler.sim.plots import PlotsUnavailable, write_plots
 
@@ -90,6 +90,7 @@ def simulate(
         )
     try:
         state = read_cluster(cluster)
+        config = read_policy(cluster)
         jobs = read_trace(trace)
     except SimInputError as exc:
         fail(str(exc), code=EXIT_INVALID)
@@ -112,9 +113,9 @@ def simulate(
             if packing:
                 seed_list = list(range(FIRST_SEED, FIRST_SEED + seeds))
                 document["seeds"] = seed_list
-                document["packing"] = compare_packing(state, jobs, names, seed_list, told)
+                document["packing"] = compare_packing(state, jobs, names, seed_list, told, config)
             else:
-                summaries, jcts = compare_replays(state, jobs, names, told)
+                summaries, jcts = compare_replays(state, jobs, names, told, config)
                 document["policies"] = summaries
         except SimInputError as exc:
             fail(str(exc), code=EXIT_INVALID)

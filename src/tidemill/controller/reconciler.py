@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy.exc import OperationalError
 
@@ -40,7 +40,7 @@ from tidemill.controller.lifecycle import LifecycleConfig
 from tidemill.controller.model import ACTIVE_PHASES
 from tidemill.controller.scheduling import CycleStats, SchedulingStep
 from tidemill.engines.base import Engine
-from tidemill.scheduler.specs import numa_layout
+from tidemill.scheduler.specs import config_of, numa_layout, workload_of
 from tidemill.scheduler.types import SchedulerConfig
 from tidemill.store.store import Store, StoreUnavailable
 from tidemill.store.tables import JobRow
@@ -71,7 +71,9 @@ class ControllerConfig:
     job_token: Callable[[str], str] | None = None
     """Job uid -> that job's own credential, given to its master and replicas as
     ``TIDEMILL_TOKEN`` (None: they get none; ServerRunner always sets it)."""
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scheduler: SchedulerConfig | None = None
+    """The scheduling policy; None: the cluster file's ``scheduler`` section (its
+    defaults without one)."""
     checkpoint_root: str | None = None
     """Where jobs whose file names no ``checkpoint.dir`` keep their checkpoints (an
     fsspec URL or a path); None: only jobs that name one get checkpoints."""
@@ -115,9 +117,10 @@ class Controller:
             engine,
             launches,
             self.spec_of,
-            self.config.scheduler,
+            self.config.scheduler or config_of(self.cluster.scheduler),
             lifecycle,
             tuple(self.cluster.topology.levels),
+            workload_of(self.cluster.scheduler),
         )
         self._schedule_due = threading.Event()
         self._schedule_due.set()

@@ -50,6 +50,7 @@ from tidemill.scheduler.types import (
     Decisions,
     JobRequest,
     Placement,
+    PodType,
     Reason,
     Reservation,
     SchedulerConfig,
@@ -104,10 +105,13 @@ class SchedulingStep:
         config: SchedulerConfig,
         lifecycle: LifecycleConfig,
         topology: tuple[str, ...] = (),
+        workload: tuple[PodType, ...] = (),
     ) -> None:
-        """``topology``: the cluster's topology levels, smallest first."""
+        """``topology``: the cluster's topology levels, smallest first; ``workload``:
+        the pod mix the cluster file declares (empty: what each pass sees)."""
         self.store = store
         self.topology = topology
+        self.workload = workload
         self.engine = engine
         self.launches = launches
         self.spec_of = spec_of
@@ -128,9 +132,7 @@ class SchedulingStep:
             return False
         state = dataclasses.replace(read.state, now=now, reservations=self._reservations)
         started = time.perf_counter()
-        decisions, self._memo = schedule_incremental(
-            state, read.requests, self.config, self._memo
-        )
+        decisions, self._memo = schedule_incremental(state, read.requests, self.config, self._memo)
         stats.schedule_seconds = time.perf_counter() - started
         self._reservations = tuple(decisions.reservations)
         waited: dict[int, float] = {}
@@ -194,6 +196,7 @@ class SchedulingStep:
                 queues=queues,
                 running=tuple(running),
                 topology=self.topology,
+                workload=self.workload,
             )
         return read
 

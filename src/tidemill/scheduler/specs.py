@@ -8,15 +8,47 @@ scheduling modules themselves never import this: they see only ``types``.
 from __future__ import annotations
 
 from tidemill.api.cluster import ClusterSpec, NodeSpec, QueueSpec
-from tidemill.scheduler.types import ClusterState, NodeInfo, NumaNode, QueueInfo, ResourceVector
+from tidemill.api.scheduler_settings import SchedulerSettings
+from tidemill.scheduler.types import (
+    ClusterState,
+    NodeInfo,
+    NumaNode,
+    PodType,
+    QueueInfo,
+    ResourceVector,
+    SchedulerConfig,
+)
 
 
 def cluster_of(spec: ClusterSpec) -> ClusterState:
-    """The declared cluster with nothing running: nodes, queues and topology levels."""
+    """The declared cluster with nothing running: nodes, queues, topology levels and
+    the expected pod mix."""
     return ClusterState(
         nodes=tuple(node_of(node) for node in spec.all_nodes()),
         queues={queue.name: queue_of(queue) for queue in spec.queues},
         topology=tuple(spec.topology.levels),
+        workload=workload_of(spec.scheduler),
+    )
+
+
+def config_of(settings: SchedulerSettings) -> SchedulerConfig:
+    """The policy a cluster file's ``scheduler`` section asks for."""
+    return SchedulerConfig(
+        preemption=settings.preemption,
+        strict_fifo=settings.strict_fifo,
+        reserve_after_s=seconds(settings.reserve_after_seconds),
+        max_reservations=settings.max_reservations,
+        reclaim=settings.reclaim,
+        scoring=settings.scoring,
+        score_nodes=settings.score_nodes,
+    )
+
+
+def workload_of(settings: SchedulerSettings) -> tuple[PodType, ...]:
+    """The declared pod mix (empty: the scheduler takes what is pending and running)."""
+    return tuple(
+        PodType(round(pod.cpu * 1000), pod.memory, pod.gpu, pod.weight, pod.gpu_model)
+        for pod in settings.workload
     )
 
 

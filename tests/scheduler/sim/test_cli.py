@@ -116,3 +116,26 @@ def test_packing_reports_allocation_at_each_demand_point(tmp_path: Path) -> None
 def test_the_command_names_every_policy_the_simulator_has() -> None:
     assert tuple(POLICIES) == POLICY_NAMES
     assert DEFAULT_POLICY_NAMES == DEFAULT_POLICIES
+
+
+def test_the_cluster_files_scheduler_section_is_the_policy_tidemill_replays_with(
+    tmp_path: Path,
+) -> None:
+    """Behind a 16-GPU gang that waits for the whole cluster, a 4-GPU job starts at
+    once by default; with ``strictFifo`` the queue's head blocks it until the gang ends."""
+    trace = tmp_path / "trace.csv"
+    trace.write_text(
+        "timestamp,duration,gpus,queue,pods\n0,100,8,ads,1\n1,50,16,ads,2\n2,10,4,ads,1\n"
+    )
+    waits: dict[str, float] = {}
+    for name, section in [("default", ""), ("strict", "scheduler: {strictFifo: true}\n")]:
+        cluster = tmp_path / f"{name}.yaml"
+        cluster.write_text(
+            "nodes:\n  - {name: gpu, cpu: 64, memory: 512Gi, gpus: 8, count: 2}\n" + section
+        )
+        out = tmp_path / name
+        code, _, stderr = simulate(trace, cluster, out, "--policy", "tidemill", "--no-plots")
+        assert code == 0, stderr
+        tidemill = json.loads((out / "summary.json").read_text())["policies"]["tidemill"]
+        waits[name] = tidemill["queueing_delay_s"]["max"]
+    assert waits == {"default": 99, "strict": 148}

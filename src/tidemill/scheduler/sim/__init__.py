@@ -9,7 +9,7 @@ Policies are named in ``POLICIES``: tidemill's ``schedule`` (its default config,
 first-fit, best-fit and FIFO baselines. ``tidemill simulate`` is the command line over this.
 """
 
-from tidemill.scheduler.sim.cluster import read_cluster, read_openb_nodes
+from tidemill.scheduler.sim.cluster import read_cluster, read_openb_nodes, read_policy
 from tidemill.scheduler.sim.errors import SimInputError
 from tidemill.scheduler.sim.metrics import summarize
 from tidemill.scheduler.sim.packing import allocation_at_demand
@@ -30,6 +30,7 @@ __all__ = [
     "read_csv_trace",
     "read_openb_nodes",
     "read_openb_pods",
+    "read_policy",
     "read_trace",
     "replay",
     "summarize",

@@ -2,7 +2,8 @@
 
 The YAML is the file ``tidemill server --cluster`` reads (``nodes`` with cpu, memory,
 gpus, gpuModel, labels, numa and count; ``queues`` with weight, guaranteed, max and the
-reservation settings; ``topology`` levels), read by the same conversion as the server's,
+reservation settings; ``topology`` levels; the ``scheduler`` policy and expected pod
+mix, which the ``tidemill`` policy replays with), read by the same conversion as the server's,
 so a simulated cluster and a served one are written and scheduled the same way.
 """
 
@@ -14,8 +15,8 @@ from tidemill.api.loader import load_cluster_file
 from tidemill.scheduler.sim.errors import SimInputError
 from tidemill.scheduler.sim.rows import Fields, rows
 from tidemill.scheduler.sim.trace import MIB
-from tidemill.scheduler.specs import cluster_of
-from tidemill.scheduler.types import ClusterState, NodeInfo
+from tidemill.scheduler.specs import cluster_of, config_of
+from tidemill.scheduler.types import ClusterState, NodeInfo, SchedulerConfig
 
 OPENB_NODE_COLUMNS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
 
@@ -28,6 +29,15 @@ def read_cluster(path: str | Path) -> ClusterState:
     if not state.nodes:
         raise SimInputError(str(path), None, "declares no nodes; add a nodes: list")
     return state
+
+
+def read_policy(path: str | Path) -> SchedulerConfig | None:
+    """The cluster YAML's ``scheduler`` section, if it has one; None for the openb CSV
+    or a file without the section (the scheduler's defaults)."""
+    if Path(path).suffix.lower() == ".csv":
+        return None
+    spec = load_cluster_file(path)
+    return config_of(spec.scheduler) if "scheduler" in spec.model_fields_set else None
 
 
 def read_openb_nodes(path: str | Path) -> ClusterState:

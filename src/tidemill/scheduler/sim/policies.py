@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from tidemill.scheduler import ClusterState, Decisions, JobRequest, SchedulerConfig, schedule
 from tidemill.scheduler.sim.baselines import best_fit, fifo, first_fit
@@ -40,3 +41,11 @@ POLICIES: dict[str, Policy] = {
 }
 DEFAULT_POLICIES = ("tidemill", "first-fit", "best-fit")
 """What a replay compares unless told otherwise: tidemill against the two textbook fits."""
+
+
+def with_config(config: SchedulerConfig | None) -> dict[str, Policy]:
+    """``POLICIES`` with ``tidemill`` scheduling by ``config`` (a cluster file's
+    ``scheduler`` section) instead of the default; None: ``POLICIES`` as they are."""
+    if config is None:
+        return POLICIES
+    return {**POLICIES, "tidemill": partial(schedule, config=config)}
