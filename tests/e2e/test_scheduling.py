@@ -116,6 +116,9 @@ def test_metrics_show_jobs_queues_and_allocation(start_server):  # type: ignore[
     assert 'tidemill_capacity{resource="gpu"} 4.0' in text
     assert 'tidemill_allocated{resource="gpu"} 1.0' in text
     assert 'tidemill_queue_running_jobs{queue="ads"} 1.0' in text
+    assert 'tidemill_queue_allocated{queue="ads",resource="gpu"} 1.0' in text
+    assert 'tidemill_queue_allocated{queue="search",resource="gpu"} 0.0' in text
+    assert 'tidemill_queue_dominant_share{queue="ads"} 0.25' in text  # 1 of 4 GPUs
     assert "tidemill_scheduling_latency_seconds_count 1.0" in text
     assert json.loads(httpx.get(f"{server.url}/openapi.json").text)["paths"]["/api/v1/jobs"]
     dashboard = httpx.get(f"{server.url}/")

@@ -83,7 +83,7 @@ def test_a_replica_gets_the_listed_server_variables_and_its_job_env_only(
     environ = seen["environ"]
     assert LISTED.items() <= environ.items()
     assert (environ["JOB_SETTING"], environ["AWS_REGION"]) == ("on", "from-the-job")
-    engine_set = {"CUDA_VISIBLE_DEVICES", UID_VAR, "JOB_SETTING", "AWS_REGION"}
+    engine_set = {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", UID_VAR, "JOB_SETTING", "AWS_REGION"}
     assert {name for name in environ if not is_inherited(name)} == engine_set
 
 

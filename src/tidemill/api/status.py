@@ -61,6 +61,22 @@ class Condition(BaseModel):
     last_transition_time: float = Field(description="unix seconds")
 
 
+class GpuUsageView(BaseModel):
+    index: int = Field(description="the device number, as CUDA_VISIBLE_DEVICES gives it")
+    utilization_percent: float | None = None
+    memory_bytes: int | None = Field(default=None, description="held by this replica")
+
+
+class UsageView(BaseModel):
+    """What a running replica uses now (absent where the engine cannot tell)."""
+
+    cpu_cores: float | None = Field(
+        default=None, description="cores busy since the previous reading"
+    )
+    memory_bytes: int = Field(description="resident memory of its processes")
+    gpus: list[GpuUsageView] = Field(default_factory=list)
+
+
 class ReplicaView(BaseModel):
     role: str
     index: int
@@ -73,6 +89,7 @@ class ReplicaView(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     message: str = ""
+    usage: UsageView | None = None
 
 
 class PendingReason(BaseModel):

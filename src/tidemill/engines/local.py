@@ -34,8 +34,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,6 +51,8 @@ from tidemill.engines.local_files import (
     read_exit,
     read_supervisor,
 )
+from tidemill.engines.nvml import Nvml
+from tidemill.engines.usage import CpuMeter, ReplicaUsage, Watched
 from tidemill.engines.warm_start import (
     DEFAULT_PRELOAD,
     UID_VAR,
@@ -137,6 +139,10 @@ class LocalEngine:
         preload: Sequence[str] = DEFAULT_PRELOAD,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self._cpu = CpuMeter()
+        self._nvml = Nvml()
+        self._usage_lock = threading.Lock()
+        """/metrics scrapes may overlap; the CPU meter keeps the last sample per replica."""
         self.fork_server: ForkServer | None = None
         if warm_start_enabled(warm_start):
             self.fork_server = ForkServer(self.state_dir / "warm", preload)
@@ -146,10 +152,11 @@ class LocalEngine:
 
         The environment is the server's variables listed in
         :mod:`~tidemill.engines.inherited_env`, then ``CUDA_VISIBLE_DEVICES`` from
-        ``spec.gpu_ids`` (empty: no GPU), ``TIDEMILL_CPUS`` from ``spec.cpu_ids`` (the
-        supervisor pins the replica to them with ``os.sched_setaffinity``; absent: not
-        pinned), then ``spec.env``. ``launch`` adds only ``TIDEMILL_REPLICA_UID``, unique
-        per launch.
+        ``spec.gpu_ids`` (empty: no GPU) with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (so CUDA
+        numbers devices as nvidia-smi, NVML and a NUMA layout do), ``TIDEMILL_CPUS``
+        from ``spec.cpu_ids`` (the supervisor pins the replica to them with
+        ``os.sched_setaffinity``; absent: not pinned), then ``spec.env``. ``launch`` adds
+        only ``TIDEMILL_REPLICA_UID``, unique per launch.
         """
         argv = list(spec.argv)
         if not argv:
@@ -159,6 +166,7 @@ class LocalEngine:
         env = {
             **inherited_env(os.environ),
             "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in spec.gpu_ids),
+            "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             **({CPUS_VAR: ",".join(str(cpu) for cpu in spec.cpu_ids)} if spec.cpu_ids else {}),
             **spec.env,
         }
@@ -323,6 +331,23 @@ class LocalEngine:
 
     def log_path(self, handle: ReplicaHandle) -> str | None:
         return LocalReplica.from_handle(handle).log_file
+
+    def usage(self, replicas: Mapping[str, Watched]) -> dict[str, ReplicaUsage]:
+        """What each running replica's command and its children use (not its supervisor,
+        a small process that only waits); GPUs through NVML where there is one."""
+        found: dict[str, ReplicaUsage] = {}
+        with self._usage_lock:
+            for key, watched in replicas.items():
+                supervisor = _supervisor(LocalReplica.from_handle(watched.handle))
+                tree = [] if supervisor is None else _safe_children(supervisor, recursive=True)
+                sample = self._cpu.sample(key, tree)
+                if sample is None:
+                    continue
+                pids = {process.pid for process in tree}
+                gpus = self._nvml.devices(watched.gpu_ids, pids) if watched.gpu_ids else ()
+                found[key] = replace(sample, gpus=gpus)
+            self._cpu.prune()
+        return found
 
 
 def free_port(host: str = LOOPBACK) -> int:

@@ -30,7 +30,6 @@ from tidemill.api.loader import job_from_document
 from tidemill.api.status import EventView, JobPhase, JobSummary, JobView, NodeView, QueueView
 from tidemill.api.token import ALL_NAMESPACES, Role
 from tidemill.controller.reconciler import ACTIVE_PHASES, Controller
-from tidemill.scheduler.types import ResourceVector
 from tidemill.server.auth import Caller, Forbidden, Guard, Unauthorized
 from tidemill.server.checkpoint_routes import checkpoint_routes
 from tidemill.server.docs import add_docs
@@ -54,7 +53,9 @@ from tidemill.server.middleware import (
 )
 from tidemill.server.parse_pool import ParsePool
 from tidemill.server.token_routes import token_routes
+from tidemill.server.usage import job_usage
 from tidemill.server.views import (
+    capacity_of,
     event_view,
     job_summary,
     job_view,
@@ -175,12 +176,13 @@ def create_app(
     app.add_middleware(CatchAll)
     add_docs(app)
 
-    def view_of(namespace: str, name: str) -> JobView:
+    def view_of(namespace: str, name: str, with_usage: bool = False) -> JobView:
+        """The job; ``with_usage``: with what its running replicas use now."""
         with store.read() as tx:
             row = tx.job(namespace, name)
             if row is None:
                 raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
-            return job_view(row)
+            return job_view(row, job_usage(engine, row) if with_usage else None)
 
     @app.exception_handler(SpecError)
     async def _invalid(_: Request, exc: SpecError) -> JSONResponse:
@@ -271,7 +273,8 @@ def create_app(
             view = await run_in_threadpool(controller.dry_run, job)
             return JSONResponse(status_code=200, content=view.model_dump(mode="json"))
         key = await run_in_threadpool(partial(controller.submit, job, actor=caller.actor))
-        return await run_in_threadpool(view_of, *key.split("/", 1))
+        namespace, name = key.split("/", 1)
+        return await run_in_threadpool(view_of, namespace, name)
 
     @app.get("/api/v1/jobs", response_model=Items)
     def list_jobs(
@@ -285,7 +288,8 @@ def create_app(
 
     @app.get("/api/v1/jobs/{name}", response_model=JobView)
     def get_job(name: str, namespace: str | None = None, caller: Caller = caller_of) -> JobView:
-        return view_of(*guard.job(caller, name, namespace, Role.VIEWER, "read jobs"))
+        ns, name = guard.job(caller, name, namespace, Role.VIEWER, "read jobs")
+        return view_of(ns, name, with_usage=True)
 
     @app.delete("/api/v1/jobs/{name}")
     def delete_job(
@@ -455,12 +459,7 @@ def create_app(
     def queues(caller: Caller = caller_of) -> Items:
         guard.visible(caller, None, "read queues")
         with store.read() as tx:
-            nodes = node_views(tx.nodes(), [])
-            capacity = ResourceVector(
-                round(sum(n.capacity.cpu for n in nodes) * 1000),
-                sum(n.capacity.memory for n in nodes),
-                sum(n.capacity.gpu for n in nodes),
-            )
+            capacity = capacity_of(node_views(tx.nodes(), []))
             views: list[QueueView] = queue_views(tx.queues(), tx.jobs(), capacity)
         return Items(items=views)
 

@@ -17,7 +17,9 @@ from tidemill.api.status import (
     saved_insight,
 )
 from tidemill.controller.reconciler import ACTIVE_PHASES, CycleStats
-from tidemill.server.views import node_views
+from tidemill.engines.base import Engine
+from tidemill.server.usage import UsageCollector
+from tidemill.server.views import capacity_of, node_views, queue_views
 from tidemill.store.store import Store
 
 DATA_LABELS = ["namespace", "job_name", "stage", "source"]
@@ -38,7 +40,7 @@ class StoreCollector(Collector):
         with self.store.read() as tx:
             jobs = tx.jobs()
             nodes = node_views(tx.nodes(), [j for j in jobs if j.phase in ACTIVE_PHASES])
-            queue_names = [q.name for q in tx.queues()]
+            queues = queue_views(tx.queues(), jobs, capacity_of(nodes))
             insights = [
                 (job.namespace, job.name, insight)
                 for job in jobs
@@ -67,12 +69,23 @@ class StoreCollector(Collector):
         running = GaugeMetricFamily(
             "tidemill_queue_running_jobs", "Jobs holding resources per queue", labels=["queue"]
         )
-        for name in queue_names:
-            queued = [j for j in jobs if j.queue == name]
-            pending.add_metric([name], sum(j.phase == JobPhase.PENDING.value for j in queued))
-            running.add_metric([name], sum(j.phase in ACTIVE_PHASES for j in queued))
-        yield pending
-        yield running
+        held = GaugeMetricFamily(
+            "tidemill_queue_allocated",
+            "Held by each queue's running jobs (cpu cores, memory bytes, gpus)",
+            labels=["queue", "resource"],
+        )
+        share = GaugeMetricFamily(
+            "tidemill_queue_dominant_share",
+            "Each queue's DRF dominant share over its weight (what admission orders by)",
+            labels=["queue"],
+        )
+        for queue in queues:
+            pending.add_metric([queue.name], queue.pending)
+            running.add_metric([queue.name], queue.running)
+            for resource in ("cpu", "memory", "gpu"):
+                held.add_metric([queue.name, resource], getattr(queue.allocated, resource))
+            share.add_metric([queue.name], queue.dominant_share)
+        yield from (pending, running, held, share)
 
         capacity = GaugeMetricFamily(
             "tidemill_capacity",
@@ -218,7 +231,12 @@ class ControllerMetrics:
             self.queue_latency.observe(latency)
 
 
-def make_registry(store: Store) -> tuple[CollectorRegistry, ControllerMetrics]:
+def make_registry(
+    store: Store, engine: Engine | None = None
+) -> tuple[CollectorRegistry, ControllerMetrics]:
+    """The registry ``/metrics`` renders; with ``engine``, per-replica use as well."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(store))
+    if engine is not None:
+        registry.register(UsageCollector(store, engine))
     return registry, ControllerMetrics(registry)

@@ -120,7 +120,7 @@ class ServerRunner:
         except Exception as exc:
             self.store.close()
             raise CannotStart(f"cannot start the {engine} engine: {exc}") from exc
-        registry, metrics = make_registry(self.store)
+        registry, metrics = make_registry(self.store, self.engine)
         credentials = JobCredentials.in_folder(self.state_dir)
         config = controller_config or ControllerConfig()
         if checkpoint_root is None and engine == "local":

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.status import (
     Condition,
     DataInsightView,
     EventView,
+    GpuUsageView,
     JobPhase,
     JobSummary,
     JobView,
@@ -19,9 +20,11 @@ from tidemill.api.status import (
     ReplicaPhase,
     ReplicaView,
     ResourceView,
+    UsageView,
     saved_insight,
 )
 from tidemill.controller.snapshot import replica_usage
+from tidemill.engines.usage import ReplicaUsage
 from tidemill.scheduler.ordering import dominant_share
 from tidemill.scheduler.types import ResourceVector
 from tidemill.store.tables import EventRow, JobRow, NodeRow, QueueRow
@@ -45,7 +48,9 @@ def job_summary(job: JobRow, running: dict[str, int]) -> JobSummary:
     )
 
 
-def job_view(job: JobRow) -> JobView:
+def job_view(job: JobRow, usage: Mapping[str, ReplicaUsage] | None = None) -> JobView:
+    """The job as REST shows it; ``usage``: replica name -> what it uses now, where known."""
+    usage = usage or {}
     pending = (
         PendingReason(code=job.pending_code, message=job.pending_message or "")
         if job.pending_code and job.phase == JobPhase.PENDING.value
@@ -79,12 +84,30 @@ def job_view(job: JobRow) -> JobView:
                 started_at=r.started_at,
                 finished_at=r.finished_at,
                 message=r.message,
+                usage=usage_view(usage.get(r.replica_name)),
             )
             for r in job.replicas
         ],
         data=saved_insight(job.master_state, "data_insight", DataInsightView),
         ps=saved_insight(job.master_state, "ps_insight", PSInsightView),
         spec=job.spec,
+    )
+
+
+def usage_view(usage: ReplicaUsage | None) -> UsageView | None:
+    if usage is None:
+        return None
+    return UsageView(
+        cpu_cores=usage.cpu_cores,
+        memory_bytes=usage.memory_bytes,
+        gpus=[
+            GpuUsageView(
+                index=g.index,
+                utilization_percent=g.utilization_percent,
+                memory_bytes=g.memory_bytes,
+            )
+            for g in usage.gpus
+        ],
     )
 
 
@@ -131,6 +154,16 @@ def node_views(nodes: Iterable[NodeRow], holding: Iterable[JobRow]) -> list[Node
             )
         )
     return views
+
+
+def capacity_of(nodes: Iterable[NodeView]) -> ResourceVector:
+    """What ``nodes`` offer together, as the scheduler counts it."""
+    nodes = list(nodes)
+    return ResourceVector(
+        round(sum(n.capacity.cpu for n in nodes) * 1000),
+        sum(n.capacity.memory for n in nodes),
+        sum(n.capacity.gpu for n in nodes),
+    )
 
 
 def queue_views(
