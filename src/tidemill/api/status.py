@@ -263,6 +263,22 @@ class QueueView(BaseModel):
     running: int
 
 
+class QueueUtilization(BaseModel):
+    allocated: ResourceView
+    dominant_share: float = Field(description="DRF share of the cluster, divided by weight")
+    pending: int
+    running: int
+
+
+class UtilizationPoint(BaseModel):
+    """The cluster at one moment, as ``GET /api/v1/cluster/utilization`` lists it."""
+
+    time: float
+    capacity: ResourceView
+    allocated: ResourceView
+    queues: dict[str, QueueUtilization] = Field(default_factory=dict)
+
+
 class NodeView(BaseModel):
     """One row of ``GET /api/v1/nodes``."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,15 @@ from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.limits import INT64_MAX
 from tidemill.api.loader import job_from_document
-from tidemill.api.status import EventView, JobPhase, JobSummary, JobView, NodeView, QueueView
+from tidemill.api.status import (
+    EventView,
+    JobPhase,
+    JobSummary,
+    JobView,
+    NodeView,
+    QueueView,
+    UtilizationPoint,
+)
 from tidemill.api.token import ALL_NAMESPACES, Role
 from tidemill.controller.reconciler import ACTIVE_PHASES, Controller
 from tidemill.server.auth import Caller, Forbidden, Guard, Unauthorized
@@ -54,6 +63,7 @@ from tidemill.server.middleware import (
 from tidemill.server.parse_pool import ParsePool
 from tidemill.server.token_routes import token_routes
 from tidemill.server.usage import job_usage
+from tidemill.server.utilization import MAX_POINTS, RETENTION_S, point_of
 from tidemill.server.views import (
     capacity_of,
     event_view,
@@ -462,6 +472,20 @@ def create_app(
             capacity = capacity_of(node_views(tx.nodes(), []))
             views: list[QueueView] = queue_views(tx.queues(), tx.jobs(), capacity)
         return Items(items=views)
+
+    @app.get("/api/v1/cluster/utilization", response_model=Items)
+    def utilization(
+        seconds: float = Query(3600, gt=0, le=RETENTION_S, description="how far back"),
+        points: int = Query(500, ge=2, le=MAX_POINTS, description="at most this many"),
+        caller: Caller = caller_of,
+    ) -> Items:
+        """Capacity, allocation and each queue's share over time, oldest first: samples
+        the server takes every 15 s, thinned evenly to ``points``."""
+        guard.visible(caller, None, "read cluster utilization")
+        with store.read() as tx:
+            rows = tx.utilization_since(time.time() - seconds, points)
+            found: list[UtilizationPoint] = [point_of(row) for row in rows]
+        return Items(items=found)
 
     @app.get("/api/v1/nodes", response_model=Items)
     def nodes(caller: Caller = caller_of) -> Items:

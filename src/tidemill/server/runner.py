@@ -35,6 +35,8 @@ from tidemill.server.limits import Limits
 from tidemill.server.metrics import make_registry
 from tidemill.server.parse_pool import ParsePool
 from tidemill.server.tokens import JobCredentials, bootstrap_admin
+from tidemill.server.utilization import INTERVAL_S as UTILIZATION_INTERVAL_S
+from tidemill.server.utilization import UtilizationRecorder
 from tidemill.store.store import Store, StoreUnavailable, sqlite_url
 
 DEFAULT_STATE_DIR = Path.home() / ".tidemill"
@@ -93,6 +95,7 @@ class ServerRunner:
         engine_options: Mapping[str, object] | None = None,
         advertise_url: str | None = None,
         checkpoint_root: str | None = None,
+        utilization_interval_s: float = UTILIZATION_INTERVAL_S,
     ) -> None:
         """Raises InsecureServer (a non-loopback host without auth or --insecure) and
         CannotStart (the state folder or the store cannot be written). ``engine`` names
@@ -101,7 +104,9 @@ class ServerRunner:
         ``advertise_url`` is the URL replicas reach this server by (default: ``url``;
         on Kubernetes, the server's Service). ``checkpoint_root`` holds the checkpoints
         of jobs that name no ``checkpoint.dir`` (default: ``checkpoints`` in the state
-        folder on the local engine; none elsewhere, where replicas do not share it)."""
+        folder on the local engine; none elsewhere, where replicas do not share it).
+        ``utilization_interval_s``: how often the cluster's use is sampled into the store
+        for the dashboard's charts."""
         check_engine_name(engine)
         if not auth and not insecure and not is_loopback(host):
             raise InsecureServer(host)
@@ -161,6 +166,7 @@ class ServerRunner:
         )
         self._server = uvicorn.Server(uvicorn_config)
         self._thread: threading.Thread | None = None
+        self.utilization = UtilizationRecorder(self.store, utilization_interval_s)
 
     @property
     def url(self) -> str:
@@ -170,6 +176,7 @@ class ServerRunner:
         """Start in background threads; returns the base URL once /healthz answers
         (503, a store that cannot write for now, counts: the server is up and says so)."""
         self.controller.start()
+        self.utilization.start()
         self._thread = threading.Thread(target=self._server.run, name="tidemill-http", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_s
@@ -192,6 +199,7 @@ class ServerRunner:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=15)
+        self.utilization.stop()
         self.controller.stop()
         self.parser.close()
         self.engine.close()

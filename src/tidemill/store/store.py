@@ -32,6 +32,7 @@ from tidemill.store.tables import (
     QueueRow,
     ReplicaRow,
     TokenRow,
+    UtilizationRow,
 )
 
 PROBE_INTERVAL_S = 3.0
@@ -286,6 +287,23 @@ class Tx:
             self.session.execute(
                 delete(EventRow).where(_of_job(job), EventRow.id <= newest_dropped)
             )
+
+    def add_utilization(self, at: float, body: dict[str, Any]) -> None:
+        self.session.add(UtilizationRow(time=at, body=body))
+
+    def drop_utilization_before(self, at: float) -> None:
+        self.session.execute(delete(UtilizationRow).where(UtilizationRow.time < at))
+
+    def utilization_since(self, at: float, points: int) -> list[UtilizationRow]:
+        """Samples from ``at`` on, oldest first, thinned evenly to about ``points``
+        (every k-th by id: samples are written in time order)."""
+        recent = UtilizationRow.time >= at
+        count = self.session.scalar(select(func.count()).where(recent)) or 0
+        stmt = select(UtilizationRow).where(recent).order_by(UtilizationRow.id)
+        step = -(-count // max(points, 1))
+        if step > 1:
+            stmt = stmt.where(UtilizationRow.id % step == 0)
+        return list(self.session.scalars(stmt))
 
     def events(
         self,

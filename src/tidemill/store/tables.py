@@ -156,6 +156,17 @@ class NodeRow(Base):
     schedulable: Mapped[bool] = mapped_column(default=True)
 
 
+class UtilizationRow(Base):
+    """The cluster at one moment: capacity, allocation and each queue's share (the
+    dashboard's utilisation charts), as ``tidemill.server.utilization`` samples it."""
+
+    __tablename__ = "utilization"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(Float, index=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class TokenRow(Base):
     """An API token: only the SHA-256 of its secret is kept, so a copy of the
     database does not let anyone in."""
