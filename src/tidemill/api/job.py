@@ -23,6 +23,7 @@ from tidemill.api._model import (
     validate_line,
 )
 from tidemill.api.checkpoint import CheckpointSpec
+from tidemill.api.metrics import TensorBoardSpec
 from tidemill.api.data import DataSpec, ShuffleSpec, StageSource, StageSpec
 from tidemill.api.extended import ExtendedAmounts
 from tidemill.api.limits import (
@@ -400,6 +401,9 @@ class TrainingJobSpec(SpecModel):
     )
     checkpoint: CheckpointSpec | None = Field(
         default=None, description="durable checkpoints: where, how often, how many kept"
+    )
+    tensorboard: TensorBoardSpec | None = Field(
+        default=None, description="write the job's training metrics as TensorBoard event files"
     )
 
     @field_validator("queue")
