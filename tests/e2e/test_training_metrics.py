@@ -10,7 +10,6 @@ import contextlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,9 +84,9 @@ def auth_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
 def make_token(server: ServerProcess, admin: str, namespace: str, role: str, name: str) -> str:
     env = {**os.environ, "TIDEMILL_TOKEN": admin, "TIDEMILL_SERVER": server.url}
     env["TIDEMILL_CONFIG"] = str(server.state_dir / "no-config.yaml")
+    argv = ["token", "create", "-n", namespace, "--role", role, "--name", name]
     made = subprocess.run(
-        [sys.executable, "-m", "tidemill", "token", "create", "-n", namespace]
-        + ["--role", role, "--name", name],
+        [sys.executable, "-m", "tidemill", *argv],
         capture_output=True,
         text=True,
         timeout=120,
@@ -191,7 +190,7 @@ def test_reports_reach_the_api_metrics_and_tensorboard_and_bad_ones_are_refused(
         f"{server.url}/api/v1/jobs/reporting/metrics",
         params={"namespace": "ml"},
         headers={"Authorization": f"Bearer {editor}"},
-        json={"points": [{"replica": "worker-0", "step": 1, "time": time.time(), "values": {"loss": 9}}]},
+        json={"points": [{"replica": "worker-0", "step": 1, "time": 1.0, "values": {"loss": 9}}]},
         timeout=30,
     )
     assert forged.status_code == 403, forged.text

@@ -23,7 +23,6 @@ from tidemill.api._model import (
     validate_line,
 )
 from tidemill.api.checkpoint import CheckpointSpec
-from tidemill.api.metrics import TensorBoardSpec
 from tidemill.api.data import DataSpec, ShuffleSpec, StageSource, StageSpec
 from tidemill.api.extended import ExtendedAmounts
 from tidemill.api.limits import (
@@ -39,6 +38,7 @@ from tidemill.api.limits import (
     shown,
     utf8_size,
 )
+from tidemill.api.metrics import TensorBoardSpec
 from tidemill.api.ps import (
     DEFAULT_VIRTUAL_SHARDS,
     MAX_STALENESS_STEPS,

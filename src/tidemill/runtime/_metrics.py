@@ -61,9 +61,7 @@ class Reporter:
         if not scalars:
             return
         if len(scalars) > MAX_SCALARS_PER_REPORT:
-            self._refuse(
-                f"{len(scalars)} metrics in one report; at most {MAX_SCALARS_PER_REPORT}"
-            )
+            self._refuse(f"{len(scalars)} metrics in one report; at most {MAX_SCALARS_PER_REPORT}")
             return
         for name, value in scalars.items():
             if (problem := metric_problem(name, value)) is not None:

@@ -44,8 +44,8 @@ from tidemill.server.limits import (
     StreamSlots,
     TokenBuckets,
 )
-from tidemill.server.metric_routes import metric_routes
 from tidemill.server.logs import LOG_LIMIT_BYTES, LogSource, stream_logs, tail_start
+from tidemill.server.metric_routes import metric_routes
 from tidemill.server.middleware import (
     BodyLimit,
     BoundedJsonRoute,

@@ -1,5 +1,6 @@
 """What one client or one job may take from the server: body size, open log streams,
-event and metric rates, kept metric history. Each bound is a named default; :class:`Limits` carries them into the app."""
+event and metric rates, kept metric history. Each bound is a named default;
+:class:`Limits` carries them into the app."""
 
 from __future__ import annotations
 

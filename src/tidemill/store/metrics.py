@@ -36,7 +36,9 @@ def add_metric_points(tx: Tx, job: str, points: Sequence[dict[str, Any]], keep: 
         row = stored.get((replica, name))
         if row is None:
             session.add(
-                LatestMetricRow(job=job, replica=replica, name=name, step=step, value=value, time=at)
+                LatestMetricRow(
+                    job=job, replica=replica, name=name, step=step, value=value, time=at
+                )
             )
         elif (step, at) >= (row.step, row.time):
             row.step, row.value, row.time = step, value, at
