@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import httpx
 
 State = dict[str, Any]
+METRIC_POINTS_PER_POST = 1000
 
 
 class StateBackend(Protocol):
@@ -33,6 +34,11 @@ class StateBackend(Protocol):
         """Post an event (``type`` is ``Normal`` or ``Warning``) for ``tidemill describe``."""
         ...
 
+    async def metrics(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Hand on the workers' metric reports; returns those not taken now (the master
+        tries them again with the next batch)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -42,7 +48,8 @@ def log(message: str) -> None:
 
 
 class FileBackend:
-    """State in ``path`` (written atomically), events appended to ``path.events`` as JSON lines.
+    """State in ``path`` (written atomically), events and metric reports appended to
+    ``path.events`` and ``path.metrics`` as JSON lines.
 
     Example::
 
@@ -57,6 +64,7 @@ class FileBackend:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.events_path = self.path.with_name(self.path.name + ".events")
+        self.metrics_path = self.path.with_name(self.path.name + ".metrics")
 
     async def load(self) -> State | None:
         try:
@@ -89,12 +97,21 @@ class FileBackend:
         except OSError as exc:
             log(f"could not write event to {self.events_path}: {exc}")
 
+    async def metrics(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            with self.metrics_path.open("a") as out:
+                out.writelines(json.dumps(point) + "\n" for point in points)
+        except OSError as exc:
+            log(f"could not write metrics to {self.metrics_path}: {exc}")
+        return []
+
     async def close(self) -> None:
         return None
 
 
 class RestBackend:
-    """The control plane's ``/api/v1/jobs/{name}/master-state`` and ``.../events``.
+    """The control plane's ``/api/v1/jobs/{name}/master-state``, ``.../events`` and
+    ``.../metrics``.
 
     Sent with the job's own credential: ``token``, by default ``$TIDEMILL_TOKEN`` (the
     controller gives it to the master); with auth on, nothing else may write them.
@@ -110,6 +127,7 @@ class RestBackend:
         self.params = {"namespace": namespace}
         self.state_url = f"/api/v1/jobs/{name}/master-state"
         self.events_url = f"/api/v1/jobs/{name}/events"
+        self.metrics_url = f"/api/v1/jobs/{name}/metrics"
         token = token or os.environ.get("TIDEMILL_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.AsyncClient(
@@ -152,6 +170,24 @@ class RestBackend:
             _raise_for_status(response)
         except httpx.HTTPError as exc:
             log(f"could not post event {reason} ({message}): {exc}")
+
+    async def metrics(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """In posts of at most METRIC_POINTS_PER_POST. A post the server refused as
+        invalid (422) is dropped; from one it could not take now (429, 503, no answer)
+        on, the reports are returned to be tried again."""
+        for start in range(0, len(points), METRIC_POINTS_PER_POST):
+            chunk = points[start : start + METRIC_POINTS_PER_POST]
+            try:
+                response = await self.client.post(
+                    self.metrics_url, params=self.params, json={"points": chunk}
+                )
+                _raise_for_status(response)
+            except httpx.HTTPError as exc:
+                log(f"could not post {len(chunk)} metric report(s): {exc}")
+                invalid = isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 422
+                if not invalid:
+                    return points[start:]
+        return []
 
     async def close(self) -> None:
         await self.client.aclose()
