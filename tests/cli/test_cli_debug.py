@@ -175,3 +175,10 @@ def test_bad_input_is_a_clear_error(hung: Live, args: list[str], message: str) -
 
     assert result.exit_code == 1, result.output
     assert message in result.stderr
+
+
+def test_exec_kills_a_command_that_outlives_its_timeout(hung: Live) -> None:
+    result = cli(hung, "exec", "hung", "--role", "ps", "--timeout", "0.5", "--", "sleep", "30")
+
+    assert result.exit_code == 124
+    assert "killed after timeout_s=0.5" in result.stdout

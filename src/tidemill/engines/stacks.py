@@ -77,15 +77,15 @@ def dump_process(pid: int, stacks_file: str | None) -> StackDump:
         dump = dump_with_py_spy(py_spy, target)
         if not dump.problem:
             return dump
-        tried = f"{dump.problem}; "
+        tried = f"{dump.problem}, and "
     if stacks_file and _catches(target, STACK_SIGNAL):
         return dump_with_signal(target, stacks_file)
-    missing = "" if py_spy is not None else "py-spy is not installed (pip install py-spy), and "
+    missing = "" if py_spy is not None else "; py-spy is not installed (pip install py-spy)"
     return StackDump(
         pid=target,
         problem=(
-            f"no stacks: {tried}{missing}pid {target} registered no stack dump (not a Python "
-            "process, or one started cold that does not import tidemill.runtime)"
+            f"no stacks: {tried}`{_name(target)}` registered no stack dump (not a Python "
+            f"process, or one started cold that does not import tidemill.runtime){missing}"
         ),
     )
 
@@ -198,6 +198,13 @@ def _python_process(pid: int) -> int | None:
         except psutil.Error:
             continue
     return pid
+
+
+def _name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return f"pid {pid}"
 
 
 def _catches(pid: int, signum: int) -> bool:

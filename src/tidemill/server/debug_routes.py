@@ -67,6 +67,7 @@ def debug_routes(guard: Guard, controller: Controller) -> APIRouter:
         """Every running replica's Python stacks (py-spy, else the replica's own
         faulthandler dump) and the groups of replicas stopped in the same place."""
         ns, name = guard.job(caller, name, namespace, Role.VIEWER, "read stacks")
+        caller.require(Role.VIEWER, ns, "read stacks")  # a user's call, not the job's own
         replicas = running(ns, name, "read stacks of")
         counts: dict[str, int] = {}
         for replica in replicas:

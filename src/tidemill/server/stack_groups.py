@@ -19,13 +19,13 @@ _STDLIB = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib")}
 
 
 def group_stacks(replicas: list[ReplicaStacks]) -> list[StackGroup]:
-    """Groups of ``replicas``, largest first (then by first member); replicas without
-    stacks are grouped by their problem."""
+    """Groups of ``replicas``, largest first; replicas without stacks are grouped by
+    their problem, after those with stacks."""
     members: dict[tuple[object, ...], list[ReplicaStacks]] = {}
     for replica in replicas:
         members.setdefault(_key(replica), []).append(replica)
     groups = [_group(found) for found in members.values()]
-    return sorted(groups, key=lambda g: -len(g.replicas))
+    return sorted(groups, key=lambda g: (not g.frames, -len(g.replicas)))
 
 
 def ranges(numbers: Iterable[int]) -> str:
