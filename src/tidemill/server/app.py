@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 
 from tidemill import __version__
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
@@ -240,8 +241,11 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
-        """Live status for people: jobs, queues, nodes, events; refreshes every second."""
+        """The dashboard's page; its pages (jobs, one job, cluster) are routed in the
+        browser by the address's fragment, so ``/#/jobs/NS/NAME`` is a deep link."""
         return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
