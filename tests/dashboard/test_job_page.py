@@ -1,6 +1,6 @@
 """The job page of a real elastic job that reports its loss: the loss chart gains
-points, a followed log line appears, the replicas run, and scaling in shows in the
-elastic history with its reason."""
+points, a followed log line appears, the replicas run, scaling in shows in the elastic
+history with its reason, and the ranks' stacks are grouped on request."""
 
 from __future__ import annotations
 
@@ -106,5 +106,8 @@ def test_job_page_shows_a_training_job_live(page: Any, start_server: Any, tmp_pa
         client.scale("ctr-model", role="worker", replicas=1, namespace="ads")
         page.wait_for_selector("#elastic td:has-text('2 → 1')", timeout=60_000)
         wait_for(lambda: chart_points(page, "loss") >= seen + 40, 30, "training on after scale-in")
+        page.click("#stacks-go")
+        group = page.wait_for_selector(".stack-group", timeout=60_000)
+        assert "worker 0" in group.inner_text(), group.inner_text()
         page.evaluate("window.scrollTo(0, 0)")
         screenshot(page, "job")

@@ -18,6 +18,7 @@ export function mountJobs(el) {
     </div>`;
   const filter = el.querySelector("#filter");
   let jobs = [];
+  let last = "";
   const draw = () => {
     const words = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
     const shown = jobs.filter((j) => {
@@ -42,6 +43,10 @@ export function mountJobs(el) {
       get("/api/v1/jobs", signal),
       get("/api/v1/events?limit=1000", signal),
     ]);
+    // Nothing changed: keep the page (ages still move every 10 s).
+    const seen = JSON.stringify([list.items, events.items.at(-1)?.id, Math.floor(Date.now() / 10000)]);
+    if (seen === last) return;
+    last = seen;
     jobs = list.items.slice().reverse();
     const counts = Object.fromEntries(PHASES.map((p) => [p, 0]));
     for (const j of jobs) if (j.phase in counts) counts[j.phase] += 1;
