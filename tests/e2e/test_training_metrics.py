@@ -81,19 +81,24 @@ def auth_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, str]]:
                 proc.kill()
 
 
-def make_token(server: ServerProcess, admin: str, namespace: str, role: str, name: str) -> str:
-    env = {**os.environ, "TIDEMILL_TOKEN": admin, "TIDEMILL_SERVER": server.url}
+def tidemill(server: ServerProcess, token: str, *argv: str) -> str:
+    env = {**os.environ, "TIDEMILL_TOKEN": token, "TIDEMILL_SERVER": server.url}
     env["TIDEMILL_CONFIG"] = str(server.state_dir / "no-config.yaml")
-    argv = ["token", "create", "-n", namespace, "--role", role, "--name", name]
-    made = subprocess.run(
+    env["COLUMNS"] = "200"
+    done = subprocess.run(
         [sys.executable, "-m", "tidemill", *argv],
         capture_output=True,
         text=True,
         timeout=120,
         env=env,
     )
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip()
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def make_token(server: ServerProcess, admin: str, namespace: str, role: str, name: str) -> str:
+    argv = ["token", "create", "-n", namespace, "--role", role, "--name", name]
+    return tidemill(server, admin, *argv).strip()
 
 
 def job_file(tmp_path: Path) -> dict[str, Any]:
@@ -173,6 +178,12 @@ def test_reports_reach_the_api_metrics_and_tensorboard_and_bad_ones_are_refused(
     limited = events["MetricsRateLimited"]
     assert "worker-0 reports metrics faster than 100/s" in limited, limited
     assert sum(1 for _, name in latest if name == "flood") == 1
+
+    described = tidemill(server, editor, "describe", "reporting", "-n", "ml")
+    section = described.split("Training metrics", 1)[1].split("Events", 1)[0]
+    assert "STEP_TIME_S" in section and "SAMPLES_PER_S" in section, described
+    rows = {line.split()[0]: line.split() for line in section.splitlines() if "worker-" in line}
+    assert rows["worker-0"][1] == rows["worker-1"][1] == str(STEPS), section
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
+from tidemill.api.metrics import MAX_SCALARS_PER_REPORT
 from tidemill.runtime._metrics import Reporter
-from tidemill.wire import Metrics, decode, encode, parse_worker
+from tidemill.wire import MAX_LINE_BYTES, Metrics, decode, encode, parse_worker
 
 
 def sent_through_the_wire(sent: list[Metrics]) -> Callable[[Metrics], bool]:
@@ -71,3 +72,17 @@ def test_step_times_become_a_report_of_their_own() -> None:
     assert step == 4
     assert values["step_time_s"] == pytest.approx(0.02)
     assert values["samples_per_s"] == pytest.approx(1600)
+
+
+def test_a_backlog_of_the_widest_reports_goes_in_batches_that_fit_a_wire_line() -> None:
+    sent: list[Metrics] = []
+    reporter = Reporter(flush_s=3600)
+    reporter.attach(sent_through_the_wire(sent))
+    widest = {f"{'m' * 62}{i:02d}": 1.0e-300 for i in range(MAX_SCALARS_PER_REPORT)}
+    for step in range(1000):
+        reporter.report(step, widest)
+    reporter.detach()
+
+    assert len(sent) > 1
+    assert [r[0] for batch in sent for r in batch.reports] == list(range(1000))
+    assert max(len(encode(batch)) for batch in sent) < MAX_LINE_BYTES

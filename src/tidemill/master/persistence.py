@@ -21,6 +21,7 @@ import httpx
 
 State = dict[str, Any]
 METRIC_POINTS_PER_POST = 1000
+METRIC_POST_BYTES = 512 * 1024
 
 
 class StateBackend(Protocol):
@@ -172,11 +173,11 @@ class RestBackend:
             log(f"could not post event {reason} ({message}): {exc}")
 
     async def metrics(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """In posts of at most METRIC_POINTS_PER_POST. A post the server refused as
-        invalid (422) is dropped; from one it could not take now (429, 503, no answer)
-        on, the reports are returned to be tried again."""
-        for start in range(0, len(points), METRIC_POINTS_PER_POST):
-            chunk = points[start : start + METRIC_POINTS_PER_POST]
+        """In posts of at most METRIC_POINTS_PER_POST and METRIC_POST_BYTES. A post the
+        server refused as invalid (422, 413) is dropped; from one it could not take now
+        (429, 503, no answer) on, the reports are returned to be tried again."""
+        start = 0
+        for chunk in _chunks(points):
             try:
                 response = await self.client.post(
                     self.metrics_url, params=self.params, json={"points": chunk}
@@ -184,13 +185,34 @@ class RestBackend:
                 _raise_for_status(response)
             except httpx.HTTPError as exc:
                 log(f"could not post {len(chunk)} metric report(s): {exc}")
-                invalid = isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 422
-                if not invalid:
+                refused = isinstance(exc, httpx.HTTPStatusError) and (
+                    exc.response.status_code in (413, 422)
+                )
+                if not refused:
                     return points[start:]
+            start += len(chunk)
         return []
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _chunks(points: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``points`` cut into bodies the control plane takes (it refuses more than 1 MiB)."""
+    chunks: list[list[dict[str, Any]]] = []
+    size = 0
+    for point in points:
+        length = len(json.dumps(point)) + 1
+        if (
+            not chunks
+            or len(chunks[-1]) >= METRIC_POINTS_PER_POST
+            or size + length > METRIC_POST_BYTES
+        ):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(point)
+        size += length
+    return chunks
 
 
 def _raise_for_status(response: httpx.Response) -> None:

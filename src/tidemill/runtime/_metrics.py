@@ -26,8 +26,9 @@ from tidemill.wire import Metrics
 FLUSH_S = 1.0
 MAX_PENDING = 10_000
 """Reports held while the master is slow or away; more are refused (counted)."""
-BATCH_MAX = 2_000
-"""Reports per message, well under the wire's line limit."""
+BATCH_MAX = 200
+"""Reports per message: at 32 names of 64 characters each about 600 KB, under the
+wire's 1 MiB line limit."""
 MAX_REASONS = 16
 """Distinct refusal reasons counted between two flushes; the rest count as 'other'."""
 
@@ -102,24 +103,28 @@ class Reporter:
         self._send = None
 
     def flush(self) -> None:
+        """Send everything waiting, in batches; what the master did not get waits."""
         send = self._send
         if send is None:
             return
-        reports, self._unsent = self._unsent, []
         timing = self._timing()
         if timing is not None:
             self._pending.append(timing)
-        while self._pending and len(reports) < BATCH_MAX:
-            reports.append(self._pending.popleft())
         with self._lock:
             refused, self._refused = self._refused, {}
-        if not reports and not refused:
-            return
-        if not send(Metrics(reports, refused or None)):
-            self._unsent = reports[: self.max_pending]
-            with self._lock:
-                for reason, count in refused.items():
-                    self._refused[reason] = self._refused.get(reason, 0) + count
+        while True:
+            reports, self._unsent = self._unsent, []
+            while self._pending and len(reports) < BATCH_MAX:
+                reports.append(self._pending.popleft())
+            if not reports and not refused:
+                return
+            if not send(Metrics(reports, refused or None)):
+                self._unsent = reports
+                with self._lock:
+                    for reason, count in refused.items():
+                        self._refused[reason] = self._refused.get(reason, 0) + count
+                return
+            refused = {}
 
     def _timing(self) -> list[Any] | None:
         with self._lock:
