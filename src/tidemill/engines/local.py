@@ -68,7 +68,7 @@ from tidemill.engines.warm_start import (
     python_entry,
     warm_start_enabled,
 )
-from tidemill.stack_signal import STACKS_FILE_VAR
+from tidemill.stack_signal import STACK_DUMP_TO, STACK_DUMP_VAR
 
 SUPERVISOR = str(Path(__file__).with_name("_supervise.py"))
 PYTHON_NAMES = ("python", "python3")
@@ -157,8 +157,9 @@ class LocalEngine:
         :mod:`~tidemill.engines.inherited_env`, then ``CUDA_VISIBLE_DEVICES`` from
         ``spec.gpu_ids`` (empty: no GPU), ``TIDEMILL_CPUS`` from ``spec.cpu_ids`` (the
         supervisor pins the replica to them with ``os.sched_setaffinity``; absent: not
-        pinned), then ``spec.env``. ``launch`` adds only ``TIDEMILL_REPLICA_UID``, unique
-        per launch, and ``TIDEMILL_STACKS_FILE`` (see :mod:`tidemill.stack_signal`).
+        pinned), then ``spec.env``, then ``TIDEMILL_STACK_DUMP`` (see
+        :mod:`tidemill.stack_signal`). ``launch`` adds only ``TIDEMILL_REPLICA_UID``,
+        unique per launch.
         """
         argv = list(spec.argv)
         if not argv:
@@ -170,6 +171,7 @@ class LocalEngine:
             "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in spec.gpu_ids),
             **({CPUS_VAR: ",".join(str(cpu) for cpu in spec.cpu_ids)} if spec.cpu_ids else {}),
             **spec.env,
+            STACK_DUMP_VAR: STACK_DUMP_TO,
         }
         return LaunchPlan(argv=tuple(argv), env=env, working_dir=spec.working_dir or os.getcwd())
 
@@ -184,7 +186,7 @@ class LocalEngine:
             )
         files.log_file.parent.mkdir(parents=True, exist_ok=True)
         Path(files.exit_file).parent.mkdir(parents=True, exist_ok=True)
-        env = {**plan.env, UID_VAR: files.uid, STACKS_FILE_VAR: files.stacks_file}
+        env = {**plan.env, UID_VAR: files.uid}
         write_launch_env(files.env_file, env, plan.working_dir)
         entry = python_entry(plan.argv)
         supervisor: tuple[int, float] | None = None
@@ -341,7 +343,7 @@ class LocalEngine:
         pid = _child_pid(replica)
         if pid is None:
             return StackDump(problem="no stacks: the replica's command has not started")
-        return dump_process(pid, replica_sibling(replica.pid_file, "stacks"))
+        return dump_process(pid, replica.log_file)
 
     def exec_command(self, handle: ReplicaHandle, argv: list[str]) -> ReplicaCommand:
         """Start ``argv`` with the environment and in the folder the replica started
