@@ -34,8 +34,9 @@ MODULE = "<module>"
 
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+) \(most recent call first\):$")
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
-_dump_lock = threading.Lock()
-"""One signal-and-read at a time: two dumps into one file would interleave."""
+_locks_lock = threading.Lock()
+_dump_locks: dict[str, threading.Lock] = {}
+"""One signal-and-read at a time per log: two dumps into one file would interleave."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,9 @@ def dump_with_py_spy(py_spy: str, pid: int) -> StackDump:
 def dump_with_signal(pid: int, log_file: str) -> StackDump:
     """Send the stack signal and read the dump the process appended to its log (lines
     it printed meanwhile are skipped by the parser)."""
-    with _dump_lock:
+    with _locks_lock:
+        lock = _dump_locks.setdefault(log_file, threading.Lock())
+    with lock:
         start = _size(log_file)
         try:
             os.kill(pid, STACK_SIGNAL)
