@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -182,3 +183,12 @@ def test_exec_kills_a_command_that_outlives_its_timeout(hung: Live) -> None:
 
     assert result.exit_code == 124
     assert "killed after timeout_s=0.5" in result.stdout
+
+
+def test_an_exec_request_without_a_program_is_refused_naming_the_field(hung: Live) -> None:
+    for command in ([], [""], ["echo", "x" * 20_000]):
+        body = {"role": "worker", "index": 0, "command": command}
+        response = httpx.post(f"{hung.url}/api/v1/jobs/hung/exec", json=body, timeout=30)
+
+        assert response.status_code == 422, response.text
+        assert "command" in response.text

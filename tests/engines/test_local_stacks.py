@@ -22,7 +22,7 @@ from tests.engines.test_warm_start import Launcher, warmed_up
 from tidemill.engines.local import LocalEngine
 from tidemill.engines.stacks import StackDump, parse_faulthandler
 from tidemill.engines.warm_start import UID_VAR
-from tidemill.stack_signal import STACKS_FILE_VAR
+from tidemill.stack_signal import STACK_DUMP_VAR
 
 STUCK = """\
 import time
@@ -121,7 +121,7 @@ def test_exec_gets_the_replicas_environment_and_folder(cold: Launcher, tmp_path:
     seen = json.loads(output)
     assert seen["cwd"] == str(folder)
     assert seen["env"]["FROM_JOB"] == "yes"
-    assert UID_VAR not in seen["env"] and STACKS_FILE_VAR not in seen["env"]
+    assert UID_VAR not in seen["env"] and STACK_DUMP_VAR not in seen["env"]
     assert cold.engine.observe(handle).running
 
 

@@ -7,7 +7,7 @@ groups of replicas whose main threads stand in the same place: a hung job reads 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 EXEC_ARGS_MAX = 256
 EXEC_ARG_CHARS_MAX = 16 * 1024
@@ -58,3 +58,16 @@ class ExecRequest(BaseModel):
     timeout_s: float = Field(
         3600.0, gt=0, le=EXEC_TIMEOUT_MAX_S, description="the command is killed after this"
     )
+
+    @field_validator("command")
+    @classmethod
+    def _bounded(cls, command: list[str]) -> list[str]:
+        long = [i for i, arg in enumerate(command) if len(arg) > EXEC_ARG_CHARS_MAX]
+        if long:
+            raise ValueError(
+                f"argument {long[0]} has over {EXEC_ARG_CHARS_MAX} characters; pass long "
+                "input in a file the replica can read"
+            )
+        if not command[0]:
+            raise ValueError("the program (first argument) is empty")
+        return command

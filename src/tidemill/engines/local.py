@@ -70,7 +70,7 @@ from tidemill.engines.warm_start import (
     python_entry,
     warm_start_enabled,
 )
-from tidemill.stack_signal import STACKS_FILE_VAR
+from tidemill.stack_signal import STACK_DUMP_TO, STACK_DUMP_VAR
 
 SUPERVISOR = str(Path(__file__).with_name("_supervise.py"))
 PYTHON_NAMES = ("python", "python3")
@@ -164,9 +164,9 @@ class LocalEngine:
         ``spec.gpu_ids`` (empty: no GPU) with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (so CUDA
         numbers devices as nvidia-smi, NVML and a NUMA layout do), ``TIDEMILL_CPUS``
         from ``spec.cpu_ids`` (the supervisor pins the replica to them with
-        ``os.sched_setaffinity``; absent: not pinned), then ``spec.env``. ``launch`` adds
-        only ``TIDEMILL_REPLICA_UID``, unique per launch, and ``TIDEMILL_STACKS_FILE``
-        (see :mod:`tidemill.stack_signal`).
+        ``os.sched_setaffinity``; absent: not pinned), then ``spec.env``, then
+        ``TIDEMILL_STACK_DUMP`` (see :mod:`tidemill.stack_signal`). ``launch`` adds only
+        ``TIDEMILL_REPLICA_UID``, unique per launch.
         """
         argv = list(spec.argv)
         if not argv:
@@ -179,6 +179,7 @@ class LocalEngine:
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             **({CPUS_VAR: ",".join(str(cpu) for cpu in spec.cpu_ids)} if spec.cpu_ids else {}),
             **spec.env,
+            STACK_DUMP_VAR: STACK_DUMP_TO,
         }
         return LaunchPlan(argv=tuple(argv), env=env, working_dir=spec.working_dir or os.getcwd())
 
@@ -193,7 +194,7 @@ class LocalEngine:
             )
         files.log_file.parent.mkdir(parents=True, exist_ok=True)
         Path(files.exit_file).parent.mkdir(parents=True, exist_ok=True)
-        env = {**plan.env, UID_VAR: files.uid, STACKS_FILE_VAR: files.stacks_file}
+        env = {**plan.env, UID_VAR: files.uid}
         write_launch_env(files.env_file, env, plan.working_dir)
         entry = python_entry(plan.argv)
         supervisor: tuple[int, float] | None = None
@@ -367,7 +368,7 @@ class LocalEngine:
         pid = _child_pid(replica)
         if pid is None:
             return StackDump(problem="no stacks: the replica's command has not started")
-        return dump_process(pid, replica_sibling(replica.pid_file, "stacks"))
+        return dump_process(pid, replica.log_file)
 
     def exec_command(self, handle: ReplicaHandle, argv: list[str]) -> ReplicaCommand:
         """Start ``argv`` with the environment and in the folder the replica started

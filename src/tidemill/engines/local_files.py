@@ -11,8 +11,7 @@ name comes from the job, its uid and the ``launch_id``. Under the engine's state
   exit code (see ``_supervise.py``);
 - ``... .<launch id>.env``: the environment and folder the command started with
   (readable by the server's user only: it holds the job's credential), for ``tidemill
-  exec``; ``... .<launch id>.stacks``: where a Python replica dumps its stacks (see
-  :mod:`tidemill.stack_signal`);
+  exec``;
 - ``warm/``: the fork server's socket and log.
 """
 
@@ -45,10 +44,6 @@ class LaunchFiles:
     @property
     def env_file(self) -> str:
         return replica_sibling(self.pid_file, "env")
-
-    @property
-    def stacks_file(self) -> str:
-        return replica_sibling(self.pid_file, "stacks")
 
 
 def replica_sibling(pid_file: str, suffix: str) -> str:

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Protocol
 
 from tidemill.engines.warm_start import UID_VAR
-from tidemill.stack_signal import STACKS_FILE_VAR
+from tidemill.stack_signal import STACK_DUMP_VAR
 
 CHUNK_BYTES = 64 * 1024
-NOT_FOR_EXEC = (UID_VAR, STACKS_FILE_VAR)
+NOT_FOR_EXEC = (UID_VAR, STACK_DUMP_VAR)
 """Variables that mark the replica's own processes: a command run beside it is not one
 (``stop`` would count it as the replica, ``adopt`` could take it for its supervisor)."""
 

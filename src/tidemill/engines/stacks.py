@@ -2,10 +2,10 @@
 
 ``py-spy dump`` needs nothing from the process (but ptrace rights, which a container
 may lack). Without it, a Python replica that registered :mod:`tidemill.stack_signal`
-dumps every thread to its stacks file on SIGUSR2; this module sends the signal only to
-a process that catches it (``SigCgt`` in ``/proc/PID/status``), since SIGUSR2 kills a
-process that does not. Either way the result is a :class:`StackDump` of threads, each
-a list of frames, innermost first, as both tools print them.
+dumps every thread to its log on SIGUSR2; this module sends the signal only to a
+process that catches it (``SigCgt`` in ``/proc/PID/status``), since SIGUSR2 kills a
+process that does not, and reads the dump back from the log. Either way the result is
+a :class:`StackDump` of threads, each a list of frames, innermost first.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ MODULE = "<module>"
 
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+) \(most recent call first\):$")
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
-_dump_lock = threading.Lock()
-"""One signal-and-read at a time: two dumps into one file would interleave."""
+_locks_lock = threading.Lock()
+_dump_locks: dict[str, threading.Lock] = {}
+"""One signal-and-read at a time per log: two dumps into one file would interleave."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class StackDump:
     problem: str = ""
 
 
-def dump_process(pid: int, stacks_file: str | None) -> StackDump:
+def dump_process(pid: int, log_file: str | None) -> StackDump:
     """The stacks of the Python process ``pid`` (or of the first Python process under it,
     when ``pid`` runs a wrapper such as a shell)."""
     target = _python_process(pid)
@@ -78,8 +79,8 @@ def dump_process(pid: int, stacks_file: str | None) -> StackDump:
         if not dump.problem:
             return dump
         tried = f"{dump.problem}, and "
-    if stacks_file and _catches(target, STACK_SIGNAL):
-        return dump_with_signal(target, stacks_file)
+    if log_file and _catches(target, STACK_SIGNAL):
+        return dump_with_signal(target, log_file)
     missing = "" if py_spy is not None else "; py-spy is not installed (pip install py-spy)"
     return StackDump(
         pid=target,
@@ -108,10 +109,13 @@ def dump_with_py_spy(py_spy: str, pid: int) -> StackDump:
     return StackDump("py-spy", threads, render(threads), pid)
 
 
-def dump_with_signal(pid: int, stacks_file: str) -> StackDump:
-    """Send the stack signal and read what the process appended to its stacks file."""
-    with _dump_lock:
-        start = _size(stacks_file)
+def dump_with_signal(pid: int, log_file: str) -> StackDump:
+    """Send the stack signal and read the dump the process appended to its log (lines
+    it printed meanwhile are skipped by the parser)."""
+    with _locks_lock:
+        lock = _dump_locks.setdefault(log_file, threading.Lock())
+    with lock:
+        start = _size(log_file)
         try:
             os.kill(pid, STACK_SIGNAL)
         except OSError as exc:
@@ -119,7 +123,7 @@ def dump_with_signal(pid: int, stacks_file: str) -> StackDump:
         size, changed = start, time.monotonic()
         deadline = changed + DUMP_TIMEOUT_S
         while time.monotonic() < deadline:
-            now = _size(stacks_file)
+            now = _size(log_file)
             if now != size:
                 size, changed = now, time.monotonic()
             elif size > start and time.monotonic() - changed >= SETTLE_S:
@@ -131,10 +135,11 @@ def dump_with_signal(pid: int, stacks_file: str) -> StackDump:
             problem=f"no stacks: pid {pid} wrote no dump within {DUMP_TIMEOUT_S:g} s "
             f"(it may handle {STACK_SIGNAL.name} itself)",
         )
-    with open(stacks_file, "rb") as dump:
+    with open(log_file, "rb") as dump:
         dump.seek(start)
         text = dump.read(min(size - start, DUMP_LIMIT_BYTES)).decode("utf-8", "replace")
-    return StackDump("faulthandler", parse_faulthandler(text), text, pid)
+    threads = parse_faulthandler(text)
+    return StackDump("faulthandler", threads, render(threads), pid)
 
 
 def parse_faulthandler(text: str) -> tuple[ThreadStack, ...]:
