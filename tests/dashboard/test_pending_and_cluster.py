@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+
 from tests.dashboard.conftest import screenshot, sleeper
+from tests.server.live import DATA, INSIGHT
 from tidemill.client import Client
 
 
@@ -39,3 +42,24 @@ def test_a_job_too_big_shows_why_it_is_pending(page: Any, start_server: Any) -> 
         page.click("#jobs >> text=trainer")
         page.wait_for_selector(".job-head >> text=trainer")
         assert page.url.endswith("#/jobs/ads/trainer")
+
+
+def test_data_progress_per_stage_and_source(page: Any, start_server: Any) -> None:
+    """What a job master saves about its data, through the REST call it makes (as
+    tests/server/live.py does): each stage's sources with records/s, lag and shards."""
+    server = start_server()
+    with Client(server.url) as client:
+        client.submit(sleeper("trainer", namespace="ads", cpu=12, queue="ads"))
+        client.submit(sleeper("ctr", namespace="ads", cpu=10, queue="ads", data=DATA))
+    saved = httpx.put(
+        f"{server.url}/api/v1/jobs/ctr/master-state?namespace=ads",
+        json={"state": {"data_insight": INSIGHT}},
+    )
+    assert saved.status_code == 200, saved.text
+
+    page.goto(f"{server.url}/#/jobs/ads/ctr")
+    page.wait_for_selector("#data .stage >> nth=1")
+    text = page.inner_text("#data")
+    assert "backfill" in text and "online" in text and "running" in text, text
+    assert "ads.clicks" in text and "51.2k" in text and "812" in text, text
+    assert "37 rec · 0.4s" in text and "8/8" in text, text

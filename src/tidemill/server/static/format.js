@@ -23,6 +23,7 @@ export function num(n, digits = 2) {
 export function duration(s) {
   if (s == null) return "–";
   s = Math.max(0, s);
+  if (s < 10) return `${s.toFixed(s < 1 ? 1 : 0)}s`;
   if (s < 90) return `${s.toFixed(0)}s`;
   if (s < 5400) return `${(s / 60).toFixed(0)}m`;
   if (s < 172800) return `${(s / 3600).toFixed(1)}h`;

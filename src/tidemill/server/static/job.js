@@ -20,7 +20,7 @@ export function mountJob(el, { namespace, name }) {
       <section class="card" id="logs"></section>
       <section class="card"><h2>Events</h2><ol class="timeline" id="events"></ol></section>
     </div>
-    <div class="grid-1-1">
+    <div class="grid-1-1 fold">
       <section class="card"><h2>Elastic history</h2><div id="elastic"></div></section>
       <section class="card"><h2>Data</h2><div id="data"></div></section>
     </div>
@@ -105,10 +105,10 @@ function drawReplicas(host, job, onPick) {
 }
 
 function drawData(host, data) {
-  if (!data || !data.stages.length) {
-    host.innerHTML = empty("this job reads no data through tidemill.data");
-    return;
-  }
+  // A job that reads no data through tidemill.data leaves the row to its elastic history.
+  const none = !data || !data.stages.length;
+  host.closest("section").hidden = none;
+  if (none) return;
   host.innerHTML = data.stages.map((stage) => `<div class="stage">
     <h3>${esc(stage.name)} <span class="badge state-${esc(stage.state)}">${esc(stage.state)}</span>
       <span class="muted">pass ${stage.pass_index + 1} of ${stage.epochs}</span></h3>

@@ -22,6 +22,7 @@ export class LogView {
     this.state = host.querySelector("#log-state");
     this.pre = host.querySelector("#log-lines");
     this.known = "";
+    this.mode = "";
     this.lines = [];
     this.partial = "";
     this.abort = null;
@@ -69,14 +70,20 @@ export class LogView {
     const dash = replica.lastIndexOf("-");
     const which = replica ? `&role=${encodeURIComponent(replica.slice(0, dash))}&index=${replica.slice(dash + 1)}` : "";
     const follow = this.follow.checked;
-    this.state.textContent = follow ? "following…" : "";
+    this.say(follow ? "following…" : "");
     try {
       await stream(`${this.path("/logs")}${which}&tailLines=${TAIL_LINES}${follow ? "&follow=true" : ""}`, (text) => this.add(text), abort.signal);
-      if (this.abort === abort) this.state.textContent = follow ? "the job ended: no more lines" : `${this.lines.length} lines (follow is off)`;
+      if (this.abort === abort) this.say(follow ? "the job ended: no more lines" : `${this.lines.length} lines (follow is off)`);
     } catch (err) {
       if (abort.signal.aborted || unauthorized(err)) return;
-      this.state.textContent = `cannot read logs: ${err.message}`;
+      this.say(`cannot read logs: ${err.message}`);
     }
+  }
+
+  /** What the stream is doing (shown unless a search is counting matches). */
+  say(mode) {
+    this.mode = mode;
+    if (!this.search.value.trim()) this.state.textContent = mode;
   }
 
   add(text) {
@@ -103,6 +110,6 @@ export class LogView {
     this.pre.innerHTML = shown.length ? shown.map(mark).join("\n")
       : `<span class="muted">${term ? "no line matches" : "no log lines yet"}</span>`;
     if (this.follow.checked && atEnd) this.pre.scrollTop = this.pre.scrollHeight;
-    if (term) this.state.textContent = `${shown.length} of ${all.length} lines match`;
+    this.state.textContent = term ? `${shown.length} of ${all.length} lines match` : this.mode;
   }
 }
