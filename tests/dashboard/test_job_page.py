@@ -109,5 +109,7 @@ def test_job_page_shows_a_training_job_live(page: Any, start_server: Any, tmp_pa
         page.click("#stacks-go")
         group = page.wait_for_selector(".stack-group", timeout=60_000)
         assert "worker 0" in group.inner_text(), group.inner_text()
+        page.fill("#log-search", "loss")
+        page.wait_for_function("document.querySelectorAll('#log-lines mark').length >= 3")
         page.evaluate("window.scrollTo(0, 0)")
         screenshot(page, "job")

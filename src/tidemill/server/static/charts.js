@@ -4,6 +4,8 @@
 
 const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d"];
 export const colour = (i) => PALETTE[i % PALETTE.length];
+/** More lines than this (a 64-rank job) get no legend: it would outgrow the chart. */
+const MAX_LEGEND = 12;
 
 /** A chart in `host` with one line per name in `names`; `update(x, ys)` redraws it.
  *
@@ -46,7 +48,7 @@ export function lineChart(host, names, options = {}) {
         },
       ],
       cursor: { drag: { x: true, y: false } },
-      legend: { live: true },
+      legend: { show: names.length <= MAX_LEGEND, live: true },
       series,
     },
     [[], ...names.map(() => [])],
