@@ -326,11 +326,12 @@ def create_app(
         job: str | None = None,
         since: int = Query(0, ge=0, le=INT64_MAX, description="events after this id"),
         limit: int = Query(1000, ge=1, le=EVENTS_PAGE_MAX),
+        newest: bool = Query(False, description="the last `limit` events, not the first"),
         caller: Caller = caller_of,
     ) -> Items:
         namespace = guard.visible(caller, job.partition("/")[0] if job else None, "read events")
         with store.read() as tx:
-            rows = tx.events(job, since, limit, namespace=namespace)
+            rows = tx.events(job, since, limit, namespace=namespace, newest=newest)
             return Items(items=[event_view(e) for e in rows])
 
     @app.get("/api/v1/jobs/{name}/logs", response_class=PlainTextResponse)

@@ -319,14 +319,18 @@ class Tx:
         since: int = 0,
         limit: int = 1000,
         namespace: str | None = None,
+        newest: bool = False,
     ) -> list[EventRow]:
-        """Oldest first; ``namespace`` keeps only that namespace's job events."""
-        stmt = select(EventRow).where(EventRow.id > since).order_by(EventRow.id).limit(limit)
+        """Oldest first; ``namespace`` keeps only that namespace's job events; ``newest``:
+        the last ``limit`` of them rather than the first (a page opening on a long log)."""
+        order = EventRow.id.desc() if newest else EventRow.id
+        stmt = select(EventRow).where(EventRow.id > since).order_by(order).limit(limit)
         if job is not None:
             stmt = stmt.where(EventRow.job == job)
         if namespace is not None:
             stmt = stmt.where(EventRow.job.startswith(f"{namespace}/", autoescape=True))
-        return list(self.session.scalars(stmt))
+        rows = list(self.session.scalars(stmt))
+        return rows[::-1] if newest else rows
 
     def queues(self) -> list[QueueRow]:
         return list(self.session.scalars(select(QueueRow).order_by(QueueRow.name)))

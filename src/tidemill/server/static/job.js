@@ -9,6 +9,9 @@ import { LogView } from "./logs.js";
 import { MetricCharts } from "./metrics.js";
 import { StacksPanel } from "./stacks.js";
 
+const FIRST_EVENTS = 2000;
+const KEEP_EVENTS = 5000;
+
 export function mountJob(el, { namespace, name }) {
   el.innerHTML = `
     <div id="summary"></div>
@@ -47,8 +50,11 @@ export function mountJob(el, { namespace, name }) {
       stopAll();
       return;
     }
-    const fresh = await get(`/api/v1/events?job=${encodeURIComponent(`${namespace}/${name}`)}&since=${lastEvent}&limit=1000`, signal);
+    // The newest events on opening, then each poll only those after the last one seen.
+    const page = lastEvent ? `since=${lastEvent}&limit=1000` : `limit=${FIRST_EVENTS}&newest=true`;
+    const fresh = await get(`/api/v1/events?job=${encodeURIComponent(`${namespace}/${name}`)}&${page}`, signal);
     events.push(...fresh.items);
+    if (events.length > KEEP_EVENTS) events.splice(0, events.length - KEEP_EVENTS);
     if (fresh.items.length) lastEvent = fresh.items[fresh.items.length - 1].id;
     drawSummary(el.querySelector("#summary"), job);
     drawReplicas(el.querySelector("#replicas"), job, (replica) => logs.select(replica));

@@ -18,10 +18,12 @@ export function mountJobs(el) {
     </div>`;
   const filter = el.querySelector("#filter");
   let jobs = [];
+  let onlyPhase = "";
   let last = "";
   const draw = () => {
     const words = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
     const shown = jobs.filter((j) => {
+      if (onlyPhase && j.phase !== onlyPhase) return false;
       const text = `${j.namespace}/${j.name} ${j.queue} ${j.phase} ${j.message}`.toLowerCase();
       return words.every((w) => text.includes(w));
     });
@@ -33,7 +35,19 @@ export function mountJobs(el) {
         <td>${age(j.created_at)}</td><td class="muted clip" title="${esc(j.message)}">${esc(j.message)}</td></tr>`).join("")
       : `<tr><td colspan="7">${empty(jobs.length ? "no job matches the filter" : "no jobs yet: tidemill submit job.yaml")}</td></tr>`;
   };
+  const drawTiles = () => {
+    const counts = Object.fromEntries(PHASES.map((p) => [p, 0]));
+    for (const j of jobs) if (j.phase in counts) counts[j.phase] += 1;
+    el.querySelector("#tiles").innerHTML = `<div class="tile"><b>${jobs.length}</b>jobs</div>` +
+      PHASES.map((p) => `<button class="tile phase-${p}${p === onlyPhase ? " chosen" : ""}" data-phase="${p}" title="show only ${p.toLowerCase()} jobs"><b>${counts[p]}</b>${p.toLowerCase()}</button>`).join("");
+  };
   filter.oninput = draw;
+  el.querySelector("#tiles").onclick = (event) => {
+    const tile = event.target.closest("[data-phase]");
+    onlyPhase = tile && onlyPhase !== tile.dataset.phase ? tile.dataset.phase : "";
+    drawTiles();
+    draw();
+  };
   el.querySelector("#jobs").onclick = (event) => {
     const row = event.target.closest("tr[data-href]");
     if (row && !event.target.closest("a")) location.hash = row.dataset.href;
@@ -41,19 +55,16 @@ export function mountJobs(el) {
   return every(2000, async (signal) => {
     const [list, events] = await Promise.all([
       get("/api/v1/jobs", signal),
-      get("/api/v1/events?limit=1000", signal),
+      get("/api/v1/events?limit=25&newest=true", signal),
     ]);
     // Nothing changed: keep the page (ages still move every 10 s).
     const seen = JSON.stringify([list.items, events.items.at(-1)?.id, Math.floor(Date.now() / 10000)]);
     if (seen === last) return;
     last = seen;
     jobs = list.items.slice().reverse();
-    const counts = Object.fromEntries(PHASES.map((p) => [p, 0]));
-    for (const j of jobs) if (j.phase in counts) counts[j.phase] += 1;
-    el.querySelector("#tiles").innerHTML = `<div class="tile"><b>${jobs.length}</b>jobs</div>` +
-      PHASES.map((p) => `<div class="tile phase-${p}"><b>${counts[p]}</b>${p.toLowerCase()}</div>`).join("");
+    drawTiles();
     draw();
-    el.querySelector("#events").innerHTML = events.items.slice(-25).reverse().map(eventItem).join("") || empty("no events yet");
+    el.querySelector("#events").innerHTML = events.items.slice().reverse().map(eventItem).join("") || empty("no events yet");
   });
 }
 
