@@ -32,9 +32,10 @@ export function mountCluster(el) {
     button.onclick = () => {
       seconds = WINDOWS[button.dataset.window];
       for (const b of el.querySelectorAll("[data-window]")) b.classList.toggle("on", b === button);
+      polling.now();
     };
   }
-  const stopPolling = every(3000, async (signal) => {
+  const polling = every(3000, async (signal) => {
     const [util, queues, nodes, jobs] = await Promise.all([
       get(`/api/v1/cluster/utilization?seconds=${seconds}&points=400`, signal),
       get("/api/v1/queues", signal),
@@ -52,7 +53,7 @@ export function mountCluster(el) {
     drawNodes(el.querySelector("#nodes"), nodes.items);
     await drawPending(el.querySelector("#pending"), jobs.items, signal);
   });
-  return () => { stopPolling(); for (const [, c] of resourceCharts) c.destroy(); for (const c of queueCharts.charts) c.destroy(); };
+  return () => { polling(); for (const [, c] of resourceCharts) c.destroy(); for (const c of queueCharts.charts) c.destroy(); };
 }
 
 function figure(host, title) {

@@ -17,13 +17,16 @@ export function status(text, bad = false) {
   el.classList.toggle("bad", bad);
 }
 
-/** Run `tick` now and `ms` after each run ends, until the returned stop is called.
- * `tick` gets an AbortSignal; an error it throws is shown (or logs in on 401) and the
- * next run still comes, so a server restart heals by itself. */
+/** Run `tick` now and `ms` after each run ends, until the returned stop is called
+ * (its `now()` runs it at once). `tick` gets an AbortSignal; an error it throws is shown
+ * (or logs in on 401) and the next run still comes, so a server restart heals by itself. */
 export function every(ms, tick) {
   const abort = new AbortController();
   let timer = null;
+  let busy = false;
   const run = async () => {
+    busy = true;
+    clearTimeout(timer);
     try {
       await tick(abort.signal);
       if (abort.signal.aborted) return;
@@ -33,8 +36,12 @@ export function every(ms, tick) {
       if (unauthorized(err)) return;
       status(`cannot refresh: ${err.message}`, true);
     }
+    busy = false;
     if (!abort.signal.aborted) timer = setTimeout(run, ms);
   };
   run();
-  return () => { abort.abort(); clearTimeout(timer); };
+  const stop = () => { abort.abort(); clearTimeout(timer); };
+  /** Run now (a setting changed) unless a run is under way. */
+  stop.now = () => { if (!busy && !abort.signal.aborted) run(); };
+  return stop;
 }
