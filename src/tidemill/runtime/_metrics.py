@@ -73,7 +73,8 @@ class Reporter:
         if len(self._pending) >= self.max_pending:
             self._refuse(
                 f"more than {self.max_pending:,} reports waiting for the job master; "
-                "report less often (every few steps)"
+                "report less often (every few steps). Reports are sent while a training "
+                "function runs under tidemill.runtime.elastic"
             )
             return
         self._pending.append([step, time.time(), dict(scalars)])
@@ -167,7 +168,9 @@ def report(step: int, **scalars: float) -> None:
     /api/v1/jobs/{name}/metrics``, ``/metrics``) and written as TensorBoard event files
     when the job has ``spec.tensorboard.dir``. Names are identifiers, values finite
     numbers; a report that is not is dropped with a warning (once per reason on
-    stderr, and as a ``MetricsRefused`` event of the job). Run alone, it only checks.
+    stderr, and as a ``MetricsRefused`` event of the job). Reports go out while a
+    training function runs under :func:`tidemill.runtime.elastic` (those made before it
+    starts wait for it); run alone, without a job master, it only checks.
 
     Example::
 
