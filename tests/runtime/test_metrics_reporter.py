@@ -3,11 +3,13 @@ and sent with the next batch so the job master can say why."""
 
 from __future__ import annotations
 
+import doctest
 from collections.abc import Callable
 
 import pytest
 
 from tidemill.api.metrics import MAX_SCALARS_PER_REPORT
+from tidemill.runtime import _metrics
 from tidemill.runtime._metrics import Reporter
 from tidemill.wire import MAX_LINE_BYTES, Metrics, decode, encode, parse_worker
 
@@ -86,3 +88,9 @@ def test_a_backlog_of_the_widest_reports_goes_in_batches_that_fit_a_wire_line() 
     assert len(sent) > 1
     assert [r[0] for batch in sent for r in batch.reports] == list(range(1000))
     assert max(len(encode(batch)) for batch in sent) < MAX_LINE_BYTES
+
+
+def test_the_docstring_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TIDEMILL_MASTER_ADDR", raising=False)
+    result = doctest.testmod(_metrics)
+    assert result.attempted > 0 and result.failed == 0
