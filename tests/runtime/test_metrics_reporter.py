@@ -6,7 +6,9 @@ from __future__ import annotations
 import doctest
 from collections.abc import Callable
 
+import numpy
 import pytest
+import torch
 
 from tidemill.api.metrics import MAX_SCALARS_PER_REPORT
 from tidemill.runtime import _metrics
@@ -30,8 +32,10 @@ def test_reports_go_in_one_batch_with_the_reasons_of_those_refused(
     sent: list[Metrics] = []
     reporter = Reporter(flush_s=3600)
     reporter.attach(sent_through_the_wire(sent))
-    for step in range(1, 4):
+    for step in range(1, 3):
         reporter.report(step, {"loss": 1.0 / step})
+    reporter.report(3, {"loss": numpy.float32(1 / 3)})
+    reporter.report(3, {"loss": torch.tensor(0.5)})
     reporter.report(4, {"val loss": 1.0})
     reporter.report(4, {"loss": float("nan")})
     reporter.report(5, {"loss": float("nan")})
@@ -41,6 +45,7 @@ def test_reports_go_in_one_batch_with_the_reasons_of_those_refused(
     [batch] = sent
     assert [report[0] for report in batch.reports] == [1, 2, 3]
     assert batch.reports[2][2] == {"loss": pytest.approx(1 / 3)}
+    assert any("loss=tensor(0.5000) is not a number" in r for r in batch.refused or {})
     refused = batch.refused or {}
     assert refused[next(r for r in refused if "'val loss' is not an identifier" in r)] == 1
     assert refused[next(r for r in refused if "loss=nan is not finite" in r)] == 2

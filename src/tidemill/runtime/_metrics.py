@@ -77,7 +77,8 @@ class Reporter:
                 "function runs under tidemill.runtime.elastic"
             )
             return
-        self._pending.append([step, time.time(), dict(scalars)])
+        values = {name: float(value) for name, value in scalars.items()}  # numpy's too
+        self._pending.append([step, time.time(), values])
 
     def step_took(self, step: int, seconds: float, samples: int | None) -> None:
         """One step of the elastic loop took ``seconds`` (boundary vote included)."""
