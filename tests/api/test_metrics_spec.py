@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import doctest
 from pathlib import Path
 
 import pytest
 
+from tidemill.api import metrics
 from tidemill.api.errors import SpecError
 from tidemill.api.loader import load_job_file, load_job_text
 from tidemill.api.metrics import MetricPoint, metric_problem
@@ -74,3 +76,8 @@ def test_a_posted_report_with_a_bad_name_fails_validation_with_the_same_reason()
         MetricPoint(replica="worker-0", step=1, time=1.0, values={"val loss": 1.0})
     point = MetricPoint(replica="worker-0", step=1, time=1.0, values={"loss": 2, "acc": 0.5})
     assert point.values == {"loss": 2.0, "acc": 0.5}
+
+
+def test_the_docstring_examples_run() -> None:
+    result = doctest.testmod(metrics)
+    assert result.attempted > 0 and result.failed == 0

@@ -3,11 +3,15 @@ and sent with the next batch so the job master can say why."""
 
 from __future__ import annotations
 
+import doctest
 from collections.abc import Callable
 
+import numpy
 import pytest
+import torch
 
 from tidemill.api.metrics import MAX_SCALARS_PER_REPORT
+from tidemill.runtime import _metrics
 from tidemill.runtime._metrics import Reporter
 from tidemill.wire import MAX_LINE_BYTES, Metrics, decode, encode, parse_worker
 
@@ -28,8 +32,10 @@ def test_reports_go_in_one_batch_with_the_reasons_of_those_refused(
     sent: list[Metrics] = []
     reporter = Reporter(flush_s=3600)
     reporter.attach(sent_through_the_wire(sent))
-    for step in range(1, 4):
+    for step in range(1, 3):
         reporter.report(step, {"loss": 1.0 / step})
+    reporter.report(3, {"loss": numpy.float32(1 / 3)})
+    reporter.report(3, {"loss": torch.tensor(0.5)})
     reporter.report(4, {"val loss": 1.0})
     reporter.report(4, {"loss": float("nan")})
     reporter.report(5, {"loss": float("nan")})
@@ -39,6 +45,7 @@ def test_reports_go_in_one_batch_with_the_reasons_of_those_refused(
     [batch] = sent
     assert [report[0] for report in batch.reports] == [1, 2, 3]
     assert batch.reports[2][2] == {"loss": pytest.approx(1 / 3)}
+    assert any("loss=tensor(0.5000) is not a number" in r for r in batch.refused or {})
     refused = batch.refused or {}
     assert refused[next(r for r in refused if "'val loss' is not an identifier" in r)] == 1
     assert refused[next(r for r in refused if "loss=nan is not finite" in r)] == 2
@@ -86,3 +93,9 @@ def test_a_backlog_of_the_widest_reports_goes_in_batches_that_fit_a_wire_line() 
     assert len(sent) > 1
     assert [r[0] for batch in sent for r in batch.reports] == list(range(1000))
     assert max(len(encode(batch)) for batch in sent) < MAX_LINE_BYTES
+
+
+def test_the_docstring_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TIDEMILL_MASTER_ADDR", raising=False)
+    result = doctest.testmod(_metrics)
+    assert result.attempted > 0 and result.failed == 0

@@ -9,6 +9,7 @@ it is caught (a report that went around the runtime is still refused at the door
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Any
 
@@ -44,8 +45,11 @@ def metric_problem(name: object, value: object) -> str | None:
             f"metric name {repr(name)[:80]} is not an identifier: use at most "
             f"{MAX_NAME_CHARS} letters, digits and '_' (e.g. val_loss)"
         )
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"metric {name}={value!r:.40} is not a number; report ints or floats"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return (
+            f"metric {name}={value!r:.40} is not a number; report ints or floats (a "
+            "tensor's value with .item())"
+        )
     if not math.isfinite(value):
         return (
             f"metric {name}={value} is not finite; report finite numbers (skip a step "

@@ -73,10 +73,12 @@ class Reporter:
         if len(self._pending) >= self.max_pending:
             self._refuse(
                 f"more than {self.max_pending:,} reports waiting for the job master; "
-                "report less often (every few steps)"
+                "report less often (every few steps). Reports are sent while a training "
+                "function runs under tidemill.runtime.elastic"
             )
             return
-        self._pending.append([step, time.time(), dict(scalars)])
+        values = {name: float(value) for name, value in scalars.items()}  # numpy's too
+        self._pending.append([step, time.time(), values])
 
     def step_took(self, step: int, seconds: float, samples: int | None) -> None:
         """One step of the elastic loop took ``seconds`` (boundary vote included)."""
@@ -167,7 +169,9 @@ def report(step: int, **scalars: float) -> None:
     /api/v1/jobs/{name}/metrics``, ``/metrics``) and written as TensorBoard event files
     when the job has ``spec.tensorboard.dir``. Names are identifiers, values finite
     numbers; a report that is not is dropped with a warning (once per reason on
-    stderr, and as a ``MetricsRefused`` event of the job). Run alone, it only checks.
+    stderr, and as a ``MetricsRefused`` event of the job). Reports go out while a
+    training function runs under :func:`tidemill.runtime.elastic` (those made before it
+    starts wait for it); run alone, without a job master, it only checks.
 
     Example::
 

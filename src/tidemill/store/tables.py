@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Float,
     ForeignKey,
     Index,
@@ -148,7 +149,7 @@ class MetricRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job: Mapped[str] = mapped_column(String(127))
     replica: Mapped[str] = mapped_column(String(64))
-    step: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(BigInteger)
     time: Mapped[float] = mapped_column(Float)
     values: Mapped[dict[str, float]] = mapped_column(JSON)
 
@@ -161,7 +162,7 @@ class LatestMetricRow(Base):
     job: Mapped[str] = mapped_column(String(127), primary_key=True)
     replica: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    step: Mapped[int] = mapped_column(Integer)
+    step: Mapped[int] = mapped_column(BigInteger)
     value: Mapped[float] = mapped_column(Float)
     time: Mapped[float] = mapped_column(Float)
 
