@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from tidemill.runtime._context import RuntimeContext, init
 from tidemill.runtime._errors import RendezvousError, RuntimeConfigError
+from tidemill.stack_signal import install_from_env
+
+install_from_env()  # `tidemill debug stacks` can read this replica, also when started cold
 
 if TYPE_CHECKING:
     from tidemill.runtime.elastic_loop import ElasticContext, ElasticState, Left, elastic

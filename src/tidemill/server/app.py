@@ -41,6 +41,7 @@ from tidemill.api.token import ALL_NAMESPACES, Role
 from tidemill.controller.reconciler import ACTIVE_PHASES, Controller
 from tidemill.server.auth import Caller, Forbidden, Guard, Unauthorized
 from tidemill.server.checkpoint_routes import checkpoint_routes
+from tidemill.server.debug_routes import debug_routes
 from tidemill.server.docs import add_docs
 from tidemill.server.engine_views import engine_problem as problem_of
 from tidemill.server.engine_views import replica_log as log_of
@@ -496,4 +497,5 @@ def create_app(
 
     app.include_router(token_routes(guard))
     app.include_router(checkpoint_routes(guard, controller))
+    app.include_router(debug_routes(guard, controller))
     return app

@@ -26,6 +26,7 @@ API_CALLS: dict[tuple[str, str], frozenset[str]] = {
     ("", "pods"): frozenset({"get", "list", "watch", "create", "delete"}),
     ("", "pods/binding"): frozenset({"create"}),
     ("", "pods/log"): frozenset({"get"}),
+    ("", "pods/exec"): frozenset({"get", "create"}),
     ("", "services"): frozenset({"create"}),
     ("", "secrets"): frozenset({"create"}),
     ("tidemill.io", "trainingjobs"): frozenset(

@@ -51,8 +51,11 @@ from tidemill.engines.kubernetes.manifests import (
     trainingjob_object,
 )
 from tidemill.engines.kubernetes.options import KubernetesOptions
+from tidemill.engines.kubernetes.pod_exec import PodCommand, pod_stacks
 from tidemill.engines.kubernetes.pod_logs import PodLogs
 from tidemill.engines.kubernetes.pod_metrics import PodMetrics
+from tidemill.engines.replica_exec import ReplicaCommand
+from tidemill.engines.stacks import StackDump
 from tidemill.engines.usage import ReplicaUsage, Watched
 
 log = logging.getLogger(__name__)
@@ -459,6 +462,14 @@ class KubernetesEngine:
     def log_file(self, handle: ReplicaHandle) -> str:
         """A file mirroring the pod's output (``pods/log``), followed while it runs."""
         return self.pod_logs.path(handle)
+
+    def stacks(self, handle: ReplicaHandle) -> StackDump:
+        """py-spy's dump of the container's command, run in the container."""
+        return pod_stacks(self.cluster, handle)
+
+    def exec_command(self, handle: ReplicaHandle, argv: list[str]) -> ReplicaCommand:
+        """``argv`` in the pod's container (``pods/exec``), as ``kubectl exec`` runs it."""
+        return PodCommand(self.cluster, handle, argv)
 
     def _pod_ended(self, namespace: str, name: str) -> bool:
         pod = self.pods.get(namespace, name)
