@@ -44,8 +44,10 @@ queues:
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def chromium() -> Iterator[Any]:
+    """Playwright for one test: its sync API runs an event loop in this thread while it
+    is open, which would break later tests that call asyncio.run()."""
     if not Path(CHROMIUM).exists():
         pytest.skip("no Chromium: apt-get install -y chromium (make test does it)")
     with sync_api.sync_playwright() as playwright:

@@ -59,13 +59,10 @@ export function mountJob(el, { namespace, name }) {
     drawSummary(el.querySelector("#summary"), job);
     drawReplicas(el.querySelector("#replicas"), job, (replica) => logs.select(replica));
     drawData(el.querySelector("#data"), job.data);
-    if (fresh.items.length) {
-      el.querySelector("#events").innerHTML = events.slice(-200).reverse().map((e) => eventItem(e, false)).join("");
-      elastic.update(events, job);
-    } else if (!events.length) {
-      el.querySelector("#events").innerHTML = empty("no events yet");
-      elastic.update(events, job);
+    if (fresh.items.length || !events.length) {
+      el.querySelector("#events").innerHTML = events.slice(-200).reverse().map((e) => eventItem(e, false)).join("") || empty("no events yet");
     }
+    elastic.update(events, job);
     logs.replicas(job);
     stacks.running(job.phase === "Running");
     await metrics.poll(signal);
