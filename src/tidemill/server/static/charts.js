@@ -37,7 +37,7 @@ export function lineChart(host, names, options = {}) {
       height: options.height || 180,
       scales: { x: { time: !!options.time }, y: options.yRange ? { range: options.yRange } : {} },
       axes: [
-        { stroke: "#57606a", grid: { stroke: "#eaeef2" }, ticks: { stroke: "#d0d7de" } },
+        { stroke: "#57606a", grid: { stroke: "#eaeef2" }, ticks: { stroke: "#d0d7de" }, space: options.time ? 90 : 50 },
         {
           stroke: "#57606a",
           grid: { stroke: "#eaeef2" },
