@@ -42,6 +42,13 @@ CASES = {
         ],
         [(0, 4, "Started"), (4, 3, "Reclaimed"), (3, 1, "ReplicaLost")],
     ),
+    "a late replica joins without a controller event": (
+        [
+            event("EpochStarted", "epoch 1: 1 worker (worker-0); from step 0", 1),
+            event("EpochStarted", "epoch 2: 2 workers (worker-0, worker-1), joined worker-1", 2),
+        ],
+        [(0, 1, "Started"), (1, 2, "Joined")],
+    ),
     "preemption takes the whole group, and it forms again when placed": (
         [
             event("EpochStarted", "epoch 1: 2 workers (worker-0, worker-1); from step 0", 1),
@@ -49,7 +56,7 @@ CASES = {
             event("Scheduled", "placed 2 replica(s) on n1", 3),
             event("EpochStarted", "epoch 2: 2 workers (worker-0, worker-1); from step 40", 4),
         ],
-        [(0, 2, "Started"), (2, 0, "Preempted"), (0, 2, "Rendezvous")],
+        [(0, 2, "Started"), (2, 0, "Preempted"), (0, 2, "Scheduled")],
     ),
 }
 

@@ -8,7 +8,7 @@ import { clock, empty, esc } from "./format.js";
 const EPOCH = /^epoch (\d+): (\d+) worker/;
 /** Controller and master events that change the group (src/tidemill/controller). */
 const CAUSES = new Set([
-  "ScaledOut", "ScaleRequested", "ScalingIn", "ScaledIn", "Shrunk", "Reclaimed", "Preempted",
+  "Scheduled", "ScaledOut", "ScaleRequested", "ScalingIn", "ScaledIn", "Shrunk", "Reclaimed", "Preempted",
   "ReplicaFailed", "ReplicaLost", "ReplicaKilled", "ReplicaUnresponsive", "Restarting", "RendezvousTimeout",
 ]);
 
@@ -28,7 +28,8 @@ export function sizeChanges(events) {
     const m = e.reason === "EpochStarted" && EPOCH.exec(e.message);
     if (!m) continue;
     const next = Number(m[2]);
-    const why = cause || { reason: changes.length ? "Rendezvous" : "Started", message: "" };
+    const why = !changes.length ? { reason: "Started", message: "" }
+      : cause || { reason: next > size ? "Joined" : next < size ? "Left" : "Rendezvous", message: "" };
     changes.push({ time: e.time, size: next, epoch: Number(m[1]), reason: why.reason, message: why.message ? `${why.message} — ${e.message}` : e.message, from: size });
     size = next;
     cause = null;
