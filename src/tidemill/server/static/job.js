@@ -4,7 +4,7 @@ import { ApiError, get, jobPath } from "./api.js";
 import { age, bytes, clock, duration, empty, esc, notice, num, phase } from "./format.js";
 import { ElasticHistory } from "./elastic.js";
 import { eventItem } from "./jobs.js";
-import { every, status, unauthorized } from "./live.js";
+import { every, status } from "./live.js";
 import { LogView } from "./logs.js";
 import { MetricCharts } from "./metrics.js";
 import { StacksPanel } from "./stacks.js";

@@ -16,7 +16,7 @@ export class LogView {
       <label class="check"><input type="checkbox" id="log-follow" checked> follow</label>
       <span class="muted" id="log-state"></span></div>
       <pre class="log" id="log-lines" tabindex="0"></pre>`;
-    this.select_ = host.querySelector("#log-replica");
+    this.picker = host.querySelector("#log-replica");
     this.search = host.querySelector("#log-search");
     this.follow = host.querySelector("#log-follow");
     this.state = host.querySelector("#log-state");
@@ -27,7 +27,7 @@ export class LogView {
     this.partial = "";
     this.abort = null;
     this.queued = false;
-    this.select_.onchange = () => this.open();
+    this.picker.onchange = () => this.open();
     this.follow.onchange = () => this.open();
     this.search.oninput = () => this.draw();
     this.open();
@@ -39,17 +39,17 @@ export class LogView {
     const key = names.join(",");
     if (key === this.known) return;
     this.known = key;
-    const chosen = this.select_.value;
-    this.select_.innerHTML = `<option value="">all replicas</option>` +
+    const chosen = this.picker.value;
+    this.picker.innerHTML = `<option value="">all replicas</option>` +
       names.map((n) => `<option value="${esc(n)}">${esc(n)}</option>`).join("");
-    this.select_.value = names.includes(chosen) ? chosen : "";
+    this.picker.value = names.includes(chosen) ? chosen : "";
   }
 
   select(replica) {
-    if (![...this.select_.options].some((o) => o.value === replica)) {
-      this.select_.insertAdjacentHTML("beforeend", `<option value="${esc(replica)}">${esc(replica)}</option>`);
+    if (![...this.picker.options].some((o) => o.value === replica)) {
+      this.picker.insertAdjacentHTML("beforeend", `<option value="${esc(replica)}">${esc(replica)}</option>`);
     }
-    this.select_.value = replica;
+    this.picker.value = replica;
     this.open();
     this.pre.scrollIntoView({ block: "nearest", behavior: "smooth" });
   }
@@ -66,7 +66,7 @@ export class LogView {
     this.lines = [];
     this.partial = "";
     this.draw();
-    const replica = this.select_.value;
+    const replica = this.picker.value;
     const dash = replica.lastIndexOf("-");
     const which = replica ? `&role=${encodeURIComponent(replica.slice(0, dash))}&index=${replica.slice(dash + 1)}` : "";
     const follow = this.follow.checked;
