@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tidemill.scheduler.capacity import EPS, Capacity, Floats, Indices
+from tidemill.scheduler.fit_bound import FitBound
 from tidemill.scheduler.placement import fits, place_pod, size_key, try_gang
 from tidemill.scheduler.types import Placement, PodRequest, ResourceVector, RunningJob
 from tidemill.scheduler.victims import Room, VictimPool
@@ -145,12 +146,9 @@ def _cuts_on(
     """Shrinks until ``pod`` fits on node ``row``: each step takes the candidate whose
     next pod there is cheapest to reach (lowest priority, fewest pods cut on the way,
     rank). Empty if shrinking every candidate there is not enough."""
-    count = int(capacity.total_gpus[row])
-    cpu = np.array([capacity.free_cpu[row]], dtype=np.int64)
-    memory = np.array([capacity.free_memory[row]], dtype=np.int64)
-    used = capacity.gpu_used[row : row + 1].copy()
+    node = _Node(capacity, row)
     reach = {job.key: cut.get(job.key, 0) for job in candidates}
-    while not fits(pod, cpu, memory, used)[0]:
+    while not node.fits(pod):
         step: tuple[tuple[int, int, int], RunningJob, int] | None = None
         for job in candidates:
             surplus = pool.surplus(job)
@@ -165,13 +163,8 @@ def _cuts_on(
             return []
         _, job, here = step
         for at, p in pool.surplus(job)[reach[job.key] : here + 1]:
-            if at != row:
-                continue
-            cpu += p.cpu_millis
-            memory += p.memory_bytes
-            for device in p.gpu_ids:
-                if 0 <= device < count:
-                    used[0, device] -= p.gpu_share
+            if at == row:
+                node.release(p)
         reach[job.key] = here + 1
     return [(job, reach[job.key]) for job in candidates if reach[job.key] > cut.get(job.key, 0)]
 
@@ -269,24 +262,45 @@ def _victims_on(
     pool: VictimPool,
 ) -> list[RunningJob]:
     """Candidates on node ``row`` in rank order until ``pod`` fits there; empty if never."""
-    count = int(capacity.total_gpus[row])
-    cpu = np.array([capacity.free_cpu[row]], dtype=np.int64)
-    memory = np.array([capacity.free_memory[row]], dtype=np.int64)
-    used = capacity.gpu_used[row : row + 1].copy()
+    node = _Node(capacity, row)
     victims: list[RunningJob] = []
     for victim in candidates:
         for at, p in pool.core(victim):
-            if at != row:
-                continue
-            cpu += p.cpu_millis
-            memory += p.memory_bytes
-            for device in p.gpu_ids:
-                if 0 <= device < count:
-                    used[0, device] -= p.gpu_share
+            if at == row:
+                node.release(p)
         victims.append(victim)
-        if fits(pod, cpu, memory, used)[0]:
+        if node.fits(pod):
             return victims
     return []
+
+
+class _Node:
+    """One node's free resources as plain numbers, for stepping through its candidates
+    one by one: cheaper than one-row arrays, and the same arithmetic as ``fits``."""
+
+    def __init__(self, capacity: Capacity, row: int) -> None:
+        self._devices = int(capacity.total_gpus[row])
+        self._cpu = int(capacity.free_cpu[row])
+        self._memory = int(capacity.free_memory[row])
+        self._used: list[float] = capacity.gpu_used[row].tolist()
+
+    def release(self, placement: Placement) -> None:
+        """Give back what ``placement`` holds here."""
+        self._cpu += placement.cpu_millis
+        self._memory += placement.memory_bytes
+        for device in placement.gpu_ids:
+            if 0 <= device < self._devices:
+                self._used[device] -= placement.gpu_share
+
+    def fits(self, pod: PodRequest) -> bool:
+        if self._cpu < pod.cpu_millis or self._memory < pod.memory_bytes:
+            return False
+        if pod.gpu >= 1:
+            return sum(used <= EPS for used in self._used) >= int(pod.gpu)
+        if pod.gpu > 0:
+            room = 1.0 - pod.gpu + EPS
+            return any(used <= room for used in self._used)
+        return True
 
 
 def _settle(
@@ -321,12 +335,16 @@ def _settle(
     if trial is not None:
         placements = trial
         spared: set[str] = set()
+        bound = FitBound(capacity, pods)
         for victim in sorted(victims, key=lambda j: (-pool.size(j), pool.rank(j))):
             mark = capacity.mark()
             capacity.hold(p for _, p in pool.core(victim))
-            trial = _trial(capacity, pods)
+            touched = {row for row, _ in pool.core(victim)}
+            bound.refresh(touched)
+            trial = _trial(capacity, pods) if bound.possible() else None
             if trial is None:
                 capacity.undo(mark)
+                bound.refresh(touched)
             else:
                 spared.add(victim.key)
                 placements = trial
@@ -339,15 +357,21 @@ def _settle(
     for job, count in counts.values():
         capacity.release(p for _, p in pool.surplus(job)[:count])
     cuts: list[Cut] = []
+    given_back: FitBound | None = None
     for job, count in sorted(counts.values(), key=lambda item: -pool.rank(item[0])):
+        if given_back is None:
+            given_back = FitBound(capacity, pods)
         while count > 0:
             row, placement = pool.surplus(job)[count - 1]
             mark = capacity.mark()
             capacity.hold([placement])
+            touched = () if row is None else (row,)
+            given_back.refresh(touched)
             if row in rows:
-                trial = _trial(capacity, pods)
+                trial = _trial(capacity, pods) if given_back.possible() else None
                 if trial is None:
                     capacity.undo(mark)
+                    given_back.refresh(touched)
                     break
                 placements = trial
                 rows = set(capacity.node_indices(placements))
