@@ -365,13 +365,13 @@ def _settle(
             row, placement = pool.surplus(job)[count - 1]
             mark = capacity.mark()
             capacity.hold([placement])
-            touched = () if row is None else (row,)
-            given_back.refresh(touched)
+            at_row = () if row is None else (row,)
+            given_back.refresh(at_row)
             if row in rows:
                 trial = _trial(capacity, pods) if given_back.possible() else None
                 if trial is None:
                     capacity.undo(mark)
-                    given_back.refresh(touched)
+                    given_back.refresh(at_row)
                     break
                 placements = trial
                 rows = set(capacity.node_indices(placements))
