@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -62,10 +63,16 @@ def plan(
     ``capacity`` is left exactly as it was.
     """
     need = _sum(pods)
-    free = capacity.free_total()
-    if not _covers(free + pool.could_free(priority), need):
+    free = cache(capacity.free_total)
+
+    def covered(could: ResourceVector) -> bool:
+        """Whether ``could`` and what is free cover ``need``; what is free is summed
+        over every node only when ``could`` alone falls short."""
+        return _covers(could, need) or _covers(free() + could, need)
+
+    if not covered(pool.could_free(priority)):
         return None
-    if pool.any_surplus_below(priority) and _covers(free + pool.could_shrink(priority), need):
+    if pool.any_surplus_below(priority) and covered(pool.could_shrink(priority)):
         shrunk = _shrink_only(capacity, pods, priority, pool)
         if shrunk is not None:
             return shrunk
