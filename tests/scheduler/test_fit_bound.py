@@ -26,9 +26,15 @@ def _capacity(*nodes: NodeInfo) -> Capacity:
     return Capacity.of(ClusterState(nodes=nodes, queues={"q": QueueInfo("q")}))
 
 
-def _pods(count: int, gpu: float, cpu_millis: int = 1_000, **more: object) -> list[PodRequest]:
+def _pods(
+    count: int,
+    gpu: float,
+    cpu_millis: int = 1_000,
+    gpu_model: str | None = None,
+    extended: tuple[tuple[str, int], ...] = (),
+) -> list[PodRequest]:
     return [
-        PodRequest("worker", i, cpu_millis, GIB, gpu=gpu, **more)  # type: ignore[arg-type]
+        PodRequest("worker", i, cpu_millis, GIB, gpu, gpu_model, extended=extended)
         for i in range(count)
     ]
 
