@@ -14,6 +14,7 @@ what trying every time finds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -48,13 +49,11 @@ class FitBound:
 
     def refresh(self, rows: Iterable[int]) -> None:
         """Read nodes ``rows`` (distinct) again after the capacity changed there."""
-        at: Indices = np.fromiter(rows, dtype=np.intp)
-        if at.size == 0:
-            return
-        for i, (pod, n) in enumerate(self._wanted):
-            most = _most(self._capacity, pod, at, n)
-            self._total[i] += int(most.sum()) - int(self._most[i][at].sum())
-            self._most[i][at] = most
+        for row in rows:
+            for i, (pod, n) in enumerate(self._wanted):
+                most = _most_on(self._capacity, pod, row, n)
+                self._total[i] += most - int(self._most[i][row])
+                self._most[i][row] = most
 
 
 def _most(capacity: Capacity, pod: PodRequest, rows: Indices, cap: int) -> Ints:
@@ -75,4 +74,28 @@ def _most(capacity: Capacity, pod: PodRequest, rows: Indices, cap: int) -> Ints:
         if asked > 0:
             ok &= capacity.extended_free(name, rows) >= asked
     most[~ok] = 0
+    return most
+
+
+def _most_on(capacity: Capacity, pod: PodRequest, row: int, cap: int) -> int:
+    """``_most`` for one node, in plain numbers: the same operations, cheaper for a few."""
+    if not capacity.eligible_mask(pod.gpu_model)[row]:
+        return 0
+    for name, asked in pod.extended:
+        if asked > 0 and capacity.extended_free(name, np.array([row]))[0] < asked:
+            return 0
+    most = cap
+    if pod.cpu_millis > 0:
+        most = min(most, max(int(capacity.free_cpu[row]), 0) // pod.cpu_millis)
+    if pod.memory_bytes > 0:
+        most = min(most, max(int(capacity.free_memory[row]), 0) // pod.memory_bytes)
+    if pod.gpu >= 1:
+        most = min(most, int(capacity.whole_free[row]) // int(pod.gpu))
+    elif pod.gpu > 0:
+        on_devices = 0
+        for used in capacity.gpu_used[row].tolist():
+            fitting = (1.0 + EPS - used) / pod.gpu + SLACK
+            if fitting >= 1:
+                on_devices += min(math.floor(fitting), cap)
+        most = min(most, on_devices)
     return most

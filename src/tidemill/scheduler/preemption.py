@@ -303,7 +303,7 @@ class _Node:
         if self._cpu < pod.cpu_millis or self._memory < pod.memory_bytes:
             return False
         if pod.gpu >= 1:
-            return sum(used <= EPS for used in self._used) >= int(pod.gpu)
+            return len([used for used in self._used if used <= EPS]) >= int(pod.gpu)
         if pod.gpu > 0:
             room = 1.0 - pod.gpu + EPS
             return any(used <= room for used in self._used)
