@@ -15,7 +15,7 @@ preemption reads a ready answer.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -225,11 +225,11 @@ class VictimPool:
         if self._built:
             return
         self._built = True
-        totals = {job.key: job.total for job in self._running}
+        candidates = [job for job in self._running if job.preemptible]
+        totals = {job.key: job.total for job in candidates}
         self._size = {key: dominant_share(total, self._cluster) for key, total in totals.items()}
         self._jobs = sorted(
-            (job for job in self._running if job.preemptible),
-            key=lambda j: (j.priority, self._size[j.key], -j.sequence, j.key),
+            candidates, key=lambda j: (j.priority, self._size[j.key], -j.sequence, j.key)
         )
         self._priorities = [job.priority for job in self._jobs]
         on_row: dict[int, list[str]] = defaultdict(list)
@@ -243,19 +243,23 @@ class VictimPool:
                 on_row[row].append(job.key)
             if surplus:
                 self._surplus[job.key] = surplus
-                insort(self._with_surplus, position)
+                self._with_surplus.append(position)  # positions come in order
                 for row in sorted({row for row, _ in surplus if row is not None}):
                     surplus_on_row[row].append(job.key)
         self._on_row = dict(on_row)
         self._surplus_on_row = dict(surplus_on_row)
         self._cumulative = _cumulative(totals[j.key] for j in self._jobs)
+        nothing = ResourceVector()
         self._surplus_cumulative = _cumulative(
-            usage(p for _, p in self._surplus.get(j.key, ())) for j in self._jobs
+            usage(p for _, p in self._surplus[j.key]) if j.key in self._surplus else nothing
+            for j in self._jobs
         )
 
     def _split(self, job: RunningJob) -> tuple[list[Placed], list[Located]]:
         """(core on known nodes, surplus in removal order) of ``job``."""
         index = self._capacity.index
+        if not job.shrinkable:
+            return [(index[p.node], p) for p in job.placements if p.node in index], []
         by_pod = {(p.role, p.index): p for p in job.placements}
         surplus: list[Located] = []
         seen: set[tuple[str, int]] = set()
