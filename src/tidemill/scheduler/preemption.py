@@ -83,24 +83,24 @@ def _shrink_only(
     capacity: Capacity, pods: Sequence[PodRequest], priority: int, pool: VictimPool
 ) -> Plan | None:
     """A plan that only shrinks, or None if the greedy search finds none."""
-    room = pool.surplus_room(priority)
     start = capacity.mark()
     cut: dict[str, int] = {}
     placed: dict[int, Placement] = {}
-    for position, pod in _biggest_first(pods):
-        placement = place_pod(capacity, pod)
-        if placement is None:
-            for job, count in _cuts_for(capacity, pod, priority, pool, room, cut):
-                newly = pool.surplus(job)[cut.get(job.key, 0) : count]
-                capacity.release(p for _, p in newly)
-                pool.forget(room, newly)
-                cut[job.key] = count
+    with pool.lent_surplus_room(priority) as room:
+        for position, pod in _biggest_first(pods):
             placement = place_pod(capacity, pod)
-        if placement is None:
-            capacity.undo(start)
-            return None
-        capacity.hold([placement])
-        placed[position] = placement
+            if placement is None:
+                for job, count in _cuts_for(capacity, pod, priority, pool, room, cut):
+                    newly = pool.surplus(job)[cut.get(job.key, 0) : count]
+                    capacity.release(p for _, p in newly)
+                    pool.forget(room, newly)
+                    cut[job.key] = count
+                placement = place_pod(capacity, pod)
+            if placement is None:
+                capacity.undo(start)
+                return None
+            capacity.hold([placement])
+            placed[position] = placement
     found = tuple(placed[i] for i in range(len(pods)))
     capacity.undo(start)
     return _settle(capacity, pods, priority, pool, [], cut, found)
@@ -182,23 +182,23 @@ def _stop_whole(
     """With every candidate shrunk to its minimum, the victims to stop as well, or None."""
     start = capacity.mark()
     _shrink_all(capacity, priority, pool)
-    room = pool.room(priority)
     chosen: dict[str, RunningJob] = {}
     placed: dict[int, Placement] = {}
-    for position, pod in _biggest_first(pods):
-        placement = place_pod(capacity, pod)
-        if placement is None:
-            victims = _make_room(capacity, pod, priority, pool, room, set(chosen))
-            for victim in victims:
-                capacity.release(p for _, p in pool.core(victim))
-                pool.forget(room, pool.core(victim))
-                chosen[victim.key] = victim
+    with pool.lent_room(priority) as room:
+        for position, pod in _biggest_first(pods):
             placement = place_pod(capacity, pod)
-        if placement is None:
-            capacity.undo(start)
-            return None
-        capacity.hold([placement])
-        placed[position] = placement
+            if placement is None:
+                victims = _make_room(capacity, pod, priority, pool, room, set(chosen))
+                for victim in victims:
+                    capacity.release(p for _, p in pool.core(victim))
+                    pool.forget(room, pool.core(victim))
+                    chosen[victim.key] = victim
+                placement = place_pod(capacity, pod)
+            if placement is None:
+                capacity.undo(start)
+                return None
+            capacity.hold([placement])
+            placed[position] = placement
     found = tuple(placed[i] for i in range(len(pods)))
     capacity.undo(start)
     victims = sorted(chosen.values(), key=pool.rank)
@@ -207,8 +207,8 @@ def _stop_whole(
 
 def _shrink_all(capacity: Capacity, priority: int, pool: VictimPool) -> None:
     if pool.any_surplus_below(priority):
-        room = pool.surplus_room(priority)
-        capacity.release_all(room.cpu, room.memory, room.gpu_used)
+        with pool.lent_surplus_room(priority) as room:
+            capacity.release_all(room.cpu, room.memory, room.gpu_used)
 
 
 def _make_room(

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from itertools import islice
 
@@ -41,9 +42,20 @@ class Room:
     cpu: Ints
     memory: Ints
     gpu_used: Floats
+    saved: list[tuple[int, int, int, Floats]] | None = None
+    """While lent (``VictimPool.lent_room``): each changed row as it was, to put back."""
 
-    def copy(self) -> Room:
-        return Room(self.cpu.copy(), self.memory.copy(), self.gpu_used.copy())
+    def save(self, row: int) -> None:
+        if self.saved is not None:
+            self.saved.append(
+                (row, int(self.cpu[row]), int(self.memory[row]), self.gpu_used[row].copy())
+            )
+
+    def put_back(self) -> None:
+        """Undo every change since it was lent, last first."""
+        for row, cpu, memory, used in reversed(self.saved or []):
+            self.cpu[row], self.memory[row], self.gpu_used[row] = cpu, memory, used
+        self.saved = None
 
 
 class VictimPool:
@@ -138,13 +150,15 @@ class VictimPool:
         """Candidates that had surplus pods on node ``row``, in rank order."""
         return self._below(self._surplus_on_row.get(row, ()), priority, set())
 
-    def room(self, priority: int) -> Room:
-        """A private copy of the core every candidate below ``priority`` holds, per node."""
-        return self._room(self._rooms, priority, self.core)
+    def lent_room(self, priority: int) -> AbstractContextManager[Room]:
+        """The core every candidate below ``priority`` holds, per node, for a planning
+        step to change (by ``forget``) until the block ends and it is put back as it
+        was: what a private copy gives, paying for the rows changed, not every node."""
+        return self._lent(self._room(self._rooms, priority, self.core))
 
-    def surplus_room(self, priority: int) -> Room:
-        """A private copy of the surplus every candidate below ``priority`` holds, per node."""
-        return self._room(self._surplus_rooms, priority, self.surplus)
+    def lent_surplus_room(self, priority: int) -> AbstractContextManager[Room]:
+        """``lent_room`` for the surplus every candidate below ``priority`` holds."""
+        return self._lent(self._room(self._surplus_rooms, priority, self.surplus))
 
     def take(self, victims: Sequence[RunningJob]) -> None:
         """Mark ``victims`` stopped: no later preemptor may pick them again."""
@@ -183,6 +197,7 @@ class VictimPool:
         for row, placement in placements:
             if row is None:
                 continue
+            room.save(row)
             room.cpu[row] -= placement.cpu_millis
             room.memory[row] -= placement.memory_bytes
             for device in self._devices(row, placement):
@@ -201,6 +216,17 @@ class VictimPool:
         cpu, memory, gpu = cumulative[bisect_left(self._priorities, priority)]
         return ResourceVector(int(cpu), int(memory), float(gpu))
 
+    @staticmethod
+    @contextmanager
+    def _lent(room: Room) -> Iterator[Room]:
+        if room.saved is not None:
+            raise RuntimeError("a room is lent to one planning step at a time")
+        room.saved = []
+        try:
+            yield room
+        finally:
+            room.put_back()
+
     def _room(
         self, cache: dict[int, Room], priority: int, part: Callable[[RunningJob], Sequence[Located]]
     ) -> Room:
@@ -213,7 +239,7 @@ class VictimPool:
                 if job.key not in self._taken
                 for located in part(job)
             )
-        return cache[end].copy()
+        return cache[end]
 
     def _drop_surplus_rank(self, key: str) -> None:
         ranks = self._with_surplus
