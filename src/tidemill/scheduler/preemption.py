@@ -30,9 +30,10 @@ import numpy as np
 
 from tidemill.scheduler.capacity import EPS, Capacity, Floats, Indices
 from tidemill.scheduler.fit_bound import FitBound
-from tidemill.scheduler.placement import fits, place_pod, size_key, try_gang
+from tidemill.scheduler.placement import place_pod, size_key, try_gang
+from tidemill.scheduler.reach import Reach
 from tidemill.scheduler.types import Placement, PodRequest, ResourceVector, RunningJob
-from tidemill.scheduler.victims import Room, VictimPool
+from tidemill.scheduler.victims import VictimPool
 
 NODES_EXAMINED = 16
 """Nodes per pod whose victims are worked out exactly; the rest are ranked by numpy only."""
@@ -87,19 +88,22 @@ def _shrink_only(
     cut: dict[str, int] = {}
     placed: dict[int, Placement] = {}
     with pool.lent_surplus_room(priority) as room:
+        reach = Reach(capacity, room)
         for position, pod in _biggest_first(pods):
             placement = place_pod(capacity, pod)
             if placement is None:
-                for job, count in _cuts_for(capacity, pod, priority, pool, room, cut):
+                for job, count in _cuts_for(capacity, pod, priority, pool, reach, cut):
                     newly = pool.surplus(job)[cut.get(job.key, 0) : count]
                     capacity.release(p for _, p in newly)
                     pool.forget(room, newly)
+                    reach.touch(row for row, _ in newly)
                     cut[job.key] = count
                 placement = place_pod(capacity, pod)
             if placement is None:
                 capacity.undo(start)
                 return None
             capacity.hold([placement])
+            reach.touch([capacity.index.get(placement.node)])
             placed[position] = placement
     found = tuple(placed[i] for i in range(len(pods)))
     capacity.undo(start)
@@ -111,19 +115,11 @@ def _cuts_for(
     pod: PodRequest,
     priority: int,
     pool: VictimPool,
-    room: Room,
+    reach: Reach,
     cut: dict[str, int],
 ) -> list[tuple[RunningJob, int]]:
     """The cheapest shrinks that free one node enough for ``pod``: (job, pods cut in all)."""
-    could = capacity.eligible_mask(pod.gpu_model) & fits(
-        pod,
-        capacity.free_cpu + room.cpu,
-        capacity.free_memory + room.memory,
-        capacity.gpu_used - room.gpu_used,
-    )
-    if pod.extended:
-        could &= capacity.extended_mask(pod.extended, empty=True)
-    rows = np.flatnonzero(could)
+    rows = np.flatnonzero(reach.could(pod))
     nearest = rows[np.argsort(_lacking(capacity, pod, rows), kind="stable")[:NODES_EXAMINED]]
     best: list[tuple[RunningJob, int]] = []
     best_cost: tuple[int, int] | None = None
@@ -185,19 +181,22 @@ def _stop_whole(
     chosen: dict[str, RunningJob] = {}
     placed: dict[int, Placement] = {}
     with pool.lent_room(priority) as room:
+        reach = Reach(capacity, room)
         for position, pod in _biggest_first(pods):
             placement = place_pod(capacity, pod)
             if placement is None:
-                victims = _make_room(capacity, pod, priority, pool, room, set(chosen))
+                victims = _make_room(capacity, pod, priority, pool, reach, set(chosen))
                 for victim in victims:
                     capacity.release(p for _, p in pool.core(victim))
                     pool.forget(room, pool.core(victim))
+                    reach.touch(row for row, _ in pool.core(victim))
                     chosen[victim.key] = victim
                 placement = place_pod(capacity, pod)
             if placement is None:
                 capacity.undo(start)
                 return None
             capacity.hold([placement])
+            reach.touch([capacity.index.get(placement.node)])
             placed[position] = placement
     found = tuple(placed[i] for i in range(len(pods)))
     capacity.undo(start)
@@ -216,19 +215,11 @@ def _make_room(
     pod: PodRequest,
     priority: int,
     pool: VictimPool,
-    room: Room,
+    reach: Reach,
     chosen: set[str],
 ) -> list[RunningJob]:
     """The cheapest victims that free one node enough for ``pod``; empty if none can."""
-    could = capacity.eligible_mask(pod.gpu_model) & fits(
-        pod,
-        capacity.free_cpu + room.cpu,
-        capacity.free_memory + room.memory,
-        capacity.gpu_used - room.gpu_used,
-    )
-    if pod.extended:
-        could &= capacity.extended_mask(pod.extended, empty=True)
-    rows = np.flatnonzero(could)
+    rows = np.flatnonzero(reach.could(pod))
     nearest = rows[np.argsort(_lacking(capacity, pod, rows), kind="stable")[:NODES_EXAMINED]]
     best: list[RunningJob] = []
     best_cost: tuple[int, float, int] | None = None
