@@ -7,11 +7,13 @@ its minimum is not enough are jobs stopped whole, and then shrinks and stops com
 
 Both searches place the gang's pods biggest first; a pod that fits in free space is
 held there. For one that does not, numpy finds the nodes where the candidates could
-make room, and the few needing the least freed are examined exactly: the node whose
-choice touches the lowest top priority and removes the fewest pods (shrinking) or
-frees the least (stopping) wins. Once the whole gang fits, victims are spared
-largest first while it still fits without them (a spared job is shrunk to its minimum
-instead), then shrunk pods are given back, last removed first, while it still fits.
+make room (``reach``, kept per plan), and the few needing the least freed are examined
+exactly: the node whose choice touches the lowest top priority and removes the fewest
+pods (shrinking) or frees the least (stopping) wins. Once the whole gang fits, victims
+are spared largest first while it still fits without them (a spared job is shrunk to
+its minimum instead), then shrunk pods are given back, last removed first, while it
+still fits. Each of those steps places the gang again, unless ``fit_bound`` shows it
+cannot fit: what a plan costs follows the nodes it touches, not the cluster's size.
 
 Everything is tried on the snapshot and undone; the caller commits the plan.
 

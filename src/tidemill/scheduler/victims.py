@@ -10,7 +10,8 @@ stopped whole.
 Per-node sums of what candidates below a priority hold (core and surplus apart) are
 built on first use and kept current as jobs are shrunk or stopped, so a cycle where
 everything fits, or where no candidate is below any preemptor, pays nothing and each
-preemption reads a ready answer.
+preemption reads a ready answer. A plan borrows them (``lent_room``) and they are put
+back row by row when it ends, rather than copied whole for every plan.
 """
 
 from __future__ import annotations
