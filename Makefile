@@ -34,3 +34,4 @@ bench: venv
 	$(BIN)/python benchmarks/checkpoint.py
 	$(BIN)/python benchmarks/ps.py
 	$(BIN)/python benchmarks/scheduler_sim.py
+	$(BIN)/python benchmarks/metrics_report.py

@@ -36,6 +36,7 @@ from tidemill.api.debug import StacksReport
 from tidemill.api.errors import FieldError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.loader import load_job_file
+from tidemill.api.metrics import MetricsView
 from tidemill.api.status import EventView, JobSummary, JobView, NodeView, QueueView
 from tidemill.api.token import CreatedToken, Role, TokenRequest, TokenView
 from tidemill.client_config import ConfigError, normalise_url, token_for
@@ -208,6 +209,21 @@ class Client:
         name, params = _job_ref(name, namespace)
         items = self._request("GET", f"/jobs/{name}/events", params=params).json()["items"]
         return [EventView.model_validate(item) for item in items]
+
+    def metrics(
+        self,
+        name: str,
+        namespace: str | None = None,
+        replica: str | None = None,
+        since_step: int = -1,
+    ) -> MetricsView:
+        """The job's training metrics: reports oldest step first, and the latest values."""
+        name, params = _job_ref(name, namespace)
+        params = {**params, "sinceStep": since_step}
+        if replica is not None:
+            params["replica"] = replica
+        response = self._request("GET", f"/jobs/{name}/metrics", params=params)
+        return MetricsView.model_validate(response.json())
 
     def checkpoints(self, name: str, namespace: str | None = None) -> CheckpointList:
         """The job's checkpoint folder and its checkpoints, newest first."""

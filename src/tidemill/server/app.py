@@ -54,6 +54,7 @@ from tidemill.server.limits import (
     TokenBuckets,
 )
 from tidemill.server.logs import LOG_LIMIT_BYTES, LogSource, stream_logs, tail_start
+from tidemill.server.metric_routes import metric_routes
 from tidemill.server.middleware import (
     BodyLimit,
     BoundedJsonRoute,
@@ -498,4 +499,5 @@ def create_app(
     app.include_router(token_routes(guard))
     app.include_router(checkpoint_routes(guard, controller))
     app.include_router(debug_routes(guard, controller))
+    app.include_router(metric_routes(guard, limits))
     return app

@@ -27,6 +27,8 @@ from tidemill.store.tables import (
     Base,
     EventRow,
     JobRow,
+    LatestMetricRow,
+    MetricRow,
     NodeRow,
     ProbeRow,
     QueueRow,
@@ -235,16 +237,22 @@ class Tx:
         """Events a deleted job of the same name left behind (its Deleted notice) go:
         a new job under an old name inherits none."""
         self.session.execute(delete(EventRow).where(_of_job(row.key)))
+        self._forget_metrics(row.key)
         self.session.add(row)
         self.session.flush()
         self.event_cap.created(row.key)
         return row
 
     def delete_job(self, row: JobRow) -> None:
-        """The job, its replicas and its events."""
+        """The job, its replicas, its events and its metrics."""
         self.session.delete(row)
         self.session.execute(delete(EventRow).where(_of_job(row.key)))
+        self._forget_metrics(row.key)
         self.event_cap.forget(row.key)
+
+    def _forget_metrics(self, job: str) -> None:
+        self.session.execute(delete(MetricRow).where(MetricRow.job == job))
+        self.session.execute(delete(LatestMetricRow).where(LatestMetricRow.job == job))
 
     def delete_replica(self, job: JobRow, replica: ReplicaRow) -> None:
         job.replicas.remove(replica)
