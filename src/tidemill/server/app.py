@@ -503,6 +503,6 @@ def create_app(
 
     app.include_router(token_routes(guard))
     app.include_router(checkpoint_routes(guard, controller))
-    app.include_router(metric_routes(guard, limits))
     app.include_router(debug_routes(guard, controller))
+    app.include_router(metric_routes(guard, limits))
     return app
