@@ -48,6 +48,7 @@ def test_the_digits_example_trains_to_its_accuracy_on_pods_tidemill_bound(
         assert accuracy >= 0.9, log[-2000:]
         pods = cluster.pods(job.metadata.name)
         assert len(pods) == 2
+        assert {r.pod for r in final.replicas} == {p.metadata.name for p in pods}
         assert {p.spec.scheduler_name for p in pods} == {"tidemill"}
         assert all(p.spec.node_name for p in pods), "every pod was bound"
         status = wait_for(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.status import (
@@ -79,6 +80,7 @@ def job_view(job: JobRow, usage: Mapping[str, ReplicaUsage] | None = None) -> Jo
                 node=r.node,
                 gpus=[str(g) for g in r.gpu_ids],
                 pid=r.pid,
+                pod=pod_of(r.handle),
                 restarts=r.restarts,
                 exit_code=r.exit_code,
                 started_at=r.started_at,
@@ -92,6 +94,14 @@ def job_view(job: JobRow, usage: Mapping[str, ReplicaUsage] | None = None) -> Jo
         ps=saved_insight(job.master_state, "ps_insight", PSInsightView),
         spec=job.spec,
     )
+
+
+def pod_of(handle: dict[str, Any] | None) -> str | None:
+    """The pod a Kubernetes replica runs in (as its handle records it), else None."""
+    if not handle or handle.get("engine") != "kubernetes":
+        return None
+    pod = (handle.get("data") or {}).get("pod")
+    return None if pod is None else str(pod)
 
 
 def usage_view(usage: ReplicaUsage | None) -> UsageView | None:

@@ -16,7 +16,7 @@ export function mountJob(el, { namespace, name }) {
   el.innerHTML = `
     <div id="summary"></div>
     <section class="card"><h2>Replicas</h2><div class="scroll"><table class="replicas"><thead><tr>
-      <th>replica</th><th>phase</th><th>node</th><th>pid</th><th>restarts</th><th>cpu</th><th>memory</th><th>gpu</th><th>started</th><th>message</th>
+      <th>replica</th><th>phase</th><th>node</th><th>pid / pod</th><th>restarts</th><th>cpu</th><th>memory</th><th>gpu</th><th>started</th><th>message</th>
       </tr></thead><tbody id="replicas"></tbody></table></div></section>
     <section class="card"><div class="card-head"><h2>Training metrics</h2><span class="muted" id="metrics-note"></span></div><div id="metrics"></div></section>
     <div class="grid-2-1">
@@ -98,7 +98,7 @@ function drawReplicas(host, job, onPick) {
     const name = `${r.role}-${r.index}`;
     const started = r.started_at ? `${age(r.started_at)} ago` : "–";
     return `<tr><td><a href="javascript:void 0" data-replica="${esc(name)}" title="show its log">${esc(name)}</a></td>
-      <td>${phase(r.phase)}</td><td>${esc(r.node || "–")}</td><td>${r.pid ?? "–"}</td>
+      <td>${phase(r.phase)}</td><td>${esc(r.node || "–")}</td><td>${esc(r.pod ?? r.pid ?? "–")}</td>
       <td class="${r.restarts ? "warn" : ""}">${r.restarts}</td>
       <td>${r.usage?.cpu_cores == null ? "–" : `${num(r.usage.cpu_cores)} cores`}</td>
       <td>${r.usage ? bytes(r.usage.memory_bytes) : "–"}</td><td>${gpuCell(r)}</td>
