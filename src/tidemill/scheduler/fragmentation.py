@@ -12,20 +12,19 @@ where FGD counts none: on the openb trace that is what leaves GPUs idle.
 Each candidate is a (node, device) option: the devices a shared pod could take (one per
 distinct free share), or the node for a whole-GPU or cpu-only pod. Per option only a few
 numbers change (free cpu, memory, GPU in all, and per distinct GPU size in the mix how
-many of that size the devices hold), so scoring every candidate node at once is a few
-numpy operations over (options x pod types). Ties go to the best-fit choice.
+many of that size the devices hold); ``fragmentation_kernel`` scores them, compiled.
+Ties go to the best-fit choice.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tidemill.scheduler.capacity import EPS, Bools, Capacity, Floats, Indices, Ints
+from tidemill.scheduler import fragmentation_kernel as kernel
+from tidemill.scheduler.capacity import Bools, Capacity, Floats, Indices, Ints
 from tidemill.scheduler.placement import request_problem
 from tidemill.scheduler.types import (
     ClusterState,
@@ -43,90 +42,58 @@ all are kept there. Scoring cost grows with the number kept."""
 _MANY = 1e18
 """More pods than any node holds."""
 
-_ROUNDING = 1e-6
-"""Added before rounding a pod count down: 16000 * (1 / 8000) may come out 1.999..."""
-
-TIE = 1e-9
-"""Scores this close are a tie (sums of weighted shares are not exact)."""
+Shape = tuple[int, int, float, str | None]
+"""What a pod asks: cpu millis, memory bytes, GPU (a count or a share), GPU model."""
 
 
 def for_cycle(
-    state: ClusterState, pending: Sequence[JobRequest], config: SchedulerConfig
+    state: ClusterState,
+    pending: Sequence[JobRequest],
+    config: SchedulerConfig,
+    held: Mapping[Shape, int],
 ) -> Fragmentation | None:
     """The scorer this cycle places with, or None for best fit (by config, or when the
     mix asks no GPU: then every node scores the same).
 
     The mix is ``state.workload``, or failing that the pods pending in this call and
-    those running: what the cluster has been asked for lately.
+    those running (``held``: how many running pods hold each shape, as the memo counts
+    them): what the cluster has been asked for lately.
     """
     if config.scoring != "fragmentation":
         return None
     types = state.workload
     if not types:
         asked = (pod for job in pending for pod in job.pods if request_problem(pod) is None)
-        held = (p for job in state.running for p in job.placements)
-        types = mix_of(itertools.chain(asked, map(_asked, held)))
+        counts = Counter(map(shape_of, asked))
+        counts.update(held)
+        types = types_of(counts)
     scorer = Fragmentation(types, config.score_nodes)
     return scorer if scorer.weight.size else None
 
 
 def mix_of(pods: Iterable[PodRequest]) -> tuple[PodType, ...]:
     """``pods`` as pod types weighted by how many ask each shape."""
-    counts = Counter((p.cpu_millis, p.memory_bytes, p.gpu, p.gpu_model) for p in pods)
+    return types_of(Counter(map(shape_of, pods)))
+
+
+def types_of(counts: Mapping[Shape, int]) -> tuple[PodType, ...]:
+    """Pod types weighted by ``counts`` (pods per shape)."""
     return tuple(
         PodType(cpu, memory, gpu, float(count), model)
         for (cpu, memory, gpu, model), count in counts.items()
+        if count > 0
     )
 
 
-def _asked(placement: Placement) -> PodRequest:
-    """What a running pod asked, as far as its placement tells."""
+def shape_of(pod: PodRequest) -> Shape:
+    return pod.cpu_millis, pod.memory_bytes, pod.gpu, pod.gpu_model
+
+
+def held_shape(placement: Placement) -> Shape:
+    """What a running pod asked, as far as its placement tells (not its GPU model)."""
     whole = placement.gpu_share >= 1
     gpu = float(len(placement.gpu_ids)) if whole else placement.gpu_share * bool(placement.gpu_ids)
-    return PodRequest(
-        placement.role, placement.index, placement.cpu_millis, placement.memory_bytes, gpu
-    )
-
-
-@dataclass(frozen=True)
-class _Options:
-    """Candidate placements and the GPU state each would leave on its node."""
-
-    rows: Indices
-    devices: Indices
-    """The device a shared pod takes; -1 for a whole-GPU or cpu-only pod."""
-    cpu: Ints
-    memory: Ints
-    free: Floats
-    """Free GPU in all (shares summed)."""
-    whole: Ints
-    slots: Floats
-    """(options, GPU sizes in the mix): how many of each size the free devices hold (a
-    device with 0.75 free holds one 0.5 share or three 0.25 ones; a free one, one 1.0)."""
-
-    def at(self, positions: Indices) -> _Options:
-        """The options at ``positions`` only."""
-        return _Options(
-            self.rows[positions],
-            self.devices[positions],
-            self.cpu[positions],
-            self.memory[positions],
-            self.free[positions],
-            self.whole[positions],
-            self.slots[positions],
-        )
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """Every node as last scored: what it had free, and its figures then."""
-
-    cpu: Ints
-    memory: Ints
-    used: Floats
-    free: Floats
-    slots: Floats
-    score: Floats
+    return placement.cpu_millis, placement.memory_bytes, gpu, None
 
 
 class Fragmentation:
@@ -135,38 +102,45 @@ class Fragmentation:
     def __init__(self, types: Sequence[PodType], score_nodes: int | None = None) -> None:
         self.score_nodes = score_nodes
         """Score at most this many candidate nodes per pod, best fit's first (None: all)."""
-        weights: dict[tuple[int, int, float, str | None], float] = {}
+        weights: dict[Shape, float] = {}
         for t in types:
             if t.gpu > 0:
                 key = (t.cpu_millis, t.memory_bytes, t.gpu, t.gpu_model)
                 weights[key] = weights.get(key, 0.0) + t.weight
-        kept = sorted(weights.items(), key=lambda item: -item[1])[:MAX_TYPES]
-        self.cpu: Ints = np.array([k[0] for k, _ in kept], dtype=np.int64)
-        self.memory: Ints = np.array([k[1] for k, _ in kept], dtype=np.int64)
+        # Ties in weight in shape order, so the same mix gives the same arrays whatever
+        # order its types came in (a mix counted afresh and one carried in a memo).
+        kept = sorted(weights.items(), key=lambda item: (-item[1], *_sortable(item[0])))
+        kept = kept[:MAX_TYPES]
+        cpu = np.array([k[0] for k, _ in kept], dtype=np.int64)
+        memory = np.array([k[1] for k, _ in kept], dtype=np.int64)
         gpu = np.array([k[2] for k, _ in kept], dtype=np.float64)
         self.models: tuple[str | None, ...] = tuple(k[3] for k, _ in kept)
         total = sum(w for _, w in kept)
         self.weight: Floats = np.array([w / total for _, w in kept], dtype=np.float64)
-        self.gpu_weight: Floats = gpu * self.weight
-        """A pod's GPU times its type's weight: what one more pod of a type counts."""
         shared = gpu < 1
-        self.count: Ints = np.where(shared, 1, gpu).astype(np.int64)
+        count = np.where(shared, 1, gpu).astype(np.int64)
         """Whole devices a type needs (1 for a shared type: one device with room)."""
         need = np.where(shared, gpu, 1.0)
-        self.thresholds: Floats = np.unique(need)
+        thresholds: Floats = np.unique(need)
         """The distinct room one device of a type needs: its share, or a whole device."""
-        self.threshold_of: Indices = np.searchsorted(self.thresholds, need)
-        self.per_device: Floats = 1.0 / self.count
-        self.several_devices = bool((self.count > 1).any())
-        self.any_model = any(model is not None for model in self.models)
-        self.per_cpu: Floats = np.where(self.cpu > 0, 1.0 / np.maximum(self.cpu, 1), 0.0)
-        """Pods of each type per device and per millicore."""
-        self.no_cpu: Floats = np.where(self.cpu > 0, 0.0, _MANY)
-        """Pods of a type that asks no cpu that cpu allows: any number."""
-        self._access: tuple[tuple[str | None, ...], Bools] | None = None
-        self._seen: _Seen | None = None
-        self._versions: Ints = np.zeros(0, dtype=np.int64)
-        """Per node, how many times its free resources were seen to change."""
+        self._distinct_models = tuple(sorted({m for m in self.models if m is not None}))
+        column = np.array(
+            [-1 if m is None else self._distinct_models.index(m) for m in self.models],
+            dtype=np.intp,
+        )
+        self._mix: kernel.Mix = (
+            np.where(cpu > 0, 1.0 / np.maximum(cpu, 1), 0.0),
+            np.where(cpu > 0, 0.0, _MANY),
+            memory,
+            np.searchsorted(thresholds, need).astype(np.intp),
+            1.0 / count,
+            gpu * self.weight,
+            thresholds,
+            column,
+            bool((count > 1).any()),
+        )
+        self._access: tuple[Capacity, Bools] | None = None
+        self._nodes: kernel.NodeCache | None = None
         self._afters: dict[tuple[int, int, float], tuple[Ints, Floats]] = {}
         """Per pod shape: the node versions scored, and the scores placing it leaves."""
 
@@ -175,187 +149,71 @@ class Fragmentation:
         fit) and, for a shared pod, the device where ``pod`` fragments the cluster least
         (-1 for a whole-GPU or cpu-only pod: which free devices it takes is placement's
         choice); None if no node fits."""
-        if 0 < pod.gpu < 1:
-            rows = rows[capacity.least_used[rows] <= 1.0 - pod.gpu + EPS]
-        elif pod.gpu >= 1:
-            rows = rows[capacity.whole_free[rows] >= int(pod.gpu)]
-        if rows.size == 0:
-            return None
-        if self.score_nodes is not None and rows.size > self.score_nodes:
-            rows = np.sort(rows[_best_fit_first(capacity, pod, rows, self.score_nodes)])
-        free = np.clip(1.0 - capacity.gpu_used[rows], 0.0, 1.0)
-        before, scores = self._now(capacity, rows)
-        rise = self._after_scores(capacity, pod, before, free) - scores[:, np.newaxis]
-        is_tied = rise <= rise.min() + TIE
-        near = np.flatnonzero(is_tied.any(axis=1))
-        after = self._after(before.at(near), free[near], pod)
-        position = near[np.searchsorted(rows[near], after.rows)]
-        tied = np.flatnonzero(is_tied[position, np.maximum(after.devices, 0)])
-        return self._tie_break(capacity, pod, after, free, position, tied)
+        nodes = self._node_cache(capacity)
+        versions, scores = self._after_cache(capacity, pod)
+        row, device = kernel.choose(
+            rows.astype(np.intp, copy=False),
+            (pod.cpu_millis, pod.memory_bytes, float(pod.gpu)),
+            self.score_nodes or 0,
+            capacity.free_cpu,
+            capacity.free_memory,
+            capacity.gpu_used,
+            capacity.whole_free,
+            capacity.least_used,
+            capacity.cpu_scale,
+            capacity.memory_scale,
+            self._mix,
+            self._accessible(capacity),
+            nodes,
+            versions,
+            scores,
+        )
+        return None if row < 0 else (int(row), int(device))
 
-    def _after_scores(
-        self, capacity: Capacity, pod: PodRequest, now: _Options, free: Floats
-    ) -> Floats:
-        """(nodes of ``now``, devices): the score each way to place ``pod`` leaves; inf
-        where it is no option (a cpu-only or whole-GPU pod has one column).
-
-        Kept per pod shape and redone only for nodes that changed since."""
-        shape = (pod.cpu_millis, pod.memory_bytes, pod.gpu)
-        width = free.shape[1] if 0 < pod.gpu < 1 else 1
-        total = capacity.free_cpu.size
-        kept = self._afters.get(shape)
-        if kept is None or kept[0].size != total:
-            kept = self._afters[shape] = (
-                np.full(total, -1, dtype=np.int64),
-                np.full((total, width), np.inf),
+    def _node_cache(self, capacity: Capacity) -> kernel.NodeCache:
+        """Per-node figures for ``capacity``'s nodes, filled as nodes are scored."""
+        count, width = capacity.gpu_used.shape
+        if self._nodes is None or self._nodes[2].shape != (count, width):
+            self._nodes = (
+                np.zeros(count, dtype=np.int64),
+                np.zeros(count, dtype=np.int64),
+                np.zeros((count, width)),
+                np.zeros(count, dtype=np.int64),
+                np.zeros(count),
+                np.zeros((count, self._mix[6].size)),
+                np.zeros(count),
             )
-        versions, scores = kept
-        rows = now.rows
-        stale = np.flatnonzero(versions[rows] != self._versions[rows])
-        if stale.size:
-            options = self._after(now.at(stale), free[stale], pod)
-            scores[rows[stale]] = np.inf
-            scores[options.rows, np.maximum(options.devices, 0)] = self._score(capacity, options)
-            versions[rows[stale]] = self._versions[rows[stale]]
-        found: Floats = scores[rows]
-        return found
-
-    def _now(self, capacity: Capacity, rows: Indices) -> tuple[_Options, Floats]:
-        """The nodes ``rows`` as they are now, and their scores.
-
-        Per-node figures are kept between calls and redone only for nodes whose free
-        cpu, memory or device shares changed since (a placement, a hold, an undo).
-        """
-        seen = self._seen
-        if seen is None or seen.cpu.shape != capacity.free_cpu.shape:
-            everyone = np.arange(capacity.free_cpu.size)
-            seen = self._seen = self._state(capacity, everyone)
-            self._versions = np.zeros(everyone.size, dtype=np.int64)
             self._afters.clear()
-        else:
-            stale = rows[
-                (seen.cpu[rows] != capacity.free_cpu[rows])
-                | (seen.memory[rows] != capacity.free_memory[rows])
-                | (seen.used[rows] != capacity.gpu_used[rows]).any(axis=1)
-            ]
-            if stale.size:
-                fresh = self._state(capacity, stale)
-                for name in ("cpu", "memory", "used", "free", "slots", "score"):
-                    getattr(seen, name)[stale] = getattr(fresh, name)
-                self._versions[stale] += 1
-        now = _Options(
-            rows=rows,
-            devices=np.full(rows.size, -1, dtype=np.intp),
-            cpu=capacity.free_cpu[rows],
-            memory=capacity.free_memory[rows],
-            free=seen.free[rows],
-            whole=capacity.whole_free[rows],
-            slots=seen.slots[rows],
-        )
-        return now, seen.score[rows]
+        return self._nodes
 
-    def _state(self, capacity: Capacity, rows: Indices) -> _Seen:
-        used = capacity.gpu_used[rows]
-        free = np.clip(1.0 - used, 0.0, 1.0)
-        now = _Options(
-            rows=rows,
-            devices=np.full(rows.size, -1, dtype=np.intp),
-            cpu=capacity.free_cpu[rows],
-            memory=capacity.free_memory[rows],
-            free=free.sum(axis=1),
-            whole=capacity.whole_free[rows],
-            slots=self._slots(free[:, :, np.newaxis]).sum(axis=1),
-        )
-        return _Seen(
-            now.cpu.copy(),
-            now.memory.copy(),
-            used.copy(),
-            now.free,
-            now.slots,
-            self._score(capacity, now),
-        )
-
-    def _after(self, now: _Options, free: Floats, pod: PodRequest) -> _Options:
-        """Every way to place ``pod`` on the nodes of ``now``, as each would leave its node."""
-        cpu = now.cpu - pod.cpu_millis
-        memory = now.memory - pod.memory_bytes
-        if pod.gpu >= 1:
-            slots = now.slots - int(pod.gpu) * self._slots(np.ones((1, 1)))
-            whole = now.whole - int(pod.gpu)
-            return _Options(now.rows, now.devices, cpu, memory, now.free - pod.gpu, whole, slots)
-        if pod.gpu <= 0:
-            return _Options(now.rows, now.devices, cpu, memory, now.free, now.whole, now.slots)
-        at, device = np.nonzero(_distinct_fitting(free, pod.gpu))
-        taken = free[at, device]
-        left = np.maximum(taken - pod.gpu, 0.0)
-        slots = now.slots[at] - self._slots(taken[:, np.newaxis]) + self._slots(left[:, np.newaxis])
-        return _Options(
-            rows=now.rows[at],
-            devices=device,
-            cpu=cpu[at],
-            memory=memory[at],
-            free=now.free[at] - (taken - left),
-            whole=now.whole[at] - (taken >= 1.0 - EPS),
-            slots=slots,
-        )
-
-    def _slots(self, free: Floats) -> Floats:
-        """Per threshold (last axis), how many of that size fit in each of ``free``."""
-        slots: Floats = np.floor((free + EPS) / self.thresholds)
-        return slots
-
-    def _score(self, capacity: Capacity, options: _Options) -> Floats:
-        """Per option, the GPU the pod mix could not use on its node, weighted by popularity.
-
-        A type uses as many of its pods' GPUs as the node holds pods of it, counting
-        devices with room and cpu, and none if one pod's memory does not fit; the rest of
-        the free GPU is lost to it. (Capping the count by memory as well measured worse
-        on openb: 95.31% against 95.45% at 130% demand, seeds 42-51.)
-        """
-        pods = np.floor(options.cpu[:, np.newaxis] * self.per_cpu + _ROUNDING)
-        pods += self.no_cpu
-        pods *= options.memory[:, np.newaxis] >= self.memory
-        by_gpu = options.slots[:, self.threshold_of]
-        if self.several_devices:
-            by_gpu = np.floor(by_gpu * self.per_device + _ROUNDING)
-        np.minimum(pods, by_gpu, out=pods)
-        if self.any_model:
-            pods *= self._accessible(capacity)[options.rows]
-        usable: Floats = pods @ self.gpu_weight
-        score: Floats = options.free - usable
-        return score
+    def _after_cache(self, capacity: Capacity, pod: PodRequest) -> tuple[Ints, Floats]:
+        """For ``pod``'s shape: per node, the version last scored and its options' scores."""
+        shape = (pod.cpu_millis, pod.memory_bytes, pod.gpu)
+        kept = self._afters.get(shape)
+        if kept is None:
+            count, width = capacity.gpu_used.shape
+            columns = width if 0 < pod.gpu < 1 else 1
+            kept = self._afters[shape] = (
+                np.zeros(count, dtype=np.int64),
+                np.full((count, columns), np.inf),
+            )
+        return kept
 
     def _accessible(self, capacity: Capacity) -> Bools:
-        """(nodes, types): whether a node has the GPU model a type asks (any, if none)."""
-        if self._access is None or self._access[0] is not capacity.models:
-            models = np.array([m or "" for m in capacity.models], dtype=object)
-            access = np.ones((len(models), len(self.models)), dtype=np.bool_)
-            for k, model in enumerate(self.models):
-                if model is not None:
-                    access[:, k] = models == model
-            self._access = (capacity.models, access)
+        """(nodes, models the mix asks): whether a node may run pods asking each model
+        (nodes no candidate list holds, the unschedulable, read as no)."""
+        if self._access is None or self._access[0] is not capacity:
+            count = capacity.free_cpu.size
+            access = np.empty((count, len(self._distinct_models)), dtype=np.bool_)
+            for k, model in enumerate(self._distinct_models):
+                access[:, k] = capacity.eligible_mask(model)
+            self._access = (capacity, access)
         return self._access[1]
 
-    def _tie_break(
-        self,
-        capacity: Capacity,
-        pod: PodRequest,
-        after: _Options,
-        free: Floats,
-        position: Indices,
-        tied: Indices,
-    ) -> tuple[int, int]:
-        """Among equally good options, best fit: the fullest device a share fits, then
-        the fewest whole GPUs left, then the least cpu and memory left."""
-        rows = after.rows[tied]
-        taken = np.where(
-            after.devices[tied] >= 0, free[position[tied], np.maximum(after.devices[tied], 0)], 0.0
-        )
-        left = (after.cpu[tied] * capacity.cpu_scale[rows]) + (
-            after.memory[tied] * capacity.memory_scale[rows]
-        )
-        best = int(np.lexsort((left, after.whole[tied], taken))[0])
-        return int(rows[best]), int(after.devices[tied][best])
+
+def _sortable(shape: Shape) -> tuple[int, int, float, bool, str]:
+    cpu, memory, gpu, model = shape
+    return cpu, memory, gpu, model is not None, model or ""
 
 
 def _best_fit_first(capacity: Capacity, pod: PodRequest, rows: Indices, count: int) -> Indices:
@@ -370,16 +228,3 @@ def _best_fit_first(capacity: Capacity, pod: PodRequest, rows: Indices, count: i
     tied = np.flatnonzero(key == kth)[: count - below.size]  # the earlier nodes, as best fit
     first: Indices = np.concatenate([below, tied])
     return first
-
-
-def _distinct_fitting(free: Floats, share: float) -> Bools:
-    """(nodes, devices): devices with room for ``share``, one per distinct free share on
-    a node (two devices with the same room leave the node the same)."""
-    fits: Bools = free >= share - EPS
-    order = np.argsort(-free, axis=1, kind="stable")
-    ranked = np.take_along_axis(free, order, axis=1)
-    repeat = np.zeros_like(fits)
-    repeat[:, 1:] = np.abs(np.diff(ranked, axis=1)) <= EPS
-    first: Bools = np.zeros_like(fits)
-    np.put_along_axis(first, order, ~repeat, axis=1)
-    return fits & first
