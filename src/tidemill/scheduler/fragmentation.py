@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from tidemill.scheduler import fragmentation_kernel as kernel
 from tidemill.scheduler.capacity import Bools, Capacity, Floats, Indices, Ints
@@ -41,6 +43,12 @@ all are kept there. Scoring cost grows with the number kept."""
 
 _MANY = 1e18
 """More pods than any node holds."""
+
+_FIRST_ROWS = 1024
+"""Nodes the per-node figures have room for at first (a cycle of a few pods scores a
+few hundred)."""
+
+Array = npt.NDArray[Any]
 
 Shape = tuple[int, int, float, str | None]
 """What a pod asks: cpu millis, memory bytes, GPU (a count or a share), GPU model."""
@@ -149,8 +157,9 @@ class Fragmentation:
         fit) and, for a shared pod, the device where ``pod`` fragments the cluster least
         (-1 for a whole-GPU or cpu-only pod: which free devices it takes is placement's
         choice); None if no node fits."""
-        nodes = self._node_cache(capacity)
-        versions, scores = self._after_cache(capacity, pod)
+        scored = rows.size if self.score_nodes is None else min(rows.size, self.score_nodes)
+        nodes = self._room_for(capacity, scored)
+        versions, scores = self._after_cache(pod, nodes[2].size, capacity.gpu_used.shape[1])
         row, device = kernel.choose(
             rows.astype(np.intp, copy=False),
             (pod.cpu_millis, pod.memory_bytes, float(pod.gpu)),
@@ -170,32 +179,46 @@ class Fragmentation:
         )
         return None if row < 0 else (int(row), int(device))
 
-    def _node_cache(self, capacity: Capacity) -> kernel.NodeCache:
-        """Per-node figures for ``capacity``'s nodes, filled as nodes are scored."""
+    def _room_for(self, capacity: Capacity, more: int) -> kernel.NodeCache:
+        """The per-node figures of ``capacity``'s nodes scored so far, with room for
+        ``more`` nodes (the arrays, and every pod shape's, grown by doubling)."""
         count, width = capacity.gpu_used.shape
-        if self._nodes is None or self._nodes[2].shape != (count, width):
-            self._nodes = (
-                np.zeros(count, dtype=np.int64),
-                np.zeros(count, dtype=np.int64),
-                np.zeros((count, width)),
-                np.zeros(count, dtype=np.int64),
-                np.zeros(count),
-                np.zeros((count, self._mix[6].size)),
-                np.zeros(count),
+        nodes = self._nodes
+        if nodes is None or nodes[0].size != count or nodes[4].shape[1] != width:
+            empty = (
+                np.zeros(0, dtype=np.int64),
+                np.zeros(0, dtype=np.int64),
+                np.zeros((0, width)),
+                np.zeros(0, dtype=np.int64),
+                np.zeros(0),
+                np.zeros((0, self._mix[6].size)),
+                np.zeros(0),
+            )
+            nodes = self._nodes = (
+                np.full(count, -1, dtype=np.int64),
+                np.zeros(1, dtype=np.int64),
+                *empty,
             )
             self._afters.clear()
-        return self._nodes
+        rows = nodes[2].size
+        needed = int(nodes[1][0]) + more
+        if needed > rows:
+            size = min(count, max(needed, 2 * rows, _FIRST_ROWS))
+            nodes = self._nodes = cast(kernel.NodeCache, (*nodes[:2], *_grown(nodes[2:], size)))
+            for shape, (versions, scores) in self._afters.items():
+                self._afters[shape] = (_grown((versions,), size)[0], _grown((scores,), size)[0])
+        return nodes
 
-    def _after_cache(self, capacity: Capacity, pod: PodRequest) -> tuple[Ints, Floats]:
-        """For ``pod``'s shape: per node, the version last scored and its options' scores."""
+    def _after_cache(self, pod: PodRequest, rows: int, width: int) -> tuple[Ints, Floats]:
+        """For ``pod``'s shape: per row of the node figures (``rows`` of them), the node
+        version last scored and its options' scores (``width`` devices a node has at most)."""
         shape = (pod.cpu_millis, pod.memory_bytes, pod.gpu)
         kept = self._afters.get(shape)
         if kept is None:
-            count, width = capacity.gpu_used.shape
             columns = width if 0 < pod.gpu < 1 else 1
             kept = self._afters[shape] = (
-                np.zeros(count, dtype=np.int64),
-                np.full((count, columns), np.inf),
+                np.zeros(rows, dtype=np.int64),
+                np.zeros((rows, columns)),
             )
         return kept
 
@@ -209,6 +232,16 @@ class Fragmentation:
                 access[:, k] = capacity.eligible_mask(model)
             self._access = (capacity, access)
         return self._access[1]
+
+
+def _grown(arrays: Iterable[Array], rows: int) -> tuple[Array, ...]:
+    """``arrays`` with ``rows`` rows each: theirs first, then zeros."""
+    grown = []
+    for array in arrays:
+        bigger = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+        bigger[: array.shape[0]] = array
+        grown.append(bigger)
+    return tuple(grown)
 
 
 def _sortable(shape: Shape) -> tuple[int, int, float, bool, str]:

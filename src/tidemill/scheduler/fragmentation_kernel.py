@@ -31,9 +31,12 @@ asking none, memory, threshold column, pods per device, GPU times weight; the di
 thresholds; per type, its column in the model access matrix (-1: any node); whether a
 type needs several devices."""
 
-NodeCache = tuple[Ints, Ints, Floats, Ints, Floats, Floats, Floats]
-"""Per node as last read: free cpu, memory, device shares used, a version (0: never
-read; counts changes seen), free GPU in all, slots per threshold, score."""
+NodeCache = tuple[Ints, Ints, Ints, Ints, Floats, Ints, Floats, Floats, Floats]
+"""Nodes scored this cycle: per node its row in the rest (-1: none yet), the rows taken
+(one number), then per row as last read: free cpu, memory, device shares used, a version
+(0: never read; counts changes seen), free GPU in all, slots per threshold, score. Rows
+are handed out as nodes are first scored, so the arrays grow with the nodes a cycle
+looks at rather than the cluster; the caller keeps room for ``rows`` more."""
 
 
 @numba.njit(cache=True, nogil=True)
@@ -59,8 +62,8 @@ def choose(
     for a whole-GPU or cpu-only pod; (-1, -1) when none fits. At most ``score_nodes``
     (0: all) candidates are scored, those best fit ranks first.
 
-    ``after_versions`` / ``after_scores`` keep, for this pod's shape, the node version
-    scored and each option's score (column: device for a shared pod, else 0)."""
+    ``after_versions`` / ``after_scores`` keep, for this pod's shape, per ``nodes`` row
+    the version scored and each option's score (column: device for a shared pod, else 0)."""
     cpu, memory, gpu = pod
     shared = 0.0 < gpu < 1.0
     whole = int(gpu) if gpu >= 1.0 else 0
@@ -81,28 +84,34 @@ def choose(
             candidates, cpu, memory, score_nodes, free_cpu, free_memory, whole_free, cpu_scale,
             memory_scale,
         )
+    node_score = nodes[8]
+    free = np.empty(gpu_used.shape[1])
+    slots = np.empty(mix[6].size)
+    order = np.empty(gpu_used.shape[1], dtype=np.int64)
+    at = np.empty(candidates.size, dtype=np.int64)
     best_rise = np.inf
-    for row in candidates:
-        _refresh(row, free_cpu, free_memory, gpu_used, whole_free, mix, access, nodes)
-        version = nodes[3][row]
-        if after_versions[row] != version:
+    for i, row in enumerate(candidates):
+        slot = at[i] = _refresh(row, free_cpu, free_memory, gpu_used, mix, access, nodes, free)
+        version = nodes[5][slot]
+        if after_versions[slot] != version:
             _score_options(
-                row, cpu, memory, gpu, free_cpu, free_memory, gpu_used, whole_free, mix, access,
-                nodes, after_scores,
+                row, slot, cpu, memory, gpu, free_cpu, free_memory, gpu_used, mix, access,
+                nodes, after_scores[slot], free, slots, order,
             )
-            after_versions[row] = version
+            after_versions[slot] = version
         for column in range(after_scores.shape[1]):
-            best_rise = min(best_rise, after_scores[row, column] - nodes[6][row])
+            best_rise = min(best_rise, after_scores[slot, column] - node_score[slot])
     if best_rise == np.inf:
         return -1, -1
     chosen, chosen_device = -1, -1
     best_taken, best_whole, best_left = np.inf, 0, np.inf
-    for row in candidates:
+    for i, row in enumerate(candidates):
+        slot = at[i]
         left = (free_cpu[row] - cpu) * cpu_scale[row] + (free_memory[row] - memory) * memory_scale[
             row
         ]
         for column in range(after_scores.shape[1]):
-            if not after_scores[row, column] - nodes[6][row] <= best_rise + TIE:
+            if not after_scores[slot, column] - node_score[slot] <= best_rise + TIE:
                 continue
             taken = 0.0
             spare = whole_free[row] - whole
@@ -116,7 +125,9 @@ def choose(
 
 
 @numba.njit(cache=True, nogil=True)
-def _before(taken: float, spare: int, left: float, taken_b: float, spare_b: int, left_b: float) -> bool:
+def _before(
+    taken: float, spare: int, left: float, taken_b: float, spare_b: int, left_b: float
+) -> bool:
     """Whether (taken, spare, left) sorts before the other: best fit's order of ties."""
     if taken != taken_b:
         return taken < taken_b
@@ -138,26 +149,64 @@ def _best_fit_first(
     memory_scale: Floats,
 ) -> Ints:
     """The ``count`` of ``rows`` (ascending) best fit ranks first, ascending: fewest whole
-    GPUs to spare, then least cpu and memory left, then the earlier node."""
-    keys = np.empty(rows.size)
+    GPUs to spare, then least cpu and memory left, then the earlier node. One pass with
+    a heap of the ``count`` best so far (largest on top): a later node with the same
+    key ranks after it, so only a smaller key gets in."""
+    keys = np.empty(count)
+    positions = np.empty(count, dtype=np.int64)
+    size = 0
     for i, row in enumerate(rows):
         left = (free_cpu[row] - cpu) * cpu_scale[row]
         left += (free_memory[row] - memory) * memory_scale[row]
-        keys[i] = whole_free[row] * 4.0 + left
-    kth = np.partition(keys, count - 1)[count - 1]
-    below = 0
-    for key in keys:
-        below += key < kth
-    ties = count - below
-    first = np.empty(count, dtype=np.int64)
-    taken = 0
-    for i, row in enumerate(rows):
-        if keys[i] < kth or (keys[i] == kth and ties > 0):
-            if keys[i] == kth:
-                ties -= 1
-            first[taken] = row
-            taken += 1
-    return first
+        key = whole_free[row] * 4.0 + left
+        if size < count:
+            _push(keys, positions, size, key, i)
+            size += 1
+        elif key < keys[0]:
+            _replace_top(keys, positions, size, key, i)
+    positions.sort()
+    return rows[positions]
+
+
+@numba.njit(cache=True, nogil=True)
+def _larger(keys: Floats, positions: Ints, a: int, b: int) -> bool:
+    """Whether heap entry ``a`` ranks after ``b`` (larger key, or same key and later)."""
+    if keys[a] != keys[b]:
+        return keys[a] > keys[b]
+    return positions[a] > positions[b]
+
+
+@numba.njit(cache=True, nogil=True)
+def _swap(keys: Floats, positions: Ints, a: int, b: int) -> None:
+    keys[a], keys[b] = keys[b], keys[a]
+    positions[a], positions[b] = positions[b], positions[a]
+
+
+@numba.njit(cache=True, nogil=True)
+def _push(keys: Floats, positions: Ints, size: int, key: float, position: int) -> None:
+    keys[size], positions[size] = key, position
+    child = size
+    while child > 0:
+        parent = (child - 1) // 2
+        if not _larger(keys, positions, child, parent):
+            break
+        _swap(keys, positions, child, parent)
+        child = parent
+
+
+@numba.njit(cache=True, nogil=True)
+def _replace_top(keys: Floats, positions: Ints, size: int, key: float, position: int) -> None:
+    keys[0], positions[0] = key, position
+    parent = 0
+    while True:
+        largest = parent
+        for child in (2 * parent + 1, 2 * parent + 2):
+            if child < size and _larger(keys, positions, child, largest):
+                largest = child
+        if largest == parent:
+            return
+        _swap(keys, positions, parent, largest)
+        parent = largest
 
 
 @numba.njit(cache=True, nogil=True)
@@ -166,79 +215,89 @@ def _refresh(
     free_cpu: Ints,
     free_memory: Ints,
     gpu_used: Floats,
-    whole_free: Ints,
     mix: Mix,
     access: Bools,
     nodes: NodeCache,
-) -> None:
-    """Redo ``row``'s figures in ``nodes`` if its free cpu, memory or shares changed."""
-    seen_cpu, seen_memory, seen_used, versions, node_free, node_slots, node_score = nodes
+    free: Floats,
+) -> int:
+    """``row``'s place in ``nodes``, its figures redone if its free cpu, memory or
+    shares changed since last read (``free``: room for one node's devices)."""
+    slot_of, taken, seen_cpu, seen_memory, seen_used, versions, node_free, node_slots, score_ = (
+        nodes
+    )
+    slot = slot_of[row]
+    if slot < 0:
+        slot = slot_of[row] = taken[0]
+        taken[0] += 1
+        versions[slot] = 0
     stale = (
-        versions[row] == 0
-        or seen_cpu[row] != free_cpu[row]
-        or seen_memory[row] != free_memory[row]
+        versions[slot] == 0
+        or seen_cpu[slot] != free_cpu[row]
+        or seen_memory[slot] != free_memory[row]
     )
     width = gpu_used.shape[1]
     for device in range(width):
-        stale = stale or seen_used[row, device] != gpu_used[row, device]
+        stale = stale or seen_used[slot, device] != gpu_used[row, device]
     if not stale:
-        return
-    seen_cpu[row] = free_cpu[row]
-    seen_memory[row] = free_memory[row]
-    free = np.empty(width)
+        return slot
+    seen_cpu[slot] = free_cpu[row]
+    seen_memory[slot] = free_memory[row]
     for device in range(width):
-        seen_used[row, device] = gpu_used[row, device]
+        seen_used[slot, device] = gpu_used[row, device]
         free[device] = min(max(1.0 - gpu_used[row, device], 0.0), 1.0)
     thresholds = mix[6]
     for k in range(thresholds.size):
         slots = 0.0
         for device in range(width):
             slots += np.floor((free[device] + EPS) / thresholds[k])
-        node_slots[row, k] = slots
-    node_free[row] = _numpy_sum(free)
-    node_score[row] = score(
-        row, free_cpu[row], free_memory[row], node_free[row], node_slots[row], mix, access
+        node_slots[slot, k] = slots
+    node_free[slot] = _numpy_sum(free)
+    score_[slot] = score(
+        row, free_cpu[row], free_memory[row], node_free[slot], node_slots[slot], mix, access
     )
-    versions[row] += 1
+    versions[slot] += 1
+    return slot
 
 
 @numba.njit(cache=True, nogil=True)
 def _score_options(
     row: int,
+    slot: int,
     cpu: int,
     memory: int,
     gpu: float,
     free_cpu: Ints,
     free_memory: Ints,
     gpu_used: Floats,
-    whole_free: Ints,
     mix: Mix,
     access: Bools,
     nodes: NodeCache,
-    after_scores: Floats,
+    scores: Floats,
+    free: Floats,
+    slots: Floats,
+    order: Ints,
 ) -> None:
-    """Score each way to place the pod on ``row`` into ``after_scores[row]`` (inf: no
-    option): a shared pod, on each device with room, one per distinct free share (two
-    devices with the same room leave the node the same); others, as one option."""
+    """Score each way to place the pod on ``row`` into ``scores`` (inf: no option): a
+    shared pod, on each device with room, one per distinct free share (two devices with
+    the same room leave the node the same); others, as one option. ``free``, ``slots``
+    and ``order``: room for one node's figures."""
     thresholds = mix[6]
-    node_free, node_slots = nodes[4][row], nodes[5][row]
+    node_free, node_slots = nodes[6][slot], nodes[7][slot]
     cpu_left = free_cpu[row] - cpu
     memory_left = free_memory[row] - memory
-    after_scores[row, :] = np.inf
+    scores[:] = np.inf
     if gpu >= 1.0:
-        slots = node_slots - int(gpu) * np.floor((1.0 + EPS) / thresholds)
-        after_scores[row, 0] = score(
-            row, cpu_left, memory_left, node_free - gpu, slots, mix, access
-        )
+        for k in range(thresholds.size):
+            slots[k] = node_slots[k] - int(gpu) * np.floor((1.0 + EPS) / thresholds[k])
+        scores[0] = score(row, cpu_left, memory_left, node_free - gpu, slots, mix, access)
         return
     if gpu <= 0.0:
-        after_scores[row, 0] = score(row, cpu_left, memory_left, node_free, node_slots, mix, access)
+        scores[0] = score(row, cpu_left, memory_left, node_free, node_slots, mix, access)
         return
     width = gpu_used.shape[1]
-    free = np.empty(width)
     for device in range(width):
         free[device] = min(max(1.0 - gpu_used[row, device], 0.0), 1.0)
-    order = _stable_descending(free)
+    _stable_descending(free, order)
     previous = np.nan
     for rank in range(width):
         device = order[rank]
@@ -248,9 +307,10 @@ def _score_options(
         if repeat or taken < gpu - EPS:
             continue
         left = max(taken - gpu, 0.0)
-        slots = node_slots - np.floor((taken + EPS) / thresholds)
-        slots += np.floor((left + EPS) / thresholds)
-        after_scores[row, device] = score(
+        for k in range(thresholds.size):
+            slots[k] = node_slots[k] - np.floor((taken + EPS) / thresholds[k])
+            slots[k] += np.floor((left + EPS) / thresholds[k])
+        scores[device] = score(
             row, cpu_left, memory_left, node_free - (taken - left), slots, mix, access
         )
 
@@ -283,9 +343,11 @@ def score(
 
 
 @numba.njit(cache=True, nogil=True)
-def _stable_descending(values: Floats) -> Ints:
-    """Positions of ``values`` from largest to smallest, equal ones in position order."""
-    order = np.arange(values.size)
+def _stable_descending(values: Floats, order: Ints) -> None:
+    """Fill ``order`` with the positions of ``values`` from largest to smallest, equal
+    ones in position order."""
+    for i in range(values.size):
+        order[i] = i
     for i in range(1, values.size):
         moving = order[i]
         j = i
@@ -293,7 +355,6 @@ def _stable_descending(values: Floats) -> Ints:
             order[j] = order[j - 1]
             j -= 1
         order[j] = moving
-    return order
 
 
 @numba.njit(cache=True, nogil=True)
