@@ -20,12 +20,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from tidemill.scheduler import fragmentation_kernel as kernel
 from tidemill.scheduler.capacity import Bools, Capacity, Floats, Indices, Ints
 from tidemill.scheduler.placement import request_problem
 from tidemill.scheduler.types import (
@@ -36,6 +35,9 @@ from tidemill.scheduler.types import (
     PodType,
     SchedulerConfig,
 )
+
+if TYPE_CHECKING:
+    from tidemill.scheduler import fragmentation_kernel as kernel
 
 MAX_TYPES = 256
 """The most common pod types kept (by weight); openb has 151 shapes, 126 asking a GPU, so
@@ -49,6 +51,9 @@ _FIRST_ROWS = 1024
 few hundred)."""
 
 Array = npt.NDArray[Any]
+
+_NONE: Bools = np.zeros(0, dtype=np.bool_)
+"""No extended resources asked: no mask."""
 
 Shape = tuple[int, int, float, str | None]
 """What a pod asks: cpu millis, memory bytes, GPU (a count or a share), GPU model."""
@@ -152,16 +157,40 @@ class Fragmentation:
         self._afters: dict[tuple[int, int, float], tuple[Ints, Floats]] = {}
         """Per pod shape: the node versions scored, and the scores placing it leaves."""
 
-    def choose(self, capacity: Capacity, pod: PodRequest, rows: Indices) -> tuple[int, int] | None:
+    def choose(
+        self, capacity: Capacity, pod: PodRequest, rows: Indices | None
+    ) -> tuple[int, int] | None:
         """The node (among ``rows``, ascending, where cpu, memory and extended resources
         fit) and, for a shared pod, the device where ``pod`` fragments the cluster least
         (-1 for a whole-GPU or cpu-only pod: which free devices it takes is placement's
-        choice); None if no node fits."""
+        choice); None if no node fits.
+
+        ``rows`` None, for a whole-GPU or cpu-only pod on a grouped capacity with
+        ``score_nodes`` set: the nodes read by free GPUs, fewest first, until
+        ``score_nodes`` fit (every node best fit ranks first among them)."""
+        from tidemill.scheduler import fragmentation_kernel as kernel  # numba: only when used
+
+        if rows is None:
+            rows = kernel.fitting_by_free(
+                capacity.free_gpu_order(),
+                int(pod.gpu),
+                self.score_nodes or 0,
+                capacity.eligible_mask(pod.gpu_model),
+                capacity.extended_mask(pod.extended) if pod.extended else _NONE,
+                capacity.free_cpu,
+                capacity.free_memory,
+                pod.cpu_millis,
+                pod.memory_bytes,
+            )
+            ascending = False
+        else:
+            ascending = True
         scored = rows.size if self.score_nodes is None else min(rows.size, self.score_nodes)
         nodes = self._room_for(capacity, scored)
         versions, scores = self._after_cache(pod, nodes[2].size, capacity.gpu_used.shape[1])
         row, device = kernel.choose(
-            rows.astype(np.intp, copy=False),
+            rows,
+            ascending,
             (pod.cpu_millis, pod.memory_bytes, float(pod.gpu)),
             self.score_nodes or 0,
             capacity.free_cpu,
@@ -204,7 +233,7 @@ class Fragmentation:
         needed = int(nodes[1][0]) + more
         if needed > rows:
             size = min(count, max(needed, 2 * rows, _FIRST_ROWS))
-            nodes = self._nodes = cast(kernel.NodeCache, (*nodes[:2], *_grown(nodes[2:], size)))
+            nodes = self._nodes = cast("kernel.NodeCache", (*nodes[:2], *_grown(nodes[2:], size)))
             for shape, (versions, scores) in self._afters.items():
                 self._afters[shape] = (_grown((versions,), size)[0], _grown((scores,), size)[0])
         return nodes

@@ -42,6 +42,7 @@ looks at rather than the cluster; the caller keeps room for ``rows`` more."""
 @numba.njit(cache=True, nogil=True)
 def choose(
     rows: Indices,
+    ascending: bool,
     pod: tuple[int, int, float],
     score_nodes: int,
     free_cpu: Ints,
@@ -57,7 +58,8 @@ def choose(
     after_versions: Ints,
     after_scores: Floats,
 ) -> tuple[int, int]:
-    """(node, device) among ``rows`` (ascending, cpu and memory fit) where ``pod`` (cpu
+    """(node, device) among ``rows`` (cpu and memory fit; ``ascending``, or else grouped
+    by whole free GPUs, fewest first, ascending within a group) where ``pod`` (cpu
     millis, memory bytes, gpu) raises the unusable GPU least, ties to best fit; device -1
     for a whole-GPU or cpu-only pod; (-1, -1) when none fits. At most ``score_nodes``
     (0: all) candidates are scored, those best fit ranks first.
@@ -84,6 +86,8 @@ def choose(
             candidates, cpu, memory, score_nodes, free_cpu, free_memory, whole_free, cpu_scale,
             memory_scale,
         )
+    elif not ascending:
+        candidates = np.sort(candidates)
     node_score = nodes[8]
     free = np.empty(gpu_used.shape[1])
     slots = np.empty(mix[6].size)
@@ -125,6 +129,43 @@ def choose(
 
 
 @numba.njit(cache=True, nogil=True)
+def fitting_by_free(
+    grouped: Ints,
+    fewest: int,
+    enough: int,
+    eligible: Bools,
+    extended: Bools,
+    free_cpu: Ints,
+    free_memory: Ints,
+    cpu: int,
+    memory: int,
+) -> Ints:
+    """Nodes in ``eligible`` (and ``extended``, unless empty) where ``cpu`` and ``memory``
+    fit, read group by group from ``fewest`` whole free GPUs until ``enough`` are found:
+    every node best fit ranks among the first ``enough``, without reading all. Grouped by
+    whole free GPUs, fewest first, ascending within a group. ``grouped``: node rows as
+    ``whole free GPUs * nodes + row``, sorted (``Capacity.free_gpu_order``)."""
+    count = free_cpu.size
+    found = np.empty(grouped.size, dtype=np.int64)
+    total = 0
+    group = -1
+    for at in range(np.searchsorted(grouped, fewest * count), grouped.size):
+        key = grouped[at]
+        if key // count != group:
+            if total >= enough:
+                break
+            group = key // count
+        row = key - group * count
+        if not eligible[row] or free_cpu[row] < cpu or free_memory[row] < memory:
+            continue
+        if extended.size and not extended[row]:
+            continue
+        found[total] = row
+        total += 1
+    return found[:total]
+
+
+@numba.njit(cache=True, nogil=True)
 def _before(
     taken: float, spare: int, left: float, taken_b: float, spare_b: int, left_b: float
 ) -> bool:
@@ -148,10 +189,12 @@ def _best_fit_first(
     cpu_scale: Floats,
     memory_scale: Floats,
 ) -> Ints:
-    """The ``count`` of ``rows`` (ascending) best fit ranks first, ascending: fewest whole
-    GPUs to spare, then least cpu and memory left, then the earlier node. One pass with
-    a heap of the ``count`` best so far (largest on top): a later node with the same
-    key ranks after it, so only a smaller key gets in."""
+    """The ``count`` of ``rows`` best fit ranks first, ascending: fewest whole GPUs to
+    spare, then least cpu and memory left, then the earlier node. One pass with a heap of
+    the ``count`` best so far (largest on top): a later node with the same key ranks
+    after it, so only a smaller key gets in. ``rows`` may come grouped by whole free GPUs
+    rather than ascending: keys of two groups never tie (cpu and memory left add up to
+    at most 2), and within a group rows ascend."""
     keys = np.empty(count)
     positions = np.empty(count, dtype=np.int64)
     size = 0
@@ -164,8 +207,9 @@ def _best_fit_first(
             size += 1
         elif key < keys[0]:
             _replace_top(keys, positions, size, key, i)
-    positions.sort()
-    return rows[positions]
+    first = rows[positions]
+    first.sort()
+    return first
 
 
 @numba.njit(cache=True, nogil=True)
