@@ -165,9 +165,9 @@ class Fragmentation:
         (-1 for a whole-GPU or cpu-only pod: which free devices it takes is placement's
         choice); None if no node fits.
 
-        ``rows`` None, for a whole-GPU or cpu-only pod on a grouped capacity with
-        ``score_nodes`` set: the nodes read by free GPUs, fewest first, until
-        ``score_nodes`` fit (every node best fit ranks first among them)."""
+        ``rows`` None, on a grouped capacity with ``score_nodes`` set: the nodes read by
+        whole free GPUs, fewest first, until ``score_nodes`` fit (every node best fit
+        ranks first is among them)."""
         from tidemill.scheduler import fragmentation_kernel as kernel  # numba: only when used
 
         if rows is None:
@@ -179,8 +179,8 @@ class Fragmentation:
                 capacity.extended_mask(pod.extended) if pod.extended else _NONE,
                 capacity.free_cpu,
                 capacity.free_memory,
-                pod.cpu_millis,
-                pod.memory_bytes,
+                capacity.least_used,
+                (pod.cpu_millis, pod.memory_bytes, float(pod.gpu)),
             )
             ascending = False
         else:

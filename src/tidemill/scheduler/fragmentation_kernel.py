@@ -137,14 +137,17 @@ def fitting_by_free(
     extended: Bools,
     free_cpu: Ints,
     free_memory: Ints,
-    cpu: int,
-    memory: int,
+    least_used: Floats,
+    pod: tuple[int, int, float],
 ) -> Ints:
-    """Nodes in ``eligible`` (and ``extended``, unless empty) where ``cpu`` and ``memory``
-    fit, read group by group from ``fewest`` whole free GPUs until ``enough`` are found:
+    """Nodes in ``eligible`` (and ``extended``, unless empty) where ``pod`` (cpu millis,
+    memory bytes, gpu: a device's share, a whole count, or none) fits, read group by
+    group from ``fewest`` whole free GPUs until ``enough`` are found:
     every node best fit ranks among the first ``enough``, without reading all. Grouped by
     whole free GPUs, fewest first, ascending within a group. ``grouped``: node rows as
     ``whole free GPUs * nodes + row``, sorted (``Capacity.free_gpu_order``)."""
+    cpu, memory, gpu = pod
+    shared = 0.0 < gpu < 1.0
     count = free_cpu.size
     found = np.empty(grouped.size, dtype=np.int64)
     total = 0
@@ -159,6 +162,8 @@ def fitting_by_free(
         if not eligible[row] or free_cpu[row] < cpu or free_memory[row] < memory:
             continue
         if extended.size and not extended[row]:
+            continue
+        if shared and least_used[row] > 1.0 - gpu + EPS:
             continue
         found[total] = row
         total += 1
@@ -271,6 +276,8 @@ def _refresh(
     )
     slot = slot_of[row]
     if slot < 0:
+        if taken[0] == seen_cpu.size:
+            raise ValueError("fragmentation_kernel: no room left in the node figures")
         slot = slot_of[row] = taken[0]
         taken[0] += 1
         versions[slot] = 0

@@ -210,16 +210,17 @@ def _choose(
     fragmentation scorer when it has one, else best fit.
 
     Masks run over all nodes; the scoring gathers only the nodes still in the running.
-    On a large cluster a pod taking whole GPUs or none, with no nodes to avoid and no
-    topology domain to keep to, reads nodes by free GPUs instead (the same choice,
-    looking only as far as the fullest nodes that fit).
+    On a large cluster a pod with no nodes to avoid and no topology domain to keep to
+    reads nodes by free GPUs instead (the same choice, looking only as far as the
+    fullest nodes that fit): with best fit, a pod taking whole GPUs or none; with
+    fragmentation scoring over ``score_nodes``, any pod.
     """
     scorer = capacity.fragmentation
     whole_or_none = pod.gpu == 0 or pod.gpu >= 1
-    if capacity.grouped and whole_or_none and not avoid and within is None:
-        if scorer is None:
+    if capacity.grouped and not avoid and within is None:
+        if scorer is None and whole_or_none:
             return _choose_by_free(capacity, pod)
-        if scorer.score_nodes is not None:
+        if scorer is not None and scorer.score_nodes is not None:
             return _scored(capacity, pod, scorer, None)
     ok = capacity.eligible_mask(pod.gpu_model) & (capacity.free_cpu >= pod.cpu_millis)
     ok &= capacity.free_memory >= pod.memory_bytes
