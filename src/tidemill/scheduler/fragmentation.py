@@ -113,6 +113,9 @@ class Fragmentation:
     """A pod mix, as arrays, that scores candidate nodes for one pod at a time."""
 
     def __init__(self, types: Sequence[PodType], score_nodes: int | None = None) -> None:
+        from tidemill.scheduler import fragmentation_kernel  # numba: only once scoring
+
+        self._kernel = fragmentation_kernel
         self.score_nodes = score_nodes
         """Score at most this many candidate nodes per pod, best fit's first (None: all)."""
         weights: dict[Shape, float] = {}
@@ -168,31 +171,31 @@ class Fragmentation:
         ``rows`` None, on a grouped capacity with ``score_nodes`` set: the nodes read by
         whole free GPUs, fewest first, until ``score_nodes`` fit (every node best fit
         ranks first is among them)."""
-        from tidemill.scheduler import fragmentation_kernel as kernel  # numba: only when used
-
+        kernel = self._kernel
+        asked = (pod.cpu_millis, pod.memory_bytes, float(pod.gpu))
+        score_nodes = self.score_nodes or 0
         if rows is None:
-            rows = kernel.fitting_by_free(
+            rows = kernel.best_by_free(
                 capacity.free_gpu_order(),
                 int(pod.gpu),
-                self.score_nodes or 0,
+                score_nodes,
                 capacity.eligible_mask(pod.gpu_model),
                 capacity.extended_mask(pod.extended) if pod.extended else _NONE,
                 capacity.free_cpu,
                 capacity.free_memory,
+                capacity.whole_free,
                 capacity.least_used,
-                (pod.cpu_millis, pod.memory_bytes, float(pod.gpu)),
+                capacity.cpu_scale,
+                capacity.memory_scale,
+                asked,
             )
-            ascending = False
-        else:
-            ascending = True
         scored = rows.size if self.score_nodes is None else min(rows.size, self.score_nodes)
         nodes = self._room_for(capacity, scored)
         versions, scores = self._after_cache(pod, nodes[2].size, capacity.gpu_used.shape[1])
         row, device = kernel.choose(
             rows,
-            ascending,
-            (pod.cpu_millis, pod.memory_bytes, float(pod.gpu)),
-            self.score_nodes or 0,
+            asked,
+            score_nodes,
             capacity.free_cpu,
             capacity.free_memory,
             capacity.gpu_used,

@@ -42,7 +42,6 @@ looks at rather than the cluster; the caller keeps room for ``rows`` more."""
 @numba.njit(cache=True, nogil=True)
 def choose(
     rows: Indices,
-    ascending: bool,
     pod: tuple[int, int, float],
     score_nodes: int,
     free_cpu: Ints,
@@ -58,8 +57,7 @@ def choose(
     after_versions: Ints,
     after_scores: Floats,
 ) -> tuple[int, int]:
-    """(node, device) among ``rows`` (cpu and memory fit; ``ascending``, or else grouped
-    by whole free GPUs, fewest first, ascending within a group) where ``pod`` (cpu
+    """(node, device) among ``rows`` (ascending, cpu and memory fit) where ``pod`` (cpu
     millis, memory bytes, gpu) raises the unusable GPU least, ties to best fit; device -1
     for a whole-GPU or cpu-only pod; (-1, -1) when none fits. At most ``score_nodes``
     (0: all) candidates are scored, those best fit ranks first.
@@ -86,8 +84,6 @@ def choose(
             candidates, cpu, memory, score_nodes, free_cpu, free_memory, whole_free, cpu_scale,
             memory_scale,
         )
-    elif not ascending:
-        candidates = np.sort(candidates)
     node_score = nodes[8]
     free = np.empty(gpu_used.shape[1])
     slots = np.empty(mix[6].size)
@@ -129,45 +125,50 @@ def choose(
 
 
 @numba.njit(cache=True, nogil=True)
-def fitting_by_free(
+def best_by_free(
     grouped: Ints,
     fewest: int,
-    enough: int,
+    count: int,
     eligible: Bools,
     extended: Bools,
     free_cpu: Ints,
     free_memory: Ints,
+    whole_free: Ints,
     least_used: Floats,
+    cpu_scale: Floats,
+    memory_scale: Floats,
     pod: tuple[int, int, float],
 ) -> Ints:
-    """Nodes in ``eligible`` (and ``extended``, unless empty) where ``pod`` (cpu millis,
-    memory bytes, gpu: a device's share, a whole count, or none) fits, read group by
-    group from ``fewest`` whole free GPUs until ``enough`` are found:
-    every node best fit ranks among the first ``enough``, without reading all. Grouped by
-    whole free GPUs, fewest first, ascending within a group. ``grouped``: node rows as
-    ``whole free GPUs * nodes + row``, sorted (``Capacity.free_gpu_order``)."""
+    """The ``count`` nodes best fit ranks first for ``pod`` (cpu millis, memory bytes,
+    gpu: a device's share, a whole count, or none) among those in ``eligible`` (and
+    ``extended``, unless empty) where it fits, ascending; read group by group from
+    ``fewest`` whole free GPUs, stopping after the group where ``count`` are found (a
+    later group's nodes all rank after: their keys are larger). ``grouped``: node rows
+    as ``whole free GPUs * nodes + row``, sorted (``Capacity.free_gpu_order``)."""
     cpu, memory, gpu = pod
     shared = 0.0 < gpu < 1.0
-    count = free_cpu.size
-    found = np.empty(grouped.size, dtype=np.int64)
-    total = 0
+    nodes = free_cpu.size
+    keys = np.empty(count)
+    positions = np.empty(count, dtype=np.int64)
+    size = 0
     group = -1
-    for at in range(np.searchsorted(grouped, fewest * count), grouped.size):
+    for at in range(np.searchsorted(grouped, fewest * nodes), grouped.size):
         key = grouped[at]
-        if key // count != group:
-            if total >= enough:
+        if key // nodes != group:
+            if size == count:
                 break
-            group = key // count
-        row = key - group * count
+            group = key // nodes
+        row = key - group * nodes
         if not eligible[row] or free_cpu[row] < cpu or free_memory[row] < memory:
             continue
         if extended.size and not extended[row]:
             continue
         if shared and least_used[row] > 1.0 - gpu + EPS:
             continue
-        found[total] = row
-        total += 1
-    return found[:total]
+        size = _offer(keys, positions, size, _fit_key(row, cpu, memory, free_cpu, free_memory,
+                      whole_free, cpu_scale, memory_scale), row)
+    first = np.sort(positions[:size])
+    return first
 
 
 @numba.njit(cache=True, nogil=True)
@@ -194,27 +195,47 @@ def _best_fit_first(
     cpu_scale: Floats,
     memory_scale: Floats,
 ) -> Ints:
-    """The ``count`` of ``rows`` best fit ranks first, ascending: fewest whole GPUs to
-    spare, then least cpu and memory left, then the earlier node. One pass with a heap of
-    the ``count`` best so far (largest on top): a later node with the same key ranks
-    after it, so only a smaller key gets in. ``rows`` may come grouped by whole free GPUs
-    rather than ascending: keys of two groups never tie (cpu and memory left add up to
-    at most 2), and within a group rows ascend."""
+    """The ``count`` of ``rows`` (ascending) best fit ranks first, ascending."""
     keys = np.empty(count)
     positions = np.empty(count, dtype=np.int64)
     size = 0
-    for i, row in enumerate(rows):
-        left = (free_cpu[row] - cpu) * cpu_scale[row]
-        left += (free_memory[row] - memory) * memory_scale[row]
-        key = whole_free[row] * 4.0 + left
-        if size < count:
-            _push(keys, positions, size, key, i)
-            size += 1
-        elif key < keys[0]:
-            _replace_top(keys, positions, size, key, i)
-    first = rows[positions]
-    first.sort()
-    return first
+    for row in rows:
+        key = _fit_key(row, cpu, memory, free_cpu, free_memory, whole_free, cpu_scale,
+                       memory_scale)
+        size = _offer(keys, positions, size, key, row)
+    return np.sort(positions[:size])
+
+
+@numba.njit(cache=True, nogil=True)
+def _fit_key(
+    row: int,
+    cpu: int,
+    memory: int,
+    free_cpu: Ints,
+    free_memory: Ints,
+    whole_free: Ints,
+    cpu_scale: Floats,
+    memory_scale: Floats,
+) -> float:
+    """Best fit's rank of ``row`` (smaller first): whole GPUs to spare, then the share of
+    cpu and of memory left (together at most 2, so never past the next whole GPU)."""
+    left = (free_cpu[row] - cpu) * cpu_scale[row]
+    left += (free_memory[row] - memory) * memory_scale[row]
+    key: float = whole_free[row] * 4.0 + left
+    return key
+
+
+@numba.njit(cache=True, nogil=True)
+def _offer(keys: Floats, positions: Ints, size: int, key: float, row: int) -> int:
+    """Offer ``row`` to the heap of the best ``keys.size`` so far (largest on top), rows
+    coming in ascending order within a key: a later row with the same key ranks after,
+    so only a smaller key gets into a full heap. The heap's new size."""
+    if size < keys.size:
+        _push(keys, positions, size, key, row)
+        return size + 1
+    if key < keys[0]:
+        _replace_top(keys, positions, size, key, row)
+    return size
 
 
 @numba.njit(cache=True, nogil=True)
