@@ -148,16 +148,17 @@ def best_by_free(
     cpu, memory, gpu = pod
     shared = 0.0 < gpu < 1.0
     nodes = free_cpu.size
-    keys = np.empty(count)
-    positions = np.empty(count, dtype=np.int64)
-    size = 0
+    found = np.empty(grouped.size, dtype=np.int64)
+    total = 0
     group = -1
+    group_start = 0
     for at in range(np.searchsorted(grouped, fewest * nodes), grouped.size):
         key = grouped[at]
         if key // nodes != group:
-            if size == count:
+            if total >= count:
                 break
             group = key // nodes
+            group_start = total
         row = key - group * nodes
         if not eligible[row] or free_cpu[row] < cpu or free_memory[row] < memory:
             continue
@@ -165,10 +166,17 @@ def best_by_free(
             continue
         if shared and least_used[row] > 1.0 - gpu + EPS:
             continue
-        size = _offer(keys, positions, size, _fit_key(row, cpu, memory, free_cpu, free_memory,
-                      whole_free, cpu_scale, memory_scale), row)
-    first = np.sort(positions[:size])
-    return first
+        found[total] = row
+        total += 1
+    if total > count:
+        last = found[group_start:total]
+        kept = _best_fit_first(
+            last, cpu, memory, count - group_start, free_cpu, free_memory, whole_free,
+            cpu_scale, memory_scale,
+        )
+        found[group_start : group_start + kept.size] = kept
+        total = group_start + kept.size
+    return np.sort(found[:total])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -195,15 +203,27 @@ def _best_fit_first(
     cpu_scale: Floats,
     memory_scale: Floats,
 ) -> Ints:
-    """The ``count`` of ``rows`` (ascending) best fit ranks first, ascending."""
-    keys = np.empty(count)
-    positions = np.empty(count, dtype=np.int64)
-    size = 0
-    for row in rows:
-        key = _fit_key(row, cpu, memory, free_cpu, free_memory, whole_free, cpu_scale,
-                       memory_scale)
-        size = _offer(keys, positions, size, key, row)
-    return np.sort(positions[:size])
+    """The ``count`` of ``rows`` best fit ranks first, in the order of ``rows``: the
+    keys below the ``count``-th smallest, then as many equal to it as there is room for,
+    the earlier first (``rows`` ascend, or all ties lie in one ascending run)."""
+    keys = np.empty(rows.size)
+    for i, row in enumerate(rows):
+        keys[i] = _fit_key(
+            row, cpu, memory, free_cpu, free_memory, whole_free, cpu_scale, memory_scale
+        )
+    kth = np.partition(keys, count - 1)[count - 1]
+    below = 0
+    for key in keys:
+        below += key < kth
+    ties = count - below
+    first = np.empty(count, dtype=np.int64)
+    taken = 0
+    for i, row in enumerate(rows):
+        if keys[i] < kth or (keys[i] == kth and ties > 0):
+            ties -= keys[i] == kth
+            first[taken] = row
+            taken += 1
+    return first
 
 
 @numba.njit(cache=True, nogil=True)
@@ -223,60 +243,6 @@ def _fit_key(
     left += (free_memory[row] - memory) * memory_scale[row]
     key: float = whole_free[row] * 4.0 + left
     return key
-
-
-@numba.njit(cache=True, nogil=True)
-def _offer(keys: Floats, positions: Ints, size: int, key: float, row: int) -> int:
-    """Offer ``row`` to the heap of the best ``keys.size`` so far (largest on top), rows
-    coming in ascending order within a key: a later row with the same key ranks after,
-    so only a smaller key gets into a full heap. The heap's new size."""
-    if size < keys.size:
-        _push(keys, positions, size, key, row)
-        return size + 1
-    if key < keys[0]:
-        _replace_top(keys, positions, size, key, row)
-    return size
-
-
-@numba.njit(cache=True, nogil=True)
-def _larger(keys: Floats, positions: Ints, a: int, b: int) -> bool:
-    """Whether heap entry ``a`` ranks after ``b`` (larger key, or same key and later)."""
-    if keys[a] != keys[b]:
-        return keys[a] > keys[b]
-    return positions[a] > positions[b]
-
-
-@numba.njit(cache=True, nogil=True)
-def _swap(keys: Floats, positions: Ints, a: int, b: int) -> None:
-    keys[a], keys[b] = keys[b], keys[a]
-    positions[a], positions[b] = positions[b], positions[a]
-
-
-@numba.njit(cache=True, nogil=True)
-def _push(keys: Floats, positions: Ints, size: int, key: float, position: int) -> None:
-    keys[size], positions[size] = key, position
-    child = size
-    while child > 0:
-        parent = (child - 1) // 2
-        if not _larger(keys, positions, child, parent):
-            break
-        _swap(keys, positions, child, parent)
-        child = parent
-
-
-@numba.njit(cache=True, nogil=True)
-def _replace_top(keys: Floats, positions: Ints, size: int, key: float, position: int) -> None:
-    keys[0], positions[0] = key, position
-    parent = 0
-    while True:
-        largest = parent
-        for child in (2 * parent + 1, 2 * parent + 2):
-            if child < size and _larger(keys, positions, child, largest):
-                largest = child
-        if largest == parent:
-            return
-        _swap(keys, positions, parent, largest)
-        parent = largest
 
 
 @numba.njit(cache=True, nogil=True)
