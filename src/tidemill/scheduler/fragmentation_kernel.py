@@ -81,7 +81,14 @@ def choose(
     candidates = fitting[:count]
     if 0 < score_nodes < count:
         candidates = _best_fit_first(
-            candidates, cpu, memory, score_nodes, free_cpu, free_memory, whole_free, cpu_scale,
+            candidates,
+            cpu,
+            memory,
+            score_nodes,
+            free_cpu,
+            free_memory,
+            whole_free,
+            cpu_scale,
             memory_scale,
         )
     node_score = nodes[8]
@@ -95,8 +102,21 @@ def choose(
         version = nodes[5][slot]
         if after_versions[slot] != version:
             _score_options(
-                row, slot, cpu, memory, gpu, free_cpu, free_memory, gpu_used, mix, access,
-                nodes, after_scores[slot], free, slots, order,
+                row,
+                slot,
+                cpu,
+                memory,
+                gpu,
+                free_cpu,
+                free_memory,
+                gpu_used,
+                mix,
+                access,
+                nodes,
+                after_scores[slot],
+                free,
+                slots,
+                order,
             )
             after_versions[slot] = version
         for column in range(after_scores.shape[1]):
@@ -171,8 +191,15 @@ def best_by_free(
     if total > count:
         last = found[group_start:total]
         kept = _best_fit_first(
-            last, cpu, memory, count - group_start, free_cpu, free_memory, whole_free,
-            cpu_scale, memory_scale,
+            last,
+            cpu,
+            memory,
+            count - group_start,
+            free_cpu,
+            free_memory,
+            whole_free,
+            cpu_scale,
+            memory_scale,
         )
         found[group_start : group_start + kept.size] = kept
         total = group_start + kept.size
@@ -261,7 +288,7 @@ def _refresh(
     slot_of, taken, seen_cpu, seen_memory, seen_used, versions, node_free, node_slots, score_ = (
         nodes
     )
-    slot = slot_of[row]
+    slot: int = slot_of[row]
     if slot < 0:
         if taken[0] == seen_cpu.size:
             raise ValueError("fragmentation_kernel: no room left in the node figures")
@@ -412,13 +439,13 @@ def _numpy_sum(values: Floats) -> float:
             for lane in range(8):
                 lanes[lane] += values[i + lane]
             i += 8
-        total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + (
+        paired: float = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + (
             (lanes[4] + lanes[5]) + (lanes[6] + lanes[7])
         )
         while i < n:
-            total += values[i]
+            paired += values[i]
             i += 1
-        return total
+        return paired
     half = n // 2
     half -= half % 8
     return _numpy_sum(values[:half]) + _numpy_sum(values[half:])
