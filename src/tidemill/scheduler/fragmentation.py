@@ -279,17 +279,3 @@ def _grown(arrays: Iterable[Array], rows: int) -> tuple[Array, ...]:
 def _sortable(shape: Shape) -> tuple[int, int, float, bool, str]:
     cpu, memory, gpu, model = shape
     return cpu, memory, gpu, model is not None, model or ""
-
-
-def _best_fit_first(capacity: Capacity, pod: PodRequest, rows: Indices, count: int) -> Indices:
-    """Positions in ``rows`` (ascending) of ``count`` nodes best fit ranks first: fewest
-    whole GPUs to spare, then least cpu and memory left, then the earlier node; in linear
-    time (a partition, not a sort), and the same whatever nodes ranked later are in ``rows``."""
-    left = (capacity.free_cpu[rows] - pod.cpu_millis) * capacity.cpu_scale[rows]
-    left += (capacity.free_memory[rows] - pod.memory_bytes) * capacity.memory_scale[rows]
-    key = capacity.whole_free[rows] * 4.0 + left
-    kth = np.partition(key, count - 1)[count - 1]
-    below = np.flatnonzero(key < kth)
-    tied = np.flatnonzero(key == kth)[: count - below.size]  # the earlier nodes, as best fit
-    first: Indices = np.concatenate([below, tied])
-    return first
