@@ -1,11 +1,13 @@
 """Fragmentation scoring of one pod's candidate nodes, compiled (numba).
 
-``fragmentation`` scores every candidate (node, device) option of a pod for the whole
-pod mix; as numpy operations that cost some thirty calls per pod, most of it overhead at
-128 candidates. Here one call finds the candidates, scores them and breaks ties, node by
-node, with the same arithmetic. Per-node figures are kept in ``NodeCache`` arrays and
-redone only for nodes whose free resources changed since they were last read, and only
-for nodes a pod looks at: a cycle pays for the candidates it scores, not the cluster.
+Scoring every candidate (node, device) option of a pod for the whole pod mix as numpy
+operations costs some thirty calls per pod, most of it overhead at 128 candidates.
+Here ``choose`` scores the candidates and breaks ties in one call, node by node, with
+the arithmetic ``score`` writes out (the measure ``fragmentation`` describes); on a large
+cluster ``best_by_free`` first picks the candidates while walking nodes by free GPUs.
+Per-node figures are kept in ``NodeCache`` arrays and redone only for nodes whose free
+resources changed since they were last read, and only for nodes a pod looks at: a cycle
+pays for the candidates it scores, not the cluster.
 
 Every figure of a node depends on that node alone and is summed in a fixed order, so a
 node scores the same whichever other nodes are scored with it (a fresh cycle and one
@@ -36,7 +38,7 @@ NodeCache = tuple[Ints, Ints, Ints, Ints, Floats, Ints, Floats, Floats, Floats]
 (one number), then per row as last read: free cpu, memory, device shares used, a version
 (0: never read; counts changes seen), free GPU in all, slots per threshold, score. Rows
 are handed out as nodes are first scored, so the arrays grow with the nodes a cycle
-looks at rather than the cluster; the caller keeps room for ``rows`` more."""
+looks at rather than the cluster; the caller keeps room for the nodes a call may add."""
 
 
 @numba.njit(cache=True, nogil=True)
