@@ -233,7 +233,7 @@ class Fragmentation:
             )
             self._afters.clear()
         rows = nodes[2].size
-        needed = int(nodes[1][0]) + more
+        needed = min(int(nodes[1][0]) + more, count)
         if needed > rows:
             size = min(count, max(needed, 2 * rows, _FIRST_ROWS))
             nodes = self._nodes = cast("kernel.NodeCache", (*nodes[:2], *_grown(nodes[2:], size)))
