@@ -208,7 +208,7 @@ def best_by_free(
     return np.sort(found[:total])
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _before(
     taken: float, spare: int, left: float, taken_b: float, spare_b: int, left_b: float
 ) -> bool:
@@ -255,7 +255,7 @@ def _best_fit_first(
     return first
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _fit_key(
     row: int,
     cpu: int,
@@ -274,7 +274,7 @@ def _fit_key(
     return key
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _refresh(
     row: int,
     free_cpu: Ints,
@@ -326,7 +326,7 @@ def _refresh(
     return slot
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _score_options(
     row: int,
     slot: int,
@@ -382,7 +382,7 @@ def _score_options(
         )
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def score(
     row: int, cpu: int, memory: int, free: float, slots: Floats, mix: Mix, access: Bools
 ) -> float:
@@ -409,7 +409,7 @@ def score(
     return free - usable
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, inline="always")
 def _stable_descending(values: Floats, order: Ints) -> None:
     """Fill ``order`` with the positions of ``values`` from largest to smallest, equal
     ones in position order."""
