@@ -7,6 +7,7 @@ import math
 import random
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from tidemill.scheduler import (
@@ -21,6 +22,8 @@ from tidemill.scheduler import (
     SchedulerConfig,
     schedule,
 )
+from tidemill.scheduler.capacity import GROUPED_FROM_NODES, Capacity
+from tidemill.scheduler.fragmentation import Fragmentation
 
 from .builders import GIB, backlog, job, node, placements, running, state_of
 
@@ -238,6 +241,38 @@ def test_on_a_large_cluster_only_the_nodes_best_fit_ranks_first_are_scored() -> 
         2: "n1",
         None: "n1",
     }
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_on_a_large_cluster_reading_nodes_by_free_gpus_chooses_as_scoring_every_node_that_fits(
+    seed: int,
+) -> None:
+    # A large cluster (grouped by free GPUs) reads a pod's candidates group by group,
+    # fewest whole free GPUs first, instead of masking every node: the same choice.
+    rng = random.Random(seed)
+    nodes = [
+        NodeInfo(f"n{i:04d}", 32_000, 128 * GIB, rng.choice((0, 4, 8)), rng.choice(("A", "B")))
+        for i in range(GROUPED_FROM_NODES)
+    ]
+    held = [
+        Placement("w", i, n.name, rng.randrange(0, 30_000, 2_000), GIB, (d,), share)
+        for i, n in enumerate(nodes)
+        for d in range(n.gpus)
+        if (share := rng.choice((0.0, 0.0, 0.25, 0.5, 1.0)))
+    ]
+    state = ClusterState(
+        tuple(nodes),
+        {"default": QueueInfo("default")},
+        (RunningJob("r", "default", 0, 0, tuple(held)),),
+    )
+    capacity = Capacity.of(state)
+    assert capacity.grouped
+    for gpu in (0.0, 0.25, 0.5, 1.0, 2.0, 4.0):
+        pod = PodRequest("w", 0, rng.choice((1_000, 8_000)), 4 * GIB, gpu, rng.choice((None, "A")))
+        fits = capacity.eligible_mask(pod.gpu_model) & (capacity.free_cpu >= pod.cpu_millis)
+        every = np.flatnonzero(fits & (capacity.free_memory >= pod.memory_bytes))
+        by_groups = Fragmentation(MIX, score_nodes=32).choose(capacity, pod, None)
+        assert by_groups == Fragmentation(MIX, score_nodes=32).choose(capacity, pod, every)
 
 
 def test_a_score_nodes_below_one_is_refused_naming_the_field() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,11 +26,13 @@ from tidemill.scheduler import (
     QueueInfo,
     RunningJob,
     SchedulerConfig,
+    capacity,
     schedule,
     schedule_incremental,
 )
 from tidemill.scheduler.capacity import Capacity
 from tidemill.scheduler.memo import Memo, build, carry
+from tidemill.scheduler.types import Scoring
 
 GIB = 2**30
 QUEUES = {
@@ -158,25 +161,44 @@ class History:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.data(), st.booleans(), st.booleans())
+@given(
+    st.data(),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(("fragmentation", "best-fit")),
+    st.sampled_from((None, 2, 128)),
+    st.booleans(),
+)
 def test_a_memo_carried_through_a_random_history_decides_as_a_fresh_build(
-    data: st.DataObject, preemption: bool, strict_fifo: bool
+    data: st.DataObject,
+    preemption: bool,
+    strict_fifo: bool,
+    scoring: Scoring,
+    score_nodes: int | None,
+    grouped: bool,
 ) -> None:
+    """Also with the scorings' candidate cuts, and with nodes grouped by free GPUs as on
+    a large cluster (here from one node), where placement reads candidates by group."""
     draw = data.draw
-    config = SchedulerConfig(preemption=preemption, strict_fifo=strict_fifo)
+    config = SchedulerConfig(
+        preemption=preemption, strict_fifo=strict_fifo, scoring=scoring, score_nodes=score_nodes
+    )
     history = History()
     memos: list[Memo] = []
-    for _ in range(draw(st.integers(3, 12))):
-        pending = history.arrivals(draw)
-        state = history.state()
-        fresh = schedule(state, pending, config)
-        older = memos[-draw(st.integers(1, len(memos)))] if memos else None
-        incremental, memo = schedule_incremental(state, pending, config, older)
-        assert incremental == fresh
-        assert_same_capacity(memo.capacity, Capacity.of(state))
-        memos.append(memo)
-        history.apply(fresh, pending, draw)
-        history.events(draw)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(capacity, "GROUPED_FROM_NODES", 1 if grouped else capacity.GROUPED_FROM_NODES)
+        for _ in range(draw(st.integers(3, 12))):
+            pending = history.arrivals(draw)
+            state = history.state()
+            fresh = schedule(state, pending, config)
+            older = memos[-draw(st.integers(1, len(memos)))] if memos else None
+            incremental, memo = schedule_incremental(state, pending, config, older)
+            assert incremental == fresh
+            assert_same_capacity(memo.capacity, Capacity.of(state))
+            assert memo.held_shapes == build(state).held_shapes
+            memos.append(memo)
+            history.apply(fresh, pending, draw)
+            history.events(draw)
 
 
 def test_a_memo_is_a_value_carrying_it_leaves_it_as_it_was() -> None:

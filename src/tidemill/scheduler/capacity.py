@@ -318,6 +318,11 @@ class Capacity:
                 rows: Indices = keys[start:end] - free * count
                 yield rows
 
+    def free_gpu_order(self) -> Ints:
+        """Node rows as ``whole free GPUs * nodes + row``, sorted: ``by_free_gpus``'s
+        groups in one array, for compiled code to walk. Not to be written."""
+        return self._grouped()
+
     def group_by_free_gpus(self) -> None:
         """Build the grouping ``by_free_gpus`` reads now, so clones start with it."""
         if self.grouped:

@@ -125,7 +125,7 @@ def schedule_incremental(
     """
     memo = carry(memo, state)
     capacity = memo.capacity.clone()
-    capacity.fragmentation = fragmentation.for_cycle(state, pending, config)
+    capacity.fragmentation = fragmentation.for_cycle(state, pending, config, memo.held_shapes)
     cluster = capacity.total()
     decisions = Decisions()
     known: list[JobRequest] = []

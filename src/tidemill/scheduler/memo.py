@@ -14,12 +14,13 @@ Only what the snapshot alone decides is kept, never what a cycle decided.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from tidemill.scheduler.capacity import Capacity, Ints
+from tidemill.scheduler.fragmentation import Shape, held_shape
 from tidemill.scheduler.types import ClusterState, NodeInfo, Placement, ResourceVector, RunningJob
 
 REBUILD_FRACTION = 0.25
@@ -44,6 +45,9 @@ class Memo:
     held_raw: Mapping[str, ResourceVector]
     preemptible_priorities: Counter[int]
     """How many preemptible running jobs there are at each priority."""
+    held_shapes: Counter[Shape]
+    """How many running pods hold each shape: the running part of the pod mix that
+    fragmentation scoring keeps room for, which would cost a cycle every running pod."""
 
     @property
     def held(self) -> dict[str, ResourceVector]:
@@ -73,6 +77,7 @@ def build(state: ClusterState) -> Memo:
         capacity=capacity,
         held_raw=held,
         preemptible_priorities=priorities,
+        held_shapes=Counter(map(held_shape, _placements(state.running))),
     )
 
 
@@ -116,6 +121,7 @@ def carry(memo: Memo | None, state: ClusterState) -> Memo:
         capacity = capacity.changed(_placements(ended), _placements(started))
     held = dict(memo.held_raw)
     priorities = memo.preemptible_priorities.copy()
+    shapes = memo.held_shapes.copy()
     for job, sign in [*((job, -1) for job in ended), *((job, 1) for job in started)]:
         amount = job.total if sign > 0 else ResourceVector() - job.total
         held[job.queue] = held.get(job.queue, ResourceVector()) + amount
@@ -123,7 +129,11 @@ def carry(memo: Memo | None, state: ClusterState) -> Memo:
             priorities[job.priority] += sign
             if not priorities[job.priority]:
                 del priorities[job.priority]
-    return Memo(state.nodes, state.running, ids, jobs, capacity, held, priorities)
+        for shape in map(held_shape, job.placements):
+            shapes[shape] += sign
+            if not shapes[shape]:
+                del shapes[shape]
+    return Memo(state.nodes, state.running, ids, jobs, capacity, held, priorities, shapes)
 
 
 def _ids(running: tuple[RunningJob, ...]) -> Ints:
@@ -131,7 +141,7 @@ def _ids(running: tuple[RunningJob, ...]) -> Ints:
     return ids
 
 
-def _placements(jobs: list[RunningJob]) -> list[Placement]:
+def _placements(jobs: Sequence[RunningJob]) -> list[Placement]:
     return [p for job in jobs for p in job.placements]
 
 

@@ -210,19 +210,18 @@ def _choose(
     fragmentation scorer when it has one, else best fit.
 
     Masks run over all nodes; the scoring gathers only the nodes still in the running.
-    On a large cluster a pod taking whole GPUs or none, with no nodes to avoid and no
-    topology domain to keep to, reads nodes by free GPUs instead (the same choice,
-    looking only as far as the fullest nodes that fit).
+    On a large cluster a pod with no nodes to avoid and no topology domain to keep to
+    reads nodes by free GPUs instead (the same choice, looking only as far as the
+    fullest nodes that fit): with best fit, a pod taking whole GPUs or none; with
+    fragmentation scoring over ``score_nodes``, any pod.
     """
     scorer = capacity.fragmentation
     whole_or_none = pod.gpu == 0 or pod.gpu >= 1
-    if capacity.grouped and whole_or_none and not avoid and within is None:
-        if scorer is None:
+    if capacity.grouped and not avoid and within is None:
+        if scorer is None and whole_or_none:
             return _choose_by_free(capacity, pod)
-        if scorer.score_nodes is not None:
-            return _scored(
-                capacity, pod, scorer, _fitting_by_free(capacity, pod, scorer.score_nodes)
-            )
+        if scorer is not None and scorer.score_nodes is not None:
+            return _scored(capacity, pod, scorer, None)
     ok = capacity.eligible_mask(pod.gpu_model) & (capacity.free_cpu >= pod.cpu_millis)
     ok &= capacity.free_memory >= pod.memory_bytes
     if within is not None:
@@ -259,9 +258,10 @@ def _choose(
 
 
 def _scored(
-    capacity: Capacity, pod: PodRequest, scorer: Fragmentation, rows: Indices
+    capacity: Capacity, pod: PodRequest, scorer: Fragmentation, rows: Indices | None
 ) -> tuple[int, tuple[int, ...]] | None:
-    """The fragmentation scorer's choice among ``rows`` (ascending), with its devices."""
+    """The fragmentation scorer's choice among ``rows`` (ascending; None: the nodes best
+    fit ranks first, read by free GPUs), with its devices."""
     chosen = scorer.choose(capacity, pod, rows)
     if chosen is None:
         return None
@@ -269,27 +269,6 @@ def _scored(
     if 0 < pod.gpu < 1:
         return row, (device,)
     return row, _devices(capacity.gpu_used[row], pod.gpu, capacity.numa[row])
-
-
-def _fitting_by_free(capacity: Capacity, pod: PodRequest, enough: int) -> Indices:
-    """Nodes ``pod`` fits, read by free GPUs (fewest first) until ``enough`` are found,
-    ascending: every node best fit ranks among the first ``enough``, without masking all."""
-    eligible = capacity.eligible_mask(pod.gpu_model)
-    extended = capacity.extended_mask(pod.extended) if pod.extended else None
-    found: list[Indices] = []
-    total = 0
-    for rows in capacity.by_free_gpus(int(pod.gpu)):
-        ok = eligible[rows] & (capacity.free_cpu[rows] >= pod.cpu_millis)
-        ok &= capacity.free_memory[rows] >= pod.memory_bytes
-        if extended is not None:
-            ok &= extended[rows]
-        fitting = rows[ok]
-        found.append(fitting)
-        total += fitting.size
-        if total >= enough:
-            break
-    joined: Indices = np.sort(np.concatenate(found)) if found else np.zeros(0, dtype=np.intp)
-    return joined
 
 
 def _choose_by_free(capacity: Capacity, pod: PodRequest) -> tuple[int, tuple[int, ...]] | None:
