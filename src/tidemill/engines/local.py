@@ -52,7 +52,7 @@ from tidemill.engines.local_files import (
     read_supervisor,
 )
 from tidemill.engines.nvml import Nvml
-from tidemill.engines.usage import CpuMeter, ReplicaUsage, Watched
+from tidemill.engines.usage import CpuMeter, ProcessTree, ReplicaUsage, Watched
 from tidemill.engines.warm_start import (
     DEFAULT_PRELOAD,
     UID_VAR,
@@ -337,9 +337,10 @@ class LocalEngine:
         a small process that only waits); GPUs through NVML where there is one."""
         found: dict[str, ReplicaUsage] = {}
         with self._usage_lock:
+            processes = ProcessTree()
             for key, watched in replicas.items():
                 supervisor = _supervisor(LocalReplica.from_handle(watched.handle))
-                tree = [] if supervisor is None else _safe_children(supervisor, recursive=True)
+                tree = [] if supervisor is None else processes.descendants(supervisor)
                 sample = self._cpu.sample(key, tree)
                 if sample is None:
                     continue

@@ -27,6 +27,7 @@ from tidemill.controller.snapshot import replica_usage
 from tidemill.engines.usage import ReplicaUsage
 from tidemill.scheduler.ordering import dominant_share
 from tidemill.scheduler.types import ResourceVector
+from tidemill.store.store import JobListing
 from tidemill.store.tables import EventRow, JobRow, NodeRow, QueueRow
 
 
@@ -35,7 +36,7 @@ def replica_counts(desired: dict[str, int], running: dict[str, int]) -> dict[str
     return {role: f"{running.get(role, 0)}/{count}" for role, count in sorted(desired.items())}
 
 
-def job_summary(job: JobRow, running: dict[str, int]) -> JobSummary:
+def job_summary(job: JobListing, running: dict[str, int]) -> JobSummary:
     return JobSummary(
         name=job.name,
         namespace=job.namespace,
@@ -167,19 +168,20 @@ def capacity_of(nodes: Iterable[NodeView]) -> ResourceVector:
 
 
 def queue_views(
-    queues: Iterable[QueueRow], jobs: Iterable[JobRow], capacity: ResourceVector
+    queues: Iterable[QueueRow],
+    holding: Iterable[JobRow],
+    counts: Mapping[tuple[str, str], int],
+    capacity: ResourceVector,
 ) -> list[QueueView]:
+    """``holding``: the jobs that hold resources (their replicas are summed per queue);
+    ``counts``: (queue, phase) -> jobs, as ``Tx.job_counts`` gives it."""
     allocated: dict[str, ResourceVector] = {}
-    pending: dict[str, int] = {}
     running: dict[str, int] = {}
-    for job in jobs:
-        phase = JobPhase(job.phase)
-        if phase is JobPhase.PENDING:
-            pending[job.queue] = pending.get(job.queue, 0) + 1
-        elif phase.holds_resources:
-            running[job.queue] = running.get(job.queue, 0) + 1
-            for r in job.replicas:
-                allocated[job.queue] = allocated.get(job.queue, ResourceVector()) + replica_usage(r)
+    for job in holding:
+        running[job.queue] = running.get(job.queue, 0) + 1
+        for r in job.replicas:
+            allocated[job.queue] = allocated.get(job.queue, ResourceVector()) + replica_usage(r)
+    pending = {q: n for (q, phase), n in counts.items() if phase == JobPhase.PENDING.value}
     views = []
     for row in queues:
         spec = QueueSpec.model_validate(row.spec)

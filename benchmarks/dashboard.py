@@ -1,0 +1,410 @@
+"""Dashboard responsiveness: a real `tidemill server` holding ``--jobs`` jobs and one
+running job of ``--replicas`` replicas, timed as the dashboard calls it.
+
+The load: most jobs finished (succeeded or failed, with their replicas, conditions and
+events, written into the state folder before the server starts, as a server that ran
+them would have left them), ``--pending`` waiting in queues at their limit (each with
+its reason), a few cheap sleepers running, and the wide job: ``--replicas`` sleeping
+replicas on two large virtual nodes. A day of utilisation samples is on record.
+
+Timed (p50/p99 over ``--rounds``; "ttlb": the request's time to last byte over
+loopback, "server": the ``Server-Timing`` the server reports):
+
+1. each endpoint the dashboard polls, on its own;
+2. first paint of the cluster page and of the wide job's page: the document, then the
+   screen's API calls in parallel over 6 connections as a browser makes them; the time
+   is the document's plus the slowest call's (rendering excluded);
+3. steady updates of the job page: the job view and the events since the last id seen.
+
+Goals (issue 13): first paint under 1 s, updates under 200 ms server time. Prints a
+table and writes benchmarks/results/dashboard.json.
+
+    python benchmarks/dashboard.py [--jobs 1000] [--replicas 64] [--rounds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from api_throughput import ms, percentile, server
+
+from tidemill.api.loader import job_from_document
+from tidemill.api.status import QueueUtilization, ResourceView
+from tidemill.store.store import Store
+from tidemill.store.tables import JobRow, ReplicaRow
+
+RESULTS = Path(__file__).parent / "results" / "dashboard.json"
+QUEUES = ("ads", "search", "vision")
+CLUSTER = """\
+nodes:
+  - {name: big, count: 2, cpu: 128, memory: 1Ti}
+queues:
+  - {name: ads, weight: 2}
+  - {name: search, max: {cpu: 12}}
+  - {name: vision, max: {cpu: 8}}
+"""
+SLEEP = ["sleep", "3600"]
+BROWSER_CONNECTIONS = 6
+WIDE = "wide"
+
+
+def job_document(
+    name: str, queue: str, replicas: int, cpu: float, command: list[str]
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "tidemill/v1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": queue},
+        "spec": {
+            "queue": queue,
+            "roles": {
+                "worker": {
+                    "replicas": replicas,
+                    "resources": {"cpu": cpu, "memory": "256Mi"},
+                    "command": command,
+                }
+            },
+        },
+    }
+
+
+def finished_job(name: str, queue: str, succeeded: bool, at: float, rng: random.Random) -> JobRow:
+    """A job as the controller leaves it once it ended: replicas, conditions, phase."""
+    replicas = rng.choice((1, 1, 2, 4))
+    command = ["python", "train.py", "--epochs", str(rng.randint(1, 20))]
+    spec = job_from_document(job_document(name, queue, replicas, 1, command)).to_document()
+    started, finished = at + 0.5, at + rng.uniform(30, 3600)
+    ending = "JobSucceeded" if succeeded else "JobFailed"
+    message = (
+        "succeeded: worker-0 completed"
+        if succeeded
+        else "worker-0 exited with code 1 after 3 restart(s) (maxRestarts 3)"
+    )
+    steps = [
+        ("Pending", "Scheduled", f"placed {replicas} replica(s) on big-0", at + 0.1),
+        ("Scheduled", "Running", f"{replicas} replica(s) running", started),
+        ("Running", ending, message, finished),
+    ]
+    conditions = [
+        {"type": t, "status": False, "reason": r, "message": m, "last_transition_time": when}
+        for t, r, m, when in steps
+    ]
+    final = "Succeeded" if succeeded else "Failed"
+    conditions.append(
+        {
+            "type": final,
+            "status": True,
+            "reason": ending,
+            "message": message,
+            "last_transition_time": finished,
+        }
+    )
+    row = JobRow(
+        uid=str(uuid.uuid4()),
+        namespace=queue,
+        name=name,
+        spec=spec,
+        queue=queue,
+        priority=0,
+        phase=final,
+        message=message,
+        conditions=conditions,
+        created_at=at,
+        scheduled_at=at + 0.1,
+        started_at=started,
+        finished_at=finished,
+        desired={"worker": replicas},
+    )
+    row.replicas = [
+        ReplicaRow(
+            role="worker",
+            index=i,
+            phase="Succeeded" if succeeded or i else "Failed",
+            node=f"big-{i % 2}",
+            cpu_millis=1000,
+            memory_bytes=256 << 20,
+            restarts=0 if succeeded or i else 3,
+            starts=1 if succeeded or i else 4,
+            exit_code=0 if succeeded or i else 1,
+            started_at=started,
+            finished_at=finished,
+            message="exited with code 0" if succeeded or i else "exited with code 1",
+        )
+        for i in range(replicas)
+    ]
+    return row
+
+
+def seed(state: Path, finished: int, rng: random.Random) -> None:
+    """``finished`` ended jobs, their events, and a day of utilisation samples."""
+    store = Store.in_folder(state)
+    now = time.time()
+    try:
+        with store.transaction() as tx:
+            for i in range(finished):
+                queue = QUEUES[i % len(QUEUES)]
+                at = now - 86_400 + i * 80
+                row = tx.add_job(finished_job(f"done-{i:04d}", queue, rng.random() < 0.85, at, rng))
+                tx.add_event(row.key, "Submitted", f"queued in {queue} at priority 0", at=at)
+                for condition in row.conditions[:-1]:
+                    when = condition["last_transition_time"]
+                    tx.add_event(row.key, condition["reason"], condition["message"], at=when)
+                for replica in row.replicas:
+                    failed = replica.exit_code != 0
+                    tx.add_event(
+                        row.key,
+                        "ReplicaFailed" if failed else "ReplicaSucceeded",
+                        f"{replica.replica_name} exited {replica.exit_code}",
+                        warning=failed,
+                        replica=replica.replica_name,
+                        at=row.finished_at,
+                    )
+            idle = ResourceView()
+            body = {
+                "capacity": ResourceView(cpu=256, memory=2 << 40).model_dump(),
+                "allocated": idle.model_dump(),
+                "queues": {
+                    q: QueueUtilization(
+                        allocated=idle, dominant_share=0, pending=0, running=0
+                    ).model_dump()
+                    for q in QUEUES
+                },
+            }
+            for k in range(5760):
+                tx.add_utilization(now - 86_400 + k * 15, body)
+    finally:
+        store.close()
+
+
+def live_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The wide job, a sleeper per queue, and jobs waiting behind their queue's limit."""
+    documents = [job_document(WIDE, "ads", args.replicas, 0.5, SLEEP)]
+    documents += [job_document(f"sleeper-{q}", q, 1, 8, SLEEP) for q in QUEUES]
+    documents += [
+        job_document(f"waiting-{i:03d}", QUEUES[1 + i % 2], 1, 8, SLEEP)
+        for i in range(args.pending)
+    ]
+    return documents
+
+
+def delete_live_jobs(http: httpx.Client, args: argparse.Namespace) -> None:
+    """Replicas outlive a stopped server (it adopts them when it starts again): delete
+    the jobs that run and wait until their processes are gone."""
+    left = [(d["metadata"]["namespace"], d["metadata"]["name"]) for d in live_documents(args)]
+    for ns, name in left:
+        http.delete(f"/api/v1/jobs/{name}", params={"namespace": ns})
+    deadline = time.monotonic() + 120
+    while left and time.monotonic() < deadline:
+        left = [
+            (ns, name)
+            for ns, name in left
+            if http.get(f"/api/v1/jobs/{name}", params={"namespace": ns}).status_code != 404
+        ]
+        time.sleep(0.5)
+    if left:
+        raise RuntimeError(f"jobs still being deleted after 120 s: {left}")
+
+
+def live_jobs(http: httpx.Client, args: argparse.Namespace) -> None:
+    """Submit the running and pending jobs and wait until the wide job runs whole."""
+    for document in live_documents(args):
+        ns = document["metadata"]["namespace"]
+        http.post("/api/v1/jobs", json=document, params={"namespace": ns}).raise_for_status()
+    deadline = time.monotonic() + 300
+    while True:
+        view = http.get(f"/api/v1/jobs/{WIDE}", params={"namespace": "ads"}).json()
+        wide = sum(r["phase"] == "Running" for r in view["replicas"])
+        running = http.get("/api/v1/jobs", params={"phase": "Running"}).json()["items"]
+        waiting = http.get("/api/v1/jobs", params={"phase": "Pending"}).json()["items"]
+        if wide == args.replicas and len(running) == 1 + len(QUEUES):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{wide}/{args.replicas} replicas of {WIDE} running, "
+                f"{len(running)} jobs running, {len(waiting)} pending"
+            )
+        time.sleep(0.5)
+    if len(waiting) != args.pending:
+        raise RuntimeError(f"{len(waiting)} jobs pending, expected {args.pending}")
+
+
+class Timings:
+    """Per label: time to last byte and the server's own time, in seconds."""
+
+    def __init__(self) -> None:
+        self.ttlb: dict[str, list[float]] = {}
+        self.server: dict[str, list[float]] = {}
+
+    def get(self, http: httpx.Client, label: str, path: str) -> httpx.Response:
+        started = time.perf_counter()
+        answer = http.get(path)
+        answer.raise_for_status()
+        self.ttlb.setdefault(label, []).append(time.perf_counter() - started)
+        match = re.search(r"app;dur=([0-9.]+)", answer.headers.get("server-timing", ""))
+        if match:
+            self.server.setdefault(label, []).append(float(match.group(1)) / 1000)
+        return answer
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "call": label,
+                "ttlb_p50_ms": ms(statistics.median(values)),
+                "ttlb_p99_ms": ms(percentile(values, 0.99)),
+                "server_p50_ms": ms(statistics.median(self.server.get(label, [0.0]))),
+                "server_p99_ms": ms(percentile(self.server.get(label, [0.0]), 0.99)),
+            }
+            for label, values in self.ttlb.items()
+        ]
+
+
+def assets(document: str) -> list[str]:
+    """Same-origin scripts and stylesheets the page loads before it can paint."""
+    return [a for a in re.findall(r'(?:src|href)="(/[^"]*)"', document) if not a.startswith("//")]
+
+
+def first_paint(
+    url: str, screen: list[str], rounds: int, timings: Timings, label: str
+) -> list[float]:
+    """Document, then ``screen``'s calls over 6 connections; each round a new browser."""
+    totals = []
+    with ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
+        for _ in range(rounds):
+            # made before the clock starts (an httpx client costs milliseconds to make, a
+            # browser's connection does not); each connects afresh on its first request
+            clients = [httpx.Client(base_url=url, timeout=60) for _ in range(BROWSER_CONNECTIONS)]
+            try:
+                started = time.perf_counter()
+                page = timings.get(clients[0], f"{label}: document", "/").text
+                done = [
+                    pool.submit(timings.get, clients[k % len(clients)], f"{label}: {path}", path)
+                    for k, path in enumerate(assets(page) + screen)
+                ]
+                for future in done:
+                    future.result()
+                totals.append(time.perf_counter() - started)
+            finally:
+                for client in clients:
+                    client.close()
+    return totals
+
+
+def updates(http: httpx.Client, rounds: int, timings: Timings) -> None:
+    """The job page once loaded: the view and the events since the last one seen."""
+    events = timings.get(http, "update: events", f"/api/v1/jobs/{WIDE}/events?namespace=ads")
+    last = max((e["id"] for e in events.json()["items"]), default=0)
+    for _ in range(rounds):
+        timings.get(http, "update: job view", f"/api/v1/jobs/{WIDE}?namespace=ads")
+        fresh = timings.get(
+            http, "update: events since", f"/api/v1/jobs/{WIDE}/events?namespace=ads&since={last}"
+        ).json()["items"]
+        last = max((e["id"] for e in fresh), default=last)
+        timings.get(http, "update: jobs list", "/api/v1/jobs")
+        timings.get(http, "update: queues", "/api/v1/queues")
+        timings.get(http, "update: nodes", "/api/v1/nodes")
+        time.sleep(0.05)
+
+
+def cluster_screen() -> list[str]:
+    return [
+        "/api/v1/jobs",
+        "/api/v1/queues",
+        "/api/v1/nodes",
+        "/api/v1/cluster/utilization",
+        "/api/v1/events?limit=1000",
+    ]
+
+
+def job_screen() -> list[str]:
+    return [
+        f"/api/v1/jobs/{WIDE}?namespace=ads",
+        f"/api/v1/jobs/{WIDE}/events?namespace=ads",
+        f"/api/v1/jobs/{WIDE}/logs?namespace=ads&tailLines=200",
+    ]
+
+
+def each_endpoint(http: httpx.Client, rounds: int, timings: Timings) -> None:
+    calls = cluster_screen() + job_screen() + ["/api/v1/jobs/done-0000?namespace=ads"]
+    for _ in range(rounds):
+        for path in calls:
+            timings.get(http, path, path)
+
+
+def summary(label: str, totals: list[float]) -> dict[str, Any]:
+    return {
+        "call": label,
+        "ttlb_p50_ms": ms(statistics.median(totals)),
+        "ttlb_p99_ms": ms(percentile(totals, 0.99)),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    state = Path(tempfile.mkdtemp(prefix="tidemill-dashboard-"))
+    finished = args.jobs - args.pending - len(QUEUES) - 1
+    seed(state, finished, random.Random(13))
+    timings = Timings()
+    with server(CLUSTER, state=state) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
+        try:
+            live_jobs(http, args)
+            time.sleep(2)  # the controller's first passes over the new jobs
+            each_endpoint(http, args.rounds, timings)
+            cluster = first_paint(url, cluster_screen(), args.rounds, timings, "cluster page")
+            job_page = first_paint(url, job_screen(), args.rounds, timings, "job page")
+            updates(http, args.rounds, timings)
+        finally:
+            delete_live_jobs(http, args)
+    return {
+        "benchmark": "dashboard",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "jobs": args.jobs,
+        "finished": finished,
+        "pending": args.pending,
+        "wide_job_replicas": args.replicas,
+        "rounds": args.rounds,
+        "first_paint": [summary("cluster page", cluster), summary("job page", job_page)],
+        "calls": timings.rows(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--replicas", type=int, default=64, help="replicas of the wide job")
+    parser.add_argument("--pending", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    figures = {"load_average_before": load_before, **run(args)}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"{figures['jobs']} jobs, wide job of {figures['wide_job_replicas']} replicas")
+    print(f"{'first paint (rendering excluded)':<58} {'p50 ms':>9} {'p99 ms':>9}")
+    for row in figures["first_paint"]:
+        print(f"{row['call']:<58} {row['ttlb_p50_ms']:>9} {row['ttlb_p99_ms']:>9}")
+    header = f"{'call':<58} {'ttlb p50':>9} {'ttlb p99':>9} {'srv p50':>9} {'srv p99':>9}"
+    print(header)
+    for row in figures["calls"]:
+        print(
+            f"{row['call'][:58]:<58} {row['ttlb_p50_ms']:>9} {row['ttlb_p99_ms']:>9} "
+            f"{row['server_p50_ms']:>9} {row['server_p99_ms']:>9}"
+        )
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
