@@ -156,7 +156,6 @@ class JobListing(NamedTuple):
     desired: dict[str, int]
 
 
-
 class Tx:
     """One transaction's view of the store. Rows are valid until the block ends."""
 
@@ -234,9 +233,7 @@ class Tx:
     def job_counts(self) -> dict[tuple[str, str], int]:
         """(queue, phase) -> how many jobs, counted in SQL: what queue and phase totals
         need, without loading the jobs."""
-        stmt = select(JobRow.queue, JobRow.phase, func.count()).group_by(
-            JobRow.queue, JobRow.phase
-        )
+        stmt = select(JobRow.queue, JobRow.phase, func.count()).group_by(JobRow.queue, JobRow.phase)
         return {(queue, phase): count for queue, phase, count in self.session.execute(stmt)}
 
     def add_job(self, row: JobRow) -> JobRow:
