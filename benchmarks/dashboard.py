@@ -32,6 +32,7 @@ import random
 import re
 import statistics
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +58,8 @@ queues:
   - {name: vision, max: {cpu: 8}}
 """
 SLEEP = ["sleep", "3600"]
+LOGGER = ["sh", "-c", 'i=0; while sleep 5; do i=$((i+1)); echo "step $i loss 0.$i"; done']
+"""The wide job's replicas: a log line every 5 s each, a fork of ``sleep`` between."""
 BROWSER_CONNECTIONS = 6
 WIDE = "wide"
 
@@ -191,7 +194,7 @@ def seed(state: Path, finished: int, rng: random.Random) -> None:
 
 def live_documents(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The wide job, a sleeper per queue, and jobs waiting behind their queue's limit."""
-    documents = [job_document(WIDE, "ads", args.replicas, 0.5, SLEEP)]
+    documents = [job_document(WIDE, "ads", args.replicas, 0.5, LOGGER)]
     documents += [job_document(f"sleeper-{q}", q, 1, 8, SLEEP) for q in QUEUES]
     documents += [
         job_document(f"waiting-{i:03d}", QUEUES[1 + i % 2], 1, 8, SLEEP)
@@ -302,8 +305,19 @@ def first_paint(
     return totals
 
 
+def follow_logs(url: str, lines: list[str]) -> None:
+    """What the job page's log pane does: follow every replica's log until the job ends."""
+    params = {"namespace": "ads", "follow": "true", "tailLines": "10"}
+    with (
+        httpx.Client(base_url=url, timeout=None) as http,
+        http.stream("GET", f"/api/v1/jobs/{WIDE}/logs", params=params) as stream,
+    ):
+        lines.extend(stream.iter_lines())
+
+
 def updates(http: httpx.Client, rounds: int, timings: Timings) -> None:
-    """The job page once loaded: the view and the events since the last one seen."""
+    """The job page once loaded, its logs followed: the view, the events since the last
+    one seen, and the cluster tables."""
     events = timings.get(http, "update: events", f"/api/v1/jobs/{WIDE}/events?namespace=ads")
     last = max((e["id"] for e in events.json()["items"]), default=0)
     for _ in range(rounds):
@@ -363,9 +377,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             each_endpoint(http, args.rounds, timings)
             cluster = first_paint(url, cluster_screen(), args.rounds, timings, "cluster page")
             job_page = first_paint(url, job_screen(), args.rounds, timings, "job page")
+            followed: list[str] = []
+            follower = threading.Thread(target=follow_logs, args=(url, followed), daemon=True)
+            follower.start()
             updates(http, args.rounds, timings)
         finally:
             delete_live_jobs(http, args)
+        follower.join(timeout=30)
     return {
         "benchmark": "dashboard",
         "python": platform.python_version(),
@@ -376,6 +394,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pending": args.pending,
         "wide_job_replicas": args.replicas,
         "rounds": args.rounds,
+        "log_lines_followed_during_updates": len(followed),
         "first_paint": [summary("cluster page", cluster), summary("job page", job_page)],
         "calls": timings.rows(),
     }
