@@ -4,8 +4,10 @@ running job of ``--replicas`` replicas, timed as the dashboard calls it.
 The load: most jobs finished (succeeded or failed, with their replicas, conditions and
 events, written into the state folder before the server starts, as a server that ran
 them would have left them), ``--pending`` waiting in queues at their limit (each with
-its reason), a few cheap sleepers running, and the wide job: ``--replicas`` sleeping
-replicas on two large virtual nodes. A day of utilisation samples is on record.
+its reason), a few cheap sleepers running, and the wide job: ``--replicas`` replicas
+that each print a line every 5 s, on two large virtual nodes. A day of utilisation
+samples is on record. The jobs that run are deleted at the end (replicas outlive a
+stopped server).
 
 Timed (p50/p99 over ``--rounds``; "ttlb": the request's time to last byte over
 loopback, "server": the ``Server-Timing`` the server reports):
@@ -14,7 +16,8 @@ loopback, "server": the ``Server-Timing`` the server reports):
 2. first paint of the cluster page and of the wide job's page: the document, then the
    screen's API calls in parallel over 6 connections as a browser makes them; the time
    is the document's plus the slowest call's (rendering excluded);
-3. steady updates of the job page: the job view and the events since the last id seen.
+3. steady updates of the job page while it follows the wide job's logs: the job view,
+   the events since the last id seen, and the jobs, queues and nodes tables.
 
 Goals (issue 13): first paint under 1 s, updates under 200 ms server time. Prints a
 table and writes benchmarks/results/dashboard.json.
