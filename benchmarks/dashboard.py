@@ -65,6 +65,8 @@ LOGGER = ["sh", "-c", 'i=0; while sleep 5; do i=$((i+1)); echo "step $i loss 0.$
 """The wide job's replicas: a log line every 5 s each, a fork of ``sleep`` between."""
 BROWSER_CONNECTIONS = 6
 WIDE = "wide"
+METRICS_PATH = "/api/v1/jobs/{name}/metrics"
+"""Training metrics (issue 13), timed where the server has them."""
 
 
 def job_document(
@@ -265,16 +267,20 @@ class Timings:
         return answer
 
     def rows(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "call": label,
-                "ttlb_p50_ms": ms(statistics.median(values)),
-                "ttlb_p99_ms": ms(percentile(values, 0.99)),
-                "server_p50_ms": ms(statistics.median(self.server.get(label, [0.0]))),
-                "server_p99_ms": ms(percentile(self.server.get(label, [0.0]), 0.99)),
-            }
-            for label, values in self.ttlb.items()
-        ]
+        """Server times are None from a server that sends no ``Server-Timing``."""
+        rows = []
+        for label, values in self.ttlb.items():
+            server = self.server.get(label)
+            rows.append(
+                {
+                    "call": label,
+                    "ttlb_p50_ms": ms(statistics.median(values)),
+                    "ttlb_p99_ms": ms(percentile(values, 0.99)),
+                    "server_p50_ms": ms(statistics.median(server)) if server else None,
+                    "server_p99_ms": ms(percentile(server, 0.99)) if server else None,
+                }
+            )
+        return rows
 
 
 def assets(document: str) -> list[str]:
@@ -318,12 +324,14 @@ def follow_logs(url: str, lines: list[str]) -> None:
         lines.extend(stream.iter_lines())
 
 
-def updates(http: httpx.Client, rounds: int, timings: Timings) -> None:
+def updates(http: httpx.Client, rounds: int, timings: Timings, served: set[str]) -> None:
     """The job page once loaded, its logs followed: the view, the events since the last
-    one seen, and the cluster tables."""
-    events = timings.get(http, "update: events", f"/api/v1/jobs/{WIDE}/events?namespace=ads")
-    last = max((e["id"] for e in events.json()["items"]), default=0)
+    one seen, its training metrics where served, and the cluster tables."""
+    events = http.get(f"/api/v1/jobs/{WIDE}/events?namespace=ads").json()["items"]
+    last = max((e["id"] for e in events), default=0)
     for _ in range(rounds):
+        if METRICS_PATH in served:
+            timings.get(http, "update: metrics", f"/api/v1/jobs/{WIDE}/metrics?namespace=ads")
         timings.get(http, "update: job view", f"/api/v1/jobs/{WIDE}?namespace=ads")
         fresh = timings.get(
             http, "update: events since", f"/api/v1/jobs/{WIDE}/events?namespace=ads&since={last}"
@@ -345,16 +353,20 @@ def cluster_screen() -> list[str]:
     ]
 
 
-def job_screen() -> list[str]:
-    return [
+def job_screen(served: set[str]) -> list[str]:
+    """The job page's calls; its training metrics where this server has them."""
+    calls = [
         f"/api/v1/jobs/{WIDE}?namespace=ads",
         f"/api/v1/jobs/{WIDE}/events?namespace=ads",
         f"/api/v1/jobs/{WIDE}/logs?namespace=ads&tailLines=200",
     ]
+    if METRICS_PATH in served:
+        calls.append(f"/api/v1/jobs/{WIDE}/metrics?namespace=ads")
+    return calls
 
 
-def each_endpoint(http: httpx.Client, rounds: int, timings: Timings) -> None:
-    calls = cluster_screen() + job_screen() + ["/api/v1/jobs/done-0000?namespace=ads"]
+def each_endpoint(http: httpx.Client, rounds: int, timings: Timings, served: set[str]) -> None:
+    calls = cluster_screen() + job_screen(served) + ["/api/v1/jobs/done-0000?namespace=ads"]
     for _ in range(rounds):
         for path in calls:
             timings.get(http, path, path)
@@ -377,13 +389,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             live_jobs(http, args)
             time.sleep(2)  # the controller's first passes over the new jobs
-            each_endpoint(http, args.rounds, timings)
+            served = set(http.get("/openapi.json").json()["paths"])
+            each_endpoint(http, args.rounds, timings, served)
             cluster = first_paint(url, cluster_screen(), args.rounds, timings, "cluster page")
-            job_page = first_paint(url, job_screen(), args.rounds, timings, "job page")
+            job_page = first_paint(url, job_screen(served), args.rounds, timings, "job page")
             followed: list[str] = []
             follower = threading.Thread(target=follow_logs, args=(url, followed), daemon=True)
             follower.start()
-            updates(http, args.rounds, timings)
+            updates(http, args.rounds, timings, served)
         finally:
             delete_live_jobs(http, args)
         follower.join(timeout=30)
@@ -421,9 +434,11 @@ def main() -> None:
     header = f"{'call':<58} {'ttlb p50':>9} {'ttlb p99':>9} {'srv p50':>9} {'srv p99':>9}"
     print(header)
     for row in figures["calls"]:
+        server = [row[k] for k in ("server_p50_ms", "server_p99_ms")]
+        p50, p99 = ("-" if v is None else v for v in server)
         print(
             f"{row['call'][:58]:<58} {row['ttlb_p50_ms']:>9} {row['ttlb_p99_ms']:>9} "
-            f"{row['server_p50_ms']:>9} {row['server_p99_ms']:>9}"
+            f"{p50:>9} {p99:>9}"
         )
     print(f"written to {RESULTS}")
 
