@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned to the CPU build for the demo and test environment; GPU users install their own.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint bench venv
+.PHONY: demo test lint bench venv chromium
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ venv: $(BIN)/activate
 demo: venv
 	$(BIN)/tidemill run examples/digits_ddp/job.yaml
 
-test: venv
+# tests/dashboard drive Debian's Chromium through Playwright
+chromium:
+	command -v chromium || (apt-get update && apt-get install -y chromium)
+
+test: venv chromium
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy src
 	$(BIN)/pytest -q
@@ -35,3 +39,4 @@ bench: venv
 	$(BIN)/python benchmarks/checkpoint.py
 	$(BIN)/python benchmarks/ps.py
 	$(BIN)/python benchmarks/scheduler_sim.py
+	$(BIN)/python benchmarks/metrics_report.py

@@ -283,15 +283,78 @@ class Timings:
         return rows
 
 
-def assets(document: str) -> list[str]:
-    """Same-origin scripts and stylesheets the page loads before it can paint."""
+Screen = list[list[str]]
+"""A page's calls as the front-end makes them: waves, each in parallel, each after the
+one before (it needs what came back)."""
+
+
+def page_links(document: str) -> list[str]:
+    """Same-origin scripts and stylesheets ``index.html`` loads."""
     return [a for a in re.findall(r'(?:src|href)="(/[^"]*)"', document) if not a.startswith("//")]
 
 
-def first_paint(
-    url: str, screen: list[str], rounds: int, timings: Timings, label: str
-) -> list[float]:
-    """Document, then ``screen``'s calls over 6 connections; each round a new browser."""
+def module_imports(path: str, script: str) -> list[str]:
+    """What an ES module imports (``import ... from "./x.js"``), as absolute paths."""
+    folder = path.rsplit("/", 1)[0]
+    found = re.findall(r'(?:from|import)\s*["\'](\./[^"\']+)["\']', script)
+    return [f"{folder}/{name[2:]}" for name in found]
+
+
+def jobs_screen(served: set[str]) -> Screen:
+    """The home page (``#/``): every job and the newest cluster events."""
+    return [["/api/v1/jobs", "/api/v1/events?limit=25&newest=true"]]
+
+
+def cluster_screen(served: set[str]) -> Screen:
+    """``#/cluster``: utilisation over the last hour, queues, nodes and pending jobs, then
+    the first 25 pending jobs' views (for their reasons)."""
+    waiting = [f"/api/v1/jobs/waiting-{i:03d}?namespace={QUEUES[1 + i % 2]}" for i in range(25)]
+    first = ["/api/v1/cluster/utilization?seconds=3600&points=400", "/api/v1/queues"]
+    return [[*first, "/api/v1/nodes", "/api/v1/jobs?phase=Pending"], waiting]
+
+
+def job_screen(served: set[str]) -> Screen:
+    """``#/job/ads/wide``: the view and the log tail, then the newest 2,000 events, then
+    the training metrics where this server has them."""
+    job = f"/api/v1/jobs/{WIDE}?namespace=ads"
+    waves = [
+        [job, f"/api/v1/jobs/{WIDE}/logs?namespace=ads&tailLines=1000"],
+        [f"/api/v1/events?job=ads/{WIDE}&limit=2000&newest=true"],
+    ]
+    if METRICS_PATH in served:
+        waves.append([f"/api/v1/jobs/{WIDE}/metrics?namespace=ads&sinceStep=-1"])
+    return waves
+
+
+SCREENS = {"jobs page": jobs_screen, "cluster page": cluster_screen, "job page": job_screen}
+
+
+def kind(path: str) -> str:
+    """A call's row in the table: static files as one, the 25 pending jobs' views as one."""
+    if path.startswith("/static/"):
+        return "static files"
+    if path.startswith("/api/v1/jobs/waiting-"):
+        return "a pending job's view"
+    return path
+
+
+def in_parallel(
+    pool: ThreadPoolExecutor,
+    clients: list[httpx.Client],
+    timings: Timings,
+    label: str,
+    paths: list[str],
+) -> list[httpx.Response]:
+    done = [
+        pool.submit(timings.get, clients[k % len(clients)], f"{label}: {kind(path)}", path)
+        for k, path in enumerate(paths)
+    ]
+    return [future.result() for future in done]
+
+
+def first_paint(url: str, screen: Screen, rounds: int, timings: Timings, label: str) -> list[float]:
+    """The document, its stylesheets and scripts, the modules those import, then
+    ``screen``'s waves, over 6 connections; each round a new browser with no cache."""
     totals = []
     with ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
         for _ in range(rounds):
@@ -301,12 +364,20 @@ def first_paint(
             try:
                 started = time.perf_counter()
                 page = timings.get(clients[0], f"{label}: document", "/").text
-                done = [
-                    pool.submit(timings.get, clients[k % len(clients)], f"{label}: {path}", path)
-                    for k, path in enumerate(assets(page) + screen)
-                ]
-                for future in done:
-                    future.result()
+                static, seen = page_links(page), set[str]()
+                while static:
+                    seen.update(static)
+                    loaded = in_parallel(pool, clients, timings, f"{label}: static", static)
+                    static = [
+                        module
+                        for path, answer in zip(static, loaded, strict=True)
+                        if path.endswith(".js")
+                        for module in module_imports(path, answer.text)
+                        if module not in seen
+                    ]
+                    static = list(dict.fromkeys(static))
+                for wave in screen:
+                    in_parallel(pool, clients, timings, label, wave)
                 totals.append(time.perf_counter() - started)
             finally:
                 for client in clients:
@@ -316,7 +387,7 @@ def first_paint(
 
 def follow_logs(url: str, lines: list[str]) -> None:
     """What the job page's log pane does: follow every replica's log until the job ends."""
-    params = {"namespace": "ads", "follow": "true", "tailLines": "10"}
+    params = {"namespace": "ads", "follow": "true", "tailLines": "1000"}
     with (
         httpx.Client(base_url=url, timeout=None) as http,
         http.stream("GET", f"/api/v1/jobs/{WIDE}/logs", params=params) as stream,
@@ -324,51 +395,46 @@ def follow_logs(url: str, lines: list[str]) -> None:
         lines.extend(stream.iter_lines())
 
 
-def updates(http: httpx.Client, rounds: int, timings: Timings, served: set[str]) -> None:
-    """The job page once loaded, its logs followed: the view, the events since the last
-    one seen, its training metrics where served, and the cluster tables."""
-    events = http.get(f"/api/v1/jobs/{WIDE}/events?namespace=ads").json()["items"]
+def updates(url: str, rounds: int, timings: Timings, served: set[str]) -> dict[str, list[float]]:
+    """Each page's poll, as its timer runs it, while the job page follows the wide job's
+    logs: the job page's (view, events since the last seen, metrics, one after another),
+    the jobs page's and the cluster page's. Returns each poll's times."""
+    polls: dict[str, list[float]] = {"job page": [], "jobs page": [], "cluster page": []}
+    clients = [httpx.Client(base_url=url, timeout=60) for _ in range(BROWSER_CONNECTIONS)]
+    http = clients[0]
+    events = http.get(f"/api/v1/events?job=ads/{WIDE}&limit=2000&newest=true").json()["items"]
     last = max((e["id"] for e in events), default=0)
-    for _ in range(rounds):
-        if METRICS_PATH in served:
-            timings.get(http, "update: metrics", f"/api/v1/jobs/{WIDE}/metrics?namespace=ads")
-        timings.get(http, "update: job view", f"/api/v1/jobs/{WIDE}?namespace=ads")
-        fresh = timings.get(
-            http, "update: events since", f"/api/v1/jobs/{WIDE}/events?namespace=ads&since={last}"
-        ).json()["items"]
-        last = max((e["id"] for e in fresh), default=last)
-        timings.get(http, "update: jobs list", "/api/v1/jobs")
-        timings.get(http, "update: queues", "/api/v1/queues")
-        timings.get(http, "update: nodes", "/api/v1/nodes")
-        time.sleep(0.05)
-
-
-def cluster_screen() -> list[str]:
-    return [
-        "/api/v1/jobs",
-        "/api/v1/queues",
-        "/api/v1/nodes",
-        "/api/v1/cluster/utilization",
-        "/api/v1/events?limit=1000",
-    ]
-
-
-def job_screen(served: set[str]) -> list[str]:
-    """The job page's calls; its training metrics where this server has them."""
-    calls = [
-        f"/api/v1/jobs/{WIDE}?namespace=ads",
-        f"/api/v1/jobs/{WIDE}/events?namespace=ads",
-        f"/api/v1/jobs/{WIDE}/logs?namespace=ads&tailLines=200",
-    ]
-    if METRICS_PATH in served:
-        calls.append(f"/api/v1/jobs/{WIDE}/metrics?namespace=ads")
-    return calls
+    try:
+        with ThreadPoolExecutor(BROWSER_CONNECTIONS) as pool:
+            for _ in range(rounds):
+                started = time.perf_counter()
+                timings.get(http, "update: job view", f"/api/v1/jobs/{WIDE}?namespace=ads")
+                since = f"/api/v1/events?job=ads/{WIDE}&since={last}&limit=1000"
+                fresh = timings.get(http, "update: job events since", since).json()["items"]
+                last = max((e["id"] for e in fresh), default=last)
+                if METRICS_PATH in served:
+                    metrics = f"/api/v1/jobs/{WIDE}/metrics?namespace=ads&sinceStep=-1"
+                    timings.get(http, "update: metrics", metrics)
+                polls["job page"].append(time.perf_counter() - started)
+                for page, screen in (("jobs page", jobs_screen), ("cluster page", cluster_screen)):
+                    started = time.perf_counter()
+                    for wave in screen(served):
+                        in_parallel(pool, clients, timings, f"update, {page}", wave)
+                    polls[page].append(time.perf_counter() - started)
+                time.sleep(0.05)
+    finally:
+        for client in clients:
+            client.close()
+    return polls
 
 
 def each_endpoint(http: httpx.Client, rounds: int, timings: Timings, served: set[str]) -> None:
-    calls = cluster_screen() + job_screen(served) + ["/api/v1/jobs/done-0000?namespace=ads"]
+    """Every call of the screens on its own (one pending job's view standing for the 25)
+    and a finished job's view."""
+    calls = [path for screen in SCREENS.values() for wave in screen(served) for path in wave]
+    calls = [p for p in calls if "/jobs/waiting-" not in p or "/waiting-000?" in p]
     for _ in range(rounds):
-        for path in calls:
+        for path in [*calls, "/api/v1/jobs/done-0000?namespace=ads"]:
             timings.get(http, path, path)
 
 
@@ -391,12 +457,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(2)  # the controller's first passes over the new jobs
             served = set(http.get("/openapi.json").json()["paths"])
             each_endpoint(http, args.rounds, timings, served)
-            cluster = first_paint(url, cluster_screen(), args.rounds, timings, "cluster page")
-            job_page = first_paint(url, job_screen(served), args.rounds, timings, "job page")
+            paints = {
+                page: first_paint(url, screen(served), args.rounds, timings, page)
+                for page, screen in SCREENS.items()
+            }
             followed: list[str] = []
             follower = threading.Thread(target=follow_logs, args=(url, followed), daemon=True)
             follower.start()
-            updates(http, args.rounds, timings, served)
+            polls = updates(url, args.rounds, timings, served)
         finally:
             delete_live_jobs(http, args)
         follower.join(timeout=30)
@@ -411,7 +479,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "wide_job_replicas": args.replicas,
         "rounds": args.rounds,
         "log_lines_followed_during_updates": len(followed),
-        "first_paint": [summary("cluster page", cluster), summary("job page", job_page)],
+        "first_paint": [summary(page, totals) for page, totals in paints.items()],
+        "polls": [summary(page, totals) for page, totals in polls.items()],
         "calls": timings.rows(),
     }
 
@@ -430,6 +499,9 @@ def main() -> None:
     print(f"{figures['jobs']} jobs, wide job of {figures['wide_job_replicas']} replicas")
     print(f"{'first paint (rendering excluded)':<58} {'p50 ms':>9} {'p99 ms':>9}")
     for row in figures["first_paint"]:
+        print(f"{row['call']:<58} {row['ttlb_p50_ms']:>9} {row['ttlb_p99_ms']:>9}")
+    print(f"{'a poll of each page (its calls, to last byte)':<58} {'p50 ms':>9} {'p99 ms':>9}")
+    for row in figures["polls"]:
         print(f"{row['call']:<58} {row['ttlb_p50_ms']:>9} {row['ttlb_p99_ms']:>9}")
     header = f"{'call':<58} {'ttlb p50':>9} {'ttlb p99':>9} {'srv p50':>9} {'srv p99':>9}"
     print(header)

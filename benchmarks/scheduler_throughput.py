@@ -27,6 +27,11 @@ second.
 Prints the tables and writes ``benchmarks/results/scheduler_throughput.json``.
 
     python benchmarks/scheduler_throughput.py [--repeats 3] [--cycles 200]
+        [--only steady|placement|cycle ...] [--max-nodes N]
+
+``--only`` runs those parts alone and ``--max-nodes`` skips the big-cycle clusters larger
+than N (to iterate on the 1,000-node ones); the JSON keeps what earlier runs wrote for
+the rest.
 """
 
 from __future__ import annotations
@@ -211,11 +216,13 @@ def measure(scenario: Scenario, repeats: int) -> dict[str, object]:
     requests = backlog + growth
     config = SchedulerConfig(preemption=True)
     seconds: list[float] = []
+    cpu_seconds: list[float] = []
     decisions = Decisions()
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         decisions = schedule(state, requests, config)
         seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
     decided = len(decisions.binds) + len(decisions.pending)
     mean_s = statistics.fmean(seconds)
     return {
@@ -235,6 +242,7 @@ def measure(scenario: Scenario, repeats: int) -> dict[str, object]:
         "repeats": repeats,
         "mean_ms_per_cycle": round(mean_s * 1000, 1),
         "min_ms_per_cycle": round(min(seconds) * 1000, 1),
+        "mean_cpu_ms_per_cycle": round(statistics.fmean(cpu_seconds) * 1000, 1),
         "decisions_per_s": round(decided / mean_s, 1),
     }
 
@@ -388,14 +396,47 @@ def measure_placement(repeats: int, scoring: Scoring) -> dict[str, object]:
     }
 
 
+PARTS = ("steady", "placement", "cycle")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed cycles per cluster size")
     parser.add_argument("--cycles", type=int, default=200, help="steady cycles per cluster")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        default=PARTS,
+        help="the parts to run (all by default)",
+    )
+    parser.add_argument(
+        "--max-nodes",
+        type=int,
+        default=None,
+        help="skip big-cycle clusters with more nodes than this",
+    )
     args = parser.parse_args()
     scorings: tuple[Scoring, ...] = get_args(Scoring)
-    steady = [measure_steady(full, args.cycles, sc) for sc in scorings for full in (False, True)]
-    placement = [measure_placement(args.repeats, scoring) for scoring in scorings]
+    steady: list[dict[str, object]] = []
+    placement: list[dict[str, object]] = []
+    rows: list[dict[str, object]] = []
+    if "steady" in args.only:
+        steady = [
+            measure_steady(full, args.cycles, sc) for sc in scorings for full in (False, True)
+        ]
+        _print_steady(steady)
+    if "placement" in args.only:
+        placement = [measure_placement(args.repeats, scoring) for scoring in scorings]
+        _print_placement(placement)
+    if "cycle" in args.only:
+        wanted = [s for s in SCENARIOS if args.max_nodes is None or s.nodes <= args.max_nodes]
+        rows = [measure(scenario, args.repeats) for scenario in wanted]
+        _print_cycles(rows)
+    _write(steady, placement, rows)
+
+
+def _print_steady(steady: list[dict[str, object]]) -> None:
     print(
         f"{'scoring':>13} {'cluster':>7} {'cycles':>6} {'bound':>6} {'scratch p50':>11} "
         f"{'p99':>7} {'memo p50':>8} {'p99':>7} {'max':>7} {'cpu p99':>7} {'speedup':>7}   "
@@ -414,6 +455,9 @@ def main() -> None:
             f"{fresh['p50']:>11} {fresh['p99']:>7} {carried['p50']:>8} {carried['p99']:>7} "
             f"{carried['max']:>7} {cpu['p99']:>7} {row['speedup_mean']:>6}x"
         )
+
+
+def _print_placement(placement: list[dict[str, object]]) -> None:
     for placed in placement:
         print(
             f"placement ({placed['scoring']}): {placed['pods_placed']:,} of "
@@ -421,10 +465,13 @@ def main() -> None:
             f"{STEADY_NODES:,} nodes: {placed['pods_per_s']:,} pods/s "
             f"({placed['pods_per_cpu_s']:,} per CPU second)"
         )
-    rows = [measure(scenario, args.repeats) for scenario in SCENARIOS]
+
+
+def _print_cycles(rows: list[dict[str, object]]) -> None:
     header = (
         f"{'mix':>7} {'nodes':>7} {'running':>8} {'backlog':>8} {'bound':>6} {'pending':>8} "
-        f"{'preempted':>9} {'shrunk':>7} {'grown':>6} {'ms/cycle':>9} {'decisions/s':>12}"
+        f"{'preempted':>9} {'shrunk':>7} {'grown':>6} {'ms/cycle':>9} {'cpu ms':>7} "
+        f"{'decisions/s':>12}"
     )
     print(header)
     for row in rows:
@@ -432,17 +479,32 @@ def main() -> None:
             f"{row['mix']:>7} {row['nodes']:>7} {row['running_jobs']:>8} "
             f"{row['backlog_jobs']:>8} {row['bound']:>6} {row['pending']:>8} "
             f"{row['preempted']:>9} {row['shrunk']:>7} {row['grown']:>6} "
-            f"{row['mean_ms_per_cycle']:>9} {row['decisions_per_s']:>12}"
+            f"{row['mean_ms_per_cycle']:>9} {row['mean_cpu_ms_per_cycle']:>7} "
+            f"{row['decisions_per_s']:>12}"
         )
+
+
+def _write(
+    steady: list[dict[str, object]],
+    placement: list[dict[str, object]],
+    rows: list[dict[str, object]],
+) -> None:
+    """Write what ran over what an earlier run wrote, row by row."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    report = {
-        "benchmark": "scheduler_throughput",
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "results": rows,
-        "steady": steady,
-        "placement": placement,
-    }
+    report = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    report.update(
+        benchmark="scheduler_throughput",
+        python=platform.python_version(),
+        machine=platform.machine(),
+    )
+    for part, fresh, key in (
+        ("results", rows, ("mix", "nodes")),
+        ("steady", steady, ("scoring", "cluster")),
+        ("placement", placement, ("scoring",)),
+    ):
+        kept = {tuple(row[k] for k in key): row for row in report.get(part, [])}
+        kept.update({tuple(row[k] for k in key): row for row in fresh})
+        report[part] = list(kept.values())
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tidemill.runtime import ElasticContext, ElasticState, elastic
+from tidemill.runtime import ElasticContext, ElasticState, elastic, report
 
 
 class Counter(nn.Module):
@@ -110,7 +110,8 @@ def main() -> None:
                 "pids": pids,
             }
         )
-        for step in ctx.steps(until=args.steps):
+        share = len(sample_ids(0, args.batch, ctx.rank, ctx.world_size))
+        for step in ctx.steps(until=args.steps, samples_per_step=share):
             ids = sample_ids(step, args.batch, ctx.rank, ctx.world_size)
             loss = -ctx.world_size * ctx.model(ids)
             optimizer.zero_grad()
@@ -120,6 +121,7 @@ def main() -> None:
                 time.sleep(args.step_time)
             state.step += 1
             state.data["next_sample"] = state.step * args.batch
+            report(state.step, loss=loss.item())  # with step_time_s and samples_per_s
             if state.step % args.commit_every == 0 or state.step == args.steps:
                 state.commit()
             if ctx.is_chief and state.step % args.log_every == 0:

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -32,9 +32,11 @@ from typing import Any
 import httpx
 
 from tidemill.api.checkpoint import CheckpointList
+from tidemill.api.debug import StacksReport
 from tidemill.api.errors import FieldError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.loader import load_job_file
+from tidemill.api.metrics import MetricsView
 from tidemill.api.status import EventView, JobSummary, JobView, NodeView, QueueView
 from tidemill.api.token import CreatedToken, Role, TokenRequest, TokenView
 from tidemill.client_config import ConfigError, normalise_url, token_for
@@ -208,11 +210,62 @@ class Client:
         items = self._request("GET", f"/jobs/{name}/events", params=params).json()["items"]
         return [EventView.model_validate(item) for item in items]
 
+    def metrics(
+        self,
+        name: str,
+        namespace: str | None = None,
+        replica: str | None = None,
+        since_step: int = -1,
+    ) -> MetricsView:
+        """The job's training metrics: reports oldest step first, and the latest values."""
+        name, params = _job_ref(name, namespace)
+        params = {**params, "sinceStep": since_step}
+        if replica is not None:
+            params["replica"] = replica
+        response = self._request("GET", f"/jobs/{name}/metrics", params=params)
+        return MetricsView.model_validate(response.json())
+
     def checkpoints(self, name: str, namespace: str | None = None) -> CheckpointList:
         """The job's checkpoint folder and its checkpoints, newest first."""
         name, params = _job_ref(name, namespace)
         response = self._request("GET", f"/jobs/{name}/checkpoints", params=params)
         return CheckpointList.model_validate(response.json())
+
+    def stacks(self, name: str, namespace: str | None = None) -> StacksReport:
+        """Every running replica's Python stacks, and the groups stopped in one place."""
+        name, params = _job_ref(name, namespace)
+        response = self._request("GET", f"/jobs/{name}/stacks", params=params)
+        return StacksReport.model_validate(response.json())
+
+    def exec(
+        self,
+        name: str,
+        role: str,
+        index: int,
+        command: list[str],
+        on_output: Callable[[str], None],
+        namespace: str | None = None,
+        timeout_s: float = 3600.0,
+    ) -> int:
+        """Run ``command`` in replica ``role-index``'s environment and folder; its output
+        goes to ``on_output`` as it comes; returns its exit code."""
+        name, params = _job_ref(name, namespace)
+        body = {"role": role, "index": index, "command": command, "timeout_s": timeout_s}
+        request = self._http.build_request(
+            "POST",
+            f"{API_PREFIX}/jobs/{name}/exec",
+            params=params,
+            json=body,
+            timeout=httpx.Timeout(self.timeout_s, read=None),
+        )
+        for line in self._lines(self._send(request, stream=True)):
+            if not line:
+                continue
+            message = json.loads(line)
+            if "exit_code" in message:
+                return int(message["exit_code"])
+            on_output(str(message["output"]))
+        raise TidemillError(f"the server at {self.server} ended the exec without an exit code")
 
     def queues(self) -> list[QueueView]:
         items = self._request("GET", "/queues").json()["items"]
@@ -301,9 +354,7 @@ class Client:
         try:
             yield from response.iter_lines()
         except httpx.TransportError as exc:
-            raise TidemillError(
-                f"the log stream from {self.server} broke: {_reason(exc)}"
-            ) from None
+            raise TidemillError(f"the stream from {self.server} broke: {_reason(exc)}") from None
         finally:
             response.close()
 

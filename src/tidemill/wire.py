@@ -24,6 +24,9 @@ Worker → master (``op``):
   first request of an epoch carries the committed data ``view``).
 - ``insight {stage, sources}``: this worker's read counters; ``data_error {reason,
   message}``: a data source stopped this worker (the master posts it as an event).
+- ``metrics {reports, refused}``: training metrics, batched about once a second:
+  ``reports`` is a list of ``[step, time, {name: value}]``; ``refused`` counts the
+  reports the worker dropped itself, by reason.
 - ``heartbeat {}``.
 
 Master → worker:
@@ -184,6 +187,16 @@ class Insight:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """A batch of ``report()`` calls: ``[step, time, {name: value}]`` each."""
+
+    reports: list[Any]
+    refused: dict[str, Any] | None = None
+    """reason -> reports the worker refused (bad names or values, a full buffer)."""
+    op: ClassVar[str] = "metrics"
+
+
+@dataclass(frozen=True)
 class DataErrorReport:
     """A data source stopped this worker; the master posts it as an event."""
 
@@ -215,6 +228,7 @@ WorkerMessage = (
     | Done
     | Lease
     | Insight
+    | Metrics
     | DataErrorReport
     | CheckpointReport
 )
@@ -230,6 +244,7 @@ WORKER_MESSAGES: dict[str, type[WorkerMessage]] = {
         Done,
         Lease,
         Insight,
+        Metrics,
         DataErrorReport,
         CheckpointReport,
     )
@@ -376,6 +391,12 @@ def _dict(value: Any) -> dict[str, Any]:
     return value
 
 
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {value!r:.80}")
+    return value
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise TypeError(f"expected a list of strings, got {value!r}")
@@ -389,6 +410,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "bool": _bool,
     "Any": lambda value: value,
     "dict[str, Any]": _dict,
+    "list[Any]": _list,
     "tuple[str, ...]": _strings,
 }
 """Per annotation (``| None`` removed): the check and conversion of a JSON value."""

@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BOARD = ROOT / "deploy" / "grafana" / "tidemill.json"
 METRIC = re.compile(r"\btidemill_[a-z_]+")
 HISTOGRAM_SERIES = ("_bucket", "_count", "_sum")
-CONDITIONAL_SOURCES = ("data_metrics", "ps_metrics")
-"""Families a server exports only while a job reads data or runs parameter servers."""
+CONDITIONAL_SOURCES = ("data_metrics", "ps_metrics", "training_metrics")
+"""Families a server exports only while a job reads data, runs parameter servers or
+reports training metrics."""
 
 
 def board() -> dict[str, Any]:

@@ -163,8 +163,10 @@ def apply_crd(cluster: Cluster) -> None:
                 raise
 
 
-def emulated(tmp: Path, nodes: int = 2, cpu: str = "4") -> Iterator[Cluster]:
-    kube = KubeEmulator().start()
+def emulated(
+    tmp: Path, nodes: int = 2, cpu: str = "4", metrics_server: bool = True
+) -> Iterator[Cluster]:
+    kube = KubeEmulator(metrics_server=metrics_server).start()
     try:
         for i in range(nodes):
             kube.add_node(f"node-{i}", cpu=cpu, memory="16Gi", labels={"zone": f"z{i % 2}"})

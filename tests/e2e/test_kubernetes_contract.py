@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from kubernetes import client
 
@@ -47,6 +48,7 @@ def test_the_digits_example_trains_to_its_accuracy_on_pods_tidemill_bound(
         assert accuracy >= 0.9, log[-2000:]
         pods = cluster.pods(job.metadata.name)
         assert len(pods) == 2
+        assert {r.pod for r in final.replicas} == {p.metadata.name for p in pods}
         assert {p.spec.scheduler_name for p in pods} == {"tidemill"}
         assert all(p.spec.node_name for p in pods), "every pod was bound"
         status = wait_for(
@@ -225,3 +227,47 @@ def with_extended(job: TrainingJob, extended: dict[str, int]) -> TrainingJob:
     for role in document["spec"]["roles"].values():
         role["resources"]["extended"] = extended
     return TrainingJob.model_validate(document)
+
+
+SPIN = """
+held = bytearray(64 * 2**20)
+for i in range(0, len(held), 4096):
+    held[i] = 1
+while True:
+    pass
+"""
+
+
+def test_what_a_pod_uses_comes_from_the_clusters_metrics_server(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A spinning pod's cores and memory reach the job view and /metrics through
+    metrics.k8s.io (metrics-server on a real cluster; the emulator's otherwise)."""
+    if cluster.emulator is None and not has_metrics_server(cluster):
+        pytest.skip("this cluster runs no metrics-server (metrics.k8s.io is not served)")
+    spinner = cluster.sleeper("spinner", replicas=1).model_dump(by_alias=True, mode="json")
+    spinner["spec"]["roles"]["worker"]["command"] = ["python", "-c", SPIN]
+    with server(cluster, tmp_path / "state") as (runner, api):
+        api.submit(spinner)
+        wait_for(lambda: api.get("spinner").phase == "Running", timeout_s=60, what="running")
+
+        def measured() -> object:
+            usage = api.get("spinner").replicas[0].usage
+            spinning = usage is not None and (usage.cpu_cores or 0) > 0.3
+            return spinning and usage.memory_bytes > 64 * 2**20 and usage
+
+        wait_for(measured, timeout_s=90, what="the pod measured spinning with 64 MiB")
+        text = httpx.get(f"{runner.url}/metrics").text
+        assert 'tidemill_replica_cpu_cores{job_name="spinner"' in text
+        api.delete("spinner")
+
+
+def has_metrics_server(cluster: Cluster) -> bool:
+    with cluster.api() as api:
+        try:
+            client.CustomObjectsApi(api).list_namespaced_custom_object(
+                "metrics.k8s.io", "v1beta1", cluster.namespace, "pods"
+            )
+        except client.ApiException:
+            return False
+    return True

@@ -219,3 +219,21 @@ def test_a_fixed_gang_that_loses_a_node_is_placed_again_whole(
         )
         events = [f"{e.reason}: {e.message}" for e in api.job_events("fixed")]
         assert any(lost in e for e in events), events
+
+
+def test_a_cluster_without_metrics_server_gives_no_usage_and_stays_healthy(
+    tmp_path: Path,
+) -> None:
+    """Usage is an extra: without metrics.k8s.io the job view has no figures (never
+    zeros), /healthz stays ok, and the API is asked once a minute, not once a scrape."""
+    for cluster in emulated(tmp_path, metrics_server=False):
+        kube = kube_of(cluster)
+        with server(cluster, tmp_path / "state") as (runner, api):
+            api.submit(cluster.sleeper("quiet", replicas=1))
+            wait_for(lambda: api.get("quiet").phase == "Running", timeout_s=60, what="running")
+            views = [api.get("quiet") for _ in range(5)]
+            assert all(r.usage is None for view in views for r in view.replicas)
+            assert httpx.get(f"{runner.url}/healthz").json() == {"status": "ok"}
+            asked = [c for c in kube.calls if c.api_group == "metrics.k8s.io"]
+            assert [(c.verb, c.resource) for c in asked] == [("list", "pods")]
+            api.delete("quiet")

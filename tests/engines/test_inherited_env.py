@@ -15,6 +15,7 @@ from tidemill.engines.base import LaunchSpec
 from tidemill.engines.inherited_env import is_inherited
 from tidemill.engines.local import LocalEngine
 from tidemill.engines.warm_start import UID_VAR
+from tidemill.stack_signal import STACK_DUMP_VAR
 
 from .processes import DEADLINE_S, wait_exit
 
@@ -83,7 +84,14 @@ def test_a_replica_gets_the_listed_server_variables_and_its_job_env_only(
     environ = seen["environ"]
     assert LISTED.items() <= environ.items()
     assert (environ["JOB_SETTING"], environ["AWS_REGION"]) == ("on", "from-the-job")
-    engine_set = {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", UID_VAR, "JOB_SETTING", "AWS_REGION"}
+    engine_set = {
+        "CUDA_VISIBLE_DEVICES",
+        "CUDA_DEVICE_ORDER",
+        UID_VAR,
+        STACK_DUMP_VAR,
+        "JOB_SETTING",
+        "AWS_REGION",
+    }
     assert {name for name in environ if not is_inherited(name)} == engine_set
 
 

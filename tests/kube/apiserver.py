@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from .errors import ApiError, bad_request, conflict, invalid, status_object, success_status
@@ -25,6 +25,11 @@ from .rbac import Call, rbac_verb
 from .resources import Resource
 from .selectors import parse_field_selector, parse_label_selector
 from .watch import Watcher
+
+if TYPE_CHECKING:
+    from .metrics_server import MetricsServer
+
+METRICS_GROUP = "metrics.k8s.io"
 
 
 @dataclass
@@ -87,6 +92,8 @@ class ApiServer:
         self.call_names: list[str] = []
         self.injections: list[Injection] = []
         self.log_source: Callable[[dict[str, Any], str], LogSource | None] = lambda p, c: None
+        self.pod_metrics: MetricsServer | None = None
+        """The metrics.k8s.io group, when the cluster runs metrics-server."""
         self.watchers: set[Watcher] = set()
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -177,6 +184,8 @@ class ApiServer:
             for g, ver, _ in list(self.store.resources):
                 if g and ver not in groups.setdefault(g, []):
                     groups[g].append(ver)
+            if self.pod_metrics is not None:
+                groups[METRICS_GROUP] = ["v1beta1"]
             return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
                 {"name": g, "versions": [{"groupVersion": f"{g}/{x}", "version": x} for x in vs],
                  "preferredVersion": {"groupVersion": f"{g}/{vs[0]}", "version": vs[0]}}
@@ -213,6 +222,9 @@ class ApiServer:
         try:
             if h.headers.get("Authorization", "") != f"Bearer {self.token}":
                 raise ApiError(401, "Unauthorized")
+            if url.path.startswith(f"/apis/{METRICS_GROUP}/"):
+                self._metrics(h, url.path)
+                return
             route = self.route(url.path)
             if route is None:
                 if h.command != "GET":
@@ -230,6 +242,27 @@ class ApiServer:
         except Exception as e:  # the emulator's own bug: say so like the server would
             h.send_json(500, status_object(500, "InternalError",
                                            f"emulator error: {e!r}\n{traceback.format_exc()}"))
+
+    def _metrics(self, h: _Handler, path: str) -> None:
+        """``/apis/metrics.k8s.io/v1beta1/namespaces/NS/pods[/NAME]``: read-only, as
+        metrics-server serves it (an aggregated API: 404 when it is not installed)."""
+        parts = [p for p in path.split("/") if p][2:]
+        shape = len(parts) in (4, 5) and parts[0] == "v1beta1" and parts[1] == "namespaces"
+        if not shape or parts[3] != "pods":
+            raise ApiError(404, "the server could not find the requested resource")
+        namespace, name = parts[2], parts[4] if len(parts) == 5 else ""
+        self.calls.append(Call("get" if name else "list", METRICS_GROUP, "pods", "", namespace))
+        self.call_names.append(name)
+        if self.pod_metrics is None:
+            raise ApiError(404, "the server could not find the requested resource")
+        if h.command != "GET":
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+        if name:
+            h.send_json(200, self.pod_metrics.pod(namespace, name))
+            return
+        items = self.pod_metrics.pods(namespace)
+        h.send_json(200, {"kind": "PodMetricsList", "apiVersion": f"{METRICS_GROUP}/v1beta1",
+                          "metadata": {}, "items": items})
 
     def _record(self, method: str, route: Route, query: dict[str, list[str]]) -> None:
         watch = _flag(query, "watch")

@@ -14,6 +14,7 @@ from .apiserver import ApiServer, Injection
 from .dns import HostsFiles
 from .gc import Controllers
 from .kubelet import Kubelets, unshare_works
+from .metrics_server import MetricsServer
 from .objects import Store
 from .rbac import Call, disallowed
 
@@ -30,7 +31,11 @@ def _dns_isolation() -> bool:
 class KubeEmulator:
     """An emulated Kubernetes cluster on 127.0.0.1 for the official client to talk to."""
 
-    def __init__(self, history_size: int = 50_000, bookmark_interval: float = 1.0) -> None:
+    def __init__(self, history_size: int = 50_000, bookmark_interval: float = 1.0,
+                 metrics_server: bool = True) -> None:
+        """``metrics_server``: serve metrics.k8s.io (pod cpu and memory), as a cluster
+        with metrics-server installed does."""
+        self.metrics_server = metrics_server
         self.store = Store(history_size)
         self.token = secrets.token_hex(16)
         self.api = ApiServer(self.store, self.token, bookmark_interval)
@@ -51,6 +56,8 @@ class KubeEmulator:
         self._dns = HostsFiles(self.store, self.folder) if self.dns_isolation else None
         self._kubelets = Kubelets(self.store, self.folder, port, self._dns)
         self.api.log_source = self._kubelets.log_source
+        if self.metrics_server:
+            self.api.pod_metrics = MetricsServer(self._kubelets)
         return self
 
     def close(self) -> None:

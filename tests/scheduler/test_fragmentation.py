@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import replace
@@ -38,9 +39,16 @@ def unusable(
 ) -> float:
     """The measure written out per node: the free GPU each type could not use (its pods
     that fit by devices and cpu, if one fits by memory, times their GPU), weighted by
-    popularity."""
+    popularity; plus each device's eventual waste, or all the free GPU if no type's pod
+    fits by cpu and memory."""
     total = sum(mix_type.weight for mix_type in mix)
-    score = 0.0
+    hosts = any(
+        memory >= t.memory_bytes
+        and t.gpu_model in (None, model)
+        and (t.cpu_millis == 0 or cpu >= t.cpu_millis)
+        for t in mix
+    )
+    score = sum(eventual_waste(round(f * 1000), tuple(mix)) for f in free) if hosts else sum(free)
     for t in mix:
         if t.gpu < 1:
             by_gpu = sum(math.floor((f + EPS) / t.gpu) for f in free)
@@ -51,6 +59,20 @@ def unusable(
         pods = min(by_gpu, by_cpu) if fits else 0
         score += t.weight / total * (sum(free) - pods * t.gpu)
     return score
+
+
+@functools.cache
+def eventual_waste(room: int, mix: tuple[PodType, ...]) -> float:
+    """The share (of ``room`` thousandths of a device) left when the types that fit fill it
+    in arrival order, each next pod of a type as likely as its weight among them."""
+    fitting = [t for t in mix if round(min(t.gpu, 1.0) * 1000) <= room]
+    if not fitting:
+        return room / 1000
+    weight = sum(t.weight for t in fitting)
+    return sum(
+        t.weight / weight * eventual_waste(room - round(min(t.gpu, 1.0) * 1000), mix)
+        for t in fitting
+    )
 
 
 def random_cluster(rng: random.Random, mix: list[PodType]) -> ClusterState:
@@ -136,6 +158,25 @@ def test_a_shared_pod_keeps_whole_devices_whole_when_the_mix_wants_whole_gpus() 
     mix = (PodType(1000, GIB, 1.0, weight=3), PodType(1000, GIB, 0.5))
     pod = PodRequest("w", 0, 1000, GIB, 0.5)
     assert place_one(replace(state, workload=mix), pod).gpu_ids == (1,)
+
+
+def test_a_shared_pod_leaves_room_a_common_pod_will_fill_not_a_sliver_none_fits() -> None:
+    # Device 0 has 0.53 free beside a 0.47 pod, device 1 0.68 beside a 0.32 one. Looking
+    # one pod ahead the two are alike for a 0.32 pod (either way one 0.47 and one 0.32
+    # fewer fit) and best fit's fuller device wins, leaving 0.21 that no pod fits. Filled
+    # as pods arrive, 0.53 takes the next 0.47 and 0.36 the next 0.32: device 1.
+    state = state_of(
+        [node("n1").gpus(3)],
+        [running("r0").on("n1", [0], share=0.47), running("r1").on("n1", [1], share=0.32)],
+    )
+    mix = (
+        PodType(1000, GIB, 1.0, weight=55),
+        PodType(1000, GIB, 0.47, weight=10),
+        PodType(1000, GIB, 0.32, weight=5),
+    )
+    pod = PodRequest("w", 0, 1000, GIB, 0.32)
+    assert place_one(replace(state, workload=mix), pod).gpu_ids == (1,)
+    assert place_one(replace(state, workload=mix), pod, "best-fit").gpu_ids == (0,)
 
 
 def test_a_cpu_pod_leaves_cpu_for_every_free_gpu_not_just_one_more_pod() -> None:

@@ -152,6 +152,12 @@ def test_an_ads_editor_cannot_touch_a_search_job(tenancy: Tenancy) -> None:
         ("POST", "/api/v1/jobs/rank/scale", {"json": {"role": "worker", "replicas": 0}}),
         ("POST", "/api/v1/jobs/rank/events", {"json": {"reason": "Forged", "message": "x"}}),
         ("PUT", "/api/v1/jobs/rank/master-state", {"json": {"state": {"unresponsive": {}}}}),
+        ("GET", "/api/v1/jobs/rank/stacks", {}),
+        (
+            "POST",
+            "/api/v1/jobs/rank/exec",
+            {"json": {"role": "worker", "index": 0, "command": ["id"]}},
+        ),
     ]
     for method, path, body in calls:
         response = tenancy.call(method, path, editor, params={"namespace": "search"}, **body)
@@ -303,6 +309,28 @@ def test_the_job_credential_writes_only_its_own_master_state(tenancy: Tenancy) -
     assert refusal(tenancy.call("GET", "/api/v1/jobs", own), 403)
     assert refusal(tenancy.call("DELETE", "/api/v1/jobs/ctr", own, params=ads), 403)
     assert refusal(tenancy.call("GET", "/api/v1/jobs/rank", own, params=search), 403)
+
+
+def test_stacks_need_a_viewer_and_exec_an_editor_of_the_jobs_namespace(
+    tenancy: Tenancy,
+) -> None:
+    ads = {"namespace": "ads"}
+    run = {"json": {"role": "worker", "index": 0, "command": ["sh", "-c", "echo $TIDEMILL_JOB"]}}
+    viewer, editor = tenancy.tokens["ads-viewer"], tenancy.tokens["ads-editor"]
+
+    stacks = tenancy.call("GET", "/api/v1/jobs/ctr/stacks", viewer, params=ads)
+    assert stacks.status_code == 200 and stacks.json()["job"] == "ads/ctr"
+    refused = tenancy.call("POST", "/api/v1/jobs/ctr/exec", viewer, params=ads, **run)
+    assert "may not exec in replicas in namespace 'ads'" in refusal(refused, 403)
+    ran = tenancy.call("POST", "/api/v1/jobs/ctr/exec", editor, params=ads, **run)
+    assert ran.status_code == 200
+    assert ran.text.splitlines()[-2:] == ['{"output": "ads/ctr\\n"}', '{"exit_code": 0}']
+
+    own = tenancy.job_token("ads", "ctr")
+    for method, path, body in [("GET", "stacks", {}), ("POST", "exec", run)]:
+        response = tenancy.call(method, f"/api/v1/jobs/ctr/{path}", own, params=ads, **body)
+        assert "may act only on its own job" in refusal(response, 403), path
+    assert refusal(tenancy.call("GET", "/api/v1/jobs/ctr/stacks", None, params=ads), 401)
 
 
 def test_user_tokens_even_admin_ones_may_not_write_master_state(tenancy: Tenancy) -> None:

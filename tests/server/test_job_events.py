@@ -111,3 +111,27 @@ def test_a_job_removed_after_its_ttl_leaves_no_events_but_a_cluster_notice_of_re
 
     assert left == []
     assert notices == ["job default/brief removed 0s after it finished (ttlSecondsAfterFinished)"]
+
+
+def test_newest_gives_the_last_events_oldest_first_and_since_still_applies(
+    start_runner: Callable[..., ServerRunner],
+) -> None:
+    runner = start_runner()
+    with Client(runner.url) as client:
+        client.submit(chatty_job("ctr"))
+    with httpx.Client(base_url=runner.url) as http:
+        for n in range(30):
+            posted = http.post(EVENTS.format("ctr"), json={"reason": "Tick", "message": str(n)})
+            assert posted.status_code == 201
+        query = {"job": "default/ctr", "limit": 5}
+        first = http.get("/api/v1/events", params=query).json()["items"]
+        last = http.get("/api/v1/events", params={**query, "newest": "true"}).json()["items"]
+        ticks = [e for e in last if e["reason"] == "Tick"]
+        after = http.get(
+            "/api/v1/events", params={**query, "newest": "true", "since": last[-1]["id"]}
+        ).json()["items"]
+
+    assert first[0]["reason"] == "Submitted"
+    assert [e["message"] for e in ticks][-3:] == ["27", "28", "29"]
+    assert [e["id"] for e in last] == sorted(e["id"] for e in last) and len(last) == 5
+    assert after == []

@@ -38,6 +38,7 @@ from tidemill.api.limits import (
     shown,
     utf8_size,
 )
+from tidemill.api.metrics import TensorBoardSpec
 from tidemill.api.ps import (
     DEFAULT_VIRTUAL_SHARDS,
     MAX_STALENESS_STEPS,
@@ -400,6 +401,9 @@ class TrainingJobSpec(SpecModel):
     )
     checkpoint: CheckpointSpec | None = Field(
         default=None, description="durable checkpoints: where, how often, how many kept"
+    )
+    tensorboard: TensorBoardSpec | None = Field(
+        default=None, description="write the job's training metrics as TensorBoard event files"
     )
 
     @field_validator("queue")

@@ -101,6 +101,11 @@ def load_job_file(path: str | Path) -> TrainingJob:
         update["data"] = with_data_paths(job.spec.data, base)
     if job.spec.checkpoint is not None:
         update["checkpoint"] = with_checkpoint_paths(job.spec.checkpoint, base)
+    if job.spec.tensorboard is not None:
+        folder = Path(job.spec.tensorboard.dir).expanduser()
+        update["tensorboard"] = job.spec.tensorboard.model_copy(
+            update={"dir": os.path.normpath(base / folder)}
+        )
     return job.model_copy(update={"spec": job.spec.model_copy(update=update)})
 
 

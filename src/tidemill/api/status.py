@@ -84,6 +84,7 @@ class ReplicaView(BaseModel):
     node: str | None = None
     gpus: list[str] = Field(default_factory=list, description="device ids, e.g. ['0', '1']")
     pid: int | None = None
+    pod: str | None = Field(default=None, description="the replica's pod (Kubernetes engine)")
     restarts: int = 0
     exit_code: int | None = None
     started_at: float | None = None
@@ -230,6 +231,9 @@ class JobSummary(BaseModel):
     replicas: dict[str, str] = Field(description="role -> 'running/desired'")
     created_at: float
     message: str = ""
+    pending_reason: PendingReason | None = Field(
+        default=None, description="why it waits, while Pending (as in the job view)"
+    )
 
 
 class EventView(BaseModel):

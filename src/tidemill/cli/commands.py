@@ -129,11 +129,12 @@ def get(
 def describe(
     job: JobArgument, namespace: NamespaceOption = None, server: ServerOption = DEFAULT_SERVER
 ) -> None:
-    """Status, conditions, replicas, why it is pending, and recent events."""
+    """Status, conditions, replicas, why it is pending, training metrics, recent events."""
     with connect(server) as client:
         view = client.get(job, namespace)
         events = client.job_events(view.name, view.namespace)
-    stdout_console().print(render.describe(view, events, time.time()))
+        metrics = client.metrics(view.name, view.namespace).latest
+    stdout_console().print(render.describe(view, events, time.time(), metrics))
 
 
 @reports_errors

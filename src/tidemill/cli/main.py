@@ -9,7 +9,7 @@ from contextlib import suppress
 import typer
 
 from tidemill import __version__
-from tidemill.cli import checkpoints, commands, kubernetes, run, simulate, token
+from tidemill.cli import checkpoints, commands, debug, kubernetes, run, simulate, token
 from tidemill.cli.common import EXIT_INTERRUPTED
 
 app = typer.Typer(
@@ -37,7 +37,9 @@ app.command("nodes")(commands.nodes)
 app.command("checkpoints")(checkpoints.checkpoints)
 app.command("manifests")(kubernetes.manifests)
 app.command("simulate")(simulate.simulate)
+app.command("exec")(debug.exec_command)
 app.add_typer(token.app, name="token")
+app.add_typer(debug.app, name="debug")
 
 
 def _version(show: bool) -> None:

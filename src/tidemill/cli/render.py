@@ -18,6 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from tidemill.api.metrics import LatestMetric
 from tidemill.api.status import (
     DataInsightView,
     EventView,
@@ -33,6 +34,7 @@ from tidemill.api.status import (
 )
 from tidemill.api.token import TokenView
 from tidemill.cli.common import Output
+from tidemill.cli.render_metrics import training_metrics
 from tidemill.cli.render_ps import ps_insight
 from tidemill.cli.units import age, byte_size, clock, duration, memory, number, plain_table, rate
 
@@ -135,7 +137,12 @@ def job_table(view: JobView, now: float) -> Table:
     return table
 
 
-def describe(view: JobView, events: Sequence[EventView], now: float) -> RenderableType:
+def describe(
+    view: JobView,
+    events: Sequence[EventView],
+    now: float,
+    metrics: Sequence[LatestMetric] = (),
+) -> RenderableType:
     """Everything needed to tell why a job is where it is, top to bottom."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
@@ -171,6 +178,8 @@ def describe(view: JobView, events: Sequence[EventView], now: float) -> Renderab
         parts += [Text("\nData", style="bold"), *data_insight(view.data, now)]
     if view.ps is not None:
         parts += [Text("\nParameter servers", style="bold"), *ps_insight(view.ps, now)]
+    if metrics:
+        parts += [Text("\nTraining metrics", style="bold"), training_metrics(metrics)]
     parts.append(Text("\nEvents", style="bold"))
     parts.append(events_table(events[-20:]) if events else Text("  none"))
     return Group(*parts)

@@ -25,6 +25,7 @@ import typer
 from tidemill.api.cluster import ClusterSpec, NodeSpec, this_machine
 from tidemill.api.job import TrainingJob
 from tidemill.api.loader import load_job_file
+from tidemill.api.metrics import METRIC_REPORTS_PER_JOB
 from tidemill.api.status import JobPhase
 from tidemill.cli import interrupt
 from tidemill.cli.common import (
@@ -128,12 +129,22 @@ def server(
             "STATE_DIR/checkpoints on the local engine; none on Kubernetes).",
         ),
     ] = None,
+    metrics_history: Annotated[
+        int,
+        typer.Option(
+            "--metrics-history",
+            min=1,
+            max=10_000_000,
+            help="Training-metric reports kept per job; the oldest are dropped beyond it.",
+        ),
+    ] = METRIC_REPORTS_PER_JOB,
 ) -> None:
     """Run the control plane until Ctrl-C or SIGTERM.
 
     On loopback it runs open unless --auth is given; on any other address it needs
     --auth (or --insecure) and exits 2 otherwise.
     """
+    from tidemill.server.limits import Limits
     from tidemill.server.runner import InsecureServer, ServerRunner
 
     options = engine_options(
@@ -159,6 +170,7 @@ def server(
             engine_options=options,
             advertise_url=advertise_url,
             checkpoint_root=checkpoint_root,
+            limits=Limits(metric_reports_per_job=metrics_history),
         )
     except InsecureServer as exc:
         fail(str(exc), code=EXIT_INVALID)

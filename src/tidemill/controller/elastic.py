@@ -40,13 +40,15 @@ def is_elastic(job: TrainingJob) -> bool:
 def needs_master(job: TrainingJob) -> bool:
     """Elastic jobs need the master for membership; jobs with ``spec.data`` for its shard
     leases and committed data progress, jobs with ``spec.checkpoint`` to restore their
-    newest checkpoint, and jobs with tidemill's PS to cut the tables with the dense model,
-    also when their sizes are fixed."""
+    newest checkpoint, jobs with tidemill's PS to cut the tables with the dense model,
+    also when their sizes are fixed, and jobs with ``spec.tensorboard`` to write their
+    metrics."""
     return (
         is_elastic(job)
         or job.spec.data is not None
         or job.spec.checkpoint is not None
         or job.ps_server is not None
+        or job.spec.tensorboard is not None
     )
 
 

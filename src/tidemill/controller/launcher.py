@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from tidemill.api.checkpoint import CheckpointPlan, job_checkpoint_plan
 from tidemill.api.job import RoleSpec, TrainingJob
+from tidemill.api.metrics import TENSORBOARD_VAR
 from tidemill.api.ps import PS_ADDRS_VAR, PS_SERVER_MODULE
 from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
 from tidemill.controller.model import JobSnapshot, ReplicaSnapshot
@@ -267,6 +268,8 @@ class Launcher:
             **self.checkpoint_env(job, spec),
             **self.credential_env(job),
         }
+        if spec.spec.tensorboard is not None:
+            env[TENSORBOARD_VAR] = spec.spec.tensorboard.dir
         if self.server_url is not None:
             env["TIDEMILL_SERVER"] = self.server_url
         first_role = next(iter(spec.spec.roles.values()))

@@ -24,6 +24,8 @@ One connection per replica, one JSON line each way, then a go-ahead:
    returns from :func:`serve` to this file's top level and runs the script or module
    as ``python SCRIPT`` / ``python -m MODULE`` would, uncaught exceptions and exit
    codes included, then ends like any interpreter (threads joined, ``atexit`` run).
+   It first registers the stack dump of :mod:`tidemill.stack_signal`, so ``tidemill
+   debug stacks`` can read a warm replica without py-spy.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from typing import TextIO
 
 from tidemill.engines._supervise import FORWARDED, Supervisor
 from tidemill.engines.warm_start import UID_PLACEHOLDER, UID_VAR, ForkRequest, read_line
+from tidemill.stack_signal import install_from_env
 
 EXIT_REFUSED = 3
 """The server's exit code when forking would be unsafe (the reason is its last log line)."""
@@ -354,6 +357,7 @@ class Command:
         sys.argv = entry.sys_argv()
         sys.orig_argv = list(self.request.argv)
         fresh_process_state()
+        install_from_env()
         sys.path[:] = self.base_path
         if entry.kind == "module":
             if not sys.flags.safe_path:

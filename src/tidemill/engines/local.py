@@ -50,8 +50,16 @@ from tidemill.engines.local_files import (
     launch_files,
     read_exit,
     read_supervisor,
+    replica_sibling,
 )
 from tidemill.engines.nvml import Nvml
+from tidemill.engines.replica_exec import (
+    LocalCommand,
+    ReplicaCommand,
+    read_launch_env,
+    write_launch_env,
+)
+from tidemill.engines.stacks import StackDump, dump_process
 from tidemill.engines.usage import CpuMeter, ProcessTable, ReplicaUsage, Watched
 from tidemill.engines.warm_start import (
     DEFAULT_PRELOAD,
@@ -62,6 +70,7 @@ from tidemill.engines.warm_start import (
     python_entry,
     warm_start_enabled,
 )
+from tidemill.stack_signal import STACK_DUMP_TO, STACK_DUMP_VAR
 
 SUPERVISOR = str(Path(__file__).with_name("_supervise.py"))
 PYTHON_NAMES = ("python", "python3")
@@ -155,8 +164,9 @@ class LocalEngine:
         ``spec.gpu_ids`` (empty: no GPU) with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (so CUDA
         numbers devices as nvidia-smi, NVML and a NUMA layout do), ``TIDEMILL_CPUS``
         from ``spec.cpu_ids`` (the supervisor pins the replica to them with
-        ``os.sched_setaffinity``; absent: not pinned), then ``spec.env``. ``launch`` adds
-        only ``TIDEMILL_REPLICA_UID``, unique per launch.
+        ``os.sched_setaffinity``; absent: not pinned), then ``spec.env``, then
+        ``TIDEMILL_STACK_DUMP`` (see :mod:`tidemill.stack_signal`). ``launch`` adds only
+        ``TIDEMILL_REPLICA_UID``, unique per launch.
         """
         argv = list(spec.argv)
         if not argv:
@@ -169,6 +179,7 @@ class LocalEngine:
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             **({CPUS_VAR: ",".join(str(cpu) for cpu in spec.cpu_ids)} if spec.cpu_ids else {}),
             **spec.env,
+            STACK_DUMP_VAR: STACK_DUMP_TO,
         }
         return LaunchPlan(argv=tuple(argv), env=env, working_dir=spec.working_dir or os.getcwd())
 
@@ -184,6 +195,7 @@ class LocalEngine:
         files.log_file.parent.mkdir(parents=True, exist_ok=True)
         Path(files.exit_file).parent.mkdir(parents=True, exist_ok=True)
         env = {**plan.env, UID_VAR: files.uid}
+        write_launch_env(files.env_file, env, plan.working_dir)
         entry = python_entry(plan.argv)
         supervisor: tuple[int, float] | None = None
         note = ""
@@ -350,6 +362,22 @@ class LocalEngine:
                 found[key] = replace(sample, gpus=gpus)
             self._cpu.prune()
         return found
+
+    def stacks(self, handle: ReplicaHandle) -> StackDump:
+        """Every thread's Python stack of the replica's command (see
+        :mod:`tidemill.engines.stacks`)."""
+        replica = LocalReplica.from_handle(handle)
+        pid = _child_pid(replica)
+        if pid is None:
+            return StackDump(problem="no stacks: the replica's command has not started")
+        return dump_process(pid, replica.log_file)
+
+    def exec_command(self, handle: ReplicaHandle, argv: list[str]) -> ReplicaCommand:
+        """Start ``argv`` with the environment and in the folder the replica started
+        with; ``FileNotFoundError`` if the command or the record is missing."""
+        replica = LocalReplica.from_handle(handle)
+        env, working_dir = read_launch_env(replica_sibling(replica.pid_file, "env"))
+        return LocalCommand(argv, env, working_dir)
 
 
 def free_port(host: str = LOOPBACK) -> int:

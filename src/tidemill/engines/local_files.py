@@ -9,6 +9,9 @@ name comes from the job, its uid and the ``launch_id``. Under the engine's state
 - ``replicas/<namespace>/<name>/<job uid>/<role>-<index>.<launch id>.{sup,pid,exit}``:
   the supervisor's pid (written before it starts anything), the command's pid and its
   exit code (see ``_supervise.py``);
+- ``... .<launch id>.env``: the environment and folder the command started with
+  (readable by the server's user only: it holds the job's credential), for ``tidemill
+  exec``;
 - ``warm/``: the fork server's socket and log.
 """
 
@@ -37,6 +40,16 @@ class LaunchFiles:
     pid_file: str
     exit_file: str
     log_file: Path
+
+    @property
+    def env_file(self) -> str:
+        return replica_sibling(self.pid_file, "env")
+
+
+def replica_sibling(pid_file: str, suffix: str) -> str:
+    """Another file of the launch whose pid file is ``pid_file``: old handles, which
+    name only the pid, exit and log files, find the newer ones by it."""
+    return f"{pid_file.removesuffix('.pid')}.{suffix}"
 
 
 @dataclass(frozen=True)

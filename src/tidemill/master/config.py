@@ -6,7 +6,8 @@ Set by the controller: ``TIDEMILL_JOB`` (``namespace/name``), ``TIDEMILL_MASTER_
 worker collective), ``TIDEMILL_DATA`` (the job's ``spec.data``, as JSON),
 ``TIDEMILL_CHECKPOINT`` (where its checkpoints go, see ``api/checkpoint.py``),
 ``TIDEMILL_PS_ADDRS`` (the job's PS replicas, whose STATS it polls every
-``TIDEMILL_PS_STATS_INTERVAL_S``, default 2) and, for tests,
+``TIDEMILL_PS_STATS_INTERVAL_S``, default 2), ``TIDEMILL_TENSORBOARD_DIR`` (where it
+writes the job's TensorBoard event files) and, for tests,
 ``TIDEMILL_MASTER_STATE_FILE`` (persist to a file instead of the control plane).
 Engines whose replicas have their own address (Kubernetes pods) also set
 ``TIDEMILL_MASTER_HOST`` (the name workers reach it by; default 127.0.0.1) and
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 
 from tidemill.api.checkpoint import CheckpointPlan
 from tidemill.api.data import DataSpec
+from tidemill.api.metrics import TENSORBOARD_VAR
 from tidemill.api.ps import PS_ADDRS_VAR
 from tidemill.master.membership import Rules
 
@@ -54,6 +56,10 @@ class MasterConfig:
     ps_addresses: tuple[tuple[str, int], ...] = ()
     """The job's PS replicas (``TIDEMILL_PS_ADDRS``): the master polls their STATS."""
     ps_stats_interval_s: float = 2.0
+    tensorboard_dir: str | None = None
+    """The job's ``spec.tensorboard.dir``: its metrics go there as event files."""
+    metrics_flush_s: float = 2.0
+    """How often the workers' metrics go on to the control plane."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MasterConfig:
@@ -136,6 +142,7 @@ class MasterConfig:
             checkpoint=checkpoint,
             ps_addresses=ps_addresses,
             ps_stats_interval_s=ps_interval,
+            tensorboard_dir=env.get(TENSORBOARD_VAR) or None,
         )
 
 

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 import httpx
 
 State = dict[str, Any]
+METRIC_POINTS_PER_POST = 1000
+METRIC_POST_BYTES = 512 * 1024
 
 
 class StateBackend(Protocol):
@@ -33,6 +35,11 @@ class StateBackend(Protocol):
         """Post an event (``type`` is ``Normal`` or ``Warning``) for ``tidemill describe``."""
         ...
 
+    async def metrics(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Hand on the workers' metric reports; returns those not taken now (the master
+        tries them again with the next batch)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -42,7 +49,8 @@ def log(message: str) -> None:
 
 
 class FileBackend:
-    """State in ``path`` (written atomically), events appended to ``path.events`` as JSON lines.
+    """State in ``path`` (written atomically), events and metric reports appended to
+    ``path.events`` and ``path.metrics`` as JSON lines.
 
     Example::
 
@@ -57,6 +65,7 @@ class FileBackend:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.events_path = self.path.with_name(self.path.name + ".events")
+        self.metrics_path = self.path.with_name(self.path.name + ".metrics")
 
     async def load(self) -> State | None:
         try:
@@ -89,12 +98,21 @@ class FileBackend:
         except OSError as exc:
             log(f"could not write event to {self.events_path}: {exc}")
 
+    async def metrics(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            with self.metrics_path.open("a") as out:
+                out.writelines(json.dumps(point) + "\n" for point in points)
+        except OSError as exc:
+            log(f"could not write metrics to {self.metrics_path}: {exc}")
+        return []
+
     async def close(self) -> None:
         return None
 
 
 class RestBackend:
-    """The control plane's ``/api/v1/jobs/{name}/master-state`` and ``.../events``.
+    """The control plane's ``/api/v1/jobs/{name}/master-state``, ``.../events`` and
+    ``.../metrics``.
 
     Sent with the job's own credential: ``token``, by default ``$TIDEMILL_TOKEN`` (the
     controller gives it to the master); with auth on, nothing else may write them.
@@ -110,6 +128,7 @@ class RestBackend:
         self.params = {"namespace": namespace}
         self.state_url = f"/api/v1/jobs/{name}/master-state"
         self.events_url = f"/api/v1/jobs/{name}/events"
+        self.metrics_url = f"/api/v1/jobs/{name}/metrics"
         token = token or os.environ.get("TIDEMILL_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.AsyncClient(
@@ -153,8 +172,47 @@ class RestBackend:
         except httpx.HTTPError as exc:
             log(f"could not post event {reason} ({message}): {exc}")
 
+    async def metrics(self, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """In posts of at most METRIC_POINTS_PER_POST and METRIC_POST_BYTES. A post the
+        server refused as invalid (422, 413) is dropped; from one it could not take now
+        (429, 503, no answer) on, the reports are returned to be tried again."""
+        start = 0
+        for chunk in _chunks(points):
+            try:
+                response = await self.client.post(
+                    self.metrics_url, params=self.params, json={"points": chunk}
+                )
+                _raise_for_status(response)
+            except httpx.HTTPError as exc:
+                log(f"could not post {len(chunk)} metric report(s): {exc}")
+                refused = isinstance(exc, httpx.HTTPStatusError) and (
+                    exc.response.status_code in (413, 422)
+                )
+                if not refused:
+                    return points[start:]
+            start += len(chunk)
+        return []
+
     async def close(self) -> None:
         await self.client.aclose()
+
+
+def _chunks(points: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``points`` cut into bodies the control plane takes (it refuses more than 1 MiB)."""
+    chunks: list[list[dict[str, Any]]] = []
+    size = 0
+    for point in points:
+        length = len(json.dumps(point)) + 1
+        if (
+            not chunks
+            or len(chunks[-1]) >= METRIC_POINTS_PER_POST
+            or size + length > METRIC_POST_BYTES
+        ):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(point)
+        size += length
+    return chunks
 
 
 def _raise_for_status(response: httpx.Response) -> None:

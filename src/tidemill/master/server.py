@@ -14,6 +14,8 @@ as gloo only needs the store while connecting.
 
 A job with PS replicas (``TIDEMILL_PS_ADDRS``) also has its master poll their STATS
 (:mod:`tidemill.master.ps_poller`), saved as ``ps_insight`` until training finished.
+The workers' training metrics (:mod:`tidemill.master.training_metrics`) go on to the
+control plane every few seconds, and into TensorBoard event files when the job asks.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from tidemill.master.data_service import DataService
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
 from tidemill.master.membership import Membership, Phase
 from tidemill.master.persistence import StateBackend, log
+from tidemill.master.tensorboard import EventFiles
+from tidemill.master.training_metrics import MetricsBook
 from tidemill.wire import (
     MAX_LINE_BYTES,
     CheckpointReport,
@@ -48,6 +52,7 @@ from tidemill.wire import (
     Leave,
     MasterMessage,
     Message,
+    Metrics,
     ProtocolError,
     Refused,
     Register,
@@ -110,6 +115,8 @@ class MasterServer:
         self.data: DataService | None = None
         self.ps_poller: PSStatsPoller | None = None
         self.ps_insight: PSInsightView | None = None
+        folder = self.config.tensorboard_dir
+        self.metrics = MetricsBook(EventFiles(folder) if folder else None)
         self.unresponsive: dict[str, int] = {}
         """Replica -> pid of a process the master gave up on (no heartbeat, missed a
         deadline) while it may still be alive: saved, so the controller can stop it."""
@@ -168,7 +175,9 @@ class MasterServer:
         saver = asyncio.create_task(self._saver())
         ticker = asyncio.create_task(self._ticker())
         ps_stats = asyncio.create_task(self._poll_ps())
+        metrics = asyncio.create_task(self._forward_metrics())
         await self._stop.wait()
+        metrics.cancel()
         ps_stats.cancel()
         ticker.cancel()
         saver.cancel()
@@ -183,6 +192,9 @@ class MasterServer:
             self._dirty.is_set() or membership.phase is not Phase.FINISHED
         ):
             await self.backend.save(self._state())
+        await self._send_metrics()
+        if self.metrics.tensorboard is not None:
+            self.metrics.tensorboard.close()
         await self.backend.close()
 
     def stop(self) -> None:
@@ -255,6 +267,9 @@ class MasterServer:
                 await self._event("Warning", reason, f"{name} stopped: {text}", name)
             case CheckpointReport():
                 await self._checkpoint(name, request)
+            case Metrics():
+                for reason, text, replica in self.metrics.add(name, request, time.time()):
+                    await self._event("Warning", reason, text, replica)
             case Insight():
                 if self.data is not None:
                     self.data.insight(name, request)
@@ -390,6 +405,17 @@ class MasterServer:
             self._dirty.clear()
             if self.membership is not None:
                 await self.backend.save(self._state())
+
+    async def _forward_metrics(self) -> None:
+        """The workers' metric reports to the control plane every few seconds."""
+        while True:
+            await asyncio.sleep(self.config.metrics_flush_s)
+            await self._send_metrics()
+
+    async def _send_metrics(self) -> None:
+        points = self.metrics.take()
+        if points:
+            self.metrics.give_back(await self.backend.metrics(points))
 
     async def _poll_ps(self) -> None:
         """The PS replicas' STATS every few seconds, until training finished (then the

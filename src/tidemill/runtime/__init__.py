@@ -1,4 +1,5 @@
-"""What training code imports: ``tidemill.init()`` and the elastic training loop.
+"""What training code imports: ``tidemill.init()``, the elastic training loop and
+``report()`` for training metrics.
 
 Example::
 
@@ -8,8 +9,8 @@ Example::
     True
 
 The elastic names (:func:`elastic`, :class:`ElasticState`, :class:`ElasticContext`,
-:class:`Left`) are imported on first use, so ``import tidemill.runtime`` stays cheap
-for scripts that only call ``init()``.
+:class:`Left`) and :func:`report` are imported on first use, so ``import
+tidemill.runtime`` stays cheap for scripts that only call ``init()``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from tidemill.runtime._context import RuntimeContext, init
 from tidemill.runtime._errors import RendezvousError, RuntimeConfigError
+from tidemill.stack_signal import install_from_env
+
+install_from_env()  # `tidemill debug stacks` can read this replica, also when started cold
 
 if TYPE_CHECKING:
+    from tidemill.runtime._metrics import report
     from tidemill.runtime.elastic_loop import ElasticContext, ElasticState, Left, elastic
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "RuntimeContext",
     "elastic",
     "init",
+    "report",
 ]
 
 _ELASTIC = ("ElasticContext", "ElasticState", "Left", "elastic")
@@ -41,4 +47,9 @@ def __getattr__(name: str) -> Any:
         from tidemill.runtime import elastic_loop
 
         return getattr(elastic_loop, name)
+    if name == "report":
+        from tidemill.runtime._metrics import report
+
+        globals()[name] = report  # found directly from now on: it is called every step
+        return report
     raise AttributeError(f"module 'tidemill.runtime' has no attribute {name!r}")

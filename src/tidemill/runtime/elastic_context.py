@@ -10,11 +10,13 @@ Tree::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
+from tidemill.runtime._metrics import reporter
 from tidemill.runtime.elastic_state import ElasticState
 
 
@@ -75,13 +77,17 @@ class ElasticContext:
         """Rank 0 of this epoch: the one to log and write results."""
         return self.rank == 0
 
-    def steps(self, until: int | None = None) -> Iterator[int]:
+    def steps(self, until: int | None = None, samples_per_step: int | None = None) -> Iterator[int]:
         """Yield ``state.step`` at every step boundary until it reaches ``until``.
 
         Before each step all ranks vote, with one tiny all-reduce, on whether the group
         should change (a worker joins, leaves or was lost). When it should, the loop
         ends the epoch on every rank at the same step, and the training function is
         called again in the new group. You advance ``state.step`` yourself.
+
+        Each step is timed and reported as the metric ``step_time_s`` of this rank
+        (and ``samples_per_s`` given this rank's ``samples_per_step``), so a straggler
+        shows beside the others.
 
         Example::
 
@@ -95,6 +101,12 @@ class ElasticContext:
             >>> state.step
             3
         """
+        timer = reporter()
+        last: float | None = None
         while until is None or self.state.step < until:
             self.boundary()
+            now = time.perf_counter()
+            if last is not None:
+                timer.step_took(self.state.step, now - last, samples_per_step)
+            last = now
             yield self.state.step

@@ -33,6 +33,7 @@ from tidemill.api.checkpoint import CheckpointPlan
 from tidemill.runtime._active import ActiveEpoch, activate, current, deactivate
 from tidemill.runtime._checkpointing import Checkpointing
 from tidemill.runtime._errors import RendezvousError
+from tidemill.runtime._metrics import reporter
 from tidemill.runtime._watchdog import watchdog
 from tidemill.runtime.elastic_client import MasterClient
 from tidemill.runtime.elastic_context import ElasticContext, Left, StepBoundary
@@ -101,6 +102,8 @@ class Driver:
         # every group change (which frees the old process group) off the critical path.
         gc.freeze()
         self.client.start()
+        metrics = reporter()
+        metrics.attach(self.client.notify)
         try:
             return self._epochs(train, args, kwargs)
         finally:
@@ -113,6 +116,7 @@ class Driver:
                 self.group = None
             if self.checkpointing is not None:
                 self.checkpointing.close(CLOSE_FLUSH_S)
+            metrics.detach()
             self.client.close()
 
     def _epochs(self, train: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
@@ -258,6 +262,7 @@ class Driver:
         self._close_group(broken=False)
         if plan.rank == 0 and self.checkpointing is not None:
             self.checkpointing.final(self.state.committed)
+        reporter().flush()  # the last reports go before done: the master may stop after it
         self.client.done(self.state.step)
         log(f"{self.replica} finished at step {self.state.step} in epoch {plan.epoch}")
 

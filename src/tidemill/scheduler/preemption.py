@@ -7,11 +7,13 @@ its minimum is not enough are jobs stopped whole, and then shrinks and stops com
 
 Both searches place the gang's pods biggest first; a pod that fits in free space is
 held there. For one that does not, numpy finds the nodes where the candidates could
-make room, and the few needing the least freed are examined exactly: the node whose
-choice touches the lowest top priority and removes the fewest pods (shrinking) or
-frees the least (stopping) wins. Once the whole gang fits, victims are spared
-largest first while it still fits without them (a spared job is shrunk to its minimum
-instead), then shrunk pods are given back, last removed first, while it still fits.
+make room (``reach``, kept per plan), and the few needing the least freed are examined
+exactly: the node whose choice touches the lowest top priority and removes the fewest
+pods (shrinking) or frees the least (stopping) wins. Once the whole gang fits, victims
+are spared largest first while it still fits without them (a spared job is shrunk to
+its minimum instead), then shrunk pods are given back, last removed first, while it
+still fits. Each of those steps places the gang again, unless ``fit_bound`` shows it
+cannot fit: what a plan costs follows the nodes it touches, not the cluster's size.
 
 Everything is tried on the snapshot and undone; the caller commits the plan.
 
@@ -24,13 +26,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
 from tidemill.scheduler.capacity import EPS, Capacity, Floats, Indices
-from tidemill.scheduler.placement import fits, place_pod, size_key, try_gang
+from tidemill.scheduler.fit_bound import FitBound
+from tidemill.scheduler.placement import place_pod, size_key, try_gang
+from tidemill.scheduler.reach import Reach
 from tidemill.scheduler.types import Placement, PodRequest, ResourceVector, RunningJob
-from tidemill.scheduler.victims import Room, VictimPool
+from tidemill.scheduler.victims import VictimPool
 
 NODES_EXAMINED = 16
 """Nodes per pod whose victims are worked out exactly; the rest are ranked by numpy only."""
@@ -61,10 +66,16 @@ def plan(
     ``capacity`` is left exactly as it was.
     """
     need = _sum(pods)
-    free = capacity.free_total()
-    if not _covers(free + pool.could_free(priority), need):
+    free = cache(capacity.free_total)
+
+    def covered(could: ResourceVector) -> bool:
+        """Whether ``could`` and what is free cover ``need``; what is free is summed
+        over every node only when ``could`` alone falls short."""
+        return _covers(could, need) or _covers(free() + could, need)
+
+    if not covered(pool.could_free(priority)):
         return None
-    if pool.any_surplus_below(priority) and _covers(free + pool.could_shrink(priority), need):
+    if pool.any_surplus_below(priority) and covered(pool.could_shrink(priority)):
         shrunk = _shrink_only(capacity, pods, priority, pool)
         if shrunk is not None:
             return shrunk
@@ -75,24 +86,27 @@ def _shrink_only(
     capacity: Capacity, pods: Sequence[PodRequest], priority: int, pool: VictimPool
 ) -> Plan | None:
     """A plan that only shrinks, or None if the greedy search finds none."""
-    room = pool.surplus_room(priority)
     start = capacity.mark()
     cut: dict[str, int] = {}
     placed: dict[int, Placement] = {}
-    for position, pod in _biggest_first(pods):
-        placement = place_pod(capacity, pod)
-        if placement is None:
-            for job, count in _cuts_for(capacity, pod, priority, pool, room, cut):
-                newly = pool.surplus(job)[cut.get(job.key, 0) : count]
-                capacity.release(p for _, p in newly)
-                pool.forget(room, newly)
-                cut[job.key] = count
+    with pool.lent_surplus_room(priority) as room:
+        reach = Reach(capacity, room)
+        for position, pod in _biggest_first(pods):
             placement = place_pod(capacity, pod)
-        if placement is None:
-            capacity.undo(start)
-            return None
-        capacity.hold([placement])
-        placed[position] = placement
+            if placement is None:
+                for job, count in _cuts_for(capacity, pod, priority, pool, reach, cut):
+                    newly = pool.surplus(job)[cut.get(job.key, 0) : count]
+                    capacity.release(p for _, p in newly)
+                    pool.forget(room, newly)
+                    reach.touch(row for row, _ in newly)
+                    cut[job.key] = count
+                placement = place_pod(capacity, pod)
+            if placement is None:
+                capacity.undo(start)
+                return None
+            capacity.hold([placement])
+            reach.touch([capacity.index.get(placement.node)])
+            placed[position] = placement
     found = tuple(placed[i] for i in range(len(pods)))
     capacity.undo(start)
     return _settle(capacity, pods, priority, pool, [], cut, found)
@@ -103,19 +117,11 @@ def _cuts_for(
     pod: PodRequest,
     priority: int,
     pool: VictimPool,
-    room: Room,
+    reach: Reach,
     cut: dict[str, int],
 ) -> list[tuple[RunningJob, int]]:
     """The cheapest shrinks that free one node enough for ``pod``: (job, pods cut in all)."""
-    could = capacity.eligible_mask(pod.gpu_model) & fits(
-        pod,
-        capacity.free_cpu + room.cpu,
-        capacity.free_memory + room.memory,
-        capacity.gpu_used - room.gpu_used,
-    )
-    if pod.extended:
-        could &= capacity.extended_mask(pod.extended, empty=True)
-    rows = np.flatnonzero(could)
+    rows = np.flatnonzero(reach.could(pod))
     nearest = rows[np.argsort(_lacking(capacity, pod, rows), kind="stable")[:NODES_EXAMINED]]
     best: list[tuple[RunningJob, int]] = []
     best_cost: tuple[int, int] | None = None
@@ -145,12 +151,9 @@ def _cuts_on(
     """Shrinks until ``pod`` fits on node ``row``: each step takes the candidate whose
     next pod there is cheapest to reach (lowest priority, fewest pods cut on the way,
     rank). Empty if shrinking every candidate there is not enough."""
-    count = int(capacity.total_gpus[row])
-    cpu = np.array([capacity.free_cpu[row]], dtype=np.int64)
-    memory = np.array([capacity.free_memory[row]], dtype=np.int64)
-    used = capacity.gpu_used[row : row + 1].copy()
+    node = _Node(capacity, row)
     reach = {job.key: cut.get(job.key, 0) for job in candidates}
-    while not fits(pod, cpu, memory, used)[0]:
+    while not node.fits(pod):
         step: tuple[tuple[int, int, int], RunningJob, int] | None = None
         for job in candidates:
             surplus = pool.surplus(job)
@@ -165,13 +168,8 @@ def _cuts_on(
             return []
         _, job, here = step
         for at, p in pool.surplus(job)[reach[job.key] : here + 1]:
-            if at != row:
-                continue
-            cpu += p.cpu_millis
-            memory += p.memory_bytes
-            for device in p.gpu_ids:
-                if 0 <= device < count:
-                    used[0, device] -= p.gpu_share
+            if at == row:
+                node.release(p)
         reach[job.key] = here + 1
     return [(job, reach[job.key]) for job in candidates if reach[job.key] > cut.get(job.key, 0)]
 
@@ -182,23 +180,26 @@ def _stop_whole(
     """With every candidate shrunk to its minimum, the victims to stop as well, or None."""
     start = capacity.mark()
     _shrink_all(capacity, priority, pool)
-    room = pool.room(priority)
     chosen: dict[str, RunningJob] = {}
     placed: dict[int, Placement] = {}
-    for position, pod in _biggest_first(pods):
-        placement = place_pod(capacity, pod)
-        if placement is None:
-            victims = _make_room(capacity, pod, priority, pool, room, set(chosen))
-            for victim in victims:
-                capacity.release(p for _, p in pool.core(victim))
-                pool.forget(room, pool.core(victim))
-                chosen[victim.key] = victim
+    with pool.lent_room(priority) as room:
+        reach = Reach(capacity, room)
+        for position, pod in _biggest_first(pods):
             placement = place_pod(capacity, pod)
-        if placement is None:
-            capacity.undo(start)
-            return None
-        capacity.hold([placement])
-        placed[position] = placement
+            if placement is None:
+                victims = _make_room(capacity, pod, priority, pool, reach, set(chosen))
+                for victim in victims:
+                    capacity.release(p for _, p in pool.core(victim))
+                    pool.forget(room, pool.core(victim))
+                    reach.touch(row for row, _ in pool.core(victim))
+                    chosen[victim.key] = victim
+                placement = place_pod(capacity, pod)
+            if placement is None:
+                capacity.undo(start)
+                return None
+            capacity.hold([placement])
+            reach.touch([capacity.index.get(placement.node)])
+            placed[position] = placement
     found = tuple(placed[i] for i in range(len(pods)))
     capacity.undo(start)
     victims = sorted(chosen.values(), key=pool.rank)
@@ -207,8 +208,8 @@ def _stop_whole(
 
 def _shrink_all(capacity: Capacity, priority: int, pool: VictimPool) -> None:
     if pool.any_surplus_below(priority):
-        room = pool.surplus_room(priority)
-        capacity.release_all(room.cpu, room.memory, room.gpu_used)
+        with pool.lent_surplus_room(priority) as room:
+            capacity.release_all(room.cpu, room.memory, room.gpu_used)
 
 
 def _make_room(
@@ -216,19 +217,11 @@ def _make_room(
     pod: PodRequest,
     priority: int,
     pool: VictimPool,
-    room: Room,
+    reach: Reach,
     chosen: set[str],
 ) -> list[RunningJob]:
     """The cheapest victims that free one node enough for ``pod``; empty if none can."""
-    could = capacity.eligible_mask(pod.gpu_model) & fits(
-        pod,
-        capacity.free_cpu + room.cpu,
-        capacity.free_memory + room.memory,
-        capacity.gpu_used - room.gpu_used,
-    )
-    if pod.extended:
-        could &= capacity.extended_mask(pod.extended, empty=True)
-    rows = np.flatnonzero(could)
+    rows = np.flatnonzero(reach.could(pod))
     nearest = rows[np.argsort(_lacking(capacity, pod, rows), kind="stable")[:NODES_EXAMINED]]
     best: list[RunningJob] = []
     best_cost: tuple[int, float, int] | None = None
@@ -269,24 +262,45 @@ def _victims_on(
     pool: VictimPool,
 ) -> list[RunningJob]:
     """Candidates on node ``row`` in rank order until ``pod`` fits there; empty if never."""
-    count = int(capacity.total_gpus[row])
-    cpu = np.array([capacity.free_cpu[row]], dtype=np.int64)
-    memory = np.array([capacity.free_memory[row]], dtype=np.int64)
-    used = capacity.gpu_used[row : row + 1].copy()
+    node = _Node(capacity, row)
     victims: list[RunningJob] = []
     for victim in candidates:
         for at, p in pool.core(victim):
-            if at != row:
-                continue
-            cpu += p.cpu_millis
-            memory += p.memory_bytes
-            for device in p.gpu_ids:
-                if 0 <= device < count:
-                    used[0, device] -= p.gpu_share
+            if at == row:
+                node.release(p)
         victims.append(victim)
-        if fits(pod, cpu, memory, used)[0]:
+        if node.fits(pod):
             return victims
     return []
+
+
+class _Node:
+    """One node's free resources as plain numbers, for stepping through its candidates
+    one by one: cheaper than one-row arrays, and the same arithmetic as ``fits``."""
+
+    def __init__(self, capacity: Capacity, row: int) -> None:
+        self._devices = int(capacity.total_gpus[row])
+        self._cpu = int(capacity.free_cpu[row])
+        self._memory = int(capacity.free_memory[row])
+        self._used: list[float] = capacity.gpu_used[row].tolist()
+
+    def release(self, placement: Placement) -> None:
+        """Give back what ``placement`` holds here."""
+        self._cpu += placement.cpu_millis
+        self._memory += placement.memory_bytes
+        for device in placement.gpu_ids:
+            if 0 <= device < self._devices:
+                self._used[device] -= placement.gpu_share
+
+    def fits(self, pod: PodRequest) -> bool:
+        if self._cpu < pod.cpu_millis or self._memory < pod.memory_bytes:
+            return False
+        if pod.gpu >= 1:
+            return len([used for used in self._used if used <= EPS]) >= int(pod.gpu)
+        if pod.gpu > 0:
+            room = 1.0 - pod.gpu + EPS
+            return any(used <= room for used in self._used)
+        return True
 
 
 def _settle(
@@ -321,12 +335,16 @@ def _settle(
     if trial is not None:
         placements = trial
         spared: set[str] = set()
+        bound = FitBound(capacity, pods)
         for victim in sorted(victims, key=lambda j: (-pool.size(j), pool.rank(j))):
             mark = capacity.mark()
             capacity.hold(p for _, p in pool.core(victim))
-            trial = _trial(capacity, pods)
+            touched = {row for row, _ in pool.core(victim)}
+            bound.refresh(touched)
+            trial = _trial(capacity, pods) if bound.possible() else None
             if trial is None:
                 capacity.undo(mark)
+                bound.refresh(touched)
             else:
                 spared.add(victim.key)
                 placements = trial
@@ -339,15 +357,21 @@ def _settle(
     for job, count in counts.values():
         capacity.release(p for _, p in pool.surplus(job)[:count])
     cuts: list[Cut] = []
+    given_back: FitBound | None = None
     for job, count in sorted(counts.values(), key=lambda item: -pool.rank(item[0])):
+        if given_back is None:
+            given_back = FitBound(capacity, pods)
         while count > 0:
             row, placement = pool.surplus(job)[count - 1]
             mark = capacity.mark()
             capacity.hold([placement])
+            at_row = () if row is None else (row,)
+            given_back.refresh(at_row)
             if row in rows:
-                trial = _trial(capacity, pods)
+                trial = _trial(capacity, pods) if given_back.possible() else None
                 if trial is None:
                     capacity.undo(mark)
+                    given_back.refresh(at_row)
                     break
                 placements = trial
                 rows = set(capacity.node_indices(placements))

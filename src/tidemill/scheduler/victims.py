@@ -10,14 +10,16 @@ stopped whole.
 Per-node sums of what candidates below a priority hold (core and surplus apart) are
 built on first use and kept current as jobs are shrunk or stopped, so a cycle where
 everything fits, or where no candidate is below any preemptor, pays nothing and each
-preemption reads a ready answer.
+preemption reads a ready answer. A plan borrows them (``lent_room``) and they are put
+back row by row when it ends, rather than copied whole for every plan.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from itertools import islice
 
@@ -41,9 +43,20 @@ class Room:
     cpu: Ints
     memory: Ints
     gpu_used: Floats
+    saved: list[tuple[int, int, int, Floats]] | None = None
+    """While lent (``VictimPool.lent_room``): each changed row as it was, to put back."""
 
-    def copy(self) -> Room:
-        return Room(self.cpu.copy(), self.memory.copy(), self.gpu_used.copy())
+    def save(self, row: int) -> None:
+        if self.saved is not None:
+            self.saved.append(
+                (row, int(self.cpu[row]), int(self.memory[row]), self.gpu_used[row].copy())
+            )
+
+    def put_back(self) -> None:
+        """Undo every change since it was lent, last first."""
+        for row, cpu, memory, used in reversed(self.saved or []):
+            self.cpu[row], self.memory[row], self.gpu_used[row] = cpu, memory, used
+        self.saved = None
 
 
 class VictimPool:
@@ -138,13 +151,15 @@ class VictimPool:
         """Candidates that had surplus pods on node ``row``, in rank order."""
         return self._below(self._surplus_on_row.get(row, ()), priority, set())
 
-    def room(self, priority: int) -> Room:
-        """A private copy of the core every candidate below ``priority`` holds, per node."""
-        return self._room(self._rooms, priority, self.core)
+    def lent_room(self, priority: int) -> AbstractContextManager[Room]:
+        """The core every candidate below ``priority`` holds, per node, for a planning
+        step to change (by ``forget``) until the block ends and it is put back as it
+        was: what a private copy gives, paying for the rows changed, not every node."""
+        return self._lent(self._room(self._rooms, priority, self.core))
 
-    def surplus_room(self, priority: int) -> Room:
-        """A private copy of the surplus every candidate below ``priority`` holds, per node."""
-        return self._room(self._surplus_rooms, priority, self.surplus)
+    def lent_surplus_room(self, priority: int) -> AbstractContextManager[Room]:
+        """``lent_room`` for the surplus every candidate below ``priority`` holds."""
+        return self._lent(self._room(self._surplus_rooms, priority, self.surplus))
 
     def take(self, victims: Sequence[RunningJob]) -> None:
         """Mark ``victims`` stopped: no later preemptor may pick them again."""
@@ -183,6 +198,7 @@ class VictimPool:
         for row, placement in placements:
             if row is None:
                 continue
+            room.save(row)
             room.cpu[row] -= placement.cpu_millis
             room.memory[row] -= placement.memory_bytes
             for device in self._devices(row, placement):
@@ -201,6 +217,17 @@ class VictimPool:
         cpu, memory, gpu = cumulative[bisect_left(self._priorities, priority)]
         return ResourceVector(int(cpu), int(memory), float(gpu))
 
+    @staticmethod
+    @contextmanager
+    def _lent(room: Room) -> Iterator[Room]:
+        if room.saved is not None:
+            raise RuntimeError("a room is lent to one planning step at a time")
+        room.saved = []
+        try:
+            yield room
+        finally:
+            room.put_back()
+
     def _room(
         self, cache: dict[int, Room], priority: int, part: Callable[[RunningJob], Sequence[Located]]
     ) -> Room:
@@ -213,7 +240,7 @@ class VictimPool:
                 if job.key not in self._taken
                 for located in part(job)
             )
-        return cache[end].copy()
+        return cache[end]
 
     def _drop_surplus_rank(self, key: str) -> None:
         ranks = self._with_surplus
@@ -225,11 +252,11 @@ class VictimPool:
         if self._built:
             return
         self._built = True
-        totals = {job.key: job.total for job in self._running}
+        candidates = [job for job in self._running if job.preemptible]
+        totals = {job.key: job.total for job in candidates}
         self._size = {key: dominant_share(total, self._cluster) for key, total in totals.items()}
         self._jobs = sorted(
-            (job for job in self._running if job.preemptible),
-            key=lambda j: (j.priority, self._size[j.key], -j.sequence, j.key),
+            candidates, key=lambda j: (j.priority, self._size[j.key], -j.sequence, j.key)
         )
         self._priorities = [job.priority for job in self._jobs]
         on_row: dict[int, list[str]] = defaultdict(list)
@@ -243,19 +270,23 @@ class VictimPool:
                 on_row[row].append(job.key)
             if surplus:
                 self._surplus[job.key] = surplus
-                insort(self._with_surplus, position)
+                self._with_surplus.append(position)  # positions come in order
                 for row in sorted({row for row, _ in surplus if row is not None}):
                     surplus_on_row[row].append(job.key)
         self._on_row = dict(on_row)
         self._surplus_on_row = dict(surplus_on_row)
         self._cumulative = _cumulative(totals[j.key] for j in self._jobs)
+        nothing = ResourceVector()
         self._surplus_cumulative = _cumulative(
-            usage(p for _, p in self._surplus.get(j.key, ())) for j in self._jobs
+            usage(p for _, p in self._surplus[j.key]) if j.key in self._surplus else nothing
+            for j in self._jobs
         )
 
     def _split(self, job: RunningJob) -> tuple[list[Placed], list[Located]]:
         """(core on known nodes, surplus in removal order) of ``job``."""
         index = self._capacity.index
+        if not job.shrinkable:
+            return [(index[p.node], p) for p in job.placements if p.node in index], []
         by_pod = {(p.role, p.index): p for p in job.placements}
         surplus: list[Located] = []
         seen: set[tuple[str, int]] = set()

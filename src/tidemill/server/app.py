@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 
 from tidemill import __version__
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
@@ -41,6 +42,7 @@ from tidemill.api.token import ALL_NAMESPACES, Role
 from tidemill.controller.reconciler import ACTIVE_PHASES, Controller
 from tidemill.server.auth import Caller, Forbidden, Guard, Unauthorized
 from tidemill.server.checkpoint_routes import checkpoint_routes
+from tidemill.server.debug_routes import debug_routes
 from tidemill.server.docs import add_docs
 from tidemill.server.engine_views import engine_problem as problem_of
 from tidemill.server.engine_views import replica_log as log_of
@@ -53,6 +55,7 @@ from tidemill.server.limits import (
     TokenBuckets,
 )
 from tidemill.server.logs import LOG_LIMIT_BYTES, LogSource, stream_logs, tail_start
+from tidemill.server.metric_routes import metric_routes
 from tidemill.server.middleware import (
     BodyLimit,
     BoundedJsonRoute,
@@ -240,8 +243,11 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
-        """Live status for people: jobs, queues, nodes, events; refreshes every second."""
+        """The dashboard's page; its pages (jobs, one job, cluster) are routed in the
+        browser by the address's fragment, so ``/#/jobs/NS/NAME`` is a deep link."""
         return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -331,11 +337,12 @@ def create_app(
         job: str | None = None,
         since: int = Query(0, ge=0, le=INT64_MAX, description="events after this id"),
         limit: int = Query(1000, ge=1, le=EVENTS_PAGE_MAX),
+        newest: bool = Query(False, description="the last `limit` events, not the first"),
         caller: Caller = caller_of,
     ) -> Items:
         namespace = guard.visible(caller, job.partition("/")[0] if job else None, "read events")
         with store.read() as tx:
-            rows = tx.events(job, since, limit, namespace=namespace)
+            rows = tx.events(job, since, limit, namespace=namespace, newest=newest)
             return Items(items=[event_view(e) for e in rows])
 
     @app.get("/api/v1/jobs/{name}/logs", response_class=PlainTextResponse)
@@ -508,4 +515,6 @@ def create_app(
 
     app.include_router(token_routes(guard))
     app.include_router(checkpoint_routes(guard, controller))
+    app.include_router(debug_routes(guard, controller))
+    app.include_router(metric_routes(guard, limits))
     return app

@@ -1,5 +1,6 @@
 """What one client or one job may take from the server: body size, open log streams,
-event rate. Each bound is a named default; :class:`Limits` carries them into the app."""
+event and metric rates, kept metric history. Each bound is a named default;
+:class:`Limits` carries them into the app."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from tidemill.api.limits import MAX_DOCUMENT_BYTES, MAX_NESTING_DEPTH
+from tidemill.api.metrics import METRIC_REPORTS_PER_JOB
 
 INT32_MAX = 2**31 - 1
 BODY_LIMIT_BYTES = MAX_DOCUMENT_BYTES
@@ -27,6 +29,9 @@ JSON_DEPTH_MAX = MAX_NESTING_DEPTH
 """JSON bodies nested deeper are refused (the deepest real one, master state, is ~6)."""
 EVENTS_PAGE_MAX = 10_000
 """Most events one GET returns (``limit``)."""
+METRIC_POST_RATE_PER_S = 5.0
+METRIC_POST_BURST = 20
+"""Metric batches a job's master may POST (it sends one every few seconds)."""
 
 
 def client_address(request: Request) -> str:
@@ -43,6 +48,10 @@ class Limits:
     follow_streams_per_client: int = FOLLOW_STREAMS_PER_CLIENT
     event_rate_per_s: float = EVENT_RATE_PER_S
     event_burst: int = EVENT_BURST
+    metric_post_rate_per_s: float = METRIC_POST_RATE_PER_S
+    metric_post_burst: int = METRIC_POST_BURST
+    metric_reports_per_job: int = METRIC_REPORTS_PER_JOB
+    """Reports of training metrics kept per job; the oldest are dropped beyond it."""
     client_key: Callable[[Request], str] = client_address
 
 

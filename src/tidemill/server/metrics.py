@@ -20,7 +20,9 @@ from tidemill.controller.reconciler import ACTIVE_PHASES, CycleStats
 from tidemill.engines.base import Engine
 from tidemill.server.usage import UsageCollector
 from tidemill.server.views import capacity_of, node_views, queue_views
+from tidemill.store.metrics import latest_metrics
 from tidemill.store.store import Store
+from tidemill.store.tables import LatestMetricRow
 
 DATA_LABELS = ["namespace", "job_name", "stage", "source"]
 """``job_name``, not ``job``: Prometheus gives ``job`` to the scrape target."""
@@ -31,7 +33,7 @@ show as one skew figure per table, the split itself in the REST view."""
 
 class StoreCollector(Collector):
     """Jobs by phase, queue lengths, allocated vs capacity per resource, and the data
-    and parameter-server insight of running jobs."""
+    and parameter-server insight and latest training metrics of running jobs."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -54,6 +56,8 @@ class StoreCollector(Collector):
                 if (view := saved_insight(job.master_state, "ps_insight", PSInsightView))
                 is not None
             ]
+            active = [job.key for job in jobs]
+            training = latest_metrics(tx, active) if active else []
         by_phase = GaugeMetricFamily("tidemill_jobs", "Jobs by phase", labels=["phase"])
         phases = {phase.value: 0 for phase in JobPhase}
         for (_, phase), count in counts.items():
@@ -105,6 +109,23 @@ class StoreCollector(Collector):
             yield from data_metrics(insights)
         if servers:
             yield from ps_metrics(servers)
+        if training:
+            yield training_metrics(training)
+
+
+def training_metrics(rows: list[LatestMetricRow]) -> GaugeMetricFamily:
+    """The latest value each replica reported for each name (``report(step, loss=...)``,
+    and the runtime's own ``step_time_s`` and ``samples_per_s``). Names are bounded
+    per job (``api.metrics.MAX_NAMES_PER_JOB``), so the series are too."""
+    family = GaugeMetricFamily(
+        "tidemill_training_metric",
+        "Latest value of a training metric reported by a replica",
+        labels=["namespace", "job_name", "replica", "name"],
+    )
+    for row in rows:
+        namespace, _, name = row.job.partition("/")
+        family.add_metric([namespace, name, row.replica, row.name], row.value)
+    return family
 
 
 def data_metrics(

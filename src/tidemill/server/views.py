@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.status import (
@@ -46,17 +47,20 @@ def job_summary(job: JobListing, running: dict[str, int]) -> JobSummary:
         replicas=replica_counts(job.desired, running),
         created_at=job.created_at,
         message=job.message,
+        pending_reason=pending_reason(job),
     )
+
+
+def pending_reason(job: JobListing | JobRow) -> PendingReason | None:
+    """Why the job waits, while it is Pending and the scheduler has said."""
+    if not job.pending_code or job.phase != JobPhase.PENDING.value:
+        return None
+    return PendingReason(code=job.pending_code, message=job.pending_message or "")
 
 
 def job_view(job: JobRow, usage: Mapping[str, ReplicaUsage] | None = None) -> JobView:
     """The job as REST shows it; ``usage``: replica name -> what it uses now, where known."""
     usage = usage or {}
-    pending = (
-        PendingReason(code=job.pending_code, message=job.pending_message or "")
-        if job.pending_code and job.phase == JobPhase.PENDING.value
-        else None
-    )
     return JobView(
         name=job.name,
         namespace=job.namespace,
@@ -70,7 +74,7 @@ def job_view(job: JobRow, usage: Mapping[str, ReplicaUsage] | None = None) -> Jo
         finished_at=job.finished_at,
         message=job.message,
         desired=dict(job.desired),
-        pending_reason=pending,
+        pending_reason=pending_reason(job),
         conditions=[Condition.model_validate(c) for c in job.conditions],
         replicas=[
             ReplicaView(
@@ -80,6 +84,7 @@ def job_view(job: JobRow, usage: Mapping[str, ReplicaUsage] | None = None) -> Jo
                 node=r.node,
                 gpus=[str(g) for g in r.gpu_ids],
                 pid=r.pid,
+                pod=pod_of(r.handle),
                 restarts=r.restarts,
                 exit_code=r.exit_code,
                 started_at=r.started_at,
@@ -93,6 +98,14 @@ def job_view(job: JobRow, usage: Mapping[str, ReplicaUsage] | None = None) -> Jo
         ps=saved_insight(job.master_state, "ps_insight", PSInsightView),
         spec=job.spec,
     )
+
+
+def pod_of(handle: dict[str, Any] | None) -> str | None:
+    """The pod a Kubernetes replica runs in (as its handle records it), else None."""
+    if not handle or handle.get("engine") != "kubernetes":
+        return None
+    pod = (handle.get("data") or {}).get("pod")
+    return None if pod is None else str(pod)
 
 
 def usage_view(usage: ReplicaUsage | None) -> UsageView | None:

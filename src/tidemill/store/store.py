@@ -27,6 +27,8 @@ from tidemill.store.tables import (
     Base,
     EventRow,
     JobRow,
+    LatestMetricRow,
+    MetricRow,
     NodeRow,
     ProbeRow,
     QueueRow,
@@ -154,6 +156,8 @@ class JobListing(NamedTuple):
     created_at: float
     message: str
     desired: dict[str, int]
+    pending_code: str | None
+    pending_message: str | None
 
 
 class Tx:
@@ -240,16 +244,22 @@ class Tx:
         """Events a deleted job of the same name left behind (its Deleted notice) go:
         a new job under an old name inherits none."""
         self.session.execute(delete(EventRow).where(_of_job(row.key)))
+        self._forget_metrics(row.key)
         self.session.add(row)
         self.session.flush()
         self.event_cap.created(row.key)
         return row
 
     def delete_job(self, row: JobRow) -> None:
-        """The job, its replicas and its events."""
+        """The job, its replicas, its events and its metrics."""
         self.session.delete(row)
         self.session.execute(delete(EventRow).where(_of_job(row.key)))
+        self._forget_metrics(row.key)
         self.event_cap.forget(row.key)
+
+    def _forget_metrics(self, job: str) -> None:
+        self.session.execute(delete(MetricRow).where(MetricRow.job == job))
+        self.session.execute(delete(LatestMetricRow).where(LatestMetricRow.job == job))
 
     def delete_replica(self, job: JobRow, replica: ReplicaRow) -> None:
         job.replicas.remove(replica)
@@ -316,14 +326,18 @@ class Tx:
         since: int = 0,
         limit: int = 1000,
         namespace: str | None = None,
+        newest: bool = False,
     ) -> list[EventRow]:
-        """Oldest first; ``namespace`` keeps only that namespace's job events."""
-        stmt = select(EventRow).where(EventRow.id > since).order_by(EventRow.id).limit(limit)
+        """Oldest first; ``namespace`` keeps only that namespace's job events; ``newest``:
+        the last ``limit`` of them rather than the first (a page opening on a long log)."""
+        order = EventRow.id.desc() if newest else EventRow.id
+        stmt = select(EventRow).where(EventRow.id > since).order_by(order).limit(limit)
         if job is not None:
             stmt = stmt.where(EventRow.job == job)
         if namespace is not None:
             stmt = stmt.where(EventRow.job.startswith(f"{namespace}/", autoescape=True))
-        return list(self.session.scalars(stmt))
+        rows = list(self.session.scalars(stmt))
+        return rows[::-1] if newest else rows
 
     def queues(self) -> list[QueueRow]:
         return list(self.session.scalars(select(QueueRow).order_by(QueueRow.name)))

@@ -1,4 +1,4 @@
-"""The durable schema: jobs, replicas, events, queues, nodes, API tokens.
+"""The durable schema: jobs, replicas, events, training metrics, queues, nodes, API tokens.
 
 A row holds what a restarted server needs to carry on: a job's validated spec and
 phase, each replica's placement and engine handle, and the event history.
@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Float,
     ForeignKey,
     Index,
@@ -137,6 +138,33 @@ class EventRow(Base):
     reason: Mapped[str] = mapped_column(String(EVENT_REASON_MAX_CHARS))
     message: Mapped[str] = mapped_column(Text)
     replica: Mapped[str | None] = mapped_column(String(EVENT_REPLICA_MAX_CHARS), nullable=True)
+
+
+class MetricRow(Base):
+    """One ``report()`` of one replica; a job keeps its newest ``Limits.metric_reports_per_job``."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_job_id", "job", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(String(127))
+    replica: Mapped[str] = mapped_column(String(64))
+    step: Mapped[int] = mapped_column(BigInteger)
+    time: Mapped[float] = mapped_column(Float)
+    values: Mapped[dict[str, float]] = mapped_column(JSON)
+
+
+class LatestMetricRow(Base):
+    """The newest value of each (job, replica, name): what ``/metrics`` shows."""
+
+    __tablename__ = "metrics_latest"
+
+    job: Mapped[str] = mapped_column(String(127), primary_key=True)
+    replica: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[float] = mapped_column(Float)
+    time: Mapped[float] = mapped_column(Float)
 
 
 class QueueRow(Base):

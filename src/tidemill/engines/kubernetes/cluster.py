@@ -26,6 +26,7 @@ API_CALLS: dict[tuple[str, str], frozenset[str]] = {
     ("", "pods"): frozenset({"get", "list", "watch", "create", "delete"}),
     ("", "pods/binding"): frozenset({"create"}),
     ("", "pods/log"): frozenset({"get"}),
+    ("", "pods/exec"): frozenset({"get", "create"}),
     ("", "services"): frozenset({"create"}),
     ("", "secrets"): frozenset({"create"}),
     ("tidemill.io", "trainingjobs"): frozenset(
@@ -33,6 +34,7 @@ API_CALLS: dict[tuple[str, str], frozenset[str]] = {
     ),
     ("tidemill.io", "trainingjobs/status"): frozenset({"patch"}),
     ("scheduling.volcano.sh", "podgroups"): frozenset({"create"}),
+    ("metrics.k8s.io", "pods"): frozenset({"list"}),
 }
 """(API group, resource) -> the verbs the engine uses: deploy/kubernetes/clusterrole.yaml
 grants exactly these, and the tests check every call the engine makes against them."""

@@ -18,7 +18,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,12 @@ from tidemill.engines.kubernetes.manifests import (
     trainingjob_object,
 )
 from tidemill.engines.kubernetes.options import KubernetesOptions
+from tidemill.engines.kubernetes.pod_exec import PodCommand, pod_stacks
 from tidemill.engines.kubernetes.pod_logs import PodLogs
+from tidemill.engines.kubernetes.pod_metrics import PodMetrics
+from tidemill.engines.replica_exec import ReplicaCommand
+from tidemill.engines.stacks import StackDump
+from tidemill.engines.usage import ReplicaUsage, Watched
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +115,7 @@ class KubernetesEngine:
             self.cluster, "nodes", core.list_node, self._node_changed, relist_s
         )
         self.pod_logs = PodLogs(self.cluster, self.state_dir / "pod-logs", self._pod_ended)
+        self.pod_metrics = PodMetrics(self.cluster.custom)
         self.pods.start()
         self.nodes_informer.start()
         self.nodes_informer.wait_synced(SYNC_TIMEOUT_S)
@@ -444,6 +450,11 @@ class KubernetesEngine:
             time.sleep(0.2)
         raise TimeoutError(f"pod {namespace}/{name} still exists {grace_s + 30:g} s after delete")
 
+    def usage(self, replicas: Mapping[str, Watched]) -> dict[str, ReplicaUsage]:
+        """What the pods use, as the cluster's metrics-server measured them (nothing
+        without it); GPU figures need the cluster's own exporter (DCGM), not this."""
+        return self.pod_metrics.usage(replicas)
+
     def log_path(self, handle: ReplicaHandle) -> str | None:
         """None: a pod's output is read through the API when asked for (:meth:`log_file`)."""
         return None
@@ -451,6 +462,14 @@ class KubernetesEngine:
     def log_file(self, handle: ReplicaHandle) -> str:
         """A file mirroring the pod's output (``pods/log``), followed while it runs."""
         return self.pod_logs.path(handle)
+
+    def stacks(self, handle: ReplicaHandle) -> StackDump:
+        """py-spy's dump of the container's command, run in the container."""
+        return pod_stacks(self.cluster, handle)
+
+    def exec_command(self, handle: ReplicaHandle, argv: list[str]) -> ReplicaCommand:
+        """``argv`` in the pod's container (``pods/exec``), as ``kubectl exec`` runs it."""
+        return PodCommand(self.cluster, handle, argv)
 
     def _pod_ended(self, namespace: str, name: str) -> bool:
         pod = self.pods.get(namespace, name)

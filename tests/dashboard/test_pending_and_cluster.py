@@ -1,0 +1,65 @@
+"""A job too big for what the cluster has free (10 cores where a 12-core job holds the
+only node with that many) says why it waits, on its page and on the cluster
+page; the cluster page charts use over time and shows queues and nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.dashboard.conftest import screenshot, sleeper
+from tests.server.live import DATA, INSIGHT
+from tidemill.client import Client
+
+
+def test_a_job_too_big_shows_why_it_is_pending(page: Any, start_server: Any) -> None:
+    server = start_server()
+    with Client(server.url) as client:
+        client.submit(sleeper("trainer", namespace="ads", cpu=12, gpu=3, queue="ads"))
+        client.submit(sleeper("notebook", namespace="research", cpu=1, queue="research"))
+        client.submit(sleeper("huge", namespace="research", cpu=10, queue="research"))
+        page.goto(f"{server.url}/#/jobs/research/huge")
+        reason = page.wait_for_selector(".pending")
+        text = reason.inner_text()
+        assert "Why pending" in text and "10" in text, text
+        screenshot(page, "pending")
+
+        page.click("nav >> text=Cluster")
+        page.wait_for_selector(".pending-list >> text=research/huge")
+        assert "10" in page.inner_text("#pending")
+        page.wait_for_function(
+            "document.querySelector('#util-note').textContent.match(/^\\d\\d+ samples/)"
+        )
+        nodes = page.inner_text("#nodes")
+        assert "gpu-1" in nodes and "A100" in nodes
+        assert "ads" in page.inner_text("#queues")
+        screenshot(page, "cluster")
+
+        page.click("nav >> text=Jobs")
+        page.wait_for_selector("#jobs >> text=huge")
+        screenshot(page, "jobs")
+        page.click("#jobs >> text=trainer")
+        page.wait_for_selector(".job-head >> text=trainer")
+        assert page.url.endswith("#/jobs/ads/trainer")
+
+
+def test_data_progress_per_stage_and_source(page: Any, start_server: Any) -> None:
+    """What a job master saves about its data, through the REST call it makes (as
+    tests/server/live.py does): each stage's sources with records/s, lag and shards."""
+    server = start_server()
+    with Client(server.url) as client:
+        client.submit(sleeper("trainer", namespace="ads", cpu=12, queue="ads"))
+        client.submit(sleeper("ctr", namespace="ads", cpu=10, queue="ads", data=DATA))
+    saved = httpx.put(
+        f"{server.url}/api/v1/jobs/ctr/master-state?namespace=ads",
+        json={"state": {"data_insight": INSIGHT}},
+    )
+    assert saved.status_code == 200, saved.text
+
+    page.goto(f"{server.url}/#/jobs/ads/ctr")
+    page.wait_for_selector("#data .stage >> nth=1")
+    text = page.inner_text("#data")
+    assert "backfill" in text and "online" in text and "running" in text, text
+    assert "ads.clicks" in text and "51.2k" in text and "812" in text, text
+    assert "37 rec · 0.4s" in text and "8/8" in text, text
