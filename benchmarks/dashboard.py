@@ -12,12 +12,14 @@ stopped server).
 Timed (p50/p99 over ``--rounds``; "ttlb": the request's time to last byte over
 loopback, "server": the ``Server-Timing`` the server reports):
 
-1. each endpoint the dashboard polls, on its own;
-2. first paint of the cluster page and of the wide job's page: the document, then the
-   screen's API calls in parallel over 6 connections as a browser makes them; the time
-   is the document's plus the slowest call's (rendering excluded);
-3. steady updates of the job page while it follows the wide job's logs: the job view,
-   the events since the last id seen, and the jobs, queues and nodes tables.
+1. each call the dashboard's pages make, on its own;
+2. first paint of the jobs page, the cluster page and the wide job's page, as a browser
+   with an empty cache loads them over 6 connections: the document, its stylesheets and
+   scripts, the modules those import, then the page's calls in the waves the page makes
+   them (the cluster page asks for the pending jobs, then their views); rendering
+   excluded;
+3. steady updates while the job page follows the wide job's logs: each page's poll as
+   its timer runs it (the job page: view, events since the last seen, metrics).
 
 Goals (issue 13): first paint under 1 s, updates under 200 ms server time. Prints a
 table and writes benchmarks/results/dashboard.json.
