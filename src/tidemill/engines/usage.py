@@ -170,7 +170,7 @@ def _through_psutil() -> Iterable[ProcessSample]:
     wanted = ["ppid", "create_time", "status", "cpu_times", "memory_info"]
     for process in psutil.process_iter(wanted):
         info = process.info
-        if info["cpu_times"] is None or info["memory_info"] is None:
+        if any(info[name] is None for name in wanted):
             continue  # not ours to read
         yield ProcessSample(
             pid=process.pid,
