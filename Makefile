@@ -29,6 +29,7 @@ test: venv chromium
 
 bench: venv
 	$(BIN)/python benchmarks/api_throughput.py
+	$(BIN)/python benchmarks/dashboard.py
 	$(BIN)/python benchmarks/scheduler_throughput.py
 	$(BIN)/python benchmarks/replica_start.py
 	$(BIN)/python benchmarks/elastic.py

@@ -67,9 +67,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def server(cluster: str, auth: bool = False) -> Iterator[tuple[str, str | None]]:
-    """A `tidemill server` process; yields its URL and, with auth, the admin token."""
-    state = Path(tempfile.mkdtemp(prefix="tidemill-bench-"))
+def server(
+    cluster: str, auth: bool = False, state: Path | None = None
+) -> Iterator[tuple[str, str | None]]:
+    """A `tidemill server` process; yields its URL and, with auth, the admin token.
+    ``state``: a state folder already holding what it should resume from."""
+    state = state or Path(tempfile.mkdtemp(prefix="tidemill-bench-"))
     (state / "cluster.yaml").write_text(cluster)
     port = free_port()
     argv = [sys.executable, "-m", "tidemill", "server", "--state-dir", str(state)]

@@ -51,6 +51,8 @@ def test_drf_picks_the_queue_with_the_smaller_share_and_explains_the_other(start
     assert ads_big.phase == "Pending"
     assert ads_big.pending_reason.code == "InsufficientGPU"
     assert "3" in ads_big.pending_reason.message and "gpu" in ads_big.pending_reason.message
+    listed = {job.name: job for job in client.jobs(phase="Pending")}
+    assert listed["ads-big"].pending_reason == client.get("ads-big").pending_reason
     queues = {q.name: q for q in client.queues()}
     assert queues["ads"].pending == 1 and queues["search"].running == 1
     assert queues["search"].allocated.gpu == 3

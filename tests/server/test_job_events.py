@@ -50,6 +50,29 @@ def test_a_job_posting_events_too_fast_is_told_when_to_retry_and_others_are_not_
     assert again.status_code == 201
 
 
+def test_a_page_polling_a_jobs_events_gets_only_those_after_the_last_it_saw(
+    start_runner: Callable[..., ServerRunner],
+) -> None:
+    runner = start_runner()
+    with Client(runner.url) as client:
+        client.submit(chatty_job("ctr"))
+        wait_for(lambda: client.get("ctr").phase == "Running", 30, "ctr running")
+
+    with httpx.Client(base_url=runner.url) as http:
+        seen = http.get(EVENTS.format("ctr")).json()["items"]
+        last = seen[-1]["id"]
+        http.post(
+            EVENTS.format("ctr"), json={"reason": "Checkpoint", "message": "step 500"}
+        ).raise_for_status()
+        fresh = http.get(EVENTS.format("ctr"), params={"since": last}).json()["items"]
+        first = http.get(EVENTS.format("ctr"), params={"limit": 1}).json()["items"]
+
+    assert [e["reason"] for e in seen][:1] == ["Submitted"]
+    assert ("Checkpoint", "step 500") in [(e["reason"], e["message"]) for e in fresh]
+    assert all(e["id"] > last for e in fresh), fresh
+    assert first == seen[:1]
+
+
 def test_a_deleted_job_takes_its_events_and_a_new_one_of_that_name_starts_clean(
     start_runner: Callable[..., ServerRunner],
 ) -> None:

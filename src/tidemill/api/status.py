@@ -231,6 +231,9 @@ class JobSummary(BaseModel):
     replicas: dict[str, str] = Field(description="role -> 'running/desired'")
     created_at: float
     message: str = ""
+    pending_reason: PendingReason | None = Field(
+        default=None, description="why it waits, while Pending (as in the job view)"
+    )
 
 
 class EventView(BaseModel):

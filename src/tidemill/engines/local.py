@@ -60,7 +60,7 @@ from tidemill.engines.replica_exec import (
     write_launch_env,
 )
 from tidemill.engines.stacks import StackDump, dump_process
-from tidemill.engines.usage import CpuMeter, ReplicaUsage, Watched
+from tidemill.engines.usage import CpuMeter, ProcessTable, ReplicaUsage, Watched
 from tidemill.engines.warm_start import (
     DEFAULT_PRELOAD,
     UID_VAR,
@@ -349,9 +349,11 @@ class LocalEngine:
         a small process that only waits); GPUs through NVML where there is one."""
         found: dict[str, ReplicaUsage] = {}
         with self._usage_lock:
+            table = ProcessTable()
             for key, watched in replicas.items():
-                supervisor = _supervisor(LocalReplica.from_handle(watched.handle))
-                tree = [] if supervisor is None else _safe_children(supervisor, recursive=True)
+                replica = LocalReplica.from_handle(watched.handle)
+                running = _supervisor_in(table, replica)
+                tree = table.descendants(replica.supervisor_pid) if running else []
                 sample = self._cpu.sample(key, tree)
                 if sample is None:
                     continue
@@ -501,6 +503,16 @@ def _supervisor(replica: LocalReplica) -> psutil.Process | None:
     except psutil.Error:
         return None
     return proc if same and _alive(proc) else None
+
+
+def _supervisor_in(table: ProcessTable, replica: LocalReplica) -> bool:
+    """Whether ``table`` shows the supervisor running (and its pid not reused)."""
+    supervisor = table.process(replica.supervisor_pid)
+    return (
+        supervisor is not None
+        and not supervisor.zombie
+        and abs(supervisor.created - replica.supervisor_create_time) < CREATE_TIME_SLACK_S
+    )
 
 
 def _child_pid(replica: LocalReplica) -> int | None:

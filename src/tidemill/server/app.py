@@ -60,6 +60,7 @@ from tidemill.server.middleware import (
     BodyLimit,
     BoundedJsonRoute,
     CatchAll,
+    ServerTiming,
     error_body,
     request_errors,
 )
@@ -187,6 +188,7 @@ def create_app(
     app.router.route_class = BoundedJsonRoute
     app.add_middleware(BodyLimit, max_bytes=limits.body_bytes)
     app.add_middleware(CatchAll)
+    app.add_middleware(ServerTiming)
     add_docs(app)
 
     def view_of(namespace: str, name: str, with_usage: bool = False) -> JobView:
@@ -315,10 +317,19 @@ def create_app(
         return {"deleted": controller.delete(ns, name, actor=caller.actor)}
 
     @app.get("/api/v1/jobs/{name}/events", response_model=Items)
-    def job_events(name: str, namespace: str | None = None, caller: Caller = caller_of) -> Items:
+    def job_events(
+        name: str,
+        namespace: str | None = None,
+        since: int = Query(0, ge=0, le=INT64_MAX, description="events after this id"),
+        limit: int = Query(1000, ge=1, le=EVENTS_PAGE_MAX),
+        caller: Caller = caller_of,
+    ) -> Items:
+        """The job's events, oldest first; a page that polls passes the last id it has
+        as ``since`` and gets only what is new."""
         ns, name = guard.job(caller, name, namespace, Role.VIEWER, "read events")
         with store.read() as tx:
-            events: list[EventView] = [event_view(e) for e in tx.events(job=f"{ns}/{name}")]
+            rows = tx.events(f"{ns}/{name}", since, limit)
+            events: list[EventView] = [event_view(e) for e in rows]
         return Items(items=events)
 
     @app.get("/api/v1/events", response_model=Items)
@@ -477,7 +488,8 @@ def create_app(
         guard.visible(caller, None, "read queues")
         with store.read() as tx:
             capacity = capacity_of(node_views(tx.nodes(), []))
-            views: list[QueueView] = queue_views(tx.queues(), tx.jobs(), capacity)
+            holding = tx.jobs(phases=ACTIVE_PHASES)
+            views: list[QueueView] = queue_views(tx.queues(), holding, tx.job_counts(), capacity)
         return Items(items=views)
 
     @app.get("/api/v1/cluster/utilization", response_model=Items)

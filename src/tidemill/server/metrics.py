@@ -40,30 +40,29 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self.store.read() as tx:
-            jobs = tx.jobs()
-            nodes = node_views(tx.nodes(), [j for j in jobs if j.phase in ACTIVE_PHASES])
-            queues = queue_views(tx.queues(), jobs, capacity_of(nodes))
+            jobs = tx.jobs(phases=ACTIVE_PHASES)
+            counts = tx.job_counts()
+            nodes = node_views(tx.nodes(), jobs)
+            queues = queue_views(tx.queues(), jobs, counts, capacity_of(nodes))
             insights = [
                 (job.namespace, job.name, insight)
                 for job in jobs
-                if job.phase in ACTIVE_PHASES
-                and (insight := saved_insight(job.master_state, "data_insight", DataInsightView))
+                if (insight := saved_insight(job.master_state, "data_insight", DataInsightView))
                 is not None
             ]
             servers = [
                 (job.namespace, job.name, view)
                 for job in jobs
-                if job.phase in ACTIVE_PHASES
-                and (view := saved_insight(job.master_state, "ps_insight", PSInsightView))
+                if (view := saved_insight(job.master_state, "ps_insight", PSInsightView))
                 is not None
             ]
-            active = [job.key for job in jobs if job.phase in ACTIVE_PHASES]
+            active = [job.key for job in jobs]
             training = latest_metrics(tx, active) if active else []
         by_phase = GaugeMetricFamily("tidemill_jobs", "Jobs by phase", labels=["phase"])
-        counts = {phase.value: 0 for phase in JobPhase}
-        for job in jobs:
-            counts[job.phase] = counts.get(job.phase, 0) + 1
-        for phase, count in counts.items():
+        phases = {phase.value: 0 for phase in JobPhase}
+        for (_, phase), count in counts.items():
+            phases[phase] = phases.get(phase, 0) + count
+        for phase, count in phases.items():
             by_phase.add_metric([phase], count)
         yield by_phase
 

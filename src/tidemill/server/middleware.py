@@ -1,5 +1,6 @@
 """What stands between a request and the handlers: a body size limit, bounded JSON
-parsing, and a last resort that turns an unexpected error into a 500 with an id.
+parsing, a last resort that turns an unexpected error into a 500 with an id, and the
+server's own time on every response (``Server-Timing``).
 
 Bad input never reaches a handler as something that could raise inside it: a body
 too large is a 413, JSON nested too deep, with a non-finite number or a lone surrogate
@@ -12,13 +13,14 @@ import json
 import logging
 import math
 import re
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -123,6 +125,31 @@ class CatchAll:
             message = f"internal error (incident {incident}); the server log has the details"
             response = JSONResponse(error_body("Internal", message, []), 500)
             await response(scope, receive, send)
+
+
+class ServerTiming:
+    """``Server-Timing: app;dur=MS`` on every response: from the request's arrival to its
+    response headers, so a client (the dashboard, a benchmark, a browser's developer
+    tools) tells the server's time from the network's. A whole response is rendered
+    before its headers go out, so this is its full server time; for a stream (logs
+    with follow) it is the time to the first byte."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        arrived = time.perf_counter()
+
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                spent_ms = (time.perf_counter() - arrived) * 1000
+                MutableHeaders(scope=message).append("Server-Timing", f"app;dur={spent_ms:.2f}")
+            await send(message)
+
+        await self.app(scope, receive, timed)
 
 
 def parse_json(body: bytes, max_depth: int = JSON_DEPTH_MAX) -> Any:

@@ -12,6 +12,7 @@ working when a server is restarted with auth turned on.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -75,6 +76,14 @@ class InsecureServer(ValueError):
             "read and delete every job; add --auth (tokens required), or --insecure if this "
             "network is trusted"
         )
+
+
+def settle_heap() -> None:
+    """Take what startup made (modules, the app, its schemas: some 100,000 objects,
+    alive for good) out of the garbage collector's sight. Each full collection used to
+    scan them all: a list of 1,000 jobs spent a third of its time there."""
+    gc.collect()
+    gc.freeze()
 
 
 class ServerRunner:
@@ -211,5 +220,6 @@ class ServerRunner:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         self.start()
+        settle_heap()
         stop.wait()
         self.stop()

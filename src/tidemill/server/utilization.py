@@ -34,7 +34,7 @@ def sample(tx: Tx) -> dict[str, Any]:
     holding = tx.jobs(phases=ACTIVE_PHASES)
     nodes = node_views(tx.nodes(), holding)
     capacity = capacity_of(nodes)
-    queues = queue_views(tx.queues(), tx.jobs(), capacity)
+    queues = queue_views(tx.queues(), holding, tx.job_counts(), capacity)
     allocated = ResourceView(
         cpu=sum(n.allocated.cpu for n in nodes),
         memory=sum(n.allocated.memory for n in nodes),

@@ -28,6 +28,7 @@ from tidemill.controller.snapshot import replica_usage
 from tidemill.engines.usage import ReplicaUsage
 from tidemill.scheduler.ordering import dominant_share
 from tidemill.scheduler.types import ResourceVector
+from tidemill.store.store import JobListing
 from tidemill.store.tables import EventRow, JobRow, NodeRow, QueueRow
 
 
@@ -36,7 +37,7 @@ def replica_counts(desired: dict[str, int], running: dict[str, int]) -> dict[str
     return {role: f"{running.get(role, 0)}/{count}" for role, count in sorted(desired.items())}
 
 
-def job_summary(job: JobRow, running: dict[str, int]) -> JobSummary:
+def job_summary(job: JobListing, running: dict[str, int]) -> JobSummary:
     return JobSummary(
         name=job.name,
         namespace=job.namespace,
@@ -46,17 +47,20 @@ def job_summary(job: JobRow, running: dict[str, int]) -> JobSummary:
         replicas=replica_counts(job.desired, running),
         created_at=job.created_at,
         message=job.message,
+        pending_reason=pending_reason(job),
     )
+
+
+def pending_reason(job: JobListing | JobRow) -> PendingReason | None:
+    """Why the job waits, while it is Pending and the scheduler has said."""
+    if not job.pending_code or job.phase != JobPhase.PENDING.value:
+        return None
+    return PendingReason(code=job.pending_code, message=job.pending_message or "")
 
 
 def job_view(job: JobRow, usage: Mapping[str, ReplicaUsage] | None = None) -> JobView:
     """The job as REST shows it; ``usage``: replica name -> what it uses now, where known."""
     usage = usage or {}
-    pending = (
-        PendingReason(code=job.pending_code, message=job.pending_message or "")
-        if job.pending_code and job.phase == JobPhase.PENDING.value
-        else None
-    )
     return JobView(
         name=job.name,
         namespace=job.namespace,
@@ -70,7 +74,7 @@ def job_view(job: JobRow, usage: Mapping[str, ReplicaUsage] | None = None) -> Jo
         finished_at=job.finished_at,
         message=job.message,
         desired=dict(job.desired),
-        pending_reason=pending,
+        pending_reason=pending_reason(job),
         conditions=[Condition.model_validate(c) for c in job.conditions],
         replicas=[
             ReplicaView(
@@ -177,19 +181,20 @@ def capacity_of(nodes: Iterable[NodeView]) -> ResourceVector:
 
 
 def queue_views(
-    queues: Iterable[QueueRow], jobs: Iterable[JobRow], capacity: ResourceVector
+    queues: Iterable[QueueRow],
+    holding: Iterable[JobRow],
+    counts: Mapping[tuple[str, str], int],
+    capacity: ResourceVector,
 ) -> list[QueueView]:
+    """``holding``: the jobs that hold resources (their replicas are summed per queue);
+    ``counts``: (queue, phase) -> jobs, as ``Tx.job_counts`` gives it."""
     allocated: dict[str, ResourceVector] = {}
-    pending: dict[str, int] = {}
     running: dict[str, int] = {}
-    for job in jobs:
-        phase = JobPhase(job.phase)
-        if phase is JobPhase.PENDING:
-            pending[job.queue] = pending.get(job.queue, 0) + 1
-        elif phase.holds_resources:
-            running[job.queue] = running.get(job.queue, 0) + 1
-            for r in job.replicas:
-                allocated[job.queue] = allocated.get(job.queue, ResourceVector()) + replica_usage(r)
+    for job in holding:
+        running[job.queue] = running.get(job.queue, 0) + 1
+        for r in job.replicas:
+            allocated[job.queue] = allocated.get(job.queue, ResourceVector()) + replica_usage(r)
+    pending = {q: n for (q, phase), n in counts.items() if phase == JobPhase.PENDING.value}
     views = []
     for row in queues:
         spec = QueueSpec.model_validate(row.spec)
