@@ -1,6 +1,6 @@
 // The cluster page: use over time per resource and per queue (allocated beside capacity,
 // DRF shares), the pending jobs and why, queues, and nodes with each GPU's use.
-import { get, jobPath } from "./api.js";
+import { get } from "./api.js";
 import { colour, lineChart } from "./charts.js";
 import { age, bar, bytes, empty, esc, num } from "./format.js";
 import { jobHref } from "./jobs.js";
@@ -51,7 +51,7 @@ export function mountCluster(el) {
     drawQueueCharts(el.querySelector("#queue-charts"), queueCharts, points, queues.items.map((q) => q.name));
     drawQueues(el.querySelector("#queues"), queues.items);
     drawNodes(el.querySelector("#nodes"), nodes.items);
-    await drawPending(el.querySelector("#pending"), jobs.items, signal);
+    drawPending(el.querySelector("#pending"), jobs.items);
   });
   return () => { polling(); for (const [, c] of resourceCharts) c.destroy(); for (const c of queueCharts.charts) c.destroy(); };
 }
@@ -104,15 +104,14 @@ function drawNodes(host, nodes) {
     || `<tr><td colspan="5">${empty("no nodes")}</td></tr>`;
 }
 
-async function drawPending(host, pending, signal) {
+function drawPending(host, pending) {
   if (!pending.length) {
     host.innerHTML = empty("no job is waiting");
     return;
   }
   const shown = pending.slice(0, PENDING_SHOWN);
-  const views = await Promise.all(shown.map((j) => get(jobPath(j.namespace, j.name), signal).catch(() => null)));
-  host.innerHTML = `<ul class="pending-list">${shown.map((j, i) => {
-    const reason = views[i]?.pending_reason;
+  host.innerHTML = `<ul class="pending-list">${shown.map((j) => {
+    const reason = j.pending_reason;
     return `<li><a href="${jobHref(j.namespace, j.name)}">${esc(j.namespace)}/<b>${esc(j.name)}</b></a>
       <span class="muted">${esc(j.queue)} · waiting ${age(j.created_at)}</span>
       <div><span class="reason">${esc(reason?.code || "Queued")}</span> ${esc(reason?.message || j.message || "waiting for the scheduler")}</div></li>`;
