@@ -36,6 +36,22 @@ def world_reached(api: Client, size: int, after: float) -> dict[str, Any] | None
     return next((p for p in progress(api) if p["world"] == size and p["t"] > after), None)
 
 
+def wait_world(api: Client, size: int, after: float, timeout_s: float, what: str) -> None:
+    """Until rank 0 reports a step at world ``size`` after ``after``; a timeout says which
+    worlds it reported since and the job's last events, to tell a stall from a race."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if world_reached(api, size, after):
+            return
+        time.sleep(0.1)
+    seen = [(p["world"], round(p["t"] - after, 1)) for p in progress(api) if p["t"] > after]
+    events = [f"{e.reason}: {e.message}" for e in api.job_events("counting")][-12:]
+    pytest.fail(
+        f"timed out after {timeout_s}s waiting for {what}; (world, seconds after) since: "
+        f"{seen[:5]} ... {seen[-5:]}; last events: {events}"
+    )
+
+
 def worker_pods(cluster: Cluster) -> dict[str, str]:
     """worker-i -> the name of its running pod."""
     return {
@@ -114,10 +130,8 @@ def test_an_elastic_worker_lost_with_its_node_is_replaced_elsewhere_and_none_is_
         assert pods["0"].spec.node_name != lost
         lost_at = time.time()
         cluster.emulator.lose_node(lost)
-        wait_for(lambda: world_reached(api, 1, lost_at), timeout_s=60,
-                 what="the survivor training alone")
-        wait_for(lambda: world_reached(api, 2, lost_at), timeout_s=90,
-                 what="a replacement joining on another node")
+        wait_world(api, 1, lost_at, 60, "the survivor training alone")
+        wait_world(api, 2, lost_at, 90, "a replacement joining on another node")
         final = api.wait("counting", timeout_s=300)
         assert final.phase == "Succeeded", final.message
         reasons = [e.reason for e in api.job_events("counting")]

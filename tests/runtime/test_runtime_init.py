@@ -47,6 +47,7 @@ def test_the_public_runtime_surface_is_pinned() -> None:
         "RuntimeContext",
         "elastic",
         "init",
+        "report",
     ]
     assert tidemill.init is tidemill.runtime.init
 
