@@ -271,3 +271,20 @@ def has_metrics_server(cluster: Cluster) -> bool:
         except client.ApiException:
             return False
     return True
+
+
+def test_exec_runs_a_command_in_a_replicas_container_and_passes_its_exit_code(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """``tidemill exec`` on Kubernetes goes through ``pods/exec``: the command sees the
+    container's environment, its output streams back, and its exit code is returned."""
+    probe = "import os, sys; print('index', os.environ['TIDEMILL_INDEX']); sys.exit(3)"
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(cluster.sleeper("shell", replicas=2))
+        wait_for(lambda: api.get("shell").phase == "Running", timeout_s=60, what="running")
+        seen: list[str] = []
+        code = api.exec("shell", "worker", 1, ["python", "-c", probe], seen.append)
+        assert (code, "".join(seen).split()) == (3, ["index", "1"])
+        missing = api.exec("shell", "worker", 0, ["no-such-program"], seen.append)
+        assert missing != 0
+        api.delete("shell")

@@ -21,6 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from .errors import ApiError, bad_request, conflict, invalid, status_object, success_status
 from .objects import Store, condition
+from .pod_exec import PROTOCOLS as exec_protocols
+from .pod_exec import ExecTarget
+from .pod_exec import serve as serve_exec
 from .rbac import Call, rbac_verb
 from .resources import Resource
 from .selectors import parse_field_selector, parse_label_selector
@@ -92,6 +95,8 @@ class ApiServer:
         self.call_names: list[str] = []
         self.injections: list[Injection] = []
         self.log_source: Callable[[dict[str, Any], str], LogSource | None] = lambda p, c: None
+        self.exec_target: Callable[[dict[str, Any]], ExecTarget | None] = lambda p: None
+        """Where a running pod's commands run (the kubelet's), for ``pods/exec``."""
         self.pod_metrics: MetricsServer | None = None
         """The metrics.k8s.io group, when the cluster runs metrics-server."""
         self.watchers: set[Watcher] = set()
@@ -243,6 +248,27 @@ class ApiServer:
             h.send_json(500, status_object(500, "InternalError",
                                            f"emulator error: {e!r}\n{traceback.format_exc()}"))
 
+    def _exec(self, h: _Handler, ns: str, name: str, query: dict[str, list[str]]) -> None:
+        """``pods/exec`` over a WebSocket, as the API server proxies it to the kubelet."""
+        if h.command not in ("GET", "POST"):
+            raise ApiError(405, "the server does not allow this method on the requested resource")
+        pod = self.store.get(self.store.resource("", "v1", "pods"), ns, name)
+        if h.headers.get("Upgrade", "").lower() != "websocket":
+            raise bad_request("Upgrade request required")
+        offered = [p.strip() for p in h.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        protocol = next((p for p in exec_protocols if p in offered), None)
+        if protocol is None:
+            raise bad_request(f"no supported subprotocol in {offered}; use one of "
+                              f"{list(exec_protocols)}")
+        command = query.get("command") or []
+        if not command:
+            raise bad_request("you must specify at least 1 command")
+        target = self.exec_target(pod)
+        if target is None:
+            raise bad_request(f"unable to upgrade connection: container not found "
+                              f"(pod {name} is not running)")
+        serve_exec(h, target, command, protocol)
+
     def _metrics(self, h: _Handler, path: str) -> None:
         """``/apis/metrics.k8s.io/v1beta1/namespaces/NS/pods[/NAME]``: read-only, as
         metrics-server serves it (an aggregated API: 404 when it is not installed)."""
@@ -314,6 +340,9 @@ class ApiServer:
         sub = route.sub
         if sub == "log" and res.kind == "Pod" and method == "GET":
             self._log(h, ns, route.name, query)
+            return
+        if sub == "exec" and res.kind == "Pod":
+            self._exec(h, ns, route.name, query)
             return
         if sub == "binding" and res.kind == "Pod":
             if method != "POST":

@@ -56,6 +56,7 @@ class KubeEmulator:
         self._dns = HostsFiles(self.store, self.folder) if self.dns_isolation else None
         self._kubelets = Kubelets(self.store, self.folder, port, self._dns)
         self.api.log_source = self._kubelets.log_source
+        self.api.exec_target = self._kubelets.exec_target
         if self.metrics_server:
             self.api.pod_metrics = MetricsServer(self._kubelets)
         return self

@@ -25,6 +25,7 @@ from .apiserver import LogSource
 from .dns import HostsFiles
 from .errors import ApiError
 from .objects import Store, condition, now
+from .pod_exec import ExecTarget
 
 Pod = dict[str, Any]
 _WRAP = 'mount --bind "$1" /etc/hosts && hostname "$2" && shift 2 && exec "$@"'
@@ -79,6 +80,9 @@ class PodRun:
     evicted: bool = False
     removed: bool = False
     fake: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    """The container's environment and folder once it runs (what ``pods/exec`` uses)."""
+    cwd: str = ""
 
 
 class IpPool:
@@ -338,6 +342,7 @@ class Kubelets:
             run.proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                         start_new_session=True)
+            run.env, run.cwd = env, workdir
             run.started = True
         self._set_status(run, lambda p: self._running_status(p, run))
         code = run.proc.wait()
@@ -556,6 +561,14 @@ class Kubelets:
         if run is None or run.proc is None:
             raise KeyError(uid)
         self._signal(run, sig)
+
+    def exec_target(self, pod: Pod) -> ExecTarget | None:
+        """Where commands run in the pod's container; None unless it is running."""
+        run = self.runs.get(pod["metadata"]["uid"])
+        proc = None if run is None else run.proc
+        if run is None or not run.started or proc is None or proc.poll() is not None:
+            return None
+        return ExecTarget(dict(run.env), run.cwd)
 
     def log_source(self, pod: Pod, container: str) -> LogSource | None:
         """Where the container's output is once it has started; None while waiting."""

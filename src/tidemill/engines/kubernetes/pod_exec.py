@@ -5,8 +5,8 @@ container's environment and working folder, as ``kubectl exec`` does. Stacks are
 by ``py-spy dump`` run there against pid 1 (the replica's command): the image needs
 py-spy and the container the ``SYS_PTRACE`` capability.
 
-Written for a real cluster: the emulated API server the tests use does not serve
-``pods/exec``, so this module is not exercised by them.
+Commands are tested against the emulated API server's ``pods/exec``; stacks are not
+(emulated pods share the host's pid namespace, so there is no container pid 1).
 """
 
 from __future__ import annotations
