@@ -153,9 +153,15 @@ def test_a_fixed_job_with_data_gets_a_master_and_every_process_gets_the_plan(
 def test_a_job_without_data_or_elastic_roles_runs_without_a_master(
     controller: Controller, tmp_path: Path
 ) -> None:
-    job = data_job(tmp_path)
-    plain = job.model_copy(update={"spec": job.spec.model_copy(update={"data": None})})
-    controller.submit(plain)
+    document = data_job(tmp_path).model_dump(by_alias=True, exclude_none=True)
+    del document["spec"]["data"]
+    # Without a master the report script would exit at once: these workers just sleep.
+    document["spec"]["roles"]["worker"]["command"] = [
+        sys.executable,
+        "-c",
+        "import time; time.sleep(600)",
+    ]
+    controller.submit(TrainingJob.model_validate(document))
 
     row = until(controller, lambda r: r.phase == "Running", "the job to run")
 
