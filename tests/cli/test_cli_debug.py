@@ -185,8 +185,8 @@ def test_exec_kills_a_command_that_outlives_its_timeout(hung: Live) -> None:
     assert "killed after timeout_s=0.5" in result.stdout
 
 
-def test_an_exec_request_without_a_program_is_refused_naming_the_field(hung: Live) -> None:
-    for command in ([], [""], ["echo", "x" * 20_000]):
+def test_an_exec_request_without_a_usable_command_is_refused_naming_the_field(hung: Live) -> None:
+    for command in ([], [""], ["echo", "x" * 20_000], ["echo", "a\x00b"]):
         body = {"role": "worker", "index": 0, "command": command}
         response = httpx.post(f"{hung.url}/api/v1/jobs/hung/exec", json=body, timeout=30)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, field_validator
 
+from tidemill.api.limits import text_problem
+
 EXEC_ARGS_MAX = 256
 EXEC_ARG_CHARS_MAX = 16 * 1024
 EXEC_TIMEOUT_MAX_S = 24 * 3600
@@ -70,4 +72,7 @@ class ExecRequest(BaseModel):
             )
         if not command[0]:
             raise ValueError("the program (first argument) is empty")
+        for index, arg in enumerate(command):
+            if (problem := text_problem(arg, multiline=True)) is not None:
+                raise ValueError(f"argument {index} {problem}")
         return command
