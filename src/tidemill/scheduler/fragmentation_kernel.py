@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from tidemill.scheduler.capacity import EPS, Bools, Floats, Indices, Ints
+from tidemill.scheduler.fragmentation import GRAIN
 
 ROUNDING = 1e-6
 """Added before rounding a pod count down: 16000 * (1 / 8000) may come out 1.999..."""
@@ -32,9 +33,6 @@ Mix = tuple[Floats, Floats, Ints, Indices, Floats, Floats, Floats, Indices, bool
 asking none, memory, threshold column, pods per device, GPU times weight; the distinct
 thresholds; per type, its column in the model access matrix (-1: any node); whether a
 type needs several devices; a device's eventual waste per thousandth of room free."""
-
-GRAIN = 1000
-"""The eventual-waste table's steps per device (``fragmentation.GRAIN``)."""
 
 NodeCache = tuple[Ints, Ints, Ints, Ints, Floats, Ints, Floats, Floats, Floats]
 """Nodes scored this cycle: per node its row in the rest (-1: none yet), the rows taken
