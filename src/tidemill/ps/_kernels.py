@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps._hashing import mix64_one
-from tidemill.ps._index import ROW, find, insert, remove, row_of
-from tidemill.ps._optimizers import apply_update
+from tidemill.ps._index import ROW, find, insert, remove, row_of, rows_of
+from tidemill.ps._optimizers import apply_updates
 
 ID, LAST_STEP, VERSION = range(3)
 COUNT, UPDATES, MARK = range(3)
@@ -57,18 +57,29 @@ def init_rows_kernel(ids: Ids, seed: np.uint64, scale: float, dim: int) -> Rows:
 
 
 @numba.njit(nogil=True, cache=True)
-def _save(row: int, store: Store, saved: Store, saved_n: int, epoch: int) -> int:
-    """Save ``row``'s content before its first change in this epoch (rows created in it
-    carry its mark already); the new saved length."""
-    rows, meta, tally = store
-    if epoch == 0 or tally[row, MARK] == epoch:
+def _save_rows(slots: Ids, store: Store, saved: Store, saved_n: int, epoch: int) -> int:
+    """Save each row of ``slots`` (-1 skipped) before its first change in this epoch
+    (rows created in it carry its mark already); the new saved length.
+
+    One call per batch with plain copy loops: a call per row, even inlined, costs
+    reference-count updates of every array it is handed, more than the row's own copy."""
+    if epoch == 0:
         return saved_n
+    rows, meta, tally = store
     saved_rows, saved_meta, saved_tally = saved
-    saved_rows[saved_n] = rows[row]
-    saved_meta[saved_n] = meta[row]
-    saved_tally[saved_n] = tally[row]
-    tally[row, MARK] = epoch
-    return saved_n + 1
+    for i in range(slots.size):
+        row = slots[i]
+        if row < 0 or tally[row, MARK] == epoch:
+            continue
+        for column in range(rows.shape[1]):
+            saved_rows[saved_n, column] = rows[row, column]
+        for column in range(meta.shape[1]):
+            saved_meta[saved_n, column] = meta[row, column]
+        for column in range(tally.shape[1]):
+            saved_tally[saved_n, column] = tally[row, column]
+        tally[row, MARK] = epoch
+        saved_n += 1
+    return saved_n
 
 
 @numba.njit(nogil=True, cache=True)
@@ -133,14 +144,13 @@ def touch(
     admission. Returns (row or -1 per id, count to create with or 0 per id, saved length,
     sketch log length)."""
     _, meta, tally = store
-    slots = np.empty(unique.size, np.int64)
+    slots = rows_of(index, unique)
+    saved_n = _save_rows(slots, store, saved, saved_n, epoch)
     admit = np.zeros(unique.size, np.uint32)
     for i in range(unique.size):
         key = unique[i]
-        row = row_of(index, key)
-        slots[i] = row
+        row = slots[i]
         if row >= 0:
-            saved_n = _save(row, store, saved, saved_n, epoch)
             if tally[row, COUNT] < COUNT_MAX:
                 tally[row, COUNT] += 1
             meta[row, LAST_STEP] = step
@@ -203,7 +213,8 @@ def gather(rows: Rows, slots: Ids, inverse: Ids, dim: int, out: Rows) -> None:
         if row < 0:
             out[i] = 0.0
         else:
-            out[i] = rows[row, :dim]
+            for column in range(dim):
+                out[i, column] = rows[row, column]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -223,21 +234,21 @@ def push(
     """Apply the optimizer to the row of each (unique) id that has one; returns
     (rows updated, saved length)."""
     rows, meta, tally = store
-    dim = grads.shape[1]
     updated = 0
+    slots = rows_of(index, ids)
+    saved_n = _save_rows(slots, store, saved, saved_n, epoch)
+    steps = np.empty(ids.size, np.uint32)
     for i in range(ids.size):
-        row = row_of(index, ids[i])
+        row = slots[i]
         if row < 0:
             continue
-        saved_n = _save(row, store, saved, saved_n, epoch)
-        steps = tally[row, UPDATES]
-        if steps < COUNT_MAX:
-            steps += 1
-        apply_update(kind, params, rows[row], grads[i], dim, steps)
-        tally[row, UPDATES] = steps
+        if tally[row, UPDATES] < COUNT_MAX:
+            tally[row, UPDATES] += 1
+        steps[i] = tally[row, UPDATES]
         meta[row, LAST_STEP] = step
         meta[row, VERSION] = version
         updated += 1
+    apply_updates(kind, params, rows, slots, grads, steps)
     return updated, saved_n
 
 
@@ -246,11 +257,11 @@ def delete(
     index: Index, store: Store, n: int, saved: Store, saved_n: int, epoch: int, ids: Ids
 ) -> tuple[int, int]:
     """Delete the rows of ``ids`` (absent ids are skipped); returns (n, saved length)."""
+    saved_n = _save_rows(rows_of(index, ids), store, saved, saved_n, epoch)
     for i in range(ids.size):
         entry = find(index, ids[i])
         if entry < 0:
             continue
-        saved_n = _save(index[entry, ROW], store, saved, saved_n, epoch)
         n = _delete(index, store, n, entry)
     return n, saved_n
 

@@ -103,86 +103,140 @@ def _check(name: str, value: object, expected: str, ok: Callable[[float], bool])
         raise ValueError(f"{name}: {value!r} is not valid; expected {expected}")
 
 
-@numba.njit(nogil=True, cache=True)
-def apply_update(
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def apply_updates(
     kind: int,
     params: npt.NDArray[np.float64],
-    row: npt.NDArray[np.float32],
-    grad: npt.NDArray[np.float32],
-    dim: int,
-    step: int,
+    rows: npt.NDArray[np.float32],
+    slots: npt.NDArray[np.int64],
+    grads: npt.NDArray[np.float32],
+    steps: npt.NDArray[np.uint32],
 ) -> None:
-    """Update one table row (weights then state) in place with its gradient.
+    """Update table row ``rows[slots[i]]`` (weights then state) in place with ``grads[i]``,
+    for every ``i`` whose slot is not -1.
 
-    ``step`` is the row's own update count including this one (Adam's bias correction).
+    ``steps[i]`` is that row's own update count including this one (Adam's bias
+    correction). One loop per kind over the whole batch, with the row's parts taken as
+    views inside it, and the numpy error model (a division by zero gives inf or nan, as
+    torch's does; Python's model adds a check per division): all three are needed for
+    the per-row loops to compile to SIMD instructions, which makes a push 2-3x faster.
     """
+    if kind == SGD:
+        _sgd(params, rows, slots, grads)
+    elif kind == ADAGRAD:
+        _adagrad(params, rows, slots, grads)
+    elif kind == ADAM:
+        _adam(params, rows, slots, grads, steps)
+    else:
+        _ftrl(params, rows, slots, grads)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _sgd(
+    params: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.float32],
+    slots: npt.NDArray[np.int64],
+    grads: npt.NDArray[np.float32],
+) -> None:
+    dim = grads.shape[1]
     lr = np.float32(params[LR])
     decay = np.float32(params[WEIGHT_DECAY])
-    if kind == SGD:
+    for i in range(slots.size):
+        if slots[i] < 0:
+            continue
+        weights = rows[slots[i], :dim]
+        grad = grads[i]
         for j in range(dim):
-            row[j] = row[j] - lr * (grad[j] + decay * row[j])
-    elif kind == ADAGRAD:
-        eps = np.float32(params[EPS])
-        for j in range(dim):
-            g = grad[j] + decay * row[j]
-            total = row[dim + j] + g * g
-            row[dim + j] = total
-            row[j] = row[j] - lr * (g / (np.sqrt(total) + eps))
-    elif kind == ADAM:
-        _adam(params, row, grad, dim, step)
-    else:
-        _ftrl(params, row, grad, dim)
+            weights[j] = weights[j] - lr * (grad[j] + decay * weights[j])
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _adagrad(
+    params: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.float32],
+    slots: npt.NDArray[np.int64],
+    grads: npt.NDArray[np.float32],
+) -> None:
+    dim = grads.shape[1]
+    lr = np.float32(params[LR])
+    decay = np.float32(params[WEIGHT_DECAY])
+    eps = np.float32(params[EPS])
+    for i in range(slots.size):
+        if slots[i] < 0:
+            continue
+        weights = rows[slots[i], :dim]
+        total = rows[slots[i], dim : 2 * dim]
+        grad = grads[i]
+        for j in range(dim):
+            g = grad[j] + decay * weights[j]
+            total[j] = total[j] + g * g
+            weights[j] = weights[j] - lr * (g / (np.sqrt(total[j]) + eps))
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def _adam(
     params: npt.NDArray[np.float64],
-    row: npt.NDArray[np.float32],
-    grad: npt.NDArray[np.float32],
-    dim: int,
-    step: int,
+    rows: npt.NDArray[np.float32],
+    slots: npt.NDArray[np.int64],
+    grads: npt.NDArray[np.float32],
+    steps: npt.NDArray[np.uint32],
 ) -> None:
+    dim = grads.shape[1]
     beta1 = params[BETA1]
     beta2 = params[BETA2]
-    step_size = np.float32(params[LR] / (1.0 - beta1**step))
-    correction2_sqrt = np.float32(math.sqrt(1.0 - beta2**step))
     eps = np.float32(params[EPS])
     decay = np.float32(params[WEIGHT_DECAY])
     keep1 = np.float32(1.0 - beta1)
     keep2 = np.float32(1.0 - beta2)
     beta2_32 = np.float32(beta2)
-    for j in range(dim):
-        g = grad[j] + decay * row[j]
-        m = row[dim + j]
-        m = m + keep1 * (g - m)
-        v = row[2 * dim + j] * beta2_32 + keep2 * (g * g)
-        row[dim + j] = m
-        row[2 * dim + j] = v
-        row[j] = row[j] - step_size * (m / (np.sqrt(v) / correction2_sqrt + eps))
+    for i in range(slots.size):
+        if slots[i] < 0:
+            continue
+        step = steps[i]
+        step_size = np.float32(params[LR] / (1.0 - beta1**step))
+        correction2_sqrt = np.float32(math.sqrt(1.0 - beta2**step))
+        weights = rows[slots[i], :dim]
+        means = rows[slots[i], dim : 2 * dim]
+        squares = rows[slots[i], 2 * dim : 3 * dim]
+        grad = grads[i]
+        for j in range(dim):
+            g = grad[j] + decay * weights[j]
+            m = means[j] + keep1 * (g - means[j])
+            v = squares[j] * beta2_32 + keep2 * (g * g)
+            means[j] = m
+            squares[j] = v
+            weights[j] = weights[j] - step_size * (m / (np.sqrt(v) / correction2_sqrt + eps))
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def _ftrl(
     params: npt.NDArray[np.float64],
-    row: npt.NDArray[np.float32],
-    grad: npt.NDArray[np.float32],
-    dim: int,
+    rows: npt.NDArray[np.float32],
+    slots: npt.NDArray[np.int64],
+    grads: npt.NDArray[np.float32],
 ) -> None:
+    dim = grads.shape[1]
     alpha = params[LR]
     l1 = params[L1]
     l2 = params[L2]
     beta = params[BETA]
     power = -params[LR_POWER]
-    for j in range(dim):
-        g = np.float64(grad[j])
-        n = np.float64(row[2 * dim + j])
-        n_new = n + g * g
-        sigma = (n_new**power - n**power) / alpha
-        z = np.float64(row[dim + j]) + g - sigma * np.float64(row[j])
-        row[dim + j] = np.float32(z)
-        row[2 * dim + j] = np.float32(n_new)
-        if abs(z) <= l1:
-            row[j] = np.float32(0.0)
-        else:
-            sign = 1.0 if z > 0 else -1.0
-            row[j] = np.float32(-(z - sign * l1) / ((beta + n_new**power) / alpha + l2))
+    for i in range(slots.size):
+        if slots[i] < 0:
+            continue
+        weights = rows[slots[i], :dim]
+        zs = rows[slots[i], dim : 2 * dim]
+        ns = rows[slots[i], 2 * dim : 3 * dim]
+        for j in range(dim):
+            g = np.float64(grads[i, j])
+            n = np.float64(ns[j])
+            n_new = n + g * g
+            sigma = (n_new**power - n**power) / alpha
+            z = np.float64(zs[j]) + g - sigma * np.float64(weights[j])
+            zs[j] = np.float32(z)
+            ns[j] = np.float32(n_new)
+            if abs(z) <= l1:
+                weights[j] = np.float32(0.0)
+            else:
+                sign = 1.0 if z > 0 else -1.0
+                weights[j] = np.float32(-(z - sign * l1) / ((beta + n_new**power) / alpha + l2))
