@@ -1,10 +1,11 @@
 """A worker's connections to every PS replica: routed, deduplicated, pipelined pulls and pushes.
 
-Each shard gets two persistent TCP connections: one for pulls (used only by the
-client's background pull thread, so the next batch's pull can wait on the server while
-this step's push goes out) and one for pushes and control ops. A call sends its frames
-to every shard first and only then reads the answers, so the shards work in parallel;
-several tables in one call are one frame per (shard, table), all in one ``sendmsg``.
+Each shard gets two persistent TCP connections: one for pulls (one pull at a time, from
+the calling thread or the background pull thread, so the next batch's pull can wait on
+the server while this step's push goes out) and one for pushes and control ops. A call
+sends its frames to every shard first and only then reads the answers, so the shards
+work in parallel; several tables in one call are one frame per (shard, table), all in one
+``sendmsg``. Dedupe and grouping by shard are one compiled pass (``ShardMap``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from tidemill.ps._errors import (
     PSUnavailable,
     PSUnknownTable,
 )
-from tidemill.ps._hashing import dedupe
 from tidemill.ps._psconfig import Address, PSConfig
 from tidemill.ps._routing import ShardMap, checked_ids
 from tidemill.ps._wire import (
@@ -160,6 +160,7 @@ class PSClient:
         self._map = ShardMap.for_config(config, len(addresses))
         self._request_ids = itertools.count(1)
         self._push_lock = threading.Lock()
+        self._pull_lock = threading.Lock()
         self._pushed: set[str] = set()
         self._broken: PSUnavailable | None = None
         self.step = step
@@ -203,18 +204,27 @@ class PSClient:
     def pull_many(
         self, requests: Mapping[str, npt.ArrayLike], step: int | None = None
     ) -> dict[str, PulledRows]:
-        """Several tables in one round trip per shard; ids are deduplicated per table."""
-        return self.pull_async(requests, step).result()
+        """Several tables in one round trip per shard; ids are deduplicated per table.
+
+        Runs on the calling thread (no hand-off); it waits for a pull still in flight
+        from :meth:`pull_async`, which uses the same connections."""
+        at, checked = self._checked_pull(requests, step)
+        return self._pull_now(checked, at)
 
     def pull_async(
         self, requests: Mapping[str, npt.ArrayLike], step: int | None = None
     ) -> PullHandle:
         """Start a pull on the background thread (e.g. the next batch's, during this step)."""
-        at = self.step if step is None else step
+        at, checked = self._checked_pull(requests, step)
+        return PullHandle(self._puller.submit(self._pull_now, checked, at), at)
+
+    def _checked_pull(
+        self, requests: Mapping[str, npt.ArrayLike], step: int | None
+    ) -> tuple[int, dict[str, tuple[Ids, tuple[int, ...]]]]:
         checked = {name: (checked_ids(ids, name), np.shape(ids)) for name, ids in requests.items()}
         for name in checked:
             self.dim(name)
-        return PullHandle(self._puller.submit(self._pull_now, checked, at), at)
+        return self.step if step is None else step, checked
 
     def push(
         self, table: str, ids: npt.ArrayLike, grads: npt.ArrayLike, step: int | None = None
@@ -226,9 +236,7 @@ class PSClient:
             raise PSConfigError(
                 f"{table}: gradients have dim {values.shape[1]}, the table {self.dim(table)}"
             )
-        parts = self._map.route(flat)
-        order = np.concatenate(parts)
-        bounds = tuple(int(b) for b in np.cumsum([0, *map(len, parts)]))
+        order, bounds = self._map.group(flat)
         self.push_many({table: (flat[order], values[order], bounds)}, step)
 
     def push_pulled(
@@ -386,15 +394,9 @@ class PSClient:
         frames: dict[int, list[Frame]] = {shard.index: [] for shard in self._shards}
         targets: dict[int, Rows] = {}
         for name, (flat, shape) in checked.items():
-            unique, inverse = dedupe(flat)
-            parts = self._map.route(unique)
-            order = np.concatenate(parts)
-            position = np.empty(len(order), dtype=np.intp)
-            position[order] = np.arange(len(order))
-            bounds = tuple(int(b) for b in np.cumsum([0, *map(len, parts)]))
-            ids = unique[order]
+            ids, inverse, bounds = self._map.unique_grouped(flat)
             rows = np.empty((len(ids), self._dims[name]), dtype=np.float32)
-            pulled[name] = PulledRows(ids, position[inverse], rows, bounds, shape)
+            pulled[name] = PulledRows(ids, inverse, rows, bounds, shape)
             for shard in self._shards:
                 lo, hi = bounds[shard.index], bounds[shard.index + 1]
                 if hi > lo:
@@ -412,7 +414,8 @@ class PSClient:
                 )
             recv_exact(sock, target.data.cast("B"), "rows")
 
-        self._exchange("pull", frames, into_rows)
+        with self._pull_lock:
+            self._exchange("pull", frames, into_rows)
         return pulled
 
     def _control(self, op: Op, body: dict[str, Any] | None = None, step: int = 0) -> list[Any]:
