@@ -1,6 +1,7 @@
 """A worker's connections to every PS replica: routed, deduplicated, pipelined pulls and pushes.
 
-Each shard gets two persistent TCP connections: one for pulls (one pull at a time, from
+Each shard gets two persistent connections (its Unix socket when it runs on this host,
+see ``tidemill.ps._local``, else TCP): one for pulls (one pull at a time, from
 the calling thread or the background pull thread, so the next batch's pull can wait on
 the server while this step's push goes out) and one for pushes and control ops. A call
 sends its frames to every shard first and only then reads the answers, so the shards
@@ -33,6 +34,7 @@ from tidemill.ps._errors import (
     PSUnavailable,
     PSUnknownTable,
 )
+from tidemill.ps._local import connect_local
 from tidemill.ps._psconfig import Address, PSConfig
 from tidemill.ps._routing import ShardMap, checked_ids
 from tidemill.ps._wire import (
@@ -100,7 +102,16 @@ class _Shard:
         self.pull_sock = self._connect(timeout_s)
         self.push_sock = self._connect(timeout_s)
 
+    @property
+    def transport(self) -> str:
+        """``"unix"`` when both connections go through the replica's Unix socket."""
+        families = {sock.family for sock in (self.pull_sock, self.push_sock)}
+        return "unix" if families == {socket.AF_UNIX} else "tcp"
+
     def _connect(self, timeout_s: float) -> socket.socket:
+        local = connect_local(self.address, timeout_s)
+        if local is not None:
+            return local
         try:
             sock = socket.create_connection(self.address, timeout=timeout_s)
         except OSError as exc:
@@ -185,6 +196,11 @@ class PSClient:
             raise PSConfigError(f"rank: {rank} is not in 0 .. world {world} - 1")
         self.epoch, self.rank, self.world, self.step = epoch, rank, world, step
         self._pushed.clear()
+
+    @property
+    def transports(self) -> list[str]:
+        """Per shard, ``"unix"`` (same host: its Unix socket) or ``"tcp"``."""
+        return [shard.transport for shard in self._shards]
 
     @property
     def tables(self) -> tuple[str, ...]:
