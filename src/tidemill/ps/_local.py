@@ -17,6 +17,8 @@ import sys
 
 from tidemill.ps._psconfig import Address
 
+SEND_BUFFER_BYTES = 4 << 20
+
 
 def local_name(address: Address) -> str:
     """The abstract socket name of the replica whose TCP listener bound ``address``."""
@@ -34,6 +36,14 @@ def listen_local(address: Address) -> socket.socket | None:
     except OSError:
         sock.close()
         return None
+    return widen(sock)
+
+
+def widen(sock: socket.socket) -> socket.socket:
+    """Room for a whole batch of rows in the socket (the kernel caps it at
+    ``net.core.wmem_max``): a worker's frames to every replica go out without waiting
+    for the first replica to read, so the replicas work in parallel."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
     return sock
 
 
@@ -48,4 +58,4 @@ def connect_local(address: Address, timeout_s: float) -> socket.socket | None:
     except OSError:
         sock.close()
         return None
-    return sock
+    return widen(sock)

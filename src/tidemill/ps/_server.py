@@ -28,7 +28,7 @@ from tidemill.ps._cuts import read_snapshot, snapshot_shards, write_snapshot
 from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._export import TableExport, concat_exports, select_rows
 from tidemill.ps._hashing import dedupe, segment_sum
-from tidemill.ps._local import listen_local
+from tidemill.ps._local import listen_local, widen
 from tidemill.ps._progress import Refused, StepGate
 from tidemill.ps._psconfig import PSConfig
 from tidemill.ps._routing import ShardMap
@@ -173,7 +173,9 @@ class PSServer:
             except OSError:
                 return
             sock.settimeout(None)
-            if sock.family != socket.AF_UNIX:
+            if sock.family == socket.AF_UNIX:
+                widen(sock)
+            else:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             thread = threading.Thread(target=self._serve, args=(sock,), name="ps-conn", daemon=True)
             with self._guard:
