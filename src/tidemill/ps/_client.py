@@ -211,7 +211,7 @@ class PSClient:
         ``timeout_s`` then bounds nothing). Other pulls start on a background thread."""
         at, checked = self._checked_pull(requests, step)
         if self.config.consistency == "sync" and at == self.step + 1:
-            held = NextPull(checked, at)
+            held = NextPull(at, self._plan_pull(checked, at))
             with self._push_lock:
                 self._held.append(held)
             return PullHandle(held.future, at, lambda: self._settle(held))
@@ -420,15 +420,14 @@ class PSClient:
 
     def _riders(self, pushed_step: int, pushed: set[str]) -> list[NextPull]:
         """Held pulls of ``pushed_step + 1`` whose tables this rank has all pushed (with
-        the frames about to go out): planned, to be sent behind those frames."""
+        the frames about to go out): to be sent behind those frames."""
         riders = [
             held
             for held in self._held
-            if held.step == pushed_step + 1 and pushed.issuperset(held.checked)
+            if held.step == pushed_step + 1 and pushed.issuperset(held.plan.pulled)
         ]
         for rider in riders:
             self._held.remove(rider)
-            rider.plan = self._plan_pull(rider.checked, rider.step)
             self._riding.append(rider)
         return riders
 
@@ -437,8 +436,8 @@ class PSClient:
         come before any later answer on those connections); push lock held."""
         while self._riding:
             rider = self._riding.pop(0)
-            if self._broken is not None or rider.plan is None:
-                rider.future.set_exception(self._broken or PSError("pull was never sent"))
+            if self._broken is not None:
+                rider.future.set_exception(self._broken)
             else:
                 try:
                     self._read_answers("push", rider.plan.frames, rider.plan.into_rows)
@@ -471,7 +470,9 @@ class PSClient:
                 return
             self._held.remove(held)
         try:
-            held.future.set_result(self._pull_now(held.checked, held.step))
+            with self._pull_lock:
+                self._exchange("pull", held.plan.frames, held.plan.into_rows)
+            held.future.set_result(held.plan.pulled)
         except PSError as exc:
             held.future.set_exception(exc)
 
@@ -505,12 +506,7 @@ class PSClient:
         outgoing = {
             shard.index: [
                 *frames.get(shard.index, []),
-                *(
-                    frame
-                    for rider in riders
-                    if rider.plan
-                    for frame in rider.plan.frames[shard.index]
-                ),
+                *(frame for rider in riders for frame in rider.plan.frames[shard.index]),
             ]
             for shard in self._shards
         }

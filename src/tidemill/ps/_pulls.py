@@ -78,10 +78,10 @@ class PullPlan(NamedTuple):
 
 @dataclass(eq=False)
 class NextPull:
-    """A sync-mode pull of the next step, held until this rank's pushes of its tables are
-    out; it then rides behind them on the push connections (see :meth:`PSClient.pull_async`)."""
+    """A sync-mode pull of the next step, planned at once (frames and row buffers) but held
+    until this rank's pushes of its tables are out; it then rides behind them on the push
+    connections (see :meth:`PSClient.pull_async`)."""
 
-    checked: dict[str, tuple[Ids, tuple[int, ...]]]
     step: int
+    plan: PullPlan
     future: Future[dict[str, PulledRows]] = field(default_factory=Future)
-    plan: PullPlan | None = None
