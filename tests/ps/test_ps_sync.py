@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tidemill.ps import OptimizerConfig, PSClient, PSConfig, PSEmbedding, TableConfig
+from tidemill.ps import OptimizerConfig, PSClient, PSConfig, PSEmbedding, PSTimeout, TableConfig
 from tidemill.ps._config import init_rows
 
 from .conftest import SHARED_CONFIG, PSProcesses, StartPS
@@ -148,3 +149,20 @@ def test_a_prefetched_pull_rides_behind_this_ranks_pushes_and_sees_every_ranks_s
         assert np.array_equal(late.result(timeout_s=30)["b"].gather(), np.full((40, 2), -3.0))
         assert np.array_equal(first.pull("a", ids), second.pull("a", ids))
         assert np.array_equal(first.pull("a", ids), np.full((40, 2), -4.0, np.float32))
+
+
+def test_a_prefetch_held_when_the_membership_changes_is_sent_and_ends(start_ps: StartPS) -> None:
+    sgd = OptimizerConfig("sgd", lr=1.0)
+    config = PSConfig((TableConfig("a", 2, sgd, init_scale=0.0),), pull_timeout_s=1.0)
+    replicas = start_ps(config, 1)
+    with PSClient(config, replicas.addresses) as client:
+        client.pull("a", [1, 2])
+        ahead = client.pull_async({"a": [1, 2]}, step=1)
+        client.reconfigure(epoch=0, rank=0, world=1, step=5)  # step 0's push never comes
+        deadline = time.monotonic() + 20
+        while not ahead.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ahead.done(), "a held pull must go out when the membership changes"
+        with pytest.raises(PSTimeout, match="pull of step 1 waited 1s for the pushes of step 0"):
+            ahead.result(timeout_s=30)
+        assert client.pull("a", [1, 2], step=0).shape == (2, 2)

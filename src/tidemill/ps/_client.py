@@ -167,6 +167,10 @@ class PSClient:
             raise PSConfigError(f"rank: {rank} is not in 0 .. world {world} - 1")
         self.epoch, self.rank, self.world, self.step = epoch, rank, world, step
         self._pushed.clear()
+        with self._push_lock:
+            held, self._held = self._held, []
+        for pull in held:  # their step's pushes will not come from here: send them now
+            self._puller.submit(self._send_held, pull)
 
     @property
     def transports(self) -> list[str]:
@@ -469,12 +473,17 @@ class PSClient:
             if held not in self._held:
                 return
             self._held.remove(held)
+        self._send_held(held)
+
+    def _send_held(self, held: NextPull) -> None:
+        """A held pull sent on the pull connections, as a pull of any other step is."""
         try:
             with self._pull_lock:
                 self._exchange("pull", held.plan.frames, held.plan.into_rows)
-            held.future.set_result(held.plan.pulled)
         except PSError as exc:
             held.future.set_exception(exc)
+        else:
+            held.future.set_result(held.plan.pulled)
 
     def _control(self, op: Op, body: dict[str, Any] | None = None, step: int = 0) -> list[Any]:
         with self._push_lock:
