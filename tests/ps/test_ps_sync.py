@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -10,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from tidemill.ps import PSClient, PSEmbedding
+from tidemill.ps import OptimizerConfig, PSClient, PSConfig, PSEmbedding, PSTimeout, TableConfig
 from tidemill.ps._config import init_rows
 
-from .conftest import SHARED_CONFIG, PSProcesses
+from .conftest import SHARED_CONFIG, PSProcesses, StartPS
 
 Optimizer = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 IDS = 400
@@ -109,3 +110,59 @@ def test_two_ranks_in_sync_mode_equal_one_process_on_the_combined_batch(
         trained = reader.pull(table, np.arange(IDS))
     expected = dense_reference(table, lambda params: torch.optim.Adagrad(params, lr=0.2), data)
     np.testing.assert_allclose(trained, expected, rtol=0, atol=1e-6)
+
+
+def test_a_prefetched_pull_rides_behind_this_ranks_pushes_and_sees_every_ranks_step(
+    start_ps: StartPS,
+) -> None:
+    sgd = OptimizerConfig("sgd", lr=1.0)
+    config = PSConfig(
+        (TableConfig("a", 2, sgd, init_scale=0.0), TableConfig("b", 2, sgd, init_scale=0.0)),
+        pull_timeout_s=20.0,
+    )
+    replicas = start_ps(config, 2)
+    ids = np.arange(40)
+    ones = np.ones((40, 2), np.float32)
+    with (
+        PSClient(config, replicas.addresses, rank=0, world=2) as first,
+        PSClient(config, replicas.addresses, rank=1, world=2) as second,
+    ):
+        for client in (first, second):
+            client.pull_many({"a": ids, "b": ids})  # step 0 creates the rows, all 0.0
+        ahead = first.pull_async({"a": ids, "b": ids}, step=1)
+        first.push("a", ids, ones)
+        first.push("b", ids, ones)  # both tables pushed: the pull of step 1 goes out
+        first.advance()
+        second.push("a", ids, 2 * ones)
+        second.advance()  # an empty push of "b" for rank 1
+        rows = ahead.result(timeout_s=30)
+        assert np.array_equal(rows["a"].gather(), np.full((40, 2), -3.0, np.float32))
+        assert np.array_equal(rows["b"].gather(), np.full((40, 2), -1.0, np.float32))
+
+        first.push("a", ids, ones)
+        first.push("b", ids, ones)
+        late = first.pull_async({"b": ids}, step=2)  # asked after the pushes: advance sends it
+        assert first.stats()[0]["tables"]["b"]["applied_step"] == 0
+        first.advance()
+        second.push("b", ids, ones)
+        second.advance()
+        assert np.array_equal(late.result(timeout_s=30)["b"].gather(), np.full((40, 2), -3.0))
+        assert np.array_equal(first.pull("a", ids), second.pull("a", ids))
+        assert np.array_equal(first.pull("a", ids), np.full((40, 2), -4.0, np.float32))
+
+
+def test_a_prefetch_held_when_the_membership_changes_is_sent_and_ends(start_ps: StartPS) -> None:
+    sgd = OptimizerConfig("sgd", lr=1.0)
+    config = PSConfig((TableConfig("a", 2, sgd, init_scale=0.0),), pull_timeout_s=1.0)
+    replicas = start_ps(config, 1)
+    with PSClient(config, replicas.addresses) as client:
+        client.pull("a", [1, 2])
+        ahead = client.pull_async({"a": [1, 2]}, step=1)
+        client.reconfigure(epoch=0, rank=0, world=1, step=5)  # step 0's push never comes
+        deadline = time.monotonic() + 20
+        while not ahead.done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ahead.done(), "a held pull must go out when the membership changes"
+        with pytest.raises(PSTimeout, match="pull of step 1 waited 1s for the pushes of step 0"):
+            ahead.result(timeout_s=30)
+        assert client.pull("a", [1, 2], step=0).shape == (2, 2)

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import socket
 import struct
+import sys
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from tidemill.ps import OptimizerConfig, PSClient, PSConfig, PSProtocolError, PSServer, TableConfig
+from tidemill.ps import (
+    OptimizerConfig,
+    PSClient,
+    PSConfig,
+    PSProtocolError,
+    PSServer,
+    PSUnavailable,
+    TableConfig,
+)
 from tidemill.ps._wire import (
     HEADER,
     MAGIC,
@@ -137,3 +146,28 @@ def test_an_unknown_table_id_is_an_error_frame_and_the_connection_stays_usable(
             1,
             4,
         )
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="abstract Unix sockets are Linux's"
+)
+def test_a_client_on_the_replicas_host_uses_its_unix_socket_and_agrees_with_one_over_tcp(
+    server: PSServer,
+) -> None:
+    host, port = server.address
+    with (
+        PSClient(CONFIG, [(host, port)], rank=0, world=2) as local,
+        PSClient(CONFIG, [("localhost", port)], rank=1, world=2) as remote,
+    ):
+        assert (local.transports, remote.transports) == (["unix"], ["tcp"])
+        start = local.pull("t", [3, 4])
+        assert np.array_equal(remote.pull("t", [3, 4]), start)
+        local.push("t", [3], np.ones((1, 4), np.float32))
+        remote.push("t", [3, 4], np.full((2, 4), 2.0, np.float32))
+        local.advance()
+        remote.advance()
+        assert np.array_equal(local.pull("t", [3, 4]), remote.pull("t", [3, 4]))
+        assert np.allclose(local.pull("t", [3, 4]) - start, [[-3.0] * 4, [-2.0] * 4])
+    server.stop()
+    with pytest.raises(PSUnavailable):
+        PSClient(CONFIG, [(host, port)])

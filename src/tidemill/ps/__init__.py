@@ -32,10 +32,11 @@ from tidemill.ps._errors import (
 )
 
 if TYPE_CHECKING:
-    from tidemill.ps._client import PSClient, PulledRows, PullHandle
+    from tidemill.ps._client import PSClient
     from tidemill.ps._config import TableConfig
     from tidemill.ps._optimizers import OptimizerConfig
     from tidemill.ps._psconfig import PSConfig
+    from tidemill.ps._pulls import PulledRows, PullHandle
     from tidemill.ps._routing import ShardMap
     from tidemill.ps._server import PSServer
     from tidemill.ps.embedding import PSEmbedding, PSEmbeddingBag, PSEmbeddingCollection
@@ -71,8 +72,8 @@ _LAZY = {
     "PSEmbeddingBag": "tidemill.ps.embedding",
     "PSEmbeddingCollection": "tidemill.ps.embedding",
     "PSServer": "tidemill.ps._server",
-    "PullHandle": "tidemill.ps._client",
-    "PulledRows": "tidemill.ps._client",
+    "PullHandle": "tidemill.ps._pulls",
+    "PulledRows": "tidemill.ps._pulls",
     "ShardMap": "tidemill.ps._routing",
     "TableConfig": "tidemill.ps._config",
 }

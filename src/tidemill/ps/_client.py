@@ -1,10 +1,14 @@
 """A worker's connections to every PS replica: routed, deduplicated, pipelined pulls and pushes.
 
-Each shard gets two persistent TCP connections: one for pulls (used only by the
-client's background pull thread, so the next batch's pull can wait on the server while
-this step's push goes out) and one for pushes and control ops. A call sends its frames
-to every shard first and only then reads the answers, so the shards work in parallel;
-several tables in one call are one frame per (shard, table), all in one ``sendmsg``.
+Each shard gets two persistent connections (its Unix socket when it runs on this host,
+see ``tidemill.ps._local``, else TCP): one for pulls (one pull at a time, from
+the calling thread or the background pull thread, so the next batch's pull can wait on
+the server while this step's push goes out) and one for pushes and control ops. A call
+sends its frames to every shard first and only then reads the answers, so the shards
+work in parallel; several tables in one call are one frame per (shard, table), all in one
+``sendmsg``. Dedupe and grouping by shard are one compiled pass (``ShardMap``). In sync
+mode the next step's pull rides behind this step's pushes on the push connections, so a
+step is one round trip, not two (:meth:`PSClient.pull_async`).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, NamedTuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,8 +36,9 @@ from tidemill.ps._errors import (
     PSUnavailable,
     PSUnknownTable,
 )
-from tidemill.ps._hashing import dedupe
+from tidemill.ps._local import connect_local
 from tidemill.ps._psconfig import Address, PSConfig
+from tidemill.ps._pulls import Frame, NextPull, PulledRows, PullHandle, PullPlan
 from tidemill.ps._routing import ShardMap, checked_ids
 from tidemill.ps._wire import (
     ErrorCode,
@@ -41,13 +46,11 @@ from tidemill.ps._wire import (
     Op,
     buffers_of,
     json_frame,
-    recv_exact,
     recv_header,
     recv_text,
     send_frames,
 )
 
-Frame = tuple[Header, list[Any]]
 Answer = Callable[[Header, socket.socket], Any]
 Ids = npt.NDArray[np.int64]
 Rows = npt.NDArray[np.float32]
@@ -59,38 +62,6 @@ _ERRORS: dict[int, type[PSServerError]] = {
 }
 
 
-class PulledRows(NamedTuple):
-    """The rows of one table for one batch, deduplicated and grouped by shard.
-
-    ``rows[inverse]`` are the batch's rows in request order; ``ids[bounds[s]:bounds[s+1]]``
-    live on shard ``s``, so the gradients of ``rows`` go back without regrouping.
-    """
-
-    ids: Ids
-    inverse: npt.NDArray[np.intp]
-    rows: Rows
-    bounds: tuple[int, ...]
-    shape: tuple[int, ...]
-
-    def gather(self) -> Rows:
-        """One row per requested id, shaped ``request shape + (dim,)``."""
-        return self.rows[self.inverse].reshape(*self.shape, self.rows.shape[1])
-
-
-class PullHandle:
-    """A pull in flight (from :meth:`PSClient.pull_async`); :meth:`result` waits for it."""
-
-    def __init__(self, future: Future[dict[str, PulledRows]], step: int) -> None:
-        self._future = future
-        self.step = step
-
-    def done(self) -> bool:
-        return self._future.done()
-
-    def result(self, timeout_s: float | None = None) -> dict[str, PulledRows]:
-        return self._future.result(timeout_s)
-
-
 class _Shard:
     def __init__(self, index: int, address: Address, timeout_s: float) -> None:
         self.index = index
@@ -100,7 +71,16 @@ class _Shard:
         self.pull_sock = self._connect(timeout_s)
         self.push_sock = self._connect(timeout_s)
 
+    @property
+    def transport(self) -> str:
+        """``"unix"`` when both connections go through the replica's Unix socket."""
+        families = {sock.family for sock in (self.pull_sock, self.push_sock)}
+        return "unix" if families == {socket.AF_UNIX} else "tcp"
+
     def _connect(self, timeout_s: float) -> socket.socket:
+        local = connect_local(self.address, timeout_s)
+        if local is not None:
+            return local
         try:
             sock = socket.create_connection(self.address, timeout=timeout_s)
         except OSError as exc:
@@ -160,6 +140,9 @@ class PSClient:
         self._map = ShardMap.for_config(config, len(addresses))
         self._request_ids = itertools.count(1)
         self._push_lock = threading.Lock()
+        self._pull_lock = threading.Lock()
+        self._held: list[NextPull] = []
+        self._riding: list[NextPull] = []
         self._pushed: set[str] = set()
         self._broken: PSUnavailable | None = None
         self.step = step
@@ -184,6 +167,15 @@ class PSClient:
             raise PSConfigError(f"rank: {rank} is not in 0 .. world {world} - 1")
         self.epoch, self.rank, self.world, self.step = epoch, rank, world, step
         self._pushed.clear()
+        with self._push_lock:
+            held, self._held = self._held, []
+        for pull in held:  # their step's pushes will not come from here: send them now
+            self._puller.submit(self._send_held, pull)
+
+    @property
+    def transports(self) -> list[str]:
+        """Per shard, ``"unix"`` (same host: its Unix socket) or ``"tcp"``."""
+        return [shard.transport for shard in self._shards]
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -203,18 +195,39 @@ class PSClient:
     def pull_many(
         self, requests: Mapping[str, npt.ArrayLike], step: int | None = None
     ) -> dict[str, PulledRows]:
-        """Several tables in one round trip per shard; ids are deduplicated per table."""
-        return self.pull_async(requests, step).result()
+        """Several tables in one round trip per shard; ids are deduplicated per table.
+
+        Runs on the calling thread (no hand-off); it waits for a pull still in flight
+        from :meth:`pull_async`, which uses the same connections."""
+        at, checked = self._checked_pull(requests, step)
+        return self._pull_now(checked, at)
 
     def pull_async(
         self, requests: Mapping[str, npt.ArrayLike], step: int | None = None
     ) -> PullHandle:
-        """Start a pull on the background thread (e.g. the next batch's, during this step)."""
-        at = self.step if step is None else step
+        """Start a pull of e.g. the next batch's rows while this step goes on.
+
+        In sync mode a pull of step :attr:`step` + 1 cannot be answered before this rank's
+        pushes of this step, so it is held and sent right behind them on the same
+        connections (the shards answer it straight after applying them: one round trip
+        for the push and the next pull); :meth:`advance` sends it if no push did, and
+        :meth:`PullHandle.result` sends it at once if still held (and reads its answer;
+        ``timeout_s`` then bounds nothing). Other pulls start on a background thread."""
+        at, checked = self._checked_pull(requests, step)
+        if self.config.consistency == "sync" and at == self.step + 1:
+            held = NextPull(at, self._plan_pull(checked, at))
+            with self._push_lock:
+                self._held.append(held)
+            return PullHandle(held.future, at, lambda: self._settle(held))
+        return PullHandle(self._puller.submit(self._pull_now, checked, at), at)
+
+    def _checked_pull(
+        self, requests: Mapping[str, npt.ArrayLike], step: int | None
+    ) -> tuple[int, dict[str, tuple[Ids, tuple[int, ...]]]]:
         checked = {name: (checked_ids(ids, name), np.shape(ids)) for name, ids in requests.items()}
         for name in checked:
             self.dim(name)
-        return PullHandle(self._puller.submit(self._pull_now, checked, at), at)
+        return self.step if step is None else step, checked
 
     def push(
         self, table: str, ids: npt.ArrayLike, grads: npt.ArrayLike, step: int | None = None
@@ -226,9 +239,7 @@ class PSClient:
             raise PSConfigError(
                 f"{table}: gradients have dim {values.shape[1]}, the table {self.dim(table)}"
             )
-        parts = self._map.route(flat)
-        order = np.concatenate(parts)
-        bounds = tuple(int(b) for b in np.cumsum([0, *map(len, parts)]))
+        order, bounds = self._map.group(flat)
         self.push_many({table: (flat[order], values[order], bounds)}, step)
 
     def push_pulled(
@@ -249,6 +260,7 @@ class PSClient:
         """
         at = self.step if step is None else step
         with self._push_lock:
+            self._read_riders()
             frames: dict[int, list[Frame]] = {shard.index: [] for shard in self._shards}
             for name, (ids, values, bounds) in grads.items():
                 dim = self.dim(name)
@@ -260,7 +272,8 @@ class PSClient:
                     frames[shard.index].append(
                         (header._replace(payload_bytes=(hi - lo) * (8 + 4 * dim)), payload)
                     )
-            self._exchange("push", frames, lambda header, sock: None)
+            riders = self._riders(at, self._pushed | set(grads))
+            self._exchange("push", frames, lambda header, sock: None, riders)
             self._pushed.update(grads)
 
     def advance(self, to_step: int | None = None) -> int:
@@ -278,6 +291,11 @@ class PSClient:
                     for name in missing
                 }
             )
+        with self._push_lock:
+            if any(held.step == self.step + 1 for held in self._held):
+                self._read_riders()
+                riders = self._riders(self.step, set(self._dims))
+                self._exchange("push", {}, lambda header, sock: None, riders)
         self._pushed.clear()
         self.step = self.step + 1 if to_step is None else to_step
         return self.step
@@ -334,6 +352,7 @@ class PSClient:
         """Close the connections; a pull still waiting on a shard ends with PSUnavailable."""
         for shard in self._shards:
             shard.shutdown()
+        self._abandon(PSUnavailable("the PS client was closed", shard=-1, address=""))
         puller = getattr(self, "_puller", None)
         if puller is not None:
             puller.shutdown(wait=True, cancel_futures=True)
@@ -382,41 +401,93 @@ class PSClient:
     def _pull_now(
         self, checked: dict[str, tuple[Ids, tuple[int, ...]]], step: int
     ) -> dict[str, PulledRows]:
-        pulled: dict[str, PulledRows] = {}
-        frames: dict[int, list[Frame]] = {shard.index: [] for shard in self._shards}
-        targets: dict[int, Rows] = {}
+        plan = self._plan_pull(checked, step)
+        with self._pull_lock:
+            self._exchange("pull", plan.frames, plan.into_rows)
+        return plan.pulled
+
+    def _plan_pull(self, checked: dict[str, tuple[Ids, tuple[int, ...]]], step: int) -> PullPlan:
+        plan = PullPlan({shard.index: [] for shard in self._shards}, {}, {})
         for name, (flat, shape) in checked.items():
-            unique, inverse = dedupe(flat)
-            parts = self._map.route(unique)
-            order = np.concatenate(parts)
-            position = np.empty(len(order), dtype=np.intp)
-            position[order] = np.arange(len(order))
-            bounds = tuple(int(b) for b in np.cumsum([0, *map(len, parts)]))
-            ids = unique[order]
+            ids, inverse, bounds = self._map.unique_grouped(flat)
             rows = np.empty((len(ids), self._dims[name]), dtype=np.float32)
-            pulled[name] = PulledRows(ids, position[inverse], rows, bounds, shape)
+            plan.pulled[name] = PulledRows(ids, inverse, rows, bounds, shape)
             for shard in self._shards:
                 lo, hi = bounds[shard.index], bounds[shard.index + 1]
                 if hi > lo:
                     header = self._header(Op.PULL, shard, name, step, rows=hi - lo)
-                    frames[shard.index].append(
+                    plan.frames[shard.index].append(
                         (header._replace(payload_bytes=(hi - lo) * 8), buffers_of(ids[lo:hi]))
                     )
-                    targets[header.request_id] = rows[lo:hi]
+                    plan.targets[header.request_id] = rows[lo:hi]
+        return plan
 
-        def into_rows(header: Header, sock: socket.socket) -> None:
-            target = targets[header.request_id]
-            if header.op != Op.ROWS or header.rows * header.dim != target.size:
-                raise PSProtocolError(
-                    f"PULL answer has {header.rows}x{header.dim} rows; expected {target.shape}"
-                )
-            recv_exact(sock, target.data.cast("B"), "rows")
+    def _riders(self, pushed_step: int, pushed: set[str]) -> list[NextPull]:
+        """Held pulls of ``pushed_step + 1`` whose tables this rank has all pushed (with
+        the frames about to go out): to be sent behind those frames."""
+        riders = [
+            held
+            for held in self._held
+            if held.step == pushed_step + 1 and pushed.issuperset(held.plan.pulled)
+        ]
+        for rider in riders:
+            self._held.remove(rider)
+            self._riding.append(rider)
+        return riders
 
-        self._exchange("pull", frames, into_rows)
-        return pulled
+    def _read_riders(self, until: NextPull | None = None) -> None:
+        """Read the answers of pulls sent behind pushes, in the order they went out (they
+        come before any later answer on those connections); push lock held."""
+        while self._riding:
+            rider = self._riding.pop(0)
+            if self._broken is not None:
+                rider.future.set_exception(self._broken)
+            else:
+                try:
+                    self._read_answers("push", rider.plan.frames, rider.plan.into_rows)
+                except PSUnavailable as exc:
+                    rider.future.set_exception(exc)
+                    self._abandon(exc)
+                    raise
+                except PSError as exc:
+                    rider.future.set_exception(exc)
+                else:
+                    rider.future.set_result(rider.plan.pulled)
+            if rider is until:
+                return
+
+    def _abandon(self, why: PSError) -> None:
+        """End every held or riding pull with ``why`` (the client broke or closed)."""
+        for pull in (*self._held, *self._riding):
+            if not pull.future.done():
+                pull.future.set_exception(why)
+        self._held.clear()
+        self._riding.clear()
+
+    def _settle(self, held: NextPull) -> None:
+        """:meth:`PullHandle.result` of a held pull: read it if it rode, else send it now."""
+        with self._push_lock:
+            if held in self._riding:
+                self._read_riders(until=held)
+                return
+            if held not in self._held:
+                return
+            self._held.remove(held)
+        self._send_held(held)
+
+    def _send_held(self, held: NextPull) -> None:
+        """A held pull sent on the pull connections, as a pull of any other step is."""
+        try:
+            with self._pull_lock:
+                self._exchange("pull", held.plan.frames, held.plan.into_rows)
+        except PSError as exc:
+            held.future.set_exception(exc)
+        else:
+            held.future.set_result(held.plan.pulled)
 
     def _control(self, op: Op, body: dict[str, Any] | None = None, step: int = 0) -> list[Any]:
         with self._push_lock:
+            self._read_riders()
             frames = {
                 shard.index: [
                     json_frame(self._header(op, shard, None, step), body)
@@ -431,16 +502,34 @@ class PSClient:
         return [answers[shard.index][0] for shard in self._shards]
 
     def _exchange(
-        self, channel: str, frames: dict[int, list[Frame]], answer: Answer
+        self,
+        channel: str,
+        frames: dict[int, list[Frame]],
+        answer: Answer,
+        riders: Sequence[NextPull] = (),
     ) -> dict[int, list[Any]]:
-        """Send every shard its frames, then read every answer; raise the first error after."""
+        """Send every shard its frames (then those of ``riders``, whose answers are read
+        later), then read every answer to ``frames``; raise the first error after."""
         if self._broken is not None:
             raise self._broken
+        outgoing = {
+            shard.index: [
+                *frames.get(shard.index, []),
+                *(frame for rider in riders for frame in rider.plan.frames[shard.index]),
+            ]
+            for shard in self._shards
+        }
+        for shard in self._shards:
+            if outgoing[shard.index]:
+                self._guarded(shard, send_frames, self._sock(shard, channel), outgoing[shard.index])
+        return self._read_answers(channel, frames, answer)
+
+    def _read_answers(
+        self, channel: str, frames: dict[int, list[Frame]], answer: Answer
+    ) -> dict[int, list[Any]]:
         answers: dict[int, list[Any]] = {}
         first_error: PSError | None = None
         shards = [self._shards[index] for index, batch in frames.items() if batch]
-        for shard in shards:
-            self._guarded(shard, send_frames, self._sock(shard, channel), frames[shard.index])
         for shard in shards:
             sock = self._sock(shard, channel)
             results = answers.setdefault(shard.index, [])

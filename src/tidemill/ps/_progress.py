@@ -149,8 +149,11 @@ class StepGate:
             step = self.applied_through + 1
             del self._pending[step]
             ranks = sorted(held)
-            ids = np.concatenate([held[rank][0] for rank in ranks])
-            grads = np.concatenate([held[rank][1] for rank in ranks])
+            if len(ranks) == 1:
+                ids, grads = held[ranks[0]]
+            else:
+                ids = np.concatenate([held[rank][0] for rank in ranks])
+                grads = np.concatenate([held[rank][1] for rank in ranks])
             apply(step, ids, grads)
             self.applied_through = step
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps._errors import PSBadIds, PSConfigError
-from tidemill.ps._hashing import virtual_shard
+from tidemill.ps._hashing import _dedupe, mix64_one, virtual_shard
 from tidemill.ps._psconfig import PSConfig
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -57,12 +58,66 @@ class ShardMap:
         owners: npt.NDArray[np.int32] = self._lookup[virtual_shard(ids, len(self.owners))]
         return owners
 
-    def route(self, ids: npt.NDArray[np.int64]) -> list[npt.NDArray[np.intp]]:
-        """Positions into ``ids`` for each replica, in replica order (stable within one)."""
-        owner = self._lookup[virtual_shard(ids, len(self.owners))]
-        order = np.argsort(owner, kind="stable")
-        bounds = np.cumsum(np.bincount(owner, minlength=self.replicas))
-        return np.split(order, bounds[:-1])
+    def group(self, ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], tuple[int, ...]]:
+        """``(order, bounds)``: ``ids[order[bounds[r]:bounds[r+1]]]`` are replica r's ids,
+        in their order in ``ids``; one compiled pass (a counting sort by owner).
+
+        >>> shard_map = ShardMap.modulo(virtual_shards=4, replicas=2)
+        >>> order, bounds = shard_map.group(np.arange(5))
+        >>> shard_map.owner_mask(np.arange(5)[order]).tolist(), bounds
+        ([0, 0, 1, 1, 1], (0, 2, 5))
+        """
+        order, bounds = _group(ids, self._lookup, self.replicas)
+        return order, tuple(bounds.tolist())
+
+    def unique_grouped(
+        self, ids: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], tuple[int, ...]]:
+        """``(unique, inverse, bounds)``: each id once, grouped by replica as in
+        :meth:`group`, with ``unique[inverse] == ids``; one compiled call.
+
+        >>> unique, inverse, bounds = ShardMap.modulo(4, 2).unique_grouped(np.array([5, 5, 6]))
+        >>> unique[inverse].tolist(), bounds[-1]
+        ([5, 5, 6], 2)
+        """
+        unique, inverse, bounds = _unique_grouped(ids, self._lookup, self.replicas)
+        return unique, inverse, tuple(bounds.tolist())
+
+
+@numba.njit(nogil=True, cache=True)
+def _group(
+    ids: npt.NDArray[np.int64], lookup: npt.NDArray[np.int32], replicas: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    shards = np.uint64(lookup.size)
+    owner = np.empty(ids.size, np.int32)
+    bounds = np.zeros(replicas + 1, np.int64)
+    for i in range(ids.size):
+        owner[i] = lookup[mix64_one(np.uint64(ids[i])) % shards]
+        bounds[owner[i] + 1] += 1
+    for r in range(replicas):
+        bounds[r + 1] += bounds[r]
+    filled = bounds[:-1].copy()
+    order = np.empty(ids.size, np.int64)
+    for i in range(ids.size):
+        order[filled[owner[i]]] = i
+        filled[owner[i]] += 1
+    return order, bounds
+
+
+@numba.njit(nogil=True, cache=True)
+def _unique_grouped(
+    ids: npt.NDArray[np.int64], lookup: npt.NDArray[np.int32], replicas: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    unique, inverse = _dedupe(ids)
+    order, bounds = _group(unique, lookup, replicas)
+    grouped = np.empty(unique.size, np.int64)
+    position = np.empty(unique.size, np.int64)
+    for i in range(order.size):
+        grouped[i] = unique[order[i]]
+        position[order[i]] = i
+    for i in range(inverse.size):
+        inverse[i] = position[inverse[i]]
+    return grouped, inverse, bounds
 
 
 def checked_ids(ids: npt.ArrayLike, what: str) -> npt.NDArray[np.int64]:

@@ -1,9 +1,11 @@
 """One PS replica: its shard of every table, served over TCP.
 
-A thread per connection reads a frame, answers it and reads the next; a worker keeps
-two connections (pulls, and pushes/control), so a pull waiting for other ranks never
-blocks that worker's own push. Each table has its own lock: the compiled kernels release
-the GIL, so pulls and pushes of different tables run in parallel.
+It listens on TCP and, for workers on the same host, on a Unix socket named after its
+TCP address (``tidemill.ps._local``). A thread per connection reads a frame, answers it
+and reads the next; a worker keeps two connections (pulls, and pushes/control), so a
+pull waiting for other ranks never blocks that worker's own push. Each table has its own
+lock: the compiled kernels release the GIL, so pulls and pushes of different tables run
+in parallel.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tidemill.ps._cuts import read_snapshot, snapshot_shards, write_snapshot
 from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._export import TableExport, concat_exports, select_rows
 from tidemill.ps._hashing import dedupe, segment_sum
+from tidemill.ps._local import listen_local, widen
 from tidemill.ps._progress import Refused, StepGate
 from tidemill.ps._psconfig import PSConfig
 from tidemill.ps._routing import ShardMap
@@ -97,14 +100,17 @@ class PSServer:
             )
             for budgeted in row_budgets(config.tables, config.memory_bytes)
         ]
-        self._listener = socket.create_server((host, port), reuse_port=False)
-        self._listener.settimeout(_ACCEPT_POLL_S)
-        self.address: tuple[str, int] = self._listener.getsockname()[:2]
+        tcp = socket.create_server((host, port), reuse_port=False)
+        self.address: tuple[str, int] = tcp.getsockname()[:2]
+        local = listen_local(self.address)
+        self._listeners = [tcp] if local is None else [tcp, local]
+        for listener in self._listeners:
+            listener.settimeout(_ACCEPT_POLL_S)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._guard = threading.Lock()
-        self._acceptor: threading.Thread | None = None
+        self._acceptors: list[threading.Thread] = []
         self._epoch_lock = threading.Lock()
         self._epoch = -1
         self._cut = 0
@@ -112,8 +118,14 @@ class PSServer:
             _cut(entry.table, 0)
 
     def start(self) -> PSServer:
-        self._acceptor = threading.Thread(target=self._accept_loop, name="ps-accept", daemon=True)
-        self._acceptor.start()
+        self._acceptors = [
+            threading.Thread(
+                target=self._accept_loop, args=(listener,), name="ps-accept", daemon=True
+            )
+            for listener in self._listeners
+        ]
+        for acceptor in self._acceptors:
+            acceptor.start()
         return self
 
     @property
@@ -131,8 +143,9 @@ class PSServer:
         self._stopping.set()
         for entry in self._tables:
             entry.gate.close()
-        if self._acceptor is not None and self._acceptor is not threading.current_thread():
-            self._acceptor.join()
+        for acceptor in self._acceptors:
+            if acceptor is not threading.current_thread():
+                acceptor.join()
         with self._guard:
             connections = dict(self._connections)
         for sock in connections:
@@ -141,7 +154,8 @@ class PSServer:
         for thread in connections.values():
             if thread is not threading.current_thread():
                 thread.join()
-        self._listener.close()
+        for listener in self._listeners:
+            listener.close()
         self._stopped.set()
 
     def __enter__(self) -> PSServer:
@@ -150,16 +164,19 @@ class PSServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stopping.is_set():
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
                 return
             sock.settimeout(None)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family == socket.AF_UNIX:
+                widen(sock)
+            else:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             thread = threading.Thread(target=self._serve, args=(sock,), name="ps-conn", daemon=True)
             with self._guard:
                 self._connections[sock] = thread

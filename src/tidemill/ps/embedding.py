@@ -46,8 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tidemill.ps._client import PSClient, PulledRows, PullHandle
+from tidemill.ps._client import PSClient
 from tidemill.ps._errors import PSConfigError
+from tidemill.ps._pulls import PulledRows, PullHandle
 
 Pooling = Literal["sum", "mean"]
 FeatureInput = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
