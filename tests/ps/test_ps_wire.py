@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
 import sys
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -19,6 +22,7 @@ from tidemill.ps import (
     PSUnavailable,
     TableConfig,
 )
+from tidemill.ps._local import connect_local, local_name
 from tidemill.ps._wire import (
     HEADER,
     MAGIC,
@@ -157,7 +161,7 @@ def test_a_client_on_the_replicas_host_uses_its_unix_socket_and_agrees_with_one_
     host, port = server.address
     with (
         PSClient(CONFIG, [(host, port)], rank=0, world=2) as local,
-        PSClient(CONFIG, [("localhost", port)], rank=1, world=2) as remote,
+        PSClient(CONFIG, [(host, port)], rank=1, world=2, same_host_socket=False) as remote,
     ):
         assert (local.transports, remote.transports) == (["unix"], ["tcp"])
         start = local.pull("t", [3, 4])
@@ -171,3 +175,29 @@ def test_a_client_on_the_replicas_host_uses_its_unix_socket_and_agrees_with_one_
     server.stop()
     with pytest.raises(PSUnavailable):
         PSClient(CONFIG, [(host, port)])
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0,
+    reason="needs Linux abstract sockets and root, to listen as another user",
+)
+def test_a_unix_socket_squatted_by_another_user_is_not_used() -> None:
+    address = ("127.0.0.1", 1)
+    ready_read, ready_write = os.pipe()
+    squatter = os.fork()
+    if squatter == 0:  # the child: bind the replica's name as user nobody, then wait
+        os.setuid(65534)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(local_name(address))
+        sock.listen()
+        os.write(ready_write, b"x")
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert os.read(ready_read, 1) == b"x"
+        assert connect_local(address, timeout_s=1.0) is None
+    finally:
+        os.kill(squatter, signal.SIGKILL)
+        os.waitpid(squatter, 0)
+        os.close(ready_read)
+        os.close(ready_write)

@@ -63,13 +63,15 @@ _ERRORS: dict[int, type[PSServerError]] = {
 
 
 class _Shard:
-    def __init__(self, index: int, address: Address, timeout_s: float) -> None:
+    def __init__(
+        self, index: int, address: Address, timeout_s: float, same_host_socket: bool
+    ) -> None:
         self.index = index
         self.address = address
         self.label = f"PS shard {index} at {address[0]}:{address[1]}"
         self.table_ids: dict[str, int] = {}
-        self.pull_sock = self._connect(timeout_s)
-        self.push_sock = self._connect(timeout_s)
+        self.pull_sock = self._connect(timeout_s, same_host_socket)
+        self.push_sock = self._connect(timeout_s, same_host_socket)
 
     @property
     def transport(self) -> str:
@@ -77,8 +79,8 @@ class _Shard:
         families = {sock.family for sock in (self.pull_sock, self.push_sock)}
         return "unix" if families == {socket.AF_UNIX} else "tcp"
 
-    def _connect(self, timeout_s: float) -> socket.socket:
-        local = connect_local(self.address, timeout_s)
+    def _connect(self, timeout_s: float, same_host_socket: bool) -> socket.socket:
+        local = connect_local(self.address, timeout_s) if same_host_socket else None
         if local is not None:
             return local
         try:
@@ -108,7 +110,8 @@ class PSClient:
     The client keeps the training step: pulls and pushes are tagged with
     :attr:`step`, and :meth:`advance` ends a step (call it once per training step,
     after the backward pass). In sync mode a pull of step s sees every rank's pushes up
-    to step s-1.
+    to step s-1. A replica on this host is reached through its Unix socket unless
+    ``same_host_socket=False`` (then always TCP); :attr:`transports` says which.
 
     >>> from tidemill.ps import OptimizerConfig, PSConfig, PSServer, TableConfig
     >>> config = PSConfig((TableConfig("user", 4, OptimizerConfig("sgd", lr=1.0), 0.0, 1),))
@@ -132,6 +135,7 @@ class PSClient:
         step: int = 0,
         tables: Sequence[str] | None = None,
         connect_timeout_s: float = 10.0,
+        same_host_socket: bool = True,
     ) -> None:
         if not addresses:
             raise PSConfigError("addresses: empty; give one host:port per PS replica")
@@ -151,7 +155,7 @@ class PSClient:
         self._shards: list[_Shard] = []
         try:
             for index, address in enumerate(addresses):
-                self._shards.append(_Shard(index, address, connect_timeout_s))
+                self._shards.append(_Shard(index, address, connect_timeout_s, same_host_socket))
             for shard in self._shards:
                 for sock in (shard.pull_sock, shard.push_sock):
                     sock.settimeout(config.pull_timeout_s + 30.0)

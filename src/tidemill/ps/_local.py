@@ -7,12 +7,16 @@ after the exact ``host:port`` its TCP listener bound, and a client given that sa
 address tries the name first. Abstract names live in the network namespace and vanish
 with the process, so a name that answers is that replica, on this host, now; anywhere
 else (another host or namespace, macOS, another spelling of the host) the connect fails
-at once and the client uses TCP.
+at once and the client uses TCP. Any process of the namespace can bind an abstract
+name, so the client talks only to a listener running as its own user (``SO_PEERCRED``);
+one that is not gets TCP, where the port is the replica's own.
 """
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 import sys
 
 from tidemill.ps._psconfig import Address
@@ -55,7 +59,11 @@ def connect_local(address: Address, timeout_s: float) -> socket.socket | None:
     sock.settimeout(timeout_s)
     try:
         sock.connect(local_name(address))
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     except OSError:
+        sock.close()
+        return None
+    if uid != os.getuid():
         sock.close()
         return None
     return widen(sock)
