@@ -10,8 +10,9 @@ buffers without copying them (see ``_dcp.load``), so the buffers become the comm
 copy that ``ElasticState`` rolls back to.
 
 Local pieces are read by :data:`READERS` threads at once (positional reads release
-the GIL); the cost of a restore is mostly the kernel filling fresh pages, which
-scales with cores. Other filesystems are read front to back on one handle.
+the GIL): most of a restore's time goes to the kernel filling fresh pages, which
+other cores can share. Other filesystems (and systems without ``os.preadv``) are
+read front to back on one handle.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
+from typing import Any
 
 import torch
 
@@ -40,7 +42,7 @@ def read_pieces(
     """
     spans = list(pairwise([*sorted({0, *(s for s in starts if 0 < s < size)}), size]))
     path = where.child(name).path
-    if where.local:
+    if where.local and hasattr(os, "preadv") and len(spans) > 1:
         with open(path, "rb", buffering=0) as file, ThreadPoolExecutor(READERS) as pool:
             fd = file.fileno()
 
@@ -49,7 +51,7 @@ def read_pieces(
 
             read = list(pool.map(lambda span: _read_piece(read_at, name, *span), spans))
     else:
-        with where.fs.open(path, "rb") as file:
+        with _opened(where, path) as file:
             # Spans are read in order, each where the last ended: the offset is implied.
             read = [
                 _read_piece(lambda buffer, _: int(file.readinto(buffer)), name, *span)
@@ -79,3 +81,9 @@ def _read_piece(
         crc = crc32(chunk[:count], crc)
         done += count
     return data.untyped_storage(), crc
+
+
+def _opened(where: Location, path: str) -> Any:
+    """``path`` open for reading: unbuffered where local, so that ``readinto`` fills the
+    buffer straight from the page cache."""
+    return open(path, "rb", buffering=0) if where.local else where.fs.open(path, "rb")
