@@ -108,3 +108,34 @@ def test_an_empty_or_missing_location_has_nothing_to_load(store_url: str) -> Non
     model, optimizer = adam()
     loaded = store.load_newest(model, optimizer)
     assert (loaded.committed, loaded.manifest, loaded.skipped) == (None, None, [])
+
+
+def test_a_rollback_after_a_restore_returns_to_the_checkpoint_bit_for_bit(store_url: str) -> None:
+    original = trained(adam, steps=3)
+    store = CheckpointStore(store_url)
+    store.save(original.committed)
+    model, optimizer = adam()
+    restored = ElasticState(model, optimizer)
+    restored.adopt(store.load_newest(model, optimizer).committed)
+
+    for _ in range(2):  # steps that are never committed: they change the live state in place
+        optimizer.zero_grad()
+        model(torch.ones(16, 4)).pow(2).mean().backward()
+        optimizer.step()
+    assert not torch.equal(model[0].weight, original.model[0].weight)
+    restored.restore()
+    assert_same(original.model.state_dict(), model.state_dict(), "model")
+    assert_same(original.optimizer.state_dict(), optimizer.state_dict(), "optimizer")
+
+
+def test_restored_tensors_are_aligned_as_torch_load_aligns_them(store_url: str) -> None:
+    """Kernels may assume it; DCP stores entries one after another at any byte offset."""
+    store = CheckpointStore(store_url)
+    store.save(trained(adam, steps=2).committed)
+    loaded = store.load_newest(*adam())
+    assert loaded.committed is not None and loaded.committed.optimizer is not None
+    tensors = list(loaded.committed.model.values()) + [
+        value for state in loaded.committed.optimizer["state"].values() for value in state.values()
+    ]
+    assert len(tensors) == 16
+    assert [tensor.data_ptr() % 64 for tensor in tensors] == [0] * 16

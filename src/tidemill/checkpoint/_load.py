@@ -1,7 +1,9 @@
 """Reading one checkpoint back: fit check, file checks, DCP load, then a ``Committed``.
 
 Order matters for cost: the fit check reads only the manifest; sizes come from one
-listing; then checksums and the DCP load each read every byte, side by side. A
+listing; then every file is read once into memory and checksummed as it is read, and
+the DCP load parses the verified bytes in place (the tensors it returns are views into
+them, which become the committed copy that ``adopt`` copies into the model). A
 checkpoint that fails any check after the fit check is :class:`Unusable` (the store
 tries the previous one); one that does not fit raises :class:`CheckpointMismatch`
 (nothing older will fit either).
@@ -10,14 +12,14 @@ tries the previous one); one that does not fit raises :class:`CheckpointMismatch
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import torch
+from torch.distributed.checkpoint.metadata import Metadata
 
 from tidemill.checkpoint import _dcp
-from tidemill.checkpoint._checksum import ALGORITHM, file_checksum
+from tidemill.checkpoint._checksum import ALGORITHM
+from tidemill.checkpoint._files import read_pieces
 from tidemill.checkpoint._fit import check_model, check_optimizer, tensor_info
 from tidemill.checkpoint._layout import from_entries, model_entries
 from tidemill.checkpoint._listing import stored_files
@@ -58,18 +60,11 @@ def load_checkpoint(
     check_model(where.url, manifest, model)
     check_optimizer(where.url, manifest, optimizer)
     verify_sizes(where, manifest)
-    if where.local:
-        with ThreadPoolExecutor(1, thread_name_prefix="tidemill-checksum") as pool:
-            verified = pool.submit(verify_checksums, where, manifest)
-            entries, failure = _load_entries(where)
-            verified.result()
-    else:
-        # Other file systems may share one handle per file between readers (fsspec's
-        # memory:// does): verify first, then load.
-        verify_checksums(where, manifest)
-        entries, failure = _load_entries(where)
-    if failure is not None:
-        raise Unusable(f"DCP could not read it: {_dcp.failure_text(failure)}") from failure
+    metadata, pieces = read_verified(where, manifest)
+    try:
+        entries = _dcp.load(metadata, pieces)
+    except _dcp.FAILURES as exc:
+        raise Unusable(f"DCP could not read it: {_dcp.failure_text(exc)}") from exc
     loaded = {key: tensor_info(value) for key, value in model_entries(entries).items()}
     if loaded != manifest.model:
         raise Unusable("its DCP metadata lists other model tensors than its manifest")
@@ -89,14 +84,6 @@ def load_checkpoint(
     return dataclasses.replace(
         committed, model=placed, optimizer=None if optimizer is None else committed.optimizer
     )
-
-
-def _load_entries(where: Location) -> tuple[dict[str, Any], BaseException | None]:
-    """DCP's entries, or the failure that stopped the load (reported after the checksums)."""
-    try:
-        return _dcp.load(where), None
-    except _dcp.FAILURES as exc:
-        return {}, exc
 
 
 def verify_sizes(where: Location, manifest: Manifest) -> None:
@@ -120,20 +107,37 @@ def verify_sizes(where: Location, manifest: Manifest) -> None:
             )
 
 
-def verify_checksums(where: Location, manifest: Manifest) -> None:
-    """Unusable unless every file's checksum is the manifest's.
+def read_verified(where: Location, manifest: Manifest) -> tuple[Metadata, _dcp.Pieces]:
+    """DCP's metadata and every data file, in memory, each byte read once; Unusable unless
+    every file the manifest lists has its checksum. Nothing is parsed before its file
+    is verified (DCP's metadata first: it says where the data files' entries start)."""
+    if _dcp.METADATA_FILE not in manifest.files:
+        raise Unusable(f"its manifest lists no {_dcp.METADATA_FILE} file (not a DCP checkpoint)")
+    metadata_file = _read_verified(where, manifest, _dcp.METADATA_FILE, set())
+    try:
+        metadata = _dcp.read_metadata(metadata_file[0])
+    except Exception as exc:
+        raise Unusable(f"its DCP metadata could not be read: {type(exc).__name__}: {exc}") from exc
+    starts = _dcp.entry_starts(metadata)
+    pieces = {
+        name: _read_verified(where, manifest, name, starts.get(name, set()))
+        for name in sorted(manifest.files)
+        if name != _dcp.METADATA_FILE
+    }
+    return metadata, pieces
 
-    Runs beside the DCP load, which reads the same bytes: ``zlib.crc32`` and file reads
-    release the GIL, so with a spare core verification adds little to the restore time.
-    A mismatch wins over whatever the load made of the damaged bytes.
-    """
-    for name, info in sorted(manifest.files.items()):
-        try:
-            checksum = file_checksum(where.fs, where.child(name).path)
-        except OSError as exc:
-            raise Unusable(f"file {name} could not be read: {exc}") from exc
-        if checksum != info.checksum:
-            raise Unusable(
-                f"file {name} has {ALGORITHM} {checksum}, the manifest says {info.checksum}"
-                " (its bytes changed after the write)"
-            )
+
+def _read_verified(
+    where: Location, manifest: Manifest, name: str, starts: set[int]
+) -> dict[int, torch.UntypedStorage]:
+    info = manifest.files[name]
+    try:
+        pieces, checksum = read_pieces(where, name, info.size, starts)
+    except OSError as exc:
+        raise Unusable(f"file {name} could not be read: {exc}") from exc
+    if checksum != info.checksum:
+        raise Unusable(
+            f"file {name} has {ALGORITHM} {checksum}, the manifest says {info.checksum}"
+            " (its bytes changed after the write)"
+        )
+    return pieces

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tidemill.runtime._state_copy import prefilled, state_copy
+
 EXTRAS_REPORT_LIMIT = 64 * 1024
 """Extras up to this size (as JSON) travel to the job master with each commit."""
 
@@ -194,9 +196,9 @@ class ElasticState:
         self.step, self.world_size = saved.step, saved.world_size
         self.extras, self.data = copy.deepcopy(saved.extras), copy.deepcopy(saved.data)
         with torch.no_grad():
-            self.model.load_state_dict(saved.model)
+            self.model.load_state_dict(prefilled(self.model, saved.model))
         if self.optimizer is not None and saved.optimizer is not None:
-            self.optimizer.load_state_dict(copy.deepcopy(saved.optimizer))
+            self.optimizer.load_state_dict(state_copy(saved.optimizer))
 
     def report(self) -> dict[str, Any]:
         """The committed step, data positions and (small, JSON) extras, for the master."""

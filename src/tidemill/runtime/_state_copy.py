@@ -1,0 +1,103 @@
+"""``copy.deepcopy`` for state dicts, with plain CPU tensors copied as bytes on threads.
+
+A rollback or a checkpoint restore hands the optimizer its own copy of the committed
+state, which is most of the bytes (Adam keeps two moments per parameter), into fresh
+memory. Torch copies a large CPU tensor on its intra-op threads, which wait for each
+other at a barrier: when other processes hold the cores, one descheduled thread stalls
+the copy. Here each tensor is one numpy byte copy (no barrier), :data:`COPIERS` at a
+time (numpy releases the GIL; the kernel fills fresh pages on each core). Measured on
+the shared 2-core development machine (load average 2.3), copying 0.67 GB of 4 MB
+tensors took 1.25 s with ``Tensor.clone`` and 0.31 s as numpy byte copies on one thread.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+COPIERS = min(4, os.cpu_count() or 1)
+"""Threads copying tensors at once."""
+
+
+def state_copy(value: Any) -> Any:
+    """A deep copy of ``value`` (dicts, lists and tuples of tensors and plain values).
+
+    Unlike ``copy.deepcopy``, two references to one tensor become two copies; optimizer
+    and model state dicts hold each tensor once.
+    """
+    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    copied = _shaped(value, pairs)
+    copy_bytes(pairs)
+    return copied
+
+
+def copy_bytes(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy each source's bytes into its target (plain CPU tensors of one layout)."""
+    if len(pairs) < 2 or COPIERS == 1:
+        for target, source in pairs:
+            _bytes(target)[:] = _bytes(source)
+        return
+    with ThreadPoolExecutor(COPIERS, thread_name_prefix="tidemill-copy") as pool:
+        for done in [pool.submit(copy_bytes, [pair]) for pair in pairs]:
+            done.result()
+
+
+def plain(tensor: torch.Tensor) -> bool:
+    """A dense, contiguous CPU tensor without autograd: its bytes are all it is."""
+    return (
+        type(tensor) is torch.Tensor
+        and tensor.device.type == "cpu"
+        and tensor.layout == torch.strided
+        and not tensor.is_quantized
+        and not tensor.requires_grad
+        and tensor.is_contiguous()
+    )
+
+
+def _shaped(value: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """``value`` copied, each plain tensor as an empty one listed in ``pairs`` to fill."""
+    if isinstance(value, torch.Tensor):
+        if not plain(value):
+            return copy.deepcopy(value)
+        target = torch.empty_like(value)
+        pairs.append((target, value))
+        return target
+    if isinstance(value, dict):
+        return {key: _shaped(item, pairs) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shaped(item, pairs) for item in value]
+    if type(value) is tuple:
+        return tuple(_shaped(item, pairs) for item in value)
+    return copy.deepcopy(value)
+
+
+def _bytes(tensor: torch.Tensor) -> Any:
+    """The tensor's bytes as a numpy array (a view: writing it writes the tensor)."""
+    return tensor.reshape(-1).view(torch.uint8).numpy()
+
+
+def prefilled(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` for ``model.load_state_dict``, with every tensor the model holds in the
+    same layout already copied into the model's own tensor, which stands in for it.
+
+    ``load_state_dict`` then copies those onto themselves, which torch skips, and still
+    runs the modules' own loading (key checks, hooks, extra state) on the same values;
+    the bytes were copied as :func:`copy_bytes` does, without the intra-op barrier.
+    """
+    own = model.state_dict()
+    filled = [
+        key
+        for key, value in state.items()
+        if isinstance(value, torch.Tensor)
+        and key in own
+        and plain(own[key])
+        and plain(value)
+        and own[key].dtype == value.dtype
+        and own[key].shape == value.shape
+    ]
+    copy_bytes([(own[key], state[key]) for key in filled])
+    return {**state, **{key: own[key] for key in filled}}
