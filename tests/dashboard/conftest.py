@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.harness import wait_for
 from tidemill.client import Client
 from tidemill.server.runner import ServerRunner
 
@@ -92,6 +93,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerRunner]]:
         with Client(runner.url, token=admin) as client:
             for row in client.jobs():
                 client.delete(row.name, namespace=row.namespace)
+            # replicas outlive a stopped server (a restarted one adopts them): wait until
+            # the controller has stopped them, masters included, before stopping it
+            wait_for(lambda: not client.jobs(), 30, "every job's replicas stopped")
         runner.stop()
 
 
