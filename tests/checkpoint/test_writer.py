@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.checkpoint.conftest import adam, train, trained
+from tests.checkpoint.conftest import adam, assert_same, train, trained
 from tidemill.checkpoint import CheckpointStore, CheckpointWriter, Manifest
 from tidemill.checkpoint._writer import WRITER_NICE
 
@@ -38,8 +40,13 @@ class Recorder:
 
 
 def writer_for(url: str, recorder: Recorder, keep: int = 10) -> CheckpointWriter:
+    """A writer that saves every state (small ones included) through its process, if any."""
     return CheckpointWriter(
-        CheckpointStore(url, keep=keep), "job-a", recorder.on_saved, recorder.on_failed
+        CheckpointStore(url, keep=keep),
+        "job-a",
+        recorder.on_saved,
+        recorder.on_failed,
+        process_min_bytes=0,
     )
 
 
@@ -105,17 +112,106 @@ def test_a_callback_that_raises_does_not_stop_the_writer(
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread priorities are Linux only")
-def test_the_writer_thread_runs_at_a_lower_priority_than_training(store_url: str) -> None:
-    seen: list[int] = []
+def test_the_writer_thread_and_process_run_at_a_lower_priority_than_training(
+    store_url: str,
+) -> None:
+    seen: list[tuple[int, int]] = []
+    writer: CheckpointWriter
 
     def priority(manifest: Manifest) -> None:
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        assert writer.process is not None and writer.process.pid is not None
+        thread = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen.append((thread, os.getpriority(os.PRIO_PROCESS, writer.process.pid)))
 
-    writer = CheckpointWriter(CheckpointStore(store_url), None, priority, lambda s, e: None)
+    writer = CheckpointWriter(
+        CheckpointStore(store_url), None, priority, lambda s, e: None, process_min_bytes=0
+    )
     writer.submit(trained(adam, steps=1).committed)
-    assert writer.close(timeout_s=30)
-    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    assert seen == [min(19, ours + WRITER_NICE)]
+    assert writer.close(timeout_s=60)
+    lowered = min(19, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) + WRITER_NICE)
+    assert seen == [(lowered, lowered)]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the writer process is Linux only")
+def test_a_killed_writer_process_fails_that_save_and_the_next_save_starts_a_new_one(
+    store_url: str,
+) -> None:
+    recorder = Recorder()
+    writer = writer_for(store_url, recorder)
+    assert writer.process is not None
+    state = trained(adam, steps=1)
+    writer.submit(state.committed)
+    assert writer.flush(timeout_s=60) and recorder.saved == [1]
+    first = writer.process.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    train(state, 1)
+    writer.submit(state.committed)
+    assert writer.flush(timeout_s=60)
+    [(step, error)] = recorder.failed
+    assert step == 2 and f"writer process (pid {first}) exited with code -9" in error
+    train(state, 1)
+    writer.submit(state.committed)
+    assert writer.close(timeout_s=60)
+    assert recorder.saved == [1, 3]
+    assert [listing.step for listing in CheckpointStore(store_url).list()] == [3, 1]
+    loaded = CheckpointStore(store_url).load_newest(*adam())
+    assert loaded.committed is not None
+    assert_same(state.committed.model, loaded.committed.model)
+
+
+TRAINER = """
+import sys, time, torch
+from tidemill.checkpoint import CheckpointStore, CheckpointWriter
+from tidemill.runtime import ElasticState
+model = torch.nn.Linear(256, 256)
+state = ElasticState(model, torch.optim.Adam(model.parameters()))
+writer = CheckpointWriter(
+    CheckpointStore(sys.argv[1]), None, lambda m: None, print, process_min_bytes=0)
+state.commit()
+writer.submit(state.committed)
+writer.flush(60)
+print(writer.process.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the writer process is Linux only")
+def test_a_training_process_killed_with_sigkill_leaves_no_writer_process(
+    store_url: str,
+) -> None:
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", TRAINER, store_url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert trainer.stdout is not None
+        writer_pid = int(trainer.stdout.readline())
+        os.kill(writer_pid, 0)  # alive while the trainer is
+    finally:
+        trainer.kill()
+        trainer.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(writer_pid):
+        time.sleep(0.05)
+    assert not _alive(writer_pid), f"writer process {writer_pid} outlived its trainer"
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a parent that is gone (init reaps those)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_memory_store_is_written_on_the_thread_itself(memory_url: str) -> None:
+    recorder = Recorder()
+    writer = writer_for(memory_url, recorder)
+    assert writer.process is None
+    writer.submit(trained(adam, steps=2).committed)
+    assert writer.close(timeout_s=60)
+    assert recorder.saved == [2]
 
 
 def test_flush_on_an_idle_writer_is_immediate_and_a_closed_writer_refuses_submits(

@@ -2,13 +2,20 @@
 
 Training commits faster than storage may write. Only the newest state is worth
 writing, so at most one waits: a newer submit replaces it. That bounds memory to the
-live state, the one being written and the one waiting, whatever the storage speed.
+live state, the one being written and the one waiting (plus, with a writer process,
+its shared-memory copy), whatever the storage speed.
 
-The thread lowers its own scheduling priority (:data:`WRITER_NICE`): when training
-keeps every core busy, a writer at normal priority takes its share of them and steps
-slow down for the whole write. Measured on the 2-core development machine with both
-cores computing and a 100 MB state written in a loop: steps took 1.9x as long at
-nice 0, 1.03x at nice 10 (each write 1.8x as long), 0.94x at nice 19 (writes 3.2x).
+On Linux the thread hands each state of :data:`PROCESS_MIN_BYTES` or more to a writer
+process (:mod:`tidemill.checkpoint._writer_process`), so the save's Python work never
+holds the training process's interpreter lock. Smaller states, all states elsewhere,
+and ``memory://`` stores (which live in this process) are saved on the thread itself.
+
+The thread and the process lower their scheduling priority (:data:`WRITER_NICE`):
+when training keeps every core busy, a writer at normal priority takes its share of
+them and steps slow down for the whole write. Measured on the 2-core development
+machine with both cores computing and a 100 MB state written in a loop: steps took
+1.9x as long at nice 0, 1.03x at nice 10 (each write 1.8x as long), 0.94x at nice 19
+(writes 3.2x).
 """
 
 from __future__ import annotations
@@ -22,13 +29,20 @@ from collections.abc import Callable
 
 from tidemill.checkpoint._errors import CheckpointError
 from tidemill.checkpoint._manifest import Manifest
+from tidemill.checkpoint._staging import tensor_bytes
 from tidemill.checkpoint._store import CheckpointStore
+from tidemill.checkpoint._writer_process import WriterProcess
 from tidemill.runtime.elastic_state import Committed
 
 log = logging.getLogger(__name__)
 
 WRITER_NICE = 10
 """Added to the writer thread's nice value (Linux: per thread); a write yields to steps."""
+PROCESS_MIN_BYTES = 16 << 20
+"""States of at least this many tensor bytes are saved by the writer process. On a
+thread, a save holds the interpreter lock for about 1 ms per MB (measured on the 2-core
+development machine, DCP), so a small state costs the training thread a few ms; a
+writer process costs a few hundred MB of memory (Python and torch) and seconds to start."""
 
 
 class CheckpointWriter:
@@ -63,15 +77,25 @@ class CheckpointWriter:
         job: str | None,
         on_saved: Callable[[Manifest], None],
         on_failed: Callable[[int, str], None],
+        *,
+        process: bool | None = None,
+        process_min_bytes: int = PROCESS_MIN_BYTES,
     ) -> None:
         self.store = store
         self.job = job
+        if process is None:
+            process = sys.platform == "linux" and not store.url.startswith("memory://")
+        self.process = WriterProcess(store.url, store.keep, WRITER_NICE) if process else None
+        """Saves large states through a writer process (``process=True``; the default on
+        Linux but for ``memory://``), or None: every state on the writer thread."""
+        self.process_min_bytes = process_min_bytes
         self._on_saved = on_saved
         self._on_failed = on_failed
         self._changed = threading.Condition()
         self._waiting: Committed | None = None
         self._writing = False
         self._closed = False
+        self._prepare = False
         self._thread: threading.Thread | None = None
 
     @property
@@ -79,6 +103,18 @@ class CheckpointWriter:
         """A state is being written or waits to be."""
         with self._changed:
             return self._writing or self._waiting is not None
+
+    def prepare(self, like: Committed) -> None:
+        """Start the writer process now, in the background, when states like ``like`` will
+        go through it: the first checkpoint then does not wait for it to import torch (a
+        few seconds). Returns at once."""
+        with self._changed:
+            if self.process is None or self._closed:
+                return
+            if tensor_bytes(like) < self.process_min_bytes:
+                return
+            self._prepare = True
+            self._wake()
 
     def submit(self, committed: Committed) -> None:
         """Queue ``committed`` for writing and return at once; it replaces any waiting one."""
@@ -89,12 +125,16 @@ class CheckpointWriter:
                     " was not submitted (create a new writer)"
                 )
             self._waiting = committed
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="tidemill-checkpoint-writer", daemon=True
-                )
-                self._thread.start()
-            self._changed.notify_all()
+            self._wake()
+
+    def _wake(self) -> None:
+        """Start the thread if needed and wake it (call holding ``_changed``)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="tidemill-checkpoint-writer", daemon=True
+            )
+            self._thread.start()
+        self._changed.notify_all()
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until nothing waits or is being written: True, or False after ``timeout_s``."""
@@ -125,11 +165,20 @@ class CheckpointWriter:
         _lower_priority()
         while True:
             with self._changed:
-                while self._waiting is None and not self._closed:
+                while self._waiting is None and not self._closed and not self._prepare:
                     self._changed.wait()
-                if self._waiting is None:
-                    return
-                committed, self._waiting, self._writing = self._waiting, None, True
+                prepare, self._prepare = self._prepare, False
+                closing = self._waiting is None and self._closed
+                committed, self._waiting = self._waiting, None
+                self._writing = committed is not None
+            if closing:
+                if self.process is not None:
+                    self.process.close()
+                return
+            if prepare:
+                self._start_process()
+            if committed is None:
+                continue
             try:
                 self._write(committed)
             finally:
@@ -137,9 +186,19 @@ class CheckpointWriter:
                     self._writing = False
                     self._changed.notify_all()
 
+    def _start_process(self) -> None:
+        try:
+            if self.process is not None:
+                self.process.start()
+        except OSError as exc:
+            log.warning("checkpoint writer process did not start (the next save retries): %s", exc)
+
     def _write(self, committed: Committed) -> None:
         try:
-            manifest = self.store.save(committed, self.job)
+            if self.process is not None and tensor_bytes(committed) >= self.process_min_bytes:
+                manifest = self.process.save(committed, self.job)
+            else:
+                manifest = self.store.save(committed, self.job)
         except CheckpointError as exc:
             self._call(self._on_failed, committed.step, str(exc))
             return

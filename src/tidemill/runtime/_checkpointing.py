@@ -93,6 +93,7 @@ class Checkpointing:
             self._submitted = state.committed_step
             self._submitted_at = time.monotonic()
         self._listener = state.add_commit_listener(self._on_commit)
+        self.writer.prepare(state.committed)
 
     def follow(self) -> None:
         """Not rank 0 (or between epochs): save nothing."""
