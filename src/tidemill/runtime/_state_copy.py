@@ -30,7 +30,7 @@ def state_copy(value: Any) -> Any:
     and model state dicts hold each tensor once.
     """
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    copied = _shaped(value, pairs)
+    copied = shaped(value, pairs)
     copy_bytes(pairs)
     return copied
 
@@ -58,8 +58,9 @@ def plain(tensor: torch.Tensor) -> bool:
     )
 
 
-def _shaped(value: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """``value`` copied, each plain tensor as an empty one listed in ``pairs`` to fill."""
+def shaped(value: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """``value`` copied, each plain tensor as an empty one listed in ``pairs`` (target,
+    source) for :func:`copy_bytes` to fill."""
     if isinstance(value, torch.Tensor):
         if not plain(value):
             return copy.deepcopy(value)
@@ -67,11 +68,11 @@ def _shaped(value: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
         pairs.append((target, value))
         return target
     if isinstance(value, dict):
-        return {key: _shaped(item, pairs) for key, item in value.items()}
+        return {key: shaped(item, pairs) for key, item in value.items()}
     if isinstance(value, list):
-        return [_shaped(item, pairs) for item in value]
+        return [shaped(item, pairs) for item in value]
     if type(value) is tuple:
-        return tuple(_shaped(item, pairs) for item in value)
+        return tuple(shaped(item, pairs) for item in value)
     return copy.deepcopy(value)
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from tidemill.runtime._state_copy import prefilled, state_copy
+from tidemill.runtime._deferred_copy import DeferredCopy
+from tidemill.runtime._state_copy import prefilled
 
 EXTRAS_REPORT_LIMIT = 64 * 1024
 """Extras up to this size (as JSON) travel to the job master with each commit."""
@@ -110,6 +111,12 @@ class ElasticState:
         self._hooks: list[CommitHook] = []
         self._listeners: list[CommitHook] = []
         self._saved = self._snapshot()
+        self._live_is_committed = False
+        """The live state is the committed one (set by commit, restore and adopt; the
+        elastic driver only broadcasts right after one of them): a broadcast source then
+        keeps its commit instead of copying the same state again. False at first: the
+        caller may change the model after building this object."""
+        self._deferred: DeferredCopy | None = None
 
     @property
     def committed_step(self) -> int:
@@ -128,7 +135,9 @@ class ElasticState:
         """Make the current state the one to return to; call it between steps, on every rank."""
         for hook in list(self._hooks):
             hook.fn(self)
+        self._end_deferred_copy()
         self._saved = self._snapshot()
+        self._live_is_committed = True
         for listener in list(self._listeners):
             listener.fn(self._saved)
 
@@ -191,21 +200,42 @@ class ElasticState:
             listener.fn(committed)
 
     def restore(self) -> None:
-        """Go back to the last commit (in place: the optimizer keeps its parameters)."""
+        """Go back to the last commit (in place: the optimizer keeps its parameters).
+
+        The optimizer's copy of its committed state is filled on a background thread
+        (see :mod:`tidemill.runtime._deferred_copy`); its next ``step()`` waits for it.
+        """
+        self._end_deferred_copy()
         saved = self._saved
         self.step, self.world_size = saved.step, saved.world_size
         self.extras, self.data = copy.deepcopy(saved.extras), copy.deepcopy(saved.data)
         with torch.no_grad():
             self.model.load_state_dict(prefilled(self.model, saved.model))
         if self.optimizer is not None and saved.optimizer is not None:
-            self.optimizer.load_state_dict(state_copy(saved.optimizer))
+            self._deferred = DeferredCopy(self.optimizer, saved.optimizer)
+        self._live_is_committed = True
 
     def report(self) -> dict[str, Any]:
         """The committed step, data positions and (small, JSON) extras, for the master."""
         return self._saved.report()
 
     def broadcast(self, source_rank: int, rank: int, device: torch.device) -> None:
-        """Copy the source's state to every rank of the current group, then commit it."""
+        """Copy the source's state to every rank of the current group, then commit it.
+
+        The source keeps its commit when its live state is that commit (right after
+        :meth:`commit`, :meth:`restore` or :meth:`adopt`); a group of one sends nothing.
+        """
+        if dist.get_world_size() > 1:
+            self._exchange(source_rank, rank, device)
+        self.holds_group_state = True
+        keep = rank == source_rank and self._live_is_committed and self.step == self._saved.step
+        if not keep:
+            self._end_deferred_copy()
+            self._saved = self._snapshot()
+        self._live_is_committed = False
+
+    def _exchange(self, source_rank: int, rank: int, device: torch.device) -> None:
+        """The source's model, optimizer, step, extras and data onto every other rank."""
         tensors = list(self.model.state_dict().values())
         works = [dist.broadcast(tensor, source_rank, async_op=True) for tensor in tensors]
         meta: list[Any] = [self._meta() if rank == source_rank else None]
@@ -219,8 +249,12 @@ class ElasticState:
             self.extras, self.data = received["extras"], received["data"]
             if self.optimizer is not None and received["optimizer"] is not None:
                 self.optimizer.load_state_dict(received["optimizer"])
-        self.holds_group_state = True
-        self._saved = self._snapshot()
+
+    def _end_deferred_copy(self) -> None:
+        """Wait for the optimizer's background copy, if one runs, and unhook it."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            deferred.close()
 
     def _meta(self) -> dict[str, Any]:
         return {
