@@ -83,3 +83,11 @@ def memory_url() -> Iterator[str]:
     path = url.removeprefix("memory:/")
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+@pytest.fixture(params=["read", "mapped"])
+def reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Restores read local files into memory, or map them (as files of 4 MiB and more are)."""
+    if request.param == "mapped":
+        monkeypatch.setattr("tidemill.checkpoint._files.MAP_MIN_BYTES", 0)
+    return str(request.param)

@@ -9,6 +9,8 @@ from tests.checkpoint.conftest import Build, adam, assert_same, mlp, sgd_momentu
 from tidemill.checkpoint import CheckpointStore
 from tidemill.runtime import ElasticState
 
+pytestmark = pytest.mark.usefixtures("reading")
+
 
 @pytest.mark.parametrize("build", [sgd_momentum, adam], ids=["sgd-momentum", "adam"])
 @pytest.mark.parametrize("where", ["store_url", "memory_url"])
@@ -139,3 +141,35 @@ def test_restored_tensors_are_aligned_as_torch_load_aligns_them(store_url: str) 
     ]
     assert len(tensors) == 16
     assert [tensor.data_ptr() % 64 for tensor in tensors] == [0] * 16
+
+
+def test_a_large_restored_state_is_the_checkpoint_files_mapped_not_a_copy(store_url: str) -> None:
+    """Files of 4 MiB and more are mapped: the committed copy costs no fresh memory."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1024, 1024)
+    state = ElasticState(model, torch.optim.Adam(model.parameters()))
+    assert state.optimizer is not None
+    model(torch.randn(8, 1024)).square().mean().backward()
+    state.optimizer.step()
+    state.step = 1
+    state.commit()
+    store = CheckpointStore(store_url)
+    store.save(state.committed)
+    loaded = store.load_newest(model, state.optimizer)
+    assert loaded.committed is not None and loaded.committed.optimizer is not None
+    moments = loaded.committed.optimizer["state"].values()
+    tensors = [*loaded.committed.model.values()] + [
+        value for values in moments for value in values.values()
+    ]
+    regions = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) == 6 and fields[5].endswith(".distcp"):
+                start, end = (int(bound, 16) for bound in fields[0].split("-"))
+                regions.append((start, end))
+    large = [tensor for tensor in tensors if tensor.numel() >= 1024]
+    assert len(large) == 6
+    for tensor in large:
+        assert any(start <= tensor.data_ptr() < end for start, end in regions)
+    assert_same(state.committed.model, loaded.committed.model, "model")

@@ -16,6 +16,9 @@ from tidemill.runtime import ElasticState
 PARTIAL = "partial: no manifest (the write did not finish)"
 
 
+pytestmark = pytest.mark.usefixtures("reading")
+
+
 def saved_steps(store: CheckpointStore, steps: list[int]) -> ElasticState:
     state = trained(adam, steps=0)
     for step in steps:

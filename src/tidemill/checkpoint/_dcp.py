@@ -21,7 +21,6 @@ from torch import _weights_only_unpickler
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-from torch.distributed.checkpoint.filesystem import FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
@@ -30,6 +29,7 @@ from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 from torch.serialization import _load, _open_zipfile_reader
 
+from tidemill.checkpoint._aligned import AlignedFileSystemWriter
 from tidemill.checkpoint._url import Location
 
 FAILURES = (Exception, CheckpointException)
@@ -39,7 +39,7 @@ FAILURES = (Exception, CheckpointException)
 def save(location: Location, entries: dict[str, Any]) -> None:
     """Write ``entries`` as a DCP checkpoint into the directory ``location``."""
     writer = (
-        FileSystemWriter(location.path, sync_files=True)
+        AlignedFileSystemWriter(location.path, sync_files=True)
         if location.local
         else FsspecWriter(location.url, sync_files=True)
     )

@@ -1,0 +1,80 @@
+"""A DCP ``FileSystemWriter`` whose entries start at 64-byte offsets of their file.
+
+DCP writes a file's entries one after another at any byte offset; inside each entry
+``torch.save`` places the tensor's bytes at a multiple of 64 from the entry's start.
+A restore maps local files (see ``_files``), so a tensor is aligned in memory only
+when its entry is aligned in the file: here the gap before each entry is padded with
+zeros. Readers use the offsets DCP records, never the gaps, so any DCP reader reads
+these files as usual.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import Any
+
+from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
+
+ALIGN = 64
+
+
+class AlignedFileSystemWriter(FileSystemWriter):
+    """``FileSystemWriter`` with entries aligned to :data:`ALIGN` bytes in their files."""
+
+    def __init__(self, path: str, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.fs = _AligningFileSystem()
+
+
+class _AligningFileSystem(FileSystem):
+    @contextmanager
+    def create_stream(
+        self, path: str | os.PathLike[str], mode: str
+    ) -> Generator[io.IOBase, None, None]:
+        with super().create_stream(path, mode) as stream:
+            yield _AligningStream(stream) if "w" in mode else stream
+
+
+class _AligningStream(io.RawIOBase):
+    """A file written front to back whose ``tell()``, when asked twice with nothing
+    written between, first pads the file to the next multiple of :data:`ALIGN`.
+
+    DCP asks for the offset at the start and at the end of each entry, so the second of
+    two asks in a row is the start of the next entry: that one is aligned, and each
+    entry's recorded length stays exactly its own bytes.
+    """
+
+    def __init__(self, raw: io.IOBase) -> None:
+        super().__init__()
+        self.raw = raw
+        self._position = raw.tell()
+        self._asked = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        written = int(self.raw.write(data))
+        self._position += written
+        self._asked = False
+        return written
+
+    def tell(self) -> int:
+        if self._asked and self._position % ALIGN:
+            self.write(b"\0" * (ALIGN - self._position % ALIGN))
+        self._asked = True
+        return self._position
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()  # flushes first
+            self.raw.close()
