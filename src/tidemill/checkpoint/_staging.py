@@ -105,7 +105,7 @@ class Stager:
                 plain_pairs.append((target, tensor))
             else:
                 target.copy_(tensor)
-        copy_bytes(plain_pairs)
+        copy_bytes(plain_pairs, threads=1)  # on the writer thread: the other cores train
         buffer = io.BytesIO()
         _PlacePickler(buffer, places).dump(committed)
         return Staged(buffer.getvalue(), arena, targets)

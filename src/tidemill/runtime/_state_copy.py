@@ -35,14 +35,15 @@ def state_copy(value: Any) -> Any:
     return copied
 
 
-def copy_bytes(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Copy each source's bytes into its target (plain CPU tensors of one layout)."""
-    if len(pairs) < 2 or COPIERS == 1:
+def copy_bytes(pairs: list[tuple[torch.Tensor, torch.Tensor]], threads: int = COPIERS) -> None:
+    """Copy each source's bytes into its target (plain CPU tensors of one layout), on
+    ``threads`` threads (1: on the calling thread alone)."""
+    if len(pairs) < 2 or threads == 1:
         for target, source in pairs:
             _bytes(target)[:] = _bytes(source)
         return
-    with ThreadPoolExecutor(COPIERS, thread_name_prefix="tidemill-copy") as pool:
-        for done in [pool.submit(copy_bytes, [pair]) for pair in pairs]:
+    with ThreadPoolExecutor(threads, thread_name_prefix="tidemill-copy") as pool:
+        for done in [pool.submit(copy_bytes, [pair], 1) for pair in pairs]:
             done.result()
 
 

@@ -209,10 +209,11 @@ class ElasticState:
         saved = self._saved
         self.step, self.world_size = saved.step, saved.world_size
         self.extras, self.data = copy.deepcopy(saved.extras), copy.deepcopy(saved.data)
+        if self.optimizer is not None and saved.optimizer is not None:
+            # Started first, so that it copies while the model loads.
+            self._deferred = DeferredCopy(self.optimizer, saved.optimizer)
         with torch.no_grad():
             self.model.load_state_dict(prefilled(self.model, saved.model))
-        if self.optimizer is not None and saved.optimizer is not None:
-            self._deferred = DeferredCopy(self.optimizer, saved.optimizer)
         self._live_is_committed = True
 
     def report(self) -> dict[str, Any]:
