@@ -205,6 +205,27 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the writer process is Linux only")
+def test_without_shared_memory_the_writer_saves_on_its_thread_and_says_so(
+    store_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(name: str, flags: int = 0) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "memfd_create", refuse)
+    recorder = Recorder()
+    writer = writer_for(store_url, recorder)
+    state = trained(adam, steps=1)
+    writer.submit(state.committed)
+    assert writer.flush(timeout_s=60)
+    train(state, 1)
+    writer.submit(state.committed)
+    assert writer.close(timeout_s=60)
+    assert recorder.saved == [1, 2] and recorder.failed == []
+    assert writer.process is None
+    assert "writer process unavailable ([Errno 38] Function not implemented)" in caplog.text
+
+
 def test_a_memory_store_is_written_on_the_thread_itself(memory_url: str) -> None:
     recorder = Recorder()
     writer = writer_for(memory_url, recorder)

@@ -195,10 +195,7 @@ class CheckpointWriter:
 
     def _write(self, committed: Committed) -> None:
         try:
-            if self.process is not None and tensor_bytes(committed) >= self.process_min_bytes:
-                manifest = self.process.save(committed, self.job)
-            else:
-                manifest = self.store.save(committed, self.job)
+            manifest = self._save(committed)
         except CheckpointError as exc:
             self._call(self._on_failed, committed.step, str(exc))
             return
@@ -207,6 +204,21 @@ class CheckpointWriter:
             self._call(self._on_failed, committed.step, f"{type(exc).__name__}: {exc}")
             return
         self._call(self._on_saved, manifest)
+
+    def _save(self, committed: Committed) -> Manifest:
+        process = self.process
+        if process is None or tensor_bytes(committed) < self.process_min_bytes:
+            return self.store.save(committed, self.job)
+        try:
+            return process.save(committed, self.job)
+        except OSError as exc:  # no shared memory or no process here (a save's own
+            # failure is a CheckpointError): this and later saves run on the thread
+            log.warning(
+                "checkpoint writer process unavailable (%s); saving on the writer thread", exc
+            )
+            process.close()
+            self.process = None
+            return self.store.save(committed, self.job)
 
     def _call(self, callback: Callable[..., None], *args: object) -> None:
         try:
