@@ -50,6 +50,16 @@ def writer_for(url: str, recorder: Recorder, keep: int = 10) -> CheckpointWriter
     )
 
 
+def save_two_steps(writer: CheckpointWriter) -> None:
+    """Submit step 1, wait for it, submit step 2, close the writer."""
+    state = trained(adam, steps=1)
+    writer.submit(state.committed)
+    assert writer.flush(timeout_s=60)
+    train(state, 1)
+    writer.submit(state.committed)
+    assert writer.close(timeout_s=60)
+
+
 def test_while_one_write_runs_newer_submits_replace_each_other_and_only_the_last_is_written(
     store_url: str,
 ) -> None:
@@ -100,13 +110,7 @@ def test_a_callback_that_raises_does_not_stop_the_writer(
         saved.append(manifest.step)
         raise RuntimeError("callback bug")
 
-    writer = CheckpointWriter(CheckpointStore(store_url), None, explode, lambda s, e: None)
-    state = trained(adam, steps=1)
-    writer.submit(state.committed)
-    assert writer.flush(timeout_s=30)
-    train(state, 1)
-    writer.submit(state.committed)
-    assert writer.close(timeout_s=30)
+    save_two_steps(CheckpointWriter(CheckpointStore(store_url), None, explode, lambda s, e: None))
     assert saved == [1, 2]
     assert "callback bug" in caplog.text
 
@@ -215,12 +219,7 @@ def test_without_shared_memory_the_writer_saves_on_its_thread_and_says_so(
     monkeypatch.setattr(os, "memfd_create", refuse)
     recorder = Recorder()
     writer = writer_for(store_url, recorder)
-    state = trained(adam, steps=1)
-    writer.submit(state.committed)
-    assert writer.flush(timeout_s=60)
-    train(state, 1)
-    writer.submit(state.committed)
-    assert writer.close(timeout_s=60)
+    save_two_steps(writer)
     assert recorder.saved == [1, 2] and recorder.failed == []
     assert writer.process is None
     assert "writer process unavailable ([Errno 38] Function not implemented)" in caplog.text
