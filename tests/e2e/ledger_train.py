@@ -30,6 +30,9 @@ class Counter(nn.Module):
 
 
 model = Counter(int(os.environ["LEDGER_SIZE"]))
+if ballast_mb := int(os.environ.get("LEDGER_BALLAST_MB", "0")):
+    # State that only travels: checkpoints of 16 MiB and more go through the writer process.
+    model.register_buffer("ballast", torch.arange(ballast_mb << 18, dtype=torch.float32))
 optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
 state = ElasticState(model, optimizer, extras={"epochs": []})
 batches = tidemill.data.loader(int(os.environ.get("LEDGER_BATCH", "64")), ["id"])

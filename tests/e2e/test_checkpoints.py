@@ -78,6 +78,7 @@ def test_killing_every_worker_and_the_master_mid_stream_resumes_exactly_once(
     result = tmp_path / "ledger.json"
     spec = job(catalog, broker.bootstrap, topic, result)
     spec["spec"]["checkpoint"] = {"everySteps": 8}
+    spec["spec"]["roles"]["worker"]["env"]["LEDGER_BALLAST_MB"] = "20"  # the writer process
     client.submit(spec)
     client.scale("clicks", "worker", 2)
     wait_for(lambda: stage_records(client, "clicks", "backfill") > 0, 120, "the backfill")
@@ -95,8 +96,14 @@ def test_killing_every_worker_and_the_master_mid_stream_resumes_exactly_once(
     replicas = client.get("clicks").replicas
     pids = [r.pid for r in replicas if r.pid and r.role in ("worker", "master")]
     assert {r.role for r in replicas if r.pid} == {"worker", "master"}
+    writers: Any = wait_for(writer_processes, 60, "rank 0's checkpoint writer process")
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: not set(writer_processes()) & set(writers),
+        10,
+        "the killed workers' writer processes to end with them",
+    )
 
     final = client.wait("clicks", timeout_s=300)
     producer.join(30)
@@ -106,6 +113,17 @@ def test_killing_every_worker_and_the_master_mid_stream_resumes_exactly_once(
     assert isinstance(saved, int)
     assert restored_step(client, "clicks") >= saved
     assert committed_offsets(broker.bootstrap, topic) == [STREAM_PER_PARTITION] * PARTITIONS
+    assert wait_for(lambda: not writer_processes(), 10, "the writer processes to end")
+
+
+def writer_processes() -> list[int]:
+    """Checkpoint writer processes running on this machine (a killed worker's must end)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if b"tidemill.checkpoint._writer_child" in status.read_bytes():
+                found.append(int(status.parent.name))
+    return found
 
 
 def test_a_corrupt_newest_checkpoint_is_skipped_and_resume_from_continues_exactly_once(
