@@ -1,13 +1,14 @@
 """``copy.deepcopy`` for state dicts, with plain CPU tensors copied as bytes on threads.
 
-A rollback or a checkpoint restore hands the optimizer its own copy of the committed
-state, which is most of the bytes (Adam keeps two moments per parameter), into fresh
-memory. Torch copies a large CPU tensor on its intra-op threads, which wait for each
-other at a barrier: when other processes hold the cores, one descheduled thread stalls
-the copy. Here each tensor is one numpy byte copy (no barrier), :data:`COPIERS` at a
-time (numpy releases the GIL; the kernel fills fresh pages on each core). Measured on
-the shared 2-core development machine (load average 2.3), copying 0.67 GB of 4 MB
-tensors took 1.25 s with ``Tensor.clone`` and 0.31 s as numpy byte copies on one thread.
+Every commit copies the whole state, and a rollback or a checkpoint restore hands the
+optimizer its own copy of the committed state, which is most of the bytes (Adam keeps
+two moments per parameter), into fresh memory. Torch copies a large CPU tensor on its
+intra-op threads, which wait for each other at a barrier: when other processes hold
+the cores, one descheduled thread stalls the copy. Here each tensor is one numpy byte
+copy (no barrier), :data:`COPIERS` at a time (numpy releases the GIL; the kernel fills
+fresh pages on each core). Measured on the shared 2-core development machine (load
+average 2.3), copying 0.67 GB of 4 MB tensors took 1.25 s with ``Tensor.clone`` and
+0.31 s as numpy byte copies on one thread.
 """
 
 from __future__ import annotations
@@ -24,11 +25,8 @@ COPIERS = min(4, os.cpu_count() or 1)
 
 
 def state_copy(value: Any) -> Any:
-    """A deep copy of ``value`` (dicts, lists and tuples of tensors and plain values).
-
-    Unlike ``copy.deepcopy``, two references to one tensor become two copies; optimizer
-    and model state dicts hold each tensor once.
-    """
+    """A deep copy of ``value`` (dicts, lists and tuples of tensors and plain values);
+    a tensor referenced twice (tied weights) is copied once, as ``copy.deepcopy`` does."""
     pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
     copied = shaped(value, pairs)
     copy_bytes(pairs)
@@ -59,21 +57,28 @@ def plain(tensor: torch.Tensor) -> bool:
     )
 
 
-def shaped(value: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+def shaped(
+    value: Any,
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    memo: dict[int, torch.Tensor] | None = None,
+) -> Any:
     """``value`` copied, each plain tensor as an empty one listed in ``pairs`` (target,
-    source) for :func:`copy_bytes` to fill."""
+    source) for :func:`copy_bytes` to fill; ``memo`` maps sources seen to their copies."""
+    memo = {} if memo is None else memo
     if isinstance(value, torch.Tensor):
-        if not plain(value):
-            return copy.deepcopy(value)
-        target = torch.empty_like(value)
-        pairs.append((target, value))
-        return target
+        if id(value) not in memo:
+            if plain(value):
+                memo[id(value)] = torch.empty_like(value)
+                pairs.append((memo[id(value)], value))
+            else:
+                memo[id(value)] = copy.deepcopy(value)
+        return memo[id(value)]
     if isinstance(value, dict):
-        return {key: shaped(item, pairs) for key, item in value.items()}
+        return {key: shaped(item, pairs, memo) for key, item in value.items()}
     if isinstance(value, list):
-        return [shaped(item, pairs) for item in value]
+        return [shaped(item, pairs, memo) for item in value]
     if type(value) is tuple:
-        return tuple(shaped(item, pairs) for item in value)
+        return tuple(shaped(item, pairs, memo) for item in value)
     return copy.deepcopy(value)
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from tidemill.runtime._deferred_copy import DeferredCopy
-from tidemill.runtime._state_copy import prefilled
+from tidemill.runtime._state_copy import prefilled, state_copy
 
 EXTRAS_REPORT_LIMIT = 64 * 1024
 """Extras up to this size (as JSON) travel to the job master with each commit."""
@@ -272,8 +272,6 @@ class ElasticState:
             world_size=self.world_size,
             extras=copy.deepcopy(self.extras),
             data=copy.deepcopy(self.data),
-            model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            optimizer=None
-            if self.optimizer is None
-            else copy.deepcopy(self.optimizer.state_dict()),
+            model=state_copy(dict(self.model.state_dict())),
+            optimizer=None if self.optimizer is None else state_copy(self.optimizer.state_dict()),
         )
