@@ -173,3 +173,21 @@ def test_a_large_restored_state_is_the_checkpoint_files_mapped_not_a_copy(store_
     for tensor in large:
         assert any(start <= tensor.data_ptr() < end for start, end in regions)
     assert_same(state.committed.model, loaded.committed.model, "model")
+
+
+def test_where_files_cannot_be_mapped_they_are_read(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some file systems (FUSE ones among them) refuse mmap with ENODEV; no real one that
+    does runs here, so the refusal is injected."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(19, "No such device")
+
+    state = trained(adam, steps=2)
+    store = CheckpointStore(store_url)
+    store.save(state.committed)
+    monkeypatch.setattr("tidemill.checkpoint._files.mmap.mmap", refuse)
+    loaded = store.load_newest(*adam())
+    assert loaded.committed is not None and loaded.skipped == []
+    assert_same(state.committed.model, loaded.committed.model, "model")

@@ -52,7 +52,9 @@ def read_pieces(
     spans = list(pairwise([*sorted({0, *(s for s in starts if 0 < s < size)}), size]))
     path = where.child(name).path
     if where.local and size >= max(MAP_MIN_BYTES, 1):
-        return _mapped(path, name, size, spans)
+        mapped = _mapped(path, name, size, spans)
+        if mapped is not None:
+            return mapped
     if where.local and hasattr(os, "preadv") and len(spans) > 1:
         with open(path, "rb", buffering=0) as file, ThreadPoolExecutor(READERS) as pool:
             fd = file.fileno()
@@ -77,13 +79,17 @@ def read_pieces(
 
 def _mapped(
     path: str, name: str, size: int, spans: list[tuple[int, int]]
-) -> tuple[dict[int, torch.UntypedStorage], str]:
-    """:func:`read_pieces` for a file mapped rather than read."""
+) -> tuple[dict[int, torch.UntypedStorage], str] | None:
+    """:func:`read_pieces` for a file mapped rather than read; None when its file system
+    does not map files (the caller reads it)."""
     with open(path, "rb") as file:
         found = os.fstat(file.fileno()).st_size
         if found < size:
             raise OSError(f"{name} has {found} bytes, not {size}")
-        mapped = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY)
+        try:
+            mapped = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError):
+            return None
     mapped.madvise(mmap.MADV_WILLNEED)
     whole = memoryview(mapped)
     parts = [(offset, min(size, offset + PART_BYTES)) for offset in range(0, size, PART_BYTES)]
