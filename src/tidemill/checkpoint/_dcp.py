@@ -36,14 +36,17 @@ FAILURES = (Exception, CheckpointException)
 """What a DCP call raises when it fails: ``CheckpointException`` is a ``BaseException``."""
 
 
-def save(location: Location, entries: dict[str, Any]) -> None:
-    """Write ``entries`` as a DCP checkpoint into the directory ``location``."""
-    writer = (
-        AlignedFileSystemWriter(location.path, sync_files=True)
-        if location.local
-        else FsspecWriter(location.url, sync_files=True)
-    )
+def save(location: Location, entries: dict[str, Any]) -> dict[str, tuple[str, int]]:
+    """Write ``entries`` as a DCP checkpoint into the directory ``location``; returns
+    ``{file name: (CRC-32, size)}`` of the files whose checksum was taken as they were
+    written (local directories; the others must be read back)."""
+    if not location.local:
+        remote = FsspecWriter(location.url, sync_files=True)
+        _save_state_dict(entries, storage_writer=remote, no_dist=True)
+        return {}
+    writer = AlignedFileSystemWriter(location.path, sync_files=True)
     _save_state_dict(entries, storage_writer=writer, no_dist=True)
+    return writer.written
 
 
 METADATA_FILE = ".metadata"

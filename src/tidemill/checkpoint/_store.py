@@ -149,9 +149,14 @@ class CheckpointStore:
 
     def _write(self, where: Location, committed: Committed, job: str | None) -> Manifest:
         started = time.monotonic()
-        _dcp.save(where, to_entries(committed))
+        written = _dcp.save(where, to_entries(committed))
         files = {
-            name: FileInfo(size, file_checksum(where.fs, where.child(name).path))
+            name: FileInfo(
+                size,
+                written[name][0]
+                if written.get(name, ("", -1))[1] == size
+                else file_checksum(where.fs, where.child(name).path),
+            )
             for name, size in sorted(stored_files(where).items())
         }
         optimizer = committed.optimizer
