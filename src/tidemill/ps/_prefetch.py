@@ -50,9 +50,8 @@ def _prefetch(typingctx: Any, array: Any, row: Any, column: Any) -> Any:
         i32 = ir.IntType(32)
         byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
         hint = ir.FunctionType(ir.VoidType(), [byte_pointer.type, i32, i32, i32])
-        function = cgutils.get_or_insert_function(  # type: ignore[no-untyped-call]
-            builder.module, hint, "llvm.prefetch.p0"
-        )
+        # named for the pointer type (p0i8 or p0) as this llvmlite spells it
+        function = builder.module.declare_intrinsic("llvm.prefetch", [byte_pointer.type], hint)
         # write intent, keep in every cache level, data (not instructions)
         builder.call(
             function, [byte_pointer, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)]
