@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps._hashing import mix64_one
+from tidemill.ps._prefetch import AHEAD, prefetch
 
 EMPTY = -1
 MAX_LOAD = 0.75
@@ -104,8 +105,12 @@ def rebuild(index: npt.NDArray[np.int64], ids: npt.NDArray[np.int64]) -> None:
 
 @numba.njit(nogil=True, cache=True)
 def rows_of(index: npt.NDArray[np.int64], ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
-    """The row of each id, -1 where it has none."""
+    """The row of each id, -1 where it has none; the entry of the id ``AHEAD`` places
+    later is asked for first (see ``_prefetch``)."""
     out = np.empty(ids.size, np.int64)
+    size = index.shape[0]
     for i in range(ids.size):
+        if i + AHEAD < ids.size:
+            prefetch(index, home_of(ids[i + AHEAD], size), KEY)
         out[i] = row_of(index, ids[i])
     return out

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from tidemill.ps._hashing import mix64_one
 from tidemill.ps._index import ROW, find, insert, remove, row_of, rows_of
 from tidemill.ps._optimizers import apply_updates
+from tidemill.ps._prefetch import AHEAD, prefetch, prefetch_row
 
 ID, LAST_STEP, VERSION = range(3)
 COUNT, UPDATES, MARK = range(3)
@@ -68,6 +69,13 @@ def _save_rows(slots: Ids, store: Store, saved: Store, saved_n: int, epoch: int)
     rows, meta, tally = store
     saved_rows, saved_meta, saved_tally = saved
     for i in range(slots.size):
+        if i + 2 * AHEAD < slots.size and slots[i + 2 * AHEAD] >= 0:
+            prefetch(tally, slots[i + 2 * AHEAD], 0)
+            prefetch(meta, slots[i + 2 * AHEAD], 0)
+        if i + AHEAD < slots.size:
+            ahead = slots[i + AHEAD]
+            if ahead >= 0 and tally[ahead, MARK] != epoch:
+                prefetch_row(rows, ahead, rows.shape[1])
         row = slots[i]
         if row < 0 or tally[row, MARK] == epoch:
             continue

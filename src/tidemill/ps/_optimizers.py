@@ -19,6 +19,8 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from tidemill.ps._prefetch import AHEAD, prefetch_row
+
 KINDS = ("sgd", "adagrad", "adam", "ftrl")
 SGD, ADAGRAD, ADAM, FTRL = range(4)
 _DEFAULT_LR = {"sgd": 1e-3, "adagrad": 1e-2, "adam": 1e-3, "ftrl": 5e-2}
@@ -131,6 +133,13 @@ def apply_updates(
         _ftrl(params, rows, slots, grads)
 
 
+@numba.njit(nogil=True, cache=True)
+def _fetch_ahead(rows: npt.NDArray[np.float32], slots: npt.NDArray[np.int64], i: int) -> None:
+    """Ask for the row updated ``AHEAD`` ids after ``i`` (see ``_prefetch``)."""
+    if i + AHEAD < slots.size and slots[i + AHEAD] >= 0:
+        prefetch_row(rows, slots[i + AHEAD], rows.shape[1])
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _sgd(
     params: npt.NDArray[np.float64],
@@ -142,6 +151,7 @@ def _sgd(
     lr = np.float32(params[LR])
     decay = np.float32(params[WEIGHT_DECAY])
     for i in range(slots.size):
+        _fetch_ahead(rows, slots, i)
         if slots[i] < 0:
             continue
         weights = rows[slots[i], :dim]
@@ -162,6 +172,7 @@ def _adagrad(
     decay = np.float32(params[WEIGHT_DECAY])
     eps = np.float32(params[EPS])
     for i in range(slots.size):
+        _fetch_ahead(rows, slots, i)
         if slots[i] < 0:
             continue
         weights = rows[slots[i], :dim]
@@ -190,6 +201,7 @@ def _adam(
     keep2 = np.float32(1.0 - beta2)
     beta2_32 = np.float32(beta2)
     for i in range(slots.size):
+        _fetch_ahead(rows, slots, i)
         if slots[i] < 0:
             continue
         step = steps[i]
@@ -222,6 +234,7 @@ def _ftrl(
     beta = params[BETA]
     power = -params[LR_POWER]
     for i in range(slots.size):
+        _fetch_ahead(rows, slots, i)
         if slots[i] < 0:
             continue
         weights = rows[slots[i], :dim]

@@ -27,7 +27,6 @@ from tidemill.ps._config import TableConfig
 from tidemill.ps._cuts import read_snapshot, snapshot_shards, write_snapshot
 from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._export import TableExport, concat_exports, select_rows
-from tidemill.ps._hashing import dedupe, segment_sum
 from tidemill.ps._local import listen_local, widen
 from tidemill.ps._progress import Refused, StepGate
 from tidemill.ps._psconfig import PSConfig
@@ -291,12 +290,9 @@ class PSServer:
         def apply(step: int, ids: npt.NDArray[np.int64], grads: npt.NDArray[np.float32]) -> None:
             if not len(ids):
                 return
-            unique, inverse = dedupe(ids)
-            if len(unique) != len(ids):
-                grads = segment_sum(grads, inverse, len(unique))
             ttl = entry.config.ttl_steps
             with entry.lock:
-                entry.table.push(unique, grads, step)
+                entry.table.push_summed(ids, grads, step)
                 if ttl is not None and step - entry.last_evict_step >= max(1, ttl // 4):
                     entry.table.evict(step)
                     entry.last_evict_step = step

@@ -14,7 +14,7 @@ from tidemill.ps import _kernels as k
 from tidemill.ps._checks import checked_export_rows, checked_grads, checked_out
 from tidemill.ps._config import TableConfig, init_rows
 from tidemill.ps._export import TableExport
-from tidemill.ps._hashing import _dedupe
+from tidemill.ps._hashing import _dedupe, _segment_sum
 from tidemill.ps._ids import INT64_MAX, as_ids, as_int
 from tidemill.ps._index import MAX_LOAD, index_size_for, new_index, rebuild, rows_of
 from tidemill.ps._undo import UndoLog, grown
@@ -223,6 +223,28 @@ class ShardTable:
                 f"ids[{first}]: {int(keys[first])} repeats an earlier id; push takes unique "
                 "ids (sum the gradients of repeated ids with dedupe and segment_sum first)"
             )
+        return self._apply(keys, gradients, now)
+
+    def push_summed(self, ids: object, grads: object, step: int) -> int:
+        """As :meth:`push`, but an id may repeat: the gradients of its rows are summed in
+        order (deterministic) and applied once, as a shard applies the pushes of every
+        rank of a step; one pass finds the repeats, where a dedupe then :meth:`push` took two.
+
+        >>> table = ShardTable(TableConfig("t", dim=2))
+        >>> _ = table.pull([4], step=0)
+        >>> table.push_summed([4, 4], np.ones((2, 2), np.float32), step=0)
+        1
+        """
+        keys = as_ids(ids)
+        now = as_int(step, "step")
+        gradients = checked_grads(grads, keys.size, self._dim)
+        unique, inverse = _dedupe(keys)
+        if unique.size != keys.size:
+            gradients = _segment_sum(gradients, inverse, unique.size)
+        return self._apply(unique, gradients, now)
+
+    def _apply(self, keys: k.Ids, gradients: k.Rows, now: int) -> int:
+        """The optimizer on the rows of ``keys`` (unique, checked) with ``gradients``."""
         undo = self._undo
         undo.reserve_saved(keys.size)
         updated, undo.saved_n = k.push(
