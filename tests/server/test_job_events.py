@@ -134,4 +134,6 @@ def test_newest_gives_the_last_events_oldest_first_and_since_still_applies(
     assert first[0]["reason"] == "Submitted"
     assert [e["message"] for e in ticks][-3:] == ["27", "28", "29"]
     assert [e["id"] for e in last] == sorted(e["id"] for e in last) and len(last) == 5
-    assert after == []
+    # Only what came after the last one seen: no tick (the job's own lifecycle events
+    # may still arrive while the test reads).
+    assert all(e["id"] > last[-1]["id"] and e["reason"] != "Tick" for e in after)
