@@ -84,6 +84,9 @@ def live_server(state_dir: Path, cluster: str = CLUSTER) -> Iterator[Live]:
         try:
             for row in client.jobs():
                 client.delete(row.name, namespace=row.namespace)
+            # replicas outlive a stopped server (a restarted one adopts them): wait until
+            # the controller has stopped them, masters included, before stopping it
+            wait_for(lambda: not client.jobs(), 30, "every job's replicas stopped")
         finally:
             client.close()
             runner.stop()
