@@ -150,13 +150,14 @@ class CheckpointStore:
     def _write(self, where: Location, committed: Committed, job: str | None) -> Manifest:
         started = time.monotonic()
         written = _dcp.save(where, to_entries(committed))
+
+        def checksum(name: str, size: int) -> str:
+            """Taken as it was written, unless the file is not what was written; else read."""
+            crc, written_size = written.get(name, ("", -1))
+            return crc if written_size == size else file_checksum(where.fs, where.child(name).path)
+
         files = {
-            name: FileInfo(
-                size,
-                written[name][0]
-                if written.get(name, ("", -1))[1] == size
-                else file_checksum(where.fs, where.child(name).path),
-            )
+            name: FileInfo(size, checksum(name, size))
             for name, size in sorted(stored_files(where).items())
         }
         optimizer = committed.optimizer

@@ -213,10 +213,7 @@ class ShardTable:
         >>> table.push([2, 3], np.ones((2, 2), np.float32), step=0)
         1
         """
-        keys = as_ids(ids)
-        now = as_int(step, "step")
-        gradients = checked_grads(grads, keys.size, self._dim)
-        unique, inverse = _dedupe(keys)
+        keys, gradients, now, unique, inverse = self._checked_push(ids, grads, step)
         if unique.size != keys.size:
             first = int(np.flatnonzero(inverse != np.arange(keys.size))[0])
             raise ValueError(
@@ -235,13 +232,20 @@ class ShardTable:
         >>> table.push_summed([4, 4], np.ones((2, 2), np.float32), step=0)
         1
         """
+        keys, gradients, now, unique, inverse = self._checked_push(ids, grads, step)
+        if unique.size != keys.size:
+            gradients = _segment_sum(gradients, inverse, unique.size)
+        return self._apply(unique, gradients, now)
+
+    def _checked_push(
+        self, ids: object, grads: object, step: int
+    ) -> tuple[k.Ids, k.Rows, int, k.Ids, k.Ids]:
+        """A push's ids, gradients and step, checked, and the ids' dedupe (unique, inverse)."""
         keys = as_ids(ids)
         now = as_int(step, "step")
         gradients = checked_grads(grads, keys.size, self._dim)
         unique, inverse = _dedupe(keys)
-        if unique.size != keys.size:
-            gradients = _segment_sum(gradients, inverse, unique.size)
-        return self._apply(unique, gradients, now)
+        return keys, gradients, now, unique, inverse
 
     def _apply(self, keys: k.Ids, gradients: k.Rows, now: int) -> int:
         """The optimizer on the rows of ``keys`` (unique, checked) with ``gradients``."""
