@@ -11,10 +11,10 @@ core is free for background writing, as a GPU job's host cores are; all cores wi
   called directly; it stages a CPU copy before returning, then writes on a thread;
 - ``elastic commit``: ``ElasticState.commit()`` alone, which the elastic runtime does
   anyway at every commit;
-- ``tidemill``: ``commit()`` + ``CheckpointWriter.submit()`` (the writer thread copies
-  the state into shared memory; the writer process does the DCP save, fsync, CRC-32
-  read-back, manifest and rotation). One untimed save first starts the writer process
-  and its shared memory, as a job's first checkpoint does once.
+- ``tidemill``: ``commit()`` + ``CheckpointWriter.submit()`` (the commit lies in
+  shared memory; the writer process maps it and does the DCP save, fsync, CRC-32 as
+  written, manifest and rotation). One untimed save first starts the writer process,
+  as a job's first checkpoint does once.
 
 The stall per checkpoint is the extra wall time of an interval of steps that starts
 with a checkpoint over an interval of the same steps without one: the time the

@@ -11,10 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.checkpoint.conftest import adam, assert_same, train, trained
 from tidemill.checkpoint import CheckpointStore, CheckpointWriter, Manifest
 from tidemill.checkpoint._writer import WRITER_NICE
+from tidemill.runtime import ElasticState
 
 SUBMIT_LIMIT_S = 0.05
 """A submit only swaps a reference under a lock; anything near this means it waited."""
@@ -242,3 +244,33 @@ def test_flush_on_an_idle_writer_is_immediate_and_a_closed_writer_refuses_submit
     assert writer.close(timeout_s=1)
     with pytest.raises(RuntimeError, match="is closed; step 1 was not submitted"):
         writer.submit(trained(adam, steps=1).committed)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the writer process is Linux only")
+def test_commits_in_shared_memory_are_saved_by_the_process_from_each_arena_in_turn(
+    store_url: str,
+) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    state = ElasticState(model, optimizer)
+    recorder = Recorder()
+    writer = writer_for(store_url, recorder)
+    arenas = set()
+    for _ in range(4):
+        state.model(torch.randn(8, 512)).sum().backward()
+        optimizer.step()
+        state.step += 1
+        state.commit()
+        assert state.committed.memory is not None
+        arenas.add(state.committed.memory.generation)
+        writer.submit(state.committed)
+        assert writer.flush(timeout_s=60)
+    assert writer.close(timeout_s=60)
+    assert recorder.failed == [] and recorder.saved == [1, 2, 3, 4]
+    assert len(arenas) >= 2, "commits rotate through arenas the process maps once each"
+    torch.manual_seed(1)
+    fresh = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 2))
+    loaded = CheckpointStore(store_url).load_newest(fresh, None)
+    assert loaded.committed is not None and loaded.committed.step == 4
+    assert_same(dict(state.committed.model), dict(loaded.committed.model), "model")

@@ -3,7 +3,8 @@
 Training commits faster than storage may write. Only the newest state is worth
 writing, so at most one waits: a newer submit replaces it. That bounds memory to the
 live state, the one being written and the one waiting (plus, with a writer process,
-its shared-memory copy), whatever the storage speed.
+a shared-memory copy of what does not lie in shared memory already), whatever the
+storage speed.
 
 On Linux the thread hands each state of :data:`PROCESS_MIN_BYTES` or more to a writer
 process (:mod:`tidemill.checkpoint._writer_process`), so the save's Python work never

@@ -2,8 +2,9 @@
 
 Started by :class:`tidemill.checkpoint._writer_process.WriterProcess` as
 ``python -m tidemill.checkpoint._writer_child FD PARENT_PID NICE`` (NICE: the nice value
-to run at); it answers each
-save request on the socket ``FD`` and exits when the socket closes.
+to run at); it answers each save request on the socket ``FD`` and exits when the socket
+closes. A request names the arenas to map (their descriptors come with it) and those the
+parent has closed; the others stay mapped from earlier requests.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import torch
 
 from tidemill.checkpoint import _channel
 from tidemill.checkpoint._errors import CheckpointError
-from tidemill.checkpoint._staging import SharedArena, unstage
+from tidemill.checkpoint._staging import unstage
 from tidemill.checkpoint._store import CheckpointStore
+from tidemill.runtime._shared_memory import SharedArena
 
 log = logging.getLogger("tidemill.checkpoint.writer")
 
@@ -37,23 +39,23 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     sock = socket.socket(fileno=fd)
-    arena: SharedArena | None = None
+    arenas: dict[int, SharedArena] = {}
     while (message := _channel.receive(sock)) is not None:
         payload, fds = message
-        url, keep, job, generation, staged = pickle.loads(payload)
-        if fds:
-            if arena is not None:
-                arena.close()
-            arena = SharedArena.adopt(fds[0], generation)
-            for extra in fds[1:]:
-                os.close(extra)
-        _channel.send(sock, pickle.dumps(_save(url, keep, job, staged, arena)))
+        url, keep, job, new, gone, staged = pickle.loads(payload)
+        for generation in gone:
+            arenas.pop(generation).close()
+        for generation, fd in zip(new, fds, strict=True):
+            arenas[generation] = SharedArena.adopt(fd, generation)
+        _channel.send(sock, pickle.dumps(_save(url, keep, job, staged, arenas)))
 
 
-def _save(url: str, keep: int, job: str | None, staged: bytes, arena: SharedArena | None) -> Any:
+def _save(
+    url: str, keep: int, job: str | None, staged: bytes, arenas: dict[int, SharedArena]
+) -> Any:
     """("saved", manifest) or ("failed", (url, detail)) for the parent's CheckpointError."""
     try:
-        committed = unstage(staged, arena)
+        committed = unstage(staged, arenas)
         return ("saved", CheckpointStore(url, keep).save(committed, job))
     except CheckpointError as exc:
         return ("failed", (exc.url, exc.detail))

@@ -5,9 +5,10 @@ of each write, even on a free core: DCP's Python serialisation holds the interpr
 lock in slices, and every slice the training thread waits for is lost time. Measured on
 the 2-core development machine (one core computing 6 ms steps, 100 MB of state): a DCP
 save on a thread added 50-120 ms to the steps it overlapped, the same save from another
-process 0-20 ms. So the writer thread only stages the state into shared memory
-(:mod:`tidemill.checkpoint._staging`, byte copies that release the GIL) and hands it to
-this process, which saves it with the same :class:`CheckpointStore` code.
+process 0-20 ms. So the writer thread only describes the state's place in shared memory
+(:mod:`tidemill.checkpoint._staging`: a commit usually lies there already; anything
+else is copied with byte copies that release the GIL) and hands it to this process,
+which saves it with the same :class:`CheckpointStore` code.
 
 The process starts on the first save (importing torch takes a few seconds, once),
 runs at a lower priority, and dies with the thread that started it (the writer
@@ -24,12 +25,14 @@ import pickle
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 from tidemill.checkpoint import _channel
 from tidemill.checkpoint._errors import CheckpointError
 from tidemill.checkpoint._manifest import Manifest
 from tidemill.checkpoint._staging import Stager
+from tidemill.runtime._shared_memory import SharedArena
 from tidemill.runtime.elastic_state import Committed
 
 log = logging.getLogger(__name__)
@@ -52,8 +55,9 @@ class WriterProcess:
         self._stager = Stager()
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
-        self._mapped = 0
-        """The arena generation the process has mapped (0: none)."""
+        self._mapped: dict[int, weakref.ref[SharedArena]] = {}
+        """The arenas the process has mapped, by generation (one closed or gone here is
+        unmapped there at the next save)."""
 
     @property
     def pid(self) -> int | None:
@@ -66,18 +70,20 @@ class WriterProcess:
         """
         staged = self._stager.stage(committed)
         sock = self._started()
-        generation = staged.arena.generation
-        fds = [] if generation == self._mapped else [staged.arena.fd]
-        message = pickle.dumps((self.url, self.keep, job, generation, staged.payload))
+        new = [arena for arena in staged.arenas if arena.generation not in self._mapped]
+        gone = [generation for generation, ref in self._mapped.items() if _closed(ref())]
+        message = (self.url, self.keep, job, [a.generation for a in new], gone, staged.payload)
         try:
-            _channel.send(sock, message, fds)
+            _channel.send(sock, pickle.dumps(message), [a.fd for a in new if a.fd is not None])
             reply = _channel.receive(sock)
         except OSError:
             reply = None
-        del staged  # the process is done reading the arena
+        del staged  # the process is done reading the arenas
         if reply is None:
             raise CheckpointError(self.url, f"saving step {committed.step} failed: {self._lost()}")
-        self._mapped = generation
+        for generation in gone:
+            del self._mapped[generation]
+        self._mapped.update((arena.generation, weakref.ref(arena)) for arena in new)
         kind, value = pickle.loads(reply[0])
         if kind == "saved" and isinstance(value, Manifest):
             return value
@@ -86,7 +92,7 @@ class WriterProcess:
 
     def close(self) -> None:
         """Ask the process to exit (it finishes nothing: the save in progress, if any, is
-        left partial and cleaned up by a later save), then release the arena."""
+        left partial and cleaned up by a later save), then release the staging arena."""
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -97,6 +103,7 @@ class WriterProcess:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+        self._mapped = {}
         self._stager.close()
 
     def start(self) -> None:
@@ -118,13 +125,13 @@ class WriterProcess:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )
-        self._sock, self._mapped = ours, 0
+        self._sock, self._mapped = ours, {}
         return ours
 
     def _lost(self) -> str:
         """Why the process stopped answering; it is reaped and the next save starts another."""
         process, sock = self._process, self._sock
-        self._process, self._sock, self._mapped = None, None, 0
+        self._process, self._sock, self._mapped = None, None, {}
         if sock is not None:
             sock.close()
         if process is None:
@@ -135,3 +142,7 @@ class WriterProcess:
             process.kill()
             code = process.wait()
         return f"the checkpoint writer process (pid {process.pid}) exited with code {code}"
+
+
+def _closed(arena: SharedArena | None) -> bool:
+    return arena is None or arena.closed

@@ -82,6 +82,22 @@ def shaped(
     return copy.deepcopy(value)
 
 
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors in ``value`` (dicts, lists and tuples), each once, in the order
+    :func:`shaped` meets them."""
+    found: dict[int, torch.Tensor] = {}
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, torch.Tensor):
+            found.setdefault(id(item), item)
+        elif isinstance(item, dict):
+            pending.extend(reversed(item.values()))
+        elif isinstance(item, list) or type(item) is tuple:
+            pending.extend(reversed(item))
+    return list(found.values())
+
+
 def _bytes(tensor: torch.Tensor) -> Any:
     """The tensor's bytes as a numpy array (a view: writing it writes the tensor)."""
     return tensor.reshape(-1).view(torch.uint8).numpy()

@@ -1,8 +1,9 @@
 """The state elastic training keeps consistent: model, optimizer, step, extras, data positions.
 
-``commit()`` takes an in-memory copy (one clone of the model and optimizer state in
-host or device memory; cheap next to a step for the models this is meant for, so
-commit every few steps). A survivor of a failed collective rolls back to that copy;
+``commit()`` takes an in-memory copy of the model and optimizer state (in host or
+device memory; host copies reuse memory an older commit freed, see
+:mod:`tidemill.runtime._commit_memory`), cheap next to a step for the models this is
+meant for, so commit every few steps. A survivor of a failed collective rolls back to that copy;
 when the group changes, the member holding the newest state broadcasts it to every
 member, newcomers included, so all ranks continue from the same bytes.
 """
@@ -12,14 +13,16 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from tidemill.runtime._commit_memory import CommitMemory
 from tidemill.runtime._deferred_copy import DeferredCopy
-from tidemill.runtime._state_copy import prefilled, state_copy
+from tidemill.runtime._shared_memory import SharedArena
+from tidemill.runtime._state_copy import prefilled
 
 EXTRAS_REPORT_LIMIT = 64 * 1024
 """Extras up to this size (as JSON) travel to the job master with each commit."""
@@ -37,6 +40,10 @@ class Committed:
     data: dict[str, Any]
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any] | None
+    memory: SharedArena | None = field(default=None, compare=False, repr=False)
+    """The shared memory the plain tensors of ``model`` and ``optimizer`` lie in, when
+    they were copied there (a checkpoint writer process then maps it instead of
+    copying them); None for any other state."""
 
     def report(self) -> dict[str, Any]:
         """The step, data positions and (small, JSON) extras, for the job master."""
@@ -110,6 +117,7 @@ class ElasticState:
         fresh process never becomes the source others copy from."""
         self._hooks: list[CommitHook] = []
         self._listeners: list[CommitHook] = []
+        self._memory = CommitMemory()
         self._saved = self._snapshot()
         self._live_is_committed = False
         """The live state is the committed one (set by commit, restore and adopt; the
@@ -267,11 +275,14 @@ class ElasticState:
         }
 
     def _snapshot(self) -> Committed:
+        optimizer = None if self.optimizer is None else self.optimizer.state_dict()
+        (model, optimizer), memory = self._memory.copy((dict(self.model.state_dict()), optimizer))
         return Committed(
             step=self.step,
             world_size=self.world_size,
             extras=copy.deepcopy(self.extras),
             data=copy.deepcopy(self.data),
-            model=state_copy(dict(self.model.state_dict())),
-            optimizer=None if self.optimizer is None else state_copy(self.optimizer.state_dict()),
+            model=model,
+            optimizer=optimizer,
+            memory=memory,
         )
