@@ -10,7 +10,9 @@ core is free for background writing, as a GPU job's host cores are; all cores wi
 - ``dcp.async_save``: DCP's own asynchronous save (``FileSystemWriter``, ``no_dist``),
   called directly; it stages a CPU copy before returning, then writes on a thread;
 - ``elastic commit``: ``ElasticState.commit()`` alone, which the elastic runtime does
-  anyway at every commit;
+  anyway at every commit. It copies buffers at once and parameters and optimizer
+  state on a thread that the optimizer's next ``step()`` waits for; the stand-in steps
+  call no optimizer, so each one ends with that same wait (``state.committed``);
 - ``tidemill``: ``commit()`` + ``CheckpointWriter.submit()`` (the commit lies in
   shared memory; the writer process maps it and does the DCP save, fsync, CRC-32 as
   written, manifest and rotation). One untimed save first starts the writer process,
@@ -123,11 +125,13 @@ class Compute:
 
 @dataclass
 class Side:
-    """What a side does at a checkpoint, and what it waits for at the end of the loop."""
+    """What a side does at a checkpoint, what it waits for at the end of the loop, and
+    what the optimizer's step would wait for at the end of each step."""
 
     checkpoint: Callable[[int], None]
     finish: Callable[[], None]
     close: Callable[[], None]
+    after_step: Callable[[], object] = lambda: None
 
 
 def side(name: str, state: ElasticState, folder: Path) -> Side:
@@ -162,7 +166,7 @@ def side(name: str, state: ElasticState, folder: Path) -> Side:
             state.step = i
             state.commit()
 
-        return Side(commit, lambda: None, lambda: None)
+        return Side(commit, lambda: None, lambda: None, commit_copied(state))
     failures: list[str] = []
     writer = CheckpointWriter(
         CheckpointStore(str(folder), keep=1),
@@ -184,7 +188,13 @@ def side(name: str, state: ElasticState, folder: Path) -> Side:
         if not writer.flush(timeout_s=600) or failures:
             raise RuntimeError(f"tidemill checkpoint failed: {failures}")
 
-    return Side(submit, flush, lambda: writer.close(timeout_s=60) and None)
+    return Side(submit, flush, lambda: writer.close(timeout_s=60) and None, commit_copied(state))
+
+
+def commit_copied(state: ElasticState) -> Callable[[], object]:
+    """The wait ``optimizer.step()`` makes for the last commit's background copy (the
+    stand-in steps never call it; reading ``committed`` waits for the same copy)."""
+    return lambda: state.committed
 
 
 def loop(compute: Compute, interval: int, pairs: int, chosen: Side) -> tuple[float, float]:
@@ -206,6 +216,7 @@ def loop(compute: Compute, interval: int, pairs: int, chosen: Side) -> tuple[flo
                 held += time.perf_counter() - started
             for _ in range(interval):
                 compute.step()
+                chosen.after_step()
             if with_checkpoint:
                 chosen.finish()
                 checkpointed += time.perf_counter() - started

@@ -39,6 +39,7 @@ print(json.dumps({"still_joined": dist.is_initialized()}))
 
 def test_the_public_runtime_surface_is_pinned() -> None:
     assert tidemill.runtime.__all__ == [
+        "CommitChangedError",
         "ElasticContext",
         "ElasticState",
         "Left",

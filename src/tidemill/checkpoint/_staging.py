@@ -63,7 +63,7 @@ class Stager:
         if copies:
             arenas.append(self._copied(copies, places, kept))
         buffer = io.BytesIO()
-        _PlacePickler(buffer, places).dump(dataclasses.replace(committed, memory=None))
+        _PlacePickler(buffer, places).dump(dataclasses.replace(committed, memory=None, fill=None))
         return Staged(buffer.getvalue(), arenas, kept)
 
     def _copied(

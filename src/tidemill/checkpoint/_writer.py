@@ -207,6 +207,7 @@ class CheckpointWriter:
         self._call(self._on_saved, manifest)
 
     def _save(self, committed: Committed) -> Manifest:
+        committed.wait()  # its parameters may still be being copied
         process = self.process
         if process is None or tensor_bytes(committed) < self.process_min_bytes:
             return self.store.save(committed, self.job)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tidemill.runtime._context import RuntimeContext, init
-from tidemill.runtime._errors import RendezvousError, RuntimeConfigError
+from tidemill.runtime._errors import CommitChangedError, RendezvousError, RuntimeConfigError
 from tidemill.stack_signal import install_from_env
 
 install_from_env()  # `tidemill debug stacks` can read this replica, also when started cold
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tidemill.runtime.elastic_loop import ElasticContext, ElasticState, Left, elastic
 
 __all__ = [
+    "CommitChangedError",
     "ElasticContext",
     "ElasticState",
     "Left",

@@ -25,7 +25,7 @@ import weakref
 from typing import Any
 
 from tidemill.runtime._shared_memory import SharedArena, aligned
-from tidemill.runtime._state_copy import copy_bytes, plain, shaped, state_copy, tensors_in
+from tidemill.runtime._state_copy import Pairs, plain, shaped, tensors_in
 
 MIN_BYTES = 1 << 20
 """States with fewer bytes in plain tensors get ordinary tensors: an arena costs a
@@ -45,16 +45,18 @@ class CommitMemory:
         garbage collector: never under the lock)."""
         self._memfd = hasattr(os, "memfd_create")
 
-    def copy(self, value: Any) -> tuple[Any, SharedArena | None]:
-        """A deep copy of ``value`` as :func:`state_copy` makes it, with its plain tensors
-        in one arena of this pool, and that arena (None: a small state, ordinary tensors)."""
+    def shaped(self, value: Any) -> tuple[Any, SharedArena | None, Pairs]:
+        """``value`` copied as :func:`shaped` copies it, with its plain tensors empty in one
+        arena of this pool; that arena (None: a small state, in ordinary tensors); and the
+        (target, source) pairs whose bytes are still to copy."""
         sources = [tensor for tensor in tensors_in(value) if plain(tensor)]
         offsets, end = [], 0
         for tensor in sources:
             offsets.append(end)
             end += aligned(tensor.numel() * tensor.element_size())
         if end < MIN_BYTES:
-            return state_copy(value), None
+            pairs: Pairs = []
+            return shaped(value, pairs), None, pairs
         arena = self._take(end)
         lease = memoryview(arena.map)
         weakref.finalize(lease, self._returned.append, arena)
@@ -64,9 +66,7 @@ class CommitMemory:
         ]
         del lease  # only the tensors hold it now: the arena returns when they are gone
         memo = {id(source): target for source, target in zip(sources, targets, strict=True)}
-        copied = shaped(value, [], memo)
-        copy_bytes(list(zip(targets, sources, strict=True)))
-        return copied, arena
+        return shaped(value, [], memo), arena, list(zip(targets, sources, strict=True))
 
     def _take(self, nbytes: int) -> SharedArena:
         """A free arena of at least ``nbytes`` (the smallest), else a new one."""

@@ -4,24 +4,22 @@ After a restore or a rollback the optimizer must not train on the committed tens
 themselves (they are what the next rollback returns to), so it gets a copy: most of
 the state's bytes (Adam keeps two moments per parameter), written into fresh memory.
 Fresh memory is the expensive part: on the development VM, copying 1 GB into pages
-never touched took 0.78 s, into pages already touched 0.11 s. Nothing reads or writes
-optimizer state between a restore and the optimizer's next ``step()`` (forward and
-backward only touch parameters and gradients), so the copy runs on a background
-thread while they do, and the optimizer's ``step``, ``state_dict`` and
-``load_state_dict`` first wait for it (through the optimizer's own hooks).
+never touched took 0.78 s, into pages already touched 0.11 s. So the optimizer loads
+empty tensors at once and a :class:`~tidemill.runtime._background_copy.BackgroundCopy`
+fills them while forward and backward run.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import torch
 
-from tidemill.runtime._state_copy import copy_bytes, shaped
+from tidemill.runtime._background_copy import BackgroundCopy
+from tidemill.runtime._state_copy import Pairs, shaped
 
 
-class DeferredCopy:
+class DeferredCopy(BackgroundCopy):
     """Loads a copy of ``state`` (an optimizer ``state_dict``) into ``optimizer`` at once,
     its bytes copied on a thread; :meth:`wait` returns when they are all there.
 
@@ -30,43 +28,16 @@ class DeferredCopy:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        pairs: Pairs = []
         copied = shaped(state, pairs)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(
-            target=self._copy, args=(pairs,), name="tidemill-state-copy", daemon=True
-        )
-        self._thread.start()
+        super().__init__(pairs)
         optimizer.load_state_dict(copied)
         if not _holds_all(optimizer, [target for target, _ in pairs]):
             # The optimizer converted some values (another dtype or device), reading
             # them before they were filled: load them again, complete.
             self.wait()
             optimizer.load_state_dict(copied)
-        self._hooks = [
-            optimizer.register_step_pre_hook(lambda *_: self.wait()),
-            optimizer.register_state_dict_pre_hook(lambda *_: self.wait()),
-            optimizer.register_load_state_dict_pre_hook(lambda *_: self.wait()),
-        ]
-
-    def wait(self) -> None:
-        """Return once the copy is complete; raises what the copy raised, if it failed."""
-        self._thread.join()
-        if self._error is not None:
-            raise RuntimeError(f"copying the optimizer state failed: {self._error}")
-
-    def close(self) -> None:
-        """Wait, then take the hooks off the optimizer (not from inside one of them: torch
-        iterates over them while it calls them)."""
-        self.wait()
-        for hook in self._hooks:
-            hook.remove()
-
-    def _copy(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        try:
-            copy_bytes(pairs)
-        except BaseException as exc:
-            self._error = exc
+        self.hook(optimizer)
 
 
 def _holds_all(optimizer: torch.optim.Optimizer, tensors: list[torch.Tensor]) -> bool:

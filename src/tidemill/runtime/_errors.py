@@ -1,9 +1,10 @@
-"""What ``tidemill.init()`` raises when a replica cannot join its job.
+"""What ``tidemill.runtime`` raises: a replica that cannot join, a commit broken by its caller.
 
 Tree::
 
     RuntimeConfigError (ValueError)    the launch environment is inconsistent
     RendezvousError (RuntimeError)     the peers were not reached in time
+    CommitChangedError (RuntimeError)  a tensor changed in place before its commit copy
 """
 
 from __future__ import annotations
@@ -15,3 +16,8 @@ class RuntimeConfigError(ValueError):
 
 class RendezvousError(RuntimeError):
     """The process group could not be formed: a peer is missing or unreachable."""
+
+
+class CommitChangedError(RuntimeError):
+    """A parameter or optimizer state changed in place, outside the optimizer, between
+    ``ElasticState.commit()`` and the optimizer's next step, before its copy was taken."""

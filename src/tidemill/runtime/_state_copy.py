@@ -1,6 +1,7 @@
-"""``copy.deepcopy`` for state dicts, with plain CPU tensors copied as bytes on threads.
+"""``copy.deepcopy`` for state dicts in two parts: the structure, then the tensors' bytes.
 
-Every commit copies the whole state, and a rollback or a checkpoint restore hands the
+Every commit copies the whole state (the two parts at different times: see
+:mod:`tidemill.runtime._background_copy`), and a rollback or a checkpoint restore hands the
 optimizer its own copy of the committed state, which is most of the bytes (Adam keeps
 two moments per parameter), into fresh memory. Torch copies a large CPU tensor on its
 intra-op threads, which wait for each other at a barrier: when other processes hold
@@ -22,18 +23,11 @@ import torch
 
 COPIERS = min(4, os.cpu_count() or 1)
 """Threads copying tensors at once."""
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+"""(target, source) tensors whose bytes are to be copied."""
 
 
-def state_copy(value: Any) -> Any:
-    """A deep copy of ``value`` (dicts, lists and tuples of tensors and plain values);
-    a tensor referenced twice (tied weights) is copied once, as ``copy.deepcopy`` does."""
-    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-    copied = shaped(value, pairs)
-    copy_bytes(pairs)
-    return copied
-
-
-def copy_bytes(pairs: list[tuple[torch.Tensor, torch.Tensor]], threads: int = COPIERS) -> None:
+def copy_bytes(pairs: Pairs, threads: int = COPIERS) -> None:
     """Copy each source's bytes into its target (plain CPU tensors of one layout), on
     ``threads`` threads (1: on the calling thread alone)."""
     if len(pairs) < 2 or threads == 1:
@@ -59,7 +53,7 @@ def plain(tensor: torch.Tensor) -> bool:
 
 def shaped(
     value: Any,
-    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    pairs: Pairs,
     memo: dict[int, torch.Tensor] | None = None,
 ) -> Any:
     """``value`` copied, each plain tensor as an empty one listed in ``pairs`` (target,

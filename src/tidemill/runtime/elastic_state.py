@@ -19,10 +19,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tidemill.runtime._background_copy import BackgroundCopy
 from tidemill.runtime._commit_memory import CommitMemory
 from tidemill.runtime._deferred_copy import DeferredCopy
 from tidemill.runtime._shared_memory import SharedArena
-from tidemill.runtime._state_copy import prefilled
+from tidemill.runtime._state_copy import Pairs, copy_bytes, prefilled
 
 EXTRAS_REPORT_LIMIT = 64 * 1024
 """Extras up to this size (as JSON) travel to the job master with each commit."""
@@ -44,6 +45,17 @@ class Committed:
     """The shared memory the plain tensors of ``model`` and ``optimizer`` lie in, when
     they were copied there (a checkpoint writer process then maps it instead of
     copying them); None for any other state."""
+    fill: BackgroundCopy | None = field(default=None, compare=False, repr=False)
+    """The copy of parameters and optimizer state still running, if any (see
+    :meth:`wait`)."""
+
+    def wait(self) -> Committed:
+        """This commit, once its tensors are all copied: a commit copies the parameters and
+        optimizer state in the background until the optimizer's next step. Raises
+        CommitChangedError when one was changed in place before its copy was taken."""
+        if self.fill is not None:
+            self.fill.wait()
+        return self
 
     def report(self) -> dict[str, Any]:
         """The step, data positions and (small, JSON) extras, for the job master."""
@@ -82,6 +94,13 @@ class ElasticState:
     else to keep in step (picklable; reported to the master when small and JSON).
     ``world_size`` is the group size the state last trained at.
 
+    ``commit()`` copies buffers and small values at once, and the parameters and the
+    optimizer's state on a background thread that the optimizer's next ``step()``
+    waits for: between a commit and that step, change parameters and optimizer state
+    only through the optimizer (a change the tensors' version counters see stops the
+    job with the tensor named; writes through ``.data`` or numpy views go unseen). Pass
+    ``copy_in_background=False`` to copy everything at once instead.
+
     Example::
 
         >>> import torch
@@ -105,6 +124,7 @@ class ElasticState:
         step: int = 0,
         extras: dict[str, Any] | None = None,
         data: dict[str, Any] | None = None,
+        copy_in_background: bool = True,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -118,6 +138,9 @@ class ElasticState:
         self._hooks: list[CommitHook] = []
         self._listeners: list[CommitHook] = []
         self._memory = CommitMemory()
+        self._copy_in_background = copy_in_background
+        self._fill: BackgroundCopy | None = None
+        """The running copy of the last commit's parameters and optimizer state."""
         self._saved = self._snapshot()
         self._live_is_committed = False
         """The live state is the committed one (set by commit, restore and adopt; the
@@ -136,8 +159,8 @@ class ElasticState:
 
     @property
     def committed(self) -> Committed:
-        """The last commit (immutable: safe to hand to another thread)."""
-        return self._saved
+        """The last commit, complete (immutable: safe to hand to another thread)."""
+        return self._saved.wait()
 
     def commit(self) -> None:
         """Make the current state the one to return to; call it between steps, on every rank."""
@@ -213,6 +236,7 @@ class ElasticState:
         The optimizer's copy of its committed state is filled on a background thread
         (see :mod:`tidemill.runtime._deferred_copy`); its next ``step()`` waits for it.
         """
+        self._end_fill()
         self._end_deferred_copy()
         saved = self._saved
         self.step, self.world_size = saved.step, saved.world_size
@@ -234,6 +258,7 @@ class ElasticState:
         The source keeps its commit when its live state is that commit (right after
         :meth:`commit`, :meth:`restore` or :meth:`adopt`); a group of one sends nothing.
         """
+        self._end_fill()  # the exchange writes the live tensors the copy reads
         if dist.get_world_size() > 1:
             self._exchange(source_rank, rank, device)
         self.holds_group_state = True
@@ -274,9 +299,25 @@ class ElasticState:
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
         }
 
+    def _end_fill(self) -> None:
+        """Wait for the last commit's background copy, if one runs, and unhook it."""
+        fill, self._fill = self._fill, None
+        if fill is not None:
+            fill.close()
+
     def _snapshot(self) -> Committed:
-        optimizer = None if self.optimizer is None else self.optimizer.state_dict()
-        (model, optimizer), memory = self._memory.copy((dict(self.model.state_dict()), optimizer))
+        self._end_fill()
+        model_state = dict(self.model.state_dict())
+        optimizer_state = None if self.optimizer is None else self.optimizer.state_dict()
+        (model, optimizer), memory, pairs = self._memory.shaped((model_state, optimizer_state))
+        later = self._copied_later(pairs, model_state, optimizer_state)
+        copy_bytes([pair for pair in pairs if id(pair[1]) not in later])
+        if later and self.optimizer is not None:
+            self._fill = BackgroundCopy(
+                [pair for pair in pairs if id(pair[1]) in later],
+                [later[id(source)] for _, source in pairs if id(source) in later],
+            )
+            self._fill.hook(self.optimizer)
         return Committed(
             step=self.step,
             world_size=self.world_size,
@@ -285,4 +326,28 @@ class ElasticState:
             model=model,
             optimizer=optimizer,
             memory=memory,
+            fill=self._fill,
         )
+
+    def _copied_later(
+        self, pairs: Pairs, model_state: dict[str, Any], optimizer_state: dict[str, Any] | None
+    ) -> dict[int, str]:
+        """The sources of ``pairs`` only the optimizer changes (its parameters and its
+        state), by id, with a name for errors: they are copied in the background."""
+        if not self._copy_in_background or self.optimizer is None or optimizer_state is None:
+            return {}
+        trained = {
+            parameter.data_ptr()
+            for group in self.optimizer.param_groups
+            for parameter in group["params"]
+        }
+        named = {
+            id(value): f"parameter {key!r}"
+            for key, value in model_state.items()
+            if isinstance(value, torch.Tensor) and value.data_ptr() in trained
+        }
+        for index, values in optimizer_state["state"].items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    named[id(value)] = f"optimizer state {key!r} of parameter {index}"
+        return {id(source): named[id(source)] for _, source in pairs if id(source) in named}
