@@ -94,8 +94,8 @@ class ElasticState:
     else to keep in step (picklable; reported to the master when small and JSON).
     ``world_size`` is the group size the state last trained at.
 
-    ``commit()`` copies buffers and small values at once, and the parameters and the
-    optimizer's state on a background thread that the optimizer's next ``step()``
+    ``commit()`` copies buffers and small values at once, and (in states of 1 MiB or
+    more) the parameters and the optimizer's state on a background thread that the optimizer's next ``step()``
     waits for: between a commit and that step, change parameters and optimizer state
     only through the optimizer (a change the tensors' version counters see stops the
     job with the tensor named; writes through ``.data`` or numpy views go unseen). Pass
@@ -310,7 +310,8 @@ class ElasticState:
         model_state = dict(self.model.state_dict())
         optimizer_state = None if self.optimizer is None else self.optimizer.state_dict()
         (model, optimizer), memory, pairs = self._memory.shaped((model_state, optimizer_state))
-        later = self._copied_later(pairs, model_state, optimizer_state)
+        # A small state (no arena) copies in less time than a thread takes to start.
+        later = {} if memory is None else self._copied_later(pairs, model_state, optimizer_state)
         copy_bytes([pair for pair in pairs if id(pair[1]) not in later])
         if later and self.optimizer is not None:
             self._fill = BackgroundCopy(
