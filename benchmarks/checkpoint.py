@@ -13,10 +13,10 @@ core is free for background writing, as a GPU job's host cores are; all cores wi
   anyway at every commit. It copies buffers at once and parameters and optimizer
   state on a thread that the optimizer's next ``step()`` waits for; the stand-in steps
   call no optimizer, so each one ends with that same wait (``state.committed``);
-- ``tidemill``: ``commit()`` + ``CheckpointWriter.submit()`` (the commit lies in
-  shared memory; the writer process maps it and does the DCP save, fsync, CRC-32 as
-  written, manifest and rotation). One untimed save first starts the writer process,
-  as a job's first checkpoint does once.
+- ``tidemill``: ``commit()``, whose listener calls ``CheckpointWriter.submit()`` as
+  the runtime's does (the commit lies in shared memory; the writer process maps it and
+  does the DCP save, fsync, CRC-32 as written, manifest and rotation). One untimed
+  save first starts the writer process, as a job's first checkpoint does once.
 
 The stall per checkpoint is the extra wall time of an interval of steps that starts
 with a checkpoint over an interval of the same steps without one: the time the
@@ -175,20 +175,25 @@ def side(name: str, state: ElasticState, folder: Path) -> Side:
         on_failed=lambda step, error: failures.append(error),
     )
 
-    state.commit()
-    writer.submit(state.committed)  # warm-up, untimed: a job's writer is already running
+    # As the runtime's checkpointer does: each commit goes to the writer from a commit
+    # listener, before its background copy is done (the writer thread waits for it).
+    listener = state.add_commit_listener(writer.submit)
+    state.commit()  # warm-up, untimed: a job's writer is already running
     writer.flush(timeout_s=600)
 
     def submit(i: int) -> None:
         state.step = i
         state.commit()
-        writer.submit(state.committed)
 
     def flush() -> None:
         if not writer.flush(timeout_s=600) or failures:
             raise RuntimeError(f"tidemill checkpoint failed: {failures}")
 
-    return Side(submit, flush, lambda: writer.close(timeout_s=60) and None, commit_copied(state))
+    def close() -> None:
+        listener.remove()
+        writer.close(timeout_s=60)
+
+    return Side(submit, flush, close, commit_copied(state))
 
 
 def commit_copied(state: ElasticState) -> Callable[[], object]:
@@ -280,18 +285,18 @@ def measure_stall(state_mb: int, rounds: int, run_s: float, root: Path) -> dict[
 def probe_write(state: ElasticState, compute: Compute, folder: Path) -> tuple[int, float]:
     """Steps and seconds one tidemill checkpoint takes to write while steps run."""
     writer = CheckpointWriter(CheckpointStore(str(folder)), None, lambda m: None, print)
-    state.commit()
-    writer.submit(state.committed)  # starts the writer process
+    listener = state.add_commit_listener(writer.submit)
+    state.commit()  # starts the writer process
     writer.flush(timeout_s=600)
     state.step += 1
-    state.commit()
     started = time.perf_counter()
-    writer.submit(state.committed)
+    state.commit()
     steps = 0
     while writer.busy:
         compute.step()
         steps += 1
     write_s = time.perf_counter() - started
+    listener.remove()
     writer.close(timeout_s=60)
     settle(folder)
     return steps, write_s
