@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from tidemill.runtime._shared_memory import SharedArena, aligned
+from tidemill.runtime._shared_memory import SharedArena, packed
 from tidemill.runtime._state_copy import copy_bytes, plain, tensors_in
 from tidemill.runtime.elastic_state import Committed
 
@@ -70,10 +70,7 @@ class Stager:
         self, tensors: list[torch.Tensor], places: dict[int, Place], kept: list[torch.Tensor]
     ) -> SharedArena:
         """The staging arena, with ``tensors`` copied into it (their places and copies noted)."""
-        offsets, end = [], 0
-        for tensor in tensors:
-            offsets.append(end)
-            end += aligned(tensor.numel() * tensor.element_size())
+        offsets, end = packed(tensors)
         arena = self._arena_for(end)
         plain_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         for tensor, offset in zip(tensors, offsets, strict=True):

@@ -24,7 +24,7 @@ import threading
 import weakref
 from typing import Any
 
-from tidemill.runtime._shared_memory import SharedArena, aligned
+from tidemill.runtime._shared_memory import SharedArena, packed
 from tidemill.runtime._state_copy import Pairs, plain, shaped, tensors_in
 
 MIN_BYTES = 1 << 20
@@ -50,10 +50,7 @@ class CommitMemory:
         arena of this pool; that arena (None: a small state, in ordinary tensors); and the
         (target, source) pairs whose bytes are still to copy."""
         sources = [tensor for tensor in tensors_in(value) if plain(tensor)]
-        offsets, end = [], 0
-        for tensor in sources:
-            offsets.append(end)
-            end += aligned(tensor.numel() * tensor.element_size())
+        offsets, end = packed(sources)
         if end < MIN_BYTES:
             pairs: Pairs = []
             return shaped(value, pairs), None, pairs

@@ -91,9 +91,14 @@ class SharedArena:
         self._close_fd()
 
 
-def aligned(nbytes: int) -> int:
-    """``nbytes`` rounded up to a multiple of :data:`ALIGN`."""
-    return -(-nbytes // ALIGN) * ALIGN
+def packed(tensors: list[torch.Tensor]) -> tuple[list[int], int]:
+    """Where each of ``tensors`` starts when laid out one after another in an arena,
+    each at a multiple of :data:`ALIGN`, and the bytes they take in all."""
+    offsets, end = [], 0
+    for tensor in tensors:
+        offsets.append(end)
+        end += -(-(tensor.numel() * tensor.element_size()) // ALIGN) * ALIGN
+    return offsets, end
 
 
 def _close_quietly(fd: int | None) -> None:

@@ -95,11 +95,12 @@ class ElasticState:
     ``world_size`` is the group size the state last trained at.
 
     ``commit()`` copies buffers and small values at once, and (in states of 1 MiB or
-    more) the parameters and the optimizer's state on a background thread that the optimizer's next ``step()``
-    waits for: between a commit and that step, change parameters and optimizer state
-    only through the optimizer (a change the tensors' version counters see stops the
-    job with the tensor named; writes through ``.data`` or numpy views go unseen). Pass
-    ``copy_in_background=False`` to copy everything at once instead.
+    more) the parameters and the optimizer's state on a background thread that the
+    optimizer's next ``step()`` waits for: between a commit and that step, change
+    parameters and optimizer state only through the optimizer (a change the tensors'
+    version counters see stops the job with the tensor named; writes through ``.data``
+    or numpy views go unseen). Pass ``copy_in_background=False`` to copy everything at
+    once instead.
 
     Example::
 
