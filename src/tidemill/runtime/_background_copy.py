@@ -5,47 +5,59 @@ backward read the parameters and write only gradients and activations: the
 parameters and the optimizer's state stay as they were. So their copy need not hold
 the training thread; it runs on a thread of its own (one: the training thread keeps
 its cores), and the optimizer's ``step``, ``state_dict`` and ``load_state_dict``
-first wait for it, through the optimizer's own hooks.
+first wait for it, through the optimizer's own hooks. A thread that has to wait
+copies what is left itself, alongside the background thread (the copy is cut into
+chunks of :data:`CHUNK_BYTES`), so a copy longer than forward and backward ends on
+two cores.
 
-A source changed in place before its copy was done (code that updates parameters
+A source changed in place before the copy was done (code that updates parameters
 outside the optimizer between the commit and the step) would leave a copy of neither
-moment. Each source's version counter is read before and after its copy; a change is
-reported as :class:`CommitChangedError` by :meth:`BackgroundCopy.wait`, and so by the
-optimizer's next step: the job stops with the tensor named instead of keeping a
-commit that never existed. (Writes through ``tensor.data`` or numpy views bypass the
-counter; the :class:`~tidemill.runtime.ElasticState` docstring says not to make them.)
+moment. Each source's version counter is read when the copy starts and again when
+its last chunk is done, before any waiter goes on; a change is reported as
+:class:`CommitChangedError` by :meth:`BackgroundCopy.wait`, and so by the optimizer's
+next step: the job stops with the tensor named instead of keeping a commit that never
+existed. (Writes through ``tensor.data`` or numpy views bypass the counter; the
+:class:`~tidemill.runtime.ElasticState` docstring says not to make them.)
 """
 
 from __future__ import annotations
 
+import collections
 import threading
+from typing import Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
 from tidemill.runtime._errors import CommitChangedError
-from tidemill.runtime._state_copy import Pairs, copy_bytes
+from tidemill.runtime._state_copy import Pairs, byte_view
+
+CHUNK_BYTES = 4 << 20
+"""The unit of work the background thread and a waiting thread take turns at."""
 
 
 class BackgroundCopy:
     """Copies each (target, source) of ``pairs`` on a thread; after :meth:`hook`, an
     optimizer's methods wait for it.
 
-    ``names`` (one per pair) turns on the version check: a source changed during its
-    copy makes :meth:`wait` raise :class:`CommitChangedError` naming it.
+    ``names`` (one per pair) turns on the version check: a source changed before the
+    copy ended makes :meth:`wait` raise :class:`CommitChangedError` naming it.
     """
 
     def __init__(self, pairs: Pairs, names: list[str] | None = None) -> None:
         self._hooks: list[RemovableHandle] = []
         self._error: BaseException | None = None
-        versions = None if names is None else [source._version for _, source in pairs]
-        self._thread = threading.Thread(
-            target=self._copy,
-            args=(pairs, names, versions),
-            name="tidemill-state-copy",
-            daemon=True,
-        )
-        self._thread.start()
+        self._chunks: collections.deque[tuple[Any, Any]] = collections.deque(_chunks(pairs))
+        self._left = len(self._chunks)
+        self._counted = threading.Lock()
+        self._done = threading.Event()
+        self._sources = [source for _, source in pairs]
+        self._names = names
+        self._versions = [source._version for source in self._sources]
+        if self._left == 0:
+            self._finish()
+        else:
+            threading.Thread(target=self._work, name="tidemill-state-copy", daemon=True).start()
 
     def hook(self, optimizer: torch.optim.Optimizer) -> None:
         """Make ``optimizer``'s ``step``, ``state_dict`` and ``load_state_dict`` wait for it."""
@@ -56,8 +68,10 @@ class BackgroundCopy:
         ]
 
     def wait(self) -> None:
-        """Return once the copy is complete; raises what the copy raised, if it failed."""
-        self._thread.join()
+        """Help copy what is left, return once the copy is complete; raises what the
+        copy raised, if it failed, or :class:`CommitChangedError`."""
+        self._work()
+        self._done.wait()
         if isinstance(self._error, CommitChangedError):
             raise self._error
         if self._error is not None:
@@ -72,19 +86,45 @@ class BackgroundCopy:
             for hook in self._hooks:
                 hook.remove()
 
-    def _copy(self, pairs: Pairs, names: list[str] | None, versions: list[int] | None) -> None:
-        try:
-            if names is None or versions is None:
-                copy_bytes(pairs)
+    def _work(self) -> None:
+        """Copy chunks until none is left to take (any thread; numpy releases the GIL)."""
+        while True:
+            try:
+                target, source = self._chunks.popleft()
+            except IndexError:
                 return
-            for (target, source), name, version in zip(pairs, names, versions, strict=True):
-                copy_bytes([(target, source)], threads=1)
+            try:
+                target[:] = source
+            except BaseException as exc:
+                self._error = exc
+            with self._counted:
+                self._left -= 1
+                last = self._left == 0
+            if last:
+                self._finish()
+
+    def _finish(self) -> None:
+        """Check the sources' versions (the last chunk is done; nobody has gone on yet)."""
+        if self._names is not None and self._error is None:
+            for source, name, version in zip(
+                self._sources, self._names, self._versions, strict=True
+            ):
                 if source._version != version:
-                    raise CommitChangedError(
+                    self._error = CommitChangedError(
                         f"{name} changed in place between state.commit() and the optimizer's"
-                        " next step(), before its commit copy was taken; change parameters"
-                        " and optimizer state only in or after optimizer.step(), or pass"
-                        " ElasticState(..., copy_in_background=False)"
+                        " next step(), before its commit copy was complete; change"
+                        " parameters and optimizer state only in or after optimizer.step(),"
+                        " or pass ElasticState(..., copy_in_background=False)"
                     )
-        except BaseException as exc:
-            self._error = exc
+                    break
+        self._done.set()
+
+
+def _chunks(pairs: Pairs) -> list[tuple[Any, Any]]:
+    """(target, source) byte views of at most :data:`CHUNK_BYTES` each, covering ``pairs``."""
+    chunks = []
+    for target, source in pairs:
+        into, out_of = byte_view(target), byte_view(source)
+        for start in range(0, len(into), CHUNK_BYTES):
+            chunks.append((into[start : start + CHUNK_BYTES], out_of[start : start + CHUNK_BYTES]))
+    return chunks

@@ -32,7 +32,7 @@ def copy_bytes(pairs: Pairs, threads: int = COPIERS) -> None:
     ``threads`` threads (1: on the calling thread alone)."""
     if len(pairs) < 2 or threads == 1:
         for target, source in pairs:
-            _bytes(target)[:] = _bytes(source)
+            byte_view(target)[:] = byte_view(source)
         return
     with ThreadPoolExecutor(threads, thread_name_prefix="tidemill-copy") as pool:
         for done in [pool.submit(copy_bytes, [pair], 1) for pair in pairs]:
@@ -92,7 +92,7 @@ def tensors_in(value: Any) -> list[torch.Tensor]:
     return list(found.values())
 
 
-def _bytes(tensor: torch.Tensor) -> Any:
+def byte_view(tensor: torch.Tensor) -> Any:
     """The tensor's bytes as a numpy array (a view: writing it writes the tensor)."""
     return tensor.reshape(-1).view(torch.uint8).numpy()
 
