@@ -31,6 +31,7 @@ from torch.utils.hooks import RemovableHandle
 
 from tidemill.runtime._errors import CommitChangedError
 from tidemill.runtime._state_copy import Pairs, byte_view
+from tidemill.runtime._stream_copy import copy_into
 
 CHUNK_BYTES = 4 << 20
 """The unit of work the background thread and a waiting thread take turns at."""
@@ -94,7 +95,7 @@ class BackgroundCopy:
             except IndexError:
                 return
             try:
-                target[:] = source
+                copy_into(target, source)
             except BaseException as exc:
                 self._error = exc
             with self._counted:
