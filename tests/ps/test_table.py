@@ -79,6 +79,19 @@ def test_ttl_evicts_rows_neither_pulled_nor_pushed_for_ttl_steps() -> None:
     assert table.evicted == 2 and table.rows == 1
 
 
+@pytest.mark.parametrize("push", ["push", "push_summed"])
+def test_a_push_of_the_last_pulls_ids_after_an_eviction_moved_rows_updates_the_right_rows(
+    push: str,
+) -> None:
+    table = ShardTable(TableConfig("t", dim=2, optimizer=SGD_LR_1, ttl_steps=2))
+    table.pull([1], step=0)
+    pulled = table.pull([2, 3], step=5)
+    assert table.evict(step=6).tolist() == [1]  # the last row (id 3) moves into id 1's place
+    assert getattr(table, push)([2, 3], np.ones((2, 2), np.float32), step=6) == 2
+    assert table.peek([2, 3]).tolist() == (pulled - 1).tolist()
+    assert table.rows == 2
+
+
 def test_pulls_stay_within_max_rows_by_evicting_the_least_frequently_pulled_rows() -> None:
     config = TableConfig("t", dim=4, max_rows=128, optimizer=SGD_LR_1)
     table = ShardTable(config, capacity=4)

@@ -227,26 +227,24 @@ def gather(rows: Rows, slots: Ids, inverse: Ids, dim: int, out: Rows) -> None:
 
 @numba.njit(nogil=True, cache=True)
 def push(
-    index: Index,
     store: Store,
     saved: Store,
     saved_n: int,
     epoch: int,
-    ids: Ids,
+    slots: Ids,
     grads: Rows,
     step: int,
     version: int,
     kind: int,
     params: npt.NDArray[np.float64],
 ) -> tuple[int, int]:
-    """Apply the optimizer to the row of each (unique) id that has one; returns
-    (rows updated, saved length)."""
+    """Apply the optimizer to each row of ``slots`` (those of unique ids; -1 where an id
+    has none); returns (rows updated, saved length)."""
     rows, meta, tally = store
     updated = 0
-    slots = rows_of(index, ids)
     saved_n = _save_rows(slots, store, saved, saved_n, epoch)
-    steps = np.empty(ids.size, np.uint32)
-    for i in range(ids.size):
+    steps = np.empty(slots.size, np.uint32)
+    for i in range(slots.size):
         row = slots[i]
         if row < 0:
             continue

@@ -91,8 +91,14 @@ def _group(
     shards = np.uint64(lookup.size)
     owner = np.empty(ids.size, np.int32)
     bounds = np.zeros(replicas + 1, np.int64)
+    if lookup.size & (lookup.size - 1) == 0:  # a power of two: the same bucket, no division
+        mask = shards - np.uint64(1)
+        for i in range(ids.size):
+            owner[i] = lookup[mix64_one(np.uint64(ids[i])) & mask]
+    else:
+        for i in range(ids.size):
+            owner[i] = lookup[mix64_one(np.uint64(ids[i])) % shards]
     for i in range(ids.size):
-        owner[i] = lookup[mix64_one(np.uint64(ids[i])) % shards]
         bounds[owner[i] + 1] += 1
     for r in range(replicas):
         bounds[r + 1] += bounds[r]

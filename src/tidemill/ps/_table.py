@@ -49,6 +49,10 @@ class ShardTable:
     breaks ties by id. The counters ``admitted``, ``evicted``,
     ``pulled_rows`` and ``pushed_rows`` are monotonic and not rolled back.
 
+    A push of exactly the ids the last pull returned (a sync step of one rank) reuses
+    the rows that pull found instead of hashing its ids again; anything that may move,
+    create or delete rows, or open an epoch, forgets them first.
+
     >>> table = ShardTable(TableConfig("items", dim=2))
     >>> table.pull([7, 9], step=0).shape
     (2, 2)
@@ -62,6 +66,8 @@ class ShardTable:
     _index: k.Index
     _sketch: npt.NDArray[np.uint32]
     _n: int
+    _last_pull: tuple[k.Ids, k.Ids] | None
+    """The unique ids of the last pull and their rows, while no row has moved since."""
 
     def __init__(self, config: TableConfig, capacity: int = 1024) -> None:
         if not isinstance(config, TableConfig):
@@ -77,6 +83,7 @@ class ShardTable:
         self._admit_min = config.admit_min_count
         self._version = 0
         self._admitted = self._evicted = self._pulled = self._pushed = 0
+        self._last_pull = None
         self._reset_storage(self._capacity)
         self._tombs = np.empty((0, 2), np.int64)
         self._tomb_n = 0
@@ -200,8 +207,10 @@ class ShardTable:
             )
             slots[positions] = created
             self._admitted += positions.size
+            self._last_pull = None
         k.gather(self._rows, slots, inverse, self._dim, target)
         self._pulled += keys.size
+        self._last_pull = (unique, slots)
         return target
 
     def push(self, ids: object, grads: object, step: int) -> int:
@@ -213,14 +222,19 @@ class ShardTable:
         >>> table.push([2, 3], np.ones((2, 2), np.float32), step=0)
         1
         """
-        keys, gradients, now, unique, inverse = self._checked_push(ids, grads, step)
-        if unique.size != keys.size:
-            first = int(np.flatnonzero(inverse != np.arange(keys.size))[0])
-            raise ValueError(
-                f"ids[{first}]: {int(keys[first])} repeats an earlier id; push takes unique "
-                "ids (sum the gradients of repeated ids with dedupe and segment_sum first)"
-            )
-        return self._apply(keys, gradients, now)
+        keys, gradients, now = self._checked_push(ids, grads, step)
+        slots = self._pulled_rows(keys)
+        if slots is None:
+            unique, inverse = _dedupe(keys)
+            if unique.size != keys.size:
+                first = int(np.flatnonzero(inverse != np.arange(keys.size))[0])
+                raise ValueError(
+                    f"ids[{first}]: {int(keys[first])} repeats an earlier id; push takes "
+                    "unique ids (sum the gradients of repeated ids with dedupe and "
+                    "segment_sum first)"
+                )
+            slots = rows_of(self._index, keys)
+        return self._apply(slots, gradients, now)
 
     def push_summed(self, ids: object, grads: object, step: int) -> int:
         """As :meth:`push`, but an id may repeat: the gradients of its rows are summed in
@@ -232,32 +246,39 @@ class ShardTable:
         >>> table.push_summed([4, 4], np.ones((2, 2), np.float32), step=0)
         1
         """
-        keys, gradients, now, unique, inverse = self._checked_push(ids, grads, step)
-        if unique.size != keys.size:
-            gradients = _segment_sum(gradients, inverse, unique.size)
-        return self._apply(unique, gradients, now)
+        keys, gradients, now = self._checked_push(ids, grads, step)
+        slots = self._pulled_rows(keys)
+        if slots is None:
+            unique, inverse = _dedupe(keys)
+            if unique.size != keys.size:
+                gradients = _segment_sum(gradients, inverse, unique.size)
+            slots = rows_of(self._index, unique)
+        return self._apply(slots, gradients, now)
 
-    def _checked_push(
-        self, ids: object, grads: object, step: int
-    ) -> tuple[k.Ids, k.Rows, int, k.Ids, k.Ids]:
-        """A push's ids, gradients and step, checked, and the ids' dedupe (unique, inverse)."""
+    def _checked_push(self, ids: object, grads: object, step: int) -> tuple[k.Ids, k.Rows, int]:
+        """A push's ids, gradients and step, checked."""
         keys = as_ids(ids)
         now = as_int(step, "step")
-        gradients = checked_grads(grads, keys.size, self._dim)
-        unique, inverse = _dedupe(keys)
-        return keys, gradients, now, unique, inverse
+        return keys, checked_grads(grads, keys.size, self._dim), now
 
-    def _apply(self, keys: k.Ids, gradients: k.Rows, now: int) -> int:
-        """The optimizer on the rows of ``keys`` (unique, checked) with ``gradients``."""
+    def _pulled_rows(self, keys: k.Ids) -> k.Ids | None:
+        """The rows of ``keys`` if they are the last pull's unique ids, in its order (so
+        unique), and no row has moved since; else None."""
+        last = self._last_pull
+        if last is None or not np.array_equal(keys, last[0]):
+            return None
+        return last[1]
+
+    def _apply(self, slots: k.Ids, gradients: k.Rows, now: int) -> int:
+        """The optimizer on the rows ``slots`` (of unique ids; -1: no row) with ``gradients``."""
         undo = self._undo
-        undo.reserve_saved(keys.size)
+        undo.reserve_saved(slots.size)
         updated, undo.saved_n = k.push(
-            self._index,
             self._store,
             undo.saved,
             undo.saved_n,
             undo.epoch,
-            keys,
+            slots,
             gradients,
             now,
             self._version,
@@ -356,6 +377,7 @@ class ShardTable:
         """
         sketch_shape = self._sketch.shape if self._admit_min > 1 else (0, 0)
         count = checked_export_rows(export, self.config, sketch_shape)
+        self._last_pull = None
         self._undo.close()
         if replace:
             self._reset_storage(max(count, self._capacity))
@@ -396,6 +418,7 @@ class ShardTable:
         0
         """
         self.set_version(version)
+        self._last_pull = None
         self._undo.open(self._tally, self._n, self._version, self._tomb_n)
 
     def rollback(self) -> None:
@@ -407,6 +430,7 @@ class ShardTable:
                 "rollback: no undo epoch is open; call begin(version) at each commit "
                 "(load ends the epoch)"
             )
+        self._last_pull = None
         self._reserve_rows(max(self._n, undo.cut_rows))
         self._n = undo.rollback(self._index, self._store, self._n, self._sketch)
         self._tomb_n = undo.cut_tomb_n
@@ -470,6 +494,7 @@ class ShardTable:
     def _remove(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """Evict the rows of ``ids`` (all present), logging tombstones; returns a copy."""
         evicted = np.array(ids, np.int64)
+        self._last_pull = None
         undo = self._undo
         undo.reserve_saved(evicted.size)
         self._n, undo.saved_n = k.delete(
