@@ -99,3 +99,29 @@ def test_buffers_changed_by_the_forward_pass_roll_back_to_their_committed_values
     optimizer.step()
     state.restore()
     assert torch.equal(model[1].running_mean, running_mean)
+
+
+def test_weights_loaded_into_the_model_right_after_building_the_state_are_allowed() -> None:
+    state = big_state()
+    torch.manual_seed(1)
+    pretrained = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(3)])
+    state.model.load_state_dict(pretrained.state_dict())  # before the first step
+    step(state)
+    state.commit()
+    committed = snapshot(state)
+    step(state)
+    state.restore()
+    assert_equal(committed, snapshot(state))
+
+
+def test_a_change_that_the_next_commit_replaces_is_no_error() -> None:
+    state = big_state()
+    step(state)
+    state.commit()
+    with torch.no_grad():
+        state.model[2].bias.mul_(0.5)  # as on_resize may rescale after a broadcast
+    state.commit()
+    committed = snapshot(state)
+    step(state)
+    state.restore()
+    assert_equal(committed, snapshot(state))

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from tidemill.runtime._background_copy import BackgroundCopy
 from tidemill.runtime._commit_memory import CommitMemory
 from tidemill.runtime._deferred_copy import DeferredCopy
+from tidemill.runtime._errors import CommitChangedError
 from tidemill.runtime._shared_memory import SharedArena
 from tidemill.runtime._state_copy import Pairs, copy_bytes, prefilled
 
@@ -142,7 +143,8 @@ class ElasticState:
         self._copy_in_background = copy_in_background
         self._fill: BackgroundCopy | None = None
         """The running copy of the last commit's parameters and optimizer state."""
-        self._saved = self._snapshot()
+        # At once: the caller may load weights into the model before the first step.
+        self._saved = self._snapshot(in_background=False)
         self._live_is_committed = False
         """The live state is the committed one (set by commit, restore and adopt; the
         elastic driver only broadcasts right after one of them): a broadcast source then
@@ -259,11 +261,11 @@ class ElasticState:
         The source keeps its commit when its live state is that commit (right after
         :meth:`commit`, :meth:`restore` or :meth:`adopt`); a group of one sends nothing.
         """
-        self._end_fill()  # the exchange writes the live tensors the copy reads
+        keep = rank == source_rank and self._live_is_committed and self.step == self._saved.step
+        self._end_fill(replaced=not keep)  # the exchange writes the live tensors it reads
         if dist.get_world_size() > 1:
             self._exchange(source_rank, rank, device)
         self.holds_group_state = True
-        keep = rank == source_rank and self._live_is_committed and self.step == self._saved.step
         if not keep:
             self._end_deferred_copy()
             self._saved = self._snapshot()
@@ -300,19 +302,32 @@ class ElasticState:
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
         }
 
-    def _end_fill(self) -> None:
-        """Wait for the last commit's background copy, if one runs, and unhook it."""
+    def _end_fill(self, replaced: bool = False) -> None:
+        """Wait for the last commit's background copy, if one runs, and unhook it.
+
+        ``replaced``: that commit is about to be replaced, so a change to its sources
+        (``on_resize`` rescaling a parameter after a broadcast, say) no longer matters
+        here; whoever still holds it (a checkpoint writer) gets the error from its wait.
+        """
         fill, self._fill = self._fill, None
         if fill is not None:
-            fill.close()
+            try:
+                fill.close()
+            except CommitChangedError:
+                if not replaced:
+                    raise
 
-    def _snapshot(self) -> Committed:
-        self._end_fill()
+    def _snapshot(self, in_background: bool = True) -> Committed:
+        self._end_fill(replaced=True)
         model_state = dict(self.model.state_dict())
         optimizer_state = None if self.optimizer is None else self.optimizer.state_dict()
         (model, optimizer), memory, pairs = self._memory.shaped((model_state, optimizer_state))
         # A small state (no arena) copies in less time than a thread takes to start.
-        later = {} if memory is None else self._copied_later(pairs, model_state, optimizer_state)
+        later = (
+            {}
+            if memory is None or not in_background
+            else self._copied_later(pairs, model_state, optimizer_state)
+        )
         copy_bytes([pair for pair in pairs if id(pair[1]) not in later])
         if later and self.optimizer is not None:
             self._fill = BackgroundCopy(
