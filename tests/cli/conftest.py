@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import script_job, wait_for
+from tests.e2e.harness import delete_every_job, script_job, wait_for
 from tidemill.api.status import JobView
 from tidemill.client import Client
 from tidemill.server.runner import ServerRunner
@@ -82,11 +82,7 @@ def live_server(state_dir: Path, cluster: str = CLUSTER) -> Iterator[Live]:
         yield Live(url, client)
     finally:
         try:
-            for row in client.jobs():
-                client.delete(row.name, namespace=row.namespace)
-            # replicas outlive a stopped server (a restarted one adopts them): wait until
-            # the controller has stopped them, masters included, before stopping it
-            wait_for(lambda: not client.jobs(), 30, "every job's replicas stopped")
+            delete_every_job(client)
         finally:
             client.close()
             runner.stop()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import delete_every_job
 from tidemill.client import Client
 from tidemill.server.runner import ServerRunner
 
@@ -91,11 +91,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerRunner]]:
     yield start
     for runner, admin in runners:
         with Client(runner.url, token=admin) as client:
-            for row in client.jobs():
-                client.delete(row.name, namespace=row.namespace)
-            # replicas outlive a stopped server (a restarted one adopts them): wait until
-            # the controller has stopped them, masters included, before stopping it
-            wait_for(lambda: not client.jobs(), 30, "every job's replicas stopped")
+            delete_every_job(client)
         runner.stop()
 
 

@@ -85,6 +85,15 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 60, what: str =
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def delete_every_job(client: Any) -> None:
+    """Delete every job, then wait until the controller has stopped their replicas,
+    masters included: replicas outlive a stopped server (a restarted one adopts them),
+    so a fixture that stops its server at once leaves processes behind."""
+    for row in client.jobs():
+        client.delete(row.name, namespace=row.namespace)
+    wait_for(lambda: not client.jobs(), 30, "every job's replicas stopped")
+
+
 def running_pids(client: Any, name: str) -> list[int] | None:
     """The pids of every replica once all of them run (None until then)."""
     view = client.get(name)

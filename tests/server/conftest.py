@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import delete_every_job, wait_for
 from tidemill.client import Client
 from tidemill.server.limits import Limits
 from tidemill.server.runner import ServerRunner
@@ -59,6 +59,5 @@ def start_runner(tmp_path: Path) -> Iterator[Callable[..., ServerRunner]]:
     yield start
     for runner in runners:
         with Client(runner.url) as client:
-            for row in client.jobs():
-                client.delete(row.name, namespace=row.namespace)
+            delete_every_job(client)
         runner.stop()

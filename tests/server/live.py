@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import delete_every_job, wait_for
 from tidemill.client import Client
 from tidemill.server.runner import ServerRunner
 
@@ -138,8 +138,7 @@ def data_server(state_dir: Path) -> Iterator[str]:
         wait_for(lambda: client.get("ctr").pending_reason, 30, "ctr waiting with a reason")
         yield url
     finally:
-        for row in client.jobs():
-            client.delete(row.name, namespace=row.namespace)
+        delete_every_job(client)
         client.close()
         runner.stop()
 

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from fastapi.routing import APIRoute
 
-from tests.e2e.harness import SLEEP_FOREVER, running_pids, script_job, wait_for
+from tests.e2e.harness import SLEEP_FOREVER, delete_every_job, running_pids, script_job, wait_for
 from tidemill.api.token import Role
 from tidemill.client import Client
 from tidemill.server.auth import Caller, is_loopback
@@ -83,8 +83,7 @@ def tenancy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenancy]:
         yield Tenancy(url, runner, state_dir, admin, tokens)
     finally:
         with Client(url, token=admin) as client:
-            for row in client.jobs():
-                client.delete(row.name, namespace=row.namespace)
+            delete_every_job(client)
         runner.stop()
 
 

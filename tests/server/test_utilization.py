@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import delete_every_job, wait_for
 from tidemill.client import Client
 from tidemill.server.runner import ServerRunner
 from tidemill.server.utilization import UtilizationRecorder
@@ -49,8 +49,7 @@ def runner(tmp_path: Path) -> Iterator[ServerRunner]:
     started.start()
     yield started
     with Client(started.url) as client:
-        for row in client.jobs():
-            client.delete(row.name, namespace=row.namespace)
+        delete_every_job(client)
     started.stop()
 
 
