@@ -43,15 +43,21 @@ def assert_equal(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tens
         assert torch.equal(value, actual[name]), name
 
 
+def assert_a_rollback_returns_the_commit(state: ElasticState, steps: int) -> None:
+    """Commit, train ``steps`` steps at once (the first waits for the background copy),
+    roll back: the state is the commit's, bit for bit."""
+    state.commit()
+    committed = snapshot(state)
+    for _ in range(steps):
+        step(state)
+    state.restore()
+    assert_equal(committed, snapshot(state))
+
+
 def test_a_step_right_after_a_commit_waits_for_its_copy_and_a_rollback_is_exact() -> None:
     state = big_state()
     step(state)
-    state.commit()
-    committed = snapshot(state)
-    step(state)  # at once: the optimizer's step waits for the background copy
-    step(state)
-    state.restore()
-    assert_equal(committed, snapshot(state))
+    assert_a_rollback_returns_the_commit(state, steps=2)
 
 
 def test_the_committed_state_handed_out_is_complete() -> None:
@@ -107,11 +113,7 @@ def test_weights_loaded_into_the_model_right_after_building_the_state_are_allowe
     pretrained = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(3)])
     state.model.load_state_dict(pretrained.state_dict())  # before the first step
     step(state)
-    state.commit()
-    committed = snapshot(state)
-    step(state)
-    state.restore()
-    assert_equal(committed, snapshot(state))
+    assert_a_rollback_returns_the_commit(state, steps=1)
 
 
 def test_a_change_that_the_next_commit_replaces_is_no_error() -> None:
@@ -120,8 +122,4 @@ def test_a_change_that_the_next_commit_replaces_is_no_error() -> None:
     state.commit()
     with torch.no_grad():
         state.model[2].bias.mul_(0.5)  # as on_resize may rescale after a broadcast
-    state.commit()
-    committed = snapshot(state)
-    step(state)
-    state.restore()
-    assert_equal(committed, snapshot(state))
+    assert_a_rollback_returns_the_commit(state, steps=1)
