@@ -1,12 +1,12 @@
-"""A DCP ``FileSystemWriter`` whose entries start at 64-byte offsets of their file, and
-which takes each file's CRC-32 as it writes it.
+"""A DCP ``FileSystemWriter`` whose entries start at 64-byte offsets of their file,
+which takes each file's CRC-32 as it writes it and writes past the page cache.
 
 DCP writes a file's entries one after another at any byte offset; inside each entry
 ``torch.save`` places the tensor's bytes at a multiple of 64 from the entry's start.
 A restore maps local files (see ``_files``), so a tensor is aligned in memory only
 when its entry is aligned in the file: here the gap before each entry is padded with
 zeros. Readers use the offsets DCP records, never the gaps, so any DCP reader reads
-these files as usual.
+these files as usual. Files are written with :func:`tidemill.checkpoint._direct.open_direct`.
 
 The checksum taken on the way out spares reading every file back after the write
 (which would read the page cache, not the disk, so it proves no more).
@@ -23,6 +23,7 @@ from typing import Any
 from torch.distributed.checkpoint.filesystem import FileSystem, FileSystemWriter
 
 from tidemill.checkpoint._checksum import crc32
+from tidemill.checkpoint._direct import open_direct
 
 ALIGN = 64
 
@@ -47,14 +48,16 @@ class _AligningFileSystem(FileSystem):
     def create_stream(
         self, path: str | os.PathLike[str], mode: str
     ) -> Generator[io.IOBase, None, None]:
-        with super().create_stream(path, mode) as stream:
-            if "w" not in mode:
+        if "w" not in mode:
+            with super().create_stream(path, mode) as stream:
                 yield stream
-                return
-            aligning = _AligningStream(stream)
+            return
+        aligning = _AligningStream(open_direct(path))
+        try:
             yield aligning
+        finally:
             aligning.close()
-            self.written[os.path.basename(path)] = (f"{aligning.crc:08x}", aligning.position)
+        self.written[os.path.basename(path)] = (f"{aligning.crc:08x}", aligning.position)
 
 
 class _AligningStream(io.RawIOBase):
@@ -93,6 +96,9 @@ class _AligningStream(io.RawIOBase):
         self.raw.flush()
 
     def fileno(self) -> int:
+        """The file's descriptor, once every byte written is in the file: DCP calls
+        ``os.fsync(stream.fileno())`` before it closes the stream."""
+        self.raw.flush()
         return self.raw.fileno()
 
     def close(self) -> None:
