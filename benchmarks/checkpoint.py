@@ -18,18 +18,18 @@ core is free for background writing, as a GPU job's host cores are; all cores wi
   does the DCP save, fsync, CRC-32 as written, manifest and rotation). One untimed
   save first starts the writer process, as a job's first checkpoint does once.
 
-The stall per checkpoint is the extra wall time of an interval of steps that starts
-with a checkpoint over an interval of the same steps without one: the time the
-training thread is held plus the slowdown of the following steps while the write runs.
-A checkpointed interval ends only when its write is done (any wait counts), and is
-long enough (1.5 times the steps one tidemill write took while steps ran) for the
-write to finish within it.
-Checkpointed and clean intervals alternate within a run, so drift of the machine
-cancels; between intervals, untimed, ``os.sync()`` writes dirty pages back (this
-leaves torch.save's own writeback uncounted, in its favour). A run has as many pairs
-as fill ``--run-s`` seconds (at least 2); sides alternate round by round; each figure
-is the median over rounds. tidemill's stall is reported in total and over an elastic
-commit alone.
+The stall per checkpoint is read off a timeline of steps, each timed alone: a
+checkpoint's window starts with the checkpoint call and runs until the side's work
+is done (``torch.save`` returned, ``async_save``'s future or tidemill's write done,
+the commit's copy done), plus :data:`TAIL_STEPS` more steps for what lingers; the
+stall is the window's wall time less what its steps take at the clean pace, the mean
+step of :data:`CLEAN_STEPS` steps right before the window and as many right after
+(so drift of a shared machine cancels, and steps the checkpoint cannot touch add no
+noise). Between windows, untimed, ``os.sync()`` writes dirty pages back (this leaves
+torch.save's own writeback uncounted, in its favour). A run has as many checkpoints as
+fill ``--run-s`` seconds (at least 3); sides alternate round by round; each figure is
+the median over all checkpoints of all rounds. tidemill's stall is reported in total
+and over an elastic commit alone (the difference of the two medians).
 
 ``held`` is the part of the stall spent inside the checkpoint call itself (the copy
 for ``commit`` and ``async_save``, the whole write for ``torch.save``).
@@ -65,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,10 @@ WORK_PRODUCTS = 8
 FIRST_STEP_BATCH = 64
 """Rows of the batch of the first training step after a restore."""
 SIDES = ("torch.save", "dcp.async_save", "elastic commit", "tidemill")
+CLEAN_STEPS = 60
+"""Steps timed before and after each checkpoint's window, for the clean pace."""
+TAIL_STEPS = 10
+"""Steps counted in a window after the side's work is done."""
 
 
 def build(state_mb: int, *, stepped: bool = True) -> ElasticState:
@@ -125,11 +130,11 @@ class Compute:
 
 @dataclass
 class Side:
-    """What a side does at a checkpoint, what it waits for at the end of the loop, and
+    """What a side does at a checkpoint, whether that checkpoint's work still runs, and
     what the optimizer's step would wait for at the end of each step."""
 
     checkpoint: Callable[[int], None]
-    finish: Callable[[], None]
+    busy: Callable[[], bool]
     close: Callable[[], None]
     after_step: Callable[[], object] = lambda: None
 
@@ -144,7 +149,7 @@ def side(name: str, state: ElasticState, folder: Path) -> Side:
             state_dict = {"model": state.model.state_dict(), "optimizer": optimizer.state_dict()}
             torch.save(state_dict, folder / "checkpoint.pt")
 
-        return Side(save, lambda: None, lambda: None)
+        return Side(save, lambda: False, lambda: None)
     if name == "dcp.async_save":
         pending: list[Any] = []
 
@@ -155,18 +160,28 @@ def side(name: str, state: ElasticState, folder: Path) -> Side:
             writer = dcp.FileSystemWriter(str(folder / f"step-{i}"))
             pending[:] = [dcp.async_save(state_dict, storage_writer=writer, no_dist=True)]
 
+        def busy() -> bool:
+            return any(not future.done() for future in pending)
+
         def wait() -> None:
             for future in pending:
                 future.result()
 
-        return Side(async_save, wait, lambda: None)
+        return Side(async_save, busy, wait)  # closing waits for the last write
     if name == "elastic commit":
+        stepped = [True]
 
         def commit(i: int) -> None:
             state.step = i
             state.commit()
+            stepped[0] = False
 
-        return Side(commit, lambda: None, lambda: None, commit_copied(state))
+        def copied() -> None:
+            state.committed  # noqa: B018 - waits for the copy, as optimizer.step() does
+            stepped[0] = True
+
+        # The first step after a commit ends with the wait for its copy: then it is done.
+        return Side(commit, lambda: not stepped[0], lambda: None, copied)
     failures: list[str] = []
     writer = CheckpointWriter(
         CheckpointStore(str(folder), keep=1),
@@ -185,15 +200,16 @@ def side(name: str, state: ElasticState, folder: Path) -> Side:
         state.step = i
         state.commit()
 
-    def flush() -> None:
-        if not writer.flush(timeout_s=600) or failures:
+    def busy() -> bool:
+        if failures:
             raise RuntimeError(f"tidemill checkpoint failed: {failures}")
+        return writer.busy
 
     def close() -> None:
         listener.remove()
         writer.close(timeout_s=60)
 
-    return Side(submit, flush, close, commit_copied(state))
+    return Side(submit, busy, close, commit_copied(state))
 
 
 def commit_copied(state: ElasticState) -> Callable[[], object]:
@@ -202,33 +218,36 @@ def commit_copied(state: ElasticState) -> Callable[[], object]:
     return lambda: state.committed
 
 
-def loop(compute: Compute, interval: int, pairs: int, chosen: Side) -> tuple[float, float]:
-    """Stall and time held per checkpoint, from ``pairs`` pairs of intervals of the same
-    steps: one starting with a checkpoint (and ending when its write is done), one clean.
+def loop(compute: Compute, checkpoints: int, chosen: Side) -> tuple[list[float], list[float]]:
+    """Stall and time held of each of ``checkpoints`` checkpoints, from a timeline of
+    steps: clean steps, the checkpoint's window, clean steps, for each."""
+    stalls: list[float] = []
+    held: list[float] = []
 
-    Interleaving the clean intervals with the checkpointed ones measures both under the
-    same conditions, so drift of a shared machine cancels out; the order within a pair
-    alternates so that neither kind always follows the other. Dirty pages are written
-    back between intervals, untimed: torch.save leaves its bytes to the kernel's
-    writeback, which would otherwise slow whichever interval comes next.
-    """
-    checkpointed = clean = held = 0.0
-    for pair in range(pairs):
-        for with_checkpoint in (True, False) if pair % 2 == 0 else (False, True):
-            started = time.perf_counter()
-            if with_checkpoint:
-                chosen.checkpoint(pair + 1)
-                held += time.perf_counter() - started
-            for _ in range(interval):
-                compute.step()
-                chosen.after_step()
-            if with_checkpoint:
-                chosen.finish()
-                checkpointed += time.perf_counter() - started
-            else:
-                clean += time.perf_counter() - started
-            os.sync()
-    return (checkpointed - clean) / pairs, held / pairs
+    def clean() -> list[float]:
+        return [timed_step(compute, chosen) for _ in range(CLEAN_STEPS)]
+
+    for index in range(checkpoints):
+        before = clean()
+        started = time.perf_counter()
+        chosen.checkpoint(index + 1)
+        held.append(time.perf_counter() - started)
+        window = []
+        while chosen.busy():
+            window.append(timed_step(compute, chosen))
+        window += [timed_step(compute, chosen) for _ in range(TAIL_STEPS)]
+        took = time.perf_counter() - started
+        pace = statistics.fmean(before + clean())
+        stalls.append(took - pace * len(window))
+        os.sync()
+    return stalls, held
+
+
+def timed_step(compute: Compute, chosen: Side) -> float:
+    started = time.perf_counter()
+    compute.step()
+    chosen.after_step()
+    return time.perf_counter() - started
 
 
 def settle(folder: Path) -> None:
@@ -244,8 +263,8 @@ def measure_stall(state_mb: int, rounds: int, run_s: float, root: Path) -> dict[
         compute.step()
     step_s = _timed(lambda: [compute.step() for _ in range(20)]) / 20
     write_steps, write_s = probe_write(state, compute, root / "probe")
-    interval = math.ceil(1.5 * write_steps) + 1
-    pairs = max(2, math.ceil(run_s / (2 * interval * step_s)))
+    timeline_steps = 2 * CLEAN_STEPS + write_steps + TAIL_STEPS
+    checkpoints = max(3, math.ceil(run_s / (timeline_steps * step_s)))
 
     samples: dict[str, list[float]] = {name: [] for name in SIDES}
     held: dict[str, list[float]] = {name: [] for name in SIDES}
@@ -254,30 +273,38 @@ def measure_stall(state_mb: int, rounds: int, run_s: float, root: Path) -> dict[
         for name in order:
             folder = root / f"{name}-{round_index}"
             chosen = side(name, state, folder)
-            stall_s, held_s = loop(compute, interval, pairs, chosen)
+            stalls, helds = loop(compute, checkpoints, chosen)
             chosen.close()
             settle(folder)
-            samples[name].append(stall_s)
-            held[name].append(held_s)
-    added = [t - c for t, c in zip(samples["tidemill"], samples["elastic commit"], strict=True)]
-    samples["tidemill over elastic commit"] = added
+            samples[name] += stalls
+            held[name] += helds
     reference = statistics.median(samples["torch.save"])
     rows = [
         {
             "side": name,
             "stall_s": round(statistics.median(values), 4),
-            "held_s": round(statistics.median(held[name]), 4) if name in held else None,
+            "held_s": round(statistics.median(held[name]), 4),
             "stall_samples_s": [round(v, 4) for v in values],
             "ratio_to_torch_save": round(statistics.median(values) / reference, 4),
         }
         for name, values in samples.items()
     ]
+    added = statistics.median(samples["tidemill"]) - statistics.median(samples["elastic commit"])
+    rows.append(
+        {
+            "side": "tidemill over elastic commit",
+            "stall_s": round(added, 4),
+            "held_s": None,
+            "stall_samples_s": [],
+            "ratio_to_torch_save": round(added / reference, 4),
+        }
+    )
     return {
         "state_mb": round(state_bytes(state) / 1e6, 1),
         "step_s": round(step_s, 4),
         "tidemill_write_s": round(write_s, 3),
-        "interval_steps": interval,
-        "checkpoints_per_run": pairs,
+        "write_steps": write_steps,
+        "checkpoints_per_run": checkpoints,
         "stall": rows,
     }
 
@@ -382,9 +409,9 @@ def print_size(result: dict[str, Any]) -> None:
         print(f"\nstate {result['state_mb']} MB")
     else:
         print(
-            f"\nstate {result['state_mb']} MB: step {result['step_s'] * 1000:.1f} ms, checkpoint"
-            f" every {result['interval_steps']} steps, tidemill write"
-            f" {result['tidemill_write_s']} s"
+            f"\nstate {result['state_mb']} MB: step {result['step_s'] * 1000:.1f} ms,"
+            f" {result['checkpoints_per_run']} checkpoints per side and round, tidemill write"
+            f" {result['tidemill_write_s']} s ({result['write_steps']} steps)"
         )
         print(f"{'side':<30} {'stall s':>9} {'held s':>8} {'vs torch.save':>14}")
         for row in result["stall"]:
@@ -456,6 +483,8 @@ def main() -> None:
         restore_worker(how, location, int(state_mb))
         return
     torch.set_num_threads(args.compute_threads)
+    # DCP's single-process notice, printed at every direct async_save of the baseline.
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
     load_before = os.getloadavg()[0]
     results = []
