@@ -9,9 +9,9 @@ zeros. Readers use the offsets DCP records, never the gaps, so any DCP reader re
 these files as usual.
 
 Files go through the page cache. Written past it (``O_DIRECT``, 4 MiB aligned
-buffers), 1 GB took 0.7-1.0 s instead of 3.0-3.4 s on the 2-core development machine,
-but a training thread on the other core slowed by 1 ms per 12 ms step all along:
-115-167 ms per checkpoint against 38-63 ms buffered.
+buffers), 1 GB took 0.4 s instead of 2-3 s on the 2-core development machine, but a
+training thread on the other core lost more: 155 ms per checkpoint (median of 8,
+109-189) against 83 ms (41-155) buffered, checkpoints alternating in one run.
 
 The checksum taken on the way out spares reading every file back after the write
 (which would read the page cache, not the disk, so it proves no more).
