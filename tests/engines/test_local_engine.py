@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tidemill.engines import local
 from tidemill.engines.base import LaunchSpec, ReplicaHandle
 from tidemill.engines.local import UID_VAR, LocalEngine
 
@@ -352,3 +353,41 @@ def test_terminate_asks_the_command_to_finish_and_returns_at_once(replicas: Repl
     assert returned_after < 0.5
     assert seen.exit_code == 0
     assert "leaving" in Path(str(replicas.engine.log_path(handle))).read_text()
+
+
+def test_a_command_started_as_the_kill_lists_the_processes_dies_too(
+    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor may start its command after ``kill`` listed the replica's
+    processes and before the supervisor's SIGKILL lands (a job deleted right after its
+    launch once left its master running): here a process of the replica starts right
+    after the first listing, as that command would."""
+    handle = replicas.launch(replicas.spec("sleep", "30"))
+    uid = str(handle.data["uid"])
+    wait_for(lambda: Path(str(handle.data["pid_file"])).exists(), "the command to start")
+    listed = local._replica_processes
+    late: list[subprocess.Popen[bytes]] = []
+
+    def listing_then_a_late_start(*args: Any) -> list[psutil.Process]:
+        found = listed(*args)
+        if not late:
+            env = {**os.environ, UID_VAR: uid}
+            late.append(subprocess.Popen(["sleep", "30"], env=env, start_new_session=True))
+            wait_for(lambda: _carries(late[0].pid, uid), "the late process to be listable")
+        return found
+
+    monkeypatch.setattr(local, "_replica_processes", listing_then_a_late_start)
+    replicas.engine.kill(handle)
+    try:
+        assert late[0].wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if late[0].poll() is None:
+            late[0].kill()
+            late[0].wait()
+
+
+def _carries(pid: int, uid: str) -> bool:
+    try:
+        return psutil.Process(pid).environ().get(UID_VAR) == uid
+    except psutil.Error:
+        return False

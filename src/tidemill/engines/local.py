@@ -299,13 +299,19 @@ class LocalEngine:
         """SIGKILL every process of the replica (found as ``stop`` finds them) and return.
 
         The supervisor goes first, so it records nothing after its command dies; its exit
-        file then says the replica was killed.
+        file then says the replica was killed. A command the supervisor started after the
+        processes were listed (the kill came as it was starting it) carries the replica's
+        uid: once the supervisor is gone nothing new can start, so a second listing finds
+        it (a job deleted right after its launch once left its master running).
         """
         replica = LocalReplica.from_handle(handle)
         supervisor = _supervisor(replica)
         procs = _replica_processes(replica, supervisor)
         procs.sort(key=lambda proc: proc.pid != replica.supervisor_pid)
         _signal_all(procs, signal.SIGKILL)
+        if supervisor is not None:
+            _wait_gone(replica, [supervisor], time.monotonic() + 1.0)
+            _signal_all(_replica_processes(replica, supervisor), signal.SIGKILL)
         if supervisor is not None and read_exit(replica.exit_file) is None:
             write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill\n")
 
