@@ -39,19 +39,24 @@ def make_table(folder: Path) -> dict[str, str]:
 
 
 class SlowProducer(threading.Thread):
-    """Writes ids TABLE_ROWS.. round-robin over the partitions, about 100 a second."""
+    """Writes ids TABLE_ROWS.. round-robin over the partitions, about 100 a second;
+    it writes only while ``writing`` is set (so a test can keep the stream, and the
+    job, going until something it waits for has happened)."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic = bootstrap, topic
         self.written = 0
         self.error: BaseException | None = None
+        self.writing = threading.Event()
+        self.writing.set()
 
     def run(self) -> None:
         try:
             producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 2})
             total = STREAM_PER_PARTITION * PARTITIONS
             for offset in range(total):
+                self.writing.wait()
                 record = {"id": TABLE_ROWS + offset, "clicked": offset % 2 == 0}
                 producer.produce(
                     self.topic, json.dumps(record).encode(), partition=offset % PARTITIONS

@@ -54,8 +54,13 @@ def test_backfill_then_stream_with_a_kill_and_a_join_trains_every_record_once(
     victim = next(
         r for r in client.get("clicks").replicas if r.role == "worker" and r.index == 1 and r.pid
     )
+    # The stream ends at fixed offsets: it is held until the third worker has joined,
+    # or on a loaded machine the job can finish before the join it is meant to test.
+    producer.writing.clear()
     os.kill(victim.pid, signal.SIGKILL)
     client.scale("clicks", "worker", 3)
+    wait_for(lambda: epoch_of_three(client), 120, "an epoch of 3 workers")
+    producer.writing.set()
 
     final = client.wait("clicks", timeout_s=240)
     producer.join(30)
@@ -79,3 +84,11 @@ def test_backfill_then_stream_with_a_kill_and_a_join_trains_every_record_once(
     assert sum(stream.workers.values()) == stream.records > STREAM_PER_PARTITION
     assert stream.shards_done == PARTITIONS and stream.lag_records is None
     assert committed_offsets(broker.bootstrap, topic) == [STREAM_PER_PARTITION] * PARTITIONS
+
+
+def epoch_of_three(client: Any) -> bool:
+    """Whether the job master has started an epoch of 3 workers."""
+    return any(
+        event.reason == "EpochStarted" and ": 3 workers" in event.message
+        for event in client.job_events("clicks")
+    )
