@@ -373,7 +373,8 @@ def test_a_command_started_as_the_kill_lists_the_processes_dies_too(
         if not late:
             env = {**os.environ, UID_VAR: uid}
             late.append(subprocess.Popen(["sleep", "30"], env=env, start_new_session=True))
-            wait_for(lambda: _carries(late[0].pid, uid), "the late process to be listable")
+            process = psutil.Process(late[0].pid)
+            wait_for(lambda: local._carries_uid(process, uid), "the late process to be listable")
         return found
 
     monkeypatch.setattr(local, "_replica_processes", listing_then_a_late_start)
@@ -384,10 +385,3 @@ def test_a_command_started_as_the_kill_lists_the_processes_dies_too(
         if late[0].poll() is None:
             late[0].kill()
             late[0].wait()
-
-
-def _carries(pid: int, uid: str) -> bool:
-    try:
-        return psutil.Process(pid).environ().get(UID_VAR) == uid
-    except psutil.Error:
-        return False

@@ -312,8 +312,8 @@ class LocalEngine:
         if supervisor is not None:
             _wait_gone(replica, [supervisor], time.monotonic() + 1.0)
             _signal_all(_replica_processes(replica, supervisor), signal.SIGKILL)
-        if supervisor is not None and read_exit(replica.exit_file) is None:
-            write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill\n")
+            if read_exit(replica.exit_file) is None:
+                write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill\n")
 
     def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
         """SIGTERM every process of the replica, SIGKILL what is left after ``grace_s``.
