@@ -19,6 +19,7 @@ from tidemill.controller.actions import (
     Event,
     Exited,
     Finishing,
+    Kill,
     Launch,
     ReplicaAction,
     Transition,
@@ -413,6 +414,22 @@ def test_restarted_gang_members_are_charged_only_for_their_own_failure() -> None
     assert charged == {"worker-1": {"phase": R.BACKOFF, "next_start_at": NOW + 1, "restarts": 1}}
     terminate = next(a for a in actions if shown(a) == "Terminate worker-0")
     assert terminate.changes()["next_start_at"] == NOW + 1  # BackOff once it is gone
+
+
+def test_a_hung_replica_has_its_stacks_taken_at_the_first_kill_only() -> None:
+    given_up = {"worker-1": 101}
+    first = step(
+        job(replica("worker-1"), unresponsive=given_up), spec(), {"worker-1": ALIVE}, NOW, CONFIG
+    )
+    retry = step(
+        job(replica("worker-1", kill_at=NOW - 1), unresponsive=given_up),
+        spec(),
+        {"worker-1": ALIVE},
+        NOW,
+        CONFIG,
+    )
+    assert [a.stacks for a in first if isinstance(a, Kill)] == [True]
+    assert [a.stacks for a in retry if isinstance(a, Kill)] == [False]
 
 
 def test_a_failure_names_the_replica_and_the_restarts_left() -> None:

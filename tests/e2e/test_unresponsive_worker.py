@@ -1,5 +1,6 @@
 """A worker that stops answering (native code holding the GIL: no heartbeats) is given
-up by the job master, killed by the controller and replaced; the job still finishes."""
+up by the job master, killed by the controller and replaced; the job still finishes,
+and the hung worker's log ends its first attempt with where it hung."""
 
 from __future__ import annotations
 
@@ -72,5 +73,12 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced(start_server: Any)
     assert unresponsive.replica == "worker-1"
     lost = [e.message for e in events if e.reason == "WorkerLost"]
     assert any("no heartbeat" in message for message in lost), lost
+    assert "stacks before the kill are at the end of its log" in unresponsive.message
     worker = next(r for r in final.replicas if r.role == "worker" and r.index == 1)
     assert worker.restarts >= 1
+
+    log = list(client.logs("stuck", role="worker", index=1))
+    heading = next(i for i, line in enumerate(log) if "hung; its stacks before the kill" in line)
+    restarted = next(i for i, line in enumerate(log) if "attempt 1 started" in line)
+    stacks = "\n".join(log[heading:restarted])
+    assert "line 20 in train" in stacks, stacks  # HANGS_ONCE's line 20: the PyDLL sleep

@@ -123,6 +123,8 @@ class Kill(ReplicaAction):
 
     handle: ReplicaHandle
     retry_at: float
+    stacks: bool = False
+    """It hung: its stacks go into its log first (:mod:`tidemill.controller.last_stacks`)."""
 
     def changes(self) -> dict[str, Any]:
         return {"kill_at": self.retry_at}

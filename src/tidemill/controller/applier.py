@@ -36,6 +36,7 @@ from tidemill.controller.actions import (
     evolve_all,
 )
 from tidemill.controller.isolation import controller_error, write_jobs
+from tidemill.controller.last_stacks import kill_with_stacks
 from tidemill.controller.launcher import Launcher, port_needs
 from tidemill.controller.launches import Launches, Planned, assign_ports, fetch_ports
 from tidemill.controller.lifecycle import LifecycleConfig, fail_broken, step
@@ -221,6 +222,8 @@ def perform(engine: Engine, effects: Sequence[object]) -> list[Planned]:
             if isinstance(effect, Terminate) or (isinstance(effect, Drain) and effect.handle):
                 assert effect.handle is not None
                 engine.terminate(effect.handle)
+            elif isinstance(effect, Kill) and effect.stacks:
+                kill_with_stacks(engine, effect.replica, effect.handle)
             elif isinstance(effect, Kill):
                 engine.kill(effect.handle)
             elif isinstance(effect, Vacate):

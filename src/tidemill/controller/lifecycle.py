@@ -221,15 +221,20 @@ class _Step:
     def _kill(self, replica: ReplicaSnapshot) -> None:
         assert replica.handle is not None
         name = replica.name
+        retry_at = self.now + self.config.stop_grace_s
         if replica.phase is R.STOPPING:
             message = (
                 f"{name} did not stop within {self.config.stop_grace_s:g}s of SIGTERM; killed it"
             )
             self.emit(Event("ReplicaKilled", message, warning=True, replica=name))
-        else:
-            message = f"{name} (pid {replica.pid}) stopped answering the job master; killed it"
-            self.emit(Event("ReplicaUnresponsive", message, warning=True, replica=name))
-        self.emit(Kill(name, replica.handle, self.now + self.config.stop_grace_s))
+            self.emit(Kill(name, replica.handle, retry_at))
+            return
+        first = replica.kill_at is None
+        message = f"{name} (pid {replica.pid}) stopped answering the job master; killed it"
+        if first:
+            message += " (its stacks before the kill are at the end of its log)"
+        self.emit(Event("ReplicaUnresponsive", message, warning=True, replica=name))
+        self.emit(Kill(name, replica.handle, retry_at, stacks=first))
 
     # ------------------------------------------------------------------ deleted
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from tidemill.engines.base import Engine, ReplicaHandle
 from tidemill.stack_signal import STACK_SIGNAL
 
 PY_SPY = "py-spy"
@@ -64,6 +65,16 @@ class StackDump:
     text: str = ""
     pid: int | None = None
     problem: str = ""
+
+
+def engine_stacks(engine: Engine, handle: ReplicaHandle) -> StackDump:
+    """The replica's stacks through ``engine`` (an optional engine method), or why
+    there are none."""
+    dump = getattr(engine, "stacks", None)
+    if dump is None:
+        return StackDump(problem=f"no stacks: the {engine.name} engine cannot read them")
+    found: StackDump = dump(handle)
+    return found
 
 
 def dump_process(pid: int, log_file: str | None) -> StackDump:

@@ -13,7 +13,7 @@ from tidemill.api.errors import ConflictError
 from tidemill.controller.rows import handle_of
 from tidemill.engines.base import Engine
 from tidemill.engines.replica_exec import ReplicaCommand
-from tidemill.engines.stacks import StackDump
+from tidemill.engines.stacks import StackDump, engine_stacks
 from tidemill.store.tables import ReplicaRow
 
 
@@ -37,14 +37,10 @@ def replica_log(engine: Engine, replica: ReplicaRow) -> str | None:
 
 def replica_stacks(engine: Engine, replica: ReplicaRow) -> StackDump:
     """The replica's Python stacks, or why there are none."""
-    dump = getattr(engine, "stacks", None)
     handle = handle_of(replica.handle)
-    if dump is None:
-        return StackDump(problem=f"no stacks: the {engine.name} engine cannot read them")
     if handle is None:
         return StackDump(problem="no stacks: the replica has no process yet")
-    found: StackDump = dump(handle)
-    return found
+    return engine_stacks(engine, handle)
 
 
 def replica_exec(engine: Engine, replica: ReplicaRow, argv: list[str]) -> ReplicaCommand:
