@@ -8,6 +8,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,30 +40,40 @@ def make_table(folder: Path) -> dict[str, str]:
 
 
 class SlowProducer(threading.Thread):
-    """Writes ids TABLE_ROWS.. round-robin over the partitions, about 100 a second;
-    it writes only while ``writing`` is set (so a test can keep the stream, and the
-    job, going until something it waits for has happened)."""
+    """Writes ids TABLE_ROWS.. round-robin over the partitions, about 100 a second.
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    With ``until``, the last ``reserve`` records trickle, about 4 a second, for as long
+    as ``until()`` is false: the stream ends at fixed offsets, and this keeps it (and
+    the job) going, with records to train on, until what a test waits for has happened.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        until: Callable[[], bool] | None = None,
+        reserve: int = 200,
+    ) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic = bootstrap, topic
+        self.until, self.reserve = until, reserve
         self.written = 0
         self.error: BaseException | None = None
-        self.writing = threading.Event()
-        self.writing.set()
 
     def run(self) -> None:
         try:
             producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 2})
             total = STREAM_PER_PARTITION * PARTITIONS
             for offset in range(total):
-                self.writing.wait()
                 record = {"id": TABLE_ROWS + offset, "clicked": offset % 2 == 0}
                 producer.produce(
                     self.topic, json.dumps(record).encode(), partition=offset % PARTITIONS
                 )
                 self.written += 1
-                if offset % 6 == 5:
+                if self._trickling(total - offset):
+                    producer.poll(0)
+                    time.sleep(0.25)
+                elif offset % 6 == 5:
                     producer.poll(0)
                     time.sleep(0.06)
             if producer.flush(15):
@@ -70,8 +81,15 @@ class SlowProducer(threading.Thread):
         except BaseException as exc:  # reported by the test
             self.error = exc
 
+    def _trickling(self, left: int) -> bool:
+        return self.until is not None and left <= self.reserve and not self.until()
 
-def job(catalog: dict[str, str], bootstrap: str, topic: str, result: Path) -> dict[str, Any]:
+
+def job(
+    catalog: dict[str, str], bootstrap: str, topic: str, result: Path, marks: Path | None = None
+) -> dict[str, Any]:
+    """The job; with ``marks``, rank 0 touches ``marks/committed-world-N`` at each commit
+    it makes in a group of N workers."""
     end = {topic: {p: STREAM_PER_PARTITION for p in range(PARTITIONS)}}
     return {
         "apiVersion": "tidemill/v1",
@@ -90,6 +108,7 @@ def job(catalog: dict[str, str], bootstrap: str, topic: str, result: Path) -> di
                         "LEDGER_RESULT": str(result),
                         "LEDGER_BATCH": "32",
                         "LEDGER_STEP_S": "0.02",
+                        **({"LEDGER_MARKS": str(marks)} if marks else {}),
                     },
                     "restartPolicy": "OnFailure",
                 }

@@ -40,6 +40,9 @@ step_s = float(os.environ.get("LEDGER_STEP_S", "0.01"))
 trace = os.environ.get("LEDGER_TRACE")
 """A folder: each replica appends the ids of every batch it trained (a debugging aid that
 also shows which records a cross-worker exchange brought)."""
+marks = os.environ.get("LEDGER_MARKS")
+"""A folder: rank 0 touches ``committed-world-N`` after each commit in a group of N, so a
+test knows a group of N trained and kept it (a commit is never rolled back)."""
 
 
 @elastic(state)
@@ -57,6 +60,8 @@ def train(ctx: ElasticContext) -> int:
                 out.write(json.dumps({"step": state.step, "ids": batch["id"].tolist()}) + "\n")
         if state.step % 4 == 0:
             state.commit()
+            if marks and ctx.rank == 0:
+                (Path(marks) / f"committed-world-{ctx.world_size}").touch()
         time.sleep(step_s)
     state.commit()
     return ctx.rank
