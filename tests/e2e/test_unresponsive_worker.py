@@ -73,7 +73,7 @@ def test_a_worker_that_stops_answering_is_killed_and_replaced(start_server: Any)
     assert unresponsive.replica == "worker-1"
     lost = [e.message for e in events if e.reason == "WorkerLost"]
     assert any("no heartbeat" in message for message in lost), lost
-    assert "stacks before the kill are at the end of its log" in unresponsive.message
+    assert "its stacks from before the kill are in the server's log" in unresponsive.message
     worker = next(r for r in final.replicas if r.role == "worker" and r.index == 1)
     assert worker.restarts >= 1
 

@@ -232,7 +232,10 @@ class _Step:
         first = replica.kill_at is None
         message = f"{name} (pid {replica.pid}) stopped answering the job master; killed it"
         if first:
-            message += " (its stacks before the kill are at the end of its log)"
+            message += (
+                " (its stacks from before the kill are in the server's log, and at the end"
+                " of its own where the engine keeps one)"
+            )
         self.emit(Event("ReplicaUnresponsive", message, warning=True, replica=name))
         self.emit(Kill(name, replica.handle, retry_at, stacks=first))
 
