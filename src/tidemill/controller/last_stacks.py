@@ -19,6 +19,10 @@ from tidemill.engines.stacks import StackDump, engine_stacks
 
 log = logging.getLogger(__name__)
 
+SERVER_LOG_LIMIT = 64 << 10
+"""Characters of a dump the server's log takes (a replica's threads are its own doing;
+the server's log is shared)."""
+
 
 def kill_with_stacks(engine: Engine, name: str, handle: ReplicaHandle) -> threading.Thread:
     """Read the stacks of replica ``name`` into its log, then SIGKILL it (in the background)."""
@@ -32,11 +36,11 @@ def kill_with_stacks(engine: Engine, name: str, handle: ReplicaHandle) -> thread
 def _stacks_then_kill(engine: Engine, name: str, handle: ReplicaHandle) -> None:
     try:
         dump = _keep_stacks(engine, name, handle)
+        text = dump.text or dump.problem
+        if len(text) > SERVER_LOG_LIMIT:
+            text = text[:SERVER_LOG_LIMIT] + f"\n(cut at {SERVER_LOG_LIMIT} characters)"
         log.warning(
-            "%s hung; its stacks before the kill (%s):\n%s",
-            name,
-            dump.source or "none",
-            dump.text or dump.problem,
+            "%s hung; its stacks before the kill (%s):\n%s", name, dump.source or "none", text
         )
     except Exception:
         log.exception("reading the stacks of %s before its kill failed", name)
