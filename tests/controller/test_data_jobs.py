@@ -91,8 +91,11 @@ def controller(tmp_path: Path) -> Iterator[Controller]:
 
 
 def until(controller: Controller, check: Callable[[JobRow], object], what: str) -> JobRow:
-    """Reconcile until ``check`` holds for the job's row; returns the row."""
-    deadline = time.monotonic() + 30
+    """Reconcile until ``check`` holds for the job's row; returns the row.
+
+    The master starts cold (``python -m tidemill.master`` imports torch), and workers
+    wait for it to listen: under a doubled load a gang restart once took over 30 s."""
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         controller.reconcile_once()
         with controller.store.read() as tx:
