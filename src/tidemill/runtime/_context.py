@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from tidemill.runtime._env import ReplicaEnv, read_env
 from tidemill.runtime._errors import RendezvousError, RuntimeConfigError
+from tidemill.runtime._gloo_settle import let_gloo_threads_settle
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +65,7 @@ class RuntimeContext:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+            let_gloo_threads_settle()
 
     def __enter__(self) -> RuntimeContext:
         return self

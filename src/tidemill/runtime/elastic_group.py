@@ -32,6 +32,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
+from tidemill.runtime._gloo_settle import let_gloo_threads_settle
 from tidemill.wire import Epoch
 
 ARRIVAL_POLL_S = 0.005
@@ -162,6 +163,8 @@ class Group:
                 pending.wait()
         if dist.is_initialized():
             dist.destroy_process_group()
+        if not broken:  # a broken group is never freed (above)
+            let_gloo_threads_settle()
 
 
 def _keep_forever(objects: Any) -> None:
