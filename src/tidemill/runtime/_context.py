@@ -65,7 +65,8 @@ class RuntimeContext:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-            let_gloo_threads_settle()
+            if self.backend == "gloo":
+                let_gloo_threads_settle()
 
     def __enter__(self) -> RuntimeContext:
         return self

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 SETTLE_S = 0.02
-"""Long enough for runnable threads to get a core on a loaded 2-core machine."""
+"""Chosen, not measured: a runnable thread normally gets a core well within it."""
 
 
 def let_gloo_threads_settle() -> None:

@@ -163,7 +163,7 @@ class Group:
                 pending.wait()
         if dist.is_initialized():
             dist.destroy_process_group()
-        if not broken:  # a broken group is never freed (above)
+        if not broken and self.backend == "gloo":  # a broken group is never freed (above)
             let_gloo_threads_settle()
 
 
