@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tidemill.runtime._env import ReplicaEnv, read_env
 from tidemill.runtime._errors import RendezvousError, RuntimeConfigError
-from tidemill.runtime._gloo_settle import let_gloo_threads_settle
+from tidemill.runtime._group_release import release_retired, retire_group
 
 if TYPE_CHECKING:
     import torch
@@ -64,9 +64,10 @@ class RuntimeContext:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            world = dist.group.WORLD
             dist.destroy_process_group()
             if self.backend == "gloo":
-                let_gloo_threads_settle()
+                retire_group(world)
 
     def __enter__(self) -> RuntimeContext:
         return self
@@ -142,6 +143,7 @@ def _cuda_device(env: ReplicaEnv) -> torch.device:
 def _join(env: ReplicaEnv, backend: str, timeout_s: float) -> None:
     import torch.distributed as dist
 
+    release_retired()
     try:
         dist.init_process_group(
             backend,

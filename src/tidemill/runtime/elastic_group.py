@@ -32,7 +32,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from tidemill.runtime._gloo_settle import let_gloo_threads_settle
+from tidemill.runtime._group_release import retire_group
 from tidemill.wire import Epoch
 
 ARRIVAL_POLL_S = 0.005
@@ -162,9 +162,10 @@ class Group:
             with contextlib.suppress(RuntimeError):
                 pending.wait()
         if dist.is_initialized():
+            world = dist.group.WORLD
             dist.destroy_process_group()
-        if not broken and self.backend == "gloo":  # a broken group is never freed (above)
-            let_gloo_threads_settle()
+            if not broken and self.backend == "gloo":  # a broken group is never freed (above)
+                retire_group(world)
 
 
 def _keep_forever(objects: Any) -> None:
