@@ -3,13 +3,16 @@ replicas) and polling with a deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 
@@ -110,3 +113,27 @@ def trained_once(result: Path, steps: int, batch: int) -> dict[str, Any]:
     assert summary["counts_min"] == summary["counts_max"] == 1.0
     assert summary["ids_beyond_commit_nonzero"] == 0
     return summary
+
+
+def run_cli(*args: str, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """``tidemill ARGS`` to its end. Past ``timeout_s`` (keep it under pytest's own
+    timeout, so this runs), it and every process under it (an embedded run's server,
+    master and replicas) are killed, and the test fails with what it printed."""
+    argv = [sys.executable, "-m", "tidemill", *args]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        tree = [psutil.Process(process.pid)]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            tree += tree[0].children(recursive=True)
+        for member in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                member.kill()
+        stdout, stderr = process.communicate()
+        pytest.fail(
+            f"tidemill {' '.join(args)} did not end within {timeout_s:g} s; killed it and "
+            f"{len(tree) - 1} processes under it. Its output ended with:\n"
+            f"{stdout[-3000:]}{stderr[-3000:]}"
+        )
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import run_cli, wait_for
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,12 +29,7 @@ def accuracy(output: str) -> float:
 
 
 def test_tidemill_run_trains_digits_with_ddp_to_90_percent() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "tidemill", "run", str(DIGITS)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_cli("run", str(DIGITS), timeout_s=240)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert accuracy(result.stdout) >= 0.90
@@ -44,20 +39,10 @@ def test_tidemill_run_trains_digits_with_ddp_to_90_percent() -> None:
 
 def test_submit_and_follow_logs_on_a_server(start_server) -> None:  # type: ignore[no-untyped-def]
     server, client = start_server()
-    submitted = subprocess.run(
-        [sys.executable, "-m", "tidemill", "submit", str(DIGITS), "--server", server.url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    submitted = run_cli("submit", str(DIGITS), "--server", server.url, timeout_s=60)
     assert submitted.returncode == 0, submitted.stderr
 
-    followed = subprocess.run(
-        [sys.executable, "-m", "tidemill", "logs", "digits-ddp", "-f", "--server", server.url],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    followed = run_cli("logs", "digits-ddp", "-f", "--server", server.url, timeout_s=180)
 
     assert followed.returncode == 0, followed.stderr
     assert accuracy(followed.stdout) >= 0.90
@@ -77,18 +62,8 @@ def test_run_exits_1_on_failure_and_2_on_invalid_input(tmp_path: Path) -> None:
     invalid = tmp_path / "invalid.yaml"
     invalid.write_text("apiVersion: tidemill/v1\nkind: TrainingJob\nmetadata: {name: x}\n")
 
-    failed = subprocess.run(
-        [sys.executable, "-m", "tidemill", "run", str(failing)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    refused = subprocess.run(
-        [sys.executable, "-m", "tidemill", "run", str(invalid)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    failed = run_cli("run", str(failing), timeout_s=120)
+    refused = run_cli("run", str(invalid), timeout_s=120)
 
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "Failed" in failed.stdout + failed.stderr
@@ -109,12 +84,7 @@ def test_clicks_stream_trains_on_the_iceberg_backfill_then_the_kafka_stream(tmp_
         assert prepare.poll() is None, log.read_text()
         broker = psutil.Process(prepare.pid).children(recursive=True)
 
-        result = subprocess.run(
-            [sys.executable, "-m", "tidemill", "run", str(data / "job.yaml")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = run_cli("run", str(data / "job.yaml"), timeout_s=120)
         output = result.stdout + result.stderr
 
         assert result.returncode == 0, output[-3000:]
@@ -170,12 +140,7 @@ def test_ctr_ps_learns_the_planted_embeddings_on_parameter_servers_from_parquet_
         assert prepare.poll() is None, log.read_text()
         broker = psutil.Process(prepare.pid).children(recursive=True)
 
-        result = subprocess.run(
-            [sys.executable, "-m", "tidemill", "run", str(data / "job.yaml")],
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        result = run_cli("run", str(data / "job.yaml"), timeout_s=240)
         output = result.stdout + result.stderr
 
         assert result.returncode == 0, output[-3000:]
