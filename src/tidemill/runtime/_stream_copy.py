@@ -76,3 +76,10 @@ def _stream(target: Any, source: Any) -> None:
     _fence()
     for tail in range(lines * LINE, target.size):
         target[tail] = source[tail]
+
+
+def load_kernel() -> None:
+    """Load the compiled copy now rather than at the first large copy: numba loads a
+    cached kernel at its first call, and the first load in a process sets up LLVM."""
+    nothing = np.empty(0, np.uint8)
+    _stream(nothing, nothing)
