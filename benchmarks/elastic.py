@@ -14,7 +14,7 @@ alternate round by round, so both meet the same background load:
 - ``scale_in_4_to_2``: request -> first step completed at world size 2.
 
 tidemill: a real ``tidemill server``, an elastic job (minReplicas 2, maxReplicas 4),
-``POST /jobs/{name}/scale``, pids from the API; its defaults (settle 1 s, restart
+``POST /jobs/{name}/scale``, pids from the API; its defaults (settle 0.3 s, restart
 backoff 1 s). torchrun: ``--nnodes=2:4`` agents with c10d rendezvous at its fastest
 reasonable settings (see benchmarks/elastic_sides.py); scale-out starts two agents,
 scale-in SIGTERMs two, the kill hits an agent's worker, which resumes from the
@@ -352,7 +352,7 @@ def summarise(records: dict[str, Record], args: argparse.Namespace) -> dict[str,
             "rounds": args.rounds,
             "global_batch": args.batch,
             "commit_every_steps": args.commit_every,
-            "tidemill": "defaults: settle 1 s, restartBackoffSeconds 1, workers cpu 0.1",
+            "tidemill": "defaults: settle 0.3 s, restartBackoffSeconds 1, workers cpu 0.1",
             "torchrun": {
                 "nnodes": "2:4",
                 "nproc_per_node": 1,

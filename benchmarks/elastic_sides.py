@@ -36,7 +36,7 @@ CLUSTER = "nodes:\n  - {name: local, cpu: 8, memory: 32Gi}\n"
 TORCHRUN_RDZV_CONF = "last_call_timeout=1,keep_alive_interval=1,keep_alive_max_attempt=3"
 """torchrun at its fastest reasonable settings. Defaults are last_call 30 s (a 2-of-4
 group waits that long for more nodes before it forms) and a dead agent noticed after
-5 s x 3 missed keep-alives; here 1 s (as tidemill's settle time) and 1 s x 3."""
+5 s x 3 missed keep-alives; here 1 s and 1 s x 3 (tidemill's master settles for 0.3 s)."""
 TORCHRUN_MONITOR_S = 0.1
 """How often an agent polls its workers (torch 2.13's default, its shortest useful)."""
 TORCHRUN_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
