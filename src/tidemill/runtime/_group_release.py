@@ -22,7 +22,7 @@ last, or until ``tidemill.init()`` joins a group again (the retired group holds 
 store, whose server may own the port the new group is about to listen on), or until
 the interpreter starts to exit (``atexit``: a group and its store server freed later,
 during finalization, aborted rank 0 with "terminate called without an active
-exception" in 5 of 30 two-process runs; released at exit, none in 90). At most one
+exception" in 5 of 30 two-process runs; released at exit, none in 60). At most one
 old group (its sockets and two idle threads) is alive beside the current one.
 """
 
