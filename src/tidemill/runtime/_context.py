@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tidemill.runtime._env import ReplicaEnv, read_env
 from tidemill.runtime._errors import RendezvousError, RuntimeConfigError
-from tidemill.runtime._group_release import release_retired, retire_group
+from tidemill.runtime._group_release import destroy_default_group, release_retired
 
 if TYPE_CHECKING:
     import torch
@@ -64,10 +64,7 @@ class RuntimeContext:
         import torch.distributed as dist
 
         if dist.is_initialized():
-            world = dist.group.WORLD
-            dist.destroy_process_group()
-            if self.backend == "gloo":
-                retire_group(world)
+            destroy_default_group(self.backend)
 
     def __enter__(self) -> RuntimeContext:
         return self

@@ -34,10 +34,15 @@ from typing import Any
 _RETIRED: list[Any] = []
 
 
-def retire_group(group: Any) -> None:
-    """Hold ``group`` (a destroyed process group's Python object) and free the one held
-    before it, whose destructor then runs with the GIL released."""
-    _RETIRED[:] = [group]
+def destroy_default_group(backend: str | None) -> None:
+    """``destroy_process_group()``; a gloo group's Python object is then retired, and
+    the one retired before it freed, whose destructor runs with the GIL released."""
+    import torch.distributed as dist  # as late as the callers: tidemill.init imports torch late
+
+    world = dist.group.WORLD
+    dist.destroy_process_group()
+    if backend == "gloo":
+        _RETIRED[:] = [world]
 
 
 def release_retired() -> None:

@@ -32,7 +32,7 @@ import psutil
 import torch
 import torch.distributed as dist
 
-from tidemill.runtime._group_release import retire_group
+from tidemill.runtime._group_release import destroy_default_group
 from tidemill.wire import Epoch
 
 ARRIVAL_POLL_S = 0.005
@@ -162,10 +162,7 @@ class Group:
             with contextlib.suppress(RuntimeError):
                 pending.wait()
         if dist.is_initialized():
-            world = dist.group.WORLD
-            dist.destroy_process_group()
-            if not broken and self.backend == "gloo":  # a broken group is never freed (above)
-                retire_group(world)
+            destroy_default_group(self.backend)  # a broken one is also kept forever (above)
 
 
 def _keep_forever(objects: Any) -> None:
