@@ -70,7 +70,8 @@ def test_lost_and_repeated_watch_events_change_nothing(cluster: Cluster, tmp_pat
         api.submit(job)
         final = api.wait(job.metadata.name, timeout_s=120)
         assert final.phase == "Succeeded", final.message
-        assert pod_creates(kube) == 2, "no replica launched twice"
+        events = [f"{e.reason}: {e.message}" for e in api.job_events(job.metadata.name)]
+        assert pod_creates(kube) == 2, f"a replica launched twice; the job's events: {events}"
 
 
 def test_an_api_answering_503_degrades_health_loses_nothing_and_recovers(
