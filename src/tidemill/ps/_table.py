@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps import _kernels as k
+from tidemill.ps._aligned import page_aligned_empty
 from tidemill.ps._checks import checked_export_rows, checked_grads, checked_out
 from tidemill.ps._config import TableConfig, init_rows
 from tidemill.ps._export import TableExport
@@ -443,7 +444,7 @@ class ShardTable:
         return (self._rows, self._meta, self._tally)
 
     def _reset_storage(self, capacity: int) -> None:
-        self._rows = np.empty((capacity, self._width), np.float32)
+        self._rows = page_aligned_empty((capacity, self._width), np.float32)
         self._meta = np.empty((capacity, 3), np.int64)
         self._tally = np.empty((capacity, 3), np.uint32)
         self._index = new_index(index_size_for(capacity))

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps import _kernels as k
+from tidemill.ps._aligned import page_aligned_empty
 
 __all__ = ["KEEP_MIN", "UndoLog", "grown"]
 
@@ -46,7 +47,7 @@ def grown(
     size = max(needed, int(array.shape[0] * GROWTH) + 16)
     if limit is not None:
         size = max(needed, min(size, limit))
-    bigger = np.empty((size, *array.shape[1:]), array.dtype)
+    bigger = page_aligned_empty((size, *array.shape[1:]), array.dtype)
     bigger[:used] = array[:used]
     return bigger
 
@@ -148,4 +149,4 @@ def _fitted(array: npt.NDArray[Any], used: int) -> npt.NDArray[Any]:
     :data:`KEEP_MIN`); then a new one with room for ``used``, its pages not yet touched."""
     if array.shape[0] <= 2 * max(used, KEEP_MIN):
         return array
-    return np.empty((used, *array.shape[1:]), array.dtype)
+    return page_aligned_empty((used, *array.shape[1:]), array.dtype)
