@@ -511,7 +511,8 @@ def test_the_default_preload_hands_forked_replicas_the_runtime_kernel_loaded(
     replicas = Launcher(engine, tmp_path)
     script = replicas.write(
         "kernels.py",
-        "from tidemill.runtime._stream_copy import _stream\nprint(len(_stream.signatures))\n",
+        "from tidemill.runtime._stream_copy import copy_spans\n"
+        "print(len(copy_spans.signatures))\n",
     )
     try:
         warm = replicas.launch("python", script)

@@ -123,3 +123,42 @@ def test_a_change_that_the_next_commit_replaces_is_no_error() -> None:
     with torch.no_grad():
         state.model[2].bias.mul_(0.5)  # as on_resize may rescale after a broadcast
     assert_a_rollback_returns_the_commit(state, steps=1)
+
+
+class ManySmall(torch.nn.Module):
+    """Hundreds of small bfloat16 layers, one layer larger than a copy chunk, and an
+    empty one no step ever changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.small = torch.nn.ModuleList(torch.nn.Linear(16, 16) for _ in range(300))
+        self.large = torch.nn.Linear(1024, 2560)  # a 10 MB weight: cut into chunks
+        self.empty = torch.nn.Parameter(torch.empty(0, 16))
+        self.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        for layer in self.small:
+            x = torch.tanh(layer(x))
+        return x.sum() + self.large(y).sum()
+
+
+def test_a_commit_of_many_small_tensors_of_mixed_sizes_rolls_back_exactly() -> None:
+    torch.manual_seed(0)
+    model = ManySmall()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    state = ElasticState(model, optimizer)
+
+    def train() -> None:
+        optimizer.zero_grad()
+        x, y = torch.randn(4, 16, dtype=torch.bfloat16), torch.randn(2, 1024, dtype=torch.bfloat16)
+        model(x, y).float().backward()
+        optimizer.step()
+
+    train()
+    state.commit()
+    committed = snapshot(state)
+    train()
+    train()
+    assert not torch.equal(model.large.weight, committed["model.large.weight"])
+    state.restore()
+    assert_equal(committed, snapshot(state))

@@ -7,8 +7,8 @@ the training thread; it runs on a thread of its own (one: the training thread ke
 its cores), and the optimizer's ``step``, ``state_dict`` and ``load_state_dict``
 first wait for it, through the optimizer's own hooks. A thread that has to wait
 copies what is left itself, alongside the background thread (the copy is cut into
-chunks of :data:`CHUNK_BYTES`), so a copy longer than forward and backward ends on
-two cores.
+chunks of :data:`~tidemill.runtime._state_copy.CHUNK_BYTES`), so a copy longer than
+forward and backward ends on two cores.
 
 A source changed in place before the copy was done (code that updates parameters
 outside the optimizer between the commit and the step) would leave a copy of neither
@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
 from tidemill.runtime._errors import CommitChangedError
-from tidemill.runtime._state_copy import Pairs, byte_view
-from tidemill.runtime._stream_copy import copy_into
-
-CHUNK_BYTES = 4 << 20
-"""The unit of work the background thread and a waiting thread take turns at."""
+from tidemill.runtime._state_copy import Pairs, chunk_runs, spans
+from tidemill.runtime._stream_copy import copy_spans
 
 
 class BackgroundCopy:
@@ -48,7 +44,11 @@ class BackgroundCopy:
     def __init__(self, pairs: Pairs, names: list[str] | None = None) -> None:
         self._hooks: list[RemovableHandle] = []
         self._error: BaseException | None = None
-        self._chunks: collections.deque[tuple[Any, Any]] = collections.deque(_chunks(pairs))
+        self._pairs = pairs  # the copy reads and writes their bytes by address
+        self._spans = spans(pairs)
+        self._chunks: collections.deque[tuple[int, int]] = collections.deque(
+            chunk_runs(self._spans[2])
+        )
         self._left = len(self._chunks)
         self._counted = threading.Lock()
         self._done = threading.Event()
@@ -91,11 +91,12 @@ class BackgroundCopy:
         """Copy chunks until none is left to take (any thread; numpy releases the GIL)."""
         while True:
             try:
-                target, source = self._chunks.popleft()
+                first, end = self._chunks.popleft()
             except IndexError:
                 return
+            targets, sources, sizes = self._spans
             try:
-                copy_into(target, source)
+                copy_spans(targets[first:end], sources[first:end], sizes[first:end])
             except BaseException as exc:
                 self._error = exc
             with self._counted:
@@ -119,13 +120,3 @@ class BackgroundCopy:
                     )
                     break
         self._done.set()
-
-
-def _chunks(pairs: Pairs) -> list[tuple[Any, Any]]:
-    """(target, source) byte views of at most :data:`CHUNK_BYTES` each, covering ``pairs``."""
-    chunks = []
-    for target, source in pairs:
-        into, out_of = byte_view(target), byte_view(source)
-        for start in range(0, len(into), CHUNK_BYTES):
-            chunks.append((into[start : start + CHUNK_BYTES], out_of[start : start + CHUNK_BYTES]))
-    return chunks

@@ -21,21 +21,12 @@ import numpy as np
 from llvmlite import ir  # type: ignore[import-untyped]
 from numba.core import types
 from numba.extending import intrinsic
+from numba.np.numpy_support import carray
 
 LINE = 64
 """Bytes per non-temporal store (a cache line); the target must start on a line."""
 STREAM_MIN_BYTES = 64 << 10
-"""Smaller copies use numpy's: a line or two of savings does not repay the call."""
-
-
-def copy_into(target: np.ndarray[Any, Any], source: np.ndarray[Any, Any]) -> None:
-    """``target[:] = source`` for byte arrays of one length, streamed when ``target``
-    starts on a cache line and is large; the bytes are visible to other threads and
-    processes when this returns."""
-    if target.nbytes >= STREAM_MIN_BYTES and target.ctypes.data % LINE == 0:
-        _stream(target, source)
-    else:
-        target[:] = source
+"""Smaller copies use ordinary stores: a line or two of savings does not repay the call."""
 
 
 def _stream_line_intrinsic(typing_context: Any, target: Any, source: Any, offset: Any) -> Any:
@@ -78,8 +69,42 @@ def _stream(target: Any, source: Any) -> None:
         target[tail] = source[tail]
 
 
+def _address_intrinsic(typing_context: Any, address: Any) -> Any:
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+
+    return types.voidptr(address), codegen
+
+
+_address = cast(Callable[[int], Any], intrinsic(_address_intrinsic))
+"""``_address(int)``: the integer as a pointer, for ``carray``."""
+
+
+@numba.njit(nogil=True, cache=True)
+def copy_spans(targets: Any, sources: Any, sizes: Any) -> None:
+    """For each i, copy ``sizes[i]`` bytes from address ``sources[i]`` to ``targets[i]``
+    (int64 arrays) in one call without the GIL: streamed when the target starts on a
+    cache line and is at least :data:`STREAM_MIN_BYTES`, else with ordinary stores; the
+    bytes are visible to other threads and processes when this returns.
+
+    For many small tensors: building a numpy view of each costs microseconds of Python
+    (4,000 tensors of a commit: 27 ms of byte views, where their addresses take 2 ms).
+    The caller keeps every tensor whose bytes these are alive until this returns.
+    """
+    for span in range(sizes.size):
+        size = sizes[span]
+        into = carray(_address(targets[span]), size, np.uint8)
+        out_of = carray(_address(sources[span]), size, np.uint8)
+        if size >= STREAM_MIN_BYTES and targets[span] % LINE == 0:
+            _stream(into, out_of)
+        else:
+            into[:] = out_of
+
+
 def load_kernel() -> None:
-    """Load the compiled copy now rather than at the first large copy: numba loads a
+    """Load the compiled copies now rather than at the first commit: numba loads a
     cached kernel at its first call, and the first load in a process sets up LLVM."""
     nothing = np.empty(0, np.uint8)
     _stream(nothing, nothing)
+    no_spans = np.empty(0, np.int64)
+    copy_spans(no_spans, no_spans, no_spans)
