@@ -88,7 +88,7 @@ class BackgroundCopy:
                 hook.remove()
 
     def _work(self) -> None:
-        """Copy chunks until none is left to take (any thread; numpy releases the GIL)."""
+        """Copy chunks until none is left to take (any thread; the copy releases the GIL)."""
         while True:
             try:
                 first, end = self._chunks.popleft()

@@ -12,7 +12,7 @@ chunks at a time (the copy releases the GIL; the kernel fills fresh pages on eac
 core). Measured on the shared 2-core development machine (load average 2.3), copying
 0.67 GB of 4 MB tensors took 1.25 s with ``Tensor.clone`` and 0.31 s as numpy byte
 copies on one thread; and a commit of 4,000 small tensors (a 500-layer model with Adam)
-held the training thread 66 ms with a numpy view of each tensor, 34 ms by address.
+held the training thread 66 ms with a numpy view of each tensor, 34-36 ms by address.
 """
 
 from __future__ import annotations
