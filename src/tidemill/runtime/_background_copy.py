@@ -52,9 +52,8 @@ class BackgroundCopy:
         self._left = len(self._chunks)
         self._counted = threading.Lock()
         self._done = threading.Event()
-        self._sources = [source for _, source in pairs]
         self._names = names
-        self._versions = [source._version for source in self._sources]
+        self._versions = [source._version for _, source in pairs]
         if self._left == 0:
             self._finish()
         else:
@@ -108,8 +107,8 @@ class BackgroundCopy:
     def _finish(self) -> None:
         """Check the sources' versions (the last chunk is done; nobody has gone on yet)."""
         if self._names is not None and self._error is None:
-            for source, name, version in zip(
-                self._sources, self._names, self._versions, strict=True
+            for (_, source), name, version in zip(
+                self._pairs, self._names, self._versions, strict=True
             ):
                 if source._version != version:
                     self._error = CommitChangedError(
