@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
 from tests.checkpoint.conftest import adam, assert_same, train, trained
 from tidemill.checkpoint import CheckpointStore, CheckpointWriter, Manifest
@@ -274,3 +275,23 @@ def test_commits_in_shared_memory_are_saved_by_the_process_from_each_arena_in_tu
     loaded = CheckpointStore(store_url).load_newest(fresh, None)
     assert loaded.committed is not None and loaded.committed.step == 4
     assert_same(dict(state.committed.model), dict(loaded.committed.model), "model")
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # no_dist, as asked
+def test_a_checkpoint_the_writer_process_saved_loads_with_plain_dcp(store_url: str) -> None:
+    """Other DCP tools read tidemill checkpoints: the model under ``model.``, as
+    ``dcp.load({"model": model.state_dict()})`` expects (the writer process leaves out
+    torch.save's per-record checksums; the store's file checksums cover every byte)."""
+    state = trained(adam, steps=2)
+    recorder = Recorder()
+    writer = writer_for(store_url, recorder)
+    writer.submit(state.committed)
+    assert writer.close(timeout_s=60)
+    assert recorder.failed == [] and recorder.saved == [state.step]
+    (listing,) = CheckpointStore(store_url).list()
+    torch.manual_seed(99)
+    fresh, _ = adam()
+    loaded = {"model": fresh.state_dict()}
+    dcp.load(loaded, checkpoint_id=listing.url, no_dist=True)
+    fresh.load_state_dict(loaded["model"])
+    assert_same(dict(state.committed.model), dict(fresh.state_dict()), "model")

@@ -37,6 +37,12 @@ def main(argv: list[str]) -> None:
     if os.getpriority(os.PRIO_PROCESS, 0) < nice:
         os.setpriority(os.PRIO_PROCESS, 0, nice)
     torch.set_num_threads(1)
+    # DCP stores each tensor as a torch.save archive, whose records get a CRC-32 of
+    # their own by default: a second pass over every byte of the state (on the
+    # development VM, 1 GB saved in 0.6-0.75 s of CPU with it, 0.4 s without). The
+    # store already takes each file's CRC-32 as it writes it and verifies it on every
+    # restore; torch.load and DCP's readers load records without theirs.
+    torch.serialization.set_crc32_options(False)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     sock = socket.socket(fileno=fd)
     arenas: dict[int, SharedArena] = {}
