@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,10 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
+from tidemill.cli import progress
 from tidemill.cli.main import app
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
 
 LOOP = (
     "import os, pathlib, time\n"
@@ -51,6 +55,29 @@ def test_run_says_where_its_server_is_and_streams_the_job(tmp_path: Path) -> Non
     lines = result.stdout.splitlines()
     assert {"[worker-0] hello from 0", "[worker-1] hello from 1"} <= set(lines)
     assert any(line.startswith("job default/hello Succeeded in ") for line in lines)
+
+
+def test_run_shows_each_event_of_a_job_master_once(tmp_path: Path) -> None:
+    """The master also writes each event it posts to its log; the watch prints the event
+    alone (with its time), not the echo as well."""
+    shutil.copy(EXAMPLES / "elastic" / "train.py", tmp_path / "train.py")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "metadata: {name: echo}\n"
+        "spec:\n"
+        f"  checkpoint: {{dir: {tmp_path / 'ckpt'}, everySteps: 10}}\n"
+        "  roles:\n"
+        "    worker: {replicas: 2, minReplicas: 1, maxReplicas: 2, resources: {cpu: 0.1},\n"
+        "             command: [python, train.py], args: [--steps, '20', --step-time, '0.01']}\n"
+    )
+    result = CliRunner().invoke(app, ["run", str(job)], env={"TIDEMILL_WARM_START": "0"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    started = [line for line in lines if "EpochStarted" in line]
+    saved = [line for line in lines if "CheckpointSaved" in line and "step 20 " in line]
+    assert len(started) == 1 and started[0].startswith("-- "), started
+    assert len(saved) == 1 and saved[0].startswith("-- "), saved
+    assert not [line for line in lines if progress.EVENT_ECHO.match(line)]
 
 
 def test_run_warns_about_a_missing_script_before_it_fails(tmp_path: Path) -> None:

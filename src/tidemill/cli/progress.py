@@ -8,6 +8,7 @@ status line under the output; in a pipe it prints the same facts as plain lines.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -26,6 +27,10 @@ from tidemill.client import Client, TidemillError
 
 LOG_DRAIN_S = 10.0
 """How long to wait for the last log lines after the job has ended."""
+EVENT_ECHO = re.compile(r"^\[master-\d+\] tidemill-master: (Normal|Warning) [A-Z][A-Za-z]*: ")
+"""A job master's log line that repeats an event it posted (``tidemill logs --role
+master`` keeps them beside its own lines); the watch shows that event from the events
+themselves, with its time and replica, so it skips the echo."""
 
 
 class Sink(Protocol):
@@ -141,7 +146,8 @@ class JobProgress:
             with Client(self._client.server) as client:
                 view = self._view
                 for text in client.logs(view.name, follow=True, namespace=view.namespace):
-                    self._sink.line(text)
+                    if not EVENT_ECHO.match(text):
+                        self._sink.line(text)
         except TidemillError as exc:
             if not self._stopping.is_set():
                 self._sink.line(f"log stream ended early: {exc}", style="yellow")
