@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,7 +74,10 @@ def stacks_in(launcher: Launcher, function: str, *argv: str) -> tuple[StackDump,
         dumps.append(launcher.engine.stacks(handle))
         return any(f.function == function for t in dumps[-1].threads for f in t.frames)
 
-    wait_for(there, f"{function} on the stacks ({dumps[-1] if dumps else 'none yet'})")
+    try:
+        wait_for(there, f"{function} on the stacks")
+    except AssertionError as exc:  # say what the last read found, not what the first did
+        raise AssertionError(f"{exc}; the last read: {dumps[-1] if dumps else 'none'}") from None
     pid = launcher.engine.observe(handle).pid
     assert pid is not None
     return dumps[-1], pid
@@ -139,3 +143,27 @@ def test_faulthandler_dumps_are_parsed_thread_by_thread() -> None:
 
     assert not beat.main and [f.function for f in beat.frames] == ["wait", "heartbeat"]
     assert main.main and main.frames[0].line == 12
+
+
+EARLY_REQUEST = """\
+import os, signal
+from tidemill.engines import _fork_server, stacks
+from tidemill.engines._supervise import FORWARDED
+
+signal.signal(signal.SIGUSR2, lambda *_: None)  # the supervisor's forwarding handler
+signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)  # blocked over the fork
+os.kill(os.getpid(), signal.SIGUSR2)  # `tidemill debug stacks` in the command's first moments
+_fork_server.default_signals()
+print("alive; handler shown:", stacks._catches(os.getpid(), signal.SIGUSR2), flush=True)
+"""
+
+
+def test_a_stack_request_before_the_dump_is_registered_does_not_kill_a_forked_command() -> None:
+    """From the fork on, the supervisor's pid file names the command while it still shows
+    the supervisor's handler: a stack request then must neither kill it (the default
+    action) nor be answered by a handler that is gone; it finds no dump and asks again."""
+    done = subprocess.run(
+        [sys.executable, "-c", EARLY_REQUEST], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr}"
+    assert done.stdout.strip() == "alive; handler shown: False"

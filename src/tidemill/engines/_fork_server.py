@@ -57,7 +57,7 @@ from typing import TextIO
 
 from tidemill.engines._supervise import FORWARDED, Supervisor
 from tidemill.engines.warm_start import UID_PLACEHOLDER, UID_VAR, ForkRequest, read_line
-from tidemill.stack_signal import install_from_env
+from tidemill.stack_signal import STACK_SIGNAL, install_from_env
 
 EXIT_REFUSED = 3
 """The server's exit code when forking would be unsafe (the reason is its last log line)."""
@@ -338,10 +338,21 @@ def text_stream(fd: int, name: str, like: TextIO) -> TextIO:
 
 def default_signals() -> None:
     """The command's signals as a fresh interpreter has them (they were blocked over
-    the fork, so one sent in between is delivered now, not lost)."""
+    the fork, so one sent in between is delivered now, not lost), but the stack signal.
+
+    That one is ignored until :meth:`Command.run` has registered the stack dump: from
+    the fork on, the supervisor's pid file names this process while it still shows the
+    supervisor's handler, so ``tidemill debug stacks`` may signal it before the dump is
+    registered, and by default that signal kills. Ignoring it drops one already pending
+    and hides the handler; the caller sees no dump yet and asks again.
+    """
     for signum in FORWARDED:
-        handler = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
-        signal.signal(signum, handler)
+        if signum == STACK_SIGNAL:
+            signal.signal(signum, signal.SIG_IGN)
+        elif signum == signal.SIGINT:
+            signal.signal(signum, signal.default_int_handler)
+        else:
+            signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
 
 
@@ -357,7 +368,8 @@ class Command:
         sys.argv = entry.sys_argv()
         sys.orig_argv = list(self.request.argv)
         fresh_process_state()
-        install_from_env()
+        if not install_from_env():
+            signal.signal(STACK_SIGNAL, signal.SIG_DFL)  # as a fresh interpreter has it
         sys.path[:] = self.base_path
         if entry.kind == "module":
             if not sys.flags.safe_path:
