@@ -102,9 +102,8 @@ def copy_spans(targets: Any, sources: Any, sizes: Any) -> None:
 
 
 def load_kernel() -> None:
-    """Load the compiled copies now rather than at the first commit: numba loads a
-    cached kernel at its first call, and the first load in a process sets up LLVM."""
-    nothing = np.empty(0, np.uint8)
-    _stream(nothing, nothing)
+    """Load the compiled copy now rather than at the first commit: numba loads a
+    cached kernel at its first call, and the first load in a process sets up LLVM
+    (``_stream`` is compiled into it: loading it on its own would only cost time)."""
     no_spans = np.empty(0, np.int64)
     copy_spans(no_spans, no_spans, no_spans)
