@@ -1,5 +1,6 @@
 """`tidemill run`: where its server is, and Ctrl-C or SIGTERM deletes the job, kills what
-ignores SIGTERM, and returns within 3 s leaving nothing behind."""
+ignores SIGTERM, and returns within 3 s leaving nothing behind; killed outright, it
+leaves no replica running either."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 
 from tidemill.cli import progress
 from tidemill.cli.main import app
+from tidemill.engines._supervise import TETHER_GRACE_S
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -137,6 +139,46 @@ def test_an_interrupted_run_exits_130_within_3s_and_leaves_nothing_behind(
             for pid in replicas:
                 if alive(pid, grace_s=0):
                     os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("script", [LOOP, STUBBORN], ids=["replicas", "replicas-ignore-sigterm"])
+def test_a_run_killed_with_sigkill_leaves_no_replica_running(tmp_path: Path, script: str) -> None:
+    (tmp_path / "loop.py").write_text(script)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "metadata: {name: forever}\n"
+        "spec: {roles: {worker: {replicas: 2, resources: {cpu: 0.1}, "
+        "command: [python, loop.py]}}}\n"
+    )
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    with started_run(job, temp) as process:
+        assert process.stdout is not None
+        assert any("[worker-1] tick 2" in line for line in process.stdout), "no replica output"
+        replicas = [int((tmp_path / f"pid-{rank}").read_text()) for rank in (0, 1)]
+        hosted = processes_under(temp)
+        assert hosted, "no supervisor or fork server found under the run's state folder"
+        try:
+            process.kill()
+            process.wait()
+            left = [pid for pid in replicas if alive(pid, grace_s=TETHER_GRACE_S + 5.0)]
+            assert left == []
+            assert [pid for pid in hosted if alive(pid, grace_s=2.0)] == []
+        finally:
+            for pid in [*replicas, *hosted]:
+                if alive(pid, grace_s=0):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def processes_under(folder: Path) -> list[int]:
+    """Processes started with ``folder`` in their command line or working in it: the
+    supervisors and the fork server of a run whose state is kept there."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline, cwd = proc.info["cmdline"] or [], proc.info["cwd"] or ""
+        if cwd.startswith(str(folder)) or any(str(folder) in part for part in cmdline):
+            found.append(proc.pid)
+    return found
 
 
 @contextmanager

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import psutil
 
+from tidemill.engines._supervise import UID_VAR
 from tidemill.engines.base import Engine, Observation, ReplicaHandle
-from tidemill.engines.warm_start import UID_VAR
 
 DEADLINE_S = 15.0
 

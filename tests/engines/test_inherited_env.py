@@ -11,10 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tidemill.engines._supervise import UID_VAR
 from tidemill.engines.base import LaunchSpec
 from tidemill.engines.inherited_env import is_inherited
 from tidemill.engines.local import LocalEngine
-from tidemill.engines.warm_start import UID_VAR
 from tidemill.stack_signal import STACK_DUMP_VAR
 
 from .processes import DEADLINE_S, wait_exit

@@ -20,9 +20,9 @@ import pytest
 
 from tests.engines.processes import wait_for
 from tests.engines.test_warm_start import Launcher, warmed_up
+from tidemill.engines._supervise import UID_VAR
 from tidemill.engines.local import LocalEngine
 from tidemill.engines.stacks import StackDump, parse_faulthandler
-from tidemill.engines.warm_start import UID_VAR
 from tidemill.stack_signal import STACK_DUMP_VAR
 
 STUCK = """\

@@ -4,7 +4,8 @@
 watch the job to its end, and exit 0 (Succeeded), 1 (Failed), 2 (invalid, or a gang
 this machine can never hold) or 130 (Ctrl-C or SIGTERM: the job is deleted, replicas
 that outlive the delete are killed, and ``run`` returns within 3 s; see
-:mod:`tidemill.cli.interrupt`).
+:mod:`tidemill.cli.interrupt`). Killed outright (``kill -9``), ``run`` leaves no local
+replica running either: each is tethered to it and stops itself.
 """
 
 from __future__ import annotations
@@ -227,7 +228,9 @@ def run(
         if enlarged is not None:
             cluster = _cluster_file(state_dir, enlarged.node)
         try:
-            runner = ServerRunner(state_dir, cluster, port=0, engine=engine)
+            runner = ServerRunner(
+                state_dir, cluster, port=0, engine=engine, engine_options=_tethered(engine)
+            )
             url = runner.start()
         except RuntimeError as exc:
             fail(str(exc))
@@ -274,6 +277,12 @@ def _fit_this_machine(job: TrainingJob, oversubscribe: bool) -> Oversubscription
             problems,
         )
     return None
+
+
+def _tethered(engine: str) -> dict[str, object]:
+    """Local replicas stop when ``run`` ends, however it ends: no later control plane
+    takes over a ``run``'s jobs, so after a ``kill -9`` nothing else would stop them."""
+    return {"tethered": True} if engine == "local" else {}
 
 
 def _cluster_file(state_dir: Path, node: NodeSpec) -> Path:

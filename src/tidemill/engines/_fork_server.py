@@ -55,8 +55,8 @@ from importlib.machinery import SourceFileLoader, SourcelessFileLoader
 from pathlib import Path
 from typing import TextIO
 
-from tidemill.engines._supervise import FORWARDED, Supervisor
-from tidemill.engines.warm_start import UID_PLACEHOLDER, UID_VAR, ForkRequest, read_line
+from tidemill.engines._supervise import FORWARDED, UID_VAR, Supervisor, take_tether
+from tidemill.engines.warm_start import UID_PLACEHOLDER, ForkRequest, read_line
 from tidemill.stack_signal import STACK_SIGNAL, install_from_env
 
 EXIT_REFUSED = 3
@@ -228,6 +228,7 @@ def supervise(job: Job, base_path: tuple[str, ...]) -> Command:
     job.conn.close()
     if go != "go":
         os._exit(EXIT_ABANDONED)
+    tether = take_tether(os.environ)
     os.environ.clear()
     os.environ.update(request.env)
     label_environ(request.uid)
@@ -239,6 +240,7 @@ def supervise(job: Job, base_path: tuple[str, ...]) -> Command:
         request.working_dir,
         list(request.argv),
         warm_start=True,
+        tether=tether,
     )
     refused = supervisor.prepare()
     if refused is not None:
@@ -253,6 +255,8 @@ def supervise(job: Job, base_path: tuple[str, ...]) -> Command:
     except OSError as exc:
         os._exit(supervisor.cannot_start_with(exc))
     if pid == 0:
+        if tether is not None:
+            os.close(tether)
         default_signals()
         return Command(request, base_path)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)

@@ -20,6 +20,15 @@ same :class:`Supervisor`, so both paths write the same files the same way.
 ``TIDEMILL_CPUS`` in the environment (CPU numbers joined by commas) pins the supervisor
 before it starts the command, so the command and all its threads and children inherit
 the CPU set: the CPUs of the NUMA node its GPUs sit on.
+
+``TIDEMILL_TETHER_FD`` (taken out of the environment before the command starts) names
+an inherited file descriptor: the read end of a pipe whose write end only the control
+plane holds. A control plane that no later one can take over (``tidemill run``'s, with
+its state in a folder of its own) tethers its replicas so: when the pipe reads
+end-of-file, that control plane has ended, however it ended (``kill -9`` included), and
+nothing is left to stop the replica, so the supervisor stops it itself: SIGTERM to the
+command, then, after :data:`TETHER_GRACE_S`, SIGKILL to what is left of the replica
+(its process group, and every process carrying its :data:`UID_VAR`).
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import MutableMapping
 from types import FrameType
 from typing import Protocol
 
@@ -36,6 +47,11 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signa
 EXIT_NOT_FOUND = 127
 CPUS_VAR = "TIDEMILL_CPUS"
 EXIT_NOT_EXECUTABLE = 126
+UID_VAR = "TIDEMILL_REPLICA_UID"
+"""Carried by every process of a launch, unique per launch: how ``stop`` finds them."""
+TETHER_VAR = "TIDEMILL_TETHER_FD"
+TETHER_GRACE_S = 5.0
+"""How long a tethered command whose control plane ended has to finish on SIGTERM."""
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -71,8 +87,11 @@ class Supervisor:
         working_dir: str,
         argv: list[str],
         warm_start: bool = False,
+        tether: int | None = None,
     ):
         self.supervisor_file = supervisor_file
+        self.tether = tether
+        """see :func:`take_tether`; None: the replica outlives its control plane"""
         self.warm_start = warm_start
         self.pid_file = pid_file
         self.exit_file = exit_file
@@ -80,6 +99,9 @@ class Supervisor:
         self.argv = argv
         self.child: Child | None = None
         self.pending_signal: int | None = None
+        self.untethered = threading.Event()
+        """set once the tether read end-of-file: the control plane is gone"""
+        self.ended = threading.Event()
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.child is None:
@@ -134,13 +156,92 @@ class Supervisor:
         write_atomic(self.pid_file, f"{child.pid}\n")
         if self.pending_signal is not None:
             child.send_signal(self.pending_signal)
+        if self.tether is not None:
+            threading.Thread(target=self.hold_tether, args=(child,), daemon=True).start()
         returncode = child.wait()
+        self.ended.set()
+        if self.untethered.is_set():
+            kill_the_rest()
         if returncode < 0:
             return self.killed_by(-returncode)
         return self.finish(returncode)
 
+    def hold_tether(self, child: Child) -> None:
+        """Wait for the control plane to end; then stop the command (a thread's job)."""
+        assert self.tether is not None
+        try:
+            while os.read(self.tether, 4096):
+                continue
+        except OSError as exc:
+            print(f"tidemill: cannot read the tether, stopping: {exc}", file=sys.stderr)
+        print(
+            "tidemill: the control plane that ran this replica ended; stopping it "
+            f"(SIGTERM, SIGKILL after {TETHER_GRACE_S:g}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.untethered.set()
+        child.send_signal(signal.SIGTERM)
+        if not self.ended.wait(TETHER_GRACE_S):
+            kill_the_rest()
+
     def killed_by(self, signum: int) -> int:
-        return self.finish(128 + signum, f"killed by {signal.Signals(signum).name}")
+        reason = f"killed by {signal.Signals(signum).name}"
+        if self.untethered.is_set():
+            reason += ": the control plane that ran it had ended"
+        return self.finish(128 + signum, reason)
+
+
+def take_tether(environ: MutableMapping[str, str]) -> int | None:
+    """Remove :data:`TETHER_VAR` from ``environ``; the file descriptor it names, if open
+    (else None, said on stderr: the replica is then left untethered rather than stopped)."""
+    value = environ.pop(TETHER_VAR, None)
+    if value is None:
+        return None
+    try:
+        fd = int(value)
+        os.fstat(fd)
+    except (ValueError, OSError) as exc:
+        print(f"tidemill: {TETHER_VAR}={value!r} is no open file: {exc}", file=sys.stderr)
+        return None
+    return fd
+
+
+def kill_the_rest() -> None:
+    """SIGKILL every other process of this replica: this process group, and what carries
+    this replica's :data:`UID_VAR` (what left the group with ``setsid``)."""
+    uid = os.environ.get(UID_VAR)
+    tag = f"{UID_VAR}={uid}".encode() if uid else None
+    group = os.getpgrp()
+    for pid in _pids():
+        if pid != os.getpid() and (_group_of(pid) == group or _carries(pid, tag)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                continue
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    return int(fields[2])  # proc(5): state, ppid, pgrp after the command name
+
+
+def _carries(pid: int, tag: bytes | None) -> bool:
+    if tag is None:
+        return False
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            return tag in environ.read().split(b"\0")
+    except OSError:
+        return False
 
 
 def pin_cpus(listed: str) -> None:
@@ -185,7 +286,8 @@ def main(args: list[str]) -> int:
         )
         return 2
     supervisor_file, pid_file, exit_file, working_dir, _, *argv = args
-    return Supervisor(supervisor_file, pid_file, exit_file, working_dir, argv).run()
+    tether = take_tether(os.environ)
+    return Supervisor(supervisor_file, pid_file, exit_file, working_dir, argv, tether=tether).run()
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from tidemill.engines._supervise import CPUS_VAR, write_atomic
+from tidemill.engines._supervise import CPUS_VAR, TETHER_VAR, UID_VAR, write_atomic
 from tidemill.engines.base import Engine, LaunchPlan, LaunchSpec, Observation, ReplicaHandle
 from tidemill.engines.inherited_env import inherited_env
 from tidemill.engines.local_files import (
@@ -63,7 +63,6 @@ from tidemill.engines.stacks import StackDump, dump_process
 from tidemill.engines.usage import CpuMeter, ProcessTable, ReplicaUsage, Watched
 from tidemill.engines.warm_start import (
     DEFAULT_PRELOAD,
-    UID_VAR,
     ForkRequest,
     ForkServer,
     WarmStartUnavailable,
@@ -137,6 +136,11 @@ class LocalEngine:
 
     ``warm_start`` (off also when ``TIDEMILL_WARM_START=0``) forks Python replicas from
     a server that imported ``preload`` once; ``close`` stops that server.
+
+    Replicas outlive the engine, so that a restarted control plane adopts them, unless
+    ``tethered``: then they are stopped when this engine closes or its process ends,
+    however it ends (``kill -9`` included), for a control plane that no later one can
+    take over (``tidemill run``'s). See :mod:`tidemill.engines._supervise`.
     """
 
     name = "local"
@@ -146,15 +150,20 @@ class LocalEngine:
         state_dir: Path,
         warm_start: bool = True,
         preload: Sequence[str] = DEFAULT_PRELOAD,
+        tethered: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self._tether: tuple[int, int] | None = os.pipe() if tethered else None
+        """(read end, write end): the read end goes to every supervisor; only this
+        process holds the write end (not inherited), so it closes when this one ends"""
         self._cpu = CpuMeter()
         self._nvml = Nvml()
         self._usage_lock = threading.Lock()
         """/metrics scrapes may overlap; the CPU meter keeps the last sample per replica."""
         self.fork_server: ForkServer | None = None
         if warm_start_enabled(warm_start):
-            self.fork_server = ForkServer(self.state_dir / "warm", preload)
+            tether = None if self._tether is None else self._tether[0]
+            self.fork_server = ForkServer(self.state_dir / "warm", preload, tether)
 
     def dry_run(self, spec: LaunchSpec) -> LaunchPlan:
         """The argv, environment and folder of the replica process ``launch`` would start.
@@ -227,7 +236,9 @@ class LocalEngine:
                 plan.working_dir,
             ]
             header = _header(spec, plan, note)
-            supervisor = _start([*supervise, "--", *plan.argv], env, files.log_file, header)
+            supervisor = _start(
+                [*supervise, "--", *plan.argv], env, files.log_file, header, self._tether
+            )
         pid, created = supervisor
         return _replica(files, pid, created, warm).to_handle()
 
@@ -260,9 +271,14 @@ class LocalEngine:
         return free_port(LOOPBACK)
 
     def close(self) -> None:
-        """Stop the warm-start fork server, if one runs; replicas keep running."""
+        """Stop the warm-start fork server, if one runs; replicas keep running unless
+        tethered (then each is stopped by its supervisor)."""
         if self.fork_server is not None:
             self.fork_server.close()
+        if self._tether is not None:
+            tether, self._tether = self._tether, None
+            for fd in tether:
+                os.close(fd)
 
     def observe(self, handle: ReplicaHandle) -> Observation:
         replica = LocalReplica.from_handle(handle)
@@ -438,8 +454,19 @@ def _find_supervisor(uid: str) -> tuple[int, float, bool] | None:
     return pid, created, warm
 
 
-def _start(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> tuple[int, float]:
-    """Start a supervisor in a new interpreter; its pid and start time."""
+def _start(
+    argv: list[str],
+    env: dict[str, str],
+    log_file: Path,
+    header: str,
+    tether: tuple[int, int] | None,
+) -> tuple[int, float]:
+    """Start a supervisor in a new interpreter (holding the ``tether``'s read end, if
+    one); its pid and start time."""
+    pass_fds: tuple[int, ...] = ()
+    if tether is not None:
+        env = {**env, TETHER_VAR: str(tether[0])}
+        pass_fds = (tether[0],)
     with open(log_file, "ab") as log:
         log.write(header.encode())
         log.flush()
@@ -450,6 +477,7 @@ def _start(argv: list[str], env: dict[str, str], log_file: Path, header: str) ->
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
     with _children_lock:
         _children[popen.pid] = popen

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from tidemill.engines.warm_start import UID_VAR
+from tidemill.engines._supervise import UID_VAR
 from tidemill.stack_signal import STACK_DUMP_VAR
 
 CHUNK_BYTES = 64 * 1024

@@ -47,12 +47,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from tidemill.engines._supervise import TETHER_VAR, UID_VAR
 from tidemill.engines.inherited_env import inherited_env
 
 log = logging.getLogger(__name__)
 
-UID_VAR = "TIDEMILL_REPLICA_UID"
-"""Carried by every process of a launch, unique per launch: how ``stop`` finds them."""
 WARM_START_VAR = "TIDEMILL_WARM_START"
 """Set to ``0`` (or ``false``/``no``/``off``) to start every replica cold."""
 DEFAULT_PRELOAD = (
@@ -239,9 +238,13 @@ class ForkServer:
     Thread-safe: launches from several threads share the server.
     """
 
-    def __init__(self, folder: Path, preload: Sequence[str] = DEFAULT_PRELOAD) -> None:
+    def __init__(
+        self, folder: Path, preload: Sequence[str] = DEFAULT_PRELOAD, tether: int | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.preload = tuple(preload)
+        self.tether = tether
+        """the read end the supervisors it forks hold (see :mod:`~tidemill.engines._supervise`)"""
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._lifeline: weakref.finalize[[int], ForkServer] | None = None
@@ -347,6 +350,7 @@ class ForkServer:
             **{k: v for k, v in inherited_env(os.environ).items() if not is_startup_var(k)},
             **startup_env(replica_env),
             UID_VAR: UID_PLACEHOLDER,
+            **({TETHER_VAR: str(self.tether)} if self.tether is not None else {}),
         }
         # Preloading torch._dynamo makes inductor create its cache folder at import time;
         # keep it with the engine's state instead of in the system's temporary folder.
@@ -365,6 +369,7 @@ class ForkServer:
                     env=self._env,
                     cwd=self.folder,
                     start_new_session=True,
+                    pass_fds=() if self.tether is None else (self.tether,),
                 )
         finally:
             os.close(server_end)
