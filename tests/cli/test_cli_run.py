@@ -111,51 +111,22 @@ def test_run_warns_about_a_missing_script_before_it_fails(tmp_path: Path) -> Non
 def test_an_interrupted_run_exits_130_within_3s_and_leaves_nothing_behind(
     tmp_path: Path, script: str, signum: signal.Signals
 ) -> None:
-    (tmp_path / "loop.py").write_text(script)
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        "metadata: {name: forever}\n"
-        "spec: {roles: {worker: {replicas: 2, resources: {cpu: 0.1}, "
-        "command: [python, loop.py]}}}\n"
-    )
-    temp = tmp_path / "temp"
-    temp.mkdir()
-    with started_run(job, temp) as process:
-        assert process.stdout is not None
-        assert any("[worker-1] tick 2" in line for line in process.stdout), "no replica output"
-        replicas = [int((tmp_path / f"pid-{rank}").read_text()) for rank in (0, 1)]
-        try:
-            sent = time.monotonic()
-            process.send_signal(signum)
-            _, stderr = process.communicate(timeout=30)
-            took_s = time.monotonic() - sent
-            assert process.returncode == 130, stderr
-            assert took_s < 3.0, f"run took {took_s:.1f}s to exit:\n{stderr}"
-            assert "interrupted: deleting job default/forever" in stderr
-            assert "Traceback" not in stderr
-            assert [pid for pid in replicas if alive(pid)] == []
-            assert list(temp.iterdir()) == []
-        finally:
-            for pid in replicas:
-                if alive(pid, grace_s=0):
-                    os.kill(pid, signal.SIGKILL)
+    with forever_running(tmp_path, script) as (process, replicas, temp):
+        sent = time.monotonic()
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=30)
+        took_s = time.monotonic() - sent
+        assert process.returncode == 130, stderr
+        assert took_s < 3.0, f"run took {took_s:.1f}s to exit:\n{stderr}"
+        assert "interrupted: deleting job default/forever" in stderr
+        assert "Traceback" not in stderr
+        assert [pid for pid in replicas if alive(pid)] == []
+        assert list(temp.iterdir()) == []
 
 
 @pytest.mark.parametrize("script", [LOOP, STUBBORN], ids=["replicas", "replicas-ignore-sigterm"])
 def test_a_run_killed_with_sigkill_leaves_no_replica_running(tmp_path: Path, script: str) -> None:
-    (tmp_path / "loop.py").write_text(script)
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        "metadata: {name: forever}\n"
-        "spec: {roles: {worker: {replicas: 2, resources: {cpu: 0.1}, "
-        "command: [python, loop.py]}}}\n"
-    )
-    temp = tmp_path / "temp"
-    temp.mkdir()
-    with started_run(job, temp) as process:
-        assert process.stdout is not None
-        assert any("[worker-1] tick 2" in line for line in process.stdout), "no replica output"
-        replicas = [int((tmp_path / f"pid-{rank}").read_text()) for rank in (0, 1)]
+    with forever_running(tmp_path, script) as (process, replicas, temp):
         hosted = processes_under(temp)
         assert hosted, "no supervisor or fork server found under the run's state folder"
         try:
@@ -165,7 +136,34 @@ def test_a_run_killed_with_sigkill_leaves_no_replica_running(tmp_path: Path, scr
             assert left == []
             assert [pid for pid in hosted if alive(pid, grace_s=2.0)] == []
         finally:
-            for pid in [*replicas, *hosted]:
+            for pid in hosted:
+                if alive(pid, grace_s=0):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@contextmanager
+def forever_running(
+    tmp_path: Path, script: str
+) -> Iterator[tuple[subprocess.Popen[str], list[int], Path]]:
+    """``tidemill run`` of two replicas running ``script`` (forever), once both print:
+    the run, the replicas' pids and the run's TMPDIR; replicas left are killed after."""
+    (tmp_path / "loop.py").write_text(script)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "metadata: {name: forever}\n"
+        "spec: {roles: {worker: {replicas: 2, resources: {cpu: 0.1}, "
+        "command: [python, loop.py]}}}\n"
+    )
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    with started_run(job, temp) as process:
+        assert process.stdout is not None
+        assert any("[worker-1] tick 2" in line for line in process.stdout), "no replica output"
+        replicas = [int((tmp_path / f"pid-{rank}").read_text()) for rank in (0, 1)]
+        try:
+            yield process, replicas, temp
+        finally:
+            for pid in replicas:
                 if alive(pid, grace_s=0):
                     os.kill(pid, signal.SIGKILL)
 
