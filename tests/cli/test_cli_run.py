@@ -53,7 +53,10 @@ def test_run_says_where_its_server_is_and_streams_the_job(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     url = re.match(r"tidemill server on (http://127\.0\.0\.1:\d+): ", result.stderr)
     assert url is not None, result.stderr
-    assert f"dashboard {url[1]}/, API docs {url[1]}/docs" in result.stderr
+    assert f"dashboard {url[1]}/, API docs {url[1]}/docs; state in " in result.stderr
+    state = re.search(r"; state in (\S+)", result.stderr)
+    assert state is not None and Path(state[1]).name.startswith("tidemill-run-")
+    assert not Path(state[1]).exists(), "the temporary state folder outlived the run"
     lines = result.stdout.splitlines()
     assert {"[worker-0] hello from 0", "[worker-1] hello from 1"} <= set(lines)
     assert any(line.startswith("job default/hello Succeeded in ") for line in lines)

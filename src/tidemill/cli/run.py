@@ -236,7 +236,9 @@ def run(
             fail(str(exc))
         stop_server = OnceStop(runner.stop)
         stack.callback(stop_server)
-        say(f"tidemill server on {url}: dashboard {url}/, API docs {url}/docs")
+        say(
+            f"tidemill server on {url}: dashboard {url}/, API docs {url}/docs; state in {state_dir}"
+        )
         for warning in missing_scripts(job):
             say(f"warning: {file}: {warning}")
         client = stack.enter_context(Client(url))
