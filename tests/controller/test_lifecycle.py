@@ -16,6 +16,7 @@ from tidemill.api.job import TrainingJob
 from tidemill.api.status import JobPhase, ReplicaPhase
 from tidemill.controller.actions import (
     Action,
+    Backoff,
     Event,
     Exited,
     Finishing,
@@ -27,6 +28,7 @@ from tidemill.controller.actions import (
 from tidemill.controller.conditions import ALLOWED, IllegalTransition, check_transition
 from tidemill.controller.lifecycle import LifecycleConfig, fail_broken, step
 from tidemill.controller.model import Adoption, JobSnapshot, Outcome, ReplicaSnapshot, Seen
+from tidemill.engines._supervise import CONTROL_PLANE_ENDED
 from tidemill.engines.base import Observation, ReplicaHandle
 
 NOW = 1000.0
@@ -501,3 +503,36 @@ def test_an_illegal_transition_in_a_step_raises_so_only_that_job_fails() -> None
     finished = job(replica("worker-0"), phase=JobPhase.SUCCEEDED)
     with pytest.raises(IllegalTransition, match="Succeeded cannot move to Running"):
         step(finished, spec(1), {"worker-0": ALIVE}, NOW, CONFIG)
+
+
+def ended_with_control_plane(code: int) -> Observation:
+    message = f"killed by SIGTERM; {CONTROL_PLANE_ENDED}" if code else CONTROL_PLANE_ENDED
+    return Observation(running=False, exit_code=code, message=message, control_plane_ended=True)
+
+
+def test_replicas_stopped_with_their_control_plane_start_again_at_once_uncharged() -> None:
+    snapshot = job(replica("worker-0", restarts=2), replica("worker-1"))
+    seen: dict[str, Seen] = {
+        "worker-0": ended_with_control_plane(143),
+        "worker-1": ended_with_control_plane(0),  # a SIGTERM handler that exits 0
+    }
+    actions = step(snapshot, spec(restart="Never"), seen, NOW, CONFIG)
+    assert [shown(a) for a in actions] == [
+        "Exited worker-0 BackOff",
+        "Backoff worker-0",
+        "Transition Restarting",
+        "Exited worker-1 BackOff",
+        "Backoff worker-1",
+        "Launch worker-0",
+        "Event ReplicaStarted",
+        "Launch worker-1",
+        "Event ReplicaStarted",
+    ]
+    charged = {a.replica: a.restarts for a in actions if isinstance(a, Backoff)}
+    assert charged == {"worker-0": 2, "worker-1": 0}
+    [resuming] = [a for a in actions if isinstance(a, Transition)]
+    assert resuming.reason == "Resuming"
+    assert resuming.message == (
+        "the control plane that ran this job ended and stopped its replicas; starting them "
+        "again (not counted against maxRestarts)"
+    )

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tidemill.engines._supervise import TETHER_GRACE_S, TETHER_VAR
+from tidemill.engines._supervise import CONTROL_PLANE_ENDED, TETHER_GRACE_S, TETHER_VAR
 from tidemill.engines.base import LaunchSpec
 from tidemill.engines.local import LocalEngine
 
@@ -162,14 +162,8 @@ def test_kill_9_of_a_tethered_engines_process_stops_every_replica(host_of: Any) 
     wait_for(lambda: not host.every_process(), "every process of every replica to end")
     for name in ("polite", "warm"):
         wait_for(lambda name=name: Path(host.launched[name]["exit_file"]).exists(), "exit file")
-        assert host.exit_file(name) == [
-            "143",
-            "killed by SIGTERM: the control plane that ran it had ended",
-        ]
-    assert host.exit_file("stubborn") == [
-        "137",
-        "killed by SIGKILL: the control plane that ran it had ended",
-    ]
+        assert host.exit_file(name) == ["143", f"killed by SIGTERM; {CONTROL_PLANE_ENDED}"]
+    assert host.exit_file("stubborn") == ["137", f"killed by SIGKILL; {CONTROL_PLANE_ENDED}"]
     log = Path(host.launched["stubborn"]["log_file"]).read_text()
     assert "the control plane that ran this replica ended; stopping it" in log
 
@@ -219,6 +213,7 @@ def test_closing_a_tethered_engine_stops_its_replicas(tmp_path: Path) -> None:
         engine.close()
         ended = wait_exit(engine, handle)
         assert ended.exit_code == 143
-        assert ended.message == "killed by SIGTERM: the control plane that ran it had ended"
+        assert ended.message == f"killed by SIGTERM; {CONTROL_PLANE_ENDED}"
+        assert ended.control_plane_ended
     finally:
         engine.kill(handle)

@@ -5,7 +5,8 @@ watch the job to its end, and exit 0 (Succeeded), 1 (Failed), 2 (invalid, or a g
 this machine can never hold) or 130 (Ctrl-C or SIGTERM: the job is deleted, replicas
 that outlive the delete are killed, and ``run`` returns within 3 s; see
 :mod:`tidemill.cli.interrupt`). Killed outright (``kill -9``), ``run`` leaves no local
-replica running either: each is tethered to it and stops itself.
+replica running either: each is tethered to it and stops itself; ``run`` again with the
+same ``--state-dir`` resumes the job (see :mod:`tidemill.cli.resume`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from tidemill.cli.kubernetes import (
     engine_options,
 )
 from tidemill.cli.progress import JobProgress, print_outcome, progress_sink
+from tidemill.cli.resume import CannotResume, resumes
 from tidemill.cli.scripts import missing_scripts
 from tidemill.client import Client
 from tidemill.controller import admission
@@ -196,7 +198,11 @@ def run(
     cluster: ClusterOption = None,
     state_dir: Annotated[
         Path | None,
-        typer.Option("--state-dir", help="Keep state here (default: a temporary folder)."),
+        typer.Option(
+            "--state-dir",
+            help="Keep state here (default: a temporary folder); the same job file run "
+            "again on it resumes the job if it did not finish.",
+        ),
     ] = None,
     keep: Annotated[
         bool, typer.Option("--keep", help="Keep the temporary state folder (logs, database).")
@@ -231,6 +237,14 @@ def run(
             runner = ServerRunner(
                 state_dir, cluster, port=0, engine=engine, engine_options=_tethered(engine)
             )
+        except RuntimeError as exc:
+            fail(str(exc))
+        try:
+            resuming = resumes(runner.store, job, state_dir)
+        except CannotResume as exc:
+            runner.stop()
+            fail(exc.message, exc.lines())
+        try:
             url = runner.start()
         except RuntimeError as exc:
             fail(str(exc))
@@ -242,9 +256,13 @@ def run(
         for warning in missing_scripts(job):
             say(f"warning: {file}: {warning}")
         client = stack.enter_context(Client(url))
-        view = client.submit(job)
+        if resuming:
+            view = client.get(job.metadata.name, job.metadata.namespace)
+            say(f"resuming job {view.namespace}/{view.name} ({view.phase}) from {state_dir}")
+        else:
+            view = client.submit(job)
         key = f"{view.namespace}/{view.name}"
-        if enlarged is not None:
+        if enlarged is not None and not resuming:
             with runner.store.transaction() as tx:
                 tx.add_event(key, "Oversubscribed", enlarged.message, warning=True)
         sink = progress_sink(view)

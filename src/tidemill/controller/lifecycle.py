@@ -3,8 +3,9 @@
 The rules, in the order they apply:
 
 1. **Observe**: a replica found by adopt is recorded; an exit is recorded (Stopped if it
-   was asked to stop); a replica the job master gave up on is killed; a replica asked to
-   stop and still there at its deadline is killed.
+   was asked to stop; started again at once, uncharged, if it was stopped because the
+   control plane that ran it ended); a replica the job master gave up on is killed; a
+   replica asked to stop and still there at its deadline is killed.
 2. A **deleted** job: kill what runs; once nothing runs, forget the job.
 3. **Deadline** (``activeDeadlineSeconds``), **drain** (replicas that left after a
    scale-in are forgotten, overdue ones killed), **scale-in** (ask the replicas above
@@ -68,6 +69,7 @@ LIVE = (R.RUNNING, R.STOPPING, R.LAUNCHING)
 """Phases in which a replica may have a process."""
 WAITING = (R.PENDING, R.BACKOFF, R.LAUNCHING, R.STOPPING)
 """Phases that keep a job from being Running."""
+RESUMING = "Resuming"
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,9 @@ class _Step:
             after = R.BACKOFF if replica.next_start_at is not None else R.STOPPED
             self.emit(Exited(name, after, seen.exit_code, seen.message, self.now))
             return
+        if seen.control_plane_ended:
+            self._resume(replica, seen)
+            return
         if seen.exit_code == 0:
             self.emit(Exited(name, R.SUCCEEDED, 0, seen.message, self.now))
             self.emit(Event("ReplicaSucceeded", f"{name} exited 0", replica=name))
@@ -206,6 +211,19 @@ class _Step:
         generic = seen.message in ("", f"exited with code {seen.exit_code}")
         detail = "" if generic else f": {seen.message}"
         self.emit(Event("ReplicaFailed", f"{name} {shown}{detail}", warning=True, replica=name))
+
+    def _resume(self, replica: ReplicaSnapshot, seen: Observation) -> None:
+        """Start again, uncharged, a replica stopped because the control plane that ran
+        it ended (``tidemill run`` killed): this control plane took its state over."""
+        name = replica.name
+        self.emit(Exited(name, R.BACKOFF, seen.exit_code, seen.message, self.now))
+        self.emit(Backoff(name, self.now, replica.restarts))
+        if not any(isinstance(a, Transition) and a.reason == RESUMING for a in self.actions):
+            message = (
+                "the control plane that ran this job ended and stopped its replicas; "
+                "starting them again (not counted against maxRestarts)"
+            )
+            self.emit(Transition(JobPhase.RESTARTING, RESUMING, message, warning=True))
 
     def _kill_due(self, replica: ReplicaSnapshot) -> bool:
         """Stopping past its grace, or given up on by the job master; again after a

@@ -52,6 +52,9 @@ UID_VAR = "TIDEMILL_REPLICA_UID"
 TETHER_VAR = "TIDEMILL_TETHER_FD"
 TETHER_GRACE_S = 5.0
 """How long a tethered command whose control plane ended has to finish on SIGTERM."""
+CONTROL_PLANE_ENDED = "stopped because the control plane that ran it had ended"
+"""The end of the exit file's reason when a tethered replica was stopped so: the next
+control plane on the same state starts it again rather than count it as a failure."""
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -110,6 +113,8 @@ class Supervisor:
             self.child.send_signal(signum)
 
     def finish(self, code: int, reason: str = "") -> int:
+        if self.untethered.is_set():
+            reason = f"{reason}; {CONTROL_PLANE_ENDED}" if reason else CONTROL_PLANE_ENDED
         write_atomic(self.exit_file, f"{code}\n{reason}\n" if reason else f"{code}\n")
         return code
 
@@ -186,10 +191,7 @@ class Supervisor:
             kill_the_rest()
 
     def killed_by(self, signum: int) -> int:
-        reason = f"killed by {signal.Signals(signum).name}"
-        if self.untethered.is_set():
-            reason += ": the control plane that ran it had ended"
-        return self.finish(128 + signum, reason)
+        return self.finish(128 + signum, f"killed by {signal.Signals(signum).name}")
 
 
 def take_tether(environ: MutableMapping[str, str]) -> int | None:

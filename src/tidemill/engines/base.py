@@ -76,6 +76,9 @@ class Observation:
     message: str = ""
     node_lost: bool = False
     """the replica's node is gone: it cannot start there again and must be placed anew"""
+    control_plane_ended: bool = False
+    """it was stopped because the control plane that ran it ended (a tethered replica,
+    see :class:`tidemill.engines.local.LocalEngine`): not a failure of its own"""
 
 
 class PlacementLost(RuntimeError):

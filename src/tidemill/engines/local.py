@@ -42,7 +42,13 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from tidemill.engines._supervise import CPUS_VAR, TETHER_VAR, UID_VAR, write_atomic
+from tidemill.engines._supervise import (
+    CONTROL_PLANE_ENDED,
+    CPUS_VAR,
+    TETHER_VAR,
+    UID_VAR,
+    write_atomic,
+)
 from tidemill.engines.base import Engine, LaunchPlan, LaunchSpec, Observation, ReplicaHandle
 from tidemill.engines.inherited_env import inherited_env
 from tidemill.engines.local_files import (
@@ -289,7 +295,13 @@ class LocalEngine:
         ended = ended or read_exit(replica.exit_file)
         if ended is not None:
             message = ended.reason or f"exited with code {ended.code}"
-            return Observation(False, ended.code, _child_pid(replica), message)
+            return Observation(
+                False,
+                ended.code,
+                _child_pid(replica),
+                message,
+                control_plane_ended=ended.reason.endswith(CONTROL_PLANE_ENDED),
+            )
         orphan = _orphaned_child(replica)
         if orphan is not None:
             return Observation(
