@@ -14,12 +14,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 
 from tidemill.cli import resume
 from tidemill.engines._supervise import TETHER_GRACE_S
+from tidemill.store.store import Store, sqlite_url
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "elastic" / "train.py"
 STEPS = 600
@@ -127,3 +129,41 @@ def test_the_differences_named_are_the_fields_that_differ() -> None:
         "spec.roles.ps",
         "spec.roles.worker.args",
     ]
+
+
+def test_a_job_an_earlier_run_left_half_deleted_is_let_go_then_run_afresh(tmp_path: Path) -> None:
+    (tmp_path / "hello.py").write_text(
+        "import pathlib, time\n"
+        "print('started', flush=True)\n"
+        "while not pathlib.Path('go').exists():\n"
+        "    time.sleep(0.1)\n"
+        "print('hello', flush=True)\n"
+    )
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "metadata: {name: hello}\n"
+        "spec: {roles: {worker: {replicas: 1, resources: {cpu: 0.1}, "
+        "command: [python, hello.py]}}}\n"
+    )
+    state = tmp_path / "state"
+    first = tidemill_run(job, state, cwd=tmp_path)
+    try:
+        assert first.stdout is not None
+        assert any("[worker-0] started" in line for line in first.stdout)
+    finally:
+        first.kill()
+        first.wait()
+    store = Store(sqlite_url(state))
+    try:
+        with store.transaction() as tx:
+            row = tx.job("default", "hello")
+            assert row is not None and row.phase == "Running"
+            row.deleted_at = time.time()  # as a run stopped mid-deletion leaves it
+    finally:
+        store.close()
+    (tmp_path / "go").touch()
+
+    code, stdout, stderr = finished(tidemill_run(job, state, cwd=tmp_path))
+    assert code == 0, stderr
+    assert "waiting for job default/hello, deleted by an earlier run, to be gone" in stderr
+    assert "[worker-0] hello" in stdout

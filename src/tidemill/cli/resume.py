@@ -5,12 +5,13 @@ unfinished in its state folder, its replicas stopped by their tether (see
 :class:`tidemill.engines.local.LocalEngine`). Running the same job file on the same
 folder again takes that job over: the embedded server starts its replicas again
 (uncharged), and they restore the job's newest checkpoint. A job of that name that has
-ended, is being deleted, or was submitted with another spec is refused, naming why,
-before the server starts (so a refused run starts nothing).
+ended or was submitted with another spec is refused, naming why, before the server
+starts (so a refused run starts nothing); one still being deleted is let go first.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +37,31 @@ class CannotResume(Exception):
         return [f"  {path}" for path in shown] + ([f"  ... and {more} more"] if more else [])
 
 
-def resumes(store: Store, job: TrainingJob, state_dir: Path) -> bool:
-    """Whether ``store`` holds ``job`` unfinished, with the same spec, to take over
-    (False: no job of its name, submit it); raises :class:`CannotResume`."""
+class Takeover(Enum):
+    """What ``run`` does with the job file, given the state it runs on."""
+
+    SUBMIT = "submit"
+    """no job of its name: submit it"""
+    RESUME = "resume"
+    """the same job, unfinished: follow it (the server starts its replicas again)"""
+    SUBMIT_AFTER_DELETION = "submit after deletion"
+    """a job of its name is being deleted (an earlier run stopped before its processes
+    were gone): the server finishes that first, then the file is submitted"""
+
+
+def takeover(store: Store, job: TrainingJob, state_dir: Path) -> Takeover:
+    """What to do with ``job`` on the state ``store`` holds; raises
+    :class:`CannotResume` when the state holds a job of its name this file cannot take."""
     namespace, name = job.metadata.namespace, job.metadata.name
     with store.transaction() as tx:
         row = tx.job(namespace, name)
         if row is None:
-            return False
-        phase, stored, deleting = JobPhase(row.phase), dict(row.spec), row.deleted_at is not None
+            return Takeover.SUBMIT
+        if row.deleted_at is not None:
+            return Takeover.SUBMIT_AFTER_DELETION
+        phase, stored = JobPhase(row.phase), dict(row.spec)
     key = f"{namespace}/{name}"
     again = "give another --state-dir or metadata.name to run it again"
-    if deleting:
-        raise CannotResume(f"job {key} in {state_dir} is being deleted; {again}")
     if phase.is_terminal:
         raise CannotResume(
             f"job {key} in {state_dir} has already ended ({phase}); `tidemill run` "
@@ -63,7 +76,7 @@ def resumes(store: Store, job: TrainingJob, state_dir: Path) -> bool:
             f"from to resume it, or {again}. It differs in:",
             differences,
         )
-    return True
+    return Takeover.RESUME
 
 
 def differing_paths(stored: Any, wanted: Any, path: str = "") -> list[str]:

@@ -52,9 +52,9 @@ from tidemill.cli.kubernetes import (
     engine_options,
 )
 from tidemill.cli.progress import JobProgress, print_outcome, progress_sink
-from tidemill.cli.resume import CannotResume, resumes
+from tidemill.cli.resume import CannotResume, Takeover, takeover
 from tidemill.cli.scripts import missing_scripts
-from tidemill.client import Client
+from tidemill.client import Client, NotFound
 from tidemill.controller import admission
 from tidemill.controller.admission import Oversubscription
 from tidemill.engines.registry import DEFAULT_ENGINE, UnknownEngine, check_engine_name, engine_names
@@ -240,7 +240,7 @@ def run(
         except RuntimeError as exc:
             fail(str(exc))
         try:
-            resuming = resumes(runner.store, job, state_dir)
+            plan = takeover(runner.store, job, state_dir)
         except CannotResume as exc:
             runner.stop()
             fail(exc.message, exc.lines())
@@ -256,13 +256,16 @@ def run(
         for warning in missing_scripts(job):
             say(f"warning: {file}: {warning}")
         client = stack.enter_context(Client(url))
-        if resuming:
+        if plan is Takeover.RESUME:
             view = client.get(job.metadata.name, job.metadata.namespace)
             say(f"resuming job {view.namespace}/{view.name} ({view.phase}) from {state_dir}")
         else:
+            if plan is Takeover.SUBMIT_AFTER_DELETION:
+                say(f"waiting for job {job.key}, deleted by an earlier run, to be gone")
+                _wait_deleted(client, job)
             view = client.submit(job)
         key = f"{view.namespace}/{view.name}"
-        if enlarged is not None and not resuming:
+        if enlarged is not None and plan is not Takeover.RESUME:
             with runner.store.transaction() as tx:
                 tx.add_event(key, "Oversubscribed", enlarged.message, warning=True)
         sink = progress_sink(view)
@@ -297,6 +300,22 @@ def _fit_this_machine(job: TrainingJob, oversubscribe: bool) -> Oversubscription
             problems,
         )
     return None
+
+
+DELETION_WAIT_S = 60.0
+"""How long ``run`` waits for an earlier run's job deletion to finish (seconds, normally)."""
+
+
+def _wait_deleted(client: Client, job: TrainingJob) -> None:
+    """Return once the job of ``job``'s name is gone; exit 1 if it stays."""
+    deadline = time.monotonic() + DELETION_WAIT_S
+    while time.monotonic() < deadline:
+        try:
+            client.get(job.metadata.name, job.metadata.namespace)
+        except NotFound:
+            return
+        time.sleep(0.2)
+    fail(f"job {job.key} is still being deleted after {DELETION_WAIT_S:g}s; try again later")
 
 
 def _tethered(engine: str) -> dict[str, object]:
