@@ -102,9 +102,11 @@ class Supervisor:
         self.argv = argv
         self.child: Child | None = None
         self.pending_signal: int | None = None
-        self.untethered = threading.Event()
-        """set once the tether read end-of-file: the control plane is gone"""
+        self.untethered = False
+        """the tether read end-of-file and the command was sent SIGTERM before it ended"""
         self.ended = threading.Event()
+        self.ending = threading.Lock()
+        """orders the command's end against the tether's SIGTERM: one of them is first"""
 
     def on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.child is None:
@@ -113,7 +115,7 @@ class Supervisor:
             self.child.send_signal(signum)
 
     def finish(self, code: int, reason: str = "") -> int:
-        if self.untethered.is_set():
+        if self.untethered:
             reason = f"{reason}; {CONTROL_PLANE_ENDED}" if reason else CONTROL_PLANE_ENDED
         write_atomic(self.exit_file, f"{code}\n{reason}\n" if reason else f"{code}\n")
         return code
@@ -164,8 +166,9 @@ class Supervisor:
         if self.tether is not None:
             threading.Thread(target=self.hold_tether, args=(child,), daemon=True).start()
         returncode = child.wait()
-        self.ended.set()
-        if self.untethered.is_set():
+        with self.ending:
+            self.ended.set()
+        if self.untethered:
             kill_the_rest()
         if returncode < 0:
             return self.killed_by(-returncode)
@@ -179,14 +182,17 @@ class Supervisor:
                 continue
         except OSError as exc:
             print(f"tidemill: cannot read the tether, stopping: {exc}", file=sys.stderr)
-        print(
-            "tidemill: the control plane that ran this replica ended; stopping it "
-            f"(SIGTERM, SIGKILL after {TETHER_GRACE_S:g}s)",
-            file=sys.stderr,
-            flush=True,
-        )
-        self.untethered.set()
-        child.send_signal(signal.SIGTERM)
+        with self.ending:
+            if self.ended.is_set():
+                return
+            print(
+                "tidemill: the control plane that ran this replica ended; stopping it "
+                f"(SIGTERM, SIGKILL after {TETHER_GRACE_S:g}s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.untethered = True
+            child.send_signal(signal.SIGTERM)
         if not self.ended.wait(TETHER_GRACE_S):
             kill_the_rest()
 
