@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -131,14 +133,19 @@ def test_the_differences_named_are_the_fields_that_differ() -> None:
     ]
 
 
-def test_a_job_an_earlier_run_left_half_deleted_is_let_go_then_run_afresh(tmp_path: Path) -> None:
-    (tmp_path / "hello.py").write_text(
-        "import pathlib, time\n"
-        "print('started', flush=True)\n"
-        "while not pathlib.Path('go').exists():\n"
-        "    time.sleep(0.1)\n"
-        "print('hello', flush=True)\n"
-    )
+WAITING = (
+    "import pathlib, time\n"
+    "print('started', flush=True)\n"
+    "while not pathlib.Path('go').exists():\n"
+    "    time.sleep(0.1)\n"
+    "print('hello', flush=True)\n"
+)
+
+
+def killed_while_running(tmp_path: Path) -> tuple[Path, Path]:
+    """A job file whose worker waits for a file ``go``, and the state a run of it left
+    when it was killed with SIGKILL while the worker waited."""
+    (tmp_path / "hello.py").write_text(WAITING)
     job = tmp_path / "job.yaml"
     job.write_text(
         "metadata: {name: hello}\n"
@@ -153,17 +160,41 @@ def test_a_job_an_earlier_run_left_half_deleted_is_let_go_then_run_afresh(tmp_pa
     finally:
         first.kill()
         first.wait()
+    return job, state
+
+
+def edit_row(state: Path, edit: Callable[[Any], None]) -> None:
     store = Store(sqlite_url(state))
     try:
         with store.transaction() as tx:
             row = tx.job("default", "hello")
             assert row is not None and row.phase == "Running"
-            row.deleted_at = time.time()  # as a run stopped mid-deletion leaves it
+            edit(row)
     finally:
         store.close()
+
+
+def test_a_job_an_earlier_run_left_half_deleted_is_let_go_then_run_afresh(tmp_path: Path) -> None:
+    job, state = killed_while_running(tmp_path)
+    edit_row(state, lambda row: setattr(row, "deleted_at", time.time()))
     (tmp_path / "go").touch()
 
     code, stdout, stderr = finished(tidemill_run(job, state, cwd=tmp_path))
     assert code == 0, stderr
     assert "waiting for job default/hello, deleted by an earlier run, to be gone" in stderr
     assert "[worker-0] hello" in stdout
+
+
+def test_a_job_whose_stored_spec_no_longer_validates_is_refused_by_name(tmp_path: Path) -> None:
+    job, state = killed_while_running(tmp_path)
+
+    def break_spec(row: Any) -> None:
+        spec = json.loads(json.dumps(row.spec))
+        spec["spec"]["roles"]["worker"]["replicas"] = -5
+        row.spec = spec
+
+    edit_row(state, break_spec)
+    code, _, stderr = finished(tidemill_run(job, state, cwd=tmp_path))
+    assert code == 1
+    assert "its stored spec is no longer valid (1 problem(s))" in stderr
+    assert "Traceback" not in stderr

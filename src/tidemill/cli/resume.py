@@ -15,6 +15,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import JobPhase
 from tidemill.store.store import Store
@@ -67,8 +69,14 @@ def takeover(store: Store, job: TrainingJob, state_dir: Path) -> Takeover:
             f"job {key} in {state_dir} has already ended ({phase}); `tidemill run` "
             f"resumes only an unfinished job: {again}"
         )
-    wanted = job.to_document()
-    differences = differing_paths(TrainingJob.model_validate(stored).to_document(), wanted)
+    try:
+        held = TrainingJob.model_validate(stored).to_document()
+    except ValidationError as exc:  # stored by a tidemill that accepted other fields
+        raise CannotResume(
+            f"job {key} in {state_dir} is unfinished ({phase}) but its stored spec is no "
+            f"longer valid ({exc.error_count()} problem(s)), so it cannot be resumed: {again}"
+        ) from None
+    differences = differing_paths(held, job.to_document())
     if differences:
         raise CannotResume(
             f"job {key} in {state_dir} is unfinished ({phase}) but was submitted with "

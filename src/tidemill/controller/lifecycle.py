@@ -70,6 +70,8 @@ LIVE = (R.RUNNING, R.STOPPING, R.LAUNCHING)
 WAITING = (R.PENDING, R.BACKOFF, R.LAUNCHING, R.STOPPING)
 """Phases that keep a job from being Running."""
 RESUMING = "Resuming"
+"""The reason of the Restarting transition that starts replicas stopped with their
+control plane; one per step, whatever the number of replicas."""
 
 
 @dataclass(frozen=True)
