@@ -479,3 +479,35 @@ def test_a_job_submitted_after_the_newest_job_was_deleted_is_scheduled(
         controller.delete("ads", name)
 
     assert [pid for _, pid in starts(tmp_path, "third")]
+
+
+@pytest.mark.parametrize(
+    ("cpu", "phase"), [(0.1, "Succeeded"), (6.0, "Pending")], ids=["finished", "pending"]
+)
+def test_a_job_marked_deleted_by_a_server_that_stopped_is_forgotten_by_the_next(
+    make_controller: Callable[..., Controller], tmp_path: Path, cpu: float, phase: str
+) -> None:
+    """A delete marks the job, then forgets it in a second transaction; a server that
+    stopped between the two left a row no cycle stepped (only active jobs were), and a
+    job of that name could never be submitted again."""
+    controller = make_controller()
+    controller.submit(job("blocker", tmp_path, cpu=6.0))  # of the node's 8 cpu
+    until(controller, "blocker", running, "the blocker to run")
+    controller.submit(job("half", tmp_path, cpu=cpu, env={"EXIT_AFTER_S": "0"}))
+    until(controller, "half", lambda r: r.phase == phase, phase)
+    with controller.store.transaction() as tx:
+        row = tx.job("ads", "half")
+        assert row is not None
+        row.deleted_at = time.time()
+        row.message = "deleted by someone"
+
+    restarted = make_controller()
+    deadline = time.monotonic() + 10
+    while row_of(restarted, "half") is not None and time.monotonic() < deadline:
+        restarted.reconcile_once()
+        time.sleep(0.05)
+
+    assert row_of(restarted, "half") is None
+    assert deletions(restarted) == ["job ads/half deleted by someone; its processes are gone"]
+    restarted.submit(job("half", tmp_path, env={"EXIT_AFTER_S": "0"}))
+    until(restarted, "half", lambda r: r.phase == "Succeeded", "the job submitted again")

@@ -123,7 +123,9 @@ class Applier:
     def _read(self) -> list[_Plan]:
         plans = []
         with self.store.read() as tx:
-            for row in tx.jobs(phases=ACTIVE_PHASES):
+            rows = {row.id: row for row in tx.jobs(phases=ACTIVE_PHASES)}
+            rows.update((row.id, row) for row in tx.deleted_jobs())
+            for row in sorted(rows.values(), key=lambda row: row.id):
                 try:
                     job = job_snapshot(row)
                 except Exception:

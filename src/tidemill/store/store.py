@@ -192,6 +192,17 @@ class Tx:
             stmt = stmt.where(JobRow.namespace == namespace)
         return list(self.session.scalars(stmt))
 
+    def deleted_jobs(self) -> list[JobRow]:
+        """Jobs marked deleted, whatever their phase: a server that stopped between
+        marking a job and forgetting it finishes the deletion when it starts again."""
+        stmt = (
+            select(JobRow)
+            .where(JobRow.deleted_at.is_not(None))
+            .options(selectinload(JobRow.replicas))
+            .order_by(JobRow.id)
+        )
+        return list(self.session.scalars(stmt))
+
     def queued_jobs(self) -> list[JobRow]:
         """Pending jobs for the scheduler: specs and conditions are loaded only if read
         (the controller caches parsed specs), so a long backlog stays cheap to scan."""
