@@ -137,7 +137,10 @@ def test_a_run_killed_with_sigkill_leaves_no_replica_running(tmp_path: Path, scr
             process.wait()
             left = [pid for pid in replicas if alive(pid, grace_s=TETHER_GRACE_S + 5.0)]
             assert left == []
-            assert [pid for pid in hosted if alive(pid, grace_s=2.0)] == []
+            # The supervisors end with their replicas; a fork server still importing its
+            # modules sees its lifeline closed only once they are in (seconds, on a
+            # loaded machine).
+            assert [pid for pid in hosted if alive(pid, grace_s=30.0)] == []
         finally:
             for pid in hosted:
                 if alive(pid, grace_s=0):
