@@ -333,3 +333,13 @@ def test_the_installed_entry_point_never_shows_a_traceback(
     assert "Traceback" not in invalid.stderr and "metadata: required field is missing" in (
         invalid.stderr
     )
+
+
+def test_kubernetes_options_given_to_the_local_engine_exit_2_naming_them(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["server", "--state-dir", str(tmp_path), "--no-network-policy", "--gpu-sharing", "none"],
+    )
+    assert result.exit_code == 2
+    assert "--gpu-sharing, --no-network-policy: only with --engine kubernetes" in result.output
+    assert not any(tmp_path.iterdir()), "nothing started"

@@ -125,10 +125,21 @@ class Cluster:
                 ("pod", core.list_namespaced_pod),
                 ("service", core.list_namespaced_service),
                 ("secret", core.list_namespaced_secret),
+                ("networkpolicy", client.NetworkingV1Api(api).list_namespaced_network_policy),
             ):
                 for item in lister(self.namespace, label_selector=selector).items:
                     found.append(f"{kind}/{item.metadata.name}")
         return found
+
+    def network_policies(self, job_uid: str) -> list[Any]:
+        """The NetworkPolicies labelled with the job's uid."""
+        selector = f"{names.UID_LABEL}={names.label_value(job_uid)}"
+        with self.api() as api:
+            return list(
+                client.NetworkingV1Api(api)
+                .list_namespaced_network_policy(self.namespace, label_selector=selector)
+                .items
+            )
 
     def job_object(self, name: str) -> dict[str, Any] | None:
         with self.api() as api:

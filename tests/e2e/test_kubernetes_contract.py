@@ -4,6 +4,7 @@ real cluster when ``TIDEMILL_TEST_KUBECONFIG`` is set (see tests/e2e/kubernetes.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -288,3 +289,81 @@ def test_exec_runs_a_command_in_a_replicas_container_and_passes_its_exit_code(
         missing = api.exec("shell", "worker", 0, ["no-such-program"], seen.append)
         assert missing != 0
         api.delete("shell")
+
+
+LISTENER = (
+    "import os, socket\n"
+    "server = socket.create_server((os.environ['TIDEMILL_POD_IP'], 8080))\n"
+    "while True:\n"
+    "    server.accept()[0].close()\n"
+)
+
+
+def listening(cluster: Cluster, name: str) -> TrainingJob:
+    """A two-pod job whose pods accept TCP connections on their pod IP, port 8080."""
+    document = cluster.sleeper(name).to_document()
+    document["spec"]["roles"]["worker"]["command"] = ["python", "-c", LISTENER]
+    return TrainingJob.model_validate(document)
+
+
+def test_a_jobs_network_policy_admits_only_its_own_pods_and_goes_with_the_job(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """One NetworkPolicy per job selects exactly its pods and lets in only its pods: the
+    job master, parameter servers and rendezvous authenticate no peer."""
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(cluster.sleeper("guarded"))
+        api.submit(cluster.sleeper("neighbour", replicas=1))
+        for name in ("guarded", "neighbour"):
+            wait_for(lambda n=name: api.get(n).phase == "Running", timeout_s=90, what=name)
+        guarded = api.get("guarded")
+        [policy] = cluster.network_policies(guarded.uid)
+        selector = policy.spec.pod_selector.match_labels
+        pods = cluster.pods("guarded")
+        assert len(pods) == 2
+        assert all(selector.items() <= pod.metadata.labels.items() for pod in pods)
+        [other] = cluster.pods("neighbour")
+        assert not selector.items() <= other.metadata.labels.items()
+        assert policy.spec.policy_types == ["Ingress"]
+        assert [[peer.pod_selector.match_labels for peer in rule._from]
+                for rule in policy.spec.ingress] == [[selector]]
+        assert policy.metadata.owner_references[0].kind == names.KIND
+        api.delete("guarded")
+        wait_for(lambda: not cluster.children(guarded.uid), timeout_s=60,
+                 what="every child gone, the NetworkPolicy too")
+        assert len(cluster.network_policies(api.get("neighbour").uid)) == 1
+
+
+def test_another_jobs_pod_cannot_connect_to_a_jobs_pods_but_its_own_can(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The policy enforced: only on a real cluster whose network plugin implements
+    NetworkPolicy (``TIDEMILL_TEST_NETWORK_POLICY=1``); emulated pods share the host's
+    network, so the emulator stores policies without enforcing them."""
+    if cluster.emulator is not None or not os.environ.get("TIDEMILL_TEST_NETWORK_POLICY"):
+        pytest.skip("needs a real cluster that enforces NetworkPolicy "
+                    "(set TIDEMILL_TEST_NETWORK_POLICY=1 with TIDEMILL_TEST_KUBECONFIG)")
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        "    socket.create_connection((sys.argv[1], 8080), timeout=5).close()\n"
+        "except OSError as exc:\n"
+        "    sys.exit(f'blocked: {exc}')\n"
+    )
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(listening(cluster, "guarded"))
+        api.submit(listening(cluster, "outsider"))
+        for name in ("guarded", "outsider"):
+            wait_for(lambda n=name: api.get(n).phase == "Running", timeout_s=90, what=name)
+        target = next(
+            pod.status.pod_ip
+            for pod in cluster.pods("guarded")
+            if pod.metadata.labels[names.INDEX_LABEL] == "0"
+        )
+        seen: list[str] = []
+        own = api.exec("guarded", "worker", 1, ["python", "-c", probe, target], seen.append)
+        assert own == 0, "".join(seen)
+        outsider = api.exec("outsider", "worker", 0, ["python", "-c", probe, target], seen.append)
+        assert outsider != 0, "a pod of another job connected"
+        api.delete("guarded")
+        api.delete("outsider")

@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import crd as crds
+from . import network_policy as netpol
 from . import validation as v
 from .errors import STALE, ApiError, already_exists, bad_request, conflict, not_found
 from .patches import apply_patch
@@ -364,6 +365,9 @@ class Store:
             obj["status"] = {"loadBalancer": {}}
         elif res.kind == "Secret":
             v.check("Secret", "", name, v.normalize_secret(obj))
+        elif res.kind == "NetworkPolicy":
+            netpol.default_network_policy(obj)
+            v.check(res.kind, res.group, name, netpol.network_policy_errors(obj))
         elif res.kind == "Namespace":
             obj["spec"] = {"finalizers": ["kubernetes"]}
             obj["status"] = {"phase": "Active"}
@@ -527,6 +531,9 @@ class Store:
             v.check("Service", "", meta["name"], v.service_errors(new))
         elif res.kind == "Secret":
             v.check("Secret", "", meta["name"], v.normalize_secret(new))
+        elif res.kind == "NetworkPolicy":
+            netpol.default_network_policy(new)
+            v.check(res.kind, res.group, meta["name"], netpol.network_policy_errors(new))
         elif res.kind == "Namespace":
             new["spec"] = old.get("spec", {})
         elif res.kind == "CustomResourceDefinition":

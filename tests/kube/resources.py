@@ -43,6 +43,10 @@ BUILTINS: tuple[Resource, ...] = (
     Resource("", "v1", "events", "Event", True, False, returns_object=False),
     Resource("", "v1", "serviceaccounts", "ServiceAccount", True, False, returns_object=False),
     Resource(
+        "networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, False,
+        returns_object=False,
+    ),
+    Resource(
         "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
         False, True,
     ),

@@ -281,6 +281,54 @@ def test_owner_reference_cascade(kube: KubeEmulator, v1: client.CoreV1Api) -> No
     until(lambda: not kube.objects("pods", NS) and not kube.objects("services", NS))
 
 
+def _policy(name: str, **spec: object) -> dict[str, object]:
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+def test_network_policies_are_defaulted_validated_and_cascaded(kube: KubeEmulator) -> None:
+    net = client.NetworkingV1Api(api(kube))
+    same = {"matchLabels": {"job": "j"}}
+    made = net.create_namespaced_network_policy(
+        NS, _policy("ingress", podSelector=same, ingress=[{"from": [{"podSelector": same}],
+                                                          "ports": [{"port": 29500}]}]))
+    assert made.spec.policy_types == ["Ingress"]
+    assert made.spec.ingress[0].ports[0].protocol == "TCP"
+    assert made.metadata.generation == 1
+    both = net.create_namespaced_network_policy(NS, _policy("both", podSelector={}, egress=[{}]))
+    assert both.spec.policy_types == ["Ingress", "Egress"]
+    bad = {
+        "no-selector": ({"policyTypes": ["Ingress"]}, "spec.podSelector"),
+        "two-peers": ({"podSelector": {}, "ingress": [{"from": [
+            {"podSelector": same, "ipBlock": {"cidr": "10.0.0.0/8"}}]}]},
+            "spec.ingress[0].from[0]"),
+        "no-peer": ({"podSelector": {}, "ingress": [{"from": [{}]}]}, "spec.ingress[0].from[0]"),
+        "bad-type": ({"podSelector": {}, "policyTypes": ["Inbound"]}, "spec.policyTypes[0]"),
+        "bad-cidr": ({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0/33"}}]}]},
+                     "spec.egress[0].to[0].ipBlock.cidr"),
+        "bad-range": ({"podSelector": {}, "ingress": [{"ports": [{"port": 80, "endPort": 79}]}]},
+                      "spec.ingress[0].ports[0].endPort"),
+        "bad-label": ({"podSelector": {"matchLabels": {"job": "-x-"}}},
+                      "spec.podSelector.matchLabels"),
+        "bad-operator": ({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Has"}]}},
+                         "spec.podSelector.matchExpressions[0].operator"),
+    }
+    for name, (spec, field) in bad.items():
+        with pytest.raises(ApiException) as e:
+            net.create_namespaced_network_policy(NS, {"metadata": {"name": name}, "spec": spec})
+        assert e.value.status == 422, name
+        assert field in e.value.body, (name, e.value.body)
+    co = _crd(kube)
+    job = co.create_namespaced_custom_object("tidemill.io", "v1", NS, "trainingjobs", _job("j"))
+    ref = {"apiVersion": "tidemill.io/v1", "kind": "TrainingJob", "name": "j",
+           "uid": job["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    owned = _policy("owned", podSelector=same)
+    owned["metadata"]["ownerReferences"] = [ref]  # type: ignore[index]
+    net.create_namespaced_network_policy(NS, owned)
+    co.delete_namespaced_custom_object("tidemill.io", "v1", NS, "trainingjobs", "j")
+    until(lambda: sorted(p["metadata"]["name"] for p in kube.objects("networkpolicies", NS))
+          == ["both", "ingress"])
+
+
 def test_orphan_and_foreground(kube: KubeEmulator, v1: client.CoreV1Api) -> None:
     owner = v1.create_namespaced_secret(NS, {"metadata": {"name": "o"}})
     ref = {"apiVersion": "v1", "kind": "Secret", "name": "o", "uid": owner.metadata.uid}

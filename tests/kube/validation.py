@@ -53,7 +53,7 @@ def subdomain_errors(value: str, path: str) -> Causes:
     return []
 
 
-def _qualified_name_errors(key: str, path: str) -> Causes:
+def qualified_name_errors(key: str, path: str) -> Causes:
     prefix, _, name = key.rpartition("/")
     out: Causes = []
     if prefix and (len(prefix) > 253 or not _SUBDOMAIN.match(prefix)):
@@ -62,6 +62,41 @@ def _qualified_name_errors(key: str, path: str) -> Causes:
         out.append((path, f'Invalid value: "{key}": name part must consist of alphanumeric '
                           "characters, '-', '_' or '.', and must start and end with an "
                           "alphanumeric character, and be no more than 63 characters"))
+    return out
+
+
+def label_value_errors(value: Any, path: str) -> Causes:
+    """Empty, or 63 alphanumerics, '-', '_' or '.' starting and ending alphanumeric."""
+    if isinstance(value, str) and len(value) <= 63 and _LABEL_VALUE.match(value):
+        return []
+    return [(path, f'Invalid value: "{value}": a valid label must be an empty string or '
+                   "consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+                   "with an alphanumeric character, at most 63 characters")]
+
+
+def label_selector_errors(selector: Any, path: str) -> Causes:
+    """A LabelSelector (`matchLabels`, `matchExpressions`), as `ValidateLabelSelector`."""
+    if not isinstance(selector, dict):
+        return [(path, "Invalid value: must be a label selector object")]
+    out: Causes = []
+    for key, value in (selector.get("matchLabels") or {}).items():
+        out += qualified_name_errors(key, f"{path}.matchLabels")
+        out += label_value_errors(value, f"{path}.matchLabels")
+    for i, expression in enumerate(selector.get("matchExpressions") or []):
+        where = f"{path}.matchExpressions[{i}]"
+        out += qualified_name_errors(str(expression.get("key", "")), f"{where}.key")
+        operator, values = expression.get("operator"), expression.get("values") or []
+        if operator in ("In", "NotIn") and not values:
+            out.append((f"{where}.values", "Required value: must be specified when `operator` "
+                                           "is 'In' or 'NotIn'"))
+        elif operator in ("Exists", "DoesNotExist") and values:
+            out.append((f"{where}.values", "Forbidden: may not be specified when `operator` "
+                                           "is 'Exists' or 'DoesNotExist'"))
+        elif operator not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            out.append((f"{where}.operator", f'Invalid value: "{operator}": not a valid '
+                                             "selector operator"))
+        for value in values:
+            out += label_value_errors(value, f"{where}.values")
     return out
 
 
@@ -81,14 +116,10 @@ def metadata_errors(meta: dict[str, Any], name_check: str) -> Causes:
     if not isinstance(labels, dict):
         return [*out, ("metadata.labels", "Invalid value: must be a map of strings")]
     for key, value in labels.items():
-        out += _qualified_name_errors(key, "metadata.labels")
-        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-            out.append(("metadata.labels", f'Invalid value: "{value}": a valid label must be an '
-                                           "empty string or consist of alphanumeric characters, "
-                                           "'-', '_' or '.', and must start and end with an "
-                                           "alphanumeric character, at most 63 characters"))
+        out += qualified_name_errors(key, "metadata.labels")
+        out += label_value_errors(value, "metadata.labels")
     for key, value in (meta.get("annotations") or {}).items():
-        out += _qualified_name_errors(key, "metadata.annotations")
+        out += qualified_name_errors(key, "metadata.annotations")
         if not isinstance(value, str):
             out.append(("metadata.annotations", f"Invalid value: {key} must be a string"))
     for i, ref in enumerate(meta.get("ownerReferences") or []):

@@ -57,6 +57,15 @@ ExtendedOption = Annotated[
         "(repeat for more; cpu, memory and nvidia.com/gpu are always counted).",
     ),
 ]
+NetworkPolicyOption = Annotated[
+    bool,
+    typer.Option(
+        "--network-policy/--no-network-policy",
+        help="Kubernetes: one NetworkPolicy per job, so that its pods accept connections "
+        "only from the job's own pods (the job master, parameter servers and rendezvous "
+        "authenticate no peer).",
+    ),
+]
 AdvertiseOption = Annotated[
     str | None,
     typer.Option(
@@ -76,6 +85,7 @@ def engine_options(
     gang_scheduler: str,
     gpu_sharing: str,
     extended_resources: list[str] | None = None,
+    network_policy: bool = True,
 ) -> dict[str, Any]:
     """The engine's constructor options; Kubernetes ones given to another engine are refused."""
     from tidemill.engines.kubernetes.options import KubernetesOptionError, KubernetesOptions
@@ -88,6 +98,7 @@ def engine_options(
         "--gang-scheduler": None if gang_scheduler == "tidemill" else gang_scheduler,
         "--gpu-sharing": None if gpu_sharing == "hami" else gpu_sharing,
         "--extended-resource": extended_resources,
+        "--no-network-policy": not network_policy,
     }
     if engine != "kubernetes":
         extra = [name for name, value in given.items() if value]
@@ -103,6 +114,7 @@ def engine_options(
             gang_scheduler=gang_scheduler,
             gpu_sharing=gpu_sharing,
             extended_resources=tuple(dict.fromkeys(extended_resources or ())),
+            network_policy=network_policy,
         )
     except KubernetesOptionError as exc:
         fail(str(exc), code=EXIT_INVALID)
@@ -115,6 +127,7 @@ def manifests(
     default_image: ImageOption = None,
     gang_scheduler: GangOption = "tidemill",
     gpu_sharing: SharingOption = "hami",
+    network_policy: NetworkPolicyOption = True,
     output: Annotated[
         str, typer.Option("--output", "-o", help="yaml (one document per object) or json.")
     ] = "yaml",
@@ -131,7 +144,10 @@ def manifests(
     job = load_job_file(file)
     try:
         options = KubernetesOptions(
-            default_image=default_image, gang_scheduler=gang_scheduler, gpu_sharing=gpu_sharing
+            default_image=default_image,
+            gang_scheduler=gang_scheduler,
+            gpu_sharing=gpu_sharing,
+            network_policy=network_policy,
         )
         objects = job_manifests(job, options)
     except (KubernetesOptionError, ValueError) as exc:

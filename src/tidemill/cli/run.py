@@ -48,6 +48,7 @@ from tidemill.cli.kubernetes import (
     ImageOption,
     KubeconfigOption,
     KubeNamespaceOption,
+    NetworkPolicyOption,
     SharingOption,
     engine_options,
 )
@@ -122,6 +123,7 @@ def server(
     gang_scheduler: GangOption = "tidemill",
     gpu_sharing: SharingOption = "hami",
     extended_resource: ExtendedOption = None,
+    network_policy: NetworkPolicyOption = True,
     advertise_url: AdvertiseOption = None,
     checkpoint_root: Annotated[
         str | None,
@@ -159,6 +161,7 @@ def server(
         gang_scheduler,
         gpu_sharing,
         extended_resource,
+        network_policy,
     )
     try:
         runner = ServerRunner(

@@ -40,7 +40,7 @@ def test_every_object_for_every_example_is_valid_kubernetes(example: Path, gang:
     job = load_job_file(example)
     objects = job_manifests(job, KubernetesOptions(default_image=IMAGE, gang_scheduler=gang))
     kinds = [o["kind"] for o in objects]
-    assert kinds[:3] == ["TrainingJob", "Service", "Secret"]
+    assert kinds[:4] == ["TrainingJob", "Service", "Secret", "NetworkPolicy"]
     assert ("PodGroup" in kinds) == (gang == "volcano")
     for obj in objects:
         validate(obj)
@@ -48,6 +48,24 @@ def test_every_object_for_every_example_is_valid_kubernetes(example: Path, gang:
     scheduler = "volcano" if gang == "volcano" else "tidemill"
     assert {p["spec"]["schedulerName"] for p in pods} == {scheduler}
     assert all(not p["spec"].get("nodeName") for p in pods), "pods are created unbound"
+
+
+def test_the_network_policy_lets_into_the_jobs_pods_only_its_own_pods() -> None:
+    job = load_job_file(ROOT / "examples" / "ctr_ps" / "job.yaml")
+    objects = job_manifests(job, KubernetesOptions(default_image=IMAGE))
+    [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    same_job = {"matchLabels": {names.UID_LABEL: "dry-run"}}
+    assert policy["spec"] == {
+        "podSelector": same_job,
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": same_job}]}],
+    }
+    pods = [o for o in objects if o["kind"] == "Pod"]
+    assert {p["metadata"]["labels"][names.ROLE_LABEL] for p in pods} == {"master", "ps", "worker"}
+    assert all(p["metadata"]["labels"][names.UID_LABEL] == "dry-run" for p in pods)
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == names.KIND
+    without = job_manifests(job, KubernetesOptions(default_image=IMAGE, network_policy=False))
+    assert "NetworkPolicy" not in {o["kind"] for o in without}
 
 
 def test_a_pod_carries_labels_owner_dns_and_the_role_resources() -> None:
@@ -220,9 +238,20 @@ def test_the_manifests_command_prints_valid_objects_and_refuses_a_job_without_im
         [*run, "--default-image", IMAGE], capture_output=True, text=True, timeout=60, check=True
     )
     objects = list(yaml.safe_load_all(done.stdout))
-    assert [o["kind"] for o in objects] == ["TrainingJob", "Service", "Secret", "Pod", "Pod"]
+    kinds = ["TrainingJob", "Service", "Secret", "NetworkPolicy", "Pod", "Pod"]
+    assert [o["kind"] for o in objects] == kinds
     for obj in objects:
         validate(obj)
+    open_pods = subprocess.run(
+        [*run, "--default-image", IMAGE, "--no-network-policy"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert [o["kind"] for o in yaml.safe_load_all(open_pods.stdout)] == [
+        kind for kind in kinds if kind != "NetworkPolicy"
+    ]
     as_json = subprocess.run(
         [*run, "--default-image", IMAGE, "-o", "json"],
         capture_output=True,

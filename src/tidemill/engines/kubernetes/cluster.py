@@ -29,6 +29,7 @@ API_CALLS: dict[tuple[str, str], frozenset[str]] = {
     ("", "pods/exec"): frozenset({"get", "create"}),
     ("", "services"): frozenset({"create"}),
     ("", "secrets"): frozenset({"create"}),
+    ("networking.k8s.io", "networkpolicies"): frozenset({"create"}),
     ("tidemill.io", "trainingjobs"): frozenset(
         {"get", "list", "watch", "create", "patch", "delete"}
     ),
@@ -77,6 +78,7 @@ class Cluster:
         self.api_client = api_client or load_client(options)
         self.core = client.CoreV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
+        self.networking = client.NetworkingV1Api(self.api_client)
         self._lock = threading.Lock()
         self._problem: str | None = None
         self._problem_since: float | None = None

@@ -44,6 +44,7 @@ from tidemill.engines.kubernetes.manifests import (
     TOKEN_VAR,
     Owner,
     binding_manifest,
+    network_policy_manifest,
     pod_manifest,
     podgroup_manifest,
     secret_manifest,
@@ -276,7 +277,7 @@ class KubernetesEngine:
 
     def _ensure_job(self, spec: LaunchSpec) -> Owner:
         """The job's TrainingJob object (made if the job came through tidemill), then its
-        Service, Secret and PodGroup; once per job per server."""
+        Service, Secret, NetworkPolicy and PodGroup; once per job per server."""
         cached = self._owners.get(spec.job_uid)
         if cached is not None:
             return cached
@@ -287,6 +288,8 @@ class KubernetesEngine:
         token = spec.env.get(TOKEN_VAR)
         if token:
             children.append(secret_manifest(spec.job, spec.job_uid, token, owner, self.options))
+        if self.options.network_policy:
+            children.append(network_policy_manifest(spec.job, spec.job_uid, owner, self.options))
         if self.options.gang_scheduler == "volcano":
             members = int(spec.env.get("WORLD_SIZE", "1") or 1)
             children.append(podgroup_manifest(spec.job, spec.job_uid, members, owner, self.options))
@@ -337,6 +340,10 @@ class KubernetesEngine:
         methods: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
             "Service": (core.create_namespaced_service, (namespace, manifest)),
             "Secret": (core.create_namespaced_secret, (namespace, manifest)),
+            "NetworkPolicy": (
+                self.cluster.networking.create_namespaced_network_policy,
+                (namespace, manifest),
+            ),
             "PodGroup": (
                 custom.create_namespaced_custom_object,
                 ("scheduling.volcano.sh", "v1beta1", namespace, "podgroups", manifest),

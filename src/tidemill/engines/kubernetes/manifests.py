@@ -2,8 +2,8 @@
 
 ``tidemill manifests JOB.yaml`` prints them and tests validate them against the
 official Kubernetes schemas, so what is shown is what runs. Every child of a job
-(pods, its Service, its Secret, a PodGroup) is owned by the job's TrainingJob object:
-deleting that object garbage-collects them all.
+(pods, its Service, its Secret, its NetworkPolicy, a PodGroup) is owned by the job's
+TrainingJob object: deleting that object garbage-collects them all.
 """
 
 from __future__ import annotations
@@ -99,6 +99,29 @@ def secret_manifest(
         "metadata": _metadata(names.secret_name(job), job, job_uid, owner, options),
         "type": "Opaque",
         "stringData": {names.TOKEN_KEY: token},
+    }
+
+
+def network_policy_manifest(
+    job: str, job_uid: str, owner: Owner, options: KubernetesOptions
+) -> Manifest:
+    """The job's pods accept connections only from pods of the same job.
+
+    Its job master, parameter servers and PyTorch's rendezvous store authenticate no
+    peer, so without this any pod of the cluster, another tenant's included, could join
+    the job's group, read its embeddings or push gradients into them. Policies add up:
+    one that a cluster's administrator wrote (monitoring, say) still lets its traffic in.
+    Egress is left alone (the master reaches the server, workers their data)."""
+    same_job = {"matchLabels": {names.UID_LABEL: names.label_value(job_uid)}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(names.service_name(job), job, job_uid, owner, options),
+        "spec": {
+            "podSelector": same_job,
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": same_job}]}],
+        },
     }
 
 

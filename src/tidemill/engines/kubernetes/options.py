@@ -49,6 +49,9 @@ class KubernetesOptions:
     """what the per-job master pod requests"""
     image_pull_policy: str = "IfNotPresent"
     request_timeout_s: float = 10.0
+    network_policy: bool = True
+    """one NetworkPolicy per job: its pods accept connections only from the job's own
+    pods (enforced by the cluster's network plugin, where it implements NetworkPolicy)"""
     labels: dict[str, str] = field(default_factory=dict)
     """extra labels on every object the engine makes"""
     extended_resources: tuple[str, ...] = ()

@@ -17,6 +17,7 @@ from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.manifests import (
     Manifest,
     Owner,
+    network_policy_manifest,
     pod_manifest,
     podgroup_manifest,
     secret_manifest,
@@ -77,7 +78,8 @@ def starting_snapshot(job: TrainingJob) -> JobSnapshot:
 def job_manifests(
     job: TrainingJob, options: KubernetesOptions, server_url: str = DEFAULT_SERVER_URL
 ) -> list[Manifest]:
-    """The TrainingJob object, its Service, Secret (and PodGroup), then one pod per replica."""
+    """The TrainingJob object, its Service, Secret (NetworkPolicy, PodGroup), then one pod
+    per replica."""
     snapshot = starting_snapshot(job)
     launcher = Launcher(dns_host, server_url, lambda uid: TOKEN)
     owner = Owner(job.metadata.name, OBJECT_UID)
@@ -87,6 +89,8 @@ def job_manifests(
         service_manifest(key, DRY_RUN_UID, owner, options),
         secret_manifest(key, DRY_RUN_UID, TOKEN, owner, options),
     ]
+    if options.network_policy:
+        objects.append(network_policy_manifest(key, DRY_RUN_UID, owner, options))
     workers = [r for r in snapshot.replicas if r.role != MASTER_ROLE]
     if options.gang_scheduler == "volcano":
         objects.append(podgroup_manifest(key, DRY_RUN_UID, len(workers), owner, options))
