@@ -24,9 +24,9 @@ How each figure is measured:
   server answered /healthz (its informers have listed) until the call count stayed still
   for ``--settle-s``, by RBAC verb and resource, divided by ``--jobs``; the same for the
   delete phase.
-- objects left: the store's count of pods, services, secrets, trainingjobs and podgroups,
-  polled every 0.5 s after the last delete call returned, until all are 0 (or
-  ``--cleanup-timeout-s``).
+- objects left: the store's count of pods, services, secrets, networkpolicies, trainingjobs
+  and podgroups, polled every 0.5 s after the last delete call returned, until all are 0
+  (or ``--cleanup-timeout-s``).
 - peak server RSS: VmHWM of the server process (only with a separate process).
 
 With Volcano nothing binds pods (no Volcano runs in the emulator): its figures are pod
@@ -79,7 +79,7 @@ WHERE = "emulated API server (tests/kube), not a real cluster"
 NAMESPACE = "default"
 IMAGE = "bench/worker:1"
 NODE_CPU, NODE_MEMORY = "32", "128Gi"
-COUNTED = ("pods", "services", "secrets", "trainingjobs", "podgroups")
+COUNTED = ("pods", "services", "secrets", "networkpolicies", "trainingjobs", "podgroups")
 def job(name: str, pods: int) -> dict[str, Any]:
     return {
         "apiVersion": "tidemill/v1",

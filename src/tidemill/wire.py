@@ -11,10 +11,11 @@ only catch the rarer hung or unplugged machine.
 
 Worker → master (``op``):
 
-- ``register {replica, pid, status, epoch, rank, step}``: first message of every
+- ``register {replica, pid, status, epoch, rank, step, proof}``: first message of every
   connection. ``status`` is ``new`` (wants to join), ``member`` (already trains in
   ``epoch``; sent when reconnecting to a restarted master) or ``ready`` (left
-  ``epoch`` at a step boundary and waits for the next one, holding state at ``step``).
+  ``epoch`` at a step boundary and waits for the next one, holding state at ``step``);
+  ``proof`` proves the job's credential, when the job has one.
 - ``sync {epoch, step, failed}``: this member stopped training in ``epoch`` and holds
   state at ``step``; ``failed`` when a collective broke (it rolled back to its commit).
 - ``formed {epoch}``: the process group of ``epoch`` is up and the state is in sync.
@@ -118,6 +119,9 @@ class Register:
     epoch: int | None = None
     step: int | None = None
     data: Any = None
+    proof: str | None = None
+    """The job's credential proven (:mod:`tidemill.peer_proof`); a master started with
+    one refuses a register without it."""
     op: ClassVar[str] = "register"
 
 

@@ -65,8 +65,8 @@ def ps_job(name: str, result: Path, checkpoints: Path | None = None) -> dict[str
     return job
 
 
-def expected_ledger() -> dict[str, float]:
-    counts = Counter(i for step in range(STEPS) for i in global_batch(step))
+def expected_ledger(steps: int = STEPS) -> dict[str, float]:
+    counts = Counter(i for step in range(steps) for i in global_batch(step))
     return {str(i): float(n) for i, n in sorted(counts.items())}
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,12 +21,17 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import ServerProcess, _processes_under, write_cluster
+from tests.e2e.harness import wait_for
+from tests.e2e.test_ps_training import expected_ledger, ps_job
 from tidemill.client import Client
+from tidemill.ps import OptimizerConfig, PSClient, PSConfig, PSServerError, TableConfig
+from tidemill.wire import decode, encode, split_address
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ROOT / "examples" / "elastic" / "train.py"
 CLUSTER = "nodes:\n  - {name: n, cpu: 4, memory: 8Gi}\n"
+MASTER_ADDRESS = re.compile(r"listening on (?P<host>\S+):(?P<port>\d+) as ")
 
 
 @pytest.fixture
@@ -118,6 +125,56 @@ def test_an_elastic_job_under_auth_keeps_its_master_state(
     assert not [line for line in master_log if "could not" in line], master_log
     listed = tidemill(server, editor, "jobs", "-o", "json")
     assert [(j["namespace"], j["name"]) for j in json.loads(listed.stdout)] == [("ml", "counting")]
+
+
+def test_a_ps_job_under_auth_trains_exactly_while_its_master_and_replicas_refuse_strangers(
+    auth_server: tuple[ServerProcess, str], tmp_path: Path
+) -> None:
+    """The job's master and PS replicas take only connections that prove the job's
+    credential: its own workers and its master's STATS polls do; a process without it
+    is refused by both, and the job trains on, every sample once."""
+    server, admin = auth_server
+    steps = 300
+    job = ps_job("ledger", tmp_path / "ledger.json")
+    job["metadata"]["namespace"] = "ml"
+    job["spec"]["roles"]["worker"]["command"][2] = str(steps)
+    table = TableConfig("ledger", 2, OptimizerConfig("sgd", lr=1.0), 0.0)
+    with Client(server.url, token=admin) as client:
+        client.submit(job)
+        insight = wait_for(
+            lambda: (view := client.get("ledger", "ml").ps) is not None
+            and all(shard.reachable for shard in view.shards)
+            and view.tables[0].rows > 0
+            and view,
+            timeout_s=120,
+            what="the master's STATS polls answered by both replicas",
+        )
+        master = wait_for(
+            lambda: next(
+                (
+                    MASTER_ADDRESS.search(line)
+                    for line in client.logs("ledger", role="master", index=0, namespace="ml")
+                    if MASTER_ADDRESS.search(line)
+                ),
+                None,
+            ),
+            timeout_s=30,
+            what="the master's listening line",
+        )
+        replicas = [split_address(shard.address) for shard in insight.shards]
+        with pytest.raises(PSServerError, match="sent no proof of the job's credential"):
+            PSClient(PSConfig((table,)), replicas, same_host_socket=False)
+        with socket.create_connection((master["host"], int(master["port"])), timeout=5) as sock:
+            sock.sendall(encode({"op": "register", "replica": "worker-0", "pid": 1,
+                                 "status": "new"}))
+            answer = decode(sock.makefile("rb").readline())
+        assert answer["op"] == "refused" and "sent no proof" in answer["message"], answer
+        assert client.get("ledger", "ml").phase == "Running"
+
+        final = client.wait("ledger", namespace="ml", timeout_s=240)
+
+    assert final.phase == "Succeeded", final.message
+    assert json.loads((tmp_path / "ledger.json").read_text()) == expected_ledger(steps)
 
 
 def test_a_server_beyond_loopback_without_auth_exits_2_saying_what_to_do(tmp_path: Path) -> None:

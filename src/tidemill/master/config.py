@@ -30,6 +30,7 @@ from tidemill.api.data import DataSpec
 from tidemill.api.metrics import TENSORBOARD_VAR
 from tidemill.api.ps import PS_ADDRS_VAR
 from tidemill.master.membership import Rules
+from tidemill.peer_proof import job_proof
 
 
 class MasterConfigError(ValueError):
@@ -60,6 +61,9 @@ class MasterConfig:
     """The job's ``spec.tensorboard.dir``: its metrics go there as event files."""
     metrics_flush_s: float = 2.0
     """How often the workers' metrics go on to the control plane."""
+    peer_proof: str | None = None
+    """What replicas must send to connect (``TIDEMILL_TOKEN`` proven, see
+    :mod:`tidemill.peer_proof`); None: the job has no credential, anyone may."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MasterConfig:
@@ -143,6 +147,7 @@ class MasterConfig:
             ps_addresses=ps_addresses,
             ps_stats_interval_s=ps_interval,
             tensorboard_dir=env.get(TENSORBOARD_VAR) or None,
+            peer_proof=job_proof(env),
         )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from tidemill.api.status import PSInsightView
 from tidemill.master.ps_insight import PSInsightBook
 from tidemill.ps._errors import PSProtocolError
-from tidemill.ps._wire import HEADER, MAX_TEXT_BYTES, Header, Op, parse_header
+from tidemill.ps._wire import HEADER, MAX_TEXT_BYTES, Header, Op, json_frame, parse_header
 
 Address = tuple[str, int]
 
@@ -37,9 +37,13 @@ class PSStatsPoller:
     ('user', True)
     """
 
-    def __init__(self, addresses: Sequence[Address], timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, addresses: Sequence[Address], timeout_s: float = 2.0, proof: str | None = None
+    ) -> None:
         self.addresses = list(addresses)
         self.timeout_s = timeout_s
+        self.proof = proof
+        """Sent in the HELLO before each STATS (the job's credential proven)."""
         self.book = PSInsightBook([f"{host}:{port}" for host, port in self.addresses])
 
     async def poll_once(self) -> PSInsightView:
@@ -49,7 +53,9 @@ class PSStatsPoller:
 
     async def _poll(self, index: int) -> None:
         try:
-            answer = await asyncio.wait_for(_ask(*self.addresses[index]), self.timeout_s)
+            answer = await asyncio.wait_for(
+                _ask(*self.addresses[index], self.proof), self.timeout_s
+            )
             self.book.answered(index, answer, time.time())
         except TimeoutError:
             self.book.failed(index, f"no STATS answer within {self.timeout_s:g} s")
@@ -57,22 +63,30 @@ class PSStatsPoller:
             self.book.failed(index, _reason(exc))
 
 
-async def _ask(host: str, port: int) -> dict[str, Any]:
-    """One STATS request on a connection of its own."""
+async def _ask(host: str, port: int, proof: str | None) -> dict[str, Any]:
+    """A HELLO (no tables: it only proves the job's credential), then one STATS, on a
+    connection of its own."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        writer.write(Header(Op.STATS, request_id=1).pack())
+        hello, payload = json_frame(Header(Op.HELLO, request_id=1), {"tables": [], "proof": proof})
+        writer.write(hello.pack() + b"".join(payload) + Header(Op.STATS, request_id=2).pack())
         await writer.drain()
-        header = parse_header(await reader.readexactly(HEADER.size), MAX_TEXT_BYTES)
-        body = (await reader.readexactly(header.payload_bytes)).decode("utf-8", "replace")
+        await _answer(reader, "HELLO", 1)
+        answer: dict[str, Any] = json.loads(await _answer(reader, "STATS", 2))
     finally:
         writer.close()
-    if header.op == Op.ERROR:
-        raise PSProtocolError(f"refused STATS: {body}")
-    if header.op != Op.OK or header.request_id != 1:
-        raise PSProtocolError(f"answered STATS with {Op(header.op).name} #{header.request_id}")
-    answer: dict[str, Any] = json.loads(body)
     return answer
+
+
+async def _answer(reader: asyncio.StreamReader, op: str, request_id: int) -> str:
+    """The body of the OK answer to request ``request_id``, or :class:`PSProtocolError`."""
+    header = parse_header(await reader.readexactly(HEADER.size), MAX_TEXT_BYTES)
+    body = (await reader.readexactly(header.payload_bytes)).decode("utf-8", "replace")
+    if header.op == Op.ERROR:
+        raise PSProtocolError(f"refused {op}: {body}")
+    if header.op != Op.OK or header.request_id != request_id:
+        raise PSProtocolError(f"answered {op} with {Op(header.op).name} #{header.request_id}")
+    return body
 
 
 def _reason(exc: BaseException) -> str:

@@ -37,6 +37,7 @@ from tidemill.master.membership import Membership, Phase
 from tidemill.master.persistence import StateBackend, log
 from tidemill.master.tensorboard import EventFiles
 from tidemill.master.training_metrics import MetricsBook
+from tidemill.peer_proof import proof_refusal
 from tidemill.wire import (
     MAX_LINE_BYTES,
     CheckpointReport,
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
 
 REPLICA_NAME = re.compile(r"^[a-z][a-z0-9]*-\d+$")
 STATUSES = ("new", "member", "ready")
+LOGGED_REFUSALS = 10
+"""Connections refused for want of the job's proof that are logged one by one; after
+these only every 1,000th, so a stranger knocking cannot fill the master's log."""
 CHECKPOINT_EVENTS = {
     "saved": ("Normal", "CheckpointSaved"),
     "restored": ("Normal", "CheckpointRestored"),
@@ -117,6 +121,8 @@ class MasterServer:
         self.ps_insight: PSInsightView | None = None
         folder = self.config.tensorboard_dir
         self.metrics = MetricsBook(EventFiles(folder) if folder else None)
+        self.refused_peers = 0
+        """Connections refused because they could not prove the job's credential."""
         self.unresponsive: dict[str, int] = {}
         """Replica -> pid of a process the master gave up on (no heartbeat, missed a
         deadline) while it may still be alive: saved, so the controller can stop it."""
@@ -149,7 +155,7 @@ class MasterServer:
             # Imported only here: the PS wire module brings numpy and numba along.
             from tidemill.master.ps_poller import PSStatsPoller
 
-            self.ps_poller = PSStatsPoller(self.config.ps_addresses)
+            self.ps_poller = PSStatsPoller(self.config.ps_addresses, proof=self.config.peer_proof)
             self.ps_insight = saved_insight(saved, "ps_insight", PSInsightView)
         self._server = await asyncio.start_server(
             self._serve, self.config.bind_host, self.config.port, limit=MAX_LINE_BYTES
@@ -324,6 +330,18 @@ class MasterServer:
 
     async def _register(self, connection: Connection, request: Register) -> None:
         name, pid, status = request.replica, request.pid, request.status
+        refusal = proof_refusal(
+            self.config.peer_proof, request.proof, f"the job master of {self.config.job}"
+        )
+        if refusal is not None:
+            self.refused_peers += 1
+            if self.refused_peers <= LOGGED_REFUSALS or self.refused_peers % 1000 == 0:
+                log(
+                    f"refused {connection.peer} (as {name[:64]!r}): {refusal}"
+                    f" ({self.refused_peers} refused so far)"
+                )
+            await self._refuse(connection, refusal)
+            return
         if not REPLICA_NAME.match(name):
             raise ProtocolError(f"register needs 'replica' like worker-3, got {name!r}")
         if status not in STATUSES:

@@ -17,6 +17,7 @@ import sys
 import time
 from types import FrameType
 
+from tidemill.peer_proof import job_proof
 from tidemill.ps._errors import PSConfigError
 from tidemill.ps._psconfig import PSConfig, addresses_from_env, index_from_env
 from tidemill.ps._server import PSServer
@@ -52,7 +53,9 @@ def main() -> int:
     named, port = addresses[index]
     host = listen_host(named)
     try:
-        server = PSServer(config, index, host, port, replicas=len(addresses))
+        server = PSServer(
+            config, index, host, port, replicas=len(addresses), proof=job_proof(os.environ)
+        )
     except OSError as exc:
         print(f"tidemill-ps: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1

@@ -112,6 +112,8 @@ class PSClient:
     after the backward pass). In sync mode a pull of step s sees every rank's pushes up
     to step s-1. A replica on this host is reached through its Unix socket unless
     ``same_host_socket=False`` (then always TCP); :attr:`transports` says which.
+    ``proof`` is what replicas started with one ask of every connection (the job's
+    credential proven, :func:`tidemill.peer_proof.job_proof`).
 
     >>> from tidemill.ps import OptimizerConfig, PSConfig, PSServer, TableConfig
     >>> config = PSConfig((TableConfig("user", 4, OptimizerConfig("sgd", lr=1.0), 0.0, 1),))
@@ -136,10 +138,12 @@ class PSClient:
         tables: Sequence[str] | None = None,
         connect_timeout_s: float = 10.0,
         same_host_socket: bool = True,
+        proof: str | None = None,
     ) -> None:
         if not addresses:
             raise PSConfigError("addresses: empty; give one host:port per PS replica")
         self.config = config
+        self._proof = proof
         self._dims = {name: config.table(name).dim for name in (tables or config.table_names)}
         self._map = ShardMap.for_config(config, len(addresses))
         self._request_ids = itertools.count(1)
@@ -385,7 +389,10 @@ class PSClient:
         for channel in ("pull", "push"):
             frames = {
                 shard.index: [
-                    json_frame(self._header(Op.HELLO, shard, None, 0), {"tables": list(self._dims)})
+                    json_frame(
+                        self._header(Op.HELLO, shard, None, 0),
+                        {"tables": list(self._dims), "proof": self._proof},
+                    )
                 ]
                 for shard in self._shards
             }

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tidemill.peer_proof import proof_refusal
 from tidemill.ps._budget import row_budgets
 from tidemill.ps._config import TableConfig
 from tidemill.ps._cuts import read_snapshot, snapshot_shards, write_snapshot
@@ -68,6 +69,17 @@ class _Table:
     """Rows evicted to stay within that budget."""
 
 
+@dataclass
+class _Peer:
+    """One connection's standing: whether its HELLO proved the job's credential."""
+
+    proven: bool
+
+
+class _Unproven(Exception):
+    """A connection that has not proven the job's credential: refused, then closed."""
+
+
 class PSServer:
     """Serve replica ``index`` of the tables in ``config`` on ``host:port`` (0: any port).
 
@@ -85,9 +97,13 @@ class PSServer:
         host: str = "127.0.0.1",
         port: int = 0,
         replicas: int = 1,
+        proof: str | None = None,
     ):
         self.config = config
         self.index = index
+        self.proof = proof
+        """What a connection's HELLO must carry (the job's credential proven); None: any
+        peer may connect (a job without a credential)."""
         self._map = ShardMap.for_config(config, replicas)
         """Which ids are this replica's: a snapshot taken over another count is filtered."""
         self._tables = [
@@ -182,6 +198,7 @@ class PSServer:
             thread.start()
 
     def _serve(self, sock: socket.socket) -> None:
+        peer = _Peer(proven=self.proof is None)
         try:
             while not self._stopping.is_set():
                 try:
@@ -192,7 +209,10 @@ class PSServer:
                 if header is None:
                     return
                 try:
-                    frames = self._answer(sock, header)
+                    frames = self._answer(sock, header, peer)
+                except _Unproven as exc:
+                    _refuse_and_close(sock, error_frame(header, ErrorCode.UNPROVEN, str(exc)))
+                    return
                 except Refused as exc:
                     frames = [error_frame(header, exc.code, str(exc))]
                 except PSProtocolError as exc:
@@ -215,8 +235,13 @@ class PSServer:
                 self._connections.pop(sock, None)
             sock.close()
 
-    def _answer(self, sock: socket.socket, header: Header) -> list[Frame]:
+    def _answer(self, sock: socket.socket, header: Header, peer: _Peer) -> list[Frame]:
         """Read the payload of ``header`` (always, to stay in step) and answer it."""
+        if not peer.proven and header.op != Op.HELLO:
+            raise _Unproven(
+                f"PS replica {self.index} answers a connection only after a HELLO that"
+                f" proves the job's credential; got {Op(header.op).name} first"
+            )
         reply = header._replace(op=Op.OK, rows=0, dim=0, payload_bytes=0)
         if header.op in (Op.PULL, Op.PUSH, Op.BEGIN):
             self._enter_epoch(header)
@@ -229,7 +254,7 @@ class PSServer:
             return [(reply._replace(rows=self._push(header, ids, grads)), [])]
         text = recv_text(sock, header) if header.payload_bytes else ""
         handlers: dict[int, Callable[[Header, str], Any]] = {
-            Op.HELLO: self._hello,
+            Op.HELLO: lambda h, t: self._hello(h, t, peer),
             Op.STATS: lambda _h, _t: self.stats(),
             Op.BEGIN: self._begin,
             Op.ROLLBACK: lambda _h, _t: self._rollback(),
@@ -299,13 +324,21 @@ class PSServer:
 
         return apply
 
-    def _hello(self, _header: Header, text: str) -> dict[str, Any]:
+    def _hello(self, _header: Header, text: str, peer: _Peer) -> dict[str, Any]:
         try:
-            wanted = json.loads(text)["tables"]
+            request = json.loads(text)
+            wanted = request["tables"]
         except (ValueError, KeyError, TypeError) as exc:
+            if not peer.proven:
+                raise _Unproven(f"PS replica {self.index}: HELLO is not JSON: {exc}") from exc
             raise Refused(
                 ErrorCode.BAD_REQUEST, f"HELLO needs JSON {{'tables': [...]}}: {exc}"
             ) from exc
+        if not peer.proven:
+            refusal = proof_refusal(self.proof, request.get("proof"), f"PS replica {self.index}")
+            if refusal is not None:
+                raise _Unproven(refusal)
+            peer.proven = True
         names = self.config.table_names
         unknown = [name for name in wanted if name not in names]
         if unknown:

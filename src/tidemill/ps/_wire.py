@@ -11,7 +11,7 @@ Ops (requests carry ``table`` = the id the shard gave that table in its HELLO an
 ========  ===============================================  ==========================
 op        request payload                                  answer
 ========  ===============================================  ==========================
-HELLO     JSON ``{"tables": [name, ...]}``                 OK JSON ``{name: {id, dim}}``
+HELLO     JSON ``{"tables": [name, ...], "proof": p}``     OK JSON ``{name: {id, dim}}``
 PULL      ``int64[rows]`` ids (``dim`` 0)                  ROWS ``float32[rows, dim]``
 PUSH      ``int64[rows]`` ids, ``float32[rows, dim]``      OK (``rows`` = rows applied)
 STATS     none                                             OK JSON per-table counters
@@ -21,6 +21,10 @@ EXPORT    JSON ``{"folder", "since_version"}``             OK JSON ``{table: fil
 LOAD      JSON ``{"folder", "replace"}``                   OK
 SHUTDOWN  none                                             OK, then the server stops
 ========  ===============================================  ==========================
+
+A replica started with the job's proof (:mod:`tidemill.peer_proof`) answers only a
+connection whose first frame is a HELLO carrying it; anything else gets an ERROR
+(``UNPROVEN``) and the connection is closed.
 
 Any request may instead be answered by ERROR: ``flags`` is an error code, the payload a
 UTF-8 message. A frame with a wrong magic, version, op or sizes gets an ERROR and the
@@ -75,6 +79,8 @@ class ErrorCode(IntEnum):
     STALE_EPOCH = 6
     INTERNAL = 7
     CUT_MISSING = 8
+    UNPROVEN = 9
+    """The connection did not prove the job's credential (see :mod:`tidemill.peer_proof`)."""
 
 
 _OPS = frozenset(int(op) for op in Op)

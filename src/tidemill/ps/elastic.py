@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 
 from tidemill.checkpoint import list_checkpoints
+from tidemill.peer_proof import job_proof
 from tidemill.ps._client import PSClient
 from tidemill.ps._cuts import snapshot_shards
 from tidemill.ps._errors import PSCutMissing, PSUnavailable
@@ -69,6 +70,7 @@ class JobPS:
         env = os.environ if environ is None else environ
         self.config = PSConfig.from_env(env)
         self.addresses: tuple[Address, ...] = addresses_from_env(env)
+        self.proof = job_proof(env)
         self._client: PSClient | None = None
         self._cutting: CommitHook | None = None
         self._waits_for: Checkpointing | None = None
@@ -114,7 +116,14 @@ class JobPS:
         deadline = time.monotonic() + SHARDS_BACK_S
         while True:
             try:
-                return PSClient(self.config, self.addresses, ctx.rank, ctx.world_size, ctx.epoch)
+                return PSClient(
+                    self.config,
+                    self.addresses,
+                    ctx.rank,
+                    ctx.world_size,
+                    ctx.epoch,
+                    proof=self.proof,
+                )
             except PSUnavailable:
                 if time.monotonic() > deadline:
                     raise

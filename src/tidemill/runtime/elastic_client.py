@@ -69,6 +69,7 @@ class MasterClient:
         pid: int,
         on_abort: Callable[[int], None],
         heartbeat_s: float = HEARTBEAT_S,
+        proof: str | None = None,
     ) -> None:
         self.address = address
         self.host, self.port = split_address(address)
@@ -76,6 +77,8 @@ class MasterClient:
         self.pid = pid
         self.on_abort = on_abort
         self.heartbeat_s = heartbeat_s
+        self.proof = proof
+        """Sent with every ``register``: the job's credential proven (``peer_proof``)."""
         self.inbox: queue.Queue[InboxMessage] = queue.Queue()
         self.status = "new"
         """What a re-registration claims: ``new``, ``member`` or ``ready``."""
@@ -214,7 +217,9 @@ class MasterClient:
             return None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.heartbeat_s / 2)
-        register = Register(self.replica, self.pid, self.status, self.epoch, self.step, self.data)
+        register = Register(
+            self.replica, self.pid, self.status, self.epoch, self.step, self.data, self.proof
+        )
         try:
             sock.sendall(encode(register))
         except OSError:

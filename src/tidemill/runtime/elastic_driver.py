@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from tidemill.api.checkpoint import CheckpointPlan
+from tidemill.peer_proof import job_proof
 from tidemill.runtime._active import ActiveEpoch, activate, current, deactivate
 from tidemill.runtime._checkpointing import Checkpointing
 from tidemill.runtime._errors import RendezvousError
@@ -80,7 +81,11 @@ class Driver:
         self.device = _device_of(state.model)
         self.backend = backend or ("nccl" if self.device.type == "cuda" else "gloo")
         self.client = MasterClient(
-            env["TIDEMILL_MASTER_ADDR"], self.replica, os.getpid(), on_abort=self._on_abort
+            env["TIDEMILL_MASTER_ADDR"],
+            self.replica,
+            os.getpid(),
+            on_abort=self._on_abort,
+            proof=job_proof(env),
         )
         self.group: Group | None = None
         self.stores = StoreClients()
