@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from tidemill.master.ps_poller import PSStatsPoller
 from tidemill.peer_proof import job_proof
 from tidemill.ps import OptimizerConfig, PSClient, PSConfig, PSServer, PSServerError, TableConfig
+from tidemill.ps import _server as ps_server
 from tidemill.ps._wire import ErrorCode, Header, Op, recv_header, recv_text, send_frames
 
 CONFIG = PSConfig((TableConfig("t", 4, OptimizerConfig("sgd", lr=1.0), 0.0, 1),))
@@ -86,3 +88,16 @@ def test_a_replica_without_a_proof_takes_any_peer() -> None:
             assert answer is not None and answer.op == Op.OK
         with PSClient(CONFIG, [open_replica.address], proof=PROOF) as client:
             assert client.pull("t", [1]).shape == (1, 4)
+
+
+def test_a_stranger_that_connects_and_stays_silent_is_let_go(
+    guarded: PSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ps_server, "_PROVE_WITHIN_S", 0.3)
+    with socket.create_connection(guarded.address, timeout=5) as sock:
+        started = time.monotonic()
+        assert sock.recv(1) == b"", "the replica closes a connection that never says HELLO"
+        assert time.monotonic() - started < 3
+    with PSClient(CONFIG, [guarded.address], proof=PROOF) as member:
+        time.sleep(0.6)  # a proven connection has no deadline
+        assert member.pull("t", [5]).shape == (1, 4)

@@ -54,6 +54,9 @@ Frame = tuple[Header, list[Any]]
 _ACCEPT_POLL_S = 0.2
 _DRAIN_S = 1.0
 _DRAIN_BYTES = 1 << 24
+_PROVE_WITHIN_S = 10.0
+"""A connection to a replica that asks for the job's proof must send its HELLO within
+this long, so strangers that connect and stay silent do not each hold a thread."""
 
 
 @dataclass
@@ -73,6 +76,7 @@ class _Table:
 class _Peer:
     """One connection's standing: whether its HELLO proved the job's credential."""
 
+    sock: socket.socket
     proven: bool
 
 
@@ -187,7 +191,7 @@ class PSServer:
                 continue
             except OSError:
                 return
-            sock.settimeout(None)
+            sock.settimeout(None if self.proof is None else _PROVE_WITHIN_S)
             if sock.family == socket.AF_UNIX:
                 widen(sock)
             else:
@@ -198,7 +202,7 @@ class PSServer:
             thread.start()
 
     def _serve(self, sock: socket.socket) -> None:
-        peer = _Peer(proven=self.proof is None)
+        peer = _Peer(sock, proven=self.proof is None)
         try:
             while not self._stopping.is_set():
                 try:
@@ -339,6 +343,7 @@ class PSServer:
             if refusal is not None:
                 raise _Unproven(refusal)
             peer.proven = True
+            peer.sock.settimeout(None)
         names = self.config.table_names
         unknown = [name for name in wanted if name not in names]
         if unknown:
