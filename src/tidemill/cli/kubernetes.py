@@ -62,8 +62,7 @@ NetworkPolicyOption = Annotated[
     typer.Option(
         "--network-policy/--no-network-policy",
         help="Kubernetes: one NetworkPolicy per job, so that its pods accept connections "
-        "only from the job's own pods (the job master, parameter servers and rendezvous "
-        "authenticate no peer).",
+        "only from the job's own pods (PyTorch's rendezvous store authenticates no peer).",
     ),
 ]
 AdvertiseOption = Annotated[

@@ -107,9 +107,10 @@ def network_policy_manifest(
 ) -> Manifest:
     """The job's pods accept connections only from pods of the same job.
 
-    Its job master, parameter servers and PyTorch's rendezvous store authenticate no
-    peer, so without this any pod of the cluster, another tenant's included, could join
-    the job's group, read its embeddings or push gradients into them. Policies add up:
+    PyTorch's rendezvous store authenticates no peer, and the job master and parameter
+    servers ask for the job's proof only with auth on (:mod:`tidemill.peer_proof`), so
+    without this any pod of the cluster, another tenant's included, could join the job's
+    group, read its embeddings or push gradients into them. Policies add up:
     one that a cluster's administrator wrote (monitoring, say) still lets its traffic in.
     Egress is left alone (the master reaches the server, workers their data)."""
     same_job = {"matchLabels": {names.UID_LABEL: names.label_value(job_uid)}}
