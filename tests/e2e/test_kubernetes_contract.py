@@ -309,8 +309,8 @@ def listening(cluster: Cluster, name: str) -> TrainingJob:
 def test_a_jobs_network_policy_admits_only_its_own_pods_and_goes_with_the_job(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """One NetworkPolicy per job selects exactly its pods and lets in only its pods: the
-    job master, parameter servers and rendezvous authenticate no peer."""
+    """One NetworkPolicy per job selects exactly its pods and lets in only its pods
+    (PyTorch's rendezvous store authenticates no peer)."""
     with server(cluster, tmp_path / "state") as (_, api):
         api.submit(cluster.sleeper("guarded"))
         api.submit(cluster.sleeper("neighbour", replicas=1))
@@ -343,12 +343,17 @@ def test_another_jobs_pod_cannot_connect_to_a_jobs_pods_but_its_own_can(
     if cluster.emulator is not None or not os.environ.get("TIDEMILL_TEST_NETWORK_POLICY"):
         pytest.skip("needs a real cluster that enforces NetworkPolicy "
                     "(set TIDEMILL_TEST_NETWORK_POLICY=1 with TIDEMILL_TEST_KUBECONFIG)")
-    probe = (
-        "import socket, sys\n"
-        "try:\n"
-        "    socket.create_connection((sys.argv[1], 8080), timeout=5).close()\n"
-        "except OSError as exc:\n"
-        "    sys.exit(f'blocked: {exc}')\n"
+    probe = (  # tries for 15 s: the target may still be starting its listener
+        "import socket, sys, time\n"
+        "deadline = time.monotonic() + 15\n"
+        "while True:\n"
+        "    try:\n"
+        "        socket.create_connection((sys.argv[1], 8080), timeout=3).close()\n"
+        "        sys.exit(0)\n"
+        "    except OSError as exc:\n"
+        "        if time.monotonic() > deadline:\n"
+        "            sys.exit(f'blocked: {exc}')\n"
+        "        time.sleep(0.5)\n"
     )
     with server(cluster, tmp_path / "state") as (_, api):
         api.submit(listening(cluster, "guarded"))
@@ -362,7 +367,7 @@ def test_another_jobs_pod_cannot_connect_to_a_jobs_pods_but_its_own_can(
         )
         seen: list[str] = []
         own = api.exec("guarded", "worker", 1, ["python", "-c", probe, target], seen.append)
-        assert own == 0, "".join(seen)
+        assert own == 0, "".join(seen)  # so the target listens: the outsider is blocked
         outsider = api.exec("outsider", "worker", 0, ["python", "-c", probe, target], seen.append)
         assert outsider != 0, "a pod of another job connected"
         api.delete("guarded")
