@@ -101,3 +101,23 @@ def test_a_stranger_that_connects_and_stays_silent_is_let_go(
     with PSClient(CONFIG, [guarded.address], proof=PROOF) as member:
         time.sleep(0.6)  # a proven connection has no deadline
         assert member.pull("t", [5]).shape == (1, 4)
+
+
+def test_a_flood_of_silent_strangers_is_turned_away_and_the_jobs_client_goes_on(
+    guarded: PSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ps_server, "_MAX_UNPROVEN", 2)
+    monkeypatch.setattr(ps_server, "_PROVE_WITHIN_S", 1.5)
+    with PSClient(CONFIG, [guarded.address], proof=PROOF) as member:
+        silent = [socket.create_connection(guarded.address, timeout=5) for _ in range(2)]
+        time.sleep(0.2)  # both accepted and counted
+        with socket.create_connection(guarded.address, timeout=5) as third:
+            started = time.monotonic()
+            assert third.recv(1) == b"", "a connection beyond the cap is closed"
+            assert time.monotonic() - started < 1.0, "at once, not at the deadline"
+        assert member.pull("t", [9]).shape == (1, 4), "a proven client is not held up"
+        for sock in silent:
+            assert sock.recv(1) == b""  # let go at the deadline
+            sock.close()
+    with PSClient(CONFIG, [guarded.address], proof=PROOF) as later:
+        assert later.pull("t", [9]).shape == (1, 4)

@@ -57,6 +57,10 @@ _DRAIN_BYTES = 1 << 24
 _PROVE_WITHIN_S = 10.0
 """A connection to a replica that asks for the job's proof must send its HELLO within
 this long, so strangers that connect and stay silent do not each hold a thread."""
+_MAX_UNPROVEN = 64
+"""At most this many connections wait to prove the job at once; more are closed at once.
+A job's own clients prove themselves in their first frame, so only a flood of strangers
+meets it, and the replica keeps its threads and memory while it lasts."""
 
 
 @dataclass
@@ -129,6 +133,9 @@ class PSServer:
         self._stopped = threading.Event()
         self._connections: dict[socket.socket, threading.Thread] = {}
         self._guard = threading.Lock()
+        self._unproven = 0
+        """Connections that have not proven the job's credential yet (guarded)."""
+        self._turned_away = 0
         self._acceptors: list[threading.Thread] = []
         self._epoch_lock = threading.Lock()
         self._epoch = -1
@@ -191,6 +198,8 @@ class PSServer:
                 continue
             except OSError:
                 return
+            if not self._admit_unproven(sock):
+                continue
             sock.settimeout(None if self.proof is None else _PROVE_WITHIN_S)
             if sock.family == socket.AF_UNIX:
                 widen(sock)
@@ -200,6 +209,34 @@ class PSServer:
             with self._guard:
                 self._connections[sock] = thread
             thread.start()
+
+    def _admit_unproven(self, sock: socket.socket) -> bool:
+        """Count a new connection among those yet to prove the job, or close it when
+        :data:`_MAX_UNPROVEN` wait already (a flood of strangers gets no thread each)."""
+        if self.proof is None:
+            return True
+        with self._guard:
+            if self._unproven < _MAX_UNPROVEN:
+                self._unproven += 1
+                return True
+            self._turned_away += 1
+            turned_away = self._turned_away
+        if turned_away == 1 or turned_away % 1000 == 0:
+            log.warning(
+                "PS replica %d: %d connections are yet to prove the job's credential; "
+                "closed a new one at once (%d so far)",
+                self.index,
+                _MAX_UNPROVEN,
+                turned_away,
+            )
+        sock.close()
+        return False
+
+    def _proven(self, peer: _Peer) -> None:
+        peer.proven = True
+        peer.sock.settimeout(None)
+        with self._guard:
+            self._unproven -= 1
 
     def _serve(self, sock: socket.socket) -> None:
         peer = _Peer(sock, proven=self.proof is None)
@@ -237,6 +274,8 @@ class PSServer:
         finally:
             with self._guard:
                 self._connections.pop(sock, None)
+                if not peer.proven:
+                    self._unproven -= 1
             sock.close()
 
     def _answer(self, sock: socket.socket, header: Header, peer: _Peer) -> list[Frame]:
@@ -342,8 +381,7 @@ class PSServer:
             refusal = proof_refusal(self.proof, request.get("proof"), f"PS replica {self.index}")
             if refusal is not None:
                 raise _Unproven(refusal)
-            peer.proven = True
-            peer.sock.settimeout(None)
+            self._proven(peer)
         names = self.config.table_names
         unknown = [name for name in wanted if name not in names]
         if unknown:
