@@ -209,21 +209,25 @@ def real() -> Cluster | None:
 
 @contextmanager
 def server(
-    cluster: Cluster, state_dir: Path, **options: Any
+    cluster: Cluster, state_dir: Path, auth: bool = False, **options: Any
 ) -> Iterator[tuple[ServerRunner, Client]]:
-    """A started tidemill server on the Kubernetes engine of ``cluster``; stopped after."""
+    """A started tidemill server on the Kubernetes engine of ``cluster``; stopped after.
+    With ``auth``, tokens are required (as deploy/kubernetes runs it) and the client
+    holds the admin token the server wrote."""
     engine_options = KubernetesOptions(kubeconfig=cluster.kubeconfig, **options)
     runner = ServerRunner(
         state_dir,
         port=0,
+        auth=auth,
         engine="kubernetes",
         engine_options={"options": engine_options, "relist_s": 5.0},
         controller_config=ControllerConfig(tick_s=0.1),
         advertise_url=cluster.advertise_url,
     )
     url = runner.start()
+    token = runner.admin_token_file.read_text().strip() if runner.admin_token_file else None
     try:
-        with Client(url) as api:
+        with Client(url, token=token) as api:
             yield runner, api
     finally:
         runner.stop()

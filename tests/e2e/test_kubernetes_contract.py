@@ -4,8 +4,10 @@ real cluster when ``TIDEMILL_TEST_KUBECONFIG`` is set (see tests/e2e/kubernetes.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +20,7 @@ from tests.e2e.harness import wait_for
 from tests.e2e.kubernetes import Cluster, emulated, real, server
 from tidemill.api.crd import to_custom_object
 from tidemill.api.job import TrainingJob
-from tidemill.client import ApiError
+from tidemill.client import ApiError, Client, NotFound
 from tidemill.engines.kubernetes import names
 
 pytestmark = pytest.mark.e2e
@@ -289,6 +291,55 @@ def test_exec_runs_a_command_in_a_replicas_container_and_passes_its_exit_code(
         missing = api.exec("shell", "worker", 0, ["no-such-program"], seen.append)
         assert missing != 0
         api.delete("shell")
+
+
+def master_port(api: Client, job: str) -> int | None:
+    """The port in the job master's "listening on HOST:PORT as ..." line, once logged."""
+    try:
+        lines = list(api.logs(job, role="master", index=0))
+    except NotFound:
+        return None
+    found = (re.search(r"listening on \S+:(\d+) as ", line) for line in lines)
+    return next((int(match.group(1)) for match in found if match), None)
+
+
+def test_under_auth_an_elastic_job_trains_with_its_credential_from_its_secret(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """As deploy/kubernetes runs it (auth on): the job's credential reaches its master and
+    workers through its Secret, the workers prove it to the master, which refuses a
+    connection that cannot (checked where this test reaches pod IPs: the emulator), and
+    the master posts its events with it."""
+    result = tmp_path / "result.json"
+    job = cluster.example(
+        "elastic",
+        args=["--steps", "200", "--step-time", "0.05", "--result", str(result)],
+        resources={"cpu": 0.5, "memory": "512Mi"},
+    )
+    name = job.metadata.name
+    with server(cluster, tmp_path / "state", auth=True) as (_, api):
+        api.submit(job)
+        port = wait_for(lambda: master_port(api, name), timeout_s=120, what="the master")
+        if cluster.emulator is not None:
+            [master] = [
+                pod for pod in cluster.pods(name)
+                if pod.metadata.labels[names.ROLE_LABEL] == "master"
+            ]
+            stranger = {"op": "register", "replica": "worker-0", "pid": 1, "status": "new"}
+            with socket.create_connection((master.status.pod_ip, port), timeout=10) as sock:
+                sock.sendall(json.dumps(stranger).encode() + b"\n")
+                answer = json.loads(sock.makefile("rb").readline())
+            assert answer["op"] == "refused" and "sent no proof" in answer["message"], answer
+        final = api.wait(name, timeout_s=240)
+        assert final.phase == "Succeeded", final.message
+        reasons = {event.reason for event in api.job_events(name)}
+        assert "EpochStarted" in reasons, reasons  # posted by the master with the credential
+        children = cluster.children(final.uid)
+        assert sum(child.startswith("secret/") for child in children) == 1, children
+        api.delete(name)
+        wait_for(lambda: not cluster.children(final.uid), timeout_s=60, what="every child gone")
+    if cluster.emulator is not None:
+        assert json.loads(result.read_text())["committed_step"] == 200
 
 
 LISTENER = (
