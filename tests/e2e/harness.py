@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from typing import Any
 
 import psutil
 import pytest
+
+from tidemill.client import NotFound
 
 
 def script_job(
@@ -102,6 +105,17 @@ def running_pids(client: Any, name: str) -> list[int] | None:
     view = client.get(name)
     pids = [r.pid for r in view.replicas if r.phase == "Running" and r.pid]
     return pids if pids and len(pids) == len(view.replicas) else None
+
+
+def master_address(client: Any, job: str, namespace: str | None = None) -> tuple[str, int] | None:
+    """Where the job master listens, from its "listening on HOST:PORT as ..." log line;
+    None until it has logged it."""
+    try:
+        lines = list(client.logs(job, role="master", index=0, namespace=namespace))
+    except NotFound:
+        return None
+    found = (re.search(r"listening on (\S+):(\d+) as ", line) for line in lines)
+    return next(((match.group(1), int(match.group(2))) for match in found if match), None)
 
 
 def trained_once(result: Path, steps: int, batch: int) -> dict[str, Any]:

@@ -11,16 +11,17 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
 from kubernetes import client
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import master_address, wait_for
 from tests.e2e.kubernetes import Cluster, emulated, real, server
 from tidemill.api.crd import to_custom_object
 from tidemill.api.job import TrainingJob
-from tidemill.client import ApiError, Client, NotFound
+from tidemill.client import ApiError
 from tidemill.engines.kubernetes import names
 
 pytestmark = pytest.mark.e2e
@@ -293,16 +294,6 @@ def test_exec_runs_a_command_in_a_replicas_container_and_passes_its_exit_code(
         api.delete("shell")
 
 
-def master_port(api: Client, job: str) -> int | None:
-    """The port in the job master's "listening on HOST:PORT as ..." line, once logged."""
-    try:
-        lines = list(api.logs(job, role="master", index=0))
-    except NotFound:
-        return None
-    found = (re.search(r"listening on \S+:(\d+) as ", line) for line in lines)
-    return next((int(match.group(1)) for match in found if match), None)
-
-
 def test_under_auth_an_elastic_job_trains_with_its_credential_from_its_secret(
     cluster: Cluster, tmp_path: Path
 ) -> None:
@@ -319,7 +310,8 @@ def test_under_auth_an_elastic_job_trains_with_its_credential_from_its_secret(
     name = job.metadata.name
     with server(cluster, tmp_path / "state", auth=True) as (_, api):
         api.submit(job)
-        port = wait_for(lambda: master_port(api, name), timeout_s=120, what="the master")
+        address = wait_for(lambda: master_address(api, name), timeout_s=120, what="the master")
+        _, port = cast(tuple[str, int], address)
         if cluster.emulator is not None:
             [master] = [
                 pod for pod in cluster.pods(name)
