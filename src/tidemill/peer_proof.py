@@ -22,7 +22,8 @@ import hmac
 from collections.abc import Mapping
 
 TOKEN_VAR = "TIDEMILL_TOKEN"
-"""The job's credential, which the controller gives its master and replicas."""
+"""The job's own credential, which the controller gives its master and replicas: it lets
+them write that job's state, and proves them to each other here."""
 _PURPOSE = b"tidemill peer proof v1"
 
 

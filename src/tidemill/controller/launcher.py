@@ -25,12 +25,11 @@ from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master
 from tidemill.controller.model import JobSnapshot, ReplicaSnapshot
 from tidemill.engines.base import LaunchSpec
 from tidemill.engines.replica_env import COLLECTIVE_ROLES, ReplicaContext, replica_env
+from tidemill.peer_proof import TOKEN_VAR
 from tidemill.scheduler.numa import cpu_set
 from tidemill.scheduler.types import NumaNode
 
 DATA_VAR = "TIDEMILL_DATA"
-TOKEN_VAR = "TIDEMILL_TOKEN"
-"""The job's own credential: lets its master and replicas write that job's state."""
 DATA_ROLES = (MASTER_ROLE, "chief", "worker")
 """Roles that get ``TIDEMILL_DATA``: the master leases shards, the collective reads them."""
 JOB_MASTER_PORT = "job-master"

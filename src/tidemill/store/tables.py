@@ -71,7 +71,7 @@ class JobRow(Base):
     outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """How the job ends ({phase, reason, message}), once decided: it takes that phase
     when its last process is gone."""
-    deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    deleted_at: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     """Set by delete: its processes are killed, then the row is removed."""
 
     replicas: Mapped[list[ReplicaRow]] = relationship(

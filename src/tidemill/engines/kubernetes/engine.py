@@ -41,7 +41,6 @@ from tidemill.engines.kubernetes.inventory import is_ours, node_specs
 from tidemill.engines.kubernetes.job_objects import JobControl, JobObjects
 from tidemill.engines.kubernetes.manifests import (
     TERMINATION_GRACE_S,
-    TOKEN_VAR,
     Owner,
     binding_manifest,
     network_policy_manifest,
@@ -58,6 +57,7 @@ from tidemill.engines.kubernetes.pod_metrics import PodMetrics
 from tidemill.engines.replica_exec import ReplicaCommand
 from tidemill.engines.stacks import StackDump
 from tidemill.engines.usage import ReplicaUsage, Watched
+from tidemill.peer_proof import TOKEN_VAR
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from tidemill.api.topology import format_cpu_list
 from tidemill.engines.base import LaunchSpec
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.options import GPU_RESOURCE, KubernetesOptions
+from tidemill.peer_proof import TOKEN_VAR
 
 Manifest = dict[str, Any]
 MASTER_ROLE = "master"
 MASTER_ARGV = ("python", "-m", "tidemill.master")
-TOKEN_VAR = "TIDEMILL_TOKEN"
 DROPPED_VARS = frozenset({"CUDA_VISIBLE_DEVICES"})
 """Set by the device plugin in a pod: tidemill's device ids are the node's, not the pod's."""
 TERMINATION_GRACE_S = 30
