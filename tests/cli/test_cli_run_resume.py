@@ -101,7 +101,8 @@ def test_a_killed_run_resumes_on_its_state_folder_and_trains_every_sample_once(
     assert code == 0, stdout[-3000:] + stderr[-3000:]
     assert "resuming job default/resumable (" in stderr
     assert "Resuming (Warning): the control plane that ran this job ended" in stdout
-    restored = re.search(r"CheckpointRestored \[worker-0\]: restored step (\d+)", stdout)
+    # whichever worker is rank 0 of the first epoch restores (on a busy machine, worker-1)
+    restored = re.search(r"CheckpointRestored \[worker-\d\]: restored step (\d+)", stdout)
     assert restored is not None and int(restored[1]) > 0, stdout[-3000:]
     summary = json.loads(result.read_text())
     assert summary["committed_step"] == STEPS

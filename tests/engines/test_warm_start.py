@@ -455,6 +455,36 @@ def test_a_preload_that_starts_a_thread_turns_warm_start_off_and_says_why(
         engine.close()
 
 
+def test_a_fork_server_still_importing_exits_as_soon_as_its_engine_closes(
+    tmp_path: Path,
+) -> None:
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    importing, imported = tmp_path / "importing", tmp_path / "imported"
+    (modules / "slow_to_import.py").write_text(
+        f"import pathlib, time\n"
+        f"pathlib.Path({str(importing)!r}).touch()\n"
+        f"time.sleep(60)\n"
+        f"pathlib.Path({str(imported)!r}).touch()\n"
+    )
+    engine = LocalEngine(tmp_path / "state", preload=("slow_to_import",))
+    replicas = Launcher(engine, tmp_path)
+    try:
+        replicas.launch("python", replicas.write("hi.py", "pass"), env={"PYTHONPATH": str(modules)})
+        assert engine.fork_server is not None
+        server = engine.fork_server.pid
+        assert server is not None
+        wait_for(importing.exists, "the fork server to start importing")
+        engine.close()
+        assert gone(server)
+        logs = "".join(path.read_text() for path in (tmp_path / "state").rglob("fork-server-*.log"))
+        assert "the engine went while the modules were importing; exiting" in logs
+        assert not imported.exists()
+    finally:
+        replicas.stop_all()
+        engine.close()
+
+
 def test_warm_start_can_be_switched_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert LocalEngine(tmp_path, warm_start=False).fork_server is None
     monkeypatch.setenv("TIDEMILL_WARM_START", "0")

@@ -9,7 +9,8 @@ pipe as stdin and its log as stdout and stderr::
 It imports the modules (failures are logged and skipped), refuses to serve if that
 left more than one Python thread or an initialised CUDA context (``fork()`` copies a
 thread's locks but not the thread), and listens on the Unix socket. It exits when the
-lifeline closes; the replicas it forked live on.
+lifeline closes, also while it imports (torch takes seconds); the replicas it forked
+live on.
 
 One connection per replica, one JSON line each way, then a go-ahead:
 
@@ -41,6 +42,7 @@ import os
 import pkgutil
 import random
 import runpy
+import select
 import selectors
 import signal
 import socket
@@ -50,6 +52,7 @@ import tempfile
 import threading
 import time
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.machinery import SourceFileLoader, SourcelessFileLoader
 from pathlib import Path
@@ -67,6 +70,8 @@ LIFELINE_FD = 0
 REQUEST_TIMEOUT_S = 10.0
 GO_TIMEOUT_S = 30.0
 REAP_EVERY_S = 0.5
+LIFELINE_POLL_S = 0.05
+"""While importing, how often the server looks whether its engine is gone."""
 UID_TAG = f"{UID_VAR}={UID_PLACEHOLDER}".encode()
 
 
@@ -91,7 +96,8 @@ def serve(args: list[str]) -> Command:
         del sys.path[0]  # this file's folder; every replica gets its own sys.path[0]
     base_path = tuple(sys.path)
     started = time.monotonic()
-    loaded, failed = import_all(preload)
+    with exit_if_lifeline_closes():
+        loaded, failed = import_all(preload)
     hazard = fork_hazard()
     if hazard is not None:
         say(f"warm start off: {hazard}")
@@ -109,6 +115,32 @@ def serve(args: list[str]) -> Command:
         Path(socket_name).unlink(missing_ok=True)
         sys.exit(0)
     return supervise(job, base_path)
+
+
+@contextlib.contextmanager
+def exit_if_lifeline_closes() -> Iterator[None]:
+    """Exit at once if the engine goes while the block runs (the imports).
+
+    A server whose engine is gone serves nobody; importing on, it would outlive the
+    engine by seconds and write into a state folder already removed (torch creates its
+    inductor cache there). The watching thread ends with the block, before the server
+    checks that it has one thread and forks anything."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            readable, _, _ = select.select([LIFELINE_FD], [], [], LIFELINE_POLL_S)
+            if readable and not os.read(LIFELINE_FD, 4096):
+                say("the engine went while the modules were importing; exiting")
+                os._exit(0)
+
+    watcher = threading.Thread(target=watch, name="tidemill-lifeline", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
 
 
 def import_all(names: list[str]) -> tuple[list[str], dict[str, str]]:
