@@ -21,6 +21,7 @@ import pytest
 from tidemill.engines import local
 from tidemill.engines.base import LaunchSpec, ReplicaHandle
 from tidemill.engines.local import UID_VAR, LocalEngine
+from tidemill.engines.local_processes import carries_uid
 
 from .processes import gone, wait_exit, wait_for
 
@@ -365,7 +366,7 @@ def test_a_command_started_as_the_kill_lists_the_processes_dies_too(
     handle = replicas.launch(replicas.spec("sleep", "30"))
     uid = str(handle.data["uid"])
     wait_for(lambda: Path(str(handle.data["pid_file"])).exists(), "the command to start")
-    listed = local._replica_processes
+    listed = local.replica_processes
     late: list[subprocess.Popen[bytes]] = []
 
     def listing_then_a_late_start(*args: Any) -> list[psutil.Process]:
@@ -374,10 +375,10 @@ def test_a_command_started_as_the_kill_lists_the_processes_dies_too(
             env = {**os.environ, UID_VAR: uid}
             late.append(subprocess.Popen(["sleep", "30"], env=env, start_new_session=True))
             process = psutil.Process(late[0].pid)
-            wait_for(lambda: local._carries_uid(process, uid), "the late process to be listable")
+            wait_for(lambda: carries_uid(process, uid), "the late process to be listable")
         return found
 
-    monkeypatch.setattr(local, "_replica_processes", listing_then_a_late_start)
+    monkeypatch.setattr(local, "replica_processes", listing_then_a_late_start)
     replicas.engine.kill(handle)
     try:
         assert late[0].wait(timeout=5) == -signal.SIGKILL

@@ -22,7 +22,8 @@ fork server instead, when they can be (see :mod:`tidemill.engines.warm_start`): 
 supervision, same files, same handle, plus ``warm_start: true``; the log header says
 which way each attempt started, and why a Python one started cold.
 
-The files under ``state_dir`` are listed in :mod:`tidemill.engines.local_files`.
+The files under ``state_dir`` are listed in :mod:`tidemill.engines.local_files`; how a
+replica's processes are found and signalled, in :mod:`tidemill.engines.local_processes`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,12 +52,25 @@ from tidemill.engines._supervise import (
 )
 from tidemill.engines.base import Engine, LaunchPlan, LaunchSpec, Observation, ReplicaHandle
 from tidemill.engines.inherited_env import inherited_env
-from tidemill.engines.local_files import (
-    LaunchFiles,
-    launch_files,
-    read_exit,
-    read_supervisor,
-    replica_sibling,
+from tidemill.engines.local_files import LaunchFiles, launch_files, read_exit, replica_sibling
+from tidemill.engines.local_processes import (
+    ENGINE_NAME,
+    SUPERVISOR,
+    LocalReplica,
+    alive,
+    child_pid,
+    find_supervisor,
+    local_replica,
+    orphaned_child,
+    reap,
+    replica_processes,
+    running_supervisor,
+    safe_children,
+    signal_all,
+    supervisor_in,
+    supervisor_record,
+    track,
+    wait_gone,
 )
 from tidemill.engines.nvml import Nvml
 from tidemill.engines.replica_exec import (
@@ -77,64 +91,11 @@ from tidemill.engines.warm_start import (
 )
 from tidemill.stack_signal import STACK_DUMP_TO, STACK_DUMP_VAR
 
-SUPERVISOR = str(Path(__file__).with_name("_supervise.py"))
 PYTHON_NAMES = ("python", "python3")
 """``argv[0]`` values that mean "the interpreter tidemill runs in"."""
-CREATE_TIME_SLACK_S = 1.0
-"""psutil derives start times from the boot time, which /proc gives in whole seconds."""
-POLL_S = 0.02
 KILL_TIMEOUT_S = 10.0
 LOOPBACK = "127.0.0.1"
 """Where replicas of the local engine reach each other: every node is this machine."""
-ENDED = 0.0
-"""``supervisor_create_time`` of a supervisor that had ended when its handle was made:
-matches no process, so a reused pid is never taken for it."""
-
-_children: dict[int, subprocess.Popen[bytes]] = {}
-"""Supervisors this process started, whichever engine instance did: polled to reap them."""
-_children_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class LocalReplica:
-    """What a local handle holds (``ReplicaHandle.data``), as plain JSON values."""
-
-    supervisor_pid: int
-    supervisor_create_time: float
-    """psutil's start time, to tell the supervisor from a later process with its pid;
-    :data:`ENDED` when it had ended before the handle was made"""
-    pgid: int
-    uid: str
-    pid_file: str
-    exit_file: str
-    log_file: str
-    warm_start: bool = False
-    """forked from the warm fork server rather than started by a new interpreter"""
-
-    @classmethod
-    def from_handle(cls, handle: ReplicaHandle) -> LocalReplica:
-        if handle.engine != LocalEngine.name:
-            raise ValueError(
-                f"handle belongs to engine {handle.engine!r}, not {LocalEngine.name!r}: "
-                "observe or stop it with the engine that launched it"
-            )
-        data = handle.data
-        try:
-            return cls(
-                supervisor_pid=int(str(data["supervisor_pid"])),
-                supervisor_create_time=float(str(data["supervisor_create_time"])),
-                pgid=int(str(data["pgid"])),
-                uid=str(data["uid"]),
-                pid_file=str(data["pid_file"]),
-                exit_file=str(data["exit_file"]),
-                log_file=str(data["log_file"]),
-                warm_start=data.get("warm_start") is True,
-            )
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"not a local replica handle ({exc!r}): {data!r}") from None
-
-    def to_handle(self) -> ReplicaHandle:
-        return ReplicaHandle(engine=LocalEngine.name, data=asdict(self))
 
 
 class LocalEngine:
@@ -149,7 +110,7 @@ class LocalEngine:
     take over (``tidemill run``'s). See :mod:`tidemill.engines._supervise`.
     """
 
-    name = "local"
+    name = ENGINE_NAME
 
     def __init__(
         self,
@@ -246,7 +207,7 @@ class LocalEngine:
                 [*supervise, "--", *plan.argv], env, files.log_file, header, self._tether
             )
         pid, created = supervisor
-        return _replica(files, pid, created, warm).to_handle()
+        return local_replica(files, pid, created, warm).to_handle()
 
     def adopt(self, spec: LaunchSpec) -> ReplicaHandle | None:
         """The replica ``launch`` started for ``spec.launch_id``, from its files (or, in
@@ -257,13 +218,13 @@ class LocalEngine:
         the launch left no file, this reads the environment of every process here.
         """
         files = self.files(spec)
-        found = _supervisor_record(files)
+        found = supervisor_record(files)
         if found is None:
-            found = _find_supervisor(files.uid)
+            found = find_supervisor(files.uid)
         if found is None:
             return None
         pid, created, warm = found
-        return _replica(files, pid, created, warm).to_handle()
+        return local_replica(files, pid, created, warm).to_handle()
 
     def files(self, spec: LaunchSpec) -> LaunchFiles:
         """Where the launch ``spec.launch_id`` keeps its files, and its processes' uid."""
@@ -288,21 +249,21 @@ class LocalEngine:
 
     def observe(self, handle: ReplicaHandle) -> Observation:
         replica = LocalReplica.from_handle(handle)
-        _reap(replica.supervisor_pid)
+        reap(replica.supervisor_pid)
         ended = read_exit(replica.exit_file)
-        if ended is None and _supervisor(replica) is not None:
-            return Observation(running=True, pid=_child_pid(replica))
+        if ended is None and running_supervisor(replica) is not None:
+            return Observation(running=True, pid=child_pid(replica))
         ended = ended or read_exit(replica.exit_file)
         if ended is not None:
             message = ended.reason or f"exited with code {ended.code}"
             return Observation(
                 False,
                 ended.code,
-                _child_pid(replica),
+                child_pid(replica),
                 message,
                 control_plane_ended=ended.reason.endswith(CONTROL_PLANE_ENDED),
             )
-        orphan = _orphaned_child(replica)
+        orphan = orphaned_child(replica)
         if orphan is not None:
             return Observation(
                 running=True,
@@ -319,9 +280,9 @@ class LocalEngine:
 
     def terminate(self, handle: ReplicaHandle) -> None:
         """SIGTERM to the supervisor, which forwards it to the command; returns at once."""
-        supervisor = _supervisor(LocalReplica.from_handle(handle))
+        supervisor = running_supervisor(LocalReplica.from_handle(handle))
         if supervisor is not None:
-            _signal_all([supervisor], signal.SIGTERM)
+            signal_all([supervisor], signal.SIGTERM)
 
     def kill(self, handle: ReplicaHandle) -> None:
         """SIGKILL every process of the replica (found as ``stop`` finds them) and return.
@@ -333,13 +294,13 @@ class LocalEngine:
         it (a job deleted right after its launch once left its master running).
         """
         replica = LocalReplica.from_handle(handle)
-        supervisor = _supervisor(replica)
-        procs = _replica_processes(replica, supervisor)
+        supervisor = running_supervisor(replica)
+        procs = replica_processes(replica, supervisor)
         procs.sort(key=lambda proc: proc.pid != replica.supervisor_pid)
-        _signal_all(procs, signal.SIGKILL)
+        signal_all(procs, signal.SIGKILL)
         if supervisor is not None:
-            _wait_gone(replica, [supervisor], time.monotonic() + 1.0)
-            _signal_all(_replica_processes(replica, supervisor), signal.SIGKILL)
+            wait_gone(replica, [supervisor], time.monotonic() + 1.0)
+            signal_all(replica_processes(replica, supervisor), signal.SIGKILL)
             if read_exit(replica.exit_file) is None:
                 write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill\n")
 
@@ -350,18 +311,18 @@ class LocalEngine:
         twice; everything else (grandchildren, escaped daemons) is signalled directly.
         """
         replica = LocalReplica.from_handle(handle)
-        supervisor = _supervisor(replica)
-        procs = _replica_processes(replica, supervisor)
+        supervisor = running_supervisor(replica)
+        procs = replica_processes(replica, supervisor)
         forwarded = set()
         if supervisor is not None:
-            forwarded = {p.pid for p in _safe_children(supervisor, recursive=False)}
-        _signal_all([p for p in procs if p.pid not in forwarded], signal.SIGTERM)
-        _wait_gone(replica, procs, time.monotonic() + grace_s)
+            forwarded = {p.pid for p in safe_children(supervisor, recursive=False)}
+        signal_all([p for p in procs if p.pid not in forwarded], signal.SIGTERM)
+        wait_gone(replica, procs, time.monotonic() + grace_s)
         killed_supervisor = False
         deadline = time.monotonic() + KILL_TIMEOUT_S
         while True:
-            fresh = _replica_processes(replica, _supervisor(replica))
-            left = list({p.pid: p for p in [*procs, *fresh] if _alive(p)}.values())
+            fresh = replica_processes(replica, running_supervisor(replica))
+            left = list({p.pid: p for p in [*procs, *fresh] if alive(p)}.values())
             if not left:
                 break
             if time.monotonic() > deadline:
@@ -370,8 +331,8 @@ class LocalEngine:
                     f"{sorted(p.pid for p in left)} survived SIGKILL for {KILL_TIMEOUT_S:g}s"
                 )
             killed_supervisor |= any(p.pid == replica.supervisor_pid for p in left)
-            _signal_all(left, signal.SIGKILL)
-            _wait_gone(replica, left, time.monotonic() + 1.0)
+            signal_all(left, signal.SIGKILL)
+            wait_gone(replica, left, time.monotonic() + 1.0)
         if killed_supervisor and read_exit(replica.exit_file) is None:
             write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill stop\n")
 
@@ -386,7 +347,7 @@ class LocalEngine:
             table = ProcessTable()
             for key, watched in replicas.items():
                 replica = LocalReplica.from_handle(watched.handle)
-                running = _supervisor_in(table, replica)
+                running = supervisor_in(table, replica)
                 tree = table.descendants(replica.supervisor_pid) if running else []
                 sample = self._cpu.sample(key, tree)
                 if sample is None:
@@ -401,7 +362,7 @@ class LocalEngine:
         """Every thread's Python stack of the replica's command (see
         :mod:`tidemill.engines.stacks`)."""
         replica = LocalReplica.from_handle(handle)
-        pid = _child_pid(replica)
+        pid = child_pid(replica)
         if pid is None:
             return StackDump(problem="no stacks: the replica's command has not started")
         return dump_process(pid, replica.log_file)
@@ -419,51 +380,6 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _replica(files: LaunchFiles, pid: int, created: float, warm: bool) -> LocalReplica:
-    return LocalReplica(
-        supervisor_pid=pid,
-        supervisor_create_time=created,
-        pgid=pid,
-        uid=files.uid,
-        pid_file=files.pid_file,
-        exit_file=files.exit_file,
-        log_file=str(files.log_file),
-        warm_start=warm,
-    )
-
-
-def _supervisor_record(files: LaunchFiles) -> tuple[int, float, bool] | None:
-    """Pid, start time (:data:`ENDED` once it ended) and warm start of the supervisor
-    that wrote ``files.supervisor_file``; None before it wrote it."""
-    record = read_supervisor(files.supervisor_file)
-    if record is None:
-        return None
-    try:
-        proc = psutil.Process(record.pid)
-        created = proc.create_time() if _carries_uid(proc, files.uid) else ENDED
-    except psutil.Error:
-        created = ENDED
-    return record.pid, created, record.warm_start
-
-
-def _find_supervisor(uid: str) -> tuple[int, float, bool] | None:
-    """The running supervisor of the launch with ``uid``, before it recorded itself: the
-    first session leader carrying the uid."""
-    leaders: list[tuple[float, int, bool]] = []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid() or not _carries_uid(proc, uid):
-            continue
-        try:
-            if os.getsid(proc.pid) == proc.pid and _alive(proc):
-                leaders.append((proc.create_time(), proc.pid, SUPERVISOR not in proc.cmdline()))
-        except (OSError, psutil.Error):
-            continue
-    if not leaders:
-        return None
-    created, pid, warm = min(leaders)
-    return pid, created, warm
 
 
 def _start(
@@ -491,8 +407,7 @@ def _start(
             start_new_session=True,
             pass_fds=pass_fds,
         )
-    with _children_lock:
-        _children[popen.pid] = popen
+    track(popen)
     return popen.pid, psutil.Process(popen.pid).create_time()
 
 
@@ -525,115 +440,6 @@ def _header(spec: LaunchSpec, plan: LaunchPlan, note: str = "") -> str:
         f"===== tidemill: {spec.job} {spec.role}-{spec.index} attempt {spec.attempt} "
         f"started {now} in {plan.working_dir}: {' '.join(plan.argv)}{shown} =====\n"
     )
-
-
-def _reap(pid: int) -> None:
-    with _children_lock:
-        popen = _children.get(pid)
-        if popen is not None and popen.poll() is not None:
-            del _children[pid]
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _supervisor(replica: LocalReplica) -> psutil.Process | None:
-    """The supervisor if it still runs (and its pid was not reused since launch)."""
-    try:
-        proc = psutil.Process(replica.supervisor_pid)
-        same = abs(proc.create_time() - replica.supervisor_create_time) < CREATE_TIME_SLACK_S
-    except psutil.Error:
-        return None
-    return proc if same and _alive(proc) else None
-
-
-def _supervisor_in(table: ProcessTable, replica: LocalReplica) -> bool:
-    """Whether ``table`` shows the supervisor running (and its pid not reused)."""
-    supervisor = table.process(replica.supervisor_pid)
-    return (
-        supervisor is not None
-        and not supervisor.zombie
-        and abs(supervisor.created - replica.supervisor_create_time) < CREATE_TIME_SLACK_S
-    )
-
-
-def _child_pid(replica: LocalReplica) -> int | None:
-    try:
-        return int(Path(replica.pid_file).read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _carries_uid(proc: psutil.Process, uid: str) -> bool:
-    try:
-        return proc.environ().get(UID_VAR) == uid
-    except psutil.Error:
-        return False
-
-
-def _orphaned_child(replica: LocalReplica) -> psutil.Process | None:
-    """The replica's command, still running after its supervisor died."""
-    pid = _child_pid(replica)
-    if pid is None:
-        return None
-    try:
-        proc = psutil.Process(pid)
-    except psutil.Error:
-        return None
-    return proc if _alive(proc) and _carries_uid(proc, replica.uid) else None
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
-
-
-def _safe_children(proc: psutil.Process, recursive: bool) -> list[psutil.Process]:
-    try:
-        return proc.children(recursive=recursive)
-    except psutil.Error:
-        return []
-
-
-def _replica_processes(
-    replica: LocalReplica, supervisor: psutil.Process | None
-) -> list[psutil.Process]:
-    """Every live process of the replica: the supervisor's tree, its process group while
-    it runs (the group id cannot be reused before then), and all carrying its uid."""
-    found: dict[int, psutil.Process] = {}
-    roots = [supervisor] if supervisor is not None else []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid():
-            continue
-        in_group = supervisor is not None and _pgid(proc.pid) == replica.pgid
-        if in_group or _carries_uid(proc, replica.uid):
-            roots.append(proc)
-    for root in roots:
-        for proc in [root, *_safe_children(root, recursive=True)]:
-            found.setdefault(proc.pid, proc)
-    return [p for p in found.values() if _alive(p)]
-
-
-def _signal_all(procs: list[psutil.Process], signum: signal.Signals) -> None:
-    for proc in procs:
-        try:
-            proc.send_signal(signum)
-        except psutil.Error:
-            continue
-
-
-def _wait_gone(replica: LocalReplica, procs: list[psutil.Process], deadline: float) -> None:
-    while True:
-        _reap(replica.supervisor_pid)
-        if not any(_alive(p) for p in procs) or time.monotonic() >= deadline:
-            return
-        time.sleep(POLL_S)
 
 
 if TYPE_CHECKING:
