@@ -13,7 +13,7 @@ import pytest
 from tidemill.master.ps_poller import PSStatsPoller
 from tidemill.peer_proof import job_proof
 from tidemill.ps import OptimizerConfig, PSClient, PSConfig, PSServer, PSServerError, TableConfig
-from tidemill.ps import _server as ps_server
+from tidemill.ps import _connections as ps_connections
 from tidemill.ps._wire import ErrorCode, Header, Op, recv_header, recv_text, send_frames
 
 CONFIG = PSConfig((TableConfig("t", 4, OptimizerConfig("sgd", lr=1.0), 0.0, 1),))
@@ -93,7 +93,7 @@ def test_a_replica_without_a_proof_takes_any_peer() -> None:
 def test_a_stranger_that_connects_and_stays_silent_is_let_go(
     guarded: PSServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ps_server, "_PROVE_WITHIN_S", 0.3)
+    monkeypatch.setattr(ps_connections, "PROVE_WITHIN_S", 0.3)
     with socket.create_connection(guarded.address, timeout=5) as sock:
         started = time.monotonic()
         assert sock.recv(1) == b"", "the replica closes a connection that never says HELLO"
@@ -106,8 +106,8 @@ def test_a_stranger_that_connects_and_stays_silent_is_let_go(
 def test_a_flood_of_silent_strangers_is_turned_away_and_the_jobs_client_goes_on(
     guarded: PSServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(ps_server, "_MAX_UNPROVEN", 2)
-    monkeypatch.setattr(ps_server, "_PROVE_WITHIN_S", 1.5)
+    monkeypatch.setattr(ps_connections, "MAX_UNPROVEN", 2)
+    monkeypatch.setattr(ps_connections, "PROVE_WITHIN_S", 1.5)
     with PSClient(CONFIG, [guarded.address], proof=PROOF) as member:
         silent = [socket.create_connection(guarded.address, timeout=5) for _ in range(2)]
         time.sleep(0.2)  # both accepted and counted

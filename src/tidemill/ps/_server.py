@@ -2,10 +2,10 @@
 
 It listens on TCP and, for workers on the same host, on a Unix socket named after its
 TCP address (``tidemill.ps._local``). A thread per connection reads a frame, answers it
-and reads the next; a worker keeps two connections (pulls, and pushes/control), so a
-pull waiting for other ranks never blocks that worker's own push. Each table has its own
-lock: the compiled kernels release the GIL, so pulls and pushes of different tables run
-in parallel.
+and reads the next (``tidemill.ps._connections``); a worker keeps two connections
+(pulls, and pushes/control), so a pull waiting for other ranks never blocks that
+worker's own push. Each table has its own lock: the compiled kernels release the GIL,
+so pulls and pushes of different tables run in parallel.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +25,10 @@ import numpy.typing as npt
 from tidemill.peer_proof import proof_refusal
 from tidemill.ps._budget import row_budgets
 from tidemill.ps._config import TableConfig
+from tidemill.ps._connections import Connections, Frame, Peer, Unproven
 from tidemill.ps._cuts import read_snapshot, snapshot_shards, write_snapshot
-from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._export import TableExport, concat_exports, select_rows
-from tidemill.ps._local import listen_local, widen
+from tidemill.ps._local import listen_local
 from tidemill.ps._progress import Refused, StepGate
 from tidemill.ps._psconfig import PSConfig
 from tidemill.ps._routing import ShardMap
@@ -40,27 +40,12 @@ from tidemill.ps._wire import (
     Header,
     Op,
     buffers_of,
-    error_frame,
     json_frame,
     recv_array,
-    recv_header,
     recv_text,
-    send_frames,
 )
 
 log = logging.getLogger(__name__)
-Frame = tuple[Header, list[Any]]
-
-_ACCEPT_POLL_S = 0.2
-_DRAIN_S = 1.0
-_DRAIN_BYTES = 1 << 24
-_PROVE_WITHIN_S = 10.0
-"""A connection to a replica that asks for the job's proof must send its HELLO within
-this long, so strangers that connect and stay silent do not each hold a thread."""
-_MAX_UNPROVEN = 64
-"""At most this many connections wait to prove the job at once; more are closed at once.
-A job's own clients prove themselves in their first frame, so only a flood of strangers
-meets it, and the replica keeps its threads and memory while it lasts."""
 
 
 @dataclass
@@ -74,18 +59,6 @@ class _Table:
     """Its row budget comes from the replica's memory."""
     memory_evicted: int = 0
     """Rows evicted to stay within that budget."""
-
-
-@dataclass
-class _Peer:
-    """One connection's standing: whether its HELLO proved the job's credential."""
-
-    sock: socket.socket
-    proven: bool
-
-
-class _Unproven(Exception):
-    """A connection that has not proven the job's credential: refused, then closed."""
 
 
 class PSServer:
@@ -126,17 +99,15 @@ class PSServer:
         tcp = socket.create_server((host, port), reuse_port=False)
         self.address: tuple[str, int] = tcp.getsockname()[:2]
         local = listen_local(self.address)
-        self._listeners = [tcp] if local is None else [tcp, local]
-        for listener in self._listeners:
-            listener.settimeout(_ACCEPT_POLL_S)
-        self._stopping = threading.Event()
+        self._connections = Connections(
+            [tcp] if local is None else [tcp, local],
+            self._answer,
+            replica=index,
+            proof_required=proof is not None,
+            max_frame_bytes=config.max_frame_bytes,
+            on_shutdown=self.stop,
+        )
         self._stopped = threading.Event()
-        self._connections: dict[socket.socket, threading.Thread] = {}
-        self._guard = threading.Lock()
-        self._unproven = 0
-        """Connections that have not proven the job's credential yet (guarded)."""
-        self._turned_away = 0
-        self._acceptors: list[threading.Thread] = []
         self._epoch_lock = threading.Lock()
         self._epoch = -1
         self._cut = 0
@@ -144,44 +115,23 @@ class PSServer:
             _cut(entry.table, 0)
 
     def start(self) -> PSServer:
-        self._acceptors = [
-            threading.Thread(
-                target=self._accept_loop, args=(listener,), name="ps-accept", daemon=True
-            )
-            for listener in self._listeners
-        ]
-        for acceptor in self._acceptors:
-            acceptor.start()
+        self._connections.start()
         return self
 
     @property
     def connections(self) -> int:
         """Client connections open now (a draining server stops when none are left)."""
-        with self._guard:
-            return len(self._connections)
+        return self._connections.open
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until the server stopped (SHUTDOWN or :meth:`stop`); True if it did."""
         return self._stopped.wait(timeout_s)
 
     def stop(self) -> None:
-        """Stop accepting, close every connection, wake waiting pulls, join the threads."""
-        self._stopping.set()
+        """Wake waiting pulls, stop accepting, close every connection, join the threads."""
         for entry in self._tables:
             entry.gate.close()
-        for acceptor in self._acceptors:
-            if acceptor is not threading.current_thread():
-                acceptor.join()
-        with self._guard:
-            connections = dict(self._connections)
-        for sock in connections:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        for thread in connections.values():
-            if thread is not threading.current_thread():
-                thread.join()
-        for listener in self._listeners:
-            listener.close()
+        self._connections.stop()
         self._stopped.set()
 
     def __enter__(self) -> PSServer:
@@ -190,98 +140,10 @@ class PSServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _accept_loop(self, listener: socket.socket) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not self._admit_unproven(sock):
-                continue
-            sock.settimeout(None if self.proof is None else _PROVE_WITHIN_S)
-            if sock.family == socket.AF_UNIX:
-                widen(sock)
-            else:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            thread = threading.Thread(target=self._serve, args=(sock,), name="ps-conn", daemon=True)
-            with self._guard:
-                self._connections[sock] = thread
-            thread.start()
-
-    def _admit_unproven(self, sock: socket.socket) -> bool:
-        """Count a new connection among those yet to prove the job, or close it when
-        :data:`_MAX_UNPROVEN` wait already (a flood of strangers gets no thread each)."""
-        if self.proof is None:
-            return True
-        with self._guard:
-            if self._unproven < _MAX_UNPROVEN:
-                self._unproven += 1
-                return True
-            self._turned_away += 1
-            turned_away = self._turned_away
-        if turned_away == 1 or turned_away % 1000 == 0:
-            log.warning(
-                "PS replica %d: %d connections are yet to prove the job's credential; "
-                "closed a new one at once (%d so far)",
-                self.index,
-                _MAX_UNPROVEN,
-                turned_away,
-            )
-        sock.close()
-        return False
-
-    def _proven(self, peer: _Peer) -> None:
-        peer.proven = True
-        peer.sock.settimeout(None)
-        with self._guard:
-            self._unproven -= 1
-
-    def _serve(self, sock: socket.socket) -> None:
-        peer = _Peer(sock, proven=self.proof is None)
-        try:
-            while not self._stopping.is_set():
-                try:
-                    header = recv_header(sock, self.config.max_frame_bytes)
-                except PSProtocolError as exc:
-                    _refuse_and_close(sock, error_frame(None, ErrorCode.PROTOCOL, str(exc)))
-                    return
-                if header is None:
-                    return
-                try:
-                    frames = self._answer(sock, header, peer)
-                except _Unproven as exc:
-                    _refuse_and_close(sock, error_frame(header, ErrorCode.UNPROVEN, str(exc)))
-                    return
-                except Refused as exc:
-                    frames = [error_frame(header, exc.code, str(exc))]
-                except PSProtocolError as exc:
-                    _refuse_and_close(sock, error_frame(header, ErrorCode.PROTOCOL, str(exc)))
-                    return
-                except OSError:
-                    raise
-                except Exception as exc:
-                    log.exception("PS replica %d failed on %s", self.index, Op(header.op).name)
-                    message = f"{Op(header.op).name} failed on PS replica {self.index}: {exc!r}"
-                    frames = [error_frame(header, ErrorCode.INTERNAL, message)]
-                send_frames(sock, frames)
-                if header.op == Op.SHUTDOWN:
-                    threading.Thread(target=self.stop, name="ps-stop", daemon=True).start()
-                    return
-        except OSError:
-            return
-        finally:
-            with self._guard:
-                self._connections.pop(sock, None)
-                if not peer.proven:
-                    self._unproven -= 1
-            sock.close()
-
-    def _answer(self, sock: socket.socket, header: Header, peer: _Peer) -> list[Frame]:
+    def _answer(self, sock: socket.socket, header: Header, peer: Peer) -> list[Frame]:
         """Read the payload of ``header`` (always, to stay in step) and answer it."""
         if not peer.proven and header.op != Op.HELLO:
-            raise _Unproven(
+            raise Unproven(
                 f"PS replica {self.index} answers a connection only after a HELLO that"
                 f" proves the job's credential; got {Op(header.op).name} first"
             )
@@ -367,21 +229,21 @@ class PSServer:
 
         return apply
 
-    def _hello(self, _header: Header, text: str, peer: _Peer) -> dict[str, Any]:
+    def _hello(self, _header: Header, text: str, peer: Peer) -> dict[str, Any]:
         try:
             request = json.loads(text)
             wanted = request["tables"]
         except (ValueError, KeyError, TypeError) as exc:
             if not peer.proven:
-                raise _Unproven(f"PS replica {self.index}: HELLO is not JSON: {exc}") from exc
+                raise Unproven(f"PS replica {self.index}: HELLO is not JSON: {exc}") from exc
             raise Refused(
                 ErrorCode.BAD_REQUEST, f"HELLO needs JSON {{'tables': [...]}}: {exc}"
             ) from exc
         if not peer.proven:
             refusal = proof_refusal(self.proof, request.get("proof"), f"PS replica {self.index}")
             if refusal is not None:
-                raise _Unproven(refusal)
-            self._proven(peer)
+                raise Unproven(refusal)
+            self._connections.proven(peer)
         names = self.config.table_names
         unknown = [name for name in wanted if name not in names]
         if unknown:
@@ -575,23 +437,6 @@ class PSServer:
             entry.gate.reset()
             loaded[name] = ", ".join(folders)
         return loaded
-
-
-def _refuse_and_close(sock: socket.socket, frame: Frame) -> None:
-    """Send the error, then close without a reset: the peer reads the error, then EOF.
-
-    Unread bytes at close make the kernel send RST, which can destroy the error frame
-    before the peer reads it; so shut the write side and drain (bounded) first.
-    """
-    send_frames(sock, [frame])
-    sock.shutdown(socket.SHUT_WR)
-    sock.settimeout(_DRAIN_S)
-    drained = 0
-    try:
-        while drained < _DRAIN_BYTES and (chunk := sock.recv(1 << 16)):
-            drained += len(chunk)
-    except OSError:
-        pass
 
 
 def _json_request(text: str, op: str, required: str) -> dict[str, Any]:
