@@ -1,6 +1,7 @@
 """The Kubernetes engine under faults only an emulated API server can inject (tests/kube):
 binds refused, watch events dropped or repeated, the API answering 5xx, the server
-killed between a launch and its record, a leaked pod; and every call it makes checked
+killed between a launch and its record, a leaked pod, a pod stuck on its image seen
+first by a look for its pid; and every call it makes checked
 against the ClusterRole deploy/kubernetes ships."""
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from tests.kube import KubeEmulator
 from tidemill.api.crd import to_custom_object
 from tidemill.client import Client
 from tidemill.controller.launches import FAULT_EXIT_CODE, FAULT_VAR
+from tidemill.engines.base import LaunchSpec
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.cluster import API_CALLS
+from tidemill.engines.kubernetes.engine import KubernetesEngine
+from tidemill.engines.kubernetes.options import KubernetesOptions
 
 pytestmark = pytest.mark.e2e
 BINDING = r"/pods/[^/]+/binding$"
@@ -238,3 +242,40 @@ def test_a_cluster_without_metrics_server_gives_no_usage_and_stays_healthy(
             asked = [c for c in kube.calls if c.api_group == "metrics.k8s.io"]
             assert [(c.verb, c.resource) for c in asked] == [("list", "pods")]
             api.delete("quiet")
+
+
+def test_a_pod_that_cannot_start_says_why_to_every_later_look(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """``observe`` deletes a pod stuck on its image and says why. The launcher and an
+    adoption look only for a pid: when one of them is the first to see the pod stuck, the
+    controller's next look, at a pod already deleted, must still name the reason (on a
+    busy server it said only "lost (deleted)")."""
+    image = "registry.invalid/does-not-exist:1"
+    job = cluster.sleeper("stuck", replicas=1)
+    engine = KubernetesEngine(tmp_path / "state", KubernetesOptions(kubeconfig=cluster.kubeconfig))
+    engine.job_of = lambda uid: job
+    spec = LaunchSpec(
+        job="default/stuck", job_uid="7e0d5c", launch_id="first", role="worker", index=0,
+        argv=("sleep", "600"), env={}, working_dir="", node="node-0", image=image, cpu=1.0,
+        memory_bytes=256 << 20,
+    )  # fmt: skip
+    try:
+        handle = engine.launch(spec)
+
+        def waiting_reason() -> str | None:
+            for pod in cluster.pods("stuck"):
+                for status in pod.status.container_statuses or []:
+                    if status.state.waiting is not None:
+                        return str(status.state.waiting.reason)
+            return None
+
+        wait_for(lambda: waiting_reason() == "ErrImagePull", what="the image pull to fail")
+        first = engine.observe(handle)  # the launcher's look, for the pid only
+        assert not first.running and "cannot start: ErrImagePull" in first.message
+        wait_for(lambda: cluster.pods("stuck") == [], what="the stuck pod to be deleted")
+        later = engine.observe(handle)
+        assert not later.running
+        assert later.message == first.message
+    finally:
+        engine.close()

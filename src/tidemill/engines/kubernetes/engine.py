@@ -18,6 +18,7 @@ import math
 import random
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ PORTS = (20000, 32000)
 """Ports handed out for a job's master and rendezvous: a pod has its own address, so
 any port works; distinct ones keep pods that share an address (tests) apart."""
 SYNC_TIMEOUT_S = 30.0
+STUCK_REMEMBERED = 4096
+"""Why the engine deleted its latest stuck pods, kept for later looks at them."""
 
 
 class GangBindError(RuntimeError):
@@ -103,6 +106,11 @@ class KubernetesEngine:
         """bumped on every change the informers see: nodes are recomputed only then"""
         self._nodes_cache: tuple[int, list[NodeSpec]] | None = None
         self._lock = threading.Lock()
+        self._stuck: OrderedDict[tuple[str, str], str] = OrderedDict()
+        """(namespace, pod) -> why it could not start, for pods ``observe`` deleted: a
+        caller that wanted only the pid (the launcher, an adoption) may be the one that
+        saw the reason, and the controller's next look must still say it (guarded by
+        ``_lock``)"""
         self._owners: dict[str, Owner] = {}
         self._next_port = random.randrange(*PORTS)
         self.job_of: Callable[[str], TrainingJob | None] = lambda uid: None
@@ -390,6 +398,10 @@ class KubernetesEngine:
         node = str(handle.data.get("node", ""))
         node_lost = self.nodes_informer.get("", node) is None
         if pod is None:
+            with self._lock:
+                stuck = self._stuck.get((namespace, name))
+            if stuck is not None:
+                return Observation(False, message=stuck)
             where = f"with its node {node}" if node_lost else "(deleted)"
             return Observation(False, message=f"pod {name} was lost {where}", node_lost=node_lost)
         status = pod.get("status") or {}
@@ -407,9 +419,14 @@ class KubernetesEngine:
             message = f"pod {name} {reason}: {status.get('message', '')}"
             return Observation(False, message=message, node_lost=node_lost)
         if waiting is not None and waiting.get("reason") in STUCK_REASONS:
-            self._delete(namespace, name, 0)
             reason, detail = waiting["reason"], waiting.get("message", "")
-            return Observation(False, message=f"pod {name} cannot start: {reason}: {detail}")
+            message = f"pod {name} cannot start: {reason}: {detail}"
+            with self._lock:
+                self._stuck[namespace, name] = message
+                while len(self._stuck) > STUCK_REMEMBERED:
+                    self._stuck.popitem(last=False)
+            self._delete(namespace, name, 0)
+            return Observation(False, message=message)
         return Observation(running=True)
 
     def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
