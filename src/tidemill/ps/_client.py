@@ -5,20 +5,19 @@ see ``tidemill.ps._local``, else TCP): one for pulls (one pull at a time, from
 the calling thread or the background pull thread, so the next batch's pull can wait on
 the server while this step's push goes out) and one for pushes and control ops. A call
 sends its frames to every shard first and only then reads the answers, so the shards
-work in parallel; several tables in one call are one frame per (shard, table), all in one
-``sendmsg``. Dedupe and grouping by shard are one compiled pass (``ShardMap``). In sync
-mode the next step's pull rides behind this step's pushes on the push connections, so a
-step is one round trip, not two (:meth:`PSClient.pull_async`).
+work in parallel (``tidemill.ps._shards``); several tables in one call are one frame per
+(shard, table), all in one ``sendmsg``. Dedupe and grouping by shard are one compiled
+pass (``ShardMap``). In sync mode the next step's pull rides behind this step's pushes
+on the push connections, so a step is one round trip, not two
+(:meth:`PSClient.pull_async`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import socket
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,82 +25,24 @@ import numpy as np
 import numpy.typing as npt
 
 from tidemill.ps._errors import (
-    PSBadIds,
     PSConfigError,
-    PSCutMissing,
     PSError,
-    PSProtocolError,
-    PSServerError,
-    PSTimeout,
     PSUnavailable,
-    PSUnknownTable,
 )
-from tidemill.ps._local import connect_local
 from tidemill.ps._psconfig import Address, PSConfig
 from tidemill.ps._pulls import Frame, NextPull, PulledRows, PullHandle, PullPlan
 from tidemill.ps._routing import ShardMap, checked_ids
+from tidemill.ps._shards import Shard, Shards
 from tidemill.ps._wire import (
-    ErrorCode,
     Header,
     Op,
     buffers_of,
     json_frame,
-    recv_header,
     recv_text,
-    send_frames,
 )
 
-Answer = Callable[[Header, socket.socket], Any]
 Ids = npt.NDArray[np.int64]
 Rows = npt.NDArray[np.float32]
-
-_ERRORS: dict[int, type[PSServerError]] = {
-    ErrorCode.UNKNOWN_TABLE: PSUnknownTable,
-    ErrorCode.TIMEOUT: PSTimeout,
-    ErrorCode.CUT_MISSING: PSCutMissing,
-}
-
-
-class _Shard:
-    def __init__(
-        self, index: int, address: Address, timeout_s: float, same_host_socket: bool
-    ) -> None:
-        self.index = index
-        self.address = address
-        self.label = f"PS shard {index} at {address[0]}:{address[1]}"
-        self.table_ids: dict[str, int] = {}
-        self.pull_sock = self._connect(timeout_s, same_host_socket)
-        self.push_sock = self._connect(timeout_s, same_host_socket)
-
-    @property
-    def transport(self) -> str:
-        """``"unix"`` when both connections go through the replica's Unix socket."""
-        families = {sock.family for sock in (self.pull_sock, self.push_sock)}
-        return "unix" if families == {socket.AF_UNIX} else "tcp"
-
-    def _connect(self, timeout_s: float, same_host_socket: bool) -> socket.socket:
-        local = connect_local(self.address, timeout_s) if same_host_socket else None
-        if local is not None:
-            return local
-        try:
-            sock = socket.create_connection(self.address, timeout=timeout_s)
-        except OSError as exc:
-            raise PSUnavailable(
-                f"{self.label} is unreachable: {exc}; is the ps role running?",
-                shard=self.index,
-                address=f"{self.address[0]}:{self.address[1]}",
-            ) from exc
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-    def shutdown(self) -> None:
-        for sock in (self.pull_sock, self.push_sock):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.pull_sock.close()
-        self.push_sock.close()
 
 
 class PSClient:
@@ -152,14 +93,13 @@ class PSClient:
         self._held: list[NextPull] = []
         self._riding: list[NextPull] = []
         self._pushed: set[str] = set()
-        self._broken: PSUnavailable | None = None
         self.step = step
         self.epoch, self.rank, self.world = epoch, rank, world
         self.reconfigure(epoch, rank, world, step)
-        self._shards: list[_Shard] = []
+        self._shards = Shards()
         try:
             for index, address in enumerate(addresses):
-                self._shards.append(_Shard(index, address, connect_timeout_s, same_host_socket))
+                self._shards.all.append(Shard(index, address, connect_timeout_s, same_host_socket))
             for shard in self._shards:
                 for sock in (shard.pull_sock, shard.push_sock):
                     sock.settimeout(config.pull_timeout_s + 30.0)
@@ -281,7 +221,9 @@ class PSClient:
                         (header._replace(payload_bytes=(hi - lo) * (8 + 4 * dim)), payload)
                     )
             riders = self._riders(at, self._pushed | set(grads))
-            self._exchange("push", frames, lambda header, sock: None, riders)
+            self._shards.exchange(
+                "push", frames, lambda header, sock: None, [r.plan.frames for r in riders]
+            )
             self._pushed.update(grads)
 
     def advance(self, to_step: int | None = None) -> int:
@@ -303,7 +245,9 @@ class PSClient:
             if any(held.step == self.step + 1 for held in self._held):
                 self._read_riders()
                 riders = self._riders(self.step, set(self._dims))
-                self._exchange("push", {}, lambda header, sock: None, riders)
+                self._shards.exchange(
+                    "push", {}, lambda header, sock: None, [r.plan.frames for r in riders]
+                )
         self._pushed.clear()
         self.step = self.step + 1 if to_step is None else to_step
         return self.step
@@ -373,7 +317,7 @@ class PSClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _header(self, op: Op, shard: _Shard, table: str | None, step: int, **sizes: int) -> Header:
+    def _header(self, op: Op, shard: Shard, table: str | None, step: int, **sizes: int) -> Header:
         return Header(
             op,
             request_id=next(self._request_ids),
@@ -396,7 +340,7 @@ class PSClient:
                 ]
                 for shard in self._shards
             }
-            answers = self._exchange(
+            answers = self._shards.exchange(
                 channel, frames, lambda header, sock: json.loads(recv_text(sock, header))
             )
             for shard in self._shards:
@@ -414,7 +358,7 @@ class PSClient:
     ) -> dict[str, PulledRows]:
         plan = self._plan_pull(checked, step)
         with self._pull_lock:
-            self._exchange("pull", plan.frames, plan.into_rows)
+            self._shards.exchange("pull", plan.frames, plan.into_rows)
         return plan.pulled
 
     def _plan_pull(self, checked: dict[str, tuple[Ids, tuple[int, ...]]], step: int) -> PullPlan:
@@ -451,11 +395,11 @@ class PSClient:
         come before any later answer on those connections); push lock held."""
         while self._riding:
             rider = self._riding.pop(0)
-            if self._broken is not None:
-                rider.future.set_exception(self._broken)
+            if self._shards.broken is not None:
+                rider.future.set_exception(self._shards.broken)
             else:
                 try:
-                    self._read_answers("push", rider.plan.frames, rider.plan.into_rows)
+                    self._shards.read_answers("push", rider.plan.frames, rider.plan.into_rows)
                 except PSUnavailable as exc:
                     rider.future.set_exception(exc)
                     self._abandon(exc)
@@ -490,7 +434,7 @@ class PSClient:
         """A held pull sent on the pull connections, as a pull of any other step is."""
         try:
             with self._pull_lock:
-                self._exchange("pull", held.plan.frames, held.plan.into_rows)
+                self._shards.exchange("pull", held.plan.frames, held.plan.into_rows)
         except PSError as exc:
             held.future.set_exception(exc)
         else:
@@ -507,85 +451,7 @@ class PSClient:
                 ]
                 for shard in self._shards
             }
-            answers = self._exchange(
+            answers = self._shards.exchange(
                 "push", frames, lambda header, sock: json.loads(recv_text(sock, header))
             )
         return [answers[shard.index][0] for shard in self._shards]
-
-    def _exchange(
-        self,
-        channel: str,
-        frames: dict[int, list[Frame]],
-        answer: Answer,
-        riders: Sequence[NextPull] = (),
-    ) -> dict[int, list[Any]]:
-        """Send every shard its frames (then those of ``riders``, whose answers are read
-        later), then read every answer to ``frames``; raise the first error after."""
-        if self._broken is not None:
-            raise self._broken
-        outgoing = {
-            shard.index: [
-                *frames.get(shard.index, []),
-                *(frame for rider in riders for frame in rider.plan.frames[shard.index]),
-            ]
-            for shard in self._shards
-        }
-        for shard in self._shards:
-            if outgoing[shard.index]:
-                self._guarded(shard, send_frames, self._sock(shard, channel), outgoing[shard.index])
-        return self._read_answers(channel, frames, answer)
-
-    def _read_answers(
-        self, channel: str, frames: dict[int, list[Frame]], answer: Answer
-    ) -> dict[int, list[Any]]:
-        answers: dict[int, list[Any]] = {}
-        first_error: PSError | None = None
-        shards = [self._shards[index] for index, batch in frames.items() if batch]
-        for shard in shards:
-            sock = self._sock(shard, channel)
-            results = answers.setdefault(shard.index, [])
-            for request, _ in frames[shard.index]:
-                header = self._guarded(shard, recv_header, sock, 1 << 40)
-                if header is None:
-                    raise self._fail(shard, "closed the connection")
-                if header.request_id != request.request_id:
-                    raise self._fail(
-                        shard,
-                        f"answered request {header.request_id}, expected {request.request_id}",
-                    )
-                if header.op == Op.ERROR:
-                    message = self._guarded(shard, recv_text, sock, header)
-                    first_error = first_error or self._server_error(shard, request, header, message)
-                    results.append(None)
-                    continue
-                results.append(self._guarded(shard, answer, header, sock))
-        if first_error is not None:
-            raise first_error
-        return answers
-
-    def _sock(self, shard: _Shard, channel: str) -> socket.socket:
-        return shard.pull_sock if channel == "pull" else shard.push_sock
-
-    def _guarded(self, shard: _Shard, action: Callable[..., Any], *args: Any) -> Any:
-        """``action(*args)``; a socket or framing failure marks the client broken."""
-        try:
-            return action(*args)
-        except (OSError, PSProtocolError) as exc:
-            raise self._fail(shard, str(exc)) from exc
-
-    def _fail(self, shard: _Shard, why: str) -> PSUnavailable:
-        self._broken = PSUnavailable(
-            f"{shard.label} is unavailable: {why}; this client cannot continue (the"
-            " elastic runtime restarts the step with a new client)",
-            shard=shard.index,
-            address=f"{shard.address[0]}:{shard.address[1]}",
-        )
-        return self._broken
-
-    def _server_error(
-        self, shard: _Shard, request: Header, header: Header, message: str
-    ) -> PSError:
-        text = f"{shard.label} refused {Op(request.op).name}: {message}"
-        if header.flags == ErrorCode.BAD_IDS:
-            return PSBadIds(text)
-        return _ERRORS.get(header.flags, PSServerError)(text, code=header.flags, shard=shard.index)
