@@ -19,7 +19,10 @@ from tidemill.client import Client
 from tidemill.engines.kubernetes import names
 
 pytestmark = pytest.mark.e2e
-STEPS, BATCH = 900, 60
+STEPS, BATCH = 2400, 60
+"""Enough steps (at least 24 s at 0.01 s a step) that every resize happens while the job
+trains: on a busy machine a new pod takes seconds to start, and with 900 the job once
+finished at world 3 before the fourth worker could join."""
 
 
 @pytest.fixture
@@ -86,14 +89,13 @@ def test_kill_add_remove_workers_on_kubernetes_and_every_sample_is_trained_once(
         cluster.emulator.kill_process(cluster.namespace, before["worker-2"], signal.SIGKILL)
         resumed = wait_for(lambda: world_reached(api, 2, killed_at), timeout_s=60,
                            what="survivors training at world 2")
-        wait_for(lambda: world_reached(api, 3, resumed["t"]), timeout_s=90,
-                 what="the replacement pod joining (world 3)")
+        wait_world(api, 3, resumed["t"], 90, "the replacement pod joining (world 3)")
         asked = time.time()
         api.scale("counting", "worker", 4)
-        wait_for(lambda: world_reached(api, 4, asked), timeout_s=90, what="world 4")
+        wait_world(api, 4, asked, 90, "world 4")
         asked = time.time()
         api.scale("counting", "worker", 2)
-        wait_for(lambda: world_reached(api, 2, asked), timeout_s=90, what="world 2")
+        wait_world(api, 2, asked, 90, "world 2")
 
         final = api.wait("counting", timeout_s=300)
         assert final.phase == "Succeeded", final.message
