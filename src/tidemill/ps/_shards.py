@@ -97,9 +97,6 @@ class Shards:
     def __len__(self) -> int:
         return len(self.all)
 
-    def __getitem__(self, index: int) -> Shard:
-        return self.all[index]
-
     def exchange(
         self,
         channel: str,
