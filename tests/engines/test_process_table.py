@@ -14,9 +14,12 @@ from tidemill.engines.usage import ProcessTable
 
 from .processes import wait_for
 
+# The child spins for 0.5 s of CPU and the test waits for 0.3 s: /proc reports user and
+# system time each rounded down to a clock tick, so their sum can stay just under what
+# the child measured itself.
 BUSY_CHILD = (
     "import time\n"
-    "end = time.process_time() + 0.3\n"
+    "end = time.process_time() + 0.5\n"
     "while time.process_time() < end: pass\n"
     "time.sleep(60)"
 )
