@@ -14,9 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
     JSONResponse,
-    PlainTextResponse,
     Response,
-    StreamingResponse,
 )
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
@@ -45,16 +43,13 @@ from tidemill.server.checkpoint_routes import checkpoint_routes
 from tidemill.server.debug_routes import debug_routes
 from tidemill.server.docs import add_docs
 from tidemill.server.engine_views import engine_problem as problem_of
-from tidemill.server.engine_views import replica_log as log_of
 from tidemill.server.limits import (
     EVENTS_PAGE_MAX,
     INT32_MAX,
     Limits,
-    SlotStreamingResponse,
-    StreamSlots,
     TokenBuckets,
 )
-from tidemill.server.logs import LOG_LIMIT_BYTES, LogSource, stream_logs, tail_start
+from tidemill.server.log_routes import log_routes
 from tidemill.server.metric_routes import metric_routes
 from tidemill.server.middleware import (
     BodyLimit,
@@ -81,7 +76,6 @@ from tidemill.store.tables import (
     EVENT_MESSAGE_MAX_CHARS,
     EVENT_REASON_MAX_CHARS,
     EVENT_REPLICA_MAX_CHARS,
-    ReplicaRow,
 )
 
 STATIC = Path(__file__).parent / "static"
@@ -169,15 +163,11 @@ def create_app(
     def engine_problem() -> str | None:
         return problem_of(engine)
 
-    def replica_log(replica: ReplicaRow) -> str | None:
-        return log_of(engine, replica)
-
     guard = guard or Guard.open(store, controller.resolve)
     caller_of = Depends(guard.caller)
     limits = limits or Limits()
     event_rate = TokenBuckets(limits.event_rate_per_s, limits.event_burst)
     parser = parser or ParsePool()
-    followers = StreamSlots(limits.follow_streams_per_client)
     app = FastAPI(
         title="tidemill",
         version=__version__,
@@ -345,84 +335,6 @@ def create_app(
             rows = tx.events(job, since, limit, namespace=namespace, newest=newest)
             return Items(items=[event_view(e) for e in rows])
 
-    @app.get("/api/v1/jobs/{name}/logs", response_class=PlainTextResponse)
-    def logs(
-        request: Request,
-        name: str,
-        namespace: str | None = None,
-        role: str | None = None,
-        index: int | None = Query(None, ge=0, le=INT32_MAX),
-        follow: bool = False,
-        tail_lines: int | None = Query(None, alias="tailLines", ge=0, le=INT64_MAX),
-        limit_bytes: int = Query(
-            LOG_LIMIT_BYTES,
-            alias="limitBytes",
-            ge=1,
-            le=INT64_MAX,
-            description="stop after this many bytes of log (a last line says so)",
-        ),
-        caller: Caller = caller_of,
-    ) -> StreamingResponse:
-        """Replica logs; without role/index every line is prefixed '[role-index] '.
-
-        With ``follow`` the stream lasts until the job ends; each client may hold
-        ``Limits.follow_streams_per_client`` such streams at once.
-        """
-        ns, name = guard.job(caller, name, namespace, Role.VIEWER, "read logs")
-
-        def sources() -> list[LogSource]:
-            with store.read() as tx:
-                row = tx.job(ns, name)
-                replicas = [] if row is None else row.replicas
-                chosen = [
-                    (r, path)
-                    for r in replicas
-                    if (path := replica_log(r))
-                    and (role is None or r.role == role)
-                    and (index is None or r.index == index)
-                ]
-                single = role is not None and index is not None
-                return [
-                    LogSource(
-                        path=path,
-                        prefix="" if single else f"[{r.replica_name}] ",
-                        offset=tail_start(path, tail_lines, limit_bytes),
-                    )
-                    for r, path in chosen
-                ]
-
-        initial = sources()
-        if not initial and role is not None:
-            with store.read() as tx:
-                row = tx.job(ns, name)
-                roles = sorted({r.role for r in row.replicas}) if row else []
-            if role not in roles:
-                raise NotFoundError(
-                    f"job {ns}/{name} has no replica {role}"
-                    + ("" if index is None else f"-{index}")
-                    + f" with logs (roles with replicas: {', '.join(roles) or 'none yet'})"
-                )
-
-        def running() -> bool:
-            with store.read() as tx:
-                row = tx.job(ns, name)
-                return row is not None and not JobPhase(row.phase).is_terminal
-
-        release = None
-        if follow:
-            release = followers.acquire(limits.client_key(request))
-            if release is None:
-                raise HTTPException(
-                    429,
-                    f"too many log streams: at most {followers.per_key} with follow=true "
-                    "per client at once; close one (or read without follow) and retry",
-                )
-        return SlotStreamingResponse(
-            stream_logs(initial, follow, running, sources if follow else None, limit_bytes),
-            release,
-            media_type="text/plain",
-        )
-
     @app.post("/api/v1/jobs/{name}/scale", response_model=JobView)
     def scale(
         name: str, request: ScaleRequest, namespace: str | None = None, caller: Caller = caller_of
@@ -517,4 +429,5 @@ def create_app(
     app.include_router(checkpoint_routes(guard, controller))
     app.include_router(debug_routes(guard, controller))
     app.include_router(metric_routes(guard, limits))
+    app.include_router(log_routes(guard, controller, limits))
     return app
