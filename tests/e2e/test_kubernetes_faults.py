@@ -254,7 +254,7 @@ def test_a_pod_that_cannot_start_says_why_to_every_later_look(
     image = "registry.invalid/does-not-exist:1"
     job = cluster.sleeper("stuck", replicas=1)
     engine = KubernetesEngine(tmp_path / "state", KubernetesOptions(kubeconfig=cluster.kubeconfig))
-    engine.job_of = lambda uid: job
+    engine.setup.job_of = lambda uid: job
     spec = LaunchSpec(
         job="default/stuck", job_uid="7e0d5c", launch_id="first", role="worker", index=0,
         argv=("sleep", "600"), env={}, working_dir="", node="node-0", image=image, cpu=1.0,

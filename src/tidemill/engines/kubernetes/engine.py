@@ -1,10 +1,11 @@
 """The Kubernetes engine: every replica a pod, placed by tidemill's scheduler.
 
 A launch makes the job's objects once (its TrainingJob object, which owns the rest; a
-headless Service; a Secret with the job's credential; a PodGroup under Volcano), then
-the pod (``schedulerName: tidemill``, unbound), then binds it through ``pods/binding``
-to the node the scheduler chose. :meth:`launch_gang` creates every pod of a gang before
-binding any and deletes them all if one fails, so no gang ever holds part of its nodes.
+headless Service; a Secret with the job's credential; a NetworkPolicy; a PodGroup under
+Volcano: see :mod:`.job_setup`), then the pod (``schedulerName: tidemill``, unbound),
+then binds it through ``pods/binding`` to the node the scheduler chose.
+:meth:`launch_gang` creates every pod of a gang before binding any and deletes them all
+if one fails, so no gang ever holds part of its nodes.
 
 Pods are observed from an informer's copy (no API call per replica per cycle). A pod
 that cannot start (image pull, bad config) or was evicted or lost with its node is a
@@ -19,7 +20,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,12 @@ from tidemill.engines.kubernetes.cluster import Cluster
 from tidemill.engines.kubernetes.informer import Informer
 from tidemill.engines.kubernetes.inventory import is_ours, node_specs
 from tidemill.engines.kubernetes.job_objects import JobControl, JobObjects
+from tidemill.engines.kubernetes.job_setup import JobSetup
 from tidemill.engines.kubernetes.manifests import (
     TERMINATION_GRACE_S,
     Owner,
     binding_manifest,
-    network_policy_manifest,
     pod_manifest,
-    podgroup_manifest,
-    secret_manifest,
-    service_manifest,
-    trainingjob_object,
 )
 from tidemill.engines.kubernetes.options import KubernetesOptions
 from tidemill.engines.kubernetes.pod_exec import PodCommand, pod_stacks
@@ -58,7 +55,6 @@ from tidemill.engines.kubernetes.pod_metrics import PodMetrics
 from tidemill.engines.replica_exec import ReplicaCommand
 from tidemill.engines.stacks import StackDump
 from tidemill.engines.usage import ReplicaUsage, Watched
-from tidemill.peer_proof import TOKEN_VAR
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +107,8 @@ class KubernetesEngine:
         caller that wanted only the pid (the launcher, an adoption) may be the one that
         saw the reason, and the controller's next look must still say it (guarded by
         ``_lock``)"""
-        self._owners: dict[str, Owner] = {}
         self._next_port = random.randrange(*PORTS)
-        self.job_of: Callable[[str], TrainingJob | None] = lambda uid: None
-        """job uid -> the job (set by :meth:`attach`; makes TrainingJob objects for jobs
-        submitted through tidemill)"""
+        self.setup = JobSetup(self.cluster, self.options)
         core = self.cluster.core
         self.pods = Informer(
             self.cluster, "pods", core.list_pod_for_all_namespaces, self._pod_changed, relist_s
@@ -204,7 +197,7 @@ class KubernetesEngine:
     # ------------------------------------------------------------------ launching
 
     def dry_run(self, spec: LaunchSpec) -> LaunchPlan:
-        owner = self._owners.get(spec.job_uid) or Owner(names.split_key(spec.job)[1], spec.job_uid)
+        owner = self.setup.made(spec.job_uid) or Owner(names.split_key(spec.job)[1], spec.job_uid)
         manifest = pod_manifest(spec, owner, self.options)
         container = manifest["spec"]["containers"][0]
         env = {item["name"]: item.get("value", "") for item in container["env"]}
@@ -231,7 +224,7 @@ class KubernetesEngine:
                 for spec, pod in created:
                     self._bind(spec, pod)
         except Exception as exc:
-            self._owners.pop(specs[0].job_uid, None)  # its object may be gone: look again
+            self.setup.forget(specs[0].job_uid)
             for _, pod in created:
                 try:
                     self._delete(pod["metadata"]["namespace"], pod["metadata"]["name"], 0)
@@ -246,7 +239,7 @@ class KubernetesEngine:
         return [_handle(spec, pod) for spec, pod in created]
 
     def _create_pod(self, spec: LaunchSpec) -> dict[str, Any]:
-        owner = self._ensure_job(spec)
+        owner = self.setup.owner(spec)
         manifest = pod_manifest(spec, owner, self.options)
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
@@ -283,87 +276,6 @@ class KubernetesEngine:
             binding_manifest(name, namespace, spec.node),
         )
 
-    def _ensure_job(self, spec: LaunchSpec) -> Owner:
-        """The job's TrainingJob object (made if the job came through tidemill), then its
-        Service, Secret, NetworkPolicy and PodGroup; once per job per server."""
-        cached = self._owners.get(spec.job_uid)
-        if cached is not None:
-            return cached
-        namespace, name = names.split_key(spec.job)
-        obj = self._job_object(spec, namespace, name)
-        owner = Owner(name, obj["metadata"]["uid"])
-        children = [service_manifest(spec.job, spec.job_uid, owner, self.options)]
-        token = spec.env.get(TOKEN_VAR)
-        if token:
-            children.append(secret_manifest(spec.job, spec.job_uid, token, owner, self.options))
-        if self.options.network_policy:
-            children.append(network_policy_manifest(spec.job, spec.job_uid, owner, self.options))
-        if self.options.gang_scheduler == "volcano":
-            members = int(spec.env.get("WORLD_SIZE", "1") or 1)
-            children.append(podgroup_manifest(spec.job, spec.job_uid, members, owner, self.options))
-        for child in children:
-            self._create_child(namespace, child)
-        self._owners[spec.job_uid] = owner
-        return owner
-
-    def _job_object(self, spec: LaunchSpec, namespace: str, name: str) -> dict[str, Any]:
-        custom = self.cluster.custom
-        try:
-            obj: dict[str, Any] = self.cluster.call(
-                f"read trainingjob {namespace}/{name}",
-                custom.get_namespaced_custom_object,
-                names.GROUP,
-                names.VERSION,
-                namespace,
-                names.PLURAL,
-                name,
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-            job = self.job_of(spec.job_uid)
-            if job is None:
-                raise RuntimeError(f"job {spec.job} ({spec.job_uid}) is not in the store") from exc
-            created: dict[str, Any] = self.cluster.call(
-                f"create trainingjob {namespace}/{name}",
-                custom.create_namespaced_custom_object,
-                names.GROUP,
-                names.VERSION,
-                namespace,
-                names.PLURAL,
-                trainingjob_object(job, spec.job_uid),
-            )
-            return created
-        uid = (obj["metadata"].get("annotations") or {}).get(names.UID_ANNOTATION)
-        if uid != spec.job_uid:
-            raise RuntimeError(
-                f"TrainingJob {namespace}/{name} belongs to tidemill job {uid or '(none yet)'}, "
-                f"not {spec.job_uid}; waiting for it to be deleted or adopted"
-            )
-        return obj
-
-    def _create_child(self, namespace: str, manifest: dict[str, Any]) -> None:
-        kind, name = manifest["kind"], manifest["metadata"]["name"]
-        core, custom = self.cluster.core, self.cluster.custom
-        methods: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
-            "Service": (core.create_namespaced_service, (namespace, manifest)),
-            "Secret": (core.create_namespaced_secret, (namespace, manifest)),
-            "NetworkPolicy": (
-                self.cluster.networking.create_namespaced_network_policy,
-                (namespace, manifest),
-            ),
-            "PodGroup": (
-                custom.create_namespaced_custom_object,
-                ("scheduling.volcano.sh", "v1beta1", namespace, "podgroups", manifest),
-            ),
-        }
-        method, args = methods[kind]
-        try:
-            self.cluster.call(f"create {kind} {namespace}/{name}", method, *args)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-
     def attach(self, control: JobControl) -> None:
         """Serve the control plane ``control``: TrainingJob objects made for its jobs,
         ``kubectl`` ones submitted to it, statuses written back, leaked pods deleted."""
@@ -374,7 +286,7 @@ class KubernetesEngine:
                 row = tx.job_by_uid(uid)
                 return None if row is None else TrainingJob.model_validate(row.spec)
 
-        self.job_of = job_of
+        self.setup.job_of = job_of
         self.job_objects = JobObjects(self.cluster, self.pods, control, self.relist_s).start()
 
     # ------------------------------------------------------------------ running
