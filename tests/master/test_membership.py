@@ -9,7 +9,8 @@ import pytest
 
 import tidemill.master.naming
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
-from tidemill.master.membership import Membership, Phase, Rules
+from tidemill.master.group import Phase, Rules
+from tidemill.master.membership import Membership
 from tidemill.wire import Abort, Change, Epoch, Finished, MasterMessage, Registered
 
 M = TypeVar("M", bound=MasterMessage)

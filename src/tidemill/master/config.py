@@ -29,7 +29,7 @@ from tidemill.api.checkpoint import CheckpointPlan
 from tidemill.api.data import DataSpec
 from tidemill.api.metrics import TENSORBOARD_VAR
 from tidemill.api.ps import PS_ADDRS_VAR
-from tidemill.master.membership import Rules
+from tidemill.master.group import Rules
 from tidemill.peer_proof import job_proof
 
 

@@ -33,7 +33,8 @@ from tidemill.api.status import PSInsightView, saved_insight
 from tidemill.master.config import MasterConfig
 from tidemill.master.data_service import DataService
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
-from tidemill.master.membership import Membership, Phase
+from tidemill.master.group import Phase
+from tidemill.master.membership import Membership
 from tidemill.master.persistence import StateBackend, log
 from tidemill.master.tensorboard import EventFiles
 from tidemill.master.training_metrics import MetricsBook
