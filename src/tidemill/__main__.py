@@ -1,5 +1,5 @@
 """``python -m tidemill`` is the ``tidemill`` command."""
 
-from tidemill.cli.main import main
+from tidemill.cli.console import main
 
 main()

@@ -127,6 +127,45 @@ def test_an_interrupted_run_exits_130_within_3s_and_leaves_nothing_behind(
         assert list(temp.iterdir()) == []
 
 
+CTRL_C_WHILE_IMPORTING = """
+import os, signal, sys
+
+
+class CtrlCOnImport:
+    \"\"\"Ctrl-C arrives just as the commands' modules start loading.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "tidemill.cli.main":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+
+sys.meta_path.insert(0, CtrlCOnImport())
+sys.argv = ["tidemill", "run", sys.argv[1]]
+from tidemill.cli.console import main
+
+main()
+"""
+
+
+def test_ctrl_c_while_the_command_still_imports_says_interrupted_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """In the first half second of any command (more on a busy machine) its modules are
+    still loading; Ctrl-C then must end it as Ctrl-C later does."""
+    job = tmp_path / "job.yaml"
+    job.write_text("never read")
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_WHILE_IMPORTING, str(job)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", "")
+
+
 @pytest.mark.parametrize("script", [LOOP, STUBBORN], ids=["replicas", "replicas-ignore-sigterm"])
 def test_a_run_killed_with_sigkill_leaves_no_replica_running(tmp_path: Path, script: str) -> None:
     with forever_running(tmp_path, script) as (process, replicas, temp):

@@ -1,5 +1,5 @@
 """``python -m tidemill.cli``: the same as the ``tidemill`` command."""
 
-from tidemill.cli.main import main
+from tidemill.cli.console import main
 
 main()

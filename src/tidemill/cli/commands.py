@@ -16,9 +16,6 @@ from tidemill.api.status import EventView, JobPhase
 from tidemill.cli import render
 from tidemill.cli.checkpoints import with_resume_from
 from tidemill.cli.common import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_INVALID,
     JobArgument,
     NamespaceOption,
     Output,
@@ -30,6 +27,7 @@ from tidemill.cli.common import (
     say,
     stdout_console,
 )
+from tidemill.cli.exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID
 from tidemill.cli.progress import print_outcome, watch
 from tidemill.cli.scripts import missing_scripts
 from tidemill.client import DEFAULT_SERVER, Client

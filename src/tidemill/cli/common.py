@@ -17,11 +17,8 @@ import typer
 from rich.console import Console
 
 from tidemill.api.errors import FieldError, SpecError
+from tidemill.cli.exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID
 from tidemill.client import SERVER_ENV, ApiError, Client, InvalidSpec, TidemillError
-
-EXIT_FAILURE = 1
-EXIT_INVALID = 2
-EXIT_INTERRUPTED = 130
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -26,7 +26,7 @@ GRACE_S = 1.0
 """From Ctrl-C until replicas still running are killed: their time to exit on SIGTERM."""
 BUDGET_S = 2.0
 """From Ctrl-C to the return of ``run``; what is not done by then (a server still
-stopping) is abandoned. The process then leaves at once (see ``tidemill.cli.main``)."""
+stopping) is abandoned. The process then leaves at once (see ``tidemill.cli.console``)."""
 CREATE_TIME_SLACK_S = 1.0
 """A pid is a replica's only if its process started after the replica (pids are reused)."""
 

@@ -11,7 +11,8 @@ import typer
 import yaml
 
 from tidemill.api.loader import load_job_file
-from tidemill.cli.common import EXIT_INVALID, echo, fail, reports_errors
+from tidemill.cli.common import echo, fail, reports_errors
+from tidemill.cli.exit_codes import EXIT_INVALID
 
 GangOption = Annotated[
     str,

@@ -1,16 +1,12 @@
-"""The ``tidemill`` command: wiring only; the commands live in their own modules."""
+"""The ``tidemill`` command's wiring: the commands live in their own modules, and the
+console script that runs it in :mod:`tidemill.cli.console`."""
 
 from __future__ import annotations
-
-import os
-import sys
-from contextlib import suppress
 
 import typer
 
 from tidemill import __version__
 from tidemill.cli import checkpoints, commands, debug, kubernetes, run, simulate, token
-from tidemill.cli.common import EXIT_INTERRUPTED
 
 app = typer.Typer(
     name="tidemill",
@@ -57,23 +53,4 @@ def _root(
     """Elastic training jobs: run one here, or queue many on a shared cluster."""
 
 
-def main() -> None:
-    """The ``tidemill`` command.
-
-    After Ctrl-C a command has already stopped what it started (``run`` deleted its job
-    and killed what was left), so the process leaves without the interpreter's teardown:
-    that takes up to a second on a busy machine, and ``run`` promises to return within
-    3 s of Ctrl-C.
-    """
-    try:
-        app()
-    except SystemExit as exc:
-        if exc.code != EXIT_INTERRUPTED:
-            raise
-        for stream in (sys.stdout, sys.stderr):
-            with suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(EXIT_INTERRUPTED)
-
-
-__all__ = ["app", "main"]
+__all__ = ["app"]

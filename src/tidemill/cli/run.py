@@ -30,15 +30,8 @@ from tidemill.api.loader import load_job_file
 from tidemill.api.metrics import METRIC_REPORTS_PER_JOB
 from tidemill.api.status import JobPhase
 from tidemill.cli import interrupt
-from tidemill.cli.common import (
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_INVALID,
-    fail,
-    fail_invalid,
-    reports_errors,
-    say,
-)
+from tidemill.cli.common import fail, fail_invalid, reports_errors, say
+from tidemill.cli.exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID
 from tidemill.cli.interrupt import OnceStop, shielded, stop_job
 from tidemill.cli.kubernetes import (
     AdvertiseOption,

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tidemill.cli import units
-from tidemill.cli.common import EXIT_INVALID, fail, reports_errors, say, stdout_console
+from tidemill.cli.common import fail, reports_errors, say, stdout_console
+from tidemill.cli.exit_codes import EXIT_INVALID
 
 FIRST_SEED = 42
 """The FGD paper's seeds are 42-51."""

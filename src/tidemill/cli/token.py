@@ -25,7 +25,6 @@ from tidemill.api.errors import ConflictError, NotFoundError
 from tidemill.api.token import CreatedToken, Role, TokenRequest, TokenView
 from tidemill.cli import render
 from tidemill.cli.common import (
-    EXIT_INVALID,
     Output,
     OutputOption,
     ServerOption,
@@ -35,6 +34,7 @@ from tidemill.cli.common import (
     reports_errors,
     stdout_console,
 )
+from tidemill.cli.exit_codes import EXIT_INVALID
 from tidemill.client import DEFAULT_SERVER, Client
 
 if TYPE_CHECKING:
