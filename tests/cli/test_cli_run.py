@@ -166,6 +166,34 @@ def test_ctrl_c_while_the_command_still_imports_says_interrupted_without_a_trace
     assert (done.returncode, done.stderr, done.stdout) == (130, "interrupted\n", "")
 
 
+def test_sigterm_as_run_sets_up_its_server_exits_130_and_leaves_no_state_folder(
+    tmp_path: Path,
+) -> None:
+    """Between making its state folder and following the job, `run` starts its server
+    and submits; a SIGTERM there used to end it by the signal's default, leaving the
+    folder (its database, logs) behind."""
+    (tmp_path / "loop.py").write_text(LOOP)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "metadata: {name: early}\n"
+        "spec: {roles: {worker: {replicas: 1, resources: {cpu: 0.1}, "
+        "command: [python, loop.py]}}}\n"
+    )
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    with started_run(job, temp) as process:
+        deadline = time.monotonic() + 60
+        while not any(temp.iterdir()) and process.poll() is None:
+            assert time.monotonic() < deadline, "run made no state folder within 60 s"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr
+    assert list(temp.iterdir()) == []
+    assert [pid for pid in processes_under(temp) if alive(pid)] == []
+
+
 @pytest.mark.parametrize("script", [LOOP, STUBBORN], ids=["replicas", "replicas-ignore-sigterm"])
 def test_a_run_killed_with_sigkill_leaves_no_replica_running(tmp_path: Path, script: str) -> None:
     with forever_running(tmp_path, script) as (process, replicas, temp):

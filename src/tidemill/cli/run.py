@@ -221,6 +221,7 @@ def run(
     from tidemill.server.runner import ServerRunner
 
     with ExitStack() as stack:
+        stack.enter_context(_terminate_as_interrupt())
         if state_dir is None:
             state_dir = Path(tempfile.mkdtemp(prefix="tidemill-run-"))
             if keep:
@@ -235,17 +236,17 @@ def run(
             )
         except RuntimeError as exc:
             fail(str(exc))
+        stop_server = OnceStop(runner.stop)
+        stack.callback(stop_server)
         try:
             plan = takeover(runner.store, job, state_dir)
         except CannotResume as exc:
-            runner.stop()
+            stop_server()
             fail(exc.message, exc.lines())
         try:
             url = runner.start()
         except RuntimeError as exc:
             fail(str(exc))
-        stop_server = OnceStop(runner.stop)
-        stack.callback(stop_server)
         say(
             f"tidemill server on {url}: dashboard {url}/, API docs {url}/docs; state in {state_dir}"
         )
@@ -267,7 +268,7 @@ def run(
         sink = progress_sink(view)
         progress = JobProgress(client, view, sink, poll_s=0.25)
         try:
-            with sink, _terminate_as_interrupt():
+            with sink:
                 final = progress.follow()
         except KeyboardInterrupt:
             say(f"interrupted: deleting job {view.namespace}/{view.name}")
@@ -330,7 +331,8 @@ def _cluster_file(state_dir: Path, node: NodeSpec) -> Path:
 
 @contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM cleans up like Ctrl-C, so a killed `run` leaves no replicas behind."""
+    """SIGTERM cleans up like Ctrl-C, so a killed `run` leaves no replicas behind, and
+    from the moment it makes its state folder, no folder either."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
