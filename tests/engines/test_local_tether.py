@@ -58,8 +58,9 @@ STUBBORN = """
          "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"],
         start_new_session=True,
     )
-    with open("escaped.pid", "w") as out:
+    with open("escaped.partial", "w") as out:  # renamed whole: never read half written
         out.write(str(escaped.pid))
+    os.replace("escaped.partial", "escaped.pid")
     time.sleep(600)
 """
 POLITE = """
@@ -71,8 +72,9 @@ POLITE = """
         except OSError:  # the folder listdir had open
             continue
     seen = {"fds": fds, "tether_var": os.environ.get("TIDEMILL_TETHER_FD")}
-    with open(f"seen-{os.getpid()}.json", "w") as out:
+    with open(f"seen-{os.getpid()}.partial", "w") as out:  # renamed whole: never read half written
         json.dump(seen, out)
+    os.replace(f"seen-{os.getpid()}.partial", f"seen-{os.getpid()}.json")
     time.sleep(600)
 """
 
