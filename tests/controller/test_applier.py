@@ -24,7 +24,7 @@ from tidemill.api.cluster import ClusterSpec, NodeSpec
 from tidemill.api.job import TrainingJob
 from tidemill.controller.reconciler import Controller, ControllerConfig
 from tidemill.controller.rows import handle_of
-from tidemill.engines.base import ReplicaHandle
+from tidemill.engines.base import LaunchSpec, PlacementLost, ReplicaHandle
 from tidemill.engines.local import LocalEngine
 from tidemill.server.views import job_view
 from tidemill.store.store import Store
@@ -106,8 +106,10 @@ def make_controller(tmp_path: Path) -> Iterator[Callable[..., Controller]]:
     made: list[tuple[Controller, LocalEngine]] = []
     store = Store.in_folder(tmp_path / "state")
 
-    def make(cpu: float = 8, **config: Any) -> Controller:
-        engine = LocalEngine(tmp_path / "engine", warm_start=False)
+    def make(
+        cpu: float = 8, engine_class: type[LocalEngine] = LocalEngine, **config: Any
+    ) -> Controller:
+        engine = engine_class(tmp_path / "engine", warm_start=False)
         cluster = ClusterSpec(nodes=[NodeSpec(name="n", cpu=cpu, memory="8Gi")])
         settings = {"stop_grace_s": 1.0, "resync_s": 0.0, "schedule_pacing": 0.0, **config}
         controller = Controller(store, engine, cluster, ControllerConfig(**settings))
@@ -511,3 +513,51 @@ def test_a_job_marked_deleted_by_a_server_that_stopped_is_forgotten_by_the_next(
     assert deletions(restarted) == ["job ads/half deleted by someone; its processes are gone"]
     restarted.submit(job("half", tmp_path, env={"EXIT_AFTER_S": "0"}))
     until(restarted, "half", lambda r: r.phase == "Succeeded", "the job submitted again")
+
+
+class NodeGoneAtLaunch(LocalEngine):
+    """The local engine whose node, while ``gone`` is set, has just died: a launch is
+    refused as the Kubernetes engine refuses one onto a node deleted since the scheduler
+    placed it (the race of a node lost in the instant after a scale-out's placement)."""
+
+    gone = False
+
+    def launch(self, spec: LaunchSpec) -> ReplicaHandle:
+        if self.gone:
+            raise PlacementLost(f"{spec.job}: node(s) {spec.node} no longer exist")
+        return super().launch(spec)
+
+
+def test_a_scale_out_whose_node_is_lost_before_its_launch_leaves_the_survivors_running(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller(engine_class=NodeGoneAtLaunch)
+    engine = controller.engine
+    assert isinstance(engine, NodeGoneAtLaunch)
+    controller.submit(job("flex", tmp_path, workers=1, elastic=(1, 2)))
+    controller.scale("ads", "flex", "worker", 1)
+    row = until(controller, "flex", lambda r: running(r) and len(r.replicas) == 2, "worker-0")
+    survivor = replica(row, "worker-0").pid
+    assert survivor is not None
+
+    engine.gone = True
+    controller.scale("ads", "flex", "worker", 2)
+    until(
+        controller,
+        "flex",
+        lambda _: {"ReplicaLost", "BindFailed"} & {e.reason for e in events(controller, "flex")},
+        "the scale-out's launch refused",
+    )
+    reasons = [e.reason for e in events(controller, "flex")]
+    assert "BindFailed" not in reasons, reasons
+    row = row_of(controller, "flex")
+    assert row is not None and row.phase == "Running"
+    assert sorted(r.replica_name for r in row.replicas) == ["master-0", "worker-0"]
+    assert replica(row, "worker-0").pid == survivor and alive(survivor)
+    lost = next(e for e in events(controller, "flex") if e.reason == "ReplicaLost")
+    assert lost.message.startswith("worker-1 could not start on n: PlacementLost: "), lost.message
+
+    engine.gone = False
+    row = until(controller, "flex", lambda r: running(r) and len(r.replicas) == 3, "worker-1")
+    assert replica(row, "worker-0").pid == survivor
+    assert sorted(name for name, _ in starts(tmp_path, "flex")) == ["worker-0", "worker-1"]

@@ -14,7 +14,10 @@ was removed meanwhile (its job deleted) is killed at once instead of recorded.
 An engine that binds gangs itself (``launch_gang``: Kubernetes) gets every replica of a
 job that starts or restarts whole in one call; if it cannot create and bind them all it
 deletes what it made, and the job goes back to its queue (``BindFailed``) holding
-nothing, instead of a part of the gang holding nodes.
+nothing, instead of a part of the gang holding nodes. A replica added to an elastic
+job that is already running (a scale-out, a replacement) whose node went away between
+its placement and its launch (``PlacementLost``) is dropped alone: the others go on in
+place and the scheduler places it again where there is room.
 
 ``TIDEMILL_FAULT_AFTER_LAUNCH=exit`` is a test hook: the process exits right after the
 first ``engine.launch`` returns, before its handle is recorded (tests/e2e
@@ -83,6 +86,9 @@ class _Result:
     error: str = ""
     requeue: bool = False
     """the gang could not be bound whole: the job goes back to its queue"""
+    dropped: bool = False
+    """an elastic replica of a running job lost its node before it started: it alone
+    is removed, to be placed again"""
 
 
 GANG_PHASES = (JobPhase.SCHEDULED, JobPhase.RESTARTING)
@@ -117,9 +123,21 @@ class Launches:
                 spec = self.launcher.launch_spec(plan.job, plan.spec, replica)
                 handle = self.engine.launch(spec)
             except PlacementLost as exc:
-                # The gang cannot be completed where it was placed: place it again whole.
+                # An elastic job's survivors go on without it; any other gang cannot be
+                # completed where it was placed, so it is placed again whole.
                 error = f"{type(exc).__name__}: {exc}"
-                results.append(_Result(plan.job, name, launch_id, None, error=error, requeue=True))
+                alone = _grows_in_place(plan, replica.role)
+                results.append(
+                    _Result(
+                        plan.job,
+                        name,
+                        launch_id,
+                        None,
+                        error=error,
+                        requeue=not alone,
+                        dropped=alone,
+                    )
+                )
                 continue
             except Exception as exc:
                 log.warning("could not start %s %s: %s", plan.job.key, name, exc)
@@ -181,6 +199,9 @@ class Launches:
                         if result.handle is not None:
                             unwanted.append(result.handle)
                         continue
+                    if result.dropped:
+                        _drop(tx, row, replica, result.error, now)
+                        continue
                     if result.handle is None:
                         failed = Exited(
                             result.replica, ReplicaPhase.FAILED, None, result.error, now
@@ -228,6 +249,25 @@ def _requeue(tx: Tx, row: JobRow, error: str, now: float) -> list[ReplicaHandle]
     message = f"the gang could not be bound whole and was requeued: {error}"
     transition(tx, row, JobPhase.PENDING, "BindFailed", message, now, warning=True)
     return handles
+
+
+def _grows_in_place(plan: Planned, role_name: str) -> bool:
+    """Whether a replica of ``role_name`` joins (or leaves) a job already running
+    without touching the others: an elastic role outside a whole-gang start."""
+    role = plan.spec.spec.roles.get(role_name)
+    return plan.job.phase not in GANG_PHASES and role is not None and role.is_elastic
+
+
+def _drop(tx: Tx, row: JobRow, replica: ReplicaRow, error: str, now: float) -> None:
+    """Remove an elastic replica whose node is gone before it started; the scheduler
+    places a replacement where there is room, as for one lost with its node."""
+    name = replica.replica_name
+    tx.delete_replica(row, replica)
+    message = (
+        f"{name} could not start on {replica.node}: {error}; the others go on, and a "
+        "replacement is placed where there is room"
+    )
+    tx.add_event(row.key, "ReplicaLost", message, warning=True, replica=name, at=now)
 
 
 def _intended(row: JobRow | None, result: _Result) -> ReplicaRow | None:
