@@ -25,7 +25,7 @@ chromium:
 test: venv chromium
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy src
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30
 
 # The tests alone, test files in parallel (pytest-xdist): one worker per CPU, at most 4, a
 # file's tests on one worker in order, sharing their module and session fixtures. On this
