@@ -7,6 +7,7 @@ step emits them. No store, no engine, no clock.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,9 @@ from tidemill.controller.actions import (
     Finishing,
     Kill,
     Launch,
+    Relocate,
     ReplicaAction,
+    Terminate,
     Transition,
 )
 from tidemill.controller.conditions import ALLOWED, IllegalTransition, check_transition
@@ -536,3 +539,38 @@ def test_replicas_stopped_with_their_control_plane_start_again_at_once_uncharged
         "the control plane that ran this job ended and stopped its replicas; starting them "
         "again (not counted against maxRestarts)"
     )
+
+
+def lost_with_node(node: str) -> Observation:
+    return Observation(running=False, message=f"pod lost with its node {node}", node_lost=True)
+
+
+def test_a_master_lost_with_its_node_restarts_beside_a_surviving_replica() -> None:
+    on_n2 = dataclasses.replace(replica("worker-1"), node="n2")
+    snapshot = job(replica("master-0"), replica("worker-0"), on_n2)
+    seen = {"master-0": lost_with_node("n1"), "worker-0": lost_with_node("n1"), "worker-1": ALIVE}
+    actions = step(snapshot, spec(2, elastic=(1, 2)), seen, NOW, CONFIG)
+    assert [shown(a) for a in actions] == [
+        "Exited master-0 Failed",
+        "Event ReplicaFailed",
+        "Relocate master-0",
+        "Event MasterMoved",
+        "Exited worker-0 Failed",
+        "Forget worker-0",
+        "Event ReplicaLost",
+        "Backoff master-0",
+        "Event MasterRestarting",
+        "Launch master-0",
+        "Event ReplicaStarted",
+    ]
+    assert [a.node for a in actions if isinstance(a, Relocate)] == ["n2"]
+    [started] = [a for a in actions if isinstance(a, Event) and a.reason == "ReplicaStarted"]
+    assert "master-0 started again on n2" in started.message
+    assert not any(isinstance(a, Terminate | Kill) for a in actions), "worker-1 keeps running"
+
+
+def test_a_master_lost_with_every_replica_stays_where_it_was() -> None:
+    snapshot = job(replica("master-0"), replica("worker-0"))
+    seen = {"master-0": lost_with_node("n1"), "worker-0": lost_with_node("n1")}
+    actions = step(snapshot, spec(1, elastic=(1, 2)), seen, NOW, CONFIG)
+    assert not any(isinstance(a, Relocate) for a in actions)

@@ -142,3 +142,42 @@ def test_an_elastic_worker_lost_with_its_node_is_replaced_elsewhere_and_none_is_
     survivor = {pid for epoch in summary["epochs"] for replica, pid in epoch["pids"]
                 if replica == "worker-0"}
     assert len(survivor) == 1, "the survivor kept its process"
+
+
+
+def test_a_master_lost_with_its_node_restarts_beside_a_survivor_which_keeps_its_process(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    assert cluster.emulator is not None
+    cluster.emulator.add_node("node-spare", cpu="4", memory="16Gi")
+    result = tmp_path / "result.json"
+    steps = 400
+    job = cluster.example(
+        "elastic",
+        args=["--steps", str(steps), "--batch", str(BATCH), "--step-time", "0.02",
+              "--log-every", "5", "--result", str(result)],
+        resources={"cpu": 3, "memory": "512Mi"},  # one worker per node
+        replicas=2,
+        maxReplicas=2,
+    )
+    job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"name": "counting"})})
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(job)
+        wait_for(lambda: world_reached(api, 2, 0), timeout_s=120, what="training at world 2")
+        nodes = {f"{p.metadata.labels[names.ROLE_LABEL]}-{p.metadata.labels[names.INDEX_LABEL]}":
+                 p.spec.node_name for p in cluster.pods("counting")}
+        lost = nodes["master-0"]
+        [survivor] = [name for name, node in nodes.items() if node != lost]
+        lost_at = time.time()
+        cluster.emulator.lose_node(lost)
+        # The survivor may train alone for an epoch, or the replacement join at once.
+        wait_world(api, 2, lost_at, 90, "the survivor and a replacement on another node")
+        final = api.wait("counting", timeout_s=300)
+        assert final.phase == "Succeeded", final.message
+        events = [f"{e.reason}: {e.message}" for e in api.job_events("counting")]
+    assert not [e for e in events if e.startswith("BindFailed")], events
+    assert any(e.startswith(f"MasterMoved: master-0 was lost with its node {lost}") for e in events)
+    summary = trained_once(result, steps, BATCH)
+    pids = {pid for epoch in summary["epochs"] for replica, pid in epoch["pids"]
+            if replica == survivor}
+    assert len(pids) == 1, f"{survivor} kept its process: {pids}"

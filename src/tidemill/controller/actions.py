@@ -171,6 +171,17 @@ class Backoff(ReplicaAction):
 
 
 @dataclass(frozen=True)
+class Relocate(ReplicaAction):
+    """Start it on ``node`` from now on: only for the job master, which takes no
+    scheduled resources, when its own node is gone."""
+
+    node: str
+
+    def changes(self) -> dict[str, Any]:
+        return {"node": self.node}
+
+
+@dataclass(frozen=True)
 class Settle(ReplicaAction):
     """A replica that is not running (BackOff, a launch that started nothing) will not
     start again: Stopped."""

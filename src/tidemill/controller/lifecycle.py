@@ -11,7 +11,8 @@ The rules, in the order they apply:
    scale-in are forgotten, overdue ones killed), **scale-in** (ask the replicas above
    the desired size to leave), **success** (the success policy), **restart** (the
    restart policy; a static AllReduce group restarts as a whole), **master** (the job
-   master is relaunched on its port), **launch** (a recorded launch that started
+   master is relaunched on its port; lost with its node, beside a surviving replica),
+   **launch** (a recorded launch that started
    nothing, replicas whose backoff is over) and **Running** once nothing waits.
 4. A job whose outcome is decided **winds down**: SIGTERM to what runs, SIGKILL after
    the grace, and the outcome's phase once its last process is gone.
@@ -41,6 +42,7 @@ from tidemill.controller.actions import (
     Launch,
     Launched,
     Observed,
+    Relocate,
     Settle,
     Terminate,
     Transition,
@@ -133,6 +135,8 @@ class _Step:
         self.now = now
         self.config = config
         self.actions: list[Action] = []
+        self.lost_nodes: set[str] = set()
+        """nodes the engine saw gone in this step's observations"""
 
     def emit(self, action: Action) -> None:
         self.actions.append(action)
@@ -152,6 +156,11 @@ class _Step:
     # ------------------------------------------------------------------ observe
 
     def _observe(self, seen: Observations) -> None:
+        self.lost_nodes = {
+            replica.node
+            for replica in self.job.replicas
+            if isinstance(found := seen.get(replica.name), Observation) and found.node_lost
+        }
         for replica in self.job.replicas:
             found = seen.get(replica.name)
             if replica.phase is R.LAUNCHING:
@@ -213,6 +222,29 @@ class _Step:
         generic = seen.message in ("", f"exited with code {seen.exit_code}")
         detail = "" if generic else f": {seen.message}"
         self.emit(Event("ReplicaFailed", f"{name} {shown}{detail}", warning=True, replica=name))
+        if seen.node_lost and replica.role == MASTER_ROLE:
+            self._move_master(replica)
+
+    def _move_master(self, master: ReplicaSnapshot) -> None:
+        """A job master lost with its node restarts beside a surviving replica (it takes
+        no scheduled resources), so the survivors reconnect and keep their processes; on
+        its old node the launch would fail and the whole job be placed again."""
+        beside = next(
+            (
+                r
+                for r in self.job.replicas
+                if r.role != MASTER_ROLE and r.phase in LIVE and r.node not in self.lost_nodes
+            ),
+            None,
+        )
+        if beside is None:
+            return  # nothing survives it: the whole job is placed again
+        self.emit(Relocate(master.name, beside.node))
+        message = (
+            f"{master.name} was lost with its node {master.node}; it restarts on "
+            f"{beside.node}, beside {beside.name}"
+        )
+        self.emit(Event("MasterMoved", message, warning=True, replica=master.name))
 
     def _resume(self, replica: ReplicaSnapshot, seen: Observation) -> None:
         """Start again, uncharged, a replica stopped because the control plane that ran
