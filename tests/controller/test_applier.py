@@ -24,7 +24,7 @@ from tidemill.api.cluster import ClusterSpec, NodeSpec
 from tidemill.api.job import TrainingJob
 from tidemill.controller.reconciler import Controller, ControllerConfig
 from tidemill.controller.rows import handle_of
-from tidemill.engines.base import LaunchSpec, PlacementLost, ReplicaHandle
+from tidemill.engines.base import LaunchRefused, LaunchSpec, PlacementLost, ReplicaHandle
 from tidemill.engines.local import LocalEngine
 from tidemill.server.views import job_view
 from tidemill.store.store import Store
@@ -515,40 +515,52 @@ def test_a_job_marked_deleted_by_a_server_that_stopped_is_forgotten_by_the_next(
     until(restarted, "half", lambda r: r.phase == "Succeeded", "the job submitted again")
 
 
-class NodeGoneAtLaunch(LocalEngine):
-    """The local engine whose node, while ``gone`` is set, has just died: a launch is
-    refused as the Kubernetes engine refuses one onto a node deleted since the scheduler
-    placed it (the race of a node lost in the instant after a scale-out's placement)."""
+class RefusedLaunches(LocalEngine):
+    """The local engine, except that while ``refusal`` is set every launch raises it: a
+    node deleted since the scheduler placed the replica (``PlacementLost``, as the
+    Kubernetes engine raises it) or a cluster API that failed (``LaunchRefused``)."""
 
-    gone = False
+    refusal: Exception | None = None
 
     def launch(self, spec: LaunchSpec) -> ReplicaHandle:
-        if self.gone:
-            raise PlacementLost(f"{spec.job}: node(s) {spec.node} no longer exist")
+        if self.refusal is not None:
+            raise self.refusal
         return super().launch(spec)
 
 
-def test_a_scale_out_whose_node_is_lost_before_its_launch_leaves_the_survivors_running(
+def one_worker_running(
     make_controller: Callable[..., Controller], tmp_path: Path
-) -> None:
-    controller = make_controller(engine_class=NodeGoneAtLaunch)
+) -> tuple[Controller, RefusedLaunches, int]:
+    """An elastic job (1 to 2 workers) held at one running worker; its pid."""
+    controller = make_controller(engine_class=RefusedLaunches)
     engine = controller.engine
-    assert isinstance(engine, NodeGoneAtLaunch)
+    assert isinstance(engine, RefusedLaunches)
     controller.submit(job("flex", tmp_path, workers=1, elastic=(1, 2)))
     controller.scale("ads", "flex", "worker", 1)
     row = until(controller, "flex", lambda r: running(r) and len(r.replicas) == 2, "worker-0")
     survivor = replica(row, "worker-0").pid
     assert survivor is not None
+    return controller, engine, survivor
 
-    engine.gone = True
-    controller.scale("ads", "flex", "worker", 2)
+
+def until_event(controller: Controller, *reasons: str) -> list[str]:
+    """Reconcile until the job has an event of one of ``reasons``; its event reasons."""
     until(
         controller,
         "flex",
-        lambda _: {"ReplicaLost", "BindFailed"} & {e.reason for e in events(controller, "flex")},
-        "the scale-out's launch refused",
+        lambda _: set(reasons) & {e.reason for e in events(controller, "flex")},
+        f"an event {' or '.join(reasons)}",
     )
-    reasons = [e.reason for e in events(controller, "flex")]
+    return [e.reason for e in events(controller, "flex")]
+
+
+def test_a_scale_out_whose_node_is_lost_before_its_launch_leaves_the_survivor_running(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller, engine, survivor = one_worker_running(make_controller, tmp_path)
+    engine.refusal = PlacementLost("ads/flex: node(s) n no longer exist")
+    controller.scale("ads", "flex", "worker", 2)
+    reasons = until_event(controller, "ReplicaLost", "BindFailed")
     assert "BindFailed" not in reasons, reasons
     row = row_of(controller, "flex")
     assert row is not None and row.phase == "Running"
@@ -557,9 +569,32 @@ def test_a_scale_out_whose_node_is_lost_before_its_launch_leaves_the_survivors_r
     lost = next(e for e in events(controller, "flex") if e.reason == "ReplicaLost")
     assert lost.message.startswith("worker-1 could not start on n: PlacementLost: "), lost.message
 
-    engine.gone = False
+    engine.refusal = None
     row = until(
         controller, "flex", lambda r: running(r) and len(starts(tmp_path, "flex")) == 2, "worker-1"
     )
     assert replica(row, "worker-0").pid == survivor
     assert sorted(name for name, _ in starts(tmp_path, "flex")) == ["worker-0", "worker-1"]
+
+
+def test_a_launch_the_platform_refuses_is_tried_again_uncharged_beside_the_survivor(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller, engine, survivor = one_worker_running(make_controller, tmp_path)
+    engine.refusal = LaunchRefused("create pod ads/flex-worker-1: HTTP 500 (after 4 tries)")
+    controller.scale("ads", "flex", "worker", 2)
+    reasons = until_event(controller, "LaunchFailed", "BindFailed", "ReplicaFailed")
+    assert "LaunchFailed" in reasons and "ReplicaFailed" not in reasons, reasons
+    refused = next(e for e in events(controller, "flex") if e.reason == "LaunchFailed")
+    assert refused.message.startswith(
+        "worker-1 could not be made on n: LaunchRefused: create pod ads/flex-worker-1: HTTP 500"
+    ), refused.message
+    assert "not counted against maxRestarts" in refused.message
+
+    engine.refusal = None
+    row = until(
+        controller, "flex", lambda r: running(r) and len(starts(tmp_path, "flex")) == 2, "worker-1"
+    )
+    assert replica(row, "worker-0").pid == survivor
+    assert replica(row, "worker-1").restarts == 0
+    assert "BindFailed" not in [e.reason for e in events(controller, "flex")]

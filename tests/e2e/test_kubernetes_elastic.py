@@ -181,3 +181,42 @@ def test_a_master_lost_with_its_node_restarts_beside_a_survivor_which_keeps_its_
     pids = {pid for epoch in summary["epochs"] for replica, pid in epoch["pids"]
             if replica == survivor}
     assert len(pids) == 1, f"{survivor} kept its process: {pids}"
+
+
+
+def test_a_restart_the_api_refuses_is_tried_again_uncharged_and_the_survivor_trains_on(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    assert cluster.emulator is not None
+    result = tmp_path / "result.json"
+    steps = 600
+    job = cluster.example(
+        "elastic",
+        args=["--steps", str(steps), "--batch", str(BATCH), "--step-time", "0.02",
+              "--log-every", "5", "--result", str(result)],
+        resources={"cpu": 1, "memory": "512Mi"},
+        replicas=2,
+        maxReplicas=2,
+    )
+    job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"name": "counting"})})
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(job)
+        wait_for(lambda: world_reached(api, 2, 0), timeout_s=120, what="training at world 2")
+        pods = worker_pods(cluster)
+        # Two launches' worth of failed creates (the client tries each 4 times).
+        cluster.emulator.inject("POST", r"/namespaces/default/pods$", 500, times=8)
+        killed_at = time.time()
+        cluster.emulator.kill_process(cluster.namespace, pods["worker-1"], signal.SIGKILL)
+        wait_world(api, 2, killed_at + 0.5, 90, "worker-1 back after the refused launches")
+        final = api.wait("counting", timeout_s=300)
+        assert final.phase == "Succeeded", final.message
+        events = [f"{e.reason}: {e.message}" for e in api.job_events("counting")]
+        [worker_1] = [r for r in api.get("counting").replicas if (r.role, r.index) == ("worker", 1)]
+    assert not [e for e in events if e.startswith("BindFailed")], events
+    refused = [e for e in events if e.startswith("LaunchFailed: worker-1 could not be made")]
+    assert len(refused) == 2, events
+    assert worker_1.restarts == 1, "only the kill is charged, not the refused launches"
+    summary = trained_once(result, steps, BATCH)
+    survivor = {pid for epoch in summary["epochs"] for replica, pid in epoch["pids"]
+                if replica == "worker-0"}
+    assert len(survivor) == 1, f"worker-0 kept its process: {survivor}"

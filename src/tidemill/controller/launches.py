@@ -14,10 +14,12 @@ was removed meanwhile (its job deleted) is killed at once instead of recorded.
 An engine that binds gangs itself (``launch_gang``: Kubernetes) gets every replica of a
 job that starts or restarts whole in one call; if it cannot create and bind them all it
 deletes what it made, and the job goes back to its queue (``BindFailed``) holding
-nothing, instead of a part of the gang holding nodes. A replica added to an elastic
-job that is already running (a scale-out, a replacement) whose node went away between
-its placement and its launch (``PlacementLost``) is dropped alone: the others go on in
-place and the scheduler places it again where there is room.
+nothing, instead of a part of the gang holding nodes. A launch that joins replicas still
+running (a scale-out, a replacement, one replica's restart, the job master's) never
+touches them: an elastic replica whose node went away between its placement and its
+launch (``PlacementLost``) is dropped alone, to be placed again where there is room; one
+the platform refused (``LaunchRefused``) is tried again after the job's restart backoff,
+uncharged; one that could not start otherwise is a failed replica for its restart policy.
 
 ``TIDEMILL_FAULT_AFTER_LAUNCH=exit`` is a test hook: the process exits right after the
 first ``engine.launch`` returns, before its handle is recorded (tests/e2e
@@ -30,16 +32,23 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import JobPhase, ReplicaPhase
-from tidemill.controller.actions import Exited, Launched
+from tidemill.controller.actions import Backoff, Exited, Launched
 from tidemill.controller.conditions import transition
 from tidemill.controller.elastic import MASTER_ROLE
 from tidemill.controller.launcher import JOB_MASTER_PORT, MASTER_PORT, Launcher
 from tidemill.controller.model import JobSnapshot
 from tidemill.controller.rows import replica_snapshot, set_replica
-from tidemill.engines.base import Engine, LaunchSpec, PlacementLost, ReplicaHandle
+from tidemill.engines.base import (
+    Engine,
+    LaunchRefused,
+    LaunchSpec,
+    PlacementLost,
+    ReplicaHandle,
+)
 from tidemill.store.store import Store, Tx
 from tidemill.store.tables import JobRow, ReplicaRow
 
@@ -75,24 +84,34 @@ class Planned:
     replicas: tuple[str, ...]
 
 
+class Failure(Enum):
+    """What a launch that made no replica leads to."""
+
+    START = "start"
+    """it could not start: a failed replica, for its role's restart policy"""
+    REQUEUE = "requeue"
+    """the gang could not be bound whole: the job goes back to its queue"""
+    DROP = "drop"
+    """an elastic replica joining running ones lost its node: it alone is removed, to be
+    placed again"""
+    RETRY = "retry"
+    """the platform refused a replica joining running ones: tried again, uncharged"""
+
+
 @dataclass(frozen=True)
 class _Result:
     job: JobSnapshot
     replica: str
     launch_id: str
-    handle: ReplicaHandle | None
+    error: str = ""
+    """why no replica was made (``handle`` is None)"""
+    failure: Failure = Failure.START
+    """what follows when no replica was made"""
+    retry_at: float = 0.0
+    """when a ``RETRY`` launches again"""
+    handle: ReplicaHandle | None = None
     pid: int | None = None
     log_path: str | None = None
-    error: str = ""
-    requeue: bool = False
-    """the gang could not be bound whole: the job goes back to its queue"""
-    dropped: bool = False
-    """an elastic replica of a running job lost its node before it started: it alone
-    is removed, to be placed again"""
-
-
-GANG_PHASES = (JobPhase.SCHEDULED, JobPhase.RESTARTING)
-"""A job in these phases starts every replica at once: a gang."""
 
 
 class Launches:
@@ -113,7 +132,8 @@ class Launches:
     def _launch(self, plan: Planned) -> list[_Result]:
         order = sorted(plan.replicas, key=lambda name: not name.startswith(MASTER_ROLE))
         launch_gang = getattr(self.engine, "launch_gang", None)
-        if launch_gang is not None and plan.job.phase in GANG_PHASES:
+        in_place = _joins_running(plan)
+        if launch_gang is not None and not in_place:
             return self._launch_gang(plan, order, launch_gang)
         results = []
         for name in order:
@@ -125,24 +145,21 @@ class Launches:
             except PlacementLost as exc:
                 # An elastic job's survivors go on without it; any other gang cannot be
                 # completed where it was placed, so it is placed again whole.
-                error = f"{type(exc).__name__}: {exc}"
-                alone = _grows_in_place(plan, replica.role)
-                results.append(
-                    _Result(
-                        plan.job,
-                        name,
-                        launch_id,
-                        None,
-                        error=error,
-                        requeue=not alone,
-                        dropped=alone,
-                    )
-                )
+                role = plan.spec.spec.roles.get(replica.role)
+                alone = in_place and role is not None and role.is_elastic
+                failure = Failure.DROP if alone else Failure.REQUEUE
+                results.append(_Result(plan.job, name, launch_id, _error(exc), failure))
+                continue
+            except LaunchRefused as exc:
+                log.warning("could not make %s %s now: %s", plan.job.key, name, exc)
+                retry_at = self.clock() + plan.spec.spec.restart_backoff_seconds
+                refused = _Result(plan.job, name, launch_id, _error(exc), Failure.RETRY, retry_at)
+                results.append(refused)
                 continue
             except Exception as exc:
                 log.warning("could not start %s %s: %s", plan.job.key, name, exc)
-                error = f"could not start: {type(exc).__name__}: {exc}"
-                results.append(_Result(plan.job, name, launch_id, None, error=error))
+                error = f"could not start: {_error(exc)}"
+                results.append(_Result(plan.job, name, launch_id, error))
                 continue
             if os.environ.get(FAULT_VAR) == "exit":
                 os._exit(FAULT_EXIT_CODE)
@@ -161,11 +178,8 @@ class Launches:
             handles = launch_gang(specs)
         except Exception as exc:
             log.warning("could not start the gang of %s: %s", plan.job.key, exc)
-            error = f"{type(exc).__name__}: {exc}"
-            return [
-                _Result(plan.job, r.name, r.launch_id or "", None, error=error, requeue=True)
-                for r in replicas
-            ]
+            error, requeue = _error(exc), Failure.REQUEUE
+            return [_Result(plan.job, r.name, r.launch_id or "", error, requeue) for r in replicas]
         if os.environ.get(FAULT_VAR) == "exit":
             os._exit(FAULT_EXIT_CODE)
         return [
@@ -179,7 +193,7 @@ class Launches:
             log_path = self.engine.log_path(handle)
         except Exception:
             pid, log_path = None, None
-        return _Result(job, name, launch_id, handle, pid, log_path)
+        return _Result(job, name, launch_id, handle=handle, pid=pid, log_path=log_path)
 
     def _record(self, results: Sequence[_Result]) -> None:
         """One short transaction for the handles; launches no longer wanted are killed."""
@@ -188,19 +202,22 @@ class Launches:
         try:
             with self.store.transaction() as tx:
                 rows = {r.id: r for r in tx.jobs_by_id(sorted({x.job.id for x in results}))}
-                for result in [r for r in results if r.requeue]:
+                for result in [r for r in results if r.failure is Failure.REQUEUE]:
                     row = rows.pop(result.job.id, None)
                     if row is not None:
                         unwanted.extend(_requeue(tx, row, result.error, now))
-                for result in [r for r in results if not r.requeue]:
+                for result in [r for r in results if r.failure is not Failure.REQUEUE]:
                     row = rows.get(result.job.id)
                     replica = _intended(row, result)
                     if replica is None or row is None:
                         if result.handle is not None:
                             unwanted.append(result.handle)
                         continue
-                    if result.dropped:
+                    if result.handle is None and result.failure is Failure.DROP:
                         _drop(tx, row, replica, result.error, now)
+                        continue
+                    if result.handle is None and result.failure is Failure.RETRY:
+                        _retry(tx, row, replica, result, now)
                         continue
                     if result.handle is None:
                         failed = Exited(
@@ -251,11 +268,18 @@ def _requeue(tx: Tx, row: JobRow, error: str, now: float) -> list[ReplicaHandle]
     return handles
 
 
-def _grows_in_place(plan: Planned, role_name: str) -> bool:
-    """Whether a replica of ``role_name`` joins (or leaves) a job already running
-    without touching the others: an elastic role outside a whole-gang start."""
-    role = plan.spec.spec.roles.get(role_name)
-    return plan.job.phase not in GANG_PHASES and role is not None and role.is_elastic
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _joins_running(plan: Planned) -> bool:
+    """Whether the launch joins replicas of the job that still run (a scale-out, a
+    replacement, one replica's restart) rather than starting its gang whole."""
+    live = (ReplicaPhase.RUNNING, ReplicaPhase.STOPPING)
+    return any(
+        r.role != MASTER_ROLE and r.name not in plan.replicas and r.phase in live
+        for r in plan.job.replicas
+    )
 
 
 def _drop(tx: Tx, row: JobRow, replica: ReplicaRow, error: str, now: float) -> None:
@@ -268,6 +292,19 @@ def _drop(tx: Tx, row: JobRow, replica: ReplicaRow, error: str, now: float) -> N
         "replacement is placed where there is room"
     )
     tx.add_event(row.key, "ReplicaLost", message, warning=True, replica=name, at=now)
+
+
+def _retry(tx: Tx, row: JobRow, replica: ReplicaRow, result: _Result, now: float) -> None:
+    """Launch again after the backoff a replica the platform refused, uncharged: an API
+    that failed is not the replica's fault, and the others keep running."""
+    name = replica.replica_name
+    set_replica(replica, Backoff(name, result.retry_at, replica.restarts).changes())
+    wait_s = max(0.0, result.retry_at - now)
+    message = (
+        f"{name} could not be made on {replica.node}: {result.error}; trying again in "
+        f"{wait_s:g}s (not counted against maxRestarts)"
+    )
+    tx.add_event(row.key, "LaunchFailed", message, warning=True, replica=name, at=now)
 
 
 def _intended(row: JobRow | None, result: _Result) -> ReplicaRow | None:

@@ -85,6 +85,12 @@ class PlacementLost(RuntimeError):
     """A launch was asked for on a node that is gone; the replica must be placed again."""
 
 
+class LaunchRefused(RuntimeError):
+    """The platform could not make the replica now (its API refused or failed the
+    request, after its own retries): not the replica's fault, so it is not charged to the
+    role's restarts."""
+
+
 class Engine(Protocol):
     """Start, watch, stop replicas and read their logs."""
 

@@ -31,6 +31,7 @@ from tidemill.api.cluster import NodeSpec
 from tidemill.api.job import TrainingJob
 from tidemill.engines.base import (
     LaunchPlan,
+    LaunchRefused,
     LaunchSpec,
     Observation,
     PlacementLost,
@@ -77,7 +78,7 @@ STUCK_REMEMBERED = 4096
 """Why the engine deleted its latest stuck pods, kept for later looks at them."""
 
 
-class GangBindError(RuntimeError):
+class GangBindError(LaunchRefused):
     """A gang could not be created and bound whole; everything it made was deleted."""
 
 
