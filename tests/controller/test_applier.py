@@ -543,6 +543,18 @@ def one_worker_running(
     return controller, engine, survivor
 
 
+def accepted_again(
+    controller: Controller, engine: RefusedLaunches, tmp_path: Path, survivor: int
+) -> JobRow:
+    """Launches work again: worker-1 starts beside the survivor, which kept its pid."""
+    engine.refusal = None
+    row = until(
+        controller, "flex", lambda r: running(r) and len(starts(tmp_path, "flex")) == 2, "worker-1"
+    )
+    assert replica(row, "worker-0").pid == survivor
+    return row
+
+
 def until_event(controller: Controller, *reasons: str) -> list[str]:
     """Reconcile until the job has an event of one of ``reasons``; its event reasons."""
     until(
@@ -569,11 +581,7 @@ def test_a_scale_out_whose_node_is_lost_before_its_launch_leaves_the_survivor_ru
     lost = next(e for e in events(controller, "flex") if e.reason == "ReplicaLost")
     assert lost.message.startswith("worker-1 could not start on n: PlacementLost: "), lost.message
 
-    engine.refusal = None
-    row = until(
-        controller, "flex", lambda r: running(r) and len(starts(tmp_path, "flex")) == 2, "worker-1"
-    )
-    assert replica(row, "worker-0").pid == survivor
+    row = accepted_again(controller, engine, tmp_path, survivor)
     assert sorted(name for name, _ in starts(tmp_path, "flex")) == ["worker-0", "worker-1"]
 
 
@@ -591,10 +599,6 @@ def test_a_launch_the_platform_refuses_is_tried_again_uncharged_beside_the_survi
     ), refused.message
     assert "not counted against maxRestarts" in refused.message
 
-    engine.refusal = None
-    row = until(
-        controller, "flex", lambda r: running(r) and len(starts(tmp_path, "flex")) == 2, "worker-1"
-    )
-    assert replica(row, "worker-0").pid == survivor
+    row = accepted_again(controller, engine, tmp_path, survivor)
     assert replica(row, "worker-1").restarts == 0
     assert "BindFailed" not in [e.reason for e in events(controller, "flex")]
