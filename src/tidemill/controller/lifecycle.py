@@ -12,8 +12,8 @@ The rules, in the order they apply:
    the desired size to leave), **success** (the success policy), **restart** (the
    restart policy; a static AllReduce group restarts as a whole), **master** (the job
    master is relaunched on its port; lost with its node, beside a surviving replica),
-   **launch** (a recorded launch that started
-   nothing, replicas whose backoff is over) and **Running** once nothing waits.
+   **launch** (a recorded launch that started nothing, replicas whose backoff is over)
+   and **Running** once nothing waits.
 4. A job whose outcome is decided **winds down**: SIGTERM to what runs, SIGKILL after
    the grace, and the outcome's phase once its last process is gone.
 
