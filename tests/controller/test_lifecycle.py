@@ -574,3 +574,6 @@ def test_a_master_lost_with_every_replica_stays_where_it_was() -> None:
     seen = {"master-0": lost_with_node("n1"), "worker-0": lost_with_node("n1")}
     actions = step(snapshot, spec(1, elastic=(1, 2)), seen, NOW, CONFIG)
     assert not any(isinstance(a, Relocate) for a in actions)
+    # Its launch there fails (PlacementLost) and the whole job is placed again.
+    [started] = [a for a in actions if isinstance(a, Event) and a.reason == "ReplicaStarted"]
+    assert "master-0 started again on n1" in started.message
