@@ -28,8 +28,9 @@ from tidemill.controller.actions import (
     Terminate,
     Transition,
 )
+from tidemill.controller.broken import fail_broken
 from tidemill.controller.conditions import ALLOWED, IllegalTransition, check_transition
-from tidemill.controller.lifecycle import LifecycleConfig, fail_broken, step
+from tidemill.controller.lifecycle import LifecycleConfig, step
 from tidemill.controller.model import Adoption, JobSnapshot, Outcome, ReplicaSnapshot, Seen
 from tidemill.engines._supervise import CONTROL_PLANE_ENDED
 from tidemill.engines.base import Observation, ReplicaHandle

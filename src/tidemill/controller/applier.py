@@ -6,7 +6,7 @@
    have made before it stopped).
 3. Decide: the pure :func:`tidemill.controller.lifecycle.step` per job. A job whose
    step raises, or whose spec cannot be read, is failed alone
-   (:func:`~tidemill.controller.lifecycle.fail_broken`); one the engine cannot observe
+   (:func:`~tidemill.controller.broken.fail_broken`); one the engine cannot observe
    waits for the next cycle, and is failed after :data:`OBSERVE_ATTEMPTS` in a row.
 4. Write every job's row changes in one short transaction (launch intents included);
    a job whose writes raise is failed alone and the rest commit.
@@ -35,11 +35,12 @@ from tidemill.controller.actions import (
     Vacate,
     evolve_all,
 )
+from tidemill.controller.broken import fail_broken
 from tidemill.controller.isolation import controller_error, write_jobs
 from tidemill.controller.last_stacks import kill_with_stacks
 from tidemill.controller.launcher import Launcher, port_needs
 from tidemill.controller.launches import Launches, Planned, assign_ports, fetch_ports
-from tidemill.controller.lifecycle import LifecycleConfig, fail_broken, step
+from tidemill.controller.lifecycle import LifecycleConfig, step
 from tidemill.controller.model import ACTIVE_PHASES, Adoption, JobSnapshot, Observations, Seen
 from tidemill.controller.rows import job_snapshot, write
 from tidemill.engines.base import Engine, ReplicaHandle

@@ -95,29 +95,6 @@ def step(
     return _Step(job, spec, now, config).run(seen)
 
 
-def fail_broken(
-    job: JobSnapshot, seen: Observations, message: str, now: float, config: LifecycleConfig
-) -> list[Action]:
-    """The job's step raised (or its spec cannot be read): kill its processes and fail
-    it with ``message``. Kept apart from :func:`step` so it does not fail the same way."""
-    actions: list[Action] = []
-    for replica in job.replicas:
-        handle = replica.handle
-        adopted = seen.get(replica.name)
-        if replica.phase is R.LAUNCHING and isinstance(adopted, Adoption):
-            handle = adopted.handle
-        if handle is not None and replica.phase in LIVE:
-            actions.append(Kill(replica.name, handle, now + config.stop_grace_s))
-        if not replica.phase.is_terminal:
-            actions.append(Settle(replica.name))
-    if job.deleted:
-        actions.append(ForgetJob("its processes were killed"))
-    elif not job.phase.is_terminal:
-        actions.append(Transition(JobPhase.FAILED, "ControllerError", message, warning=True))
-        actions.append(ExpireAt(None))
-    return actions
-
-
 def drain(replica: ReplicaSnapshot, deadline: float) -> Drain:
     """Ask ``replica`` to leave (scale-in, or a shrink for a higher-priority job)."""
     if replica.phase is R.RUNNING and replica.handle is not None:

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
+from tidemill.scheduler.arrays import Bools, Floats, Indices, Ints
+from tidemill.scheduler.flat import Flat
 from tidemill.scheduler.types import (
     ClusterState,
     Extended,
@@ -49,11 +50,6 @@ SHARE_DIGITS = 12
 GROUPED_FROM_NODES = 2_000
 """Clusters this large keep nodes grouped by free GPUs for best fit; on smaller ones
 masking every node costs less than keeping the groups."""
-
-Ints = npt.NDArray[np.int64]
-Floats = npt.NDArray[np.float64]
-Bools = npt.NDArray[np.bool_]
-Indices = npt.NDArray[np.intp]
 
 
 @dataclass(frozen=True)
@@ -362,7 +358,7 @@ class Capacity:
         for row, p in located:
             if row is not None and p.extended:
                 self._take_extended(row, p.extended, sign=1)
-        flat = Flat.of(self, [located])
+        flat = Flat.of(self.total_gpus, [located])
         np.subtract.at(self.free_cpu, flat.rows, flat.cpu)
         np.subtract.at(self.free_memory, flat.rows, flat.memory)
         np.add.at(self.gpu_used, (flat.device_rows, flat.devices), flat.shares)
@@ -447,58 +443,6 @@ class Capacity:
             self._regroup(self._by_free, row, old, new)
         self.least_used[row] = min(shares, default=np.inf)
         self.partial[row] = any(share != 0.0 and share < 1.0 for share in shares)
-
-
-@dataclass(frozen=True)
-class Flat:
-    """Placements as parallel arrays (node row, cpu, memory; device row, device, share),
-    so what thousands of pods hold is added to or taken from capacity in a few numpy
-    calls. ``cuts[i]`` / ``device_cuts[i]``: where the first ``i`` groups end."""
-
-    rows: Indices
-    cpu: Ints
-    memory: Ints
-    device_rows: Indices
-    devices: Indices
-    shares: Floats
-    cuts: tuple[int, ...]
-    device_cuts: tuple[int, ...]
-
-    @staticmethod
-    def of(capacity: Capacity, groups: Iterable[Iterable[tuple[int | None, Placement]]]) -> Flat:
-        """``groups`` of (node row, placement); a placement on no known row (None) or a
-        device the node lacks is left out."""
-        rows: list[int] = []
-        cpu: list[int] = []
-        memory: list[int] = []
-        device_rows: list[int] = []
-        devices: list[int] = []
-        shares: list[float] = []
-        cuts, device_cuts = [0], [0]
-        for group in groups:
-            for row, p in group:
-                if row is None:
-                    continue
-                rows.append(row)
-                cpu.append(p.cpu_millis)
-                memory.append(p.memory_bytes)
-                for device in p.gpu_ids:
-                    if 0 <= device < capacity.total_gpus[row]:
-                        device_rows.append(row)
-                        devices.append(device)
-                        shares.append(p.gpu_share)
-            cuts.append(len(rows))
-            device_cuts.append(len(devices))
-        return Flat(
-            np.array(rows, dtype=np.intp),
-            np.array(cpu, dtype=np.int64),
-            np.array(memory, dtype=np.int64),
-            np.array(device_rows, dtype=np.intp),
-            np.array(devices, dtype=np.intp),
-            np.array(shares, dtype=np.float64),
-            tuple(cuts),
-            tuple(device_cuts),
-        )
 
 
 def _partly_used(used: Floats) -> Bools:

@@ -19,7 +19,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from tidemill.scheduler.capacity import EPS, Capacity, Indices, Ints
+from tidemill.scheduler.arrays import Indices, Ints
+from tidemill.scheduler.capacity import EPS, Capacity
 from tidemill.scheduler.types import PodRequest
 
 SLACK = 1e-6

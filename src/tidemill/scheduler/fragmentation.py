@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from tidemill.scheduler.capacity import Bools, Capacity, Floats, Indices, Ints
+from tidemill.scheduler.arrays import Bools, Floats, Indices, Ints
+from tidemill.scheduler.capacity import Capacity
 from tidemill.scheduler.placement import request_problem
 from tidemill.scheduler.types import (
     ClusterState,

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from tidemill.scheduler.capacity import EPS, Bools, Floats, Indices, Ints
+from tidemill.scheduler.arrays import Bools, Floats, Indices, Ints
+from tidemill.scheduler.capacity import EPS
 from tidemill.scheduler.fragmentation import GRAIN
 
 ROUNDING = 1e-6

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tidemill.scheduler.capacity import Capacity, Ints
+from tidemill.scheduler.arrays import Ints
+from tidemill.scheduler.capacity import Capacity
 from tidemill.scheduler.fragmentation import Shape, held_shape
 from tidemill.scheduler.types import ClusterState, NodeInfo, Placement, ResourceVector, RunningJob
 

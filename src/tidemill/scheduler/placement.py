@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tidemill.scheduler import numa, reasons
-from tidemill.scheduler.capacity import EPS, Bools, Capacity, Floats, Indices, Ints
+from tidemill.scheduler.arrays import Bools, Floats, Indices, Ints
+from tidemill.scheduler.capacity import EPS, Capacity
 from tidemill.scheduler.reasons import Shortfall
 from tidemill.scheduler.types import Placement, PodRequest, Reason
 

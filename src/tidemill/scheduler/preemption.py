@@ -30,7 +30,8 @@ from functools import cache
 
 import numpy as np
 
-from tidemill.scheduler.capacity import EPS, Capacity, Floats, Indices
+from tidemill.scheduler.arrays import Floats, Indices
+from tidemill.scheduler.capacity import EPS, Capacity
 from tidemill.scheduler.fit_bound import FitBound
 from tidemill.scheduler.placement import place_pod, size_key, try_gang
 from tidemill.scheduler.reach import Reach

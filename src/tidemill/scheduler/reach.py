@@ -13,7 +13,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from tidemill.scheduler.capacity import Bools, Capacity, Indices
+from tidemill.scheduler.arrays import Bools, Indices
+from tidemill.scheduler.capacity import Capacity
 from tidemill.scheduler.placement import fits
 from tidemill.scheduler.types import Extended, PodRequest
 from tidemill.scheduler.victims import Room

@@ -24,7 +24,8 @@ from dataclasses import replace
 import numpy as np
 
 from tidemill.scheduler import reasons
-from tidemill.scheduler.capacity import EPS, Capacity, Flat
+from tidemill.scheduler.capacity import EPS, Capacity
+from tidemill.scheduler.flat import Flat
 from tidemill.scheduler.placement import try_gang
 from tidemill.scheduler.reasons import Code
 from tidemill.scheduler.types import (
@@ -170,7 +171,7 @@ class _Ending:
         self.jobs = jobs
         index = capacity.index
         self._held = Flat.of(
-            capacity, ([(index.get(p.node), p) for p in j.placements] for j in jobs)
+            capacity.total_gpus, ([(index.get(p.node), p) for p in j.placements] for j in jobs)
         )
         self._extended = [
             [

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from tidemill.scheduler import reasons
-from tidemill.scheduler.capacity import EPS, Bools, Capacity, Floats, Ints
+from tidemill.scheduler.arrays import Bools, Floats, Ints
+from tidemill.scheduler.capacity import EPS, Capacity
 from tidemill.scheduler.placement import Misfit, place_gang, place_pod
 from tidemill.scheduler.reasons import Shortfall
 from tidemill.scheduler.types import ClusterState, NodeInfo, Placement, PodRequest, Reason

@@ -25,7 +25,9 @@ from itertools import islice
 
 import numpy as np
 
-from tidemill.scheduler.capacity import Capacity, Flat, Floats, Ints
+from tidemill.scheduler.arrays import Floats, Ints
+from tidemill.scheduler.capacity import Capacity
+from tidemill.scheduler.flat import Flat
 from tidemill.scheduler.ordering import dominant_share
 from tidemill.scheduler.types import Placement, ResourceVector, RunningJob, usage
 
@@ -304,7 +306,7 @@ class VictimPool:
 
     def _room_of(self, placements: Iterable[Located]) -> Room:
         capacity = self._capacity
-        flat = Flat.of(capacity, [placements])
+        flat = Flat.of(capacity.total_gpus, [placements])
         room = Room(
             np.zeros_like(capacity.free_cpu),
             np.zeros_like(capacity.free_memory),

@@ -27,7 +27,8 @@ from tidemill.scheduler import (
     PodRequest,
     Reason,
 )
-from tidemill.scheduler.capacity import EPS, Bools, Floats, Ints
+from tidemill.scheduler.arrays import Bools, Floats, Ints
+from tidemill.scheduler.capacity import EPS
 
 
 @dataclass(frozen=True)
