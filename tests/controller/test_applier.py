@@ -9,6 +9,9 @@ recorded but never made is made once; a store that cannot write fails no job.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +27,13 @@ from tidemill.api.cluster import ClusterSpec, NodeSpec
 from tidemill.api.job import TrainingJob
 from tidemill.controller.reconciler import Controller, ControllerConfig
 from tidemill.controller.rows import handle_of
-from tidemill.engines.base import LaunchRefused, LaunchSpec, PlacementLost, ReplicaHandle
+from tidemill.engines.base import (
+    LaunchRefused,
+    LaunchSpec,
+    Observation,
+    PlacementLost,
+    ReplicaHandle,
+)
 from tidemill.engines.local import LocalEngine
 from tidemill.server.views import job_view
 from tidemill.store.store import Store
@@ -602,3 +611,88 @@ def test_a_launch_the_platform_refuses_is_tried_again_uncharged_beside_the_survi
     row = accepted_again(controller, engine, tmp_path, survivor)
     assert replica(row, "worker-1").restarts == 0
     assert "BindFailed" not in [e.reason for e in events(controller, "flex")]
+
+
+class LosingNodes(LocalEngine):
+    """The local engine, except that a replica whose pid is in ``lost`` is seen gone
+    with its node, as the Kubernetes engine sees a pod whose node was deleted (this
+    engine's one node stays, so the replica can be placed on it again)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost: set[int] = set()
+
+    def observe(self, handle: ReplicaHandle) -> Observation:
+        seen = super().observe(handle)
+        if seen.running or seen.pid not in self.lost:
+            return seen
+        return dataclasses.replace(seen, exit_code=None, message="node gone", node_lost=True)
+
+
+def ps_job_running(
+    make_controller: Callable[..., Controller], tmp_path: Path, cpu: float
+) -> tuple[Controller, LosingNodes, JobRow]:
+    """A ps-mode job (one ps, one worker, fixed sizes, 0.1 cpu each) running on a node
+    of ``cpu``."""
+    controller = make_controller(cpu=cpu, engine_class=LosingNodes)
+    engine = controller.engine
+    assert isinstance(engine, LosingNodes)
+    controller.submit(job("ledger", tmp_path, workers=1, ps_env={}))
+    row = until(
+        controller, "ledger", lambda r: running(r) and len(starts(tmp_path, "ledger")) == 2, "both"
+    )
+    return controller, engine, row
+
+
+def lose_node_of(engine: LosingNodes, row: JobRow, name: str) -> int:
+    """Kill ``name``'s process as its node's loss does; its pid."""
+    pid = replica(row, name).pid
+    assert pid is not None
+    engine.lost.add(pid)
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def test_a_fixed_replica_lost_with_its_node_is_placed_again_alone_uncharged(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller, engine, row = ps_job_running(make_controller, tmp_path, cpu=8)
+    worker, port = replica(row, "worker-0").pid, replica(row, "ps-0").port
+    lost = lose_node_of(engine, row, "ps-0")
+
+    row = until(
+        controller,
+        "ledger",
+        lambda r: running(r) and replica(r, "ps-0").pid not in (None, lost),
+        "ps-0 placed and running again",
+    )
+
+    assert replica(row, "worker-0").pid == worker and worker is not None and alive(worker)
+    assert replica(row, "ps-0").port == port, "peers reach it at the port they were given"
+    assert replica(row, "ps-0").restarts == 0, "a lost node is not the replica's failure"
+    assert sorted(name for name, _ in starts(tmp_path, "ledger")) == ["ps-0", "ps-0", "worker-0"]
+    shown = {e.reason: e.message for e in events(controller, "ledger")}
+    assert shown["ReplicaLost"].startswith("ps-0 was lost with its node n; it is placed again")
+    assert shown["ReplicaPlaced"] == "ps-0 placed again on n"
+    assert not {"BindFailed", "Requeued", "ReplicaFailed"} & set(shown), shown
+
+
+def test_a_fixed_replica_lost_with_its_node_and_no_room_left_requeues_its_job_whole(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller, engine, row = ps_job_running(make_controller, tmp_path, cpu=0.2)
+    worker = replica(row, "worker-0").pid
+    assert worker is not None
+    controller.submit(job("filler", tmp_path))
+    until(controller, "filler", lambda r: r.pending_code is not None, "filler waiting")
+    lose_node_of(engine, row, "ps-0")
+
+    # The pending job takes the room ps-0 left; a gang holds all its resources or none.
+    until(controller, "filler", running, "the pending job placed in the room ps-0 left")
+    row = until(controller, "ledger", lambda r: r.phase == "Pending", "the ps job requeued")
+
+    assert row.replicas == []
+    assert gone(worker), "its worker stopped: the job is placed again whole"
+    requeued = next(e for e in events(controller, "ledger") if e.reason == "Requeued")
+    assert requeued.message.startswith("ps-0 lost with its node and no node has room for it now")
+    assert requeued.message.endswith("the job is queued again to be placed whole")

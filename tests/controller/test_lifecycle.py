@@ -27,6 +27,7 @@ from tidemill.controller.actions import (
     ReplicaAction,
     Terminate,
     Transition,
+    Unplace,
 )
 from tidemill.controller.broken import fail_broken
 from tidemill.controller.conditions import ALLOWED, IllegalTransition, check_transition
@@ -578,3 +579,38 @@ def test_a_master_lost_with_every_replica_stays_where_it_was() -> None:
     # Its launch there fails (PlacementLost) and the whole job is placed again.
     [started] = [a for a in actions if isinstance(a, Event) and a.reason == "ReplicaStarted"]
     assert "master-0 started again on n1" in started.message
+
+
+def test_a_ps_shard_lost_with_its_node_waits_unplaced_while_the_others_keep_running() -> None:
+    on_n2 = [dataclasses.replace(replica(n), node="n2") for n in ("ps-0", "worker-0")]
+    snapshot = job(replica("ps-1", restarts=2), *on_n2)
+    seen = {"ps-1": lost_with_node("n1"), "ps-0": ALIVE, "worker-0": ALIVE}
+    actions = step(snapshot, spec(1, mode="ps", ps=2), seen, NOW, CONFIG)
+    assert [shown(a) for a in actions] == [
+        "Exited ps-1 Failed",
+        "Unplace ps-1",
+        "Event ReplicaLost",
+        "Transition Restarting",
+    ]
+    [lost] = [a for a in actions if isinstance(a, Event)]
+    assert lost.message.startswith("ps-1 was lost with its node n1; it is placed again")
+    # Unplaced, on no node, with its port and its charged restarts: the scheduler places
+    # it again; until then the job is not Running.
+    [unplace] = [a for a in actions if isinstance(a, Unplace)]
+    changes = unplace.changes()
+    assert changes["phase"] is R.PENDING and changes["node"] == "" and changes["handle"] is None
+    assert "restarts" not in changes and "port" not in changes
+    waiting = job(
+        dataclasses.replace(replica("ps-1"), **changes), *on_n2, phase=JobPhase.RESTARTING
+    )
+    later = step(waiting, spec(1, mode="ps", ps=2), {"ps-0": ALIVE, "worker-0": ALIVE}, NOW, CONFIG)
+    assert later == []
+
+
+def test_a_static_allreduce_member_lost_with_its_node_restarts_its_whole_group() -> None:
+    on_n2 = dataclasses.replace(replica("worker-1"), node="n2")
+    snapshot = job(replica("worker-0"), on_n2)
+    seen = {"worker-0": lost_with_node("n1"), "worker-1": ALIVE}
+    actions = step(snapshot, spec(2), seen, NOW, CONFIG)
+    assert not any(isinstance(a, Unplace) for a in actions)
+    assert "GangRestarted" in [shown(a) for a in actions]

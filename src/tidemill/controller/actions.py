@@ -15,6 +15,7 @@ from typing import Any
 
 from tidemill.api.status import JobPhase, ReplicaPhase
 from tidemill.controller.conditions import check_transition
+from tidemill.controller.elastic import UNPLACED
 from tidemill.controller.model import JobSnapshot, Outcome, ReplicaSnapshot
 from tidemill.engines.base import ReplicaHandle
 
@@ -179,6 +180,24 @@ class Relocate(ReplicaAction):
 
     def changes(self) -> dict[str, Any]:
         return {"node": self.node}
+
+
+@dataclass(frozen=True)
+class Unplace(ReplicaAction):
+    """Lost with its node: Pending on no node until the scheduler places it again. It
+    keeps its index, its port (peers reach it by name and port) and its charged restarts."""
+
+    def changes(self) -> dict[str, Any]:
+        return {
+            "phase": R.PENDING,
+            "node": UNPLACED,
+            "handle": None,
+            "pid": None,
+            "gpu_ids": (),
+            "gpu_share": 0.0,
+            "next_start_at": None,
+            "kill_at": None,
+        }
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from tidemill.api.status import JobPhase, ReplicaPhase
 from tidemill.controller.actions import Action, ExpireAt, ForgetJob, Kill, Settle, Transition
-from tidemill.controller.lifecycle import LIVE, LifecycleConfig
-from tidemill.controller.model import Adoption, JobSnapshot, Observations
+from tidemill.controller.lifecycle import LifecycleConfig
+from tidemill.controller.model import LIVE, Adoption, JobSnapshot, Observations
 
 R = ReplicaPhase
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from tidemill.api.job import TrainingJob
+from tidemill.api.job import Mode, TrainingJob
 
 MASTER_ROLE = "master"
 """tidemill's per-job master: launched by :func:`needs_master`, never declared by users."""
+
+UNPLACED = ""
+"""The node of a replica lost with its node and waiting to be placed again
+(:class:`~tidemill.controller.actions.Unplace`)."""
 
 
 class Member(Protocol):
@@ -29,12 +33,20 @@ class Member(Protocol):
     @property
     def drain_deadline(self) -> float | None: ...
 
+    @property
+    def node(self) -> str: ...
+
 
 M = TypeVar("M", bound=Member)
 
 
 def is_elastic(job: TrainingJob) -> bool:
     return any(role.is_elastic for role in job.spec.roles.values())
+
+
+def is_static_gang(job: TrainingJob) -> bool:
+    """A static AllReduce group: a member that fails restarts the whole group."""
+    return job.spec.mode is Mode.ALLREDUCE and not is_elastic(job)
 
 
 def needs_master(job: TrainingJob) -> bool:
@@ -71,6 +83,11 @@ def missing_indexes(replicas: Sequence[Member], role: str, desired: int) -> list
     have = len(members(replicas, role))
     free = (i for i in range(desired + len(taken)) if i not in taken)
     return [next(free) for _ in range(max(0, desired - have))]
+
+
+def unplaced(replicas: Sequence[M]) -> list[M]:
+    """Replicas lost with their node and waiting for the scheduler to place them again."""
+    return [r for r in replicas if r.node == UNPLACED]
 
 
 def surplus(replicas: Sequence[M], role: str, keep: int) -> list[M]:

@@ -36,9 +36,9 @@ from enum import Enum
 
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import JobPhase, ReplicaPhase
-from tidemill.controller.actions import Backoff, Exited, Launched
+from tidemill.controller.actions import Backoff, Exited, Launched, Unplace
 from tidemill.controller.conditions import transition
-from tidemill.controller.elastic import MASTER_ROLE
+from tidemill.controller.elastic import MASTER_ROLE, is_static_gang
 from tidemill.controller.launcher import JOB_MASTER_PORT, MASTER_PORT, Launcher
 from tidemill.controller.model import JobSnapshot
 from tidemill.controller.rows import replica_snapshot, set_replica
@@ -94,6 +94,9 @@ class Failure(Enum):
     DROP = "drop"
     """an elastic replica joining running ones lost its node: it alone is removed, to be
     placed again"""
+    UNPLACE = "unplace"
+    """any other replica joining running ones lost its node: it waits, unplaced, for the
+    scheduler to place it again (see ``node_loss``)"""
     RETRY = "retry"
     """the platform refused a replica joining running ones: tried again, uncharged"""
 
@@ -143,11 +146,13 @@ class Launches:
                 spec = self.launcher.launch_spec(plan.job, plan.spec, replica)
                 handle = self.engine.launch(spec)
             except PlacementLost as exc:
-                # An elastic job's survivors go on without it; any other gang cannot be
-                # completed where it was placed, so it is placed again whole.
+                # The replicas running go on without it, as without one lost with its
+                # node; a gang starting whole is placed again whole.
                 role = plan.spec.spec.roles.get(replica.role)
-                alone = in_place and role is not None and role.is_elastic
-                failure = Failure.DROP if alone else Failure.REQUEUE
+                if not in_place or role is None or is_static_gang(plan.spec):
+                    failure = Failure.REQUEUE
+                else:
+                    failure = Failure.DROP if role.is_elastic else Failure.UNPLACE
                 results.append(_Result(plan.job, name, launch_id, _error(exc), failure))
                 continue
             except LaunchRefused as exc:
@@ -213,10 +218,11 @@ class Launches:
                         if result.handle is not None:
                             unwanted.append(result.handle)
                         continue
-                    if result.handle is None and result.failure is Failure.DROP:
-                        _drop(tx, row, replica, result.error, now)
+                    if result.failure in (Failure.DROP, Failure.UNPLACE):
+                        elastic = result.failure is Failure.DROP
+                        _drop(tx, row, replica, result.error, now, elastic)
                         continue
-                    if result.handle is None and result.failure is Failure.RETRY:
+                    if result.failure is Failure.RETRY:
                         _retry(tx, row, replica, result, now)
                         continue
                     if result.handle is None:
@@ -282,15 +288,18 @@ def _joins_running(plan: Planned) -> bool:
     )
 
 
-def _drop(tx: Tx, row: JobRow, replica: ReplicaRow, error: str, now: float) -> None:
-    """Remove an elastic replica whose node is gone before it started; the scheduler
-    places a replacement where there is room, as for one lost with its node."""
+def _drop(tx: Tx, row: JobRow, replica: ReplicaRow, error: str, now: float, elastic: bool) -> None:
+    """A replica whose node is gone before it started: removed if ``elastic`` (the
+    scheduler places a replacement), else unplaced for the scheduler to place again, as
+    for one lost with its node."""
     name = replica.replica_name
-    tx.delete_replica(row, replica)
-    message = (
-        f"{name} could not start on {replica.node}: {error}; the others go on, and a "
-        "replacement is placed where there is room"
-    )
+    message = f"{name} could not start on {replica.node}: {error}; "
+    if elastic:
+        tx.delete_replica(row, replica)
+        message += "the others go on, and a replacement is placed where there is room"
+    else:
+        set_replica(replica, Unplace(name).changes())
+        message += "it is placed again where there is room while the others keep running"
     tx.add_event(row.key, "ReplicaLost", message, warning=True, replica=name, at=now)
 
 

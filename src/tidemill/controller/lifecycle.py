@@ -4,7 +4,9 @@ The rules, in the order they apply:
 
 1. **Observe**: a replica found by adopt is recorded; an exit is recorded (Stopped if it
    was asked to stop; started again at once, uncharged, if it was stopped because the
-   control plane that ran it ended); a replica the job master gave up on is killed; a
+   control plane that ran it ended; lost with its node, an elastic replica is forgotten
+   and any other outside a static AllReduce group waits, unplaced, for the scheduler to
+   place it again, both uncharged); a replica the job master gave up on is killed; a
    replica asked to stop and still there at its deadline is killed.
 2. A **deleted** job: kill what runs; once nothing runs, forget the job.
 3. **Deadline** (``activeDeadlineSeconds``), **drain** (replicas that left after a
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tidemill.api.job import Mode, RestartPolicy, TrainingJob
+from tidemill.api.job import RestartPolicy, TrainingJob
 from tidemill.api.status import JobPhase, ReplicaPhase
 from tidemill.controller.actions import (
     Action,
@@ -42,20 +44,21 @@ from tidemill.controller.actions import (
     Launch,
     Launched,
     Observed,
-    Relocate,
     Settle,
     Terminate,
     Transition,
     evolve,
 )
-from tidemill.controller.elastic import MASTER_ROLE, is_elastic, members, surplus
+from tidemill.controller.elastic import MASTER_ROLE, is_elastic, is_static_gang, members, surplus
 from tidemill.controller.model import (
+    LIVE,
     Adoption,
     JobSnapshot,
     Observations,
     Outcome,
     ReplicaSnapshot,
 )
+from tidemill.controller.node_loss import move_master, replace_lost
 from tidemill.controller.policies import (
     ReplicaState,
     RestartAction,
@@ -67,8 +70,6 @@ from tidemill.engines.base import Observation
 
 R = ReplicaPhase
 MAX_MASTER_RESTARTS = 10
-LIVE = (R.RUNNING, R.STOPPING, R.LAUNCHING)
-"""Phases in which a replica may have a process."""
 WAITING = (R.PENDING, R.BACKOFF, R.LAUNCHING, R.STOPPING)
 """Phases that keep a job from being Running."""
 RESUMING = "Resuming"
@@ -185,43 +186,18 @@ class _Step:
             self.emit(Event("ReplicaSucceeded", f"{name} exited 0", replica=name))
             return
         self.emit(Exited(name, R.FAILED, seen.exit_code, seen.message, self.now))
-        role = self.spec.spec.roles.get(replica.role)
-        if seen.node_lost and role is not None and role.is_elastic:
-            # Its survivors go on in place; the scheduler places a replacement elsewhere.
-            self.emit(Forget(name))
-            message = (
-                f"{name} was lost with its node {replica.node}; the others go on, and a "
-                "replacement is placed where there is room"
-            )
-            self.emit(Event("ReplicaLost", message, warning=True, replica=name))
+        lost = seen.node_lost and replica.role != MASTER_ROLE
+        if lost and (replaced := replace_lost(replica, self.spec)):
+            for action in replaced:
+                self.emit(action)
             return
         shown = "was lost" if seen.exit_code is None else f"exited {seen.exit_code}"
         generic = seen.message in ("", f"exited with code {seen.exit_code}")
         detail = "" if generic else f": {seen.message}"
         self.emit(Event("ReplicaFailed", f"{name} {shown}{detail}", warning=True, replica=name))
         if seen.node_lost and replica.role == MASTER_ROLE:
-            self._move_master(replica)
-
-    def _move_master(self, master: ReplicaSnapshot) -> None:
-        """A job master lost with its node restarts beside a surviving replica (it takes
-        no scheduled resources), so the survivors reconnect and keep their processes; on
-        its old node the launch would fail and the whole job be placed again."""
-        beside = next(
-            (
-                r
-                for r in self.job.replicas
-                if r.role != MASTER_ROLE and r.phase in LIVE and r.node not in self.lost_nodes
-            ),
-            None,
-        )
-        if beside is None:
-            return  # nothing survives it: the whole job is placed again
-        self.emit(Relocate(master.name, beside.node))
-        message = (
-            f"{master.name} was lost with its node {master.node}; it restarts on "
-            f"{beside.node}, beside {beside.name}"
-        )
-        self.emit(Event("MasterMoved", message, warning=True, replica=master.name))
+            for action in move_master(replica, self.job.replicas, self.lost_nodes):
+                self.emit(action)
 
     def _resume(self, replica: ReplicaSnapshot, seen: Observation) -> None:
         """Start again, uncharged, a replica stopped because the control plane that ran
@@ -374,7 +350,7 @@ class _Step:
         ]
         # A replica killed by a signal is the likely cause when peers fail with it.
         exited.sort(key=lambda r: (r.exit_code is not None and r.exit_code < 128, r.role, r.index))
-        gang = self.spec.spec.mode is Mode.ALLREDUCE and not is_elastic(self.spec)
+        gang = is_static_gang(self.spec)
         for replica in exited:
             role = roles[replica.role]
             decision = decide_restart(

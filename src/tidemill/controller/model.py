@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from tidemill.api.status import JobPhase, ReplicaPhase
 from tidemill.engines.base import Observation, ReplicaHandle
 
+LIVE = (ReplicaPhase.RUNNING, ReplicaPhase.STOPPING, ReplicaPhase.LAUNCHING)
+"""Phases in which a replica may have a process."""
+
 
 @dataclass(frozen=True)
 class ReplicaSnapshot:

@@ -19,21 +19,34 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tidemill.api.job import TrainingJob
-from tidemill.api.status import ConditionType, JobPhase, ReplicaPhase
-from tidemill.controller.actions import Kill, Vacate
+from tidemill.api.status import JobPhase, ReplicaPhase
 from tidemill.controller.applier import fail_row, perform
-from tidemill.controller.conditions import set_condition, transition
-from tidemill.controller.elastic import MASTER_ROLE, is_elastic, members, needs_master
+from tidemill.controller.decision_writes import (
+    GROWING,
+    NewReplicas,
+    write_bind,
+    write_grow,
+    write_preempt,
+    write_reason,
+    write_requeue,
+    write_shrink,
+)
+from tidemill.controller.elastic import (
+    MASTER_ROLE,
+    is_elastic,
+    needs_master,
+    unplaced,
+)
 from tidemill.controller.isolation import Write, controller_error, write_jobs
 from tidemill.controller.launcher import port_needs
-from tidemill.controller.launches import Launches, Planned, assign_ports, fetch_ports
-from tidemill.controller.lifecycle import LifecycleConfig, drain
+from tidemill.controller.launches import Launches, fetch_ports
+from tidemill.controller.lifecycle import LifecycleConfig
 from tidemill.controller.model import ACTIVE_PHASES, JobSnapshot, ReplicaSnapshot
-from tidemill.controller.rows import job_snapshot, record_intent, replica_snapshot, write
+from tidemill.controller.rows import job_snapshot
 from tidemill.controller.snapshot import (
     grow_request,
     job_request,
@@ -56,7 +69,7 @@ from tidemill.scheduler.types import (
     SchedulerConfig,
 )
 from tidemill.store.store import Store, Tx
-from tidemill.store.tables import JobRow, ReplicaRow
+from tidemill.store.tables import JobRow
 
 log = logging.getLogger(__name__)
 __all__ = ["ACTIVE_PHASES", "CycleStats", "SchedulingStep"]
@@ -81,18 +94,6 @@ class _Read:
     shown: dict[str, tuple[str | None, str | None]]
     """job key -> the (pending or growth) reason its row shows now"""
     broken: dict[int, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Launch:
-    """New replicas for a bind or a grow, with the ports chosen for them."""
-
-    placements: tuple[Placement, ...]
-    ports: dict[str, int]
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f"{p.role}-{p.index}" for p in self.placements)
 
 
 class SchedulingStep:
@@ -201,9 +202,11 @@ class SchedulingStep:
         return read
 
     def _growth(self, row: JobRow, spec: TrainingJob) -> JobRequest | None:
-        if row.phase != JobPhase.RUNNING.value or row.deleted_at or row.outcome:
+        """Replicas lost with their node, placed again while the job runs or restarts;
+        elastic growth only while it runs."""
+        if row.phase not in GROWING or row.deleted_at or row.outcome:
             return None
-        return grow_request(row, spec)
+        return grow_request(row, spec, elastic=row.phase == JobPhase.RUNNING.value)
 
     def _request(self, row: JobRow) -> JobRequest:
         """The scheduler's view of a pending job, rebuilt only when its size or priority
@@ -220,6 +223,10 @@ class SchedulingStep:
             del self._requests[uid]
 
     def _may_grow(self, job: JobRow) -> bool:
+        if job.phase not in GROWING:
+            return False
+        if unplaced(job.replicas):
+            return True
         try:
             return job.phase == JobPhase.RUNNING.value and is_elastic(self.spec_of(job))
         except Exception:
@@ -236,31 +243,37 @@ class SchedulingStep:
         def add(key: str, change: Write) -> None:
             writes.setdefault(read.jobs[key].id, []).append(change)
 
+        stop_s, drain_s = self.lifecycle.stop_grace_s, self.lifecycle.drain_grace_s
         for shrink in decisions.shrinks:
             cause = "Shrunk" if shrink.reclaim is None else "Reclaimed"
-            add(shrink.job, self._shrink(shrink.pods, cause, shrink.message, now))
+            add(shrink.job, write_shrink(shrink.pods, cause, shrink.message, now, drain_s))
         for preemption in decisions.preemptions:
             cause = "Preempted" if preemption.reclaim is None else "Reclaimed"
-            add(preemption.victim, self._preempt(cause, preemption.message, now))
+            add(preemption.victim, write_preempt(cause, preemption.message, now, stop_s))
         for bind in decisions.binds:
             launch = self._plan(read, bind, with_master=True)
             if launch is not None:
-                add(bind.job, self._bind(read.specs[bind.job], bind, launch, now, waited))
+                add(bind.job, write_bind(read.specs[bind.job], bind, launch, now, waited))
+        requeued = _unplaceable(read, decisions)
         for grow in decisions.grows:
-            launch = self._plan(read, grow, with_master=False)
+            launch = None if grow.job in requeued else self._plan(read, grow, with_master=False)
             if launch is not None:
-                add(grow.job, self._grow(read.specs[grow.job], launch, now))
+                add(grow.job, write_grow(read.specs[grow.job], launch, now))
+        for key, message in requeued.items():
+            add(key, write_requeue(message, now, stop_s))
         reasons: dict[str, Reason | None] = {**decisions.pending, **decisions.unmet_grows}
+        for key in requeued:
+            reasons.pop(key, None)
         for key in read.shown:
             if key in read.jobs and read.jobs[key].phase is not JobPhase.PENDING:
                 reasons.setdefault(key, None)  # a job that grew or stopped asking: clear it
         for key, reason in reasons.items():
             shown = (None, None) if reason is None else (reason.code, reason.message)
             if key in read.jobs and read.shown.get(key, (None, None)) != shown:
-                add(key, _show_reason(reason, now))
+                add(key, write_reason(reason, now))
         return writes
 
-    def _plan(self, read: _Read, bind: Bind, with_master: bool) -> _Launch | None:
+    def _plan(self, read: _Read, bind: Bind, with_master: bool) -> NewReplicas | None:
         """The new replicas and their ports (chosen here, outside any transaction);
         None when the engine has no port to give now (the job waits for the next pass)."""
         job, spec = read.jobs[bind.job], read.specs[bind.job]
@@ -269,153 +282,50 @@ class SchedulingStep:
             # The job master takes no scheduled resources; it lives beside the first replica.
             node = bind.placements[0].node
             placements.append(Placement(MASTER_ROLE, 0, node, cpu_millis=0, memory_bytes=0))
-        new = [_replica(p) for p in placements]
-        after = dataclasses.replace(job, replicas=(*job.replicas, *new))
+        ports = {r.name: r.port for r in unplaced(job.replicas)}
+        new = [_replica(p, ports.get(f"{p.role}-{p.index}", 0)) for p in placements]
+        placed = {r.name for r in new}
+        kept = tuple(r for r in job.replicas if r.name not in placed)
+        after = dataclasses.replace(job, replicas=(*kept, *new))
         needs = port_needs(after, spec, [r.name for r in new])
         try:
             ports = fetch_ports(self.engine, needs)
         except Exception:
             log.exception("no ports for %s now; it is placed again next pass", bind.job)
             return None
-        return _Launch(tuple(placements), ports)
-
-    def _shrink(
-        self, pods: Sequence[tuple[str, int]], cause: str, message: str, now: float
-    ) -> Write:
-        """Ask elastic replicas to leave for a higher-priority job, or for a queue taking
-        back its guarantee (``cause``: the event's reason); the rest train on."""
-
-        def apply(tx: Tx, job: JobRow) -> list[object]:
-            effects: list[object] = []
-            deadline = now + self.lifecycle.drain_grace_s
-            for replica in [r for r in job.replicas if (r.role, r.index) in set(pods)]:
-                if replica.drain_deadline is None:
-                    action = drain(replica_snapshot(replica), deadline)
-                    write(tx, job, action, now)
-                    effects.append(action)
-            tx.add_event(job.key, cause, message, warning=True, at=now)
-            return effects
-
-        return apply
-
-    def _preempt(self, cause: str, message: str, now: float) -> Write:
-        """Stop the victim's processes (SIGTERM, SIGKILL after the stop grace: they may
-        save the step they reached) and put it back in its queue, keeping its place.
-
-        ``cause`` is the event's reason: ``Preempted`` for a higher priority,
-        ``Reclaimed`` for a queue taking back its guarantee (the message names it)."""
-
-        def apply(tx: Tx, victim: JobRow) -> list[object]:
-            effects: list[object] = []
-            ending = victim.outcome is not None or victim.deleted_at is not None
-            for replica in list(victim.replicas):
-                seen = replica_snapshot(replica)
-                if seen.handle is not None and not seen.phase.is_terminal:
-                    grace_s = self.lifecycle.stop_grace_s
-                    if ending:
-                        effects.append(Kill(seen.name, seen.handle, now))
-                    else:
-                        effects.append(Vacate(seen.name, seen.handle, grace_s))
-                if not ending:
-                    tx.delete_replica(victim, replica)
-            if ending:
-                return effects  # it ends anyway: its lifecycle records the exits
-            victim.master_port = None
-            victim.pending_code = victim.pending_message = None
-            transition(tx, victim, JobPhase.PENDING, cause, message, now, warning=True)
-            set_condition(victim, ConditionType.PREEMPTED, True, cause, message, now)
-            return effects
-
-        return apply
-
-    def _bind(
-        self, spec: TrainingJob, bind: Bind, launch: _Launch, now: float, waited: dict[int, float]
-    ) -> Write:
-        def apply(tx: Tx, job: JobRow) -> list[object]:
-            if job.phase != JobPhase.PENDING.value or job.deleted_at is not None:
-                return []  # deleted or changed since it was read
-            if job.scheduled_at is None:
-                waited[job.id] = now - job.created_at
-            job.scheduled_at = now
-            job.pending_code = job.pending_message = None
-            nodes = sorted({p.node for p in bind.placements})
-            message = f"placed {len(bind.placements)} replica(s) on {', '.join(nodes)}"
-            if bind.note:
-                message = f"{message} ({bind.note})"
-            transition(tx, job, JobPhase.SCHEDULED, "Scheduled", message, now)
-            return [_add_replicas(job, spec, launch)]
-
-        return apply
-
-    def _grow(self, spec: TrainingJob, launch: _Launch, now: float) -> Write:
-        """Add elastic replicas in idle capacity; they join at the next step boundary."""
-
-        def apply(tx: Tx, job: JobRow) -> list[object]:
-            if job.phase != JobPhase.RUNNING.value or job.deleted_at or job.outcome:
-                return []
-            planned = _add_replicas(job, spec, launch)
-            sizes = ", ".join(
-                f"{role} {len(members(job.replicas, role)) - n}→{len(members(job.replicas, role))}"
-                for role, n in _count_by_role(launch.placements).items()
-            )
-            names = ", ".join(launch.names)
-            tx.add_event(job.key, "ScaledOut", f"{sizes}: added {names} (idle capacity)", at=now)
-            return [planned]
-
-        return apply
+        return NewReplicas(tuple(placements), ports)
 
 
-def _show_reason(reason: Reason | None, now: float) -> Write:
-    """Record why a pending job waits, or why a running job cannot grow; an event only
-    when the code changes, so a job that waits says so once, not once per pass."""
-
-    def apply(tx: Tx, job: JobRow) -> list[object]:
-        if reason is None:
-            job.pending_code = job.pending_message = None
-            return []
-        pending = job.phase == JobPhase.PENDING.value
-        if job.pending_code != reason.code:
-            if pending:
-                tx.add_event(job.key, reason.code, reason.message, at=now)
-            else:
-                message = f"cannot grow to the desired size ({reason.code}): {reason.message}"
-                tx.add_event(job.key, "CannotGrow", message, at=now)
-        job.pending_code, job.pending_message = reason.code, reason.message
-        if pending:
-            job.message = reason.message
-        return []
-
-    return apply
-
-
-def _add_replicas(job: JobRow, spec: TrainingJob, launch: _Launch) -> Planned:
-    """Add the planned replicas as launch intents; the launch comes after the commit."""
-    for placement in launch.placements:
-        row = ReplicaRow(
-            role=placement.role,
-            index=placement.index,
-            phase=ReplicaPhase.PENDING.value,
-            node=placement.node,
-            cpu_millis=placement.cpu_millis,
-            memory_bytes=placement.memory_bytes,
-            gpu_ids=list(placement.gpu_ids),
-            gpu_share=placement.gpu_share,
-            port=0,
-            restarts=0,
-            starts=0,
+def _unplaceable(read: _Read, decisions: Decisions) -> dict[str, str]:
+    """Job key -> why it goes back to its queue: replicas it lost with their node that
+    this pass could not place again (every other replica keeps holding its node)."""
+    placed = {
+        (grow.job, f"{p.role}-{p.index}") for grow in decisions.grows for p in grow.placements
+    }
+    victims = {p.victim for p in decisions.preemptions}
+    requeued = {}
+    for key, job in read.jobs.items():
+        if job.phase.value not in GROWING or key in victims:
+            continue
+        missing = [r.name for r in unplaced(job.replicas) if (key, r.name) not in placed]
+        if not missing:
+            continue
+        reason = decisions.unmet_grows.get(key)
+        why = "" if reason is None else f" ({reason.code}: {reason.message})"
+        requeued[key] = (
+            f"{', '.join(missing)} lost with its node and no node has room for it now{why}; "
+            "the job is queued again to be placed whole"
         )
-        job.replicas.append(row)
-        record_intent(row, attempt=0)
-    assign_ports(job, launch.ports)
-    return Planned(job_snapshot(job), spec, launch.names)
+    return requeued
 
 
-def _replica(placement: Placement) -> ReplicaSnapshot:
+def _replica(placement: Placement, port: int) -> ReplicaSnapshot:
     return ReplicaSnapshot(
         role=placement.role,
         index=placement.index,
         phase=ReplicaPhase.PENDING,
         node=placement.node,
+        port=port,
         gpu_ids=tuple(placement.gpu_ids),
         gpu_share=placement.gpu_share,
     )
@@ -434,10 +344,3 @@ def _pending_snapshot(row: JobRow) -> JobSnapshot:
         master_port=row.master_port,
         job_master_port=row.job_master_port,
     )
-
-
-def _count_by_role(replicas: Sequence[Placement]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in replicas:
-        counts[r.role] = counts.get(r.role, 0) + 1
-    return counts

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tidemill.api.cluster import NodeSpec, QueueSpec
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType
-from tidemill.controller.elastic import missing_indexes, surplus
+from tidemill.controller.elastic import UNPLACED, missing_indexes, surplus, unplaced
 from tidemill.scheduler.specs import node_of, queue_of, seconds
 from tidemill.scheduler.types import (
     Extended,
@@ -81,14 +81,17 @@ def waiting_since(row: JobRow) -> float:
     return row.scheduled_at
 
 
-def grow_request(row: JobRow, job: TrainingJob) -> JobRequest | None:
-    """Optional replicas a running elastic job lacks to reach its desired size."""
-    pods = [
-        _pod(name, job, index, optional=True)
-        for name, role in sorted(job.spec.roles.items())
-        if role.is_elastic
-        for index in missing_indexes(row.replicas, name, row.desired.get(name, role.max_bound))
-    ]
+def grow_request(row: JobRow, job: TrainingJob, elastic: bool = True) -> JobRequest | None:
+    """The replicas a running job lost with their node (to place again), and with
+    ``elastic`` those its elastic roles lack to reach their desired size."""
+    pods = [_pod(r.role, job, r.index, optional=True) for r in unplaced(row.replicas)]
+    if elastic:
+        pods += [
+            _pod(name, job, index, optional=True)
+            for name, role in sorted(job.spec.roles.items())
+            if role.is_elastic
+            for index in missing_indexes(row.replicas, name, row.desired.get(name, role.max_bound))
+        ]
     if not pods:
         return None
     return JobRequest(
@@ -122,6 +125,7 @@ def running_job(
             extended=_extended(roles[r.role].resources.extended) if r.role in roles else (),
         )
         for r in row.replicas
+        if r.node != UNPLACED
     )
     shrinkable = tuple(
         (r.role, r.index)
