@@ -24,7 +24,7 @@ from tests.kube import KubeEmulator
 from tidemill.api.crd import to_custom_object
 from tidemill.client import Client
 from tidemill.controller.launches import FAULT_EXIT_CODE, FAULT_VAR
-from tidemill.engines.base import LaunchSpec
+from tidemill.engines.base import LaunchSpec, Observation
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.cluster import API_CALLS
 from tidemill.engines.kubernetes.engine import KubernetesEngine
@@ -271,8 +271,15 @@ def test_a_pod_that_cannot_start_says_why_to_every_later_look(
             return None
 
         wait_for(lambda: waiting_reason() == "ErrImagePull", what="the image pull to fail")
-        first = engine.observe(handle)  # the launcher's look, for the pid only
-        assert not first.running and "cannot start: ErrImagePull" in first.message
+
+        def stuck() -> Observation | None:
+            """The engine's look once its watch has the status this test read."""
+            seen = engine.observe(handle)  # the launcher's look, for the pid only
+            return None if seen.running else seen
+
+        first = wait_for(stuck, timeout_s=10, what="the engine to see the pod stuck")
+        assert isinstance(first, Observation)
+        assert "cannot start: ErrImagePull" in first.message
         wait_for(lambda: cluster.pods("stuck") == [], what="the stuck pod to be deleted")
         later = engine.observe(handle)
         assert not later.running
