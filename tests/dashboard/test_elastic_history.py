@@ -58,6 +58,16 @@ CASES = {
         ],
         [(0, 2, "Started"), (2, 0, "Preempted"), (0, 2, "Scheduled")],
     ),
+    "a lost shard with no room left requeues the whole job, which forms again when placed": (
+        [
+            event("EpochStarted", "epoch 1: 2 workers (worker-0, worker-1); from step 0", 1),
+            event("ReplicaLost", "ps-1 was lost with its node n2; it is placed again", 2),
+            event("Requeued", "ps-1 lost with its node and no node has room for it now", 3),
+            event("Scheduled", "placed 4 replica(s) on n1, n3", 4),
+            event("EpochStarted", "epoch 2: 2 workers (worker-0, worker-1); from step 40", 5),
+        ],
+        [(0, 2, "Started"), (2, 0, "Requeued"), (0, 2, "Scheduled")],
+    ),
 }
 
 

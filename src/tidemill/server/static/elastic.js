@@ -1,7 +1,7 @@
 // The elastic history: the training group's size over time, read from the job's events.
 // The job master says "EpochStarted: epoch N: K workers (...)" whenever the group forms
 // again; the controller's event just before it says why (scaled out into idle capacity,
-// shrunk or reclaimed for another queue, a replica lost or failed, preempted).
+// shrunk or reclaimed for another queue, a replica lost or failed, preempted or requeued).
 import { lineChart } from "./charts.js";
 import { clock, empty, esc } from "./format.js";
 
@@ -9,8 +9,11 @@ const EPOCH = /^epoch (\d+): (\d+) worker/;
 /** Controller and master events that change the group (src/tidemill/controller). */
 const CAUSES = new Set([
   "Scheduled", "ScaledOut", "ScaleRequested", "ScalingIn", "ScaledIn", "Shrunk", "Reclaimed", "Preempted",
-  "ReplicaFailed", "ReplicaLost", "ReplicaKilled", "ReplicaUnresponsive", "Restarting", "RendezvousTimeout",
+  "ReplicaFailed", "ReplicaLost", "ReplicaPlaced", "ReplicaKilled", "ReplicaUnresponsive", "Restarting",
+  "RendezvousTimeout", "Requeued", "BindFailed",
 ]);
+/** Events that put the whole job back in its queue: the group is gone until placed again. */
+const REQUEUES = new Set(["Preempted", "Requeued", "BindFailed"]);
 
 /** [{time, size, epoch, reason, message}] in time order. */
 export function sizeChanges(events) {
@@ -19,8 +22,8 @@ export function sizeChanges(events) {
   let size = 0;
   for (const e of events) {
     if (CAUSES.has(e.reason)) cause = e;
-    if (e.reason === "Preempted") {
-      changes.push({ time: e.time, size: 0, epoch: null, reason: e.reason, message: e.message, from: size });
+    if (REQUEUES.has(e.reason)) {
+      if (size > 0) changes.push({ time: e.time, size: 0, epoch: null, reason: e.reason, message: e.message, from: size });
       size = 0;
       cause = null;
       continue;
