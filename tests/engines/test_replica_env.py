@@ -8,7 +8,13 @@ from dataclasses import replace
 import pytest
 
 from tidemill.api.job import Mode
-from tidemill.engines.replica_env import ReplicaContext, rank_of, replica_env, world_size
+from tidemill.engines.replica_env import (
+    ReplicaContext,
+    rank_of,
+    replica_env,
+    tf_config,
+    world_size,
+)
 
 PS_ROLES = {"chief": 1, "worker": 2, "ps": 2, "evaluator": 1}
 PS_ADDRESSES = {
@@ -135,7 +141,16 @@ def test_without_addresses_there_is_no_tf_config() -> None:
 def test_tf_config_names_the_replicas_whose_address_is_missing() -> None:
     partial = {k: v for k, v in PS_ADDRESSES.items() if k != ("worker", 1)}
     with pytest.raises(ValueError, match="missing worker-1"):
-        replica_env(ctx(PS_ROLES, "ps", 0, addresses=partial))
+        tf_config(PS_ROLES, "ps", 0, partial)
+
+
+def test_a_cluster_with_a_hole_gets_no_tf_config_but_still_the_ps_addresses() -> None:
+    """An elastic worker lost with its node leaves a hole until its replacement is
+    placed; a PS shard placed again meanwhile still starts, with every PS address."""
+    partial = {k: v for k, v in PS_ADDRESSES.items() if k != ("worker", 0)}
+    env = replica_env(ctx(PS_ROLES, "ps", 0, addresses=partial))
+    assert "TF_CONFIG" not in env
+    assert env["TIDEMILL_PS_ADDRS"] == "p0:2222,p1:2222"
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,12 @@ Rank layout:
   role fails loudly instead of joining (and breaking) the workers' rendezvous.
 - **master** (tidemill's per-job master) gets only tidemill's variables.
 
-``TF_CONFIG`` is written whenever replica addresses are given (the controller gives
-them for ``ps`` mode): the cluster lists chief, worker and ps replicas; an evaluator
-is not in the cluster but still gets its ``task``. With it, ``TIDEMILL_PS_ADDRS`` lists
-the ps replicas in index order (tidemill's PS client and servers read it).
+``TF_CONFIG`` is written when replica addresses are given (the controller gives them
+for ``ps`` mode) and every chief, worker and ps index has one: the cluster lists those
+replicas; an evaluator is not in the cluster but still gets its ``task``. A replica
+started while an elastic worker lost with its node leaves a hole gets none (no cluster
+spec with a hole is right). With addresses, ``TIDEMILL_PS_ADDRS`` lists the ps replicas
+in index order (tidemill's PS client and servers read it).
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ def replica_env(ctx: ReplicaContext) -> dict[str, str]:
         env["MASTER_ADDR"] = ctx.master_addr
         env["MASTER_PORT"] = str(ctx.master_port)
     if ctx.addresses:
-        env["TF_CONFIG"] = json.dumps(tf_config(ctx.roles, ctx.role, ctx.index, ctx.addresses))
+        if not _holes(ctx.roles, ctx.addresses):
+            tf = tf_config(ctx.roles, ctx.role, ctx.index, ctx.addresses)
+            env["TF_CONFIG"] = json.dumps(tf)
         servers = [ctx.addresses[("ps", i)] for i in range(ctx.roles.get("ps", 0))]
         if servers:
             env[PS_ADDRS_VAR] = ",".join(servers)
@@ -141,8 +145,7 @@ def tf_config(
     ...           {("worker", 0): "h1:2222", ("ps", 0): "h2:2222"})
     {'cluster': {'worker': ['h1:2222'], 'ps': ['h2:2222']}, 'task': {'type': 'ps', 'index': 0}}
     """
-    wanted = [(name, i) for name in TF_CLUSTER_ROLES for i in range(roles.get(name, 0))]
-    missing = [f"{name}-{i}" for name, i in wanted if (name, i) not in addresses]
+    missing = _holes(roles, addresses)
     if missing:
         raise ValueError(
             f"TF_CONFIG needs the host:port of every chief, worker and ps replica; "
@@ -154,6 +157,13 @@ def tf_config(
         if roles.get(name, 0) > 0
     }
     return {"cluster": cluster, "task": {"type": role, "index": index}}
+
+
+def _holes(roles: Mapping[str, int], addresses: Mapping[tuple[str, int], str]) -> list[str]:
+    """The chief, worker and ps indexes below their role's size with no replica: an
+    elastic worker lost with its node leaves one until its replacement is placed."""
+    wanted = [(name, i) for name in TF_CLUSTER_ROLES for i in range(roles.get(name, 0))]
+    return [f"{name}-{i}" for name, i in wanted if (name, i) not in addresses]
 
 
 def _check(ctx: ReplicaContext) -> None:
