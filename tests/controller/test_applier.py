@@ -671,6 +671,8 @@ def test_a_fixed_replica_lost_with_its_node_is_placed_again_alone_uncharged(
     assert replica(row, "ps-0").port == port, "peers reach it at the port they were given"
     assert replica(row, "ps-0").restarts == 0, "a lost node is not the replica's failure"
     assert sorted(name for name, _ in starts(tmp_path, "ledger")) == ["ps-0", "ps-0", "worker-0"]
+    reasons = [e.reason for e in events(controller, "ledger")]
+    assert reasons.count("ReplicaLost") == 1 and reasons.count("ReplicaPlaced") == 1, reasons
     shown = {e.reason: e.message for e in events(controller, "ledger")}
     assert shown["ReplicaLost"].startswith("ps-0 was lost with its node n; it is placed again")
     assert shown["ReplicaPlaced"] == "ps-0 placed again on n"

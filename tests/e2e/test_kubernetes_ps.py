@@ -1,7 +1,7 @@
 """tidemill's parameter servers on the Kubernetes engine (emulated API server,
-tests/kube): a PS shard lost with its node is placed again on another node while the
-other replicas keep their pods, and the ledger the workers keep on the servers (see
-``ps_train.py``) ends exact: every sample trained once."""
+tests/kube): a PS shard lost with its node (alone, or with the job master) is placed
+again on another node while the other replicas keep their pods, and the ledger the
+workers keep on the servers (see ``ps_train.py``) ends exact: every sample trained once."""
 
 from __future__ import annotations
 
@@ -71,8 +71,11 @@ def pods_by_replica(cluster: Cluster) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize(
+    "shard", ["ps-1", "ps-0"], ids=["a shard's node", "the node of a shard and the job master"]
+)
 def test_a_ps_shard_lost_with_its_node_is_placed_again_and_the_ledger_stays_exact(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path, shard: str
 ) -> None:
     assert cluster.emulator is not None
     result = tmp_path / "ledger.json"
@@ -80,15 +83,16 @@ def test_a_ps_shard_lost_with_its_node_is_placed_again_and_the_ledger_stays_exac
         api.submit(ledger_job(cluster, result, tmp_path / "ckpt"))
         wait_for(lambda: reached(api, 17), timeout_s=120, what="training past step 17")
         before = pods_by_replica(cluster)
-        lost = before["ps-1"].spec.node_name
-        assert before["ps-0"].spec.node_name != lost, "the shards are spread over the nodes"
+        lost = before[shard].spec.node_name
+        assert len({before[n].spec.node_name for n in ("ps-0", "ps-1")}) == 2, "spread"
+        with_master = before["master-0"].spec.node_name == lost
         kept = {
             name: pod.metadata.uid for name, pod in before.items() if pod.spec.node_name != lost
         }
         cluster.emulator.add_node("node-spare", cpu="4", memory="16Gi")
         cluster.emulator.lose_node(lost)
         moved = wait_for(
-            lambda: running_elsewhere(cluster, "ps-1", lost), timeout_s=120, what="ps-1 moved"
+            lambda: running_elsewhere(cluster, shard, lost), timeout_s=120, what=f"{shard} moved"
         )
         during = {name: pod.metadata.uid for name, pod in pods_by_replica(cluster).items()}
 
@@ -97,8 +101,10 @@ def test_a_ps_shard_lost_with_its_node_is_placed_again_and_the_ledger_stays_exac
         events = [f"{e.reason}: {e.message}" for e in api.job_events("ledger")]
         assert final.phase == "Succeeded", f"{final.message}\n{events}"
     assert not [e for e in events if e.startswith(("BindFailed", "Requeued"))], events
-    assert any(e.startswith(f"ReplicaLost: ps-1 was lost with its node {lost}") for e in events)
-    assert "ReplicaPlaced: ps-1 placed again on node-spare" in events, events
+    lost_events = [e for e in events if e.startswith(f"ReplicaLost: {shard} was lost")]
+    assert len(lost_events) == 1 and f"with its node {lost}" in lost_events[0], events
+    assert f"ReplicaPlaced: {shard} placed again on node-spare" in events, events
+    assert with_master == any(e.startswith("MasterMoved: master-0") for e in events), events
     assert json.loads(result.read_text()) == expected_ledger(STEPS)
     assert moved == "node-spare"
     assert {name: during.get(name) for name in kept} == kept, "the others kept their pods"

@@ -39,10 +39,11 @@ def replace_lost(replica: ReplicaSnapshot, spec: TrainingJob) -> list[Action]:
         f"{name} was lost with its node {node}; it is placed again where there is room "
         "while the others keep running (the whole job is queued again if no node has room)"
     )
+    waiting = f"{name} waits to be placed again (lost with its node {node})"
     return [
         Unplace(name),
         Event("ReplicaLost", message, warning=True, replica=name),
-        Transition(JobPhase.RESTARTING, "ReplicaLost", message, warning=True),
+        Transition(JobPhase.RESTARTING, "Restarting", waiting, warning=True),
     ]
 
 
