@@ -9,7 +9,6 @@ recorded but never made is made once; a store that cannot write fails no job.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import sys
@@ -614,59 +613,72 @@ def test_a_launch_the_platform_refuses_is_tried_again_uncharged_beside_the_survi
 
 
 class LosingNodes(LocalEngine):
-    """The local engine, except that a replica whose pid is in ``lost`` is seen gone
-    with its node, as the Kubernetes engine sees a pod whose node was deleted (this
-    engine's one node stays, so the replica can be placed on it again)."""
+    """The local engine with nodes of its own, as the Kubernetes engine finds them:
+    ``change`` takes one away and may bring another; a replica on a node that is gone is
+    killed and seen lost with it, as a pod is. Each node holds one replica (0.1 cpu)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.lost: set[int] = set()
+        self.version = 0
+        self._nodes = {name: NodeSpec(name=name, cpu=0.1, memory="8Gi") for name in ("a", "b")}
+        self._node_of: dict[str, str] = {}
+
+    def nodes(self) -> list[NodeSpec]:
+        return list(self._nodes.values())
+
+    def change(self, lose: str, add: str | None) -> None:
+        """Node ``lose`` dies and ``add`` (if any) joins, in the same instant."""
+        del self._nodes[lose]
+        if add is not None:
+            self._nodes[add] = NodeSpec(name=add, cpu=0.1, memory="8Gi")
+        self.version += 1
+
+    def launch(self, spec: LaunchSpec) -> ReplicaHandle:
+        handle = super().launch(spec)
+        self._node_of[repr(handle)] = spec.node
+        return handle
 
     def observe(self, handle: ReplicaHandle) -> Observation:
         seen = super().observe(handle)
-        if seen.running or seen.pid not in self.lost:
+        if self._node_of.get(repr(handle), "") in self._nodes:
             return seen
-        return dataclasses.replace(seen, exit_code=None, message="node gone", node_lost=True)
+        if seen.running and seen.pid is not None:
+            os.kill(seen.pid, signal.SIGKILL)
+        return Observation(False, None, seen.pid, "its node is gone", node_lost=True)
 
 
 def ps_job_running(
-    make_controller: Callable[..., Controller], tmp_path: Path, cpu: float
+    make_controller: Callable[..., Controller], tmp_path: Path
 ) -> tuple[Controller, LosingNodes, JobRow]:
-    """A ps-mode job (one ps, one worker, fixed sizes, 0.1 cpu each) running on a node
-    of ``cpu``."""
-    controller = make_controller(cpu=cpu, engine_class=LosingNodes)
+    """A ps-mode job (one ps, one worker, fixed sizes) running on nodes a and b."""
+    controller = make_controller(engine_class=LosingNodes)
     engine = controller.engine
     assert isinstance(engine, LosingNodes)
     controller.submit(job("ledger", tmp_path, workers=1, ps_env={}))
     row = until(
         controller, "ledger", lambda r: running(r) and len(starts(tmp_path, "ledger")) == 2, "both"
     )
+    assert {replica(row, "ps-0").node, replica(row, "worker-0").node} == {"a", "b"}
     return controller, engine, row
 
 
-def lose_node_of(engine: LosingNodes, row: JobRow, name: str) -> int:
-    """Kill ``name``'s process as its node's loss does; its pid."""
-    pid = replica(row, name).pid
-    assert pid is not None
-    engine.lost.add(pid)
-    os.kill(pid, signal.SIGKILL)
-    return pid
-
-
-def test_a_fixed_replica_lost_with_its_node_is_placed_again_alone_uncharged(
+def test_a_fixed_replica_lost_with_its_node_is_placed_again_alone_before_pending_jobs(
     make_controller: Callable[..., Controller], tmp_path: Path
 ) -> None:
-    controller, engine, row = ps_job_running(make_controller, tmp_path, cpu=8)
+    controller, engine, row = ps_job_running(make_controller, tmp_path)
+    controller.submit(job("waiting", tmp_path))
+    until(controller, "waiting", lambda r: r.pending_code is not None, "a job waiting for room")
     worker, port = replica(row, "worker-0").pid, replica(row, "ps-0").port
-    lost = lose_node_of(engine, row, "ps-0")
+    engine.change(lose=replica(row, "ps-0").node, add="c")
 
     row = until(
         controller,
         "ledger",
-        lambda r: running(r) and replica(r, "ps-0").pid not in (None, lost),
-        "ps-0 placed and running again",
+        lambda r: running(r) and len(starts(tmp_path, "ledger")) == 3,
+        "ps-0 placed and started again",
     )
 
+    assert replica(row, "ps-0").node == "c", "the new node's room went to the job that lost its own"
     assert replica(row, "worker-0").pid == worker and worker is not None and alive(worker)
     assert replica(row, "ps-0").port == port, "peers reach it at the port they were given"
     assert replica(row, "ps-0").restarts == 0, "a lost node is not the replica's failure"
@@ -674,23 +686,21 @@ def test_a_fixed_replica_lost_with_its_node_is_placed_again_alone_uncharged(
     reasons = [e.reason for e in events(controller, "ledger")]
     assert reasons.count("ReplicaLost") == 1 and reasons.count("ReplicaPlaced") == 1, reasons
     shown = {e.reason: e.message for e in events(controller, "ledger")}
-    assert shown["ReplicaLost"].startswith("ps-0 was lost with its node n; it is placed again")
-    assert shown["ReplicaPlaced"] == "ps-0 placed again on n"
+    assert shown["ReplicaLost"].startswith("ps-0 was lost with its node ")
+    assert shown["ReplicaPlaced"] == "ps-0 placed again on c"
     assert not {"BindFailed", "Requeued", "ReplicaFailed"} & set(shown), shown
+    waiting = row_of(controller, "waiting")
+    assert waiting is not None and waiting.phase == "Pending"
 
 
 def test_a_fixed_replica_lost_with_its_node_and_no_room_left_requeues_its_job_whole(
     make_controller: Callable[..., Controller], tmp_path: Path
 ) -> None:
-    controller, engine, row = ps_job_running(make_controller, tmp_path, cpu=0.2)
+    controller, engine, row = ps_job_running(make_controller, tmp_path)
     worker = replica(row, "worker-0").pid
     assert worker is not None
-    controller.submit(job("filler", tmp_path))
-    until(controller, "filler", lambda r: r.pending_code is not None, "filler waiting")
-    lose_node_of(engine, row, "ps-0")
+    engine.change(lose=replica(row, "ps-0").node, add=None)
 
-    # The pending job takes the room ps-0 left; a gang holds all its resources or none.
-    until(controller, "filler", running, "the pending job placed in the room ps-0 left")
     row = until(controller, "ledger", lambda r: r.phase == "Pending", "the ps job requeued")
 
     assert row.replicas == []

@@ -128,6 +128,7 @@ class job:
     main: _Role = _Role("worker", 1, 0.0, 1, 1, None)
     extra: tuple[_Role, ...] = ()
     growth: bool = False
+    replacing: bool = False
     since: float | None = None
     runtime_s: float | None = None
 
@@ -145,6 +146,11 @@ class job:
     def grows(self) -> job:
         """A growth request for the running job of the same key."""
         return replace(self, growth=True)
+
+    def replaces(self) -> job:
+        """A request to place again pods the running job of the same key lost with
+        their node."""
+        return replace(self, growth=True, replacing=True)
 
     def gpus(self, per_pod: float) -> job:
         return replace(self, main=replace(self.main, gpu=per_pod))
@@ -226,6 +232,7 @@ class job:
             sequence,
             pods,
             grow=self.growth,
+            replaces=self.replacing,
             waiting_since=self.since,
             runtime_s=self.runtime_s,
         )

@@ -289,6 +289,20 @@ def test_growth_takes_devices_no_one_else_holds() -> None:
     assert [(p.role, p.index, p.gpu_ids) for p in grow.placements] == [("worker", 2, (3,))]
 
 
+def test_pods_a_running_job_lost_with_their_node_are_placed_before_any_pending_job() -> None:
+    """A pod of the running job left a device free with its node; a pending job of the
+    same priority, asking for it too, waits: the running job gets back what it held."""
+    held = [elastic("ctr", range(7))]
+    lost = job("ctr").pods(1).first_index(7).gpus(1).replaces()
+    decisions = decide(
+        nodes=[node("n1").gpus(8)], jobs=[job("newcomer").gpus(1), lost], running_jobs=held
+    )
+    assert grown(decisions) == {"ctr": ["worker-7"]}
+    assert bound(decisions) == []
+    assert decisions.pending["newcomer"].code == "InsufficientGPU"
+    assert decisions.preemptions == decisions.shrinks == []
+
+
 def test_a_job_shrunk_or_stopped_this_cycle_does_not_grow_in_it() -> None:
     held = [
         elastic("shrinking", range(8)).keep(2),

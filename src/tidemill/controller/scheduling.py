@@ -52,6 +52,7 @@ from tidemill.controller.snapshot import (
     job_request,
     node_info,
     queue_info,
+    replace_request,
     running_job,
 )
 from tidemill.engines.base import Engine
@@ -182,8 +183,7 @@ class SchedulingStep:
                 except Exception:
                     log.exception("job %s: left out of scheduling", row.key)
                     continue  # the lifecycle pass fails it alone
-                if growth is not None:
-                    read.requests.append(growth)
+                read.requests += growth
             for row in pending_rows:
                 try:
                     read.requests.append(self._request(row))
@@ -201,12 +201,15 @@ class SchedulingStep:
             )
         return read
 
-    def _growth(self, row: JobRow, spec: TrainingJob) -> JobRequest | None:
+    def _growth(self, row: JobRow, spec: TrainingJob) -> list[JobRequest]:
         """Replicas lost with their node, placed again while the job runs or restarts;
         elastic growth only while it runs."""
         if row.phase not in GROWING or row.deleted_at or row.outcome:
-            return None
-        return grow_request(row, spec, elastic=row.phase == JobPhase.RUNNING.value)
+            return []
+        requests = [replace_request(row, spec)]
+        if row.phase == JobPhase.RUNNING.value:
+            requests.append(grow_request(row, spec))
+        return [r for r in requests if r is not None]
 
     def _request(self, row: JobRow) -> JobRequest:
         """The scheduler's view of a pending job, rebuilt only when its size or priority

@@ -81,17 +81,24 @@ def waiting_since(row: JobRow) -> float:
     return row.scheduled_at
 
 
-def grow_request(row: JobRow, job: TrainingJob, elastic: bool = True) -> JobRequest | None:
-    """The replicas a running job lost with their node (to place again), and with
-    ``elastic`` those its elastic roles lack to reach their desired size."""
+def grow_request(row: JobRow, job: TrainingJob) -> JobRequest | None:
+    """Optional replicas a running elastic job lacks to reach its desired size."""
+    pods = [
+        _pod(name, job, index, optional=True)
+        for name, role in sorted(job.spec.roles.items())
+        if role.is_elastic
+        for index in missing_indexes(row.replicas, name, row.desired.get(name, role.max_bound))
+    ]
+    return _growth(row, pods, replaces=False)
+
+
+def replace_request(row: JobRow, job: TrainingJob) -> JobRequest | None:
+    """The replicas a running job lost with their node, to place again."""
     pods = [_pod(r.role, job, r.index, optional=True) for r in unplaced(row.replicas)]
-    if elastic:
-        pods += [
-            _pod(name, job, index, optional=True)
-            for name, role in sorted(job.spec.roles.items())
-            if role.is_elastic
-            for index in missing_indexes(row.replicas, name, row.desired.get(name, role.max_bound))
-        ]
+    return _growth(row, pods, replaces=True)
+
+
+def _growth(row: JobRow, pods: list[PodRequest], replaces: bool) -> JobRequest | None:
     if not pods:
         return None
     return JobRequest(
@@ -101,6 +108,7 @@ def grow_request(row: JobRow, job: TrainingJob, elastic: bool = True) -> JobRequ
         sequence=row.id,
         pods=tuple(pods),
         grow=True,
+        replaces=replaces,
     )
 
 

@@ -13,10 +13,12 @@ for each job that DRF hands out, in this order:
 5. record the bind (and any shrinks and preemptions), or a reason; under strict FIFO a
    refused head also holds back the rest of its queue.
 
-Optional pods go last, never preempting, in DRF order across queues then priority:
-first those of the jobs just bound (added to their binds), then growth requests of
-running jobs. So no optional pod takes room a pending gang could use this cycle, and
-growth never takes room a pending job could use.
+Pods running jobs lost with their node (``JobRequest.replaces``) go first of all, in
+idle room only, never preempting: a job gets back what it held before new work takes
+the room. Optional pods go last, never preempting, in DRF order across queues then
+priority: first those of the jobs just bound (added to their binds), then growth
+requests of running jobs. So no optional pod takes room a pending gang could use this
+cycle, and growth never takes room a pending job could use.
 
 Free space only shrinks during a cycle (a preemption frees room for its preemptor
 alone), which is why a gang shape that could not preempt once is not tried again at
@@ -143,6 +145,8 @@ def schedule_incremental(
     order = QueueOrder(state.queues, [j for j in known if j.key not in late], memo.held, cluster)
     pool = VictimPool(state.running, capacity, cluster, memo.lowest_preemptible())
     cycle = _Cycle(state, config, capacity, order, pool, book)
+    cycle.grow([r for r in growing if r.replaces], decisions)
+    growing = [r for r in growing if not r.replaces]
     for late_job in book.starving:
         reason = cycle.admit(late_job, decisions)
         if reason is None:

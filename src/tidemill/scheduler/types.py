@@ -155,6 +155,10 @@ class JobRequest:
 
     Growth is tried after every regular pending job of the cycle and never preempts;
     what did not fit is explained in ``Decisions.unmet_grows``, not as a pending reason."""
+    replaces: bool = False
+    """With ``grow``: pods the running job lost with their node. They are placed before
+    any pending job (still only in idle room, never preempting), so the job gets back
+    what it held before new work takes the room."""
     waiting_since: float | None = None
     """When it last started waiting (submitted, or put back by a preemption)."""
     runtime_s: float | None = None
