@@ -175,9 +175,14 @@ def apply_crd(cluster: Cluster) -> None:
 
 
 def emulated(
-    tmp: Path, nodes: int = 2, cpu: str = "4", metrics_server: bool = True
+    tmp: Path,
+    nodes: int = 2,
+    cpu: str = "4",
+    metrics_server: bool = True,
+    podgc_quarantine_s: float = 0.0,
 ) -> Iterator[Cluster]:
-    kube = KubeEmulator(metrics_server=metrics_server).start()
+    kube = KubeEmulator(metrics_server=metrics_server, podgc_quarantine_s=podgc_quarantine_s)
+    kube.start()
     try:
         for i in range(nodes):
             kube.add_node(f"node-{i}", cpu=cpu, memory="16Gi", labels={"zone": f"z{i % 2}"})

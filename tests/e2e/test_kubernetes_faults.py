@@ -286,3 +286,47 @@ def test_a_pod_that_cannot_start_says_why_to_every_later_look(
         assert later.message == first.message
     finally:
         engine.close()
+
+
+
+@pytest.fixture
+def quarantined(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster whose pod GC waits 5 minutes, as a real one waits 40 s."""
+    yield from emulated(tmp_path, podgc_quarantine_s=300)
+
+
+def test_a_pod_whose_node_was_deleted_is_lost_at_once_not_after_the_pod_gc(
+    quarantined: Cluster, tmp_path: Path
+) -> None:
+    """The pod GC removes a pod bound to a deleted node only after its quarantine; until
+    then the API still says Running. The engine's inventory no longer has the node, so
+    it reports the pod lost with it at once (and deletes it, as the pod GC would): the
+    scheduler, which no longer counts the node, and the lifecycle agree."""
+    cluster = quarantined
+    job = cluster.sleeper("orphan", replicas=1)
+    engine = KubernetesEngine(tmp_path / "state", KubernetesOptions(kubeconfig=cluster.kubeconfig))
+    engine.setup.job_of = lambda uid: job
+    spec = LaunchSpec(
+        job="default/orphan", job_uid="0f1a2b", launch_id="first", role="worker", index=0,
+        argv=("sleep", "600"), env={}, working_dir="", node="node-1", image=cluster.image,
+        cpu=1.0, memory_bytes=256 << 20,
+    )  # fmt: skip
+    try:
+        handle = engine.launch(spec)
+
+        def phases() -> list[str]:
+            return [p.status.phase for p in cluster.pods("orphan")]
+
+        wait_for(lambda: phases() == ["Running"], timeout_s=30, what="the pod running")
+        kube_of(cluster).lose_node("node-1")
+        wait_for(lambda: engine.nodes_informer.get("", "node-1") is None, timeout_s=10,
+                 what="the engine's inventory without node-1")
+        assert phases() == ["Running"], "the pod GC has not removed it yet"
+
+        seen = engine.observe(handle)
+
+        assert not seen.running and seen.node_lost
+        assert seen.message == f"pod {handle.data['pod']} was lost with its node node-1"
+        wait_for(lambda: cluster.pods("orphan") == [], timeout_s=10, what="the pod deleted")
+    finally:
+        engine.close()

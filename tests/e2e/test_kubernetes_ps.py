@@ -28,7 +28,8 @@ started on another node while the job still trains."""
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    yield from emulated(tmp_path)
+    """Its pod GC waits 40 s, as a real cluster's: the lost pods still show Running."""
+    yield from emulated(tmp_path, podgc_quarantine_s=40)
 
 
 def ledger_job(cluster: Cluster, result: Path, checkpoints: Path) -> TrainingJob:

@@ -32,10 +32,12 @@ class KubeEmulator:
     """An emulated Kubernetes cluster on 127.0.0.1 for the official client to talk to."""
 
     def __init__(self, history_size: int = 50_000, bookmark_interval: float = 1.0,
-                 metrics_server: bool = True) -> None:
+                 metrics_server: bool = True, podgc_quarantine_s: float = 0.0) -> None:
         """``metrics_server``: serve metrics.k8s.io (pod cpu and memory), as a cluster
-        with metrics-server installed does."""
+        with metrics-server installed does; ``podgc_quarantine_s``: how long pods of a
+        deleted node stay before the pod GC removes them (a cluster's: 40 s)."""
         self.metrics_server = metrics_server
+        self.podgc_quarantine_s = podgc_quarantine_s
         self.store = Store(history_size)
         self.token = secrets.token_hex(16)
         self.api = ApiServer(self.store, self.token, bookmark_interval)
@@ -52,7 +54,7 @@ class KubeEmulator:
         """Listen on a free port and start the controllers and kubelets."""
         self.url = self.api.start()
         port = int(self.url.rsplit(":", 1)[1])
-        self._controllers = Controllers(self.store)
+        self._controllers = Controllers(self.store, self.podgc_quarantine_s)
         self._dns = HostsFiles(self.store, self.folder) if self.dns_isolation else None
         self._kubelets = Kubelets(self.store, self.folder, port, self._dns)
         self.api.log_source = self._kubelets.log_source

@@ -331,6 +331,14 @@ class KubernetesEngine:
             reason = status.get("reason") or "Failed"
             message = f"pod {name} {reason}: {status.get('message', '')}"
             return Observation(False, message=message, node_lost=node_lost)
+        if self._orphaned(pod):
+            # Bound to a node that no longer exists, it never runs again; Kubernetes' pod
+            # GC deletes it only after its quarantine (40 s), so say so now, and delete it.
+            self._delete(namespace, name, 0)
+            bound = pod["spec"]["nodeName"]
+            return Observation(
+                False, message=f"pod {name} was lost with its node {bound}", node_lost=True
+            )
         if waiting is not None and waiting.get("reason") in STUCK_REASONS:
             reason, detail = waiting["reason"], waiting.get("message", "")
             message = f"pod {name} cannot start: {reason}: {detail}"
@@ -341,6 +349,12 @@ class KubernetesEngine:
             self._delete(namespace, name, 0)
             return Observation(False, message=message)
         return Observation(running=True)
+
+    def _orphaned(self, pod: dict[str, Any]) -> bool:
+        """Bound to a node the inventory, listed whole, no longer has."""
+        bound = str((pod.get("spec") or {}).get("nodeName") or "")
+        informer = self.nodes_informer
+        return bool(bound) and informer.synced.is_set() and informer.get("", bound) is None
 
     def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
