@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -37,6 +37,8 @@ from tidemill.engines.local import LocalEngine
 from tidemill.server.views import job_view
 from tidemill.store.store import Store
 from tidemill.store.tables import EventRow, JobRow, ReplicaRow
+
+Engine = TypeVar("Engine", bound=LocalEngine)
 
 STARTS = """\
 import os, signal, sys, time
@@ -523,6 +525,15 @@ def test_a_job_marked_deleted_by_a_server_that_stopped_is_forgotten_by_the_next(
     until(restarted, "half", lambda r: r.phase == "Succeeded", "the job submitted again")
 
 
+def controller_with(
+    make_controller: Callable[..., Controller], engine_class: type[Engine]
+) -> tuple[Controller, Engine]:
+    """A controller on an engine of ``engine_class``, and that engine."""
+    controller = make_controller(engine_class=engine_class)
+    assert isinstance(controller.engine, engine_class)
+    return controller, controller.engine
+
+
 class RefusedLaunches(LocalEngine):
     """The local engine, except that while ``refusal`` is set every launch raises it: a
     node deleted since the scheduler placed the replica (``PlacementLost``, as the
@@ -540,9 +551,7 @@ def one_worker_running(
     make_controller: Callable[..., Controller], tmp_path: Path
 ) -> tuple[Controller, RefusedLaunches, int]:
     """An elastic job (1 to 2 workers) held at one running worker; its pid."""
-    controller = make_controller(engine_class=RefusedLaunches)
-    engine = controller.engine
-    assert isinstance(engine, RefusedLaunches)
+    controller, engine = controller_with(make_controller, RefusedLaunches)
     controller.submit(job("flex", tmp_path, workers=1, elastic=(1, 2)))
     controller.scale("ads", "flex", "worker", 1)
     row = until(controller, "flex", lambda r: running(r) and len(r.replicas) == 2, "worker-0")
@@ -651,9 +660,7 @@ def ps_job_running(
     make_controller: Callable[..., Controller], tmp_path: Path
 ) -> tuple[Controller, LosingNodes, JobRow]:
     """A ps-mode job (one ps, one worker, fixed sizes) running on nodes a and b."""
-    controller = make_controller(engine_class=LosingNodes)
-    engine = controller.engine
-    assert isinstance(engine, LosingNodes)
+    controller, engine = controller_with(make_controller, LosingNodes)
     controller.submit(job("ledger", tmp_path, workers=1, ps_env={}))
     row = until(
         controller, "ledger", lambda r: running(r) and len(starts(tmp_path, "ledger")) == 2, "both"
