@@ -35,12 +35,7 @@ from tidemill.controller.decision_writes import (
     write_requeue,
     write_shrink,
 )
-from tidemill.controller.elastic import (
-    MASTER_ROLE,
-    is_elastic,
-    needs_master,
-    unplaced,
-)
+from tidemill.controller.elastic import MASTER_ROLE, is_elastic, needs_master, unplaced
 from tidemill.controller.isolation import Write, controller_error, write_jobs
 from tidemill.controller.launcher import port_needs
 from tidemill.controller.launches import Launches, fetch_ports
@@ -285,8 +280,8 @@ class SchedulingStep:
             # The job master takes no scheduled resources; it lives beside the first replica.
             node = bind.placements[0].node
             placements.append(Placement(MASTER_ROLE, 0, node, cpu_millis=0, memory_bytes=0))
-        ports = {r.name: r.port for r in unplaced(job.replicas)}
-        new = [_replica(p, ports.get(f"{p.role}-{p.index}", 0)) for p in placements]
+        kept_ports = {r.name: r.port for r in unplaced(job.replicas)}
+        new = [_replica(p, kept_ports.get(f"{p.role}-{p.index}", 0)) for p in placements]
         placed = {r.name for r in new}
         kept = tuple(r for r in job.replicas if r.name not in placed)
         after = dataclasses.replace(job, replicas=(*kept, *new))
