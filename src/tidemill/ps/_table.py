@@ -18,6 +18,7 @@ from tidemill.ps._export import TableExport
 from tidemill.ps._hashing import _dedupe, _segment_sum
 from tidemill.ps._ids import INT64_MAX, as_ids, as_int
 from tidemill.ps._index import MAX_LOAD, index_size_for, new_index, rebuild, rows_of
+from tidemill.ps._tombstones import Tombstones
 from tidemill.ps._undo import UndoLog, grown
 
 __all__ = ["ShardTable", "TableConfig", "TableExport", "init_rows"]
@@ -86,8 +87,7 @@ class ShardTable:
         self._admitted = self._evicted = self._pulled = self._pushed = 0
         self._last_pull = None
         self._reset_storage(self._capacity)
-        self._tombs = np.empty((0, 2), np.int64)
-        self._tomb_n = 0
+        self._tombs = Tombstones()
         self._undo = UndoLog(self._width)
 
     # ---- reading state -------------------------------------------------------------
@@ -107,8 +107,8 @@ class ShardTable:
         """Bytes of every array the table holds (rows, index, metadata, tombstones,
         sketch, undo log), their room to grow included: pages not yet written are not
         resident, so the process's RSS for them can be lower, never higher."""
-        arrays = (self._rows, self._meta, self._tally, self._index, self._sketch, self._tombs)
-        return sum(array.nbytes for array in arrays) + self._undo.nbytes
+        arrays = (self._rows, self._meta, self._tally, self._index, self._sketch)
+        return sum(array.nbytes for array in arrays) + self._tombs.nbytes + self._undo.nbytes
 
     @property
     def admitted(self) -> int:
@@ -335,20 +335,11 @@ class ShardTable:
         ([1, 4], 0)
         """
         live = self._meta[: self._n]
-        if since_version is None:
-            chosen = np.arange(self._n)
-            tombs = self._tombs[: self._tomb_n]
-        else:
-            since = as_int(since_version, "since_version")
-            chosen = np.flatnonzero(live[:, k.VERSION] > since)
-            tombs = self._tombs[: self._tomb_n]
-            tombs = tombs[tombs[:, 1] > since]
+        since = None if since_version is None else as_int(since_version, "since_version")
+        every = np.arange(self._n)
+        chosen = every if since is None else every[live[:, k.VERSION] > since]
         chosen = chosen[np.argsort(live[chosen, k.ID], kind="stable")]
-        order = np.lexsort((tombs[:, 1], tombs[:, 0]))
-        tombs = tombs[order]
-        latest = np.ones(tombs.shape[0], bool)
-        latest[:-1] = tombs[1:, 0] != tombs[:-1, 0]
-        tombs = tombs[latest]
+        tombstones, tombstone_versions = self._tombs.latest(since)
         return TableExport(
             name=self.config.name,
             dim=self._dim,
@@ -361,8 +352,8 @@ class ShardTable:
             updates=self._tally[chosen, k.UPDATES],
             last_steps=live[chosen, k.LAST_STEP],
             versions=live[chosen, k.VERSION],
-            tombstones=tombs[:, 0].copy(),
-            tombstone_versions=tombs[:, 1].copy(),
+            tombstones=tombstones,
+            tombstone_versions=tombstone_versions,
             admission_sketch=self._sketch.copy() if self._admit_min > 1 else _NO_SKETCH.copy(),
         )
 
@@ -382,15 +373,14 @@ class ShardTable:
         self._undo.close()
         if replace:
             self._reset_storage(max(count, self._capacity))
-            self._tombs = np.empty((0, 2), np.int64)
-            self._tomb_n = 0
+            self._tombs.clear()
             self._version = export.version
         else:
             self._n, _ = k.delete(
                 self._index, self._store, self._n, self._undo.saved, 0, 0, export.tombstones
             )
             self._version = max(self._version, export.version)
-        self._append_tombs(export.tombstones, export.tombstone_versions)
+        self._tombs.append(export.tombstones, export.tombstone_versions)
         if export.admission_sketch.size:
             self._sketch[...] = export.admission_sketch
         self._reserve_rows(self._n + count)
@@ -420,7 +410,7 @@ class ShardTable:
         """
         self.set_version(version)
         self._last_pull = None
-        self._undo.open(self._tally, self._n, self._version, self._tomb_n)
+        self._undo.open(self._tally, self._n, self._version, self._tombs.count)
 
     def rollback(self) -> None:
         """Restore the table to its content at the last :meth:`begin`, at a cost
@@ -434,7 +424,7 @@ class ShardTable:
         self._last_pull = None
         self._reserve_rows(max(self._n, undo.cut_rows))
         self._n = undo.rollback(self._index, self._store, self._n, self._sketch)
-        self._tomb_n = undo.cut_tomb_n
+        self._tombs.truncate(undo.cut_tomb_n)
         self._version = undo.cut_version
 
     # ---- internals -----------------------------------------------------------------
@@ -501,12 +491,6 @@ class ShardTable:
         self._n, undo.saved_n = k.delete(
             self._index, self._store, self._n, undo.saved, undo.saved_n, undo.epoch, evicted
         )
-        self._append_tombs(evicted, np.full(evicted.size, self._version, np.int64))
+        self._tombs.append(evicted, np.full(evicted.size, self._version, np.int64))
         self._evicted += evicted.size
         return evicted
-
-    def _append_tombs(self, ids: npt.NDArray[np.int64], versions: npt.NDArray[np.int64]) -> None:
-        self._tombs = grown(self._tombs, self._tomb_n + ids.size, self._tomb_n)
-        self._tombs[self._tomb_n : self._tomb_n + ids.size, 0] = ids
-        self._tombs[self._tomb_n : self._tomb_n + ids.size, 1] = versions
-        self._tomb_n += ids.size
