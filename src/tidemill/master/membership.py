@@ -33,7 +33,7 @@ from typing import Any
 
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
 from tidemill.master.group import Phase, Replica, Rules
-from tidemill.master.naming import describe_replicas, index_of, name_key, role_of
+from tidemill.master.naming import describe_replicas, epoch_message, index_of, name_key, role_of
 from tidemill.wire import Abort, Change, Epoch, Finished, Registered
 
 STATE_VERSION = 1
@@ -375,7 +375,11 @@ class Membership:
         )
         effects: list[Effect] = [
             Save(urgent=True),
-            Notify("Normal", "EpochStarted", self._epoch_message(joined, left, start)),
+            Notify(
+                "Normal",
+                "EpochStarted",
+                epoch_message(self.epoch, self.members, joined, left, start),
+            ),
         ]
         source_rank = self.members.index(source.name)
         members = tuple(self.members)
@@ -483,18 +487,6 @@ class Membership:
         if effects:
             effects += self._start_round(failed=True, now=now)
         return effects
-
-    def _epoch_message(self, joined: list[str], left: dict[str, str], start: str) -> str:
-        count = len(self.members)
-        text = (
-            f"epoch {self.epoch}: {count} worker{'s' if count != 1 else ''} "
-            f"({describe_replicas(self.members)})"
-        )
-        if joined and len(joined) < count:
-            text += f", joined {describe_replicas(joined)}"
-        if left:
-            text += "; left " + ", ".join(f"{name} ({why})" for name, why in sorted(left.items()))
-        return f"{text}; {start}"
 
     def _with_status(self, status: str) -> list[Replica]:
         return [r for r in self.replicas.values() if r.status == status]

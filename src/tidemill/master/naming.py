@@ -54,3 +54,24 @@ def role_of(name: str) -> str:
 def index_of(name: str) -> str:
     match = _NAME.match(name)
     return match["index"] if match else "0"
+
+
+def epoch_message(
+    epoch: int, members: list[str], joined: list[str], left: dict[str, str], start: str
+) -> str:
+    """The ``EpochStarted`` event's text: who trains, who joined and left (and why),
+    and where the state comes from (``start``).
+
+    >>> workers = ["worker-0", "worker-1"]
+    >>> epoch_message(3, workers, ["worker-1"], {"worker-2": "lost"}, "from step 40")
+    'epoch 3: 2 workers (worker-0, worker-1), joined worker-1; left worker-2 (lost); from step 40'
+    """
+    count = len(members)
+    text = (
+        f"epoch {epoch}: {count} worker{'s' if count != 1 else ''} ({describe_replicas(members)})"
+    )
+    if joined and len(joined) < count:
+        text += f", joined {describe_replicas(joined)}"
+    if left:
+        text += "; left " + ", ".join(f"{name} ({why})" for name, why in sorted(left.items()))
+    return f"{text}; {start}"
