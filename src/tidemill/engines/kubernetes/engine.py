@@ -309,7 +309,7 @@ class KubernetesEngine:
         namespace, name = str(handle.data["namespace"]), str(handle.data["pod"])
         pod = self.pods.get(namespace, name) or self._read_pod(namespace, name)
         node = str(handle.data.get("node", ""))
-        node_lost = self.nodes_informer.get("", node) is None
+        node_lost = self._node_gone(node)
         if pod is None:
             with self._lock:
                 stuck = self._stuck.get((namespace, name))
@@ -331,11 +331,11 @@ class KubernetesEngine:
             reason = status.get("reason") or "Failed"
             message = f"pod {name} {reason}: {status.get('message', '')}"
             return Observation(False, message=message, node_lost=node_lost)
-        if self._orphaned(pod):
+        bound = str(pod["spec"].get("nodeName") or "")
+        if self._node_gone(bound):
             # Bound to a node that no longer exists, it never runs again; Kubernetes' pod
             # GC deletes it only after its quarantine (40 s), so say so now, and delete it.
             self._delete(namespace, name, 0)
-            bound = pod["spec"]["nodeName"]
             return Observation(
                 False, message=f"pod {name} was lost with its node {bound}", node_lost=True
             )
@@ -350,11 +350,10 @@ class KubernetesEngine:
             return Observation(False, message=message)
         return Observation(running=True)
 
-    def _orphaned(self, pod: dict[str, Any]) -> bool:
-        """Bound to a node the inventory, listed whole, no longer has."""
-        bound = str((pod.get("spec") or {}).get("nodeName") or "")
+    def _node_gone(self, node: str) -> bool:
+        """Whether the inventory, listed whole, no longer has ``node``."""
         informer = self.nodes_informer
-        return bool(bound) and informer.synced.is_set() and informer.get("", bound) is None
+        return bool(node) and informer.synced.is_set() and informer.get("", node) is None
 
     def _read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
