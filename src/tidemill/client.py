@@ -30,11 +30,13 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from tidemill.api.checkpoint import CheckpointList
 from tidemill.api.debug import StacksReport
-from tidemill.api.errors import FieldError, SpecError
-from tidemill.api.job import TrainingJob
+from tidemill.api.errors import FieldError, SpecError, from_validation_error
+from tidemill.api.job import Metadata, TrainingJob
+from tidemill.api.limits import shown
 from tidemill.api.loader import load_job_file
 from tidemill.api.metrics import MetricsView
 from tidemill.api.status import EventView, JobSummary, JobView, NodeView, QueueView
@@ -293,6 +295,7 @@ class Client:
 
     def revoke_token(self, name: str) -> TokenView:
         """Refuse the named token from now on (admins only)."""
+        TokenRequest.checked(name=name, role=Role.ADMIN)  # its name rule, before the URL
         return TokenView.model_validate(self._request("DELETE", f"/tokens/{name}").json())
 
     def health(self) -> bool:
@@ -408,7 +411,15 @@ def split_job_ref(name: str, namespace: str | None) -> tuple[str, str | None]:
 
 
 def _job_ref(name: str, namespace: str | None) -> tuple[str, dict[str, Any]]:
+    """The name for the URL path and the namespace as a query parameter, each checked
+    first: only a DNS label can name a job, and anything else (a slash, ``..``, a control
+    character) would change which route the path names, or fail inside httpx."""
     bare, ns = split_job_ref(name, namespace)
+    try:
+        Metadata.model_validate(_present(name=bare, namespace=ns))
+    except ValidationError as exc:
+        errors = from_validation_error(exc, {"name", "namespace"}).errors
+        raise InvalidSpec(422, "Invalid", f"{shown(name)} names no job", errors) from None
     return bare, _present(namespace=ns)
 
 

@@ -151,6 +151,27 @@ def test_a_missing_job_exits_1_with_the_servers_hint(scene: Live) -> None:
     assert_one_line_error(result, 1, "job 'nope' not found; list jobs with `tidemill jobs`")
 
 
+@pytest.mark.parametrize(
+    ("reference", "field"),
+    [
+        ("default/../../queues", "name"),
+        ("a\x01b", "name"),
+        ("Busy", "name"),
+        ("Ns x/busy", "namespace"),
+    ],
+)
+def test_a_name_no_job_can_have_exits_2_naming_the_rule(
+    scene: Live, reference: str, field: str
+) -> None:
+    scale = ["scale", "--role", "worker", "--replicas", "1"]
+    for command in (["get"], ["describe"], ["logs"], scale):
+        result = tidemill(scene, *command, reference)
+        assert result.exit_code == 2, (command, result.output)
+        assert "Traceback" not in result.output and "no such path" not in result.stderr
+        assert result.stderr.startswith(f"error: {reference!r} names no job\n{field}: ")
+        assert "lowercase letters, digits and '-'" in result.stderr
+
+
 def test_an_ambiguous_name_asks_for_a_namespace(scene: Live) -> None:
     result = tidemill(scene, "get", "twin")
     assert_one_line_error(result, 1, "exists in several namespaces (a, b); pass --namespace")

@@ -154,6 +154,15 @@ def test_revoking_an_unknown_token_names_the_active_ones(server: AuthServer) -> 
     assert "no token named 'nobody' (active tokens: admin" in result.stderr
 
 
+def test_revoking_a_name_no_token_can_have_exits_2_before_any_request(
+    server: AuthServer,
+) -> None:
+    result = tidemill(server, "token", "revoke", "../jobs", token=server.admin)
+
+    assert result.exit_code == 2, result.output
+    assert "name: '../jobs' is not a valid token name" in result.stderr
+
+
 def test_token_commands_work_on_the_state_folder_without_a_server_or_token(
     server: AuthServer,
 ) -> None:
