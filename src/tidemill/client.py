@@ -109,7 +109,7 @@ class Client:
     def __init__(
         self, server: str | None = None, timeout_s: float = 30, token: str | None = None
     ) -> None:
-        self.server = normalise_url(server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER)
+        self.server = _server_url(server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER)
         self.timeout_s = timeout_s
         try:
             self.token = token or token_for(self.server)
@@ -395,6 +395,24 @@ def api_error(response: httpx.Response) -> ApiError:
         )
     kind = _ERRORS_BY_STATUS.get(response.status_code, ApiError)
     return kind(response.status_code, code, message, errors)
+
+
+def _server_url(server: str) -> str:
+    """The server's URL, normalised, or InvalidSpec: a URL httpx cannot parse would
+    otherwise fail deep inside the first request."""
+    url = normalise_url(server)
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        problem: str | None = str(exc).rstrip(".")
+    else:
+        problem = None if parsed.host else "it names no host"
+        if parsed.scheme not in ("http", "https"):
+            problem = f"its scheme is {parsed.scheme!r}, not http or https"
+    if problem is None:
+        return url
+    hint = f"{shown(server)} is not a server URL ({problem}); use host:port or http(s)://host:port"
+    raise InvalidSpec(422, "Invalid", "the server URL is invalid", [FieldError("server", hint)])
 
 
 def split_job_ref(name: str, namespace: str | None) -> tuple[str, str | None]:

@@ -116,6 +116,24 @@ def test_an_unreachable_server_is_one_line_and_exit_1(closed_url: str) -> None:
     assert result.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("server", "problem"),
+    [
+        ("http://[::1", "Invalid port"),
+        ("http://a\x01b", "non-printable"),
+        ("ftp://files", "its scheme is 'ftp', not http or https"),
+        ("https://:8500", "it names no host"),
+    ],
+)
+def test_a_server_url_that_does_not_parse_exits_2_naming_it(server: str, problem: str) -> None:
+    result = tidemill(server, "jobs")
+
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.startswith(f"error: the server URL is invalid\nserver: {server!r} ")
+    assert problem in result.stderr
+
+
 def test_the_server_comes_from_the_environment(scene: Live) -> None:
     result = runner.invoke(app, ["jobs", "-o", "json"], env={"TIDEMILL_SERVER": scene.url})
     assert result.exit_code == 0, result.output
