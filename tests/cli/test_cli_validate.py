@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from tidemill.api.loader import load_job_file
 from tidemill.cli.main import app
 
 runner = CliRunner()
@@ -123,3 +127,21 @@ def test_a_relative_script_missing_from_the_working_dir_is_a_warning(tmp_path: P
         f"{tmp_path} (replicas start in workingDir, which is relative to the job file; "
         "the job file's folder by default)"
     ]
+
+
+def test_a_job_file_named_dash_is_read_from_stdin_relative_to_this_folder(
+    job_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = job_file.read_text()
+
+    piped = runner.invoke(app, ["validate", "-"], input=text)
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout == "-: ok (TrainingJob ads/demo, roles worker x2)\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(text.encode())))
+    job = load_job_file("-")
+    assert {role.working_dir for role in job.spec.roles.values()} == {str(tmp_path / "src")}
+
+    endless = runner.invoke(app, ["validate", "-"], input="#" * (2 * 1024 * 1024))
+    assert endless.exit_code == 2
+    assert "-: the file is larger than 1,048,576 bytes (1 MiB)" in endless.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ from tidemill.api.errors import FieldError, SpecError, from_validation_error
 from tidemill.api.job import CRD_API_VERSION, KIND, TrainingJob, spec_field_names
 from tidemill.api.limits import MAX_DOCUMENT_BYTES, shown
 
+STDIN = "-"
+"""A job file named ``-`` is read from standard input (``envsubst < job.yaml | tidemill
+submit -``); its relative paths resolve against the current folder."""
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SQLITE_FILE = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/|:memory:)(.+)$")
 _SERVER_FIELDS = ("status",)
@@ -171,11 +175,15 @@ def with_data_paths(data: DataSpec, base: Path) -> DataSpec:
 
 
 def read_document_text(file: Path) -> str:
-    """The file's text; reading stops past :data:`MAX_DOCUMENT_BYTES` (a device such as
-    /dev/zero, or a huge file, is refused instead of read to the end)."""
+    """The file's text (standard input for :data:`STDIN`); reading stops past
+    :data:`MAX_DOCUMENT_BYTES` (a device such as /dev/zero, or a huge file, is refused
+    instead of read to the end)."""
     try:
-        with file.open("rb") as stream:
-            data = stream.read(MAX_DOCUMENT_BYTES + 1)
+        if str(file) == STDIN:
+            data = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1)
+        else:
+            with file.open("rb") as stream:
+                data = stream.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
         raise SpecError.single(str(file), f"cannot read the file: {exc.strerror}") from None
     if len(data) > MAX_DOCUMENT_BYTES:

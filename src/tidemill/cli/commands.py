@@ -32,7 +32,9 @@ from tidemill.cli.progress import print_outcome, watch
 from tidemill.cli.scripts import missing_scripts
 from tidemill.client import DEFAULT_SERVER, Client
 
-JobFile = Annotated[Path, typer.Argument(help="Job file (YAML or JSON; tidemill or Kubeflow).")]
+JobFile = Annotated[
+    Path, typer.Argument(help="Job file (YAML or JSON; tidemill or Kubeflow); - for stdin.")
+]
 
 
 @reports_errors
@@ -236,7 +238,7 @@ def events(
 
 
 def validate(
-    files: Annotated[list[Path], typer.Argument(help="Job files to check.")],
+    files: Annotated[list[Path], typer.Argument(help="Job files to check; - for stdin.")],
 ) -> None:
     """Check job files without a server: `FILE: ok (...)`, or every problem as path: message.
 

@@ -123,7 +123,7 @@ def engine_options(
 
 @reports_errors
 def manifests(
-    file: Annotated[Path, typer.Argument(help="The job file.")],
+    file: Annotated[Path, typer.Argument(help="The job file; - for stdin.")],
     default_image: ImageOption = None,
     gang_scheduler: GangOption = "tidemill",
     gpu_sharing: SharingOption = "hami",

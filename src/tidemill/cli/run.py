@@ -190,7 +190,7 @@ def server(
 
 @reports_errors
 def run(
-    file: Annotated[Path, typer.Argument(help="Job file to run on this machine.")],
+    file: Annotated[Path, typer.Argument(help="Job file to run on this machine; - for stdin.")],
     cluster: ClusterOption = None,
     state_dir: Annotated[
         Path | None,
