@@ -100,7 +100,7 @@ def test_a_300_mib_log_downloads_in_constant_server_memory(start_server):  # typ
 
 
 def start_failure(
-    state_dir: Path, file_size_limit: int | None = None
+    state_dir: Path, file_size_limit: int | None = None, port: int = 0
 ) -> subprocess.CompletedProcess[str]:
     """Run `tidemill server` on ``state_dir``; it is expected to exit at once."""
 
@@ -116,7 +116,7 @@ def start_failure(
         "--state-dir",
         str(state_dir),
         "--port",
-        "0",
+        str(port),
     ]
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=60, preexec_fn=limit_file_size
@@ -159,3 +159,19 @@ def test_a_database_that_cannot_be_opened_stops_the_server_with_one_line(tmp_pat
         == f"error: cannot write the state folder {state}: unable to open database file\n"
     )
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_port_another_server_holds_stops_the_server_with_one_line(start_server, tmp_path: Path):  # type: ignore[no-untyped-def]
+    # The server holding the port answers /healthz: the second must not take it for its own.
+    holder, client = start_server()
+    port = int(holder.url.rsplit(":", 1)[1])
+
+    result = start_failure(tmp_path / "second", port=port)
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use; another process "
+        "holds the port: stop it, or choose another --port\n"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    assert client.health()

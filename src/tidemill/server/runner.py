@@ -12,9 +12,11 @@ working when a server is restarted with auth turned on.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -28,7 +30,6 @@ from tidemill.api.checkpoint import is_url
 from tidemill.api.cluster import ClusterSpec
 from tidemill.api.loader import load_cluster_file
 from tidemill.controller.reconciler import Controller, ControllerConfig
-from tidemill.engines.local import free_port
 from tidemill.engines.registry import DEFAULT_ENGINE, check_engine_name, create_engine
 from tidemill.server.app import create_app
 from tidemill.server.auth import Guard, is_loopback
@@ -47,6 +48,34 @@ PROBE_FILE_BYTES = 64 * 1024
 
 class CannotStart(RuntimeError):
     """The server cannot run here (state folder or store not writable); says why in one line."""
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here rather than inside uvicorn's thread: a port in use
+    fails the start at once and says so (uvicorn's bind would fail in its thread while
+    /healthz is answered by whatever holds the port), and port 0 takes a free one with no
+    window for another process to take it first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto given, as getaddrinfo gives it: asyncio sets TCP_NODELAY on accepted
+    # connections only of a socket whose proto is IPPROTO_TCP (without it, 40 ms a reply)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = _BIND_HINTS.get(exc.errno or 0, "check --host and --port")
+        reason = exc.strerror or exc
+        raise CannotStart(f"cannot listen on {host}:{port}: {reason}; {hint}") from None
+    return sock
+
+
+_BIND_HINTS = {
+    errno.EADDRINUSE: "another process holds the port: stop it, or choose another --port",
+    errno.EADDRNOTAVAIL: "no interface of this machine has that address: check --host",
+    errno.EACCES: "ports below 1024 need privileges: choose another --port",
+    socket.EAI_NONAME: "the host name does not resolve: check --host",
+}
 
 
 def check_writable(folder: Path) -> None:
@@ -123,59 +152,65 @@ class ServerRunner:
         check_writable(self.state_dir)
         cluster = load_cluster_file(cluster_file) if cluster_file else ClusterSpec()
         self.host = host
-        self.port = port or free_port(host)
-        where = "the store" if store_url else f"the state folder {self.state_dir}"
-        try:
-            self.store = Store(store_url or sqlite_url(self.state_dir))
-        except StoreUnavailable as exc:
-            raise CannotStart(f"cannot write {where}: {exc.cause}") from None
-        try:
-            self.engine = create_engine(engine, self.state_dir, **(engine_options or {}))
-        except Exception as exc:
-            self.store.close()
-            raise CannotStart(f"cannot start the {engine} engine: {exc}") from exc
-        registry, metrics = make_registry(self.store, self.engine)
-        credentials = JobCredentials.in_folder(self.state_dir)
-        config = controller_config or ControllerConfig()
-        if checkpoint_root is None and engine == "local":
-            checkpoint_root = str(self.state_dir / "checkpoints")
-        elif checkpoint_root is not None and not is_url(checkpoint_root):
-            checkpoint_root = str(Path(checkpoint_root).expanduser().resolve())
-        try:
-            self.admin_token_file = bootstrap_admin(self.store, self.state_dir) if auth else None
-            """Where a new admin token was written (first start with auth on), else None."""
-            self.controller = Controller(
-                self.store,
-                self.engine,
-                cluster,
-                replace(
-                    config,
-                    server_url=config.server_url or advertise_url or self.url,
-                    job_token=config.job_token or credentials.token,
-                    checkpoint_root=config.checkpoint_root or checkpoint_root,
-                ),
-                on_cycle=metrics.record,
+        self._socket = listening_socket(host, port)
+        self.port = int(self._socket.getsockname()[1])
+        with contextlib.ExitStack() as on_failure:
+            on_failure.callback(self._socket.close)
+            where = "the store" if store_url else f"the state folder {self.state_dir}"
+            try:
+                self.store = Store(store_url or sqlite_url(self.state_dir))
+            except StoreUnavailable as exc:
+                raise CannotStart(f"cannot write {where}: {exc.cause}") from None
+            try:
+                self.engine = create_engine(engine, self.state_dir, **(engine_options or {}))
+            except Exception as exc:
+                self.store.close()
+                raise CannotStart(f"cannot start the {engine} engine: {exc}") from exc
+            registry, metrics = make_registry(self.store, self.engine)
+            credentials = JobCredentials.in_folder(self.state_dir)
+            config = controller_config or ControllerConfig()
+            if checkpoint_root is None and engine == "local":
+                checkpoint_root = str(self.state_dir / "checkpoints")
+            elif checkpoint_root is not None and not is_url(checkpoint_root):
+                checkpoint_root = str(Path(checkpoint_root).expanduser().resolve())
+            try:
+                self.admin_token_file = (
+                    bootstrap_admin(self.store, self.state_dir) if auth else None
+                )
+                """Where a new admin token was written (first start with auth on), else None."""
+                self.controller = Controller(
+                    self.store,
+                    self.engine,
+                    cluster,
+                    replace(
+                        config,
+                        server_url=config.server_url or advertise_url or self.url,
+                        job_token=config.job_token or credentials.token,
+                        checkpoint_root=config.checkpoint_root or checkpoint_root,
+                    ),
+                    on_cycle=metrics.record,
+                )
+            except StoreUnavailable as exc:
+                self.engine.close()
+                self.store.close()
+                raise CannotStart(f"cannot write {where}: {exc.cause}") from None
+            attach = getattr(self.engine, "attach", None)
+            if attach is not None:
+                attach(self.controller)
+            guard = Guard(self.store, credentials, self.controller.resolve, enabled=auth)
+            self.parser = ParsePool()
+            self.app = create_app(self.controller, registry, guard, limits, self.parser)
+            uvicorn_config = uvicorn.Config(
+                self.app,
+                host=host,
+                port=self.port,
+                log_level="warning",
+                access_log=False,
             )
-        except StoreUnavailable as exc:
-            self.engine.close()
-            self.store.close()
-            raise CannotStart(f"cannot write {where}: {exc.cause}") from None
-        attach = getattr(self.engine, "attach", None)
-        if attach is not None:
-            attach(self.controller)
-        guard = Guard(self.store, credentials, self.controller.resolve, enabled=auth)
-        self.parser = ParsePool()
-        self.app = create_app(self.controller, registry, guard, limits, self.parser)
-        uvicorn_config = uvicorn.Config(
-            self.app,
-            host=host,
-            port=self.port,
-            log_level="warning",
-            access_log=False,
-        )
-        self._server = uvicorn.Server(uvicorn_config)
-        self._thread: threading.Thread | None = None
-        self.utilization = UtilizationRecorder(self.store, utilization_interval_s)
+            self._server = uvicorn.Server(uvicorn_config)
+            self._thread: threading.Thread | None = None
+            self.utilization = UtilizationRecorder(self.store, utilization_interval_s)
+            on_failure.pop_all()
 
     @property
     def url(self) -> str:
@@ -186,7 +221,9 @@ class ServerRunner:
         (503, a store that cannot write for now, counts: the server is up and says so)."""
         self.controller.start()
         self.utilization.start()
-        self._thread = threading.Thread(target=self._server.run, name="tidemill-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, args=([self._socket],), name="tidemill-http", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -199,9 +236,7 @@ class ServerRunner:
                 break
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(
-            f"the tidemill server did not come up on {self.url}; is the port already in use?"
-        )
+        raise RuntimeError(f"the tidemill server did not come up on {self.url} in {timeout_s:g}s")
 
     def stop(self) -> None:
         """Stop serving and reconciling. Replicas keep running and are re-adopted later."""
@@ -213,6 +248,7 @@ class ServerRunner:
         self.parser.close()
         self.engine.close()
         self.store.close()
+        self._socket.close()
 
     def serve_forever(self) -> None:
         """Block until SIGINT/SIGTERM, then stop cleanly."""
