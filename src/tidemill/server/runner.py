@@ -66,8 +66,13 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.close()
         hint = _BIND_HINTS.get(exc.errno or 0, "check --host and --port")
         reason = exc.strerror or exc
-        raise CannotStart(f"cannot listen on {host}:{port}: {reason}; {hint}") from None
+        raise CannotStart(f"cannot listen on {host_port(host, port)}: {reason}; {hint}") from None
     return sock
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:8500``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 _BIND_HINTS = {
@@ -214,7 +219,7 @@ class ServerRunner:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{host_port(self.host, self.port)}"
 
     def start(self, timeout_s: float = 30.0) -> str:
         """Start in background threads; returns the base URL once /healthz answers
