@@ -401,18 +401,22 @@ def _server_url(server: str) -> str:
     """The server's URL, normalised, or InvalidSpec: a URL httpx cannot parse would
     otherwise fail deep inside the first request."""
     url = normalise_url(server)
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as exc:
-        problem: str | None = str(exc).rstrip(".")
-    else:
-        problem = None if parsed.host else "it names no host"
-        if parsed.scheme not in ("http", "https"):
-            problem = f"its scheme is {parsed.scheme!r}, not http or https"
+    problem = server_url_problem(url)
     if problem is None:
         return url
     hint = f"{shown(server)} is not a server URL ({problem}); use host:port or http(s)://host:port"
     raise InvalidSpec(422, "Invalid", "the server URL is invalid", [FieldError("server", hint)])
+
+
+def server_url_problem(url: str) -> str | None:
+    """What keeps ``url`` from naming a tidemill server (http or https, a host), or None."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        return str(exc).rstrip(".")
+    if parsed.scheme not in ("http", "https"):
+        return f"its scheme is {parsed.scheme!r}, not http or https"
+    return None if parsed.host else "it names no host"
 
 
 def split_job_ref(name: str, namespace: str | None) -> tuple[str, str | None]:
@@ -470,5 +474,6 @@ __all__ = [
     "TimedOut",
     "api_error",
     "normalise_url",
+    "server_url_problem",
     "split_job_ref",
 ]

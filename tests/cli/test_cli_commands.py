@@ -382,3 +382,33 @@ def test_kubernetes_options_given_to_the_local_engine_exit_2_naming_them(tmp_pat
     assert result.exit_code == 2
     assert "--gpu-sharing, --no-network-policy: only with --engine kubernetes" in result.output
     assert not any(tmp_path.iterdir()), "nothing started"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [
+        ("--advertise-url", "ftp://tidemill:8500", "its scheme is 'ftp', not http or https"),
+        ("--advertise-url", "http://[::1", "Invalid port"),
+        ("--checkpoint-root", "s3://a::file:///b", "chained fsspec URLs (a::b) are not supported"),
+        ("--store-url", "not a url", "SQLAlchemy cannot parse it"),
+        ("--store-url", "mysql://admin:hunter2@db/tm", "the store is SQLite or Postgres, not"),
+        ("--store-url", "pg://admin:hunter2@db/tm", "SQLAlchemy knows no such database or driver"),
+    ],
+)
+def test_a_server_option_that_cannot_work_exits_2_before_anything_starts(
+    tmp_path: Path, option: str, value: str, problem: str
+) -> None:
+    result = runner.invoke(app, ["server", "--state-dir", str(tmp_path), option, value])
+
+    assert result.exit_code == 2, result.output
+    message = " ".join(line.strip(" │╭╮╰╯─") for line in result.output.splitlines())
+    assert f"Invalid value for '{option}'" in message and problem in " ".join(message.split())
+    assert "hunter2" not in result.output, "a store URL's password is never echoed"
+    assert not any(tmp_path.iterdir()), "nothing started"
+
+
+def test_token_commands_refuse_a_store_url_that_does_not_parse(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["token", "list", "--store-url", "postgres ql://db"])
+
+    assert result.exit_code == 2
+    assert "SQLAlchemy cannot parse it" in " ".join(result.output.split())

@@ -19,6 +19,7 @@ from rich.console import Console
 from tidemill.api.errors import FieldError, SpecError
 from tidemill.cli.exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID
 from tidemill.client import SERVER_ENV, ApiError, Client, InvalidSpec, TidemillError
+from tidemill.store.urls import EXAMPLES, store_url_problem
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,6 +43,15 @@ NamespaceOption = Annotated[
     typer.Option("--namespace", "-n", help="Namespace of the job; needed only if ambiguous."),
 ]
 JobArgument = Annotated[str, typer.Argument(help="Job name, or namespace/name.")]
+
+
+def checked_store_url(value: str | None) -> str | None:
+    """``--store-url``, refused before anything opens it. The value is not echoed: it may
+    hold the database's password."""
+    problem = None if value is None else store_url_problem(value)
+    if problem is not None:
+        raise typer.BadParameter(f"{problem}; use {EXAMPLES}")
+    return value
 
 
 def connect(server: str) -> Client:

@@ -13,6 +13,7 @@ import yaml
 from tidemill.api.loader import load_job_file
 from tidemill.cli.common import echo, fail, reports_errors
 from tidemill.cli.exit_codes import EXIT_INVALID
+from tidemill.client import normalise_url, server_url_problem
 
 GangOption = Annotated[
     str,
@@ -66,12 +67,30 @@ NetworkPolicyOption = Annotated[
         "only from the job's own pods (PyTorch's rendezvous store authenticates no peer).",
     ),
 ]
+
+
+def _checked_advertise_url(value: str | None) -> str | None:
+    """Every replica is told this URL: one it cannot use would fail them all, later.
+    ``host:port`` means ``http://host:port``, as for ``--server``."""
+    if value is None:
+        return None
+    url = normalise_url(value)
+    problem = server_url_problem(url)
+    if problem is not None:
+        raise typer.BadParameter(
+            f"{value!r} is not a server URL ({problem}); e.g. "
+            "http://tidemill.tidemill-system.svc:8500"
+        )
+    return url
+
+
 AdvertiseOption = Annotated[
     str | None,
     typer.Option(
         "--advertise-url",
         help="The URL replicas reach this server by (default: its own; on Kubernetes, its "
         "Service, e.g. http://tidemill.tidemill-system.svc:8500).",
+        callback=_checked_advertise_url,
     ),
 ]
 

@@ -30,7 +30,7 @@ from tidemill.api.loader import load_job_file
 from tidemill.api.metrics import METRIC_REPORTS_PER_JOB
 from tidemill.api.status import JobPhase
 from tidemill.cli import interrupt
-from tidemill.cli.common import fail, fail_invalid, reports_errors, say
+from tidemill.cli.common import checked_store_url, fail, fail_invalid, reports_errors, say
 from tidemill.cli.exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID
 from tidemill.cli.interrupt import OnceStop, shielded, stop_job
 from tidemill.cli.kubernetes import (
@@ -77,6 +77,20 @@ EngineOption = Annotated[
 ]
 
 
+def _checked_checkpoint_root(value: str | None) -> str | None:
+    """``--checkpoint-root``, refused at start as a job's ``checkpoint.dir`` is at submit
+    (every job that names no dir would be refused for it, long after)."""
+    if value is None:
+        return None
+    from tidemill.checkpoint import parse_checkpoint_url  # torch comes with it: only when given
+
+    try:
+        parse_checkpoint_url(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 @reports_errors
 def server(
     state_dir: Annotated[
@@ -90,6 +104,7 @@ def server(
         typer.Option(
             "--store-url",
             envvar="TIDEMILL_STORE_URL",
+            callback=checked_store_url,
             help="SQLAlchemy URL of the store, e.g. postgresql+psycopg://user@host/db "
             "(default: SQLite in --state-dir).",
         ),
@@ -125,6 +140,7 @@ def server(
             help="Where jobs that name no checkpoint.dir keep their checkpoints: a path or "
             "an fsspec URL (s3://bucket/tidemill) every replica can reach (default: "
             "STATE_DIR/checkpoints on the local engine; none on Kubernetes).",
+            callback=_checked_checkpoint_root,
         ),
     ] = None,
     metrics_history: Annotated[

@@ -28,6 +28,7 @@ from tidemill.cli.common import (
     Output,
     OutputOption,
     ServerOption,
+    checked_store_url,
     connect,
     echo,
     fail,
@@ -58,7 +59,11 @@ StateDirOption = Annotated[
 ]
 StoreUrlOption = Annotated[
     str | None,
-    typer.Option("--store-url", help="Like --state-dir, for a server with --store-url."),
+    typer.Option(
+        "--store-url",
+        help="Like --state-dir, for a server with --store-url.",
+        callback=checked_store_url,
+    ),
 ]
 
 
