@@ -295,7 +295,10 @@ class Client:
 
     def revoke_token(self, name: str) -> TokenView:
         """Refuse the named token from now on (admins only)."""
-        TokenRequest.checked(name=name, role=Role.ADMIN)  # its name rule, before the URL
+        try:
+            TokenRequest.checked(name=name, role=Role.ADMIN)  # its name rule, before the URL
+        except SpecError as exc:
+            raise InvalidSpec(422, "Invalid", f"{shown(name)} names no token", exc.errors) from None
         return TokenView.model_validate(self._request("DELETE", f"/tokens/{name}").json())
 
     def health(self) -> bool:

@@ -160,7 +160,9 @@ def test_revoking_a_name_no_token_can_have_exits_2_before_any_request(
     result = tidemill(server, "token", "revoke", "../jobs", token=server.admin)
 
     assert result.exit_code == 2, result.output
-    assert "name: '../jobs' is not a valid token name" in result.stderr
+    assert result.stderr.startswith(
+        "error: '../jobs' names no token\nname: '../jobs' is not a valid token name"
+    )
 
 
 def test_token_commands_work_on_the_state_folder_without_a_server_or_token(
