@@ -128,7 +128,7 @@ def test_validate_reads_no_more_of_a_huge_file_than_the_limit(tmp_path: Path) ->
 
     assert str(caught.value) == (
         f"{path}: the file is larger than 1,048,576 bytes (1 MiB), the most a document may "
-        "be; a job file is a few KiB: move data out of it"
+        "be; job and cluster files are a few KiB: move data out of it"
     )
 
 

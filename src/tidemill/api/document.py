@@ -64,7 +64,7 @@ def parse_document(text: str, source: str = "<input>") -> dict[str, Any]:
         raise SpecError.single(
             source,
             f"the document is {size:,} bytes; at most {MAX_DOCUMENT_BYTES:,} bytes (1 MiB) "
-            "are accepted; a job file is a few KiB: move data out of it",
+            "are accepted; job and cluster files are a few KiB: move data out of it",
         )
     try:
         document = _fast_json(text)

@@ -190,7 +190,7 @@ def read_document_text(file: Path) -> str:
         raise SpecError.single(
             str(file),
             f"the file is larger than {MAX_DOCUMENT_BYTES:,} bytes (1 MiB), the most a "
-            "document may be; a job file is a few KiB: move data out of it",
+            "document may be; job and cluster files are a few KiB: move data out of it",
         )
     try:
         return data.decode("utf-8")
