@@ -29,7 +29,7 @@ test: venv chromium
 
 # The tests alone, test files in parallel (pytest-xdist): one worker per CPU, at most 4, a
 # file's tests on one worker in order, sharing their module and session fixtures. On this
-# 2-core machine 17 minutes instead of 25-28: tests wait on processes, sockets and the broker
+# 2-core machine 17 minutes instead of 23-28: tests wait on processes, sockets and the broker
 # more than they compute. Sharing the CPUs, tests that time real processes run slower; each
 # that failed that way was a defect or a too-tight test and was fixed, but CI runs `test`.
 test-parallel: venv chromium
