@@ -24,7 +24,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,13 +39,15 @@ from tidemill.api.job import Metadata, TrainingJob
 from tidemill.api.limits import shown
 from tidemill.api.loader import load_job_file
 from tidemill.api.metrics import MetricsView
-from tidemill.api.status import EventView, JobSummary, JobView, NodeView, QueueView
+from tidemill.api.status import EventView, JobPhase, JobSummary, JobView, NodeView, QueueView
 from tidemill.api.token import CreatedToken, Role, TokenRequest, TokenView
 from tidemill.client_config import ConfigError, normalise_url, token_for
 
 DEFAULT_SERVER = "http://127.0.0.1:8500"
 SERVER_ENV = "TIDEMILL_SERVER"
 API_PREFIX = "/api/v1"
+FINISHED = frozenset({JobPhase.SUCCEEDED, JobPhase.FAILED})
+"""The phases :meth:`Client.wait` waits for unless told others."""
 
 
 class TidemillError(Exception):
@@ -177,6 +179,21 @@ class Client:
         body = {"role": role, "replicas": replicas}
         response = self._request("POST", f"/jobs/{name}/scale", params=params, json=body)
         return JobView.model_validate(response.json())
+
+    def suspend(self, name: str, namespace: str | None = None) -> JobView:
+        """Stop the job's processes and keep it out of its queue until resumed; returns
+        at once (its phase is Suspended once they are gone)."""
+        name, params = _job_ref(name, namespace)
+        return JobView.model_validate(
+            self._request("POST", f"/jobs/{name}/suspend", params=params).json()
+        )
+
+    def resume(self, name: str, namespace: str | None = None) -> JobView:
+        """Queue a suspended job again; it goes on from its newest checkpoint."""
+        name, params = _job_ref(name, namespace)
+        return JobView.model_validate(
+            self._request("POST", f"/jobs/{name}/resume", params=params).json()
+        )
 
     def logs(
         self,
@@ -315,12 +332,14 @@ class Client:
         namespace: str | None = None,
         timeout_s: float | None = None,
         poll_s: float = 0.5,
+        until: Container[JobPhase] = FINISHED,
     ) -> JobView:
-        """Poll until the job has Succeeded or Failed, and return its final view."""
+        """Poll until the job is in one of ``until`` (by default: it has Succeeded or
+        Failed), and return that view."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             view = self.get(name, namespace)
-            if view.phase.is_terminal:
+            if view.phase in until:
                 return view
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimedOut(

@@ -39,6 +39,7 @@ from tidemill.engines.base import Observation, ReplicaHandle
 NOW = 1000.0
 R = ReplicaPhase
 CONFIG = LifecycleConfig(stop_grace_s=5, drain_grace_s=30)
+SUSPENDING = Outcome(JobPhase.SUSPENDED, "Suspended", "suspended by alice")
 
 
 def handle(name: str) -> ReplicaHandle:
@@ -405,6 +406,49 @@ CASES = [
         ),
         id="a deleted job is forgotten once its last process is gone",
     ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0"),
+                replica("worker-1", R.BACKOFF),
+                replica("master-0"),
+                outcome=SUSPENDING,
+            ),
+            {"worker-0": ALIVE, "master-0": ALIVE},
+            ["Terminate worker-0", "Settle worker-1", "Terminate master-0"],
+            spec(2, elastic=(1, 2)),
+        ),
+        id="a job being suspended gets SIGTERM, and a replica waiting to restart never starts",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0", R.STOPPING, kill_at=NOW),
+                replica("worker-1", R.STOPPED),
+                outcome=SUSPENDING,
+            ),
+            {"worker-0": ALIVE},
+            ["Event ReplicaKilled", "Kill worker-0"],
+        ),
+        id="a replica that ignores the suspension's SIGTERM is killed after the grace",
+    ),
+    pytest.param(
+        Case(
+            job(
+                replica("worker-0", R.STOPPING, kill_at=NOW + 5),
+                replica("worker-1", R.STOPPED),
+                outcome=SUSPENDING,
+            ),
+            {"worker-0": exited(143)},
+            [
+                "Exited worker-0 Stopped",
+                "Forget worker-0",
+                "Forget worker-1",
+                "Transition Suspended",
+            ],
+        ),
+        id="a suspended job's replicas are forgotten once its last process is gone",
+    ),
 ]
 
 
@@ -486,6 +530,13 @@ P = JobPhase
         pytest.param(
             P.PENDING, P.FAILED, True, id="a pending job the controller cannot read fails"
         ),
+        pytest.param(P.RUNNING, P.SUSPENDED, True, id="a running job is suspended"),
+        pytest.param(P.PENDING, P.SUSPENDED, True, id="a queued job is suspended"),
+        pytest.param(P.SUSPENDED, P.PENDING, True, id="a suspended job is resumed into its queue"),
+        pytest.param(
+            P.SUSPENDED, P.SCHEDULED, False, id="a suspended job is never placed before resumed"
+        ),
+        pytest.param(P.SUCCEEDED, P.SUSPENDED, False, id="a finished job is never suspended"),
         pytest.param(P.PENDING, P.RUNNING, False, id="a job is never Running before Scheduled"),
         pytest.param(P.SUCCEEDED, P.RUNNING, False, id="a succeeded job never runs again"),
         pytest.param(P.FAILED, P.SUCCEEDED, False, id="a failed job stays failed"),

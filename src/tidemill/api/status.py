@@ -13,6 +13,10 @@ class JobPhase(StrEnum):
     SCHEDULED = "Scheduled"
     RUNNING = "Running"
     RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    """Stopped on request, holding nothing, out of its queue until resumed; it goes on
+    from its newest checkpoint (Kubernetes Job's ``suspend``, Kubeflow's
+    ``runPolicy.suspend``)."""
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
@@ -30,6 +34,7 @@ class ConditionType(StrEnum):
     SCHEDULED = "Scheduled"
     RUNNING = "Running"
     RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     PREEMPTED = "Preempted"

@@ -30,7 +30,7 @@ from tidemill.cli.common import (
 from tidemill.cli.exit_codes import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_INVALID
 from tidemill.cli.progress import print_outcome, watch
 from tidemill.cli.scripts import missing_scripts
-from tidemill.client import DEFAULT_SERVER, Client
+from tidemill.client import DEFAULT_SERVER, FINISHED, Client
 
 JobFile = Annotated[
     Path, typer.Argument(help="Job file (YAML or JSON; tidemill or Kubeflow); - for stdin.")
@@ -187,6 +187,41 @@ def scale(
         f"job {view.namespace}/{view.name}: {role} scaled to {replicas} "
         f"(running/desired now {counts.get(role, '0/' + str(replicas))})"
     )
+
+
+@reports_errors
+def suspend(
+    job: JobArgument,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Return once its processes are gone (Suspended).")
+    ] = False,
+    namespace: NamespaceOption = None,
+    server: ServerOption = DEFAULT_SERVER,
+) -> None:
+    """Stop a job's processes (they save the step they reached) and keep it out of its
+    queue, holding nothing, until `tidemill resume`."""
+    with connect(server) as client:
+        view = client.suspend(job, namespace)
+        if wait:
+            view = client.wait(view.name, view.namespace, until={JobPhase.SUSPENDED, *FINISHED})
+    key = f"{view.namespace}/{view.name}"
+    if view.phase is JobPhase.SUSPENDED:
+        echo(f"job {key} suspended; `tidemill resume {view.name}` queues it again")
+    elif view.phase.is_terminal:
+        say(f"job {key} {view.phase.lower()} before it could be suspended: {view.message}")
+        raise typer.Exit(EXIT_FAILURE)
+    else:
+        echo(f"job {key} suspending: its replicas are stopping (they save the step they reached)")
+
+
+@reports_errors
+def resume(
+    job: JobArgument, namespace: NamespaceOption = None, server: ServerOption = DEFAULT_SERVER
+) -> None:
+    """Queue a suspended job again; it goes on from its newest checkpoint."""
+    with connect(server) as client:
+        view = client.resume(job, namespace)
+    echo(f"job {view.namespace}/{view.name} resumed: queued, it goes on from its newest checkpoint")
 
 
 @reports_errors

@@ -43,6 +43,7 @@ PHASE_STYLES = {
     JobPhase.SCHEDULED: "cyan",
     JobPhase.RUNNING: "blue",
     JobPhase.RESTARTING: "magenta",
+    JobPhase.SUSPENDED: "dim",
     JobPhase.SUCCEEDED: "green",
     JobPhase.FAILED: "red",
 }

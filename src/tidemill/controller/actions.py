@@ -211,7 +211,8 @@ class Settle(ReplicaAction):
 
 @dataclass(frozen=True)
 class Forget(ReplicaAction):
-    """Remove the replica from the job (it left after a scale-in)."""
+    """Remove the replica from the job (it left after a scale-in, or its job was
+    suspended)."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,8 @@ def evolve(job: JobSnapshot, action: Action, now: float) -> JobSnapshot:
         started = job.started_at
         if action.phase is JobPhase.RUNNING and started is None:
             started = now
+        if action.phase is JobPhase.SUSPENDED:
+            return dataclasses.replace(job, phase=action.phase, started_at=None, outcome=None)
         return dataclasses.replace(job, phase=action.phase, started_at=started)
     if isinstance(action, Finishing):
         return dataclasses.replace(job, outcome=action.outcome)

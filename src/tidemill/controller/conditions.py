@@ -13,21 +13,26 @@ from tidemill.store.tables import JobRow
 
 P = JobPhase
 ALLOWED: dict[JobPhase, frozenset[JobPhase]] = {
-    P.PENDING: frozenset({P.SCHEDULED, P.FAILED}),
-    P.SCHEDULED: frozenset({P.RUNNING, P.RESTARTING, P.PENDING, P.SUCCEEDED, P.FAILED}),
-    P.RUNNING: frozenset({P.RESTARTING, P.PENDING, P.SUCCEEDED, P.FAILED}),
-    P.RESTARTING: frozenset({P.RUNNING, P.PENDING, P.SUCCEEDED, P.FAILED}),
+    P.PENDING: frozenset({P.SCHEDULED, P.SUSPENDED, P.FAILED}),
+    P.SCHEDULED: frozenset(
+        {P.RUNNING, P.RESTARTING, P.PENDING, P.SUSPENDED, P.SUCCEEDED, P.FAILED}
+    ),
+    P.RUNNING: frozenset({P.RESTARTING, P.PENDING, P.SUSPENDED, P.SUCCEEDED, P.FAILED}),
+    P.RESTARTING: frozenset({P.RUNNING, P.PENDING, P.SUSPENDED, P.SUCCEEDED, P.FAILED}),
+    P.SUSPENDED: frozenset({P.PENDING}),
     P.SUCCEEDED: frozenset(),
     P.FAILED: frozenset(),
 }
 """phase -> the phases a job may move to from it. Scheduled and Running jobs go back to
-Pending only when preempted; finished jobs (Succeeded, Failed) never move again."""
+Pending only when preempted; a suspended job only to Pending, when resumed; finished
+jobs (Succeeded, Failed) never move again."""
 
 _PHASE_CONDITIONS = {
     JobPhase.PENDING: ConditionType.PENDING,
     JobPhase.SCHEDULED: ConditionType.SCHEDULED,
     JobPhase.RUNNING: ConditionType.RUNNING,
     JobPhase.RESTARTING: ConditionType.RESTARTING,
+    JobPhase.SUSPENDED: ConditionType.SUSPENDED,
     JobPhase.SUCCEEDED: ConditionType.SUCCEEDED,
     JobPhase.FAILED: ConditionType.FAILED,
 }
@@ -100,4 +105,10 @@ def transition(
         job.finished_at = now
     if phase is JobPhase.RUNNING and job.started_at is None:
         job.started_at = now
+    if phase is JobPhase.SUSPENDED:
+        # It holds nothing now; activeDeadlineSeconds counts again from its next start,
+        # as a Kubernetes Job's does after a suspension.
+        job.outcome = None
+        job.started_at = job.master_port = None
+        job.pending_code = job.pending_message = None
     tx.add_event(job.key, reason, message, warning=warning, at=now)

@@ -17,7 +17,8 @@ The rules, in the order they apply:
    **launch** (a recorded launch that started nothing, replicas whose backoff is over)
    and **Running** once nothing waits.
 4. A job whose outcome is decided **winds down**: SIGTERM to what runs, SIGKILL after
-   the grace, and the outcome's phase once its last process is gone.
+   the grace, and the outcome's phase once its last process is gone. A suspension is
+   such an outcome: its replicas are then forgotten, and a resume places it afresh.
 
 Nothing here touches the store, an engine or the clock: the applier observes, runs
 :func:`step`, writes the rows and calls the engine.
@@ -466,6 +467,11 @@ class _Step:
             elif not replica.phase.is_terminal and replica.phase is not R.STOPPING:
                 self.emit(Settle(replica.name))
         if any(r.phase in LIVE for r in self.job.replicas):
+            return
+        if outcome.phase is JobPhase.SUSPENDED:
+            for replica in self.job.replicas:
+                self.emit(Forget(replica.name))  # a resume places the job afresh
+            self.emit(Transition(outcome.phase, outcome.reason, outcome.message))
             return
         failed = outcome.phase is JobPhase.FAILED
         self.emit(Transition(outcome.phase, outcome.reason, outcome.message, warning=failed))

@@ -49,7 +49,8 @@ class ReplicaSnapshot:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a job ends, decided before its last processes are gone."""
+    """How a job ends, or that it is suspended: decided before its last processes are
+    gone, taken once they are."""
 
     phase: JobPhase
     reason: str

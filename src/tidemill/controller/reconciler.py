@@ -7,8 +7,8 @@ so a restarted control plane simply runs the next cycle: live replicas are found
 through their persisted handles, launches it made but did not record are adopted, dead
 replicas go through their restart policy. A store that cannot write skips the cycle.
 
-API threads (submit, scale, delete) only write rows in short transactions; none waits
-for a process or takes the cycle's lock.
+API threads (submit, scale, suspend, resume, delete) only write rows in short
+transactions; none waits for a process or takes the cycle's lock.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tidemill.api.cluster import ClusterSpec, NodeSpec, QueueSpec, this_machine
 from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType, JobPhase, JobView
+from tidemill.controller import suspension
 from tidemill.controller.admission import admit
 from tidemill.controller.applier import Applier
 from tidemill.controller.checkpoint_checks import check_checkpoint
@@ -48,6 +49,8 @@ from tidemill.store.tables import JobRow
 log = logging.getLogger(__name__)
 __all__ = ["ACTIVE_PHASES", "INTERNAL_ACTOR", "Controller", "ControllerConfig", "CycleStats"]
 
+QUEUED = (JobPhase.PENDING.value, JobPhase.SUSPENDED.value)
+"""Phases in which a job runs nothing: a scale request takes effect when it is placed."""
 INTERNAL_ACTOR = "the control plane"
 """Who events name when a request did not come through the API."""
 
@@ -299,8 +302,18 @@ class Controller:
                 row.key,
                 "ScaleRequested",
                 f"{role} {before}→{replicas} requested by {actor}"
-                + ("" if row.phase == JobPhase.PENDING.value else "; resizing in place"),
+                + ("" if row.phase in QUEUED else "; resizing in place"),
             )
+        self.wake()
+
+    def suspend(self, namespace: str, name: str, *, actor: str = INTERNAL_ACTOR) -> None:
+        """Suspend a job (see :mod:`tidemill.controller.suspension`); returns at once."""
+        suspension.suspend(self.store, self.clock, namespace, name, actor)
+        self.wake()
+
+    def resume(self, namespace: str, name: str, *, actor: str = INTERNAL_ACTOR) -> None:
+        """Queue a suspended job again; returns at once."""
+        suspension.resume(self.store, self.clock, namespace, name, actor)
         self.wake()
 
     def resolve(self, name: str, namespace: str | None) -> tuple[str, str]:

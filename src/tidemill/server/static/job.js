@@ -103,7 +103,7 @@ function drawReplicas(host, job, onPick) {
       <td>${r.usage?.cpu_cores == null ? "–" : `${num(r.usage.cpu_cores)} cores`}</td>
       <td>${r.usage ? bytes(r.usage.memory_bytes) : "–"}</td><td>${gpuCell(r)}</td>
       <td>${started}</td><td class="muted clip" title="${esc(r.message)}">${esc(r.message || (r.exit_code != null ? `exit ${r.exit_code}` : ""))}</td></tr>`;
-  }).join("") : `<tr><td colspan="10">${empty(job.phase === "Pending" ? "no replicas yet: the job waits for room (see why above)" : "no replicas")}</td></tr>`;
+  }).join("") : `<tr><td colspan="10">${empty(job.phase === "Pending" ? "no replicas yet: the job waits for room (see why above)" : job.phase === "Suspended" ? "no replicas: the job is suspended (tidemill resume queues it again)" : "no replicas")}</td></tr>`;
   for (const a of host.querySelectorAll("a[data-replica]")) a.onclick = () => onPick(a.dataset.replica);
 }
 

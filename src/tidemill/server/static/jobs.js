@@ -3,7 +3,7 @@ import { get } from "./api.js";
 import { age, clock, empty, esc, phase } from "./format.js";
 import { every } from "./live.js";
 
-const PHASES = ["Running", "Pending", "Restarting", "Succeeded", "Failed"];
+const PHASES = ["Running", "Pending", "Restarting", "Suspended", "Succeeded", "Failed"];
 export const jobHref = (ns, name) => `#/jobs/${encodeURIComponent(ns)}/${encodeURIComponent(name)}`;
 
 export function mountJobs(el) {
