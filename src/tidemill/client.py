@@ -189,7 +189,7 @@ class Client:
         )
 
     def resume(self, name: str, namespace: str | None = None) -> JobView:
-        """Queue a suspended job again; it goes on from its newest checkpoint."""
+        """Queue a suspended job again; it restores its newest checkpoint, if any."""
         name, params = _job_ref(name, namespace)
         return JobView.model_validate(
             self._request("POST", f"/jobs/{name}/resume", params=params).json()

@@ -140,6 +140,8 @@ def test_a_viewer_reads_its_namespace_but_may_not_delete_there(tenancy: Tenancy)
 
     assert message.startswith("token 'ads-viewer' (viewer, ads) may not delete jobs in namespace")
     assert "needs an editor or admin token covering 'ads'" in message
+    suspend = tenancy.call("POST", "/api/v1/jobs/ctr/suspend", tenancy.tokens["ads-viewer"])
+    assert "(viewer, ads) may not suspend jobs" in refusal(suspend, 403)
 
 
 def test_an_ads_editor_cannot_touch_a_search_job(tenancy: Tenancy) -> None:
@@ -149,6 +151,8 @@ def test_an_ads_editor_cannot_touch_a_search_job(tenancy: Tenancy) -> None:
         ("GET", "/api/v1/jobs/rank/logs", {}),
         ("GET", "/api/v1/jobs/rank", {}),
         ("POST", "/api/v1/jobs/rank/scale", {"json": {"role": "worker", "replicas": 0}}),
+        ("POST", "/api/v1/jobs/rank/suspend", {}),
+        ("POST", "/api/v1/jobs/rank/resume", {}),
         ("POST", "/api/v1/jobs/rank/events", {"json": {"reason": "Forged", "message": "x"}}),
         ("PUT", "/api/v1/jobs/rank/master-state", {"json": {"state": {"unresponsive": {}}}}),
         ("GET", "/api/v1/jobs/rank/stacks", {}),

@@ -198,8 +198,8 @@ def suspend(
     namespace: NamespaceOption = None,
     server: ServerOption = DEFAULT_SERVER,
 ) -> None:
-    """Stop a job's processes (they save the step they reached) and keep it out of its
-    queue, holding nothing, until `tidemill resume`."""
+    """Stop a job's processes and keep it out of its queue, holding nothing, until
+    `tidemill resume` (SIGTERM first: tidemill's runtime checkpoints the step it reached)."""
     with connect(server) as client:
         view = client.suspend(job, namespace)
         if wait:
@@ -211,17 +211,17 @@ def suspend(
         say(f"job {key} {view.phase.lower()} before it could be suspended: {view.message}")
         raise typer.Exit(EXIT_FAILURE)
     else:
-        echo(f"job {key} suspending: its replicas are stopping (they save the step they reached)")
+        echo(f"job {key} suspending: its replicas are stopping")
 
 
 @reports_errors
 def resume(
     job: JobArgument, namespace: NamespaceOption = None, server: ServerOption = DEFAULT_SERVER
 ) -> None:
-    """Queue a suspended job again; it goes on from its newest checkpoint."""
+    """Queue a suspended job again; it restores its newest checkpoint, if it has one."""
     with connect(server) as client:
         view = client.resume(job, namespace)
-    echo(f"job {view.namespace}/{view.name} resumed: queued, it goes on from its newest checkpoint")
+    echo(f"job {view.namespace}/{view.name} resumed: queued again")
 
 
 @reports_errors

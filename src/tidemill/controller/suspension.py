@@ -73,7 +73,7 @@ def resume(store: Store, clock: Callable[[], float], namespace: str, name: str, 
         if phase is not JobPhase.SUSPENDED:
             raise ConflictError(f"job {job.key} is not suspended ({job.phase}); nothing to resume")
         now = clock()
-        message = f"resumed by {actor}; queued again, it goes on from its newest checkpoint"
+        message = f"resumed by {actor}; queued again (it restores its newest checkpoint, if any)"
         transition(tx, job, JobPhase.PENDING, RESUMED, message, now)
 
 

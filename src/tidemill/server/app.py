@@ -345,16 +345,17 @@ def create_app(
 
     @app.post("/api/v1/jobs/{name}/suspend", response_model=JobView)
     def suspend(name: str, namespace: str | None = None, caller: Caller = caller_of) -> JobView:
-        """Stop the job's processes (they save the step they reached) and keep it out
-        of its queue until resumed; a no-op for a suspended job."""
+        """Stop the job's processes (SIGTERM first: tidemill's runtime checkpoints the
+        step it reached) and keep it out of its queue until resumed; a no-op for a
+        suspended job."""
         ns, name = guard.job(caller, name, namespace, Role.EDITOR, "suspend jobs")
         controller.suspend(ns, name, actor=caller.actor)
         return view_of(ns, name)
 
     @app.post("/api/v1/jobs/{name}/resume", response_model=JobView)
     def resume(name: str, namespace: str | None = None, caller: Caller = caller_of) -> JobView:
-        """Queue a suspended job again; it goes on from its newest checkpoint. 409 for a
-        job that is not suspended."""
+        """Queue a suspended job again; it restores its newest checkpoint, if it has
+        one. 409 for a job that is not suspended."""
         ns, name = guard.job(caller, name, namespace, Role.EDITOR, "resume jobs")
         controller.resume(ns, name, actor=caller.actor)
         return view_of(ns, name)
