@@ -1,5 +1,5 @@
 """Durable checkpoints through the control plane: whole-job loss, a corrupt newest
-checkpoint, preemption, and a checkpoint folder that fills up.
+checkpoint, preemption, suspension, and a checkpoint folder that fills up.
 
 The workers are ledgers (tests/e2e/ledger_train.py): the model counts how often each
 record id trained, so "every record exactly once" and "the final model equals an
@@ -36,6 +36,7 @@ from tests.e2e.ledger import (
     make_table,
     stage_records,
 )
+from tidemill.api.status import JobPhase
 from tidemill.checkpoint import CheckpointStore
 from tidemill.client import Client
 from tidemill.data.testing import LocalBroker
@@ -202,6 +203,39 @@ def test_a_preempted_job_resumes_from_the_step_it_reached(
         ]
     )
     assert restored_step(client, "low") == reached[0] > 0
+
+
+def test_a_suspended_job_resumes_from_the_step_it_reached_and_trains_every_record_once(
+    start_server: Any, tmp_path: Path
+) -> None:
+    catalog = make_table(tmp_path)
+    _, client = start_server(CLUSTER)
+    result = tmp_path / "nap.json"
+    spec = backfill_job(catalog, result, "nap", {"everySeconds": 3600})
+    worker = spec["spec"]["roles"]["worker"]
+    worker["replicas"] = 2
+    del worker["minReplicas"], worker["maxReplicas"]
+    worker["env"]["LEDGER_STEP_S"] = "0.2"
+    client.submit(spec)
+    wait_for(lambda: stage_records(client, "nap", "backfill") > 600, 120, "nap to train")
+
+    client.suspend("nap")
+    view = client.wait("nap", timeout_s=60, until={JobPhase.SUSPENDED})
+    assert view.replicas == []
+    client.resume("nap")
+    assert client.wait("nap", timeout_s=240).phase == "Succeeded"
+
+    ledger_counts(result)
+    logs = "\n".join(client.logs("nap", role="worker"))  # a worker may not have joined yet
+    reached = {int(step) for step in re.findall(r"left the job at step (\d+) \(SIGTERM\)", logs)}
+    assert len(reached) == 1, logs[-3000:]
+    step = reached.pop()
+    assert restored_step(client, "nap") == step > 0
+    finished = [int(s) for s in re.findall(r"finished at step (\d+)", logs)]
+    assert finished and min(finished) > step, "it trained on after the resume"
+    reasons = [e.reason for e in client.job_events("nap")]
+    order = [reasons.index(r) for r in ("Suspended", "Resumed", "CheckpointRestored")]
+    assert order == sorted(order), reasons
 
 
 @pytest.fixture
