@@ -165,6 +165,11 @@ def test_queue_and_priority_class_come_from_the_scheduling_policy() -> None:
     assert (job.spec.queue, job.spec.priority_class_name) == ("vision", "high")
 
 
+def test_a_suspended_run_policy_submits_the_job_suspended() -> None:
+    assert load(pytorchjob({"runPolicy": {"suspend": True}}, Worker=replica())).spec.suspend
+    assert not load(pytorchjob({"runPolicy": {}}, Worker=replica())).spec.suspend
+
+
 def test_gpu_limits_and_requests_become_resources() -> None:
     resources = {
         "limits": {"nvidia.com/gpu": 2, "cpu": "4", "memory": "16Gi"},

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psutil
 
 from tests.cli.conftest import SLEEP, Live
-from tests.cli.test_cli_commands import assert_one_line_error, tidemill
+from tests.cli.test_cli_commands import assert_one_line_error, runner, tidemill
 from tests.e2e.harness import wait_for
+from tidemill.cli.main import app
 
 
 def test_suspend_stops_a_job_and_resume_runs_it_again(live: Live) -> None:
@@ -55,3 +58,17 @@ def test_suspend_and_resume_name_what_they_cannot_reach(live: Live) -> None:
     )
     assert_one_line_error(tidemill(live, "resume", "ghost"), 1, "job 'ghost' not found")
     assert_one_line_error(tidemill(live, "suspend", "a/../b"), 2, "'a/../b' names no job")
+
+
+def test_run_refuses_a_job_submitted_suspended_before_anything_starts(tmp_path: Path) -> None:
+    path = tmp_path / "later.yaml"
+    path.write_text(
+        "metadata: {name: later}\n"
+        "spec:\n"
+        "  suspend: true\n"
+        "  roles: {worker: {command: [python, -c, pass]}}\n"
+    )
+    result = runner.invoke(app, ["run", str(path), "--state-dir", str(tmp_path / "state")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: spec.suspend: a suspended job waits for")
+    assert not (tmp_path / "state").exists()

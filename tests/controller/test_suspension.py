@@ -18,6 +18,7 @@ from tests.controller.test_applier import (
     until,
 )
 from tidemill.api.errors import ConflictError, NotFoundError
+from tidemill.api.job import TrainingJob
 from tidemill.controller.reconciler import Controller
 from tidemill.store.tables import JobRow
 
@@ -88,6 +89,25 @@ def test_a_queued_job_is_suspended_at_once_and_stays_so_across_a_restart(
 
     restarted.resume("ads", "queued")
     until(restarted, "queued", running, "the resumed job to run")
+
+
+def test_a_job_submitted_suspended_waits_for_its_resume(
+    make_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    controller = make_controller()
+    document = job("later", tmp_path).to_document()
+    document["spec"]["suspend"] = True
+    controller.submit(TrainingJob.model_validate(document), actor="bob")
+    for _ in range(5):
+        controller.reconcile_once()
+    row = row_of_job(controller, "later")
+    assert (row.phase, row.replicas, starts(tmp_path, "later")) == ("Suspended", [], [])
+    assert row.message == "suspended (spec.suspend): `tidemill resume later` queues it"
+    submitted = next(e.message for e in events(controller, "later") if e.reason == "Submitted")
+    assert submitted.startswith("submitted in ads at priority 0 by bob; suspended")
+
+    controller.resume("ads", "later")
+    until(controller, "later", running, "the resumed job to run")
 
 
 def test_suspend_and_resume_refuse_what_cannot_be_done_and_name_why(

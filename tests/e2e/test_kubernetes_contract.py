@@ -125,6 +125,33 @@ def test_a_gang_that_does_not_fit_now_waits_with_a_reason_and_no_pod(
                  what="the waiting gang bound once the first left")
 
 
+def test_a_suspended_job_has_no_pod_and_says_so_in_its_status_until_resumed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    with server(cluster, tmp_path / "state") as (_, api):
+        api.submit(cluster.sleeper("napping", replicas=2))
+        wait_for(lambda: api.get("napping").phase == "Running", timeout_s=90,
+                 what="the job running")
+        before = {p.metadata.name for p in cluster.pods("napping")}
+        assert len(before) == 2
+        api.suspend("napping")
+        wait_for(lambda: api.get("napping").phase == "Suspended", timeout_s=60,
+                 what="the job suspended")
+        wait_for(lambda: cluster.pods("napping") == [], timeout_s=60, what="its pods gone")
+        wait_for(
+            lambda: (cluster.job_object("napping") or {}).get("status", {}).get("phase")
+            == "Suspended",
+            timeout_s=15,
+            what="the TrainingJob status to say Suspended",
+        )
+        api.resume("napping")
+        wait_for(lambda: api.get("napping").phase == "Running", timeout_s=90,
+                 what="the job running again")
+        after = cluster.pods("napping")
+        assert len(after) == 2 and all(p.spec.node_name for p in after), "bound again"
+        assert not before & {p.metadata.name for p in after}, "new pods, not the old ones"
+
+
 def test_a_missing_image_is_an_event_naming_the_replica_and_the_policy_decides(
     cluster: Cluster, tmp_path: Path
 ) -> None:

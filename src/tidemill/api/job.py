@@ -356,6 +356,10 @@ class TrainingJobSpec(SpecModel):
     tensorboard: TensorBoardSpec | None = Field(
         default=None, description="write the job's training metrics as TensorBoard event files"
     )
+    suspend: bool = Field(
+        default=False,
+        description="submit it suspended: it waits, holding nothing, until `tidemill resume`",
+    )
 
     @field_validator("queue")
     @classmethod

@@ -231,6 +231,13 @@ def run(
 ) -> None:
     """Run one job on an embedded server and stream its logs and events to the end."""
     job = load_job_file(file)
+    if job.spec.suspend:
+        fail(
+            "spec.suspend: a suspended job waits for `tidemill resume`, and the server of "
+            "`tidemill run` lives only as long as the run; submit it to a server "
+            "(`tidemill submit`), or drop the field",
+            code=EXIT_INVALID,
+        )
     if oversubscribe and cluster is not None:
         fail("--oversubscribe enlarges this machine; leave out --cluster", code=EXIT_INVALID)
     enlarged = _fit_this_machine(job, oversubscribe) if cluster is None else None

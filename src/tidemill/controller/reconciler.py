@@ -222,20 +222,21 @@ class Controller:
                     spec=job.to_document(),
                     queue=admission.queue,
                     priority=admission.priority,
-                    phase=JobPhase.PENDING.value,
+                    phase=(JobPhase.SUSPENDED if job.spec.suspend else JobPhase.PENDING).value,
                     message="waiting to be scheduled",
                     conditions=[],
                     created_at=now,
                     desired=initial_desired(job),
                 )
             )
-            set_condition(row, ConditionType.PENDING, True, "Submitted", "queued", now)
-            tx.add_event(
-                row.key,
-                "Submitted",
-                f"queued in {admission.queue} at priority {admission.priority} by {actor}",
-                at=now,
-            )
+            where = f"in {admission.queue} at priority {admission.priority} by {actor}"
+            if job.spec.suspend:
+                row.message = f"suspended (spec.suspend): `tidemill resume {row.name}` queues it"
+                set_condition(row, ConditionType.SUSPENDED, True, "Submitted", row.message, now)
+                tx.add_event(row.key, "Submitted", f"submitted {where}; {row.message}", at=now)
+            else:
+                set_condition(row, ConditionType.PENDING, True, "Submitted", "queued", now)
+                tx.add_event(row.key, "Submitted", f"queued {where}", at=now)
         self.wake()
         return job.key
 
@@ -255,9 +256,10 @@ class Controller:
             queue=admission.queue,
             priority=admission.priority,
             mode=job.spec.mode.value,
-            phase=JobPhase.PENDING,
+            phase=JobPhase.SUSPENDED if job.spec.suspend else JobPhase.PENDING,
             created_at=self.clock(),
-            message="dry run: the job is valid and would be queued",
+            message="dry run: the job is valid and would be "
+            + ("submitted suspended" if job.spec.suspend else "queued"),
             spec=job.to_document(),
         )
 

@@ -9,7 +9,7 @@ Mapping::
     PyTorchJob  Master -> chief, Worker -> worker; mode allreduce
     TFJob       Chief|Master -> chief, Worker, PS -> ps, Evaluator; mode ps if PS, else allreduce
     runPolicy   backoffLimit -> maxRestarts (each role), activeDeadlineSeconds,
-                ttlSecondsAfterFinished, schedulingPolicy.{queue, priorityClass,
+                ttlSecondsAfterFinished, suspend, schedulingPolicy.{queue, priorityClass,
                 minAvailable -> worker minReplicas}
     elasticPolicy.{minReplicas, maxReplicas, maxRestarts} -> worker (before backoffLimit)
     resources   requests, else limits, else 0 (as Kubernetes schedules a container)
@@ -252,7 +252,7 @@ class _Converter:
         return native
 
     def run_policy(self, policy: dict[str, Any], spec: dict[str, Any]) -> None:
-        for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished", "suspend"):
             if key in policy:
                 spec[key] = policy[key]
                 self.origin[f"spec.{key}"] = f"spec.runPolicy.{key}"
