@@ -1,6 +1,7 @@
 """A job too big for what the cluster has free (10 cores where a 12-core job holds the
 only node with that many) says why it waits, on its page and on the cluster
-page; the cluster page charts use over time and shows queues and nodes."""
+page; the cluster page charts use over time and shows queues and nodes; the jobs page
+counts a suspended job in its own tile."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def test_a_job_too_big_shows_why_it_is_pending(page: Any, start_server: Any) -> 
         client.submit(sleeper("trainer", namespace="ads", cpu=12, gpu=3, queue="ads"))
         client.submit(sleeper("notebook", namespace="research", cpu=1, queue="research"))
         client.submit(sleeper("huge", namespace="research", cpu=10, queue="research"))
+        client.submit(sleeper("sweep", namespace="research", queue="research", suspend=True))
         page.goto(f"{server.url}/#/jobs/research/huge")
         reason = page.wait_for_selector(".pending")
         text = reason.inner_text()
@@ -38,7 +40,13 @@ def test_a_job_too_big_shows_why_it_is_pending(page: Any, start_server: Any) -> 
 
         page.click("nav >> text=Jobs")
         page.wait_for_selector("#jobs >> text=huge")
+        assert page.inner_text(".tile.phase-Suspended").split() == ["1", "suspended"]
         screenshot(page, "jobs")
+        page.click(".tile.phase-Suspended")
+        page.wait_for_function("document.querySelectorAll('#jobs tr').length === 1")
+        shown = page.inner_text("#jobs")
+        assert "research/sweep" in shown and "Suspended" in shown, shown
+        page.click(".tile.phase-Suspended")
         page.click("#jobs >> text=trainer")
         page.wait_for_selector(".job-head >> text=trainer")
         assert page.url.endswith("#/jobs/ads/trainer")
