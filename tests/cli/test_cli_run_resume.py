@@ -199,3 +199,20 @@ def test_a_job_whose_stored_spec_no_longer_validates_is_refused_by_name(tmp_path
     assert code == 1
     assert "its stored spec is no longer valid (1 problem(s))" in stderr
     assert "Traceback" not in stderr
+
+
+def test_a_job_suspended_through_the_runs_server_is_resumed_by_the_next_run(
+    tmp_path: Path,
+) -> None:
+    job, state = killed_while_running(tmp_path)
+
+    def suspended(row: Any) -> None:  # what `tidemill suspend` leaves: no replica
+        row.phase = "Suspended"
+        row.replicas.clear()
+
+    edit_row(state, suspended)
+    (tmp_path / "go").touch()
+    code, stdout, stderr = finished(tidemill_run(job, state, cwd=tmp_path))
+    assert code == 0, stderr
+    assert "resuming job default/hello (Suspended)" in stderr
+    assert "[worker-0] hello" in stdout

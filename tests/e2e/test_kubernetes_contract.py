@@ -152,6 +152,45 @@ def test_a_suspended_job_has_no_pod_and_says_so_in_its_status_until_resumed(
         assert not before & {p.metadata.name for p in after}, "new pods, not the old ones"
 
 
+def test_kubectl_patching_spec_suspend_suspends_and_resumes_the_job_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    name = "patched"
+    path = (names.GROUP, names.VERSION, cluster.namespace, names.PLURAL, name)
+
+    def suspend(value: bool) -> None:
+        with cluster.api() as kube:
+            client.CustomObjectsApi(kube).patch_namespaced_custom_object(
+                *path, {"spec": {"suspend": value}}
+            )
+
+    def object_phase() -> str | None:
+        return (cluster.job_object(name) or {}).get("status", {}).get("phase")
+
+    with server(cluster, tmp_path / "state") as (_, api), cluster.api() as kube:
+        client.CustomObjectsApi(kube).create_namespaced_custom_object(
+            *path[:4], to_custom_object(cluster.sleeper(name))
+        )
+        wait_for(lambda: name in {j.name for j in api.jobs()} and api.get(name).phase
+                 == "Running", timeout_s=90, what="the applied object running")
+        suspend(True)
+        wait_for(lambda: object_phase() == "Suspended", timeout_s=60,
+                 what="the object's status to say Suspended")
+        wait_for(lambda: cluster.pods(name) == [], timeout_s=60, what="its pods gone")
+        assert any("kubectl" in e.message for e in api.job_events(name) if e.reason == "Suspending")
+        api.resume(name)  # through tidemill: the object's older spec.suspend does not undo it
+        wait_for(lambda: object_phase() == "Running", timeout_s=90, what="running again")
+    with server(cluster, tmp_path / "state") as (_, api):  # a restart reads it all again
+        time.sleep(3)
+        assert api.get(name).phase == "Running"
+        api.suspend(name)
+        wait_for(lambda: object_phase() == "Suspended", timeout_s=60, what="suspended again")
+        suspend(False)
+        wait_for(lambda: object_phase() == "Running", timeout_s=90,
+                 what="the object's status to say Running once spec.suspend is false")
+        assert len(cluster.pods(name)) == 2
+
+
 def test_a_missing_image_is_an_event_naming_the_replica_and_the_policy_decides(
     cluster: Cluster, tmp_path: Path
 ) -> None:

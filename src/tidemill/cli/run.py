@@ -279,6 +279,8 @@ def run(
         if plan is Takeover.RESUME:
             view = client.get(job.metadata.name, job.metadata.namespace)
             say(f"resuming job {view.namespace}/{view.name} ({view.phase}) from {state_dir}")
+            if view.phase is JobPhase.SUSPENDED:  # suspended through this run's server
+                view = client.resume(view.name, view.namespace)
         else:
             if plan is Takeover.SUBMIT_AFTER_DELETION:
                 say(f"waiting for job {job.key}, deleted by an earlier run, to be gone")

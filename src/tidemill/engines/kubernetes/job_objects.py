@@ -9,6 +9,8 @@ reach the same jobs).
 - An annotated object deleted with ``kubectl delete`` deletes its job.
 - Every job's phase, conditions and replica counts are written to its object's status
   subresource when they change.
+- A change of an object's ``spec.suspend`` (``kubectl patch``) suspends or resumes its
+  job, once (see :data:`names.SUSPEND_ANNOTATION`).
 - A pod tidemill labelled whose launch is no longer the current launch of any replica in
   the store (a launch cut short by a crash, a replica forgotten) is deleted: no pod leaks.
 """
@@ -25,10 +27,10 @@ from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
-from tidemill.api.errors import ConflictError, SpecError
+from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.loader import job_from_custom_object
-from tidemill.api.status import ReplicaPhase
+from tidemill.api.status import JobPhase, ReplicaPhase
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.cluster import Cluster
 from tidemill.engines.kubernetes.informer import Informer, Obj
@@ -49,6 +51,10 @@ class JobControl(Protocol):
     def submit(self, job: TrainingJob, *, actor: str = ...) -> str: ...
 
     def delete(self, namespace: str, name: str, *, actor: str = ...) -> str: ...
+
+    def suspend(self, namespace: str, name: str, *, actor: str = ...) -> None: ...
+
+    def resume(self, namespace: str, name: str, *, actor: str = ...) -> None: ...
 
 
 def timestamp(seconds: float | None) -> str | None:
@@ -193,6 +199,7 @@ class JobObjects:
                 self._delete_object(obj)
             else:
                 present.add(uid)
+                self._follow_suspend(obj, rows[uid])
                 status = statuses[obj_uid(obj)]
                 if not _same_status(obj.get("status") or {}, status):
                     self._write_status(obj, status)
@@ -223,7 +230,26 @@ class JobObjects:
                 if row is None:
                     return
                 uid = self._adopted[meta["uid"]] = row.uid
-        self._patch(obj, {"metadata": {"annotations": {names.UID_ANNOTATION: uid}}})
+        annotations = {names.UID_ANNOTATION: uid, names.SUSPEND_ANNOTATION: suspend_flag(obj)}
+        self._patch(obj, {"metadata": {"annotations": annotations}})
+
+    def _follow_suspend(self, obj: Obj, row: JobRow) -> None:
+        """Suspend or resume the job when its object's ``spec.suspend`` changed since
+        tidemill last applied it; a resume waits until the job's processes are gone."""
+        wanted = suspend_flag(obj)
+        if annotations_of(obj).get(names.SUSPEND_ANNOTATION) == wanted:
+            return
+        outcome = row.outcome or {}
+        try:
+            if wanted == names.flag(True):
+                self.control.suspend(row.namespace, row.name, actor=KUBECTL_ACTOR)
+            elif outcome.get("phase") == JobPhase.SUSPENDED.value:
+                return  # still stopping for its suspension: resumed at a later sync
+            elif row.phase == JobPhase.SUSPENDED.value:
+                self.control.resume(row.namespace, row.name, actor=KUBECTL_ACTOR)
+        except (ConflictError, NotFoundError) as exc:
+            log.info("TrainingJob %s: spec.suspend=%s changes nothing: %s", row.key, wanted, exc)
+        self._patch(obj, {"metadata": {"annotations": {names.SUSPEND_ANNOTATION: wanted}}})
 
     def _patch(self, obj: Obj, body: dict[str, Any], status: bool = False) -> None:
         meta = obj["metadata"]
@@ -301,13 +327,21 @@ def leaked_pods(pods: Iterable[Obj], launches: set[tuple[str, str]]) -> list[Obj
 
 
 def tidemill_uid(obj: Obj) -> str | None:
-    annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    uid = annotations.get(names.UID_ANNOTATION)
+    uid = annotations_of(obj).get(names.UID_ANNOTATION)
     return str(uid) if uid else None
 
 
 def obj_uid(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def annotations_of(obj: Obj) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("annotations") or {})
+
+
+def suspend_flag(obj: Obj) -> str:
+    """The object's ``spec.suspend`` as :data:`names.SUSPEND_ANNOTATION` holds it."""
+    return names.flag((obj.get("spec") or {}).get("suspend") is True)
 
 
 def generation(obj: Obj) -> int | None:

@@ -298,5 +298,9 @@ def trainingjob_object(job: TrainingJob, uid: str) -> Manifest:
     """The TrainingJob object of a job submitted through tidemill, marked with its uid."""
     obj = to_custom_object(job)
     metadata = dict(obj.get("metadata") or {})
-    metadata["annotations"] = {**(metadata.get("annotations") or {}), names.UID_ANNOTATION: uid}
+    metadata["annotations"] = {
+        **(metadata.get("annotations") or {}),
+        names.UID_ANNOTATION: uid,
+        names.SUSPEND_ANNOTATION: names.flag(job.spec.suspend),
+    }
     return {**obj, "metadata": metadata}

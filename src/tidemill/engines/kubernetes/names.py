@@ -26,6 +26,11 @@ INDEX_LABEL = "tidemill.io/index"
 LAUNCH_LABEL = "tidemill.io/launch-id"
 UID_ANNOTATION = "tidemill.io/uid"
 """On a TrainingJob object: the tidemill job it is (set once the job is in the store)."""
+SUSPEND_ANNOTATION = "tidemill.io/suspend-followed"
+"""On a TrainingJob object: the ``spec.suspend`` ("true" or "false") tidemill last
+applied to its job. A change of the field (``kubectl patch``) is applied once; a suspend
+or resume made through tidemill is not undone by the object's older value, not even
+after a restart."""
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 CPUSET_ANNOTATION = "tidemill.io/numa-cpus"
 """The CPUs of the NUMA node tidemill placed the pod's GPUs beside (a Linux CPU list).
@@ -103,3 +108,8 @@ def label_value(text: str) -> str:
     """A label value (at most 63 of ``[A-Za-z0-9._-]``, alphanumeric at both ends)."""
     value = re.sub(r"[^A-Za-z0-9._-]", "-", text)[:_LABEL].strip("-._")
     return value or "x"
+
+
+def flag(value: bool) -> str:
+    """A boolean as an annotation holds it."""
+    return "true" if value else "false"
