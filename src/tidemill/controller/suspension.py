@@ -40,7 +40,7 @@ def suspend(
     with store.transaction() as tx:
         job = _found(tx, namespace, name)
         phase = JobPhase(job.phase)
-        if phase is JobPhase.SUSPENDED or _suspending(job):
+        if phase is JobPhase.SUSPENDED or suspending(job):
             return
         if phase.is_terminal or job.outcome is not None:
             raise ConflictError(_settled(job, "suspend"))
@@ -63,7 +63,7 @@ def resume(store: Store, clock: Callable[[], float], namespace: str, name: str, 
     with store.transaction() as tx:
         job = _found(tx, namespace, name)
         phase = JobPhase(job.phase)
-        if _suspending(job):
+        if suspending(job):
             raise ConflictError(
                 f"job {job.key} is still stopping for its suspension; resume it once its "
                 "phase is Suspended (`tidemill suspend --wait` waits for that)"
@@ -84,7 +84,7 @@ def _found(tx: Tx, namespace: str, name: str) -> JobRow:
     return job
 
 
-def _suspending(job: JobRow) -> bool:
+def suspending(job: JobRow) -> bool:
     """Stopping for a suspension: its outcome is decided, its processes not yet gone."""
     return job.outcome is not None and job.outcome["phase"] == JobPhase.SUSPENDED.value
 

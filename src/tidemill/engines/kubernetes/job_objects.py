@@ -31,6 +31,7 @@ from tidemill.api.errors import ConflictError, NotFoundError, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.loader import job_from_custom_object
 from tidemill.api.status import JobPhase, ReplicaPhase
+from tidemill.controller.suspension import suspending
 from tidemill.engines.kubernetes import names
 from tidemill.engines.kubernetes.cluster import Cluster
 from tidemill.engines.kubernetes.informer import Informer, Obj
@@ -239,11 +240,10 @@ class JobObjects:
         wanted = suspend_flag(obj)
         if annotations_of(obj).get(names.SUSPEND_ANNOTATION) == wanted:
             return
-        outcome = row.outcome or {}
         try:
             if wanted == names.flag(True):
                 self.control.suspend(row.namespace, row.name, actor=KUBECTL_ACTOR)
-            elif outcome.get("phase") == JobPhase.SUSPENDED.value:
+            elif suspending(row):
                 return  # still stopping for its suspension: resumed at a later sync
             elif row.phase == JobPhase.SUSPENDED.value:
                 self.control.resume(row.namespace, row.name, actor=KUBECTL_ACTOR)
