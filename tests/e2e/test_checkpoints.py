@@ -56,6 +56,23 @@ def backfill_job(
     return spec
 
 
+def two_slow_workers(spec: dict[str, Any], **resources: Any) -> dict[str, Any]:
+    """``spec`` with two fixed workers (``resources`` if given) taking 0.2 s a step, so
+    that a stop lands mid-stage."""
+    worker = spec["spec"]["roles"]["worker"]
+    worker["replicas"] = 2
+    del worker["minReplicas"], worker["maxReplicas"]
+    worker["env"]["LEDGER_STEP_S"] = "0.2"
+    if resources:
+        worker["resources"] = resources
+    return spec
+
+
+def steps_left_at_sigterm(logs: str) -> list[int]:
+    """The steps at which workers left the job for a SIGTERM, as their logs say."""
+    return [int(step) for step in re.findall(r"left the job at step (\d+) \(SIGTERM\)", logs)]
+
+
 def events_of(client: Client, name: str, reason: str) -> list[str]:
     return [e.message for e in client.job_events(name) if e.reason == reason]
 
@@ -176,11 +193,7 @@ def test_a_preempted_job_resumes_from_the_step_it_reached(
     _, client = start_server("nodes:\n  - {name: n, cpu: 2, memory: 8Gi}\n")
     result = tmp_path / "low.json"
     low = backfill_job(catalog, result, "low", {"everySeconds": 3600})
-    worker = low["spec"]["roles"]["worker"]
-    worker.update({"replicas": 2, "resources": {"cpu": 1, "memory": "512Mi"}})
-    del worker["minReplicas"], worker["maxReplicas"]
-    worker["env"]["LEDGER_STEP_S"] = "0.2"
-    client.submit(low)
+    client.submit(two_slow_workers(low, cpu=1, memory="512Mi"))
     wait_for(lambda: stage_records(client, "low", "backfill") > 600, 120, "low to train")
 
     client.submit(script_job("urgent", "import time; time.sleep(2)", cpu=2, priority=100))
@@ -194,7 +207,7 @@ def test_a_preempted_job_resumes_from_the_step_it_reached(
 
     ledger_counts(result)
     logs = "\n".join(client.logs("low", role="worker", index=0))
-    reached = [int(step) for step in re.findall(r"left the job at step (\d+) \(SIGTERM\)", logs)]
+    reached = steps_left_at_sigterm(logs)
     assert reached, "\n".join(
         [
             logs[-3000:],
@@ -211,12 +224,7 @@ def test_a_suspended_job_resumes_from_the_step_it_reached_and_trains_every_recor
     catalog = make_table(tmp_path)
     _, client = start_server(CLUSTER)
     result = tmp_path / "nap.json"
-    spec = backfill_job(catalog, result, "nap", {"everySeconds": 3600})
-    worker = spec["spec"]["roles"]["worker"]
-    worker["replicas"] = 2
-    del worker["minReplicas"], worker["maxReplicas"]
-    worker["env"]["LEDGER_STEP_S"] = "0.2"
-    client.submit(spec)
+    client.submit(two_slow_workers(backfill_job(catalog, result, "nap", {"everySeconds": 3600})))
     wait_for(lambda: stage_records(client, "nap", "backfill") > 600, 120, "nap to train")
 
     client.suspend("nap")
@@ -227,7 +235,7 @@ def test_a_suspended_job_resumes_from_the_step_it_reached_and_trains_every_recor
 
     ledger_counts(result)
     logs = "\n".join(client.logs("nap", role="worker"))  # a worker may not have joined yet
-    reached = {int(step) for step in re.findall(r"left the job at step (\d+) \(SIGTERM\)", logs)}
+    reached = set(steps_left_at_sigterm(logs))
     assert len(reached) == 1, logs[-3000:]
     step = reached.pop()
     assert restored_step(client, "nap") == step > 0
