@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -172,6 +173,29 @@ def test_query_parameters_out_of_range_are_a_422_naming_the_parameter(
     [error] = errors_of(response)
     assert error["path"] == param
     assert error["message"].endswith("(a query parameter)")
+
+
+@pytest.mark.parametrize(
+    ("method", "route"),
+    [("GET", ""), ("DELETE", ""), ("POST", "/suspend"), ("GET", "/logs"), ("GET", "/events")],
+)
+def test_a_huge_or_binary_job_name_is_a_short_404(
+    runner: ServerRunner, method: str, route: str
+) -> None:
+    cases = [
+        ("n" * 10_000, None, "job 'nnnn"),
+        ("nap", "\x00" * 5_000, "job 'nap' not found in namespace '\\x00"),
+        ("a\x00b", None, "job 'a\\x00b' not found"),
+    ]
+    for name, namespace, start in cases:
+        params = {} if namespace is None else {"namespace": namespace}
+        url = f"{runner.url}{API}/jobs/{quote(name, safe='')}{route}"
+        response = httpx.request(method, url, params=params)
+
+        assert response.status_code == 404, response.text
+        message = response.json()["error"]["message"]
+        assert len(message) < 200 and "\x00" not in message, message
+        assert message.startswith(start), message
 
 
 def test_the_largest_int64_is_a_valid_event_id(runner: ServerRunner) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tidemill.api.limits import shown
+
 MAX_REPORTED = 50
 """Problems listed per refusal; a list of 100,000 bad items is reported by its first 50."""
 
@@ -87,6 +89,14 @@ def _message(item: Any, loc: list[str], known_fields: Mapping[str, str] | set[st
 
 class NotFoundError(LookupError):
     """The object named does not exist; the message says where we looked."""
+
+
+def job_not_found(name: str, namespace: str | None = None) -> NotFoundError:
+    """The one way to say a job does not exist; a name of any length or content is
+    echoed cut short and escaped (``shown``)."""
+    if namespace is None:
+        return NotFoundError(f"job {shown(name, 70)} not found; list jobs with `tidemill jobs`")
+    return NotFoundError(f"job {shown(name, 70)} not found in namespace {shown(namespace, 70)}")
 
 
 class ConflictError(Exception):

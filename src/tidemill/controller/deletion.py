@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
-from tidemill.api.errors import NotFoundError
+from tidemill.api.errors import job_not_found
 from tidemill.api.status import ReplicaPhase
 from tidemill.controller.rows import handle_of
 from tidemill.engines.base import Engine, ReplicaHandle
@@ -71,7 +71,7 @@ class Deleter:
         with self.store.transaction() as tx:
             row = tx.job(namespace, name)
             if row is None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+                raise job_not_found(name, namespace)
             now = self.clock()
             row.deleted_at = row.deleted_at or now
             row.message = f"deleted by {actor}"

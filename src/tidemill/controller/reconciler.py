@@ -24,7 +24,7 @@ from sqlalchemy.exc import OperationalError
 
 from tidemill.api.checkpoint import CheckpointPlan
 from tidemill.api.cluster import ClusterSpec, NodeSpec, QueueSpec, this_machine
-from tidemill.api.errors import ConflictError, NotFoundError, SpecError
+from tidemill.api.errors import ConflictError, SpecError, job_not_found
 from tidemill.api.job import TrainingJob
 from tidemill.api.status import ConditionType, JobPhase, JobView
 from tidemill.controller import suspension
@@ -274,7 +274,7 @@ class Controller:
         with self.store.transaction() as tx:
             row = tx.job(namespace, name)
             if row is None or row.deleted_at is not None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+                raise job_not_found(name, namespace)
             spec = self.spec_of(row)
             if role not in spec.spec.roles:
                 raise SpecError.single(
@@ -323,11 +323,11 @@ class Controller:
         with self.store.read() as tx:
             if namespace is not None:
                 if tx.job(namespace, name) is None:
-                    raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+                    raise job_not_found(name, namespace)
                 return namespace, name
             rows = tx.jobs_named(name)
         if not rows:
-            raise NotFoundError(f"job '{name}' not found; list jobs with `tidemill jobs`")
+            raise job_not_found(name)
         if len(rows) > 1:
             spaces = ", ".join(sorted(r.namespace for r in rows))
             raise ConflictError(
@@ -401,7 +401,7 @@ class Controller:
         with self.store.read() as tx:
             row = tx.job(namespace, name)
             if row is None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+                raise job_not_found(name, namespace)
             return self.launcher.checkpoint_plan(row.key, row.uid, self.spec_of(row))
 
     def spec_of(self, row: JobRow) -> TrainingJob:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tidemill.api.errors import ConflictError, NotFoundError
+from tidemill.api.errors import ConflictError, job_not_found
 from tidemill.api.status import JobPhase
 from tidemill.controller.conditions import transition
 from tidemill.store.store import Store, Tx
@@ -80,7 +80,7 @@ def resume(store: Store, clock: Callable[[], float], namespace: str, name: str, 
 def _found(tx: Tx, namespace: str, name: str) -> JobRow:
     job = tx.job(namespace, name)
     if job is None or job.deleted_at is not None:
-        raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+        raise job_not_found(name, namespace)
     return job
 
 

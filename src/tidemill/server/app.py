@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
 from tidemill import __version__
-from tidemill.api.errors import ConflictError, NotFoundError, SpecError
+from tidemill.api.errors import ConflictError, NotFoundError, SpecError, job_not_found
 from tidemill.api.job import TrainingJob
 from tidemill.api.limits import INT64_MAX
 from tidemill.api.loader import job_from_document
@@ -186,7 +186,7 @@ def create_app(
         with store.read() as tx:
             row = tx.job(namespace, name)
             if row is None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+                raise job_not_found(name, namespace)
             return job_view(row, job_usage(engine, row) if with_usage else None)
 
     @app.exception_handler(SpecError)
@@ -380,7 +380,7 @@ def create_app(
         with store.transaction() as tx:
             row = tx.job(ns, name)
             if row is None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{ns}'")
+                raise job_not_found(name, ns)
             row.master_state = body.state
         return body
 

@@ -29,7 +29,7 @@ from typing import Annotated
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from tidemill.api.errors import NotFoundError
+from tidemill.api.errors import job_not_found
 from tidemill.api.token import ALL_NAMESPACES, Role
 from tidemill.server.tokens import JobCredentials, describe, digest
 from tidemill.store.store import Store
@@ -200,7 +200,7 @@ class Guard:
         with self.store.read() as tx:
             row = tx.job(namespace, name)
             if row is None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+                raise job_not_found(name, namespace)
             return row.uid
 
 

@@ -26,7 +26,7 @@ from tidemill.api.debug import (
     StacksReport,
     ThreadView,
 )
-from tidemill.api.errors import ConflictError, NotFoundError
+from tidemill.api.errors import ConflictError, NotFoundError, job_not_found
 from tidemill.api.status import ReplicaPhase
 from tidemill.api.token import Role
 from tidemill.controller.reconciler import Controller
@@ -51,7 +51,7 @@ def debug_routes(guard: Guard, controller: Controller) -> APIRouter:
         with store.read() as tx:
             row = tx.job(namespace, name)
             if row is None:
-                raise NotFoundError(f"job '{name}' not found in namespace '{namespace}'")
+                raise job_not_found(name, namespace)
             replicas = sorted(row.replicas, key=lambda r: (r.role, r.index))
             live = [r for r in replicas if r.phase == ReplicaPhase.RUNNING]
             if not live:
