@@ -29,6 +29,9 @@ def test_suspend_stops_a_job_and_resume_runs_it_again(live: Live) -> None:
     assert [line.split()[1:5:3] for line in listed.stdout.splitlines()[1:]] == [
         ["nap", "Suspended"]
     ]
+    queues = tidemill(live, "queues").stdout.splitlines()
+    header, default = queues[0].split(), next(q for q in queues if q.startswith("default"))
+    assert default.split()[header.index("SUSPENDED") - len(header)] == "1", queues
     described = tidemill(live, "describe", "nap").stdout
     assert "Suspended" in described and "suspended by" in described
     again = tidemill(live, "suspend", "nap")

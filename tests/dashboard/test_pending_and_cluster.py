@@ -36,6 +36,9 @@ def test_a_job_too_big_shows_why_it_is_pending(page: Any, start_server: Any) -> 
         nodes = page.inner_text("#nodes")
         assert "gpu-1" in nodes and "A100" in nodes
         assert "ads" in page.inner_text("#queues")
+        # research runs notebook, waits with huge and has sweep suspended
+        research = page.inner_text("#queues tr:has-text('research')").split("\t")
+        assert [cell.strip() for cell in research[3:6]] == ["1", "1", "1"], research
         screenshot(page, "cluster")
 
         page.click("nav >> text=Jobs")

@@ -270,6 +270,7 @@ class QueueView(BaseModel):
     dominant_share: float = Field(description="DRF share of the cluster, divided by weight")
     pending: int
     running: int
+    suspended: int = Field(default=0, description="jobs waiting for a resume, outside the queue")
 
 
 class QueueUtilization(BaseModel):

@@ -231,7 +231,15 @@ def worker_split(workers: dict[str, int]) -> str:
 
 def queues_table(queues: Sequence[QueueView]) -> Table:
     table = plain_table(
-        "NAME", "WEIGHT", "GUARANTEED", "MAX", "ALLOCATED", "SHARE", "PENDING", "RUNNING"
+        "NAME",
+        "WEIGHT",
+        "GUARANTEED",
+        "MAX",
+        "ALLOCATED",
+        "SHARE",
+        "PENDING",
+        "RUNNING",
+        "SUSPENDED",
     )
     for queue in queues:
         table.add_row(
@@ -243,6 +251,7 @@ def queues_table(queues: Sequence[QueueView]) -> Table:
             f"{queue.dominant_share:.2f}",
             str(queue.pending),
             str(queue.running),
+            str(queue.suspended),
         )
     return table
 

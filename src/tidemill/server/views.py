@@ -195,6 +195,7 @@ def queue_views(
         for r in job.replicas:
             allocated[job.queue] = allocated.get(job.queue, ResourceVector()) + replica_usage(r)
     pending = {q: n for (q, phase), n in counts.items() if phase == JobPhase.PENDING.value}
+    suspended = {q: n for (q, phase), n in counts.items() if phase == JobPhase.SUSPENDED.value}
     views = []
     for row in queues:
         spec = QueueSpec.model_validate(row.spec)
@@ -213,6 +214,7 @@ def queue_views(
                 dominant_share=round(dominant_share(held, capacity) / spec.weight, 6),
                 pending=pending.get(spec.name, 0),
                 running=running.get(spec.name, 0),
+                suspended=suspended.get(spec.name, 0),
             )
         )
     return views
