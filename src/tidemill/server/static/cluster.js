@@ -19,7 +19,7 @@ export function mountCluster(el) {
       <div class="charts three" id="queue-charts"></div></section>
     <div class="grid-1-1">
       <section class="card"><h2>Pending jobs and why</h2><div id="pending"></div></section>
-      <section class="card"><h2>Queues</h2><div class="scroll"><table><thead><tr><th>queue</th><th>weight</th><th>DRF share</th><th>running</th><th>pending</th><th>suspended</th><th>cpu</th><th>memory</th><th>gpu</th></tr></thead><tbody id="queues"></tbody></table></div></section>
+      <section class="card"><h2>Queues</h2><div class="scroll"><table><thead><tr><th>queue</th><th>weight</th><th>DRF share</th><th>running</th><th>pending</th><th>cpu</th><th>memory</th><th>gpu</th></tr></thead><tbody id="queues"></tbody></table></div></section>
     </div>
     <section class="card"><h2>Nodes</h2><div class="scroll"><table><thead><tr><th>node</th><th>cpu</th><th>memory</th><th>gpu</th><th>per GPU (share in use)</th></tr></thead><tbody id="nodes"></tbody></table></div></section>`;
   let seconds = WINDOWS["1h"];
@@ -89,9 +89,9 @@ function drawQueues(host, queues) {
   host.innerHTML = queues.map((q) => {
     const cap = (r) => (q.max[r] == null ? "" : ` / max ${r === "memory" ? bytes(q.max[r]) : num(q.max[r])}`);
     return `<tr><td><b>${esc(q.name)}</b></td><td>${num(q.weight)}</td>
-      <td>${bar(q.dominant_share, most, q.dominant_share.toFixed(3))}</td><td>${q.running}</td><td class="${q.pending ? "warn" : ""}">${q.pending}</td><td>${q.suspended}</td>
+      <td>${bar(q.dominant_share, most, q.dominant_share.toFixed(3))}</td><td>${q.running}</td><td class="${q.pending ? "warn" : ""}">${q.pending}${q.suspended ? `<br><span class="muted">${q.suspended} suspended</span>` : ""}</td>
       <td>${num(q.allocated.cpu)}${cap("cpu")}</td><td>${bytes(q.allocated.memory)}${cap("memory")}</td><td>${num(q.allocated.gpu)}${cap("gpu")}</td></tr>`;
-  }).join("") || `<tr><td colspan="9">${empty("no queues")}</td></tr>`;
+  }).join("") || `<tr><td colspan="8">${empty("no queues")}</td></tr>`;
 }
 
 function drawNodes(host, nodes) {
