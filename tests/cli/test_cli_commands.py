@@ -388,6 +388,7 @@ def test_kubernetes_options_given_to_the_local_engine_exit_2_naming_them(tmp_pat
     ("option", "value", "problem"),
     [
         ("--advertise-url", "ftp://tidemill:8500", "its scheme is 'ftp', not http or https"),
+        ("--allow-host", "http://tm.example:80", "'http://tm.example:80' is not a DNS name"),
         ("--advertise-url", "http://[::1", "Invalid port"),
         ("--checkpoint-root", "s3://a::file:///b", "chained fsspec URLs (a::b) are not supported"),
         ("--store-url", "not a url", "SQLAlchemy cannot parse it"),
@@ -404,6 +405,17 @@ def test_a_server_option_that_cannot_work_exits_2_before_anything_starts(
     message = " ".join(line.strip(" │╭╮╰╯─") for line in result.output.splitlines())
     assert f"Invalid value for '{option}'" in message and problem in " ".join(message.split())
     assert "hunter2" not in result.output, "a store URL's password is never echoed"
+    assert not any(tmp_path.iterdir()), "nothing started"
+
+
+def test_allow_host_on_a_server_beyond_loopback_exits_2_saying_it_is_not_needed(
+    tmp_path: Path,
+) -> None:
+    argv = ["server", "--state-dir", str(tmp_path), "--host", "0.0.0.0", "--auth"]
+    result = runner.invoke(app, [*argv, "--allow-host", "tm.example"])
+
+    assert_one_line_error(result, 2, "--allow-host is for a server on loopback")
+    assert "answers every name already" in result.stderr
     assert not any(tmp_path.iterdir()), "nothing started"
 
 

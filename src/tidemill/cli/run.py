@@ -91,6 +91,17 @@ def _checked_checkpoint_root(value: str | None) -> str | None:
     return value
 
 
+def _checked_host_names(names: list[str] | None) -> list[str] | None:
+    """``--allow-host`` names, refused at start when one is no DNS name."""
+    from tidemill.server.origins import UnusableHostName, answered_names
+
+    try:
+        answered_names("127.0.0.1", names or ())
+    except UnusableHostName as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--allow-host ")) from None
+    return names
+
+
 @reports_errors
 def server(
     state_dir: Annotated[
@@ -123,6 +134,16 @@ def server(
             "--insecure", help="Serve a non-loopback --host without auth (trusted networks only)."
         ),
     ] = False,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-host",
+            callback=_checked_host_names,
+            help="A name requests may be addressed to besides localhost, 127.0.0.1 and ::1 "
+            "(a proxy's; repeat for more). A server on loopback refuses other names, so a web "
+            "page cannot reach it through a DNS name pointed at this machine.",
+        ),
+    ] = None,
     engine: EngineOption = DEFAULT_ENGINE,
     namespace: KubeNamespaceOption = None,
     default_image: ImageOption = None,
@@ -156,9 +177,11 @@ def server(
     """Run the control plane until Ctrl-C or SIGTERM.
 
     On loopback it runs open unless --auth is given; on any other address it needs
-    --auth (or --insecure) and exits 2 otherwise.
+    --auth (or --insecure) and exits 2 otherwise. In every mode it refuses changes
+    requested by another site's web page.
     """
     from tidemill.server.limits import Limits
+    from tidemill.server.origins import UnusableHostName
     from tidemill.server.runner import InsecureServer, ServerRunner
 
     options = engine_options(
@@ -186,8 +209,9 @@ def server(
             advertise_url=advertise_url,
             checkpoint_root=checkpoint_root,
             limits=Limits(metric_reports_per_job=metrics_history),
+            allow_hosts=allow_host or (),
         )
-    except InsecureServer as exc:
+    except (InsecureServer, UnusableHostName) as exc:
         fail(str(exc), code=EXIT_INVALID)
     except (OSError, RuntimeError) as exc:
         fail(str(exc))

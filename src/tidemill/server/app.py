@@ -59,6 +59,7 @@ from tidemill.server.middleware import (
     error_body,
     request_errors,
 )
+from tidemill.server.origins import BrowserGuard
 from tidemill.server.parse_pool import ParsePool
 from tidemill.server.token_routes import token_routes
 from tidemill.server.usage import job_usage
@@ -151,11 +152,13 @@ def create_app(
     guard: Guard | None = None,
     limits: Limits | None = None,
     parser: ParsePool | None = None,
+    host_names: frozenset[str] | None = None,
 ) -> FastAPI:
     """The HTTP face of one controller. All handlers are thin: parse, call, render.
 
     ``guard`` decides who may call what (see server/auth.py); None serves every caller.
-    ``parser`` parses submitted job files (its owner closes it).
+    ``parser`` parses submitted job files (its owner closes it). ``host_names``: the
+    names requests may be addressed to (None: any; see server/origins.py).
     """
     store = controller.store
     engine = controller.engine
@@ -177,6 +180,7 @@ def create_app(
     )
     app.router.route_class = BoundedJsonRoute
     app.add_middleware(BodyLimit, max_bytes=limits.body_bytes)
+    app.add_middleware(BrowserGuard, names=host_names)
     app.add_middleware(CatchAll)
     app.add_middleware(ServerTiming)
     add_docs(app)

@@ -19,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from tidemill.server.app import create_app
 from tidemill.server.auth import Guard, is_loopback
 from tidemill.server.limits import Limits
 from tidemill.server.metrics import make_registry
+from tidemill.server.origins import answered_names
 from tidemill.server.parse_pool import ParsePool
 from tidemill.server.tokens import JobCredentials, bootstrap_admin
 from tidemill.server.utilization import INTERVAL_S as UTILIZATION_INTERVAL_S
@@ -139,8 +140,10 @@ class ServerRunner:
         advertise_url: str | None = None,
         checkpoint_root: str | None = None,
         utilization_interval_s: float = UTILIZATION_INTERVAL_S,
+        allow_hosts: Sequence[str] = (),
     ) -> None:
-        """Raises InsecureServer (a non-loopback host without auth or --insecure) and
+        """Raises InsecureServer (a non-loopback host without auth or --insecure),
+        UnusableHostName (see ``allow_hosts``) and
         CannotStart (the state folder or the store cannot be written). ``engine`` names
         what runs the replicas (see :func:`tidemill.engines.engine_names`); its state
         lives in ``state_dir`` and ``engine_options`` go to its constructor.
@@ -149,10 +152,13 @@ class ServerRunner:
         of jobs that name no ``checkpoint.dir`` (default: ``checkpoints`` in the state
         folder on the local engine; none elsewhere, where replicas do not share it).
         ``utilization_interval_s``: how often the cluster's use is sampled into the store
-        for the dashboard's charts."""
+        for the dashboard's charts. ``allow_hosts``: names besides loopback's (and
+        ``advertise_url``'s) that a server on loopback answers (a proxy's; see
+        server/origins.py)."""
         check_engine_name(engine)
         if not auth and not insecure and not is_loopback(host):
             raise InsecureServer(host)
+        host_names = answered_names(host, allow_hosts, advertise_url)
         self.state_dir = (state_dir or DEFAULT_STATE_DIR).expanduser().resolve()
         check_writable(self.state_dir)
         cluster = load_cluster_file(cluster_file) if cluster_file else ClusterSpec()
@@ -204,7 +210,14 @@ class ServerRunner:
                 attach(self.controller)
             guard = Guard(self.store, credentials, self.controller.resolve, enabled=auth)
             self.parser = ParsePool()
-            self.app = create_app(self.controller, registry, guard, limits, self.parser)
+            self.app = create_app(
+                self.controller,
+                registry,
+                guard,
+                limits,
+                self.parser,
+                host_names=host_names,
+            )
             uvicorn_config = uvicorn.Config(
                 self.app,
                 host=host,
