@@ -49,6 +49,14 @@ export async function get(path, signal) {
   return response.json();
 }
 
+/** Ask for a change (POST, DELETE) with this tab's token; the server's answer, or
+ * ApiError with its message (a 403 says what the token lacks). */
+export async function send(method, path) {
+  const response = await fetch(path, { method, headers: headers() });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
 /** Read a text stream (a followed log) chunk by chunk until it ends or `signal` aborts. */
 export async function stream(path, onText, signal) {
   const response = await fetch(path, { headers: headers(), signal });

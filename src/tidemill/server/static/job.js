@@ -1,5 +1,6 @@
 // One job's page (#/jobs/NAMESPACE/NAME): status, replicas and their use, training
 // metrics, logs, events, elastic history, data insight and stacks, all live.
+import { JobActions } from "./actions.js";
 import { ApiError, get, jobPath } from "./api.js";
 import { age, bytes, clock, duration, empty, esc, notice, num, phase } from "./format.js";
 import { ElasticHistory } from "./elastic.js";
@@ -14,7 +15,7 @@ const KEEP_EVENTS = 5000;
 
 export function mountJob(el, { namespace, name }) {
   el.innerHTML = `
-    <div id="summary"></div>
+    <div class="job-head card"><div class="actions" id="actions"></div><div id="summary"></div></div>
     <section class="card"><h2>Replicas</h2><div class="scroll"><table class="replicas"><thead><tr>
       <th>replica</th><th>phase</th><th>node</th><th>pid / pod</th><th>restarts</th><th>cpu</th><th>memory</th><th>gpu</th><th>started</th><th>message</th>
       </tr></thead><tbody id="replicas"></tbody></table></div></section>
@@ -33,6 +34,7 @@ export function mountJob(el, { namespace, name }) {
   const metrics = new MetricCharts(el.querySelector("#metrics"), el.querySelector("#metrics-note"), path);
   const elastic = new ElasticHistory(el.querySelector("#elastic"));
   const stacks = new StacksPanel(el.querySelector("#stacks"), path);
+  const actions = new JobActions(el.querySelector("#actions"), name, path, () => stopPolling.now());
   const events = [];
   let lastEvent = 0;
   let failed = false;
@@ -57,6 +59,7 @@ export function mountJob(el, { namespace, name }) {
     if (events.length > KEEP_EVENTS) events.splice(0, events.length - KEEP_EVENTS);
     if (fresh.items.length) lastEvent = fresh.items[fresh.items.length - 1].id;
     drawSummary(el.querySelector("#summary"), job);
+    actions.update(job);
     drawReplicas(el.querySelector("#replicas"), job, (replica) => logs.select(replica));
     drawData(el.querySelector("#data"), job.data);
     if (fresh.items.length || !events.length) {
@@ -78,13 +81,12 @@ function drawSummary(host, job) {
     `<span class="chip ${c.status ? "on" : "off"}" title="${esc(c.message)} (${clock(c.last_transition_time)})">${esc(c.type)}${c.reason ? `: ${esc(c.reason)}` : ""}</span>`).join("");
   const desired = Object.entries(job.desired).map(([r, n]) => `${esc(r)} ×${n}`).join(", ");
   const ran = job.started_at ? duration((job.finished_at || Date.now() / 1000) - job.started_at) : "–";
-  host.innerHTML = `<div class="job-head card">
-    <div class="title"><a href="#/" class="muted">jobs</a> / <span class="muted">${esc(job.namespace)}</span> / <h1>${esc(job.name)}</h1> ${phase(job.phase)}</div>
+  host.innerHTML = `<div class="title"><a href="#/" class="muted">jobs</a> / <span class="muted">${esc(job.namespace)}</span> / <h1>${esc(job.name)}</h1> ${phase(job.phase)}</div>
     <dl class="facts"><div><dt>queue</dt><dd>${esc(job.queue)}</dd></div><div><dt>priority</dt><dd>${job.priority}</dd></div>
       <div><dt>mode</dt><dd>${esc(job.mode)}</dd></div><div><dt>replicas</dt><dd>${desired}</dd></div>
       <div><dt>created</dt><dd>${age(job.created_at)} ago</dd></div><div><dt>running for</dt><dd>${ran}</dd></div></dl>
     ${job.message && job.message !== job.pending_reason?.message ? `<p class="message">${esc(job.message)}</p>` : ""}
-    ${pending}<div class="chips">${conditions}</div></div>`;
+    ${pending}<div class="chips">${conditions}</div>`;
 }
 
 function gpuCell(replica) {

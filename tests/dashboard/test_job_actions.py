@@ -1,0 +1,74 @@
+"""A job's page suspends, resumes and deletes the job with the tab's token, as the CLI
+would; a token that may not shows the server's refusal and changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.dashboard.conftest import screenshot, sleeper
+from tests.e2e.harness import wait_for
+from tidemill.client import Client
+
+
+def phase_of(client: Client, name: str) -> str | None:
+    found = [job.phase for job in client.jobs(namespace="ads") if job.name == name]
+    return found[0] if found else None
+
+
+def sign_in(page: Any, url: str, token: str, job: str) -> None:
+    page.goto(f"{url}/#token={token}")
+    page.goto(f"{url}/#/jobs/ads/{job}")
+
+
+def test_an_editor_suspends_resumes_and_deletes_a_job_from_its_page(
+    page: Any, start_server: Any
+) -> None:
+    server = start_server(auth=True)
+    admin = server.admin_token_file.read_text().strip()
+    with Client(server.url, token=admin) as client:
+        client.submit(sleeper("mine", namespace="ads", queue="ads"))
+        editor = client.create_token("ads", role="editor", name="bob").token
+        wait_for(lambda: phase_of(client, "mine") == "Running", 30, "mine to run")
+
+        sign_in(page, server.url, editor, "mine")
+        page.wait_for_selector(".job-head .badge.phase-Running")
+        assert page.is_disabled("button:has-text('Resume')")
+        page.click("button:has-text('Suspend')")
+        page.wait_for_selector(".job-head .badge.phase-Suspended", timeout=60_000)
+        assert phase_of(client, "mine") == "Suspended"
+        assert not client.get("mine", "ads").replicas
+        assert page.is_disabled("button:has-text('Suspend')")
+        screenshot(page, "suspended")
+
+        page.click("button:has-text('Resume')")
+        page.wait_for_selector(".job-head .badge.phase-Running", timeout=60_000)
+        assert phase_of(client, "mine") == "Running"
+        resumed = [e.message for e in client.job_events("mine", "ads") if e.reason == "Resumed"]
+        assert resumed and "token 'bob'" in resumed[-1], resumed
+
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.click("button:has-text('Delete')")
+        assert phase_of(client, "mine") == "Running", "a dismissed confirmation deletes nothing"
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button:has-text('Delete')")
+        page.wait_for_url("**/#/")
+        wait_for(lambda: phase_of(client, "mine") is None, 30, "mine to be deleted")
+
+
+def test_a_viewer_is_shown_the_refusal_and_the_job_runs_on(page: Any, start_server: Any) -> None:
+    server = start_server(auth=True)
+    admin = server.admin_token_file.read_text().strip()
+    with Client(server.url, token=admin) as client:
+        client.submit(sleeper("theirs", namespace="ads", queue="ads"))
+        viewer = client.create_token("ads", role="viewer", name="carol").token
+        wait_for(lambda: phase_of(client, "theirs") == "Running", 30, "theirs to run")
+
+        sign_in(page, server.url, viewer, "theirs")
+        page.wait_for_selector(".job-head .badge.phase-Running")
+        page.click("button:has-text('Suspend')")
+        refusal = page.wait_for_selector(".action-state.warn").inner_text()
+
+        assert refusal.startswith("cannot suspend: ") and "carol" in refusal, refusal
+        assert "viewer" in refusal and "suspend jobs" in refusal, refusal
+        assert phase_of(client, "theirs") == "Running"
+        assert "Suspending" not in [e.reason for e in client.job_events("theirs", "ads")]
