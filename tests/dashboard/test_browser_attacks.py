@@ -104,7 +104,7 @@ def test_a_page_on_another_site_can_neither_submit_nor_suspend(
     </script>""".encode()
 
     resolving_page.goto(f"http://{ATTACKER}:{site.server_address[1]}/")
-    resolving_page.wait_for_function("document.title === 'sent 2'")
+    resolving_page.wait_for_function("() => document.title === 'sent 2'")
 
     assert jobs_and_phases(server) == {"victim": "Running"}
     assert not marker.exists()
@@ -138,3 +138,28 @@ def test_a_name_rebound_to_this_machine_is_refused_while_the_dashboard_works(
     assert status == 201, text
     assert list(jobs_and_phases(server)) == ["mine"]
     assert not marker.exists()
+
+
+def test_a_page_on_another_site_cannot_frame_the_dashboard_nor_run_script_in_it(
+    resolving_page: Any,
+    start_server: Any,
+    attacker_site: tuple[ThreadingHTTPServer, dict[str, bytes]],
+) -> None:
+    server = start_server()
+    site, pages = attacker_site
+    pages["/"] = f"""<!doctype html><title>click to win</title>
+      <iframe src="{server.url}/#/" width="800" height="600"></iframe>""".encode()
+
+    resolving_page.goto(f"http://{ATTACKER}:{site.server_address[1]}/")
+    framed = resolving_page.frames[1]
+    assert framed.query_selector("header .brand") is None, "the dashboard rendered in a frame"
+
+    resolving_page.goto(f"{server.url}/#/")
+    resolving_page.wait_for_selector("header .brand")
+    resolving_page.evaluate(
+        """document.querySelector("#status").innerHTML =
+             '<img src="data:," onerror="window.injected = 1">' +
+             '<img src="data:," onload="window.injected = 1">'"""
+    )
+    resolving_page.wait_for_timeout(500)
+    assert resolving_page.evaluate("window.injected") is None, "an inline handler ran"

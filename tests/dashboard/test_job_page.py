@@ -90,7 +90,7 @@ def test_job_page_shows_a_training_job_live(page: Any, start_server: Any, tmp_pa
         assert page.locator('figure[data-metric="samples_per_s"]').count() == 1
 
         page.wait_for_function(
-            "/step \\d+ loss/.test(document.querySelector('#log-lines').innerText)"
+            "() => /step \\d+ loss/.test(document.querySelector('#log-lines').innerText)"
         )
         logged = last_logged_step(page)
         wait_for(lambda: last_logged_step(page) >= logged + 20, 30, "a new log line followed")
@@ -98,7 +98,7 @@ def test_job_page_shows_a_training_job_live(page: Any, start_server: Any, tmp_pa
         assert "worker-0" in replicas and "worker-1" in replicas and "Running" in replicas
 
         page.fill("#log-search", f"step {logged + 10} ")
-        page.wait_for_function("document.querySelectorAll('#log-lines mark').length >= 1")
+        page.wait_for_function("() => document.querySelectorAll('#log-lines mark').length >= 1")
         shown = page.inner_text("#log-lines").splitlines()
         assert shown and all(f"step {logged + 10} " in line for line in shown), shown
         page.fill("#log-search", "")
@@ -112,6 +112,6 @@ def test_job_page_shows_a_training_job_live(page: Any, start_server: Any, tmp_pa
         groups = [group.inner_text() for group in page.query_selector_all(".stack-group")]
         assert any("worker 0" in group for group in groups), groups
         page.fill("#log-search", "loss")
-        page.wait_for_function("document.querySelectorAll('#log-lines mark').length >= 3")
+        page.wait_for_function("() => document.querySelectorAll('#log-lines mark').length >= 3")
         page.evaluate("window.scrollTo(0, 0)")
         screenshot(page, "job")

@@ -31,7 +31,7 @@ def test_a_job_too_big_shows_why_it_is_pending(page: Any, start_server: Any) -> 
         page.wait_for_selector(".pending-list >> text=research/huge")
         assert "10" in page.inner_text("#pending")
         page.wait_for_function(
-            "document.querySelector('#util-note').textContent.match(/^\\d\\d+ samples/)"
+            "() => document.querySelector('#util-note').textContent.match(/^\\d\\d+ samples/)"
         )
         nodes = page.inner_text("#nodes")
         assert "gpu-1" in nodes and "A100" in nodes
@@ -46,7 +46,7 @@ def test_a_job_too_big_shows_why_it_is_pending(page: Any, start_server: Any) -> 
         assert page.inner_text(".tile.phase-Suspended").split() == ["1", "suspended"]
         screenshot(page, "jobs")
         page.click(".tile.phase-Suspended")
-        page.wait_for_function("document.querySelectorAll('#jobs tr').length === 1")
+        page.wait_for_function("() => document.querySelectorAll('#jobs tr').length === 1")
         shown = page.inner_text("#jobs")
         assert "research/sweep" in shown and "Suspended" in shown, shown
         page.click(".tile.phase-Suspended")

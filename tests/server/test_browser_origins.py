@@ -101,6 +101,20 @@ def test_the_cli_the_sdk_and_the_servers_own_pages_may_change_jobs(server: Serve
         assert http.delete("/api/v1/jobs/probe", headers=typed).status_code == 200
 
 
+def test_no_answer_may_be_framed_and_the_dashboard_runs_only_its_own_scripts(
+    server: ServerRunner,
+) -> None:
+    with httpx.Client(base_url=server.url) as http:
+        answers = [http.get("/"), http.get("/api/v1/jobs"), http.get("/docs"), http.get("/nope")]
+        answers.append(http.post("/api/v1/jobs", headers={"Origin": "http://evil.example"}))
+
+    for answer in answers:
+        assert answer.headers["x-frame-options"] == "DENY", answer.request.url
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    policy = answers[0].headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "frame-ancestors 'none'" in policy
+
+
 @pytest.mark.parametrize(
     "host",
     ["localhost", "LOCALHOST:{port}", "127.0.0.1:{port}", "127.0.0.2", "tidemill.example:{port}"],

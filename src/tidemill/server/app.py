@@ -59,7 +59,7 @@ from tidemill.server.middleware import (
     error_body,
     request_errors,
 )
-from tidemill.server.origins import BrowserGuard
+from tidemill.server.origins import DASHBOARD_POLICY, BrowserGuard
 from tidemill.server.parse_pool import ParsePool
 from tidemill.server.token_routes import token_routes
 from tidemill.server.usage import job_usage
@@ -239,7 +239,9 @@ def create_app(
     def dashboard() -> FileResponse:
         """The dashboard's page; its pages (jobs, one job, cluster) are routed in the
         browser by the address's fragment, so ``/#/jobs/NS/NAME`` is a deep link."""
-        return FileResponse(STATIC / "index.html")
+        return FileResponse(
+            STATIC / "index.html", headers={"Content-Security-Policy": DASHBOARD_POLICY}
+        )
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

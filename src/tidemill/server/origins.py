@@ -16,7 +16,9 @@ API as its own origin (DNS rebinding). Two rules stop both:
 
 A token in a header cannot be sent by another site's page without the server's CORS
 consent (tidemill gives none), so a server with ``--auth`` is safe from both already;
-the Origin rule holds for it too, so one rule covers every mode.
+the Origin rule holds for it too, so one rule covers every mode. Every answer also
+forbids framing (a page could lay the dashboard's buttons under its own) and content
+sniffing; the dashboard's page carries a Content-Security-Policy (``DASHBOARD_POLICY``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tidemill.api.limits import shown
 from tidemill.server.auth import is_loopback
@@ -38,6 +40,14 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 answer without CORS consent)."""
 FOREIGN_FETCH_SITES = frozenset({"cross-site", "same-site"})
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
+_EVERY_ANSWER = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff")]
+DASHBOARD_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+"""The dashboard's Content-Security-Policy: its own scripts only (no inline script, no
+eval), so text that slipped past escaping cannot run; inline styles are its bars'."""
 _LABEL = "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 """A DNS name as ``--allow-host`` takes it (lowercase letters, digits, hyphens, dots)."""
@@ -109,12 +119,18 @@ class BrowserGuard:
         headers = Headers(scope=scope)
         host = headers.get("host", "")
         refusal = self._foreign_host(host) or _foreign_write(scope["method"], headers, host)
+
+        async def guarded(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *_EVERY_ANSWER]
+            await send(message)
+
         if refusal is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, guarded)
             return
-        code, message = refusal
-        response = JSONResponse(error_body(code, message, []), 403)
-        await response(scope, receive, send)
+        code, text = refusal
+        response = JSONResponse(error_body(code, text, []), 403)
+        await response(scope, receive, guarded)
 
     def _foreign_host(self, host: str) -> tuple[str, str] | None:
         if self.names is None or not host:
@@ -148,4 +164,11 @@ def _foreign_write(method: str, headers: Headers, host: str) -> tuple[str, str] 
     )
 
 
-__all__ = ["BrowserGuard", "UnusableHostName", "answered_names", "host_name", "same_origin"]
+__all__ = [
+    "DASHBOARD_POLICY",
+    "BrowserGuard",
+    "UnusableHostName",
+    "answered_names",
+    "host_name",
+    "same_origin",
+]

@@ -99,14 +99,16 @@ function drawReplicas(host, job, onPick) {
   host.innerHTML = job.replicas.length ? job.replicas.map((r) => {
     const name = `${r.role}-${r.index}`;
     const started = r.started_at ? `${age(r.started_at)} ago` : "–";
-    return `<tr><td><a href="javascript:void 0" data-replica="${esc(name)}" title="show its log">${esc(name)}</a></td>
+    return `<tr><td><a href="#" data-replica="${esc(name)}" title="show its log">${esc(name)}</a></td>
       <td>${phase(r.phase)}</td><td>${esc(r.node || "–")}</td><td>${esc(r.pod ?? r.pid ?? "–")}</td>
       <td class="${r.restarts ? "warn" : ""}">${r.restarts}</td>
       <td>${r.usage?.cpu_cores == null ? "–" : `${num(r.usage.cpu_cores)} cores`}</td>
       <td>${r.usage ? bytes(r.usage.memory_bytes) : "–"}</td><td>${gpuCell(r)}</td>
       <td>${started}</td><td class="muted clip" title="${esc(r.message)}">${esc(r.message || (r.exit_code != null ? `exit ${r.exit_code}` : ""))}</td></tr>`;
   }).join("") : `<tr><td colspan="10">${empty(job.phase === "Pending" ? "no replicas yet: the job waits for room (see why above)" : job.phase === "Suspended" ? "no replicas: the job is suspended (tidemill resume queues it again)" : "no replicas")}</td></tr>`;
-  for (const a of host.querySelectorAll("a[data-replica]")) a.onclick = () => onPick(a.dataset.replica);
+  for (const a of host.querySelectorAll("a[data-replica]")) {
+    a.onclick = (event) => { event.preventDefault(); onPick(a.dataset.replica); };
+  }
 }
 
 function drawData(host, data) {
