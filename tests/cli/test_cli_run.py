@@ -62,6 +62,34 @@ def test_run_says_where_its_server_is_and_streams_the_job(tmp_path: Path) -> Non
     assert any(line.startswith("job default/hello Succeeded in ") for line in lines)
 
 
+def test_run_makes_its_state_folder_private_and_warns_of_one_others_can_read(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "hello.py").write_text("print('hello')\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "metadata: {name: hello}\n"
+        "spec: {roles: {worker: {replicas: 1, resources: {cpu: 0.1}, "
+        "command: [python, hello.py]}}}\n"
+    )
+    fresh, shared = tmp_path / "runs" / "fresh", tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    env = {"TIDEMILL_WARM_START": "0"}
+    made = CliRunner().invoke(app, ["run", str(job), "--state-dir", str(fresh)], env=env)
+    found = CliRunner().invoke(app, ["run", str(job), "--state-dir", str(shared)], env=env)
+
+    assert made.exit_code == 0 and found.exit_code == 0, made.output + found.output
+    assert fresh.stat().st_mode & 0o777 == 0o700
+    assert "warning" not in made.stderr
+    assert (
+        f"warning: the state folder {shared} is open to other users of this machine "
+        f"(mode 0755): they can read every job's spec, environment and logs there; "
+        f"`chmod 700 {shared}` closes it"
+    ) in found.stderr
+    assert shared.stat().st_mode & 0o777 == 0o755, "a folder someone made keeps its mode"
+
+
 def test_run_shows_each_event_of_a_job_master_once(tmp_path: Path) -> None:
     """The master also writes each event it posts to its log; the watch prints the event
     alone (with its time), not the echo as well."""

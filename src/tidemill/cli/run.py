@@ -217,6 +217,8 @@ def server(
         fail(str(exc))
     mode = "auth on" if auth else "auth OFF: every caller may do anything"
     say(f"tidemill server on {runner.url} ({mode}; state in {state_dir}); Ctrl-C stops it")
+    if runner.exposure is not None:
+        say(f"warning: {runner.exposure}")
     if runner.admin_token_file is not None:
         say(
             f"admin token written to {runner.admin_token_file} (mode 0600); use it with "
@@ -297,6 +299,8 @@ def run(
         say(
             f"tidemill server on {url}: dashboard {url}/, API docs {url}/docs; state in {state_dir}"
         )
+        if runner.exposure is not None:
+            say(f"warning: {runner.exposure}")
         for warning in missing_scripts(job):
             say(f"warning: {file}: {warning}")
         client = stack.enter_context(Client(url))

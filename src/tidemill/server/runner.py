@@ -17,6 +17,7 @@ import gc
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -40,7 +41,7 @@ from tidemill.server.parse_pool import ParsePool
 from tidemill.server.tokens import JobCredentials, bootstrap_admin
 from tidemill.server.utilization import INTERVAL_S as UTILIZATION_INTERVAL_S
 from tidemill.server.utilization import UtilizationRecorder
-from tidemill.store.store import Store, StoreUnavailable, sqlite_url
+from tidemill.store.store import PRIVATE_FOLDER_MODE, Store, StoreUnavailable, sqlite_url
 
 DEFAULT_STATE_DIR = Path.home() / ".tidemill"
 PROBE_FILE_BYTES = 64 * 1024
@@ -85,10 +86,11 @@ _BIND_HINTS = {
 
 
 def check_writable(folder: Path) -> None:
-    """Create ``folder`` and write (and remove) a small file there, or say why not."""
+    """Create ``folder`` (private: see :func:`exposure`) and write (and remove) a small
+    file there, or say why not."""
     probe = folder / f".write-check-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
         with open(probe, "wb") as handle:
             handle.write(bytes(PROBE_FILE_BYTES))
             handle.flush()
@@ -100,6 +102,24 @@ def check_writable(folder: Path) -> None:
         raise CannotStart(
             f"cannot write the state folder {folder}: {exc.strerror or exc}"
         ) from None
+
+
+def exposure(folder: Path) -> str | None:
+    """Why ``folder`` is open to other users of this machine, or None.
+
+    The state folder holds every job's spec (its environment values too), the replicas'
+    logs and, on the local engine, the checkpoints: a folder tidemill creates is the
+    owner's alone (0700). One that already was there keeps its mode, and the server says
+    how to close it rather than change a mode someone chose.
+    """
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    if not mode & 0o077:
+        return None
+    return (
+        f"the state folder {folder} is open to other users of this machine (mode "
+        f"{mode:04o}): they can read every job's spec, environment and logs there; "
+        f"`chmod 700 {folder}` closes it"
+    )
 
 
 class InsecureServer(ValueError):
@@ -161,6 +181,8 @@ class ServerRunner:
         host_names = answered_names(host, allow_hosts, advertise_url)
         self.state_dir = (state_dir or DEFAULT_STATE_DIR).expanduser().resolve()
         check_writable(self.state_dir)
+        self.exposure = exposure(self.state_dir)
+        """Why the state folder is open to other users, or None (see :func:`exposure`)."""
         cluster = load_cluster_file(cluster_file) if cluster_file else ClusterSpec()
         self.host = host
         self._socket = listening_socket(host, port)

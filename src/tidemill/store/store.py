@@ -79,8 +79,13 @@ def cannot_write_cause(exc: DBAPIError) -> str | None:
     return reason if isinstance(exc, OperationalError) else None
 
 
+PRIVATE_FOLDER_MODE = 0o700
+"""A state folder tidemill creates is its owner's alone: jobs' specs, logs and
+checkpoints lie in it."""
+
+
 def sqlite_url(state_dir: Path) -> str:
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=PRIVATE_FOLDER_MODE, parents=True, exist_ok=True)
     return f"sqlite:///{state_dir / 'tidemill.db'}"
 
 
@@ -486,6 +491,7 @@ class Store:
 
 
 __all__ = [
+    "PRIVATE_FOLDER_MODE",
     "EventRow",
     "JobListing",
     "JobRow",
@@ -497,4 +503,5 @@ __all__ = [
     "TokenRow",
     "Tx",
     "cannot_write_cause",
+    "sqlite_url",
 ]
