@@ -215,10 +215,15 @@ def server(
         fail(str(exc), code=EXIT_INVALID)
     except (OSError, RuntimeError) as exc:
         fail(str(exc))
-    mode = "auth on" if auth else "auth OFF: every caller may do anything"
+    if auth:
+        mode = "auth on"
+    elif runner.own_user is not None:
+        mode = f"auth OFF: open to its own user (uid {runner.own_user}) only"
+    else:
+        mode = "auth OFF: every caller may do anything"
     say(f"tidemill server on {runner.url} ({mode}; state in {state_dir}); Ctrl-C stops it")
-    if runner.exposure is not None:
-        say(f"warning: {runner.exposure}")
+    for warning in runner.warnings:
+        say(f"warning: {warning}")
     if runner.admin_token_file is not None:
         say(
             f"admin token written to {runner.admin_token_file} (mode 0600); use it with "
@@ -299,8 +304,8 @@ def run(
         say(
             f"tidemill server on {url}: dashboard {url}/, API docs {url}/docs; state in {state_dir}"
         )
-        if runner.exposure is not None:
-            say(f"warning: {runner.exposure}")
+        for warning in runner.warnings:
+            say(f"warning: {warning}")
         for warning in missing_scripts(job):
             say(f"warning: {file}: {warning}")
         client = stack.enter_context(Client(url))

@@ -61,6 +61,7 @@ from tidemill.server.middleware import (
 )
 from tidemill.server.origins import DASHBOARD_POLICY, BrowserGuard
 from tidemill.server.parse_pool import ParsePool
+from tidemill.server.peers import OwnUserOnly
 from tidemill.server.token_routes import token_routes
 from tidemill.server.usage import job_usage
 from tidemill.server.utilization import MAX_POINTS, RETENTION_S, point_of
@@ -153,12 +154,15 @@ def create_app(
     limits: Limits | None = None,
     parser: ParsePool | None = None,
     host_names: frozenset[str] | None = None,
+    own_user: int | None = None,
 ) -> FastAPI:
     """The HTTP face of one controller. All handlers are thin: parse, call, render.
 
     ``guard`` decides who may call what (see server/auth.py); None serves every caller.
     ``parser`` parses submitted job files (its owner closes it). ``host_names``: the
     names requests may be addressed to (None: any; see server/origins.py).
+    ``own_user``: the only uid whose loopback connections are served (None: any; see
+    server/peers.py).
     """
     store = controller.store
     engine = controller.engine
@@ -181,6 +185,7 @@ def create_app(
     app.router.route_class = BoundedJsonRoute
     app.add_middleware(BodyLimit, max_bytes=limits.body_bytes)
     app.add_middleware(BrowserGuard, names=host_names)
+    app.add_middleware(OwnUserOnly, uid=own_user)
     app.add_middleware(CatchAll)
     app.add_middleware(ServerTiming)
     add_docs(app)

@@ -38,6 +38,7 @@ from tidemill.server.limits import Limits
 from tidemill.server.metrics import make_registry
 from tidemill.server.origins import answered_names
 from tidemill.server.parse_pool import ParsePool
+from tidemill.server.peers import can_tell_users
 from tidemill.server.tokens import JobCredentials, bootstrap_admin
 from tidemill.server.utilization import INTERVAL_S as UTILIZATION_INTERVAL_S
 from tidemill.server.utilization import UtilizationRecorder
@@ -122,6 +123,15 @@ def exposure(folder: Path) -> str | None:
     )
 
 
+def _unguarded(auth: bool, host: str, own_user: int | None) -> str | None:
+    if auth or own_user is not None or not is_loopback(host):
+        return None
+    return (
+        "this machine cannot tell which user calls (no Linux sock_diag), so every user of "
+        "it may use this open server; on a shared machine, start it with --auth"
+    )
+
+
 class InsecureServer(ValueError):
     """Listening beyond loopback with auth off was asked for without ``insecure``."""
 
@@ -181,8 +191,16 @@ class ServerRunner:
         host_names = answered_names(host, allow_hosts, advertise_url)
         self.state_dir = (state_dir or DEFAULT_STATE_DIR).expanduser().resolve()
         check_writable(self.state_dir)
-        self.exposure = exposure(self.state_dir)
-        """Why the state folder is open to other users, or None (see :func:`exposure`)."""
+        open_here = not auth and is_loopback(host)
+        self.own_user = os.geteuid() if open_here and can_tell_users() else None
+        """The one user an open server on loopback serves (see server/peers.py); None
+        with auth on, beyond loopback, or where users cannot be told apart."""
+        self.warnings = [
+            warning
+            for warning in (exposure(self.state_dir), _unguarded(auth, host, self.own_user))
+            if warning
+        ]
+        """What an operator should know before trusting this server (printed at start)."""
         cluster = load_cluster_file(cluster_file) if cluster_file else ClusterSpec()
         self.host = host
         self._socket = listening_socket(host, port)
@@ -239,6 +257,7 @@ class ServerRunner:
                 limits,
                 self.parser,
                 host_names=host_names,
+                own_user=self.own_user,
             )
             uvicorn_config = uvicorn.Config(
                 self.app,
