@@ -62,7 +62,7 @@ def test_a_declared_oversized_body_is_refused_before_any_of_it_is_read(
     runner: ServerRunner,
 ) -> None:
     head = (
-        f"POST {API}/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/yaml\r\n"
+        f"POST {API}/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\n"
         f"Content-Length: {1 << 30}\r\n\r\n"
     ).encode()
 
@@ -77,7 +77,7 @@ def test_a_declared_oversized_body_is_refused_before_any_of_it_is_read(
 
 def test_a_chunked_body_is_cut_off_once_it_passes_the_limit(runner: ServerRunner) -> None:
     head = (
-        f"POST {API}/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/yaml\r\n"
+        f"POST {API}/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     ).encode()
     piece = b"# " + b"x" * 65534
@@ -93,7 +93,7 @@ def test_a_chunked_body_is_cut_off_once_it_passes_the_limit(runner: ServerRunner
 
 def test_a_content_length_that_lies_low_reads_no_more_than_it_says(runner: ServerRunner) -> None:
     head = (
-        f"POST {API}/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/yaml\r\n"
+        f"POST {API}/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/yaml\r\n"
         "Content-Length: 10\r\n\r\n"
     ).encode()
 
