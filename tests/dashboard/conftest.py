@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,20 +56,28 @@ def chromium() -> Iterator[Any]:
         yield playwright.chromium
 
 
-@pytest.fixture
-def page(chromium: Any, tmp_path: Path) -> Iterator[Any]:
-    """A laptop-sized tab in a fresh profile."""
+@contextmanager
+def laptop_tab(chromium: Any, profile: Path, *args: str) -> Iterator[Any]:
+    """A laptop-sized tab in a fresh profile; ``args`` go to Chromium."""
     context = chromium.launch_persistent_context(
-        str(tmp_path / "profile"),
+        str(profile),
         executable_path=CHROMIUM,
-        args=CHROMIUM_ARGS,
+        args=[*CHROMIUM_ARGS, *args],
         headless=True,
         viewport=LAPTOP,
     )
     tab = context.pages[0] if context.pages else context.new_page()
     tab.set_default_timeout(30_000)
-    yield tab
-    context.close()
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(chromium: Any, tmp_path: Path) -> Iterator[Any]:
+    with laptop_tab(chromium, tmp_path / "profile") as tab:
+        yield tab
 
 
 @pytest.fixture

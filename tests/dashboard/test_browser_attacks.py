@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.dashboard.conftest import CHROMIUM, CHROMIUM_ARGS, LAPTOP, sleeper
+from tests.dashboard.conftest import laptop_tab, sleeper
 from tests.e2e.harness import wait_for
 from tidemill.client import Client
 from tidemill.server.runner import ServerRunner
@@ -38,17 +38,8 @@ def hostile_job(marker: Path) -> str:
 def resolving_page(chromium: Any, tmp_path: Path) -> Iterator[Any]:
     """A tab whose browser resolves the attacker's names to 127.0.0.1."""
     rules = f"--host-resolver-rules=MAP {ATTACKER} 127.0.0.1, MAP {REBOUND} 127.0.0.1"
-    context = chromium.launch_persistent_context(
-        str(tmp_path / "profile"),
-        executable_path=CHROMIUM,
-        args=[*CHROMIUM_ARGS, rules],
-        headless=True,
-        viewport=LAPTOP,
-    )
-    tab = context.pages[0] if context.pages else context.new_page()
-    tab.set_default_timeout(30_000)
-    yield tab
-    context.close()
+    with laptop_tab(chromium, tmp_path / "profile", rules) as tab:
+        yield tab
 
 
 @pytest.fixture

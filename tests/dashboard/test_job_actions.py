@@ -15,9 +15,15 @@ def phase_of(client: Client, name: str) -> str | None:
     return found[0] if found else None
 
 
-def sign_in(page: Any, url: str, token: str, job: str) -> None:
+def open_running_job(page: Any, client: Client, url: str, job: str, role: str) -> None:
+    """Submit ``ads/job``, wait for it to run and open its page signed in with a new
+    token of ``role`` named after it."""
+    client.submit(sleeper(job, namespace="ads", queue="ads"))
+    token = client.create_token("ads", role=role, name=f"{job}-{role}").token
+    wait_for(lambda: phase_of(client, job) == "Running", 30, f"{job} to run")
     page.goto(f"{url}/#token={token}")
     page.goto(f"{url}/#/jobs/ads/{job}")
+    page.wait_for_selector(".job-head .badge.phase-Running")
 
 
 def test_an_editor_suspends_resumes_and_deletes_a_job_from_its_page(
@@ -26,12 +32,7 @@ def test_an_editor_suspends_resumes_and_deletes_a_job_from_its_page(
     server = start_server(auth=True)
     admin = server.admin_token_file.read_text().strip()
     with Client(server.url, token=admin) as client:
-        client.submit(sleeper("mine", namespace="ads", queue="ads"))
-        editor = client.create_token("ads", role="editor", name="bob").token
-        wait_for(lambda: phase_of(client, "mine") == "Running", 30, "mine to run")
-
-        sign_in(page, server.url, editor, "mine")
-        page.wait_for_selector(".job-head .badge.phase-Running")
+        open_running_job(page, client, server.url, "mine", "editor")
         assert page.is_disabled("button:has-text('Resume')")
         page.click("button:has-text('Suspend')")
         page.wait_for_selector(".job-head .badge.phase-Suspended", timeout=60_000)
@@ -44,7 +45,7 @@ def test_an_editor_suspends_resumes_and_deletes_a_job_from_its_page(
         page.wait_for_selector(".job-head .badge.phase-Running", timeout=60_000)
         assert phase_of(client, "mine") == "Running"
         resumed = [e.message for e in client.job_events("mine", "ads") if e.reason == "Resumed"]
-        assert resumed and "token 'bob'" in resumed[-1], resumed
+        assert resumed and "token 'mine-editor'" in resumed[-1], resumed
 
         page.once("dialog", lambda dialog: dialog.dismiss())
         page.click("button:has-text('Delete')")
@@ -59,16 +60,11 @@ def test_a_viewer_is_shown_the_refusal_and_the_job_runs_on(page: Any, start_serv
     server = start_server(auth=True)
     admin = server.admin_token_file.read_text().strip()
     with Client(server.url, token=admin) as client:
-        client.submit(sleeper("theirs", namespace="ads", queue="ads"))
-        viewer = client.create_token("ads", role="viewer", name="carol").token
-        wait_for(lambda: phase_of(client, "theirs") == "Running", 30, "theirs to run")
-
-        sign_in(page, server.url, viewer, "theirs")
-        page.wait_for_selector(".job-head .badge.phase-Running")
+        open_running_job(page, client, server.url, "theirs", "viewer")
         page.click("button:has-text('Suspend')")
         refusal = page.wait_for_selector(".action-state.warn").inner_text()
 
-        assert refusal.startswith("cannot suspend: ") and "carol" in refusal, refusal
+        assert refusal.startswith("cannot suspend: ") and "theirs-viewer" in refusal, refusal
         assert "viewer" in refusal and "suspend jobs" in refusal, refusal
         assert phase_of(client, "theirs") == "Running"
         assert "Suspending" not in [e.reason for e in client.job_events("theirs", "ads")]
