@@ -58,6 +58,7 @@ def test_host_names_lose_their_port_and_brackets() -> None:
     assert host_name("LocalHost:8500") == "localhost"
     assert host_name("[::1]:8500") == "::1"
     assert host_name("tm.example") == "tm.example"
+    assert host_name("localhost.:8500") == "localhost"
 
 
 @pytest.mark.parametrize(

@@ -54,11 +54,13 @@ HOST_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
 def host_name(host: str) -> str:
-    """The name in a Host header, without its port: ``[::1]:8500`` → ``::1``."""
+    """The name in a Host header, without its port or a final dot (``localhost.`` is
+    ``localhost``): ``[::1]:8500`` → ``::1``."""
     host = host.strip().lower()
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name.removesuffix(".")
 
 
 def _authority(netloc: str, scheme: str) -> str:
