@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,10 +13,9 @@ import httpx
 import pytest
 
 from tests.e2e.harness import script_job
-from tidemill.server.peers import can_tell_users
+from tests.nobody import needs_nobody, nobody_uid, run_as_nobody
 from tidemill.server.runner import ServerRunner
 
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 JOB = json.dumps(script_job("intruder", "print('ran as the server owner')", cpu=0.1))
 CALLS = """
 import json, sys, urllib.request, urllib.error
@@ -36,31 +33,11 @@ print(json.dumps(answers))
 """
 
 
-def nobody_can_run_here() -> bool:
-    try:
-        pwd.getpwnam("nobody")
-    except KeyError:
-        return False
-    return os.geteuid() == 0 and SYSTEM_PYTHON.exists() and can_tell_users()
-
-
-pytestmark = pytest.mark.skipif(
-    not nobody_can_run_here(),
-    reason="needs root (to run a process as nobody), /usr/bin/python3 and Linux sock_diag",
-)
+pytestmark = needs_nobody
 
 
 def calls_as_nobody(url: str) -> list[tuple[int, str]]:
-    done = subprocess.run(
-        [str(SYSTEM_PYTHON), "-I", "-c", CALLS, url, JOB],
-        user="nobody",
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return [(status, body) for status, body in json.loads(done.stdout)]
+    return [(status, body) for status, body in json.loads(run_as_nobody(CALLS, url, JOB))]
 
 
 @pytest.fixture
@@ -76,7 +53,7 @@ def test_another_user_is_refused_by_an_open_server_and_its_owner_is_served(
 ) -> None:
     answers = calls_as_nobody(open_server.url)
 
-    nobody = pwd.getpwnam("nobody").pw_uid
+    nobody = nobody_uid()
     assert open_server.own_user == os.geteuid()
     for status, body in answers:
         assert status == 403, body

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import signal
 import time
@@ -39,6 +40,7 @@ from tidemill.master.persistence import StateBackend, log
 from tidemill.master.tensorboard import EventFiles
 from tidemill.master.training_metrics import MetricsBook
 from tidemill.peer_proof import proof_refusal
+from tidemill.peer_user import other_user
 from tidemill.wire import (
     MAX_LINE_BYTES,
     CheckpointReport,
@@ -329,11 +331,26 @@ class MasterServer:
         state["unresponsive"] = dict(self.unresponsive)
         return state
 
+    def _other_user_refusal(self, connection: Connection) -> str | None:
+        """Without the job's credential to prove, a replica must be this machine's user
+        of the job when it connects over loopback (see :mod:`tidemill.peer_user`)."""
+        if self.config.peer_proof is not None:
+            return None
+        sock = connection.writer.get_extra_info("socket")
+        uid = other_user(sock) if sock is not None else None
+        if uid is None:
+            return None
+        return (
+            f"the job master of {self.config.job} takes connections only from its own user "
+            f"(uid {os.geteuid()}) while the job has no credential (auth off): this one "
+            f"comes from uid {uid}"
+        )
+
     async def _register(self, connection: Connection, request: Register) -> None:
         name, pid, status = request.replica, request.pid, request.status
         refusal = proof_refusal(
             self.config.peer_proof, request.proof, f"the job master of {self.config.job}"
-        )
+        ) or self._other_user_refusal(connection)
         if refusal is not None:
             self.refused_peers += 1
             if self.refused_peers <= LOGGED_REFUSALS or self.refused_peers % 1000 == 0:

@@ -10,6 +10,7 @@ in its first frame (a HELLO) within :data:`PROVE_WITHIN_S`, and at most
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
+from tidemill.peer_user import other_user
 from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._local import widen
 from tidemill.ps._progress import Refused
@@ -146,11 +148,32 @@ class Connections:
                 self._threads[sock] = thread
             thread.start()
 
+    def _admit_own_user(self, sock: socket.socket) -> bool:
+        """With no credential to prove (auth off), take connections from this machine's
+        user of the job only (see :mod:`tidemill.peer_user`); close another's at once."""
+        uid = other_user(sock)
+        if uid is None:
+            return True
+        with self._guard:
+            self._turned_away += 1
+            turned_away = self._turned_away
+        if turned_away == 1 or turned_away % 1000 == 0:
+            log.warning(
+                "PS replica %d takes connections only from its own user (uid %d) while the "
+                "job has no credential (auth off): closed one from uid %d (%d so far)",
+                self._replica,
+                os.geteuid(),
+                uid,
+                turned_away,
+            )
+        sock.close()
+        return False
+
     def _admit_unproven(self, sock: socket.socket) -> bool:
         """Count a new connection among those yet to prove the job, or close it when
         :data:`MAX_UNPROVEN` wait already."""
         if not self._proof_required:
-            return True
+            return self._admit_own_user(sock)
         with self._guard:
             if self._unproven < MAX_UNPROVEN:
                 self._unproven += 1

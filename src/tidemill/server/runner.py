@@ -32,13 +32,13 @@ from tidemill.api.cluster import ClusterSpec
 from tidemill.api.loader import load_cluster_file
 from tidemill.controller.reconciler import Controller, ControllerConfig
 from tidemill.engines.registry import DEFAULT_ENGINE, check_engine_name, create_engine
+from tidemill.peer_user import can_tell_users
 from tidemill.server.app import create_app
 from tidemill.server.auth import Guard, is_loopback
 from tidemill.server.limits import Limits
 from tidemill.server.metrics import make_registry
 from tidemill.server.origins import answered_names
 from tidemill.server.parse_pool import ParsePool
-from tidemill.server.peers import can_tell_users
 from tidemill.server.tokens import JobCredentials, bootstrap_admin
 from tidemill.server.utilization import INTERVAL_S as UTILIZATION_INTERVAL_S
 from tidemill.server.utilization import UtilizationRecorder
