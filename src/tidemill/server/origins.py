@@ -10,9 +10,10 @@ API as its own origin (DNS rebinding). Two rules stop both:
   (``localhost``, ``127.0.0.1``, ``[::1]``) or to a name its operator allowed
   (``--allow-host``); a rebound name is refused before any handler runs.
 - **Origin**: a request that may change something (any method but GET, HEAD, OPTIONS)
-  is refused when the browser says it comes from another origin (``Origin`` other than
-  the server's own, or ``Sec-Fetch-Site: cross-site|same-site``). The CLI and the SDK
-  send neither header; the dashboard calls its own origin.
+  is refused when the browser says it comes from another site
+  (``Sec-Fetch-Site: cross-site|same-site``; from a browser too old to send that, an
+  ``Origin`` other than the server's own). The CLI and the SDK send neither header; the
+  dashboard calls its own origin.
 
 A token in a header cannot be sent by another site's page without the server's CORS
 consent (tidemill gives none), so a server with ``--auth`` is safe from both already;
@@ -151,13 +152,21 @@ class BrowserGuard:
 
 
 def _foreign_write(method: str, headers: Headers, host: str) -> tuple[str, str] | None:
+    """A browser's ``Sec-Fetch-Site`` decides where it is sent (no page can set or drop
+    it, and a proxy that rewrites Host leaves it right); without it (an older browser),
+    ``Origin`` is compared with Host."""
     if method in SAFE_METHODS:
         return None
     origin = headers.get("origin")
-    fetch_site = headers.get("sec-fetch-site", "").lower()
-    if (origin is None or same_origin(origin, host)) and fetch_site not in FOREIGN_FETCH_SITES:
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        if fetch_site.lower() not in FOREIGN_FETCH_SITES:
+            return None
+    elif origin is None or same_origin(origin, host):
         return None
-    source = f"origin {shown(origin, 70)}" if origin is not None else f"a {fetch_site} page"
+    source = f"origin {shown(origin, 70)}" if origin is not None else "another site's page"
+    if fetch_site is not None:
+        source += f" ({shown(fetch_site, 30)})"
     return (
         "CrossSiteRequest",
         f"refused a {method} from {source}: a web page from another site may not change "
