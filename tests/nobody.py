@@ -31,6 +31,17 @@ needs_nobody = pytest.mark.skipif(
 )
 
 
+def start_as_nobody(source: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``source`` with ``args`` as nobody (isolated stdlib Python); stdout piped."""
+    return subprocess.Popen(
+        [str(SYSTEM_PYTHON), "-I", "-c", source, *args],
+        user="nobody",
+        cwd="/",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_as_nobody(source: str, *args: str) -> str:
     """Run ``source`` with ``args`` as nobody (isolated stdlib Python); its stdout."""
     done = subprocess.run(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.master.processes import MasterProcess, Replica
-from tests.nobody import needs_nobody, nobody_uid, run_as_nobody
+from tests.nobody import needs_nobody, nobody_uid, run_as_nobody, start_as_nobody
 from tidemill.peer_user import other_user, socket_owner
 from tidemill.ps import OptimizerConfig, PSClient, PSConfig, PSServer, TableConfig
 from tidemill.ps._local import local_name
@@ -61,6 +61,35 @@ def test_this_users_own_connections_are_no_other_users() -> None:
     mine, theirs = socket.socketpair()
     with mine, theirs:
         assert other_user(mine) is None
+
+
+HOLD = """
+import socket, sys, time
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10):
+    time.sleep(10)
+"""
+
+
+@needs_nobody
+@pytest.mark.parametrize("dual_stack", [False, True], ids=["IPv4 listener", "dual-stack"])
+def test_a_loopback_connection_from_another_user_is_named(dual_stack: bool) -> None:
+    listener = (
+        socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+        if dual_stack
+        else socket.create_server(("127.0.0.1", 0))
+    )
+    with listener:
+        holder = start_as_nobody(HOLD, str(listener.getsockname()[1]))
+        try:
+            accepted, peer = listener.accept()
+            with accepted:
+                named = other_user(accepted)
+        finally:
+            holder.kill()
+            holder.wait()
+
+    assert peer[0] == ("::ffff:127.0.0.1" if dual_stack else "127.0.0.1")
+    assert named == nobody_uid()
 
 
 @needs_nobody

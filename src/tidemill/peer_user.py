@@ -102,7 +102,9 @@ def other_user(connection: Connected) -> int | None:
             owner: int | None = struct.unpack("3i", credentials)[1]
         elif connection.family in (socket.AF_INET, socket.AF_INET6):
             remote, local = connection.getpeername(), connection.getsockname()
-            if not ipaddress.ip_address(remote[0]).is_loopback:
+            address = ipaddress.ip_address(remote[0])
+            # On a dual-stack listener an IPv4 peer shows as ::ffff:127.0.0.1.
+            if not (getattr(address, "ipv4_mapped", None) or address).is_loopback:
                 return None
             owner = socket_owner((remote[0], remote[1]), (local[0], local[1]))
         else:
