@@ -154,19 +154,11 @@ class Connections:
         uid = other_user(sock)
         if uid is None:
             return True
-        with self._guard:
-            self._turned_away += 1
-            turned_away = self._turned_away
-        if turned_away == 1 or turned_away % 1000 == 0:
-            log.warning(
-                "PS replica %d takes connections only from its own user (uid %d) while the "
-                "job has no credential (auth off): closed one from uid %d (%d so far)",
-                self._replica,
-                os.geteuid(),
-                uid,
-                turned_away,
-            )
-        sock.close()
+        self._turn_away(
+            sock,
+            f"takes connections only from its own user (uid {os.geteuid()}) while the job "
+            f"has no credential (auth off): closed one from uid {uid}",
+        )
         return False
 
     def _admit_unproven(self, sock: socket.socket) -> bool:
@@ -178,18 +170,22 @@ class Connections:
             if self._unproven < MAX_UNPROVEN:
                 self._unproven += 1
                 return True
+        self._turn_away(
+            sock,
+            f"{MAX_UNPROVEN} connections are yet to prove the job's credential; closed a "
+            "new one at once",
+        )
+        return False
+
+    def _turn_away(self, sock: socket.socket, why: str) -> None:
+        """Close ``sock`` unanswered; the log says why for the first and every 1,000th,
+        so knocking cannot fill it."""
+        with self._guard:
             self._turned_away += 1
             turned_away = self._turned_away
         if turned_away == 1 or turned_away % 1000 == 0:
-            log.warning(
-                "PS replica %d: %d connections are yet to prove the job's credential; "
-                "closed a new one at once (%d so far)",
-                self._replica,
-                MAX_UNPROVEN,
-                turned_away,
-            )
+            log.warning("PS replica %d %s (%d turned away so far)", self._replica, why, turned_away)
         sock.close()
-        return False
 
     def _serve(self, sock: socket.socket) -> None:
         peer = Peer(sock, proven=not self._proof_required)
