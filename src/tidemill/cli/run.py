@@ -93,10 +93,10 @@ def _checked_checkpoint_root(value: str | None) -> str | None:
 
 def _checked_host_names(names: list[str] | None) -> list[str] | None:
     """``--allow-host`` names, refused at start when one is no DNS name."""
-    from tidemill.server.origins import UnusableHostName, answered_names
+    from tidemill.server.origins import UnusableHostName, allowed_names
 
     try:
-        answered_names("127.0.0.1", names or ())
+        allowed_names(names or ())
     except UnusableHostName as exc:
         raise typer.BadParameter(str(exc).removeprefix("--allow-host ")) from None
     return names

@@ -83,19 +83,30 @@ class UnusableHostName(ValueError):
     """An ``--allow-host`` that is no DNS name, or one given to a server beyond loopback."""
 
 
+def is_dns_name(name: str) -> bool:
+    return len(name) <= 253 and HOST_NAME.fullmatch(name) is not None
+
+
+def allowed_names(allowed: Iterable[str]) -> list[str]:
+    """``--allow-host`` names, lowercased; raises UnusableHostName for one that is no
+    DNS name."""
+    names = [name.strip().lower() for name in allowed]
+    for name in names:
+        if not is_dns_name(name):
+            raise UnusableHostName(
+                f"--allow-host {shown(name, 70)} is not a DNS name: give a name such as "
+                "tidemill.example.com (letters, digits, hyphens and dots; no port or scheme)"
+            )
+    return names
+
+
 def answered_names(
     bound_host: str, allowed: Iterable[str], advertised_url: str | None = None
 ) -> frozenset[str] | None:
     """The host names a server bound to ``bound_host`` answers: on loopback, the loopback
     names, ``allowed`` and the name of the URL replicas are told to use; beyond loopback
     None (every name), where tokens guard the API. Raises UnusableHostName."""
-    names = [name.strip().lower() for name in allowed]
-    for name in names:
-        if len(name) > 253 or not HOST_NAME.fullmatch(name):
-            raise UnusableHostName(
-                f"--allow-host {shown(name, 70)} is not a DNS name: give a name such as "
-                "tidemill.example.com (letters, digits, hyphens and dots; no port or scheme)"
-            )
+    names = allowed_names(allowed)
     if not is_loopback(bound_host):
         if names:
             raise UnusableHostName(
@@ -141,7 +152,7 @@ class BrowserGuard:
         name = host_name(host)
         if name in self.names or is_loopback(name):
             return None
-        option = name if HOST_NAME.fullmatch(name) and len(name) <= 253 else "NAME"
+        option = name if is_dns_name(name) else "NAME"
         return (
             "ForeignHost",
             f"Host {shown(host, 70)} is not a name of this server: a server on loopback "
@@ -179,6 +190,7 @@ __all__ = [
     "DASHBOARD_POLICY",
     "BrowserGuard",
     "UnusableHostName",
+    "allowed_names",
     "answered_names",
     "host_name",
     "same_origin",

@@ -123,13 +123,11 @@ def exposure(folder: Path) -> str | None:
     )
 
 
-def _unguarded(auth: bool, host: str, own_user: int | None) -> str | None:
-    if auth or own_user is not None or not is_loopback(host):
-        return None
-    return (
-        "this machine cannot tell which user calls (no Linux sock_diag), so every user of "
-        "it may use this open server; on a shared machine, start it with --auth"
-    )
+UNGUARDED = (
+    "this machine cannot tell which user calls (no Linux sock_diag), so every user of it "
+    "may use this open server; on a shared machine, start it with --auth"
+)
+"""The warning of an open server on loopback where the kernel cannot name callers."""
 
 
 class InsecureServer(ValueError):
@@ -195,11 +193,8 @@ class ServerRunner:
         self.own_user = os.geteuid() if open_here and can_tell_users() else None
         """The one user an open server on loopback serves (see server/peers.py); None
         with auth on, beyond loopback, or where users cannot be told apart."""
-        self.warnings = [
-            warning
-            for warning in (exposure(self.state_dir), _unguarded(auth, host, self.own_user))
-            if warning
-        ]
+        unguarded = UNGUARDED if open_here and self.own_user is None else None
+        self.warnings = [w for w in (exposure(self.state_dir), unguarded) if w]
         """What an operator should know before trusting this server (printed at start)."""
         cluster = load_cluster_file(cluster_file) if cluster_file else ClusterSpec()
         self.host = host
