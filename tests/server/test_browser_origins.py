@@ -96,9 +96,37 @@ def test_a_change_asked_from_another_origin_is_refused_before_it_is_read(
         assert error["code"] == "CrossSiteRequest"
         assert "another site may not change anything" in error["message"]
         assert "the tidemill CLI, the Python SDK" in error["message"]
-    assert "POST from" in submitted.json()["error"]["message"]
+    assert "POST of '/api/v1/jobs' from" in submitted.json()["error"]["message"]
     assert listed.status_code == 200, "reading is left to the browser's same-origin policy"
     assert names(server) == []
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_collecting_stacks_acts_on_a_job_so_another_sites_page_may_not_ask_for_it(
+    server: ServerRunner, method: str
+) -> None:
+    with httpx.Client(base_url=server.url) as http:
+        assert http.post("/api/v1/jobs", content=JOB).status_code == 201
+        foreign = http.request(
+            method, "/api/v1/jobs/probe/stacks", headers={"Sec-Fetch-Site": "cross-site"}
+        )
+        old_browser = http.request(
+            method, "/api/v1/jobs/probe/stacks", headers={"Origin": "http://evil.example"}
+        )
+        own = http.request(
+            method, "/api/v1/jobs/probe/stacks", headers={"Sec-Fetch-Site": "same-origin"}
+        )
+        logs = http.get("/api/v1/jobs/probe/logs", headers={"Sec-Fetch-Site": "cross-site"})
+
+    for refused in (foreign, old_browser):
+        assert refused.status_code == 403
+        if method == "GET":
+            error = refused.json()["error"]
+            assert error["code"] == "CrossSiteRequest"
+            assert "GET of '/api/v1/jobs/probe/stacks' from" in error["message"]
+            assert "act on its jobs" in error["message"]
+    assert own.status_code != 403, "the dashboard's own button collects stacks"
+    assert logs.status_code != 403, "other reads change nothing"
 
 
 def test_the_cli_the_sdk_and_the_servers_own_pages_may_change_jobs(server: ServerRunner) -> None:

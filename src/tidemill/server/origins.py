@@ -13,7 +13,9 @@ API as its own origin (DNS rebinding). Two rules stop both:
   is refused when the browser says it comes from another site
   (``Sec-Fetch-Site: cross-site|same-site``; from a browser too old to send that, an
   ``Origin`` other than the server's own). The CLI and the SDK send neither header; the
-  dashboard calls its own origin.
+  dashboard calls its own origin. One GET acts, so it is held to the same rule:
+  collecting a job's stacks signals (or briefly stops) every replica and writes a dump
+  to its log, which a page could repeat from an ``<img>`` tag.
 
 A token in a header cannot be sent by another site's page without the server's CORS
 consent (tidemill gives none), so a server with ``--auth`` is safe from both already;
@@ -39,6 +41,8 @@ from tidemill.server.middleware import error_body
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 """Methods that change nothing here, so any page may send them (it cannot read the
 answer without CORS consent)."""
+ACTING_READS = re.compile(r"/api/v1/jobs/[^/]+/stacks")
+"""Paths whose GET acts on a job (see the module's docstring): cross-site, refused too."""
 FOREIGN_FETCH_SITES = frozenset({"cross-site", "same-site"})
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _EVERY_ANSWER = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff")]
@@ -132,7 +136,9 @@ class BrowserGuard:
             return
         headers = Headers(scope=scope)
         host = headers.get("host", "")
-        refusal = self._foreign_host(host) or _foreign_write(scope["method"], headers, host)
+        refusal = self._foreign_host(host) or _foreign_write(
+            scope["method"], scope["path"], headers, host
+        )
 
         async def guarded(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -162,11 +168,11 @@ class BrowserGuard:
         )
 
 
-def _foreign_write(method: str, headers: Headers, host: str) -> tuple[str, str] | None:
+def _foreign_write(method: str, path: str, headers: Headers, host: str) -> tuple[str, str] | None:
     """A browser's ``Sec-Fetch-Site`` decides where it is sent (no page can set or drop
     it, and a proxy that rewrites Host leaves it right); without it (an older browser),
     ``Origin`` is compared with Host."""
-    if method in SAFE_METHODS:
+    if method in SAFE_METHODS and not ACTING_READS.fullmatch(path):
         return None
     origin = headers.get("origin")
     fetch_site = headers.get("sec-fetch-site")
@@ -180,9 +186,10 @@ def _foreign_write(method: str, headers: Headers, host: str) -> tuple[str, str] 
         source += f" ({shown(fetch_site, 30)})"
     return (
         "CrossSiteRequest",
-        f"refused a {method} from {source}: a web page from another site may not change "
-        "anything on this server (cross-site request forgery); use the tidemill CLI, the "
-        "Python SDK, or the dashboard this server serves",
+        f"refused a {method} of {shown(path, 70)} from {source}: a web page from another "
+        "site may not change anything on this server or act on its jobs (cross-site "
+        "request forgery); use the tidemill CLI, the Python SDK, or the dashboard this "
+        "server serves",
     )
 
 
