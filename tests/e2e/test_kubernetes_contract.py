@@ -144,9 +144,13 @@ def test_a_suspended_job_has_no_pod_and_says_so_in_its_status_until_resumed(
             timeout_s=15,
             what="the TrainingJob status to say Suspended",
         )
+        wait_for(lambda: (cluster.job_object("napping") or {})["spec"].get("suspend") is True,
+                 timeout_s=15, what="the object's spec.suspend to say what tidemill did")
         api.resume("napping")
         wait_for(lambda: api.get("napping").phase == "Running", timeout_s=90,
                  what="the job running again")
+        wait_for(lambda: (cluster.job_object("napping") or {})["spec"]["suspend"] is False,
+                 timeout_s=15, what="spec.suspend written back by tidemill's resume")
         after = cluster.pods("napping")
         assert len(after) == 2 and all(p.spec.node_name for p in after), "bound again"
         assert not before & {p.metadata.name for p in after}, "new pods, not the old ones"
@@ -178,13 +182,17 @@ def test_kubectl_patching_spec_suspend_suspends_and_resumes_the_job_once(
                  what="the object's status to say Suspended")
         wait_for(lambda: cluster.pods(name) == [], timeout_s=60, what="its pods gone")
         assert any("kubectl" in e.message for e in api.job_events(name) if e.reason == "Suspending")
-        api.resume(name)  # through tidemill: the object's older spec.suspend does not undo it
+        api.resume(name)  # through tidemill: the object's spec.suspend follows, not undoes it
         wait_for(lambda: object_phase() == "Running", timeout_s=90, what="running again")
+        wait_for(lambda: (cluster.job_object(name) or {})["spec"]["suspend"] is False,
+                 timeout_s=15, what="spec.suspend written back by tidemill's resume")
     with server(cluster, tmp_path / "state") as (_, api):  # a restart reads it all again
         time.sleep(3)
         assert api.get(name).phase == "Running"
         api.suspend(name)
         wait_for(lambda: object_phase() == "Suspended", timeout_s=60, what="suspended again")
+        wait_for(lambda: (cluster.job_object(name) or {})["spec"]["suspend"] is True,
+                 timeout_s=15, what="spec.suspend written by tidemill's suspend")
         suspend(False)
         wait_for(lambda: object_phase() == "Running", timeout_s=90,
                  what="the object's status to say Running once spec.suspend is false")

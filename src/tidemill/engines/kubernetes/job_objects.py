@@ -10,7 +10,9 @@ reach the same jobs).
 - Every job's phase, conditions and replica counts are written to its object's status
   subresource when they change.
 - A change of an object's ``spec.suspend`` (``kubectl patch``) suspends or resumes its
-  job, once (see :data:`names.SUSPEND_ANNOTATION`).
+  job, once (see :data:`names.SUSPEND_ANNOTATION`); a job suspended or resumed through
+  tidemill gets its object's ``spec.suspend`` written to match (as Kueue writes a
+  Job's), so ``kubectl get -o yaml`` never shows a running job as suspended.
 - A pod tidemill labelled whose launch is no longer the current launch of any replica in
   the store (a launch cut short by a crash, a replica forgotten) is deleted: no pod leaks.
 """
@@ -236,9 +238,11 @@ class JobObjects:
 
     def _follow_suspend(self, obj: Obj, row: JobRow) -> None:
         """Suspend or resume the job when its object's ``spec.suspend`` changed since
-        tidemill last applied it; a resume waits until the job's processes are gone."""
+        tidemill last applied it; a resume waits until the job's processes are gone.
+        Else write the job's own suspension into the object, if they differ."""
         wanted = suspend_flag(obj)
         if annotations_of(obj).get(names.SUSPEND_ANNOTATION) == wanted:
+            self._show_suspension(obj, row, wanted)
             return
         try:
             if wanted == names.flag(True):
@@ -250,6 +254,25 @@ class JobObjects:
         except (ConflictError, NotFoundError) as exc:
             log.info("TrainingJob %s: spec.suspend=%s changes nothing: %s", row.key, wanted, exc)
         self._patch(obj, {"metadata": {"annotations": {names.SUSPEND_ANNOTATION: wanted}}})
+
+    def _show_suspension(self, obj: Obj, row: JobRow, shown_flag: str) -> None:
+        """Set ``spec.suspend`` to what the job holds after a ``tidemill suspend`` or
+        ``resume``; the object's resourceVersion makes a ``kubectl patch`` made
+        meanwhile win (the write is refused and the next sync looks again)."""
+        held = JobPhase(row.phase) is JobPhase.SUSPENDED or suspending(row)
+        if names.flag(held) == shown_flag or JobPhase(row.phase).is_terminal:
+            return
+        meta = obj["metadata"]
+        self._patch(
+            obj,
+            {
+                "metadata": {
+                    "resourceVersion": meta["resourceVersion"],
+                    "annotations": {names.SUSPEND_ANNOTATION: names.flag(held)},
+                },
+                "spec": {"suspend": held},
+            },
+        )
 
     def _patch(self, obj: Obj, body: dict[str, Any], status: bool = False) -> None:
         meta = obj["metadata"]
