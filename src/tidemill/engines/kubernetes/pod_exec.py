@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
-from kubernetes.stream.ws_client import ERROR_CHANNEL
+from kubernetes.stream.ws_client import ERROR_CHANNEL, STDERR_CHANNEL, STDOUT_CHANNEL
 
 from tidemill.api.errors import ConflictError
 from tidemill.engines.base import ReplicaHandle
@@ -44,6 +44,7 @@ class PodCommand:
                 stdout=True,
                 stderr=True,
                 tty=False,
+                binary=True,  # a UTF-8 character cut between two frames stays whole
                 _preload_content=False,
             )
         except ApiException as exc:
@@ -52,11 +53,20 @@ class PodCommand:
             ) from None
 
     def output(self) -> Iterator[bytes]:
-        while self._ws.is_open():
-            self._ws.update(timeout=POLL_S)
-            for text in (self._ws.read_stdout(), self._ws.read_stderr()):
-                if text:
-                    yield text.encode()
+        """stdout and stderr as they arrive, to the last byte. Channels are read with
+        ``timeout=0``: ``read_stderr()``'s default waits for a frame and may take the last
+        stdout frame with the close, which the loop would then never read. One more pass
+        after the close drains what it brought."""
+        while True:
+            was_open = self._ws.is_open()
+            if was_open:
+                self._ws.update(timeout=POLL_S)
+            for channel in (STDOUT_CHANNEL, STDERR_CHANNEL):
+                data = self._ws.read_channel(channel, timeout=0)
+                if data:
+                    yield data
+            if not was_open:
+                return
 
     def wait(self) -> int:
         """The exit code from the exec status (``126`` with the reason on stderr's
