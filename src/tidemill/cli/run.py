@@ -173,6 +173,16 @@ def server(
             help="Training-metric reports kept per job; the oldest are dropped beyond it.",
         ),
     ] = METRIC_REPORTS_PER_JOB,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            "--max-connections",
+            min=1,
+            max=1_000_000,
+            help="HTTP connections held at once; one more is answered 503 and closed "
+            "(default: half the open-file limit, at most 4096, so files stay for the jobs).",
+        ),
+    ] = None,
 ) -> None:
     """Run the control plane until Ctrl-C or SIGTERM.
 
@@ -180,6 +190,7 @@ def server(
     --auth (or --insecure) and exits 2 otherwise. In every mode it refuses changes
     requested by another site's web page.
     """
+    from tidemill.server.connections import ConnectionBounds
     from tidemill.server.limits import Limits
     from tidemill.server.origins import UnusableHostName
     from tidemill.server.runner import InsecureServer, ServerRunner
@@ -210,6 +221,7 @@ def server(
             checkpoint_root=checkpoint_root,
             limits=Limits(metric_reports_per_job=metrics_history),
             allow_hosts=allow_host or (),
+            connections=ConnectionBounds(max_connections) if max_connections else None,
         )
     except (InsecureServer, UnusableHostName) as exc:
         fail(str(exc), code=EXIT_INVALID)

@@ -35,6 +35,7 @@ from tidemill.engines.registry import DEFAULT_ENGINE, check_engine_name, create_
 from tidemill.peer_user import can_tell_users
 from tidemill.server.app import create_app
 from tidemill.server.auth import Guard, is_loopback
+from tidemill.server.connections import ConnectionBounds, bounded_protocol
 from tidemill.server.limits import Limits
 from tidemill.server.metrics import make_registry
 from tidemill.server.origins import answered_names
@@ -169,6 +170,7 @@ class ServerRunner:
         checkpoint_root: str | None = None,
         utilization_interval_s: float = UTILIZATION_INTERVAL_S,
         allow_hosts: Sequence[str] = (),
+        connections: ConnectionBounds | None = None,
     ) -> None:
         """Raises InsecureServer (a non-loopback host without auth or --insecure),
         UnusableHostName (see ``allow_hosts``) and
@@ -182,7 +184,8 @@ class ServerRunner:
         ``utilization_interval_s``: how often the cluster's use is sampled into the store
         for the dashboard's charts. ``allow_hosts``: names besides loopback's (and
         ``advertise_url``'s) that a server on loopback answers (a proxy's; see
-        server/origins.py)."""
+        server/origins.py). ``connections``: how many it holds at once and how long a
+        request may take to arrive (see server/connections.py)."""
         check_engine_name(engine)
         if not auth and not insecure and not is_loopback(host):
             raise InsecureServer(host)
@@ -254,12 +257,15 @@ class ServerRunner:
                 host_names=host_names,
                 own_user=self.own_user,
             )
+            self.connections = connections or ConnectionBounds()
             uvicorn_config = uvicorn.Config(
                 self.app,
                 host=host,
                 port=self.port,
                 log_level="warning",
                 access_log=False,
+                http=bounded_protocol(self.connections),
+                backlog=self.connections.accept_batch,
             )
             self._server = uvicorn.Server(uvicorn_config)
             self._thread: threading.Thread | None = None
