@@ -96,6 +96,13 @@ def other_user(connection: Connected) -> int | None:
     """The uid of another user of this machine at the other end of ``connection`` (a
     loopback TCP or a Unix connection); None for this process's user, a peer on another
     machine (or pod), or where the kernel cannot say."""
+    owner = peer_uid(connection)
+    return owner if owner is not None and owner != os.geteuid() else None
+
+
+def peer_uid(connection: Connected) -> int | None:
+    """The uid at the other end of ``connection`` (a loopback TCP or a Unix connection);
+    None for a peer on another machine (or pod), or where the kernel cannot say."""
     try:
         if connection.family == socket.AF_UNIX:
             credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
@@ -111,7 +118,7 @@ def other_user(connection: Connected) -> int | None:
             return None
     except (OSError, ValueError, AttributeError):
         return None
-    return owner if owner is not None and owner != os.geteuid() else None
+    return owner
 
 
 __all__ = ["Connected", "can_tell_users", "other_user", "socket_owner"]

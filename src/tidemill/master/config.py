@@ -15,7 +15,7 @@ Engines whose replicas have their own address (Kubernetes pods) also set
 Deadlines have defaults and may be tuned per job:
 ``TIDEMILL_ELASTIC_TIMEOUT_S``, ``TIDEMILL_ELASTIC_SETTLE_S``,
 ``TIDEMILL_ELASTIC_REGISTER_TIMEOUT_S``, ``TIDEMILL_ELASTIC_RECONNECT_TIMEOUT_S``,
-``TIDEMILL_ELASTIC_HEARTBEAT_TIMEOUT_S``.
+``TIDEMILL_ELASTIC_HEARTBEAT_TIMEOUT_S``, ``TIDEMILL_ELASTIC_SILENT_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ class MasterConfig:
     server: str | None = None
     state_file: str | None = None
     heartbeat_timeout_s: float = 15.0
+    silent_timeout_s: float = 10.0
+    """How long a new connection may stay silent before its ``register`` (a worker
+    sends it at once): one that stays silent longer is closed."""
     tick_s: float = 0.1
     data: DataSpec | None = None
     """The job's ``spec.data`` (``TIDEMILL_DATA``): the master dispatches its shards."""
@@ -122,6 +125,7 @@ class MasterConfig:
             restores_checkpoints=checkpoint is not None,
         )
         heartbeat = number("TIDEMILL_ELASTIC_HEARTBEAT_TIMEOUT_S", 15.0, 0.5)
+        silent = number("TIDEMILL_ELASTIC_SILENT_TIMEOUT_S", 10.0, 0.1)
         data = None
         if env.get("TIDEMILL_DATA"):
             try:
@@ -142,6 +146,7 @@ class MasterConfig:
             server=env.get("TIDEMILL_SERVER") or None,
             state_file=env.get("TIDEMILL_MASTER_STATE_FILE") or None,
             heartbeat_timeout_s=heartbeat,
+            silent_timeout_s=silent,
             data=data,
             checkpoint=checkpoint,
             ps_addresses=ps_addresses,

@@ -40,7 +40,7 @@ from tidemill.master.persistence import StateBackend, log
 from tidemill.master.tensorboard import EventFiles
 from tidemill.master.training_metrics import MetricsBook
 from tidemill.peer_proof import proof_refusal
-from tidemill.peer_user import other_user
+from tidemill.peer_user import other_user, peer_uid
 from tidemill.wire import (
     MAX_LINE_BYTES,
     CheckpointReport,
@@ -74,6 +74,13 @@ STATUSES = ("new", "member", "ready")
 LOGGED_REFUSALS = 10
 """Connections refused for want of the job's proof that are logged one by one; after
 these only every 1,000th, so a stranger knocking cannot fill the master's log."""
+MAX_UNREGISTERED = 64
+"""At most this many connections wait to register at once (each for at most
+``MasterConfig.silent_timeout_s``); more are closed at once. A flood of silent
+connections took every file the master may open: it could no longer take its workers'
+connections, and asyncio logged a traceback per accept it missed. Connections from the
+master's own user over loopback (its workers on this machine) are not counted, so
+another user's flood cannot keep them out."""
 CHECKPOINT_EVENTS = {
     "saved": ("Normal", "CheckpointSaved"),
     "restored": ("Normal", "CheckpointRestored"),
@@ -125,7 +132,9 @@ class MasterServer:
         folder = self.config.tensorboard_dir
         self.metrics = MetricsBook(EventFiles(folder) if folder else None)
         self.refused_peers = 0
-        """Connections refused because they could not prove the job's credential."""
+        """Connections refused: no proof of the job's credential, another user's, silent."""
+        self.unregistered = 0
+        """Connections yet to send their ``register`` (see :data:`MAX_UNREGISTERED`)."""
         self.unresponsive: dict[str, int] = {}
         """Replica -> pid of a process the master gave up on (no heartbeat, missed a
         deadline) while it may still be alive: saved, so the controller can stop it."""
@@ -215,11 +224,25 @@ class MasterServer:
         peer = writer.get_extra_info("peername")
         now = time.time()
         connection = Connection(writer, f"{peer[0]}:{peer[1]}" if peer else "?", now, now)
+        sock = writer.get_extra_info("socket")
+        counted = sock is None or peer_uid(sock) != os.geteuid()
+        if counted and self.unregistered >= MAX_UNREGISTERED:
+            self._log_refusal(connection, f"at once: {MAX_UNREGISTERED} are yet to register")
+            writer.close()
+            return
+        self.unregistered += counted
+        waiting, silent_s = True, self.config.silent_timeout_s
         self.connections.add(connection)
         why = "connection closed"
         try:
             while True:
-                line = await reader.readline()
+                if waiting:
+                    line = await asyncio.wait_for(reader.readline(), silent_s)
+                    waiting = connection.name is None
+                    if not waiting:
+                        self.unregistered -= counted
+                else:
+                    line = await reader.readline()
                 if not line:
                     break
                 connection.last_seen = time.time()
@@ -235,10 +258,21 @@ class MasterServer:
             await self._refuse(connection, why)
         except (ConnectionError, asyncio.LimitOverrunError) as exc:
             why = f"connection error: {exc}"
+        except TimeoutError:
+            why = f"sent no register within {silent_s:g}s"
+            self._log_refusal(connection, f"after {silent_s:g}s: it {why}")
         finally:
+            if waiting:
+                self.unregistered -= counted
             self.connections.discard(connection)
             writer.close()
             await self._closed(connection, why)
+
+    def _log_refusal(self, connection: Connection, why: str) -> None:
+        """Log the first :data:`LOGGED_REFUSALS` refused connections, then every 1,000th."""
+        self.refused_peers += 1
+        if self.refused_peers <= LOGGED_REFUSALS or self.refused_peers % 1000 == 0:
+            log(f"refused {connection.peer} {why} ({self.refused_peers} refused so far)")
 
     async def _closed(self, connection: Connection, why: str) -> None:
         name = connection.name
@@ -352,12 +386,7 @@ class MasterServer:
             self.config.peer_proof, request.proof, f"the job master of {self.config.job}"
         ) or self._other_user_refusal(connection)
         if refusal is not None:
-            self.refused_peers += 1
-            if self.refused_peers <= LOGGED_REFUSALS or self.refused_peers % 1000 == 0:
-                log(
-                    f"refused {connection.peer} (as {name[:64]!r}): {refusal}"
-                    f" ({self.refused_peers} refused so far)"
-                )
+            self._log_refusal(connection, f"(as {name[:64]!r}): {refusal}")
             await self._refuse(connection, refusal)
             return
         if not REPLICA_NAME.match(name):
