@@ -83,6 +83,8 @@ def test_a_request_that_does_not_arrive_in_time_is_answered_408_and_closed(
         assert error["code"] == "RequestTimeout"
         assert "did not arrive whole within 1s" in error["message"]
     assert runner.connections.refused[408] == 3
+    metrics = httpx.get(f"{runner.url}/metrics").text
+    assert 'tidemill_http_connections_refused_total{status="408"} 3.0' in metrics
     assert httpx.get(f"{runner.url}/api/v1/jobs").json()["items"] == [], "nothing submitted"
 
 
@@ -123,11 +125,16 @@ def test_one_connection_more_than_the_bound_is_answered_503_at_once(runner: Serv
     assert "at most 16 connections" in error["message"]
     assert "--max-connections" in error["message"]
     assert refused_s < 0.5
-    wait_for(
-        lambda: httpx.get(f"{runner.url}/healthz").status_code == 200,
+    metrics = wait_for(
+        lambda: (
+            "tidemill_http_connections 1.0" in (text := httpx.get(f"{runner.url}/metrics").text)
+            and text
+        ),
         10,
-        what="served again once the held connections closed",
+        what="served again once the held ones closed, open: only the one asking",
     )
+    assert 'tidemill_http_connections_refused_total{status="503"} 1.0' in str(metrics)
+    assert "tidemill_http_connections_limit 16.0" in str(metrics)
 
 
 def serving(url: str) -> bool:

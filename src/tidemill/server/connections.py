@@ -27,9 +27,12 @@ import asyncio
 import json
 import logging
 import resource
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tidemill.server.middleware import error_body
@@ -60,6 +63,8 @@ class ConnectionBounds:
     request_read_s: float = REQUEST_READ_S
     refused: dict[int, int] = field(default_factory=dict)
     """Connections answered and closed so far, by status (503 busy, 408 too slow)."""
+    open_now: int = 0
+    """Connections admitted and not yet closed."""
 
     @property
     def accept_batch(self) -> int:
@@ -78,6 +83,7 @@ def bounded_protocol(bounds: ConnectionBounds) -> type[H11Protocol]:
     class BoundedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _reading_since = 0.0
+        _admitted = False
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -91,6 +97,8 @@ def bounded_protocol(bounds: ConnectionBounds) -> type[H11Protocol]:
                     "limit with tidemill server --max-connections)",
                 )
                 return
+            self._admitted = True
+            bounds.open_now += 1
             self._deadline = self.loop.call_later(bounds.request_read_s, self._check_reading)
 
         def on_response_complete(self) -> None:
@@ -101,6 +109,9 @@ def bounded_protocol(bounds: ConnectionBounds) -> type[H11Protocol]:
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
+            if self._admitted:
+                self._admitted = False
+                bounds.open_now -= 1
             super().connection_lost(exc)
 
         def _waiting_for_request(self) -> bool:
@@ -145,9 +156,36 @@ def bounded_protocol(bounds: ConnectionBounds) -> type[H11Protocol]:
     return BoundedH11Protocol
 
 
+class ConnectionCollector(Collector):
+    """``/metrics``: connections open now and those refused, so an operator sees a
+    flood (and a limit too low) before users do."""
+
+    def __init__(self, bounds: ConnectionBounds) -> None:
+        self.bounds = bounds
+
+    def collect(self) -> Iterator[Metric]:
+        open_now = GaugeMetricFamily(
+            "tidemill_http_connections", "HTTP connections open now (at most the limit)"
+        )
+        open_now.add_metric([], self.bounds.open_now)
+        limit = GaugeMetricFamily(
+            "tidemill_http_connections_limit", "HTTP connections the server holds at most"
+        )
+        limit.add_metric([], self.bounds.max_connections)
+        refused = CounterMetricFamily(
+            "tidemill_http_connections_refused",
+            "HTTP connections answered and closed unread: 503 over the limit, 408 too slow",
+            labels=["status"],
+        )
+        for status in (408, 503):
+            refused.add_metric([str(status)], self.bounds.refused.get(status, 0))
+        yield from (open_now, limit, refused)
+
+
 __all__ = [
     "REQUEST_READ_S",
     "ConnectionBounds",
+    "ConnectionCollector",
     "bounded_protocol",
     "default_max_connections",
 ]

@@ -35,7 +35,7 @@ from tidemill.engines.registry import DEFAULT_ENGINE, check_engine_name, create_
 from tidemill.peer_user import can_tell_users
 from tidemill.server.app import create_app
 from tidemill.server.auth import Guard, is_loopback
-from tidemill.server.connections import ConnectionBounds, bounded_protocol
+from tidemill.server.connections import ConnectionBounds, ConnectionCollector, bounded_protocol
 from tidemill.server.limits import Limits
 from tidemill.server.metrics import make_registry
 from tidemill.server.origins import answered_names
@@ -216,6 +216,8 @@ class ServerRunner:
                 self.store.close()
                 raise CannotStart(f"cannot start the {engine} engine: {exc}") from exc
             registry, metrics = make_registry(self.store, self.engine)
+            self.connections = connections or ConnectionBounds()
+            registry.register(ConnectionCollector(self.connections))
             credentials = JobCredentials.in_folder(self.state_dir)
             config = controller_config or ControllerConfig()
             if checkpoint_root is None and engine == "local":
@@ -257,7 +259,6 @@ class ServerRunner:
                 host_names=host_names,
                 own_user=self.own_user,
             )
-            self.connections = connections or ConnectionBounds()
             uvicorn_config = uvicorn.Config(
                 self.app,
                 host=host,
