@@ -9,6 +9,7 @@ in its first frame (a HELLO) within :data:`PROVE_WITHIN_S`, and at most
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 Frame = tuple[Header, list[Any]]
 
 ACCEPT_POLL_S = 0.2
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""Errors of ``accept`` that pass once files or memory are freed."""
 DRAIN_S = 1.0
 DRAIN_BYTES = 1 << 24
 PROVE_WITHIN_S = 10.0
@@ -86,6 +89,7 @@ class Connections:
         self._unproven = 0
         """Connections that have not proven the job's credential yet (guarded)."""
         self._turned_away = 0
+        self._starved = 0
         self._acceptors: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -134,8 +138,11 @@ class Connections:
                 sock, _ = listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
-                return
+            except OSError as exc:
+                if exc.errno not in OUT_OF_RESOURCES:
+                    return  # the listener was closed: stopping
+                self._out_of_files(exc)
+                continue
             if not self._admit_unproven(sock):
                 continue
             sock.settimeout(PROVE_WITHIN_S if self._proof_required else None)
@@ -147,6 +154,24 @@ class Connections:
             with self._guard:
                 self._threads[sock] = thread
             thread.start()
+
+    def _out_of_files(self, exc: OSError) -> None:
+        """Wait for files to be freed and accept again: the connections waiting stay in
+        the listener's backlog (before, the accept thread ended, and the replica never
+        took another connection)."""
+        with self._guard:
+            self._starved += 1
+            starved = self._starved
+        if starved == 1 or starved % 1000 == 0:
+            log.warning(
+                "PS replica %d cannot accept a connection now (%s); trying again every "
+                "%gs (%d times so far)",
+                self._replica,
+                exc.strerror,
+                ACCEPT_POLL_S,
+                starved,
+            )
+        self._stopping.wait(ACCEPT_POLL_S)
 
     def _admit_own_user(self, sock: socket.socket) -> bool:
         """With no credential to prove (auth off), take connections from this machine's
