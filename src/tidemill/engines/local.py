@@ -72,6 +72,7 @@ from tidemill.engines.local_processes import (
     track,
     wait_gone,
 )
+from tidemill.engines.log_trim import LOG_KEPT_BYTES, LOG_MAX_BYTES, trim_log
 from tidemill.engines.nvml import Nvml
 from tidemill.engines.replica_exec import (
     LocalCommand,
@@ -118,8 +119,12 @@ class LocalEngine:
         warm_start: bool = True,
         preload: Sequence[str] = DEFAULT_PRELOAD,
         tethered: bool = False,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_kept_bytes: int = LOG_KEPT_BYTES,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self.log_max_bytes, self.log_kept_bytes = log_max_bytes, log_kept_bytes
+        """A running replica's log is trimmed past this size (see ``log_trim``)."""
         self._tether: tuple[int, int] | None = os.pipe() if tethered else None
         """(read end, write end): the read end goes to every supervisor; only this
         process holds the write end (not inherited), so it closes when this one ends"""
@@ -252,6 +257,7 @@ class LocalEngine:
         reap(replica.supervisor_pid)
         ended = read_exit(replica.exit_file)
         if ended is None and running_supervisor(replica) is not None:
+            trim_log(Path(replica.log_file), self.log_max_bytes, self.log_kept_bytes)
             return Observation(running=True, pid=child_pid(replica))
         ended = ended or read_exit(replica.exit_file)
         if ended is not None:

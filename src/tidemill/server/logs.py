@@ -87,14 +87,21 @@ def tail_start(path: str, lines: int | None, within_bytes: int = LOG_LIMIT_BYTES
 def read_more(source: LogSource, max_bytes: int) -> tuple[str, int]:
     """Complete lines appended since the last read (at most ``max_bytes`` of file),
     each with the source's prefix, and how many bytes were read."""
+    carried = ""
     try:
         with open(source.path, "rb") as handle:
+            if handle.seek(0, os.SEEK_END) < source.offset:
+                # Emptied by a trim (engines/log_trim.py): read it from its start, whose
+                # first line says what went where; a line cut short ends here.
+                carried = source.partial + source.decoder.decode(b"", final=True)
+                carried += "\n" if carried else ""
+                source.offset, source.partial, source.decoder = 0, "", _decoder()
             handle.seek(source.offset)
             data = handle.read(max_bytes)
     except FileNotFoundError:
         return "", 0
     source.offset += len(data)
-    text = source.partial + source.decoder.decode(data)
+    text = carried + source.partial + source.decoder.decode(data)
     cut = text.rfind("\n") + 1
     complete, source.partial = text[:cut], text[cut:]
     pieces = [complete]
@@ -132,7 +139,7 @@ def flush(sources: list[LogSource]) -> str:
 def unread(sources: list[LogSource]) -> bool:
     for source in sources:
         try:
-            if os.path.getsize(source.path) > source.offset:
+            if os.path.getsize(source.path) != source.offset:  # grown, or emptied by a trim
                 return True
         except OSError:
             continue
