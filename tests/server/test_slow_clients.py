@@ -6,6 +6,7 @@ request must arrive within a deadline, and connections beyond a bound are answer
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import socket
 import subprocess
@@ -56,7 +57,7 @@ def error_of(answer: bytes) -> dict[str, str]:
 
 
 def test_a_request_that_does_not_arrive_in_time_is_answered_408_and_closed(
-    runner: ServerRunner,
+    runner: ServerRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     with ExitStack() as stack:
         silent = stack.enter_context(closing(connect(runner)))
@@ -83,6 +84,8 @@ def test_a_request_that_does_not_arrive_in_time_is_answered_408_and_closed(
         assert error["code"] == "RequestTimeout"
         assert "did not arrive whole within 1s" in error["message"]
     assert runner.connections.refused[408] == 3
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], "a body cut short is no incident (it logged a traceback each)"
     metrics = httpx.get(f"{runner.url}/metrics").text
     assert 'tidemill_http_connections_refused_total{status="408"} 3.0' in metrics
     assert httpx.get(f"{runner.url}/api/v1/jobs").json()["items"] == [], "nothing submitted"

@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -111,6 +111,8 @@ class CatchAll:
 
         try:
             await self.app(scope, receive, tracking)
+        except ClientDisconnect:
+            return  # the client left before its body ended (or was closed for slowness)
         except Exception as exc:
             if started:
                 raise
