@@ -156,9 +156,9 @@ def test_a_flood_of_idle_connections_does_not_fail_another_tenants_running_job(
     tmp_path: Path,
 ) -> None:
     """A server process with 512 open files at most (the default on many machines is
-    1,024); a client opens 600 connections and sends nothing. Before the bounds, the
-    controller ran out of files and failed the running job, and the server logged a
-    traceback for every connection it could not accept, thousands a second."""
+    1,024) that holds 200 connections; a client opens 600 and sends nothing. Before the
+    bounds, the controller ran out of files and failed the running job, and the server
+    logged a traceback for every connection it could not accept, thousands a second."""
     job = script_job(
         "victim", "import time\nfor i in range(8):\n    print(i, flush=True); time.sleep(1)"
     )
@@ -173,6 +173,8 @@ def test_a_flood_of_idle_connections_does_not_fail_another_tenants_running_job(
             str(tmp_path / "state"),
             "--port",
             "0",
+            "--max-connections",
+            "200",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -211,6 +213,7 @@ def test_a_flood_of_idle_connections_does_not_fail_another_tenants_running_job(
         output, _ = server.communicate(timeout=30)
 
     assert busy.status_code == 503 and busy.json()["error"]["code"] == "TooManyConnections"
+    assert "at most 200 connections" in busy.json()["error"]["message"]
     assert final["phase"] == "Succeeded", final  # type: ignore[index]
     assert "Too many open files" not in output
     assert len(output.splitlines()) < 20, "refusals are logged, not once each"
