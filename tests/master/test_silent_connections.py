@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.nobody import needs_nobody, start_as_nobody
-from tidemill.master.server import LOGGED_REFUSALS, MAX_UNREGISTERED
+from tidemill.master.server import LOGGED_REFUSALS, unregistered_limit
 
 from .processes import MasterProcess, Replica
 
 SILENT_S = 0.5
-FLOOD = MAX_UNREGISTERED + 40
+LIMIT = unregistered_limit(max_workers=1)
+FLOOD = LIMIT + 40
 # As another user: open FLOOD connections, say how many the master closed at once
 # (within 0.3 s, before the silent deadline), then hold the rest until told to stop.
 HOLD_SILENT = """
@@ -89,7 +90,7 @@ def test_another_users_flood_of_silent_connections_is_bounded_and_workers_still_
         flood.kill()
         flood.wait()
 
-    assert seen == {"opened": FLOOD, "closed_at_once": FLOOD - MAX_UNREGISTERED}
+    assert seen == {"opened": FLOOD, "closed_at_once": FLOOD - LIMIT}
     log = (master.folder / f"master.{master.starts}.log").read_text()
     refusals = [line for line in log.splitlines() if "are yet to register" in line]
-    assert len(refusals) == min(LOGGED_REFUSALS, FLOOD - MAX_UNREGISTERED)
+    assert len(refusals) == min(LOGGED_REFUSALS, FLOOD - LIMIT)

@@ -74,13 +74,21 @@ STATUSES = ("new", "member", "ready")
 LOGGED_REFUSALS = 10
 """Connections refused for want of the job's proof that are logged one by one; after
 these only every 1,000th, so a stranger knocking cannot fill the master's log."""
-MAX_UNREGISTERED = 64
-"""At most this many connections wait to register at once (each for at most
-``MasterConfig.silent_timeout_s``); more are closed at once. A flood of silent
-connections took every file the master may open: it could no longer take its workers'
-connections, and asyncio logged a traceback per accept it missed. Connections from the
-master's own user over loopback (its workers on this machine) are not counted, so
-another user's flood cannot keep them out."""
+UNREGISTERED_HEADROOM = 64
+
+
+def unregistered_limit(max_workers: int) -> int:
+    """How many connections may wait to register at once (each for at most
+    ``MasterConfig.silent_timeout_s``): room for every worker reconnecting at the same
+    moment twice over (after a master restart, on Kubernetes) and
+    :data:`UNREGISTERED_HEADROOM` more; beyond it, new ones are closed at once. A flood
+    of silent connections took every file the master may open: it could no longer take
+    its workers' connections, and asyncio logged a traceback per accept it missed.
+    Connections from the master's own user over loopback (its workers on this machine)
+    are not counted, so another user's flood cannot keep them out."""
+    return UNREGISTERED_HEADROOM + 2 * max_workers
+
+
 CHECKPOINT_EVENTS = {
     "saved": ("Normal", "CheckpointSaved"),
     "restored": ("Normal", "CheckpointRestored"),
@@ -134,7 +142,7 @@ class MasterServer:
         self.refused_peers = 0
         """Connections refused: no proof of the job's credential, another user's, silent."""
         self.unregistered = 0
-        """Connections yet to send their ``register`` (see :data:`MAX_UNREGISTERED`)."""
+        """Connections yet to send their ``register`` (see :func:`unregistered_limit`)."""
         self.unresponsive: dict[str, int] = {}
         """Replica -> pid of a process the master gave up on (no heartbeat, missed a
         deadline) while it may still be alive: saved, so the controller can stop it."""
@@ -226,8 +234,9 @@ class MasterServer:
         connection = Connection(writer, f"{peer[0]}:{peer[1]}" if peer else "?", now, now)
         sock = writer.get_extra_info("socket")
         counted = sock is None or peer_uid(sock) != os.geteuid()
-        if counted and self.unregistered >= MAX_UNREGISTERED:
-            self._log_refusal(connection, f"at once: {MAX_UNREGISTERED} are yet to register")
+        limit = unregistered_limit(self.config.rules.max_workers)
+        if counted and self.unregistered >= limit:
+            self._log_refusal(connection, f"at once: {limit} are yet to register")
             writer.close()
             return
         self.unregistered += counted
