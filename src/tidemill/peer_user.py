@@ -121,4 +121,4 @@ def peer_uid(connection: Connected) -> int | None:
     return owner
 
 
-__all__ = ["Connected", "can_tell_users", "other_user", "socket_owner"]
+__all__ = ["Connected", "can_tell_users", "other_user", "peer_uid", "socket_owner"]
