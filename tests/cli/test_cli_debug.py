@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from typer.testing import CliRunner, Result
 
 from tests.cli.conftest import SLEEP, Live, live_server
-from tests.e2e.harness import script_job
+from tests.e2e.harness import script_job, wait_for
 from tidemill.cli.main import app
 
 runner = CliRunner()
@@ -192,3 +195,36 @@ def test_an_exec_request_without_a_usable_command_is_refused_naming_the_field(hu
 
         assert response.status_code == 422, response.text
         assert "command" in response.text
+
+
+def test_long_commands_are_bounded_per_client_and_never_stall_the_server(hung: Live) -> None:
+    """45 commands that run for long, at once: before, each held a thread of the server's
+    shared pool and the server answered nobody (``/healthz`` timed out) until they
+    ended. Now a client runs at most 4; the 5th and later are a 429."""
+    body = {"role": "ps", "index": 0, "command": ["sleep", "30"], "timeout_s": 30}
+    url = f"{hung.url}/api/v1/jobs/hung/exec"
+    with ExitStack() as stack:
+        http = stack.enter_context(httpx.Client(timeout=30))
+        answers = []
+        for _ in range(45):
+            answer = stack.enter_context(http.stream("POST", url, json=body))
+            answers.append(answer.status_code)
+            if answer.status_code == 429:
+                answer.read()
+                refusal = answer.json()["error"]["message"]
+        started = time.monotonic()
+        health = httpx.get(f"{hung.url}/healthz", timeout=10)
+        listed = httpx.get(f"{hung.url}/api/v1/jobs", timeout=10)
+        stacks = httpx.get(f"{hung.url}/api/v1/jobs/hung/stacks", timeout=30)
+        served_s = time.monotonic() - started
+
+    assert answers.count(200) == 4 and answers.count(429) == 41, answers
+    assert "at most 4 per client at once" in refusal
+    assert health.status_code == listed.status_code == stacks.status_code == 200
+    assert served_s < 10
+    sleeping = lambda: [  # noqa: E731
+        p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "30"]
+    ]
+    wait_for(lambda: not sleeping(), 15, what="the commands killed once their callers left")
+    again = cli(hung, "exec", "hung", "--role", "ps", "--", "true")
+    assert again.exit_code == 0, "the slots came back"

@@ -455,7 +455,7 @@ def create_app(
 
     app.include_router(token_routes(guard))
     app.include_router(checkpoint_routes(guard, controller))
-    app.include_router(debug_routes(guard, controller))
+    app.include_router(debug_routes(guard, controller, limits))
     app.include_router(metric_routes(guard, limits))
     app.include_router(log_routes(guard, controller, limits))
     return app
