@@ -214,7 +214,8 @@ async def on_own_thread(lines: Iterator[str], cancel: Callable[[], None]) -> Asy
             yield line
     finally:
         stop.set()
-        cancel()
+        # Not on the event loop: ending a command waits for it (a pod's closes a socket).
+        threading.Thread(target=cancel, name="exec-cancel", daemon=True).start()
 
 
 def exec_lines(command: ReplicaCommand, timeout_s: float) -> Iterator[str]:
