@@ -14,7 +14,7 @@ from tidemill.cli.main import app
 
 def test_suspend_stops_a_job_and_resume_runs_it_again(live: Live) -> None:
     before = live.submit("nap", SLEEP, workers=2, cpu=0.5)
-    assert before.phase == "Pending"
+    assert before.phase in ("Pending", "Scheduled")  # the controller may place it at once
     pids = [r.pid for r in live.running("nap").replicas]
 
     suspended = tidemill(live, "suspend", "nap", "--wait")

@@ -16,9 +16,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-LOG_MAX_BYTES = 256 << 20
-"""How large a replica's log may grow before it is trimmed."""
-LOG_KEPT_BYTES = 32 << 20
+LOG_MAX_BYTES = 1 << 30
+"""How large a replica's log may grow before it is trimmed (a long run's log of a few
+hundred MiB is whole; a loop that prints without end is not)."""
+LOG_KEPT_BYTES = 64 << 20
 """How much of its end a trim keeps, in ``<log>.1``."""
 
 
