@@ -112,7 +112,11 @@ def simulate(hours: float, seed: int, reserve_after_s: float | None) -> dict[str
         for key in [k for k, (_, ends) in running.items() if ends <= now]:
             del running[key]
         state = ClusterState(
-            nodes, queues, tuple(job for job, _ in running.values()), now, reservations
+            nodes,
+            queues,
+            tuple(job for job, _ in running.values()),
+            now=now,
+            reservations=reservations,
         )
         decisions = schedule(state, list(pending.values()), config)
         reservations = tuple(decisions.reservations)

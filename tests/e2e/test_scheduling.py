@@ -125,3 +125,32 @@ def test_metrics_show_jobs_queues_and_allocation(start_server):  # type: ignore[
     assert json.loads(httpx.get(f"{server.url}/openapi.json").text)["paths"]["/api/v1/jobs"]
     dashboard = httpx.get(f"{server.url}/")
     assert dashboard.status_code == 200 and "<title>tidemill</title>" in dashboard.text
+
+
+WHOLE_NODE = """
+nodes:
+  - {name: only, cpu: 2, memory: 4Gi}
+queues:
+  - {name: a-backlog}
+  - {name: b-team}
+"""
+
+
+def test_a_queue_with_a_backlog_of_whole_cluster_jobs_does_not_starve_another(start_server):  # type: ignore[no-untyped-def]
+    """Each job of a-backlog (first by name) takes the whole node. Before, whenever the
+    node freed both queues held nothing, the tie went by name, and b-team's job waited
+    for the whole backlog; now the queue that used less lately goes first."""
+    _, client = start_server(WHOLE_NODE)
+    short = "import time; time.sleep(0.5)"
+    for i in range(8):
+        client.submit(script_job(f"a{i}", short, cpu=2, queue="a-backlog"))
+    wait_for(lambda: phase(client, "a0") == "Running", what="the backlog's first job running")
+    client.submit(script_job("b0", short, cpu=2, queue="b-team"))
+    wait_for(lambda: phase(client, "b0") == "Succeeded", timeout_s=60, what="b-team's job done")
+    started = {job.name: client.get(job.name).started_at for job in client.jobs()}
+    backlog_before = sorted(
+        name
+        for name, at in started.items()
+        if name != "b0" and at is not None and at < started["b0"]
+    )
+    assert backlog_before in (["a0"], ["a0", "a1"]), started

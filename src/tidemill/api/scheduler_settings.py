@@ -7,6 +7,7 @@ with only some fields) schedules as ``SchedulerConfig()`` does::
       scoring: fragmentation        # or best-fit
       scoreNodes: 128
       reserveAfterSeconds: 3600
+      recentUseHalfLifeSeconds: 3600
       workload:                     # the pod mix fragmentation scoring keeps room for
         - {cpu: 8, memory: 64Gi, gpu: 1, weight: 60}
         - {cpu: 4, memory: 16Gi, gpu: 0.5, weight: 30}
@@ -28,6 +29,8 @@ MAX_WORKLOAD_TYPES = 4_096
 """Pod types a workload lists (the scorer keeps the most common 256)."""
 MAX_RESERVATIONS = 1_000
 """Jobs holding reservations at once: each holds a gang's worth of nodes."""
+MAX_HALF_LIFE_SECONDS = 10 * 365 * 86_400
+"""Ten years: a longer half-life remembers use forever anyway."""
 
 
 class ExpectedPod(SpecModel):
@@ -90,6 +93,13 @@ class SchedulerSettings(SpecModel):
         "own bound; null: only queues that set one reserve",
     )
     max_reservations: int = Field(default=4, ge=0, le=MAX_RESERVATIONS)
+    recent_use_half_life_seconds: int = Field(
+        default=3600,
+        gt=0,
+        le=MAX_HALF_LIFE_SECONDS,
+        description="a queue's recent use, which decides between queues holding equal "
+        "shares (the one that used less goes first), halves over this long",
+    )
     workload: list[ExpectedPod] = Field(
         default_factory=list,
         max_length=MAX_WORKLOAD_TYPES,

@@ -10,8 +10,9 @@ A job whose request cannot be built (its spec cannot be read) or whose decision 
 while written is failed alone; every other decision of the pass commits.
 
 The scheduler has no clock and keeps nothing: each pass gives it the time, and the
-reservations the previous pass returned (held here, in memory: after a restart they
-are made again, on the nodes expected to free soonest then).
+reservations and queues' recent use the previous pass returned (held here, in memory:
+after a restart reservations are made again, on the nodes expected to free soonest
+then, and recent use counts from the restart).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from tidemill.controller.snapshot import (
 from tidemill.engines.base import Engine
 from tidemill.scheduler.core import schedule_incremental
 from tidemill.scheduler.memo import Memo
+from tidemill.scheduler.recent_use import RecentUse
 from tidemill.scheduler.types import (
     Bind,
     ClusterState,
@@ -120,6 +122,8 @@ class SchedulingStep:
         """What the last pass reserved, for jobs that waited past their bound."""
         self._memo: Memo | None = None
         """The last snapshot's free capacity and use, so a pass pays for what changed."""
+        self._recent_use = RecentUse()
+        """Each queue's recent use at the last pass: it orders queues of equal shares."""
 
     def run(self, now: float, stats: CycleStats) -> bool:
         """Returns True when something was bound, preempted or resized."""
@@ -127,11 +131,14 @@ class SchedulingStep:
         if read is None:
             self._reservations = ()
             return False
-        state = dataclasses.replace(read.state, now=now, reservations=self._reservations)
+        state = dataclasses.replace(
+            read.state, now=now, reservations=self._reservations, recent_use=self._recent_use
+        )
         started = time.perf_counter()
         decisions, self._memo = schedule_incremental(state, read.requests, self.config, self._memo)
         stats.schedule_seconds = time.perf_counter() - started
         self._reservations = tuple(decisions.reservations)
+        self._recent_use = decisions.recent_use
         waited: dict[int, float] = {}
         """job id -> how long it queued, for jobs bound in this pass"""
         writes = self._writes(read, decisions, now, waited)

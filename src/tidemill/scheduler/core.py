@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from tidemill.scheduler import fragmentation, preemption, reasons, reclaim, topology
 from tidemill.scheduler.capacity import Capacity
 from tidemill.scheduler.memo import Memo, carry
-from tidemill.scheduler.ordering import QueueOrder
+from tidemill.scheduler.ordering import QueueOrder, queue_turns
 from tidemill.scheduler.placement import (
     Misfit,
     fits_empty_node,
@@ -140,9 +140,13 @@ def schedule_incremental(
             known.append(request)
         else:
             decisions.pending[request.key] = reasons.unknown_queue(request, state.queues)
-    book = Reservations(state, config, known)
+    recent = state.recent_use.advanced(state.now, config.recent_use_half_life_s)
+    held = memo.held
+    turns = queue_turns(state.queues, held, cluster, recent)
+    book = Reservations(state, config, known, turns)
     late = {job.key for job in book.starving}
-    order = QueueOrder(state.queues, [j for j in known if j.key not in late], memo.held, cluster)
+    in_turn = [j for j in known if j.key not in late]
+    order = QueueOrder(state.queues, in_turn, held, cluster, recent)
     pool = VictimPool(state.running, capacity, cluster, memo.lowest_preemptible())
     cycle = _Cycle(state, config, capacity, order, pool, book)
     cycle.grow([r for r in growing if r.replaces], decisions)
@@ -169,6 +173,7 @@ def schedule_incremental(
     cycle.fill(decisions)
     cycle.grow(growing, decisions)
     decisions.reservations = book.held
+    decisions.recent_use = recent.holding_now(order.shares())
     return decisions, memo
 
 
@@ -263,7 +268,7 @@ class _Cycle:
         """Each job's optional pods that fit idle room, in DRF order then priority."""
         queues = self._state.queues
         held = {name: self._order.held(name) for name in queues}
-        order = QueueOrder(queues, jobs, held, self._capacity.total())
+        order = QueueOrder(queues, jobs, held, self._capacity.total(), self._order.recent)
         while (job := order.next()) is not None:
             added = self._extras(job, order.held(job.queue), self._placed(job))
             if added:

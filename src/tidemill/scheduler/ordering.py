@@ -3,7 +3,8 @@
 Dominant Resource Fairness: a queue's share is its largest fraction of any cluster
 resource, divided by its weight; the queue with the smallest share goes next, so a team
 that holds little gets served before one that holds much. Queues still below their
-``guaranteed`` amount go before all others.
+``guaranteed`` amount go before all others. Between queues whose shares are equal, the
+one that used less lately (``recent_use.RecentUse``) goes first, then the name decides.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterable, Mapping
 
+from tidemill.scheduler.recent_use import RecentUse
 from tidemill.scheduler.types import JobRequest, QueueInfo, ResourceVector
 
 
@@ -29,6 +31,49 @@ def dominant_share(held: ResourceVector, capacity: ResourceVector) -> float:
     return max(fractions, default=0.0)
 
 
+def weighted_share(info: QueueInfo, held: ResourceVector, capacity: ResourceVector) -> float:
+    """``held``'s dominant share over the queue's weight; infinite for a weight of 0."""
+    share = dominant_share(held, capacity)
+    return share / info.weight if info.weight > 0 else float("inf")
+
+
+QueueKey = tuple[int, float, float, str]
+"""(below-guarantee rank, weighted share, recent use, name): the smallest goes first."""
+
+
+def queue_key(
+    info: QueueInfo, held: ResourceVector, capacity: ResourceVector, recent: RecentUse
+) -> QueueKey:
+    """Where a queue holding ``held`` stands in the order: 0 first while it holds less
+    than a non-zero guarantee of some resource, then by weighted share, recent use, name."""
+    wanted = info.guaranteed
+    below = (
+        held.cpu_millis < wanted.cpu_millis
+        or held.memory_bytes < wanted.memory_bytes
+        or held.gpu < wanted.gpu
+    )
+    return (
+        0 if below else 1,
+        weighted_share(info, held, capacity),
+        recent.of(info.name),
+        info.name,
+    )
+
+
+def queue_turns(
+    queues: Mapping[str, QueueInfo],
+    held: Mapping[str, ResourceVector],
+    capacity: ResourceVector,
+    recent: RecentUse,
+) -> dict[str, int]:
+    """Each queue's place in the order as things stand (0 goes first)."""
+    keys = {
+        name: queue_key(info, held.get(name, ResourceVector()), capacity, recent)
+        for name, info in queues.items()
+    }
+    return {name: turn for turn, name in enumerate(sorted(keys, key=keys.__getitem__))}
+
+
 def within_queue_order(job: JobRequest) -> tuple[int, int, str]:
     """Highest priority first, then the earliest submitted (lowest ``sequence``)."""
     return (-job.priority, job.sequence, job.key)
@@ -37,8 +82,8 @@ def within_queue_order(job: JobRequest) -> tuple[int, int, str]:
 class QueueOrder:
     """Hands out jobs one at a time, re-ranking queues as their allocation changes.
 
-    A heap of (below-guarantee rank, weighted share, name, version); entries whose
-    version is stale are skipped, so charging any queue is O(log queues).
+    A heap of (``queue_key``, version); entries whose version is stale are skipped, so
+    charging any queue is O(log queues).
     """
 
     def __init__(
@@ -47,8 +92,10 @@ class QueueOrder:
         jobs: Iterable[JobRequest],
         held: Mapping[str, ResourceVector],
         capacity: ResourceVector,
+        recent: RecentUse | None = None,
     ) -> None:
         self._queues = queues
+        self._recent = RecentUse() if recent is None else recent
         self._capacity = capacity
         self._held = {name: held.get(name, ResourceVector()) for name in queues}
         grouped: dict[str, list[JobRequest]] = {name: [] for name in queues}
@@ -58,20 +105,32 @@ class QueueOrder:
             name: deque(sorted(group, key=within_queue_order)) for name, group in grouped.items()
         }
         self._version = dict.fromkeys(queues, 0)
-        self._heap: list[tuple[int, float, str, int]] = []
+        self._heap: list[tuple[QueueKey, int]] = []
         for name in sorted(queues):
             self._push(name)
 
     def next(self) -> JobRequest | None:
         """The next job to try, or None when every queue is empty."""
         while self._heap:
-            _, _, name, version = heapq.heappop(self._heap)
+            (*_, name), version = heapq.heappop(self._heap)
             if version != self._version[name] or not self._jobs[name]:
                 continue
             job = self._jobs[name].popleft()
             self._push(name)
             return job
         return None
+
+    @property
+    def recent(self) -> RecentUse:
+        """The recent use that orders queues of equal shares."""
+        return self._recent
+
+    def shares(self) -> dict[str, float]:
+        """Each queue's weighted share of what it holds now."""
+        return {
+            name: weighted_share(info, self._held[name], self._capacity)
+            for name, info in self._queues.items()
+        }
 
     def held(self, queue: str) -> ResourceVector:
         """What ``queue`` holds now: running jobs plus jobs bound this cycle."""
@@ -90,19 +149,5 @@ class QueueOrder:
         return rest
 
     def _push(self, name: str) -> None:
-        info = self._queues[name]
-        held = self._held[name]
-        share = dominant_share(held, self._capacity)
-        weighted = share / info.weight if info.weight > 0 else float("inf")
-        heapq.heappush(self._heap, (self._rank(info, held), weighted, name, self._version[name]))
-
-    @staticmethod
-    def _rank(info: QueueInfo, held: ResourceVector) -> int:
-        """0 while the queue holds less than a non-zero guarantee of some resource."""
-        wanted = info.guaranteed
-        below = (
-            held.cpu_millis < wanted.cpu_millis
-            or held.memory_bytes < wanted.memory_bytes
-            or held.gpu < wanted.gpu
-        )
-        return 0 if below else 1
+        key = queue_key(self._queues[name], self._held[name], self._capacity, self._recent)
+        heapq.heappush(self._heap, (key, self._version[name]))

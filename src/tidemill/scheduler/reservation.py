@@ -18,7 +18,7 @@ zero, so nothing else fits until those jobs end and the reservation is satisfied
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -55,9 +55,16 @@ class Reservations:
     """Who has waited too long this cycle, the room held for them, and who may backfill."""
 
     def __init__(
-        self, state: ClusterState, config: SchedulerConfig, pending: Sequence[JobRequest]
+        self,
+        state: ClusterState,
+        config: SchedulerConfig,
+        pending: Sequence[JobRequest],
+        turns: Mapping[str, int] | None = None,
     ) -> None:
+        """``turns``: each queue's place in the DRF order now (``ordering.queue_turns``),
+        which decides between queues' late jobs; None: the longest waiting first."""
         self._state = state
+        self._turns = {} if turns is None else turns
         self._config = config
         self._previous = {r.job: r for r in state.reservations}
         self._ending: tuple[frozenset[str], _Ending] | None = None
@@ -65,7 +72,7 @@ class Reservations:
         """The reservations made or kept this cycle, in the order they were held."""
         self.starving: list[JobRequest] = self._late(pending)
         """Jobs past their bound, longest waiting first (those already holding room
-        before the rest), at most ``config.max_reservations``."""
+        before the rest, and queue by queue in turn), at most ``config.max_reservations``."""
 
     def reserve(
         self, capacity: Capacity, job: JobRequest, reason: Reason, stopped: set[str]
@@ -137,6 +144,10 @@ class Reservations:
         return self._config.reserve_after_s
 
     def _late(self, pending: Sequence[JobRequest]) -> list[JobRequest]:
+        """Jobs past their bound, at most ``max_reservations``: those holding room first;
+        then each queue's longest waiting, then each one's next, and so on, queues taken
+        in their DRF turn. So one queue's backlog of jobs that all waited long cannot
+        keep every reservation while another queue's job has waited past its bound too."""
         now = self._state.now
         if now is None or self._config.max_reservations <= 0:
             return []
@@ -146,16 +157,16 @@ class Reservations:
             since = job.waiting_since
             if since is not None and bound is not None and now - since >= bound:
                 late.append((since, job))
-        late.sort(
-            key=lambda item: (
-                item[1].key not in self._previous,
-                item[0],
-                -item[1].priority,
-                item[1].sequence,
-                item[1].key,
-            )
-        )
-        return [job for _, job in late[: self._config.max_reservations]]
+        late.sort(key=lambda item: (item[0], -item[1].priority, item[1].sequence, item[1].key))
+        in_queue: dict[str, int] = {}
+        ranked: list[tuple[bool, int, int, int, JobRequest]] = []
+        for position, (_, job) in enumerate(late):
+            in_queue[job.queue] = in_queue.get(job.queue, -1) + 1
+            holds = job.key in self._previous
+            queue_turn = self._turns.get(job.queue, 0)
+            ranked.append((not holds, in_queue[job.queue], queue_turn, position, job))
+        ranked.sort(key=lambda item: item[:4])
+        return [job for *_, job in ranked[: self._config.max_reservations]]
 
 
 def _end_order(job: RunningJob) -> tuple[bool, float, str]:

@@ -41,6 +41,7 @@ def config_of(settings: SchedulerSettings) -> SchedulerConfig:
         reclaim=settings.reclaim,
         scoring=settings.scoring,
         score_nodes=settings.score_nodes,
+        recent_use_half_life_s=float(settings.recent_use_half_life_seconds),
     )
 
 

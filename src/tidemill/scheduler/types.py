@@ -19,6 +19,8 @@ Time is data too: ``ClusterState.now`` with each pending job's ``waiting_since``
 running job's ``expected_end`` let a job that waited past its bound get a
 ``Reservation``; the reservations come back in ``Decisions.reservations`` and go into
 the next cycle's ``ClusterState``, so they last without the scheduler keeping state.
+Each queue's recent use (``recent_use.RecentUse``) travels the same way in
+``Decisions.recent_use``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
+
+from tidemill.scheduler.recent_use import RecentUse
 
 Extended = tuple[tuple[str, int], ...]
 """Extended resources as (name, whole amount) pairs sorted by name; hashable, so pod
@@ -286,6 +290,9 @@ class ClusterState:
     workload: tuple[PodType, ...] = ()
     """The pod mix the cluster expects, for fragmentation-aware placement; empty: the
     pods pending in the call stand for it."""
+    recent_use: RecentUse = field(default_factory=RecentUse)
+    """What the previous cycle's ``Decisions.recent_use`` held: each queue's recent use,
+    which orders queues whose shares are equal."""
 
 
 Scoring = Literal["fragmentation", "best-fit"]
@@ -316,11 +323,19 @@ class SchedulerConfig:
     """Fragmentation scoring looks at no more than this many of the nodes a pod fits:
     those best fit ranks first (as kube-scheduler bounds the nodes it scores on large
     clusters), so scoring a pod does not grow with the cluster. None: every node."""
+    recent_use_half_life_s: float = 3600.0
+    """A queue's recent use (which orders queues whose shares are equal) halves over
+    this long."""
 
     def __post_init__(self) -> None:
         if self.scoring not in get_args(Scoring):
             choices = " or ".join(repr(s) for s in get_args(Scoring))
             raise ValueError(f"SchedulerConfig.scoring: {self.scoring!r}; use {choices}")
+        if not self.recent_use_half_life_s > 0:
+            raise ValueError(
+                "SchedulerConfig.recent_use_half_life_s: "
+                f"{self.recent_use_half_life_s:g}; must be above 0"
+            )
         if self.score_nodes is not None and self.score_nodes < 1:
             raise ValueError(
                 f"SchedulerConfig.score_nodes: {self.score_nodes}; use at least 1, or None "
@@ -396,6 +411,8 @@ class Decisions:
     """Why a growth request got fewer pods than it asked for (the first pod left out)."""
     reservations: list[Reservation] = field(default_factory=list)
     """The reservations to pass in the next cycle's ``ClusterState``."""
+    recent_use: RecentUse = field(default_factory=RecentUse)
+    """Each queue's recent use at this cycle, to pass in the next cycle's ``ClusterState``."""
 
 
 def usage(placements: Iterable[Placement]) -> ResourceVector:

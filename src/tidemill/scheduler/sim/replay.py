@@ -30,6 +30,7 @@ from tidemill.scheduler import (
     Reservation,
     RunningJob,
 )
+from tidemill.scheduler.recent_use import RecentUse
 from tidemill.scheduler.sim.errors import SimInputError
 from tidemill.scheduler.sim.policies import Policy
 from tidemill.scheduler.sim.trace import TraceJob
@@ -165,6 +166,7 @@ class _Run:
         """(end time, trace index, run number): a preempted run's end is stale and skipped."""
         self.runs = [0] * len(trace)
         self.reservations: tuple[Reservation, ...] = ()
+        self.recent_use = RecentUse()
         self.next_arrival = 0
         self.held_gpus = 0.0
         self.events_done = 0
@@ -207,11 +209,13 @@ class _Run:
             running=tuple(job for _, job in self.running.values()),
             now=now,
             reservations=self.reservations,
+            recent_use=self.recent_use,
         )
         started = time.process_time()
         decisions = self.policy(state, [request for _, request in self.pending.values()])
         self.record.call_cpu_s.append(time.process_time() - started)
         self.reservations = tuple(decisions.reservations)
+        self.recent_use = decisions.recent_use
         for preemption in decisions.preemptions:
             index, victim = self.running.pop(preemption.victim)
             self.runs[index] += 1
