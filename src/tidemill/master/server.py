@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tidemill.api.status import PSInsightView, saved_insight
+from tidemill.log_sampling import worth_logging
 from tidemill.master.config import MasterConfig
 from tidemill.master.data_service import DataService
 from tidemill.master.effects import Effect, Evict, Notify, Save, Send
@@ -278,9 +279,10 @@ class MasterServer:
             await self._closed(connection, why)
 
     def _log_refusal(self, connection: Connection, why: str) -> None:
-        """Log the first :data:`LOGGED_REFUSALS` refused connections, then every 1,000th."""
+        """Log the first :data:`LOGGED_REFUSALS` refused connections, then now and then
+        (:func:`~tidemill.log_sampling.worth_logging`)."""
         self.refused_peers += 1
-        if self.refused_peers <= LOGGED_REFUSALS or self.refused_peers % 1000 == 0:
+        if worth_logging(self.refused_peers, first=LOGGED_REFUSALS):
             log(f"refused {connection.peer} {why} ({self.refused_peers} refused so far)")
 
     async def _closed(self, connection: Connection, why: str) -> None:

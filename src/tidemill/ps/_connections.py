@@ -19,6 +19,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
+from tidemill.log_sampling import worth_logging
 from tidemill.peer_user import other_user
 from tidemill.ps._errors import PSProtocolError
 from tidemill.ps._local import widen
@@ -162,7 +163,7 @@ class Connections:
         with self._guard:
             self._starved += 1
             starved = self._starved
-        if starved == 1 or starved % 1000 == 0:
+        if worth_logging(starved):
             log.warning(
                 "PS replica %d cannot accept a connection now (%s); trying again every "
                 "%gs (%d times so far)",
@@ -208,7 +209,7 @@ class Connections:
         with self._guard:
             self._turned_away += 1
             turned_away = self._turned_away
-        if turned_away == 1 or turned_away % 1000 == 0:
+        if worth_logging(turned_away):
             log.warning("PS replica %d %s (%d turned away so far)", self._replica, why, turned_away)
         sock.close()
 

@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from tidemill.log_sampling import worth_logging
 from tidemill.server.middleware import error_body
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ log = logging.getLogger(__name__)
 REQUEST_READ_S = 30.0
 """How long a request may take to arrive (a 1 MiB job file at 40 KiB/s)."""
 MOST_CONNECTIONS = 4096
-LOG_EVERY = 1000
-"""A refusal of each kind is logged the first time and then once per this many."""
 
 
 def default_max_connections() -> int:
@@ -73,7 +72,7 @@ class ConnectionBounds:
 
     def count(self, status: int, message: str) -> None:
         seen = self.refused[status] = self.refused.get(status, 0) + 1
-        if seen == 1 or seen % LOG_EVERY == 0:
+        if worth_logging(seen):
             log.warning("%s (%d such connections so far)", message, seen)
 
 
