@@ -1,4 +1,4 @@
-"""Replica logs of the local engine stay within a size, as kubelet keeps container logs.
+"""Replica logs on the server's disk stay within a size, as kubelet keeps container logs.
 
 A replica writes straight into its log file (its stdout and stderr are the file, opened
 to append), so a job that prints in a loop would fill the disk that holds the control
@@ -9,6 +9,7 @@ copy) and the file is emptied (logrotate's ``copytruncate``: the writers append,
 they go on at its new end). A line the replica writes between the copy and the
 truncation is lost; the note that starts the emptied file says what went where, and
 the server's log streams, which read the file by offset, start again at its beginning.
+The Kubernetes engine trims its mirrors of pod logs (``STATE_DIR/pod-logs/``) the same way.
 """
 
 from __future__ import annotations
