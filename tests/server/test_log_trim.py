@@ -26,7 +26,9 @@ PRINTER = (
     "time.sleep(4)\n"
     "print('after the trim', flush=True)\n"
 )
-NOTE = re.compile(r"\[tidemill: this log passed 1048576 bytes; its last 65536 bytes are in ")
+NOTE = re.compile(
+    r"\[tidemill: this log passed 1048576 bytes; its last 655[0-3][0-9] bytes are in "
+)
 
 
 @pytest.fixture
@@ -59,8 +61,9 @@ def test_a_running_replicas_log_is_trimmed_and_a_follower_reads_on(runner: Serve
     log = next(runner.state_dir.glob("logs/default/printer/*/worker-0.log"))
     assert log.stat().st_size < 4096, "the log holds what came after the trim"
     kept = older_log(log).read_bytes()
-    assert len(kept) == KEPT_BYTES
+    assert KEPT_BYTES - 100 < len(kept) <= KEPT_BYTES
     assert kept.endswith(f"line {LINES - 1:07d}\n".encode())
+    assert kept.startswith(b"line "), "the kept end starts at a whole line"
 
 
 def test_a_follower_reads_a_trimmed_file_again_from_its_start(tmp_path: Path) -> None:
@@ -87,7 +90,7 @@ def test_a_follower_reads_a_trimmed_file_again_from_its_start(tmp_path: Path) ->
     assert got[:2] == ["first", "x" * 200]
     assert got[2] == "unfinish", "a line cut short by the trim ends there"
     assert got[3].startswith(
-        "[tidemill: this log passed 100 bytes; its last 50 bytes are in w.log.1"
+        "[tidemill: this log passed 100 bytes; its last 8 bytes are in w.log.1, the 207 "
     )
     assert got[4:] == ["ed", "last"]
-    assert older_log(log).read_text().endswith("\nunfinish")
+    assert older_log(log).read_text() == "unfinish", "whole lines of the last 50 bytes"

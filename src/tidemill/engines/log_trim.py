@@ -39,12 +39,13 @@ def trim_log(log: Path, max_bytes: int = LOG_MAX_BYTES, kept_bytes: int = LOG_KE
         partial = older.with_name(older.name + ".tmp")
         with log.open("rb") as source, partial.open("wb") as copy:
             source.seek(max(0, size - kept_bytes))
-            copy.write(source.read(kept_bytes))
+            kept = _whole_lines(source.read(kept_bytes), cut=size > kept_bytes)
+            copy.write(kept)
         os.replace(partial, older)
         os.truncate(log, 0)
-        dropped = max(0, size - kept_bytes)
+        dropped = size - len(kept)
         note = (
-            f"[tidemill: this log passed {max_bytes} bytes; its last {min(size, kept_bytes)} "
+            f"[tidemill: this log passed {max_bytes} bytes; its last {len(kept)} "
             f"bytes are in {older.name}, the {dropped} before them were dropped]\n"
         )
         with log.open("ab") as appended:
@@ -52,6 +53,15 @@ def trim_log(log: Path, max_bytes: int = LOG_MAX_BYTES, kept_bytes: int = LOG_KE
     except OSError:
         return 0
     return dropped
+
+
+def _whole_lines(tail: bytes, cut: bool) -> bytes:
+    """``tail`` from its first whole line when it was ``cut`` from a longer log (a tail
+    without a line break is kept whole)."""
+    if not cut:
+        return tail
+    start = tail.find(b"\n") + 1
+    return tail[start:] if 0 < start < len(tail) else tail
 
 
 __all__ = ["LOG_KEPT_BYTES", "LOG_MAX_BYTES", "older_log", "trim_log"]

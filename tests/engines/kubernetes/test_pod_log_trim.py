@@ -4,6 +4,7 @@ from where the mirror left off, nothing twice."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -71,13 +72,16 @@ def test_a_mirror_is_trimmed_and_a_restarted_follower_copies_nothing_twice(
 
     text = mirror.read_text()
     note, *lines = text.splitlines()
-    assert note.startswith("[tidemill: this log passed 1048576 bytes; its last 65536 bytes")
+    assert re.match(
+        r"\[tidemill: this log passed 1048576 bytes; its last 655[0-3][0-9] bytes", note
+    )
     assert lines[-1] == "after the trim" and text.count("after the trim") == 1
     # the trim falls between two chunks of the stream, so the first line may be a piece
     numbers = [int(line.split()[1]) for line in lines[1:-1]]
     assert numbers == list(range(numbers[0], LINES)), "the stream's end, in order, once"
     assert mirror.stat().st_size <= MAX_BYTES + 64 * 1024
-    assert older_log(mirror).stat().st_size == KEPT_BYTES
+    kept = older_log(mirror).read_bytes()
+    assert KEPT_BYTES - 100 < len(kept) <= KEPT_BYTES and kept.startswith(b"line ")
     streamed = LINES * len("line 0000000\n") + len("after the trim\n")
     start = MirrorStart.read(mirror)
     assert start.copied(mirror.stat().st_size) == streamed
