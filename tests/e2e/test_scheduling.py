@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 
+import httpx
 import psutil
 import pytest
 
@@ -110,7 +112,6 @@ def test_metrics_show_jobs_queues_and_allocation(start_server):  # type: ignore[
     server, client = start_server(CLUSTER)
     client.submit(script_job("m", SLEEP_FOREVER, gpu=1, queue="ads"))
     wait_for(lambda: phase(client, "m") == "Running", what="m running")
-    import httpx
 
     text = httpx.get(f"{server.url}/metrics").text
 
@@ -140,7 +141,7 @@ def test_a_queue_with_a_backlog_of_whole_cluster_jobs_does_not_starve_another(st
     """Each job of a-backlog (first by name) takes the whole node. Before, whenever the
     node freed both queues held nothing, the tie went by name, and b-team's job waited
     for the whole backlog; now the queue that used less lately goes first."""
-    _, client = start_server(WHOLE_NODE)
+    server, client = start_server(WHOLE_NODE)
     short = "import time; time.sleep(0.5)"
     for i in range(8):
         client.submit(script_job(f"a{i}", short, cpu=2, queue="a-backlog"))
@@ -154,3 +155,11 @@ def test_a_queue_with_a_backlog_of_whole_cluster_jobs_does_not_starve_another(st
         if name != "b0" and at is not None and at < started["b0"]
     )
     assert backlog_before in (["a0"], ["a0", "a1"]), started
+    metrics = httpx.get(f"{server.url}/metrics").text
+    used = {
+        queue: float(value)
+        for queue, value in re.findall(
+            r'tidemill_queue_recent_use_share_seconds\{queue="([^"]+)"\} (\S+)', metrics
+        )
+    }
+    assert used["a-backlog"] > used["b-team"] > 0, used

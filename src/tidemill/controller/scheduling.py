@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tidemill.api.job import TrainingJob
@@ -79,6 +79,8 @@ class CycleStats:
 
     schedule_seconds: float = 0.0
     queue_latencies_s: list[float] = field(default_factory=list)
+    recent_use: Mapping[str, float] | None = None
+    """Each queue's recent use after the pass (weighted share-seconds); None: no pass."""
 
 
 @dataclass
@@ -139,6 +141,7 @@ class SchedulingStep:
         stats.schedule_seconds = time.perf_counter() - started
         self._reservations = tuple(decisions.reservations)
         self._recent_use = decisions.recent_use
+        stats.recent_use = decisions.recent_use.share_seconds
         waited: dict[int, float] = {}
         """job id -> how long it queued, for jobs bound in this pass"""
         writes = self._writes(read, decisions, now, waited)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -243,12 +243,27 @@ class ControllerMetrics:
             registry=registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600),
         )
+        self.recent_use = Gauge(
+            "tidemill_queue_recent_use_share_seconds",
+            "A queue's weighted DRF share integrated over time, halving every "
+            "recentUseHalfLifeSeconds, as of the last scheduling pass: between queues of "
+            "equal share, the smaller goes first",
+            ["queue"],
+            registry=registry,
+        )
+        self._recent_queues: set[str] = set()
 
     def record(self, stats: CycleStats) -> None:
         if stats.schedule_seconds:
             self.cycle.observe(stats.schedule_seconds)
         for latency in stats.queue_latencies_s:
             self.queue_latency.observe(latency)
+        if stats.recent_use is not None:
+            for queue in self._recent_queues - stats.recent_use.keys():
+                self.recent_use.remove(queue)
+            for queue, share_seconds in stats.recent_use.items():
+                self.recent_use.labels(queue).set(share_seconds)
+            self._recent_queues = set(stats.recent_use)
 
 
 def make_registry(
