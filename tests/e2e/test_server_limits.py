@@ -3,6 +3,8 @@ constant memory, and a state folder it cannot write stops it with one clear line
 
 from __future__ import annotations
 
+import json
+import os
 import resource
 import subprocess
 import sys
@@ -14,6 +16,8 @@ import httpx
 import psutil
 import pytest
 
+from tests.e2e.conftest import ServerProcess
+from tests.e2e.harness import SLEEP_FOREVER, script_job, wait_for
 from tidemill.server.logs import LOG_LIMIT_BYTES, cut_note
 
 pytestmark = pytest.mark.e2e
@@ -175,3 +179,52 @@ def test_a_port_another_server_holds_stops_the_server_with_one_line(start_server
     )
     assert "Traceback" not in result.stdout + result.stderr
     assert client.health()
+
+
+def test_a_namespace_at_its_job_bound_is_refused_more_and_others_are_not(tmp_path: Path) -> None:
+    """A runaway submit loop stops at the bound with a 403 naming it; another namespace
+    still submits, and deleting one job makes room again."""
+    state = tmp_path / "state"
+    state.mkdir()
+    server = ServerProcess(state, None, args=("--max-jobs-per-namespace", "3"))
+    server.start()
+    env = {**os.environ, "TIDEMILL_SERVER": server.url}
+    env["TIDEMILL_CONFIG"] = str(tmp_path / "no-config.yaml")
+
+    def submit(name: str, namespace: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / f"{namespace}-{name}.yaml"
+        path.write_text(json.dumps(script_job(name, SLEEP_FOREVER, namespace=namespace)))
+        argv = [sys.executable, "-m", "tidemill", "submit", str(path)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+
+    try:
+        for i in range(3):
+            assert submit(f"j{i}", "loop").returncode == 0
+        refused = submit("j3", "loop")
+        assert refused.returncode == 1, refused
+        assert "namespace loop holds 3 unfinished jobs" in refused.stderr
+        assert "--max-jobs-per-namespace" in refused.stderr
+        answer = httpx.post(
+            f"{server.url}/api/v1/jobs", json=script_job("j4", SLEEP_FOREVER, namespace="loop")
+        )
+        assert answer.status_code == 403
+        assert answer.json()["error"]["code"] == "QuotaExceeded"
+        dry = httpx.post(
+            f"{server.url}/api/v1/jobs",
+            params={"dryRun": "true"},
+            json=script_job("j4", SLEEP_FOREVER, namespace="loop"),
+        )
+        assert dry.status_code == 403, "a dry run says what the submit would meet"
+        assert submit("other", "calm").returncode == 0
+        httpx.delete(f"{server.url}/api/v1/jobs/j0", params={"namespace": "loop"})
+        wait_for(lambda: submit("j3", "loop").returncode == 0, what="room after a delete")
+        listed = httpx.get(f"{server.url}/api/v1/jobs", params={"namespace": "loop"}).json()
+        assert sorted(job["name"] for job in listed["items"]) == ["j1", "j2", "j3"]
+    finally:
+        for namespace in ("loop", "calm"):
+            listed = httpx.get(f"{server.url}/api/v1/jobs", params={"namespace": namespace})
+            for job in listed.json()["items"]:
+                httpx.delete(
+                    f"{server.url}/api/v1/jobs/{job['name']}", params={"namespace": namespace}
+                )
+        server.stop()

@@ -99,5 +99,10 @@ def job_not_found(name: str, namespace: str | None = None) -> NotFoundError:
     return NotFoundError(f"job {shown(name, 70)} not found in namespace {shown(namespace, 70)}")
 
 
+class QuotaExceeded(Exception):
+    """The request would take a tenant past a bound the operator set; the message names
+    the bound, what holds it and how to make room."""
+
+
 class ConflictError(Exception):
     """The request clashes with the current state; the message says how to resolve it."""

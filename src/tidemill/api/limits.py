@@ -57,6 +57,10 @@ MAX_NUMA_NODES = 64
 """NUMA nodes one node's layout lists."""
 MAX_CPU_ID = 8_191
 """The highest CPU number a NUMA layout may name (Linux's largest NR_CPUS)."""
+MAX_JOBS_PER_NAMESPACE = 5_000
+"""Unfinished jobs (pending, running or suspended) one namespace may hold by default: each
+pending job costs every scheduling pass (Slurm's ``MaxJobCount``, 10,000 by default,
+bounds a whole cluster the same way)."""
 MIN_QUEUE_WEIGHT = 1e-3
 MAX_QUEUE_WEIGHT = 1e6
 

@@ -26,6 +26,7 @@ import typer
 
 from tidemill.api.cluster import ClusterSpec, NodeSpec, this_machine
 from tidemill.api.job import TrainingJob
+from tidemill.api.limits import MAX_JOBS_PER_NAMESPACE
 from tidemill.api.loader import load_job_file
 from tidemill.api.metrics import METRIC_REPORTS_PER_JOB
 from tidemill.api.status import JobPhase
@@ -173,6 +174,17 @@ def server(
             help="Training-metric reports kept per job; the oldest are dropped beyond it.",
         ),
     ] = METRIC_REPORTS_PER_JOB,
+    max_jobs_per_namespace: Annotated[
+        int,
+        typer.Option(
+            "--max-jobs-per-namespace",
+            min=1,
+            max=10_000_000,
+            help="Unfinished jobs (pending, running or suspended) one namespace may hold; "
+            "a submit past it is refused (403 QuotaExceeded). Each pending job costs every "
+            "scheduling pass.",
+        ),
+    ] = MAX_JOBS_PER_NAMESPACE,
     max_connections: Annotated[
         int | None,
         typer.Option(
@@ -190,6 +202,7 @@ def server(
     --auth (or --insecure) and exits 2 otherwise. In every mode it refuses changes
     requested by another site's web page.
     """
+    from tidemill.controller.reconciler import ControllerConfig
     from tidemill.server.connections import ConnectionBounds
     from tidemill.server.limits import Limits
     from tidemill.server.origins import UnusableHostName
@@ -222,6 +235,7 @@ def server(
             limits=Limits(metric_reports_per_job=metrics_history),
             allow_hosts=allow_host or (),
             connections=ConnectionBounds(max_connections) if max_connections else None,
+            controller_config=ControllerConfig(max_jobs_per_namespace=max_jobs_per_namespace),
         )
     except (InsecureServer, UnusableHostName) as exc:
         fail(str(exc), code=EXIT_INVALID)

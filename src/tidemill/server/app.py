@@ -23,7 +23,13 @@ from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
 from tidemill import __version__
-from tidemill.api.errors import ConflictError, NotFoundError, SpecError, job_not_found
+from tidemill.api.errors import (
+    ConflictError,
+    NotFoundError,
+    QuotaExceeded,
+    SpecError,
+    job_not_found,
+)
 from tidemill.api.job import TrainingJob
 from tidemill.api.limits import INT64_MAX
 from tidemill.api.loader import job_from_document
@@ -205,6 +211,10 @@ def create_app(
     @app.exception_handler(NotFoundError)
     async def _missing(_: Request, exc: NotFoundError) -> JSONResponse:
         return _error(404, "NotFound", str(exc.args[0]), [])
+
+    @app.exception_handler(QuotaExceeded)
+    async def _over_quota(_: Request, exc: QuotaExceeded) -> JSONResponse:
+        return _error(403, "QuotaExceeded", str(exc), [])
 
     @app.exception_handler(ConflictError)
     async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:

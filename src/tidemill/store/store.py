@@ -37,6 +37,8 @@ from tidemill.store.tables import (
     UtilizationRow,
 )
 
+FINISHED_PHASES = ("Succeeded", "Failed")
+"""Phases a job ends in (``JobPhase.is_terminal``)."""
 PROBE_INTERVAL_S = 3.0
 """/healthz tries a small write at most this often (how a full store is seen to recover)."""
 PROBE_BYTES = 8192
@@ -208,6 +210,17 @@ class Tx:
             .options(selectinload(JobRow.replicas))
         )
         return list(self.session.scalars(stmt))
+
+    def unfinished_jobs(self, namespace: str) -> int:
+        """How many jobs of ``namespace`` have not finished (nor been deleted)."""
+        stmt = (
+            select(func.count())
+            .select_from(JobRow)
+            .where(JobRow.namespace == namespace)
+            .where(JobRow.phase.not_in(FINISHED_PHASES))
+            .where(JobRow.deleted_at.is_(None))
+        )
+        return int(self.session.scalar(stmt) or 0)
 
     def queued_jobs(self) -> list[JobRow]:
         """Pending jobs for the scheduler: specs and conditions are loaded only if read

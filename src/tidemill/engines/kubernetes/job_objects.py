@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
-from tidemill.api.errors import ConflictError, NotFoundError, SpecError
+from tidemill.api.errors import ConflictError, NotFoundError, QuotaExceeded, SpecError
 from tidemill.api.job import TrainingJob
 from tidemill.api.loader import job_from_custom_object
 from tidemill.api.status import JobPhase, ReplicaPhase
@@ -223,7 +223,7 @@ class JobObjects:
         if uid is None:
             try:
                 key = self.control.submit(job_of(obj), actor=KUBECTL_ACTOR)
-            except (SpecError, ConflictError, ValueError) as exc:
+            except (SpecError, ConflictError, QuotaExceeded, ValueError) as exc:
                 self._refused[meta["uid"]] = generation(obj) or 0
                 self._write_status(obj, {"phase": "Failed", "message": f"refused: {exc}"})
                 return
