@@ -66,10 +66,12 @@ from tidemill.scheduler.types import (
     Reservation,
     SchedulerConfig,
 )
-from tidemill.store.store import Store, Tx
+from tidemill.store.store import QueuedJob, Store, Tx
 from tidemill.store.tables import JobRow
 
 log = logging.getLogger(__name__)
+_Size = tuple[int, tuple[tuple[str, int], ...]]
+"""A pending job's priority and desired replicas per role: what its request is built from."""
 __all__ = ["ACTIVE_PHASES", "CycleStats", "SchedulingStep"]
 
 
@@ -118,8 +120,8 @@ class SchedulingStep:
         self.spec_of = spec_of
         self.config = config
         self.lifecycle = lifecycle
-        self._requests: dict[str, tuple[tuple[int, tuple[tuple[str, int], ...]], JobRequest]] = {}
-        """job uid -> (priority and sizes, request): a name or even an id may be reused"""
+        self._requests: dict[str, tuple[_Size, JobRequest, TrainingJob]] = {}
+        """job uid -> (priority and sizes, request, spec): a name or even an id may be reused"""
         self._reservations: tuple[Reservation, ...] = ()
         """What the last pass reserved, for jobs that waited past their bound."""
         self._memo: Memo | None = None
@@ -189,13 +191,18 @@ class SchedulingStep:
                     log.exception("job %s: left out of scheduling", row.key)
                     continue  # the lifecycle pass fails it alone
                 read.requests += growth
-            for row in pending_rows:
+            built = {queued.id: self._cached(queued) for queued in pending_rows}
+            unseen = [job_id for job_id, known in built.items() if known is None]
+            whole = {row.id: row for row in tx.jobs_by_id(unseen)}
+            for queued in pending_rows:
                 try:
-                    read.requests.append(self._request(row))
-                    read.specs[row.key] = self.spec_of(row)
-                    read.jobs[row.key] = _pending_snapshot(row)
+                    known = built[queued.id]
+                    request, spec = known or self._build(queued, whole.get(queued.id))
+                    read.requests.append(request)
+                    read.specs[queued.key] = spec
+                    read.jobs[queued.key] = _pending_snapshot(queued)
                 except Exception as exc:
-                    read.broken[row.id] = controller_error(exc)
+                    read.broken[queued.id] = controller_error(exc)
             self._forget_requests({j.uid for j in pending_rows})
             read.state = ClusterState(
                 nodes=tuple(node_info(n) for n in tx.nodes()),
@@ -216,15 +223,24 @@ class SchedulingStep:
             requests.append(grow_request(row, spec))
         return [r for r in requests if r is not None]
 
-    def _request(self, row: JobRow) -> JobRequest:
-        """The scheduler's view of a pending job, rebuilt only when its size or priority
-        changes: a long backlog is mostly the same jobs pass after pass."""
-        key = (row.priority, tuple(sorted(row.desired.items())))
+    def _cached(self, row: QueuedJob) -> tuple[JobRequest, TrainingJob] | None:
+        """The request and spec built for ``row`` before, unless its size or priority
+        changed since."""
         cached = self._requests.get(row.uid)
-        if cached is None or cached[0] != key:
-            cached = (key, job_request(row, self.spec_of(row)))
-            self._requests[row.uid] = cached
-        return cached[1]
+        if cached is None or cached[0] != _size(row.priority, row.desired):
+            return None
+        return cached[1], cached[2]
+
+    def _build(self, queued: QueuedJob, row: JobRow | None) -> tuple[JobRequest, TrainingJob]:
+        """The scheduler's view of a pending job and its spec, from its whole ``row``
+        (read only for jobs new to the pass or whose size or priority changed: a long
+        backlog is mostly the same jobs pass after pass)."""
+        if row is None:
+            raise LookupError(f"job {queued.key} was not read whole")
+        spec = self.spec_of(row)
+        request = job_request(row, spec)
+        self._requests[row.uid] = (_size(row.priority, row.desired), request, spec)
+        return request, spec
 
     def _forget_requests(self, pending_uids: set[str]) -> None:
         for uid in [u for u in self._requests if u not in pending_uids]:
@@ -339,7 +355,11 @@ def _replica(placement: Placement, port: int) -> ReplicaSnapshot:
     )
 
 
-def _pending_snapshot(row: JobRow) -> JobSnapshot:
+def _size(priority: int, desired: Mapping[str, int]) -> _Size:
+    return priority, tuple(sorted(desired.items()))
+
+
+def _pending_snapshot(row: QueuedJob) -> JobSnapshot:
     """A pending job holds no replicas; its row is read without them."""
     return JobSnapshot(
         id=row.id,

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Engine, create_engine, delete, event, func, insert, select
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session, defer, selectinload, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from tidemill.store.tables import (
     EVENT_MESSAGE_MAX_CHARS,
@@ -37,6 +37,8 @@ from tidemill.store.tables import (
     UtilizationRow,
 )
 
+IDS_PER_QUERY = 1000
+"""Ids one ``IN`` list holds."""
 FINISHED_PHASES = ("Succeeded", "Failed")
 """Phases a job ends in (``JobPhase.is_terminal``)."""
 PROBE_INTERVAL_S = 3.0
@@ -167,6 +169,29 @@ class JobListing(NamedTuple):
     pending_message: str | None
 
 
+class QueuedJob(NamedTuple):
+    """What each scheduling pass reads of a pending job, as plain columns: a backlog of
+    thousands is read every pass, and ORM rows of them cost four times as much to build
+    (and more to collect)."""
+
+    id: int
+    uid: str
+    namespace: str
+    name: str
+    phase: str
+    priority: int
+    desired: dict[str, int]
+    created_at: float
+    pending_code: str | None
+    pending_message: str | None
+    master_port: int | None
+    job_master_port: int | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
 class Tx:
     """One transaction's view of the store. Rows are valid until the block ends."""
 
@@ -222,22 +247,25 @@ class Tx:
         )
         return int(self.session.scalar(stmt) or 0)
 
-    def queued_jobs(self) -> list[JobRow]:
-        """Pending jobs for the scheduler: specs and conditions are loaded only if read
-        (the controller caches parsed specs), so a long backlog stays cheap to scan."""
+    def queued_jobs(self) -> list[QueuedJob]:
+        """Pending jobs for the scheduler, oldest first (the rows of those it has not seen
+        come from ``jobs_by_id``)."""
         stmt = (
-            select(JobRow)
+            select(*(getattr(JobRow, f) for f in QueuedJob._fields))
             .where(JobRow.phase == "Pending")
             .order_by(JobRow.id)
-            .options(defer(JobRow.spec), defer(JobRow.conditions), defer(JobRow.master_state))
         )
-        return list(self.session.scalars(stmt))
+        return [QueuedJob(*row) for row in self.session.execute(stmt)]
 
     def jobs_by_id(self, ids: Sequence[int]) -> list[JobRow]:
-        if not ids:
-            return []
-        stmt = select(JobRow).where(JobRow.id.in_(list(ids))).options(selectinload(JobRow.replicas))
-        return list(self.session.scalars(stmt))
+        """The jobs of ``ids``, asked for :data:`IDS_PER_QUERY` at a time (SQLite takes at
+        most 32,766 parameters in one statement)."""
+        rows: list[JobRow] = []
+        for start in range(0, len(ids), IDS_PER_QUERY):
+            chunk = list(ids[start : start + IDS_PER_QUERY])
+            stmt = select(JobRow).where(JobRow.id.in_(chunk)).options(selectinload(JobRow.replicas))
+            rows += self.session.scalars(stmt)
+        return rows
 
     def expired_jobs(self, now: float) -> list[JobRow]:
         """Finished jobs whose ttlSecondsAfterFinished has run out."""
@@ -510,6 +538,7 @@ __all__ = [
     "JobRow",
     "NodeRow",
     "QueueRow",
+    "QueuedJob",
     "ReplicaRow",
     "Store",
     "StoreUnavailable",
