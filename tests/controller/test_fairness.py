@@ -219,3 +219,26 @@ def test_a_pending_job_waits_since_submission_or_since_it_was_last_preempted() -
         },
     ]
     assert waiting_since(preempted) == 500.0
+
+
+def test_a_queue_that_ran_while_nothing_waited_has_its_use_counted(
+    make_controller: Callable[[list[QueueSpec]], tuple[Controller, Clock]],
+) -> None:
+    """Recent use counts while nothing waits too (a queue that filled the cluster alone
+    for an hour goes after one that used nothing when both next hold the same), and
+    stops counting once the queue's job is gone."""
+    controller, clock = make_controller([QueueSpec(name="batch"), QueueSpec(name="adhoc")])
+    controller.submit(job("alone", "batch", cpu=2))
+    until(controller, "alone", running)
+    clock.skipped_s += 3600
+    stats = controller.reconcile_once()
+    assert stats.recent_use is not None
+    used = stats.recent_use.get("batch", 0.0)
+    assert 2000 < used < 3600, "an hour of the whole cluster, halving every hour"
+    assert stats.recent_use.get("adhoc", 0.0) == 0.0
+    controller.delete("ads", "alone")
+    controller.reconcile_once()
+    clock.skipped_s += 3600
+    later = controller.reconcile_once().recent_use
+    assert later is not None
+    assert later["batch"] == pytest.approx(used / 2, rel=0.01), "it decays, nothing is added"

@@ -96,6 +96,8 @@ class _Read:
     shown: dict[str, tuple[str | None, str | None]]
     """job key -> the (pending or growth) reason its row shows now"""
     broken: dict[int, str] = field(default_factory=dict)
+    idle: bool = False
+    """Nothing waits and nothing may grow: the pass only counts the queues' recent use."""
 
 
 class SchedulingStep:
@@ -134,6 +136,9 @@ class SchedulingStep:
         read = self._read()
         if read is None:
             self._reservations = ()
+            self._recent_use = self._recent_use.advanced(now, self.config.recent_use_half_life_s)
+            self._recent_use = self._recent_use.holding_now({})
+            stats.recent_use = self._recent_use.share_seconds
             return False
         state = dataclasses.replace(
             read.state, now=now, reservations=self._reservations, recent_use=self._recent_use
@@ -144,6 +149,8 @@ class SchedulingStep:
         self._reservations = tuple(decisions.reservations)
         self._recent_use = decisions.recent_use
         stats.recent_use = decisions.recent_use.share_seconds
+        if read.idle:
+            return False
         waited: dict[int, float] = {}
         """job id -> how long it queued, for jobs bound in this pass"""
         writes = self._writes(read, decisions, now, waited)
@@ -165,7 +172,7 @@ class SchedulingStep:
         with self.store.read() as tx:
             pending_rows = tx.queued_jobs()
             holding = tx.jobs(phases=ACTIVE_PHASES)
-            if not pending_rows and not any(self._may_grow(j) for j in holding):
+            if not pending_rows and not holding:
                 return None
             read = _Read(
                 state=ClusterState(nodes=(), queues={}),
@@ -173,6 +180,7 @@ class SchedulingStep:
                 jobs={},
                 specs={},
                 shown={j.key: (j.pending_code, j.pending_message) for j in pending_rows},
+                idle=not pending_rows and not any(self._may_grow(j) for j in holding),
             )
             queues = {q.name: queue_info(q) for q in tx.queues()}
             running = []

@@ -11,7 +11,9 @@ factor and of Kueue's admission fair sharing.
 The scheduler has no clock: a cycle returns what each queue holds once its binds are
 made (``Decisions.recent_use``), and the next cycle counts that as held until its own
 ``ClusterState.now``. Only a cycle starts jobs, so nothing is missed between cycles; a
-job that ended between them counts until the next.
+job that ended between them counts until the next (the controller passes at least
+every ``resync_s``, two seconds, while anything runs, and counts nothing while nothing
+does).
 """
 
 from __future__ import annotations
