@@ -50,11 +50,19 @@ def test_equal_shares_go_to_the_queue_that_used_less_not_the_first_name() -> Non
     queues = [queue("a"), queue("b")]
     jobs = whole_node_jobs("a", 3, 0) + whole_node_jobs("b", 1, 10)
     fresh = state_of(nodes, [], queues, (), None, ())
-    assert bound(schedule(fresh, backlog(jobs))) == ["a0"]  # no history: by name
+    assert bound(schedule(fresh, backlog(jobs))) == ["a0"]  # no history: first submitted
     used = RecentUse(at=0.0, share_seconds={"a": 600.0})
     state = state_of(nodes, [], queues, (), 10.0, ())
     with_history = replace(state, recent_use=used)
     assert bound(schedule(with_history, backlog(jobs))) == ["b0"]
+
+
+def test_between_queues_equal_in_share_and_use_the_first_submitted_goes_first() -> None:
+    """Before, the name decided: queue ``a`` went before ``b`` whose job had waited longer."""
+    nodes = [node("n1").gpus(8)]
+    jobs = whole_node_jobs("a", 2, 10) + whole_node_jobs("b", 1, 5)
+    state = state_of(nodes, [], [queue("a"), queue("b")], (), None, ())
+    assert bound(schedule(state, backlog(jobs))) == ["b0"]
 
 
 def test_a_cycle_hands_on_what_each_queue_holds_after_its_binds() -> None:

@@ -82,8 +82,10 @@ def within_queue_order(job: JobRequest) -> tuple[int, int, str]:
 class QueueOrder:
     """Hands out jobs one at a time, re-ranking queues as their allocation changes.
 
-    A heap of (``queue_key``, version); entries whose version is stale are skipped, so
-    charging any queue is O(log queues).
+    A heap of (``queue_key`` with the sequence of the queue's next job before the name,
+    version); entries whose version is stale are skipped, so charging any queue is
+    O(log queues). Between queues equal in share and recent use, the one whose next job
+    was submitted first goes first.
     """
 
     def __init__(
@@ -105,7 +107,7 @@ class QueueOrder:
             name: deque(sorted(group, key=within_queue_order)) for name, group in grouped.items()
         }
         self._version = dict.fromkeys(queues, 0)
-        self._heap: list[tuple[QueueKey, int]] = []
+        self._heap: list[tuple[tuple[int, float, float, int, str], int]] = []
         for name in sorted(queues):
             self._push(name)
 
@@ -150,4 +152,6 @@ class QueueOrder:
 
     def _push(self, name: str) -> None:
         key = queue_key(self._queues[name], self._held[name], self._capacity, self._recent)
-        heapq.heappush(self._heap, (key, self._version[name]))
+        waiting = self._jobs[name]
+        head = waiting[0].sequence if waiting else -1
+        heapq.heappush(self._heap, ((*key[:3], head, name), self._version[name]))
