@@ -9,12 +9,16 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
+from tests.e2e.conftest import ServerProcess
+from tests.e2e.harness import script_job
 from tidemill.engines.local import free_port
 from tidemill.store.store import PROBE_INTERVAL_S, Store, StoreUnavailable
 from tidemill.store.tables import JobRow
@@ -148,3 +152,39 @@ def test_a_lost_database_connection_is_unavailable_and_recovers_on_its_own(
     with store.read() as tx:
         assert [e.reason for e in tx.events()] == ["Hello", "Back"]
     store.close()
+
+
+def test_concurrent_submits_on_postgres_keep_the_bound_and_refuse_a_taken_name(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Submits racing each other from many clients: a namespace takes exactly its bound
+    (not one per racer past it), and one name goes to one job, the others a 409 (a
+    unique-key failure at commit would be a 500)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    server = ServerProcess(
+        state, None, args=("--store-url", postgres_url, "--max-jobs-per-namespace", "5")
+    )
+    server.start()
+    try:
+
+        def submit(name: str) -> int:
+            job = script_job(name, "pass")
+            job["spec"]["suspend"] = True  # held, not run: only the store is under test
+            return httpx.post(f"{server.url}/api/v1/jobs", json=job, timeout=60).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(submit, [f"bounded-{i}" for i in range(40)]))
+            same_name = list(pool.map(submit, ["twin"] * 16))
+        assert sorted(statuses) == [201] * 5 + [403] * 35, statuses
+        assert sorted(same_name) == [403] * 16, same_name
+
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for i in range(40):
+                client.delete(f"/api/v1/jobs/bounded-{i}")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            same_name = list(pool.map(submit, ["twin"] * 16))
+        assert sorted(same_name) == [201] + [409] * 15, same_name
+        assert "Traceback" not in server.server_log()
+    finally:
+        server.stop()

@@ -204,6 +204,7 @@ class Controller:
         check_engine_admits(self.engine, job)
         check_checkpoint(job, local_folders=self.engine.name == "local")
         with self.store.transaction() as tx:
+            tx.hold_submit_lock()
             existing = tx.job(job.metadata.namespace, job.metadata.name)
             if existing is not None and existing.deleted_at is not None:
                 raise ConflictError(

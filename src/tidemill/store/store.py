@@ -41,6 +41,8 @@ IDS_PER_QUERY = 1000
 """Ids one ``IN`` list holds."""
 FINISHED_PHASES = ("Succeeded", "Failed")
 """Phases a job ends in (``JobPhase.is_terminal``)."""
+SUBMIT_LOCK_KEY = 0x7469_6465_6D69_6C6C
+"""Postgres advisory lock that submits hold for their transaction ("tidemill" in hex)."""
 PROBE_INTERVAL_S = 3.0
 """/healthz tries a small write at most this often (how a full store is seen to recover)."""
 PROBE_BYTES = 8192
@@ -198,6 +200,14 @@ class Tx:
     def __init__(self, session: Session, event_cap: EventCap) -> None:
         self.session = session
         self.event_cap = event_cap
+
+    def hold_submit_lock(self) -> None:
+        """Serialise submits until this transaction ends. SQLite's writers already take
+        turns (the store's write lock); on Postgres two submits at once could each count
+        a namespace below its bound, or both make a tenant's new queue or take the same
+        name, and the second would fail at commit with a unique-key error."""
+        if self.session.get_bind().dialect.name == "postgresql":
+            self.session.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCK_KEY)))
 
     def job(self, namespace: str, name: str) -> JobRow | None:
         stmt = (
