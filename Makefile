@@ -39,6 +39,7 @@ bench: venv
 	$(BIN)/python benchmarks/api_throughput.py
 	$(BIN)/python benchmarks/request_guards.py
 	$(BIN)/python benchmarks/backlog.py
+	$(BIN)/python benchmarks/job_list.py
 	$(BIN)/python benchmarks/dashboard.py
 	$(BIN)/python benchmarks/scheduler_throughput.py
 	$(BIN)/python benchmarks/replica_start.py

@@ -164,6 +164,22 @@ def test_jobs_table_shows_name_phase_and_replicas(scene: Live) -> None:
     assert busy.split()[4] == "Running" and "worker 1/1" in busy
 
 
+def test_jobs_last_shows_only_the_newest_and_says_how_many_there_are(scene: Live) -> None:
+    every = json.loads(tidemill(scene, "jobs", "-o", "json").stdout)
+    result = tidemill(scene, "jobs", "--last", "2")
+    assert result.exit_code == 0, result.output
+    shown = [line.split()[:2] for line in result.stdout.splitlines()[1:-1]]
+    assert shown == [[job["namespace"], job["name"]] for job in every[-2:]]
+    assert result.stdout.splitlines()[-1] == (
+        f"the newest 2 of {len(every)} jobs (without --last: all)"
+    )
+    failed = tidemill(scene, "jobs", "--phase", "Failed", "--last", "5", "-o", "json")
+    assert [job["name"] for job in json.loads(failed.stdout)] == ["broken"]
+
+    refused = tidemill(scene, "jobs", "--last", "0")
+    assert refused.exit_code == 2 and "--last" in refused.stderr, refused.output
+
+
 def test_a_missing_job_exits_1_with_the_servers_hint(scene: Live) -> None:
     result = tidemill(scene, "get", "nope")
     assert_one_line_error(result, 1, "job 'nope' not found; list jobs with `tidemill jobs`")

@@ -1,10 +1,11 @@
 """A job too big for what the cluster has free (10 cores where a 12-core job holds the
 only node with that many) says why it waits, on its page and on the cluster
 page; the cluster page charts use over time and shows queues and nodes; the jobs page
-counts a suspended job in its own tile."""
+counts a suspended job in its own tile, and every job where it shows the newest."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -74,3 +75,35 @@ def test_data_progress_per_stage_and_source(page: Any, start_server: Any) -> Non
     assert "backfill" in text and "online" in text and "running" in text, text
     assert "ads.clicks" in text and "51.2k" in text and "812" in text, text
     assert "37 rec · 0.4s" in text and "8/8" in text, text
+
+
+def test_the_jobs_page_shows_the_newest_500_and_counts_every_job(
+    page: Any, start_server: Any
+) -> None:
+    """A server holding more jobs than the page shows: the tiles count all of them, the
+    table holds the newest 500 (newest first), and a note says so."""
+    server = start_server()
+
+    def submit(first: int) -> None:
+        with Client(server.url) as client:
+            for i in range(first, 502, 4):
+                client.submit(sleeper(f"held-{i:03}", suspend=True))
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(submit, range(4)))
+    with Client(server.url) as client:
+        client.submit(sleeper("newest", suspend=True))
+
+    page.goto(f"{server.url}/#/jobs")
+    page.wait_for_selector("#jobs >> text=newest")
+    assert page.inner_text(".tile >> nth=0").split() == ["503", "jobs"]
+    assert page.inner_text(".tile.phase-Suspended").split() == ["503", "suspended"]
+    rows = page.query_selector_all("#jobs tr")
+    assert len(rows) == 500 and "default/newest" in rows[0].inner_text()
+    note = "the newest 500 of 503 jobs (tidemill jobs lists them all)"
+    assert page.inner_text("#jobs-note") == note
+    page.click(".tile.phase-Suspended")
+    page.wait_for_selector("#jobs-note >> text=of 503 suspended jobs")
+    page.click(".tile.phase-Running")
+    page.wait_for_selector("#jobs >> text=no job matches the filter")
+    assert page.inner_text("#jobs-note") == ""

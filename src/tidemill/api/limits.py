@@ -61,6 +61,8 @@ MAX_JOBS_PER_NAMESPACE = 5_000
 """Unfinished jobs (pending, running or suspended) one namespace may hold by default: each
 pending job costs every scheduling pass (Slurm's ``MaxJobCount``, 10,000 by default,
 bounds a whole cluster the same way)."""
+JOBS_PAGE_MAX = 10_000
+"""Most jobs one page of ``GET /api/v1/jobs`` holds (its ``limit``, ``tidemill jobs --last``)."""
 MIN_QUEUE_WEIGHT = 1e-3
 MAX_QUEUE_WEIGHT = 1e6
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class JobPhase(StrEnum):
@@ -238,6 +238,25 @@ class JobSummary(BaseModel):
     message: str = ""
     pending_reason: PendingReason | None = Field(
         default=None, description="why it waits, while Pending (as in the job view)"
+    )
+
+
+class JobList(BaseModel):
+    """``GET /api/v1/jobs``: a page of jobs, and how many there are in each phase."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    items: list[JobSummary]
+    continue_: str | None = Field(
+        default=None,
+        alias="continue",
+        description="pass as `continue` (with the same filters) for the next page; "
+        "null: this page is the last",
+    )
+    phases: dict[str, int] = Field(
+        default_factory=dict,
+        description="phase -> jobs in it, of every page (within the namespace asked); "
+        "on the first page only (a request without `continue`)",
     )
 
 

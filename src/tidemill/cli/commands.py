@@ -11,6 +11,7 @@ import typer
 
 from tidemill.api.errors import SpecError
 from tidemill.api.job import TrainingJob
+from tidemill.api.limits import JOBS_PAGE_MAX
 from tidemill.api.loader import job_from_document, load_job_file
 from tidemill.api.status import EventView, JobPhase
 from tidemill.cli import render
@@ -95,18 +96,36 @@ def jobs(
         JobPhase | None,
         typer.Option("--phase", case_sensitive=False, help="Only jobs in this phase."),
     ] = None,
+    last: Annotated[
+        int | None,
+        typer.Option(
+            "--last",
+            min=1,
+            max=JOBS_PAGE_MAX,
+            help="Only the N newest jobs (the server sends just those).",
+        ),
+    ] = None,
     output: OutputOption = Output.TABLE,
     server: ServerOption = DEFAULT_SERVER,
 ) -> None:
     """List jobs, newest last."""
+    phase_name = phase.value if phase else None
+    total: int | None = None
     with connect(server) as client:
-        items = client.jobs(namespace=namespace, phase=phase.value if phase else None)
+        if last is None:
+            items = client.jobs(namespace=namespace, phase=phase_name)
+        else:
+            page = client.job_page(namespace, phase_name, limit=last, newest=True)
+            items = page.items[::-1]
+            total = page.phases.get(phase_name, 0) if phase_name else sum(page.phases.values())
     if output is not Output.TABLE:
         echo(render.dump(items, output))
     elif not items:
         echo("no jobs" + (f" in namespace {namespace}" if namespace else ""))
     else:
         stdout_console().print(render.jobs_table(items, time.time()))
+        if total is not None and total > len(items):
+            echo(f"the newest {len(items)} of {total:,} jobs (without --last: all)")
 
 
 @reports_errors

@@ -31,12 +31,12 @@ from tidemill.api.errors import (
     job_not_found,
 )
 from tidemill.api.job import TrainingJob
-from tidemill.api.limits import INT64_MAX
+from tidemill.api.limits import INT64_MAX, JOBS_PAGE_MAX
 from tidemill.api.loader import job_from_document
 from tidemill.api.status import (
     EventView,
+    JobList,
     JobPhase,
-    JobSummary,
     JobView,
     NodeView,
     QueueView,
@@ -305,15 +305,39 @@ def create_app(
         namespace, name = key.split("/", 1)
         return await run_in_threadpool(view_of, namespace, name)
 
-    @app.get("/api/v1/jobs", response_model=Items)
+    @app.get("/api/v1/jobs", response_model=JobList)
     def list_jobs(
-        namespace: str | None = None, phase: JobPhase | None = None, caller: Caller = caller_of
-    ) -> Items:
+        namespace: str | None = None,
+        phase: JobPhase | None = None,
+        limit: int | None = Query(
+            None, ge=1, le=JOBS_PAGE_MAX, description="a page of at most this many; none: all"
+        ),
+        after: str | None = Query(
+            None,
+            alias="continue",
+            pattern=r"^[0-9]{1,18}$",
+            description="the `continue` of the page before",
+        ),
+        newest: bool = Query(False, description="newest first, not oldest first"),
+        caller: Caller = caller_of,
+    ) -> JobList:
         namespace = guard.visible(caller, namespace, "list jobs")
         with store.read() as tx:
-            rows = tx.job_summaries(None if phase is None else phase.value, namespace)
-            summaries: list[JobSummary] = [job_summary(row, running) for row, running in rows]
-        return Items(items=summaries)
+            rows = tx.job_summaries(
+                None if phase is None else phase.value,
+                namespace,
+                limit=None if limit is None else limit + 1,
+                after=None if after is None else int(after),
+                newest=newest,
+            )
+            phases = tx.job_phases(namespace) if after is None else {}
+        more = limit is not None and len(rows) > limit
+        page = rows[:limit] if more else rows
+        return JobList(
+            items=[job_summary(row, running) for row, running in page],
+            continue_=str(page[-1][0].id) if more else None,
+            phases=phases,
+        )
 
     @app.get("/api/v1/jobs/{name}", response_model=JobView)
     def get_job(name: str, namespace: str | None = None, caller: Caller = caller_of) -> JobView:

@@ -283,24 +283,50 @@ class Tx:
         return list(self.session.scalars(stmt))
 
     def job_summaries(
-        self, phase: str | None = None, namespace: str | None = None
+        self,
+        phase: str | None = None,
+        namespace: str | None = None,
+        *,
+        limit: int | None = None,
+        after: int | None = None,
+        newest: bool = False,
     ) -> list[tuple[JobListing, dict[str, int]]]:
-        """Jobs for listing, with running replicas per role counted in SQL (no replica rows)."""
-        stmt = select(*(getattr(JobRow, f) for f in JobListing._fields)).order_by(JobRow.id)
+        """Jobs for listing, with running replicas per role counted in SQL (no replica
+        rows). A page: at most ``limit`` jobs past the job id ``after``, oldest first or
+        ``newest`` first (a range of the primary key, so a page costs its own size however
+        many jobs the store holds)."""
+        order = JobRow.id.desc() if newest else JobRow.id
+        stmt = select(*(getattr(JobRow, f) for f in JobListing._fields)).order_by(order)
         if phase is not None:
             stmt = stmt.where(JobRow.phase == phase)
         if namespace is not None:
             stmt = stmt.where(JobRow.namespace == namespace)
+        if after is not None:
+            stmt = stmt.where(JobRow.id < after if newest else JobRow.id > after)
+        if limit is not None:
+            stmt = stmt.limit(limit)
         rows = [JobListing(*row) for row in self.session.execute(stmt)]
+        if not rows:
+            return []
+        ids = [row.id for row in rows]
         counts = (
             select(ReplicaRow.job_id, ReplicaRow.role, func.count())
             .where(ReplicaRow.phase == "Running")
+            .where(ReplicaRow.job_id.between(min(ids), max(ids)))
             .group_by(ReplicaRow.job_id, ReplicaRow.role)
         )
         running: dict[int, dict[str, int]] = {}
         for job_id, role, count in self.session.execute(counts):
             running.setdefault(job_id, {})[role] = count
         return [(row, running.get(row.id, {})) for row in rows]
+
+    def job_phases(self, namespace: str | None = None) -> dict[str, int]:
+        """Phase -> how many jobs (of ``namespace``), counted in SQL: the totals a page
+        of the list cannot show."""
+        stmt = select(JobRow.phase, func.count()).group_by(JobRow.phase)
+        if namespace is not None:
+            stmt = stmt.where(JobRow.namespace == namespace)
+        return {phase: count for phase, count in self.session.execute(stmt)}
 
     def job_counts(self) -> dict[tuple[str, str], int]:
         """(queue, phase) -> how many jobs, counted in SQL: what queue and phase totals

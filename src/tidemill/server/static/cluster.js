@@ -40,7 +40,7 @@ export function mountCluster(el) {
       get(`/api/v1/cluster/utilization?seconds=${seconds}&points=400`, signal),
       get("/api/v1/queues", signal),
       get("/api/v1/nodes", signal),
-      get("/api/v1/jobs?phase=Pending", signal),
+      get(`/api/v1/jobs?phase=Pending&limit=${PENDING_SHOWN}`, signal),
     ]);
     const points = util.items;
     const x = points.map((p) => p.time);
@@ -51,7 +51,7 @@ export function mountCluster(el) {
     drawQueueCharts(el.querySelector("#queue-charts"), queueCharts, points, queues.items.map((q) => q.name));
     drawQueues(el.querySelector("#queues"), queues.items);
     drawNodes(el.querySelector("#nodes"), nodes.items);
-    drawPending(el.querySelector("#pending"), jobs.items);
+    drawPending(el.querySelector("#pending"), jobs.items, jobs.phases.Pending || 0);
   });
   return () => { polling(); for (const [, c] of resourceCharts) c.destroy(); for (const c of queueCharts.charts) c.destroy(); };
 }
@@ -104,16 +104,15 @@ function drawNodes(host, nodes) {
     || `<tr><td colspan="5">${empty("no nodes")}</td></tr>`;
 }
 
-function drawPending(host, pending) {
-  if (!pending.length) {
+function drawPending(host, shown, waiting) {
+  if (!shown.length) {
     host.innerHTML = empty("no job is waiting");
     return;
   }
-  const shown = pending.slice(0, PENDING_SHOWN);
   host.innerHTML = `<ul class="pending-list">${shown.map((j) => {
     const reason = j.pending_reason;
     return `<li><a href="${jobHref(j.namespace, j.name)}">${esc(j.namespace)}/<b>${esc(j.name)}</b></a>
       <span class="muted">${esc(j.queue)} · waiting ${age(j.created_at)}</span>
       <div><span class="reason">${esc(reason?.code || "Queued")}</span> ${esc(reason?.message || j.message || "waiting for the scheduler")}</div></li>`;
-  }).join("")}</ul>${pending.length > shown.length ? `<p class="muted">and ${pending.length - shown.length} more</p>` : ""}`;
+  }).join("")}</ul>${waiting > shown.length ? `<p class="muted">and ${waiting - shown.length} more</p>` : ""}`;
 }
