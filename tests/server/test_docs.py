@@ -53,3 +53,17 @@ def test_an_unknown_asset_is_a_404_naming_the_assets(url: str) -> None:
     response = httpx.get(f"{url}/docs/assets/nope.js")
     assert response.status_code == 404
     assert "swagger-ui-bundle.js" in response.json()["error"]["message"]
+
+
+def test_the_api_documents_the_one_error_shape_it_answers(url: str) -> None:
+    spec = httpx.get(f"{url}/openapi.json").json()
+    submit = spec["paths"]["/api/v1/jobs"]["post"]["responses"]
+    assert "QuotaExceeded" in submit["403"]["description"]
+    assert submit["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    error = spec["components"]["schemas"]["ErrorDetail"]["properties"]
+    assert set(error) == {"code", "message", "errors"}
+    refused = httpx.get(f"{url}/api/v1/jobs", params={"limit": 0}).json()
+    assert set(refused) == {"error"} and set(refused["error"]) == set(error)

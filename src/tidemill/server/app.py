@@ -58,6 +58,7 @@ from tidemill.server.limits import (
 from tidemill.server.log_routes import log_routes
 from tidemill.server.metric_routes import metric_routes
 from tidemill.server.middleware import (
+    ERROR_RESPONSES,
     BodyLimit,
     BoundedJsonRoute,
     CatchAll,
@@ -187,6 +188,7 @@ def create_app(
         description="Elastic training platform: queues, gang scheduling, PS and AllReduce jobs.",
         docs_url=None,
         redoc_url=None,
+        responses=ERROR_RESPONSES,
     )
     app.router.route_class = BoundedJsonRoute
     app.add_middleware(BodyLimit, max_bytes=limits.body_bytes)

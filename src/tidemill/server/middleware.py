@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, Field
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -36,6 +37,42 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 def error_body(code: str, message: str, errors: list[dict[str, str]]) -> dict[str, Any]:
     """The one error shape of the REST API."""
     return {"error": {"code": code, "message": message, "errors": errors}}
+
+
+class ErrorItem(BaseModel):
+    path: str = Field(description="the field, parameter or document path at fault")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Invalid, NotFound, Conflict, QuotaExceeded, ...")
+    message: str = Field(description="what is wrong and what would be right")
+    errors: list[ErrorItem] = Field(description="one per problem found, for input errors")
+
+
+class ErrorBody(BaseModel):
+    """What every refusal answers (:func:`error_body`)."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "Unauthorized: no token, or one the server does not know (with --auth)",
+        403: "Forbidden (the token's role or namespace), QuotaExceeded (a namespace's "
+        "bound of unfinished jobs), or a cross-site write refused",
+        404: "NotFound: no such job (or route)",
+        408: "RequestTimeout: the request came too slowly",
+        409: "Conflict: the name is taken, or the job's phase does not allow it",
+        413: "TooLarge: the body passed its limit",
+        422: "Invalid: every problem with its path",
+        429: "TooManyRequests: a rate or concurrency limit; Retry-After says when",
+        503: "StoreUnavailable (Retry-After) or TooManyConnections",
+    }.items()
+}
+"""The refusals every route may answer, in the OpenAPI document (FastAPI would list its
+own validation shape for 422, which the server never sends)."""
 
 
 def _size(limit_bytes: int) -> str:
