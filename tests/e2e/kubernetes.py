@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.kube import KubeEmulator
 from tidemill.api.job import TrainingJob
+from tidemill.api.limits import MAX_JOBS_PER_NAMESPACE
 from tidemill.api.loader import load_job_file
 from tidemill.client import Client
 from tidemill.controller.reconciler import ControllerConfig
@@ -214,7 +215,11 @@ def real() -> Cluster | None:
 
 @contextmanager
 def server(
-    cluster: Cluster, state_dir: Path, auth: bool = False, **options: Any
+    cluster: Cluster,
+    state_dir: Path,
+    auth: bool = False,
+    max_jobs_per_namespace: int = MAX_JOBS_PER_NAMESPACE,
+    **options: Any,
 ) -> Iterator[tuple[ServerRunner, Client]]:
     """A started tidemill server on the Kubernetes engine of ``cluster``; stopped after.
     With ``auth``, tokens are required (as deploy/kubernetes runs it) and the client
@@ -226,7 +231,9 @@ def server(
         auth=auth,
         engine="kubernetes",
         engine_options={"options": engine_options, "relist_s": 5.0},
-        controller_config=ControllerConfig(tick_s=0.1),
+        controller_config=ControllerConfig(
+            tick_s=0.1, max_jobs_per_namespace=max_jobs_per_namespace
+        ),
         advertise_url=cluster.advertise_url,
     )
     url = runner.start()

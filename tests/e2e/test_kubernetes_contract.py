@@ -102,6 +102,41 @@ def test_kubectl_apply_and_kubectl_delete_reach_the_same_job(
                  what="every child gone")
 
 
+def test_an_object_applied_to_a_full_namespace_waits_and_starts_once_there_is_room(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first, second = cluster.sleeper("first"), cluster.sleeper("second")
+    with server(cluster, tmp_path / "state", max_jobs_per_namespace=1) as (_, api), \
+            cluster.api() as kube:
+        api.submit(first)
+        objects = client.CustomObjectsApi(kube)
+        objects.create_namespaced_custom_object(
+            names.GROUP, names.VERSION, cluster.namespace, names.PLURAL, to_custom_object(second)
+        )
+        status = wait_for(
+            lambda: (cluster.job_object("second") or {}).get("status", {}).get("message")
+            and cluster.job_object("second")["status"],
+            timeout_s=30,
+            what="the object's status to say why it waits",
+        )
+        assert status["phase"] == "Pending", status
+        assert status["message"].startswith(
+            f"waiting for room: namespace {cluster.namespace} holds 1 unfinished jobs"
+        ), status
+        time.sleep(2)  # a few more syncs: it still waits, and is not failed
+        assert "second" not in {j.name for j in api.jobs()}
+        assert cluster.job_object("second")["status"]["phase"] == "Pending"
+
+        api.delete("first")
+        wait_for(lambda: any(j.name == "second" and j.phase == "Running" for j in api.jobs()),
+                 timeout_s=90, what="the waiting object submitted and running")
+        objects.delete_namespaced_custom_object(
+            names.GROUP, names.VERSION, cluster.namespace, names.PLURAL, "second"
+        )
+        wait_for(lambda: "second" not in {j.name for j in api.jobs()}, timeout_s=30,
+                 what="the job deleted with its object")
+
+
 def test_a_gang_that_does_not_fit_now_waits_with_a_reason_and_no_pod(
     cluster: Cluster, tmp_path: Path
 ) -> None:

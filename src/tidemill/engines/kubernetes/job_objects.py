@@ -3,7 +3,10 @@ reach the same jobs).
 
 - An object made with ``kubectl apply`` (no ``tidemill.io/uid`` annotation) is submitted
   to the controller and annotated with the job's uid; a refusal is written to its status
-  (``Failed`` and the reasons), once per generation.
+  (``Failed`` and the reasons), once per generation. A namespace at its bound of
+  unfinished jobs is no fault of the object: it waits (``Pending``, saying why) and is
+  submitted at a later sync once the namespace has room, as Kueue holds a workload its
+  queue has no quota for.
 - An annotated object whose job has left the store (``tidemill delete``, TTL) is deleted:
   Kubernetes' garbage collector then removes its pods, Service, Secret and PodGroup.
 - An annotated object deleted with ``kubectl delete`` deletes its job.
@@ -194,10 +197,11 @@ class JobObjects:
                 if (uid := tidemill_uid(obj)) in rows
             }
         present = set()
+        full: set[str] = set()
         for obj in objects:
             uid = tidemill_uid(obj)
             if uid is None:
-                self._adopt(obj)
+                self._adopt(obj, full)
             elif uid not in rows:
                 self._delete_object(obj)
             else:
@@ -215,15 +219,25 @@ class JobObjects:
             if row is not None and row.deleted_at is None:
                 self.control.delete(row.namespace, row.name, actor=KUBECTL_ACTOR)
 
-    def _adopt(self, obj: Obj) -> None:
+    def _adopt(self, obj: Obj, full: set[str]) -> None:
+        """Submit a new object's job. ``full``: namespaces found at their bound in this
+        sync, whose other new objects wait without asking again."""
         meta = obj["metadata"]
         if meta.get("deletionTimestamp") or self._refused.get(meta["uid"]) == generation(obj):
             return
         uid = self._adopted.get(meta["uid"])
         if uid is None:
+            if meta["namespace"] in full:
+                return
             try:
                 key = self.control.submit(job_of(obj), actor=KUBECTL_ACTOR)
-            except (SpecError, ConflictError, QuotaExceeded, ValueError) as exc:
+            except QuotaExceeded as exc:
+                full.add(meta["namespace"])
+                waiting = {"phase": "Pending", "message": f"waiting for room: {exc}"}
+                if not _same_status(obj.get("status") or {}, waiting):
+                    self._write_status(obj, waiting)
+                return
+            except (SpecError, ConflictError, ValueError) as exc:
                 self._refused[meta["uid"]] = generation(obj) or 0
                 self._write_status(obj, {"phase": "Failed", "message": f"refused: {exc}"})
                 return
