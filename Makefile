@@ -47,6 +47,7 @@ bench: venv
 	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/loader_throughput.py
 	$(BIN)/python benchmarks/kubernetes.py
+	$(BIN)/python benchmarks/object_sync.py
 	$(BIN)/python benchmarks/checkpoint.py
 	$(BIN)/python benchmarks/ps.py
 	$(BIN)/python benchmarks/scheduler_sim.py

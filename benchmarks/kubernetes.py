@@ -57,22 +57,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this file's folder comes first on sys.path and its name would hide
-# the `kubernetes` package: put the repository there instead.
-sys.path[:] = [str(ROOT / "src"), str(ROOT)] + [
-    p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
-]
+from repo_path import ROOT  # first: the repository's src, not this folder, on sys.path
 
-import yaml  # noqa: E402
-from kubernetes import client as kube_client  # noqa: E402
-from kubernetes import config as kube_config  # noqa: E402
+# isort: split
 
-from tests.e2e.kubernetes import CRD, PODGROUP_CRD  # noqa: E402
-from tests.kube import KubeEmulator  # noqa: E402
-from tests.kube.watch import Event  # noqa: E402
-from tidemill.client import Client  # noqa: E402
-from tidemill.engines.local import free_port  # noqa: E402
+import yaml
+from kubernetes import client as kube_client
+from kubernetes import config as kube_config
+
+from tests.e2e.kubernetes import CRD, PODGROUP_CRD
+from tests.kube import KubeEmulator
+from tests.kube.watch import Event
+from tidemill.client import Client
+from tidemill.engines.local import free_port
 
 RESULTS = Path(__file__).parent / "results" / "kubernetes.json"
 WHERE = "emulated API server (tests/kube), not a real cluster"
@@ -80,6 +77,8 @@ NAMESPACE = "default"
 IMAGE = "bench/worker:1"
 NODE_CPU, NODE_MEMORY = "32", "128Gi"
 COUNTED = ("pods", "services", "secrets", "networkpolicies", "trainingjobs", "podgroups")
+
+
 def job(name: str, pods: int) -> dict[str, Any]:
     return {
         "apiVersion": "tidemill/v1",

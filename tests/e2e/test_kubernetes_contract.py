@@ -137,6 +137,39 @@ def test_an_object_applied_to_a_full_namespace_waits_and_starts_once_there_is_ro
                  what="the job deleted with its object")
 
 
+def test_a_finished_jobs_object_keeps_its_status_and_pods_and_kubectl_delete_removes_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The sync keeps what it derived from a finished job instead of reading its row each
+    second: the object's final status, the job's pods (not taken for leaked), a
+    spec.suspend patch that changes nothing, and kubectl delete all still hold."""
+    document = cluster.sleeper("done", replicas=2).model_dump(mode="json", by_alias=True)
+    document["spec"]["roles"]["worker"]["command"] = ["python", "-c", "print('done')"]
+    job = TrainingJob.model_validate(document)
+    path = (names.GROUP, names.VERSION, cluster.namespace, names.PLURAL, "done")
+    with server(cluster, tmp_path / "state") as (_, api), cluster.api() as kube:
+        api.submit(job)
+        assert api.wait("done", timeout_s=120).phase == "Succeeded"
+        wait_for(lambda: (cluster.job_object("done") or {}).get("status", {}).get("phase")
+                 == "Succeeded", timeout_s=15, what="the object's status to say Succeeded")
+        pods = {p.metadata.name for p in cluster.pods("done")}
+        assert len(pods) == 2, pods
+        objects = client.CustomObjectsApi(kube)
+        objects.patch_namespaced_custom_object(*path, {"spec": {"suspend": True}})
+        wait_for(lambda: (cluster.job_object("done") or {})["metadata"]["annotations"].get(
+                 names.SUSPEND_ANNOTATION) == names.flag(True), timeout_s=15,
+                 what="the patch noted")
+        time.sleep(3)  # syncs of a settled job
+        assert api.get("done").phase == "Succeeded"
+        final = cluster.job_object("done") or {}
+        assert final["status"]["phase"] == "Succeeded", final
+        assert final["status"]["replicas"]["worker"]["succeeded"] == 2, final
+        assert {p.metadata.name for p in cluster.pods("done")} == pods, "no pod taken for leaked"
+        objects.delete_namespaced_custom_object(*path)
+        wait_for(lambda: "done" not in {j.name for j in api.jobs()}, timeout_s=30,
+                 what="the finished job deleted with its object")
+
+
 def test_a_gang_that_does_not_fit_now_waits_with_a_reason_and_no_pod(
     cluster: Cluster, tmp_path: Path
 ) -> None:
