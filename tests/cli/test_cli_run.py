@@ -155,6 +155,29 @@ def test_an_interrupted_run_exits_130_within_3s_and_leaves_nothing_behind(
         assert list(temp.iterdir()) == []
 
 
+@pytest.mark.e2e
+def test_a_run_interrupted_with_keep_keeps_the_log_of_the_job_it_deleted(tmp_path: Path) -> None:
+    """A server forgets a deleted job's files; `run` deletes its job on Ctrl-C, and a
+    state folder it keeps is the user's: the job's log stays there."""
+    (tmp_path / "loop.py").write_text(LOOP)
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "metadata: {name: kept}\n"
+        "spec: {roles: {worker: {replicas: 1, resources: {cpu: 0.1}, "
+        "command: [python, loop.py]}}}\n"
+    )
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    with started_run(job, temp, "--keep") as process:
+        assert process.stdout is not None
+        assert any("[worker-0] tick 2" in line for line in process.stdout), "no replica output"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    (log,) = temp.glob("tidemill-run-*/logs/default/kept/*/worker-0.log")
+    assert "tick 2" in log.read_text()
+
+
 CTRL_C_WHILE_IMPORTING = """
 import os, signal, sys
 
@@ -281,14 +304,15 @@ def processes_under(folder: Path) -> list[int]:
 
 
 @contextmanager
-def started_run(job: Path, temp: Path) -> Iterator[subprocess.Popen[str]]:
-    """``tidemill run JOB`` in a child process with its own TMPDIR; killed if still alive.
+def started_run(job: Path, temp: Path, *options: str) -> Iterator[subprocess.Popen[str]]:
+    """``tidemill run JOB [OPTIONS]`` in a child process with its own TMPDIR; killed if
+    still alive.
 
     The child takes Ctrl-C as a terminal's foreground process does, even when these tests
     run in the background (a shell starts a background job with SIGINT ignored, and the
     ignoring is inherited)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tidemill.cli", "run", str(job)],
+        [sys.executable, "-m", "tidemill.cli", "run", str(job), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -116,6 +116,12 @@ class Cluster:
             }
         )
 
+    def finishing(self, name: str, replicas: int = 1) -> TrainingJob:
+        """A fixed-size job whose pods print a line and exit 0."""
+        document = self.sleeper(name, replicas).model_dump(mode="json", by_alias=True)
+        document["spec"]["roles"]["worker"]["command"] = ["python", "-c", "print('done')"]
+        return TrainingJob.model_validate(document)
+
     def children(self, job_uid: str) -> list[str]:
         """``kind/name`` of every object still labelled with the job's uid."""
         selector = f"{names.UID_LABEL}={names.label_value(job_uid)}"

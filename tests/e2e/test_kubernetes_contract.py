@@ -143,9 +143,7 @@ def test_a_finished_jobs_object_keeps_its_status_and_pods_and_kubectl_delete_rem
     """The sync keeps what it derived from a finished job instead of reading its row each
     second: the object's final status, the job's pods (not taken for leaked), a
     spec.suspend patch that changes nothing, and kubectl delete all still hold."""
-    document = cluster.sleeper("done", replicas=2).model_dump(mode="json", by_alias=True)
-    document["spec"]["roles"]["worker"]["command"] = ["python", "-c", "print('done')"]
-    job = TrainingJob.model_validate(document)
+    job = cluster.finishing("done", replicas=2)
     path = (names.GROUP, names.VERSION, cluster.namespace, names.PLURAL, "done")
     with server(cluster, tmp_path / "state") as (_, api), cluster.api() as kube:
         api.submit(job)

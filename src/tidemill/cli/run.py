@@ -312,7 +312,7 @@ def run(
             cluster = _cluster_file(state_dir, enlarged.node)
         try:
             runner = ServerRunner(
-                state_dir, cluster, port=0, engine=engine, engine_options=_tethered(engine)
+                state_dir, cluster, port=0, engine=engine, engine_options=_engine_options(engine)
             )
         except RuntimeError as exc:
             fail(str(exc))
@@ -399,10 +399,12 @@ def _wait_deleted(client: Client, job: TrainingJob) -> None:
     fail(f"job {job.key} is still being deleted after {DELETION_WAIT_S:g}s; try again later")
 
 
-def _tethered(engine: str) -> dict[str, object]:
+def _engine_options(engine: str) -> dict[str, object]:
     """Local replicas stop when ``run`` ends, however it ends: no later control plane
-    takes over a ``run``'s jobs, so after a ``kill -9`` nothing else would stop them."""
-    return {"tethered": True} if engine == "local" else {}
+    takes over a ``run``'s jobs, so after a ``kill -9`` nothing else would stop them.
+    A job ``run`` deletes (Ctrl-C) keeps its logs: the state folder is the user's (and a
+    temporary one goes whole at the end)."""
+    return {"tethered": True, "keep_files": True} if engine == "local" else {"keep_files": True}
 
 
 def _cluster_file(state_dir: Path, node: NodeSpec) -> Path:

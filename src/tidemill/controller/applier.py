@@ -53,6 +53,20 @@ OBSERVE_ATTEMPTS = 25
 """Cycles in a row a job's replicas may fail to be observed before the job is failed."""
 
 
+@dataclass(frozen=True)
+class JobGone:
+    """A job whose row this transaction removes: once it commits, the engine drops what
+    it keeps of the job (:meth:`~tidemill.engines.base.Engine.forget`)."""
+
+    job: str
+    """namespace/name"""
+    uid: str
+
+    @classmethod
+    def of(cls, row: JobRow) -> JobGone:
+        return cls(row.key, row.uid)
+
+
 @dataclass
 class _Plan:
     job: JobSnapshot
@@ -186,12 +200,14 @@ class Applier:
         def apply(tx: Tx, row: JobRow) -> list[object]:
             if row.deleted_at is not None and not plan.job.deleted:
                 return []  # deleted since it was read: the next cycle takes it from there
+            gone = [JobGone.of(row) for a in plan.actions if isinstance(a, ForgetJob)]
             for action in plan.actions:
                 write(tx, row, action, now)
             launching = tuple(a.replica for a in plan.actions if isinstance(a, Launch))
             effects: list[object] = [
                 a for a in plan.actions if isinstance(a, Terminate | Kill | Drain)
             ]
+            effects += gone
             if launching and plan.spec is not None:
                 assign_ports(row, plan.ports)
                 effects.append(Planned(job_snapshot(row), plan.spec, launching))
@@ -210,15 +226,16 @@ def fail_row(
 ) -> list[object]:
     """Fail the job of ``row`` with ``message`` (see ``fail_broken``); the kills to make."""
     actions = fail_broken(job_snapshot(row), seen or {}, message, now, config)
+    gone: list[object] = [JobGone.of(row) for a in actions if isinstance(a, ForgetJob)]
     for action in actions:
         write(tx, row, action, now)
-    return [a for a in actions if isinstance(a, Kill)]
+    return [*(a for a in actions if isinstance(a, Kill)), *gone]
 
 
 def perform(engine: Engine, effects: Sequence[object]) -> list[Planned]:
     """Make the committed engine calls: SIGTERM and SIGKILL now (neither waits; a
-    vacated replica's SIGKILL comes from a timer); the launches are returned, to be
-    made after them."""
+    vacated replica's SIGKILL comes from a timer), and the files of jobs gone are
+    dropped; the launches are returned, to be made after them."""
     planned = []
     for effect in effects:
         try:
@@ -234,6 +251,8 @@ def perform(engine: Engine, effects: Sequence[object]) -> list[Planned]:
                 later = threading.Timer(effect.grace_s, _kill_quietly, (engine, effect.handle))
                 later.daemon = True
                 later.start()
+            elif isinstance(effect, JobGone):
+                engine.forget(effect.job, effect.uid)
             elif isinstance(effect, Planned):
                 planned.append(effect)
         except Exception:
@@ -251,7 +270,9 @@ def _kill_quietly(engine: Engine, handle: ReplicaHandle) -> None:
 
 def _expire(tx: Tx, now: float) -> list[object]:
     """Remove finished jobs whose ttlSecondsAfterFinished has run out."""
+    gone: list[object] = []
     for job in tx.expired_jobs(now):
+        gone.append(JobGone.of(job))
         ttl = (job.expires_at or now) - (job.finished_at or now)
         tx.delete_job(job)
         tx.add_event(
@@ -259,7 +280,7 @@ def _expire(tx: Tx, now: float) -> list[object]:
             "Deleted",
             f"job {job.key} removed {ttl:g}s after it finished (ttlSecondsAfterFinished)",
         )
-    return []
+    return gone
 
 
 def _frees(action: Action) -> bool:

@@ -5,9 +5,10 @@
 2. Outside any transaction, every replica with a handle gets SIGKILL (``engine.kill``
    returns at once); one whose launch is not recorded yet gets it as soon as the loop
    records it.
-3. Once they are all gone, one transaction removes the row. What is not settled within
-   :data:`DELETE_WAIT_S` is left to the lifecycle step, which kills again and forgets
-   the job when nothing runs (``ForgetJob``).
+3. Once they are all gone, one transaction removes the row, and then the engine the
+   job's files (``engine.forget``). What is not settled within :data:`DELETE_WAIT_S` is
+   left to the lifecycle step, which kills again and forgets the job when nothing runs
+   (``ForgetJob``; the applier has the engine forget it too).
 """
 
 from __future__ import annotations
@@ -88,10 +89,15 @@ class Deleter:
             launching = row is not None and any(
                 r.phase == ReplicaPhase.LAUNCHING.value for r in row.replicas
             )
-            if row is not None and row.uid == uid and not launching:
-                tx.delete_job(row)
-                message = f"job {row.key} deleted by {actor}; processes killed"
-                tx.add_event(None, "Deleted", message)
+            if row is None or row.uid != uid or launching:
+                return
+            tx.delete_job(row)
+            message = f"job {row.key} deleted by {actor}; processes killed"
+            tx.add_event(None, "Deleted", message)
+        try:
+            self.engine.forget(f"{namespace}/{name}", uid)
+        except Exception:
+            log.exception("could not remove the files of deleted job %s/%s", namespace, name)
 
     def _kill(self, handle: ReplicaHandle) -> None:
         try:

@@ -135,6 +135,12 @@ class Engine(Protocol):
         """A file holding the replica's stdout and stderr, if the engine keeps one."""
         ...
 
+    def forget(self, job: str, job_uid: str) -> None:
+        """Remove what the engine keeps of job ``namespace/name`` (uid ``job_uid``) now
+        that it is gone from the store (deleted, or past its TTL) and nothing of it runs:
+        its logs and launch files, never its checkpoints. Nothing reads them any more."""
+        ...
+
     def replica_host(self, job: str, role: str, index: int, node: str) -> str:
         """The address other replicas reach replica ``role-index`` of ``job``
         (``namespace/name``) by, placed on ``node``: a host of the machine, or a DNS name

@@ -28,7 +28,9 @@ replica's processes are found and signalled, in :mod:`tidemill.engines.local_pro
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,7 +54,13 @@ from tidemill.engines._supervise import (
 )
 from tidemill.engines.base import Engine, LaunchPlan, LaunchSpec, Observation, ReplicaHandle
 from tidemill.engines.inherited_env import inherited_env
-from tidemill.engines.local_files import LaunchFiles, launch_files, read_exit, replica_sibling
+from tidemill.engines.local_files import (
+    LaunchFiles,
+    job_folders,
+    launch_files,
+    read_exit,
+    replica_sibling,
+)
 from tidemill.engines.local_processes import (
     ENGINE_NAME,
     SUPERVISOR,
@@ -109,6 +117,9 @@ class LocalEngine:
     ``tethered``: then they are stopped when this engine closes or its process ends,
     however it ends (``kill -9`` included), for a control plane that no later one can
     take over (``tidemill run``'s). See :mod:`tidemill.engines._supervise`.
+
+    A job gone from the store takes its files with it (:meth:`forget`) unless
+    ``keep_files``: ``tidemill run`` keeps them, its state folder being the user's.
     """
 
     name = ENGINE_NAME
@@ -121,8 +132,10 @@ class LocalEngine:
         tethered: bool = False,
         log_max_bytes: int = LOG_MAX_BYTES,
         log_kept_bytes: int = LOG_KEPT_BYTES,
+        keep_files: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self.keep_files = keep_files
         self.log_max_bytes, self.log_kept_bytes = log_max_bytes, log_kept_bytes
         """A running replica's log is trimmed past this size (see ``log_trim``)."""
         self._tether: tuple[int, int] | None = os.pipe() if tethered else None
@@ -241,6 +254,18 @@ class LocalEngine:
 
     def free_port(self, node: str) -> int:
         return free_port(LOOPBACK)
+
+    def forget(self, job: str, job_uid: str) -> None:
+        """Remove the job's log and replica folders (and the name's and namespace's
+        folders, when that leaves them empty): a loop of short jobs left five files a
+        replica behind, without end."""
+        if self.keep_files:
+            return
+        for folder in job_folders(self.state_dir, job, job_uid):
+            shutil.rmtree(folder, ignore_errors=True)
+            for parent in (folder.parent, folder.parent.parent):
+                with contextlib.suppress(OSError):
+                    parent.rmdir()  # only when empty
 
     def close(self) -> None:
         """Stop the warm-start fork server, if one runs; replicas keep running unless

@@ -69,18 +69,25 @@ class SupervisorRecord:
 def launch_files(state_dir: Path, spec: LaunchSpec) -> LaunchFiles:
     """The files of launch ``spec.launch_id``; a ``ValueError`` naming the field if an
     id cannot name a file."""
-    namespace, name = split_job(spec.job)
-    job_uid = file_part(spec.job_uid, "job_uid")
+    logs, replicas = job_folders(state_dir, spec.job, spec.job_uid)
     launch_id = file_part(spec.launch_id, "launch_id")
     replica = f"{file_part(spec.role, 'role')}-{spec.index}"
-    stem = state_dir / "replicas" / namespace / name / job_uid / f"{replica}.{launch_id}"
+    stem = replicas / f"{replica}.{launch_id}"
     return LaunchFiles(
         uid=replica_uid(state_dir, spec),
         supervisor_file=f"{stem}.sup",
         pid_file=f"{stem}.pid",
         exit_file=f"{stem}.exit",
-        log_file=state_dir / "logs" / namespace / name / job_uid / f"{replica}.log",
+        log_file=logs / f"{replica}.log",
     )
+
+
+def job_folders(state_dir: Path, job: str, job_uid: str) -> tuple[Path, Path]:
+    """The log and replica folders of one job (``namespace/name``) under ``state_dir``:
+    every launch of the job keeps its files in these two."""
+    namespace, name = split_job(job)
+    tail = Path(namespace) / name / file_part(job_uid, "job_uid")
+    return state_dir / "logs" / tail, state_dir / "replicas" / tail
 
 
 def replica_uid(state_dir: Path, spec: LaunchSpec) -> str:

@@ -12,7 +12,6 @@ import pytest
 
 from tests.e2e.harness import wait_for
 from tests.e2e.kubernetes import Cluster, emulated, server
-from tidemill.api.job import TrainingJob
 from tidemill.client import Client
 from tidemill.engines.kubernetes import job_objects
 from tidemill.server.runner import ServerRunner
@@ -25,12 +24,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     yield from emulated(tmp_path, metrics_server=False)
 
 
-def quick(cluster: Cluster, name: str) -> TrainingJob:
-    document = cluster.sleeper(name, replicas=1).model_dump(mode="json", by_alias=True)
-    document["spec"]["roles"]["worker"]["command"] = ["python", "-c", "pass"]
-    return TrainingJob.model_validate(document)
-
-
 def object_message(cluster: Cluster, name: str) -> str:
     return str((cluster.job_object(name) or {}).get("status", {}).get("message", ""))
 
@@ -38,7 +31,7 @@ def object_message(cluster: Cluster, name: str) -> str:
 def finish_then_change(cluster: Cluster, runner: ServerRunner, api: Client) -> str:
     """Run a job to its end and wait for its object's final status; then change its row
     behind the sync's back. Returns the message the object showed."""
-    api.submit(quick(cluster, "short"))
+    api.submit(cluster.finishing("short"))
     assert api.wait("short", timeout_s=120).phase == "Succeeded"
     wait_for(lambda: (cluster.job_object("short") or {}).get("status", {}).get("phase")
              == "Succeeded", timeout_s=15, what="the object's final status")

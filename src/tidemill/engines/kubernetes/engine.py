@@ -93,8 +93,11 @@ class KubernetesEngine:
         options: KubernetesOptions | None = None,
         cluster: Cluster | None = None,
         relist_s: float = 60.0,
+        keep_files: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.keep_files = keep_files
+        """keep a gone job's pod-log mirrors (``tidemill run``: its state folder is the user's)"""
         self.relist_s = relist_s
         self.job_objects: JobObjects | None = None
         self.options = options or KubernetesOptions()
@@ -412,6 +415,12 @@ class KubernetesEngine:
     def log_file(self, handle: ReplicaHandle) -> str:
         """A file mirroring the pod's output (``pods/log``), followed while it runs."""
         return self.pod_logs.path(handle)
+
+    def forget(self, job: str, job_uid: str) -> None:
+        """The job's pods, Service and Secret went with its object (owner references);
+        what is left here is its pod-log mirrors."""
+        if not self.keep_files:
+            self.pod_logs.forget(job_uid)
 
     def stacks(self, handle: ReplicaHandle) -> StackDump:
         """py-spy's dump of the container's command, run in the container."""

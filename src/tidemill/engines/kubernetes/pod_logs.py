@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,6 +104,12 @@ class PodLogs:
                 self._followers[str(path)] = follower
                 follower.start()
         return str(path)
+
+    def forget(self, job_uid: str) -> None:
+        """Remove the mirrors of a job that is gone (its pods went with its object)."""
+        if job_uid in ("", ".", "..") or os.sep in job_uid:
+            return
+        shutil.rmtree(self.folder / job_uid, ignore_errors=True)
 
     def close(self) -> None:
         self._stop.set()
