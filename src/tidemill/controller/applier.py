@@ -200,9 +200,7 @@ class Applier:
         def apply(tx: Tx, row: JobRow) -> list[object]:
             if row.deleted_at is not None and not plan.job.deleted:
                 return []  # deleted since it was read: the next cycle takes it from there
-            gone = [JobGone.of(row) for a in plan.actions if isinstance(a, ForgetJob)]
-            for action in plan.actions:
-                write(tx, row, action, now)
+            gone = write_all(tx, row, plan.actions, now)
             launching = tuple(a.replica for a in plan.actions if isinstance(a, Launch))
             effects: list[object] = [
                 a for a in plan.actions if isinstance(a, Terminate | Kill | Drain)
@@ -226,10 +224,17 @@ def fail_row(
 ) -> list[object]:
     """Fail the job of ``row`` with ``message`` (see ``fail_broken``); the kills to make."""
     actions = fail_broken(job_snapshot(row), seen or {}, message, now, config)
+    gone = write_all(tx, row, actions, now)
+    return [*(a for a in actions if isinstance(a, Kill)), *gone]
+
+
+def write_all(tx: Tx, row: JobRow, actions: Sequence[Action], now: float) -> list[object]:
+    """Write ``actions`` onto ``row``; returns the job, when they remove it, as the
+    effect that drops its files once the transaction commits."""
     gone: list[object] = [JobGone.of(row) for a in actions if isinstance(a, ForgetJob)]
     for action in actions:
         write(tx, row, action, now)
-    return [*(a for a in actions if isinstance(a, Kill)), *gone]
+    return gone
 
 
 def perform(engine: Engine, effects: Sequence[object]) -> list[Planned]:
