@@ -3,9 +3,14 @@ server's state folder are removed once it is deleted or its TTL has run out."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import httpx
+import pytest
 
 from tests.e2e.harness import wait_for
 from tidemill.client import Client
@@ -61,3 +66,23 @@ def test_a_job_past_its_ttl_leaves_no_file(start_runner: Callable[..., ServerRun
         wait_for(lambda: "brief" not in {j.name for j in client.jobs()}, 30, "brief removed")
         wait_for(lambda: files_of(runner.state_dir, "brief") == [], 10, "its files removed")
         assert not (runner.state_dir / "replicas" / "default" / "brief").exists()
+
+
+def test_deletes_of_one_running_job_at_once_all_answer_and_log_no_error(
+    start_runner: Callable[..., ServerRunner], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first delete to finish removes the job's folders while the others still kill
+    its replica: they must not fail writing into a folder that is gone."""
+    runner = start_runner()
+    with Client(runner.url) as client:
+        sleeper = echo_job("busy")
+        sleeper["spec"]["roles"]["worker"]["command"] = ["sleep", "60"]
+        client.submit(sleeper)
+        wait_for(lambda: client.get("busy").phase == "Running", 30, "busy running")
+        with ThreadPoolExecutor(8) as pool:
+            url = f"{runner.url}/api/v1/jobs/busy"
+            statuses = set(pool.map(lambda _: httpx.delete(url, timeout=60).status_code, range(16)))
+        assert statuses <= {200, 404} and 200 in statuses, statuses
+        assert files_of(runner.state_dir, "busy") == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 from tidemill.api.errors import job_not_found
 from tidemill.api.status import ReplicaPhase
@@ -40,9 +42,35 @@ class Deleter:
         self.clock = clock
         self.retry_kill_s = retry_kill_s
         """when the lifecycle kills a replica again if it is still there"""
+        self._turns: dict[str, tuple[threading.Lock, int]] = {}
+        """job key -> its deletes' lock and how many hold or wait for it"""
+        self._turns_guard = threading.Lock()
 
     def delete(self, namespace: str, name: str, actor: str) -> str:
         """Mark, kill, forget; returns the job's uid (its row may outlive the call)."""
+        with self._turn(f"{namespace}/{name}"):
+            return self._delete(namespace, name, actor)
+
+    @contextmanager
+    def _turn(self, key: str) -> Iterator[None]:
+        """Deletes of one job take turns (of different jobs, not): a second one still
+        killing the replicas wrote their exit files into the folders the first had
+        just removed with the job."""
+        with self._turns_guard:
+            lock, count = self._turns.get(key, (threading.Lock(), 0))
+            self._turns[key] = (lock, count + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._turns_guard:
+                lock, count = self._turns[key]
+                if count == 1:
+                    del self._turns[key]
+                else:
+                    self._turns[key] = (lock, count - 1)
+
+    def _delete(self, namespace: str, name: str, actor: str) -> str:
         uid = self._mark(namespace, name, actor)
         killed: dict[tuple[str, str | None], ReplicaHandle] = {}
         deadline = time.monotonic() + DELETE_WAIT_S

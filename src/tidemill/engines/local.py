@@ -332,8 +332,11 @@ class LocalEngine:
         if supervisor is not None:
             wait_gone(replica, [supervisor], time.monotonic() + 1.0)
             signal_all(replica_processes(replica, supervisor), signal.SIGKILL)
+            # FileNotFoundError: the job was forgotten meanwhile (a delete asked twice at
+            # once), its folder removed; nothing is left to read the record
             if read_exit(replica.exit_file) is None:
-                write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill\n")
+                with contextlib.suppress(FileNotFoundError):
+                    write_atomic(replica.exit_file, f"{128 + signal.SIGKILL}\nkilled by tidemill\n")
 
     def stop(self, handle: ReplicaHandle, grace_s: float = 5.0) -> None:
         """SIGTERM every process of the replica, SIGKILL what is left after ``grace_s``.
